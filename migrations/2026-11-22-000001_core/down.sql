@@ -1,0 +1,4 @@
+DROP TABLE anomalies;
+DROP TABLE decisions;
+DROP TABLE outbox;
+DROP TABLE orders;

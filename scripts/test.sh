@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command):
+#   services -> rustfmt check -> clippy (warnings are errors) -> tests (parallel) ->
+#   serial tests (names containing `serial_`: they restart the broker or kill
+#   processes) -> doc tests.
+# DATABASE_URL / AMQP_URL default to the local services started by scripts/services.sh;
+# set SKIP_SERVICES=1 to use your own.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/order_closer_test}"
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() {
+    printf '\ntest.sh: FAILED at step: %s\n' "$CURRENT" >&2
+}
+CURRENT="start"
+trap fail ERR
+
+CURRENT="services"
+step "services (scripts/services.sh)"
+scripts/services.sh
+
+# Create the test database when it is missing (the tests use their own schemas in it).
+if [[ "${SKIP_SERVICES:-0}" != "1" ]] && command -v psql >/dev/null 2>&1; then
+    db_name="${DATABASE_URL##*/}"
+    db_name="${db_name%%\?*}"
+    admin_url="${DATABASE_URL%/*}/postgres"
+    if [[ "$db_name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] &&
+        [[ -z "$(psql "$admin_url" -XtAc "select 1 from pg_database where datname = '$db_name'")" ]]; then
+        echo "test.sh: creating database $db_name"
+        psql "$admin_url" -Xqc "create database \"$db_name\""
+    fi
+fi
+
+# Components a minimal toolchain may lack.
+if command -v rustup >/dev/null 2>&1; then
+    missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    if ((${#missing[@]})); then
+        CURRENT="rustup component add ${missing[*]}"
+        step "$CURRENT"
+        rustup component add "${missing[@]}"
+    fi
+fi
+
+CURRENT="cargo fmt --all -- --check"
+step "$CURRENT"
+cargo fmt --all -- --check
+
+CURRENT="cargo clippy --all-targets -- -D warnings"
+step "$CURRENT"
+cargo clippy --all-targets -- -D warnings
+
+CURRENT="cargo test --all-targets -- --skip serial_"
+step "$CURRENT (parallel)"
+cargo test --all-targets -- --skip serial_
+
+CURRENT="cargo test --all-targets -- --test-threads=1 serial_"
+step "$CURRENT (serial)"
+cargo test --all-targets -- --test-threads=1 serial_
+
+CURRENT="cargo test --doc"
+step "$CURRENT"
+cargo test --doc
+
+trap - ERR
+printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, serial tests, doc tests)\n'

@@ -1,0 +1,94 @@
+//! RabbitMQ at the edge: connecting, declaring the topology, publishing with confirms.
+
+pub mod publisher;
+pub mod tiers;
+pub mod topology;
+
+use std::time::Duration;
+
+use lapin::uri::AMQPUri;
+use lapin::{Connection, ConnectionProperties};
+use thiserror::Error;
+
+/// Heartbeat used when the URL does not set one: network cuts are noticed only by
+/// heartbeats, so keep it short.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// Upper bound on any single broker round trip (declare, publish confirm, ack).
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker failure.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The AMQP URL could not be parsed.
+    #[error("AMQP_URL is invalid: {0}")]
+    BadUrl(String),
+    /// The client library reported an error (connection, channel, protocol).
+    #[error("broker error during {op}: {source}")]
+    Amqp {
+        /// What we were doing.
+        op: &'static str,
+        /// The underlying error.
+        source: lapin::Error,
+    },
+    /// The broker did not answer in time.
+    #[error("broker did not answer {op} within {timeout:?}")]
+    Timeout {
+        /// What we were doing.
+        op: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The broker could not route a mandatory message and returned it.
+    #[error(
+        "message to exchange {exchange:?} with key {routing_key:?} was returned as unroutable: {reply}"
+    )]
+    Returned {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key used.
+        routing_key: String,
+        /// The broker's reply text.
+        reply: String,
+    },
+    /// The broker refused the message (negative confirm).
+    #[error("broker refused (nack) the message to {routing_key:?}")]
+    Nacked {
+        /// The routing key used.
+        routing_key: String,
+    },
+    /// An ack or reject could not be delivered because the channel is gone; the broker
+    /// will redeliver the message.
+    #[error("channel gone before {op}: the broker will redeliver")]
+    ChannelGone {
+        /// What we were doing.
+        op: &'static str,
+    },
+}
+
+/// Runs one broker operation under [`BROKER_TIMEOUT`].
+pub async fn timed<T>(
+    op: &'static str,
+    fut: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(BROKER_TIMEOUT, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(BrokerError::Amqp { op, source }),
+        Err(_) => Err(BrokerError::Timeout {
+            op,
+            timeout: BROKER_TIMEOUT,
+        }),
+    }
+}
+
+/// Connects to RabbitMQ, adding a short heartbeat when the URL has none.
+pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, BrokerError> {
+    let mut uri: AMQPUri = url.parse().map_err(BrokerError::BadUrl)?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
+    }
+    if uri.query.connection_timeout.is_none() {
+        uri.query.connection_timeout = Some(BROKER_TIMEOUT.as_millis() as u64);
+    }
+    let props = ConnectionProperties::default().with_connection_name(connection_name.into());
+    timed("connect", Connection::connect_uri(uri, props)).await
+}

@@ -1,0 +1,432 @@
+//! `order-closer demo`: the whole product end to end on one machine.
+//!
+//! Starts the gateway simulator in process, migrates, creates a few hundred orders with
+//! short deadlines, lets simulated buyers act (never scan; scan and leave; pay before the
+//! deadline with the callback lost; pay during the close), runs the worker, and checks
+//! that every order's final state agrees with the simulator.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Args;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use indicatif::{ProgressBar, ProgressStyle};
+use order_closer::broker::publisher::Publisher;
+use order_closer::broker::{self, timed};
+use order_closer::closer::{Closer, Due, NewOrder};
+use order_closer::config::Settings;
+use order_closer::db::schema::{decisions, orders};
+use order_closer::db::{self, DbPool};
+use order_closer::decide::{Decider, Gateways};
+use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
+use order_closer::order::{Order, OrderStatus};
+use order_closer::sim::{self, BuyerClient, SimConfig, SimTradeStatus};
+use order_closer::worker::{Worker, WorkerConfig};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How many orders to create.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(4..=100_000))]
+    orders: u32,
+    /// Shortest time to pay.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    min_deadline: Duration,
+    /// Longest time to pay.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    max_deadline: Duration,
+    /// Give up waiting this long after the last deadline.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// What a simulated buyer does with an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Buyer {
+    /// Never scans the code: no trade at the gateway.
+    NeverScans,
+    /// Scans, then walks away: a waiting trade that we must close at the gateway.
+    ScansAndLeaves,
+    /// Pays before the deadline, but the payment callback is lost.
+    PaysCallbackLost,
+    /// Starts paying exactly while we close: the close is refused, the order is paid.
+    PaysDuringClose,
+}
+
+impl Buyer {
+    fn pick(i: u32) -> Self {
+        match i % 20 {
+            0..=4 => Self::NeverScans,
+            5..=10 => Self::ScansAndLeaves,
+            11..=16 => Self::PaysCallbackLost,
+            _ => Self::PaysDuringClose,
+        }
+    }
+
+    fn expected(self) -> OrderStatus {
+        match self {
+            Self::NeverScans | Self::ScansAndLeaves => OrderStatus::Closed,
+            Self::PaysCallbackLost | Self::PaysDuringClose => OrderStatus::Paid,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::NeverScans => "never scans",
+            Self::ScansAndLeaves => "scans and leaves",
+            Self::PaysCallbackLost => "pays, callback lost",
+            Self::PaysDuringClose => "pays during the close",
+        }
+    }
+}
+
+/// Runs the demo; exit code 0 only when every order agrees with the simulator.
+pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.min_deadline <= args.max_deadline,
+        "--min-deadline must not exceed --max-deadline"
+    );
+    let run_id: String = format!("{:06x}", rand::rng().random_range(0..0xff_ffffu32));
+    println!("order-closer demo, run {run_id}: {} orders", args.orders);
+
+    db::migrate(&settings.database_url)
+        .await
+        .context("preparing the database (is PostgreSQL running? see DATABASE_URL)")?;
+    let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+
+    // Our own queues for this run, removed at the end.
+    let mut settings = settings.clone();
+    settings.topology = order_closer::broker::topology::Topology::new(
+        format!("demo-{run_id}"),
+        settings.topology.tiers().clone(),
+        settings.topology.queue_type(),
+    );
+    let topology = Arc::new(settings.topology.clone());
+    let connection = broker::connect(&settings.amqp_url, "order-closer demo")
+        .await
+        .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+    topology.declare(publisher.channel()).await?;
+
+    // The gateway simulator, and a client that trusts it.
+    let app_key = AppPrivateKey::generate()?;
+    let running = sim::start(SimConfig {
+        listen: "127.0.0.1:0".parse()?,
+        app_id: settings.alipay.app_id.clone(),
+        app_public_key: app_key.public_key().clone(),
+        sim_private_key: None,
+    })
+    .await?;
+    let alipay = AlipayClient::new(AlipayConfig {
+        gateway_url: running.base_url(),
+        app_id: settings.alipay.app_id.clone(),
+        app_private_key: Arc::new(app_key),
+        alipay_public_key: Arc::new(running.public_key().clone()),
+        timeout: settings.alipay.timeout,
+    })?;
+    let buyers = BuyerClient::new(running.base_url())?;
+
+    // The worker, in process.
+    let decider = Decider::new(
+        pool.clone(),
+        Gateways::default().with("alipay", Arc::new(alipay)),
+        settings.retry.clone(),
+        format!("demo-worker:{run_id}"),
+    );
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(
+        Worker::new(decider, WorkerConfig::from_settings(&settings)).run(stop.clone()),
+    );
+
+    // Orders and their buyers.
+    let closer = Closer::new(pool.clone(), Some(publisher.clone()));
+    let started = Instant::now();
+    let mut plan = BTreeMap::new();
+    let mut buyer_tasks = tokio::task::JoinSet::new();
+    let span = args
+        .max_deadline
+        .saturating_sub(args.min_deadline)
+        .as_millis() as u64;
+    for i in 0..args.orders {
+        let no = format!("DEMO-{run_id}-{i:05}");
+        let buyer = Buyer::pick(i);
+        let wait = args.min_deadline + Duration::from_millis(rand::rng().random_range(0..=span));
+        let amount = rand::rng().random_range(100..100_000);
+        let created = closer
+            .create_order(NewOrder::alipay(&no, amount, Due::After(wait)))
+            .await?;
+        plan.insert(no.clone(), (buyer, created.order.id));
+        let buyers = buyers.clone();
+        buyer_tasks.spawn(async move { act(&buyers, &no, amount, buyer, wait).await });
+    }
+    println!(
+        "created {} orders in {:.1}s; buyers are acting, the worker is deciding",
+        args.orders,
+        started.elapsed().as_secs_f64()
+    );
+
+    let ids: Vec<i64> = plan.values().map(|(_, id)| *id).collect();
+    let settled = wait_for_decisions(&pool, &ids, args.max_deadline + args.timeout).await?;
+    while let Some(result) = buyer_tasks.join_next().await {
+        if let Ok(Err(e)) = result {
+            eprintln!("a simulated buyer failed: {e}");
+        }
+    }
+    // Let the relay announce the last decisions before stopping the worker.
+    wait_for_outbox(&pool, Duration::from_secs(15)).await;
+    stop.cancel();
+    let _ = worker.await;
+
+    let report = report(&pool, &plan, &buyers).await?;
+    let events = drain_events(publisher.channel(), &topology.events_audit_queue()).await?;
+    if let Err(e) = topology.delete(publisher.channel()).await {
+        eprintln!("warning: could not delete the demo queues: {e}");
+    }
+    running.shutdown().await;
+
+    println!("{}", report.table);
+    let unique: std::collections::BTreeSet<&str> = events.iter().map(String::as_str).collect();
+    let duplicates = events.len() - unique.len();
+    println!(
+        "events announced          {} ({duplicates} duplicates)",
+        events.len()
+    );
+    let events_ok = unique.len() as u64 == report.decided;
+    if !events_ok {
+        println!(
+            "MISMATCH: {} decisions but {} distinct events",
+            report.decided,
+            unique.len()
+        );
+    }
+    let ok = settled && report.problems.is_empty() && events_ok;
+    for p in report.problems.iter().take(20) {
+        println!("MISMATCH: {p}");
+    }
+    println!(
+        "{}",
+        if ok {
+            "CHECK PASSED: every order's final state agrees with the simulator"
+        } else {
+            "CHECK FAILED"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One simulated buyer.
+async fn act(
+    buyers: &BuyerClient,
+    no: &str,
+    amount: i64,
+    buyer: Buyer,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let before_deadline = |fraction: f64| Duration::from_secs_f64(wait.as_secs_f64() * fraction);
+    let moment: f64 = rand::rng().random_range(0.0..1.0);
+    match buyer {
+        Buyer::NeverScans => {}
+        Buyer::ScansAndLeaves => {
+            tokio::time::sleep(before_deadline(moment * 0.7)).await;
+            buyers.scan(no, amount).await?;
+        }
+        Buyer::PaysCallbackLost => {
+            tokio::time::sleep(before_deadline(moment * 0.5)).await;
+            buyers.scan(no, amount).await?;
+            tokio::time::sleep(before_deadline(0.2)).await;
+            buyers.pay(no).await?;
+        }
+        Buyer::PaysDuringClose => {
+            buyers.scan(no, amount).await?;
+            buyers.pay_on_close(no).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits with a progress bar until no order of this run is NEW, or the time is up.
+async fn wait_for_decisions(pool: &DbPool, ids: &[i64], limit: Duration) -> anyhow::Result<bool> {
+    let bar = ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} decided {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut conn = db::conn(pool).await?;
+        let open: i64 = orders::table
+            .filter(orders::id.eq_any(ids))
+            .filter(orders::status.eq(OrderStatus::New.as_str()))
+            .count()
+            .get_result(&mut conn)
+            .await?;
+        bar.set_position(ids.len() as u64 - open as u64);
+        if open == 0 {
+            bar.finish();
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            bar.abandon_with_message(format!("{open} still open: giving up"));
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Takes every event from the audit queue and returns their ids.
+async fn drain_events(channel: &lapin::Channel, queue: &str) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    while let Some(message) = timed(
+        "basic.get",
+        channel.basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        ),
+    )
+    .await?
+    {
+        let event: serde_json::Value = serde_json::from_slice(&message.delivery.data)?;
+        ids.push(event["event_id"].as_str().unwrap_or_default().to_owned());
+    }
+    Ok(ids)
+}
+
+async fn wait_for_outbox(pool: &DbPool, limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        let backlog = match db::conn(pool).await {
+            Ok(mut conn) => db::outbox::backlog(&mut conn).await.unwrap_or(0),
+            Err(_) => 0,
+        };
+        if backlog == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Report {
+    table: String,
+    problems: Vec<String>,
+    decided: u64,
+}
+
+async fn report(
+    pool: &DbPool,
+    plan: &BTreeMap<String, (Buyer, i64)>,
+    buyers: &BuyerClient,
+) -> anyhow::Result<Report> {
+    let ids: Vec<i64> = plan.values().map(|(_, id)| *id).collect();
+    let mut conn = db::conn(pool).await?;
+    let rows: Vec<Order> = orders::table
+        .filter(orders::id.eq_any(&ids))
+        .select(Order::as_select())
+        .load(&mut conn)
+        .await?;
+    let history: Vec<(i64, String, chrono::DateTime<Utc>)> = decisions::table
+        .filter(decisions::order_id.eq_any(&ids))
+        .select((
+            decisions::order_id,
+            decisions::outcome,
+            decisions::decided_at,
+        ))
+        .load(&mut conn)
+        .await?;
+    let by_id: BTreeMap<i64, &Order> = rows.iter().map(|o| (o.id, o)).collect();
+
+    let mut problems = Vec::new();
+    let mut by_buyer: BTreeMap<Buyer, (u32, u32)> = BTreeMap::new();
+    for (no, (buyer, id)) in plan {
+        let Some(order) = by_id.get(id) else {
+            problems.push(format!("{no}: order row missing"));
+            continue;
+        };
+        let trade = buyers.trade(no).await?;
+        let gateway_says = match trade.as_ref().map(|t| t.status) {
+            None | Some(SimTradeStatus::TradeClosed) => OrderStatus::Closed,
+            Some(SimTradeStatus::TradeSuccess) => OrderStatus::Paid,
+            Some(SimTradeStatus::WaitBuyerPay) => OrderStatus::New,
+        };
+        let entry = by_buyer.entry(*buyer).or_default();
+        entry.0 += 1;
+        if order.status() == gateway_says && order.status() == buyer.expected() {
+            entry.1 += 1;
+        } else {
+            problems.push(format!(
+                "{no} ({}): local {}, gateway {:?}, expected {}",
+                buyer.label(),
+                order.status(),
+                trade.map(|t| t.status),
+                buyer.expected()
+            ));
+        }
+    }
+
+    let count = |status: OrderStatus| rows.iter().filter(|o| o.status() == status).count();
+    let retries = history
+        .iter()
+        .filter(|(_, outcome, _)| outcome == "retry")
+        .count();
+    let parked = history
+        .iter()
+        .filter(|(_, outcome, _)| outcome == "parked")
+        .count();
+    let mut lateness_ms: Vec<i64> = history
+        .iter()
+        .filter(|(_, outcome, _)| outcome == "closed" || outcome == "paid")
+        .filter_map(|(id, _, at)| by_id.get(id).map(|o| (*at - o.deadline).num_milliseconds()))
+        .collect();
+    lateness_ms.sort_unstable();
+    let decided = lateness_ms.len() as u64;
+    let pct = |p: f64| -> String {
+        if lateness_ms.is_empty() {
+            return "-".into();
+        }
+        let idx = ((lateness_ms.len() as f64 - 1.0) * p).round() as usize;
+        format!("{} ms", lateness_ms[idx.min(lateness_ms.len() - 1)])
+    };
+
+    let mut table = String::new();
+    table.push_str("\nbuyer behaviour           orders  agree\n");
+    for (buyer, (n, agree)) in &by_buyer {
+        table.push_str(&format!("{:<25} {n:>6}  {agree:>5}\n", buyer.label()));
+    }
+    table.push_str(&format!(
+        "\nclosed                    {}\n",
+        count(OrderStatus::Closed)
+    ));
+    table.push_str(&format!(
+        "marked paid               {}\n",
+        count(OrderStatus::Paid)
+    ));
+    table.push_str(&format!(
+        "still open                {}\n",
+        count(OrderStatus::New)
+    ));
+    table.push_str(&format!("retries                   {retries}\n"));
+    table.push_str(&format!("parked                    {parked}\n"));
+    table.push_str(&format!("lateness p50              {}\n", pct(0.50)));
+    table.push_str(&format!("lateness p99              {}\n", pct(0.99)));
+    table.push_str(&format!(
+        "lateness max              {}",
+        lateness_ms.last().map_or("-".into(), |m| format!("{m} ms"))
+    ));
+    Ok(Report {
+        table,
+        problems,
+        decided,
+    })
+}

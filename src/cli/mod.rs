@@ -1,0 +1,67 @@
+//! Command-line interface: argument parsing and dispatch to one module per command.
+
+mod demo;
+mod keygen;
+mod orders;
+mod sim;
+mod worker;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use order_closer::config::Settings;
+use order_closer::{db, telemetry};
+
+/// Closes unpaid orders at their deadline after asking the payment gateway.
+///
+/// Configuration comes from environment variables (see the README); flags override
+/// the ones they name.
+#[derive(Debug, Parser)]
+#[command(name = "order-closer", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if missing and run the embedded migrations.
+    Migrate,
+    /// Consume the close queue and decide orders (runs the outbox relay too).
+    Worker(worker::WorkerArgs),
+    /// Run the Alipay gateway simulator.
+    GatewaySim(sim::SimArgs),
+    /// Generate an RSA-2048 application key pair (PEM files).
+    Keygen(keygen::KeygenArgs),
+    /// Create or inspect orders.
+    #[command(subcommand)]
+    Orders(orders::OrdersCommand),
+    /// Run the whole product end to end against a simulator and report.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs a command; the exit code is the command's verdict.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_env().context("invalid configuration")?;
+    // The demo prints its own progress and summary; keep the worker's logs to warnings.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info,lapin=warn",
+    };
+    telemetry::init(settings.log_format, default_filter);
+    match cli.command {
+        Command::Migrate => {
+            let applied = db::migrate(&settings.database_url)
+                .await
+                .context("migrating the database")?;
+            println!("migrations applied: {applied}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(args) => worker::run(settings, args).await,
+        Command::GatewaySim(args) => sim::run(args).await,
+        Command::Keygen(args) => keygen::run(args),
+        Command::Orders(cmd) => orders::run(settings, cmd).await,
+        Command::Demo(args) => demo::run(&settings, args).await,
+    }
+}

@@ -1,0 +1,66 @@
+//! `order-closer gateway-sim`: the Alipay simulator as a standalone server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use order_closer::config::{DEFAULT_APP_ID, key_material};
+use order_closer::gateway::alipay::{AppPrivateKey, RsaPublicKey};
+use order_closer::sim::{self, SimConfig};
+use order_closer::worker::shutdown_on_signal;
+
+/// Flags of `gateway-sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The app's public key (PEM, bare base64, or a file path): requests must be signed
+    /// with the matching private key (ALIPAY_APP_PRIVATE_KEY of the worker).
+    #[arg(long, env = "SIM_APP_PUBLIC_KEY")]
+    app_public_key: String,
+    /// The app id the simulator accepts.
+    #[arg(long, env = "ALIPAY_APP_ID", default_value = DEFAULT_APP_ID)]
+    app_id: String,
+    /// The simulator's own private key ("Alipay's" key); generated when absent.
+    #[arg(long)]
+    private_key: Option<String>,
+    /// Write the simulator's public key (what the worker's ALIPAY_PUBLIC_KEY must be) here.
+    #[arg(long)]
+    public_key_out: Option<PathBuf>,
+}
+
+/// Serves until SIGTERM or SIGINT.
+pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let app_public_key = RsaPublicKey::parse(&key_material(
+        "--app-public-key",
+        Some(&args.app_public_key),
+        "",
+    )?)
+    .context("--app-public-key")?;
+    let sim_private_key = match &args.private_key {
+        Some(text) => Some(
+            AppPrivateKey::parse(&key_material("--private-key", Some(text), "")?)
+                .context("--private-key")?,
+        ),
+        None => None,
+    };
+    let running = sim::start(SimConfig {
+        listen: args.listen,
+        app_id: args.app_id,
+        app_public_key,
+        sim_private_key,
+    })
+    .await?;
+    let pem = running.public_key().to_spki_pem();
+    if let Some(path) = &args.public_key_out {
+        std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("gateway simulator listening on {}", running.base_url());
+    println!("its public key (set ALIPAY_PUBLIC_KEY to this, or GET /sim/public-key):\n{pem}");
+    let stop = shutdown_on_signal();
+    running.run_until(stop.cancelled_owned()).await?;
+    Ok(ExitCode::SUCCESS)
+}

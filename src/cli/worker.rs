@@ -1,0 +1,52 @@
+//! `order-closer worker`: the long-running close-queue consumer.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use order_closer::config::Settings;
+use order_closer::db;
+use order_closer::decide::{Decider, Gateways};
+use order_closer::gateway::alipay::AlipayClient;
+use order_closer::worker::{Worker, WorkerConfig, shutdown_on_signal};
+
+/// Flags of `worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Orders decided at once (overrides ORDER_CLOSER_CONCURRENCY).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: Option<u32>,
+    /// Broker prefetch window (overrides ORDER_CLOSER_PREFETCH).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    prefetch: Option<u16>,
+}
+
+/// Runs the worker until SIGTERM or SIGINT.
+pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    if let Some(c) = args.concurrency {
+        settings.concurrency = c as usize;
+    }
+    if let Some(p) = args.prefetch {
+        settings.prefetch = p;
+    }
+    let alipay = AlipayClient::new(settings.alipay_config().context("invalid configuration")?)
+        .context("building the Alipay client")?;
+    let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let decider = Decider::new(
+        pool,
+        Gateways::default().with("alipay", Arc::new(alipay)),
+        settings.retry.clone(),
+        actor_name(),
+    );
+    let shutdown = shutdown_on_signal();
+    Worker::new(decider, WorkerConfig::from_settings(&settings))
+        .run(shutdown)
+        .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn actor_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("worker:{host}:{}", std::process::id())
+}

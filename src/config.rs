@@ -1,0 +1,392 @@
+//! Configuration from environment variables, validated at start-up.
+//!
+//! Every value has a default that works against the local services and the gateway
+//! simulator, except the Alipay keys. An invalid value fails with an error naming the
+//! variable, so a misconfigured deployment never starts half-working.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::broker::tiers::DelayTiers;
+use crate::broker::topology::{QueueType, Topology};
+use crate::gateway::alipay::{AlipayConfig, AppPrivateKey, RsaPublicKey};
+use crate::retry::RetryPolicy;
+
+/// A configuration value that is missing or wrong, naming the variable.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{var} is required but not set{hint}")]
+    Missing {
+        /// The variable.
+        var: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// A variable is set to something that cannot be used.
+    #[error("{var}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// The value as given (never a secret: key values are not echoed).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(var: &'static str, value: &str, reason: impl ToString) -> Self {
+        Self::Invalid {
+            var,
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Where the log lines go and in which shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Alipay settings as read; keys are parsed on demand so that commands that never call
+/// the gateway (`migrate`, `orders create`) do not need them.
+#[derive(Debug, Clone)]
+pub struct AlipaySettings {
+    /// Base URL; requests go to `{base}/gateway.do`.
+    pub gateway_url: String,
+    /// The merchant application id.
+    pub app_id: String,
+    /// The merchant private key (PEM, bare base64, or a file path), if set.
+    pub app_private_key: Option<String>,
+    /// Alipay's public key (PEM, bare base64, or a file path), if set.
+    pub alipay_public_key: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// Everything the binary and the library read from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Postgres connection URL (`DATABASE_URL`).
+    pub database_url: String,
+    /// Maximum database connections per process (`ORDER_CLOSER_DB_POOL_SIZE`).
+    pub db_pool_size: usize,
+    /// RabbitMQ URL (`AMQP_URL`).
+    pub amqp_url: String,
+    /// Queue names, tiers and queue type.
+    pub topology: Topology,
+    /// Back-off steps for transient failures (`ORDER_CLOSER_RETRY_STEPS`).
+    pub retry: RetryPolicy,
+    /// Alipay connection settings.
+    pub alipay: AlipaySettings,
+    /// Orders decided at once per worker (`ORDER_CLOSER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Unacked messages the broker may push to one worker (`ORDER_CLOSER_PREFETCH`).
+    pub prefetch: u16,
+    /// How long a stopping worker waits for in-flight decisions (`ORDER_CLOSER_SHUTDOWN_GRACE`).
+    pub shutdown_grace: Duration,
+    /// How old an outbox row must be before the relay publishes it (`ORDER_CLOSER_OUTBOX_GRACE`).
+    pub outbox_grace: Duration,
+    /// How often the relay looks at the outbox (`ORDER_CLOSER_OUTBOX_INTERVAL`).
+    pub outbox_interval: Duration,
+    /// Log format (`ORDER_CLOSER_LOG_FORMAT`: `text` or `json`).
+    pub log_format: LogFormat,
+}
+
+/// The default database URL: the local server, database `order_closer`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/order_closer";
+/// The default broker URL: the local server, default vhost.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The default gateway: the simulator on its default port.
+pub const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:8080";
+/// The default (sandbox-looking) application id.
+pub const DEFAULT_APP_ID: &str = "2021000000000000";
+
+impl Settings {
+    /// Reads settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    /// Reads settings from any name -> value lookup (tests use a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
+        let string =
+            |name: &'static str, default: &str| var(name).unwrap_or_else(|| default.to_owned());
+
+        let database_url = string("DATABASE_URL", DEFAULT_DATABASE_URL);
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::invalid(
+                "DATABASE_URL",
+                &database_url,
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let amqp_url = string("AMQP_URL", DEFAULT_AMQP_URL);
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::invalid(
+                "AMQP_URL",
+                &amqp_url,
+                "must start with amqp:// or amqps://",
+            ));
+        }
+
+        let prefix = string("ORDER_CLOSER_QUEUE_PREFIX", "order");
+        if prefix.len() > 100
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err(ConfigError::invalid(
+                "ORDER_CLOSER_QUEUE_PREFIX",
+                &prefix,
+                "use at most 100 characters from [A-Za-z0-9._-]",
+            ));
+        }
+        let queue_type = match var("ORDER_CLOSER_QUEUE_TYPE").as_deref() {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "ORDER_CLOSER_QUEUE_TYPE",
+                    other,
+                    "expected classic or quorum",
+                ));
+            }
+        };
+        let extra_tiers = match var("ORDER_CLOSER_EXTRA_DELAY_TIERS") {
+            None => Vec::new(),
+            Some(text) => parse_duration_list("ORDER_CLOSER_EXTRA_DELAY_TIERS", &text)?,
+        };
+        let tiers = DelayTiers::standard_with(&extra_tiers).map_err(|e| {
+            ConfigError::invalid(
+                "ORDER_CLOSER_EXTRA_DELAY_TIERS",
+                &format!("{extra_tiers:?}"),
+                e,
+            )
+        })?;
+        let topology = Topology::new(prefix, tiers, queue_type);
+
+        let retry = match var("ORDER_CLOSER_RETRY_STEPS") {
+            None => RetryPolicy::default(),
+            Some(text) => {
+                let steps = parse_duration_list("ORDER_CLOSER_RETRY_STEPS", &text)?;
+                RetryPolicy::new(steps)
+                    .map_err(|e| ConfigError::invalid("ORDER_CLOSER_RETRY_STEPS", &text, e))?
+            }
+        };
+
+        let gateway_url = string("ALIPAY_GATEWAY_URL", DEFAULT_GATEWAY_URL);
+        if !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "ALIPAY_GATEWAY_URL",
+                &gateway_url,
+                "must start with http:// or https://",
+            ));
+        }
+        let alipay = AlipaySettings {
+            gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+            app_id: string("ALIPAY_APP_ID", DEFAULT_APP_ID),
+            app_private_key: var("ALIPAY_APP_PRIVATE_KEY"),
+            alipay_public_key: var("ALIPAY_PUBLIC_KEY"),
+            timeout: duration(&var, "ALIPAY_TIMEOUT", Duration::from_secs(10))?,
+        };
+
+        let log_format = match var("ORDER_CLOSER_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "ORDER_CLOSER_LOG_FORMAT",
+                    other,
+                    "expected text or json",
+                ));
+            }
+        };
+
+        Ok(Self {
+            database_url,
+            db_pool_size: number(&var, "ORDER_CLOSER_DB_POOL_SIZE", 16, 1, 1000)?,
+            amqp_url,
+            topology,
+            retry,
+            alipay,
+            concurrency: number(&var, "ORDER_CLOSER_CONCURRENCY", 64, 1, 10_000)?,
+            prefetch: number(&var, "ORDER_CLOSER_PREFETCH", 128, 1, u16::MAX as usize)? as u16,
+            shutdown_grace: duration(&var, "ORDER_CLOSER_SHUTDOWN_GRACE", Duration::from_secs(30))?,
+            outbox_grace: duration(&var, "ORDER_CLOSER_OUTBOX_GRACE", Duration::from_secs(5))?,
+            outbox_interval: duration(
+                &var,
+                "ORDER_CLOSER_OUTBOX_INTERVAL",
+                Duration::from_millis(500),
+            )?,
+            log_format,
+        })
+    }
+
+    /// Parses the Alipay keys and builds the client configuration.
+    pub fn alipay_config(&self) -> Result<AlipayConfig, ConfigError> {
+        let a = &self.alipay;
+        let private_text = key_material(
+            "ALIPAY_APP_PRIVATE_KEY",
+            a.app_private_key.as_deref(),
+            " (the merchant's RSA private key: PEM, bare base64, or a file path)",
+        )?;
+        let app_private_key = AppPrivateKey::parse(&private_text)
+            .map_err(|e| ConfigError::invalid("ALIPAY_APP_PRIVATE_KEY", "<key>", e))?;
+        let public_text = key_material(
+            "ALIPAY_PUBLIC_KEY",
+            a.alipay_public_key.as_deref(),
+            " (Alipay's RSA public key: PEM, bare base64, or a file path)",
+        )?;
+        let alipay_public_key = RsaPublicKey::parse(&public_text)
+            .map_err(|e| ConfigError::invalid("ALIPAY_PUBLIC_KEY", "<key>", e))?;
+        Ok(AlipayConfig {
+            gateway_url: a.gateway_url.clone(),
+            app_id: a.app_id.clone(),
+            app_private_key: Arc::new(app_private_key),
+            alipay_public_key: Arc::new(alipay_public_key),
+            timeout: a.timeout,
+        })
+    }
+}
+
+/// Reads a key given inline (PEM or base64) or as a path to a file holding it.
+pub fn key_material(
+    var: &'static str,
+    value: Option<&str>,
+    hint: &'static str,
+) -> Result<String, ConfigError> {
+    let value = value.ok_or(ConfigError::Missing { var, hint })?.trim();
+    if value.contains("-----BEGIN") {
+        return Ok(value.to_owned());
+    }
+    let looks_like_path =
+        value.contains('/') && Path::new(value).exists() || value.ends_with(".pem");
+    if looks_like_path {
+        return std::fs::read_to_string(value)
+            .map_err(|e| ConfigError::invalid(var, value, format!("cannot read key file: {e}")));
+    }
+    Ok(value.to_owned())
+}
+
+fn number(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ConfigError::invalid(
+                name,
+                &text,
+                format!("expected a whole number from {min} to {max}"),
+            )),
+        },
+    }
+}
+
+fn duration(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(text) => parse_duration(name, &text),
+    }
+}
+
+/// Parses a human duration such as `500ms`, `30s`, `15m`, `2h`.
+pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::invalid(name, text, format!("{e} (write it like 500ms, 30s, 15m)"))
+    })?;
+    if d.is_zero() {
+        return Err(ConfigError::invalid(
+            name,
+            text,
+            "must be greater than zero",
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_duration_list(name: &'static str, text: &str) -> Result<Vec<Duration>, ConfigError> {
+    text.split(',')
+        .map(|part| parse_duration(name, part))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_without_any_variable() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.concurrency, 64);
+        assert_eq!(s.topology.close_queue(), "order.close.due");
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let cases = [
+            ("DATABASE_URL", "mysql://x"),
+            ("AMQP_URL", "http://x"),
+            ("ORDER_CLOSER_QUEUE_PREFIX", "bad prefix!"),
+            ("ORDER_CLOSER_QUEUE_TYPE", "stream"),
+            ("ORDER_CLOSER_CONCURRENCY", "0"),
+            ("ORDER_CLOSER_CONCURRENCY", "lots"),
+            ("ORDER_CLOSER_PREFETCH", "70000"),
+            ("ORDER_CLOSER_RETRY_STEPS", "3s,soon"),
+            ("ORDER_CLOSER_SHUTDOWN_GRACE", "0s"),
+            ("ALIPAY_TIMEOUT", "ten"),
+            ("ALIPAY_GATEWAY_URL", "ftp://x"),
+            ("ORDER_CLOSER_LOG_FORMAT", "xml"),
+        ];
+        for (var, value) in cases {
+            let err = settings(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_and_bad_keys_name_their_variable() {
+        let s = settings(&[]).unwrap();
+        let err = s.alipay_config().unwrap_err().to_string();
+        assert!(err.contains("ALIPAY_APP_PRIVATE_KEY"), "{err}");
+
+        let s = settings(&[("ALIPAY_APP_PRIVATE_KEY", "bm90IGEga2V5")]).unwrap();
+        let err = s.alipay_config().unwrap_err().to_string();
+        assert!(err.contains("ALIPAY_APP_PRIVATE_KEY"), "{err}");
+
+        let s = settings(&[("ALIPAY_APP_PRIVATE_KEY", "/nonexistent/key.pem")]).unwrap();
+        let err = s.alipay_config().unwrap_err().to_string();
+        assert!(err.contains("cannot read key file"), "{err}");
+    }
+}

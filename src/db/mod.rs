@@ -1,0 +1,149 @@
+//! PostgreSQL at the edge: the connection pool, migrations, and one module per table.
+
+pub mod anomalies;
+pub mod decisions;
+pub mod orders;
+pub mod outbox;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use thiserror::Error;
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// How long to wait for a pooled connection or a new one before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool of async Postgres connections.
+pub type DbPool = Pool<AsyncPgConnection>;
+/// A connection checked out of the pool.
+pub type PooledConn = Object<AsyncPgConnection>;
+
+/// A database failure.
+#[derive(Debug, Error)]
+pub enum DbError {
+    /// No connection could be had (server down, pool exhausted, bad URL).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// Builds a pool. Connections are verified on recycling, so a worker that idled through
+/// a database restart gets a fresh connection instead of an error.
+pub fn pool(url: &str, max_size: usize) -> Result<DbPool, DbError> {
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Verified;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| DbError::Unavailable(e.to_string()))
+}
+
+/// Checks a connection out of the pool.
+pub async fn conn(pool: &DbPool) -> Result<PooledConn, DbError> {
+    pool.get()
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))
+}
+
+/// Opens one connection outside any pool.
+pub async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, AsyncPgConnection::establish(url)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(DbError::Unavailable(e.to_string())),
+        Err(_) => Err(DbError::Unavailable(format!(
+            "no connection within {CONNECT_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Creates the database named in `url` if it does not exist (connecting to the
+/// `postgres` maintenance database of the same server to do so).
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let (server, name) = split_database(url)
+        .ok_or_else(|| DbError::Unavailable(format!("DATABASE_URL {url:?} names no database")))?;
+    let mut admin = connect(&format!("{server}/postgres")).await?;
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let found: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut admin)
+            .await?;
+    if !found.exists {
+        let quoted = name.replace('"', "\"\"");
+        match diesel::sql_query(format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Someone else created it at the same moment: that is what we wanted.
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("already exists") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Splits `postgres://user@host:port/db?opts` into (`postgres://user@host:port`, `db`).
+fn split_database(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = rest.split_once('/')?;
+    let name = path.split('?').next()?.to_owned();
+    (!name.is_empty()).then(|| (format!("{scheme}://{authority}"), name))
+}
+
+/// Runs pending migrations, creating the database first when it is missing.
+pub async fn migrate(url: &str) -> Result<usize, DbError> {
+    ensure_database(url).await?;
+    let conn = connect(url).await?;
+    // The harness blocks (it wraps diesel's sync migration runner), so it runs on a
+    // blocking thread where `block_in_place` is allowed.
+    tokio::task::spawn_blocking(move || {
+        let mut harness = AsyncMigrationHarness::new(conn);
+        harness
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.len())
+            .map_err(|e| DbError::Migration(e.to_string()))
+    })
+    .await
+    .map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_database_urls() {
+        assert_eq!(
+            split_database("postgres://u:p@h:5432/db?options=-c%20search_path%3Dx"),
+            Some(("postgres://u:p@h:5432".into(), "db".into()))
+        );
+        assert_eq!(split_database("postgres://h"), None);
+        assert_eq!(split_database("postgres://h/"), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! The `orders` table: insert, read, and the guarded `NEW -> PAID | CLOSED` updates.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::orders;
+use crate::order::{Order, OrderStatus};
+
+/// A row to insert.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = orders)]
+pub struct NewOrderRow<'a> {
+    /// Merchant order number.
+    pub out_trade_no: &'a str,
+    /// Gateway.
+    pub channel: &'a str,
+    /// Amount, minor units.
+    pub amount_minor: i64,
+    /// Currency code.
+    pub currency: &'a str,
+    /// Payment deadline.
+    pub deadline: DateTime<Utc>,
+}
+
+/// Inserts an order (status NEW) and returns it.
+pub async fn insert(conn: &mut AsyncPgConnection, row: &NewOrderRow<'_>) -> QueryResult<Order> {
+    diesel::insert_into(orders::table)
+        .values(row)
+        .returning(Order::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Reads an order by id.
+pub async fn find(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<Order>> {
+    orders::table
+        .find(id)
+        .select(Order::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Reads an order by merchant order number.
+pub async fn find_by_out_trade_no(
+    conn: &mut AsyncPgConnection,
+    out_trade_no: &str,
+) -> QueryResult<Option<Order>> {
+    orders::table
+        .filter(orders::out_trade_no.eq(out_trade_no))
+        .select(Order::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// `NEW -> PAID`, only if still NEW. Returns false when another actor got there first.
+pub async fn mark_paid(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    trade_no: &str,
+    paid_at: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let updated = diesel::update(orders::table)
+        .filter(orders::id.eq(id))
+        .filter(orders::status.eq(OrderStatus::New.as_str()))
+        .set((
+            orders::status.eq(OrderStatus::Paid.as_str()),
+            orders::gateway_trade_no.eq(trade_no),
+            orders::paid_at.eq(paid_at),
+            orders::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(updated == 1)
+}
+
+/// `NEW -> CLOSED`, only if still NEW. Returns false when another actor got there first.
+pub async fn mark_closed(conn: &mut AsyncPgConnection, id: i64, reason: &str) -> QueryResult<bool> {
+    let updated = diesel::update(orders::table)
+        .filter(orders::id.eq(id))
+        .filter(orders::status.eq(OrderStatus::New.as_str()))
+        .set((
+            orders::status.eq(OrderStatus::Closed.as_str()),
+            orders::close_reason.eq(reason),
+            orders::closed_at.eq(now),
+            orders::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(updated == 1)
+}

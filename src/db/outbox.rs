@@ -1,0 +1,111 @@
+//! The `outbox` table: messages that must be published because a transaction committed.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::outbox;
+
+/// A close schedule (payload: a close message).
+pub const KIND_CLOSE: &str = "close";
+/// An event (payload: event JSON, routing key: event type).
+pub const KIND_EVENT: &str = "event";
+
+/// A row to insert.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewOutboxRow<'a> {
+    /// [`KIND_CLOSE`] or [`KIND_EVENT`].
+    pub kind: &'a str,
+    /// For events, the routing key; for close schedules, empty (routed by deadline).
+    pub routing_key: &'a str,
+    /// The exact bytes to publish.
+    pub payload: &'a str,
+}
+
+/// A stored row.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg))]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Payload.
+    pub payload: String,
+}
+
+/// Inserts a row and returns its id.
+pub async fn insert(conn: &mut AsyncPgConnection, row: &NewOutboxRow<'_>) -> QueryResult<i64> {
+    diesel::insert_into(outbox::table)
+        .values(row)
+        .returning(outbox::id)
+        .get_result(conn)
+        .await
+}
+
+/// Which rows a publisher claims.
+#[derive(Debug, Clone)]
+pub enum Claim<'a> {
+    /// These rows (the ones a transaction just wrote).
+    Ids(&'a [i64]),
+    /// Up to `limit` of the oldest rows that no one else will publish: every event row
+    /// (decisions leave them to the relay), and close rows older than `grace` (left
+    /// behind by a crash or a broker outage; younger ones are their creator's to publish).
+    Pending {
+        /// How long a close row belongs to its creator.
+        grace: Duration,
+        /// Batch size.
+        limit: i64,
+    },
+}
+
+/// Locks and returns rows to publish, skipping rows another publisher holds, so that a
+/// row is published by one process at a time. Call inside a transaction.
+pub async fn claim(conn: &mut AsyncPgConnection, which: Claim<'_>) -> QueryResult<Vec<OutboxRow>> {
+    let query = outbox::table
+        .select(OutboxRow::as_select())
+        .order(outbox::id.asc());
+    match which {
+        Claim::Ids(ids) => {
+            query
+                .filter(outbox::id.eq_any(ids))
+                .for_update()
+                .skip_locked()
+                .load(conn)
+                .await
+        }
+        Claim::Pending { grace, limit } => {
+            // The creator's clock decides ownership, so compare with this process's clock.
+            let cutoff =
+                Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+            query
+                .filter(
+                    outbox::kind
+                        .eq(KIND_EVENT)
+                        .or(outbox::created_at.lt(cutoff)),
+                )
+                .limit(limit)
+                .for_update()
+                .skip_locked()
+                .load(conn)
+                .await
+        }
+    }
+}
+
+/// Deletes published rows.
+pub async fn delete(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<usize> {
+    diesel::delete(outbox::table.filter(outbox::id.eq_any(ids)))
+        .execute(conn)
+        .await
+}
+
+/// How many rows wait to be published (a health signal: it grows while the broker is down).
+pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    outbox::table.count().get_result(conn).await
+}

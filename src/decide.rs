@@ -1,0 +1,543 @@
+//! Deciding one order: read it, ask its gateway, act, and commit the state change, its
+//! audit row and its event in one transaction. Shared by the worker and the reconcile
+//! command; the rules themselves live in [`crate::decision`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::db::anomalies::{self, NewAnomaly};
+use crate::db::decisions::{self, NewDecision};
+use crate::db::{self, DbError, DbPool, orders};
+use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
+use crate::events::{self, OrderEvent};
+use crate::gateway::{Gateway, GatewayError, QueryAnswer};
+use crate::order::{Order, OrderStatus};
+use crate::relay;
+use crate::retry::{RetryPolicy, RetryStep};
+
+/// The gateways by channel name (`alipay`, ...).
+#[derive(Clone, Default)]
+pub struct Gateways {
+    by_channel: HashMap<String, Arc<dyn Gateway>>,
+}
+
+impl Gateways {
+    /// Registers the gateway serving a channel.
+    pub fn with(mut self, channel: &str, gateway: Arc<dyn Gateway>) -> Self {
+        self.by_channel.insert(channel.to_owned(), gateway);
+        self
+    }
+
+    fn get(&self, channel: &str) -> Option<&Arc<dyn Gateway>> {
+        self.by_channel.get(channel)
+    }
+}
+
+/// Whether to act or only to say what would be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Close at the gateway, write the decision.
+    Apply,
+    /// Query only; change nothing.
+    DryRun,
+}
+
+/// Which attempt this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptInfo {
+    /// Failed attempts before this one.
+    pub number: u32,
+    /// When the first attempt happened (None on the first).
+    pub first_seen: Option<DateTime<Utc>>,
+    /// The message's own earliest moment (retries).
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// What happened to the order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// No such order.
+    Missing,
+    /// Already PAID or CLOSED; nothing done.
+    Settled(OrderStatus),
+    /// Not due yet; come back after this long.
+    NotDue {
+        /// Time left.
+        wait: Duration,
+        /// The order's deadline.
+        deadline: DateTime<Utc>,
+    },
+    /// We moved the order to this status (the decision's id is the event id).
+    Decided {
+        /// New status.
+        status: OrderStatus,
+        /// The decision row.
+        decision_id: i64,
+        /// Decision commit time minus deadline.
+        lateness: Duration,
+    },
+    /// Another actor (callback, worker, reconcile) changed the order first.
+    LostRace(OrderStatus),
+    /// Transient failure: try again after `delay` as attempt `attempt`.
+    Retry {
+        /// Back-off.
+        delay: Duration,
+        /// The next attempt number.
+        attempt: u32,
+        /// Failure code.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+    /// Cannot be decided automatically: park for an operator.
+    Park {
+        /// Reason code.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+    /// Dry run: what would be done.
+    WouldDo(Action),
+}
+
+/// A failure that is neither the order's nor the gateway's: the database is unreachable.
+/// The caller should try again later without counting an attempt.
+#[derive(Debug, Error)]
+#[error(transparent)]
+pub struct Unavailable(#[from] pub DbError);
+
+impl From<diesel::result::Error> for Unavailable {
+    fn from(e: diesel::result::Error) -> Self {
+        Self(DbError::Query(e))
+    }
+}
+
+/// Decides orders.
+#[derive(Clone)]
+pub struct Decider {
+    pool: DbPool,
+    gateways: Gateways,
+    retry: RetryPolicy,
+    actor: String,
+}
+
+impl Decider {
+    /// A decider writing with `pool`, asking `gateways`, backing off by `retry`, and
+    /// signing audit rows as `actor`.
+    pub fn new(
+        pool: DbPool,
+        gateways: Gateways,
+        retry: RetryPolicy,
+        actor: impl Into<String>,
+    ) -> Self {
+        Self {
+            pool,
+            gateways,
+            retry,
+            actor: actor.into(),
+        }
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// Decides one order, end to end.
+    #[tracing::instrument(name = "decide", skip_all, fields(order_id, out_trade_no, attempt = attempt.number))]
+    /// `expected_out_trade_no` is what the message says: a message whose order number
+    /// disagrees with the row is parked, never acted on.
+    pub async fn decide(
+        &self,
+        order_id: i64,
+        expected_out_trade_no: Option<&str>,
+        attempt: AttemptInfo,
+        mode: Mode,
+    ) -> Result<Outcome, Unavailable> {
+        let mut conn = db::conn(&self.pool).await?;
+        let order = orders::find(&mut conn, order_id).await?;
+        if let Some(o) = &order {
+            tracing::Span::current().record("out_trade_no", o.out_trade_no.as_str());
+        }
+        tracing::Span::current().record("order_id", order_id);
+        drop(conn);
+        if let Some((order, expected)) = order
+            .as_ref()
+            .zip(expected_out_trade_no)
+            .filter(|(o, e)| o.out_trade_no != *e)
+        {
+            let detail = format!(
+                "message names out_trade_no {expected:?} but order {order_id} is {:?}",
+                order.out_trade_no
+            );
+            return self
+                .park(order, attempt, "order_mismatch", &detail, None)
+                .await;
+        }
+        let order = match decision::precheck(order.as_ref(), attempt.not_before, Utc::now()) {
+            Precheck::Missing => return Ok(Outcome::Missing),
+            Precheck::Settled(status) => return Ok(Outcome::Settled(status)),
+            Precheck::NotDue(wait) => {
+                let deadline = order.map(|o| o.deadline).unwrap_or_else(Utc::now);
+                return Ok(Outcome::NotDue { wait, deadline });
+            }
+            Precheck::Due => match order {
+                Some(order) => order,
+                None => return Ok(Outcome::Missing),
+            },
+        };
+        let Some(gateway) = self.gateways.get(&order.channel) else {
+            let detail = format!("no gateway is configured for channel {:?}", order.channel);
+            return self
+                .park(&order, attempt, "unknown_channel", &detail, None)
+                .await;
+        };
+
+        let (action, answer) = self.consult(gateway.as_ref(), &order, mode).await;
+        if mode == Mode::DryRun {
+            return Ok(Outcome::WouldDo(action));
+        }
+        match action {
+            Action::MarkPaid {
+                trade_no,
+                paid_at,
+                mismatch,
+            } => {
+                self.apply_paid(
+                    &order,
+                    attempt,
+                    &trade_no,
+                    paid_at,
+                    mismatch,
+                    answer.as_deref(),
+                )
+                .await
+            }
+            Action::Close(reason) => {
+                self.apply_closed(&order, attempt, reason, answer.as_deref())
+                    .await
+            }
+            Action::Retry { code, detail } => match self.retry.after_failure(attempt.number) {
+                RetryStep::Retry {
+                    delay,
+                    attempt: next,
+                } => {
+                    self.audit_only(
+                        &order,
+                        attempt,
+                        "retry",
+                        &format!("{code}: {detail}"),
+                        answer.as_deref(),
+                    )
+                    .await;
+                    Ok(Outcome::Retry {
+                        delay,
+                        attempt: next,
+                        code,
+                        detail,
+                    })
+                }
+                RetryStep::Exhausted => {
+                    let detail = format!(
+                        "gave up after {} attempts; last error {code}: {detail}",
+                        attempt.number + 1
+                    );
+                    self.park(
+                        &order,
+                        attempt,
+                        "attempts_exhausted",
+                        &detail,
+                        answer.as_deref(),
+                    )
+                    .await
+                }
+            },
+            Action::Park { code, detail } => {
+                self.park(&order, attempt, &code, &detail, answer.as_deref())
+                    .await
+            }
+            // `consult` resolves these two itself; reaching here would be a bug, and the
+            // safe response to a bug is to try again later, never to close.
+            Action::CloseAtGateway | Action::QueryAgain => Ok(Outcome::Retry {
+                delay: self.retry.steps()[0],
+                attempt: attempt.number,
+                code: "internal".into(),
+                detail: format!("unresolved action {action:?}"),
+            }),
+        }
+    }
+
+    /// Asks the gateway (query, then close and re-query as the table says) and returns
+    /// the final action with the gateway's last answer for the audit row.
+    async fn consult(
+        &self,
+        gateway: &dyn Gateway,
+        order: &Order,
+        mode: Mode,
+    ) -> (Action, Option<String>) {
+        let no = order.out_trade_no.as_str();
+        let first = gateway.query(no).await;
+        let mut transcript = vec![describe_query(&first)];
+        let mut action =
+            decision::after_query(order, QueryStage::First, first.as_ref().map(|a| &a.state));
+        if mode == Mode::DryRun {
+            return (action, Some(transcript.join("\n")));
+        }
+        if action == Action::CloseAtGateway {
+            let closed = gateway.close(no).await;
+            transcript.push(match &closed {
+                Ok(answer) => format!("close: {answer:?}"),
+                Err(e) => format!("close: {e}"),
+            });
+            action = decision::after_close(closed.as_ref());
+            if action == Action::QueryAgain {
+                info!("gateway refused the close; asking again");
+                let again = gateway.query(no).await;
+                transcript.push(describe_query(&again));
+                action = decision::after_query(
+                    order,
+                    QueryStage::AfterCloseRefused,
+                    again.as_ref().map(|a| &a.state),
+                );
+            }
+        }
+        (action, Some(transcript.join("\n")))
+    }
+
+    async fn apply_paid(
+        &self,
+        order: &Order,
+        attempt: AttemptInfo,
+        trade_no: &str,
+        paid_at: Option<DateTime<Utc>>,
+        mismatch: Option<decision::AmountMismatch>,
+        answer: Option<&str>,
+    ) -> Result<Outcome, Unavailable> {
+        let paid_at = paid_at.unwrap_or_else(Utc::now);
+        let detail = match mismatch {
+            None => "paid at the gateway; the payment callback was missed".to_owned(),
+            Some(m) => format!(
+                "paid at the gateway with amount {} but the order says {}",
+                crate::money::format_minor(m.paid),
+                crate::money::format_minor(m.expected)
+            ),
+        };
+        let mut conn = db::conn(&self.pool).await?;
+        let committed = conn
+            .transaction::<_, diesel::result::Error, _>(async |tx| {
+                if !orders::mark_paid(tx, order.id, trade_no, paid_at).await? {
+                    return Ok(None);
+                }
+                let decision_id = self
+                    .record(tx, order, attempt, "paid", &detail, answer)
+                    .await?;
+                let reason = "paid_at_gateway";
+                self.enqueue(
+                    tx,
+                    order,
+                    decision_id,
+                    events::ORDER_PAID,
+                    OrderStatus::Paid,
+                    Some(trade_no),
+                    reason,
+                )
+                .await?;
+                if mismatch.is_some() {
+                    let kind = "amount_mismatch";
+                    anomalies::record(
+                        tx,
+                        &NewAnomaly {
+                            order_id: Some(order.id),
+                            out_trade_no: &order.out_trade_no,
+                            kind,
+                            detail: &detail,
+                        },
+                    )
+                    .await?;
+                    let key = events::anomaly_key(kind);
+                    self.enqueue(
+                        tx,
+                        order,
+                        decision_id,
+                        &key,
+                        OrderStatus::Paid,
+                        Some(trade_no),
+                        &detail,
+                    )
+                    .await?;
+                }
+                Ok(Some(decision_id))
+            })
+            .await?;
+        self.finish(&mut conn, order, OrderStatus::Paid, committed)
+            .await
+    }
+
+    async fn apply_closed(
+        &self,
+        order: &Order,
+        attempt: AttemptInfo,
+        reason: CloseReason,
+        answer: Option<&str>,
+    ) -> Result<Outcome, Unavailable> {
+        let mut conn = db::conn(&self.pool).await?;
+        let committed = conn
+            .transaction::<_, diesel::result::Error, _>(async |tx| {
+                if !orders::mark_closed(tx, order.id, reason.as_str()).await? {
+                    return Ok(None);
+                }
+                let decision_id = self
+                    .record(tx, order, attempt, "closed", reason.as_str(), answer)
+                    .await?;
+                self.enqueue(
+                    tx,
+                    order,
+                    decision_id,
+                    events::ORDER_CLOSED,
+                    OrderStatus::Closed,
+                    None,
+                    reason.as_str(),
+                )
+                .await?;
+                Ok(Some(decision_id))
+            })
+            .await?;
+        self.finish(&mut conn, order, OrderStatus::Closed, committed)
+            .await
+    }
+
+    /// Turns a committed (or lost) guarded update into an outcome.
+    async fn finish(
+        &self,
+        conn: &mut AsyncPgConnection,
+        order: &Order,
+        status: OrderStatus,
+        committed: Option<i64>,
+    ) -> Result<Outcome, Unavailable> {
+        match committed {
+            Some(decision_id) => {
+                let lateness = (Utc::now() - order.deadline).to_std().unwrap_or_default();
+                info!(%status, decision_id, lateness_ms = lateness.as_millis() as u64, "decided");
+                Ok(Outcome::Decided {
+                    status,
+                    decision_id,
+                    lateness,
+                })
+            }
+            None => {
+                let now = orders::find(conn, order.id).await?.map(|o| o.status());
+                let theirs = now.unwrap_or(OrderStatus::New);
+                info!(ours = %status, theirs = %theirs, "another actor decided this order first");
+                Ok(Outcome::LostRace(theirs))
+            }
+        }
+    }
+
+    async fn park(
+        &self,
+        order: &Order,
+        attempt: AttemptInfo,
+        code: &str,
+        detail: &str,
+        answer: Option<&str>,
+    ) -> Result<Outcome, Unavailable> {
+        warn!(code, detail, "parking the order for an operator");
+        self.audit_only(
+            order,
+            attempt,
+            "parked",
+            &format!("{code}: {detail}"),
+            answer,
+        )
+        .await;
+        Ok(Outcome::Park {
+            code: code.to_owned(),
+            detail: detail.to_owned(),
+        })
+    }
+
+    /// Records a decision that changes no state (retry, park). A failure to record is
+    /// logged, not fatal: the message itself still goes where it must.
+    async fn audit_only(
+        &self,
+        order: &Order,
+        attempt: AttemptInfo,
+        outcome: &str,
+        detail: &str,
+        answer: Option<&str>,
+    ) {
+        let result = async {
+            let mut conn = db::conn(&self.pool).await?;
+            self.record(&mut conn, order, attempt, outcome, detail, answer)
+                .await
+                .map_err(DbError::from)
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, outcome, "could not record the decision");
+        }
+    }
+
+    async fn record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        order: &Order,
+        attempt: AttemptInfo,
+        outcome: &str,
+        detail: &str,
+        answer: Option<&str>,
+    ) -> diesel::QueryResult<i64> {
+        decisions::insert(
+            conn,
+            &NewDecision {
+                order_id: order.id,
+                attempt: i32::try_from(attempt.number).unwrap_or(i32::MAX),
+                outcome,
+                gateway_answer: answer,
+                detail,
+                actor: &self.actor,
+            },
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn enqueue(
+        &self,
+        conn: &mut AsyncPgConnection,
+        order: &Order,
+        decision_id: i64,
+        routing_key: &str,
+        status: OrderStatus,
+        trade_no: Option<&str>,
+        reason: &str,
+    ) -> diesel::QueryResult<i64> {
+        let event = OrderEvent {
+            v: 1,
+            event_id: format!("{routing_key}:{decision_id}"),
+            event: routing_key,
+            order_id: order.id,
+            out_trade_no: &order.out_trade_no,
+            status: status.as_str(),
+            amount_minor: order.amount_minor,
+            currency: &order.currency,
+            gateway_trade_no: trade_no,
+            reason,
+            occurred_at: Utc::now(),
+        };
+        relay::enqueue_event(conn, routing_key, &event.to_json()).await
+    }
+}
+
+fn describe_query(answer: &Result<QueryAnswer, GatewayError>) -> String {
+    match answer {
+        Ok(a) => format!("query: {:?} {}", a.state, a.raw),
+        Err(e) => format!("query: {e}"),
+    }
+}

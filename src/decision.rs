@@ -1,0 +1,387 @@
+//! The decision core: from what we know about an order and what the gateway said, to
+//! what to do. Pure functions, no I/O; the worker and the reconcile command both drive
+//! it (see `crate::decide`), and every row of the decision table is a unit test here.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::gateway::{CloseAnswer, FaultClass, GatewayError, TradeState};
+use crate::order::{Order, OrderStatus};
+
+/// What to do before asking the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precheck {
+    /// No such order: acknowledge with a warning.
+    Missing,
+    /// Already PAID or CLOSED (redelivery, or another actor got there first): acknowledge.
+    Settled(OrderStatus),
+    /// Not due yet (deadline extended, or an early hop): wait this long more.
+    NotDue(Duration),
+    /// Due: ask the gateway.
+    Due,
+}
+
+/// Checks an order (if it exists) against the clock before any gateway call.
+/// `not_before` is the message's own earliest moment (set on retries).
+pub fn precheck(
+    order: Option<&Order>,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Precheck {
+    let Some(order) = order else {
+        return Precheck::Missing;
+    };
+    match order.status() {
+        OrderStatus::New => {}
+        settled => return Precheck::Settled(settled),
+    }
+    let due = match not_before {
+        Some(nb) if nb > order.deadline => nb,
+        _ => order.deadline,
+    };
+    match (due - now).to_std() {
+        Ok(wait) if !wait.is_zero() => Precheck::NotDue(wait),
+        _ => Precheck::Due,
+    }
+}
+
+/// Why an order was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The gateway never saw a trade (the buyer never scanned or started paying).
+    NoTrade,
+    /// The gateway already had the trade closed.
+    ClosedAtGateway,
+    /// We closed the waiting trade at the gateway, then locally.
+    ClosedByUs,
+}
+
+impl CloseReason {
+    /// The text stored in `orders.close_reason` and in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoTrade => "deadline_no_trade",
+            Self::ClosedAtGateway => "deadline_closed_at_gateway",
+            Self::ClosedByUs => "deadline_closed_by_us",
+        }
+    }
+}
+
+/// A paid amount that differs from the order's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmountMismatch {
+    /// What the order says, minor units.
+    pub expected: i64,
+    /// What the gateway says was paid, minor units.
+    pub paid: i64,
+}
+
+/// What to do once the gateway answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Mark the order PAID (the payment callback was missed).
+    MarkPaid {
+        /// The gateway's trade number.
+        trade_no: String,
+        /// When it was paid, if the gateway says.
+        paid_at: Option<DateTime<Utc>>,
+        /// Set when the paid amount is not the order's: recorded as an anomaly.
+        mismatch: Option<AmountMismatch>,
+    },
+    /// Close the order locally: nothing at the gateway can be paid any more.
+    Close(CloseReason),
+    /// Close the waiting trade at the gateway first (then see [`after_close`]).
+    CloseAtGateway,
+    /// The close was refused (usually: paid just now): query again.
+    QueryAgain,
+    /// Try again later (transient failure, or the buyer is paying right now).
+    Retry {
+        /// Short code for the audit row and metrics.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+    /// Give up and park for an operator: retrying will not help.
+    Park {
+        /// Short code for the audit row and metrics.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+}
+
+/// Where in the flow a query answer arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryStage {
+    /// The first query at the deadline.
+    First,
+    /// The query after the gateway refused to close the trade.
+    AfterCloseRefused,
+}
+
+fn from_error(error: &GatewayError) -> Action {
+    let code = error.code.clone();
+    let detail = error.message.clone();
+    match error.class {
+        FaultClass::Retryable => Action::Retry { code, detail },
+        FaultClass::Permanent => Action::Park { code, detail },
+    }
+}
+
+/// The decision table: what to do with a due NEW order given the query answer.
+pub fn after_query(
+    order: &Order,
+    stage: QueryStage,
+    answer: Result<&TradeState, &GatewayError>,
+) -> Action {
+    let state = match answer {
+        Ok(state) => state,
+        Err(error) => return from_error(error),
+    };
+    match (state, stage) {
+        (
+            TradeState::Paid {
+                trade_no,
+                amount_minor,
+                paid_at,
+            },
+            _,
+        ) => Action::MarkPaid {
+            trade_no: trade_no.clone(),
+            paid_at: *paid_at,
+            mismatch: (*amount_minor != order.amount_minor).then_some(AmountMismatch {
+                expected: order.amount_minor,
+                paid: *amount_minor,
+            }),
+        },
+        (TradeState::NotFound, QueryStage::First) => Action::Close(CloseReason::NoTrade),
+        (TradeState::Closed, _) => Action::Close(CloseReason::ClosedAtGateway),
+        (TradeState::WaitingForPayment, QueryStage::First) => Action::CloseAtGateway,
+        (TradeState::InProgress, _) => Action::Retry {
+            code: "buyer_paying".into(),
+            detail: "the buyer is paying right now".into(),
+        },
+        (TradeState::WaitingForPayment, QueryStage::AfterCloseRefused) => Action::Retry {
+            code: "close_refused_still_waiting".into(),
+            detail: "the gateway refused to close a trade it still reports as waiting".into(),
+        },
+        (TradeState::NotFound, QueryStage::AfterCloseRefused) => Action::Retry {
+            code: "close_refused_not_found".into(),
+            detail: "the gateway refused to close a trade it now reports as missing".into(),
+        },
+    }
+}
+
+/// What to do after asking the gateway to close a waiting trade.
+pub fn after_close(answer: Result<&CloseAnswer, &GatewayError>) -> Action {
+    match answer {
+        Ok(CloseAnswer::Closed) => Action::Close(CloseReason::ClosedByUs),
+        Ok(CloseAnswer::NotCloseable { .. }) => Action::QueryAgain,
+        Err(error) => from_error(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: &str, deadline: DateTime<Utc>) -> Order {
+        Order {
+            id: 1,
+            out_trade_no: "ORD-1".into(),
+            channel: "alipay".into(),
+            amount_minor: 1234,
+            currency: "CNY".into(),
+            status_text: status.into(),
+            deadline,
+            created_at: deadline,
+            updated_at: deadline,
+            paid_at: None,
+            closed_at: None,
+            gateway_trade_no: None,
+            close_reason: None,
+        }
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    const NOW: &str = "2026-11-22T10:00:00Z";
+
+    #[test]
+    fn precheck_rows() {
+        let now = t(NOW);
+        assert_eq!(precheck(None, None, now), Precheck::Missing);
+        assert_eq!(
+            precheck(Some(&order("PAID", t("2026-11-22T09:00:00Z"))), None, now),
+            Precheck::Settled(OrderStatus::Paid)
+        );
+        assert_eq!(
+            precheck(Some(&order("CLOSED", t("2026-11-22T09:00:00Z"))), None, now),
+            Precheck::Settled(OrderStatus::Closed)
+        );
+        // Settled wins over not-due: a paid order with a future deadline is done.
+        assert_eq!(
+            precheck(Some(&order("PAID", t("2026-11-22T11:00:00Z"))), None, now),
+            Precheck::Settled(OrderStatus::Paid)
+        );
+        assert_eq!(
+            precheck(
+                Some(&order("NEW", t("2026-11-22T10:00:07.300Z"))),
+                None,
+                now
+            ),
+            Precheck::NotDue(Duration::from_millis(7300))
+        );
+        assert_eq!(
+            precheck(Some(&order("NEW", t(NOW))), None, now),
+            Precheck::Due
+        );
+        assert_eq!(
+            precheck(Some(&order("NEW", t("1970-01-01T00:00:00Z"))), None, now),
+            Precheck::Due
+        );
+        // A retry waits for its own moment even though the deadline has passed.
+        assert_eq!(
+            precheck(
+                Some(&order("NEW", t("2026-11-22T09:00:00Z"))),
+                Some(t("2026-11-22T10:00:30Z")),
+                now
+            ),
+            Precheck::NotDue(Duration::from_secs(30))
+        );
+        // An extended deadline beats an older not_before.
+        assert_eq!(
+            precheck(
+                Some(&order("NEW", t("2026-11-22T10:01:00Z"))),
+                Some(t("2026-11-22T09:00:00Z")),
+                now
+            ),
+            Precheck::NotDue(Duration::from_secs(60))
+        );
+    }
+
+    fn paid(amount: i64) -> TradeState {
+        TradeState::Paid {
+            trade_no: "2026112222001".into(),
+            amount_minor: amount,
+            paid_at: Some(t("2026-11-22T09:59:00Z")),
+        }
+    }
+
+    #[test]
+    fn query_rows_at_the_first_stage() {
+        let o = order("NEW", t(NOW));
+        let first = QueryStage::First;
+        assert_eq!(
+            after_query(&o, first, Ok(&paid(1234))),
+            Action::MarkPaid {
+                trade_no: "2026112222001".into(),
+                paid_at: Some(t("2026-11-22T09:59:00Z")),
+                mismatch: None
+            }
+        );
+        assert_eq!(
+            after_query(&o, first, Ok(&paid(1000))),
+            Action::MarkPaid {
+                trade_no: "2026112222001".into(),
+                paid_at: Some(t("2026-11-22T09:59:00Z")),
+                mismatch: Some(AmountMismatch {
+                    expected: 1234,
+                    paid: 1000
+                })
+            }
+        );
+        assert_eq!(
+            after_query(&o, first, Ok(&TradeState::NotFound)),
+            Action::Close(CloseReason::NoTrade)
+        );
+        assert_eq!(
+            after_query(&o, first, Ok(&TradeState::WaitingForPayment)),
+            Action::CloseAtGateway
+        );
+        assert_eq!(
+            after_query(&o, first, Ok(&TradeState::Closed)),
+            Action::Close(CloseReason::ClosedAtGateway)
+        );
+        assert!(matches!(
+            after_query(&o, first, Ok(&TradeState::InProgress)),
+            Action::Retry { code, .. } if code == "buyer_paying"
+        ));
+        assert!(matches!(
+            after_query(&o, first, Err(&GatewayError::retryable("timeout", "slow"))),
+            Action::Retry { code, .. } if code == "timeout"
+        ));
+        assert!(matches!(
+            after_query(&o, first, Err(&GatewayError::permanent("40002", "bad key"))),
+            Action::Park { code, .. } if code == "40002"
+        ));
+    }
+
+    #[test]
+    fn query_rows_after_a_refused_close() {
+        let o = order("NEW", t(NOW));
+        let again = QueryStage::AfterCloseRefused;
+        assert!(matches!(
+            after_query(&o, again, Ok(&paid(1234))),
+            Action::MarkPaid { mismatch: None, .. }
+        ));
+        assert_eq!(
+            after_query(&o, again, Ok(&TradeState::Closed)),
+            Action::Close(CloseReason::ClosedAtGateway)
+        );
+        // Never close on an answer that contradicts the refusal: retry instead.
+        for state in [
+            TradeState::WaitingForPayment,
+            TradeState::NotFound,
+            TradeState::InProgress,
+        ] {
+            assert!(
+                matches!(after_query(&o, again, Ok(&state)), Action::Retry { .. }),
+                "{state:?}"
+            );
+        }
+        assert!(matches!(
+            after_query(&o, again, Err(&GatewayError::retryable("20000", "busy"))),
+            Action::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn close_rows() {
+        assert_eq!(
+            after_close(Ok(&CloseAnswer::Closed)),
+            Action::Close(CloseReason::ClosedByUs)
+        );
+        assert_eq!(
+            after_close(Ok(&CloseAnswer::NotCloseable {
+                sub_code: "ACQ.TRADE_STATUS_ERROR".into()
+            })),
+            Action::QueryAgain
+        );
+        assert!(matches!(
+            after_close(Err(&GatewayError::retryable("ACQ.SYSTEM_ERROR", "x"))),
+            Action::Retry { .. }
+        ));
+        assert!(matches!(
+            after_close(Err(&GatewayError::permanent("40006", "no permission"))),
+            Action::Park { .. }
+        ));
+    }
+
+    #[test]
+    fn no_answer_ever_closes_a_paid_trade() {
+        // Exhaustive over states and stages: a Paid answer always marks paid.
+        let o = order("NEW", t(NOW));
+        for stage in [QueryStage::First, QueryStage::AfterCloseRefused] {
+            for amount in [1, 1234, 99_999] {
+                assert!(matches!(
+                    after_query(&o, stage, Ok(&paid(amount))),
+                    Action::MarkPaid { .. }
+                ));
+            }
+        }
+    }
+}

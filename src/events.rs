@@ -1,0 +1,53 @@
+//! Events announced on the events exchange when a decision commits.
+//!
+//! Routing keys: `order.closed`, `order.paid`, `order.anomaly.<kind>`. Each event carries
+//! `event_id` (unique per decision) so that a consumer can drop the rare duplicate that
+//! at-least-once publishing allows.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Routing key of a close.
+pub const ORDER_CLOSED: &str = "order.closed";
+/// Routing key of a payment we discovered.
+pub const ORDER_PAID: &str = "order.paid";
+
+/// The routing key of an anomaly of this kind.
+pub fn anomaly_key(kind: &str) -> String {
+    format!("order.anomaly.{kind}")
+}
+
+/// The JSON body of every event.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderEvent<'a> {
+    /// Contract version.
+    pub v: u32,
+    /// Unique id: `<routing key>:<decision id>`.
+    pub event_id: String,
+    /// The routing key, repeated in the body.
+    pub event: &'a str,
+    /// Our order id.
+    pub order_id: i64,
+    /// Merchant order number.
+    pub out_trade_no: &'a str,
+    /// The order's status after the decision.
+    pub status: &'a str,
+    /// Amount in minor units.
+    pub amount_minor: i64,
+    /// Currency.
+    pub currency: &'a str,
+    /// The gateway's trade number, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_trade_no: Option<&'a str>,
+    /// Why (close reason, anomaly detail).
+    pub reason: &'a str,
+    /// When the decision was made.
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl OrderEvent<'_> {
+    /// Serializes the event.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

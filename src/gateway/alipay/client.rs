@@ -1,0 +1,697 @@
+//! The Alipay classic-OpenAPI HTTP client: signs requests with the app key, verifies
+//! answers with Alipay's key, and implements [`Gateway`] with `alipay.trade.query` and
+//! `alipay.trade.close`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use super::keys::{AppPrivateKey, RsaPublicKey};
+use super::response::{classify_close, classify_query, format_china_time, split_response};
+use super::sign::sign_params;
+use crate::gateway::{CloseAnswer, Gateway, GatewayError, QueryAnswer};
+
+/// Default per-request timeout (connect, send and read the whole answer).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest answer body read; anything longer is refused (retryable `body_too_large`).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Longest time spent connecting, whatever the request timeout.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach and authenticate with Alipay.
+#[derive(Debug, Clone)]
+pub struct AlipayConfig {
+    /// Base URL, for example `https://openapi.alipay.com` or `http://127.0.0.1:PORT`;
+    /// requests go to `{base}/gateway.do` (a base already ending in `/gateway.do` is used
+    /// as is).
+    pub gateway_url: String,
+    /// The application id Alipay assigned.
+    pub app_id: String,
+    /// The application's private key; requests are signed with it.
+    pub app_private_key: Arc<AppPrivateKey>,
+    /// Alipay's public key; answers are verified with it.
+    pub alipay_public_key: Arc<RsaPublicKey>,
+    /// Per-request timeout (connect, send, read the whole answer).
+    pub timeout: Duration,
+}
+
+impl AlipayConfig {
+    /// A configuration with the default timeout ([`DEFAULT_TIMEOUT`]).
+    pub fn new(
+        gateway_url: impl Into<String>,
+        app_id: impl Into<String>,
+        app_private_key: Arc<AppPrivateKey>,
+        alipay_public_key: Arc<RsaPublicKey>,
+    ) -> Self {
+        Self {
+            gateway_url: gateway_url.into(),
+            app_id: app_id.into(),
+            app_private_key,
+            alipay_public_key,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Why an [`AlipayClient`] could not be built from its configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The gateway URL is not an absolute `http`/`https` URL.
+    #[error("gateway URL {0:?} is not an absolute http(s) URL")]
+    InvalidUrl(String),
+    /// The app id is empty.
+    #[error("app_id is empty")]
+    EmptyAppId,
+    /// The timeout is zero.
+    #[error("timeout must be greater than zero")]
+    ZeroTimeout,
+    /// The HTTP client could not be built (TLS setup, for instance).
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// A signature-checked answer: the raw signed object and its parsed form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedAnswer {
+    /// Which member held the answer (`<method>_response` or `error_response`).
+    pub response_key: String,
+    /// The answer object exactly as signed, byte for byte.
+    pub raw: String,
+    /// The same object, parsed.
+    pub value: Value,
+}
+
+/// An Alipay client holding one reusable HTTP connection pool. Cheap to share by `Arc`.
+#[derive(Debug)]
+pub struct AlipayClient {
+    config: AlipayConfig,
+    endpoint: reqwest::Url,
+    http: reqwest::Client,
+}
+
+impl AlipayClient {
+    /// Validates the configuration and builds the HTTP client (connection reuse, connect
+    /// and request timeouts, no redirects).
+    pub fn new(config: AlipayConfig) -> Result<Self, ConfigError> {
+        if config.app_id.trim().is_empty() {
+            return Err(ConfigError::EmptyAppId);
+        }
+        if config.timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        let endpoint = endpoint_url(&config.gateway_url)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.timeout.min(MAX_CONNECT_TIMEOUT))
+            .timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_keepalive(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("order-closer/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ConfigError::HttpClient)?;
+        Ok(Self {
+            config,
+            endpoint,
+            http,
+        })
+    }
+
+    /// The configuration this client was built from.
+    pub fn config(&self) -> &AlipayConfig {
+        &self.config
+    }
+
+    /// Calls any Alipay method: signs the common parameters plus `biz_content`, posts
+    /// them as a form, checks the answer's signature over the raw `*_response` (or
+    /// `error_response`) object, and returns it. Does not interpret `code`.
+    ///
+    /// Every failure here is retryable: `timeout`, `connect`, `http_transport`,
+    /// `http_<status>`, `body_too_large`, `unparseable`, `unsigned_answer`,
+    /// `bad_signature`; `signing` if the app key cannot sign (permanent).
+    pub async fn call(
+        &self,
+        method: &str,
+        biz_content: &Value,
+    ) -> Result<VerifiedAnswer, GatewayError> {
+        let started = Instant::now();
+        let form = self.signed_form(method, biz_content)?;
+        let body = match tokio::time::timeout(self.config.timeout, self.exchange(&form)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(GatewayError::retryable(
+                    "timeout",
+                    format!("no complete answer within {:?}", self.config.timeout),
+                ));
+            }
+        };
+        let answer = self.verify(method, &body)?;
+        let code = answer.value.get("code").and_then(Value::as_str);
+        let sub_code = answer.value.get("sub_code").and_then(Value::as_str);
+        tracing::debug!(
+            method,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            response_key = %answer.response_key,
+            code = code.unwrap_or(""),
+            sub_code = sub_code.unwrap_or(""),
+            "alipay answered"
+        );
+        Ok(answer)
+    }
+
+    /// The signed form parameters for one call.
+    fn signed_form(
+        &self,
+        method: &str,
+        biz_content: &Value,
+    ) -> Result<Vec<(&'static str, String)>, GatewayError> {
+        let mut params: Vec<(&'static str, String)> = vec![
+            ("app_id", self.config.app_id.clone()),
+            ("method", method.to_owned()),
+            ("format", "JSON".to_owned()),
+            ("charset", "utf-8".to_owned()),
+            ("sign_type", "RSA2".to_owned()),
+            ("timestamp", format_china_time(Utc::now())),
+            ("version", "1.0".to_owned()),
+            ("biz_content", biz_content.to_string()),
+        ];
+        let sign = sign_params(&self.config.app_private_key, &params)
+            .map_err(|e| GatewayError::permanent("signing", e.to_string()))?;
+        params.push(("sign", sign));
+        Ok(params)
+    }
+
+    /// Posts the form and reads the body (capped), mapping transport failures.
+    async fn exchange(&self, form: &[(&'static str, String)]) -> Result<String, GatewayError> {
+        let mut response = self
+            .http
+            .post(self.endpoint.clone())
+            .form(form)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(GatewayError::retryable(
+                format!("http_{}", status.as_u16()),
+                format!("gateway answered HTTP {status}"),
+            ));
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_BODY_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body)
+            .map_err(|_| GatewayError::retryable("unparseable", "answer body is not UTF-8"))
+    }
+
+    /// Cuts out the answer object and checks its signature.
+    fn verify(&self, method: &str, body: &str) -> Result<VerifiedAnswer, GatewayError> {
+        let response_key = response_key(method);
+        let split =
+            split_response(body, &[response_key.as_str(), "error_response"]).ok_or_else(|| {
+                GatewayError::retryable(
+                    "unparseable",
+                    format!(
+                        "answer is not a JSON object with {response_key} or error_response \
+                         ({} bytes, starts {:?})",
+                        body.len(),
+                        body.chars().take(60).collect::<String>()
+                    ),
+                )
+            })?;
+        let Some(sign) = split.sign.as_deref().filter(|s| !s.is_empty()) else {
+            tracing::debug!(method, key = split.key, "unsigned alipay answer ignored");
+            return Err(GatewayError::retryable(
+                "unsigned_answer",
+                format!("{} without sign; not trusted", split.key),
+            ));
+        };
+        if !self
+            .config
+            .alipay_public_key
+            .verify_base64(split.object.as_bytes(), sign)
+        {
+            tracing::debug!(method, key = split.key, "alipay answer signature mismatch");
+            return Err(GatewayError::retryable(
+                "bad_signature",
+                format!(
+                    "{} signature does not verify with the configured Alipay public key ({})",
+                    split.key,
+                    self.config.alipay_public_key.fingerprint()
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_str(split.object).map_err(|e| {
+            GatewayError::retryable("unparseable", format!("signed object is not JSON: {e}"))
+        })?;
+        Ok(VerifiedAnswer {
+            response_key: split.key.to_owned(),
+            raw: split.object.to_owned(),
+            value,
+        })
+    }
+}
+
+/// `alipay.trade.query` -> `alipay_trade_query_response`.
+fn response_key(method: &str) -> String {
+    format!("{}_response", method.replace('.', "_"))
+}
+
+fn endpoint_url(base: &str) -> Result<reqwest::Url, ConfigError> {
+    let invalid = || ConfigError::InvalidUrl(base.to_owned());
+    let trimmed = base.trim().trim_end_matches('/');
+    let full = if trimmed.ends_with("/gateway.do") {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/gateway.do")
+    };
+    let url = reqwest::Url::parse(&full).map_err(|_| invalid())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid());
+    }
+    Ok(url)
+}
+
+fn too_large() -> GatewayError {
+    GatewayError::retryable(
+        "body_too_large",
+        format!("answer body exceeds {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+fn transport_error(e: reqwest::Error) -> GatewayError {
+    let code = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "http_transport"
+    };
+    GatewayError::retryable(code, e.to_string())
+}
+
+#[async_trait]
+impl Gateway for AlipayClient {
+    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
+        let answer = self
+            .call(
+                "alipay.trade.query",
+                &json!({ "out_trade_no": out_trade_no }),
+            )
+            .await?;
+        let state = classify_query(out_trade_no, &answer.value)?;
+        tracing::debug!(out_trade_no, ?state, "alipay trade query classified");
+        Ok(QueryAnswer {
+            state,
+            raw: answer.raw,
+        })
+    }
+
+    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
+        let answer = self
+            .call(
+                "alipay.trade.close",
+                &json!({ "out_trade_no": out_trade_no }),
+            )
+            .await?;
+        let result = classify_close(out_trade_no, &answer.value)?;
+        tracing::debug!(out_trade_no, ?result, "alipay trade close classified");
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::{FaultClass, TradeState};
+    use crate::sim::{self, BuyerClient, RunningSim, SimConfig};
+    use std::sync::OnceLock;
+
+    /// Key generation is slow-ish: share a few keys across tests.
+    fn keys() -> &'static [Arc<AppPrivateKey>; 3] {
+        static KEYS: OnceLock<[Arc<AppPrivateKey>; 3]> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            [
+                Arc::new(AppPrivateKey::generate().unwrap()),
+                Arc::new(AppPrivateKey::generate().unwrap()),
+                Arc::new(AppPrivateKey::generate().unwrap()),
+            ]
+        })
+    }
+
+    const APP_ID: &str = "2021000000000001";
+
+    async fn start_sim() -> RunningSim {
+        let [app, sim_key, _] = keys();
+        sim::start(SimConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            app_id: APP_ID.into(),
+            app_public_key: app.public_key().clone(),
+            sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
+        })
+        .await
+        .unwrap()
+    }
+
+    fn client_for(sim: &RunningSim) -> AlipayClient {
+        AlipayClient::new(AlipayConfig::new(
+            sim.base_url(),
+            APP_ID,
+            keys()[0].clone(),
+            Arc::new(sim.public_key().clone()),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let [app, other, _] = keys();
+        let cfg = |url: &str| {
+            AlipayConfig::new(
+                url,
+                APP_ID,
+                app.clone(),
+                Arc::new(other.public_key().clone()),
+            )
+        };
+        assert!(matches!(
+            AlipayClient::new(cfg("not a url")),
+            Err(ConfigError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            AlipayClient::new(cfg("ftp://x")),
+            Err(ConfigError::InvalidUrl(_))
+        ));
+        let ok = AlipayClient::new(cfg("https://openapi.alipay.com/")).unwrap();
+        assert_eq!(
+            ok.endpoint.as_str(),
+            "https://openapi.alipay.com/gateway.do"
+        );
+        let ok = AlipayClient::new(cfg("http://127.0.0.1:9/gateway.do")).unwrap();
+        assert_eq!(ok.endpoint.as_str(), "http://127.0.0.1:9/gateway.do");
+        let mut empty = cfg("http://x");
+        empty.app_id = " ".into();
+        assert!(matches!(
+            AlipayClient::new(empty),
+            Err(ConfigError::EmptyAppId)
+        ));
+        let mut zero = cfg("http://x");
+        zero.timeout = Duration::ZERO;
+        assert!(matches!(
+            AlipayClient::new(zero),
+            Err(ConfigError::ZeroTimeout)
+        ));
+        assert_eq!(
+            response_key("alipay.trade.query"),
+            "alipay_trade_query_response"
+        );
+    }
+
+    #[tokio::test]
+    async fn query_lifecycle_against_the_sim() {
+        let sim = start_sim().await;
+        let client = client_for(&sim);
+        let buyer = BuyerClient::new(sim.base_url()).unwrap();
+
+        let answer = client.query("ORD-never").await.unwrap();
+        assert_eq!(answer.state, TradeState::NotFound);
+        assert!(answer.raw.contains("ACQ.TRADE_NOT_EXIST"));
+
+        buyer.scan("ORD-1", 1234).await.unwrap();
+        assert_eq!(
+            client.query("ORD-1").await.unwrap().state,
+            TradeState::WaitingForPayment
+        );
+
+        let before = Utc::now() - chrono::Duration::seconds(2);
+        buyer.pay("ORD-1").await.unwrap();
+        let view = buyer.trade("ORD-1").await.unwrap().unwrap();
+        match client.query("ORD-1").await.unwrap().state {
+            TradeState::Paid {
+                trade_no,
+                amount_minor,
+                paid_at,
+            } => {
+                assert_eq!(trade_no, view.trade_no);
+                assert_eq!(trade_no.len(), 28);
+                assert_eq!(amount_minor, 1234);
+                let paid_at = paid_at.unwrap();
+                assert!(paid_at >= before && paid_at <= Utc::now() + chrono::Duration::seconds(2));
+            }
+            other => panic!("expected Paid, got {other:?}"),
+        }
+        assert!(sim.state().stats().queries >= 3);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn close_lifecycle_against_the_sim() {
+        let sim = start_sim().await;
+        let client = client_for(&sim);
+        let buyer = BuyerClient::new(sim.base_url()).unwrap();
+
+        // Close a waiting trade, then it reads as closed.
+        buyer.scan("ORD-W", 500).await.unwrap();
+        assert_eq!(client.close("ORD-W").await.unwrap(), CloseAnswer::Closed);
+        assert_eq!(
+            client.query("ORD-W").await.unwrap().state,
+            TradeState::Closed
+        );
+        // Closing again is refused (already closed), which the worker resolves by querying.
+        assert!(matches!(
+            client.close("ORD-W").await.unwrap(),
+            CloseAnswer::NotCloseable { .. }
+        ));
+
+        // A trade that never existed counts as closed.
+        assert_eq!(client.close("ORD-none").await.unwrap(), CloseAnswer::Closed);
+
+        // A paid trade cannot be closed.
+        buyer.scan("ORD-P", 700).await.unwrap();
+        buyer.pay("ORD-P").await.unwrap();
+        assert_eq!(
+            client.close("ORD-P").await.unwrap(),
+            CloseAnswer::NotCloseable {
+                sub_code: "ACQ.TRADE_STATUS_ERROR".into()
+            }
+        );
+
+        // The race: the buyer pays just before our close lands.
+        buyer.scan("ORD-R", 900).await.unwrap();
+        buyer.pay_on_close("ORD-R").await.unwrap();
+        assert_eq!(
+            client.close("ORD-R").await.unwrap(),
+            CloseAnswer::NotCloseable {
+                sub_code: "ACQ.TRADE_STATUS_ERROR".into()
+            }
+        );
+        assert!(matches!(
+            client.query("ORD-R").await.unwrap().state,
+            TradeState::Paid {
+                amount_minor: 900,
+                ..
+            }
+        ));
+        assert!(sim.state().stats().closes >= 4);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn wrong_alipay_public_key_is_retryable_bad_signature() {
+        let sim = start_sim().await;
+        let client = AlipayClient::new(AlipayConfig::new(
+            sim.base_url(),
+            APP_ID,
+            keys()[0].clone(),
+            Arc::new(keys()[2].public_key().clone()),
+        ))
+        .unwrap();
+        let err = client.query("ORD-1").await.unwrap_err();
+        assert_eq!(err.class, FaultClass::Retryable);
+        assert_eq!(err.code, "bad_signature");
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unregistered_app_key_is_permanent() {
+        let sim = start_sim().await;
+        let client = AlipayClient::new(AlipayConfig::new(
+            sim.base_url(),
+            APP_ID,
+            keys()[2].clone(),
+            Arc::new(sim.public_key().clone()),
+        ))
+        .unwrap();
+        let err = client.query("ORD-1").await.unwrap_err();
+        assert_eq!(err.class, FaultClass::Permanent, "{err}");
+        assert_eq!(err.code, "40002");
+        assert!(err.message.contains("isv.invalid-signature"), "{err}");
+        let err = client.close("ORD-1").await.unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (FaultClass::Permanent, "40002")
+        );
+        assert_eq!(sim.state().stats().signature_failures, 2);
+
+        // Wrong app id is permanent too.
+        let client = AlipayClient::new(AlipayConfig::new(
+            sim.base_url(),
+            "2021999999999999",
+            keys()[0].clone(),
+            Arc::new(sim.public_key().clone()),
+        ))
+        .unwrap();
+        let err = client.query("ORD-1").await.unwrap_err();
+        assert_eq!(err.class, FaultClass::Permanent, "{err}");
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unreachable_gateway_is_retryable() {
+        // Bind and drop a listener to get a port nobody listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut cfg = AlipayConfig::new(
+            format!("http://127.0.0.1:{port}"),
+            APP_ID,
+            keys()[0].clone(),
+            Arc::new(keys()[1].public_key().clone()),
+        );
+        cfg.timeout = Duration::from_secs(2);
+        let client = AlipayClient::new(cfg).unwrap();
+        let err = client.query("ORD-1").await.unwrap_err();
+        assert_eq!(err.class, FaultClass::Retryable, "{err}");
+        let err = client.close("ORD-1").await.unwrap_err();
+        assert_eq!(err.class, FaultClass::Retryable, "{err}");
+    }
+
+    /// A tiny HTTP server answering every request with a fixed status and body.
+    async fn fixed_server(status: u16, body: String) -> std::net::SocketAddr {
+        use axum::http::StatusCode;
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move { (StatusCode::from_u16(status).unwrap(), body) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    async fn code_for(status: u16, body: String, timeout: Duration) -> GatewayError {
+        let addr = fixed_server(status, body).await;
+        let mut cfg = AlipayConfig::new(
+            format!("http://{addr}"),
+            APP_ID,
+            keys()[0].clone(),
+            Arc::new(keys()[1].public_key().clone()),
+        );
+        cfg.timeout = timeout;
+        AlipayClient::new(cfg)
+            .unwrap()
+            .query("ORD-1")
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn hostile_answers_are_retryable() {
+        let t = Duration::from_secs(5);
+        let cases = [
+            (502, "<html>Bad Gateway</html>".to_owned(), "http_502"),
+            (200, "<html>maintenance</html>".to_owned(), "unparseable"),
+            (200, "{\"alipay_trade_query_response\":{\"code\":\"10000\"".to_owned(), "unparseable"),
+            (
+                200,
+                "{\"error_response\":{\"code\":\"40002\",\"sub_code\":\"isv.invalid-signature\"}}".to_owned(),
+                "unsigned_answer",
+            ),
+            (
+                200,
+                "{\"alipay_trade_query_response\":{\"code\":\"10000\",\"out_trade_no\":\"ORD-1\",\"trade_status\":\"TRADE_CLOSED\"},\"sign\":\"AAAA\"}".to_owned(),
+                "bad_signature",
+            ),
+            (200, "x".repeat(MAX_BODY_BYTES + 10), "body_too_large"),
+        ];
+        for (status, body, code) in cases {
+            let err = code_for(status, body, t).await;
+            assert_eq!(
+                (err.class, err.code.as_str()),
+                (FaultClass::Retryable, code),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_gateway_times_out() {
+        use axum::routing::post;
+        let app = axum::Router::new().route(
+            "/gateway.do",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut cfg = AlipayConfig::new(
+            format!("http://{addr}"),
+            APP_ID,
+            keys()[0].clone(),
+            Arc::new(keys()[1].public_key().clone()),
+        );
+        cfg.timeout = Duration::from_millis(300);
+        let err = AlipayClient::new(cfg)
+            .unwrap()
+            .query("ORD-1")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (FaultClass::Retryable, "timeout")
+        );
+    }
+
+    #[tokio::test]
+    async fn call_returns_the_verified_raw_object() {
+        let sim = start_sim().await;
+        let client = client_for(&sim);
+        let answer = client
+            .call("alipay.trade.query", &json!({"out_trade_no": "ORD-X"}))
+            .await
+            .unwrap();
+        assert_eq!(answer.response_key, "alipay_trade_query_response");
+        assert_eq!(answer.value["sub_code"], "ACQ.TRADE_NOT_EXIST");
+        assert_eq!(
+            serde_json::from_str::<Value>(&answer.raw).unwrap(),
+            answer.value
+        );
+        // An unknown method is a signed 40002 in error_response.
+        let answer = client
+            .call("alipay.no.such.method", &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(answer.response_key, "error_response");
+        assert_eq!(answer.value["sub_code"], "isv.invalid-method");
+        sim.shutdown().await;
+    }
+}

@@ -1,0 +1,103 @@
+//! The payment-gateway port: what the decision needs to know about a trade, and how a
+//! gateway failure is classified. Each gateway (Alipay first) implements [`Gateway`].
+
+pub mod alipay;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+/// What the gateway says about a trade, reduced to what the decision needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TradeState {
+    /// The buyer paid (`TRADE_SUCCESS` / `TRADE_FINISHED`).
+    Paid {
+        /// The gateway's own trade number.
+        trade_no: String,
+        /// The paid total, in minor units.
+        amount_minor: i64,
+        /// When the gateway says the payment happened, if it says.
+        paid_at: Option<DateTime<Utc>>,
+    },
+    /// The trade exists and waits for payment (`WAIT_BUYER_PAY`): it can be closed.
+    WaitingForPayment,
+    /// The trade is closed at the gateway, unpaid (`TRADE_CLOSED`).
+    Closed,
+    /// The gateway has no such trade (the buyer never scanned or started paying).
+    NotFound,
+    /// The buyer is paying right now; ask again later.
+    InProgress,
+}
+
+/// A query answer: the classified state plus the signed text it was read from (kept for
+/// the audit trail, so every decision can be explained afterwards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryAnswer {
+    /// The classified trade state.
+    pub state: TradeState,
+    /// The raw, signature-verified response object as the gateway sent it.
+    pub raw: String,
+}
+
+/// What the gateway says to a close request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseAnswer {
+    /// The trade is closed now (or did not exist, which counts as closed).
+    Closed,
+    /// The gateway refused: the trade is no longer closeable (usually: just paid).
+    NotCloseable {
+        /// The gateway's reason code, for example `ACQ.TRADE_STATUS_ERROR`.
+        sub_code: String,
+    },
+}
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultClass {
+    /// Timeouts, 5xx, busy, system errors, unreadable or badly signed answers.
+    Retryable,
+    /// Bad credentials, invalid parameters: a configuration problem.
+    Permanent,
+}
+
+/// A classified gateway failure.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{class:?} gateway error {code}: {message}")]
+pub struct GatewayError {
+    /// Retryable or permanent.
+    pub class: FaultClass,
+    /// A short machine-readable code (`timeout`, `http_502`, `20000`, `ACQ.SYSTEM_ERROR`,
+    /// `bad_signature`, ...), used in audit rows and metrics.
+    pub code: String,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl GatewayError {
+    /// A failure that may succeed later.
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: FaultClass::Retryable,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A failure that will not succeed without an operator.
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: FaultClass::Permanent,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A payment gateway as the decision sees it.
+#[async_trait]
+pub trait Gateway: Send + Sync {
+    /// Asks for the state of the trade for our order number.
+    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError>;
+    /// Asks the gateway to close the trade so that it can no longer be paid.
+    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError>;
+}

@@ -1,0 +1,211 @@
+//! The close message contract: what travels through the delay tiers to the workers.
+//!
+//! JSON, `content_type: application/json`, versioned by `v`. A publisher in another
+//! language may publish it directly (see the README). Unknown fields are ignored so that
+//! a newer publisher can add fields without breaking older workers.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The only version this worker understands.
+pub const VERSION: u32 = 1;
+/// Largest body accepted; anything longer is not one of ours.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest merchant order number (Alipay's limit).
+pub const MAX_OUT_TRADE_NO: usize = 64;
+
+/// "Decide this order once it is due."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseMessage {
+    /// Contract version, always 1.
+    pub v: u32,
+    /// Our order id (`orders.id`).
+    pub order_id: i64,
+    /// The merchant order number, as sent to the gateway.
+    pub out_trade_no: String,
+    /// The order's payment deadline when the message was published (the database row
+    /// is the authority: an extended deadline is honoured).
+    pub deadline: DateTime<Utc>,
+    /// How many attempts failed transiently before this one (0 on first delivery).
+    #[serde(default)]
+    pub attempt: u32,
+    /// Earliest moment to act (set on retries); absent means "at the deadline".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// When a worker first tried to decide this order (set on retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<DateTime<Utc>>,
+}
+
+/// Why a message body is not a close message.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MessageError {
+    /// The body is empty.
+    #[error("empty message body")]
+    Empty,
+    /// The body is larger than any close message can be.
+    #[error("message body of {0} bytes exceeds the {MAX_BODY} byte limit")]
+    TooLarge(usize),
+    /// The body is not JSON, or JSON of the wrong shape or types.
+    #[error("not a close message: {0}")]
+    Malformed(String),
+    /// A `v` this worker does not understand.
+    #[error("unsupported message version v={0} (this worker understands v={VERSION})")]
+    UnsupportedVersion(u64),
+    /// Well-formed JSON with a value that cannot be right.
+    #[error("invalid close message: {0}")]
+    Invalid(String),
+}
+
+impl CloseMessage {
+    /// The first message for an order.
+    pub fn new(order_id: i64, out_trade_no: impl Into<String>, deadline: DateTime<Utc>) -> Self {
+        Self {
+            v: VERSION,
+            order_id,
+            out_trade_no: out_trade_no.into(),
+            deadline,
+            attempt: 0,
+            not_before: None,
+            first_seen: None,
+        }
+    }
+
+    /// When this message should be acted on: the later of the deadline and `not_before`.
+    pub fn due_at(&self) -> DateTime<Utc> {
+        match self.not_before {
+            Some(nb) if nb > self.deadline => nb,
+            _ => self.deadline,
+        }
+    }
+
+    /// Encodes the message as JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing this struct cannot fail: every field is a plain value.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and validates a message body.
+    pub fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(MessageError::Empty);
+        }
+        if body.len() > MAX_BODY {
+            return Err(MessageError::TooLarge(body.len()));
+        }
+        #[derive(Deserialize)]
+        struct Version {
+            v: Option<serde_json::Value>,
+        }
+        let version: Version =
+            serde_json::from_slice(body).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        match version.v {
+            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(VERSION)) => {}
+            Some(serde_json::Value::Number(n)) => {
+                return Err(n.as_u64().map_or_else(
+                    || MessageError::Invalid(format!("v={n} is not a version")),
+                    MessageError::UnsupportedVersion,
+                ));
+            }
+            Some(other) => {
+                return Err(MessageError::Malformed(format!(
+                    "v must be a number, got {other}"
+                )));
+            }
+            None => return Err(MessageError::Malformed("missing field `v`".into())),
+        }
+        let msg: CloseMessage =
+            serde_json::from_slice(body).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        if msg.order_id <= 0 {
+            return Err(MessageError::Invalid(format!(
+                "order_id {} is not positive",
+                msg.order_id
+            )));
+        }
+        if msg.out_trade_no.is_empty() || msg.out_trade_no.len() > MAX_OUT_TRADE_NO {
+            return Err(MessageError::Invalid(format!(
+                "out_trade_no must be 1 to {MAX_OUT_TRADE_NO} bytes"
+            )));
+        }
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut m = CloseMessage::new(7, "ORD-7", at("2026-11-22T10:00:00Z"));
+        assert_eq!(CloseMessage::decode(&m.encode()), Ok(m.clone()));
+        m.attempt = 3;
+        m.not_before = Some(at("2026-11-22T10:05:00Z"));
+        assert_eq!(CloseMessage::decode(&m.encode()), Ok(m.clone()));
+        assert_eq!(m.due_at(), at("2026-11-22T10:05:00Z"));
+    }
+
+    #[test]
+    fn accepts_the_documented_minimal_form_and_ignores_unknown_fields() {
+        let body = br#"{"v":1,"order_id":1,"out_trade_no":"A","deadline":"2026-11-22T10:00:00+08:00","extra":true}"#;
+        let m = CloseMessage::decode(body).unwrap();
+        assert_eq!(m.attempt, 0);
+        assert_eq!(m.deadline, at("2026-11-22T02:00:00Z"));
+    }
+
+    type Case<'a> = (&'a [u8], fn(&MessageError) -> bool);
+
+    #[test]
+    fn names_what_is_wrong() {
+        let cases: &[Case] = &[
+            (b"", |e| *e == MessageError::Empty),
+            (b"  \n", |e| *e == MessageError::Empty),
+            (b"not json", |e| matches!(e, MessageError::Malformed(_))),
+            (b"[1,2]", |e| matches!(e, MessageError::Malformed(_))),
+            (br#"{"order_id":1}"#, |e| {
+                matches!(e, MessageError::Malformed(_))
+            }),
+            (br#"{"v":"1"}"#, |e| matches!(e, MessageError::Malformed(_))),
+            (br#"{"v":2,"order_id":1}"#, |e| {
+                *e == MessageError::UnsupportedVersion(2)
+            }),
+            (br#"{"v":-1}"#, |e| matches!(e, MessageError::Invalid(_))),
+            (
+                br#"{"v":1,"order_id":"x","out_trade_no":"A","deadline":"2026-11-22T10:00:00Z"}"#,
+                |e| matches!(e, MessageError::Malformed(_)),
+            ),
+            (
+                br#"{"v":1,"order_id":1,"out_trade_no":"A","deadline":"tomorrow"}"#,
+                |e| matches!(e, MessageError::Malformed(_)),
+            ),
+            (
+                br#"{"v":1,"order_id":0,"out_trade_no":"A","deadline":"2026-11-22T10:00:00Z"}"#,
+                |e| matches!(e, MessageError::Invalid(_)),
+            ),
+            (
+                br#"{"v":1,"order_id":1,"out_trade_no":"","deadline":"2026-11-22T10:00:00Z"}"#,
+                |e| matches!(e, MessageError::Invalid(_)),
+            ),
+        ];
+        for (body, check) in cases {
+            let err = CloseMessage::decode(body).unwrap_err();
+            assert!(
+                check(&err),
+                "{:?} -> {err:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let big = vec![b' '; MAX_BODY + 1];
+        let mut big_json = big.clone();
+        big_json[0] = b'{';
+        assert_eq!(
+            CloseMessage::decode(&big_json),
+            Err(MessageError::TooLarge(MAX_BODY + 1))
+        );
+    }
+}

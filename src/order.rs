@@ -1,0 +1,85 @@
+//! The order as stored, and its status.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+
+/// Where an order is in its life: `NEW -> PAID` or `NEW -> CLOSED`, nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum OrderStatus {
+    /// Created, not paid, not closed.
+    New,
+    /// Paid (terminal).
+    Paid,
+    /// Closed unpaid (terminal).
+    Closed,
+}
+
+impl OrderStatus {
+    /// The text stored in `orders.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "NEW",
+            Self::Paid => "PAID",
+            Self::Closed => "CLOSED",
+        }
+    }
+
+    /// Reads the stored text; the table's CHECK constraint makes anything else impossible.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "NEW" => Some(Self::New),
+            "PAID" => Some(Self::Paid),
+            "CLOSED" => Some(Self::Closed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A row of `orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = crate::db::schema::orders, check_for_backend(diesel::pg::Pg))]
+pub struct Order {
+    /// Our id.
+    pub id: i64,
+    /// The merchant order number sent to the gateway.
+    pub out_trade_no: String,
+    /// Which gateway (`alipay`).
+    pub channel: String,
+    /// Amount in minor units.
+    pub amount_minor: i64,
+    /// ISO currency code.
+    pub currency: String,
+    /// `NEW`, `PAID` or `CLOSED` (see [`Order::status`]).
+    #[diesel(column_name = status)]
+    pub status_text: String,
+    /// The payment deadline.
+    pub deadline: DateTime<Utc>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When it was paid, if it was.
+    pub paid_at: Option<DateTime<Utc>>,
+    /// When it was closed, if it was.
+    pub closed_at: Option<DateTime<Utc>>,
+    /// The gateway's trade number, once known.
+    pub gateway_trade_no: Option<String>,
+    /// Why it was closed.
+    pub close_reason: Option<String>,
+}
+
+impl Order {
+    /// The status; an unknown text (impossible under the table's CHECK) reads as NEW so
+    /// that nothing is ever closed or paid by mistake on a misread.
+    pub fn status(&self) -> OrderStatus {
+        OrderStatus::parse(&self.status_text).unwrap_or(OrderStatus::New)
+    }
+}

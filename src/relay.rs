@@ -1,0 +1,117 @@
+//! The outbox relay: publishes committed outbox rows with confirms, then deletes them.
+//!
+//! Rows are claimed with `FOR UPDATE SKIP LOCKED` inside a transaction that stays open
+//! while they are published, so two processes never publish the same row at once; a row
+//! is deleted only after the broker confirmed it. The one remaining duplicate is a crash
+//! between the confirm and the commit (at-least-once): consumers dedupe on `event_id`,
+//! and close messages are idempotent by design.
+
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use thiserror::Error;
+
+use crate::broker::BrokerError;
+use crate::broker::publisher::{ParkNote, Publisher};
+use crate::db::outbox::{self, Claim, KIND_CLOSE, KIND_EVENT, OutboxRow};
+use crate::message::CloseMessage;
+
+/// A relay failure.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    /// The broker failed; the unpublished rows stay in the outbox.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Publishes the claimed rows and deletes the ones the broker confirmed. Returns how many
+/// were published; a broker failure midway still deletes the rows confirmed before it.
+pub async fn flush(
+    conn: &mut AsyncPgConnection,
+    publisher: &Publisher,
+    which: Claim<'_>,
+) -> Result<usize, RelayError> {
+    let (published, failure) = conn
+        .transaction::<_, RelayError, _>(async |tx| {
+            let rows = outbox::claim(tx, which).await?;
+            let mut done = Vec::with_capacity(rows.len());
+            let mut failure = None;
+            for row in &rows {
+                match publish_row(publisher, row).await {
+                    Ok(()) => done.push(row.id),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !done.is_empty() {
+                outbox::delete(tx, &done).await?;
+            }
+            Ok((done.len(), failure))
+        })
+        .await?;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(published),
+    }
+}
+
+async fn publish_row(publisher: &Publisher, row: &OutboxRow) -> Result<(), BrokerError> {
+    match row.kind.as_str() {
+        KIND_CLOSE => match CloseMessage::decode(row.payload.as_bytes()) {
+            Ok(message) => publisher.schedule(&message, Utc::now()).await.map(|_| ()),
+            Err(e) => {
+                // Only a hand-edited row can get here; park it rather than lose it.
+                tracing::error!(outbox_id = row.id, error = %e, "outbox row holds an invalid close message; parking it");
+                let error = e.to_string();
+                publisher
+                    .park(row.payload.as_bytes(), &outbox_park_note(&error))
+                    .await
+            }
+        },
+        KIND_EVENT => {
+            publisher
+                .event(&row.routing_key, row.payload.as_bytes())
+                .await
+        }
+        other => {
+            tracing::error!(
+                outbox_id = row.id,
+                kind = other,
+                "unknown outbox kind; parking it"
+            );
+            publisher
+                .park(row.payload.as_bytes(), &outbox_park_note(other))
+                .await
+        }
+    }
+}
+
+fn outbox_park_note(error: &str) -> ParkNote<'_> {
+    ParkNote {
+        reason: "invalid_outbox_row",
+        last_error: error,
+        attempts: 0,
+        first_seen: Utc::now(),
+    }
+}
+
+/// Inserts an event row (inside the caller's decision transaction).
+pub async fn enqueue_event(
+    conn: &mut AsyncPgConnection,
+    routing_key: &str,
+    payload: &str,
+) -> diesel::QueryResult<i64> {
+    outbox::insert(
+        conn,
+        &outbox::NewOutboxRow {
+            kind: KIND_EVENT,
+            routing_key,
+            payload,
+        },
+    )
+    .await
+}

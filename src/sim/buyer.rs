@@ -1,0 +1,182 @@
+//! A small HTTP client for the simulator's buyer API (`/sim/...`): scan, pay, arm the
+//! pay-on-close race, and read trades back. For tests and the demo.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use thiserror::Error;
+
+use super::state::{SimStats, SimTradeView};
+
+/// Why a buyer call failed.
+#[derive(Debug, Error)]
+pub enum BuyerError {
+    /// The base URL is not an absolute http(s) URL.
+    #[error("simulator base URL {0:?} is not an absolute http(s) URL")]
+    InvalidBaseUrl(String),
+    /// The request did not complete (connection refused, timeout...).
+    #[error("simulator request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The simulator refused the action (404 unknown trade, 409 wrong state, 400 bad input).
+    #[error("simulator refused ({status}): {error}: {message}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The machine-readable kind (`not_found`, `conflict`, `bad_request`).
+        error: String,
+        /// The explanation.
+        message: String,
+    },
+    /// The answer was not what the buyer API returns.
+    #[error("unexpected simulator answer: {0}")]
+    Decode(String),
+}
+
+/// The buyer API's error body.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+/// Acts as a buyer against a running simulator.
+#[derive(Debug, Clone)]
+pub struct BuyerClient {
+    base: Url,
+    http: reqwest::Client,
+}
+
+impl BuyerClient {
+    /// A client for the simulator at `base_url` (for example `http://127.0.0.1:4000`).
+    pub fn new(base_url: impl Into<String>) -> Result<Self, BuyerError> {
+        let text = base_url.into();
+        let base = Url::parse(&text).map_err(|_| BuyerError::InvalidBaseUrl(text.clone()))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(BuyerError::InvalidBaseUrl(text));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()?;
+        Ok(Self { base, http })
+    }
+
+    /// `{base}/sim/<segments...>`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Result<Url, BuyerError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| BuyerError::InvalidBaseUrl(self.base.to_string()))?
+            .pop_if_empty()
+            .push("sim")
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Reads a JSON answer, turning an error status into [`BuyerError::Rejected`].
+    async fn read<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, BuyerError> {
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            let (error, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => (body.error, body.message),
+                Err(_) => (
+                    "http".to_owned(),
+                    String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                ),
+            };
+            return Err(BuyerError::Rejected {
+                status: status.as_u16(),
+                error,
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| BuyerError::Decode(e.to_string()))
+    }
+
+    async fn post_trade(
+        &self,
+        no: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> Result<SimTradeView, BuyerError> {
+        let url = self.url(&["trades", no, action])?;
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        Self::read(response).await
+    }
+
+    /// The buyer scans the QR code: the trade exists and waits for payment (idempotent).
+    pub async fn scan(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+    ) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(
+            out_trade_no,
+            "scan",
+            json!({ "amount_minor": amount_minor }),
+        )
+        .await
+    }
+
+    /// The buyer pays a scanned, waiting trade.
+    pub async fn pay(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(out_trade_no, "pay", json!({})).await
+    }
+
+    /// The buyer scans (if needed) and pays in one step.
+    pub async fn scan_and_pay(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+    ) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(out_trade_no, "pay", json!({ "amount_minor": amount_minor }))
+            .await
+    }
+
+    /// Arms the race: the buyer pays just before the next close request for this trade.
+    pub async fn pay_on_close(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(out_trade_no, "pay-on-close", json!({}))
+            .await
+    }
+
+    /// The trade as the simulator holds it, or `None` if it was never scanned.
+    pub async fn trade(&self, out_trade_no: &str) -> Result<Option<SimTradeView>, BuyerError> {
+        let url = self.url(&["trades", out_trade_no])?;
+        let response = self.http.get(url).send().await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::read(response).await.map(Some)
+    }
+
+    /// The simulator's request counters.
+    pub async fn stats(&self) -> Result<SimStats, BuyerError> {
+        let url = self.url(&["stats"])?;
+        Self::read(self.http.get(url).send().await?).await
+    }
+
+    /// The simulator's public key as SPKI PEM (what the worker must trust).
+    pub async fn public_key_pem(&self) -> Result<String, BuyerError> {
+        let url = self.url(&["public-key"])?;
+        let response = self.http.get(url).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(BuyerError::Rejected {
+                status: status.as_u16(),
+                error: "http".into(),
+                message: text.chars().take(200).collect(),
+            });
+        }
+        Ok(text)
+    }
+}

@@ -1,0 +1,218 @@
+//! The gateway simulator: a real HTTP server on loopback that speaks Alipay's classic
+//! OpenAPI (signed requests, signed answers), keeps trades in memory, and lets a test or
+//! the demo act as the buyer (scan, pay, race a close).
+//!
+//! Start it with [`start`] (tests, the demo) or [`serve_until`] (the `gateway-sim`
+//! subcommand). The worker must be configured with the simulator's public key
+//! ([`RunningSim::public_key`], also served at `GET /sim/public-key`), and the simulator
+//! with the app's public key.
+
+pub mod buyer;
+mod server;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::gateway::alipay::{AppPrivateKey, KeyError, RsaPublicKey};
+
+pub use buyer::{BuyerClient, BuyerError};
+pub use state::{
+    BuyerOpError, FaultDecision, FaultPlan, SimState, SimStats, SimTradeStatus, SimTradeView,
+};
+
+/// How long [`RunningSim::shutdown`] waits for in-flight requests before aborting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the simulator needs to start.
+#[derive(Debug)]
+pub struct SimConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The only app id accepted.
+    pub app_id: String,
+    /// The app's public key: requests must be signed with its private key.
+    pub app_public_key: RsaPublicKey,
+    /// The simulator's own signing key ("Alipay's" key); generated when `None`.
+    pub sim_private_key: Option<AppPrivateKey>,
+}
+
+/// Why the simulator could not start or stopped abnormally.
+#[derive(Debug, Error)]
+pub enum SimError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The simulator key could not be generated.
+    #[error("simulator key: {0}")]
+    Key(#[from] KeyError),
+    /// The HTTP server failed.
+    #[error("simulator server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The server task panicked or was cancelled.
+    #[error("simulator server task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// A simulator running in the background of the current tokio runtime.
+#[derive(Debug)]
+pub struct RunningSim {
+    addr: SocketAddr,
+    public_key: RsaPublicKey,
+    state: SimState,
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningSim {
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, the base URL for the Alipay client and the buyer client.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The simulator's public key: what the worker must trust as "Alipay's public key".
+    pub fn public_key(&self) -> &RsaPublicKey {
+        &self.public_key
+    }
+
+    /// A handle on the trades and counters.
+    pub fn state(&self) -> SimState {
+        self.state.clone()
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to 5 s), and
+    /// waits for the server to end.
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.stop().await {
+            tracing::warn!(error = %e, "simulator ended abnormally");
+        }
+    }
+
+    /// Serves until `shutdown` completes or the server fails, then stops gracefully.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), SimError> {
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut task => return join_result(result),
+        }
+        self.task = Some(task);
+        self.stop().await
+    }
+
+    async fn stop(&mut self) -> Result<(), SimError> {
+        if let Some(tx) = self.shutdown_tx.take() {
+            // The server may already be gone; nothing to signal then.
+            let _ = tx.send(());
+        }
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(result) => join_result(result),
+            Err(_) => {
+                task.abort();
+                tracing::warn!("simulator did not stop within {SHUTDOWN_GRACE:?}; aborted");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        // Dropped without `shutdown`: do not leave a server running in the background.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn join_result(
+    result: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), SimError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SimError::Serve(e)),
+        Err(e) => Err(SimError::Task(e.to_string())),
+    }
+}
+
+/// Binds the listen address and starts serving in a background task.
+pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
+    let sim_key = match config.sim_private_key {
+        Some(key) => key,
+        None => tokio::task::spawn_blocking(AppPrivateKey::generate)
+            .await
+            .map_err(|e| SimError::Task(e.to_string()))??,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let public_key = sim_key.public_key().clone();
+    let state = SimState::new();
+    let shared = Arc::new(server::Shared {
+        state: state.clone(),
+        app_id: config.app_id,
+        app_public_key: config.app_public_key,
+        sim_key,
+    });
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let app = server::router(shared);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                // Either an explicit signal or the handle being dropped stops the server.
+                let _ = shutdown_rx.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, sim_key = ?public_key, "gateway simulator listening");
+    Ok(RunningSim {
+        addr,
+        public_key,
+        state,
+        shutdown_tx: Some(shutdown_tx),
+        task: Some(task),
+    })
+}
+
+/// Starts the simulator and serves until `shutdown` completes (for the `gateway-sim`
+/// subcommand: pass a Ctrl-C future). Logs the address and the simulator's public key.
+pub async fn serve_until(
+    config: SimConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SimError> {
+    let sim = start(config).await?;
+    tracing::info!(
+        base_url = %sim.base_url(),
+        public_key = %sim.public_key().to_spki_base64(),
+        "trust this key as the Alipay public key"
+    );
+    sim.run_until(shutdown).await
+}

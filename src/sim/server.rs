@@ -1,0 +1,784 @@
+//! The simulator's HTTP surface: Alipay's `POST /gateway.do` (signed requests in, signed
+//! answers out) and the JSON buyer API under `/sim/` used by tests and the demo.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::state::{
+    BuyerOpError, CloseOutcome, FaultDecision, SimState, SimTradeStatus, SimTradeView,
+};
+use crate::gateway::alipay::{AppPrivateKey, RsaPublicKey, format_china_time, verify_params};
+use crate::money::format_minor;
+
+/// Largest request body the simulator accepts.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Everything a request handler needs.
+pub(crate) struct Shared {
+    pub(crate) state: SimState,
+    pub(crate) app_id: String,
+    pub(crate) app_public_key: RsaPublicKey,
+    pub(crate) sim_key: AppPrivateKey,
+}
+
+/// Builds the simulator's router.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/gateway.do", post(gateway))
+        .route("/sim/trades", get(list_trades))
+        .route("/sim/trades/{no}", get(get_trade))
+        .route("/sim/trades/{no}/scan", post(scan))
+        .route("/sim/trades/{no}/pay", post(pay))
+        .route("/sim/trades/{no}/pay-on-close", post(pay_on_close))
+        .route("/sim/public-key", get(public_key))
+        .route("/sim/stats", get(stats))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(shared)
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway
+// ---------------------------------------------------------------------------------------
+
+/// The methods the simulator implements.
+const METHODS: [&str; 2] = ["alipay.trade.query", "alipay.trade.close"];
+
+/// An answer object plus the member name it goes under.
+struct Answer {
+    key: String,
+    object: Map<String, Value>,
+}
+
+fn obj(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn failure(key: &str, code: &str, msg: &str, sub_code: &str, sub_msg: &str) -> Answer {
+    Answer {
+        key: key.to_owned(),
+        object: obj(json!({"code": code, "msg": msg, "sub_code": sub_code, "sub_msg": sub_msg})),
+    }
+}
+
+fn missing(key: &str, sub_code: &str, what: &str) -> Answer {
+    failure(
+        key,
+        "40001",
+        "Missing Required Arguments",
+        sub_code,
+        &format!("缺少{what}参数"),
+    )
+}
+
+fn invalid(key: &str, sub_code: &str, sub_msg: &str) -> Answer {
+    failure(key, "40002", "Invalid Arguments", sub_code, sub_msg)
+}
+
+/// Signs the object's exact serialized bytes and writes `{"<key>":<object>,"sign":"..."}`.
+fn signed_reply(shared: &Shared, answer: Answer) -> Response {
+    let object = Value::Object(answer.object).to_string();
+    let sign = match shared.sim_key.sign_base64(object.as_bytes()) {
+        Ok(sign) => sign,
+        Err(e) => {
+            tracing::error!(error = %e, "simulator could not sign its answer");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "signing failed").into_response();
+        }
+    };
+    // The key is one of our fixed names and `sign` is base64: no escaping needed.
+    let body = format!("{{\"{}\":{object},\"sign\":\"{sign}\"}}", answer.key);
+    (
+        [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn gateway(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    shared.state.count_request();
+    let answer = answer_gateway(&shared, query.as_deref().unwrap_or(""), &body);
+    let code = answer
+        .object
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if matches!(code, "40001" | "40002") {
+        shared.state.count_rejected();
+    }
+    signed_reply(&shared, answer)
+}
+
+/// Parses, authenticates and dispatches one gateway request.
+fn answer_gateway(shared: &Shared, query: &str, body: &[u8]) -> Answer {
+    const ERR: &str = "error_response";
+    let from_query = serde_urlencoded::from_str::<Vec<(String, String)>>(query);
+    let from_body = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body);
+    let (Ok(mut params), Ok(body_params)) = (from_query, from_body) else {
+        return invalid(ERR, "isv.invalid-parameter", "请求参数不是合法的表单编码");
+    };
+    params.extend(body_params);
+    let mut seen = HashSet::new();
+    if let Some((dup, _)) = params.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return invalid(ERR, "isv.invalid-parameter", &format!("参数{dup}重复"));
+    }
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+
+    let Some(method) = get("method") else {
+        return missing(ERR, "isv.missing-method", "方法名");
+    };
+    if !METHODS.contains(&method) {
+        return invalid(ERR, "isv.invalid-method", "不存在的方法名");
+    }
+    let key = format!("{}_response", method.replace('.', "_"));
+
+    // Fault-injection hook: latency and injected failures will be decided here.
+    match shared.state.fault_for(method) {
+        FaultDecision::Proceed => {}
+    }
+
+    let Some(app_id) = get("app_id") else {
+        return missing(&key, "isv.missing-app-id", "AppID");
+    };
+    if app_id != shared.app_id {
+        return invalid(&key, "isv.invalid-app-id", "无效的AppID参数");
+    }
+    let Some(sign_type) = get("sign_type") else {
+        return missing(&key, "isv.missing-signature-type", "签名类型");
+    };
+    if sign_type != "RSA2" {
+        return invalid(&key, "isv.invalid-signature-type", "无效的签名类型");
+    }
+    if get("sign").is_none() {
+        return missing(&key, "isv.missing-signature", "签名");
+    }
+    let Some(timestamp) = get("timestamp") else {
+        return missing(&key, "isv.missing-timestamp", "时间戳");
+    };
+    if crate::gateway::alipay::parse_china_time(timestamp).is_none() {
+        return invalid(&key, "isv.invalid-timestamp", "非法的时间戳参数");
+    }
+    if get("version").is_none() {
+        return missing(&key, "isv.missing-version", "版本号");
+    }
+    if get("charset").is_some_and(|c| !c.eq_ignore_ascii_case("utf-8")) {
+        return invalid(&key, "isv.invalid-charset", "字符集错误");
+    }
+    if !verify_params(&shared.app_public_key, &params) {
+        shared.state.count_signature_failure();
+        tracing::debug!(method, "simulator: request signature does not verify");
+        return invalid(
+            &key,
+            "isv.invalid-signature",
+            "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配",
+        );
+    }
+
+    let biz: Value = match get("biz_content").map(serde_json::from_str::<Value>) {
+        Some(Ok(v @ Value::Object(_))) => v,
+        Some(_) => {
+            return invalid(
+                &key,
+                "isv.invalid-parameter",
+                "biz_content不是合法的JSON对象",
+            );
+        }
+        None => return missing(&key, "isv.missing-biz-content", "业务参数"),
+    };
+    let out_trade_no = biz
+        .get("out_trade_no")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let trade_no = biz
+        .get("trade_no")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    if out_trade_no.is_none() && trade_no.is_none() {
+        return failure(
+            &key,
+            "40004",
+            "Business Failed",
+            "ACQ.INVALID_PARAMETER",
+            "参数无效",
+        );
+    }
+
+    match method {
+        "alipay.trade.query" => query_answer(
+            key,
+            out_trade_no,
+            shared.state.gateway_query(out_trade_no, trade_no),
+        ),
+        _ => close_answer(
+            key,
+            out_trade_no,
+            shared.state.gateway_close(out_trade_no, trade_no),
+        ),
+    }
+}
+
+fn query_answer(key: String, asked: Option<&str>, trade: Option<SimTradeView>) -> Answer {
+    let Some(t) = trade else {
+        let mut object = obj(json!({
+            "code": "40004",
+            "msg": "Business Failed",
+            "sub_code": "ACQ.TRADE_NOT_EXIST",
+            "sub_msg": "交易不存在",
+            "buyer_pay_amount": "0.00",
+            "invoice_amount": "0.00",
+            "point_amount": "0.00",
+            "receipt_amount": "0.00",
+        }));
+        if let Some(no) = asked {
+            object.insert("out_trade_no".into(), Value::String(no.to_owned()));
+        }
+        return Answer { key, object };
+    };
+    let paid = t.status == SimTradeStatus::TradeSuccess;
+    let mut object = obj(json!({
+        "code": "10000",
+        "msg": "Success",
+        "trade_no": t.trade_no,
+        "out_trade_no": t.out_trade_no,
+        "trade_status": t.status.as_str(),
+        "total_amount": format_minor(t.amount_minor),
+        "buyer_pay_amount": if paid { format_minor(t.amount_minor) } else { "0.00".to_owned() },
+        "point_amount": "0.00",
+        "invoice_amount": if paid { format_minor(t.amount_minor) } else { "0.00".to_owned() },
+        "receipt_amount": if paid { format_minor(t.amount_minor) } else { "0.00".to_owned() },
+    }));
+    if let Some(paid_at) = t.paid_at.filter(|_| paid) {
+        object.insert(
+            "send_pay_date".into(),
+            Value::String(format_china_time(paid_at)),
+        );
+        object.insert(
+            "buyer_logon_id".into(),
+            Value::String("sim***@example.com".into()),
+        );
+        object.insert(
+            "buyer_user_id".into(),
+            Value::String("2088000000000001".into()),
+        );
+    }
+    Answer { key, object }
+}
+
+fn close_answer(key: String, asked: Option<&str>, outcome: CloseOutcome) -> Answer {
+    match outcome {
+        CloseOutcome::Closed(t) => Answer {
+            key,
+            object: obj(json!({
+                "code": "10000",
+                "msg": "Success",
+                "trade_no": t.trade_no,
+                "out_trade_no": t.out_trade_no,
+            })),
+        },
+        CloseOutcome::NotFound => {
+            let mut answer = failure(
+                &key,
+                "40004",
+                "Business Failed",
+                "ACQ.TRADE_NOT_EXIST",
+                "交易不存在",
+            );
+            if let Some(no) = asked {
+                answer
+                    .object
+                    .insert("out_trade_no".into(), Value::String(no.to_owned()));
+            }
+            answer
+        }
+        CloseOutcome::StatusError(t) => {
+            let mut answer = failure(
+                &key,
+                "40004",
+                "Business Failed",
+                "ACQ.TRADE_STATUS_ERROR",
+                "交易状态不合法",
+            );
+            answer
+                .object
+                .insert("trade_no".into(), Value::String(t.trade_no));
+            answer
+                .object
+                .insert("out_trade_no".into(), Value::String(t.out_trade_no));
+            answer
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Buyer API
+// ---------------------------------------------------------------------------------------
+
+/// Optional JSON body of the buyer actions.
+#[derive(Debug, Default, Deserialize)]
+struct AmountBody {
+    amount_minor: Option<i64>,
+}
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "message": message})),
+    )
+        .into_response()
+}
+
+fn op_error(e: BuyerOpError) -> Response {
+    let (status, kind) = match &e {
+        BuyerOpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        BuyerOpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        BuyerOpError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+    };
+    json_error(status, kind, &e.to_string())
+}
+
+/// Reads an optional `{"amount_minor": n}` body; empty means no amount.
+fn amount_body(body: &[u8]) -> Result<Option<i64>, BuyerOpError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice::<AmountBody>(body)
+        .map(|b| b.amount_minor)
+        .map_err(|e| BuyerOpError::BadRequest(format!("bad JSON body: {e}")))
+}
+
+fn view_or_error(result: Result<SimTradeView, BuyerOpError>) -> Response {
+    match result {
+        Ok(view) => axum::Json(view).into_response(),
+        Err(e) => op_error(e),
+    }
+}
+
+async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: Bytes) -> Response {
+    match amount_body(&body) {
+        Ok(Some(amount)) => view_or_error(shared.state.scan(&no, amount)),
+        Ok(None) => op_error(BuyerOpError::BadRequest(
+            "body must give amount_minor".into(),
+        )),
+        Err(e) => op_error(e),
+    }
+}
+
+async fn pay(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: Bytes) -> Response {
+    match amount_body(&body) {
+        Ok(amount) => view_or_error(shared.state.pay(&no, amount)),
+        Err(e) => op_error(e),
+    }
+}
+
+async fn pay_on_close(
+    State(shared): State<Arc<Shared>>,
+    Path(no): Path<String>,
+    body: Bytes,
+) -> Response {
+    match amount_body(&body) {
+        Ok(amount) => view_or_error(shared.state.arm_pay_on_close(&no, amount)),
+        Err(e) => op_error(e),
+    }
+}
+
+async fn get_trade(State(shared): State<Arc<Shared>>, Path(no): Path<String>) -> Response {
+    match shared.state.trade(&no) {
+        Some(view) => axum::Json(view).into_response(),
+        None => op_error(BuyerOpError::NotFound(no)),
+    }
+}
+
+async fn list_trades(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.state.trades()).into_response()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.state.stats()).into_response()
+}
+
+async fn public_key(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        shared.sim_key.public_key().to_spki_pem(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gateway::alipay::{
+        AppPrivateKey, extract_sign, extract_signed_object, format_china_time, sign_params,
+    };
+    use crate::sim::{self, BuyerClient, BuyerError, RunningSim, SimConfig, SimTradeStatus};
+    use serde_json::Value;
+    use std::sync::OnceLock;
+
+    const APP_ID: &str = "2021000000000002";
+
+    fn app_key() -> &'static AppPrivateKey {
+        static KEY: OnceLock<AppPrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| AppPrivateKey::generate().unwrap())
+    }
+
+    async fn start_sim() -> RunningSim {
+        sim::start(SimConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            app_id: APP_ID.into(),
+            app_public_key: app_key().public_key().clone(),
+            sim_private_key: None,
+        })
+        .await
+        .unwrap()
+    }
+
+    fn common(method: &str) -> Vec<(String, String)> {
+        [
+            ("app_id", APP_ID),
+            ("method", method),
+            ("format", "JSON"),
+            ("charset", "utf-8"),
+            ("sign_type", "RSA2"),
+            ("version", "1.0"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .chain([(
+            "timestamp".to_owned(),
+            format_china_time(chrono::Utc::now()),
+        )])
+        .collect()
+    }
+
+    /// Signs `params` (plus `extra_unsigned`, added after signing), puts the keys named in
+    /// `in_query` into the query string and the rest into the form body, posts, and
+    /// returns the raw body.
+    async fn post_raw(
+        sim: &RunningSim,
+        mut params: Vec<(String, String)>,
+        in_query: &[&str],
+        sign: bool,
+    ) -> String {
+        if sign {
+            let s = sign_params(app_key(), &params).unwrap();
+            params.push(("sign".into(), s));
+        }
+        let (query, body): (Vec<_>, Vec<_>) = params
+            .into_iter()
+            .partition(|(k, _)| in_query.contains(&k.as_str()));
+        let url = format!(
+            "{}/gateway.do?{}",
+            sim.base_url(),
+            serde_urlencoded::to_string(&query).unwrap()
+        );
+        reqwest::Client::new()
+            .post(url)
+            .form(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Checks the answer's layout and signature; returns (member name used, object).
+    fn verified(sim: &RunningSim, body: &str, key: &str) -> Value {
+        assert!(
+            body.starts_with(&format!("{{\"{key}\":{{")),
+            "object first: {body}"
+        );
+        let object = extract_signed_object(body, key).unwrap();
+        let sign = extract_sign(body).unwrap();
+        assert!(body.ends_with(&format!(",\"sign\":\"{sign}\"}}")));
+        assert!(sim.public_key().verify_base64(object.as_bytes(), &sign));
+        serde_json::from_str(object).unwrap()
+    }
+
+    fn with(mut params: Vec<(String, String)>, k: &str, v: &str) -> Vec<(String, String)> {
+        params.retain(|(key, _)| key != k);
+        params.push((k.to_owned(), v.to_owned()));
+        params
+    }
+
+    fn without(mut params: Vec<(String, String)>, k: &str) -> Vec<(String, String)> {
+        params.retain(|(key, _)| key != k);
+        params
+    }
+
+    const QUERY_KEY: &str = "alipay_trade_query_response";
+
+    /// Parameters, whether to sign them, and the expected member, code and sub-code.
+    type ErrorCase = (
+        Vec<(String, String)>,
+        bool,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
+    #[tokio::test]
+    async fn common_params_in_query_string_and_biz_content_in_body() {
+        let sim = start_sim().await;
+        BuyerClient::new(sim.base_url())
+            .unwrap()
+            .scan_and_pay("ORD-Q", 8888)
+            .await
+            .unwrap();
+        let params = with(
+            common("alipay.trade.query"),
+            "biz_content",
+            r#"{"out_trade_no":"ORD-Q"}"#,
+        );
+        let in_query = [
+            "app_id",
+            "method",
+            "format",
+            "charset",
+            "sign_type",
+            "timestamp",
+            "version",
+            "sign",
+        ];
+        let body = post_raw(&sim, params, &in_query, true).await;
+        let v = verified(&sim, &body, QUERY_KEY);
+        assert_eq!(v["code"], "10000");
+        assert_eq!(v["trade_status"], "TRADE_SUCCESS");
+        assert_eq!(v["total_amount"], "88.88");
+        assert_eq!(v["buyer_pay_amount"], "88.88");
+        assert!(v["send_pay_date"].as_str().unwrap().len() == 19);
+        assert_eq!(v["trade_no"].as_str().unwrap().len(), 28);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn protocol_errors() {
+        let sim = start_sim().await;
+        let base = with(
+            common("alipay.trade.query"),
+            "biz_content",
+            r#"{"out_trade_no":"ORD-1"}"#,
+        );
+        let cases: Vec<ErrorCase> = vec![
+            (
+                without(base.clone(), "method"),
+                true,
+                "error_response",
+                "40001",
+                "isv.missing-method",
+            ),
+            (
+                with(base.clone(), "method", "alipay.trade.pay"),
+                true,
+                "error_response",
+                "40002",
+                "isv.invalid-method",
+            ),
+            (
+                without(base.clone(), "app_id"),
+                true,
+                QUERY_KEY,
+                "40001",
+                "isv.missing-app-id",
+            ),
+            (
+                with(base.clone(), "app_id", "1"),
+                true,
+                QUERY_KEY,
+                "40002",
+                "isv.invalid-app-id",
+            ),
+            (
+                base.clone(),
+                false,
+                QUERY_KEY,
+                "40001",
+                "isv.missing-signature",
+            ),
+            (
+                with(base.clone(), "sign_type", "RSA"),
+                true,
+                QUERY_KEY,
+                "40002",
+                "isv.invalid-signature-type",
+            ),
+            (
+                without(base.clone(), "timestamp"),
+                true,
+                QUERY_KEY,
+                "40001",
+                "isv.missing-timestamp",
+            ),
+            (
+                with(base.clone(), "timestamp", "yesterday"),
+                true,
+                QUERY_KEY,
+                "40002",
+                "isv.invalid-timestamp",
+            ),
+            (
+                without(base.clone(), "biz_content"),
+                true,
+                QUERY_KEY,
+                "40001",
+                "isv.missing-biz-content",
+            ),
+            (
+                with(base.clone(), "biz_content", "not json"),
+                true,
+                QUERY_KEY,
+                "40002",
+                "isv.invalid-parameter",
+            ),
+            (
+                with(base.clone(), "biz_content", "{}"),
+                true,
+                QUERY_KEY,
+                "40004",
+                "ACQ.INVALID_PARAMETER",
+            ),
+        ];
+        for (params, sign, key, code, sub_code) in cases {
+            let body = post_raw(&sim, params, &[], sign).await;
+            let v = verified(&sim, &body, key);
+            assert_eq!(
+                (v["code"].as_str(), v["sub_code"].as_str()),
+                (Some(code), Some(sub_code)),
+                "{body}"
+            );
+        }
+
+        // A signature over other content is refused and counted.
+        let mut tampered = base.clone();
+        let sig = sign_params(app_key(), &tampered).unwrap();
+        tampered.push(("sign".into(), sig));
+        let tampered = with(tampered, "biz_content", r#"{"out_trade_no":"ORD-2"}"#);
+        let body = post_raw(&sim, tampered, &[], false).await;
+        let v = verified(&sim, &body, QUERY_KEY);
+        assert_eq!(v["sub_code"], "isv.invalid-signature");
+        // A parameter given twice (query and body) is refused.
+        let mut dup = base.clone();
+        dup.push(("format".into(), "JSON".into()));
+        let body = post_raw(&sim, dup, &["format"], true).await;
+        assert_eq!(verified(&sim, &body, "error_response")["code"], "40002");
+
+        let stats = sim.state().stats();
+        assert_eq!(stats.signature_failures, 1);
+        assert_eq!(stats.queries, 0);
+        assert_eq!(stats.gateway_requests, 13);
+        assert_eq!(stats.rejected_requests, 12);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn buyer_api() {
+        let sim = start_sim().await;
+        let buyer = BuyerClient::new(sim.base_url()).unwrap();
+        assert_eq!(buyer.trade("nope").await.unwrap(), None);
+        let rejected = |r: Result<_, BuyerError>| match r {
+            Err(BuyerError::Rejected { status, .. }) => status,
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        assert_eq!(rejected(buyer.pay("nope").await), 404);
+        assert_eq!(rejected(buyer.pay_on_close("nope").await), 404);
+        assert_eq!(rejected(buyer.scan("A", 0).await), 400);
+
+        let a = buyer.scan("A b/c", 1234).await.unwrap();
+        assert_eq!(a.out_trade_no, "A b/c");
+        assert_eq!(a.status, SimTradeStatus::WaitBuyerPay);
+        assert_eq!(buyer.scan("A b/c", 1234).await.unwrap(), a);
+        assert_eq!(rejected(buyer.scan("A b/c", 999).await), 409);
+        assert_eq!(buyer.trade("A b/c").await.unwrap(), Some(a.clone()));
+
+        let armed = buyer.pay_on_close("A b/c").await.unwrap();
+        assert!(armed.pay_on_close);
+        let paid = buyer.pay("A b/c").await.unwrap();
+        assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
+        assert!(!paid.pay_on_close);
+        assert_eq!(rejected(buyer.pay("A b/c").await), 409);
+        assert_eq!(rejected(buyer.pay_on_close("A b/c").await), 409);
+
+        let implicit = buyer.scan_and_pay("B", 50).await.unwrap();
+        assert_eq!(
+            (implicit.status, implicit.amount_minor),
+            (SimTradeStatus::TradeSuccess, 50)
+        );
+
+        // Raw endpoints: missing amount, bad JSON.
+        let http = reqwest::Client::new();
+        let r = http
+            .post(format!("{}/sim/trades/C/scan", sim.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let r = http
+            .post(format!("{}/sim/trades/C/pay", sim.base_url()))
+            .body("{oops")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let err: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(err["error"], "bad_request");
+
+        let pem = buyer.public_key_pem().await.unwrap();
+        assert_eq!(pem, sim.public_key().to_spki_pem());
+        assert_eq!(buyer.stats().await.unwrap(), sim.state().stats());
+        assert_eq!(sim.state().trades().len(), 2);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn lifecycle_helpers() {
+        // Binding a port that is taken fails cleanly.
+        let sim = start_sim().await;
+        let err = sim::start(SimConfig {
+            listen: sim.addr(),
+            app_id: APP_ID.into(),
+            app_public_key: app_key().public_key().clone(),
+            sim_private_key: Some(AppPrivateKey::generate().unwrap()),
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, sim::SimError::Bind { .. }), "{err}");
+        let addr = sim.addr();
+        sim.shutdown().await;
+        // After shutdown the port no longer answers.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+
+        // serve_until returns when its shutdown future completes.
+        let done = sim::serve_until(
+            SimConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                app_id: APP_ID.into(),
+                app_public_key: app_key().public_key().clone(),
+                sim_private_key: None,
+            },
+            tokio::time::sleep(std::time::Duration::from_millis(50)),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), done)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,184 @@
+//! One delivery from the close queue: decode, wait or forward if early, decide, then
+//! route the message (ack, re-delay, retry, park) and only then acknowledge it.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::broker::BrokerError;
+use crate::broker::publisher::{ParkNote, Publisher};
+use crate::broker::tiers::SMALLEST_TIER;
+use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
+use crate::message::CloseMessage;
+
+/// How long to wait before trying again when the database is unreachable (not counted
+/// as an attempt: an outage alone never parks a message).
+pub const DB_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Pause before handing a message back after a failed follow-up publish.
+pub const REQUEUE_PAUSE: Duration = Duration::from_secs(2);
+
+/// What every handler shares.
+pub struct Context {
+    /// Decides orders.
+    pub decider: Decider,
+    /// Publishes forwards, retries and parked messages.
+    pub publisher: Publisher,
+}
+
+/// Handles one delivery; never panics, never drops a message.
+pub async fn handle(ctx: &Context, delivery: Delivery) {
+    let message = match CloseMessage::decode(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, bytes = delivery.data.len(), "malformed close message; parking it");
+            let error = e.to_string();
+            let note = ParkNote {
+                reason: "malformed",
+                last_error: &error,
+                attempts: 0,
+                first_seen: Utc::now(),
+            };
+            let routed = ctx.publisher.park(&delivery.data, &note).await;
+            settle(&delivery, routed).await;
+            return;
+        }
+    };
+    let span = info_span!(
+        "order",
+        order_id = message.order_id,
+        out_trade_no = %message.out_trade_no,
+        attempt = message.attempt
+    );
+    async {
+        let routed = route(ctx, message).await;
+        settle(&delivery, routed).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Decides (or forwards) a message and publishes whatever must follow it. Returns Ok
+/// when the delivery may be acknowledged.
+async fn route(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError> {
+    let now = Utc::now();
+    let remaining = (message.due_at() - now).to_std().unwrap_or_default();
+    if remaining >= SMALLEST_TIER {
+        // An early hop: forward without touching the database.
+        let route = ctx.publisher.schedule(&message, now).await?;
+        debug!(?route, ?remaining, "not due yet; forwarded");
+        return Ok(());
+    }
+    if !remaining.is_zero() {
+        tokio::time::sleep(remaining).await;
+    }
+
+    let attempt = AttemptInfo {
+        number: message.attempt,
+        first_seen: message.first_seen,
+        not_before: message.not_before,
+    };
+    let outcome = ctx
+        .decider
+        .decide(
+            message.order_id,
+            Some(&message.out_trade_no),
+            attempt,
+            Mode::Apply,
+        )
+        .await;
+    let first_seen = message.first_seen.unwrap_or(now);
+    match outcome {
+        Ok(
+            Outcome::Decided { .. }
+            | Outcome::Settled(_)
+            | Outcome::LostRace(_)
+            | Outcome::WouldDo(_),
+        ) => Ok(()),
+        Ok(Outcome::Missing) => {
+            warn!("no such order; acknowledging the message");
+            Ok(())
+        }
+        Ok(Outcome::NotDue { deadline, .. }) => {
+            message.deadline = deadline;
+            ctx.publisher
+                .schedule(&message, Utc::now())
+                .await
+                .map(|_| ())
+        }
+        Ok(Outcome::Retry {
+            delay,
+            attempt,
+            code,
+            ..
+        }) => {
+            info!(%code, ?delay, next_attempt = attempt, "retrying later");
+            message.attempt = attempt;
+            message.first_seen = Some(first_seen);
+            message.not_before =
+                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            ctx.publisher
+                .schedule(&message, Utc::now())
+                .await
+                .map(|_| ())
+        }
+        Ok(Outcome::Park { code, detail }) => {
+            let note = ParkNote {
+                reason: &code,
+                last_error: &detail,
+                attempts: message.attempt + 1,
+                first_seen,
+            };
+            ctx.publisher.park(&message.encode(), &note).await
+        }
+        Err(unavailable) => {
+            warn!(error = %unavailable, retry_in = ?DB_RETRY_DELAY, "database unavailable; trying again later");
+            message.first_seen = Some(first_seen);
+            message.not_before =
+                Some(Utc::now() + chrono::Duration::from_std(DB_RETRY_DELAY).unwrap_or_default());
+            ctx.publisher
+                .schedule(&message, Utc::now())
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// Acknowledges a delivery whose follow-up is safely published; otherwise leaves it
+/// unacknowledged so that the broker redelivers it (after the channel is replaced).
+async fn settle(delivery: &Delivery, routed: Result<(), BrokerError>) {
+    if let Err(e) = routed {
+        error!(error = %e, "could not publish the follow-up; handing the message back to the broker");
+        // Pause first so that a broker in trouble does not see a hot requeue loop.
+        tokio::time::sleep(REQUEUE_PAUSE).await;
+        let nack = delivery.acker.nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        });
+        if !matches!(
+            tokio::time::timeout(crate::broker::BROKER_TIMEOUT, nack).await,
+            Ok(Ok(true))
+        ) {
+            warn!("channel gone before the nack; the broker will redeliver");
+        }
+        return;
+    }
+    match tokio::time::timeout(
+        crate::broker::BROKER_TIMEOUT,
+        delivery.acker.ack(BasicAckOptions::default()),
+    )
+    .await
+    {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            warn!("channel gone before the ack; the broker will redeliver (decided once anyway)")
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "ack failed; the broker will redeliver (decided once anyway)")
+        }
+        Err(_) => warn!("ack timed out; the broker will redeliver (decided once anyway)"),
+    }
+}

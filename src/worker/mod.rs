@@ -1,0 +1,246 @@
+//! The worker: consumes the close queue, decides each order, and runs the outbox relay.
+//!
+//! Many orders are in flight at once (`concurrency`, with a broker `prefetch` window);
+//! `--concurrency 1 --prefetch 1` gives the classic one-at-a-time consumer for
+//! comparison. On a lost connection it reconnects with back-off and re-declares the
+//! topology; unacked messages come back from the broker and are decided once (the
+//! guarded update makes a second decision a no-op). On shutdown it stops taking
+//! messages, lets in-flight decisions finish within a grace period, and hands the rest
+//! back to the broker.
+
+mod handler;
+mod relay_loop;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::publisher::Publisher;
+use crate::broker::topology::Topology;
+use crate::broker::{self, BrokerError, timed};
+use crate::decide::Decider;
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Broker URL.
+    pub amqp_url: String,
+    /// Queue names and tiers.
+    pub topology: Arc<Topology>,
+    /// Orders decided at once.
+    pub concurrency: usize,
+    /// Broker prefetch window.
+    pub prefetch: u16,
+    /// How long in-flight decisions may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Age after which the relay publishes a close row its creator left behind.
+    pub outbox_grace: Duration,
+    /// How often the relay looks at the outbox.
+    pub outbox_interval: Duration,
+}
+
+impl WorkerConfig {
+    /// Worker settings from the process settings.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            amqp_url: settings.amqp_url.clone(),
+            topology: Arc::new(settings.topology.clone()),
+            concurrency: settings.concurrency,
+            prefetch: settings.prefetch,
+            shutdown_grace: settings.shutdown_grace,
+            outbox_grace: settings.outbox_grace,
+            outbox_interval: settings.outbox_interval,
+        }
+    }
+}
+
+/// A worker process's main loop.
+pub struct Worker {
+    decider: Decider,
+    config: WorkerConfig,
+}
+
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Worker {
+    /// A worker deciding with `decider`.
+    pub fn new(decider: Decider, config: WorkerConfig) -> Self {
+        Self { decider, config }
+    }
+
+    /// Runs until `shutdown` is cancelled, reconnecting to the broker as needed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(500);
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                }
+            }
+        }
+        info!("worker stopped");
+    }
+
+    /// One connection's life: declare, consume, decide; returns Ok on shutdown.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
+        let connection = broker::connect(&self.config.amqp_url, "order-closer worker").await?;
+        let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
+        self.config.topology.declare(publisher.channel()).await?;
+
+        let relay_stop = shutdown.child_token();
+        let relay = tokio::spawn(relay_loop::run(
+            self.decider.pool().clone(),
+            publisher.clone(),
+            self.config.outbox_grace,
+            self.config.outbox_interval,
+            relay_stop.clone(),
+        ));
+
+        let channel = timed("open channel", connection.create_channel()).await?;
+        timed(
+            "basic.qos",
+            channel.basic_qos(self.config.prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let mut consumer = timed(
+            "basic.consume",
+            channel.basic_consume(
+                self.config.topology.close_queue().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        info!(
+            queue = %self.config.topology.close_queue(),
+            concurrency = self.config.concurrency,
+            prefetch = self.config.prefetch,
+            "consuming"
+        );
+
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut in_flight = JoinSet::new();
+        let ctx = Arc::new(handler::Context {
+            decider: self.decider.clone(),
+            publisher: publisher.clone(),
+        });
+        let result = loop {
+            // Reap finished decisions so the set does not grow.
+            while in_flight.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break Ok(()),
+                },
+            };
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => next,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let ctx = ctx.clone();
+                    in_flight.spawn(async move {
+                        handler::handle(&ctx, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(source)) => {
+                    break Err(BrokerError::Amqp {
+                        op: "consume",
+                        source,
+                    });
+                }
+                None => {
+                    break Err(BrokerError::ChannelGone { op: "consume" });
+                }
+            }
+        };
+
+        // Stop taking messages; what the broker already pushed but we did not start is
+        // handed back when the channel closes.
+        if result.is_ok() {
+            let tag = consumer.tag();
+            if let Err(e) = timed(
+                "basic.cancel",
+                channel.basic_cancel(tag, BasicCancelOptions::default()),
+            )
+            .await
+            {
+                warn!(error = %e, "could not cancel the consumer");
+            }
+        }
+        let waiting = in_flight.len();
+        if waiting > 0 {
+            info!(in_flight = waiting, grace = ?self.config.shutdown_grace, "finishing in-flight decisions");
+        }
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                abandoned = in_flight.len(),
+                "grace period over; unfinished messages go back to the broker"
+            );
+            in_flight.abort_all();
+        }
+        relay_stop.cancel();
+        let _ = relay.await;
+        let _ = timed(
+            "channel.close",
+            channel.close(200, "worker stopping".into()),
+        )
+        .await;
+        let _ = timed(
+            "connection.close",
+            connection.close(200, "worker stopping".into()),
+        )
+        .await;
+        result
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT (Ctrl-C).
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("shutdown requested");
+        trigger.cancel();
+    });
+    token
+}

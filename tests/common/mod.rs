@@ -1,0 +1,389 @@
+//! Test harness: each test gets its own Postgres schema, its own queue prefix, its own
+//! gateway simulator and keys, and cleans them up. Tests therefore run in parallel.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use order_closer::broker::publisher::Publisher;
+use order_closer::broker::{self, topology::Topology};
+use order_closer::closer::{Closer, Due, NewOrder};
+use order_closer::config::Settings;
+use order_closer::db::schema::decisions;
+use order_closer::db::{self, DbPool, orders};
+use order_closer::decide::{Decider, Gateways};
+use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
+use order_closer::order::{Order, OrderStatus};
+use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
+use order_closer::worker::{Worker, WorkerConfig};
+use rand::Rng;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The server-level URL the test databases live under.
+pub fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/order_closer_test".into())
+}
+
+/// The broker.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn random_tag() -> String {
+    format!("{:08x}", rand::rng().random::<u32>())
+}
+
+/// One isolated environment.
+pub struct TestEnv {
+    pub tag: String,
+    pub schema: String,
+    pub database_url: String,
+    pub settings: Settings,
+    pub pool: DbPool,
+    pub connection: Connection,
+    pub publisher: Publisher,
+    pub topology: Arc<Topology>,
+    pub sim: Option<RunningSim>,
+    pub sim_url: String,
+    pub buyers: BuyerClient,
+    pub app_key_pem: String,
+    pub sim_public_pem: String,
+    pub alipay: AlipayConfig,
+    pub closer: Closer,
+    workers: Vec<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl TestEnv {
+    /// A fresh environment with default settings plus `overrides`.
+    pub async fn new(overrides: &[(&str, &str)]) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,order_closer=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let tag = random_tag();
+        let schema = format!("t_{tag}");
+        let base = base_database_url();
+        db::ensure_database(&base).await.expect("test database");
+        let mut admin = db::connect(&base)
+            .await
+            .expect("connect to the test database");
+        diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .expect("create schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let database_url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("DATABASE_URL".into(), database_url.clone()),
+            ("AMQP_URL".into(), amqp_url()),
+            ("ORDER_CLOSER_QUEUE_PREFIX".into(), format!("t-{tag}")),
+            ("ORDER_CLOSER_OUTBOX_INTERVAL".into(), "100ms".into()),
+            ("ORDER_CLOSER_OUTBOX_GRACE".into(), "1s".into()),
+            ("ORDER_CLOSER_RETRY_STEPS".into(), "1s,1s,1s".into()),
+            ("ORDER_CLOSER_SHUTDOWN_GRACE".into(), "10s".into()),
+            ("ORDER_CLOSER_DB_POOL_SIZE".into(), "8".into()),
+        ]);
+        if let Ok(kind) = std::env::var("TEST_QUEUE_TYPE") {
+            vars.insert("ORDER_CLOSER_QUEUE_TYPE".into(), kind);
+        }
+        for (k, v) in overrides {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let mut settings = Settings::from_lookup(|k| vars.get(k).cloned()).expect("settings");
+        db::migrate(&database_url).await.expect("migrate");
+        let pool = db::pool(&database_url, settings.db_pool_size).expect("pool");
+
+        let topology = Arc::new(settings.topology.clone());
+        let connection = broker::connect(&settings.amqp_url, "test")
+            .await
+            .expect("broker");
+        let publisher = Publisher::open(&connection, topology.clone())
+            .await
+            .expect("publisher");
+        topology
+            .declare(publisher.channel())
+            .await
+            .expect("declare");
+
+        let app_key = AppPrivateKey::generate().expect("app key");
+        let app_key_pem = app_key.to_pkcs8_pem();
+        let running = sim::start(SimConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            app_id: settings.alipay.app_id.clone(),
+            app_public_key: app_key.public_key().clone(),
+            sim_private_key: None,
+        })
+        .await
+        .expect("simulator");
+        let sim_url = running.base_url();
+        let sim_public_pem = running.public_key().to_spki_pem();
+        settings.alipay.gateway_url = sim_url.clone();
+        settings.alipay.app_private_key = Some(app_key_pem.clone());
+        settings.alipay.alipay_public_key = Some(sim_public_pem.clone());
+        let alipay = settings.alipay_config().expect("alipay config");
+        let buyers = BuyerClient::new(sim_url.clone()).expect("buyer client");
+        let closer = Closer::new(pool.clone(), Some(publisher.clone()));
+        Self {
+            tag,
+            schema,
+            database_url,
+            settings,
+            pool,
+            connection,
+            publisher,
+            topology,
+            sim: Some(running),
+            sim_url,
+            buyers,
+            app_key_pem,
+            sim_public_pem,
+            alipay,
+            closer,
+            workers: Vec::new(),
+        }
+    }
+
+    /// A decider like the worker's, trusting the simulator.
+    pub fn decider(&self, actor: &str) -> Decider {
+        self.decider_with(self.alipay.clone(), actor)
+    }
+
+    /// A decider with a custom Alipay configuration.
+    pub fn decider_with(&self, alipay: AlipayConfig, actor: &str) -> Decider {
+        let client = AlipayClient::new(alipay).expect("alipay client");
+        Decider::new(
+            self.pool.clone(),
+            Gateways::default().with("alipay", Arc::new(client)),
+            self.settings.retry.clone(),
+            actor,
+        )
+    }
+
+    /// Starts an in-process worker.
+    pub fn start_worker(&mut self, concurrency: usize, prefetch: u16) {
+        let mut config = WorkerConfig::from_settings(&self.settings);
+        config.concurrency = concurrency;
+        config.prefetch = prefetch;
+        let token = CancellationToken::new();
+        let n = self.workers.len();
+        let worker = Worker::new(self.decider(&format!("test-worker-{n}")), config);
+        let handle = tokio::spawn(worker.run(token.clone()));
+        self.workers.push((token, handle));
+    }
+
+    /// Stops every in-process worker gracefully.
+    pub async fn stop_workers(&mut self) {
+        for (token, handle) in self.workers.drain(..) {
+            token.cancel();
+            let _ = handle.await;
+        }
+    }
+
+    /// Creates an Alipay order due after `after`.
+    pub async fn create(&self, no: &str, amount_minor: i64, after: Duration) -> Order {
+        self.closer
+            .create_order(NewOrder::alipay(no, amount_minor, Due::After(after)))
+            .await
+            .expect("create order")
+            .order
+    }
+
+    /// A unique order number for this test.
+    pub fn no(&self, name: &str) -> String {
+        format!("{name}-{}", self.tag)
+    }
+
+    /// Reads an order.
+    pub async fn order(&self, no: &str) -> Order {
+        let mut conn = db::conn(&self.pool).await.unwrap();
+        orders::find_by_out_trade_no(&mut conn, no)
+            .await
+            .unwrap()
+            .expect("order exists")
+    }
+
+    /// Waits until the order leaves NEW (or panics after `limit`).
+    pub async fn settled(&self, no: &str, limit: Duration) -> Order {
+        let pool = self.pool.clone();
+        let no = no.to_owned();
+        eventually(limit, || {
+            let pool = pool.clone();
+            let no = no.clone();
+            async move {
+                let mut conn = db::conn(&pool).await.ok()?;
+                let order = orders::find_by_out_trade_no(&mut conn, &no).await.ok()??;
+                (order.status() != OrderStatus::New).then_some(order)
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("order {no} was not decided within {limit:?}"))
+    }
+
+    /// Decisions recorded for an order: (outcome, detail).
+    pub async fn decisions(&self, order_id: i64) -> Vec<(String, String)> {
+        let mut conn = db::conn(&self.pool).await.unwrap();
+        decisions::table
+            .filter(decisions::order_id.eq(order_id))
+            .order(decisions::id.asc())
+            .select((decisions::outcome, decisions::detail))
+            .load(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Rows left in the outbox.
+    pub async fn outbox_backlog(&self) -> i64 {
+        let mut conn = db::conn(&self.pool).await.unwrap();
+        db::outbox::backlog(&mut conn).await.unwrap()
+    }
+
+    /// Waits for the outbox to drain, then takes every event from the audit queue.
+    pub async fn drain_events(&self) -> Vec<serde_json::Value> {
+        let drained = eventually(Duration::from_secs(15), || async {
+            (self.outbox_backlog().await == 0).then_some(())
+        })
+        .await;
+        assert!(drained.is_some(), "outbox did not drain");
+        self.get_all(&self.topology.events_audit_queue())
+            .await
+            .into_iter()
+            .map(|(body, _)| serde_json::from_slice(&body).expect("event JSON"))
+            .collect()
+    }
+
+    /// Takes every message from a queue (acking them): (body, headers).
+    pub async fn get_all(&self, queue: &str) -> Vec<(Vec<u8>, FieldTable)> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let headers = msg
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
+            out.push((msg.delivery.data.clone(), headers));
+        }
+        out
+    }
+
+    /// Messages waiting in a queue.
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Publishes raw bytes straight to the close queue (as a foreign publisher would).
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let channel = self.connection.create_channel().await.unwrap();
+        channel
+            .basic_publish(
+                self.topology.close_exchange().into(),
+                "due".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Environment variables for running the binary against this environment.
+    pub fn binary_env(&self, dir: &std::path::Path) -> Vec<(String, String)> {
+        let private = dir.join("app_private.pem");
+        let public = dir.join("alipay_public.pem");
+        std::fs::write(&private, &self.app_key_pem).unwrap();
+        std::fs::write(&public, &self.sim_public_pem).unwrap();
+        vec![
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("AMQP_URL".into(), amqp_url()),
+            (
+                "ORDER_CLOSER_QUEUE_PREFIX".into(),
+                self.topology.prefix().into(),
+            ),
+            ("ORDER_CLOSER_OUTBOX_INTERVAL".into(), "100ms".into()),
+            ("ORDER_CLOSER_RETRY_STEPS".into(), "1s,1s,1s".into()),
+            ("ALIPAY_GATEWAY_URL".into(), self.sim_url.clone()),
+            (
+                "ALIPAY_APP_PRIVATE_KEY".into(),
+                private.display().to_string(),
+            ),
+            ("ALIPAY_PUBLIC_KEY".into(), public.display().to_string()),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    /// Removes the schema, the queues and the simulator.
+    pub async fn cleanup(mut self) {
+        self.stop_workers().await;
+        if let Some(sim) = self.sim.take() {
+            sim.shutdown().await;
+        }
+        let _ = self.topology.delete(self.publisher.channel()).await;
+        let _ = self.connection.close(200, "test done".into()).await;
+        if let Ok(mut admin) = db::connect(&base_database_url()).await {
+            let _ = diesel::sql_query(format!("DROP SCHEMA {} CASCADE", self.schema))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns Some or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl TestEnv {
+    /// Starts an in-process worker with its own Alipay configuration.
+    pub fn start_worker_with(&mut self, alipay: AlipayConfig) {
+        let config = WorkerConfig::from_settings(&self.settings);
+        let token = CancellationToken::new();
+        let worker = Worker::new(self.decider_with(alipay, "test-worker-custom"), config);
+        let handle = tokio::spawn(worker.run(token.clone()));
+        self.workers.push((token, handle));
+    }
+}
