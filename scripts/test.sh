@@ -61,6 +61,10 @@ CURRENT="cargo test --all-targets -- --skip serial_"
 step "$CURRENT (parallel)"
 cargo test --all-targets -- --skip serial_
 
+CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test decisions_e2e --test delivery_e2e"
+step "$CURRENT (the broker tests again on quorum queues)"
+TEST_QUEUE_TYPE=quorum cargo test --test decisions_e2e --test delivery_e2e
+
 CURRENT="cargo test --all-targets -- --test-threads=1 serial_"
 step "$CURRENT (serial)"
 cargo test --all-targets -- --test-threads=1 serial_
@@ -70,4 +74,4 @@ step "$CURRENT"
 cargo test --doc
 
 trap - ERR
-printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, serial tests, doc tests)\n'
+printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, quorum tests, serial tests, doc tests)\n'

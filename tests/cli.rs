@@ -1,0 +1,224 @@
+//! The binary's commands, run as a user would: good and bad arguments and configuration.
+
+mod common;
+
+use std::process::Output;
+
+use common::TestEnv;
+
+const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
+
+async fn run(env: &[(String, String)], args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("ORDER_CLOSER_CONCURRENCY")
+        .output()
+        .await
+        .expect("run the binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_create_then_show_and_bad_arguments_are_named() {
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-cli-{}", env.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = env.binary_env(&dir);
+    let no = env.no("cli");
+
+    let out = run(&vars, &["migrate"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = run(
+        &vars,
+        &[
+            "orders",
+            "create",
+            "--out-trade-no",
+            &no,
+            "--amount",
+            "12.34",
+            "--close-after",
+            "30s",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("scheduled"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(&vars, &["orders", "show", &no, "--format", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["order"]["status_text"], "NEW");
+    assert_eq!(shown["order"]["amount_minor"], 1234);
+    assert_eq!(shown["decisions"].as_array().unwrap().len(), 0);
+
+    // The same order number again is refused by name.
+    let out = run(
+        &vars,
+        &[
+            "orders",
+            "create",
+            "--out-trade-no",
+            &no,
+            "--amount",
+            "1",
+            "--close-after",
+            "30s",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for (args, word) in [
+        (
+            vec![
+                "orders",
+                "create",
+                "--out-trade-no",
+                "X",
+                "--amount",
+                "abc",
+                "--close-after",
+                "1s",
+            ],
+            "amount",
+        ),
+        (
+            vec![
+                "orders",
+                "create",
+                "--out-trade-no",
+                "X",
+                "--amount",
+                "-1",
+                "--close-after",
+                "1s",
+            ],
+            "amount",
+        ),
+        (
+            vec![
+                "orders",
+                "create",
+                "--out-trade-no",
+                "X",
+                "--amount",
+                "1",
+                "--close-after",
+                "soon",
+            ],
+            "close-after",
+        ),
+        (
+            vec![
+                "orders",
+                "create",
+                "--out-trade-no",
+                "bad no",
+                "--amount",
+                "1",
+                "--close-after",
+                "1s",
+            ],
+            "out_trade_no",
+        ),
+        (
+            vec!["orders", "create", "--out-trade-no", "X", "--amount", "1"],
+            "close-after",
+        ),
+        (vec!["worker", "--concurrency", "0"], "concurrency"),
+    ] {
+        let out = run(&vars, &args).await;
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            text(&out.stderr).contains(word),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    let out = run(&vars, &["orders", "show", "NO-SUCH-ORDER"]).await;
+    assert_eq!(out.status.code(), Some(2));
+
+    // Configuration errors name the variable.
+    let mut bad = vars.clone();
+    bad.push(("ORDER_CLOSER_PREFETCH".into(), "lots".into()));
+    let out = run(&bad, &["migrate"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ORDER_CLOSER_PREFETCH"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut bad = vars.clone();
+    bad.push(("ALIPAY_PUBLIC_KEY".into(), "/nonexistent/alipay.pem".into()));
+    let out = run(&bad, &["worker"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ALIPAY_PUBLIC_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn keygen_writes_a_usable_pair_and_refuses_to_overwrite() {
+    let dir = std::env::temp_dir().join(format!("oc-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = run(&[], &["keygen", "--out", dir.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let private = std::fs::read_to_string(dir.join("app_private.pem")).unwrap();
+    let public = std::fs::read_to_string(dir.join("app_public.pem")).unwrap();
+    let key = order_closer::gateway::alipay::AppPrivateKey::parse(&private).unwrap();
+    let pubkey = order_closer::gateway::alipay::RsaPublicKey::parse(&public).unwrap();
+    let sig = key.sign_base64(b"hello").unwrap();
+    assert!(pubkey.verify_base64(b"hello", &sig));
+    let out = run(&[], &["keygen", "--out", dir.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--force"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_passes_its_own_check() {
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-demo-{}", env.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = env.binary_env(&dir);
+    let out = run(
+        &vars,
+        &[
+            "demo",
+            "--orders",
+            "40",
+            "--min-deadline",
+            "1s",
+            "--max-deadline",
+            "3s",
+        ],
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("CHECK PASSED"), "{stdout}");
+    assert!(stdout.contains("lateness p99"), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
