@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::broker::BrokerError;
@@ -27,6 +28,8 @@ pub struct Context {
     pub decider: Decider,
     /// Publishes forwards, retries and parked messages.
     pub publisher: Publisher,
+    /// Cancelled when a publish fails: the session reconnects and re-declares.
+    pub broken: CancellationToken,
 }
 
 /// Handles one delivery; never panics, never drops a message.
@@ -43,7 +46,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
                 first_seen: Utc::now(),
             };
             let routed = ctx.publisher.park(&delivery.data, &note).await;
-            settle(&delivery, routed).await;
+            settle(ctx, &delivery, routed).await;
             return;
         }
     };
@@ -55,7 +58,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
     );
     async {
         let routed = route(ctx, message).await;
-        settle(&delivery, routed).await;
+        settle(ctx, &delivery, routed).await;
     }
     .instrument(span)
     .await;
@@ -147,11 +150,12 @@ async fn route(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerErr
     }
 }
 
-/// Acknowledges a delivery whose follow-up is safely published; otherwise leaves it
-/// unacknowledged so that the broker redelivers it (after the channel is replaced).
-async fn settle(delivery: &Delivery, routed: Result<(), BrokerError>) {
+/// Acknowledges a delivery whose follow-up is safely published; otherwise hands it back
+/// to the broker and asks the session to reconnect (which re-declares the topology).
+async fn settle(ctx: &Context, delivery: &Delivery, routed: Result<(), BrokerError>) {
     if let Err(e) = routed {
         error!(error = %e, "could not publish the follow-up; handing the message back to the broker");
+        ctx.broken.cancel();
         // Pause first so that a broker in trouble does not see a hot requeue loop.
         tokio::time::sleep(REQUEUE_PAUSE).await;
         let nack = delivery.acker.nack(BasicNackOptions {

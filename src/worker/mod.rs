@@ -134,15 +134,18 @@ impl Worker {
 
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let mut in_flight = JoinSet::new();
+        let broken = CancellationToken::new();
         let ctx = Arc::new(handler::Context {
             decider: self.decider.clone(),
             publisher: publisher.clone(),
+            broken: broken.clone(),
         });
         let result = loop {
             // Reap finished decisions so the set does not grow.
             while in_flight.try_join_next().is_some() {}
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
+                () = broken.cancelled() => break Err(BrokerError::ChannelGone { op: "publish" }),
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break Ok(()),
@@ -150,6 +153,7 @@ impl Worker {
             };
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
+                () = broken.cancelled() => break Err(BrokerError::ChannelGone { op: "publish" }),
                 next = consumer.next() => next,
             };
             match delivery {
