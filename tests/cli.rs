@@ -83,70 +83,32 @@ async fn orders_create_then_show_and_bad_arguments_are_named() {
         text(&out.stderr)
     );
 
-    for (args, word) in [
+    for (command, word) in [
         (
-            vec![
-                "orders",
-                "create",
-                "--out-trade-no",
-                "X",
-                "--amount",
-                "abc",
-                "--close-after",
-                "1s",
-            ],
+            "orders create --out-trade-no X --amount abc --close-after 1s",
             "amount",
         ),
         (
-            vec![
-                "orders",
-                "create",
-                "--out-trade-no",
-                "X",
-                "--amount",
-                "-1",
-                "--close-after",
-                "1s",
-            ],
+            "orders create --out-trade-no X --amount -1 --close-after 1s",
             "amount",
         ),
         (
-            vec![
-                "orders",
-                "create",
-                "--out-trade-no",
-                "X",
-                "--amount",
-                "1",
-                "--close-after",
-                "soon",
-            ],
+            "orders create --out-trade-no X --amount 1 --close-after soon",
             "close-after",
         ),
         (
-            vec![
-                "orders",
-                "create",
-                "--out-trade-no",
-                "bad no",
-                "--amount",
-                "1",
-                "--close-after",
-                "1s",
-            ],
+            "orders create --out-trade-no bad/no --amount 1 --close-after 1s",
             "out_trade_no",
         ),
-        (
-            vec!["orders", "create", "--out-trade-no", "X", "--amount", "1"],
-            "close-after",
-        ),
-        (vec!["worker", "--concurrency", "0"], "concurrency"),
+        ("orders create --out-trade-no X --amount 1", "close-after"),
+        ("worker --concurrency 0", "concurrency"),
     ] {
+        let args: Vec<&str> = command.split(' ').collect();
         let out = run(&vars, &args).await;
-        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!out.status.success(), "{command} succeeded");
         assert!(
             text(&out.stderr).contains(word),
-            "{args:?}: {}",
+            "{command}: {}",
             text(&out.stderr)
         );
     }
