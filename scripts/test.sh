@@ -65,13 +65,18 @@ CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test decisions_e2e --test delivery_
 step "$CURRENT (the broker tests again on quorum queues)"
 TEST_QUEUE_TYPE=quorum cargo test --test decisions_e2e --test delivery_e2e
 
-CURRENT="cargo test --all-targets -- --test-threads=1 serial_"
+CURRENT="cargo test --all-targets -- --test-threads=1 serial_ --skip serial_chaos"
 step "$CURRENT (serial)"
-cargo test --all-targets -- --test-threads=1 serial_
+cargo test --all-targets -- --test-threads=1 serial_ --skip serial_chaos
+
+# The chaos run restarts the broker and kills workers: alone, with its figures printed.
+CURRENT="cargo test --test serial_chaos -- --nocapture"
+step "$CURRENT (chaos run, a few minutes)"
+cargo test --test serial_chaos -- --nocapture
 
 CURRENT="cargo test --doc"
 step "$CURRENT"
 cargo test --doc
 
 trap - ERR
-printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, quorum tests, serial tests, doc tests)\n'
+printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, quorum tests, serial tests, chaos run, doc tests)\n'

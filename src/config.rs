@@ -5,6 +5,7 @@
 //! variable, so a misconfigured deployment never starts half-working.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +102,9 @@ pub struct Settings {
     pub outbox_interval: Duration,
     /// Log format (`ORDER_CLOSER_LOG_FORMAT`: `text` or `json`).
     pub log_format: LogFormat,
+    /// Where the worker serves `/healthz`, `/readyz`, `/metrics`
+    /// (`ORDER_CLOSER_HTTP_LISTEN`; `off` disables).
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// The default database URL: the local server, database `order_closer`.
@@ -215,6 +219,18 @@ impl Settings {
             }
         };
 
+        let http_listen = match var("ORDER_CLOSER_HTTP_LISTEN").as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            Some("off") => None,
+            Some(text) => Some(text.parse().map_err(|e| {
+                ConfigError::invalid(
+                    "ORDER_CLOSER_HTTP_LISTEN",
+                    text,
+                    format!("{e} (expected HOST:PORT or off)"),
+                )
+            })?),
+        };
+
         Ok(Self {
             database_url,
             db_pool_size: number(&var, "ORDER_CLOSER_DB_POOL_SIZE", 16, 1, 1000)?,
@@ -232,6 +248,7 @@ impl Settings {
                 Duration::from_millis(500),
             )?,
             log_format,
+            http_listen,
         })
     }
 
@@ -368,6 +385,7 @@ mod tests {
             ("ALIPAY_TIMEOUT", "ten"),
             ("ALIPAY_GATEWAY_URL", "ftp://x"),
             ("ORDER_CLOSER_LOG_FORMAT", "xml"),
+            ("ORDER_CLOSER_HTTP_LISTEN", "everywhere"),
         ];
         for (var, value) in cases {
             let err = settings(&[(var, value)]).unwrap_err().to_string();

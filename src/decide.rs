@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -17,6 +17,7 @@ use crate::db::{self, DbError, DbPool, orders};
 use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
 use crate::events::{self, OrderEvent};
 use crate::gateway::{Gateway, GatewayError, QueryAnswer};
+use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
 use crate::relay;
 use crate::retry::{RetryPolicy, RetryStep};
@@ -125,6 +126,7 @@ pub struct Decider {
     gateways: Gateways,
     retry: RetryPolicy,
     actor: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Decider {
@@ -141,7 +143,14 @@ impl Decider {
             gateways,
             retry,
             actor: actor.into(),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Records into these metrics instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The database pool.
@@ -149,11 +158,62 @@ impl Decider {
         &self.pool
     }
 
+    /// The metrics this decider records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts an outcome in the metrics.
+    fn observe(&self, outcome: &Outcome) {
+        let m = &self.metrics;
+        match outcome {
+            Outcome::Missing => {
+                m.missing_order();
+                m.decision("missing");
+            }
+            Outcome::Settled(_) => m.decision("already_settled"),
+            Outcome::NotDue { .. } => m.decision("not_due"),
+            Outcome::Decided {
+                status, lateness, ..
+            } => {
+                m.decision(&status.as_str().to_ascii_lowercase());
+                m.lateness(*lateness);
+            }
+            Outcome::LostRace(_) => m.decision("lost_race"),
+            Outcome::Retry { attempt, .. } => {
+                m.retry(*attempt);
+                m.decision("retry");
+            }
+            Outcome::Park { code, .. } => {
+                m.parked(code);
+                m.decision("parked");
+            }
+            Outcome::WouldDo(_) => m.decision("dry_run"),
+        }
+    }
+
     /// Decides one order, end to end.
     #[tracing::instrument(name = "decide", skip_all, fields(order_id, out_trade_no, attempt = attempt.number))]
     /// `expected_out_trade_no` is what the message says: a message whose order number
     /// disagrees with the row is parked, never acted on.
     pub async fn decide(
+        &self,
+        order_id: i64,
+        expected_out_trade_no: Option<&str>,
+        attempt: AttemptInfo,
+        mode: Mode,
+    ) -> Result<Outcome, Unavailable> {
+        let outcome = self
+            .decide_inner(order_id, expected_out_trade_no, attempt, mode)
+            .await;
+        match &outcome {
+            Ok(o) => self.observe(o),
+            Err(_) => self.metrics.decision("database_unavailable"),
+        }
+        outcome
+    }
+
+    async fn decide_inner(
         &self,
         order_id: i64,
         expected_out_trade_no: Option<&str>,
@@ -282,7 +342,7 @@ impl Decider {
         mode: Mode,
     ) -> (Action, Option<String>) {
         let no = order.out_trade_no.as_str();
-        let first = gateway.query(no).await;
+        let first = self.timed_query(gateway, no).await;
         let mut transcript = vec![describe_query(&first)];
         let mut action =
             decision::after_query(order, QueryStage::First, first.as_ref().map(|a| &a.state));
@@ -290,7 +350,13 @@ impl Decider {
             return (action, Some(transcript.join("\n")));
         }
         if action == Action::CloseAtGateway {
+            let started = Instant::now();
             let closed = gateway.close(no).await;
+            self.metrics.gateway_call(
+                "close",
+                started.elapsed(),
+                closed.as_ref().err().map(|e| e.code.as_str()),
+            );
             transcript.push(match &closed {
                 Ok(answer) => format!("close: {answer:?}"),
                 Err(e) => format!("close: {e}"),
@@ -298,7 +364,7 @@ impl Decider {
             action = decision::after_close(closed.as_ref());
             if action == Action::QueryAgain {
                 info!("gateway refused the close; asking again");
-                let again = gateway.query(no).await;
+                let again = self.timed_query(gateway, no).await;
                 transcript.push(describe_query(&again));
                 action = decision::after_query(
                     order,
@@ -308,6 +374,21 @@ impl Decider {
             }
         }
         (action, Some(transcript.join("\n")))
+    }
+
+    async fn timed_query(
+        &self,
+        gateway: &dyn Gateway,
+        no: &str,
+    ) -> Result<QueryAnswer, GatewayError> {
+        let started = Instant::now();
+        let answer = gateway.query(no).await;
+        self.metrics.gateway_call(
+            "query",
+            started.elapsed(),
+            answer.as_ref().err().map(|e| e.code.as_str()),
+        );
+        answer
     }
 
     async fn apply_paid(

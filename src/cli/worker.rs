@@ -6,10 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use order_closer::config::Settings;
-use order_closer::db;
 use order_closer::decide::{Decider, Gateways};
 use order_closer::gateway::alipay::AlipayClient;
 use order_closer::worker::{Worker, WorkerConfig, shutdown_on_signal};
+use order_closer::{db, health};
 
 /// Flags of `worker`.
 #[derive(Debug, Args)]
@@ -34,15 +34,21 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
         .context("building the Alipay client")?;
     let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
     let decider = Decider::new(
-        pool,
+        pool.clone(),
         Gateways::default().with("alipay", Arc::new(alipay)),
         settings.retry.clone(),
         actor_name(),
     );
     let shutdown = shutdown_on_signal();
-    Worker::new(decider, WorkerConfig::from_settings(&settings))
-        .run(shutdown)
-        .await;
+    let worker = Worker::new(decider, WorkerConfig::from_settings(&settings));
+    if let Some(addr) = settings.http_listen {
+        let routes = health::router(worker.metrics(), worker.readiness(), pool);
+        let bound = health::serve(addr, routes, shutdown.clone())
+            .await
+            .context("ORDER_CLOSER_HTTP_LISTEN")?;
+        tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+    }
+    worker.run(shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 

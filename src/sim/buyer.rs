@@ -1,5 +1,6 @@
 //! A small HTTP client for the simulator's buyer API (`/sim/...`): scan, pay, arm the
-//! pay-on-close race, and read trades back. For tests and the demo.
+//! pay-on-close race, read trades back, and steer fault injection (the plan and
+//! per-trade `fail-next` one-shots). For tests and the demo.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use thiserror::Error;
 
-use super::state::{SimStats, SimTradeView};
+use super::state::{FailNext, FaultKind, FaultPlan, SimStats, SimTradeView};
 
 /// Why a buyer call failed.
 #[derive(Debug, Error)]
@@ -162,6 +163,56 @@ impl BuyerClient {
     pub async fn stats(&self) -> Result<SimStats, BuyerError> {
         let url = self.url(&["stats"])?;
         Self::read(self.http.get(url).send().await?).await
+    }
+
+    /// The simulator's current fault plan.
+    pub async fn faults(&self) -> Result<FaultPlan, BuyerError> {
+        let url = self.url(&["faults"])?;
+        Self::read(self.http.get(url).send().await?).await
+    }
+
+    /// Replaces the simulator's fault plan; returns the plan installed. An invalid plan is
+    /// [`BuyerError::Rejected`] with status 400, error `invalid_fault_plan` and a message
+    /// naming the field, and leaves the current plan in place.
+    pub async fn set_faults(&self, plan: &FaultPlan) -> Result<FaultPlan, BuyerError> {
+        let url = self.url(&["faults"])?;
+        let body = serde_json::to_string(plan).map_err(|e| BuyerError::Decode(e.to_string()))?;
+        let response = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        Self::read(response).await
+    }
+
+    /// Clears the fault plan and every pending `fail-next`: answers are normal again.
+    pub async fn clear_faults(&self) -> Result<(), BuyerError> {
+        let url = self.url(&["faults"])?;
+        Self::read::<FaultPlan>(self.http.delete(url).send().await?)
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes exactly the next `count` gateway answers about `out_trade_no` (queries and
+    /// closes alike, whatever the plan says) fail with `kind`; `count` 0 cancels. The
+    /// trade need not exist yet.
+    pub async fn fail_next(
+        &self,
+        out_trade_no: &str,
+        kind: FaultKind,
+        count: u32,
+    ) -> Result<FailNext, BuyerError> {
+        let url = self.url(&["trades", out_trade_no, "fail-next"])?;
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json!({ "kind": kind, "count": count }).to_string())
+            .send()
+            .await?;
+        Self::read(response).await
     }
 
     /// The simulator's public key as SPKI PEM (what the worker must trust).

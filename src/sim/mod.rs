@@ -6,6 +6,12 @@
 //! subcommand). The worker must be configured with the simulator's public key
 //! ([`RunningSim::public_key`], also served at `GET /sim/public-key`), and the simulator
 //! with the app's public key.
+//!
+//! Faults can be injected at run time, for the whole gateway ([`FaultPlan`]: latency and a
+//! rate per [`FaultKind`], set with `PUT /sim/faults`, [`BuyerClient::set_faults`] or
+//! [`SimState::set_faults`]) or for one trade's next answers (`POST
+//! /sim/trades/{no}/fail-next`, [`BuyerClient::fail_next`]). Counts of injected faults are
+//! in [`SimStats::faults_injected`].
 
 pub mod buyer;
 mod server;
@@ -19,12 +25,15 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::gateway::alipay::{AppPrivateKey, KeyError, RsaPublicKey};
 
 pub use buyer::{BuyerClient, BuyerError};
 pub use state::{
-    BuyerOpError, FaultDecision, FaultPlan, SimState, SimStats, SimTradeStatus, SimTradeView,
+    BuyerOpError, DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind, FaultPlan,
+    FaultPlanError, MAX_FAULT_MS, SIM_METHODS, SimState, SimStats, SimTradeStatus, SimTradeView,
+    UnknownFaultKind,
 };
 
 /// How long [`RunningSim::shutdown`] waits for in-flight requests before aborting.
@@ -72,6 +81,8 @@ pub struct RunningSim {
     addr: SocketAddr,
     public_key: RsaPublicKey,
     state: SimState,
+    /// Ends latency and `timeout` holds so that shutdown does not wait for them.
+    holds: CancellationToken,
     shutdown_tx: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -119,6 +130,7 @@ impl RunningSim {
     }
 
     async fn stop(&mut self) -> Result<(), SimError> {
+        self.holds.cancel();
         if let Some(tx) = self.shutdown_tx.take() {
             // The server may already be gone; nothing to signal then.
             let _ = tx.send(());
@@ -140,6 +152,7 @@ impl RunningSim {
 impl Drop for RunningSim {
     fn drop(&mut self) {
         // Dropped without `shutdown`: do not leave a server running in the background.
+        self.holds.cancel();
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -176,11 +189,14 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     })?;
     let public_key = sim_key.public_key().clone();
     let state = SimState::new();
+    let holds = CancellationToken::new();
     let shared = Arc::new(server::Shared {
         state: state.clone(),
         app_id: config.app_id,
         app_public_key: config.app_public_key,
         sim_key,
+        shutdown: holds.clone(),
+        other_key: tokio::sync::OnceCell::new(),
     });
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let app = server::router(shared);
@@ -197,6 +213,7 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         addr,
         public_key,
         state,
+        holds,
         shutdown_tx: Some(shutdown_tx),
         task: Some(task),
     })

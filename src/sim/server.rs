@@ -1,20 +1,32 @@
 //! The simulator's HTTP surface: Alipay's `POST /gateway.do` (signed requests in, signed
-//! answers out) and the JSON buyer API under `/sim/` used by tests and the demo.
+//! answers out, with the faults of the current [`FaultPlan`](super::FaultPlan) injected),
+//! the JSON buyer API under `/sim/` used by tests and the demo, and the fault admin API:
+//!
+//! | endpoint | effect |
+//! |---|---|
+//! | `GET /sim/faults` | the current plan |
+//! | `PUT /sim/faults` | sets the plan (JSON body); 400 naming the field if invalid |
+//! | `DELETE /sim/faults` | clears the plan and every pending one-shot |
+//! | `POST /sim/trades/{no}/fail-next` | `{"kind":"busy_20000","count":N}`: the next N answers about the trade fail |
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 use super::state::{
-    BuyerOpError, CloseOutcome, FaultDecision, SimState, SimTradeStatus, SimTradeView,
+    BuyerOpError, CloseOutcome, FaultKind, FaultPlan, SIM_METHODS, SimState, SimTradeStatus,
+    SimTradeView,
 };
 use crate::gateway::alipay::{AppPrivateKey, RsaPublicKey, format_china_time, verify_params};
 use crate::money::format_minor;
@@ -28,6 +40,23 @@ pub(crate) struct Shared {
     pub(crate) app_id: String,
     pub(crate) app_public_key: RsaPublicKey,
     pub(crate) sim_key: AppPrivateKey,
+    /// Cancelled when the simulator stops: ends latency and `timeout` holds at once.
+    pub(crate) shutdown: CancellationToken,
+    /// A key that is not the simulator's, for `bad_signature` answers; made on first use.
+    pub(crate) other_key: OnceCell<AppPrivateKey>,
+}
+
+impl Shared {
+    /// Sleeps `d`, unless the simulator stops first (then `false`).
+    async fn pause(&self, d: Duration) -> bool {
+        if d.is_zero() {
+            return !self.shutdown.is_cancelled();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
 }
 
 /// Builds the simulator's router.
@@ -39,6 +68,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/trades/{no}/scan", post(scan))
         .route("/sim/trades/{no}/pay", post(pay))
         .route("/sim/trades/{no}/pay-on-close", post(pay_on_close))
+        .route("/sim/trades/{no}/fail-next", post(fail_next))
+        .route(
+            "/sim/faults",
+            get(get_faults).put(put_faults).delete(delete_faults),
+        )
         .route("/sim/public-key", get(public_key))
         .route("/sim/stats", get(stats))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -49,8 +83,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 // Gateway
 // ---------------------------------------------------------------------------------------
 
-/// The methods the simulator implements.
-const METHODS: [&str; 2] = ["alipay.trade.query", "alipay.trade.close"];
+const QUERY: &str = "alipay.trade.query";
 
 /// An answer object plus the member name it goes under.
 struct Answer {
@@ -86,18 +119,28 @@ fn invalid(key: &str, sub_code: &str, sub_msg: &str) -> Answer {
     failure(key, "40002", "Invalid Arguments", sub_code, sub_msg)
 }
 
-/// Signs the object's exact serialized bytes and writes `{"<key>":<object>,"sign":"..."}`.
-fn signed_reply(shared: &Shared, answer: Answer) -> Response {
+/// Signs the object's exact serialized bytes with `key` and writes
+/// `{"<member>":<object>,"sign":"..."}`; `None` (logged) if signing fails.
+fn signed_body(key: &AppPrivateKey, answer: Answer) -> Option<String> {
     let object = Value::Object(answer.object).to_string();
-    let sign = match shared.sim_key.sign_base64(object.as_bytes()) {
-        Ok(sign) => sign,
+    match key.sign_base64(object.as_bytes()) {
+        // The member is one of our fixed names and `sign` is base64: no escaping needed.
+        Ok(sign) => Some(format!(
+            "{{\"{}\":{object},\"sign\":\"{sign}\"}}",
+            answer.key
+        )),
         Err(e) => {
             tracing::error!(error = %e, "simulator could not sign its answer");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "signing failed").into_response();
+            None
         }
-    };
-    // The key is one of our fixed names and `sign` is base64: no escaping needed.
-    let body = format!("{{\"{}\":{object},\"sign\":\"{sign}\"}}", answer.key);
+    }
+}
+
+fn signing_failed() -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, "signing failed").into_response()
+}
+
+fn json_body(body: String) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
         body,
@@ -105,36 +148,132 @@ fn signed_reply(shared: &Shared, answer: Answer) -> Response {
         .into_response()
 }
 
+/// The answer signed with the simulator's key, as a response.
+fn signed_reply(shared: &Shared, answer: Answer) -> Response {
+    signed_body(&shared.sim_key, answer).map_or_else(signing_failed, json_body)
+}
+
+fn html(status: StatusCode, page: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+}
+
+const BAD_GATEWAY_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n\
+    <body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>Tengine</center>\r\n\
+    </body>\r\n</html>\r\n";
+
+const MAINTENANCE_PAGE: &str = "<!DOCTYPE html><html><head><meta charset=\"utf-8\">\
+    <title>系统维护</title></head><body><h1>系统维护中，请稍后再试</h1>\
+    <p>Service temporarily unavailable.</p></body></html>";
+
+/// A response that never completes: its body fails at once, so the connection is cut
+/// without an answer.
+fn dropped_connection() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated timeout: connection dropped",
+        ))
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+fn shutting_down() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "simulator shutting down").into_response()
+}
+
 async fn gateway(
     State(shared): State<Arc<Shared>>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    shared.state.count_request();
-    let answer = answer_gateway(&shared, query.as_deref().unwrap_or(""), &body);
-    let code = answer
-        .object
-        .get("code")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if matches!(code, "40001" | "40002") {
-        shared.state.count_rejected();
+    // Served in its own task: a client that gives up and drops the connection must not
+    // cancel a close half-way. What the gateway started, it finishes (as Alipay would).
+    match tokio::spawn(serve_gateway(shared, query, body)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "simulator gateway task failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "simulator failure").into_response()
+        }
     }
-    signed_reply(&shared, answer)
 }
 
-/// Parses, authenticates and dispatches one gateway request.
-fn answer_gateway(shared: &Shared, query: &str, body: &[u8]) -> Answer {
+async fn serve_gateway(shared: Arc<Shared>, query: Option<String>, body: Bytes) -> Response {
+    shared.state.count_request();
+    let request = match parse_request(&shared, query.as_deref().unwrap_or(""), &body) {
+        Ok(request) => request,
+        Err(refused) => {
+            let latency = shared.state.latency_for(refused.method);
+            if !shared.pause(latency).await {
+                return shutting_down();
+            }
+            let code = refused
+                .answer
+                .object
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if matches!(code, "40001" | "40002") {
+                shared.state.count_rejected();
+            }
+            return signed_reply(&shared, refused.answer);
+        }
+    };
+    let decision = shared.state.fault_for(
+        request.method,
+        request.out_trade_no.as_deref(),
+        request.trade_no.as_deref(),
+    );
+    if !shared.pause(decision.latency).await {
+        return shutting_down();
+    }
+    match decision.fault {
+        None => signed_reply(&shared, execute(&shared, &request)),
+        Some(kind) => {
+            tracing::debug!(
+                method = request.method,
+                out_trade_no = request.out_trade_no.as_deref().unwrap_or(""),
+                fault = %kind,
+                "simulator: injecting a fault"
+            );
+            inject(&shared, &request, kind, decision.hold).await
+        }
+    }
+}
+
+/// An authenticated, well-formed gateway request.
+struct Request {
+    method: &'static str,
+    /// The answer's member name (`alipay_trade_query_response`...).
+    key: String,
+    out_trade_no: Option<String>,
+    trade_no: Option<String>,
+}
+
+/// A request refused before it could be served, with the method if it named a known one.
+struct Refused {
+    method: Option<&'static str>,
+    answer: Answer,
+}
+
+/// Parses and authenticates one gateway request.
+fn parse_request(shared: &Shared, query: &str, body: &[u8]) -> Result<Request, Refused> {
     const ERR: &str = "error_response";
+    let refuse = |method: Option<&'static str>, answer: Answer| Refused { method, answer };
     let from_query = serde_urlencoded::from_str::<Vec<(String, String)>>(query);
     let from_body = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body);
     let (Ok(mut params), Ok(body_params)) = (from_query, from_body) else {
-        return invalid(ERR, "isv.invalid-parameter", "请求参数不是合法的表单编码");
+        return Err(refuse(
+            None,
+            invalid(ERR, "isv.invalid-parameter", "请求参数不是合法的表单编码"),
+        ));
     };
     params.extend(body_params);
     let mut seen = HashSet::new();
     if let Some((dup, _)) = params.iter().find(|(k, _)| !seen.insert(k.as_str())) {
-        return invalid(ERR, "isv.invalid-parameter", &format!("参数{dup}重复"));
+        return Err(refuse(
+            None,
+            invalid(ERR, "isv.invalid-parameter", &format!("参数{dup}重复")),
+        ));
     }
     let get = |name: &str| {
         params
@@ -145,95 +284,240 @@ fn answer_gateway(shared: &Shared, query: &str, body: &[u8]) -> Answer {
     };
 
     let Some(method) = get("method") else {
-        return missing(ERR, "isv.missing-method", "方法名");
+        return Err(refuse(None, missing(ERR, "isv.missing-method", "方法名")));
     };
-    if !METHODS.contains(&method) {
-        return invalid(ERR, "isv.invalid-method", "不存在的方法名");
-    }
+    let Some(method) = SIM_METHODS.into_iter().find(|m| *m == method) else {
+        return Err(refuse(
+            None,
+            invalid(ERR, "isv.invalid-method", "不存在的方法名"),
+        ));
+    };
     let key = format!("{}_response", method.replace('.', "_"));
-
-    // Fault-injection hook: latency and injected failures will be decided here.
-    match shared.state.fault_for(method) {
-        FaultDecision::Proceed => {}
-    }
+    let refuse = |answer: Answer| Refused {
+        method: Some(method),
+        answer,
+    };
 
     let Some(app_id) = get("app_id") else {
-        return missing(&key, "isv.missing-app-id", "AppID");
+        return Err(refuse(missing(&key, "isv.missing-app-id", "AppID")));
     };
     if app_id != shared.app_id {
-        return invalid(&key, "isv.invalid-app-id", "无效的AppID参数");
+        return Err(refuse(invalid(
+            &key,
+            "isv.invalid-app-id",
+            "无效的AppID参数",
+        )));
     }
     let Some(sign_type) = get("sign_type") else {
-        return missing(&key, "isv.missing-signature-type", "签名类型");
+        return Err(refuse(missing(
+            &key,
+            "isv.missing-signature-type",
+            "签名类型",
+        )));
     };
     if sign_type != "RSA2" {
-        return invalid(&key, "isv.invalid-signature-type", "无效的签名类型");
+        return Err(refuse(invalid(
+            &key,
+            "isv.invalid-signature-type",
+            "无效的签名类型",
+        )));
     }
     if get("sign").is_none() {
-        return missing(&key, "isv.missing-signature", "签名");
+        return Err(refuse(missing(&key, "isv.missing-signature", "签名")));
     }
     let Some(timestamp) = get("timestamp") else {
-        return missing(&key, "isv.missing-timestamp", "时间戳");
+        return Err(refuse(missing(&key, "isv.missing-timestamp", "时间戳")));
     };
     if crate::gateway::alipay::parse_china_time(timestamp).is_none() {
-        return invalid(&key, "isv.invalid-timestamp", "非法的时间戳参数");
+        return Err(refuse(invalid(
+            &key,
+            "isv.invalid-timestamp",
+            "非法的时间戳参数",
+        )));
     }
     if get("version").is_none() {
-        return missing(&key, "isv.missing-version", "版本号");
+        return Err(refuse(missing(&key, "isv.missing-version", "版本号")));
     }
     if get("charset").is_some_and(|c| !c.eq_ignore_ascii_case("utf-8")) {
-        return invalid(&key, "isv.invalid-charset", "字符集错误");
+        return Err(refuse(invalid(&key, "isv.invalid-charset", "字符集错误")));
     }
     if !verify_params(&shared.app_public_key, &params) {
         shared.state.count_signature_failure();
         tracing::debug!(method, "simulator: request signature does not verify");
-        return invalid(
+        return Err(refuse(invalid(
             &key,
             "isv.invalid-signature",
             "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配",
-        );
+        )));
     }
 
     let biz: Value = match get("biz_content").map(serde_json::from_str::<Value>) {
         Some(Ok(v @ Value::Object(_))) => v,
         Some(_) => {
-            return invalid(
+            return Err(refuse(invalid(
                 &key,
                 "isv.invalid-parameter",
                 "biz_content不是合法的JSON对象",
-            );
+            )));
         }
-        None => return missing(&key, "isv.missing-biz-content", "业务参数"),
+        None => return Err(refuse(missing(&key, "isv.missing-biz-content", "业务参数"))),
     };
-    let out_trade_no = biz
-        .get("out_trade_no")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty());
-    let trade_no = biz
-        .get("trade_no")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty());
+    let field = |name: &str| {
+        biz.get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let out_trade_no = field("out_trade_no");
+    let trade_no = field("trade_no");
     if out_trade_no.is_none() && trade_no.is_none() {
-        return failure(
+        return Err(refuse(failure(
             &key,
             "40004",
             "Business Failed",
             "ACQ.INVALID_PARAMETER",
             "参数无效",
-        );
+        )));
     }
+    Ok(Request {
+        method,
+        key,
+        out_trade_no,
+        trade_no,
+    })
+}
 
-    match method {
-        "alipay.trade.query" => query_answer(
-            key,
-            out_trade_no,
-            shared.state.gateway_query(out_trade_no, trade_no),
+/// Serves the request for real (a close closes).
+fn execute(shared: &Shared, r: &Request) -> Answer {
+    let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
+    if r.method == QUERY {
+        query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
+    } else {
+        close_answer(r.key.clone(), out, shared.state.gateway_close(out, tn))
+    }
+}
+
+/// The answer the request would get, without changing any trade.
+fn preview(shared: &Shared, r: &Request) -> Answer {
+    let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
+    if r.method == QUERY {
+        query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
+    } else {
+        close_answer(r.key.clone(), out, shared.state.preview_close(out, tn))
+    }
+}
+
+/// Builds the faulted response. Nothing here changes a trade except
+/// [`FaultKind::TimeoutAfterApply`], which applies the request before withholding it.
+async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -> Response {
+    match kind {
+        FaultKind::Http502 => html(StatusCode::BAD_GATEWAY, BAD_GATEWAY_PAGE),
+        FaultKind::Busy20000 => signed_reply(
+            shared,
+            failure(
+                &r.key,
+                "20000",
+                "Service Currently Unavailable",
+                "isp.unknow-error",
+                "系统繁忙",
+            ),
         ),
-        _ => close_answer(
-            key,
-            out_trade_no,
-            shared.state.gateway_close(out_trade_no, trade_no),
+        FaultKind::SystemError => signed_reply(
+            shared,
+            failure(
+                &r.key,
+                "40004",
+                "Business Failed",
+                "ACQ.SYSTEM_ERROR",
+                "系统错误",
+            ),
         ),
+        FaultKind::Timeout => {
+            // Hold, then cut the connection: nothing was done, nothing is said.
+            shared.pause(hold).await;
+            dropped_connection()
+        }
+        FaultKind::TimeoutAfterApply => {
+            let response = signed_reply(shared, execute(shared, r));
+            if shared.pause(hold).await {
+                response
+            } else {
+                dropped_connection()
+            }
+        }
+        FaultKind::Html => html(StatusCode::OK, MAINTENANCE_PAGE),
+        FaultKind::TruncatedJson => match signed_body(&shared.sim_key, preview(shared, r)) {
+            Some(body) => {
+                let mut cut = body.len() / 2;
+                while !body.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                json_body(body[..cut].to_owned())
+            }
+            None => signing_failed(),
+        },
+        FaultKind::BadSignature => {
+            let answer = preview(shared, r);
+            match other_key(shared).await {
+                Some(key) => signed_body(key, answer).map_or_else(signing_failed, json_body),
+                None => (StatusCode::INTERNAL_SERVER_ERROR, "no second key").into_response(),
+            }
+        }
+        FaultKind::WrongOrder => {
+            let mut answer = preview(shared, r);
+            let asked = r.out_trade_no.as_deref().unwrap_or("ORDER");
+            answer.object.insert(
+                "out_trade_no".into(),
+                Value::String(format!("{asked}-OTHER")),
+            );
+            signed_reply(shared, answer)
+        }
+        FaultKind::WrongAmount => {
+            let mut answer = preview(shared, r);
+            let trade = shared
+                .state
+                .gateway_query(r.out_trade_no.as_deref(), r.trade_no.as_deref());
+            if let Some(t) = trade {
+                let wrong = format_minor(t.amount_minor.saturating_add(1));
+                answer
+                    .object
+                    .insert("total_amount".into(), Value::String(wrong.clone()));
+                if t.status == SimTradeStatus::TradeSuccess {
+                    for name in ["buyer_pay_amount", "invoice_amount", "receipt_amount"] {
+                        answer
+                            .object
+                            .insert(name.into(), Value::String(wrong.clone()));
+                    }
+                }
+            }
+            signed_reply(shared, answer)
+        }
+        FaultKind::EmptyBody => (
+            [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
+            "",
+        )
+            .into_response(),
+    }
+}
+
+/// The second key for `bad_signature`, generated (off the async threads) on first use.
+async fn other_key(shared: &Shared) -> Option<&AppPrivateKey> {
+    let made = shared
+        .other_key
+        .get_or_try_init(|| async {
+            match tokio::task::spawn_blocking(AppPrivateKey::generate).await {
+                Ok(Ok(key)) => Ok(key),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    match made {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::error!(error = %e, "simulator could not make its second key");
+            None
+        }
     }
 }
 
@@ -399,6 +683,65 @@ async fn pay_on_close(
         Ok(amount) => view_or_error(shared.state.arm_pay_on_close(&no, amount)),
         Err(e) => op_error(e),
     }
+}
+
+/// Body of `POST /sim/trades/{no}/fail-next`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailNextBody {
+    kind: FaultKind,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn fail_next(
+    State(shared): State<Arc<Shared>>,
+    Path(no): Path<String>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<FailNextBody>(&body) {
+        Ok(b) => match shared.state.fail_next(&no, b.kind, b.count) {
+            Ok(pending) => axum::Json(pending).into_response(),
+            Err(e) => op_error(e),
+        },
+        Err(e) => op_error(BuyerOpError::BadRequest(format!(
+            "bad JSON body (expected {{\"kind\":\"busy_20000\",\"count\":1}}): {e}"
+        ))),
+    }
+}
+
+async fn get_faults(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.state.faults()).into_response()
+}
+
+async fn put_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let installed = FaultPlan::from_json(&body).and_then(|plan| {
+        shared.state.set_faults(plan.clone())?;
+        Ok(plan)
+    });
+    match installed {
+        Ok(plan) => {
+            tracing::info!(?plan, "simulator fault plan set");
+            axum::Json(plan).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"error": "invalid_fault_plan", "field": e.field, "message": e.message}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn delete_faults(State(shared): State<Arc<Shared>>) -> Response {
+    shared.state.clear_faults();
+    tracing::info!("simulator fault plan cleared");
+    axum::Json(shared.state.faults()).into_response()
 }
 
 async fn get_trade(State(shared): State<Arc<Shared>>, Path(no): Path<String>) -> Response {

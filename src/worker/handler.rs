@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::broker::BrokerError;
 use crate::broker::publisher::{ParkNote, Publisher};
 use crate::broker::tiers::SMALLEST_TIER;
+use crate::closer::MAX_TIME_TO_PAY;
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
 use crate::message::CloseMessage;
 
@@ -45,6 +46,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
                 attempts: 0,
                 first_seen: Utc::now(),
             };
+            ctx.decider.metrics().parked("malformed");
             let routed = ctx.publisher.park(&delivery.data, &note).await;
             settle(ctx, &delivery, routed).await;
             return;
@@ -69,9 +71,27 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
 async fn route(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError> {
     let now = Utc::now();
     let remaining = (message.due_at() - now).to_std().unwrap_or_default();
+    if remaining > MAX_TIME_TO_PAY {
+        // No order can be due that far ahead: a broken publisher. Forwarding would hide
+        // it in the largest tier for ever; park it where an operator sees it.
+        warn!(due_at = %message.due_at(), "deadline out of range; parking the message");
+        ctx.decider.metrics().parked("deadline_out_of_range");
+        let error = format!(
+            "due at {}, more than {MAX_TIME_TO_PAY:?} ahead",
+            message.due_at()
+        );
+        let note = ParkNote {
+            reason: "deadline_out_of_range",
+            last_error: &error,
+            attempts: message.attempt,
+            first_seen: message.first_seen.unwrap_or(now),
+        };
+        return ctx.publisher.park(&message.encode(), &note).await;
+    }
     if remaining >= SMALLEST_TIER {
         // An early hop: forward without touching the database.
         let route = ctx.publisher.schedule(&message, now).await?;
+        ctx.decider.metrics().forwarded();
         debug!(?route, ?remaining, "not due yet; forwarded");
         return Ok(());
     }

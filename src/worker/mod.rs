@@ -26,6 +26,7 @@ use crate::broker::publisher::Publisher;
 use crate::broker::topology::Topology;
 use crate::broker::{self, BrokerError, timed};
 use crate::decide::Decider;
+use crate::health::Readiness;
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -65,6 +66,7 @@ impl WorkerConfig {
 pub struct Worker {
     decider: Decider,
     config: WorkerConfig,
+    readiness: Arc<Readiness>,
 }
 
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
@@ -72,7 +74,21 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 impl Worker {
     /// A worker deciding with `decider`.
     pub fn new(decider: Decider, config: WorkerConfig) -> Self {
-        Self { decider, config }
+        Self {
+            decider,
+            config,
+            readiness: Arc::new(Readiness::default()),
+        }
+    }
+
+    /// The metrics the worker records into.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.decider.metrics().clone()
+    }
+
+    /// Whether the worker is consuming (for `/readyz`).
+    pub fn readiness(&self) -> Arc<Readiness> {
+        self.readiness.clone()
     }
 
     /// Runs until `shutdown` is cancelled, reconnecting to the broker as needed.
@@ -104,6 +120,7 @@ impl Worker {
         let relay = tokio::spawn(relay_loop::run(
             self.decider.pool().clone(),
             publisher.clone(),
+            self.decider.metrics().clone(),
             self.config.outbox_grace,
             self.config.outbox_interval,
             relay_stop.clone(),
@@ -125,6 +142,7 @@ impl Worker {
             ),
         )
         .await?;
+        self.readiness.set_broker(true);
         info!(
             queue = %self.config.topology.close_queue(),
             concurrency = self.config.concurrency,
@@ -160,7 +178,10 @@ impl Worker {
                 Some(Ok(delivery)) => {
                     let ctx = ctx.clone();
                     in_flight.spawn(async move {
+                        let gauge = &ctx.decider.metrics().in_flight;
+                        gauge.inc();
                         handler::handle(&ctx, delivery).await;
+                        gauge.dec();
                         drop(permit);
                     });
                 }
@@ -176,6 +197,7 @@ impl Worker {
             }
         };
 
+        self.readiness.set_broker(false);
         // Stop taking messages; what the broker already pushed but we did not start is
         // handed back when the channel closes.
         if result.is_ok() {

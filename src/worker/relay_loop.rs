@@ -1,6 +1,7 @@
 //! The relay task inside the worker: publishes event rows and abandoned close rows.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -8,27 +9,40 @@ use tracing::{debug, warn};
 use crate::broker::publisher::Publisher;
 use crate::db::outbox::Claim;
 use crate::db::{self, DbPool};
+use crate::metrics::Metrics;
 use crate::relay;
 
 const BATCH: i64 = 500;
+/// How often the backlog gauge is refreshed (a count over a large outbox is not free).
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until cancelled, then makes one last pass so that the events of the final
 /// decisions go out with this worker rather than wait for the next one.
 pub async fn run(
     pool: DbPool,
     publisher: Publisher,
+    metrics: Arc<Metrics>,
     grace: Duration,
     interval: Duration,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counted_at: Option<Instant> = None;
     loop {
         let last = tokio::select! {
             () = stop.cancelled() => true,
             _ = ticker.tick() => false,
         };
         pass(&pool, &publisher, grace).await;
+        if counted_at.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
+            counted_at = Some(Instant::now());
+            if let Ok(mut conn) = db::conn(&pool).await
+                && let Ok(n) = db::outbox::backlog(&mut conn).await
+            {
+                metrics.outbox_backlog.set(n);
+            }
+        }
         if last {
             return;
         }

@@ -42,6 +42,12 @@ fn random_tag() -> String {
     format!("{:08x}", rand::rng().random::<u32>())
 }
 
+/// What a test can watch of a running worker.
+pub struct Observed {
+    pub metrics: Arc<order_closer::metrics::Metrics>,
+    pub readiness: Arc<order_closer::health::Readiness>,
+}
+
 /// One isolated environment.
 pub struct TestEnv {
     pub tag: String,
@@ -173,15 +179,25 @@ impl TestEnv {
     }
 
     /// Starts an in-process worker.
-    pub fn start_worker(&mut self, concurrency: usize, prefetch: u16) {
+    pub fn start_worker(&mut self, concurrency: usize, prefetch: u16) -> Observed {
         let mut config = WorkerConfig::from_settings(&self.settings);
         config.concurrency = concurrency;
         config.prefetch = prefetch;
-        let token = CancellationToken::new();
         let n = self.workers.len();
-        let worker = Worker::new(self.decider(&format!("test-worker-{n}")), config);
+        self.run_worker(self.decider(&format!("test-worker-{n}")), config)
+    }
+
+    /// Starts `decider` as a worker; returns its metrics and readiness handles.
+    fn run_worker(&mut self, decider: Decider, config: WorkerConfig) -> Observed {
+        let token = CancellationToken::new();
+        let worker = Worker::new(decider, config);
+        let view = Observed {
+            metrics: worker.metrics(),
+            readiness: worker.readiness(),
+        };
         let handle = tokio::spawn(worker.run(token.clone()));
         self.workers.push((token, handle));
+        view
     }
 
     /// Stops every in-process worker gracefully.
@@ -343,6 +359,17 @@ impl TestEnv {
         ]
     }
 
+    /// Replaces the broker connection (after a broker restart killed it).
+    pub async fn reconnect(&mut self) {
+        self.connection = broker::connect(&self.settings.amqp_url, "test")
+            .await
+            .expect("broker");
+        self.publisher = Publisher::open(&self.connection, self.topology.clone())
+            .await
+            .expect("publisher");
+        self.closer = Closer::new(self.pool.clone(), Some(self.publisher.clone()));
+    }
+
     /// Removes the schema, the queues and the simulator.
     pub async fn cleanup(mut self) {
         self.stop_workers().await;
@@ -379,11 +406,8 @@ where
 
 impl TestEnv {
     /// Starts an in-process worker with its own Alipay configuration.
-    pub fn start_worker_with(&mut self, alipay: AlipayConfig) {
+    pub fn start_worker_with(&mut self, alipay: AlipayConfig) -> Observed {
         let config = WorkerConfig::from_settings(&self.settings);
-        let token = CancellationToken::new();
-        let worker = Worker::new(self.decider_with(alipay, "test-worker-custom"), config);
-        let handle = tokio::spawn(worker.run(token.clone()));
-        self.workers.push((token, handle));
+        self.run_worker(self.decider_with(alipay, "test-worker-custom"), config)
     }
 }

@@ -1,0 +1,246 @@
+//! Prometheus metrics of a worker process, served at `/metrics` in the text format.
+//!
+//! Names: `order_closer_decisions_total{outcome}`, `order_closer_decision_lateness_seconds`,
+//! `order_closer_gateway_request_seconds{method}`, `order_closer_gateway_errors_total{method,code}`,
+//! `order_closer_retries_total{attempt}`, `order_closer_parked_total{reason}`,
+//! `order_closer_missing_orders_total`, `order_closer_outbox_backlog`,
+//! `order_closer_in_flight`, `order_closer_forwarded_total`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label: what a decision did (`closed`, `paid`, `lost_race`, `settled`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The outcome.
+    pub outcome: String,
+}
+
+/// Label: gateway method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// `query` or `close`.
+    pub method: String,
+}
+
+/// Labels: gateway method and error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    /// `query` or `close`.
+    pub method: String,
+    /// The classified error code.
+    pub code: String,
+}
+
+/// Label: attempt number of a retry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabel {
+    /// The attempt the retry will be.
+    pub attempt: String,
+}
+
+/// Label: why a message was parked.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason code.
+    pub reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the worker keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<OutcomeLabel, Counter>,
+    lateness: Histogram,
+    gateway_latency: HistogramFamily<MethodLabel>,
+    gateway_errors: Family<ErrorLabel, Counter>,
+    retries: Family<AttemptLabel, Counter>,
+    parked: Family<ReasonLabel, Counter>,
+    missing: Counter,
+    forwarded: Counter,
+    /// Outbox rows waiting to be published (set by the relay).
+    pub outbox_backlog: Gauge,
+    /// Messages being handled right now.
+    pub in_flight: Gauge,
+}
+
+fn gateway_histogram() -> Histogram {
+    // 5 ms .. ~40 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("order_closer");
+        let decisions = Family::<OutcomeLabel, Counter>::default();
+        registry.register("decisions", "Decisions by outcome", decisions.clone());
+        // 10 ms .. ~80 s
+        let lateness = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "decision_lateness_seconds",
+            "Decision commit time minus the order's deadline",
+            lateness.clone(),
+        );
+        let gateway_latency: HistogramFamily<MethodLabel> =
+            Family::new_with_constructor(gateway_histogram);
+        registry.register(
+            "gateway_request_seconds",
+            "Gateway round-trip time by method",
+            gateway_latency.clone(),
+        );
+        let gateway_errors = Family::<ErrorLabel, Counter>::default();
+        registry.register(
+            "gateway_errors",
+            "Gateway failures by method and code",
+            gateway_errors.clone(),
+        );
+        let retries = Family::<AttemptLabel, Counter>::default();
+        registry.register(
+            "retries",
+            "Retries scheduled, by the attempt they will be",
+            retries.clone(),
+        );
+        let parked = Family::<ReasonLabel, Counter>::default();
+        registry.register("parked", "Messages parked, by reason", parked.clone());
+        let missing = Counter::default();
+        registry.register(
+            "missing_orders",
+            "Messages naming an order that does not exist",
+            missing.clone(),
+        );
+        let forwarded = Counter::default();
+        registry.register(
+            "forwarded",
+            "Early arrivals forwarded to a delay tier",
+            forwarded.clone(),
+        );
+        let outbox_backlog = Gauge::default();
+        registry.register(
+            "outbox_backlog",
+            "Outbox rows waiting to be published",
+            outbox_backlog.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("in_flight", "Messages being handled now", in_flight.clone());
+        Self {
+            registry,
+            decisions,
+            lateness,
+            gateway_latency,
+            gateway_errors,
+            retries,
+            parked,
+            missing,
+            forwarded,
+            outbox_backlog,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a decision outcome.
+    pub fn decision(&self, outcome: &str) {
+        self.decisions
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records how late a committed decision was.
+    pub fn lateness(&self, lateness: Duration) {
+        self.lateness.observe(lateness.as_secs_f64());
+    }
+
+    /// Records one gateway round trip and, if it failed, its code.
+    pub fn gateway_call(&self, method: &str, elapsed: Duration, error_code: Option<&str>) {
+        self.gateway_latency
+            .get_or_create(&MethodLabel {
+                method: method.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(code) = error_code {
+            self.gateway_errors
+                .get_or_create(&ErrorLabel {
+                    method: method.to_owned(),
+                    code: code.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts a scheduled retry.
+    pub fn retry(&self, attempt: u32) {
+        self.retries
+            .get_or_create(&AttemptLabel {
+                attempt: attempt.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a parked message.
+    pub fn parked(&self, reason: &str) {
+        self.parked
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a message for an order that does not exist.
+    pub fn missing_order(&self) {
+        self.missing.inc();
+    }
+
+    /// Counts an early arrival forwarded to a tier.
+    pub fn forwarded(&self) {
+        self.forwarded.inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_recorded() {
+        let m = Metrics::default();
+        m.decision("closed");
+        m.lateness(Duration::from_millis(120));
+        m.gateway_call("query", Duration::from_millis(30), Some("20000"));
+        m.retry(2);
+        m.parked("malformed");
+        m.missing_order();
+        m.outbox_backlog.set(7);
+        let text = m.render();
+        for needle in [
+            "order_closer_decisions_total{outcome=\"closed\"} 1",
+            "order_closer_decision_lateness_seconds_count 1",
+            "order_closer_gateway_errors_total{method=\"query\",code=\"20000\"} 1",
+            "order_closer_retries_total{attempt=\"2\"} 1",
+            "order_closer_parked_total{reason=\"malformed\"} 1",
+            "order_closer_missing_orders_total 1",
+            "order_closer_outbox_backlog 7",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! Fault injection end to end: the simulator (real HTTP on loopback) injects each fault
+//! kind and the real Alipay client must classify it as a retryable error with a stable
+//! code, without any fault changing a trade behind the client's back (except
+//! `timeout_after_apply`, which is meant to).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
+use order_closer::gateway::{CloseAnswer, FaultClass, Gateway, GatewayError, TradeState};
+use order_closer::sim::{
+    self, BuyerClient, BuyerError, FaultKind, FaultPlan, RunningSim, SimConfig, SimTradeStatus,
+};
+
+const APP_ID: &str = "2021000000000077";
+
+/// The client's own timeout: every `timeout` hold below is longer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// (app key, simulator key): RSA key generation is slow, share them.
+fn keys() -> &'static (Arc<AppPrivateKey>, AppPrivateKey) {
+    static KEYS: OnceLock<(Arc<AppPrivateKey>, AppPrivateKey)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        (
+            Arc::new(AppPrivateKey::generate().unwrap()),
+            AppPrivateKey::generate().unwrap(),
+        )
+    })
+}
+
+struct Env {
+    sim: RunningSim,
+    buyer: BuyerClient,
+    client: AlipayClient,
+}
+
+async fn env_with_timeout(timeout: Duration) -> Env {
+    let (app, sim_key) = keys();
+    let sim = sim::start(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        app_id: APP_ID.into(),
+        app_public_key: app.public_key().clone(),
+        sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
+    })
+    .await
+    .unwrap();
+    let mut config = AlipayConfig::new(
+        sim.base_url(),
+        APP_ID,
+        Arc::clone(app),
+        Arc::new(sim.public_key().clone()),
+    );
+    config.timeout = timeout;
+    let client = AlipayClient::new(config).unwrap();
+    let buyer = BuyerClient::new(sim.base_url()).unwrap();
+    Env { sim, buyer, client }
+}
+
+async fn env() -> Env {
+    env_with_timeout(CLIENT_TIMEOUT).await
+}
+
+fn retryable_code(result: Result<impl std::fmt::Debug, GatewayError>) -> String {
+    match result {
+        Err(GatewayError {
+            class: FaultClass::Retryable,
+            code,
+            ..
+        }) => code,
+        other => panic!("expected a retryable error, got {other:?}"),
+    }
+}
+
+async fn status(env: &Env, no: &str) -> SimTradeStatus {
+    env.buyer.trade(no).await.unwrap().unwrap().status
+}
+
+/// Every fault kind but the timeouts (tested apart, they take the client timeout) and
+/// `wrong_amount` (not an error), with the code the client reports for a query and for
+/// a close.
+const FAST_KINDS: [(FaultKind, &str); 8] = [
+    (FaultKind::Http502, "http_502"),
+    (FaultKind::Busy20000, "20000"),
+    (FaultKind::SystemError, "ACQ.SYSTEM_ERROR"),
+    (FaultKind::Html, "unparseable"),
+    (FaultKind::TruncatedJson, "unparseable"),
+    (FaultKind::BadSignature, "bad_signature"),
+    (FaultKind::WrongOrder, "wrong_order"),
+    (FaultKind::EmptyBody, "unparseable"),
+];
+
+#[tokio::test]
+async fn each_fault_kind_is_a_stable_retryable_code_and_changes_nothing() {
+    let env = env().await;
+    for (kind, code) in FAST_KINDS {
+        let no = format!("ORD-{kind}");
+        env.buyer.scan(&no, 1234).await.unwrap();
+        let installed = env
+            .buyer
+            .set_faults(&FaultPlan::only(kind, 1.0))
+            .await
+            .unwrap();
+        assert_eq!(installed.rate(kind), 1.0);
+
+        assert_eq!(
+            retryable_code(env.client.query(&no).await),
+            code,
+            "{kind} query"
+        );
+        assert_eq!(
+            retryable_code(env.client.close(&no).await),
+            code,
+            "{kind} close"
+        );
+        // The same code for a trade the gateway does not know.
+        assert_eq!(
+            retryable_code(env.client.query("ORD-unknown").await),
+            code,
+            "{kind} query of an unknown trade"
+        );
+        // A faulted close does not close.
+        assert_eq!(
+            status(&env, &no).await,
+            SimTradeStatus::WaitBuyerPay,
+            "{kind}"
+        );
+    }
+    // A paid trade behind the faults stays paid and unchanged as well.
+    env.buyer.scan_and_pay("ORD-paid", 500).await.unwrap();
+    for (kind, code) in FAST_KINDS {
+        env.buyer
+            .set_faults(&FaultPlan::only(kind, 1.0))
+            .await
+            .unwrap();
+        assert_eq!(retryable_code(env.client.close("ORD-paid").await), code);
+    }
+    assert_eq!(status(&env, "ORD-paid").await, SimTradeStatus::TradeSuccess);
+
+    let stats = env.buyer.stats().await.unwrap();
+    for (kind, _) in FAST_KINDS {
+        assert_eq!(stats.faults_injected.get(kind.as_str()), Some(&4), "{kind}");
+    }
+    // Every faulted request was authenticated and counted.
+    assert_eq!(stats.queries, 16);
+    assert_eq!(stats.closes, 16);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
+    let env = env().await;
+    env.buyer.scan("ORD-T", 100).await.unwrap();
+    env.buyer
+        .set_faults(&FaultPlan::only(FaultKind::Timeout, 1.0))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (query, close) = tokio::join!(env.client.query("ORD-T"), env.client.close("ORD-T"));
+    let elapsed = started.elapsed();
+    assert_eq!(retryable_code(query), "timeout");
+    assert_eq!(retryable_code(close), "timeout");
+    assert!(elapsed >= CLIENT_TIMEOUT, "{elapsed:?}");
+    assert!(
+        elapsed < CLIENT_TIMEOUT + Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+    assert_eq!(status(&env, "ORD-T").await, SimTradeStatus::WaitBuyerPay);
+    assert_eq!(
+        env.buyer
+            .stats()
+            .await
+            .unwrap()
+            .faults_injected
+            .get("timeout"),
+        Some(&2)
+    );
+
+    // A hold shorter than the client timeout: the connection is dropped without an
+    // answer, still retryable and still without effect.
+    let mut short = FaultPlan::only(FaultKind::Timeout, 1.0);
+    short.timeout_ms = Some(100);
+    env.buyer.set_faults(&short).await.unwrap();
+    assert_eq!(
+        retryable_code(env.client.close("ORD-T").await),
+        "http_transport"
+    );
+    assert_eq!(status(&env, "ORD-T").await, SimTradeStatus::WaitBuyerPay);
+
+    // Shutting down does not wait for the 30 s holds still in flight.
+    env.buyer
+        .set_faults(&FaultPlan::only(FaultKind::Timeout, 1.0))
+        .await
+        .unwrap();
+    let _ = env.client.query("ORD-T").await;
+    let stopping = Instant::now();
+    env.sim.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn timeout_after_apply_closes_but_the_client_sees_a_timeout() {
+    let env = env().await;
+    env.buyer.scan("ORD-TA", 100).await.unwrap();
+    env.buyer
+        .set_faults(&FaultPlan::only(FaultKind::TimeoutAfterApply, 1.0))
+        .await
+        .unwrap();
+    assert_eq!(retryable_code(env.client.close("ORD-TA").await), "timeout");
+    // The close happened; we never heard.
+    let trade = env.buyer.trade("ORD-TA").await.unwrap().unwrap();
+    assert_eq!(trade.status, SimTradeStatus::TradeClosed);
+    assert!(trade.closed_at.is_some());
+    // A query under the same fault times out too; once cleared it tells the truth.
+    assert_eq!(retryable_code(env.client.query("ORD-TA").await), "timeout");
+    env.buyer.clear_faults().await.unwrap();
+    assert_eq!(
+        env.client.query("ORD-TA").await.unwrap().state,
+        TradeState::Closed
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_amount_yields_paid_with_the_gateways_amount() {
+    let env = env().await;
+    env.buyer.scan_and_pay("ORD-A", 1234).await.unwrap();
+    env.buyer.scan("ORD-W", 777).await.unwrap();
+    env.buyer
+        .set_faults(&FaultPlan::only(FaultKind::WrongAmount, 1.0))
+        .await
+        .unwrap();
+    let answer = env.client.query("ORD-A").await.unwrap();
+    match answer.state {
+        TradeState::Paid { amount_minor, .. } => {
+            assert_ne!(amount_minor, 1234, "the gateway's amount, not the trade's");
+            assert_eq!(amount_minor, 1235);
+        }
+        other => panic!("expected Paid, got {other:?}"),
+    }
+    assert!(
+        answer.raw.contains("\"total_amount\":\"12.35\""),
+        "{}",
+        answer.raw
+    );
+    // Unpaid trades still read as unpaid (the amount is not looked at).
+    assert_eq!(
+        env.client.query("ORD-W").await.unwrap().state,
+        TradeState::WaitingForPayment
+    );
+    // Not applicable to closes or unknown trades: those answer normally.
+    assert_eq!(
+        env.client.query("ORD-none").await.unwrap().state,
+        TradeState::NotFound
+    );
+    assert_eq!(
+        env.client.close("ORD-W").await.unwrap(),
+        CloseAnswer::Closed
+    );
+    assert_eq!(status(&env, "ORD-A").await, SimTradeStatus::TradeSuccess);
+    let stats = env.buyer.stats().await.unwrap();
+    assert_eq!(stats.faults_injected.get("wrong_amount"), Some(&2));
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn fail_next_affects_exactly_n_answers() {
+    let env = env().await;
+    env.buyer.scan("ORD-F", 100).await.unwrap();
+    env.buyer.scan("ORD-G", 100).await.unwrap();
+    let pending = env
+        .buyer
+        .fail_next("ORD-F", FaultKind::Busy20000, 3)
+        .await
+        .unwrap();
+    assert_eq!((pending.kind, pending.remaining), (FaultKind::Busy20000, 3));
+    // Other trades are not affected.
+    assert_eq!(
+        env.client.query("ORD-G").await.unwrap().state,
+        TradeState::WaitingForPayment
+    );
+    // Queries and closes both consume it.
+    assert_eq!(retryable_code(env.client.query("ORD-F").await), "20000");
+    assert_eq!(retryable_code(env.client.close("ORD-F").await), "20000");
+    assert_eq!(retryable_code(env.client.query("ORD-F").await), "20000");
+    assert_eq!(status(&env, "ORD-F").await, SimTradeStatus::WaitBuyerPay);
+    assert_eq!(
+        env.client.query("ORD-F").await.unwrap().state,
+        TradeState::WaitingForPayment
+    );
+    assert_eq!(
+        env.client.close("ORD-F").await.unwrap(),
+        CloseAnswer::Closed
+    );
+
+    // It wins over the plan, and works for a trade that does not exist yet.
+    env.buyer
+        .set_faults(&FaultPlan::only(FaultKind::Html, 1.0))
+        .await
+        .unwrap();
+    env.buyer
+        .fail_next("ORD-later", FaultKind::SystemError, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        retryable_code(env.client.query("ORD-later").await),
+        "ACQ.SYSTEM_ERROR"
+    );
+    assert_eq!(
+        retryable_code(env.client.query("ORD-later").await),
+        "unparseable"
+    );
+    env.buyer.clear_faults().await.unwrap();
+
+    // Count 0 cancels.
+    env.buyer
+        .fail_next("ORD-G", FaultKind::Http502, 2)
+        .await
+        .unwrap();
+    env.buyer
+        .fail_next("ORD-G", FaultKind::Http502, 0)
+        .await
+        .unwrap();
+    assert!(env.client.query("ORD-G").await.is_ok());
+
+    // Bad requests.
+    let http = reqwest::Client::new();
+    for body in [
+        r#"{"kind":"nope","count":1}"#,
+        r#"{"count":1}"#,
+        r#"{"kind":"html","count":-1}"#,
+        "oops",
+    ] {
+        let r = http
+            .post(format!("{}/sim/trades/ORD-G/fail-next", env.sim.base_url()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    let stats = env.buyer.stats().await.unwrap();
+    assert_eq!(stats.faults_injected.get("busy_20000"), Some(&3));
+    assert_eq!(stats.faults_injected.get("system_error"), Some(&1));
+    assert_eq!(stats.faults_injected.get("html"), Some(&1));
+    assert_eq!(stats.faults_injected.get("http_502"), None);
+    env.sim.shutdown().await;
+}
+
+/// PUTs a raw body to `/sim/faults`; returns the status and the JSON answer.
+async fn put_raw(env: &Env, body: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/sim/faults", env.sim.base_url()))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn invalid_plans_are_rejected_naming_the_field() {
+    let env = env().await;
+    let good = FaultPlan::only(FaultKind::Busy20000, 0.5);
+    env.buyer.set_faults(&good).await.unwrap();
+
+    let cases = [
+        (r#"{"http_502":1.5}"#, "http_502", vec!["http_502"]),
+        (
+            r#"{"http_502":0.6,"system_error":0.5}"#,
+            "system_error",
+            vec!["http_502", "system_error"],
+        ),
+        (
+            r#"{"wrong_order":-0.1}"#,
+            "wrong_order",
+            vec!["wrong_order"],
+        ),
+        (r#"{"html":"sometimes"}"#, "html", vec!["html"]),
+        (r#"{"busy":0.1}"#, "busy", vec!["busy"]),
+        (
+            r#"{"methods":["alipay.trade.pay"]}"#,
+            "methods",
+            vec!["methods"],
+        ),
+        (
+            r#"{"timeout_ms":99999999}"#,
+            "timeout_ms",
+            vec!["timeout_ms"],
+        ),
+        ("[]", "body", vec!["body"]),
+        ("not json", "body", vec!["body"]),
+    ];
+    for (body, field, named) in cases {
+        let (status, answer) = put_raw(&env, body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"], "invalid_fault_plan", "{body}");
+        assert_eq!(answer["field"], field, "{body}: {answer}");
+        let message = answer["message"].as_str().unwrap();
+        for name in named {
+            assert!(message.contains(name), "{body}: {message}");
+        }
+    }
+    // Through the buyer client as well.
+    let mut over = FaultPlan::only(FaultKind::Timeout, 0.7);
+    over.timeout_after_apply = 0.7;
+    match env.buyer.set_faults(&over).await {
+        Err(BuyerError::Rejected {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 400);
+            assert!(message.contains("timeout_after_apply"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // The plan in force is untouched by the rejected ones.
+    assert_eq!(env.buyer.faults().await.unwrap(), good);
+    // Rates that sum to exactly 1.0 are fine.
+    let (status, _) = put_raw(&env, r#"{"html":0.7,"empty_body":0.3}"#).await;
+    assert_eq!(status, 200);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn clearing_faults_restores_normal_answers() {
+    let env = env().await;
+    env.buyer.scan("ORD-C", 100).await.unwrap();
+    assert_eq!(env.buyer.faults().await.unwrap(), FaultPlan::default());
+    env.buyer
+        .set_faults(&FaultPlan::only(FaultKind::Http502, 1.0))
+        .await
+        .unwrap();
+    env.buyer
+        .fail_next("ORD-C", FaultKind::Busy20000, 5)
+        .await
+        .unwrap();
+    assert_eq!(retryable_code(env.client.query("ORD-C").await), "20000");
+    assert_eq!(
+        retryable_code(env.client.query("ORD-other").await),
+        "http_502"
+    );
+    env.buyer.clear_faults().await.unwrap();
+    assert_eq!(env.buyer.faults().await.unwrap(), FaultPlan::default());
+    assert_eq!(
+        env.client.query("ORD-C").await.unwrap().state,
+        TradeState::WaitingForPayment
+    );
+    assert_eq!(
+        env.client.close("ORD-C").await.unwrap(),
+        CloseAnswer::Closed
+    );
+    assert_eq!(
+        env.client.query("ORD-other").await.unwrap().state,
+        TradeState::NotFound
+    );
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn methods_filter_limits_the_plan() {
+    let env = env().await;
+    env.buyer.scan("ORD-M", 100).await.unwrap();
+    let mut plan = FaultPlan::only(FaultKind::SystemError, 1.0);
+    plan.methods = Some(vec!["alipay.trade.close".into()]);
+    env.buyer.set_faults(&plan).await.unwrap();
+    assert_eq!(
+        env.client.query("ORD-M").await.unwrap().state,
+        TradeState::WaitingForPayment
+    );
+    assert_eq!(
+        retryable_code(env.client.close("ORD-M").await),
+        "ACQ.SYSTEM_ERROR"
+    );
+    assert_eq!(status(&env, "ORD-M").await, SimTradeStatus::WaitBuyerPay);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_is_added_and_a_late_close_still_applies() {
+    let env = env_with_timeout(Duration::from_millis(500)).await;
+    env.buyer.scan("ORD-L", 100).await.unwrap();
+    let mut plan = FaultPlan {
+        latency_ms: 200,
+        latency_jitter_ms: Some(50),
+        ..FaultPlan::default()
+    };
+    env.buyer.set_faults(&plan).await.unwrap();
+    let started = Instant::now();
+    assert!(env.client.query("ORD-L").await.is_ok());
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+
+    // Latency past the client's timeout: the client gives up, but the gateway finishes
+    // the close it started (as a real one would).
+    plan.latency_ms = 1_500;
+    plan.latency_jitter_ms = None;
+    env.buyer.set_faults(&plan).await.unwrap();
+    assert_eq!(retryable_code(env.client.close("ORD-L").await), "timeout");
+    assert_eq!(status(&env, "ORD-L").await, SimTradeStatus::WaitBuyerPay);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(status(&env, "ORD-L").await, SimTradeStatus::TradeClosed);
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_seeded_plan_repeats_its_faults() {
+    let env = env().await;
+    env.buyer.scan("ORD-S", 100).await.unwrap();
+    let mut plan = FaultPlan::only(FaultKind::Busy20000, 0.5);
+    plan.seed = Some(2024);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        env.buyer.set_faults(&plan).await.unwrap();
+        let mut pattern = Vec::new();
+        for _ in 0..30 {
+            pattern.push(env.client.query("ORD-S").await.is_ok());
+        }
+        runs.push(pattern);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert!(
+        runs[0].contains(&true) && runs[0].contains(&false),
+        "{:?}",
+        runs[0]
+    );
+    let failures = runs[0].iter().filter(|ok| !**ok).count() as u64;
+    assert_eq!(
+        env.buyer
+            .stats()
+            .await
+            .unwrap()
+            .faults_injected
+            .get("busy_20000"),
+        Some(&(2 * failures))
+    );
+    env.sim.shutdown().await;
+}
