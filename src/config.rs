@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub struct AlipaySettings {
     pub alipay_public_key: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Most requests per second this process sends to Alipay (`ALIPAY_RATE_LIMIT`).
+    pub rate_limit: NonZeroU32,
 }
 
 /// Everything the binary and the library read from the environment.
@@ -205,6 +208,8 @@ impl Settings {
             app_private_key: var("ALIPAY_APP_PRIVATE_KEY"),
             alipay_public_key: var("ALIPAY_PUBLIC_KEY"),
             timeout: duration(&var, "ALIPAY_TIMEOUT", Duration::from_secs(10))?,
+            rate_limit: NonZeroU32::new(number(&var, "ALIPAY_RATE_LIMIT", 200, 1, 100_000)? as u32)
+                .unwrap_or(NonZeroU32::MIN),
         };
 
         let log_format = match var("ORDER_CLOSER_LOG_FORMAT").as_deref() {
@@ -383,6 +388,7 @@ mod tests {
             ("ORDER_CLOSER_RETRY_STEPS", "3s,soon"),
             ("ORDER_CLOSER_SHUTDOWN_GRACE", "0s"),
             ("ALIPAY_TIMEOUT", "ten"),
+            ("ALIPAY_RATE_LIMIT", "0"),
             ("ALIPAY_GATEWAY_URL", "ftp://x"),
             ("ORDER_CLOSER_LOG_FORMAT", "xml"),
             ("ORDER_CLOSER_HTTP_LISTEN", "everywhere"),

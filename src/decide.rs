@@ -3,6 +3,7 @@
 //! command; the rules themselves live in [`crate::decision`].
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use crate::db::decisions::{self, NewDecision};
 use crate::db::{self, DbError, DbPool, orders};
 use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
 use crate::events::{self, OrderEvent};
+use crate::gateway::alipay::{AlipayClient, AlipayConfig, ConfigError as ClientConfigError};
+use crate::gateway::rate_limit::RateLimited;
 use crate::gateway::{Gateway, GatewayError, QueryAnswer};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
@@ -29,6 +32,18 @@ pub struct Gateways {
 }
 
 impl Gateways {
+    /// Alipay (channel `alipay`) behind a request-rate limiter.
+    pub fn alipay(
+        config: AlipayConfig,
+        requests_per_second: NonZeroU32,
+    ) -> Result<Self, ClientConfigError> {
+        let client = AlipayClient::new(config)?;
+        Ok(Self::default().with(
+            "alipay",
+            Arc::new(RateLimited::new(client, requests_per_second)),
+        ))
+    }
+
     /// Registers the gateway serving a channel.
     pub fn with(mut self, channel: &str, gateway: Arc<dyn Gateway>) -> Self {
         self.by_channel.insert(channel.to_owned(), gateway);

@@ -23,7 +23,7 @@ use order_closer::config::Settings;
 use order_closer::db::schema::{decisions, orders};
 use order_closer::db::{self, DbPool};
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
+use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{self, BuyerClient, SimConfig, SimTradeStatus};
 use order_closer::worker::{Worker, WorkerConfig};
@@ -124,19 +124,22 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         sim_private_key: None,
     })
     .await?;
-    let alipay = AlipayClient::new(AlipayConfig {
-        gateway_url: running.base_url(),
-        app_id: settings.alipay.app_id.clone(),
-        app_private_key: Arc::new(app_key),
-        alipay_public_key: Arc::new(running.public_key().clone()),
-        timeout: settings.alipay.timeout,
-    })?;
+    let gateways = Gateways::alipay(
+        AlipayConfig {
+            gateway_url: running.base_url(),
+            app_id: settings.alipay.app_id.clone(),
+            app_private_key: Arc::new(app_key),
+            alipay_public_key: Arc::new(running.public_key().clone()),
+            timeout: settings.alipay.timeout,
+        },
+        settings.alipay.rate_limit,
+    )?;
     let buyers = BuyerClient::new(running.base_url())?;
 
     // The worker, in process.
     let decider = Decider::new(
         pool.clone(),
-        Gateways::default().with("alipay", Arc::new(alipay)),
+        gateways,
         settings.retry.clone(),
         format!("demo-worker:{run_id}"),
     );

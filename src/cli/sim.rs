@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use order_closer::config::{DEFAULT_APP_ID, key_material};
 use order_closer::gateway::alipay::{AppPrivateKey, RsaPublicKey};
-use order_closer::sim::{self, SimConfig};
+use order_closer::sim::{self, FaultPlan, SimConfig};
 use order_closer::worker::shutdown_on_signal;
 
 /// Flags of `gateway-sim`.
@@ -30,6 +30,10 @@ pub struct SimArgs {
     /// Write the simulator's public key (what the worker's ALIPAY_PUBLIC_KEY must be) here.
     #[arg(long)]
     public_key_out: Option<PathBuf>,
+    /// Start with this fault plan (JSON, for example '{"http_502":0.05,"latency_ms":100}');
+    /// change it at run time with PUT /sim/faults.
+    #[arg(long)]
+    faults: Option<String>,
 }
 
 /// Serves until SIGTERM or SIGINT.
@@ -54,6 +58,14 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         sim_private_key,
     })
     .await?;
+    if let Some(json) = &args.faults {
+        let plan =
+            FaultPlan::from_json(json.as_bytes()).map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+        running
+            .state()
+            .set_faults(plan)
+            .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+    }
     let pem = running.public_key().to_spki_pem();
     if let Some(path) = &args.public_key_out {
         std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?;

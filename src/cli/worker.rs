@@ -1,13 +1,11 @@
 //! `order-closer worker`: the long-running close-queue consumer.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use order_closer::config::Settings;
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::AlipayClient;
 use order_closer::worker::{Worker, WorkerConfig, shutdown_on_signal};
 use order_closer::{db, health};
 
@@ -30,15 +28,13 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
     if let Some(p) = args.prefetch {
         settings.prefetch = p;
     }
-    let alipay = AlipayClient::new(settings.alipay_config().context("invalid configuration")?)
-        .context("building the Alipay client")?;
+    let gateways = Gateways::alipay(
+        settings.alipay_config().context("invalid configuration")?,
+        settings.alipay.rate_limit,
+    )
+    .context("building the Alipay client")?;
     let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
-    let decider = Decider::new(
-        pool.clone(),
-        Gateways::default().with("alipay", Arc::new(alipay)),
-        settings.retry.clone(),
-        actor_name(),
-    );
+    let decider = Decider::new(pool.clone(), gateways, settings.retry.clone(), actor_name());
     let shutdown = shutdown_on_signal();
     let worker = Worker::new(decider, WorkerConfig::from_settings(&settings));
     if let Some(addr) = settings.http_listen {

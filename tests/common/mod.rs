@@ -19,7 +19,7 @@ use order_closer::config::Settings;
 use order_closer::db::schema::decisions;
 use order_closer::db::{self, DbPool, orders};
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
+use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
 use order_closer::worker::{Worker, WorkerConfig};
@@ -169,10 +169,9 @@ impl TestEnv {
 
     /// A decider with a custom Alipay configuration.
     pub fn decider_with(&self, alipay: AlipayConfig, actor: &str) -> Decider {
-        let client = AlipayClient::new(alipay).expect("alipay client");
         Decider::new(
             self.pool.clone(),
-            Gateways::default().with("alipay", Arc::new(client)),
+            Gateways::alipay(alipay, self.settings.alipay.rate_limit).expect("alipay client"),
             self.settings.retry.clone(),
             actor,
         )
@@ -188,7 +187,7 @@ impl TestEnv {
     }
 
     /// Starts `decider` as a worker; returns its metrics and readiness handles.
-    fn run_worker(&mut self, decider: Decider, config: WorkerConfig) -> Observed {
+    pub fn run_worker(&mut self, decider: Decider, config: WorkerConfig) -> Observed {
         let token = CancellationToken::new();
         let worker = Worker::new(decider, config);
         let view = Observed {
