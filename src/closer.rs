@@ -36,7 +36,7 @@ use crate::db::outbox::{self, Claim, KIND_CLOSE, NewOutboxRow};
 use crate::db::{self, DbError, DbPool, orders};
 use crate::message::{CloseMessage, MAX_OUT_TRADE_NO};
 use crate::order::Order;
-use crate::relay::{self, RelayError};
+use crate::relay::{Relay, RelayError};
 
 /// Longest allowed time to pay.
 pub const MAX_TIME_TO_PAY: Duration = Duration::from_secs(366 * 86_400);
@@ -131,7 +131,7 @@ pub enum ConnectError {
 #[derive(Clone)]
 pub struct Closer {
     pool: DbPool,
-    publisher: Option<Publisher>,
+    relay: Option<Arc<Relay>>,
     /// Kept open for as long as the closer lives.
     _connection: Option<Arc<lapin::Connection>>,
 }
@@ -147,7 +147,7 @@ impl Closer {
         settings.topology.declare(publisher.channel()).await?;
         Ok(Self {
             pool,
-            publisher: Some(publisher),
+            relay: Some(Arc::new(Relay::new(publisher))),
             _connection: Some(Arc::new(connection)),
         })
     }
@@ -156,7 +156,7 @@ impl Closer {
     pub fn new(pool: DbPool, publisher: Option<Publisher>) -> Self {
         Self {
             pool,
-            publisher,
+            relay: publisher.map(|p| Arc::new(Relay::new(p))),
             _connection: None,
         }
     }
@@ -232,10 +232,10 @@ impl Closer {
     }
 
     async fn publish_with(&self, conn: &mut AsyncPgConnection, pending: &PendingClose) -> bool {
-        let Some(publisher) = &self.publisher else {
+        let Some(relay) = &self.relay else {
             return false;
         };
-        match relay::flush(conn, publisher, Claim::Ids(&[pending.outbox_id])).await {
+        match relay.flush(conn, Claim::Ids(&[pending.outbox_id])).await {
             Ok(_) => true,
             Err(RelayError::Broker(e)) => {
                 tracing::warn!(error = %e, "broker unavailable; the close schedule is left to the relay");

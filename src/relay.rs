@@ -2,9 +2,15 @@
 //!
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED` inside a transaction that stays open
 //! while they are published, so two processes never publish the same row at once; a row
-//! is deleted only after the broker confirmed it. The one remaining duplicate is a crash
-//! between the confirm and the commit (at-least-once): consumers dedupe on `event_id`,
-//! and close messages are idempotent by design.
+//! is deleted only after the broker confirmed it. When the delete cannot commit (the
+//! database connection dropped after the broker confirmed), the relay remembers the
+//! confirmed ids and deletes them on its next pass instead of publishing them again. The
+//! remaining duplicates are a process dying between a confirm and its commit, and a
+//! confirm lost with the broker connection: publishing is at-least-once, and every event
+//! carries an `event_id` for consumers to drop a copy (close messages are idempotent).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -26,36 +32,77 @@ pub enum RelayError {
     Broker(#[from] BrokerError),
 }
 
-/// Publishes the claimed rows and deletes the ones the broker confirmed. Returns how many
-/// were published; a broker failure midway still deletes the rows confirmed before it.
-pub async fn flush(
-    conn: &mut AsyncPgConnection,
-    publisher: &Publisher,
-    which: Claim<'_>,
-) -> Result<usize, RelayError> {
-    let (published, failure) = conn
-        .transaction::<_, RelayError, _>(async |tx| {
-            let rows = outbox::claim(tx, which).await?;
-            let mut done = Vec::with_capacity(rows.len());
-            let mut failure = None;
-            for row in &rows {
-                match publish_row(publisher, row).await {
-                    Ok(()) => done.push(row.id),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
+/// Publishes outbox rows through one publisher.
+pub struct Relay {
+    publisher: Publisher,
+    /// Rows the broker confirmed whose delete has not committed yet.
+    confirmed: Mutex<BTreeSet<i64>>,
+}
+
+impl Relay {
+    /// A relay publishing with `publisher`.
+    pub fn new(publisher: Publisher) -> Self {
+        Self {
+            publisher,
+            confirmed: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The publisher.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+        // A poisoned lock only means another task panicked mid-insert; the set is usable.
+        self.confirmed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the claimed rows and deletes the ones the broker confirmed. Returns how
+    /// many were published; a broker failure midway still deletes the rows confirmed
+    /// before it.
+    pub async fn flush(
+        &self,
+        conn: &mut AsyncPgConnection,
+        which: Claim<'_>,
+    ) -> Result<usize, RelayError> {
+        let leftovers: Vec<i64> = self.confirmed().iter().copied().collect();
+        let (done, failure) = conn
+            .transaction::<_, RelayError, _>(async |tx| {
+                if !leftovers.is_empty() {
+                    outbox::delete(tx, &leftovers).await?;
+                }
+                let rows = outbox::claim(tx, which).await?;
+                let mut done = Vec::with_capacity(rows.len());
+                let mut failure = None;
+                for row in &rows {
+                    match publish_row(&self.publisher, row).await {
+                        Ok(()) => {
+                            self.confirmed().insert(row.id);
+                            done.push(row.id);
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
                     }
                 }
+                if !done.is_empty() {
+                    outbox::delete(tx, &done).await?;
+                }
+                Ok((done, failure))
+            })
+            .await?;
+        {
+            let mut confirmed = self.confirmed();
+            for id in leftovers.iter().chain(&done) {
+                confirmed.remove(id);
             }
-            if !done.is_empty() {
-                outbox::delete(tx, &done).await?;
-            }
-            Ok((done.len(), failure))
-        })
-        .await?;
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(published),
+        }
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(done.len()),
+        }
     }
 }
 

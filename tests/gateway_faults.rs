@@ -6,10 +6,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
+
 use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
 use order_closer::gateway::{CloseAnswer, FaultClass, Gateway, GatewayError, TradeState};
 use order_closer::sim::{
     self, BuyerClient, BuyerError, FaultKind, FaultPlan, RunningSim, SimConfig, SimTradeStatus,
+    SimTradeView,
 };
 
 const APP_ID: &str = "2021000000000077";
@@ -540,6 +543,155 @@ async fn a_seeded_plan_repeats_its_faults() {
             .faults_injected
             .get("busy_20000"),
         Some(&(2 * failures))
+    );
+    env.sim.shutdown().await;
+}
+
+/// The buyer API's refusal, as (status, error kind).
+fn rejection(result: Result<SimTradeView, BuyerError>) -> (u16, String) {
+    match result {
+        Err(BuyerError::Rejected { status, error, .. }) => (status, error),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn not_closeable() -> CloseAnswer {
+    CloseAnswer::NotCloseable {
+        sub_code: "ACQ.TRADE_STATUS_ERROR".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_qr_code_cannot_be_scanned_after_time_expire() {
+    let env = env().await;
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    let expired = (409, "trade_expired".to_owned());
+    assert_eq!(
+        rejection(env.buyer.scan_with_expiry("ORD-late", 100, past).await),
+        expired
+    );
+    assert_eq!(
+        rejection(
+            env.buyer
+                .scan_and_pay_with_expiry("ORD-late", 100, past)
+                .await
+        ),
+        expired
+    );
+    // No trade came into existence: the gateway does not know it.
+    assert_eq!(env.buyer.trade("ORD-late").await.unwrap(), None);
+    assert_eq!(
+        env.client.query("ORD-late").await.unwrap().state,
+        TradeState::NotFound
+    );
+    assert_eq!(
+        env.client.close("ORD-late").await.unwrap(),
+        CloseAnswer::Closed
+    );
+    assert!(env.sim.state().trades().is_empty());
+    env.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
+    let env = env().await;
+    let expire = Utc::now() + chrono::Duration::milliseconds(1_500);
+    let waiting = env
+        .buyer
+        .scan_with_expiry("ORD-wait", 100, expire)
+        .await
+        .unwrap();
+    assert_eq!(waiting.time_expire, Some(expire));
+    let paid = env
+        .buyer
+        .scan_and_pay_with_expiry("ORD-paid", 200, expire)
+        .await
+        .unwrap();
+    assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
+    env.buyer
+        .scan_with_expiry("ORD-race", 300, expire)
+        .await
+        .unwrap();
+    assert!(
+        env.buyer
+            .pay_on_close("ORD-race")
+            .await
+            .unwrap()
+            .pay_on_close
+    );
+    let forever = env.buyer.scan("ORD-forever", 400).await.unwrap();
+    assert_eq!(forever.time_expire, None);
+    // Before the expiry, the trade waits as usual.
+    assert_eq!(
+        env.client.query("ORD-wait").await.unwrap().state,
+        TradeState::WaitingForPayment
+    );
+
+    let until = (expire - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(until + Duration::from_millis(100)).await;
+
+    // The waiting trade is closed, as of its expiry.
+    assert_eq!(
+        env.client.query("ORD-wait").await.unwrap().state,
+        TradeState::Closed
+    );
+    let closed = env.buyer.trade("ORD-wait").await.unwrap().unwrap();
+    assert_eq!(closed.status, SimTradeStatus::TradeClosed);
+    assert_eq!(closed.closed_at, Some(expire));
+    assert_eq!(closed.time_expire, Some(expire));
+    // The buyer can no longer pay it, and it stays closed.
+    assert_eq!(
+        rejection(env.buyer.pay("ORD-wait").await),
+        (409, "conflict".to_owned())
+    );
+    assert_eq!(
+        rejection(env.buyer.scan_and_pay("ORD-wait", 100).await),
+        (409, "conflict".to_owned())
+    );
+    // Re-scanning returns the closed trade, expiry unchanged.
+    assert_eq!(
+        env.buyer
+            .scan_with_expiry("ORD-wait", 100, Utc::now() + chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        closed
+    );
+    // Closing it answers as Alipay does for a closed trade.
+    assert_eq!(env.client.close("ORD-wait").await.unwrap(), not_closeable());
+    assert_eq!(env.buyer.trade("ORD-wait").await.unwrap(), Some(closed));
+
+    // Paid before the expiry: still paid after it, and not closeable.
+    match env.client.query("ORD-paid").await.unwrap().state {
+        TradeState::Paid { amount_minor, .. } => assert_eq!(amount_minor, 200),
+        other => panic!("expected Paid, got {other:?}"),
+    }
+    assert_eq!(env.client.close("ORD-paid").await.unwrap(), not_closeable());
+    assert_eq!(status(&env, "ORD-paid").await, SimTradeStatus::TradeSuccess);
+
+    // An armed race cannot fire: the buyer cannot pay an expired trade.
+    assert_eq!(env.client.close("ORD-race").await.unwrap(), not_closeable());
+    let race = env.buyer.trade("ORD-race").await.unwrap().unwrap();
+    assert_eq!(
+        (race.status, race.paid_at, race.closed_at, race.pay_on_close),
+        (SimTradeStatus::TradeClosed, None, Some(expire), false)
+    );
+
+    // Without time_expire nothing changes: still waiting, and our close closes it.
+    assert_eq!(
+        env.client.query("ORD-forever").await.unwrap().state,
+        TradeState::WaitingForPayment
+    );
+    assert_eq!(
+        env.client.close("ORD-forever").await.unwrap(),
+        CloseAnswer::Closed
+    );
+    let trades = env.sim.state().trades();
+    assert_eq!(trades.len(), 4);
+    assert!(
+        trades
+            .iter()
+            .all(|t| t.status != SimTradeStatus::WaitBuyerPay),
+        "{trades:?}"
     );
     env.sim.shutdown().await;
 }

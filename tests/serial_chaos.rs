@@ -201,18 +201,20 @@ async fn serial_chaos_run() {
                         Buyer::NeverScans => {}
                         Buyer::ScansOnly => {
                             tokio::time::sleep(before).await;
-                            let _ = buyers.scan(&no, amount).await;
+                            let _ = buyers.scan_before(&no, amount, deadline).await;
                         }
                         Buyer::PaysEarly => {
                             tokio::time::sleep(before).await;
-                            let _ = buyers.scan_and_pay(&no, amount).await;
+                            if buyers.scan_before(&no, amount, deadline).await.is_ok() {
+                                let _ = buyers.pay(&no).await;
+                            }
                         }
                         Buyer::PaysDuringClose => {
-                            let _ = buyers.scan(&no, amount).await;
+                            let _ = buyers.scan_before(&no, amount, deadline).await;
                             let _ = buyers.pay_on_close(&no).await;
                         }
                         Buyer::PaysAtTheDeadline => {
-                            let _ = buyers.scan(&no, amount).await;
+                            let _ = buyers.scan_before(&no, amount, deadline).await;
                             let jitter = Duration::from_millis((moment * 1500.0) as u64);
                             tokio::time::sleep(until(deadline) + jitter).await;
                             let _ = buyers.pay(&no).await;
@@ -330,15 +332,17 @@ async fn serial_chaos_run() {
         .unwrap()
         .into_iter()
         .collect();
-    let trades: BTreeMap<String, SimTradeStatus> = env
+    let views: BTreeMap<String, order_closer::sim::SimTradeView> = env
         .sim
         .as_ref()
         .unwrap()
         .state()
         .trades()
         .into_iter()
-        .map(|t| (t.out_trade_no, t.status))
+        .map(|t| (t.out_trade_no.clone(), t))
         .collect();
+    let trades: BTreeMap<String, SimTradeStatus> =
+        views.iter().map(|(k, t)| (k.clone(), t.status)).collect();
 
     let mut violations = Vec::new();
     let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
@@ -360,10 +364,20 @@ async fn serial_chaos_run() {
             paid_closed_without_anomaly += 1;
         }
         if !agrees {
+            let history: Vec<(String, String, chrono::DateTime<Utc>)> = decisions::table
+                .filter(decisions::order_id.eq(order.id))
+                .select((decisions::outcome, decisions::detail, decisions::decided_at))
+                .load(&mut conn)
+                .await
+                .unwrap();
+            let trade = views.get(&order.out_trade_no);
             violations.push(format!(
-                "{}: local {} gateway {gateway:?}",
+                "{}: local {} gateway {gateway:?}; deadline {}, trade created {:?} paid {:?}; decisions {history:?}",
                 order.out_trade_no,
-                order.status()
+                order.status(),
+                order.deadline,
+                trade.map(|t| t.created_at),
+                trade.and_then(|t| t.paid_at),
             ));
         }
     }
@@ -386,18 +400,32 @@ async fn serial_chaos_run() {
             .unwrap_or(0)
     };
 
+    // Events: one per committed decision. A decision announced under two event ids, or an
+    // event without a committed decision, is a duplicate; a second delivery of the same
+    // event id is the outbox's documented at-least-once copy, which consumers drop by
+    // `event_id` (counted and printed, see the README).
     let events = env.get_all(&env.topology.events_audit_queue()).await;
     let mut event_ids = BTreeMap::<String, usize>::new();
+    let mut announced = BTreeMap::<(i64, String), BTreeSet<String>>::new();
     for (body, _) in &events {
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-        *event_ids
-            .entry(v["event_id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+        let id = v["event_id"].as_str().unwrap().to_owned();
+        *event_ids.entry(id.clone()).or_default() += 1;
+        let kind = v["event"].as_str().unwrap().to_owned();
+        announced
+            .entry((v["order_id"].as_i64().unwrap(), kind))
+            .or_default()
+            .insert(id);
     }
-    let duplicate_events: usize = event_ids.values().map(|n| n - 1).sum();
-    let decision_events = event_ids
+    let copies: usize = event_ids.values().map(|n| n - 1).sum();
+    let duplicate_events = announced.values().filter(|ids| ids.len() > 1).count()
+        + announced
+            .keys()
+            .filter(|(order, _)| !decisions_per_order.contains_key(order))
+            .count();
+    let decision_events = announced
         .keys()
-        .filter(|k| !k.starts_with("order.anomaly"))
+        .filter(|(_, kind)| !kind.starts_with("order.anomaly"))
         .count();
     let parked = env.get_all(&env.topology.parked_queue()).await;
     let mut parked_by_reason = BTreeMap::<String, usize>::new();
@@ -431,7 +459,7 @@ async fn serial_chaos_run() {
     println!("paid but closed, no anomaly  {paid_closed_without_anomaly}");
     println!("orders decided twice         {double_decisions}");
     println!(
-        "events                       {} ({} distinct, {duplicate_events} duplicates)",
+        "events                       {} delivered, {} distinct; duplicates {duplicate_events}; at-least-once copies {copies}",
         events.len(),
         event_ids.len()
     );

@@ -167,7 +167,8 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
             .await?;
         plan.insert(no.clone(), (buyer, created.order.id));
         let buyers = buyers.clone();
-        buyer_tasks.spawn(async move { act(&buyers, &no, amount, buyer, wait).await });
+        let deadline = created.order.deadline;
+        buyer_tasks.spawn(async move { act(&buyers, &no, amount, buyer, wait, deadline).await });
     }
     println!(
         "created {} orders in {:.1}s; buyers are acting, the worker is deciding",
@@ -235,6 +236,7 @@ async fn act(
     amount: i64,
     buyer: Buyer,
     wait: Duration,
+    deadline: chrono::DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let before_deadline = |fraction: f64| Duration::from_secs_f64(wait.as_secs_f64() * fraction);
     let moment: f64 = rand::rng().random_range(0.0..1.0);
@@ -242,16 +244,16 @@ async fn act(
         Buyer::NeverScans => {}
         Buyer::ScansAndLeaves => {
             tokio::time::sleep(before_deadline(moment * 0.7)).await;
-            buyers.scan(no, amount).await?;
+            buyers.scan_before(no, amount, deadline).await?;
         }
         Buyer::PaysCallbackLost => {
             tokio::time::sleep(before_deadline(moment * 0.5)).await;
-            buyers.scan(no, amount).await?;
+            buyers.scan_before(no, amount, deadline).await?;
             tokio::time::sleep(before_deadline(0.2)).await;
             buyers.pay(no).await?;
         }
         Buyer::PaysDuringClose => {
-            buyers.scan(no, amount).await?;
+            buyers.scan_before(no, amount, deadline).await?;
             buyers.pay_on_close(no).await?;
         }
     }

@@ -1,8 +1,15 @@
 //! A small HTTP client for the simulator's buyer API (`/sim/...`): scan, pay, arm the
 //! pay-on-close race, read trades back, and steer fault injection (the plan and
 //! per-trade `fail-next` one-shots). For tests and the demo.
+//!
+//! The `*_with_expiry` actions create the trade with Alipay's `time_expire`, as a shop
+//! does in `alipay.trade.precreate`: past it, the QR code can no longer be scanned
+//! ([`BuyerError::Rejected`] with status 409 and error `trade_expired`) and a trade left
+//! unpaid is closed.
 
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -21,12 +28,14 @@ pub enum BuyerError {
     /// The request did not complete (connection refused, timeout...).
     #[error("simulator request failed: {0}")]
     Http(#[from] reqwest::Error),
-    /// The simulator refused the action (404 unknown trade, 409 wrong state, 400 bad input).
+    /// The simulator refused the action (404 unknown trade, 409 wrong state or expired,
+    /// 400 bad input).
     #[error("simulator refused ({status}): {error}: {message}")]
     Rejected {
         /// The HTTP status.
         status: u16,
-        /// The machine-readable kind (`not_found`, `conflict`, `bad_request`).
+        /// The machine-readable kind (`not_found`, `conflict`, `trade_expired`,
+        /// `bad_request`).
         error: String,
         /// The explanation.
         message: String,
@@ -115,6 +124,7 @@ impl BuyerClient {
     }
 
     /// The buyer scans the QR code: the trade exists and waits for payment (idempotent).
+    /// The trade never expires.
     pub async fn scan(
         &self,
         out_trade_no: &str,
@@ -128,12 +138,50 @@ impl BuyerClient {
         .await
     }
 
-    /// The buyer pays a scanned, waiting trade.
+    /// The buyer scans a QR code whose trade the shop created with Alipay's
+    /// `time_expire`: at or after it the scan is refused (409, `trade_expired`) and no
+    /// trade exists; before it, the trade waits for payment and closes if still unpaid at
+    /// `time_expire`. Scanning an existing trade again returns it as it is (its expiry
+    /// unchanged).
+    pub async fn scan_with_expiry(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: DateTime<Utc>,
+    ) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(
+            out_trade_no,
+            "scan",
+            json!({ "amount_minor": amount_minor, "time_expire": time_expire }),
+        )
+        .await
+    }
+
+    /// The buyer scans a QR code valid until `qr_code_expire` (Alipay's
+    /// `qr_code_timeout_express`): at or after it the scan is refused (409,
+    /// `trade_expired`) and no trade exists; a trade scanned in time stays payable.
+    pub async fn scan_before(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+        qr_code_expire: DateTime<Utc>,
+    ) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(
+            out_trade_no,
+            "scan",
+            json!({ "amount_minor": amount_minor, "qr_code_expire": qr_code_expire }),
+        )
+        .await
+    }
+
+    /// The buyer pays a scanned, waiting trade. A trade that expired unpaid is closed:
+    /// paying it is refused (409).
     pub async fn pay(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerError> {
         self.post_trade(out_trade_no, "pay", json!({})).await
     }
 
-    /// The buyer scans (if needed) and pays in one step.
+    /// The buyer scans (if needed) and pays in one step. A trade it creates never
+    /// expires.
     pub async fn scan_and_pay(
         &self,
         out_trade_no: &str,
@@ -141,6 +189,23 @@ impl BuyerClient {
     ) -> Result<SimTradeView, BuyerError> {
         self.post_trade(out_trade_no, "pay", json!({ "amount_minor": amount_minor }))
             .await
+    }
+
+    /// [`BuyerClient::scan_with_expiry`] (if the trade does not exist yet) then pay, in one
+    /// step: refused (409) at or after `time_expire`, with `trade_expired` when the scan
+    /// is refused and nothing was created.
+    pub async fn scan_and_pay_with_expiry(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: DateTime<Utc>,
+    ) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(
+            out_trade_no,
+            "pay",
+            json!({ "amount_minor": amount_minor, "time_expire": time_expire }),
+        )
+        .await
     }
 
     /// Arms the race: the buyer pays just before the next close request for this trade.

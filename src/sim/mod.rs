@@ -12,6 +12,10 @@
 //! [`SimState::set_faults`]) or for one trade's next answers (`POST
 //! /sim/trades/{no}/fail-next`, [`BuyerClient::fail_next`]). Counts of injected faults are
 //! in [`SimStats::faults_injected`].
+//!
+//! A trade can be created with Alipay's `time_expire` ([`BuyerClient::scan_with_expiry`],
+//! [`SimState::scan_with_expiry`]): from that moment the QR code can no longer be scanned
+//! and a trade still unpaid is `TRADE_CLOSED`, as Alipay's expiry job would leave it.
 
 pub mod buyer;
 mod server;

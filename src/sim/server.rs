@@ -1,6 +1,11 @@
 //! The simulator's HTTP surface: Alipay's `POST /gateway.do` (signed requests in, signed
 //! answers out, with the faults of the current [`FaultPlan`](super::FaultPlan) injected),
-//! the JSON buyer API under `/sim/` used by tests and the demo, and the fault admin API:
+//! the JSON buyer API under `/sim/` used by tests and the demo, and the fault admin API.
+//!
+//! The buyer actions that may create the trade (`scan`, and `pay` / `pay-on-close` with an
+//! amount) take `{"amount_minor":n,"time_expire":"2026-11-22T10:00:00Z"}`, `time_expire`
+//! optional (RFC 3339): Alipay's absolute expiry passed by the shop. A trade cannot be
+//! created at or after it (409 `trade_expired`), and closes if still unpaid then.
 //!
 //! | endpoint | effect |
 //! |---|---|
@@ -23,6 +28,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+
+use chrono::{DateTime, Utc};
 
 use super::state::{
     BuyerOpError, CloseOutcome, FaultKind, FaultPlan, SIM_METHODS, SimState, SimTradeStatus,
@@ -619,8 +626,13 @@ fn close_answer(key: String, asked: Option<&str>, outcome: CloseOutcome) -> Answ
 
 /// Optional JSON body of the buyer actions.
 #[derive(Debug, Default, Deserialize)]
-struct AmountBody {
+struct TradeBody {
+    /// The amount, to create the trade if it does not exist.
     amount_minor: Option<i64>,
+    /// Alipay's `time_expire` for a trade created by this call (RFC 3339).
+    time_expire: Option<DateTime<Utc>>,
+    /// The QR code's validity: no first scan at or after it (RFC 3339).
+    qr_code_expire: Option<DateTime<Utc>>,
 }
 
 fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
@@ -635,19 +647,39 @@ fn op_error(e: BuyerOpError) -> Response {
     let (status, kind) = match &e {
         BuyerOpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         BuyerOpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        BuyerOpError::Expired(_) => (StatusCode::CONFLICT, "trade_expired"),
         BuyerOpError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
     };
     json_error(status, kind, &e.to_string())
 }
 
-/// Reads an optional `{"amount_minor": n}` body; empty means no amount.
-fn amount_body(body: &[u8]) -> Result<Option<i64>, BuyerOpError> {
+/// Reads an optional `{"amount_minor": n, "time_expire": "..."}` body; empty means
+/// neither. A `time_expire` needs an amount: it only applies to a trade being created.
+fn trade_body(body: &[u8]) -> Result<TradeBody, BuyerOpError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+        return Ok(TradeBody::default());
     }
-    serde_json::from_slice::<AmountBody>(body)
-        .map(|b| b.amount_minor)
-        .map_err(|e| BuyerOpError::BadRequest(format!("bad JSON body: {e}")))
+    let parsed = serde_json::from_slice::<TradeBody>(body)
+        .map_err(|e| BuyerOpError::BadRequest(format!("bad JSON body: {e}")))?;
+    if (parsed.time_expire.is_some() || parsed.qr_code_expire.is_some())
+        && parsed.amount_minor.is_none()
+    {
+        return Err(BuyerOpError::BadRequest(
+            "time_expire needs amount_minor (it applies to the trade being created)".into(),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The implicit scan of `pay` and `pay-on-close`: with an amount in the body, a trade
+/// never scanned is created first (with the body's `time_expire`).
+fn scan_first(state: &SimState, no: &str, body: &TradeBody) -> Result<(), BuyerOpError> {
+    match body.amount_minor {
+        Some(amount) => state
+            .scan_with_terms(no, amount, body.time_expire, body.qr_code_expire)
+            .map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 fn view_or_error(result: Result<SimTradeView, BuyerOpError>) -> Response {
@@ -658,9 +690,17 @@ fn view_or_error(result: Result<SimTradeView, BuyerOpError>) -> Response {
 }
 
 async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: Bytes) -> Response {
-    match amount_body(&body) {
-        Ok(Some(amount)) => view_or_error(shared.state.scan(&no, amount)),
-        Ok(None) => op_error(BuyerOpError::BadRequest(
+    match trade_body(&body) {
+        Ok(TradeBody {
+            amount_minor: Some(amount),
+            time_expire,
+            qr_code_expire,
+        }) => view_or_error(
+            shared
+                .state
+                .scan_with_terms(&no, amount, time_expire, qr_code_expire),
+        ),
+        Ok(_) => op_error(BuyerOpError::BadRequest(
             "body must give amount_minor".into(),
         )),
         Err(e) => op_error(e),
@@ -668,10 +708,11 @@ async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: B
 }
 
 async fn pay(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: Bytes) -> Response {
-    match amount_body(&body) {
-        Ok(amount) => view_or_error(shared.state.pay(&no, amount)),
-        Err(e) => op_error(e),
-    }
+    let paid = trade_body(&body).and_then(|b| {
+        scan_first(&shared.state, &no, &b)?;
+        shared.state.pay(&no, None)
+    });
+    view_or_error(paid)
 }
 
 async fn pay_on_close(
@@ -679,10 +720,11 @@ async fn pay_on_close(
     Path(no): Path<String>,
     body: Bytes,
 ) -> Response {
-    match amount_body(&body) {
-        Ok(amount) => view_or_error(shared.state.arm_pay_on_close(&no, amount)),
-        Err(e) => op_error(e),
-    }
+    let armed = trade_body(&body).and_then(|b| {
+        scan_first(&shared.state, &no, &b)?;
+        shared.state.arm_pay_on_close(&no, None)
+    });
+    view_or_error(armed)
 }
 
 /// Body of `POST /sim/trades/{no}/fail-next`.
@@ -1087,6 +1129,84 @@ mod tests {
         let pem = buyer.public_key_pem().await.unwrap();
         assert_eq!(pem, sim.public_key().to_spki_pem());
         assert_eq!(buyer.stats().await.unwrap(), sim.state().stats());
+        assert_eq!(sim.state().trades().len(), 2);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn time_expire_in_the_buyer_api() {
+        let sim = start_sim().await;
+        let buyer = BuyerClient::new(sim.base_url()).unwrap();
+        let http = reqwest::Client::new();
+        let post = |path: &str, body: &'static str| {
+            http.post(format!("{}/sim/trades/{path}", sim.base_url()))
+                .body(body)
+                .send()
+        };
+        // Past: refused, nothing created, whichever action would create the trade.
+        for (path, body) in [
+            (
+                "E/scan",
+                r#"{"amount_minor":100,"time_expire":"2000-01-01T00:00:00Z"}"#,
+            ),
+            (
+                "E/pay",
+                r#"{"amount_minor":100,"time_expire":"2000-01-01T08:00:00+08:00"}"#,
+            ),
+            (
+                "E/pay-on-close",
+                r#"{"amount_minor":100,"time_expire":"2000-01-01T00:00:00Z"}"#,
+            ),
+        ] {
+            let r = post(path, body).await.unwrap();
+            assert_eq!(r.status(), 409, "{path}");
+            let err: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert_eq!(err["error"], "trade_expired", "{path}");
+        }
+        assert_eq!(buyer.trade("E").await.unwrap(), None);
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        match buyer.scan_and_pay_with_expiry("E", 100, past).await {
+            Err(BuyerError::Rejected { status, error, .. }) => {
+                assert_eq!((status, error.as_str()), (409, "trade_expired"));
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert!(sim.state().trades().is_empty());
+
+        // Future, any offset: stored as given.
+        let r = post(
+            "F/scan",
+            r#"{"amount_minor":1,"time_expire":"2999-01-01T08:00:00+08:00"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let view = buyer.trade("F").await.unwrap().unwrap();
+        assert_eq!(
+            view.time_expire,
+            Some("2999-01-01T00:00:00Z".parse().unwrap())
+        );
+        let future = chrono::Utc::now() + chrono::Duration::hours(1);
+        let paid = buyer
+            .scan_and_pay_with_expiry("G", 5, future)
+            .await
+            .unwrap();
+        assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
+        assert_eq!(paid.time_expire, Some(future));
+
+        // Malformed: not RFC 3339, or an expiry without an amount to create the trade.
+        for (path, body) in [
+            ("H/scan", r#"{"amount_minor":1,"time_expire":"tomorrow"}"#),
+            (
+                "H/scan",
+                r#"{"amount_minor":1,"time_expire":"2026-11-22 10:00:00"}"#,
+            ),
+            ("H/scan", r#"{"time_expire":"2999-01-01T00:00:00Z"}"#),
+            ("F/pay", r#"{"time_expire":"2999-01-01T00:00:00Z"}"#),
+        ] {
+            let r = post(path, body).await.unwrap();
+            assert_eq!(r.status(), 400, "{path} {body}");
+        }
         assert_eq!(sim.state().trades().len(), 2);
         sim.shutdown().await;
     }

@@ -1,6 +1,12 @@
 //! The simulator's memory: trades by `out_trade_no`, request counters, and the fault
 //! injection settings ([`FaultPlan`], per-trade [`FailNext`] one-shots) consulted for
 //! every gateway request. Shared by cheap-clone handles ([`SimState`]).
+//!
+//! A trade may carry Alipay's `time_expire` ([`SimState::scan_with_expiry`]): it cannot
+//! be scanned at or after that moment, and a trade still waiting for payment then is
+//! closed as Alipay's expiry job would close it (`closed_at` is the expiry moment). The
+//! expiry is applied lazily, whenever a trade is read or changed, so every view of the
+//! trade sees it closed from the expiry moment on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -54,10 +60,15 @@ pub struct SimTradeView {
     pub created_at: DateTime<Utc>,
     /// When the buyer paid.
     pub paid_at: Option<DateTime<Utc>>,
-    /// When the trade was closed.
+    /// When the trade was closed (by a close request, or its `time_expire` when it
+    /// expired unpaid).
     pub closed_at: Option<DateTime<Utc>>,
     /// Armed race: the next close request finds the buyer paying first.
     pub pay_on_close: bool,
+    /// Alipay's `time_expire`, as the shop passed it when the trade was created: unpaid
+    /// at this moment, the trade is closed. `None`: it never expires.
+    #[serde(default)]
+    pub time_expire: Option<DateTime<Utc>>,
 }
 
 /// Request counters, readable at any time.
@@ -503,6 +514,10 @@ pub enum BuyerOpError {
     /// The trade is not in a state that allows the action.
     #[error("{0}")]
     Conflict(String),
+    /// The scan came at or after the `time_expire` given for the trade: the QR code has
+    /// expired and no trade was created.
+    #[error("{0}")]
+    Expired(String),
     /// The request is malformed (for example a non-positive amount).
     #[error("{0}")]
     BadRequest(String),
@@ -546,6 +561,22 @@ impl Default for Inner {
 }
 
 impl Inner {
+    /// The trade named by `out_trade_no` (or else by `trade_no`), with its expiry applied
+    /// if it is due.
+    fn current(
+        &mut self,
+        out_trade_no: Option<&str>,
+        trade_no: Option<&str>,
+    ) -> Option<&mut SimTradeView> {
+        let trade = match (out_trade_no, trade_no) {
+            (Some(no), _) => self.trades.get_mut(no),
+            (None, Some(tn)) => self.trades.values_mut().find(|t| t.trade_no == tn),
+            (None, None) => None,
+        }?;
+        expire_if_due(trade, Utc::now());
+        Some(trade)
+    }
+
     /// The plan's latency (with jitter) for a request to `method`.
     fn latency(&mut self, method: Option<&str>) -> Duration {
         if !self.faults.applies_to(method) {
@@ -579,12 +610,43 @@ impl SimState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The buyer scans the QR code: the trade comes into existence, waiting for payment.
-    /// Idempotent for the same amount; a different amount is a conflict.
+    /// The buyer scans the QR code: the trade comes into existence, waiting for payment,
+    /// and never expires. Idempotent for the same amount; a different amount is a
+    /// conflict.
     pub fn scan(
         &self,
         out_trade_no: &str,
         amount_minor: i64,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.scan_with_expiry(out_trade_no, amount_minor, None)
+    }
+
+    /// The buyer scans a QR code whose trade the shop created with Alipay's
+    /// `time_expire` (`None`: no expiry, as [`SimState::scan`]). At or after
+    /// `time_expire` the scan is refused with [`BuyerOpError::Expired`] and no trade is
+    /// created. Scanning an existing trade again is idempotent for the same amount (a
+    /// different amount is a conflict): it returns the trade as it is now (closed if it
+    /// expired unpaid) and keeps its original expiry, whatever `time_expire` says.
+    pub fn scan_with_expiry(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: Option<DateTime<Utc>>,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.scan_with_terms(out_trade_no, amount_minor, time_expire, None)
+    }
+
+    /// [`SimState::scan_with_expiry`] plus the QR code's own validity (Alipay's
+    /// `qr_code_timeout_express`): a first scan at or after `qr_code_expire` is refused
+    /// with [`BuyerOpError::Expired`], but a trade scanned in time stays payable (until
+    /// its `time_expire`, if any). Checked under the same lock that creates the trade, so
+    /// that a query at or after `qr_code_expire` sees every trade that will ever exist.
+    pub fn scan_with_terms(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: Option<DateTime<Utc>>,
+        qr_code_expire: Option<DateTime<Utc>>,
     ) -> Result<SimTradeView, BuyerOpError> {
         if out_trade_no.is_empty() {
             return Err(BuyerOpError::BadRequest("out_trade_no is empty".into()));
@@ -595,7 +657,7 @@ impl SimState {
             )));
         }
         let mut inner = self.lock();
-        if let Some(existing) = inner.trades.get(out_trade_no) {
+        if let Some(existing) = inner.current(Some(out_trade_no), None) {
             if existing.amount_minor != amount_minor {
                 return Err(BuyerOpError::Conflict(format!(
                     "trade {out_trade_no:?} exists with amount_minor {}",
@@ -604,8 +666,25 @@ impl SimState {
             }
             return Ok(existing.clone());
         }
-        inner.next_seq += 1;
         let now = Utc::now();
+        if let Some(expire) = qr_code_expire
+            && now >= expire
+        {
+            return Err(BuyerOpError::Expired(format!(
+                "the QR code for {out_trade_no:?} expired at {}: it can no longer be scanned",
+                expire.to_rfc3339()
+            )));
+        }
+        if let Some(expire) = time_expire
+            && now >= expire
+        {
+            return Err(BuyerOpError::Expired(format!(
+                "trade {out_trade_no:?} expired at {} (time_expire): the QR code can no \
+                 longer be scanned",
+                expire.to_rfc3339()
+            )));
+        }
+        inner.next_seq += 1;
         let trade = SimTradeView {
             out_trade_no: out_trade_no.to_owned(),
             trade_no: new_trade_no(now, inner.next_seq),
@@ -615,6 +694,7 @@ impl SimState {
             paid_at: None,
             closed_at: None,
             pay_on_close: false,
+            time_expire,
         };
         inner.trades.insert(out_trade_no.to_owned(), trade.clone());
         Ok(trade)
@@ -633,15 +713,15 @@ impl SimState {
         }
         let mut inner = self.lock();
         let trade = inner
-            .trades
-            .get_mut(out_trade_no)
+            .current(Some(out_trade_no), None)
             .ok_or_else(|| BuyerOpError::NotFound(out_trade_no.to_owned()))?;
         f(trade)?;
         Ok(trade.clone())
     }
 
     /// The buyer pays a waiting trade. With `scan_amount`, a trade never scanned is
-    /// scanned first.
+    /// scanned first (without expiry). A trade that expired unpaid is closed, and paying
+    /// it is refused like paying any closed trade.
     pub fn pay(
         &self,
         out_trade_no: &str,
@@ -681,14 +761,23 @@ impl SimState {
         })
     }
 
-    /// One trade, if it exists.
+    /// One trade, if it exists (closed if it expired unpaid).
     pub fn trade(&self, out_trade_no: &str) -> Option<SimTradeView> {
-        self.lock().trades.get(out_trade_no).cloned()
+        self.lock().current(Some(out_trade_no), None).cloned()
     }
 
-    /// All trades, ordered by creation time.
+    /// All trades, ordered by creation time (those that expired unpaid closed).
     pub fn trades(&self) -> Vec<SimTradeView> {
-        let mut all: Vec<SimTradeView> = self.lock().trades.values().cloned().collect();
+        let now = Utc::now();
+        let mut inner = self.lock();
+        let mut all: Vec<SimTradeView> = inner
+            .trades
+            .values_mut()
+            .map(|t| {
+                expire_if_due(t, now);
+                t.clone()
+            })
+            .collect();
         all.sort_by_key(|t| t.created_at);
         all
     }
@@ -835,18 +924,20 @@ impl SimState {
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> Option<SimTradeView> {
-        find(&self.lock(), out_trade_no, trade_no).cloned()
+        self.lock().current(out_trade_no, trade_no).cloned()
     }
 
     /// Gateway side: what a close would answer, without closing anything (for faulted
-    /// answers that must look real but change nothing). Ignores an armed race.
+    /// answers that must look real but change nothing). Ignores an armed race. A due
+    /// expiry is applied all the same: it happened at `time_expire`, not because of this
+    /// request.
     pub(crate) fn preview_close(
         &self,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> CloseOutcome {
-        let inner = self.lock();
-        let Some(trade) = find(&inner, out_trade_no, trade_no) else {
+        let mut inner = self.lock();
+        let Some(trade) = inner.current(out_trade_no, trade_no) else {
             return CloseOutcome::NotFound;
         };
         match trade.status {
@@ -863,17 +954,16 @@ impl SimState {
     }
 
     /// Gateway side: closes a waiting trade, honouring an armed `pay_on_close` race
-    /// (requests are counted by [`SimState::fault_for`]).
+    /// (requests are counted by [`SimState::fault_for`]). A trade that expired unpaid is
+    /// closed already: the close is refused as for any closed trade, and an armed race
+    /// does not fire (the buyer cannot pay an expired trade).
     pub(crate) fn gateway_close(
         &self,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> CloseOutcome {
         let mut inner = self.lock();
-        let Some(key) = find(&inner, out_trade_no, trade_no).map(|t| t.out_trade_no.clone()) else {
-            return CloseOutcome::NotFound;
-        };
-        let Some(trade) = inner.trades.get_mut(&key) else {
+        let Some(trade) = inner.current(out_trade_no, trade_no) else {
             return CloseOutcome::NotFound;
         };
         match trade.status {
@@ -905,6 +995,19 @@ fn find<'a>(
     }
 }
 
+/// Alipay's expiry job, applied lazily: a trade still waiting for payment at its
+/// `time_expire` is closed as of that moment (and an armed race is dropped with it).
+fn expire_if_due(trade: &mut SimTradeView, now: DateTime<Utc>) {
+    if trade.status == SimTradeStatus::WaitBuyerPay
+        && let Some(expire) = trade.time_expire
+        && now >= expire
+    {
+        trade.status = SimTradeStatus::TradeClosed;
+        trade.closed_at = Some(expire);
+        trade.pay_on_close = false;
+    }
+}
+
 fn mark_paid(trade: &mut SimTradeView) {
     trade.status = SimTradeStatus::TradeSuccess;
     trade.paid_at = Some(Utc::now());
@@ -926,6 +1029,28 @@ fn new_trade_no(now: DateTime<Utc>, seq: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expired_qr_code_cannot_be_scanned_but_a_trade_scanned_in_time_stays_payable() {
+        let s = SimState::new();
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        let future = Utc::now() + chrono::Duration::seconds(60);
+        assert!(matches!(
+            s.scan_with_terms("LATE", 100, None, Some(past)),
+            Err(BuyerOpError::Expired(_))
+        ));
+        assert!(s.trade("LATE").is_none());
+        let t = s
+            .scan_with_terms("ON-TIME", 100, None, Some(future))
+            .unwrap();
+        assert_eq!(t.time_expire, None);
+        assert_eq!(t.status, SimTradeStatus::WaitBuyerPay);
+        // Re-scanning after the QR code expired returns the existing trade.
+        assert_eq!(
+            s.scan_with_terms("ON-TIME", 100, None, Some(past)).unwrap(),
+            t
+        );
+    }
 
     #[test]
     fn scan_is_idempotent_and_checks_amount() {
@@ -1221,6 +1346,157 @@ mod tests {
             None
         );
         assert_eq!(s.stats().faults_injected["system_error"], 2);
+    }
+
+    /// Moves a stored trade's `time_expire` (into the past, to let it expire) without
+    /// applying anything.
+    fn set_expiry(s: &SimState, no: &str, at: DateTime<Utc>) {
+        s.lock().trades.get_mut(no).unwrap().time_expire = Some(at);
+    }
+
+    fn ago(secs: i64) -> DateTime<Utc> {
+        Utc::now() - chrono::Duration::seconds(secs)
+    }
+
+    fn in_an_hour() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::hours(1)
+    }
+
+    #[test]
+    fn scan_after_expiry_is_refused_and_creates_nothing() {
+        let s = SimState::new();
+        let past = ago(1);
+        match s.scan_with_expiry("X", 100, Some(past)) {
+            Err(BuyerOpError::Expired(msg)) => assert!(msg.contains("\"X\""), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.trade("X"), None);
+        assert_eq!(s.gateway_query(Some("X"), None), None);
+        assert_eq!(s.gateway_close(Some("X"), None), CloseOutcome::NotFound);
+        assert!(s.trades().is_empty());
+
+        // Before the expiry the trade is created and keeps it; a re-scan does not move it.
+        let expire = in_an_hour();
+        let w = s.scan_with_expiry("W", 100, Some(expire)).unwrap();
+        assert_eq!(w.status, SimTradeStatus::WaitBuyerPay);
+        assert_eq!(w.time_expire, Some(expire));
+        assert_eq!(s.scan_with_expiry("W", 100, Some(past)).unwrap(), w);
+        assert_eq!(s.scan("W", 100).unwrap(), w);
+        assert!(matches!(
+            s.scan_with_expiry("W", 999, Some(expire)),
+            Err(BuyerOpError::Conflict(_))
+        ));
+        // No expiry given, none stored.
+        assert_eq!(s.scan("N", 1).unwrap().time_expire, None);
+    }
+
+    #[test]
+    fn a_waiting_trade_closes_at_its_expiry() {
+        let s = SimState::new();
+        let w = s.scan_with_expiry("W", 100, Some(in_an_hour())).unwrap();
+        let expired_at = ago(5);
+        set_expiry(&s, "W", expired_at);
+
+        // Every read sees it closed, as of the expiry moment.
+        let by_trade_no = s.gateway_query(None, Some(&w.trade_no)).unwrap();
+        assert_eq!(by_trade_no.status, SimTradeStatus::TradeClosed);
+        assert_eq!(by_trade_no.closed_at, Some(expired_at));
+        assert_eq!(by_trade_no.paid_at, None);
+        assert_eq!(s.trade("W"), Some(by_trade_no.clone()));
+        assert_eq!(s.trades(), vec![by_trade_no.clone()]);
+        // Re-scanning returns the closed trade.
+        assert_eq!(s.scan("W", 100).unwrap(), by_trade_no);
+
+        // Paying and arming the race are refused as for a closed trade.
+        match s.pay("W", Some(100)) {
+            Err(BuyerOpError::Conflict(msg)) => assert!(msg.contains("TRADE_CLOSED"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.arm_pay_on_close("W", None),
+            Err(BuyerOpError::Conflict(_))
+        ));
+        // A close answers as for a closed trade, previewed or not.
+        assert_eq!(
+            s.preview_close(Some("W"), None),
+            CloseOutcome::StatusError(by_trade_no.clone())
+        );
+        assert_eq!(
+            s.gateway_close(Some("W"), None),
+            CloseOutcome::StatusError(by_trade_no.clone())
+        );
+        assert_eq!(s.trade("W"), Some(by_trade_no));
+    }
+
+    #[test]
+    fn a_previewed_close_sees_a_due_expiry() {
+        let s = SimState::new();
+        s.scan_with_expiry("P", 100, Some(in_an_hour())).unwrap();
+        let expired_at = ago(1);
+        set_expiry(&s, "P", expired_at);
+        match s.preview_close(Some("P"), None) {
+            CloseOutcome::StatusError(t) => {
+                assert_eq!(t.status, SimTradeStatus::TradeClosed);
+                assert_eq!(t.closed_at, Some(expired_at));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_armed_race_does_not_fire_after_expiry() {
+        let s = SimState::new();
+        s.scan_with_expiry("R", 100, Some(in_an_hour())).unwrap();
+        assert!(s.arm_pay_on_close("R", None).unwrap().pay_on_close);
+        let expired_at = ago(1);
+        set_expiry(&s, "R", expired_at);
+        match s.gateway_close(Some("R"), None) {
+            CloseOutcome::StatusError(t) => {
+                assert_eq!(t.status, SimTradeStatus::TradeClosed);
+                assert_eq!(t.closed_at, Some(expired_at));
+                assert_eq!(t.paid_at, None);
+                assert!(!t.pay_on_close);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn expiry_does_not_touch_paid_or_closed_trades() {
+        let s = SimState::new();
+        s.scan_with_expiry("PAID", 100, Some(in_an_hour())).unwrap();
+        let paid = s.pay("PAID", None).unwrap();
+        s.scan_with_expiry("CLOSED", 100, Some(in_an_hour()))
+            .unwrap();
+        let CloseOutcome::Closed(closed) = s.gateway_close(Some("CLOSED"), None) else {
+            panic!("not closed");
+        };
+        set_expiry(&s, "PAID", ago(1));
+        set_expiry(&s, "CLOSED", ago(1));
+        let after = s.gateway_query(Some("PAID"), None).unwrap();
+        assert_eq!(after.status, SimTradeStatus::TradeSuccess);
+        assert_eq!((after.paid_at, after.closed_at), (paid.paid_at, None));
+        // A trade closed before its expiry keeps its own closing time.
+        let after = s.trade("CLOSED").unwrap();
+        assert_eq!(after.status, SimTradeStatus::TradeClosed);
+        assert_eq!(after.closed_at, closed.closed_at);
+    }
+
+    #[test]
+    fn a_view_without_time_expire_still_parses() {
+        let old = r#"{"out_trade_no":"A","trade_no":"1","amount_minor":5,
+            "status":"WAIT_BUYER_PAY","created_at":"2026-11-22T10:00:00Z",
+            "paid_at":null,"closed_at":null,"pay_on_close":false}"#;
+        let view: SimTradeView = serde_json::from_str(old).unwrap();
+        assert_eq!(view.time_expire, None);
+        let mut with = view.clone();
+        with.time_expire = Some("2026-11-22T10:15:00Z".parse().unwrap());
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(
+            json.contains(r#""time_expire":"2026-11-22T10:15:00Z""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<SimTradeView>(&json).unwrap(), with);
     }
 
     #[test]

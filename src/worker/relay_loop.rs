@@ -10,7 +10,7 @@ use crate::broker::publisher::Publisher;
 use crate::db::outbox::Claim;
 use crate::db::{self, DbPool};
 use crate::metrics::Metrics;
-use crate::relay;
+use crate::relay::Relay;
 
 const BATCH: i64 = 500;
 /// How often the backlog gauge is refreshed (a count over a large outbox is not free).
@@ -26,6 +26,7 @@ pub async fn run(
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let relay = Relay::new(publisher);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut counted_at: Option<Instant> = None;
@@ -34,7 +35,7 @@ pub async fn run(
             () = stop.cancelled() => true,
             _ = ticker.tick() => false,
         };
-        pass(&pool, &publisher, grace).await;
+        pass(&pool, &relay, grace).await;
         if counted_at.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
             counted_at = Some(Instant::now());
             if let Ok(mut conn) = db::conn(&pool).await
@@ -50,19 +51,19 @@ pub async fn run(
 }
 
 /// Publishes batches until the outbox has nothing more for this relay.
-async fn pass(pool: &DbPool, publisher: &Publisher, grace: Duration) {
+async fn pass(pool: &DbPool, relay: &Relay, grace: Duration) {
     loop {
         let published = match db::conn(pool).await {
             Ok(mut conn) => {
-                relay::flush(
-                    &mut conn,
-                    publisher,
-                    Claim::Pending {
-                        grace,
-                        limit: BATCH,
-                    },
-                )
-                .await
+                relay
+                    .flush(
+                        &mut conn,
+                        Claim::Pending {
+                            grace,
+                            limit: BATCH,
+                        },
+                    )
+                    .await
             }
             Err(e) => {
                 warn!(error = %e, "outbox relay: database unavailable");
