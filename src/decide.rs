@@ -19,7 +19,7 @@ use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
 use crate::events::{self, OrderEvent};
 use crate::gateway::alipay::{AlipayClient, AlipayConfig, ConfigError as ClientConfigError};
 use crate::gateway::rate_limit::RateLimited;
-use crate::gateway::{Gateway, GatewayError, QueryAnswer};
+use crate::gateway::{Gateway, GatewayError, QueryAnswer, TradeState};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
 use crate::relay;
@@ -437,7 +437,7 @@ impl Decider {
                 self.enqueue(
                     tx,
                     order,
-                    decision_id,
+                    &format!("{}:{decision_id}", events::ORDER_PAID),
                     events::ORDER_PAID,
                     OrderStatus::Paid,
                     Some(trade_no),
@@ -445,26 +445,13 @@ impl Decider {
                 )
                 .await?;
                 if mismatch.is_some() {
-                    let kind = "amount_mismatch";
-                    anomalies::record(
-                        tx,
-                        &NewAnomaly {
-                            order_id: Some(order.id),
-                            out_trade_no: &order.out_trade_no,
-                            kind,
-                            detail: &detail,
-                        },
-                    )
-                    .await?;
-                    let key = events::anomaly_key(kind);
-                    self.enqueue(
+                    self.anomaly_in(
                         tx,
                         order,
-                        decision_id,
-                        &key,
+                        "amount_mismatch",
+                        &detail,
                         OrderStatus::Paid,
                         Some(trade_no),
-                        &detail,
                     )
                     .await?;
                 }
@@ -494,7 +481,7 @@ impl Decider {
                 self.enqueue(
                     tx,
                     order,
-                    decision_id,
+                    &format!("{}:{decision_id}", events::ORDER_CLOSED),
                     events::ORDER_CLOSED,
                     OrderStatus::Closed,
                     None,
@@ -603,12 +590,113 @@ impl Decider {
         .await
     }
 
+    /// Records an anomaly (once per order number and kind) and, when it is new,
+    /// announces it as `order.anomaly.<kind>`, inside the caller's transaction.
+    async fn anomaly_in(
+        &self,
+        tx: &mut AsyncPgConnection,
+        order: &Order,
+        kind: &str,
+        detail: &str,
+        status: OrderStatus,
+        trade_no: Option<&str>,
+    ) -> diesel::QueryResult<bool> {
+        let row = NewAnomaly {
+            order_id: Some(order.id),
+            out_trade_no: &order.out_trade_no,
+            kind,
+            detail,
+        };
+        let Some(id) = anomalies::record(tx, &row).await? else {
+            return Ok(false);
+        };
+        let key = events::anomaly_key(kind);
+        self.enqueue(
+            tx,
+            order,
+            &format!("{key}:a{id}"),
+            &key,
+            status,
+            trade_no,
+            detail,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Records an anomaly about an order and announces it, in one transaction; returns
+    /// whether it was new (each anomaly is announced once).
+    pub async fn record_anomaly(
+        &self,
+        order: &Order,
+        kind: &str,
+        detail: &str,
+    ) -> Result<bool, Unavailable> {
+        let mut conn = db::conn(&self.pool).await?;
+        let new = conn
+            .transaction::<_, diesel::result::Error, _>(async |tx| {
+                self.anomaly_in(
+                    tx,
+                    order,
+                    kind,
+                    detail,
+                    order.status(),
+                    order.gateway_trade_no.as_deref(),
+                )
+                .await
+            })
+            .await?;
+        Ok(new)
+    }
+
+    /// Decides a due NEW order on evidence gathered elsewhere (a bill row saying it was
+    /// paid) instead of a live query: the same decision table, the same guarded update,
+    /// audit row and event.
+    pub async fn apply_evidence(
+        &self,
+        order: &Order,
+        evidence: &TradeState,
+        source: &str,
+        mode: Mode,
+    ) -> Result<Outcome, Unavailable> {
+        let action = decision::after_query(order, QueryStage::First, Ok(evidence));
+        if mode == Mode::DryRun {
+            let outcome = Outcome::WouldDo(action);
+            self.observe(&outcome);
+            return Ok(outcome);
+        }
+        let attempt = AttemptInfo {
+            number: 0,
+            first_seen: None,
+            not_before: None,
+        };
+        let outcome = match action {
+            Action::MarkPaid {
+                trade_no,
+                paid_at,
+                mismatch,
+            } => {
+                self.apply_paid(order, attempt, &trade_no, paid_at, mismatch, Some(source))
+                    .await?
+            }
+            Action::Close(reason) => {
+                self.apply_closed(order, attempt, reason, Some(source))
+                    .await?
+            }
+            // Evidence that calls for the gateway (close it, ask again) is not enough to
+            // act on: leave the order to the worker or a sweep.
+            other => Outcome::WouldDo(other),
+        };
+        self.observe(&outcome);
+        Ok(outcome)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn enqueue(
         &self,
         conn: &mut AsyncPgConnection,
         order: &Order,
-        decision_id: i64,
+        event_id: &str,
         routing_key: &str,
         status: OrderStatus,
         trade_no: Option<&str>,
@@ -616,7 +704,7 @@ impl Decider {
     ) -> diesel::QueryResult<i64> {
         let event = OrderEvent {
             v: 1,
-            event_id: format!("{routing_key}:{decision_id}"),
+            event_id: event_id.to_owned(),
             event: routing_key,
             order_id: order.id,
             out_trade_no: &order.out_trade_no,

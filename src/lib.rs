@@ -13,6 +13,7 @@
 //! - [`broker`], [`db`]: RabbitMQ and PostgreSQL at the edges;
 //! - [`sim`]: a gateway simulator speaking Alipay's signed protocol.
 
+pub mod bill;
 pub mod broker;
 pub mod closer;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod message;
 pub mod metrics;
 pub mod money;
 pub mod order;
+pub mod reconcile;
 pub mod relay;
 pub mod retry;
 pub mod sim;

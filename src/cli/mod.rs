@@ -3,6 +3,7 @@
 mod demo;
 mod keygen;
 mod orders;
+mod reconcile;
 mod sim;
 mod worker;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Create or inspect orders.
     #[command(subcommand)]
     Orders(orders::OrdersCommand),
+    /// Reconcile the database with the gateway (overdue orders, parked messages, anomalies).
+    #[command(subcommand)]
+    Reconcile(reconcile::ReconcileCommand),
     /// Run the whole product end to end against a simulator and report.
     Demo(demo::DemoArgs),
 }
@@ -62,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GatewaySim(args) => sim::run(args).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Orders(cmd) => orders::run(settings, cmd).await,
+        Command::Reconcile(cmd) => reconcile::run(settings, cmd).await,
         Command::Demo(args) => demo::run(&settings, args).await,
     }
 }

@@ -19,13 +19,53 @@ pub struct NewAnomaly<'a> {
     pub detail: &'a str,
 }
 
-/// Records an anomaly once per (order, kind); returns false if it was already recorded.
-pub async fn record(conn: &mut AsyncPgConnection, row: &NewAnomaly<'_>) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(anomalies::table)
+/// Records an anomaly once per (order number, kind); returns its id when it is new,
+/// None when it was already recorded.
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    row: &NewAnomaly<'_>,
+) -> QueryResult<Option<i64>> {
+    diesel::insert_into(anomalies::table)
         .values(row)
         .on_conflict((anomalies::out_trade_no, anomalies::kind))
         .do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
+        .returning(anomalies::id)
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// A stored anomaly.
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = anomalies, check_for_backend(diesel::pg::Pg))]
+pub struct Anomaly {
+    /// Row id.
+    pub id: i64,
+    /// The order, when it exists locally.
+    pub order_id: Option<i64>,
+    /// Merchant order number.
+    pub out_trade_no: String,
+    /// Kind.
+    pub kind: String,
+    /// What disagrees.
+    pub detail: String,
+    /// When it was first recorded.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Lists anomalies, newest first, optionally of one kind.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    kind: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<Anomaly>> {
+    let mut query = anomalies::table
+        .select(Anomaly::as_select())
+        .order(anomalies::id.desc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(kind) = kind {
+        query = query.filter(anomalies::kind.eq(kind.to_owned()));
+    }
+    query.load(conn).await
 }

@@ -92,3 +92,32 @@ pub async fn mark_closed(conn: &mut AsyncPgConnection, id: i64, reason: &str) ->
         .await?;
     Ok(updated == 1)
 }
+
+/// One page of NEW orders whose deadline is before `cutoff`, in (deadline, id) order after
+/// `after` (keyset pagination: constant cost per page however large the table).
+pub async fn overdue_page(
+    conn: &mut AsyncPgConnection,
+    cutoff: DateTime<Utc>,
+    channel: Option<&str>,
+    after: Option<(DateTime<Utc>, i64)>,
+    page: i64,
+) -> QueryResult<Vec<Order>> {
+    let mut query = orders::table
+        .filter(orders::status.eq(OrderStatus::New.as_str()))
+        .filter(orders::deadline.lt(cutoff))
+        .order((orders::deadline.asc(), orders::id.asc()))
+        .limit(page)
+        .select(Order::as_select())
+        .into_boxed();
+    if let Some(channel) = channel {
+        query = query.filter(orders::channel.eq(channel.to_owned()));
+    }
+    if let Some((deadline, id)) = after {
+        query = query.filter(
+            orders::deadline
+                .gt(deadline)
+                .or(orders::deadline.eq(deadline).and(orders::id.gt(id))),
+        );
+    }
+    query.load(conn).await
+}

@@ -52,5 +52,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    parked_discards (id) {
+        id -> Int8,
+        order_id -> Nullable<Int8>,
+        out_trade_no -> Nullable<Text>,
+        park_reason -> Text,
+        payload -> Bytea,
+        actor -> Text,
+        discarded_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(decisions -> orders (order_id));
-diesel::allow_tables_to_appear_in_same_query!(orders, outbox, decisions, anomalies);
+diesel::allow_tables_to_appear_in_same_query!(
+    orders,
+    outbox,
+    decisions,
+    anomalies,
+    parked_discards
+);

@@ -1,6 +1,7 @@
 //! A small HTTP client for the simulator's buyer API (`/sim/...`): scan, pay, arm the
-//! pay-on-close race, read trades back, and steer fault injection (the plan and
-//! per-trade `fail-next` one-shots). For tests and the demo.
+//! pay-on-close race, refund, read trades back, steer fault injection (the plan and
+//! per-trade `fail-next` one-shots) and override the next bill download. For tests and
+//! the demo.
 //!
 //! The `*_with_expiry` actions create the trade with Alipay's `time_expire`, as a shop
 //! does in `alipay.trade.precreate`: past it, the QR code can no longer be scanned
@@ -206,6 +207,45 @@ impl BuyerClient {
             json!({ "amount_minor": amount_minor, "time_expire": time_expire }),
         )
         .await
+    }
+
+    /// Refunds `amount_minor` of a paid trade (refund number `RF{trade_no}{k}`, time now).
+    /// More than is left to refund, or a trade not `TRADE_SUCCESS`, is
+    /// [`BuyerError::Rejected`] with status 409; the refund that leaves nothing makes the
+    /// trade `TRADE_CLOSED`.
+    pub async fn refund(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+    ) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(
+            out_trade_no,
+            "refund",
+            json!({ "amount_minor": amount_minor }),
+        )
+        .await
+    }
+
+    /// Makes the next bill download serve `bytes` instead of the bill (to test malformed
+    /// bills end to end); the URL must still be valid.
+    pub async fn override_bill(&self, bytes: impl Into<Vec<u8>>) -> Result<(), BuyerError> {
+        let url = self.url(&["bill-override"])?;
+        let response = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes.into())
+            .send()
+            .await?;
+        Self::read::<serde_json::Value>(response).await.map(|_| ())
+    }
+
+    /// Clears a bill override set by [`BuyerClient::override_bill`].
+    pub async fn clear_bill_override(&self) -> Result<(), BuyerError> {
+        let url = self.url(&["bill-override"])?;
+        Self::read::<serde_json::Value>(self.http.delete(url).send().await?)
+            .await
+            .map(|_| ())
     }
 
     /// Arms the race: the buyer pays just before the next close request for this trade.

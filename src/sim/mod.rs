@@ -16,6 +16,13 @@
 //! A trade can be created with Alipay's `time_expire` ([`BuyerClient::scan_with_expiry`],
 //! [`SimState::scan_with_expiry`]): from that moment the QR code can no longer be scanned
 //! and a trade still unpaid is `TRADE_CLOSED`, as Alipay's expiry job would leave it.
+//!
+//! A paid trade can be refunded in parts ([`BuyerClient::refund`]); fully refunded, it reads
+//! `TRADE_CLOSED`. `alipay.data.dataservice.bill.downloadurl.query` hands out a download
+//! URL (on this server, valid 30 s) for the day's trade bill in Alipay's format (see
+//! [`crate::bill`]): the payments and refunds of that China-time day. Unlike Alipay, which
+//! serves only past days, the simulator also serves today's bill so far. A test can make
+//! the next download serve arbitrary bytes ([`BuyerClient::override_bill`]).
 
 pub mod buyer;
 mod server;
@@ -35,9 +42,9 @@ use crate::gateway::alipay::{AppPrivateKey, KeyError, RsaPublicKey};
 
 pub use buyer::{BuyerClient, BuyerError};
 pub use state::{
-    BuyerOpError, DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind, FaultPlan,
-    FaultPlanError, MAX_FAULT_MS, SIM_METHODS, SimState, SimStats, SimTradeStatus, SimTradeView,
-    UnknownFaultKind,
+    BILL_URL_METHOD, BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext,
+    FaultDecision, FaultKind, FaultPlan, FaultPlanError, MAX_FAULT_MS, SIM_BILL_ACCOUNT,
+    SIM_METHODS, SimRefund, SimState, SimStats, SimTradeStatus, SimTradeView, UnknownFaultKind,
 };
 
 /// How long [`RunningSim::shutdown`] waits for in-flight requests before aborting.
@@ -196,6 +203,7 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     let holds = CancellationToken::new();
     let shared = Arc::new(server::Shared {
         state: state.clone(),
+        addr,
         app_id: config.app_id,
         app_public_key: config.app_public_key,
         sim_key,

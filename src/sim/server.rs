@@ -13,15 +13,29 @@
 //! | `PUT /sim/faults` | sets the plan (JSON body); 400 naming the field if invalid |
 //! | `DELETE /sim/faults` | clears the plan and every pending one-shot |
 //! | `POST /sim/trades/{no}/fail-next` | `{"kind":"busy_20000","count":N}`: the next N answers about the trade fail |
+//! | `POST /sim/trades/{no}/refund` | `{"amount_minor":n}`: refunds part of a paid trade (409 beyond what is left); a full refund closes it |
+//! | `GET /sim/bills/{token}.zip` | the bill archive a bill URL points to; 410 once expired, 404 if unknown |
+//! | `PUT /sim/bill-override` | raw body: the next bill download serves these bytes instead of the bill |
+//! | `DELETE /sim/bill-override` | clears the override |
+//!
+//! `alipay.data.dataservice.bill.downloadurl.query` (`{"bill_type":"trade",
+//! "bill_date":"yyyy-MM-dd"}`) answers a `bill_download_url` pointing at
+//! `GET /sim/bills/{token}.zip` on this server (the host the request came to), valid for
+//! 30 s and for that date only. **Deviation:** Alipay serves only past days (T-1 from about
+//! 09:00); the simulator also serves today's bill so far (China time), so that tests need
+//! not wait a day. A future or malformed date answers `40004` `isv.invalid-bill-date`, a
+//! `bill_type` other than `trade` `40004` `isv.invalid-bill-type`; both sub-codes are
+//! unverified against the real gateway.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -29,21 +43,28 @@ use serde_json::{Map, Value, json};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::state::{
-    BuyerOpError, CloseOutcome, FaultKind, FaultPlan, SIM_METHODS, SimState, SimTradeStatus,
-    SimTradeView,
+    BILL_URL_METHOD, BillFetch, BuyerOpError, CloseOutcome, FaultKind, FaultPlan, SIM_BILL_ACCOUNT,
+    SIM_METHODS, SimState, SimTradeStatus, SimTradeView, china_date,
 };
+use crate::bill::build_zip;
 use crate::gateway::alipay::{AppPrivateKey, RsaPublicKey, format_china_time, verify_params};
 use crate::money::format_minor;
 
 /// Largest request body the simulator accepts.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Largest bill override body (`PUT /sim/bill-override`).
+const MAX_OVERRIDE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Everything a request handler needs.
 pub(crate) struct Shared {
     pub(crate) state: SimState,
+    /// The address the server is bound to (bill URLs, when a request has no usable
+    /// `Host`).
+    pub(crate) addr: SocketAddr,
     pub(crate) app_id: String,
     pub(crate) app_public_key: RsaPublicKey,
     pub(crate) sim_key: AppPrivateKey,
@@ -76,13 +97,21 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/trades/{no}/pay", post(pay))
         .route("/sim/trades/{no}/pay-on-close", post(pay_on_close))
         .route("/sim/trades/{no}/fail-next", post(fail_next))
+        .route("/sim/trades/{no}/refund", post(refund))
+        .route("/sim/bills/{file}", get(download_bill))
+        .route(
+            "/sim/bill-override",
+            axum::routing::put(put_bill_override)
+                .delete(delete_bill_override)
+                .layer(DefaultBodyLimit::max(MAX_OVERRIDE_BYTES)),
+        )
         .route(
             "/sim/faults",
             get(get_faults).put(put_faults).delete(delete_faults),
         )
         .route("/sim/public-key", get(public_key))
         .route("/sim/stats", get(stats))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(shared)
 }
 
@@ -191,11 +220,13 @@ fn shutting_down() -> Response {
 async fn gateway(
     State(shared): State<Arc<Shared>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let origin = origin(&shared, &headers);
     // Served in its own task: a client that gives up and drops the connection must not
     // cancel a close half-way. What the gateway started, it finishes (as Alipay would).
-    match tokio::spawn(serve_gateway(shared, query, body)).await {
+    match tokio::spawn(serve_gateway(shared, query, body, origin)).await {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(error = %e, "simulator gateway task failed");
@@ -204,9 +235,31 @@ async fn gateway(
     }
 }
 
-async fn serve_gateway(shared: Arc<Shared>, query: Option<String>, body: Bytes) -> Response {
+/// `http://<host>` for URLs handed out by this server: the request's `Host` when it is
+/// a plain host name or address, else the bound address.
+fn origin(shared: &Shared, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        });
+    match host {
+        Some(host) => format!("http://{host}"),
+        None => format!("http://{}", shared.addr),
+    }
+}
+
+async fn serve_gateway(
+    shared: Arc<Shared>,
+    query: Option<String>,
+    body: Bytes,
+    origin: String,
+) -> Response {
     shared.state.count_request();
-    let request = match parse_request(&shared, query.as_deref().unwrap_or(""), &body) {
+    let request = match parse_request(&shared, query.as_deref().unwrap_or(""), &body, origin) {
         Ok(request) => request,
         Err(refused) => {
             let latency = shared.state.latency_for(refused.method);
@@ -254,6 +307,17 @@ struct Request {
     key: String,
     out_trade_no: Option<String>,
     trade_no: Option<String>,
+    /// For the bill URL method: `bill_type` and `bill_date` as given (checked when
+    /// served, like Alipay's business errors).
+    bill: Option<BillAsk>,
+    /// `http://host:port` of this server, as the client reached it.
+    origin: String,
+}
+
+/// The business parameters of a bill URL request.
+struct BillAsk {
+    bill_type: Option<String>,
+    bill_date: Option<String>,
 }
 
 /// A request refused before it could be served, with the method if it named a known one.
@@ -263,7 +327,12 @@ struct Refused {
 }
 
 /// Parses and authenticates one gateway request.
-fn parse_request(shared: &Shared, query: &str, body: &[u8]) -> Result<Request, Refused> {
+fn parse_request(
+    shared: &Shared,
+    query: &str,
+    body: &[u8],
+    origin: String,
+) -> Result<Request, Refused> {
     const ERR: &str = "error_response";
     let refuse = |method: Option<&'static str>, answer: Answer| Refused { method, answer };
     let from_query = serde_urlencoded::from_str::<Vec<(String, String)>>(query);
@@ -375,6 +444,19 @@ fn parse_request(shared: &Shared, query: &str, body: &[u8]) -> Result<Request, R
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
+    if method == BILL_URL_METHOD {
+        return Ok(Request {
+            method,
+            key,
+            out_trade_no: None,
+            trade_no: None,
+            bill: Some(BillAsk {
+                bill_type: field("bill_type"),
+                bill_date: field("bill_date"),
+            }),
+            origin,
+        });
+    }
     let out_trade_no = field("out_trade_no");
     let trade_no = field("trade_no");
     if out_trade_no.is_none() && trade_no.is_none() {
@@ -391,23 +473,30 @@ fn parse_request(shared: &Shared, query: &str, body: &[u8]) -> Result<Request, R
         key,
         out_trade_no,
         trade_no,
+        bill: None,
+        origin,
     })
 }
 
 /// Serves the request for real (a close closes).
 fn execute(shared: &Shared, r: &Request) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
-    if r.method == QUERY {
+    if let Some(ask) = &r.bill {
+        bill_url_answer(shared, r, ask)
+    } else if r.method == QUERY {
         query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
     } else {
         close_answer(r.key.clone(), out, shared.state.gateway_close(out, tn))
     }
 }
 
-/// The answer the request would get, without changing any trade.
+/// The answer the request would get, without changing any trade (a bill URL request
+/// still issues its URL: nothing depends on an unused one).
 fn preview(shared: &Shared, r: &Request) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
-    if r.method == QUERY {
+    if let Some(ask) = &r.bill {
+        bill_url_answer(shared, r, ask)
+    } else if r.method == QUERY {
         query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
     } else {
         close_answer(r.key.clone(), out, shared.state.preview_close(out, tn))
@@ -525,6 +614,53 @@ async fn other_key(shared: &Shared) -> Option<&AppPrivateKey> {
             tracing::error!(error = %e, "simulator could not make its second key");
             None
         }
+    }
+}
+
+/// A strict `yyyy-MM-dd` date.
+fn bill_date(text: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|d| d.format("%Y-%m-%d").to_string() == text)
+}
+
+/// Answers a bill URL request: a fresh one-date download URL, or a business failure.
+fn bill_url_answer(shared: &Shared, r: &Request, ask: &BillAsk) -> Answer {
+    if ask.bill_type.as_deref() != Some("trade") {
+        // Unverified sub-code: what Alipay answers for a bill_type it does not know.
+        return failure(
+            &r.key,
+            "40004",
+            "Business Failed",
+            "isv.invalid-bill-type",
+            "账单类型不正确",
+        );
+    }
+    let today = china_date(Utc::now());
+    // Deviation: Alipay serves only past days; the simulator also serves today so far.
+    let Some(date) = ask
+        .bill_date
+        .as_deref()
+        .and_then(bill_date)
+        .filter(|d| *d <= today)
+    else {
+        // Unverified sub-code: what Alipay answers for a malformed or future bill_date.
+        return failure(
+            &r.key,
+            "40004",
+            "Business Failed",
+            "isv.invalid-bill-date",
+            "账单时间不正确",
+        );
+    };
+    let token = shared.state.issue_bill_token(date);
+    Answer {
+        key: r.key.clone(),
+        object: obj(json!({
+            "code": "10000",
+            "msg": "Success",
+            "bill_download_url": format!("{}/sim/bills/{token}.zip", r.origin),
+        })),
     }
 }
 
@@ -725,6 +861,88 @@ async fn pay_on_close(
         shared.state.arm_pay_on_close(&no, None)
     });
     view_or_error(armed)
+}
+
+/// Body of `POST /sim/trades/{no}/refund`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    amount_minor: i64,
+}
+
+async fn refund(
+    State(shared): State<Arc<Shared>>,
+    Path(no): Path<String>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<RefundBody>(&body) {
+        Ok(b) => view_or_error(shared.state.refund(&no, b.amount_minor)),
+        Err(e) => op_error(BuyerOpError::BadRequest(format!(
+            "bad JSON body (expected {{\"amount_minor\":100}}): {e}"
+        ))),
+    }
+}
+
+/// `GET /sim/bills/{token}.zip`: the bill of the token's date, built now (or the
+/// override, once).
+async fn download_bill(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Response {
+    let Some(token) = file.strip_suffix(".zip") else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "no such bill");
+    };
+    match shared.state.fetch_bill(token) {
+        BillFetch::Unknown => json_error(StatusCode::NOT_FOUND, "not_found", "no such bill"),
+        BillFetch::Expired => json_error(
+            StatusCode::GONE,
+            "expired",
+            "this bill URL has expired; ask for a new one",
+        ),
+        BillFetch::Ready {
+            override_body: Some(bytes),
+            ..
+        } => zip_response(bytes, "bill.zip".to_owned()),
+        BillFetch::Ready {
+            date,
+            override_body: None,
+        } => {
+            let rows = shared.state.bill_rows(date);
+            match build_zip(SIM_BILL_ACCOUNT, date, &rows) {
+                Ok(bytes) => zip_response(
+                    bytes,
+                    format!("{SIM_BILL_ACCOUNT}_{}.csv.zip", date.format("%Y%m%d")),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "simulator could not build a bill");
+                    (StatusCode::INTERNAL_SERVER_ERROR, "cannot build the bill").into_response()
+                }
+            }
+        }
+    }
+}
+
+fn zip_response(bytes: Vec<u8>, name: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn put_bill_override(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let len = body.len();
+    shared.state.set_bill_override(Some(body.to_vec()));
+    tracing::info!(bytes = len, "simulator bill override set");
+    axum::Json(json!({ "bytes": len })).into_response()
+}
+
+async fn delete_bill_override(State(shared): State<Arc<Shared>>) -> Response {
+    shared.state.set_bill_override(None);
+    axum::Json(json!({ "bytes": 0 })).into_response()
 }
 
 /// Body of `POST /sim/trades/{no}/fail-next`.
@@ -1071,6 +1289,115 @@ mod tests {
         assert_eq!(stats.queries, 0);
         assert_eq!(stats.gateway_requests, 13);
         assert_eq!(stats.rejected_requests, 12);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bill_url_requests() {
+        const BILL_KEY: &str = "alipay_data_dataservice_bill_downloadurl_query_response";
+        let sim = start_sim().await;
+        let bill = |biz: &str| with(common(super::BILL_URL_METHOD), "biz_content", biz);
+        let today = crate::sim::state::china_date(chrono::Utc::now());
+        let tomorrow = today.succ_opt().unwrap();
+        let cases = [
+            (
+                r#"{"bill_type":"signcustomer","bill_date":"2020-01-01"}"#.to_owned(),
+                "isv.invalid-bill-type",
+            ),
+            (
+                r#"{"bill_date":"2020-01-01"}"#.to_owned(),
+                "isv.invalid-bill-type",
+            ),
+            (
+                r#"{"bill_type":"trade"}"#.to_owned(),
+                "isv.invalid-bill-date",
+            ),
+            (
+                r#"{"bill_type":"trade","bill_date":"2020-1-1"}"#.to_owned(),
+                "isv.invalid-bill-date",
+            ),
+            (
+                r#"{"bill_type":"trade","bill_date":"2020-01"}"#.to_owned(),
+                "isv.invalid-bill-date",
+            ),
+            (
+                r#"{"bill_type":"trade","bill_date":"2020-02-30"}"#.to_owned(),
+                "isv.invalid-bill-date",
+            ),
+            (
+                format!(r#"{{"bill_type":"trade","bill_date":"{tomorrow}"}}"#),
+                "isv.invalid-bill-date",
+            ),
+        ];
+        for (biz, sub_code) in cases {
+            let body = post_raw(&sim, bill(&biz), &[], true).await;
+            let v = verified(&sim, &body, BILL_KEY);
+            assert_eq!(
+                (v["code"].as_str(), v["sub_code"].as_str()),
+                (Some("40004"), Some(sub_code)),
+                "{biz}: {body}"
+            );
+        }
+        let biz = format!(r#"{{"bill_type":"trade","bill_date":"{today}"}}"#);
+        let body = post_raw(&sim, bill(&biz), &[], true).await;
+        let v = verified(&sim, &body, BILL_KEY);
+        assert_eq!(v["code"], "10000");
+        let url = v["bill_download_url"].as_str().unwrap().to_owned();
+        assert!(
+            url.starts_with(&format!("{}/sim/bills/", sim.base_url())),
+            "{url}"
+        );
+        assert!(url.ends_with(".zip"));
+
+        let http = reqwest::Client::new();
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let bytes = r.bytes().await.unwrap();
+        assert!(crate::bill::parse_zip(&bytes, "bill.zip").is_ok());
+        for missing in ["/sim/bills/nope.zip", "/sim/bills/nope"] {
+            let r = http
+                .get(format!("{}{missing}", sim.base_url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{missing}");
+        }
+
+        // Overrides larger than an ordinary request body are accepted.
+        let big = vec![b'x'; 200 * 1024];
+        BuyerClient::new(sim.base_url())
+            .unwrap()
+            .override_bill(big.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            http.get(&url).send().await.unwrap().bytes().await.unwrap(),
+            big
+        );
+
+        // The bill method can be named in a fault plan; wrong_order does not apply to it.
+        let buyer = BuyerClient::new(sim.base_url()).unwrap();
+        let mut plan = crate::sim::FaultPlan::only(crate::sim::FaultKind::WrongOrder, 1.0);
+        plan.methods = Some(vec![super::BILL_URL_METHOD.to_owned()]);
+        buyer.set_faults(&plan).await.unwrap();
+        let body = post_raw(&sim, bill(&biz), &[], true).await;
+        let v = verified(&sim, &body, BILL_KEY);
+        assert_eq!(v["code"], "10000");
+        assert!(v.get("out_trade_no").is_none());
+        buyer
+            .set_faults(&crate::sim::FaultPlan::only(
+                crate::sim::FaultKind::Busy20000,
+                1.0,
+            ))
+            .await
+            .unwrap();
+        let body = post_raw(&sim, bill(&biz), &[], true).await;
+        assert_eq!(verified(&sim, &body, BILL_KEY)["code"], "20000");
+
+        let stats = sim.state().stats();
+        assert_eq!(stats.bill_url_requests, 10);
+        assert_eq!(stats.bill_downloads, 2);
+        assert_eq!(stats.rejected_requests, 0);
         sim.shutdown().await;
     }
 

@@ -7,19 +7,27 @@
 //! closed as Alipay's expiry job would close it (`closed_at` is the expiry moment). The
 //! expiry is applied lazily, whenever a trade is read or changed, so every view of the
 //! trade sees it closed from the expiry moment on.
+//!
+//! A paid trade can be refunded, in parts ([`SimState::refund`]); once fully refunded it
+//! reads `TRADE_CLOSED`, as on Alipay. The daily bill ([`SimState::bill_rows`]) lists the
+//! payments and refunds of a China-time day; its download URLs are one-date tokens that
+//! expire ([`DEFAULT_BILL_URL_TTL`]), and a test can make the next download serve any
+//! bytes instead ([`SimState::set_bill_override`]).
 
+use crate::gateway::alipay::response::china;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::bill::{BillRow, BillRowKind};
 use crate::gateway::alipay::format_china_time;
 
 /// A simulated trade's status, spelled as Alipay spells it.
@@ -30,7 +38,7 @@ pub enum SimTradeStatus {
     WaitBuyerPay,
     /// Paid.
     TradeSuccess,
-    /// Closed unpaid.
+    /// Closed unpaid, or fully refunded.
     TradeClosed,
 }
 
@@ -60,8 +68,8 @@ pub struct SimTradeView {
     pub created_at: DateTime<Utc>,
     /// When the buyer paid.
     pub paid_at: Option<DateTime<Utc>>,
-    /// When the trade was closed (by a close request, or its `time_expire` when it
-    /// expired unpaid).
+    /// When the trade was closed (by a close request, its `time_expire` when it expired
+    /// unpaid, or its last refund when fully refunded).
     pub closed_at: Option<DateTime<Utc>>,
     /// Armed race: the next close request finds the buyer paying first.
     pub pay_on_close: bool,
@@ -69,6 +77,30 @@ pub struct SimTradeView {
     /// at this moment, the trade is closed. `None`: it never expires.
     #[serde(default)]
     pub time_expire: Option<DateTime<Utc>>,
+    /// Refunds of the paid trade, oldest first.
+    #[serde(default)]
+    pub refunds: Vec<SimRefund>,
+}
+
+impl SimTradeView {
+    /// What is left to refund: the amount minus every refund so far.
+    pub fn refundable_minor(&self) -> i64 {
+        self.refunds.iter().fold(self.amount_minor, |left, r| {
+            left.saturating_sub(r.amount_minor)
+        })
+    }
+}
+
+/// One refund of a simulated trade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimRefund {
+    /// The refund batch number as the bill shows it: `RF{trade_no}{k}`, `k` counting the
+    /// trade's refunds from 1.
+    pub refund_no: String,
+    /// Refunded amount, in minor units (positive).
+    pub amount_minor: i64,
+    /// When the refund happened.
+    pub refunded_at: DateTime<Utc>,
 }
 
 /// Request counters, readable at any time.
@@ -80,6 +112,13 @@ pub struct SimStats {
     pub queries: u64,
     /// `alipay.trade.close` requests that passed authentication (faulted or not).
     pub closes: u64,
+    /// `alipay.data.dataservice.bill.downloadurl.query` requests that passed
+    /// authentication (faulted or not).
+    #[serde(default)]
+    pub bill_url_requests: u64,
+    /// Bill archives served (including overrides), by `GET /sim/bills/...`.
+    #[serde(default)]
+    pub bill_downloads: u64,
     /// Requests refused because their signature did not verify.
     pub signature_failures: u64,
     /// Requests refused for any other reason (missing or bad parameters, wrong app id...).
@@ -90,7 +129,20 @@ pub struct SimStats {
 }
 
 /// The methods the simulator implements (and that a [`FaultPlan::methods`] filter may name).
-pub const SIM_METHODS: [&str; 2] = ["alipay.trade.query", "alipay.trade.close"];
+pub const SIM_METHODS: [&str; 3] = ["alipay.trade.query", "alipay.trade.close", BILL_URL_METHOD];
+
+/// The method answering a bill download URL.
+pub const BILL_URL_METHOD: &str = "alipay.data.dataservice.bill.downloadurl.query";
+
+/// How long a bill download URL stays valid (Alipay: about 30 s); afterwards it answers
+/// 410. Changeable with [`SimState::set_bill_url_ttl`].
+pub const DEFAULT_BILL_URL_TTL: Duration = Duration::from_secs(30);
+
+/// The merchant account named in the simulator's bills (file names and header).
+pub const SIM_BILL_ACCOUNT: &str = "20880000000000010156";
+
+/// Expired bill tokens are forgotten (then answer 404) this long after they expire.
+const BILL_TOKEN_MEMORY: Duration = Duration::from_secs(600);
 
 /// How long a `timeout` fault holds a request when [`FaultPlan::timeout_ms`] is not set.
 pub const DEFAULT_TIMEOUT_HOLD: Duration = Duration::from_secs(30);
@@ -131,7 +183,8 @@ pub enum FaultKind {
     /// The answer the request would get, signed with a key other than the simulator's.
     #[serde(rename = "bad_signature")]
     BadSignature,
-    /// A correctly signed answer naming another `out_trade_no`.
+    /// A correctly signed answer naming another `out_trade_no`. Not applied to bill URL
+    /// requests (their answer names no order).
     #[serde(rename = "wrong_order")]
     WrongOrder,
     /// A correctly signed query answer whose `total_amount` (and, when paid, the paid
@@ -248,7 +301,8 @@ pub struct FaultPlan {
     /// Rate of [`FaultKind::EmptyBody`].
     pub empty_body: f64,
     /// When set, the plan (latency and faults) applies only to these methods
-    /// (`alipay.trade.query`, `alipay.trade.close`); otherwise to every request.
+    /// (`alipay.trade.query`, `alipay.trade.close`,
+    /// `alipay.data.dataservice.bill.downloadurl.query`); otherwise to every request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     /// Seeds the random draws when the plan is set, so that the same sequence of requests
@@ -523,6 +577,29 @@ pub enum BuyerOpError {
     BadRequest(String),
 }
 
+/// What a bill download token leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BillFetch {
+    /// No such token (never issued, or forgotten long after it expired).
+    Unknown,
+    /// The token expired.
+    Expired,
+    /// Serve the bill of `date`, or the override bytes instead when set.
+    Ready {
+        /// The bill's day (China time).
+        date: NaiveDate,
+        /// Bytes to serve instead of the bill (consumed by this download).
+        override_body: Option<Vec<u8>>,
+    },
+}
+
+/// An issued bill download URL.
+#[derive(Debug, Clone)]
+struct BillToken {
+    date: NaiveDate,
+    expires: Instant,
+}
+
 /// The result of a close request at the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseOutcome {
@@ -545,6 +622,12 @@ struct Inner {
     /// Draws faults and jitter; reseeded when a plan with a `seed` is set.
     rng: StdRng,
     next_seq: u64,
+    /// Issued bill download URLs by token.
+    bill_tokens: HashMap<String, BillToken>,
+    /// How long a bill URL is valid.
+    bill_ttl: Duration,
+    /// Served by the next bill download instead of the bill.
+    bill_override: Option<Vec<u8>>,
 }
 
 impl Default for Inner {
@@ -556,6 +639,9 @@ impl Default for Inner {
             fail_next: HashMap::new(),
             rng: StdRng::from_rng(&mut rand::rng()),
             next_seq: 0,
+            bill_tokens: HashMap::new(),
+            bill_ttl: DEFAULT_BILL_URL_TTL,
+            bill_override: None,
         }
     }
 }
@@ -695,6 +781,7 @@ impl SimState {
             closed_at: None,
             pay_on_close: false,
             time_expire,
+            refunds: Vec::new(),
         };
         inner.trades.insert(out_trade_no.to_owned(), trade.clone());
         Ok(trade)
@@ -759,6 +846,142 @@ impl SimState {
             trade.pay_on_close = true;
             Ok(())
         })
+    }
+
+    /// Refunds `amount_minor` of a paid trade (`TRADE_SUCCESS`), now, with refund number
+    /// `RF{trade_no}{k}`. Refunding more than is left is a conflict, as is refunding a
+    /// trade that is not paid (or already fully refunded); a non-positive amount is a bad
+    /// request. The refund that leaves nothing makes the trade `TRADE_CLOSED` (Alipay
+    /// reports fully refunded trades so).
+    pub fn refund(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        if amount_minor <= 0 {
+            return Err(BuyerOpError::BadRequest(format!(
+                "amount_minor must be positive, got {amount_minor}"
+            )));
+        }
+        self.with_trade(out_trade_no, None, |trade| {
+            if trade.status != SimTradeStatus::TradeSuccess {
+                return Err(BuyerOpError::Conflict(format!(
+                    "trade {:?} is {}, not TRADE_SUCCESS: nothing to refund",
+                    trade.out_trade_no,
+                    trade.status.as_str()
+                )));
+            }
+            let left = trade.refundable_minor();
+            if amount_minor > left {
+                return Err(BuyerOpError::Conflict(format!(
+                    "trade {:?} has {left} left to refund, not {amount_minor}",
+                    trade.out_trade_no
+                )));
+            }
+            let now = Utc::now();
+            let k = trade.refunds.len() + 1;
+            trade.refunds.push(SimRefund {
+                refund_no: format!("RF{}{k}", trade.trade_no),
+                amount_minor,
+                refunded_at: now,
+            });
+            if amount_minor == left {
+                trade.status = SimTradeStatus::TradeClosed;
+                trade.closed_at = Some(now);
+            }
+            Ok(())
+        })
+    }
+
+    /// The bill rows of a China-time day, as Alipay's detail file lists them: one
+    /// payment row for every trade paid that day (amount, created and paid times), and
+    /// one refund row for every refund made that day (negative amounts, the trade's
+    /// creation time, the refund time and number), ordered by completion time. Times are
+    /// cut to whole seconds, as the file writes them; `line` is 0.
+    pub fn bill_rows(&self, date: NaiveDate) -> Vec<BillRow> {
+        let mut rows = Vec::new();
+        for trade in self.trades() {
+            let subject = format!("订单 {}", trade.out_trade_no);
+            let row =
+                |kind, finished: DateTime<Utc>, amount: i64, refund_no: Option<&str>| BillRow {
+                    line: 0,
+                    trade_no: trade.trade_no.clone(),
+                    out_trade_no: trade.out_trade_no.clone(),
+                    kind,
+                    subject: subject.clone(),
+                    created_at: Some(whole_seconds(trade.created_at)),
+                    finished_at: Some(whole_seconds(finished)),
+                    amount_minor: amount,
+                    received_minor: amount,
+                    refund_no: refund_no.map(str::to_owned),
+                };
+            if let Some(paid_at) = trade.paid_at
+                && china_date(paid_at) == date
+            {
+                rows.push(row(BillRowKind::Payment, paid_at, trade.amount_minor, None));
+            }
+            for refund in &trade.refunds {
+                if china_date(refund.refunded_at) == date {
+                    rows.push(row(
+                        BillRowKind::Refund,
+                        refund.refunded_at,
+                        refund.amount_minor.saturating_neg(),
+                        Some(&refund.refund_no),
+                    ));
+                }
+            }
+        }
+        rows.sort_by_key(|r| r.finished_at);
+        rows
+    }
+
+    /// How long bill download URLs issued from now on stay valid (default
+    /// [`DEFAULT_BILL_URL_TTL`]); tests shorten it to see an URL expire.
+    pub fn set_bill_url_ttl(&self, ttl: Duration) {
+        self.lock().bill_ttl = ttl;
+    }
+
+    /// Makes the next bill download (of any valid URL) serve `body` instead of the bill;
+    /// `None` clears it.
+    pub fn set_bill_override(&self, body: Option<Vec<u8>>) {
+        self.lock().bill_override = body;
+    }
+
+    /// Issues a download token for the bill of `date`, valid for the current TTL; forgets
+    /// tokens long expired.
+    pub(crate) fn issue_bill_token(&self, date: NaiveDate) -> String {
+        let now = Instant::now();
+        let token: String = {
+            let mut rng = rand::rng();
+            (0..32)
+                .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+                .collect()
+        };
+        let mut inner = self.lock();
+        inner
+            .bill_tokens
+            .retain(|_, t| t.expires + BILL_TOKEN_MEMORY > now);
+        let expires = now + inner.bill_ttl;
+        inner
+            .bill_tokens
+            .insert(token.clone(), BillToken { date, expires });
+        token
+    }
+
+    /// Looks a download token up; a valid one counts a download and takes the override.
+    pub(crate) fn fetch_bill(&self, token: &str) -> BillFetch {
+        let mut inner = self.lock();
+        let Some(found) = inner.bill_tokens.get(token).cloned() else {
+            return BillFetch::Unknown;
+        };
+        if Instant::now() >= found.expires {
+            return BillFetch::Expired;
+        }
+        inner.stats.bill_downloads += 1;
+        BillFetch::Ready {
+            date: found.date,
+            override_body: inner.bill_override.take(),
+        }
     }
 
     /// One trade, if it exists (closed if it expired unpaid).
@@ -849,7 +1072,8 @@ impl SimState {
     /// The fault hook, called once for every authenticated gateway request: counts the
     /// request, then decides its latency and fault. A pending [`FailNext`] for the trade
     /// wins over the plan's random draw; a drawn fault that cannot apply
-    /// (`wrong_amount` outside a query of an existing trade) is dropped. Every fault
+    /// (`wrong_amount` outside a query of an existing trade, `wrong_order` on a bill URL
+    /// request) is dropped. Every fault
     /// decided here is counted in [`SimStats::faults_injected`].
     pub fn fault_for(
         &self,
@@ -862,11 +1086,15 @@ impl SimState {
         match method {
             "alipay.trade.query" => inner.stats.queries += 1,
             "alipay.trade.close" => inner.stats.closes += 1,
+            BILL_URL_METHOD => inner.stats.bill_url_requests += 1,
             _ => {}
         }
         let existing = find(inner, out_trade_no, trade_no).map(|t| t.out_trade_no.clone());
-        let applicable = |kind: FaultKind| {
-            kind != FaultKind::WrongAmount || (method == "alipay.trade.query" && existing.is_some())
+        let applicable = |kind: FaultKind| match kind {
+            FaultKind::WrongAmount => method == "alipay.trade.query" && existing.is_some(),
+            // A bill URL answer names no order.
+            FaultKind::WrongOrder => method != BILL_URL_METHOD,
+            _ => true,
         };
         let latency = inner.latency(Some(method));
 
@@ -1008,6 +1236,16 @@ fn expire_if_due(trade: &mut SimTradeView, now: DateTime<Utc>) {
     }
 }
 
+/// The China-time calendar day of an instant.
+pub(crate) fn china_date(at: DateTime<Utc>) -> NaiveDate {
+    at.with_timezone(&china()).date_naive()
+}
+
+/// The instant without its fraction of a second.
+fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.with_nanosecond(0).unwrap_or(at)
+}
+
 fn mark_paid(trade: &mut SimTradeView) {
     trade.status = SimTradeStatus::TradeSuccess;
     trade.paid_at = Some(Utc::now());
@@ -1113,6 +1351,131 @@ mod tests {
         assert_eq!((stats.closes, stats.queries), (1, 1));
         assert!(stats.faults_injected.is_empty());
         assert_eq!(s.trades().len(), 2);
+    }
+
+    #[test]
+    fn refunds_in_parts_then_in_full_close_the_trade() {
+        let s = SimState::new();
+        assert!(matches!(
+            s.refund("none", 1),
+            Err(BuyerOpError::NotFound(_))
+        ));
+        s.scan("W", 1000).unwrap();
+        assert!(matches!(s.refund("W", 1), Err(BuyerOpError::Conflict(_))));
+        let paid = s.pay("W", None).unwrap();
+        assert!(matches!(s.refund("W", 0), Err(BuyerOpError::BadRequest(_))));
+        assert!(matches!(
+            s.refund("W", 1001),
+            Err(BuyerOpError::Conflict(_))
+        ));
+
+        let part = s.refund("W", 300).unwrap();
+        assert_eq!(part.status, SimTradeStatus::TradeSuccess);
+        assert_eq!(part.refundable_minor(), 700);
+        assert_eq!(part.refunds[0].refund_no, format!("RF{}1", paid.trade_no));
+        assert!(matches!(s.refund("W", 701), Err(BuyerOpError::Conflict(_))));
+
+        let full = s.refund("W", 700).unwrap();
+        assert_eq!(full.status, SimTradeStatus::TradeClosed);
+        assert_eq!(full.closed_at, Some(full.refunds[1].refunded_at));
+        assert_eq!(full.refunds[1].refund_no, format!("RF{}2", paid.trade_no));
+        assert_eq!(full.refundable_minor(), 0);
+        assert!(matches!(s.refund("W", 1), Err(BuyerOpError::Conflict(_))));
+        // Fully refunded reads as closed, and cannot be closed again.
+        assert_eq!(
+            s.gateway_query(Some("W"), None).unwrap().status,
+            SimTradeStatus::TradeClosed
+        );
+        assert!(matches!(
+            s.gateway_close(Some("W"), None),
+            CloseOutcome::StatusError(_)
+        ));
+    }
+
+    #[test]
+    fn bill_rows_list_the_days_payments_and_refunds() {
+        let s = SimState::new();
+        s.pay("P1", Some(1000)).unwrap();
+        s.pay("P2", Some(250)).unwrap();
+        s.scan("UNPAID", 5).unwrap();
+        s.refund("P1", 400).unwrap();
+        let today = china_date(Utc::now());
+        let rows = s.bill_rows(today);
+        // Around midnight China time the payments and the refund may fall on two days.
+        let rows: Vec<BillRow> = if rows.len() == 3 {
+            rows
+        } else {
+            let mut both = s.bill_rows(today.pred_opt().unwrap());
+            both.extend(rows);
+            both
+        };
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let p1 = s.trade("P1").unwrap();
+        let payment = rows
+            .iter()
+            .find(|r| r.out_trade_no == "P1" && r.kind == BillRowKind::Payment)
+            .unwrap();
+        assert_eq!((payment.amount_minor, payment.received_minor), (1000, 1000));
+        assert_eq!(payment.trade_no, p1.trade_no);
+        assert_eq!(payment.refund_no, None);
+        assert_eq!(
+            payment.finished_at,
+            Some(whole_seconds(p1.paid_at.unwrap()))
+        );
+        let refund = rows.iter().find(|r| r.kind == BillRowKind::Refund).unwrap();
+        assert_eq!((refund.amount_minor, refund.received_minor), (-400, -400));
+        assert_eq!(refund.refund_no.as_deref(), Some(&*p1.refunds[0].refund_no));
+        assert_eq!(refund.created_at, Some(whole_seconds(p1.created_at)));
+        assert!(!rows.iter().any(|r| r.out_trade_no == "UNPAID"));
+        assert!(
+            rows.windows(2)
+                .all(|w| w[0].finished_at <= w[1].finished_at)
+        );
+        assert!(s.bill_rows(today.succ_opt().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn bill_tokens_expire_and_overrides_are_one_shot() {
+        let s = SimState::new();
+        let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+        assert_eq!(s.fetch_bill("nope"), BillFetch::Unknown);
+        let token = s.issue_bill_token(date);
+        assert_eq!(token.len(), 32);
+        assert_eq!(
+            s.fetch_bill(&token),
+            BillFetch::Ready {
+                date,
+                override_body: None
+            }
+        );
+        s.set_bill_override(Some(b"junk".to_vec()));
+        assert_eq!(
+            s.fetch_bill(&token),
+            BillFetch::Ready {
+                date,
+                override_body: Some(b"junk".to_vec())
+            }
+        );
+        assert_eq!(
+            s.fetch_bill(&token),
+            BillFetch::Ready {
+                date,
+                override_body: None
+            }
+        );
+        s.set_bill_override(Some(b"junk".to_vec()));
+        s.set_bill_override(None);
+        assert!(matches!(
+            s.fetch_bill(&token),
+            BillFetch::Ready {
+                override_body: None,
+                ..
+            }
+        ));
+        s.set_bill_url_ttl(Duration::ZERO);
+        let expired = s.issue_bill_token(date);
+        assert_eq!(s.fetch_bill(&expired), BillFetch::Expired);
+        assert_eq!(s.stats().bill_downloads, 4);
     }
 
     #[test]

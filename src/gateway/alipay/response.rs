@@ -21,7 +21,8 @@ const MAX_ECHO: usize = 200;
 const CHINA_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// China Standard Time, UTC+8, no daylight saving.
-fn china() -> FixedOffset {
+/// China Standard Time (UTC+8), the clock of every Alipay timestamp and bill.
+pub fn china() -> FixedOffset {
     // 8 hours is in range, so `east_opt` cannot fail; UTC is the harmless fallback.
     FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| Utc.fix())
 }

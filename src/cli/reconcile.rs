@@ -1,0 +1,444 @@
+//! `order-closer reconcile ...`: the operator's tools. Exit codes for cron: 0 nothing
+//! needed fixing; 3 something needed fixing and was fixed (or would be, in a dry run);
+//! 4 something needs an operator or a later run; 1 the command failed.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use order_closer::bill;
+use order_closer::broker::publisher::Publisher;
+use order_closer::broker::{self, timed};
+use order_closer::config::{Settings, parse_duration};
+use order_closer::db::outbox::Claim;
+use order_closer::db::{self, anomalies};
+use order_closer::decide::{Decider, Gateways, Mode};
+use order_closer::gateway::alipay::AlipayClient;
+use order_closer::money;
+use order_closer::reconcile::bill as bill_reconcile;
+use order_closer::reconcile::overdue::{self, OverdueOptions};
+use order_closer::reconcile::parked::{self, ParkedAction};
+use order_closer::reconcile::{Finding, Verdict};
+use order_closer::relay::Relay;
+use serde::Serialize;
+
+/// `reconcile` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReconcileCommand {
+    /// Decide orders still NEW past their deadline (message lost, parked, never sent).
+    Overdue(OverdueArgs),
+    /// List the parking queue; --requeue decides them again, --discard removes them.
+    Parked(ParkedArgs),
+    /// Diff the gateway's daily trade bill against the database.
+    Bill(BillArgs),
+    /// List recorded anomalies (paid after close, amount mismatch, ...).
+    Anomalies(AnomaliesArgs),
+}
+
+/// Flags of `reconcile bill`.
+#[derive(Debug, Args)]
+pub struct BillArgs {
+    /// The bill's day (China time), YYYY-MM-DD.
+    #[arg(long)]
+    date: NaiveDate,
+    /// Read this downloaded bill (the zip) instead of fetching it from Alipay.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Mark PAID the NEW orders the bill shows paid (anomalies are recorded either way).
+    #[arg(long)]
+    apply: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// A table for people.
+    Text,
+    /// One JSON document for machines.
+    Json,
+}
+
+/// Flags of `reconcile overdue`.
+#[derive(Debug, Args)]
+pub struct OverdueArgs {
+    /// Only orders whose deadline passed at least this long ago (the grace period).
+    #[arg(long, default_value = "5m", value_parser = parse_grace)]
+    older_than: Duration,
+    /// Only this channel.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Stop after this many orders.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+    /// Orders decided at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    concurrency: u32,
+    /// Say what would be done; only query the gateway, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Flags of `reconcile parked`.
+#[derive(Debug, Args)]
+pub struct ParkedArgs {
+    /// Decide each parked order again; messages whose order ends settled are removed.
+    #[arg(long, conflicts_with = "discard")]
+    requeue: bool,
+    /// Remove the parked messages (with an audit row each); needs --yes.
+    #[arg(long)]
+    discard: bool,
+    /// Confirms --discard.
+    #[arg(long)]
+    yes: bool,
+    /// Say what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Most messages to look at.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    limit: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Flags of `reconcile anomalies`.
+#[derive(Debug, Args)]
+pub struct AnomaliesArgs {
+    /// Only this kind (amount_mismatch, paid_after_close, paid_missing_from_bill, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Most rows to show.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    limit: i64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" || text.trim() == "0s" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration("--older-than", text).map_err(|e| e.to_string())
+}
+
+/// Runs a `reconcile` subcommand.
+pub async fn run(settings: Settings, cmd: ReconcileCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ReconcileCommand::Overdue(args) => run_overdue(&settings, args).await,
+        ReconcileCommand::Parked(args) => run_parked(&settings, args).await,
+        ReconcileCommand::Bill(args) => run_bill(&settings, args).await,
+        ReconcileCommand::Anomalies(args) => run_anomalies(&settings, args).await,
+    }
+}
+
+/// Publishes the events this run's decisions left in the outbox (the workers' relay
+/// would too, later); a broker that cannot be reached only earns a warning.
+async fn announce(settings: &Settings, decider: &Decider) {
+    let result = async {
+        let connection = broker::connect(&settings.amqp_url, "order-closer reconcile").await?;
+        let topology = Arc::new(settings.topology.clone());
+        let publisher = Publisher::open(&connection, topology.clone()).await?;
+        topology.declare(publisher.channel()).await?;
+        let relay = Relay::new(publisher);
+        let mut conn = db::conn(decider.pool()).await?;
+        let claim = Claim::Pending {
+            grace: settings.outbox_grace,
+            limit: 10_000,
+        };
+        let published = relay.flush(&mut conn, claim).await?;
+        let _ = connection.close(200, "done".into()).await;
+        anyhow::Ok(published)
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("warning: events not published now ({e:#}); a worker's relay will publish them");
+    }
+}
+
+async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCode> {
+    let bill = match &args.file {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            bill::parse_zip(&bytes, &path.display().to_string())?
+        }
+        None => {
+            let client =
+                AlipayClient::new(settings.alipay_config().context("invalid configuration")?)
+                    .context("building the Alipay client")?;
+            let url = client
+                .bill_download_url(args.date)
+                .await
+                .with_context(|| format!("asking Alipay for the {} bill", args.date))?;
+            let bytes = client
+                .download_bill(&url)
+                .await
+                .context("downloading the bill")?;
+            bill::parse_zip(&bytes, &format!("the {} bill from Alipay", args.date))?
+        }
+    };
+    // The bill parsed completely: only now touch the database.
+    let decider = decider(settings)?;
+    db::migrate(&settings.database_url)
+        .await
+        .context("checking the database")?;
+    let report = bill_reconcile::reconcile(&decider, &bill, args.date, args.apply).await?;
+    announce(settings, &decider).await;
+    if args.format == Format::Json {
+        print_json(&report)?;
+        return Ok(exit(report.finding));
+    }
+    println!(
+        "bill {} ({}): {} payments, {} refunds; {} agree with PAID orders",
+        report.date, report.file, report.payments, report.refunds, report.matched
+    );
+    let sections = [
+        ("paid at the gateway, NEW locally", &report.paid_but_new),
+        (
+            "paid at the gateway, CLOSED locally (paid after close)",
+            &report.paid_after_close,
+        ),
+        (
+            "PAID locally, absent from the bill",
+            &report.paid_missing_from_bill,
+        ),
+        ("amounts differ", &report.amount_mismatch),
+        ("refunds", &report.refund_rows),
+        ("orders we do not know", &report.unknown_orders),
+    ];
+    for (title, lines) in sections {
+        println!("\n{title}: {}", lines.len());
+        for l in lines {
+            println!(
+                "  {:<24} line {:<6} gateway {:>10} local {:>10} {:<7} {}",
+                l.out_trade_no,
+                l.line.map_or("-".into(), |n| n.to_string()),
+                l.gateway_amount_minor
+                    .map_or("-".into(), money::format_minor),
+                l.local_amount_minor.map_or("-".into(), money::format_minor),
+                l.local_status.as_deref().unwrap_or("-"),
+                l.action
+            );
+        }
+    }
+    Ok(exit(report.finding))
+}
+
+/// The decider the worker would use, signing audit rows as the reconcile command.
+fn decider(settings: &Settings) -> anyhow::Result<Decider> {
+    let gateways = Gateways::alipay(
+        settings.alipay_config().context("invalid configuration")?,
+        settings.alipay.rate_limit,
+    )
+    .context("building the Alipay client")?;
+    let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    Ok(Decider::new(
+        pool,
+        gateways,
+        settings.retry.clone(),
+        format!("reconcile:{host}:{}", std::process::id()),
+    ))
+}
+
+fn mode(dry_run: bool) -> Mode {
+    if dry_run { Mode::DryRun } else { Mode::Apply }
+}
+
+fn progress_bar(len: Option<u64>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos} orders {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn exit(finding: Finding) -> ExitCode {
+    ExitCode::from(finding.exit_code())
+}
+
+async fn run_overdue(settings: &Settings, args: OverdueArgs) -> anyhow::Result<ExitCode> {
+    let decider = decider(settings)?;
+    db::migrate(&settings.database_url)
+        .await
+        .context("checking the database")?;
+    let options = OverdueOptions {
+        older_than: args.older_than,
+        channel: args.channel,
+        limit: args.limit,
+        concurrency: args.concurrency as usize,
+        mode: mode(args.dry_run),
+    };
+    let bar = progress_bar(args.limit);
+    let report = overdue::sweep(&decider, &options, |n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    if !args.dry_run {
+        announce(settings, &decider).await;
+    }
+    if args.format == Format::Json {
+        print_json(&report)?;
+        return Ok(exit(report.finding));
+    }
+    println!(
+        "{}overdue orders (NEW, deadline before {}): {}",
+        if report.dry_run { "[dry run] " } else { "" },
+        report.cutoff.to_rfc3339(),
+        report.scanned
+    );
+    if !report.orders.is_empty() {
+        println!(
+            "\n{:<24} {:<25} {:<24} detail",
+            "out_trade_no", "deadline", "verdict"
+        );
+        for line in &report.orders {
+            println!(
+                "{:<24} {:<25} {:<24} {}",
+                line.out_trade_no,
+                line.deadline.format("%Y-%m-%d %H:%M:%S%.3f"),
+                verdict_text(line.verdict),
+                line.detail
+            );
+        }
+        if report.scanned as usize > report.orders.len() {
+            println!(
+                "... and {} more",
+                report.scanned as usize - report.orders.len()
+            );
+        }
+    }
+    println!("\nverdict                  orders");
+    for (verdict, n) in &report.counts {
+        println!("{:<24} {n:>7}", verdict_text(*verdict));
+    }
+    Ok(exit(report.finding))
+}
+
+async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<ExitCode> {
+    if args.discard && !args.yes && !args.dry_run {
+        anyhow::bail!(
+            "--discard removes parked messages for good: add --yes to confirm (or --dry-run to see them)"
+        );
+    }
+    let action = match (args.requeue, args.discard) {
+        (true, _) => ParkedAction::Requeue,
+        (_, true) => ParkedAction::Discard,
+        _ => ParkedAction::List,
+    };
+    let decider = decider(settings)?;
+    let connection = broker::connect(&settings.amqp_url, "order-closer reconcile")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let topology = Arc::new(settings.topology.clone());
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+    topology.declare(publisher.channel()).await?;
+    let channel = timed("open channel", connection.create_channel()).await?;
+    let actor = format!("reconcile:{}", std::process::id());
+    let report = parked::run(
+        &channel,
+        &publisher,
+        &decider,
+        action,
+        mode(args.dry_run),
+        args.limit as usize,
+        &actor,
+    )
+    .await?;
+    let _ = connection.close(200, "done".into()).await;
+    if !args.dry_run {
+        announce(settings, &decider).await;
+    }
+    if args.format == Format::Json {
+        print_json(&report)?;
+        return Ok(exit(report.finding));
+    }
+    println!(
+        "{}parked messages: {} (removed {})",
+        if report.dry_run { "[dry run] " } else { "" },
+        report.messages,
+        report.removed
+    );
+    if !report.lines.is_empty() {
+        println!(
+            "\n{:<24} {:<22} {:>8} {:<26} {:<18} last error",
+            "out_trade_no", "reason", "attempts", "first seen", "result"
+        );
+        for line in &report.lines {
+            let result = match (line.verdict, line.removed) {
+                (_, true) if action == ParkedAction::Discard => "discarded".to_owned(),
+                (Some(v), removed) => format!(
+                    "{}{}",
+                    verdict_text(v),
+                    if removed { ", removed" } else { "" }
+                ),
+                (None, _) => "kept".to_owned(),
+            };
+            println!(
+                "{:<24} {:<22} {:>8} {:<26} {:<18} {}",
+                line.out_trade_no.as_deref().unwrap_or("(unreadable)"),
+                line.reason,
+                line.attempts,
+                line.first_seen,
+                result,
+                line.last_error
+            );
+        }
+    }
+    Ok(exit(report.finding))
+}
+
+async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Result<ExitCode> {
+    let mut conn = db::connect(&settings.database_url).await?;
+    let rows = anomalies::list(&mut conn, args.kind.as_deref(), args.limit).await?;
+    if args.format == Format::Json {
+        print_json(&rows)?;
+    } else {
+        println!("anomalies: {}", rows.len());
+        for a in &rows {
+            println!(
+                "#{:<6} {} {:<24} {:<24} {}",
+                a.id,
+                a.created_at.format("%Y-%m-%d %H:%M:%S"),
+                a.kind,
+                a.out_trade_no,
+                a.detail
+            );
+        }
+    }
+    Ok(exit(if rows.is_empty() {
+        Finding::Clean
+    } else {
+        Finding::NeedsAttention
+    }))
+}
+
+fn verdict_text(v: Verdict) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{v:?}"))
+}

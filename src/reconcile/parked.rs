@@ -1,0 +1,285 @@
+//! `reconcile parked`: the parking queue as an operator sees it. Listing takes the
+//! messages without acknowledging them and hands them all back, so a listing consumes
+//! nothing; `requeue` decides each parked order through the worker's decision code and
+//! removes the messages whose order is now settled; `discard` removes them, each with
+//! an audit row in `parked_discards`.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use diesel_async::RunQueryDsl;
+use lapin::Channel;
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use serde::Serialize;
+use thiserror::Error;
+
+use super::{Finding, Verdict};
+use crate::broker::publisher::{
+    HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_LAST_ERROR, HEADER_PARKED_AT, HEADER_REASON,
+    Publisher,
+};
+use crate::broker::topology::header_text;
+use crate::broker::{BrokerError, timed};
+use crate::db::schema::parked_discards;
+use crate::db::{self, DbError, orders};
+use crate::decide::{AttemptInfo, Decider, Mode, Outcome, Unavailable};
+use crate::message::CloseMessage;
+
+/// What to do with the parked messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkedAction {
+    /// Only list them.
+    List,
+    /// Decide each order again; remove the messages whose order is settled.
+    Requeue,
+    /// Remove them, with an audit row each.
+    Discard,
+}
+
+/// A parked message as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParkedLine {
+    /// Order id, if the message could be read.
+    pub order_id: Option<i64>,
+    /// Merchant order number, if the message could be read.
+    pub out_trade_no: Option<String>,
+    /// Why it was parked.
+    pub reason: String,
+    /// The last error.
+    pub last_error: String,
+    /// Attempts made before parking.
+    pub attempts: String,
+    /// When the first attempt happened.
+    pub first_seen: String,
+    /// When it was parked.
+    pub parked_at: String,
+    /// What this run did with it.
+    pub verdict: Option<Verdict>,
+    /// Whether the message left the parking queue.
+    pub removed: bool,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParkedReport {
+    /// Dry run or not.
+    pub dry_run: bool,
+    /// Messages looked at.
+    pub messages: usize,
+    /// Messages removed from the parking queue.
+    pub removed: usize,
+    /// Messages per park reason.
+    pub by_reason: BTreeMap<String, usize>,
+    /// One line per message.
+    pub lines: Vec<ParkedLine>,
+    /// What cron should conclude.
+    pub finding: Finding,
+}
+
+/// A failure of the parked command.
+#[derive(Debug, Error)]
+pub enum ParkedError {
+    /// The broker.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<Unavailable> for ParkedError {
+    fn from(e: Unavailable) -> Self {
+        Self::Db(e.0)
+    }
+}
+
+impl From<diesel::result::Error> for ParkedError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// Runs `action` over up to `limit` parked messages. `publisher` re-schedules orders
+/// found not yet due; `actor` signs audit rows.
+pub async fn run(
+    channel: &Channel,
+    publisher: &Publisher,
+    decider: &Decider,
+    action: ParkedAction,
+    mode: Mode,
+    limit: usize,
+    actor: &str,
+) -> Result<ParkedReport, ParkedError> {
+    let queue = publisher.topology().parked_queue();
+    // Take them all first (unacknowledged): a message handed back during the loop would
+    // otherwise come straight back to us.
+    let mut held = Vec::new();
+    while held.len() < limit {
+        let got = timed(
+            "basic.get",
+            channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }),
+        )
+        .await?;
+        match got {
+            Some(message) => held.push(message),
+            None => break,
+        }
+    }
+    let mut report = ParkedReport {
+        dry_run: mode == Mode::DryRun,
+        messages: held.len(),
+        removed: 0,
+        by_reason: BTreeMap::new(),
+        lines: Vec::with_capacity(held.len()),
+        finding: Finding::Clean,
+    };
+    for message in &held {
+        let mut line = describe(message);
+        *report.by_reason.entry(line.reason.clone()).or_default() += 1;
+        let decoded = CloseMessage::decode(&message.delivery.data).ok();
+        let remove = match (action, &decoded) {
+            (ParkedAction::List, _) => false,
+            (ParkedAction::Requeue, None) => {
+                line.verdict = Some(Verdict::NeedsOperator);
+                false
+            }
+            (ParkedAction::Requeue, Some(close)) => {
+                let attempt = AttemptInfo {
+                    number: 0,
+                    first_seen: None,
+                    not_before: None,
+                };
+                let outcome = decider
+                    .decide(close.order_id, Some(&close.out_trade_no), attempt, mode)
+                    .await;
+                let verdict = match &outcome {
+                    Ok(o) => Verdict::from(o),
+                    Err(_) => Verdict::DatabaseUnavailable,
+                };
+                line.verdict = Some(verdict);
+                match outcome {
+                    Ok(Outcome::NotDue { deadline, .. }) if mode == Mode::Apply => {
+                        // Back on its way to the worker at its (new) deadline.
+                        let mut fresh =
+                            CloseMessage::new(close.order_id, close.out_trade_no.clone(), deadline);
+                        fresh.first_seen = close.first_seen;
+                        publisher.schedule(&fresh, Utc::now()).await?;
+                        true
+                    }
+                    Ok(
+                        Outcome::Decided { .. }
+                        | Outcome::Settled(_)
+                        | Outcome::LostRace(_)
+                        | Outcome::Missing,
+                    ) => mode == Mode::Apply,
+                    _ => false,
+                }
+            }
+            (ParkedAction::Discard, _) => {
+                line.verdict = None;
+                if mode == Mode::Apply {
+                    record_discard(
+                        decider,
+                        &decoded,
+                        &line.reason,
+                        &message.delivery.data,
+                        actor,
+                    )
+                    .await?;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        line.removed = remove;
+        report.lines.push(line);
+    }
+    // Settle every held message: remove the ones done with, hand back the rest.
+    for (message, line) in held.iter().zip(&report.lines) {
+        let settled = if line.removed {
+            timed(
+                "basic.ack",
+                message.delivery.acker.ack(BasicAckOptions::default()),
+            )
+            .await?
+        } else {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            timed("basic.nack", message.delivery.acker.nack(requeue)).await?
+        };
+        if !settled {
+            return Err(BrokerError::ChannelGone {
+                op: "settle parked message",
+            }
+            .into());
+        }
+    }
+    report.removed = report.lines.iter().filter(|l| l.removed).count();
+    report.finding = match action {
+        ParkedAction::List | ParkedAction::Discard if report.messages == 0 => Finding::Clean,
+        ParkedAction::List => Finding::NeedsAttention,
+        ParkedAction::Discard => Finding::Fixed,
+        ParkedAction::Requeue => {
+            let verdicts = report.lines.iter().filter_map(|l| l.verdict);
+            if report.removed < report.messages && mode == Mode::Apply {
+                Finding::NeedsAttention
+            } else {
+                Finding::of(verdicts)
+            }
+        }
+    };
+    Ok(report)
+}
+
+fn describe(message: &BasicGetMessage) -> ParkedLine {
+    let headers = message
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let text = |key: &str| header_text(&headers, key).unwrap_or_else(|| "-".into());
+    let decoded = CloseMessage::decode(&message.delivery.data).ok();
+    ParkedLine {
+        order_id: decoded.as_ref().map(|m| m.order_id),
+        out_trade_no: decoded.map(|m| m.out_trade_no),
+        reason: text(HEADER_REASON),
+        last_error: text(HEADER_LAST_ERROR),
+        attempts: text(HEADER_ATTEMPTS),
+        first_seen: text(HEADER_FIRST_SEEN),
+        parked_at: text(HEADER_PARKED_AT),
+        verdict: None,
+        removed: false,
+    }
+}
+
+async fn record_discard(
+    decider: &Decider,
+    decoded: &Option<CloseMessage>,
+    reason: &str,
+    payload: &[u8],
+    actor: &str,
+) -> Result<(), ParkedError> {
+    use diesel::ExpressionMethods;
+    let mut conn = db::conn(decider.pool()).await?;
+    // Link the order only if it exists (a parked message may name a ghost).
+    let order_id = match decoded {
+        Some(m) => orders::find(&mut conn, m.order_id).await?.map(|o| o.id),
+        None => None,
+    };
+    diesel::insert_into(parked_discards::table)
+        .values((
+            parked_discards::order_id.eq(order_id),
+            parked_discards::out_trade_no.eq(decoded.as_ref().map(|m| m.out_trade_no.clone())),
+            parked_discards::park_reason.eq(reason),
+            parked_discards::payload.eq(payload),
+            parked_discards::actor.eq(actor),
+        ))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! `reconcile bill`: the simulator's daily trade bill (the real zip/GBK format, fetched
+//! through the signed download-URL method) diffed against the database.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::TestEnv;
+use order_closer::bill;
+use order_closer::closer::{Closer, Due, NewOrder};
+use order_closer::db::{self, orders};
+use order_closer::decide::{AttemptInfo, Mode};
+use order_closer::gateway::alipay::AlipayClient;
+use order_closer::gateway::alipay::response::china;
+use order_closer::order::OrderStatus;
+use order_closer::reconcile::Finding;
+use order_closer::reconcile::bill::reconcile;
+
+const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
+
+async fn order(env: &TestEnv, name: &str, amount: i64) -> order_closer::order::Order {
+    let no = env.no(name);
+    Closer::without_broker(env.pool.clone())
+        .create_order(NewOrder::alipay(
+            &no,
+            amount,
+            Due::After(Duration::from_secs(3600)),
+        ))
+        .await
+        .unwrap()
+        .order
+}
+
+fn first_attempt() -> AttemptInfo {
+    AttemptInfo {
+        number: 0,
+        first_seen: None,
+        not_before: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_category_of_the_bill_diff_is_found_once() {
+    let mut env = TestEnv::new(&[]).await;
+    let decider = env.decider("bill-test");
+    let today = Utc::now().with_timezone(&china()).date_naive();
+
+    // Paid at the gateway, still NEW here (callback lost, no worker yet).
+    let new_paid = order(&env, "newpaid", 1000).await;
+    env.buyers
+        .scan_and_pay(&new_paid.out_trade_no, 1000)
+        .await
+        .unwrap();
+    // Closed here (no trade at the time), then paid at the gateway anyway.
+    let closed = order(&env, "closed", 2000).await;
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    orders::mark_closed(&mut conn, closed.id, "deadline_no_trade")
+        .await
+        .unwrap();
+    env.buyers
+        .scan_and_pay(&closed.out_trade_no, 2000)
+        .await
+        .unwrap();
+    // Paid in both places, then partly refunded.
+    let matched = order(&env, "matched", 3000).await;
+    env.buyers
+        .scan_and_pay(&matched.out_trade_no, 3000)
+        .await
+        .unwrap();
+    orders::mark_paid(&mut conn, matched.id, "T-MATCHED", Utc::now())
+        .await
+        .unwrap();
+    env.buyers.refund(&matched.out_trade_no, 500).await.unwrap();
+    // PAID here today, unknown to the gateway.
+    let ghost = order(&env, "ghostpaid", 4000).await;
+    orders::mark_paid(&mut conn, ghost.id, "T-GHOST", Utc::now())
+        .await
+        .unwrap();
+    // PAID here with 5000, paid 4500 at the gateway.
+    let short = order(&env, "short", 5000).await;
+    env.buyers
+        .scan_and_pay(&short.out_trade_no, 4500)
+        .await
+        .unwrap();
+    orders::mark_paid(&mut conn, short.id, "T-SHORT", Utc::now())
+        .await
+        .unwrap();
+    // A payment for an order we never had.
+    let stranger = env.no("stranger");
+    env.buyers.scan_and_pay(&stranger, 600).await.unwrap();
+    drop(conn);
+
+    let client = AlipayClient::new(env.alipay.clone()).unwrap();
+    let url = client.bill_download_url(today).await.unwrap();
+    let zip = client.download_bill(&url).await.unwrap();
+    let parsed = bill::parse_zip(&zip, "bill.zip").unwrap();
+    assert!(parsed.file.ends_with("业务明细.csv"), "{}", parsed.file);
+
+    let dry = reconcile(&decider, &parsed, today, false).await.unwrap();
+    assert_eq!(dry.payments, 5);
+    assert_eq!(dry.refunds, 1);
+    assert_eq!(dry.matched, 1);
+    assert_eq!(dry.paid_but_new.len(), 1);
+    assert!(dry.paid_but_new[0].action.starts_with("would"));
+    assert_eq!(
+        env.order(&new_paid.out_trade_no).await.status(),
+        OrderStatus::New
+    );
+    assert_eq!(dry.paid_after_close.len(), 1);
+    assert_eq!(dry.paid_after_close[0].out_trade_no, closed.out_trade_no);
+    assert_eq!(dry.paid_missing_from_bill.len(), 1);
+    assert_eq!(
+        dry.paid_missing_from_bill[0].out_trade_no,
+        ghost.out_trade_no
+    );
+    assert_eq!(dry.amount_mismatch.len(), 1);
+    assert_eq!(dry.amount_mismatch[0].gateway_amount_minor, Some(4500));
+    assert_eq!(dry.refund_rows.len(), 1);
+    assert_eq!(dry.refund_rows[0].gateway_amount_minor, Some(-500));
+    assert_eq!(dry.unknown_orders.len(), 1);
+    assert_eq!(dry.finding, Finding::NeedsAttention);
+
+    let applied = reconcile(&decider, &parsed, today, true).await.unwrap();
+    assert_eq!(applied.paid_but_new[0].action, "marked PAID");
+    let paid = env.order(&new_paid.out_trade_no).await;
+    assert_eq!(paid.status(), OrderStatus::Paid);
+    assert!(paid.gateway_trade_no.is_some());
+    // The same payment found again by a worker later changes nothing.
+    let again = decider
+        .decide(
+            paid.id,
+            Some(&paid.out_trade_no),
+            first_attempt(),
+            Mode::Apply,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        again,
+        order_closer::decide::Outcome::Settled(OrderStatus::Paid)
+    ));
+
+    // Each anomaly is a row, listed again later, and announced exactly once.
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    let kinds: Vec<String> = db::anomalies::list(&mut conn, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.kind)
+        .collect();
+    for kind in [
+        "paid_after_close",
+        "paid_missing_from_bill",
+        "amount_mismatch",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|k| *k == kind).count(),
+            1,
+            "{kind}: {kinds:?}"
+        );
+    }
+    env.start_worker(2, 2);
+    let events = env.drain_events().await;
+    let anomaly_events: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .filter(|e| e.starts_with("order.anomaly"))
+        .collect();
+    assert_eq!(anomaly_events.len(), 3, "{anomaly_events:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_bill_is_named_and_changes_nothing() {
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-bill-{}", env.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = env.binary_env(&dir);
+    let paid = order(&env, "untouched", 1000).await;
+    env.buyers
+        .scan_and_pay(&paid.out_trade_no, 1000)
+        .await
+        .unwrap();
+    let today = Utc::now().with_timezone(&china()).date_naive().to_string();
+    let run = |args: Vec<String>| {
+        let vars = vars.clone();
+        async move {
+            tokio::process::Command::new(BIN)
+                .args(args)
+                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+
+    // A file that is not a zip at all.
+    let bad = dir.join("bill.zip");
+    std::fs::write(&bad, b"PK\x03\x04 truncated").unwrap();
+    let out = run(vec![
+        "reconcile".into(),
+        "bill".into(),
+        "--date".into(),
+        today.clone(),
+        "--file".into(),
+        bad.display().to_string(),
+        "--apply".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bill.zip"), "{stderr}");
+
+    // A real bill with one bad amount, served by the gateway itself.
+    let client = AlipayClient::new(env.alipay.clone()).unwrap();
+    let date = Utc::now().with_timezone(&china()).date_naive();
+    let good = client
+        .download_bill(&client.bill_download_url(date).await.unwrap())
+        .await
+        .unwrap();
+    let mut parsed = bill::parse_zip(&good, "good.zip").unwrap();
+    let text = bill::build::detail_csv("20880000000000000156", date, &parsed.rows)
+        .replacen("10.00", "10.0.0", 1);
+    assert!(text.contains("10.0.0"));
+    parsed.rows.clear();
+    let zip = bill::build::zip_with_detail("20880000000000000156", date, &text).unwrap();
+    env.buyers.override_bill(zip).await.unwrap();
+    let out = run(vec![
+        "reconcile".into(),
+        "bill".into(),
+        "--date".into(),
+        today,
+        "--apply".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line") && stderr.contains("订单金额"),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.order(&paid.out_trade_no).await.status(),
+        OrderStatus::New,
+        "nothing changed"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
