@@ -1,4 +1,4 @@
-//! Unit tests of the bill reader and writer.
+//! Unit tests of the bill reader and writer, compiled only under #[cfg(test)] (see `mod.rs`).
 
 use std::io::Write as _;
 
