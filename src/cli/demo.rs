@@ -25,7 +25,7 @@ use order_closer::db::{self, DbPool};
 use order_closer::decide::{Decider, Gateways};
 use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{self, BuyerClient, SimConfig, SimTradeStatus};
+use order_closer::sim::{self, BuyerClient, FaultPlan, SimConfig, SimTradeStatus};
 use order_closer::worker::{Worker, WorkerConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,17 @@ pub struct DemoArgs {
     /// Give up waiting this long after the last deadline.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Share of gateway answers that fail transiently (half HTTP 502, half `20000`
+    /// busy), to show retries; 0 turns faults off.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_rate)]
+    fault_rate: f64,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate between 0 and 1")),
+    }
 }
 
 /// What a simulated buyer does with an order.
@@ -94,12 +105,24 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         "--min-deadline must not exceed --max-deadline"
     );
     let run_id: String = format!("{:06x}", rand::rng().random_range(0..0xff_ffffu32));
-    println!("order-closer demo, run {run_id}: {} orders", args.orders);
+    println!(
+        "order-closer demo, run {run_id}: {} orders, {:.0}% gateway faults",
+        args.orders,
+        args.fault_rate * 100.0
+    );
 
-    db::migrate(&settings.database_url)
+    // A schema of its own, dropped at the end: the demo neither sees nor leaves anything
+    // in the database it runs against.
+    db::ensure_database(&settings.database_url)
         .await
         .context("preparing the database (is PostgreSQL running? see DATABASE_URL)")?;
-    let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let schema = format!("demo_{run_id}");
+    db::create_schema(&settings.database_url, &schema).await?;
+    let database_url = db::with_search_path(&settings.database_url, &schema);
+    db::migrate(&database_url)
+        .await
+        .context("migrating the demo schema")?;
+    let pool = db::pool(&database_url, settings.db_pool_size)?;
 
     // Our own queues for this run, removed at the end.
     let mut settings = settings.clone();
@@ -134,6 +157,14 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         },
         settings.alipay.rate_limit,
     )?;
+    running
+        .state()
+        .set_faults(FaultPlan {
+            http_502: args.fault_rate / 2.0,
+            busy_20000: args.fault_rate / 2.0,
+            ..FaultPlan::default()
+        })
+        .map_err(|e| anyhow::anyhow!("--fault-rate: {e}"))?;
     let buyers = BuyerClient::new(running.base_url())?;
 
     // The worker, in process.
@@ -190,6 +221,10 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
 
     let report = report(&pool, &plan, &buyers).await?;
     let events = drain_events(publisher.channel(), &topology.events_audit_queue()).await?;
+    drop(pool);
+    if let Err(e) = db::drop_schema(&settings.database_url, &schema).await {
+        eprintln!("warning: could not drop the demo schema {schema}: {e}");
+    }
     if let Err(e) = topology.delete(publisher.channel()).await {
         eprintln!("warning: could not delete the demo queues: {e}");
     }

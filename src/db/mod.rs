@@ -116,6 +116,31 @@ fn split_database(url: &str) -> Option<(String, String)> {
     (!name.is_empty()).then(|| (format!("{scheme}://{authority}"), name))
 }
 
+/// The same database URL with `search_path` set to `schema`, so that every table lives
+/// in that schema (the demo, tests and benchmarks isolate themselves this way).
+pub fn with_search_path(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Creates a schema (its name must be a plain identifier).
+pub async fn create_schema(url: &str, schema: &str) -> Result<(), DbError> {
+    let mut conn = connect(url).await?;
+    diesel::sql_query(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Drops a schema and everything in it.
+pub async fn drop_schema(url: &str, schema: &str) -> Result<(), DbError> {
+    let mut conn = connect(url).await?;
+    diesel::sql_query(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
 /// Runs pending migrations, creating the database first when it is missing.
 pub async fn migrate(url: &str) -> Result<usize, DbError> {
     ensure_database(url).await?;

@@ -89,8 +89,7 @@ impl TestEnv {
             .execute(&mut admin)
             .await
             .expect("create schema");
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let database_url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let database_url = db::with_search_path(&base, &schema);
 
         let mut vars: HashMap<String, String> = HashMap::from([
             ("DATABASE_URL".into(), database_url.clone()),
