@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and dispatch to one module per command.
 
+mod bench;
 mod demo;
 mod keygen;
 mod orders;
@@ -43,6 +44,7 @@ enum Command {
     Reconcile(reconcile::ReconcileCommand),
     /// Run the whole product end to end against a simulator and report.
     Demo(demo::DemoArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a command; the exit code is the command's verdict.
@@ -68,5 +70,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Orders(cmd) => orders::run(settings, cmd).await,
         Command::Reconcile(cmd) => reconcile::run(settings, cmd).await,
         Command::Demo(args) => demo::run(&settings, args).await,
+        Command::Bench(args) => bench::run(&settings, args).await,
     }
 }

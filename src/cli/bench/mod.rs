@@ -1,0 +1,615 @@
+//! `order-closer bench`: measures the real pipeline on this machine (issue 5).
+//!
+//! One command drives local PostgreSQL (`DATABASE_URL`), local RabbitMQ (`AMQP_URL`) and
+//! the gateway simulator, started in this process with a configurable round-trip delay,
+//! and runs the worker as a child process (`order-closer worker`). Everything lives in
+//! a fresh schema (`bench_<tag>`) and under a fresh queue prefix (`bench-<tag>`), both
+//! removed at the end, so a run never touches anything else.
+//!
+//! Measurements, one file each:
+//! - [`ceilings`]: what the machine can do at all (RSA signs, broker publish/consume,
+//!   one-decision transactions);
+//! - [`create`]: `Closer::create_order` against a raw insert of the same rows;
+//! - [`pipeline`]: N orders due at the same moment, decided by the worker;
+//! - [`classic`]: the same with `--concurrency 1 --prefetch 1`;
+//! - [`sustained`]: a steady arrival rate, lateness per 10 s window.
+//!
+//! Results go to a JSON file, a table on stdout ([`report`]) and a PNG chart ([`chart`]).
+
+mod ceilings;
+mod chart;
+mod classic;
+mod create;
+mod pipeline;
+mod report;
+mod stats;
+mod sustained;
+mod worker_proc;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use diesel_async::RunQueryDsl;
+use indicatif::{ProgressBar, ProgressStyle};
+use order_closer::broker::publisher::Publisher;
+use order_closer::broker::topology::{QueueType, Topology};
+use order_closer::broker::{self};
+use order_closer::config::Settings;
+use order_closer::db::{self, DbPool};
+use order_closer::gateway::alipay::AppPrivateKey;
+use order_closer::sim::{self, FaultPlan, RunningSim, SimConfig, SimState};
+use rand::Rng;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+/// Measure throughput, lateness and cost per decision against this machine's ceilings.
+///
+/// Drives the real pipeline: local PostgreSQL and RabbitMQ, the gateway simulator in
+/// process, the worker as a child process. Counts left unset take their default, or the
+/// `--quick` value.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Orders in the pipeline run, all due at the same moment [default: 20000; quick: 2000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=2_000_000))]
+    orders: Option<u32>,
+    /// Share of the orders paid at the simulator (the rest: half scanned and left
+    /// waiting, half never scanned).
+    #[arg(long, default_value_t = 0.3)]
+    paid_share: f64,
+    /// Orders in the classic (`--concurrency 1 --prefetch 1`) run [default: 200; quick: 50].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    classic_orders: Option<u32>,
+    /// Worker `--concurrency` for the pipeline and sustained runs.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// Worker `--prefetch` for the pipeline and sustained runs.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
+    prefetch: u16,
+    /// Round-trip delay the simulator adds to every gateway answer.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    gateway_latency: Duration,
+    /// How long each ceiling is measured [default: 2s; quick: 500ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ceiling_time: Option<Duration>,
+    /// Orders per side in the create measurement [default: 5000; quick: 1000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    create_orders: Option<u32>,
+    /// Concurrent tasks in the create measurement.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    create_tasks: u32,
+    /// Time from the start of creation to the pipeline run's common deadline [default:
+    /// planned from the measured create rate].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lead: Option<Duration>,
+    /// Length of the sustained run (0 skips it), for example `3m`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    sustained: Duration,
+    /// Orders per second in the sustained run [default: half the pipeline's peak].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Where the JSON results go (the chart goes next to it as `chart.png`).
+    #[arg(long, default_value = "bench/results.json")]
+    out: PathBuf,
+    /// Where the PNG chart goes [default: `chart.png` next to `--out`].
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// A TrueType font for the chart's text, or `none` for a chart without text
+    /// [default: the first of a few common system fonts, else none].
+    #[arg(long)]
+    chart_font: Option<String>,
+    /// Small and fast: 2000 orders, 50 classic, 1000 created per side, ceilings 0.5 s.
+    #[arg(long)]
+    quick: bool,
+    /// Leave out measurements (repeatable): ceilings, create, classic.
+    #[arg(long, value_enum)]
+    skip: Vec<Skip>,
+    /// Extra environment for the worker child process (repeatable), for experiments:
+    /// `--worker-env ORDER_CLOSER_DB_POOL_SIZE=32`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    worker_env: Vec<String>,
+}
+
+/// A measurement that can be left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Skip {
+    /// The machine ceilings.
+    Ceilings,
+    /// `create_order` against raw inserts.
+    Create,
+    /// The one-at-a-time consumer.
+    Classic,
+}
+
+/// The parameters of a run, resolved from the flags (recorded in the JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Orders in the pipeline run.
+    pub orders: u32,
+    /// Share paid at the simulator.
+    pub paid_share: f64,
+    /// Orders in the classic run.
+    pub classic_orders: u32,
+    /// Worker concurrency (pipeline, sustained).
+    pub concurrency: u32,
+    /// Worker prefetch (pipeline, sustained).
+    pub prefetch: u16,
+    /// Simulator round-trip delay, milliseconds.
+    pub gateway_latency_ms: u64,
+    /// Seconds per ceiling.
+    pub ceiling_seconds: f64,
+    /// Orders per side in the create measurement.
+    pub create_orders: u32,
+    /// Tasks in the create measurement.
+    pub create_tasks: u32,
+    /// Pipeline deadline lead asked for, seconds (None: planned).
+    pub lead_seconds: Option<f64>,
+    /// Sustained run length in seconds (0: skipped).
+    pub sustained_seconds: f64,
+    /// Sustained arrival rate asked for (None: half the pipeline's peak).
+    pub rate: Option<f64>,
+    /// Quick mode.
+    pub quick: bool,
+    /// Measurements left out.
+    pub skip: Vec<Skip>,
+    /// JSON output path.
+    pub out: PathBuf,
+    /// Chart output path.
+    pub chart: PathBuf,
+    /// Chart font choice as given.
+    #[serde(skip)]
+    pub chart_font: Option<String>,
+    /// Extra worker environment.
+    pub worker_env: Vec<(String, String)>,
+}
+
+impl Plan {
+    fn resolve(args: BenchArgs) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&args.paid_share),
+            "--paid-share must be between 0 and 1, got {}",
+            args.paid_share
+        );
+        if let Some(rate) = args.rate {
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0,
+                "--rate must be positive, got {rate}"
+            );
+        }
+        let pick = |value: Option<u32>, full: u32, quick: u32| {
+            value.unwrap_or(if args.quick { quick } else { full })
+        };
+        let ceiling = args.ceiling_time.unwrap_or(if args.quick {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(2)
+        });
+        anyhow::ensure!(!ceiling.is_zero(), "--ceiling-time must be positive");
+        let mut worker_env = Vec::new();
+        for pair in &args.worker_env {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--worker-env {pair:?}: expected KEY=VALUE"))?;
+            worker_env.push((k.to_owned(), v.to_owned()));
+        }
+        let chart = args
+            .chart
+            .clone()
+            .unwrap_or_else(|| args.out.with_file_name("chart.png"));
+        Ok(Self {
+            orders: pick(args.orders, 20_000, 2_000),
+            paid_share: args.paid_share,
+            classic_orders: pick(args.classic_orders, 200, 50),
+            concurrency: args.concurrency,
+            prefetch: args.prefetch,
+            gateway_latency_ms: args.gateway_latency.as_millis() as u64,
+            ceiling_seconds: ceiling.as_secs_f64(),
+            create_orders: pick(args.create_orders, 5_000, 1_000),
+            create_tasks: args.create_tasks,
+            lead_seconds: args.lead.map(|d| d.as_secs_f64()),
+            sustained_seconds: args.sustained.as_secs_f64(),
+            rate: args.rate,
+            quick: args.quick,
+            skip: args.skip,
+            out: args.out,
+            chart,
+            chart_font: args.chart_font,
+            worker_env,
+        })
+    }
+
+    fn skips(&self, what: Skip) -> bool {
+        self.skip.contains(&what)
+    }
+
+    fn lead(&self) -> Option<Duration> {
+        self.lead_seconds.map(Duration::from_secs_f64)
+    }
+
+    fn ceiling_time(&self) -> Duration {
+        Duration::from_secs_f64(self.ceiling_seconds)
+    }
+}
+
+/// Runs the benchmark; the exit code is success when every measurement completed
+/// (targets missed are reported, not failed).
+pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::resolve(args)?;
+    let tag = format!("{:08x}", rand::rng().random::<u32>());
+    eprintln!("order-closer bench, run {tag}: preparing schema bench_{tag}, queues bench-{tag}.*");
+    let env = BenchEnv::open(settings, &tag, &plan)
+        .await
+        .context("preparing the benchmark environment")?;
+    let started_at = chrono::Utc::now();
+    let measured = tokio::select! {
+        result = measure(&env, &plan) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    env.close().await;
+    let results = measured?;
+    let report = report::Report::new(&plan, &tag, started_at, results);
+    write_outputs(&plan, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every measurement's results.
+pub struct Results {
+    /// Machine ceilings.
+    pub ceilings: Option<ceilings::Ceilings>,
+    /// Create measurement.
+    pub create: Option<create::CreateResult>,
+    /// The pipeline run.
+    pub pipeline: pipeline::BatchResult,
+    /// The classic run.
+    pub classic: Option<pipeline::BatchResult>,
+    /// The sustained run.
+    pub sustained: Option<sustained::SustainedResult>,
+}
+
+async fn measure(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
+    let ceilings = if plan.skips(Skip::Ceilings) {
+        None
+    } else {
+        eprintln!("measuring ceilings ({:.1} s each)", plan.ceiling_seconds);
+        Some(ceilings::run(env, plan.ceiling_time()).await?)
+    };
+    let create = if plan.skips(Skip::Create) {
+        None
+    } else {
+        eprintln!(
+            "measuring create_order against raw inserts ({} orders each, {} tasks)",
+            plan.create_orders, plan.create_tasks
+        );
+        Some(create::run(env, plan.create_orders as usize, plan.create_tasks as usize).await?)
+    };
+    let create_hint = create.as_ref().map(|c| c.create_order_per_second);
+    eprintln!(
+        "pipeline run: {} orders, concurrency {}, prefetch {}",
+        plan.orders, plan.concurrency, plan.prefetch
+    );
+    let pipeline = pipeline::run(env, plan, create_hint).await?;
+    let classic = if plan.skips(Skip::Classic) {
+        None
+    } else {
+        eprintln!(
+            "classic run: {} orders, concurrency 1, prefetch 1",
+            plan.classic_orders
+        );
+        Some(classic::run(env, plan, create_hint).await?)
+    };
+    let sustained = if plan.sustained_seconds > 0.0 {
+        let rate = plan
+            .rate
+            .unwrap_or((pipeline.decisions_per_second / 2.0).max(1.0));
+        eprintln!(
+            "sustained run: {rate:.0} orders/s for {:.0} s",
+            plan.sustained_seconds
+        );
+        Some(
+            sustained::run(
+                env,
+                plan,
+                rate,
+                Duration::from_secs_f64(plan.sustained_seconds),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok(Results {
+        ceilings,
+        create,
+        pipeline,
+        classic,
+        sustained,
+    })
+}
+
+fn write_outputs(plan: &Plan, report: &report::Report) -> anyhow::Result<()> {
+    for path in [&plan.out, &plan.chart] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating directory {}", dir.display()))?;
+        }
+    }
+    let json = serde_json::to_string_pretty(report).context("encoding the results")?;
+    std::fs::write(&plan.out, json + "\n")
+        .with_context(|| format!("writing {}", plan.out.display()))?;
+    println!("{}", report.table());
+    match chart::draw(&plan.chart, plan.chart_font.as_deref(), report) {
+        Ok(with_text) => println!(
+            "results: {}  chart: {}{}",
+            plan.out.display(),
+            plan.chart.display(),
+            if with_text {
+                ""
+            } else {
+                " (no font: without text)"
+            }
+        ),
+        Err(e) => {
+            println!("results: {}", plan.out.display());
+            eprintln!("warning: could not draw the chart: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+/// The isolated environment of one run: schema, queues, simulator, keys.
+pub struct BenchEnv {
+    /// Random tag naming the schema, the queues and the order numbers.
+    pub tag: String,
+    /// The schema created for this run.
+    pub schema: String,
+    /// The server-level database URL (without the schema option).
+    pub base_url: String,
+    /// The database URL whose search path is the run's schema.
+    pub database_url: String,
+    /// A pool for the bench's own work.
+    pub pool: DbPool,
+    /// The bench's broker connection.
+    pub connection: lapin::Connection,
+    /// A confirm-mode publisher on it.
+    pub publisher: Publisher,
+    /// The run's topology.
+    pub topology: Arc<Topology>,
+    /// The in-process simulator.
+    sim: RunningSim,
+    /// The simulator's trades (buyers act on it directly).
+    pub sim_state: SimState,
+    /// A temporary directory for keys and worker logs.
+    pub work_dir: PathBuf,
+    /// Environment for worker child processes.
+    pub worker_env: Vec<(String, String)>,
+}
+
+/// How many connections the bench's own pool holds.
+const BENCH_POOL: usize = 64;
+
+impl BenchEnv {
+    async fn open(settings: &Settings, tag: &str, plan: &Plan) -> anyhow::Result<Self> {
+        let schema = format!("bench_{tag}");
+        let base_url = settings.database_url.clone();
+        db::ensure_database(&base_url)
+            .await
+            .context("reaching PostgreSQL (is it running? see DATABASE_URL)")?;
+        let mut admin = db::connect(&base_url).await?;
+        diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
+        drop(admin);
+        let sep = if base_url.contains('?') { '&' } else { '?' };
+        let database_url = format!("{base_url}{sep}options=-c%20search_path%3D{schema}");
+        let topology = Arc::new(Topology::new(
+            format!("bench-{tag}"),
+            settings.topology.tiers().clone(),
+            settings.topology.queue_type(),
+        ));
+        let work_dir = std::env::temp_dir().join(format!("order-closer-bench-{tag}"));
+
+        let rest = async {
+            db::migrate(&database_url)
+                .await
+                .context("migrating the bench schema")?;
+            let pool = db::pool(&database_url, BENCH_POOL)?;
+            let connection = broker::connect(&settings.amqp_url, "order-closer bench")
+                .await
+                .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
+            let publisher = Publisher::open(&connection, topology.clone()).await?;
+            topology.declare(publisher.channel()).await?;
+            let app_key = tokio::task::spawn_blocking(AppPrivateKey::generate)
+                .await
+                .context("key generation task")??;
+            let running = sim::start(SimConfig {
+                listen: "127.0.0.1:0".parse()?,
+                app_id: settings.alipay.app_id.clone(),
+                app_public_key: app_key.public_key().clone(),
+                sim_private_key: None,
+            })
+            .await?;
+            let sim_state = running.state();
+            sim_state
+                .set_faults(FaultPlan {
+                    latency_ms: plan.gateway_latency_ms,
+                    ..FaultPlan::default()
+                })
+                .map_err(|e| anyhow::anyhow!("--gateway-latency: {e}"))?;
+            std::fs::create_dir_all(&work_dir)
+                .with_context(|| format!("creating {}", work_dir.display()))?;
+            let private = work_dir.join("app_private.pem");
+            let public = work_dir.join("alipay_public.pem");
+            std::fs::write(&private, app_key.to_pkcs8_pem())?;
+            std::fs::write(&public, running.public_key().to_spki_pem())?;
+            let queue_type = match topology.queue_type() {
+                QueueType::Classic => "classic",
+                QueueType::Quorum => "quorum",
+            };
+            let mut worker_env: Vec<(String, String)> = [
+                ("DATABASE_URL", database_url.clone()),
+                ("AMQP_URL", settings.amqp_url.clone()),
+                ("ORDER_CLOSER_QUEUE_PREFIX", topology.prefix().to_owned()),
+                ("ORDER_CLOSER_QUEUE_TYPE", queue_type.to_owned()),
+                ("ORDER_CLOSER_OUTBOX_INTERVAL", "100ms".to_owned()),
+                ("ORDER_CLOSER_RETRY_STEPS", "1s,1s,1s".to_owned()),
+                ("ORDER_CLOSER_HTTP_LISTEN", "off".to_owned()),
+                ("ALIPAY_RATE_LIMIT", "100000".to_owned()),
+                ("ALIPAY_GATEWAY_URL", running.base_url()),
+                ("ALIPAY_APP_ID", settings.alipay.app_id.clone()),
+                ("ALIPAY_APP_PRIVATE_KEY", private.display().to_string()),
+                ("ALIPAY_PUBLIC_KEY", public.display().to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            worker_env.extend(plan.worker_env.iter().cloned());
+            Ok::<_, anyhow::Error>((pool, connection, publisher, running, sim_state, worker_env))
+        }
+        .await;
+        match rest {
+            Ok((pool, connection, publisher, sim, sim_state, worker_env)) => Ok(Self {
+                tag: tag.to_owned(),
+                schema,
+                base_url,
+                database_url,
+                pool,
+                connection,
+                publisher,
+                topology,
+                sim,
+                sim_state,
+                work_dir,
+                worker_env,
+            }),
+            Err(e) => {
+                // Undo what was made before the failure.
+                if let Ok(connection) = broker::connect(&settings.amqp_url, "bench cleanup").await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let _ = topology.delete(&channel).await;
+                    let _ = connection.close(200, "bench cleanup".into()).await;
+                }
+                drop_schema(&base_url, &schema).await;
+                let _ = std::fs::remove_dir_all(&work_dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the queues, the schema and the temporary directory; stops the simulator.
+    async fn close(self) {
+        if let Err(e) = self.topology.delete(self.publisher.channel()).await {
+            eprintln!(
+                "warning: could not delete the bench queues ({}.*): {e}",
+                self.topology.prefix()
+            );
+        }
+        // Normally deleted by the ceiling measurement already; last, because a broker
+        // that refuses the delete closes the channel.
+        let _ = ceilings::delete_ceiling_queue(&self).await;
+        let _ = self.connection.close(200, "bench done".into()).await;
+        self.pool.close();
+        self.sim.shutdown().await;
+        drop_schema(&self.base_url, &self.schema).await;
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+async fn drop_schema(base_url: &str, schema: &str) {
+    let dropped = async {
+        let mut admin = db::connect(base_url).await?;
+        diesel::sql_query(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut admin)
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = dropped {
+        eprintln!("warning: could not drop schema {schema}: {e:#}");
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Runs `job(0..count)` on `tasks` spawned tasks, each taking the next index until none
+/// is left; returns every result (in no particular order). The first error stops the
+/// others and is returned.
+pub async fn fan_out<T, F, Fut>(
+    tasks: usize,
+    count: usize,
+    bar: &ProgressBar,
+    job: F,
+) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..tasks.clamp(1, count.max(1)) {
+        let job = job.clone();
+        let next = next.clone();
+        let bar = bar.clone();
+        set.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, anyhow::Error>(out);
+                }
+                match job(i).await {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        next.store(count, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+                bar.inc(1);
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(count);
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(part)) => all.extend(part),
+            Ok(Err(e)) => {
+                set.abort_all();
+                return Err(e);
+            }
+            Err(e) => {
+                set.abort_all();
+                return Err(anyhow::anyhow!("a bench task failed: {e}"));
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// The last `bytes` of a file, for error messages about a worker that died.
+pub fn tail(path: &Path, bytes: usize) -> String {
+    match std::fs::read(path) {
+        Ok(data) => {
+            let start = data.len().saturating_sub(bytes);
+            String::from_utf8_lossy(&data[start..]).into_owned()
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}

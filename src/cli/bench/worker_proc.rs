@@ -1,0 +1,192 @@
+//! The worker under test, as a child process (`order-closer worker`): started with the
+//! run's environment, watched through `/proc/<pid>`, stopped with SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use super::{BenchEnv, tail};
+
+/// How long a worker may take to start consuming.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// How long a worker may take to stop after SIGTERM before it is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(45);
+
+/// A running worker child process.
+pub struct WorkerProcess {
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+/// CPU and memory of the worker, read from `/proc`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ProcSample {
+    /// User plus system CPU time since the process started, seconds.
+    pub cpu_seconds: f64,
+    /// Peak resident set size (`VmHWM`), MiB.
+    pub peak_rss_mib: f64,
+}
+
+impl WorkerProcess {
+    /// Starts `order-closer worker --concurrency c --prefetch p` and waits until it
+    /// consumes the close queue.
+    pub async fn start(
+        env: &BenchEnv,
+        label: &str,
+        concurrency: u32,
+        prefetch: u16,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating this executable")?;
+        let log = env.work_dir.join(format!("worker-{label}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("creating worker log {}", log.display()))?;
+        let child = Command::new(exe)
+            .arg("worker")
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .arg("--prefetch")
+            .arg(prefetch.to_string())
+            .envs(env.worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the worker child process")?;
+        let pid = child.id().context("the worker exited at once")?;
+        let mut worker = Self { child, pid, log };
+        eprintln!("  worker pid {pid} (concurrency {concurrency}, prefetch {prefetch})");
+        worker.wait_consuming(env).await?;
+        Ok(worker)
+    }
+
+    async fn wait_consuming(&mut self, env: &BenchEnv) -> anyhow::Result<()> {
+        let channel = env.connection.create_channel().await?;
+        let end = Instant::now() + START_LIMIT;
+        loop {
+            self.ensure_alive()?;
+            let queue = channel
+                .queue_declare(
+                    env.topology.close_queue().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            if queue.consumer_count() >= 1 {
+                let _ = channel.close(200, "worker is consuming".into()).await;
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < end,
+                "the worker did not start consuming within {START_LIMIT:?}; its log ends:\n{}",
+                tail(&self.log, 3000)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Fails (with the end of the worker's log) when the worker has exited.
+    pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!(
+                "the worker exited ({status}); its log ends:\n{}",
+                tail(&self.log, 3000)
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the worker's CPU time and peak RSS now.
+    pub fn sample(&self) -> anyhow::Result<ProcSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .context("reading /proc/<pid>/stat (Linux only)")?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .context("reading /proc/<pid>/status")?;
+        let ticks = parse_cpu_ticks(&stat).context("unexpected /proc/<pid>/stat format")?;
+        let hwm_kib = parse_status_kib(&status, "VmHWM:").unwrap_or(0);
+        Ok(ProcSample {
+            cpu_seconds: ticks as f64 / clock_ticks_per_second(),
+            peak_rss_mib: hwm_kib as f64 / 1024.0,
+        })
+    }
+
+    /// Sends SIGTERM and waits for the worker to exit (killing it after a grace period).
+    pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await
+            .context("running kill -TERM")?;
+        if !sent.success() {
+            // Already gone, most likely; collect it.
+            return Ok(self.child.wait().await?);
+        }
+        match tokio::time::timeout(STOP_LIMIT, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                eprintln!(
+                    "warning: the worker did not stop within {STOP_LIMIT:?} of SIGTERM; killing it"
+                );
+                self.child.start_kill()?;
+                Ok(self.child.wait().await?)
+            }
+        }
+    }
+}
+
+/// utime + stime (fields 14 and 15) of `/proc/<pid>/stat`, in clock ticks.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state): field n is at index n - 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `Key:   123 kB` line of `/proc/<pid>/status`, in KiB.
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// `getconf CLK_TCK`, or 100 when it cannot be asked.
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_ticks_and_peak_rss() {
+        let stat = "1234 (order (closer)) S 1 2 3 4 5 6 7 8 9 10 250 40 0 0 20 0 9 0 100";
+        assert_eq!(parse_cpu_ticks(stat), Some(290));
+        let status = "Name:\tx\nVmPeak:\t  900 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(51200));
+        assert_eq!(parse_status_kib(status, "VmSwap:"), None);
+    }
+}
