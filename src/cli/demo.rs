@@ -215,7 +215,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         }
     }
     // Let the relay announce the last decisions before stopping the worker.
-    wait_for_outbox(&pool, Duration::from_secs(15)).await;
+    db::outbox::wait_drained(&pool, Duration::from_secs(15)).await;
     stop.cancel();
     let _ = worker.await;
 
@@ -342,20 +342,6 @@ async fn drain_events(channel: &lapin::Channel, queue: &str) -> anyhow::Result<V
         ids.push(event["event_id"].as_str().unwrap_or_default().to_owned());
     }
     Ok(ids)
-}
-
-async fn wait_for_outbox(pool: &DbPool, limit: Duration) {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        let backlog = match db::conn(pool).await {
-            Ok(mut conn) => db::outbox::backlog(&mut conn).await.unwrap_or(0),
-            Err(_) => 0,
-        };
-        if backlog == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 struct Report {

@@ -109,3 +109,22 @@ pub async fn delete(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<us
 pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
     outbox::table.count().get_result(conn).await
 }
+
+/// Waits up to `limit` for the outbox to be empty (a relay publishing it); returns
+/// whether it drained. An unreachable database counts as nothing left to wait for.
+pub async fn wait_drained(pool: &super::DbPool, limit: Duration) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let backlog = match super::conn(pool).await {
+            Ok(mut conn) => backlog(&mut conn).await.unwrap_or(0),
+            Err(_) => 0,
+        };
+        if backlog == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

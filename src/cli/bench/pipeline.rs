@@ -316,18 +316,9 @@ async fn count_new(pool: &DbPool, ids: &[i64]) -> anyhow::Result<usize> {
 /// Waits (up to `limit`) for the relay to publish every event, so that the worker's CPU
 /// time includes announcing its decisions.
 pub async fn wait_outbox(pool: &DbPool, limit: Duration) {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        let backlog = match db::conn(pool).await {
-            Ok(mut conn) => db::outbox::backlog(&mut conn).await.unwrap_or(0),
-            Err(_) => 0,
-        };
-        if backlog == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !db::outbox::wait_drained(pool, limit).await {
+        eprintln!("warning: the outbox did not drain within {limit:?}");
     }
-    eprintln!("warning: the outbox did not drain within {limit:?}");
 }
 
 /// One decided order: when it was due and when it was decided.
