@@ -2,62 +2,29 @@
 //! loopback, signed both ways) for a bill URL, downloads the zip, and the bill reader
 //! parses it.
 
+mod common;
+
+use common::gateway::{GatewayEnv, gateway_env};
+
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use order_closer::bill::{BillError, BillRow, BillRowKind, parse_zip};
 use order_closer::gateway::FaultClass;
-use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
-use order_closer::sim::{self, BuyerClient, RunningSim, SIM_BILL_ACCOUNT, SimConfig};
+use order_closer::gateway::alipay::response::china;
+use order_closer::sim::{self, SIM_BILL_ACCOUNT};
 
-const APP_ID: &str = "2021000000000088";
-
-/// (app key, simulator key): RSA key generation is slow, share them.
-fn keys() -> &'static (Arc<AppPrivateKey>, AppPrivateKey) {
-    static KEYS: OnceLock<(Arc<AppPrivateKey>, AppPrivateKey)> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        (
-            Arc::new(AppPrivateKey::generate().unwrap()),
-            AppPrivateKey::generate().unwrap(),
-        )
-    })
-}
-
-struct Env {
-    sim: RunningSim,
-    buyer: BuyerClient,
-    client: AlipayClient,
-}
+type Env = GatewayEnv;
 
 async fn env() -> Env {
-    let (app, sim_key) = keys();
-    let sim = sim::start(SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        app_id: APP_ID.into(),
-        app_public_key: app.public_key().clone(),
-        sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
-    })
-    .await
-    .unwrap();
-    let mut config = AlipayConfig::new(
-        sim.base_url(),
-        APP_ID,
-        app.clone(),
-        Arc::new(sim.public_key().clone()),
-    );
-    config.timeout = Duration::from_secs(5);
-    let client = AlipayClient::new(config).unwrap();
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
-    Env { sim, buyer, client }
+    gateway_env(Duration::from_secs(5)).await
 }
 
 fn china_date(at: DateTime<Utc>) -> NaiveDate {
-    at.with_timezone(&FixedOffset::east_opt(8 * 3600).unwrap())
-        .date_naive()
+    at.with_timezone(&china()).date_naive()
 }
 
 fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {

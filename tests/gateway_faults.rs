@@ -3,60 +3,24 @@
 //! code, without any fault changing a trade behind the client's back (except
 //! `timeout_after_apply`, which is meant to).
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use common::gateway::{GatewayEnv, gateway_env};
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
 use order_closer::gateway::{CloseAnswer, FaultClass, Gateway, GatewayError, TradeState};
-use order_closer::sim::{
-    self, BuyerClient, BuyerError, FaultKind, FaultPlan, RunningSim, SimConfig, SimTradeStatus,
-    SimTradeView,
-};
-
-const APP_ID: &str = "2021000000000077";
+use order_closer::sim::{BuyerError, FaultKind, FaultPlan, SimTradeStatus, SimTradeView};
 
 /// The client's own timeout: every `timeout` hold below is longer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// (app key, simulator key): RSA key generation is slow, share them.
-fn keys() -> &'static (Arc<AppPrivateKey>, AppPrivateKey) {
-    static KEYS: OnceLock<(Arc<AppPrivateKey>, AppPrivateKey)> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        (
-            Arc::new(AppPrivateKey::generate().unwrap()),
-            AppPrivateKey::generate().unwrap(),
-        )
-    })
-}
-
-struct Env {
-    sim: RunningSim,
-    buyer: BuyerClient,
-    client: AlipayClient,
-}
+type Env = GatewayEnv;
 
 async fn env_with_timeout(timeout: Duration) -> Env {
-    let (app, sim_key) = keys();
-    let sim = sim::start(SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        app_id: APP_ID.into(),
-        app_public_key: app.public_key().clone(),
-        sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
-    })
-    .await
-    .unwrap();
-    let mut config = AlipayConfig::new(
-        sim.base_url(),
-        APP_ID,
-        Arc::clone(app),
-        Arc::new(sim.public_key().clone()),
-    );
-    config.timeout = timeout;
-    let client = AlipayClient::new(config).unwrap();
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
-    Env { sim, buyer, client }
+    gateway_env(timeout).await
 }
 
 async fn env() -> Env {

@@ -2,6 +2,8 @@
 //! gateway simulator and keys, and cleans them up. Tests therefore run in parallel.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
