@@ -6,16 +6,8 @@ use std::process::Output;
 
 use common::TestEnv;
 
-const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
-
 async fn run(env: &[(String, String)], args: &[&str]) -> Output {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env_remove("ORDER_CLOSER_CONCURRENCY")
-        .output()
-        .await
-        .expect("run the binary")
+    common::run_binary(env, args).await
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -210,13 +210,11 @@ async fn transient_failures_walk_the_retry_steps_then_park() {
         Arc::new(AppPrivateKey::generate().unwrap().public_key().clone());
     env.start_worker_with(distrustful);
 
-    let parked = eventually(Duration::from_secs(30), || async {
-        let n = env.queue_len(&env.topology.parked_queue()).await;
-        (n > 0).then_some(n)
-    })
-    .await;
-    assert_eq!(parked, Some(1));
-    let messages = env.get_all(&env.topology.parked_queue()).await;
+    let messages = env
+        .wait_parked(1, Duration::from_secs(30))
+        .await
+        .expect("parked");
+    assert_eq!(messages.len(), 1);
     let headers = &messages[0].1;
     assert_eq!(
         header_text(headers, "oc-park-reason").as_deref(),
@@ -239,13 +237,11 @@ async fn a_permanent_gateway_error_parks_at_once() {
     unknown_app.app_private_key = Arc::new(AppPrivateKey::generate().unwrap());
     env.start_worker_with(unknown_app);
 
-    let parked = eventually(Duration::from_secs(20), || async {
-        let n = env.queue_len(&env.topology.parked_queue()).await;
-        (n > 0).then_some(n)
-    })
-    .await;
-    assert_eq!(parked, Some(1));
-    let messages = env.get_all(&env.topology.parked_queue()).await;
+    let messages = env
+        .wait_parked(1, Duration::from_secs(20))
+        .await
+        .expect("parked");
+    assert_eq!(messages.len(), 1);
     assert_eq!(
         header_text(&messages[0].1, "oc-park-reason").as_deref(),
         Some("40002")
@@ -278,19 +274,12 @@ async fn bad_messages_are_parked_or_acknowledged_and_the_worker_keeps_going() {
     env.publish_raw(&CloseMessage::new(999_999_999, "GHOST", chrono::Utc::now()).encode())
         .await;
 
-    let parked = eventually(Duration::from_secs(20), || async {
-        let n = env.queue_len(&env.topology.parked_queue()).await;
-        (n as usize == bodies.len()).then_some(n)
-    })
-    .await;
-    assert!(
-        parked.is_some(),
-        "parked {}",
-        env.queue_len(&env.topology.parked_queue()).await
-    );
-    let reasons: Vec<String> = env
-        .get_all(&env.topology.parked_queue())
+    let parked = env
+        .wait_parked(bodies.len() as u32, Duration::from_secs(20))
         .await
+        .expect("every bad message parked");
+    assert_eq!(parked.len(), bodies.len());
+    let reasons: Vec<String> = parked
         .iter()
         .map(|(_, h)| header_text(h, "oc-park-reason").unwrap_or_default())
         .collect();

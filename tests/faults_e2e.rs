@@ -178,13 +178,11 @@ async fn deadlines_in_1970_and_2999_have_named_outcomes() {
     env.publish_raw(&CloseMessage::new(order.id, &no, far).encode())
         .await;
 
-    let parked = eventually(Duration::from_secs(15), || async {
-        let n = env.queue_len(&env.topology.parked_queue()).await;
-        (n > 0).then_some(n)
-    })
-    .await;
-    assert_eq!(parked, Some(1));
-    let messages = env.get_all(&env.topology.parked_queue()).await;
+    let messages = env
+        .wait_parked(1, Duration::from_secs(15))
+        .await
+        .expect("parked");
+    assert_eq!(messages.len(), 1);
     assert_eq!(
         header_text(&messages[0].1, "oc-park-reason").as_deref(),
         Some("deadline_out_of_range")

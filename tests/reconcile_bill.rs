@@ -17,8 +17,6 @@ use order_closer::order::OrderStatus;
 use order_closer::reconcile::Finding;
 use order_closer::reconcile::bill::reconcile;
 
-const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
-
 async fn order(env: &TestEnv, name: &str, amount: i64) -> order_closer::order::Order {
     let no = env.no(name);
     Closer::without_broker(env.pool.clone())
@@ -186,12 +184,8 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     let run = |args: Vec<String>| {
         let vars = vars.clone();
         async move {
-            tokio::process::Command::new(BIN)
-                .args(args)
-                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .output()
-                .await
-                .unwrap()
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::run_binary(&vars, &args).await
         }
     };
 

@@ -20,8 +20,6 @@ use order_closer::reconcile::parked::{self, ParkedAction};
 use order_closer::reconcile::{Finding, Verdict};
 use order_closer::sim::SimTradeStatus;
 
-const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
-
 fn options(mode: Mode) -> OverdueOptions {
     OverdueOptions {
         older_than: Duration::from_secs(300),
@@ -250,14 +248,7 @@ async fn the_command_line_tells_cron_what_it_found() {
     let vars = env.binary_env(&dir);
     let run = |args: &'static [&'static str]| {
         let vars = vars.clone();
-        async move {
-            tokio::process::Command::new(BIN)
-                .args(args)
-                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .output()
-                .await
-                .unwrap()
-        }
+        async move { common::run_binary(&vars, args).await }
     };
     let clean = run(&["reconcile", "overdue"]).await;
     assert_eq!(

@@ -300,6 +300,21 @@ impl TestEnv {
         out
     }
 
+    /// Waits up to `limit` for at least `count` parked messages, then takes every parked
+    /// message (body, headers); None if they did not arrive.
+    pub async fn wait_parked(
+        &self,
+        count: u32,
+        limit: Duration,
+    ) -> Option<Vec<(Vec<u8>, FieldTable)>> {
+        let queue = self.topology.parked_queue();
+        eventually(limit, || async {
+            (self.queue_len(&queue).await >= count).then_some(())
+        })
+        .await?;
+        Some(self.get_all(&queue).await)
+    }
+
     /// Messages waiting in a queue.
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
@@ -384,6 +399,17 @@ impl TestEnv {
                 .await;
         }
     }
+}
+
+/// Runs the `order-closer` binary with `vars` and `args` and collects its output.
+pub async fn run_binary(vars: &[(String, String)], args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
+        .args(args)
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("ORDER_CLOSER_CONCURRENCY")
+        .output()
+        .await
+        .expect("run the binary")
 }
 
 /// Polls `check` every 100 ms until it returns Some or `limit` passes.
