@@ -25,7 +25,7 @@ use order_closer::db::{self, DbPool};
 use order_closer::decide::{Decider, Gateways};
 use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{self, BuyerClient, FaultPlan, SimConfig, SimTradeStatus};
+use order_closer::sim::{self, BuyerClient, FaultPlan, SimTradeStatus};
 use order_closer::worker::{Worker, WorkerConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -140,13 +140,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
 
     // The gateway simulator, and a client that trusts it.
     let app_key = AppPrivateKey::generate()?;
-    let running = sim::start(SimConfig {
-        listen: "127.0.0.1:0".parse()?,
-        app_id: settings.alipay.app_id.clone(),
-        app_public_key: app_key.public_key().clone(),
-        sim_private_key: None,
-    })
-    .await?;
+    let running = sim::start_local(&settings.alipay.app_id, &app_key).await?;
     let gateways = Gateways::alipay(
         AlipayConfig {
             gateway_url: running.base_url(),

@@ -180,6 +180,18 @@ fn join_result(
     }
 }
 
+/// Starts a simulator on a free loopback port that accepts `app_id` requests signed with
+/// `app_key`, with a freshly generated key of its own (the demo and the benchmark).
+pub async fn start_local(app_id: &str, app_key: &AppPrivateKey) -> Result<RunningSim, SimError> {
+    start(SimConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        app_id: app_id.to_owned(),
+        app_public_key: app_key.public_key().clone(),
+        sim_private_key: None,
+    })
+    .await
+}
+
 /// Binds the listen address and starts serving in a background task.
 pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     let sim_key = match config.sim_private_key {

@@ -43,7 +43,7 @@ use order_closer::broker::{self};
 use order_closer::config::Settings;
 use order_closer::db::{self, DbPool};
 use order_closer::gateway::alipay::AppPrivateKey;
-use order_closer::sim::{self, FaultPlan, RunningSim, SimConfig, SimState};
+use order_closer::sim::{self, FaultPlan, RunningSim, SimState};
 use rand::Rng;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -428,13 +428,7 @@ impl BenchEnv {
             let app_key = tokio::task::spawn_blocking(AppPrivateKey::generate)
                 .await
                 .context("key generation task")??;
-            let running = sim::start(SimConfig {
-                listen: "127.0.0.1:0".parse()?,
-                app_id: settings.alipay.app_id.clone(),
-                app_public_key: app_key.public_key().clone(),
-                sim_private_key: None,
-            })
-            .await?;
+            let running = sim::start_local(&settings.alipay.app_id, &app_key).await?;
             let sim_state = running.state();
             sim_state
                 .set_faults(FaultPlan {
