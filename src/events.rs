@@ -7,6 +7,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::order::{Order, OrderStatus};
+
 /// Routing key of a close.
 pub const ORDER_CLOSED: &str = "order.closed";
 /// Routing key of a payment we discovered.
@@ -45,7 +47,31 @@ pub struct OrderEvent<'a> {
     pub occurred_at: DateTime<Utc>,
 }
 
-impl OrderEvent<'_> {
+impl<'a> OrderEvent<'a> {
+    /// The event announcing `order` now has `status`, occurring now.
+    pub fn about(
+        order: &'a Order,
+        routing_key: &'a str,
+        event_id: String,
+        status: OrderStatus,
+        gateway_trade_no: Option<&'a str>,
+        reason: &'a str,
+    ) -> Self {
+        Self {
+            v: 1,
+            event_id,
+            event: routing_key,
+            order_id: order.id,
+            out_trade_no: &order.out_trade_no,
+            status: status.as_str(),
+            amount_minor: order.amount_minor,
+            currency: &order.currency,
+            gateway_trade_no,
+            reason,
+            occurred_at: Utc::now(),
+        }
+    }
+
     /// Serializes the event.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures_util::future::join_all;
 use thiserror::Error;
 
 use crate::broker::BrokerError;
@@ -58,9 +59,9 @@ impl Relay {
         self.confirmed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes the claimed rows and deletes the ones the broker confirmed. Returns how
-    /// many were published; a broker failure midway still deletes the rows confirmed
-    /// before it.
+    /// Publishes the claimed rows (all at once, then waiting for every confirm) and
+    /// deletes the ones the broker confirmed. Returns how many were published; when some
+    /// publishes fail, the confirmed ones are still deleted and the first error returned.
     pub async fn flush(
         &self,
         conn: &mut AsyncPgConnection,
@@ -73,17 +74,19 @@ impl Relay {
                     outbox::delete(tx, &leftovers).await?;
                 }
                 let rows = outbox::claim(tx, which).await?;
+                // Every publish of the batch in flight at once: one wait for all confirms.
+                let published =
+                    join_all(rows.iter().map(|row| publish_row(&self.publisher, row))).await;
                 let mut done = Vec::with_capacity(rows.len());
                 let mut failure = None;
-                for row in &rows {
-                    match publish_row(&self.publisher, row).await {
+                for (row, result) in rows.iter().zip(published) {
+                    match result {
                         Ok(()) => {
                             self.confirmed().insert(row.id);
                             done.push(row.id);
                         }
                         Err(e) => {
-                            failure = Some(e);
-                            break;
+                            failure.get_or_insert(e);
                         }
                     }
                 }

@@ -65,3 +65,116 @@ pub async fn for_order(conn: &mut AsyncPgConnection, order_id: i64) -> QueryResu
         .load(conn)
         .await
 }
+
+/// Reserves `n` decision ids from the table's sequence (so that an event naming its
+/// decision can be written in the same statement as the decision).
+pub async fn reserve_ids(conn: &mut AsyncPgConnection, n: usize) -> QueryResult<Vec<i64>> {
+    #[derive(QueryableByName)]
+    struct Reserved {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Reserved> =
+        diesel::sql_query("SELECT nextval('decisions_id_seq') AS id FROM generate_series(1, $1)")
+            .bind::<diesel::sql_types::BigInt, _>(n as i64)
+            .load(conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// One guarded `NEW -> PAID | CLOSED` transition with its audit row and its event row.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    /// The order.
+    pub order_id: i64,
+    /// The decision row's id (from [`reserve_ids`]).
+    pub decision_id: i64,
+    /// `PAID` or `CLOSED`.
+    pub status: &'a str,
+    /// Why it was closed (closes only).
+    pub close_reason: Option<&'a str>,
+    /// The gateway's trade number (payments only).
+    pub trade_no: Option<&'a str>,
+    /// When it was paid (payments only).
+    pub paid_at: Option<DateTime<Utc>>,
+    /// The audit row.
+    pub decision: NewDecision<'a>,
+    /// The event's routing key.
+    pub event_key: &'a str,
+    /// The event's exact bytes.
+    pub event_payload: &'a str,
+}
+
+/// Applies transitions in one statement: each order still NEW moves to its new status
+/// and gets its audit row and its event outbox row; an order no longer NEW is left alone
+/// and gets neither. Returns the ids of the orders that moved. At most one transition per
+/// order may be given.
+pub async fn apply_transitions(
+    conn: &mut AsyncPgConnection,
+    rows: &[Transition<'_>],
+) -> QueryResult<Vec<i64>> {
+    use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+
+    #[derive(QueryableByName)]
+    struct Moved {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let moved: Vec<Moved> = diesel::sql_query(TRANSITIONS_SQL)
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.order_id))
+        .bind::<Array<BigInt>, _>(column(rows, |r| r.decision_id))
+        .bind::<Array<Text>, _>(column(rows, |r| r.status))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.close_reason))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.trade_no))
+        .bind::<Array<Nullable<Timestamptz>>, _>(column(rows, |r| r.paid_at))
+        .bind::<Array<Integer>, _>(column(rows, |r| r.decision.attempt))
+        .bind::<Array<Text>, _>(column(rows, |r| r.decision.outcome))
+        .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.decision.gateway_answer))
+        .bind::<Array<Text>, _>(column(rows, |r| r.decision.detail))
+        .bind::<Array<Text>, _>(column(rows, |r| r.decision.actor))
+        .bind::<Array<Text>, _>(column(rows, |r| r.event_key))
+        .bind::<Array<Text>, _>(column(rows, |r| r.event_payload))
+        .load(conn)
+        .await?;
+    Ok(moved.into_iter().map(|m| m.id).collect())
+}
+
+/// One field of every row, as an array parameter.
+fn column<'a, T>(rows: &[Transition<'a>], field: impl Fn(&Transition<'a>) -> T) -> Vec<T> {
+    rows.iter().map(field).collect()
+}
+
+/// The guarded update, the audit rows and the event rows of [`apply_transitions`]: data-
+/// modifying CTEs run once each, in one snapshot, and commit together.
+const TRANSITIONS_SQL: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[], $7::int[], $8::text[], $9::text[], $10::text[],
+                         $11::text[], $12::text[], $13::text[])
+        AS t(order_id, decision_id, status, close_reason, trade_no, paid_at, attempt,
+             outcome, gateway_answer, detail, actor, event_key, event_payload)
+),
+moved AS (
+    UPDATE orders o SET
+        status = i.status,
+        close_reason = COALESCE(i.close_reason, o.close_reason),
+        closed_at = CASE WHEN i.status = 'CLOSED' THEN now() ELSE o.closed_at END,
+        gateway_trade_no = COALESCE(i.trade_no, o.gateway_trade_no),
+        paid_at = COALESCE(i.paid_at, o.paid_at),
+        updated_at = now()
+    FROM input i
+    WHERE o.id = i.order_id AND o.status = 'NEW'
+    RETURNING o.id
+),
+audit AS (
+    INSERT INTO decisions (id, order_id, attempt, outcome, gateway_answer, detail, actor)
+    SELECT i.decision_id, i.order_id, i.attempt, i.outcome, i.gateway_answer, i.detail, i.actor
+    FROM input i JOIN moved m ON m.id = i.order_id
+),
+announced AS (
+    INSERT INTO outbox (kind, routing_key, payload)
+    SELECT 'event', i.event_key, i.event_payload
+    FROM input i JOIN moved m ON m.id = i.order_id
+    ORDER BY i.decision_id
+)
+SELECT id FROM moved";

@@ -1,10 +1,14 @@
 //! The `orders` table: insert, read, and the guarded `NEW -> PAID | CLOSED` updates.
 
+use std::collections::HashMap;
+
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::batch::Job;
 use super::schema::orders;
 use crate::order::{Order, OrderStatus};
 
@@ -41,6 +45,42 @@ pub async fn find(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<O
         .first(conn)
         .await
         .optional()
+}
+
+/// Reads the orders with these ids (in no particular order; missing ids are left out).
+pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<Vec<Order>> {
+    orders::table
+        .filter(orders::id.eq_any(ids))
+        .select(Order::as_select())
+        .load(conn)
+        .await
+}
+
+/// Reads orders by id in groups (one statement per group; see [`super::batch`]).
+pub struct FindById;
+
+#[async_trait]
+impl Job for FindById {
+    type Item = i64;
+    type Output = Option<Order>;
+
+    async fn run(
+        &self,
+        conn: &mut AsyncPgConnection,
+        ids: &[i64],
+    ) -> QueryResult<Vec<Option<Order>>> {
+        let mut found: HashMap<i64, Order> = find_many(conn, ids)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect();
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
+    }
+
+    /// An id appears once per group, so each caller gets its own copy of the row.
+    fn key(&self, id: &i64) -> Option<i64> {
+        Some(*id)
+    }
 }
 
 /// Reads an order by merchant order number.

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -15,6 +17,8 @@ use crate::broker::tiers::SMALLEST_TIER;
 use crate::closer::MAX_TIME_TO_PAY;
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
 use crate::message::CloseMessage;
+
+use super::acks::Acks;
 
 /// How long to wait before trying again when the database is unreachable (not counted
 /// as an attempt: an outage alone never parks a message).
@@ -31,6 +35,8 @@ pub struct Context {
     pub publisher: Publisher,
     /// Cancelled when a publish fails: the session reconnects and re-declares.
     pub broken: CancellationToken,
+    /// Acknowledges finished deliveries in runs.
+    pub acks: Arc<Acks>,
 }
 
 /// Handles one delivery; never panics, never drops a message.
@@ -170,9 +176,11 @@ async fn route(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerErr
     }
 }
 
-/// Acknowledges a delivery whose follow-up is safely published; otherwise hands it back
-/// to the broker and asks the session to reconnect (which re-declares the topology).
+/// Acknowledges a delivery whose follow-up is safely published (in a run with others);
+/// otherwise hands it back to the broker and asks the session to reconnect (which
+/// re-declares the topology).
 async fn settle(ctx: &Context, delivery: &Delivery, routed: Result<(), BrokerError>) {
+    let tag = delivery.delivery_tag;
     if let Err(e) = routed {
         error!(error = %e, "could not publish the follow-up; handing the message back to the broker");
         ctx.broken.cancel();
@@ -182,27 +190,18 @@ async fn settle(ctx: &Context, delivery: &Delivery, routed: Result<(), BrokerErr
             requeue: true,
             ..BasicNackOptions::default()
         });
-        if !matches!(
+        if matches!(
             tokio::time::timeout(crate::broker::BROKER_TIMEOUT, nack).await,
             Ok(Ok(true))
         ) {
+            // Only now may a run of acks pass this delivery.
+            ctx.acks.handed_back(tag);
+        } else {
+            // It stays open, so no ack covers it; the broker redelivers it when the
+            // channel closes.
             warn!("channel gone before the nack; the broker will redeliver");
         }
         return;
     }
-    match tokio::time::timeout(
-        crate::broker::BROKER_TIMEOUT,
-        delivery.acker.ack(BasicAckOptions::default()),
-    )
-    .await
-    {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {
-            warn!("channel gone before the ack; the broker will redeliver (decided once anyway)")
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "ack failed; the broker will redeliver (decided once anyway)")
-        }
-        Err(_) => warn!("ack timed out; the broker will redeliver (decided once anyway)"),
-    }
+    ctx.acks.finished(tag);
 }

@@ -8,6 +8,7 @@
 //! messages, lets in-flight decisions finish within a grace period, and hands the rest
 //! back to the broker.
 
+mod acks;
 mod handler;
 mod relay_loop;
 
@@ -153,10 +154,14 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let mut in_flight = JoinSet::new();
         let broken = CancellationToken::new();
+        let acks = acks::Acks::new(channel.clone());
+        let acks_stop = CancellationToken::new();
+        let acker = tokio::spawn(acks.clone().run(acks_stop.clone()));
         let ctx = Arc::new(handler::Context {
             decider: self.decider.clone(),
             publisher: publisher.clone(),
             broken: broken.clone(),
+            acks,
         });
         let result = loop {
             // Reap finished decisions so the set does not grow.
@@ -176,6 +181,7 @@ impl Worker {
             };
             match delivery {
                 Some(Ok(delivery)) => {
+                    ctx.acks.delivered(delivery.delivery_tag);
                     let ctx = ctx.clone();
                     in_flight.spawn(async move {
                         let gauge = &ctx.decider.metrics().in_flight;
@@ -226,6 +232,9 @@ impl Worker {
             );
             in_flight.abort_all();
         }
+        // Acknowledge what finished before the channel closes.
+        acks_stop.cancel();
+        let _ = acker.await;
         relay_stop.cancel();
         let _ = relay.await;
         let _ = timed(

@@ -1,6 +1,12 @@
 //! Deciding one order: read it, ask its gateway, act, and commit the state change, its
-//! audit row and its event in one transaction. Shared by the worker and the reconcile
-//! command; the rules themselves live in [`crate::decision`].
+//! audit row and its event together. Shared by the worker and the reconcile command; the
+//! rules themselves live in [`crate::decision`].
+//!
+//! Reads and decision writes of concurrent tasks are grouped (one statement per group,
+//! see [`crate::db::batch`] and [`settle`]), so a burst of due orders costs a few round
+//! trips per group instead of several per order.
+
+mod settle;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -12,18 +18,21 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::db::anomalies::{self, NewAnomaly};
+use crate::db::batch::Batcher;
 use crate::db::decisions::{self, NewDecision};
-use crate::db::{self, DbError, DbPool, orders};
+use crate::db::orders::FindById;
+use crate::db::{self, DbError, DbPool};
 use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
-use crate::events::{self, OrderEvent};
 use crate::gateway::alipay::{AlipayClient, AlipayConfig, ConfigError as ClientConfigError};
 use crate::gateway::rate_limit::RateLimited;
 use crate::gateway::{Gateway, GatewayError, QueryAnswer, TradeState};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
-use crate::relay;
 use crate::retry::{RetryPolicy, RetryStep};
+use settle::{Settle, Settlement};
+
+/// Most reads or decisions run as one group.
+pub const MAX_GROUP: usize = 256;
 
 /// The gateways by channel name (`alipay`, ...).
 #[derive(Clone, Default)]
@@ -138,6 +147,8 @@ impl From<diesel::result::Error> for Unavailable {
 #[derive(Clone)]
 pub struct Decider {
     pool: DbPool,
+    orders: Batcher<FindById>,
+    settle: Batcher<Settle>,
     gateways: Gateways,
     retry: RetryPolicy,
     actor: String,
@@ -153,11 +164,20 @@ impl Decider {
         retry: RetryPolicy,
         actor: impl Into<String>,
     ) -> Self {
+        let actor = actor.into();
         Self {
+            orders: Batcher::new(pool.clone(), FindById, MAX_GROUP),
+            settle: Batcher::new(
+                pool.clone(),
+                Settle {
+                    actor: actor.clone(),
+                },
+                MAX_GROUP,
+            ),
             pool,
             gateways,
             retry,
-            actor: actor.into(),
+            actor,
             metrics: Arc::new(Metrics::default()),
         }
     }
@@ -235,13 +255,11 @@ impl Decider {
         attempt: AttemptInfo,
         mode: Mode,
     ) -> Result<Outcome, Unavailable> {
-        let mut conn = db::conn(&self.pool).await?;
-        let order = orders::find(&mut conn, order_id).await?;
+        let order = self.orders.submit(order_id).await?;
         if let Some(o) = &order {
             tracing::Span::current().record("out_trade_no", o.out_trade_no.as_str());
         }
         tracing::Span::current().record("order_id", order_id);
-        drop(conn);
         if let Some((order, expected)) = order
             .as_ref()
             .zip(expected_out_trade_no)
@@ -406,6 +424,7 @@ impl Decider {
         answer
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn apply_paid(
         &self,
         order: &Order,
@@ -415,7 +434,6 @@ impl Decider {
         mismatch: Option<decision::AmountMismatch>,
         answer: Option<&str>,
     ) -> Result<Outcome, Unavailable> {
-        let paid_at = paid_at.unwrap_or_else(Utc::now);
         let detail = match mismatch {
             None => "paid at the gateway; the payment callback was missed".to_owned(),
             Some(m) => format!(
@@ -424,42 +442,20 @@ impl Decider {
                 crate::money::format_minor(m.expected)
             ),
         };
-        let mut conn = db::conn(&self.pool).await?;
-        let committed = conn
-            .transaction::<_, diesel::result::Error, _>(async |tx| {
-                if !orders::mark_paid(tx, order.id, trade_no, paid_at).await? {
-                    return Ok(None);
-                }
-                let decision_id = self
-                    .record(tx, order, attempt, "paid", &detail, answer)
-                    .await?;
-                let reason = "paid_at_gateway";
-                self.enqueue(
-                    tx,
-                    order,
-                    &format!("{}:{decision_id}", events::ORDER_PAID),
-                    events::ORDER_PAID,
-                    OrderStatus::Paid,
-                    Some(trade_no),
-                    reason,
-                )
-                .await?;
-                if mismatch.is_some() {
-                    self.anomaly_in(
-                        tx,
-                        order,
-                        "amount_mismatch",
-                        &detail,
-                        OrderStatus::Paid,
-                        Some(trade_no),
-                    )
-                    .await?;
-                }
-                Ok(Some(decision_id))
-            })
-            .await?;
-        self.finish(&mut conn, order, OrderStatus::Paid, committed)
-            .await
+        let anomaly = mismatch.map(|_| ("amount_mismatch", detail.clone()));
+        self.settle(Settlement {
+            order: order.clone(),
+            status: OrderStatus::Paid,
+            close_reason: None,
+            trade_no: Some(trade_no.to_owned()),
+            paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
+            attempt: attempt_column(attempt),
+            answer: answer.map(str::to_owned),
+            detail,
+            reason: "paid_at_gateway",
+            anomaly,
+        })
+        .await
     }
 
     async fn apply_closed(
@@ -469,43 +465,30 @@ impl Decider {
         reason: CloseReason,
         answer: Option<&str>,
     ) -> Result<Outcome, Unavailable> {
-        let mut conn = db::conn(&self.pool).await?;
-        let committed = conn
-            .transaction::<_, diesel::result::Error, _>(async |tx| {
-                if !orders::mark_closed(tx, order.id, reason.as_str()).await? {
-                    return Ok(None);
-                }
-                let decision_id = self
-                    .record(tx, order, attempt, "closed", reason.as_str(), answer)
-                    .await?;
-                self.enqueue(
-                    tx,
-                    order,
-                    &format!("{}:{decision_id}", events::ORDER_CLOSED),
-                    events::ORDER_CLOSED,
-                    OrderStatus::Closed,
-                    None,
-                    reason.as_str(),
-                )
-                .await?;
-                Ok(Some(decision_id))
-            })
-            .await?;
-        self.finish(&mut conn, order, OrderStatus::Closed, committed)
-            .await
+        self.settle(Settlement {
+            order: order.clone(),
+            status: OrderStatus::Closed,
+            close_reason: Some(reason.as_str()),
+            trade_no: None,
+            paid_at: None,
+            attempt: attempt_column(attempt),
+            answer: answer.map(str::to_owned),
+            detail: reason.as_str().to_owned(),
+            reason: reason.as_str(),
+            anomaly: None,
+        })
+        .await
     }
 
-    /// Turns a committed (or lost) guarded update into an outcome.
-    async fn finish(
-        &self,
-        conn: &mut AsyncPgConnection,
-        order: &Order,
-        status: OrderStatus,
-        committed: Option<i64>,
-    ) -> Result<Outcome, Unavailable> {
-        match committed {
+    /// Writes a decision (grouped with other tasks' decisions) and turns the committed, or
+    /// lost, guarded update into an outcome.
+    async fn settle(&self, settlement: Settlement) -> Result<Outcome, Unavailable> {
+        let status = settlement.status;
+        let order_id = settlement.order.id;
+        let deadline = settlement.order.deadline;
+        match self.settle.submit(settlement).await? {
             Some(decision_id) => {
-                let lateness = (Utc::now() - order.deadline).to_std().unwrap_or_default();
+                let lateness = (Utc::now() - deadline).to_std().unwrap_or_default();
                 info!(%status, decision_id, lateness_ms = lateness.as_millis() as u64, "decided");
                 Ok(Outcome::Decided {
                     status,
@@ -514,7 +497,7 @@ impl Decider {
                 })
             }
             None => {
-                let now = orders::find(conn, order.id).await?.map(|o| o.status());
+                let now = self.orders.submit(order_id).await?.map(|o| o.status());
                 let theirs = now.unwrap_or(OrderStatus::New);
                 info!(ours = %status, theirs = %theirs, "another actor decided this order first");
                 Ok(Outcome::LostRace(theirs))
@@ -580,7 +563,7 @@ impl Decider {
             conn,
             &NewDecision {
                 order_id: order.id,
-                attempt: i32::try_from(attempt.number).unwrap_or(i32::MAX),
+                attempt: attempt_column(attempt),
                 outcome,
                 gateway_answer: answer,
                 detail,
@@ -588,40 +571,6 @@ impl Decider {
             },
         )
         .await
-    }
-
-    /// Records an anomaly (once per order number and kind) and, when it is new,
-    /// announces it as `order.anomaly.<kind>`, inside the caller's transaction.
-    async fn anomaly_in(
-        &self,
-        tx: &mut AsyncPgConnection,
-        order: &Order,
-        kind: &str,
-        detail: &str,
-        status: OrderStatus,
-        trade_no: Option<&str>,
-    ) -> diesel::QueryResult<bool> {
-        let row = NewAnomaly {
-            order_id: Some(order.id),
-            out_trade_no: &order.out_trade_no,
-            kind,
-            detail,
-        };
-        let Some(id) = anomalies::record(tx, &row).await? else {
-            return Ok(false);
-        };
-        let key = events::anomaly_key(kind);
-        self.enqueue(
-            tx,
-            order,
-            &format!("{key}:a{id}"),
-            &key,
-            status,
-            trade_no,
-            detail,
-        )
-        .await?;
-        Ok(true)
     }
 
     /// Records an anomaly about an order and announces it, in one transaction; returns
@@ -635,7 +584,7 @@ impl Decider {
         let mut conn = db::conn(&self.pool).await?;
         let new = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
-                self.anomaly_in(
+                settle::record_anomaly(
                     tx,
                     order,
                     kind,
@@ -690,33 +639,11 @@ impl Decider {
         self.observe(&outcome);
         Ok(outcome)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn enqueue(
-        &self,
-        conn: &mut AsyncPgConnection,
-        order: &Order,
-        event_id: &str,
-        routing_key: &str,
-        status: OrderStatus,
-        trade_no: Option<&str>,
-        reason: &str,
-    ) -> diesel::QueryResult<i64> {
-        let event = OrderEvent {
-            v: 1,
-            event_id: event_id.to_owned(),
-            event: routing_key,
-            order_id: order.id,
-            out_trade_no: &order.out_trade_no,
-            status: status.as_str(),
-            amount_minor: order.amount_minor,
-            currency: &order.currency,
-            gateway_trade_no: trade_no,
-            reason,
-            occurred_at: Utc::now(),
-        };
-        relay::enqueue_event(conn, routing_key, &event.to_json()).await
-    }
+/// The audit table's attempt column.
+fn attempt_column(attempt: AttemptInfo) -> i32 {
+    i32::try_from(attempt.number).unwrap_or(i32::MAX)
 }
 
 fn describe_query(answer: &Result<QueryAnswer, GatewayError>) -> String {

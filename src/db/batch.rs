@@ -1,0 +1,221 @@
+//! Group commit: many tasks each submit a small piece of database work (read this order,
+//! write that decision); one lane per kind of work runs whatever has queued up as one
+//! group, in one statement or one transaction. A burst of N decisions then costs a few
+//! round trips and one commit instead of N times several.
+//!
+//! A group forms without waiting: the lane takes the first request, then everything
+//! already queued (up to `max_group`), runs it and answers each caller. Under light load a
+//! group is a single request, so nothing is delayed; under load groups grow while the
+//! previous one runs. When a group fails, each of its requests runs again alone, so one
+//! bad request cannot fail the others (and a database outage fails each caller with
+//! [`DbError::Unavailable`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{DbError, DbPool, PooledConn};
+
+/// Longest a group may run before its callers are told the database is unavailable (the
+/// connection is then discarded, never reused mid-statement).
+pub const GROUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One kind of groupable work.
+#[async_trait]
+pub trait Job: Send + Sync + 'static {
+    /// What one caller submits.
+    type Item: Send + Sync + 'static;
+    /// What one caller gets back.
+    type Output: Send + 'static;
+
+    /// Runs a group; returns exactly one output per item, in the items' order.
+    async fn run(
+        &self,
+        conn: &mut AsyncPgConnection,
+        items: &[Self::Item],
+    ) -> QueryResult<Vec<Self::Output>>;
+
+    /// Items with the same key never share a group (for example two writes to one row).
+    fn key(&self, _item: &Self::Item) -> Option<i64> {
+        None
+    }
+}
+
+type Reply<J> = oneshot::Sender<Result<<J as Job>::Output, DbError>>;
+
+struct Request<J: Job> {
+    item: J::Item,
+    reply: Reply<J>,
+}
+
+/// A handle submitting work to one lane; cheap to clone. The lane task starts on the
+/// first submission and ends when the last handle is dropped.
+pub struct Batcher<J: Job> {
+    shared: Arc<Shared<J>>,
+}
+
+impl<J: Job> Clone for Batcher<J> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<J: Job> {
+    pool: DbPool,
+    job: Arc<J>,
+    max_group: usize,
+    sender: OnceLock<mpsc::UnboundedSender<Request<J>>>,
+}
+
+impl<J: Job> Batcher<J> {
+    /// A lane running `job` on connections from `pool`, at most `max_group` items at once
+    /// (1 runs every request alone).
+    pub fn new(pool: DbPool, job: J, max_group: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pool,
+                job: Arc::new(job),
+                max_group: max_group.max(1),
+                sender: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The job this lane runs.
+    pub fn job(&self) -> &J {
+        &self.shared.job
+    }
+
+    /// Submits one item and waits for its output.
+    pub async fn submit(&self, item: J::Item) -> Result<J::Output, DbError> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.shared.sender.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(lane(
+                self.shared.pool.clone(),
+                self.shared.job.clone(),
+                self.shared.max_group,
+                receiver,
+            ));
+            sender
+        });
+        sender
+            .send(Request { item, reply })
+            .map_err(|_| DbError::Unavailable("database lane stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| DbError::Unavailable("database lane dropped the request".into()))?
+    }
+}
+
+/// Takes groups off the queue and runs them until every handle is gone.
+async fn lane<J: Job>(
+    pool: DbPool,
+    job: Arc<J>,
+    max_group: usize,
+    mut receiver: mpsc::UnboundedReceiver<Request<J>>,
+) {
+    // Requests that could not join the last group (same key as a member).
+    let mut held: VecDeque<Request<J>> = VecDeque::new();
+    loop {
+        let first = match held.pop_front() {
+            Some(request) => request,
+            None => match receiver.recv().await {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let mut keys = HashSet::new();
+        let mut group = Vec::with_capacity(max_group.min(64));
+        if let Some(k) = job.key(&first.item) {
+            keys.insert(k);
+        }
+        group.push(first);
+        let mut deferred = VecDeque::new();
+        while group.len() < max_group {
+            let next = match held.pop_front() {
+                Some(request) => request,
+                None => match receiver.try_recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
+            match job.key(&next.item) {
+                Some(k) if !keys.insert(k) => deferred.push_back(next),
+                _ => group.push(next),
+            }
+        }
+        deferred.extend(held.drain(..));
+        held = deferred;
+        run_group(&pool, job.as_ref(), group).await;
+    }
+}
+
+/// Runs a group and answers every member; on failure, runs each member alone.
+async fn run_group<J: Job>(pool: &DbPool, job: &J, group: Vec<Request<J>>) {
+    let (items, replies): (Vec<J::Item>, Vec<Reply<J>>) =
+        group.into_iter().map(|r| (r.item, r.reply)).unzip();
+    let failure = match attempt(pool, job, &items).await {
+        Ok(outputs) => {
+            for (reply, output) in replies.into_iter().zip(outputs) {
+                let _ = reply.send(Ok(output));
+            }
+            return;
+        }
+        Err(e) => e,
+    };
+    if items.len() == 1 || matches!(failure, DbError::Unavailable(_)) {
+        let text = failure.to_string();
+        let mut replies = replies.into_iter();
+        if let Some(first) = replies.next() {
+            let _ = first.send(Err(failure));
+        }
+        for reply in replies {
+            let _ = reply.send(Err(DbError::Unavailable(text.clone())));
+        }
+        return;
+    }
+    tracing::warn!(error = %failure, size = items.len(), "database group failed; running its members one by one");
+    for (i, reply) in replies.into_iter().enumerate() {
+        let alone = attempt(pool, job, &items[i..=i])
+            .await
+            .and_then(|mut outputs| {
+                outputs
+                    .pop()
+                    .ok_or_else(|| DbError::Unavailable("database job returned nothing".into()))
+            });
+        let _ = reply.send(alone);
+    }
+}
+
+/// One run of the job on a pooled connection, under [`GROUP_TIMEOUT`].
+async fn attempt<J: Job>(
+    pool: &DbPool,
+    job: &J,
+    items: &[J::Item],
+) -> Result<Vec<J::Output>, DbError> {
+    let mut conn: PooledConn = super::conn(pool).await?;
+    match tokio::time::timeout(GROUP_TIMEOUT, job.run(&mut conn, items)).await {
+        Ok(Ok(outputs)) if outputs.len() == items.len() => Ok(outputs),
+        Ok(Ok(outputs)) => Err(DbError::Unavailable(format!(
+            "database job answered {} of {} requests",
+            outputs.len(),
+            items.len()
+        ))),
+        Ok(Err(e)) => Err(DbError::Query(e)),
+        Err(_) => {
+            // The statement may still be running: never hand this connection out again.
+            drop(deadpool::managed::Object::take(conn));
+            Err(DbError::Unavailable(format!(
+                "no answer from the database within {GROUP_TIMEOUT:?}"
+            )))
+        }
+    }
+}
