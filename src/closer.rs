@@ -1,9 +1,12 @@
 //! The library call a shop's backend makes when it creates an order.
 //!
-//! The order row and its close schedule (an outbox row) are written in one transaction;
-//! after the commit the close message is published with a confirm. If the broker is down
-//! or the process dies in between, the outbox row stays and the worker's relay publishes
-//! it, so no order is ever forgotten.
+//! The order row and its close schedule (an outbox row) are written by one statement, so
+//! they commit together; after the commit the close message is published with a confirm
+//! and the outbox row is deleted in the background (grouped with other orders' rows). If
+//! the broker is down or the process dies in between, the outbox row stays and the
+//! worker's relay publishes it, so no order is ever forgotten (a row whose delete was lost
+//! is published a second time: the worker decides an order once however many messages
+//! name it).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,17 +29,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use thiserror::Error;
 
 use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError};
 use crate::config::Settings;
-use crate::db::outbox::{self, Claim, KIND_CLOSE, NewOutboxRow};
+use crate::db::batch::Batcher;
+use crate::db::outbox::DeletePublished;
 use crate::db::{self, DbError, DbPool, orders};
 use crate::message::{CloseMessage, MAX_OUT_TRADE_NO};
 use crate::order::Order;
-use crate::relay::{Relay, RelayError};
 
 /// Longest allowed time to pay.
 pub const MAX_TIME_TO_PAY: Duration = Duration::from_secs(366 * 86_400);
@@ -131,10 +134,19 @@ pub enum ConnectError {
 #[derive(Clone)]
 pub struct Closer {
     pool: DbPool,
-    relay: Option<Arc<Relay>>,
+    publisher: Option<Publisher>,
+    /// Deletes the outbox rows of published close messages, in groups.
+    published: Batcher<DeletePublished>,
+    /// Order ids taken from the sequence in blocks, not yet used.
+    ids: Arc<tokio::sync::Mutex<Vec<i64>>>,
     /// Kept open for as long as the closer lives.
     _connection: Option<Arc<lapin::Connection>>,
 }
+
+/// Most outbox rows deleted by one statement.
+const DELETE_GROUP: usize = 1_000;
+/// Order ids [`Closer::create_order`] takes from the sequence at once.
+const ID_BLOCK: usize = 100;
 
 impl Closer {
     /// Connects to the database and the broker and declares the topology. A broker that
@@ -146,17 +158,18 @@ impl Closer {
         let publisher = Publisher::open(&connection, Arc::new(settings.topology.clone())).await?;
         settings.topology.declare(publisher.channel()).await?;
         Ok(Self {
-            pool,
-            relay: Some(Arc::new(Relay::new(publisher))),
             _connection: Some(Arc::new(connection)),
+            ..Self::new(pool, Some(publisher))
         })
     }
 
     /// A closer over an existing pool and publisher.
     pub fn new(pool: DbPool, publisher: Option<Publisher>) -> Self {
         Self {
+            published: Batcher::new(pool.clone(), DeletePublished, DELETE_GROUP),
+            ids: Arc::new(tokio::sync::Mutex::new(Vec::new())),
             pool,
-            relay: publisher.map(|p| Arc::new(Relay::new(p))),
+            publisher,
             _connection: None,
         }
     }
@@ -166,14 +179,15 @@ impl Closer {
         Self::new(pool, None)
     }
 
-    /// Writes the order and its close schedule in one transaction, then publishes.
+    /// Writes the order and its close schedule (one statement), then publishes.
     #[tracing::instrument(skip_all, fields(out_trade_no = %new.out_trade_no))]
     pub async fn create_order(&self, new: NewOrder) -> Result<CreatedOrder, CreateError> {
+        let deadline = validate(&new, Utc::now())?;
         let mut conn = db::conn(&self.pool).await?;
-        let pending = conn
-            .transaction::<_, CreateError, _>(async |tx| Self::create_order_in(tx, &new).await)
-            .await?;
-        let published = self.publish_with(&mut conn, &pending).await;
+        let id = self.next_id(&mut conn).await?;
+        let pending = insert(&mut conn, id, &new, deadline).await?;
+        drop(conn);
+        let published = self.publish(&pending).await;
         Ok(CreatedOrder {
             order: pending.order,
             published,
@@ -181,71 +195,78 @@ impl Closer {
     }
 
     /// Writes the order and its close schedule using the caller's connection, inside the
-    /// caller's open transaction. Call [`Closer::publish`] after the caller commits.
+    /// caller's open transaction if there is one (both rows are written by one statement,
+    /// so they commit together either way). Call [`Closer::publish`] after the commit.
     pub async fn create_order_in(
         conn: &mut AsyncPgConnection,
         new: &NewOrder,
     ) -> Result<PendingClose, CreateError> {
-        let now = Utc::now();
-        let deadline = validate(new, now)?;
-        let row = orders::NewOrderRow {
-            out_trade_no: &new.out_trade_no,
-            channel: &new.channel,
-            amount_minor: new.amount_minor,
-            currency: &new.currency,
-            deadline,
-        };
-        let order = match orders::insert(conn, &row).await {
-            Ok(order) => order,
-            Err(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            )) => {
-                return Err(CreateError::Duplicate(new.out_trade_no.clone()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let message = CloseMessage::new(order.id, order.out_trade_no.clone(), order.deadline);
-        let payload = String::from_utf8(message.encode()).unwrap_or_default();
-        let outbox_id = outbox::insert(
-            conn,
-            &NewOutboxRow {
-                kind: KIND_CLOSE,
-                routing_key: "",
-                payload: &payload,
-            },
-        )
-        .await?;
-        Ok(PendingClose { order, outbox_id })
+        let deadline = validate(new, Utc::now())?;
+        let id = orders::reserve_ids(conn, 1)
+            .await?
+            .pop()
+            .ok_or(diesel::result::Error::NotFound)?;
+        insert(conn, id, new, deadline).await
     }
 
-    /// Publishes a committed close schedule. Returns false (and logs) when the broker is
-    /// unavailable: the relay publishes it later, so the order is not lost.
-    pub async fn publish(&self, pending: &PendingClose) -> bool {
-        match db::conn(&self.pool).await {
-            Ok(mut conn) => self.publish_with(&mut conn, pending).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "close schedule left to the relay");
-                false
-            }
+    /// An order id from this closer's block, taking a new block when it is used up.
+    async fn next_id(&self, conn: &mut AsyncPgConnection) -> Result<i64, CreateError> {
+        let mut ids = self.ids.lock().await;
+        if ids.is_empty() {
+            let mut block = orders::reserve_ids(conn, ID_BLOCK).await?;
+            block.reverse();
+            *ids = block;
         }
+        ids.pop()
+            .ok_or_else(|| CreateError::Db(DbError::Query(diesel::result::Error::NotFound)))
     }
 
-    async fn publish_with(&self, conn: &mut AsyncPgConnection, pending: &PendingClose) -> bool {
-        let Some(relay) = &self.relay else {
+    /// Publishes a committed close schedule and deletes its outbox row in the background.
+    /// Returns false (and logs) when the broker is unavailable: the relay publishes it
+    /// later, so the order is not lost.
+    pub async fn publish(&self, pending: &PendingClose) -> bool {
+        let Some(publisher) = &self.publisher else {
             return false;
         };
-        match relay.flush(conn, Claim::Ids(&[pending.outbox_id])).await {
-            Ok(_) => true,
-            Err(RelayError::Broker(e)) => {
+        let order = &pending.order;
+        let message = CloseMessage::new(order.id, order.out_trade_no.clone(), order.deadline);
+        match publisher.schedule(&message, Utc::now()).await {
+            Ok(_) => {
+                self.published.submit_detached(pending.outbox_id);
+                true
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "broker unavailable; the close schedule is left to the relay");
                 false
             }
-            Err(RelayError::Db(e)) => {
-                tracing::warn!(error = %e, "close schedule left to the relay");
-                false
-            }
         }
+    }
+}
+
+/// Writes the order with its id known in advance (so that the close message naming it is
+/// written by the same statement) and its close schedule.
+async fn insert(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    new: &NewOrder,
+    deadline: DateTime<Utc>,
+) -> Result<PendingClose, CreateError> {
+    let message = CloseMessage::new(id, new.out_trade_no.clone(), deadline);
+    let payload = String::from_utf8(message.encode()).unwrap_or_default();
+    let row = orders::NewOrderRow {
+        out_trade_no: &new.out_trade_no,
+        channel: &new.channel,
+        amount_minor: new.amount_minor,
+        currency: &new.currency,
+        deadline,
+    };
+    match orders::insert_scheduled(conn, id, &row, &payload).await {
+        Ok((order, outbox_id)) => Ok(PendingClose { order, outbox_id }),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Err(CreateError::Duplicate(new.out_trade_no.clone())),
+        Err(e) => Err(e.into()),
     }
 }
 

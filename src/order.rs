@@ -44,7 +44,7 @@ impl std::fmt::Display for OrderStatus {
 }
 
 /// A row of `orders`.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, QueryableByName, Selectable, Serialize)]
 #[diesel(table_name = crate::db::schema::orders, check_for_backend(diesel::pg::Pg))]
 pub struct Order {
     /// Our id.

@@ -65,7 +65,7 @@ impl Relay {
     pub async fn flush(
         &self,
         conn: &mut AsyncPgConnection,
-        which: Claim<'_>,
+        which: Claim,
     ) -> Result<usize, RelayError> {
         let leftovers: Vec<i64> = self.confirmed().iter().copied().collect();
         let (done, failure) = conn

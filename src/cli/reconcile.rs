@@ -154,7 +154,7 @@ async fn announce(settings: &Settings, decider: &Decider) {
         topology.declare(publisher.channel()).await?;
         let relay = Relay::new(publisher);
         let mut conn = db::conn(decider.pool()).await?;
-        let claim = Claim::Pending {
+        let claim = Claim {
             grace: settings.outbox_grace,
             limit: 10_000,
         };

@@ -96,6 +96,22 @@ impl<J: Job> Batcher<J> {
     /// Submits one item and waits for its output.
     pub async fn submit(&self, item: J::Item) -> Result<J::Output, DbError> {
         let (reply, answer) = oneshot::channel();
+        self.send(Request { item, reply })?;
+        answer
+            .await
+            .map_err(|_| DbError::Unavailable("database lane dropped the request".into()))?
+    }
+
+    /// Submits one item without waiting for it, for work whose failure is harmless (a
+    /// failed group is logged).
+    pub fn submit_detached(&self, item: J::Item) {
+        let (reply, _) = oneshot::channel();
+        if let Err(e) = self.send(Request { item, reply }) {
+            tracing::warn!(error = %e, "database work dropped");
+        }
+    }
+
+    fn send(&self, request: Request<J>) -> Result<(), DbError> {
         let sender = self.shared.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             tokio::spawn(lane(
@@ -107,11 +123,8 @@ impl<J: Job> Batcher<J> {
             sender
         });
         sender
-            .send(Request { item, reply })
-            .map_err(|_| DbError::Unavailable("database lane stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| DbError::Unavailable("database lane dropped the request".into()))?
+            .send(request)
+            .map_err(|_| DbError::Unavailable("database lane stopped".into()))
     }
 }
 

@@ -69,17 +69,7 @@ pub async fn for_order(conn: &mut AsyncPgConnection, order_id: i64) -> QueryResu
 /// Reserves `n` decision ids from the table's sequence (so that an event naming its
 /// decision can be written in the same statement as the decision).
 pub async fn reserve_ids(conn: &mut AsyncPgConnection, n: usize) -> QueryResult<Vec<i64>> {
-    #[derive(QueryableByName)]
-    struct Reserved {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        id: i64,
-    }
-    let rows: Vec<Reserved> =
-        diesel::sql_query("SELECT nextval('decisions_id_seq') AS id FROM generate_series(1, $1)")
-            .bind::<diesel::sql_types::BigInt, _>(n as i64)
-            .load(conn)
-            .await?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    super::next_ids(conn, "decisions_id_seq", n).await
 }
 
 /// One guarded `NEW -> PAID | CLOSED` transition with its audit row and its event row.
@@ -120,7 +110,7 @@ pub async fn apply_transitions(
         #[diesel(sql_type = BigInt)]
         id: i64,
     }
-    let moved: Vec<Moved> = diesel::sql_query(TRANSITIONS_SQL)
+    let moved: Vec<Moved> = super::prepared::prepared(TRANSITIONS_SQL)
         .bind::<Array<BigInt>, _>(column(rows, |r| r.order_id))
         .bind::<Array<BigInt>, _>(column(rows, |r| r.decision_id))
         .bind::<Array<Text>, _>(column(rows, |r| r.status))
@@ -134,6 +124,7 @@ pub async fn apply_transitions(
         .bind::<Array<Text>, _>(column(rows, |r| r.decision.actor))
         .bind::<Array<Text>, _>(column(rows, |r| r.event_key))
         .bind::<Array<Text>, _>(column(rows, |r| r.event_payload))
+        .bind::<Text, _>(super::outbox::KIND_EVENT)
         .load(conn)
         .await?;
     Ok(moved.into_iter().map(|m| m.id).collect())
@@ -173,7 +164,7 @@ audit AS (
 ),
 announced AS (
     INSERT INTO outbox (kind, routing_key, payload)
-    SELECT 'event', i.event_key, i.event_payload
+    SELECT $14, i.event_key, i.event_payload
     FROM input i JOIN moved m ON m.id = i.order_id
     ORDER BY i.decision_id
 )

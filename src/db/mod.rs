@@ -5,6 +5,7 @@ pub mod batch;
 pub mod decisions;
 pub mod orders;
 pub mod outbox;
+pub mod prepared;
 pub mod schema;
 
 use std::time::Duration;
@@ -89,6 +90,26 @@ pub async fn conn(pool: &DbPool) -> Result<PooledConn, DbError> {
     pool.get()
         .await
         .map_err(|e| DbError::Unavailable(e.to_string()))
+}
+
+/// Takes `n` values from a sequence (ids a statement will then insert explicitly).
+pub async fn next_ids(
+    conn: &mut AsyncPgConnection,
+    sequence: &str,
+    n: usize,
+) -> QueryResult<Vec<i64>> {
+    #[derive(QueryableByName)]
+    struct Next {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Next> =
+        prepared::prepared("SELECT nextval($1::regclass) AS id FROM generate_series(1, $2)")
+            .bind::<diesel::sql_types::Text, _>(sequence)
+            .bind::<diesel::sql_types::BigInt, _>(n as i64)
+            .load(conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
 /// Opens one connection outside any pool.

@@ -37,6 +37,54 @@ pub async fn insert(conn: &mut AsyncPgConnection, row: &NewOrderRow<'_>) -> Quer
         .await
 }
 
+/// Takes `n` order ids from the table's sequence (ids never taken are simply unused).
+pub async fn reserve_ids(conn: &mut AsyncPgConnection, n: usize) -> QueryResult<Vec<i64>> {
+    super::next_ids(conn, "orders_id_seq", n).await
+}
+
+/// Inserts an order with the id `id` (see [`reserve_ids`]) and its close schedule, an
+/// outbox row holding `close_payload`, in one statement: both commit or neither does.
+/// Returns the order and the outbox row's id.
+pub async fn insert_scheduled(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    row: &NewOrderRow<'_>,
+    close_payload: &str,
+) -> QueryResult<(Order, i64)> {
+    use diesel::sql_types::{BigInt, Text, Timestamptz};
+
+    #[derive(QueryableByName)]
+    struct Scheduled {
+        #[diesel(embed)]
+        order: Order,
+        #[diesel(sql_type = BigInt)]
+        outbox_id: i64,
+    }
+    let scheduled: Scheduled = super::prepared::prepared(
+        "WITH o AS (
+             INSERT INTO orders (id, out_trade_no, channel, amount_minor, currency, deadline)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING *
+         ), b AS (
+             INSERT INTO outbox (kind, routing_key, payload)
+             VALUES ($7, '', $8)
+             RETURNING id AS outbox_id
+         )
+         SELECT o.*, b.outbox_id FROM o, b",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<Text, _>(row.out_trade_no)
+    .bind::<Text, _>(row.channel)
+    .bind::<BigInt, _>(row.amount_minor)
+    .bind::<Text, _>(row.currency)
+    .bind::<Timestamptz, _>(row.deadline)
+    .bind::<Text, _>(super::outbox::KIND_CLOSE)
+    .bind::<Text, _>(close_payload)
+    .get_result(conn)
+    .await?;
+    Ok((scheduled.order, scheduled.outbox_id))
+}
+
 /// Reads an order by id.
 pub async fn find(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<Order>> {
     orders::table

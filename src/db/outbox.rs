@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::batch::Job;
 use super::schema::outbox;
 
 /// A close schedule (payload: a close message).
@@ -48,54 +50,37 @@ pub async fn insert(conn: &mut AsyncPgConnection, row: &NewOutboxRow<'_>) -> Que
         .await
 }
 
-/// Which rows a publisher claims.
-#[derive(Debug, Clone)]
-pub enum Claim<'a> {
-    /// These rows (the ones a transaction just wrote).
-    Ids(&'a [i64]),
-    /// Up to `limit` of the oldest rows that no one else will publish: every event row
-    /// (decisions leave them to the relay), and close rows older than `grace` (left
-    /// behind by a crash or a broker outage; younger ones are their creator's to publish).
-    Pending {
-        /// How long a close row belongs to its creator.
-        grace: Duration,
-        /// Batch size.
-        limit: i64,
-    },
+/// Which rows the relay claims: up to `limit` of the oldest rows that no one else will
+/// publish, that is every event row (decisions leave them to the relay) and close rows
+/// older than `grace` (left behind by a crash or a broker outage; younger ones are their
+/// creator's to publish).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    /// How long a close row belongs to its creator.
+    pub grace: Duration,
+    /// Batch size.
+    pub limit: i64,
 }
 
 /// Locks and returns rows to publish, skipping rows another publisher holds, so that a
-/// row is published by one process at a time. Call inside a transaction.
-pub async fn claim(conn: &mut AsyncPgConnection, which: Claim<'_>) -> QueryResult<Vec<OutboxRow>> {
-    let query = outbox::table
+/// row is published by one relay at a time. Call inside a transaction.
+pub async fn claim(conn: &mut AsyncPgConnection, which: Claim) -> QueryResult<Vec<OutboxRow>> {
+    // The creator's clock decides ownership, so compare with this process's clock.
+    let cutoff =
+        Utc::now() - chrono::Duration::from_std(which.grace).unwrap_or(chrono::Duration::MAX);
+    outbox::table
         .select(OutboxRow::as_select())
-        .order(outbox::id.asc());
-    match which {
-        Claim::Ids(ids) => {
-            query
-                .filter(outbox::id.eq_any(ids))
-                .for_update()
-                .skip_locked()
-                .load(conn)
-                .await
-        }
-        Claim::Pending { grace, limit } => {
-            // The creator's clock decides ownership, so compare with this process's clock.
-            let cutoff =
-                Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-            query
-                .filter(
-                    outbox::kind
-                        .eq(KIND_EVENT)
-                        .or(outbox::created_at.lt(cutoff)),
-                )
-                .limit(limit)
-                .for_update()
-                .skip_locked()
-                .load(conn)
-                .await
-        }
-    }
+        .order(outbox::id.asc())
+        .filter(
+            outbox::kind
+                .eq(KIND_EVENT)
+                .or(outbox::created_at.lt(cutoff)),
+        )
+        .limit(which.limit)
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
 }
 
 /// Deletes published rows.
@@ -103,6 +88,20 @@ pub async fn delete(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<us
     diesel::delete(outbox::table.filter(outbox::id.eq_any(ids)))
         .execute(conn)
         .await
+}
+
+/// Deletes published rows in groups (one statement per group; see [`super::batch`]).
+pub struct DeletePublished;
+
+#[async_trait]
+impl Job for DeletePublished {
+    type Item = i64;
+    type Output = ();
+
+    async fn run(&self, conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<Vec<()>> {
+        delete(conn, ids).await?;
+        Ok(vec![(); ids.len()])
+    }
 }
 
 /// How many rows wait to be published (a health signal: it grows while the broker is down).

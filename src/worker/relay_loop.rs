@@ -58,7 +58,7 @@ async fn pass(pool: &DbPool, relay: &Relay, grace: Duration) {
                 relay
                     .flush(
                         &mut conn,
-                        Claim::Pending {
+                        Claim {
                             grace,
                             limit: BATCH,
                         },
