@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
+use futures_util::future::join_all;
 use thiserror::Error;
 
 use crate::broker::publisher::Publisher;
@@ -182,16 +183,35 @@ impl Closer {
     /// Writes the order and its close schedule (one statement), then publishes.
     #[tracing::instrument(skip_all, fields(out_trade_no = %new.out_trade_no))]
     pub async fn create_order(&self, new: NewOrder) -> Result<CreatedOrder, CreateError> {
-        let deadline = validate(&new, Utc::now())?;
+        self.create_orders(std::slice::from_ref(&new))
+            .await?
+            .pop()
+            .ok_or_else(|| CreateError::Db(DbError::Query(diesel::result::Error::NotFound)))
+    }
+
+    /// Creates up to [`MAX_BATCH`] orders at once: every order and its close schedule in
+    /// one statement (all are created or none is), then every close message published
+    /// with its confirm in flight at once. Any invalid order fails the whole call, naming
+    /// it; so does an `out_trade_no` that exists already.
+    #[tracing::instrument(skip_all, fields(orders = new.len()))]
+    pub async fn create_orders(&self, new: &[NewOrder]) -> Result<Vec<CreatedOrder>, CreateError> {
+        let deadlines = validate_all(new, Utc::now())?;
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = db::conn(&self.pool).await?;
-        let id = self.next_id(&mut conn).await?;
-        let pending = insert(&mut conn, id, &new, deadline).await?;
+        let ids = self.take_ids(&mut conn, new.len()).await?;
+        let pending = insert(&mut conn, &ids, new, &deadlines).await?;
         drop(conn);
-        let published = self.publish(&pending).await;
-        Ok(CreatedOrder {
-            order: pending.order,
-            published,
-        })
+        let published = self.publish_all(&pending).await;
+        Ok(pending
+            .into_iter()
+            .zip(published)
+            .map(|(p, published)| CreatedOrder {
+                order: p.order,
+                published,
+            })
+            .collect())
     }
 
     /// Writes the order and its close schedule using the caller's connection, inside the
@@ -202,72 +222,159 @@ impl Closer {
         new: &NewOrder,
     ) -> Result<PendingClose, CreateError> {
         let deadline = validate(new, Utc::now())?;
-        let id = orders::reserve_ids(conn, 1)
+        let ids = orders::reserve_ids(conn, 1).await?;
+        insert(conn, &ids, std::slice::from_ref(new), &[deadline])
             .await?
             .pop()
-            .ok_or(diesel::result::Error::NotFound)?;
-        insert(conn, id, new, deadline).await
+            .ok_or_else(|| CreateError::Db(DbError::Query(diesel::result::Error::NotFound)))
     }
 
-    /// An order id from this closer's block, taking a new block when it is used up.
-    async fn next_id(&self, conn: &mut AsyncPgConnection) -> Result<i64, CreateError> {
-        let mut ids = self.ids.lock().await;
-        if ids.is_empty() {
-            let mut block = orders::reserve_ids(conn, ID_BLOCK).await?;
-            block.reverse();
-            *ids = block;
+    /// `n` order ids from this closer's block, taking more from the sequence when the
+    /// block runs short (at least [`ID_BLOCK`] at a time).
+    async fn take_ids(
+        &self,
+        conn: &mut AsyncPgConnection,
+        n: usize,
+    ) -> Result<Vec<i64>, CreateError> {
+        let mut block = self.ids.lock().await;
+        if block.len() < n {
+            let more = (n - block.len()).max(ID_BLOCK);
+            block.extend(orders::reserve_ids(conn, more).await?);
         }
-        ids.pop()
-            .ok_or_else(|| CreateError::Db(DbError::Query(diesel::result::Error::NotFound)))
+        let keep = block.len() - n;
+        Ok(block.split_off(keep))
     }
 
     /// Publishes a committed close schedule and deletes its outbox row in the background.
     /// Returns false (and logs) when the broker is unavailable: the relay publishes it
     /// later, so the order is not lost.
     pub async fn publish(&self, pending: &PendingClose) -> bool {
+        self.publish_all(std::slice::from_ref(pending))
+            .await
+            .first()
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Publishes committed close schedules, every confirm in flight at once; whether each
+    /// reached the broker.
+    async fn publish_all(&self, pending: &[PendingClose]) -> Vec<bool> {
         let Some(publisher) = &self.publisher else {
-            return false;
+            return vec![false; pending.len()];
         };
-        let order = &pending.order;
-        let message = CloseMessage::new(order.id, order.out_trade_no.clone(), order.deadline);
-        match publisher.schedule(&message, Utc::now()).await {
-            Ok(_) => {
-                self.published.submit_detached(pending.outbox_id);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "broker unavailable; the close schedule is left to the relay");
-                false
-            }
+        let now = Utc::now();
+        let results = join_all(pending.iter().map(|p| {
+            let message =
+                CloseMessage::new(p.order.id, p.order.out_trade_no.clone(), p.order.deadline);
+            async move { publisher.schedule(&message, now).await }
+        }))
+        .await;
+        let mut failures = 0;
+        let published = pending
+            .iter()
+            .zip(results)
+            .map(|(p, result)| match result {
+                Ok(_) => {
+                    self.published.submit_detached(p.outbox_id);
+                    true
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "broker unavailable; the close schedule is left to the relay");
+                    }
+                    failures += 1;
+                    false
+                }
+            })
+            .collect();
+        if failures > 1 {
+            tracing::warn!(failures, "close schedules left to the relay");
         }
+        published
     }
 }
 
-/// Writes the order with its id known in advance (so that the close message naming it is
-/// written by the same statement) and its close schedule.
+/// Most orders [`Closer::create_orders`] takes at once.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Writes orders with their ids known in advance (so that each close message naming its
+/// order is written by the same statement) and their close schedules.
 async fn insert(
     conn: &mut AsyncPgConnection,
-    id: i64,
-    new: &NewOrder,
-    deadline: DateTime<Utc>,
-) -> Result<PendingClose, CreateError> {
-    let message = CloseMessage::new(id, new.out_trade_no.clone(), deadline);
-    let payload = String::from_utf8(message.encode()).unwrap_or_default();
-    let row = orders::NewOrderRow {
-        out_trade_no: &new.out_trade_no,
-        channel: &new.channel,
-        amount_minor: new.amount_minor,
-        currency: &new.currency,
-        deadline,
-    };
-    match orders::insert_scheduled(conn, id, &row, &payload).await {
-        Ok((order, outbox_id)) => Ok(PendingClose { order, outbox_id }),
+    ids: &[i64],
+    new: &[NewOrder],
+    deadlines: &[DateTime<Utc>],
+) -> Result<Vec<PendingClose>, CreateError> {
+    let payloads: Vec<String> = new
+        .iter()
+        .zip(ids)
+        .zip(deadlines)
+        .map(|((n, id), deadline)| {
+            let message = CloseMessage::new(*id, n.out_trade_no.clone(), *deadline);
+            String::from_utf8(message.encode()).unwrap_or_default()
+        })
+        .collect();
+    let rows: Vec<orders::Scheduled<'_>> = new
+        .iter()
+        .zip(ids)
+        .zip(deadlines)
+        .zip(&payloads)
+        .map(|(((n, id), deadline), payload)| orders::Scheduled {
+            id: *id,
+            row: orders::NewOrderRow {
+                out_trade_no: &n.out_trade_no,
+                channel: &n.channel,
+                amount_minor: n.amount_minor,
+                currency: &n.currency,
+                deadline: *deadline,
+            },
+            close_payload: payload,
+        })
+        .collect();
+    match orders::insert_scheduled(conn, &rows).await {
+        Ok(inserted) => Ok(inserted
+            .into_iter()
+            .map(|(order, outbox_id)| PendingClose { order, outbox_id })
+            .collect()),
         Err(diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Err(CreateError::Duplicate(new.out_trade_no.clone())),
+            info,
+        )) => Err(CreateError::Duplicate(duplicate_key(info.details(), new))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The `out_trade_no` a unique violation names (`Key (out_trade_no)=(X) already exists.`),
+/// or the only order's.
+fn duplicate_key(details: Option<&str>, new: &[NewOrder]) -> String {
+    let named = details
+        .and_then(|d| d.split_once("=(")?.1.split_once(')'))
+        .map(|(key, _)| key.to_owned());
+    match (named, new) {
+        (Some(key), _) => key,
+        (None, [only]) => only.out_trade_no.clone(),
+        (None, _) => "one of the orders".to_owned(),
+    }
+}
+
+/// Checks every order; returns their deadlines, or the first error naming its order.
+fn validate_all(new: &[NewOrder], now: DateTime<Utc>) -> Result<Vec<DateTime<Utc>>, CreateError> {
+    if new.len() > MAX_BATCH {
+        return Err(CreateError::Invalid(format!(
+            "{} orders at once; at most {MAX_BATCH}",
+            new.len()
+        )));
+    }
+    new.iter()
+        .enumerate()
+        .map(|(i, n)| match validate(n, now) {
+            Err(CreateError::Invalid(m)) if new.len() > 1 => Err(CreateError::Invalid(format!(
+                "order #{i} ({:?}): {m}",
+                n.out_trade_no
+            ))),
+            other => other,
+        })
+        .collect()
 }
 
 /// Checks an order and returns its deadline.

@@ -125,6 +125,26 @@ async fn an_odd_deadline_is_decided_within_the_lateness_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_one_at_a_time_consumer_decides_orders_that_arrive_just_before_their_deadline() {
+    // Every order goes through the 500 ms tier and waits out its last moments in the
+    // worker; with one permit and a prefetch of one, waiting must not block the next.
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(1, 1);
+    let mut numbers = Vec::new();
+    for i in 0..4 {
+        let no = env.no(&format!("classic{i}"));
+        env.create(&no, 100, Duration::from_millis(900 + 150 * i))
+            .await;
+        numbers.push(no);
+    }
+    for no in &numbers {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Closed, "{no}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn with_the_broker_unreachable_at_creation_the_relay_closes_the_order_later() {
     let mut env = TestEnv::new(&[]).await;
     // A publisher whose connection is gone: the broker is unreachable for this shop.

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
+use super::prepared::{column, prepared};
 use super::schema::decisions;
 
 /// A row to insert.
@@ -110,7 +111,7 @@ pub async fn apply_transitions(
         #[diesel(sql_type = BigInt)]
         id: i64,
     }
-    let moved: Vec<Moved> = super::prepared::prepared(TRANSITIONS_SQL)
+    let moved: Vec<Moved> = prepared(TRANSITIONS_SQL)
         .bind::<Array<BigInt>, _>(column(rows, |r| r.order_id))
         .bind::<Array<BigInt>, _>(column(rows, |r| r.decision_id))
         .bind::<Array<Text>, _>(column(rows, |r| r.status))
@@ -128,11 +129,6 @@ pub async fn apply_transitions(
         .load(conn)
         .await?;
     Ok(moved.into_iter().map(|m| m.id).collect())
-}
-
-/// One field of every row, as an array parameter.
-fn column<'a, T>(rows: &[Transition<'a>], field: impl Fn(&Transition<'a>) -> T) -> Vec<T> {
-    rows.iter().map(field).collect()
 }
 
 /// The guarded update, the audit rows and the event rows of [`apply_transitions`]: data-

@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::batch::Job;
+use super::prepared::{column, prepared};
 use super::schema::orders;
 use crate::order::{Order, OrderStatus};
 
@@ -42,47 +43,67 @@ pub async fn reserve_ids(conn: &mut AsyncPgConnection, n: usize) -> QueryResult<
     super::next_ids(conn, "orders_id_seq", n).await
 }
 
-/// Inserts an order with the id `id` (see [`reserve_ids`]) and its close schedule, an
-/// outbox row holding `close_payload`, in one statement: both commit or neither does.
-/// Returns the order and the outbox row's id.
+/// An order to insert with its id known in advance (see [`reserve_ids`]) and its close
+/// message.
+#[derive(Debug, Clone)]
+pub struct Scheduled<'a> {
+    /// The order's id.
+    pub id: i64,
+    /// The order.
+    pub row: NewOrderRow<'a>,
+    /// The close message naming it, for its outbox row.
+    pub close_payload: &'a str,
+}
+
+/// Inserts orders and their close schedules (an outbox row each) in one statement: all
+/// commit or none does. Returns each order with its outbox row's id, in the given order.
 pub async fn insert_scheduled(
     conn: &mut AsyncPgConnection,
-    id: i64,
-    row: &NewOrderRow<'_>,
-    close_payload: &str,
-) -> QueryResult<(Order, i64)> {
-    use diesel::sql_types::{BigInt, Text, Timestamptz};
+    rows: &[Scheduled<'_>],
+) -> QueryResult<Vec<(Order, i64)>> {
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
 
     #[derive(QueryableByName)]
-    struct Scheduled {
+    struct Inserted {
         #[diesel(embed)]
         order: Order,
         #[diesel(sql_type = BigInt)]
         outbox_id: i64,
     }
-    let scheduled: Scheduled = super::prepared::prepared(
-        "WITH o AS (
+    let inserted: Vec<Inserted> = prepared(
+        "WITH input AS (
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                                  $5::text[], $6::timestamptz[], $7::text[])
+                 AS t(id, out_trade_no, channel, amount_minor, currency, deadline, payload)
+         ), o AS (
              INSERT INTO orders (id, out_trade_no, channel, amount_minor, currency, deadline)
-             VALUES ($1, $2, $3, $4, $5, $6)
+             SELECT id, out_trade_no, channel, amount_minor, currency, deadline FROM input
              RETURNING *
          ), b AS (
              INSERT INTO outbox (kind, routing_key, payload)
-             VALUES ($7, '', $8)
-             RETURNING id AS outbox_id
+             SELECT $8, '', payload FROM input ORDER BY id
+             RETURNING id AS outbox_id, payload
          )
-         SELECT o.*, b.outbox_id FROM o, b",
+         SELECT o.*, b.outbox_id
+         FROM o JOIN input i ON i.id = o.id JOIN b ON b.payload = i.payload",
     )
-    .bind::<BigInt, _>(id)
-    .bind::<Text, _>(row.out_trade_no)
-    .bind::<Text, _>(row.channel)
-    .bind::<BigInt, _>(row.amount_minor)
-    .bind::<Text, _>(row.currency)
-    .bind::<Timestamptz, _>(row.deadline)
+    .bind::<Array<BigInt>, _>(column(rows, |r| r.id))
+    .bind::<Array<Text>, _>(column(rows, |r| r.row.out_trade_no))
+    .bind::<Array<Text>, _>(column(rows, |r| r.row.channel))
+    .bind::<Array<BigInt>, _>(column(rows, |r| r.row.amount_minor))
+    .bind::<Array<Text>, _>(column(rows, |r| r.row.currency))
+    .bind::<Array<Timestamptz>, _>(column(rows, |r| r.row.deadline))
+    .bind::<Array<Text>, _>(column(rows, |r| r.close_payload))
     .bind::<Text, _>(super::outbox::KIND_CLOSE)
-    .bind::<Text, _>(close_payload)
-    .get_result(conn)
+    .load(conn)
     .await?;
-    Ok((scheduled.order, scheduled.outbox_id))
+    let mut by_id: HashMap<i64, (Order, i64)> = inserted
+        .into_iter()
+        .map(|i| (i.order.id, (i.order, i.outbox_id)))
+        .collect();
+    rows.iter()
+        .map(|r| by_id.remove(&r.id).ok_or(diesel::result::Error::NotFound))
+        .collect()
 }
 
 /// Reads an order by id.

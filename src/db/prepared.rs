@@ -58,6 +58,11 @@ impl<B> Prepared<B> {
     }
 }
 
+/// One field of every row, as the value of an array parameter (`unnest($1::bigint[])`).
+pub fn column<R, T>(rows: &[R], field: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(field).collect()
+}
+
 /// The bound parameters, walked in order.
 pub trait Binds {
     /// How many parameters are bound.

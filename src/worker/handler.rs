@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -37,6 +38,34 @@ pub struct Context {
     pub broken: CancellationToken,
     /// Acknowledges finished deliveries in runs.
     pub acks: Arc<Acks>,
+    /// One per delivery at work (deciding, forwarding, parking); a delivery waiting out
+    /// the last moments before its deadline holds none.
+    pub permits: Arc<Semaphore>,
+}
+
+impl Context {
+    /// Waits for a permit to work (counted in the `in_flight` gauge while held).
+    async fn work(&self) -> Working<'_> {
+        // Only a closed semaphore fails, and the worker never closes it.
+        let permit = self.permits.acquire().await.ok();
+        self.decider.metrics().in_flight.inc();
+        Working {
+            ctx: self,
+            _permit: permit,
+        }
+    }
+}
+
+/// A delivery at work; gives its permit back when dropped.
+struct Working<'a> {
+    ctx: &'a Context,
+    _permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.ctx.decider.metrics().in_flight.dec();
+    }
 }
 
 /// Handles one delivery; never panics, never drops a message.
@@ -44,6 +73,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
     let message = match CloseMessage::decode(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
+            let _working = ctx.work().await;
             warn!(error = %e, bytes = delivery.data.len(), "malformed close message; parking it");
             let error = e.to_string();
             let note = ParkNote {
@@ -75,6 +105,12 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
 /// Decides (or forwards) a message and publishes whatever must follow it. Returns Ok
 /// when the delivery may be acknowledged.
 async fn route(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError> {
+    let remaining = (message.due_at() - Utc::now()).to_std().unwrap_or_default();
+    if remaining < SMALLEST_TIER && !remaining.is_zero() {
+        // The last stretch is waited out here, holding no permit: waiting is not work.
+        tokio::time::sleep(remaining).await;
+    }
+    let _working = ctx.work().await;
     let now = Utc::now();
     let remaining = (message.due_at() - now).to_std().unwrap_or_default();
     if remaining > MAX_TIME_TO_PAY {
@@ -100,9 +136,6 @@ async fn route(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerErr
         ctx.decider.metrics().forwarded();
         debug!(?route, ?remaining, "not due yet; forwarded");
         return Ok(());
-    }
-    if !remaining.is_zero() {
-        tokio::time::sleep(remaining).await;
     }
 
     let attempt = AttemptInfo {

@@ -151,7 +151,6 @@ impl Worker {
             "consuming"
         );
 
-        let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let mut in_flight = JoinSet::new();
         let broken = CancellationToken::new();
         let acks = acks::Acks::new(channel.clone());
@@ -162,18 +161,13 @@ impl Worker {
             publisher: publisher.clone(),
             broken: broken.clone(),
             acks,
+            permits: Arc::new(Semaphore::new(self.config.concurrency)),
         });
         let result = loop {
-            // Reap finished decisions so the set does not grow.
+            // Reap finished deliveries so the set does not grow.
             while in_flight.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                () = broken.cancelled() => break Err(BrokerError::ChannelGone { op: "publish" }),
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break Ok(()),
-                },
-            };
+            // No permit is taken here: the prefetch window bounds the deliveries held, and
+            // each takes a permit only when it starts working (see `handler::handle`).
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 () = broken.cancelled() => break Err(BrokerError::ChannelGone { op: "publish" }),
@@ -184,11 +178,7 @@ impl Worker {
                     ctx.acks.delivered(delivery.delivery_tag);
                     let ctx = ctx.clone();
                     in_flight.spawn(async move {
-                        let gauge = &ctx.decider.metrics().in_flight;
-                        gauge.inc();
                         handler::handle(&ctx, delivery).await;
-                        gauge.dec();
-                        drop(permit);
                     });
                 }
                 Some(Err(source)) => {

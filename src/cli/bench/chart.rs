@@ -1,5 +1,6 @@
-//! The PNG chart: the pipeline run's lateness distribution (CDF) on the left, its
-//! decisions per second over time on the right.
+//! The PNG chart: the pipeline run's lateness distribution (CDF) and its decisions per
+//! second over time on top; below, when those runs were made, the sustained run's
+//! lateness per window and the worker's memory while a million closes were scheduled.
 //!
 //! Text needs a TrueType font: the first of a few common system fonts (or `--chart-font`)
 //! is loaded at run time; without one the chart is drawn without any text (the JSON
@@ -12,10 +13,12 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+use super::pending::PendingResult;
 use super::report::Report;
+use super::sustained::SustainedResult;
 
-/// Image size in pixels.
-const SIZE: (u32, u32) = (1200, 500);
+/// Size of one panel in pixels (two per row).
+const PANEL: (u32, u32) = (600, 450);
 /// Fonts tried when none is given.
 const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -39,11 +42,23 @@ fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
 /// Draws the chart at `path`; returns whether it has text.
 pub fn draw(path: &Path, font: Option<&str>, report: &Report) -> anyhow::Result<bool> {
     let text = load_font(font);
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    let second_row = report.sustained.is_some() || report.pending.is_some();
+    let rows = if second_row { 2 } else { 1 };
+    let root = BitMapBackend::new(path, (PANEL.0 * 2, PANEL.1 * rows)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
-    let (left, right) = root.split_horizontally(SIZE.0 / 2);
-    lateness_cdf(&left, &report.pipeline.lateness_quantiles_ms, text)?;
-    throughput(&right, &report.pipeline.decisions_per_second_series, text)?;
+    let panels = root.split_evenly((rows as usize, 2));
+    lateness_cdf(&panels[0], &report.pipeline.lateness_quantiles_ms, text)?;
+    throughput(
+        &panels[1],
+        &report.pipeline.decisions_per_second_series,
+        text,
+    )?;
+    if let Some(s) = &report.sustained {
+        sustained_windows(&panels[2], s, text)?;
+    }
+    if let Some(p) = &report.pending {
+        pending_memory(&panels[3], p, text)?;
+    }
     root.present().map_err(plot_error)?;
     Ok(text)
 }
@@ -133,5 +148,150 @@ fn throughput(area: &Area<'_>, series: &[u32], text: bool) -> anyhow::Result<()>
             Rectangle::new([(x + 0.05, 0.0), (x + 0.95, f64::from(*n))], GREEN.filled())
         }))
         .map_err(plot_error)?;
+    Ok(())
+}
+
+/// Sustained run: p50 and p99 lateness of each window.
+fn sustained_windows(area: &Area<'_>, s: &SustainedResult, text: bool) -> anyhow::Result<()> {
+    let end = s
+        .windows
+        .last()
+        .map_or(1.0, |w| w.start_seconds + 10.0)
+        .max(1.0);
+    let max_y = s
+        .windows
+        .iter()
+        .map(|w| w.lateness_ms.p99)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(20);
+    if text {
+        builder
+            .caption(
+                format!("sustained {:.0}/s: lateness per 10 s", s.achieved_rate),
+                (FAMILY, 22),
+            )
+            .x_label_area_size(45)
+            .y_label_area_size(55);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0f64..end, 0f64..max_y)
+        .map_err(plot_error)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("seconds into the run (by deadline)")
+            .y_desc("ms after the deadline")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FAMILY, 14));
+    }
+    mesh.draw().map_err(plot_error)?;
+    for (color, pick) in [
+        (
+            BLUE,
+            (|w: &super::sustained::Window| w.lateness_ms.p50) as fn(&_) -> f64,
+        ),
+        (RED, |w: &super::sustained::Window| w.lateness_ms.p99),
+    ] {
+        let series = chart
+            .draw_series(LineSeries::new(
+                s.windows.iter().map(|w| (w.start_seconds + 5.0, pick(w))),
+                color.stroke_width(2),
+            ))
+            .map_err(plot_error)?;
+        if text {
+            let name = if color == BLUE { "p50" } else { "p99" };
+            series
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .label_font((FAMILY, 14))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
+    }
+    Ok(())
+}
+
+/// Pending run: worker RSS over time (left axis) while the outbox empties into the tiers
+/// (closes scheduled so far, right axis).
+fn pending_memory(area: &Area<'_>, p: &PendingResult, text: bool) -> anyhow::Result<()> {
+    let end = p.samples.last().map_or(1.0, |s| s.seconds).max(1.0);
+    let max_rss = p
+        .samples
+        .iter()
+        .map(|s| s.worker_rss_mib)
+        .fold(p.worker_rss_start_mib, f64::max)
+        .max(1.0);
+    let total = p.orders.max(1) as f64;
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(20);
+    if text {
+        builder
+            .caption(
+                format!("{} closes scheduled: worker memory", p.orders),
+                (FAMILY, 22),
+            )
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .right_y_label_area_size(60);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0f64..end, 0f64..max_rss * 1.5)
+        .map_err(plot_error)?
+        .set_secondary_coord(0f64..end, 0f64..total * 1.05);
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("seconds")
+            .y_desc("worker RSS MiB")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FAMILY, 14));
+    }
+    mesh.draw().map_err(plot_error)?;
+    if text {
+        chart
+            .configure_secondary_axes()
+            .y_desc("closes scheduled")
+            .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(plot_error)?;
+    }
+    let rss = chart
+        .draw_series(LineSeries::new(
+            p.samples.iter().map(|s| (s.seconds, s.worker_rss_mib)),
+            RED.stroke_width(2),
+        ))
+        .map_err(plot_error)?;
+    if text {
+        rss.label("worker RSS (left)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    }
+    let scheduled = chart
+        .draw_secondary_series(LineSeries::new(
+            p.samples
+                .iter()
+                .map(|s| (s.seconds, (s.written as i64 - s.outbox).max(0) as f64)),
+            GREEN.stroke_width(2),
+        ))
+        .map_err(plot_error)?;
+    if text {
+        scheduled
+            .label("closes scheduled (right)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FAMILY, 14))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
+    }
     Ok(())
 }

@@ -12,7 +12,9 @@
 //! - [`create`]: `Closer::create_order` against a raw insert of the same rows;
 //! - [`pipeline`]: N orders due at the same moment, decided by the worker;
 //! - [`classic`]: the same with `--concurrency 1 --prefetch 1`;
-//! - [`sustained`]: a steady arrival rate, lateness per 10 s window.
+//! - [`sustained`]: a steady arrival rate, lateness per 10 s window;
+//! - [`pending`]: a million close schedules left in the outbox, scheduled by the worker's
+//!   relay, with the worker's memory sampled throughout.
 //!
 //! Results go to a JSON file, a table on stdout ([`report`]) and a PNG chart ([`chart`]).
 
@@ -20,6 +22,7 @@ mod ceilings;
 mod chart;
 mod classic;
 mod create;
+mod pending;
 mod pipeline;
 mod report;
 mod stats;
@@ -65,11 +68,12 @@ pub struct BenchArgs {
     /// Orders in the classic (`--concurrency 1 --prefetch 1`) run [default: 200; quick: 50].
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100_000))]
     classic_orders: Option<u32>,
-    /// Worker `--concurrency` for the pipeline and sustained runs.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Worker `--concurrency` for the pipeline and sustained runs (with a 100 ms gateway,
+    /// about 1,000 in flight are needed for several thousand decisions a second).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     concurrency: u32,
     /// Worker `--prefetch` for the pipeline and sustained runs.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u16).range(1..))]
     prefetch: u16,
     /// Round-trip delay the simulator adds to every gateway answer.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -93,6 +97,10 @@ pub struct BenchArgs {
     /// Orders per second in the sustained run [default: half the pipeline's peak].
     #[arg(long)]
     rate: Option<f64>,
+    /// Close schedules left pending for the worker's relay to schedule, with its memory
+    /// watched; 0 skips the run [default: 1000000; quick: 20000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pending: Option<u32>,
     /// Where the JSON results go (the chart goes next to it as `chart.png`).
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -103,7 +111,8 @@ pub struct BenchArgs {
     /// [default: the first of a few common system fonts, else none].
     #[arg(long)]
     chart_font: Option<String>,
-    /// Small and fast: 2000 orders, 50 classic, 1000 created per side, ceilings 0.5 s.
+    /// Small and fast: 2000 orders, 50 classic, 1000 created per side, ceilings 0.5 s,
+    /// 20000 pending.
     #[arg(long)]
     quick: bool,
     /// Leave out measurements (repeatable): ceilings, create, classic.
@@ -154,6 +163,8 @@ pub struct Plan {
     pub sustained_seconds: f64,
     /// Sustained arrival rate asked for (None: half the pipeline's peak).
     pub rate: Option<f64>,
+    /// Close schedules in the pending run (0: skipped).
+    pub pending: u32,
     /// Quick mode.
     pub quick: bool,
     /// Measurements left out.
@@ -215,6 +226,7 @@ impl Plan {
             lead_seconds: args.lead.map(|d| d.as_secs_f64()),
             sustained_seconds: args.sustained.as_secs_f64(),
             rate: args.rate,
+            pending: pick(args.pending, 1_000_000, 20_000),
             quick: args.quick,
             skip: args.skip,
             out: args.out,
@@ -270,6 +282,8 @@ pub struct Results {
     pub classic: Option<pipeline::BatchResult>,
     /// The sustained run.
     pub sustained: Option<sustained::SustainedResult>,
+    /// The pending-closes run.
+    pub pending: Option<pending::PendingResult>,
 }
 
 async fn measure(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
@@ -323,12 +337,22 @@ async fn measure(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
     } else {
         None
     };
+    let pending = if plan.pending > 0 {
+        eprintln!(
+            "pending run: {} close schedules for the worker's relay",
+            plan.pending
+        );
+        Some(pending::run(env, plan, plan.pending as usize).await?)
+    } else {
+        None
+    };
     Ok(Results {
         ceilings,
         create,
         pipeline,
         classic,
         sustained,
+        pending,
     })
 }
 

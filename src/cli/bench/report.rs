@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::ceilings::Ceilings;
 use super::create::CreateResult;
+use super::pending::PendingResult;
 use super::pipeline::{self, BatchResult};
 use super::sustained::SustainedResult;
 use super::{Plan, Results};
@@ -24,6 +25,8 @@ pub mod targets {
     pub const SUSTAINED_P99_MS: f64 = 1000.0;
     /// `create_order` over raw insert, at least.
     pub const CREATE_OVER_RAW: f64 = 0.70;
+    /// Worker RSS growth while a million closes are scheduled, at most (MiB): "flat".
+    pub const PENDING_RSS_GROWTH_MIB: f64 = 16.0;
 }
 
 /// One figure against its target.
@@ -87,6 +90,8 @@ pub struct Derived {
     pub create_over_raw: Option<f64>,
     /// Sustained p99 lateness (ms).
     pub sustained_p99_ms: Option<f64>,
+    /// Worker RSS growth over the pending run (MiB).
+    pub pending_worker_rss_growth_mib: Option<f64>,
 }
 
 /// Facts about the run and the machine.
@@ -123,6 +128,8 @@ pub struct Report {
     pub classic: Option<BatchResult>,
     /// The sustained run.
     pub sustained: Option<SustainedResult>,
+    /// The pending-closes run.
+    pub pending: Option<PendingResult>,
     /// Derived figures.
     pub derived: Derived,
     /// The targets.
@@ -163,6 +170,7 @@ impl Report {
                 .map(|s| p.worker_cpu_ms_per_decision_after_deadline / s),
             create_over_raw: r.create.as_ref().map(|c| c.ratio),
             sustained_p99_ms: r.sustained.as_ref().map(|s| s.lateness_ms.p99),
+            pending_worker_rss_growth_mib: r.pending.as_ref().map(|p| p.worker_rss_growth_mib),
         };
         let mut goals = Vec::new();
         if let Some(v) = derived.throughput_vs_crypto_ceiling {
@@ -200,6 +208,13 @@ impl Report {
                 targets::CREATE_OVER_RAW,
             ));
         }
+        if let Some(v) = derived.pending_worker_rss_growth_mib {
+            goals.push(Target::at_most(
+                "pending_worker_rss_growth_mib",
+                v,
+                targets::PENDING_RSS_GROWTH_MIB,
+            ));
+        }
         Self {
             run: tag.to_owned(),
             started_at,
@@ -215,6 +230,7 @@ impl Report {
             pipeline: r.pipeline,
             classic: r.classic,
             sustained: r.sustained,
+            pending: r.pending,
             derived,
             targets: goals,
         }
@@ -374,6 +390,41 @@ impl Report {
                 &mut t,
                 "worker CPU ms/decision",
                 &format!("{:.3}", s.worker_cpu_ms_per_decision),
+            );
+        }
+        if let Some(p) = &self.pending {
+            let _ = writeln!(
+                t,
+                "\npending closes: {} written by create_orders without a broker, scheduled by the worker's relay",
+                p.orders
+            );
+            row(
+                &mut t,
+                "written/s (create_orders)",
+                &num(p.written_per_second),
+            );
+            row(
+                &mut t,
+                "scheduled/s (relay, batched confirms)",
+                &num(p.relayed_per_second),
+            );
+            row(
+                &mut t,
+                "pending in the delay tiers at the end",
+                &p.pending_in_tiers.to_string(),
+            );
+            row(
+                &mut t,
+                "worker RSS MiB start / max / end",
+                &format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    p.worker_rss_start_mib, p.worker_rss_max_mib, p.worker_rss_end_mib
+                ),
+            );
+            row(
+                &mut t,
+                "worker CPU s relaying",
+                &format!("{:.1}", p.worker_cpu_seconds),
             );
         }
         let d = &self.derived;

@@ -32,6 +32,8 @@ pub struct ProcSample {
     pub cpu_seconds: f64,
     /// Peak resident set size (`VmHWM`), MiB.
     pub peak_rss_mib: f64,
+    /// Resident set size now (`VmRSS`), MiB.
+    pub rss_mib: f64,
 }
 
 impl WorkerProcess {
@@ -114,9 +116,11 @@ impl WorkerProcess {
             .context("reading /proc/<pid>/status")?;
         let ticks = parse_cpu_ticks(&stat).context("unexpected /proc/<pid>/stat format")?;
         let hwm_kib = parse_status_kib(&status, "VmHWM:").unwrap_or(0);
+        let rss_kib = parse_status_kib(&status, "VmRSS:").unwrap_or(0);
         Ok(ProcSample {
             cpu_seconds: ticks as f64 / clock_ticks_per_second(),
             peak_rss_mib: hwm_kib as f64 / 1024.0,
+            rss_mib: rss_kib as f64 / 1024.0,
         })
     }
 
@@ -165,8 +169,13 @@ fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// `getconf CLK_TCK`, or 100 when it cannot be asked.
+/// `getconf CLK_TCK` (asked once), or 100 when it cannot be asked.
 fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(ask_clock_ticks)
+}
+
+fn ask_clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
