@@ -96,9 +96,10 @@ for ((i = 1; i <= rounds; i++)); do
 done
 
 python3 - "$out" "$rounds" "$before" "$after" <<'EOF'
-import json, statistics, sys
+import json, os, statistics, sys
 
-out, rounds, before, after = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, rounds = sys.argv[1], int(sys.argv[2])
+before, after = (os.path.basename(a.rstrip("/")) for a in sys.argv[3:5])
 figures = [
     ("pipeline decisions/s", ("pipeline", "decisions_per_second")),
     ("pipeline lateness p50 ms", ("pipeline", "lateness_ms", "p50")),

@@ -28,6 +28,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
@@ -36,7 +37,7 @@ use thiserror::Error;
 use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError};
 use crate::config::Settings;
-use crate::db::batch::Batcher;
+use crate::db::batch::{Batcher, Job};
 use crate::db::outbox::DeletePublished;
 use crate::db::{self, DbError, DbPool, orders};
 use crate::message::{CloseMessage, MAX_OUT_TRADE_NO};
@@ -136,18 +137,18 @@ pub enum ConnectError {
 pub struct Closer {
     pool: DbPool,
     publisher: Option<Publisher>,
+    /// Writes concurrent `create_order` calls in groups (one statement, one commit each).
+    inserts: Batcher<InsertOrders>,
     /// Deletes the outbox rows of published close messages, in groups.
     published: Batcher<DeletePublished>,
-    /// Order ids taken from the sequence in blocks, not yet used.
-    ids: Arc<tokio::sync::Mutex<Vec<i64>>>,
     /// Kept open for as long as the closer lives.
     _connection: Option<Arc<lapin::Connection>>,
 }
 
 /// Most outbox rows deleted by one statement.
 const DELETE_GROUP: usize = 1_000;
-/// Order ids [`Closer::create_order`] takes from the sequence at once.
-const ID_BLOCK: usize = 100;
+/// Most concurrent `create_order` calls written by one statement.
+const INSERT_GROUP: usize = 256;
 
 impl Closer {
     /// Connects to the database and the broker and declares the topology. A broker that
@@ -167,8 +168,8 @@ impl Closer {
     /// A closer over an existing pool and publisher.
     pub fn new(pool: DbPool, publisher: Option<Publisher>) -> Self {
         Self {
+            inserts: Batcher::new(pool.clone(), InsertOrders, INSERT_GROUP),
             published: Batcher::new(pool.clone(), DeletePublished, DELETE_GROUP),
-            ids: Arc::new(tokio::sync::Mutex::new(Vec::new())),
             pool,
             publisher,
             _connection: None,
@@ -180,13 +181,23 @@ impl Closer {
         Self::new(pool, None)
     }
 
-    /// Writes the order and its close schedule (one statement), then publishes.
+    /// Writes the order and its close schedule, then publishes. Concurrent calls are
+    /// written together, one statement (and one commit) per group; a group that fails is
+    /// written again one order at a time, so only a bad order fails.
     #[tracing::instrument(skip_all, fields(out_trade_no = %new.out_trade_no))]
     pub async fn create_order(&self, new: NewOrder) -> Result<CreatedOrder, CreateError> {
-        self.create_orders(std::slice::from_ref(&new))
-            .await?
-            .pop()
-            .ok_or_else(|| CreateError::Db(DbError::Query(diesel::result::Error::NotFound)))
+        let deadline = validate(&new, Utc::now())?;
+        let no = new.out_trade_no.clone();
+        let pending = self
+            .inserts
+            .submit((new, deadline))
+            .await
+            .map_err(|e| create_error(e, &[no.as_str()]))?;
+        let published = self.publish(&pending).await;
+        Ok(CreatedOrder {
+            order: pending.order,
+            published,
+        })
     }
 
     /// Creates up to [`MAX_BATCH`] orders at once: every order and its close schedule in
@@ -199,9 +210,12 @@ impl Closer {
         if new.is_empty() {
             return Ok(Vec::new());
         }
+        let numbers: Vec<&str> = new.iter().map(|n| n.out_trade_no.as_str()).collect();
         let mut conn = db::conn(&self.pool).await?;
-        let ids = self.take_ids(&mut conn, new.len()).await?;
-        let pending = insert(&mut conn, &ids, new, &deadlines).await?;
+        let items: Vec<(&NewOrder, DateTime<Utc>)> = new.iter().zip(deadlines).collect();
+        let pending = insert(&mut conn, &items)
+            .await
+            .map_err(|e| create_error(DbError::Query(e), &numbers))?;
         drop(conn);
         let published = self.publish_all(&pending).await;
         Ok(pending
@@ -222,27 +236,11 @@ impl Closer {
         new: &NewOrder,
     ) -> Result<PendingClose, CreateError> {
         let deadline = validate(new, Utc::now())?;
-        let ids = orders::reserve_ids(conn, 1).await?;
-        insert(conn, &ids, std::slice::from_ref(new), &[deadline])
-            .await?
+        insert(conn, &[(new, deadline)])
+            .await
+            .map_err(|e| create_error(DbError::Query(e), &[new.out_trade_no.as_str()]))?
             .pop()
             .ok_or_else(|| CreateError::Db(DbError::Query(diesel::result::Error::NotFound)))
-    }
-
-    /// `n` order ids from this closer's block, taking more from the sequence when the
-    /// block runs short (at least [`ID_BLOCK`] at a time).
-    async fn take_ids(
-        &self,
-        conn: &mut AsyncPgConnection,
-        n: usize,
-    ) -> Result<Vec<i64>, CreateError> {
-        let mut block = self.ids.lock().await;
-        if block.len() < n {
-            let more = (n - block.len()).max(ID_BLOCK);
-            block.extend(orders::reserve_ids(conn, more).await?);
-        }
-        let keep = block.len() - n;
-        Ok(block.split_off(keep))
     }
 
     /// Publishes a committed close schedule and deletes its outbox row in the background.
@@ -297,29 +295,27 @@ impl Closer {
 /// Most orders [`Closer::create_orders`] takes at once.
 pub const MAX_BATCH: usize = 10_000;
 
-/// Writes orders with their ids known in advance (so that each close message naming its
-/// order is written by the same statement) and their close schedules.
+/// Writes validated orders (with their deadlines) and their close schedules in one
+/// statement. Their ids are taken from the sequence first, so that each close message,
+/// which names its order, is written by the same statement.
 async fn insert(
     conn: &mut AsyncPgConnection,
-    ids: &[i64],
-    new: &[NewOrder],
-    deadlines: &[DateTime<Utc>],
-) -> Result<Vec<PendingClose>, CreateError> {
+    new: &[(&NewOrder, DateTime<Utc>)],
+) -> diesel::QueryResult<Vec<PendingClose>> {
+    let ids = orders::reserve_ids(conn, new.len()).await?;
     let payloads: Vec<String> = new
         .iter()
-        .zip(ids)
-        .zip(deadlines)
-        .map(|((n, id), deadline)| {
+        .zip(&ids)
+        .map(|((n, deadline), id)| {
             let message = CloseMessage::new(*id, n.out_trade_no.clone(), *deadline);
             String::from_utf8(message.encode()).unwrap_or_default()
         })
         .collect();
     let rows: Vec<orders::Scheduled<'_>> = new
         .iter()
-        .zip(ids)
-        .zip(deadlines)
+        .zip(&ids)
         .zip(&payloads)
-        .map(|(((n, id), deadline), payload)| orders::Scheduled {
+        .map(|(((n, deadline), id), payload)| orders::Scheduled {
             id: *id,
             row: orders::NewOrderRow {
                 out_trade_no: &n.out_trade_no,
@@ -331,28 +327,51 @@ async fn insert(
             close_payload: payload,
         })
         .collect();
-    match orders::insert_scheduled(conn, &rows).await {
-        Ok(inserted) => Ok(inserted
-            .into_iter()
-            .map(|(order, outbox_id)| PendingClose { order, outbox_id })
-            .collect()),
-        Err(diesel::result::Error::DatabaseError(
+    Ok(orders::insert_scheduled(conn, &rows)
+        .await?
+        .into_iter()
+        .map(|(order, outbox_id)| PendingClose { order, outbox_id })
+        .collect())
+}
+
+/// The group job behind [`Closer::create_order`].
+struct InsertOrders;
+
+#[async_trait]
+impl Job for InsertOrders {
+    type Item = (NewOrder, DateTime<Utc>);
+    type Output = PendingClose;
+
+    async fn run(
+        &self,
+        conn: &mut AsyncPgConnection,
+        items: &[(NewOrder, DateTime<Utc>)],
+    ) -> diesel::QueryResult<Vec<PendingClose>> {
+        let items: Vec<(&NewOrder, DateTime<Utc>)> = items.iter().map(|(n, d)| (n, *d)).collect();
+        insert(conn, &items).await
+    }
+}
+
+/// A database failure while creating, a unique violation named as the duplicate order.
+fn create_error(e: DbError, numbers: &[&str]) -> CreateError {
+    match e {
+        DbError::Query(diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
             info,
-        )) => Err(CreateError::Duplicate(duplicate_key(info.details(), new))),
-        Err(e) => Err(e.into()),
+        )) => CreateError::Duplicate(duplicate_key(info.details(), numbers)),
+        other => CreateError::Db(other),
     }
 }
 
 /// The `out_trade_no` a unique violation names (`Key (out_trade_no)=(X) already exists.`),
 /// or the only order's.
-fn duplicate_key(details: Option<&str>, new: &[NewOrder]) -> String {
+fn duplicate_key(details: Option<&str>, numbers: &[&str]) -> String {
     let named = details
         .and_then(|d| d.split_once("=(")?.1.split_once(')'))
         .map(|(key, _)| key.to_owned());
-    match (named, new) {
+    match (named, numbers) {
         (Some(key), _) => key,
-        (None, [only]) => only.out_trade_no.clone(),
+        (None, [only]) => (*only).to_owned(),
         (None, _) => "one of the orders".to_owned(),
     }
 }

@@ -127,3 +127,47 @@ async fn without_a_broker_the_batch_is_left_to_the_relay() {
     assert_eq!(env.outbox_backlog().await, 20, "every close schedule kept");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_are_written_together_and_only_a_duplicate_fails() {
+    let env = TestEnv::new(&[]).await;
+    let taken = env.no("taken");
+    env.create(&taken, 100, Duration::from_secs(3600)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        // Order 30 reuses a number that exists: its group fails and is written again one
+        // order at a time.
+        let no = if i == 30 {
+            taken.clone()
+        } else {
+            env.no(&format!("conc{i}"))
+        };
+        let closer = env.closer.clone();
+        tasks.spawn(async move {
+            let result = closer
+                .create_order(NewOrder::alipay(
+                    &no,
+                    100,
+                    Due::After(Duration::from_secs(3600)),
+                ))
+                .await;
+            (no, result)
+        });
+    }
+    let mut created = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (no, result) = done.unwrap();
+        match result {
+            Ok(c) => {
+                assert_eq!(c.order.out_trade_no, no);
+                assert!(c.published);
+                created += 1;
+            }
+            Err(CreateError::Duplicate(dup)) => assert_eq!(dup, taken),
+            Err(other) => panic!("{no}: {other}"),
+        }
+    }
+    assert_eq!(created, 59);
+    assert_eq!(count_orders(&env, "conc").await, 59);
+    env.cleanup().await;
+}
