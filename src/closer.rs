@@ -149,6 +149,8 @@ pub struct Closer {
 const DELETE_GROUP: usize = 1_000;
 /// Most concurrent `create_order` calls written by one statement.
 const INSERT_GROUP: usize = 256;
+/// Groups of `create_order` calls written at once (each on its own connection).
+const INSERT_LANES: usize = 2;
 
 impl Closer {
     /// Connects to the database and the broker and declares the topology. A broker that
@@ -168,7 +170,7 @@ impl Closer {
     /// A closer over an existing pool and publisher.
     pub fn new(pool: DbPool, publisher: Option<Publisher>) -> Self {
         Self {
-            inserts: Batcher::new(pool.clone(), InsertOrders, INSERT_GROUP),
+            inserts: Batcher::with_lanes(pool.clone(), InsertOrders, INSERT_GROUP, INSERT_LANES),
             published: Batcher::new(pool.clone(), DeletePublished, DELETE_GROUP),
             pool,
             publisher,

@@ -3,10 +3,11 @@
 //! group, in one statement or one transaction. A burst of N decisions then costs a few
 //! round trips and one commit instead of N times several.
 //!
-//! A group forms without waiting: the lane takes the first request, then everything
+//! A group forms without waiting: a lane takes the first request, then everything
 //! already queued (up to `max_group`), runs it and answers each caller. Under light load a
 //! group is a single request, so nothing is delayed; under load groups grow while the
-//! previous one runs. When a group fails, each of its requests runs again alone, so one
+//! previous one runs. With several lanes (each on its own connection), one group can be
+//! written while another waits for its commit. When a group fails, each of its requests runs again alone, so one
 //! bad request cannot fail the others (and a database outage fails each caller with
 //! [`DbError::Unavailable`]).
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{DbError, DbPool, PooledConn};
 
@@ -71,18 +72,26 @@ struct Shared<J: Job> {
     pool: DbPool,
     job: Arc<J>,
     max_group: usize,
+    lanes: usize,
     sender: OnceLock<mpsc::UnboundedSender<Request<J>>>,
 }
 
 impl<J: Job> Batcher<J> {
-    /// A lane running `job` on connections from `pool`, at most `max_group` items at once
-    /// (1 runs every request alone).
+    /// One lane running `job` on connections from `pool`, at most `max_group` items at
+    /// once (1 runs every request alone).
     pub fn new(pool: DbPool, job: J, max_group: usize) -> Self {
+        Self::with_lanes(pool, job, max_group, 1)
+    }
+
+    /// `lanes` lanes taking groups from one queue. Two requests with the same key never
+    /// share a group, but may run at once in two lanes: use one lane when that matters.
+    pub fn with_lanes(pool: DbPool, job: J, max_group: usize, lanes: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 pool,
                 job: Arc::new(job),
                 max_group: max_group.max(1),
+                lanes: lanes.max(1),
                 sender: OnceLock::new(),
             }),
         }
@@ -114,12 +123,15 @@ impl<J: Job> Batcher<J> {
     fn send(&self, request: Request<J>) -> Result<(), DbError> {
         let sender = self.shared.sender.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(lane(
-                self.shared.pool.clone(),
-                self.shared.job.clone(),
-                self.shared.max_group,
-                receiver,
-            ));
+            let receiver = Arc::new(Mutex::new(receiver));
+            for _ in 0..self.shared.lanes {
+                tokio::spawn(lane(
+                    self.shared.pool.clone(),
+                    self.shared.job.clone(),
+                    self.shared.max_group,
+                    receiver.clone(),
+                ));
+            }
             sender
         });
         sender
@@ -133,11 +145,13 @@ async fn lane<J: Job>(
     pool: DbPool,
     job: Arc<J>,
     max_group: usize,
-    mut receiver: mpsc::UnboundedReceiver<Request<J>>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request<J>>>>,
 ) {
     // Requests that could not join the last group (same key as a member).
     let mut held: VecDeque<Request<J>> = VecDeque::new();
     loop {
+        // The queue is this lane's while it forms a group; the other lanes wait.
+        let mut receiver = receiver.lock().await;
         let first = match held.pop_front() {
             Some(request) => request,
             None => match receiver.recv().await {
@@ -165,6 +179,7 @@ async fn lane<J: Job>(
                 _ => group.push(next),
             }
         }
+        drop(receiver);
         deferred.extend(held.drain(..));
         held = deferred;
         run_group(&pool, job.as_ref(), group).await;
