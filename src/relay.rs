@@ -22,6 +22,9 @@ use crate::broker::publisher::{ParkNote, Publisher};
 use crate::db::outbox::{self, Claim, KIND_CLOSE, KIND_EVENT, OutboxRow};
 use crate::message::CloseMessage;
 
+/// Publishes in flight at once.
+pub const PUBLISH_WINDOW: usize = 500;
+
 /// A relay failure.
 #[derive(Debug, Error)]
 pub enum RelayError {
@@ -59,7 +62,8 @@ impl Relay {
         self.confirmed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes the claimed rows (all at once, then waiting for every confirm) and
+    /// Publishes the claimed rows ([`PUBLISH_WINDOW`] at a time, each window's confirms
+    /// awaited together) and
     /// deletes the ones the broker confirmed. Returns how many were published; when some
     /// publishes fail, the confirmed ones are still deleted and the first error returned.
     pub async fn flush(

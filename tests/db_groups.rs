@@ -250,3 +250,152 @@ async fn a_database_outage_fails_every_member_as_unavailable() {
     }
     env.cleanup().await;
 }
+
+/// Answers every group of more than one with a broken-connection error (outcome unknown),
+/// panics on the item -1, and records the groups it was given.
+#[derive(Default)]
+struct Flaky {
+    groups: Mutex<Vec<Vec<i64>>>,
+}
+
+#[async_trait]
+impl Job for Flaky {
+    type Item = i64;
+    type Output = i64;
+
+    async fn run(&self, _conn: &mut AsyncPgConnection, items: &[i64]) -> QueryResult<Vec<i64>> {
+        self.groups.lock().unwrap().push(items.to_vec());
+        // Long enough for the other callers to queue up behind the first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!items.contains(&-1), "poisoned item");
+        if items.len() > 1 {
+            return Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UnableToSendCommand,
+                Box::new("connection reset mid-statement".to_owned()),
+            ));
+        }
+        Ok(items.to_vec())
+    }
+
+    fn key(&self, item: &i64) -> Option<i64> {
+        Some(*item % 2)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_with_an_unknown_outcome_is_not_run_again_and_a_dead_lane_is_replaced() {
+    let env = TestEnv::new(&[]).await;
+    let batcher = Batcher::new(env.pool.clone(), Flaky::default(), 16);
+    let answers = futures_util::future::join_all((1..=12).map(|i| batcher.submit(i))).await;
+    let groups = batcher.job().groups.lock().unwrap().clone();
+    assert!(
+        groups.iter().any(|g| g.len() > 1),
+        "no group formed: {groups:?}"
+    );
+    for (i, answer) in (1..=12).zip(&answers) {
+        // Each request ran in exactly one group: a member of a group whose outcome is
+        // unknown is never run again.
+        let runs = groups.iter().filter(|g| g.contains(&i)).count();
+        assert_eq!(runs, 1, "request {i} ran {runs} times: {groups:?}");
+        let alone = groups.iter().any(|g| g == &vec![i]);
+        match answer {
+            Ok(v) => assert!(alone && *v == i, "{i}: {answer:?}"),
+            Err(e) => assert!(!alone, "{i}: {e}"),
+        }
+    }
+
+    // A panicking job kills its lane; the next request gets a fresh one.
+    let poisoned = batcher.submit(-1).await;
+    assert!(
+        matches!(poisoned, Err(DbError::Unavailable(_))),
+        "{poisoned:?}"
+    );
+    assert_eq!(batcher.submit(9).await.unwrap(), 9);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_held_back_by_their_key_finish_with_several_lanes() {
+    let env = TestEnv::new(&[]).await;
+    let batcher = Batcher::with_lanes(env.pool.clone(), Divide::default(), 32, 2);
+    // Forty requests with one key: each group takes one, the rest are held by a lane.
+    let all = futures_util::future::join_all((0..40).map(|i| batcher.submit((7, i + 1))));
+    let answers = tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("held requests must not wait for new ones");
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap(), 1000 / (i as i64 + 1));
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decision_blocked_by_a_row_lock_fails_alone_and_succeeds_later() {
+    use diesel_async::AsyncConnection;
+    let env = TestEnv::new(&[]).await;
+    let blocked = env
+        .create(&env.no("locked"), 100, Duration::from_millis(1))
+        .await;
+    let free = env
+        .create(&env.no("free"), 100, Duration::from_millis(1))
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Another transaction holds the first order's row.
+    let mut holder = db::connect(&env.database_url).await.unwrap();
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let id = blocked.id;
+    let holding = tokio::spawn(async move {
+        holder
+            .transaction::<_, diesel::result::Error, _>(async |tx| {
+                diesel::sql_query("SELECT id FROM orders WHERE id = $1 FOR UPDATE")
+                    .bind::<BigInt, _>(id)
+                    .execute(tx)
+                    .await?;
+                let _ = locked_tx.send(());
+                let _ = release_rx.await;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    });
+    locked_rx.await.unwrap();
+
+    let decider = env.decider("locks");
+    let attempt = AttemptInfo {
+        number: 0,
+        first_seen: None,
+        not_before: None,
+    };
+    let (on_blocked, on_free) = tokio::join!(
+        decider.decide(
+            blocked.id,
+            Some(&blocked.out_trade_no),
+            attempt,
+            Mode::Apply
+        ),
+        decider.decide(free.id, Some(&free.out_trade_no), attempt, Mode::Apply),
+    );
+    assert!(
+        on_blocked.is_err(),
+        "the locked order waits, then fails: {on_blocked:?}"
+    );
+    assert!(
+        matches!(on_free, Ok(Outcome::Decided { .. })),
+        "the other decision is not held up: {on_free:?}"
+    );
+
+    let _ = release_tx.send(());
+    holding.await.unwrap();
+    let again = decider
+        .decide(
+            blocked.id,
+            Some(&blocked.out_trade_no),
+            attempt,
+            Mode::Apply,
+        )
+        .await;
+    assert!(matches!(again, Ok(Outcome::Decided { .. })), "{again:?}");
+    env.cleanup().await;
+}

@@ -7,12 +7,18 @@
 //! already queued (up to `max_group`), runs it and answers each caller. Under light load a
 //! group is a single request, so nothing is delayed; under load groups grow while the
 //! previous one runs. With several lanes (each on its own connection), one group can be
-//! written while another waits for its commit. When a group fails, each of its requests runs again alone, so one
+//! written while another waits for its commit.
+//!
+//! A group whose statement the server rejected wrote nothing, so each of its members runs
+//! again alone and only the bad one fails. A group whose outcome is unknown (the connection
+//! broke, or no answer within [`GROUP_TIMEOUT`]) is not run again: each member is told
+//! [`DbError::Unavailable`] and its caller tries later (a decision is then found settled,
+//! an order found created). When a group fails, each of its requests runs again alone, so one
 //! bad request cannot fail the others (and a database outage fails each caller with
 //! [`DbError::Unavailable`]).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,7 +79,8 @@ struct Shared<J: Job> {
     job: Arc<J>,
     max_group: usize,
     lanes: usize,
-    sender: OnceLock<mpsc::UnboundedSender<Request<J>>>,
+    /// The queue's sending end; replaced (with fresh lanes) if every lane has stopped.
+    sender: StdMutex<Option<mpsc::UnboundedSender<Request<J>>>>,
 }
 
 impl<J: Job> Batcher<J> {
@@ -92,7 +99,7 @@ impl<J: Job> Batcher<J> {
                 job: Arc::new(job),
                 max_group: max_group.max(1),
                 lanes: lanes.max(1),
-                sender: OnceLock::new(),
+                sender: StdMutex::new(None),
             }),
         }
     }
@@ -120,21 +127,27 @@ impl<J: Job> Batcher<J> {
         }
     }
 
+    /// Queues a request, starting the lanes on first use, and again if they all stopped
+    /// (a panic, or the runtime they ran on shut down).
     fn send(&self, request: Request<J>) -> Result<(), DbError> {
-        let sender = self.shared.sender.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            let receiver = Arc::new(Mutex::new(receiver));
-            for _ in 0..self.shared.lanes {
+        let shared = &self.shared;
+        let mut sender = shared.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let receiver = Arc::new(Mutex::new(rx));
+            for _ in 0..shared.lanes {
                 tokio::spawn(lane(
-                    self.shared.pool.clone(),
-                    self.shared.job.clone(),
-                    self.shared.max_group,
+                    shared.pool.clone(),
+                    shared.job.clone(),
+                    shared.max_group,
                     receiver.clone(),
                 ));
             }
-            sender
-        });
+            *sender = Some(tx);
+        }
         sender
+            .as_ref()
+            .ok_or_else(|| DbError::Unavailable("database lane stopped".into()))?
             .send(request)
             .map_err(|_| DbError::Unavailable("database lane stopped".into()))
     }
@@ -147,46 +160,85 @@ async fn lane<J: Job>(
     max_group: usize,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request<J>>>>,
 ) {
-    // Requests that could not join the last group (same key as a member).
+    // Requests that could not join this lane's last group (same key as a member); they
+    // start its next group, before anything new is waited for.
     let mut held: VecDeque<Request<J>> = VecDeque::new();
     loop {
-        // The queue is this lane's while it forms a group; the other lanes wait.
-        let mut receiver = receiver.lock().await;
-        let first = match held.pop_front() {
-            Some(request) => request,
-            None => match receiver.recv().await {
-                Some(request) => request,
-                None => return,
-            },
-        };
-        let mut keys = HashSet::new();
-        let mut group = Vec::with_capacity(max_group.min(64));
-        if let Some(k) = job.key(&first.item) {
-            keys.insert(k);
-        }
-        group.push(first);
+        let mut group = Group::new(job.as_ref(), max_group);
         let mut deferred = VecDeque::new();
-        while group.len() < max_group {
-            let next = match held.pop_front() {
-                Some(request) => request,
-                None => match receiver.try_recv() {
-                    Ok(request) => request,
-                    Err(_) => break,
-                },
+        while let Some(request) = held.pop_front() {
+            group.offer(request, &mut deferred);
+        }
+        {
+            // The queue is this lane's while it adds to a group; the other lanes wait.
+            let mut queue = if group.is_empty() {
+                let mut queue = receiver.lock().await;
+                match queue.recv().await {
+                    Some(first) => group.offer(first, &mut deferred),
+                    None => return,
+                }
+                Some(queue)
+            } else {
+                // Held requests never wait on another lane's empty queue.
+                receiver.try_lock().ok()
             };
-            match job.key(&next.item) {
-                Some(k) if !keys.insert(k) => deferred.push_back(next),
-                _ => group.push(next),
+            if let Some(queue) = queue.as_mut() {
+                while !group.is_full() {
+                    match queue.try_recv() {
+                        Ok(request) => group.offer(request, &mut deferred),
+                        Err(_) => break,
+                    }
+                }
             }
         }
-        drop(receiver);
-        deferred.extend(held.drain(..));
         held = deferred;
-        run_group(&pool, job.as_ref(), group).await;
+        run_group(&pool, job.as_ref(), group.members).await;
     }
 }
 
-/// Runs a group and answers every member; on failure, runs each member alone.
+/// A group being formed: at most `max` members, no two with one key.
+struct Group<'a, J: Job> {
+    job: &'a J,
+    max: usize,
+    keys: HashSet<i64>,
+    members: Vec<Request<J>>,
+}
+
+impl<'a, J: Job> Group<'a, J> {
+    fn new(job: &'a J, max: usize) -> Self {
+        Self {
+            job,
+            max,
+            keys: HashSet::new(),
+            members: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.members.len() >= self.max
+    }
+
+    /// Takes the request, or defers it when the group is full or has its key.
+    fn offer(&mut self, request: Request<J>, deferred: &mut VecDeque<Request<J>>) {
+        let fits = !self.is_full()
+            && match self.job.key(&request.item) {
+                Some(k) => self.keys.insert(k),
+                None => true,
+            };
+        if fits {
+            self.members.push(request);
+        } else {
+            deferred.push_back(request);
+        }
+    }
+}
+
+/// Runs a group and answers every member; when the server rejected it, runs each member
+/// alone.
 async fn run_group<J: Job>(pool: &DbPool, job: &J, group: Vec<Request<J>>) {
     let (items, replies): (Vec<J::Item>, Vec<Reply<J>>) =
         group.into_iter().map(|r| (r.item, r.reply)).unzip();
@@ -199,7 +251,7 @@ async fn run_group<J: Job>(pool: &DbPool, job: &J, group: Vec<Request<J>>) {
         }
         Err(e) => e,
     };
-    if items.len() == 1 || matches!(failure, DbError::Unavailable(_)) {
+    if items.len() == 1 || !rejected_by_server(&failure) {
         let text = failure.to_string();
         let mut replies = replies.into_iter();
         if let Some(first) = replies.next() {
@@ -220,6 +272,21 @@ async fn run_group<J: Job>(pool: &DbPool, job: &J, group: Vec<Request<J>>) {
                     .ok_or_else(|| DbError::Unavailable("database job returned nothing".into()))
             });
         let _ = reply.send(alone);
+    }
+}
+
+/// Whether the server answered the group with an error, so that it wrote nothing (as
+/// opposed to a broken connection or no answer, after which it may have committed).
+fn rejected_by_server(failure: &DbError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match failure {
+        DbError::Query(Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _)) => false,
+        // The server's own error, or one raised before anything was sent.
+        DbError::Query(
+            Error::DatabaseError(..) | Error::QueryBuilderError(_) | Error::SerializationError(_),
+        ) => true,
+        // Anything else (an answer that could not be read, ...) may follow a commit.
+        DbError::Query(_) | DbError::Unavailable(_) | DbError::Migration(_) => false,
     }
 }
 

@@ -15,7 +15,9 @@ use diesel_async::pooled_connection::deadpool::{Hook, HookError, Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use thiserror::Error;
 
@@ -48,15 +50,36 @@ pub enum DbError {
 /// handed out again; one used more recently is handed out as it is.
 pub const VERIFY_AFTER_IDLE: Duration = Duration::from_secs(10);
 
+/// The server cancels a statement on a pooled connection that runs longer than this
+/// (before [`batch::GROUP_TIMEOUT`], so that a group's connection stays usable).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// A statement on a pooled connection that waits longer than this for a row lock fails
+/// (a decision then tries again later instead of stalling the others of its group).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Builds a pool. A connection whose socket closed is never handed out (the driver knows),
 /// and one that idled longer than [`VERIFY_AFTER_IDLE`] is verified with `SELECT 1`
 /// first, so a worker that idled through a database restart gets a fresh connection
-/// instead of an error, without paying a round trip on every check-out under load.
+/// instead of an error, without paying a round trip on every check-out under load. Every
+/// connection gets [`STATEMENT_TIMEOUT`] and [`LOCK_TIMEOUT`].
 pub fn pool(url: &str, max_size: usize) -> Result<DbPool, DbError> {
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::Fast;
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
+        .post_create(Hook::async_fn(|conn: &mut AsyncPgConnection, _| {
+            Box::pin(async move {
+                let limits = format!(
+                    "SET statement_timeout = {}; SET lock_timeout = {}",
+                    STATEMENT_TIMEOUT.as_millis(),
+                    LOCK_TIMEOUT.as_millis()
+                );
+                conn.batch_execute(&limits)
+                    .await
+                    .map_err(|e| HookError::message(format!("setting the statement limits: {e}")))
+            })
+        }))
         .pre_recycle(Hook::async_fn(|conn, metrics| {
             let idle = metrics.last_used();
             Box::pin(async move {

@@ -78,13 +78,19 @@ pub async fn insert_scheduled(
          ), o AS (
              INSERT INTO orders (id, out_trade_no, channel, amount_minor, currency, deadline)
              SELECT id, out_trade_no, channel, amount_minor, currency, deadline FROM input
-             RETURNING *
+             RETURNING id, out_trade_no, channel, amount_minor, currency, status, deadline,
+                       created_at, updated_at, paid_at, closed_at, gateway_trade_no,
+                       close_reason
          ), b AS (
              INSERT INTO outbox (kind, routing_key, payload)
              SELECT $8, '', payload FROM input ORDER BY id
              RETURNING id AS outbox_id, payload
          )
-         SELECT o.*, b.outbox_id
+         -- Columns named, never `*`: a cached statement must keep its result shape when a
+         -- migration adds a column.
+         SELECT o.id, o.out_trade_no, o.channel, o.amount_minor, o.currency, o.status,
+                o.deadline, o.created_at, o.updated_at, o.paid_at, o.closed_at,
+                o.gateway_trade_no, o.close_reason, b.outbox_id
          FROM o JOIN input i ON i.id = o.id JOIN b ON b.payload = i.payload",
     )
     .bind::<Array<BigInt>, _>(column(rows, |r| r.id))

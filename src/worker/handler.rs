@@ -41,18 +41,28 @@ pub struct Context {
     /// One per delivery at work (deciding, forwarding, parking); a delivery waiting out
     /// the last moments before its deadline holds none.
     pub permits: Arc<Semaphore>,
+    /// Cancelled on shutdown: a delivery that has not started working by then is left
+    /// unacknowledged, and the broker redelivers it when the channel closes.
+    pub stopping: CancellationToken,
 }
 
 impl Context {
-    /// Waits for a permit to work (counted in the `in_flight` gauge while held).
-    async fn work(&self) -> Working<'_> {
-        // Only a closed semaphore fails, and the worker never closes it.
-        let permit = self.permits.acquire().await.ok();
+    /// Waits for a permit to work (counted in the `in_flight` gauge while held); None when
+    /// the worker is stopping first.
+    async fn work(&self) -> Option<Working<'_>> {
+        if self.stopping.is_cancelled() {
+            return None;
+        }
+        let permit = tokio::select! {
+            // Only a closed semaphore fails, and the worker never closes it.
+            permit = self.permits.acquire() => permit.ok(),
+            () = self.stopping.cancelled() => return None,
+        };
         self.decider.metrics().in_flight.inc();
-        Working {
+        Some(Working {
             ctx: self,
             _permit: permit,
-        }
+        })
     }
 }
 
@@ -73,17 +83,21 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
     let message = match CloseMessage::decode(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
-            let _working = ctx.work().await;
-            warn!(error = %e, bytes = delivery.data.len(), "malformed close message; parking it");
-            let error = e.to_string();
-            let note = ParkNote {
-                reason: "malformed",
-                last_error: &error,
-                attempts: 0,
-                first_seen: Utc::now(),
+            let routed = {
+                let Some(_working) = ctx.work().await else {
+                    return;
+                };
+                warn!(error = %e, bytes = delivery.data.len(), "malformed close message; parking it");
+                let error = e.to_string();
+                let note = ParkNote {
+                    reason: "malformed",
+                    last_error: &error,
+                    attempts: 0,
+                    first_seen: Utc::now(),
+                };
+                ctx.decider.metrics().parked("malformed");
+                ctx.publisher.park(&delivery.data, &note).await
             };
-            ctx.decider.metrics().parked("malformed");
-            let routed = ctx.publisher.park(&delivery.data, &note).await;
             settle(ctx, &delivery, routed).await;
             return;
         }
@@ -95,22 +109,41 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
         attempt = message.attempt
     );
     async {
-        let routed = route(ctx, message).await;
-        settle(ctx, &delivery, routed).await;
+        match route(ctx, message).await {
+            Ok(Routed::NotStarted) => {
+                debug!("worker stopping before this delivery started; the broker redelivers it")
+            }
+            routed => settle(ctx, &delivery, routed.map(|_| ())).await,
+        }
     }
     .instrument(span)
     .await;
 }
 
-/// Decides (or forwards) a message and publishes whatever must follow it. Returns Ok
-/// when the delivery may be acknowledged.
-async fn route(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError> {
+/// What became of a delivery that needs no nack.
+enum Routed {
+    /// Decided, forwarded or parked: acknowledge it.
+    Done,
+    /// The worker is stopping and it was not started: leave it to the broker.
+    NotStarted,
+}
+
+/// Decides (or forwards) a message and publishes whatever must follow it.
+async fn route(ctx: &Context, message: CloseMessage) -> Result<Routed, BrokerError> {
     let remaining = (message.due_at() - Utc::now()).to_std().unwrap_or_default();
     if remaining < SMALLEST_TIER && !remaining.is_zero() {
         // The last stretch is waited out here, holding no permit: waiting is not work.
         tokio::time::sleep(remaining).await;
     }
-    let _working = ctx.work().await;
+    let Some(_working) = ctx.work().await else {
+        return Ok(Routed::NotStarted);
+    };
+    act(ctx, message).await.map(|()| Routed::Done)
+}
+
+/// Decides (or forwards) a due message and publishes whatever must follow it. Returns Ok
+/// when the delivery may be acknowledged.
+async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError> {
     let now = Utc::now();
     let remaining = (message.due_at() - now).to_std().unwrap_or_default();
     if remaining > MAX_TIME_TO_PAY {

@@ -162,6 +162,7 @@ impl Worker {
             broken: broken.clone(),
             acks,
             permits: Arc::new(Semaphore::new(self.config.concurrency)),
+            stopping: shutdown.clone(),
         });
         let result = loop {
             // Reap finished deliveries so the set does not grow.
