@@ -184,8 +184,8 @@ impl Closer {
     }
 
     /// Writes the order and its close schedule, then publishes. Concurrent calls are
-    /// written together, one statement (and one commit) per group; a group that fails is
-    /// written again one order at a time, so only a bad order fails.
+    /// written together, one statement (and one commit) per group; a group the database
+    /// rejects is written again one order at a time, so only a bad order fails.
     #[tracing::instrument(skip_all, fields(out_trade_no = %new.out_trade_no))]
     pub async fn create_order(&self, new: NewOrder) -> Result<CreatedOrder, CreateError> {
         let deadline = validate(&new, Utc::now())?;

@@ -63,8 +63,7 @@ impl Relay {
     }
 
     /// Publishes the claimed rows ([`PUBLISH_WINDOW`] at a time, each window's confirms
-    /// awaited together) and
-    /// deletes the ones the broker confirmed. Returns how many were published; when some
+    /// awaited together) and deletes the ones the broker confirmed. Returns how many were published; when some
     /// publishes fail, the confirmed ones are still deleted and the first error returned.
     pub async fn flush(
         &self,
@@ -78,9 +77,12 @@ impl Relay {
                     outbox::delete(tx, &leftovers).await?;
                 }
                 let rows = outbox::claim(tx, which).await?;
-                // Every publish of the batch in flight at once: one wait for all confirms.
-                let published =
-                    join_all(rows.iter().map(|row| publish_row(&self.publisher, row))).await;
+                // A window of publishes in flight at once: one wait for all their confirms.
+                let mut published = Vec::with_capacity(rows.len());
+                for window in rows.chunks(PUBLISH_WINDOW) {
+                    let confirms = window.iter().map(|row| publish_row(&self.publisher, row));
+                    published.extend(join_all(confirms).await);
+                }
                 let mut done = Vec::with_capacity(rows.len());
                 let mut failure = None;
                 for (row, result) in rows.iter().zip(published) {

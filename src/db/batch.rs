@@ -13,9 +13,7 @@
 //! again alone and only the bad one fails. A group whose outcome is unknown (the connection
 //! broke, or no answer within [`GROUP_TIMEOUT`]) is not run again: each member is told
 //! [`DbError::Unavailable`] and its caller tries later (a decision is then found settled,
-//! an order found created). When a group fails, each of its requests runs again alone, so one
-//! bad request cannot fail the others (and a database outage fails each caller with
-//! [`DbError::Unavailable`]).
+//! an order found created). A database outage fails each caller the same way.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
@@ -251,12 +249,15 @@ async fn run_group<J: Job>(pool: &DbPool, job: &J, group: Vec<Request<J>>) {
         }
         Err(e) => e,
     };
-    if items.len() == 1 || !rejected_by_server(&failure) {
-        let text = failure.to_string();
-        let mut replies = replies.into_iter();
-        if let Some(first) = replies.next() {
-            let _ = first.send(Err(failure));
+    if items.len() == 1 {
+        // A group of one: its caller gets the error itself (a duplicate, say).
+        if let Some(reply) = replies.into_iter().next() {
+            let _ = reply.send(Err(failure));
         }
+        return;
+    }
+    if !rejected_by_server(&failure) {
+        let text = format!("outcome unknown, not written again: {failure}");
         for reply in replies {
             let _ = reply.send(Err(DbError::Unavailable(text.clone())));
         }

@@ -78,16 +78,14 @@ pub async fn insert_scheduled(
          ), o AS (
              INSERT INTO orders (id, out_trade_no, channel, amount_minor, currency, deadline)
              SELECT id, out_trade_no, channel, amount_minor, currency, deadline FROM input
-             RETURNING id, out_trade_no, channel, amount_minor, currency, status, deadline,
-                       created_at, updated_at, paid_at, closed_at, gateway_trade_no,
-                       close_reason
+             RETURNING *
          ), b AS (
              INSERT INTO outbox (kind, routing_key, payload)
-             SELECT $8, '', payload FROM input ORDER BY id
+             SELECT $8, '', payload FROM input
              RETURNING id AS outbox_id, payload
          )
-         -- Columns named, never `*`: a cached statement must keep its result shape when a
-         -- migration adds a column.
+         -- The result's columns are named, never `*`: a cached statement must keep its
+         -- result shape when a migration adds a column.
          SELECT o.id, o.out_trade_no, o.channel, o.amount_minor, o.currency, o.status,
                 o.deadline, o.created_at, o.updated_at, o.paid_at, o.closed_at,
                 o.gateway_trade_no, o.close_reason, b.outbox_id

@@ -27,6 +27,9 @@ use diesel::{QueryResult, result::Error};
 #[derive(Debug, Clone)]
 pub struct Prepared<B> {
     sql: &'static str,
+    /// The text around the placeholders, split once (diesel walks a query several times
+    /// per run), or why it cannot be split.
+    text: Result<Vec<&'static str>, String>,
     binds: B,
 }
 
@@ -39,7 +42,11 @@ pub struct Bind<ST, V> {
 
 /// A statement with no parameters bound yet.
 pub fn prepared(sql: &'static str) -> Prepared<()> {
-    Prepared { sql, binds: () }
+    Prepared {
+        sql,
+        text: split(sql),
+        binds: (),
+    }
 }
 
 impl<B> Prepared<B> {
@@ -47,6 +54,7 @@ impl<B> Prepared<B> {
     pub fn bind<ST, V>(self, value: V) -> Prepared<(B, Bind<ST, V>)> {
         Prepared {
             sql: self.sql,
+            text: self.text,
             binds: (
                 self.binds,
                 Bind {
@@ -133,7 +141,10 @@ fn split(sql: &'static str) -> Result<Vec<&'static str>, String> {
 
 impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let text = split(self.sql).map_err(|e| Error::QueryBuilderError(e.into()))?;
+        let text = self
+            .text
+            .as_ref()
+            .map_err(|e| Error::QueryBuilderError(e.clone().into()))?;
         if text.len() != B::COUNT + 1 {
             return Err(Error::QueryBuilderError(
                 format!(
@@ -145,7 +156,7 @@ impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
                 .into(),
             ));
         }
-        self.binds.walk(&mut out, &text)?;
+        self.binds.walk(&mut out, text)?;
         out.push_sql(text[B::COUNT]);
         Ok(())
     }

@@ -147,8 +147,10 @@ impl From<diesel::result::Error> for Unavailable {
 #[derive(Clone)]
 pub struct Decider {
     pool: DbPool,
-    orders: Batcher<FindById>,
-    settle: Batcher<Settle>,
+    /// Reads orders, grouped with other tasks' reads.
+    reads: Batcher<FindById>,
+    /// Writes decisions, grouped with other tasks' decisions.
+    writes: Batcher<Settle>,
     gateways: Gateways,
     retry: RetryPolicy,
     actor: String,
@@ -166,8 +168,8 @@ impl Decider {
     ) -> Self {
         let actor = actor.into();
         Self {
-            orders: Batcher::new(pool.clone(), FindById, MAX_GROUP),
-            settle: Batcher::new(
+            reads: Batcher::new(pool.clone(), FindById, MAX_GROUP),
+            writes: Batcher::new(
                 pool.clone(),
                 Settle {
                     actor: actor.clone(),
@@ -255,7 +257,7 @@ impl Decider {
         attempt: AttemptInfo,
         mode: Mode,
     ) -> Result<Outcome, Unavailable> {
-        let order = self.orders.submit(order_id).await?;
+        let order = self.reads.submit(order_id).await?;
         if let Some(o) = &order {
             tracing::Span::current().record("out_trade_no", o.out_trade_no.as_str());
         }
@@ -302,20 +304,10 @@ impl Decider {
                 paid_at,
                 mismatch,
             } => {
-                self.apply_paid(
-                    &order,
-                    attempt,
-                    &trade_no,
-                    paid_at,
-                    mismatch,
-                    answer.as_deref(),
-                )
-                .await
-            }
-            Action::Close(reason) => {
-                self.apply_closed(&order, attempt, reason, answer.as_deref())
+                self.apply_paid(order, attempt, trade_no, paid_at, mismatch, answer)
                     .await
             }
+            Action::Close(reason) => self.apply_closed(order, attempt, reason, answer).await,
             Action::Retry { code, detail } => match self.retry.after_failure(attempt.number) {
                 RetryStep::Retry {
                     delay,
@@ -427,12 +419,12 @@ impl Decider {
     #[allow(clippy::too_many_arguments)]
     async fn apply_paid(
         &self,
-        order: &Order,
+        order: Order,
         attempt: AttemptInfo,
-        trade_no: &str,
+        trade_no: String,
         paid_at: Option<DateTime<Utc>>,
         mismatch: Option<decision::AmountMismatch>,
-        answer: Option<&str>,
+        answer: Option<String>,
     ) -> Result<Outcome, Unavailable> {
         let detail = match mismatch {
             None => "paid at the gateway; the payment callback was missed".to_owned(),
@@ -444,13 +436,13 @@ impl Decider {
         };
         let anomaly = mismatch.map(|_| ("amount_mismatch", detail.clone()));
         self.settle(Settlement {
-            order: order.clone(),
+            order,
             status: OrderStatus::Paid,
             close_reason: None,
-            trade_no: Some(trade_no.to_owned()),
+            trade_no: Some(trade_no),
             paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
             attempt: attempt_column(attempt),
-            answer: answer.map(str::to_owned),
+            answer,
             detail,
             reason: "paid_at_gateway",
             anomaly,
@@ -460,19 +452,19 @@ impl Decider {
 
     async fn apply_closed(
         &self,
-        order: &Order,
+        order: Order,
         attempt: AttemptInfo,
         reason: CloseReason,
-        answer: Option<&str>,
+        answer: Option<String>,
     ) -> Result<Outcome, Unavailable> {
         self.settle(Settlement {
-            order: order.clone(),
+            order,
             status: OrderStatus::Closed,
             close_reason: Some(reason.as_str()),
             trade_no: None,
             paid_at: None,
             attempt: attempt_column(attempt),
-            answer: answer.map(str::to_owned),
+            answer,
             detail: reason.as_str().to_owned(),
             reason: reason.as_str(),
             anomaly: None,
@@ -486,7 +478,7 @@ impl Decider {
         let status = settlement.status;
         let order_id = settlement.order.id;
         let deadline = settlement.order.deadline;
-        match self.settle.submit(settlement).await? {
+        match self.writes.submit(settlement).await? {
             Some(decision_id) => {
                 let lateness = (Utc::now() - deadline).to_std().unwrap_or_default();
                 info!(%status, decision_id, lateness_ms = lateness.as_millis() as u64, "decided");
@@ -497,7 +489,7 @@ impl Decider {
                 })
             }
             None => {
-                let now = self.orders.submit(order_id).await?.map(|o| o.status());
+                let now = self.reads.submit(order_id).await?.map(|o| o.status());
                 let theirs = now.unwrap_or(OrderStatus::New);
                 info!(ours = %status, theirs = %theirs, "another actor decided this order first");
                 Ok(Outcome::LostRace(theirs))
@@ -625,11 +617,19 @@ impl Decider {
                 paid_at,
                 mismatch,
             } => {
-                self.apply_paid(order, attempt, &trade_no, paid_at, mismatch, Some(source))
-                    .await?
+                let evidence = Some(source.to_owned());
+                self.apply_paid(
+                    order.clone(),
+                    attempt,
+                    trade_no,
+                    paid_at,
+                    mismatch,
+                    evidence,
+                )
+                .await?
             }
             Action::Close(reason) => {
-                self.apply_closed(order, attempt, reason, Some(source))
+                self.apply_closed(order.clone(), attempt, reason, Some(source.to_owned()))
                     .await?
             }
             // Evidence that calls for the gateway (close it, ask again) is not enough to

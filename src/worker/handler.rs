@@ -1,9 +1,8 @@
 //! One delivery from the close queue: decode, wait or forward if early, decide, then
 //! route the message (ack, re-delay, retry, park) and only then acknowledge it.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use lapin::message::Delivery;
