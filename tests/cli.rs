@@ -94,6 +94,10 @@ async fn orders_create_then_show_and_bad_arguments_are_named() {
         ),
         ("orders create --out-trade-no X --amount 1", "close-after"),
         ("worker --concurrency 0", "concurrency"),
+        ("bench --pending many", "pending"),
+        ("bench --pending 20000000", "pending"),
+        ("bench --concurrency 0", "concurrency"),
+        ("bench --paid-share 2", "paid-share"),
     ] {
         let args: Vec<&str> = command.split(' ').collect();
         let out = run(&vars, &args).await;
