@@ -134,6 +134,20 @@ compose_up() {
     done
 }
 
+# `services.sh --install-promtool`: Debian's prometheus package for its promtool (the
+# alerting-rule tests), without starting the Prometheus service it carries (it would
+# listen on 9090, the worker's default metrics port).
+if [[ "${1:-}" == "--install-promtool" ]]; then
+    command -v promtool >/dev/null 2>&1 && exit 0
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
+        trap 'as_root rm -f "$policy"' EXIT
+    fi
+    apt_install --no-install-recommends prometheus
+    exit 0
+fi
+
 # ---------------------------------------------------------------------------
 # Docker branch: only when the local packages are absent and an engine runs.
 # ---------------------------------------------------------------------------

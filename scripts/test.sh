@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's test command):
 #   services -> rustfmt check -> clippy (warnings are errors) -> tests (parallel) ->
-#   serial tests (names containing `serial_`: they restart the broker or kill
-#   processes) -> doc tests.
+#   the broker tests on classic queues -> serial tests (names containing `serial_`: they
+#   restart a broker or kill processes) -> the chaos run on classic and on quorum
+#   queues -> doc tests.
 # DATABASE_URL / AMQP_URL default to the local services started by scripts/services.sh;
 # set SKIP_SERVICES=1 to use your own.
 set -euo pipefail
@@ -37,6 +38,14 @@ if [[ "${SKIP_SERVICES:-0}" != "1" ]] && command -v psql >/dev/null 2>&1; then
     fi
 fi
 
+# promtool checks the alerting rules (tests/alerts.rs): Debian's prometheus package,
+# installed without starting its service.
+if ! command -v promtool >/dev/null 2>&1 && [[ "${SKIP_SERVICES:-0}" != "1" ]]; then
+    CURRENT="install promtool (Debian package prometheus)"
+    step "$CURRENT"
+    scripts/services.sh --install-promtool
+fi
+
 # Components a minimal toolchain may lack.
 if command -v rustup >/dev/null 2>&1; then
     missing=()
@@ -61,22 +70,27 @@ CURRENT="cargo test --all-targets -- --skip serial_"
 step "$CURRENT (parallel)"
 cargo test --all-targets -- --skip serial_
 
-CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test decisions_e2e --test delivery_e2e"
-step "$CURRENT (the broker tests again on quorum queues)"
-TEST_QUEUE_TYPE=quorum cargo test --test decisions_e2e --test delivery_e2e
+CURRENT="TEST_QUEUE_TYPE=classic cargo test --test decisions_e2e --test delivery_e2e --test janitor_e2e"
+step "$CURRENT (the broker tests again on classic queues)"
+TEST_QUEUE_TYPE=classic cargo test --test decisions_e2e --test delivery_e2e --test janitor_e2e
 
 CURRENT="cargo test --all-targets -- --test-threads=1 serial_ --skip serial_chaos"
 step "$CURRENT (serial)"
 cargo test --all-targets -- --test-threads=1 serial_ --skip serial_chaos
 
-# The chaos run restarts the broker and kills workers: alone, with its figures printed.
-CURRENT="cargo test --test serial_chaos -- --nocapture"
+# The chaos run restarts a broker (a throwaway node of its own) and kills workers: alone,
+# with its figures printed, on classic and on quorum queues.
+CURRENT="TEST_QUEUE_TYPE=classic cargo test --test serial_chaos -- --nocapture"
 step "$CURRENT (chaos run, a few minutes)"
-cargo test --test serial_chaos -- --nocapture
+TEST_QUEUE_TYPE=classic cargo test --test serial_chaos -- --nocapture
+
+CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test serial_chaos -- --nocapture"
+step "$CURRENT (chaos run on quorum queues, a few minutes)"
+TEST_QUEUE_TYPE=quorum cargo test --test serial_chaos -- --nocapture
 
 CURRENT="cargo test --doc"
 step "$CURRENT"
 cargo test --doc
 
 trap - ERR
-printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, quorum tests, serial tests, chaos run, doc tests)\n'
+printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, classic-queue tests, serial tests, chaos runs, doc tests)\n'

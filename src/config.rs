@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::broker::tiers::DelayTiers;
 use crate::broker::topology::{QueueType, Topology};
 use crate::gateway::alipay::{AlipayConfig, AppPrivateKey, RsaPublicKey};
+use crate::janitor::JanitorConfig;
 use crate::retry::RetryPolicy;
 
 /// A configuration value that is missing or wrong, naming the variable.
@@ -103,6 +104,9 @@ pub struct Settings {
     pub outbox_grace: Duration,
     /// How often the relay looks at the outbox (`ORDER_CLOSER_OUTBOX_INTERVAL`).
     pub outbox_interval: Duration,
+    /// When the janitor re-drives overdue orders (`ORDER_CLOSER_JANITOR_AFTER`,
+    /// `ORDER_CLOSER_JANITOR_INTERVAL`).
+    pub janitor: JanitorConfig,
     /// Log format (`ORDER_CLOSER_LOG_FORMAT`: `text` or `json`).
     pub log_format: LogFormat,
     /// Where the worker serves `/healthz`, `/readyz`, `/metrics`
@@ -161,9 +165,12 @@ impl Settings {
                 "use at most 100 characters from [A-Za-z0-9._-]",
             ));
         }
+        // Quorum by default: its dead-lettering is at least once, a classic queue's at
+        // most once (a tier can drop an expired message the close queue could not take;
+        // see `tests/serial_dead_letter.rs` and the README's "Queue type").
         let queue_type = match var("ORDER_CLOSER_QUEUE_TYPE").as_deref() {
-            None | Some("classic") => QueueType::Classic,
-            Some("quorum") => QueueType::Quorum,
+            None | Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
             Some(other) => {
                 return Err(ConfigError::invalid(
                     "ORDER_CLOSER_QUEUE_TYPE",
@@ -252,6 +259,20 @@ impl Settings {
                 "ORDER_CLOSER_OUTBOX_INTERVAL",
                 Duration::from_millis(500),
             )?,
+            janitor: JanitorConfig {
+                after: bounded_duration(
+                    &var,
+                    "ORDER_CLOSER_JANITOR_AFTER",
+                    JanitorConfig::default().after,
+                    Duration::from_secs(10)..=Duration::from_secs(7 * 86_400),
+                )?,
+                interval: bounded_duration(
+                    &var,
+                    "ORDER_CLOSER_JANITOR_INTERVAL",
+                    JanitorConfig::default().interval,
+                    Duration::from_secs(1)..=Duration::from_secs(3600),
+                )?,
+            },
             log_format,
             http_listen,
         })
@@ -334,6 +355,29 @@ fn duration(
     }
 }
 
+/// A duration within `range` (both ends included), or an error naming the variable.
+fn bounded_duration(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, ConfigError> {
+    let d = duration(var, name, default)?;
+    if range.contains(&d) {
+        return Ok(d);
+    }
+    let text = var(name).unwrap_or_default();
+    Err(ConfigError::invalid(
+        name,
+        &text,
+        format!(
+            "must be from {} to {}",
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end())
+        ),
+    ))
+}
+
 /// Parses a human duration such as `500ms`, `30s`, `15m`, `2h`.
 pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
@@ -373,6 +417,9 @@ mod tests {
         assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(s.concurrency, 64);
         assert_eq!(s.topology.close_queue(), "order.close.due");
+        assert_eq!(s.topology.queue_type(), QueueType::Quorum);
+        assert_eq!(s.janitor.after, Duration::from_secs(120));
+        assert_eq!(s.janitor.interval, Duration::from_secs(30));
     }
 
     #[test]
@@ -392,6 +439,10 @@ mod tests {
             ("ALIPAY_GATEWAY_URL", "ftp://x"),
             ("ORDER_CLOSER_LOG_FORMAT", "xml"),
             ("ORDER_CLOSER_HTTP_LISTEN", "everywhere"),
+            ("ORDER_CLOSER_JANITOR_AFTER", "1s"),
+            ("ORDER_CLOSER_JANITOR_AFTER", "1000000y"),
+            ("ORDER_CLOSER_JANITOR_INTERVAL", "2h"),
+            ("ORDER_CLOSER_JANITOR_INTERVAL", "soon"),
         ];
         for (var, value) in cases {
             let err = settings(&[(var, value)]).unwrap_err().to_string();

@@ -9,7 +9,8 @@
 //! - [`closer`]: the library call on order creation (order + outbox in one transaction);
 //! - [`decision`]: the pure decision table; [`decide`]: running it against the database
 //!   and a [`gateway`];
-//! - [`worker`]: the close-queue consumer; [`relay`]: the outbox publisher;
+//! - [`worker`]: the close-queue consumer; [`relay`]: the outbox publisher; [`janitor`]:
+//!   re-drives orders whose close message was lost;
 //! - [`broker`], [`db`]: RabbitMQ and PostgreSQL at the edges;
 //! - [`sim`]: a gateway simulator speaking Alipay's signed protocol.
 
@@ -23,6 +24,7 @@ pub mod decision;
 pub mod events;
 pub mod gateway;
 pub mod health;
+pub mod janitor;
 pub mod message;
 pub mod metrics;
 pub mod money;
@@ -32,4 +34,5 @@ pub mod relay;
 pub mod retry;
 pub mod sim;
 pub mod telemetry;
+pub mod time;
 pub mod worker;

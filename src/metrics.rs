@@ -4,7 +4,9 @@
 //! `order_closer_gateway_request_seconds{method}`, `order_closer_gateway_errors_total{method,code}`,
 //! `order_closer_retries_total{attempt}`, `order_closer_parked_total{reason}`,
 //! `order_closer_missing_orders_total`, `order_closer_outbox_backlog`,
-//! `order_closer_in_flight`, `order_closer_forwarded_total`.
+//! `order_closer_in_flight`, `order_closer_forwarded_total`,
+//! `order_closer_redriven_total{verdict}` (orders the janitor found overdue and re-drove: a
+//! healthy system keeps it at 0), `order_closer_janitor_passes_total{result}`.
 
 use std::time::Duration;
 
@@ -53,6 +55,20 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label: what became of an order the janitor re-drove.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    /// The reconcile verdict (`closed`, `paid`, `already_settled`, `retry_later`, ...).
+    pub verdict: String,
+}
+
+/// Label: how a janitor pass went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabel {
+    /// `ran`, `skipped_backlog` (the close queue had messages waiting), `failed`.
+    pub result: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the worker keeps.
@@ -67,6 +83,8 @@ pub struct Metrics {
     parked: Family<ReasonLabel, Counter>,
     missing: Counter,
     forwarded: Counter,
+    redriven: Family<VerdictLabel, Counter>,
+    janitor_passes: Family<PassLabel, Counter>,
     /// Outbox rows waiting to be published (set by the relay).
     pub outbox_backlog: Gauge,
     /// Messages being handled right now.
@@ -123,6 +141,18 @@ impl Default for Metrics {
             "Early arrivals forwarded to a delay tier",
             forwarded.clone(),
         );
+        let redriven = Family::<VerdictLabel, Counter>::default();
+        registry.register(
+            "redriven",
+            "NEW orders the janitor found overdue past their schedule and re-drove (their close message was lost); 0 when healthy",
+            redriven.clone(),
+        );
+        let janitor_passes = Family::<PassLabel, Counter>::default();
+        registry.register(
+            "janitor_passes",
+            "Janitor passes by result",
+            janitor_passes.clone(),
+        );
         let outbox_backlog = Gauge::default();
         registry.register(
             "outbox_backlog",
@@ -141,6 +171,8 @@ impl Default for Metrics {
             parked,
             missing,
             forwarded,
+            redriven,
+            janitor_passes,
             outbox_backlog,
             in_flight,
         }
@@ -207,6 +239,24 @@ impl Metrics {
         self.forwarded.inc();
     }
 
+    /// Counts an order the janitor re-drove, by what became of it.
+    pub fn redriven(&self, verdict: &str) {
+        self.redriven
+            .get_or_create(&VerdictLabel {
+                verdict: verdict.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a janitor pass.
+    pub fn janitor_pass(&self, result: &str) {
+        self.janitor_passes
+            .get_or_create(&PassLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -230,6 +280,8 @@ mod tests {
         m.parked("malformed");
         m.missing_order();
         m.outbox_backlog.set(7);
+        m.redriven("closed");
+        m.janitor_pass("ran");
         let text = m.render();
         for needle in [
             "order_closer_decisions_total{outcome=\"closed\"} 1",
@@ -239,6 +291,8 @@ mod tests {
             "order_closer_parked_total{reason=\"malformed\"} 1",
             "order_closer_missing_orders_total 1",
             "order_closer_outbox_backlog 7",
+            "order_closer_redriven_total{verdict=\"closed\"} 1",
+            "order_closer_janitor_passes_total{result=\"ran\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

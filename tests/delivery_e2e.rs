@@ -327,3 +327,34 @@ async fn bad_messages_are_parked_or_acknowledged_and_the_worker_keeps_going() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_configured_for_the_other_queue_type_stops_naming_the_queue() {
+    use order_closer::broker::topology::{QueueType, Topology};
+    use order_closer::worker::{Worker, WorkerConfig};
+
+    let env = TestEnv::new(&[]).await;
+    let other = match env.topology.queue_type() {
+        QueueType::Classic => QueueType::Quorum,
+        QueueType::Quorum => QueueType::Classic,
+    };
+    let mut config = WorkerConfig::from_settings(&env.settings);
+    config.topology = Arc::new(Topology::new(
+        env.topology.prefix(),
+        env.topology.tiers().clone(),
+        other,
+    ));
+    let worker = Worker::new(env.decider("mismatched"), config);
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(30),
+        worker.run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the worker stops by itself instead of reconnecting for ever");
+    let error = stopped
+        .expect_err("a mismatched queue type is an error")
+        .to_string();
+    assert!(error.contains(&env.topology.close_queue()), "{error}");
+    assert!(error.contains("ORDER_CLOSER_QUEUE_TYPE"), "{error}");
+    env.cleanup().await;
+}

@@ -1,5 +1,6 @@
 //! RabbitMQ at the edge: connecting, declaring the topology, publishing with confirms.
 
+pub mod confirms;
 pub mod publisher;
 pub mod tiers;
 pub mod topology;
@@ -56,6 +57,20 @@ pub enum BrokerError {
         /// The routing key used.
         routing_key: String,
     },
+    /// A queue exists with other arguments than this configuration declares (most often
+    /// another queue type): a configuration error, retrying cannot help.
+    #[error(
+        "queue {queue:?} already exists with other arguments than configured ({reply}); \
+         a queue cannot change type or arguments in place: keep the old \
+         ORDER_CLOSER_QUEUE_TYPE, or use a new ORDER_CLOSER_QUEUE_PREFIX for the new type \
+         (see the README, \"Queue type\")"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The broker's reply text.
+        reply: String,
+    },
     /// An ack or reject could not be delivered because the channel is gone; the broker
     /// will redeliver the message.
     #[error("channel gone before {op}: the broker will redeliver")]
@@ -63,6 +78,24 @@ pub enum BrokerError {
         /// What we were doing.
         op: &'static str,
     },
+}
+
+impl BrokerError {
+    /// Whether retrying cannot help (the configuration must change).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::QueueMismatch { .. } | Self::BadUrl(_))
+    }
+}
+
+/// The broker's reply when it closed a channel because a precondition failed (406, for
+/// example a queue redeclared with other arguments).
+pub fn precondition_failed(error: &lapin::Error) -> Option<String> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) if e.get_id() == 406 => {
+            Some(e.get_message().to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Runs one broker operation under [`BROKER_TIMEOUT`].

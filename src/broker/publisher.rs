@@ -8,6 +8,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
+use super::confirms::{ConfirmWindow, Seen};
 use super::tiers::Route;
 use super::topology::{DUE_KEY, PARKED_KEY, Topology};
 use super::{BrokerError, timed};
@@ -18,6 +19,7 @@ use crate::message::CloseMessage;
 pub struct Publisher {
     channel: Channel,
     topology: Arc<Topology>,
+    window: Arc<ConfirmWindow>,
 }
 
 impl Publisher {
@@ -32,7 +34,11 @@ impl Publisher {
             channel.confirm_select(ConfirmSelectOptions::default()),
         )
         .await?;
-        Ok(Self { channel, topology })
+        Ok(Self {
+            channel,
+            topology,
+            window: Arc::default(),
+        })
     }
 
     /// The topology this publisher routes by.
@@ -46,7 +52,8 @@ impl Publisher {
     }
 
     /// Publishes one persistent, mandatory message and waits for its confirm. A returned
-    /// (unroutable) or nacked message is an error.
+    /// (unroutable) or nacked message is an error, and so is a clean confirm that cannot
+    /// be believed because a return was seen beside it (see [`super::confirms`]).
     pub async fn publish(
         &self,
         exchange: &str,
@@ -62,32 +69,72 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = timed(
-            "publish",
-            self.channel.basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                payload,
-                properties,
-            ),
-        )
-        .await?;
-        match timed("publish confirm", confirm).await? {
-            Confirmation::Ack(None) => Ok(()),
+        let mut publish = std::pin::pin!(self.channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            payload,
+            properties,
+        ));
+        let (first, ticket) = self.window.numbered(publish.as_mut()).await;
+        let sent = match first {
+            Some(done) => done.map_err(|source| BrokerError::Amqp {
+                op: "publish",
+                source,
+            }),
+            None => timed("publish", publish).await,
+        };
+        let confirm = match sent {
+            Ok(confirm) => confirm,
+            Err(e) => {
+                ticket.seen(Seen::Failed).await;
+                return Err(e);
+            }
+        };
+        let confirmation = match timed("publish confirm", confirm).await {
+            Ok(c) => c,
+            Err(e @ BrokerError::Timeout { .. }) => {
+                ticket.seen(Seen::Unknown).await;
+                return Err(e);
+            }
+            Err(e) => {
+                ticket.seen(Seen::Failed).await;
+                return Err(e);
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) => {
+                if ticket.seen(Seen::Clean).await {
+                    Ok(())
+                } else {
+                    Err(BrokerError::Returned {
+                        exchange: exchange.to_owned(),
+                        routing_key: routing_key.to_owned(),
+                        reply: "a message published beside it was returned; not believed"
+                            .to_owned(),
+                    })
+                }
+            }
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                ticket.seen(Seen::Returned).await;
                 Err(BrokerError::Returned {
                     exchange: exchange.to_owned(),
                     routing_key: routing_key.to_owned(),
                     reply: returned.reply_text.to_string(),
                 })
             }
-            Confirmation::Nack(None) => Err(BrokerError::Nacked {
-                routing_key: routing_key.to_owned(),
-            }),
-            Confirmation::NotRequested => Err(BrokerError::Nacked {
-                routing_key: format!("{routing_key} (confirms not enabled)"),
-            }),
+            Confirmation::Nack(None) => {
+                ticket.seen(Seen::Failed).await;
+                Err(BrokerError::Nacked {
+                    routing_key: routing_key.to_owned(),
+                })
+            }
+            Confirmation::NotRequested => {
+                ticket.seen(Seen::Failed).await;
+                Err(BrokerError::Nacked {
+                    routing_key: format!("{routing_key} (confirms not enabled)"),
+                })
+            }
         }
     }
 

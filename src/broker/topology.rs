@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use super::tiers::DelayTiers;
-use super::{BrokerError, timed};
+use super::{BrokerError, precondition_failed, timed};
 
 /// Routing key from the close exchange to the close queue.
 pub const DUE_KEY: &str = "due";
@@ -243,12 +243,21 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        timed(
+        match timed(
             "declare queue",
             channel.queue_declare(name.into(), options, args),
         )
-        .await?;
-        Ok(())
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(BrokerError::Amqp { source, .. }) if precondition_failed(&source).is_some() => {
+                Err(BrokerError::QueueMismatch {
+                    queue: name.to_owned(),
+                    reply: precondition_failed(&source).unwrap_or_default(),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn bind(

@@ -44,7 +44,7 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
             .context("ORDER_CLOSER_HTTP_LISTEN")?;
         tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
     }
-    worker.run(shutdown).await;
+    worker.run(shutdown).await.context("the worker stopped")?;
     Ok(ExitCode::SUCCESS)
 }
 

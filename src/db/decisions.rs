@@ -57,6 +57,64 @@ pub async fn insert(conn: &mut AsyncPgConnection, row: &NewDecision<'_>) -> Quer
         .await
 }
 
+/// When an order that stays NEW is next looked at by its own schedule (the janitor
+/// re-drives it only well past that moment; see `orders.recheck_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Its retry is due then.
+    At(DateTime<Utc>),
+    /// Its message is parked for an operator: the janitor leaves it alone.
+    Parked,
+}
+
+/// Records a decision that leaves the order NEW (a retry, a park) and, in the same
+/// statement, when the order's schedule next looks at it. Returns the decision's id.
+pub async fn insert_pending(
+    conn: &mut AsyncPgConnection,
+    row: &NewDecision<'_>,
+    recheck: Recheck,
+) -> QueryResult<i64> {
+    use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz};
+
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let (at, parked) = match recheck {
+        Recheck::At(at) => (Some(at), false),
+        Recheck::Parked => (None, true),
+    };
+    let inserted: Vec<Inserted> = prepared(
+        "WITH d AS (
+             INSERT INTO decisions (order_id, attempt, outcome, gateway_answer, detail, actor)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING id, order_id
+         ), o AS (
+             UPDATE orders
+             SET recheck_at = CASE WHEN $7 THEN 'infinity'::timestamptz ELSE $8 END
+             FROM d
+             WHERE orders.id = d.order_id AND orders.status = 'NEW'
+         )
+         SELECT id FROM d",
+    )
+    .bind::<BigInt, _>(row.order_id)
+    .bind::<Integer, _>(row.attempt)
+    .bind::<Text, _>(row.outcome)
+    .bind::<Nullable<Text>, _>(row.gateway_answer)
+    .bind::<Text, _>(row.detail)
+    .bind::<Text, _>(row.actor)
+    .bind::<Bool, _>(parked)
+    .bind::<Nullable<Timestamptz>, _>(at)
+    .load(conn)
+    .await?;
+    inserted
+        .into_iter()
+        .next()
+        .map(|i| i.id)
+        .ok_or(diesel::result::Error::NotFound)
+}
+
 /// The decision history of an order, oldest first.
 pub async fn for_order(conn: &mut AsyncPgConnection, order_id: i64) -> QueryResult<Vec<Decision>> {
     decisions::table

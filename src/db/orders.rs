@@ -234,3 +234,78 @@ pub async fn overdue_page(
     }
     query.load(conn).await
 }
+
+/// A NEW order the janitor claimed, with where its retry schedule stood.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Overdue {
+    /// Our id.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    /// Merchant order number.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub out_trade_no: String,
+    /// Its deadline.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub deadline: DateTime<Utc>,
+    /// When its schedule said it would be decided (the later of the deadline and its last
+    /// retry's `not_before`).
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub scheduled: DateTime<Utc>,
+    /// Attempts that failed transiently so far (its `retry` audit rows).
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+    /// Its first recorded decision, if any.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    pub first_seen: Option<DateTime<Utc>>,
+}
+
+/// Claims up to `limit` NEW orders whose schedule (the later of the deadline and
+/// `recheck_at`) fell before `cutoff`, oldest first, and leases them until `lease_until`
+/// (their `recheck_at`), so that no other janitor takes them meanwhile. Rows another
+/// transaction holds are skipped, never waited for.
+pub async fn claim_overdue(
+    conn: &mut AsyncPgConnection,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+    lease_until: DateTime<Utc>,
+) -> QueryResult<Vec<Overdue>> {
+    use diesel::sql_types::{BigInt, Timestamptz};
+    prepared(
+        "WITH due AS (
+             SELECT id, GREATEST(deadline, recheck_at) AS scheduled
+             FROM orders
+             WHERE status = 'NEW' AND GREATEST(deadline, recheck_at) < $1
+             ORDER BY GREATEST(deadline, recheck_at)
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE orders o SET recheck_at = $3
+         FROM due
+         WHERE o.id = due.id
+         RETURNING o.id, o.out_trade_no, o.deadline, due.scheduled,
+             (SELECT count(*)::int FROM decisions d
+              WHERE d.order_id = o.id AND d.outcome = 'retry') AS attempts,
+             (SELECT min(d.decided_at) FROM decisions d WHERE d.order_id = o.id) AS first_seen",
+    )
+    .bind::<Timestamptz, _>(cutoff)
+    .bind::<BigInt, _>(limit)
+    .bind::<Timestamptz, _>(lease_until)
+    .load(conn)
+    .await
+}
+
+/// Sets when the janitor may look at a NEW order again (`None`: at once, its deadline
+/// being long past).
+pub async fn set_recheck(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    at: Option<DateTime<Utc>>,
+) -> QueryResult<()> {
+    diesel::update(orders::table)
+        .filter(orders::id.eq(id))
+        .filter(orders::status.eq(OrderStatus::New.as_str()))
+        .set(orders::recheck_at.eq(at))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

@@ -15,6 +15,7 @@ diesel::table! {
         closed_at -> Nullable<Timestamptz>,
         gateway_trade_no -> Nullable<Text>,
         close_reason -> Nullable<Text>,
+        recheck_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncConnection;
 use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::db::batch::Batcher;
-use crate::db::decisions::{self, NewDecision};
+use crate::db::decisions::{self, NewDecision, Recheck};
 use crate::db::orders::FindById;
 use crate::db::{self, DbError, DbPool};
 use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
@@ -109,10 +109,13 @@ pub enum Outcome {
     },
     /// Another actor (callback, worker, reconcile) changed the order first.
     LostRace(OrderStatus),
-    /// Transient failure: try again after `delay` as attempt `attempt`.
+    /// Transient failure: try again after `delay` (at `not_before`) as attempt `attempt`.
     Retry {
         /// Back-off.
         delay: Duration,
+        /// The moment the retry is due (recorded with the order, so the janitor knows the
+        /// order is on schedule until then).
+        not_before: DateTime<Utc>,
         /// The next attempt number.
         attempt: u32,
         /// Failure code.
@@ -271,8 +274,9 @@ impl Decider {
                 "message names out_trade_no {expected:?} but order {order_id} is {:?}",
                 order.out_trade_no
             );
+            // The message is wrong, not the order: the order's own schedule is untouched.
             return self
-                .park(order, attempt, "order_mismatch", &detail, None)
+                .park(order, attempt, "order_mismatch", &detail, None, None)
                 .await;
         }
         let order = match decision::precheck(order.as_ref(), attempt.not_before, Utc::now()) {
@@ -290,7 +294,14 @@ impl Decider {
         let Some(gateway) = self.gateways.get(&order.channel) else {
             let detail = format!("no gateway is configured for channel {:?}", order.channel);
             return self
-                .park(&order, attempt, "unknown_channel", &detail, None)
+                .park(
+                    &order,
+                    attempt,
+                    "unknown_channel",
+                    &detail,
+                    None,
+                    Some(Recheck::Parked),
+                )
                 .await;
         };
 
@@ -313,16 +324,19 @@ impl Decider {
                     delay,
                     attempt: next,
                 } => {
+                    let not_before = crate::time::later(Utc::now(), delay);
                     self.audit_only(
                         &order,
                         attempt,
                         "retry",
                         &format!("{code}: {detail}"),
                         answer.as_deref(),
+                        Some(Recheck::At(not_before)),
                     )
                     .await;
                     Ok(Outcome::Retry {
                         delay,
+                        not_before,
                         attempt: next,
                         code,
                         detail,
@@ -339,18 +353,27 @@ impl Decider {
                         "attempts_exhausted",
                         &detail,
                         answer.as_deref(),
+                        Some(Recheck::Parked),
                     )
                     .await
                 }
             },
             Action::Park { code, detail } => {
-                self.park(&order, attempt, &code, &detail, answer.as_deref())
-                    .await
+                self.park(
+                    &order,
+                    attempt,
+                    &code,
+                    &detail,
+                    answer.as_deref(),
+                    Some(Recheck::Parked),
+                )
+                .await
             }
             // `consult` resolves these two itself; reaching here would be a bug, and the
             // safe response to a bug is to try again later, never to close.
             Action::CloseAtGateway | Action::QueryAgain => Ok(Outcome::Retry {
                 delay: self.retry.steps()[0],
+                not_before: crate::time::later(Utc::now(), self.retry.steps()[0]),
                 attempt: attempt.number,
                 code: "internal".into(),
                 detail: format!("unresolved action {action:?}"),
@@ -497,6 +520,8 @@ impl Decider {
         }
     }
 
+    /// Records a park; `recheck` is `Parked` when the order itself waits for an operator
+    /// (None when only the message is wrong).
     async fn park(
         &self,
         order: &Order,
@@ -504,6 +529,7 @@ impl Decider {
         code: &str,
         detail: &str,
         answer: Option<&str>,
+        recheck: Option<Recheck>,
     ) -> Result<Outcome, Unavailable> {
         warn!(code, detail, "parking the order for an operator");
         self.audit_only(
@@ -512,6 +538,7 @@ impl Decider {
             "parked",
             &format!("{code}: {detail}"),
             answer,
+            recheck,
         )
         .await;
         Ok(Outcome::Park {
@@ -520,8 +547,10 @@ impl Decider {
         })
     }
 
-    /// Records a decision that changes no state (retry, park). A failure to record is
-    /// logged, not fatal: the message itself still goes where it must.
+    /// Records a decision that changes no state (retry, park), with when the order's
+    /// schedule next looks at it. A failure to record is logged, not fatal: the message
+    /// itself still goes where it must (and the janitor, finding the order overdue, only
+    /// re-drives it).
     async fn audit_only(
         &self,
         order: &Order,
@@ -529,40 +558,28 @@ impl Decider {
         outcome: &str,
         detail: &str,
         answer: Option<&str>,
+        recheck: Option<Recheck>,
     ) {
         let result = async {
             let mut conn = db::conn(&self.pool).await?;
-            self.record(&mut conn, order, attempt, outcome, detail, answer)
-                .await
-                .map_err(DbError::from)
-        }
-        .await;
-        if let Err(e) = result {
-            warn!(error = %e, outcome, "could not record the decision");
-        }
-    }
-
-    async fn record(
-        &self,
-        conn: &mut AsyncPgConnection,
-        order: &Order,
-        attempt: AttemptInfo,
-        outcome: &str,
-        detail: &str,
-        answer: Option<&str>,
-    ) -> diesel::QueryResult<i64> {
-        decisions::insert(
-            conn,
-            &NewDecision {
+            let row = NewDecision {
                 order_id: order.id,
                 attempt: attempt_column(attempt),
                 outcome,
                 gateway_answer: answer,
                 detail,
                 actor: &self.actor,
-            },
-        )
-        .await
+            };
+            match recheck {
+                Some(recheck) => decisions::insert_pending(&mut conn, &row, recheck).await,
+                None => decisions::insert(&mut conn, &row).await,
+            }
+            .map_err(DbError::from)
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, outcome, "could not record the decision");
+        }
     }
 
     /// Records an anomaly about an order and announces it, in one transaction; returns

@@ -46,6 +46,25 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict's name, as in JSON output and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Paid => "paid",
+            Self::AlreadySettled => "already_settled",
+            Self::Missing => "missing",
+            Self::NotDue => "not_due",
+            Self::RetryLater => "retry_later",
+            Self::NeedsOperator => "needs_operator",
+            Self::WouldClose => "would_close",
+            Self::WouldPay => "would_pay",
+            Self::WouldCloseAtGateway => "would_close_at_gateway",
+            Self::WouldRetry => "would_retry",
+            Self::WouldNeedOperator => "would_need_operator",
+            Self::DatabaseUnavailable => "database_unavailable",
+        }
+    }
+
     /// Whether the order needed fixing (found in a bad state).
     pub fn needed_fixing(self) -> bool {
         !matches!(self, Self::AlreadySettled | Self::Missing | Self::NotDue)

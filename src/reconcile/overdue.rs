@@ -72,8 +72,7 @@ pub async fn sweep(
     options: &OverdueOptions,
     progress: impl Fn(u64),
 ) -> Result<OverdueReport, DbError> {
-    let cutoff = Utc::now()
-        - chrono::Duration::from_std(options.older_than).unwrap_or(chrono::Duration::zero());
+    let cutoff = crate::time::earlier(Utc::now(), options.older_than);
     let mut report = OverdueReport {
         dry_run: options.mode == Mode::DryRun,
         cutoff,

@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::broker::BrokerError;
 use crate::broker::publisher::{ParkNote, Publisher};
-use crate::broker::tiers::SMALLEST_TIER;
+use crate::broker::tiers::{Route, SMALLEST_TIER};
 use crate::closer::MAX_TIME_TO_PAY;
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
 use crate::message::CloseMessage;
@@ -105,9 +105,17 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
         "order",
         order_id = message.order_id,
         out_trade_no = %message.out_trade_no,
-        attempt = message.attempt
+        attempt = message.attempt,
+        delivery_tag = delivery.delivery_tag,
     );
     async {
+        // With the forward line below, a lost order's trail tells a message the broker
+        // never delivered from one that was forwarded (or decided) and acknowledged.
+        debug!(
+            redelivered = delivery.redelivered,
+            due_at = %message.due_at(),
+            "received"
+        );
         match route(ctx, message).await {
             Ok(Routed::NotStarted) => {
                 debug!("worker stopping before this delivery started; the broker redelivers it")
@@ -166,7 +174,17 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
         // An early hop: forward without touching the database.
         let route = ctx.publisher.schedule(&message, now).await?;
         ctx.decider.metrics().forwarded();
-        debug!(?route, ?remaining, "not due yet; forwarded");
+        let tier_ms = match route {
+            Route::Tier(i) => ctx
+                .publisher
+                .topology()
+                .tiers()
+                .all()
+                .get(i)
+                .map(|t| t.as_millis()),
+            Route::Due => None,
+        };
+        debug!(?tier_ms, ?remaining, "not due yet; forwarded");
         return Ok(());
     }
 
@@ -205,6 +223,7 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
         }
         Ok(Outcome::Retry {
             delay,
+            not_before,
             attempt,
             code,
             ..
@@ -212,8 +231,7 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
             info!(%code, ?delay, next_attempt = attempt, "retrying later");
             message.attempt = attempt;
             message.first_seen = Some(first_seen);
-            message.not_before =
-                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            message.not_before = Some(not_before);
             ctx.publisher
                 .schedule(&message, Utc::now())
                 .await

@@ -10,6 +10,7 @@
 
 mod acks;
 mod handler;
+mod janitor_loop;
 mod relay_loop;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::broker::topology::Topology;
 use crate::broker::{self, BrokerError, timed};
 use crate::decide::Decider;
 use crate::health::Readiness;
+use crate::janitor::{Janitor, JanitorConfig};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct WorkerConfig {
     pub outbox_grace: Duration,
     /// How often the relay looks at the outbox.
     pub outbox_interval: Duration,
+    /// When the janitor re-drives overdue orders.
+    pub janitor: JanitorConfig,
 }
 
 impl WorkerConfig {
@@ -59,6 +63,7 @@ impl WorkerConfig {
             shutdown_grace: settings.shutdown_grace,
             outbox_grace: settings.outbox_grace,
             outbox_interval: settings.outbox_interval,
+            janitor: settings.janitor,
         }
     }
 }
@@ -70,7 +75,37 @@ pub struct Worker {
     readiness: Arc<Readiness>,
 }
 
+const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Waits between reconnection attempts: doubling from 0.5 s to 30 s, and back to 0.5 s
+/// after a session that worked.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: MIN_RECONNECT_BACKOFF,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before the next attempt; the one after it is twice as long (capped).
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(MAX_RECONNECT_BACKOFF);
+        wait
+    }
+
+    /// After a good session.
+    fn reset(&mut self) {
+        self.next = MIN_RECONNECT_BACKOFF;
+    }
+}
 
 impl Worker {
     /// A worker deciding with `decider`.
@@ -92,27 +127,45 @@ impl Worker {
         self.readiness.clone()
     }
 
-    /// Runs until `shutdown` is cancelled, reconnecting to the broker as needed.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(500);
+    /// Runs until `shutdown` is cancelled, reconnecting to the broker as needed. Returns
+    /// an error only for a configuration the broker refuses (a queue declared with other
+    /// arguments): retrying cannot fix that, so the process should stop and say so.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
-            match self.session(&shutdown).await {
+            let mut consumed = false;
+            match self.session(&shutdown, &mut consumed).await {
                 Ok(()) => break,
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(error = %e, "the broker refuses this configuration; stopping");
+                    return Err(e);
+                }
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting");
+                    // A session that got as far as consuming was a good one: the next
+                    // outage starts from the shortest wait again.
+                    if consumed {
+                        backoff.reset();
+                    }
+                    let wait = backoff.next_wait();
+                    warn!(error = %e, retry_in = ?wait, "broker session ended; reconnecting");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
                 }
             }
         }
         info!("worker stopped");
+        Ok(())
     }
 
-    /// One connection's life: declare, consume, decide; returns Ok on shutdown.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
+    /// One connection's life: declare, consume, decide; returns Ok on shutdown. Sets
+    /// `consumed` once the consumer is running.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        consumed: &mut bool,
+    ) -> Result<(), BrokerError> {
         let connection = broker::connect(&self.config.amqp_url, "order-closer worker").await?;
         let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
         self.config.topology.declare(publisher.channel()).await?;
@@ -125,6 +178,16 @@ impl Worker {
             self.config.outbox_grace,
             self.config.outbox_interval,
             relay_stop.clone(),
+        ));
+
+        let janitor_stop = shutdown.child_token();
+        let probe = timed("open channel", connection.create_channel()).await?;
+        let janitor = tokio::spawn(janitor_loop::run(
+            Janitor::new(self.decider.clone(), publisher.clone(), self.config.janitor),
+            probe,
+            self.config.topology.close_queue(),
+            self.decider.metrics().clone(),
+            janitor_stop.clone(),
         ));
 
         let channel = timed("open channel", connection.create_channel()).await?;
@@ -144,6 +207,7 @@ impl Worker {
         )
         .await?;
         self.readiness.set_broker(true);
+        *consumed = true;
         info!(
             queue = %self.config.topology.close_queue(),
             concurrency = self.config.concurrency,
@@ -227,7 +291,9 @@ impl Worker {
         acks_stop.cancel();
         let _ = acker.await;
         relay_stop.cancel();
+        janitor_stop.cancel();
         let _ = relay.await;
+        let _ = janitor.await;
         let _ = timed(
             "channel.close",
             channel.close(200, "worker stopping".into()),
@@ -269,4 +335,22 @@ pub fn shutdown_on_signal() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_starts_over_after_a_good_session() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..9).map(|_| b.next_wait().as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(500));
+        assert_eq!(b.next_wait(), Duration::from_secs(1));
+    }
 }

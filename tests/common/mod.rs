@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod rabbit_node;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -68,6 +69,8 @@ pub struct TestEnv {
     pub alipay: AlipayConfig,
     pub closer: Closer,
     workers: Vec<(CancellationToken, JoinHandle<()>)>,
+    /// Set by `cleanup`; otherwise `Drop` cleans up.
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -114,16 +117,7 @@ impl TestEnv {
         let pool = db::pool(&database_url, settings.db_pool_size).expect("pool");
 
         let topology = Arc::new(settings.topology.clone());
-        let connection = broker::connect(&settings.amqp_url, "test")
-            .await
-            .expect("broker");
-        let publisher = Publisher::open(&connection, topology.clone())
-            .await
-            .expect("publisher");
-        topology
-            .declare(publisher.channel())
-            .await
-            .expect("declare");
+        let (connection, publisher) = declared(&settings.amqp_url, &topology).await;
 
         let app_key = AppPrivateKey::generate().expect("app key");
         let app_key_pem = app_key.to_pkcs8_pem();
@@ -160,6 +154,7 @@ impl TestEnv {
             alipay,
             closer,
             workers: Vec::new(),
+            cleaned: false,
         }
     }
 
@@ -190,12 +185,15 @@ impl TestEnv {
     /// Starts `decider` as a worker; returns its metrics and readiness handles.
     pub fn run_worker(&mut self, decider: Decider, config: WorkerConfig) -> Observed {
         let token = CancellationToken::new();
+        let token_for_run = token.clone();
         let worker = Worker::new(decider, config);
         let view = Observed {
             metrics: worker.metrics(),
             readiness: worker.readiness(),
         };
-        let handle = tokio::spawn(worker.run(token.clone()));
+        let handle = tokio::spawn(async move {
+            worker.run(token_for_run).await.expect("the worker stopped");
+        });
         self.workers.push((token, handle));
         view
     }
@@ -318,18 +316,7 @@ impl TestEnv {
     /// Messages waiting in a queue.
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        ready_count(&channel, queue).await.expect("queue exists")
     }
 
     /// Publishes raw bytes straight to the close queue (as a foreign publisher would).
@@ -357,10 +344,18 @@ impl TestEnv {
         std::fs::write(&public, &self.sim_public_pem).unwrap();
         vec![
             ("DATABASE_URL".into(), self.database_url.clone()),
-            ("AMQP_URL".into(), amqp_url()),
+            ("AMQP_URL".into(), self.settings.amqp_url.clone()),
             (
                 "ORDER_CLOSER_QUEUE_PREFIX".into(),
                 self.topology.prefix().into(),
+            ),
+            (
+                "ORDER_CLOSER_QUEUE_TYPE".into(),
+                match self.topology.queue_type() {
+                    order_closer::broker::topology::QueueType::Classic => "classic",
+                    order_closer::broker::topology::QueueType::Quorum => "quorum",
+                }
+                .into(),
             ),
             ("ORDER_CLOSER_OUTBOX_INTERVAL".into(), "100ms".into()),
             ("ORDER_CLOSER_RETRY_STEPS".into(), "1s,1s,1s".into()),
@@ -393,12 +388,79 @@ impl TestEnv {
         }
         let _ = self.topology.delete(self.publisher.channel()).await;
         let _ = self.connection.close(200, "test done".into()).await;
-        if let Ok(mut admin) = db::connect(&base_database_url()).await {
-            let _ = diesel::sql_query(format!("DROP SCHEMA {} CASCADE", self.schema))
-                .execute(&mut admin)
-                .await;
-        }
+        drop_schema(&self.schema).await;
+        self.cleaned = true;
     }
+}
+
+async fn drop_schema(schema: &str) {
+    if let Ok(mut admin) = db::connect(&base_database_url()).await {
+        let _ = diesel::sql_query(format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+/// A test that failed (panicked) before `cleanup` still removes its schema and queues:
+/// on a thread of its own with a runtime of its own, since the test's runtime may be
+/// unwinding.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        for (token, _) in &self.workers {
+            token.cancel();
+        }
+        let schema = self.schema.clone();
+        let topology = self.topology.clone();
+        let amqp_url = self.settings.amqp_url.clone();
+        let cleaner = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(connection) = broker::connect(&amqp_url, "test cleanup").await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let _ = topology.delete(&channel).await;
+                    let _ = connection.close(200, "test cleanup".into()).await;
+                }
+                drop_schema(&schema).await;
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// A connection to `amqp_url`, a publisher on it, and `topology` declared.
+pub async fn declared(amqp_url: &str, topology: &Arc<Topology>) -> (Connection, Publisher) {
+    let connection = broker::connect(amqp_url, "test").await.expect("broker");
+    let publisher = Publisher::open(&connection, topology.clone())
+        .await
+        .expect("publisher");
+    topology
+        .declare(publisher.channel())
+        .await
+        .expect("declare");
+    (connection, publisher)
+}
+
+/// Messages ready in a queue (a passive declare), or None if the broker cannot say (the
+/// queue is missing, the channel is gone).
+pub async fn ready_count(channel: &lapin::Channel, queue: &str) -> Option<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .ok()
+        .map(|q| q.message_count())
 }
 
 /// Runs the `order-closer` binary with `vars` and `args` and collects its output.

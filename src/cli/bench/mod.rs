@@ -24,6 +24,7 @@ mod classic;
 mod create;
 mod pending;
 mod pipeline;
+mod queue_types;
 mod report;
 mod stats;
 mod sustained;
@@ -118,10 +119,33 @@ pub struct BenchArgs {
     /// Leave out measurements (repeatable): ceilings, create, classic.
     #[arg(long, value_enum)]
     skip: Vec<Skip>,
+    /// Run the pipeline once more on each of these queue types (`classic,quorum`), each
+    /// in a fresh environment with the broker's CPU measured, and compare them.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    queue_types: Vec<QueueTypeArg>,
     /// Extra environment for the worker child process (repeatable), for experiments:
     /// `--worker-env ORDER_CLOSER_DB_POOL_SIZE=32`.
     #[arg(long, value_name = "KEY=VALUE")]
     worker_env: Vec<String>,
+}
+
+/// A queue type to compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueTypeArg {
+    /// Classic queues.
+    Classic,
+    /// Quorum queues.
+    Quorum,
+}
+
+impl From<QueueTypeArg> for QueueType {
+    fn from(arg: QueueTypeArg) -> Self {
+        match arg {
+            QueueTypeArg::Classic => Self::Classic,
+            QueueTypeArg::Quorum => Self::Quorum,
+        }
+    }
 }
 
 /// A measurement that can be left out.
@@ -178,6 +202,8 @@ pub struct Plan {
     pub chart_font: Option<String>,
     /// Extra worker environment.
     pub worker_env: Vec<(String, String)>,
+    /// Queue types the pipeline is compared on.
+    pub queue_types: Vec<QueueTypeArg>,
 }
 
 impl Plan {
@@ -233,6 +259,7 @@ impl Plan {
             chart,
             chart_font: args.chart_font,
             worker_env,
+            queue_types: args.queue_types.clone(),
         })
     }
 
@@ -260,7 +287,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<ExitCod
         .context("preparing the benchmark environment")?;
     let started_at = chrono::Utc::now();
     let measured = tokio::select! {
-        result = measure(&env, &plan) => result,
+        result = measure(settings, &env, &plan) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     env.close().await;
@@ -284,9 +311,11 @@ pub struct Results {
     pub sustained: Option<sustained::SustainedResult>,
     /// The pending-closes run.
     pub pending: Option<pending::PendingResult>,
+    /// The pipeline once per compared queue type.
+    pub queue_types: Vec<queue_types::QueueTypeRun>,
 }
 
-async fn measure(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
+async fn measure(settings: &Settings, env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
     let ceilings = if plan.skips(Skip::Ceilings) {
         None
     } else {
@@ -346,6 +375,15 @@ async fn measure(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
     } else {
         None
     };
+    let mut compared = Vec::new();
+    for queue_type in &plan.queue_types {
+        let queue_type = QueueType::from(*queue_type);
+        eprintln!(
+            "queue type comparison: pipeline on {} queues",
+            queue_types::name(queue_type)
+        );
+        compared.push(queue_types::run(settings, plan, queue_type, create_hint).await?);
+    }
     Ok(Results {
         ceilings,
         create,
@@ -353,6 +391,7 @@ async fn measure(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
         classic,
         sustained,
         pending,
+        queue_types: compared,
     })
 }
 

@@ -10,6 +10,7 @@ use super::ceilings::Ceilings;
 use super::create::CreateResult;
 use super::pending::PendingResult;
 use super::pipeline::{self, BatchResult};
+use super::queue_types::QueueTypeRun;
 use super::sustained::SustainedResult;
 use super::{Plan, Results};
 
@@ -130,6 +131,8 @@ pub struct Report {
     pub sustained: Option<SustainedResult>,
     /// The pending-closes run.
     pub pending: Option<PendingResult>,
+    /// The pipeline once per compared queue type (`--queue-types`).
+    pub queue_types: Vec<QueueTypeRun>,
     /// Derived figures.
     pub derived: Derived,
     /// The targets.
@@ -231,6 +234,7 @@ impl Report {
             classic: r.classic,
             sustained: r.sustained,
             pending: r.pending,
+            queue_types: r.queue_types,
             derived,
             targets: goals,
         }
@@ -426,6 +430,43 @@ impl Report {
                 "worker CPU s relaying",
                 &format!("{:.1}", p.worker_cpu_seconds),
             );
+        }
+        if !self.queue_types.is_empty() {
+            let _ = write!(
+                t,
+                "\nqueue types (pipeline, {} orders)",
+                self.parameters.orders
+            );
+            for q in &self.queue_types {
+                let _ = write!(t, " {:>12}", q.queue_type);
+            }
+            let _ = writeln!(t);
+            let each = |t: &mut String, name: &str, f: &dyn Fn(&QueueTypeRun) -> String| {
+                let _ = write!(t, "  {name:<42}");
+                for q in &self.queue_types {
+                    let _ = write!(t, " {:>12}", f(q));
+                }
+                let _ = writeln!(t);
+            };
+            each(&mut t, "decided / undecided", &|q| {
+                format!("{}/{}", q.pipeline.decided, q.pipeline.undecided)
+            });
+            each(&mut t, "decisions/s", &|q| {
+                num(q.pipeline.decisions_per_second)
+            });
+            each(&mut t, "lateness p50 ms", &|q| {
+                num(q.pipeline.lateness_ms.p50)
+            });
+            each(&mut t, "lateness p99 ms", &|q| {
+                num(q.pipeline.lateness_ms.p99)
+            });
+            each(&mut t, "worker CPU ms/decision", &|q| {
+                format!("{:.3}", q.pipeline.worker_cpu_ms_per_decision)
+            });
+            each(&mut t, "broker CPU ms/decision", &|q| {
+                q.broker_cpu_ms_per_decision
+                    .map_or("-".into(), |v| format!("{v:.3}"))
+            });
         }
         let d = &self.derived;
         let _ = writeln!(t, "\nderived");

@@ -149,6 +149,13 @@ impl WorkerProcess {
     }
 }
 
+/// The CPU time (user plus system) of any process so far, seconds; None if it cannot be
+/// read.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
 /// utime + stime (fields 14 and 15) of `/proc/<pid>/stat`, in clock ticks.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces.

@@ -1,0 +1,2 @@
+DROP INDEX orders_new_by_schedule;
+ALTER TABLE orders DROP COLUMN recheck_at;

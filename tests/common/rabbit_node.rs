@@ -1,0 +1,148 @@
+//! A throwaway RabbitMQ node for tests that must stop, restart or reconfigure a broker:
+//! started from the Debian package's scripts on spare ports, with its own data directory,
+//! Erlang cookie and configuration, and stopped (directory removed) when dropped, whether
+//! the test passed or not. The machine's own broker on 5672 is never touched.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+const BIN: &str = "/usr/lib/rabbitmq/bin";
+
+/// A running node.
+pub struct RabbitNode {
+    /// `oc-<tag>@localhost`.
+    pub name: String,
+    /// The AMQP port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn spare_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a spare port")
+}
+
+impl RabbitNode {
+    /// Starts a node; `advanced_config` is an Erlang term list for `advanced.config`
+    /// (`[]` for none). Blocks until the node accepts AMQP connections (about 10 s).
+    pub fn start(advanced_config: &str) -> Self {
+        assert!(
+            Path::new(BIN).join("rabbitmq-server").exists(),
+            "{BIN}/rabbitmq-server is missing: install the rabbitmq-server package (scripts/services.sh does)"
+        );
+        let tag = format!("{:08x}", rand::rng().random::<u32>());
+        let dir = std::env::temp_dir().join(format!("oc-rabbit-{tag}"));
+        for sub in ["home", "mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("node directory");
+        }
+        let cookie = dir.join("home/.erlang.cookie");
+        std::fs::write(&cookie, format!("OCTEST{tag}")).expect("cookie");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))
+                .expect("cookie mode");
+        }
+        let port = spare_port();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .expect("rabbitmq.conf");
+        std::fs::write(dir.join("advanced.config"), format!("{advanced_config}.\n"))
+            .expect("advanced.config");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        let node = Self {
+            name: format!("oc-{tag}@localhost"),
+            port,
+            dir,
+        };
+        let started = node
+            .command("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_DIST_PORT", spare_port().to_string())
+            .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", node.dir.join("rabbitmq.conf"))
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                node.dir.join("advanced.config"),
+            )
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                node.dir.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_PID_FILE", node.dir.join("pid"))
+            .status()
+            .expect("run rabbitmq-server");
+        assert!(started.success(), "rabbitmq-server -detached failed");
+        node.await_startup();
+        node
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(Path::new(BIN).join(program));
+        command
+            .env("HOME", self.dir.join("home"))
+            .env("RABBITMQ_NODENAME", &self.name);
+        command
+    }
+
+    /// Waits until the rabbit application runs (a freshly detached node is not even
+    /// registered for a moment, and `await_startup` fails at once then).
+    pub fn await_startup(&self) {
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self.ctl(&["await_startup", "--timeout", "30"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "node {} did not start: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.command("rabbitmqctl")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("run rabbitmqctl")
+    }
+
+    /// Runs `rabbitmqctl` and fails the test if it fails.
+    pub fn ctl_ok(&self, args: &[&str]) {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The AMQP URL of the node.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
