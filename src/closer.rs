@@ -45,6 +45,11 @@ use crate::order::Order;
 
 /// Longest allowed time to pay.
 pub const MAX_TIME_TO_PAY: Duration = Duration::from_secs(366 * 86_400);
+/// How far in the past a deadline may be (an order due at once, give or take clock skew);
+/// anything older is a mistake, not an order.
+pub const MAX_DEADLINE_AGE: Duration = Duration::from_secs(3600);
+/// Largest amount in minor units: Alipay's single-payment limit, 100,000,000.00 CNY.
+pub const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
 
 /// When an order must be paid by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +423,13 @@ fn validate(new: &NewOrder, now: DateTime<Utc>) -> Result<DateTime<Utc>, CreateE
             new.amount_minor
         ));
     }
+    if new.amount_minor > MAX_AMOUNT_MINOR {
+        return invalid(format!(
+            "amount {} is above the single-payment limit of {}",
+            crate::money::format_minor(new.amount_minor),
+            crate::money::format_minor(MAX_AMOUNT_MINOR)
+        ));
+    }
     if new.channel != "alipay" {
         return invalid(format!(
             "unknown channel {:?} (supported: alipay)",
@@ -442,6 +454,11 @@ fn validate(new: &NewOrder, now: DateTime<Utc>) -> Result<DateTime<Utc>, CreateE
         Due::At(at) => {
             if (at - now).to_std().is_ok_and(|d| d > MAX_TIME_TO_PAY) {
                 return invalid(format!("deadline {at} is more than a year away"));
+            }
+            if (now - at).to_std().is_ok_and(|d| d > MAX_DEADLINE_AGE) {
+                return invalid(format!(
+                    "deadline {at} is more than {MAX_DEADLINE_AGE:?} in the past"
+                ));
             }
             at
         }
@@ -508,7 +525,32 @@ mod tests {
                 },
                 "time to pay",
             ),
+            (
+                NewOrder {
+                    amount_minor: 9_200_000_000_000_000_000,
+                    ..ok.clone()
+                },
+                "single-payment limit",
+            ),
+            (
+                NewOrder {
+                    due: Due::At("1000-01-01T00:00:00Z".parse().unwrap()),
+                    ..ok.clone()
+                },
+                "in the past",
+            ),
         ];
+        // The edges are accepted: the largest payment, a deadline just past.
+        let largest = NewOrder {
+            amount_minor: MAX_AMOUNT_MINOR,
+            ..ok.clone()
+        };
+        assert!(validate(&largest, now).is_ok());
+        let just_past = NewOrder {
+            due: Due::At(now - chrono::Duration::seconds(5)),
+            ..ok.clone()
+        };
+        assert!(validate(&just_past, now).is_ok());
         for (order, word) in cases {
             let err = validate(&order, now).unwrap_err().to_string();
             assert!(err.contains(word), "{err}");

@@ -22,6 +22,7 @@ pub mod db;
 pub mod decide;
 pub mod decision;
 pub mod events;
+pub mod files;
 pub mod gateway;
 pub mod health;
 pub mod janitor;

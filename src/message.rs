@@ -14,6 +14,9 @@ pub const VERSION: u32 = 1;
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest merchant order number (Alipay's limit).
 pub const MAX_OUT_TRADE_NO: usize = 64;
+/// Highest `attempt` a message may carry: retry schedules have at most 100 steps, so
+/// anything far above is a broken publisher (and must not wrap when counted on).
+pub const MAX_ATTEMPT: u32 = 1000;
 
 /// "Decide this order once it is due."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +131,17 @@ impl CloseMessage {
                 "out_trade_no must be 1 to {MAX_OUT_TRADE_NO} bytes"
             )));
         }
+        if msg.out_trade_no.chars().any(char::is_control) {
+            return Err(MessageError::Invalid(
+                "out_trade_no contains control characters".into(),
+            ));
+        }
+        if msg.attempt > MAX_ATTEMPT {
+            return Err(MessageError::Invalid(format!(
+                "attempt {} is above {MAX_ATTEMPT}",
+                msg.attempt
+            )));
+        }
         Ok(msg)
     }
 }
@@ -190,6 +204,18 @@ mod tests {
             (
                 br#"{"v":1,"order_id":1,"out_trade_no":"","deadline":"2026-11-22T10:00:00Z"}"#,
                 |e| matches!(e, MessageError::Invalid(_)),
+            ),
+            (
+                br#"{"v":1,"order_id":1,"out_trade_no":"A\nforged line","deadline":"2026-11-22T10:00:00Z"}"#,
+                |e| matches!(e, MessageError::Invalid(m) if m.contains("control")),
+            ),
+            (
+                br#"{"v":1,"order_id":1,"out_trade_no":"A","deadline":"2026-11-22T10:00:00Z","attempt":4294967295}"#,
+                |e| matches!(e, MessageError::Invalid(m) if m.contains("attempt")),
+            ),
+            (
+                br#"{"v":1,"order_id":1,"out_trade_no":"A","deadline":"2026-11-22T10:00:00Z","attempt":4294967296}"#,
+                |e| matches!(e, MessageError::Malformed(_)),
             ),
         ];
         for (body, check) in cases {

@@ -180,3 +180,128 @@ async fn the_demo_passes_its_own_check() {
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }
+
+/// Issue 10: hostile or careless values each fail at once, naming what is wrong, never
+/// printing a password, and never reading an endless file.
+#[tokio::test(flavor = "multi_thread")]
+async fn unusable_values_fail_at_start_up_naming_them() {
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-cli-bad-{}", env.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = env.binary_env(&dir);
+    let with = |name: &str, value: &str| {
+        let mut v = vars.clone();
+        v.retain(|(k, _)| k != name);
+        v.push((name.into(), value.into()));
+        v
+    };
+    type Vars = Vec<(String, String)>;
+    let cases: Vec<(Vars, &str, &str)> = vec![
+        (
+            with("DATABASE_URL", "postgres://"),
+            "migrate",
+            "DATABASE_URL",
+        ),
+        (
+            with("DATABASE_URL", "postgres://u:SeCrEt123@127.0.0.1:99999/db"),
+            "migrate",
+            "DATABASE_URL",
+        ),
+        (
+            with("DATABASE_URL", "postgres://u:SeCrEt123@h/db?sslmode=bogus"),
+            "migrate",
+            "sslmode",
+        ),
+        (
+            with(
+                "DATABASE_URL",
+                " postgres://postgres:SeCrEt123@127.0.0.1:1/x",
+            ),
+            "migrate",
+            "DATABASE_URL",
+        ),
+        (
+            with("AMQP_URL", "amqp://guest:SeCrEt123@127.0.0.1:99999/%2f"),
+            "orders create --out-trade-no X1 --amount 1 --close-after 1m",
+            "AMQP_URL",
+        ),
+        (
+            with("AMQP_URL", "amqp://g:g@127.0.0.1:5672/%2f?heartbeat=abc"),
+            "worker",
+            "AMQP_URL",
+        ),
+        (
+            with("ALIPAY_GATEWAY_URL", "http://"),
+            "worker",
+            "ALIPAY_GATEWAY_URL",
+        ),
+        (
+            with("ALIPAY_APP_PRIVATE_KEY", "/dev/zero"),
+            "worker",
+            "not a regular file",
+        ),
+        (
+            with("ORDER_CLOSER_OUTBOX_GRACE", "1000000y"),
+            "worker",
+            "ORDER_CLOSER_OUTBOX_GRACE",
+        ),
+        (with("RUST_LOG", "info,,=x[y"), "migrate", "RUST_LOG"),
+        (
+            vars.clone(),
+            "reconcile bill --date 2026-11-01 --file /dev/zero",
+            "not a regular file",
+        ),
+        (
+            vars.clone(),
+            "orders create --out-trade-no X2 --amount 1 --deadline 1000-01-01T00:00:00Z",
+            "in the past",
+        ),
+        (
+            vars.clone(),
+            "orders create --out-trade-no X3 --amount 92000000000000000 --close-after 1m",
+            "amount",
+        ),
+    ];
+    for (vars, command, word) in cases {
+        let args: Vec<&str> = command.split(' ').collect();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), run(&vars, &args))
+            .await
+            .unwrap_or_else(|_| panic!("{command} did not fail at once"));
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{command} succeeded: {stderr}");
+        assert!(stderr.contains(word), "{command}: {stderr}");
+        assert!(!stderr.contains("SeCrEt123"), "{command}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
+
+/// Logs written to a pipe carry no colour codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = std::env::temp_dir().join(format!("oc-colour-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = run(&[], &["keygen", "--out", dir.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = dir.join("app_public.pem");
+    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
+        .args(["gateway-sim", "--listen", "127.0.0.1:0", "--app-public-key"])
+        .arg(&key)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = sim.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the simulator logs its start")
+        .unwrap()
+        .expect("a line");
+    sim.kill().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(first.contains("listening"), "{first}");
+    assert!(!first.contains('\u{1b}'), "colour codes in {first:?}");
+}

@@ -108,7 +108,7 @@ async fn the_overdue_sweep_decides_lost_orders_and_a_dry_run_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sweep_pages_through_many_orders_and_honours_limit() {
     let env = TestEnv::new(&[]).await;
-    let past = Utc::now() - chrono::Duration::hours(1);
+    let past = Utc::now() - chrono::Duration::minutes(50);
     let shop = Closer::without_broker(env.pool.clone());
     for i in 0..1100 {
         let no = env.no(&format!("bulk{i:04}"));

@@ -71,6 +71,10 @@ pub enum BrokerError {
         /// The broker's reply text.
         reply: String,
     },
+    /// One of the worker's background tasks (relay, janitor, acknowledgements) stopped;
+    /// the session restarts them all.
+    #[error("a background task of the worker stopped (see the error above); restarting")]
+    TaskStopped,
     /// An ack or reject could not be delivered because the channel is gone; the broker
     /// will redeliver the message.
     #[error("channel gone before {op}: the broker will redeliver")]

@@ -55,7 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(_) => "warn",
         _ => "info,lapin=warn",
     };
-    telemetry::init(settings.log_format, default_filter);
+    telemetry::init(settings.log_format, default_filter)?;
     match cli.command {
         Command::Migrate => {
             let applied = db::migrate(&settings.database_url)

@@ -20,6 +20,7 @@ use order_closer::db::outbox::Claim;
 use order_closer::db::{self, anomalies};
 use order_closer::decide::{Decider, Gateways, Mode};
 use order_closer::gateway::alipay::AlipayClient;
+use order_closer::gateway::alipay::client::MAX_BILL_BYTES;
 use order_closer::money;
 use order_closer::reconcile::bill as bill_reconcile;
 use order_closer::reconcile::overdue::{self, OverdueOptions};
@@ -172,7 +173,7 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
     let bill = match &args.file {
         Some(path) => {
             let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                order_closer::files::read_capped(path, MAX_BILL_BYTES as u64).context("--file")?;
             bill::parse_zip(&bytes, &path.display().to_string())?
         }
         None => {

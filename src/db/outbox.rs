@@ -66,8 +66,7 @@ pub struct Claim {
 /// row is published by one relay at a time. Call inside a transaction.
 pub async fn claim(conn: &mut AsyncPgConnection, which: Claim) -> QueryResult<Vec<OutboxRow>> {
     // The creator's clock decides ownership, so compare with this process's clock.
-    let cutoff =
-        Utc::now() - chrono::Duration::from_std(which.grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = crate::time::earlier(Utc::now(), which.grace);
     outbox::table
         .select(OutboxRow::as_select())
         .order(outbox::id.asc())

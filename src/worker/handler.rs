@@ -249,8 +249,7 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
         Err(unavailable) => {
             warn!(error = %unavailable, retry_in = ?DB_RETRY_DELAY, "database unavailable; trying again later");
             message.first_seen = Some(first_seen);
-            message.not_before =
-                Some(Utc::now() + chrono::Duration::from_std(DB_RETRY_DELAY).unwrap_or_default());
+            message.not_before = Some(crate::time::later(Utc::now(), DB_RETRY_DELAY));
             ctx.publisher
                 .schedule(&message, Utc::now())
                 .await

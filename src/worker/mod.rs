@@ -170,25 +170,39 @@ impl Worker {
         let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
         self.config.topology.declare(publisher.channel()).await?;
 
+        // A background task that ends before it is told to (a panic, a bug) ends the
+        // session: the worker goes unready, logs an error, and the next session starts
+        // every task afresh. Never a silent half-worker.
+        let task_died = CancellationToken::new();
         let relay_stop = shutdown.child_token();
-        let relay = tokio::spawn(relay_loop::run(
-            self.decider.pool().clone(),
-            publisher.clone(),
-            self.decider.metrics().clone(),
-            self.config.outbox_grace,
-            self.config.outbox_interval,
-            relay_stop.clone(),
-        ));
+        let relay = supervise(
+            "outbox relay",
+            &relay_stop,
+            &task_died,
+            relay_loop::run(
+                self.decider.pool().clone(),
+                publisher.clone(),
+                self.decider.metrics().clone(),
+                self.config.outbox_grace,
+                self.config.outbox_interval,
+                relay_stop.clone(),
+            ),
+        );
 
         let janitor_stop = shutdown.child_token();
         let probe = timed("open channel", connection.create_channel()).await?;
-        let janitor = tokio::spawn(janitor_loop::run(
-            Janitor::new(self.decider.clone(), publisher.clone(), self.config.janitor),
-            probe,
-            self.config.topology.close_queue(),
-            self.decider.metrics().clone(),
-            janitor_stop.clone(),
-        ));
+        let janitor = supervise(
+            "janitor",
+            &janitor_stop,
+            &task_died,
+            janitor_loop::run(
+                Janitor::new(self.decider.clone(), publisher.clone(), self.config.janitor),
+                probe,
+                self.config.topology.close_queue(),
+                self.decider.metrics().clone(),
+                janitor_stop.clone(),
+            ),
+        );
 
         let channel = timed("open channel", connection.create_channel()).await?;
         timed(
@@ -219,7 +233,12 @@ impl Worker {
         let broken = CancellationToken::new();
         let acks = acks::Acks::new(channel.clone());
         let acks_stop = CancellationToken::new();
-        let acker = tokio::spawn(acks.clone().run(acks_stop.clone()));
+        let acker = supervise(
+            "acknowledgements",
+            &acks_stop,
+            &task_died,
+            acks.clone().run(acks_stop.clone()),
+        );
         let ctx = Arc::new(handler::Context {
             decider: self.decider.clone(),
             publisher: publisher.clone(),
@@ -236,6 +255,7 @@ impl Worker {
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 () = broken.cancelled() => break Err(BrokerError::ChannelGone { op: "publish" }),
+                () = task_died.cancelled() => break Err(BrokerError::TaskStopped),
                 next = consumer.next() => next,
             };
             match delivery {
@@ -308,6 +328,29 @@ impl Worker {
     }
 }
 
+/// Spawns one of the session's background tasks. If it ends before `stop` is cancelled,
+/// or panics, an error is logged and `died` is cancelled, which ends the session.
+fn supervise(
+    task: &'static str,
+    stop: &CancellationToken,
+    died: &CancellationToken,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let inner = tokio::spawn(work);
+    let (stop, died) = (stop.clone(), died.clone());
+    tokio::spawn(async move {
+        let ended = inner.await;
+        if stop.is_cancelled() && ended.is_ok() {
+            return;
+        }
+        match ended {
+            Ok(()) => tracing::error!(task, "a background task stopped unexpectedly"),
+            Err(e) => tracing::error!(task, error = %e, "a background task panicked"),
+        }
+        died.cancel();
+    })
+}
+
 /// A token cancelled on SIGTERM or SIGINT (Ctrl-C).
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -340,6 +383,26 @@ pub fn shutdown_on_signal() -> CancellationToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_background_task_that_panics_or_stops_early_ends_the_session() {
+        let stop = CancellationToken::new();
+        let died = CancellationToken::new();
+        let handle = supervise("panicking", &stop, &died, async {
+            panic!("a bug in a background task");
+        });
+        handle.await.expect("the supervisor itself never panics");
+        assert!(died.is_cancelled(), "a panic must end the session");
+
+        let died = CancellationToken::new();
+        supervise("quitter", &stop, &died, async {}).await.unwrap();
+        assert!(died.is_cancelled(), "an early return must end the session");
+
+        stop.cancel();
+        let died = CancellationToken::new();
+        supervise("stopped", &stop, &died, async {}).await.unwrap();
+        assert!(!died.is_cancelled(), "a task told to stop ends quietly");
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_and_starts_over_after_a_good_session() {

@@ -1,7 +1,8 @@
 //! A throwaway RabbitMQ node for tests that must stop, restart or reconfigure a broker:
 //! started from the Debian package's scripts on spare ports, with its own data directory,
 //! Erlang cookie and configuration, and stopped (directory removed) when dropped, whether
-//! the test passed or not. The machine's own broker on 5672 is never touched.
+//! the test passed or not, or by a watchdog when the test process is killed. The
+//! machine's own broker on 5672 is never touched.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,7 @@ impl RabbitNode {
             .status()
             .expect("run rabbitmq-server");
         assert!(started.success(), "rabbitmq-server -detached failed");
+        node.watch_this_process();
         node.await_startup();
         node
     }
@@ -92,6 +94,32 @@ impl RabbitNode {
             .env("HOME", self.dir.join("home"))
             .env("RABBITMQ_NODENAME", &self.name);
         command
+    }
+
+    /// A detached watchdog stops the node and removes its directory if this test process
+    /// dies without dropping it (killed, or aborted): a node never outlives its test.
+    fn watch_this_process(&self) {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 2; done; \
+             HOME={home} {bin}/rabbitmqctl -n {name} stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            home = self.dir.join("home").display(),
+            bin = BIN,
+            name = self.name,
+            dir = self.dir.display(),
+        );
+        let spawned = Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = spawned {
+            eprintln!(
+                "no watchdog for RabbitMQ node {} ({e}); it is stopped on drop only",
+                self.name
+            );
+        }
     }
 
     /// Waits until the rabbit application runs (a freshly detached node is not even

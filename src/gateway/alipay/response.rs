@@ -291,7 +291,7 @@ fn check_order(asked: &str, f: &Fields<'_>, require: bool) -> Result<(), Gateway
             ),
         )),
         None if require => Err(unclassifiable(format!(
-            "success answer without out_trade_no: {}",
+            "answer without out_trade_no cannot decide the order: {}",
             describe(f)
         ))),
         _ => Ok(()),
@@ -321,11 +321,16 @@ fn common_failure(f: &Fields<'_>) -> GatewayError {
 /// | `10000` + `TRADE_SUCCESS` / `TRADE_FINISHED` | [`TradeState::Paid`] (`trade_no` and a valid `total_amount` required) |
 /// | `10000` + `WAIT_BUYER_PAY` | [`TradeState::WaitingForPayment`] |
 /// | `10000` + `TRADE_CLOSED` | [`TradeState::Closed`] |
-/// | `40004` + `ACQ.TRADE_NOT_EXIST` | [`TradeState::NotFound`] |
+/// | `40004` + `ACQ.TRADE_NOT_EXIST` (with our `out_trade_no`) | [`TradeState::NotFound`] |
 /// | `20000`, `ACQ.SYSTEM_ERROR` | retryable |
 /// | `20001`, `40001`, `40002`, `40006`, `ACQ.INVALID_PARAMETER` | permanent |
 /// | another order's `out_trade_no` | retryable `wrong_order` |
 /// | anything else | retryable `unclassifiable` |
+///
+/// An answer that would decide the order (`10000`, `ACQ.TRADE_NOT_EXIST`) must name it in
+/// `out_trade_no`; one that does not is unclassifiable (retryable), never trusted.
+/// Alipay echoes `out_trade_no` in its `ACQ.TRADE_NOT_EXIST` answers (as the simulator
+/// does); that a real answer always carries it is assumed from its documented examples.
 ///
 /// A malformed `send_pay_date` does not block a payment: it yields `paid_at: None`.
 pub fn classify_query(asked: &str, answer: &Value) -> Result<TradeState, GatewayError> {
@@ -334,11 +339,14 @@ pub fn classify_query(asked: &str, answer: &Value) -> Result<TradeState, Gateway
     }
     let f = fields(answer);
     let success = f.code.as_deref() == Some("10000");
-    check_order(asked, &f, success)?;
+    let not_found = f.code.as_deref() == Some("40004") && f.sub_code == "ACQ.TRADE_NOT_EXIST";
+    // An answer that decides the order must name it: a signed answer about no order in
+    // particular could be a replay of any other.
+    check_order(asked, &f, success || not_found)?;
+    if not_found {
+        return Ok(TradeState::NotFound);
+    }
     if !success {
-        if f.code.as_deref() == Some("40004") && f.sub_code == "ACQ.TRADE_NOT_EXIST" {
-            return Ok(TradeState::NotFound);
-        }
         return Err(common_failure(&f));
     }
     match str_field(answer, "trade_status") {
@@ -383,22 +391,25 @@ pub fn classify_query(asked: &str, answer: &Value) -> Result<TradeState, Gateway
 /// | answer | result |
 /// |---|---|
 /// | `10000` (with our `out_trade_no`) | [`CloseAnswer::Closed`] |
-/// | `40004` + `ACQ.TRADE_NOT_EXIST` | [`CloseAnswer::Closed`] (nothing to pay) |
+/// | `40004` + `ACQ.TRADE_NOT_EXIST` (with our `out_trade_no`) | [`CloseAnswer::Closed`] (nothing to pay) |
 /// | `40004` + `ACQ.TRADE_STATUS_ERROR` / `ACQ.REASON_TRADE_STATUS_INVALID` / `ACQ.REASON_ILLEGAL_STATUS` | [`CloseAnswer::NotCloseable`]: query again |
 /// | `20000`, `ACQ.SYSTEM_ERROR` | retryable |
 /// | `20001`, `40001`, `40002`, `40006`, `ACQ.INVALID_PARAMETER` | permanent |
 /// | another order's `out_trade_no` | retryable `wrong_order` |
 /// | anything else | retryable `unclassifiable` |
 ///
-/// A `10000` answer must name the order (`out_trade_no`); one that does not is
-/// unclassifiable rather than trusted, since it cannot be told apart from a replayed one.
+/// A `10000` or `ACQ.TRADE_NOT_EXIST` answer must name the order (`out_trade_no`); one that
+/// does not is unclassifiable rather than trusted, since it cannot be told apart from a
+/// replayed one.
 pub fn classify_close(asked: &str, answer: &Value) -> Result<CloseAnswer, GatewayError> {
     if !answer.is_object() {
         return Err(unclassifiable("answer is not a JSON object"));
     }
     let f = fields(answer);
     let success = f.code.as_deref() == Some("10000");
-    check_order(asked, &f, success)?;
+    let not_found = f.code.as_deref() == Some("40004") && f.sub_code == "ACQ.TRADE_NOT_EXIST";
+    // Both count as "closed", which closes the order: they must name it.
+    check_order(asked, &f, success || not_found)?;
     if success {
         return Ok(CloseAnswer::Closed);
     }
@@ -646,9 +657,16 @@ mod tests {
         );
         assert_eq!(
             q(
-                json!({"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在"})
+                json!({"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在","out_trade_no":"ORD-1"})
             ),
             Ok(TradeState::NotFound)
+        );
+        // A "no such trade" naming no order decides nothing (it could be a replay).
+        assert_eq!(
+            class_and_code(q(
+                json!({"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在"})
+            )),
+            (FaultClass::Retryable, "unclassifiable".to_owned())
         );
         // The not-exist sub-code only counts under 40004.
         assert_eq!(
@@ -749,8 +767,16 @@ mod tests {
             Ok(CloseAnswer::Closed)
         );
         assert_eq!(
-            c(json!({"code":"40004","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在"})),
+            c(
+                json!({"code":"40004","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在","out_trade_no":"ORD-1"})
+            ),
             Ok(CloseAnswer::Closed)
+        );
+        assert_eq!(
+            class_and_code(c(
+                json!({"code":"40004","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在"})
+            )),
+            (FaultClass::Retryable, "unclassifiable".to_owned())
         );
         for sub in [
             "ACQ.TRADE_STATUS_ERROR",

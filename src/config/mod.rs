@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub mod urls;
+
 use crate::broker::tiers::DelayTiers;
 use crate::broker::topology::{QueueType, Topology};
 use crate::gateway::alipay::{AlipayConfig, AppPrivateKey, RsaPublicKey};
@@ -49,6 +51,11 @@ impl ConfigError {
             value: value.to_owned(),
             reason: reason.to_string(),
         }
+    }
+
+    /// An unusable URL, shown with its password hidden.
+    fn invalid_url(var: &'static str, url: &str, reason: impl ToString) -> Self {
+        Self::invalid(var, &urls::redact(url), reason)
     }
 }
 
@@ -137,21 +144,11 @@ impl Settings {
             |name: &'static str, default: &str| var(name).unwrap_or_else(|| default.to_owned());
 
         let database_url = string("DATABASE_URL", DEFAULT_DATABASE_URL);
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError::invalid(
-                "DATABASE_URL",
-                &database_url,
-                "must start with postgres:// or postgresql://",
-            ));
-        }
+        urls::check_database_url(&database_url)
+            .map_err(|reason| ConfigError::invalid_url("DATABASE_URL", &database_url, reason))?;
         let amqp_url = string("AMQP_URL", DEFAULT_AMQP_URL);
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError::invalid(
-                "AMQP_URL",
-                &amqp_url,
-                "must start with amqp:// or amqps://",
-            ));
-        }
+        urls::check_amqp_url(&amqp_url)
+            .map_err(|reason| ConfigError::invalid_url("AMQP_URL", &amqp_url, reason))?;
 
         let prefix = string("ORDER_CLOSER_QUEUE_PREFIX", "order");
         if prefix.len() > 100
@@ -202,19 +199,20 @@ impl Settings {
         };
 
         let gateway_url = string("ALIPAY_GATEWAY_URL", DEFAULT_GATEWAY_URL);
-        if !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://")) {
-            return Err(ConfigError::invalid(
-                "ALIPAY_GATEWAY_URL",
-                &gateway_url,
-                "must start with http:// or https://",
-            ));
-        }
+        urls::check_http_url(&gateway_url).map_err(|reason| {
+            ConfigError::invalid_url("ALIPAY_GATEWAY_URL", &gateway_url, reason)
+        })?;
         let alipay = AlipaySettings {
             gateway_url: gateway_url.trim_end_matches('/').to_owned(),
             app_id: string("ALIPAY_APP_ID", DEFAULT_APP_ID),
             app_private_key: var("ALIPAY_APP_PRIVATE_KEY"),
             alipay_public_key: var("ALIPAY_PUBLIC_KEY"),
-            timeout: duration(&var, "ALIPAY_TIMEOUT", Duration::from_secs(10))?,
+            timeout: bounded_duration(
+                &var,
+                "ALIPAY_TIMEOUT",
+                Duration::from_secs(10),
+                Duration::from_millis(100)..=Duration::from_secs(300),
+            )?,
             rate_limit: NonZeroU32::new(number(&var, "ALIPAY_RATE_LIMIT", 200, 1, 100_000)? as u32)
                 .unwrap_or(NonZeroU32::MIN),
         };
@@ -252,12 +250,25 @@ impl Settings {
             alipay,
             concurrency: number(&var, "ORDER_CLOSER_CONCURRENCY", 64, 1, 10_000)?,
             prefetch: number(&var, "ORDER_CLOSER_PREFETCH", 128, 1, u16::MAX as usize)? as u16,
-            shutdown_grace: duration(&var, "ORDER_CLOSER_SHUTDOWN_GRACE", Duration::from_secs(30))?,
-            outbox_grace: duration(&var, "ORDER_CLOSER_OUTBOX_GRACE", Duration::from_secs(5))?,
-            outbox_interval: duration(
+            // A delivery held longer than the broker's consumer timeout (30 min) closes
+            // its channel: no grace may reach it.
+            shutdown_grace: bounded_duration(
+                &var,
+                "ORDER_CLOSER_SHUTDOWN_GRACE",
+                Duration::from_secs(30),
+                Duration::from_secs(1)..=Duration::from_secs(1800),
+            )?,
+            outbox_grace: bounded_duration(
+                &var,
+                "ORDER_CLOSER_OUTBOX_GRACE",
+                Duration::from_secs(5),
+                Duration::from_millis(100)..=Duration::from_secs(3600),
+            )?,
+            outbox_interval: bounded_duration(
                 &var,
                 "ORDER_CLOSER_OUTBOX_INTERVAL",
                 Duration::from_millis(500),
+                Duration::from_millis(10)..=Duration::from_secs(60),
             )?,
             janitor: JanitorConfig {
                 after: bounded_duration(
@@ -318,7 +329,7 @@ pub fn key_material(
     let looks_like_path =
         value.contains('/') && Path::new(value).exists() || value.ends_with(".pem");
     if looks_like_path {
-        return std::fs::read_to_string(value)
+        return crate::files::read_capped_text(Path::new(value), crate::files::MAX_KEY_BYTES)
             .map_err(|e| ConfigError::invalid(var, value, format!("cannot read key file: {e}")));
     }
     Ok(value.to_owned())
@@ -443,10 +454,42 @@ mod tests {
             ("ORDER_CLOSER_JANITOR_AFTER", "1000000y"),
             ("ORDER_CLOSER_JANITOR_INTERVAL", "2h"),
             ("ORDER_CLOSER_JANITOR_INTERVAL", "soon"),
+            ("ORDER_CLOSER_OUTBOX_GRACE", "1000000y"),
+            ("ORDER_CLOSER_OUTBOX_INTERVAL", "1000000y"),
+            ("ORDER_CLOSER_SHUTDOWN_GRACE", "1000000y"),
+            ("ALIPAY_TIMEOUT", "1000000y"),
+            ("ALIPAY_TIMEOUT", "1ms"),
+            ("ORDER_CLOSER_RETRY_STEPS", "1s,1000000y"),
+            ("ORDER_CLOSER_EXTRA_DELAY_TIERS", "1000000y"),
+            ("DATABASE_URL", "postgres://"),
+            ("DATABASE_URL", "postgres://u:p@h:99999/db"),
+            ("DATABASE_URL", "postgres://u:p@h/db?sslmode=bogus"),
+            ("DATABASE_URL", "postgres://u:p@h:5432"),
+            ("AMQP_URL", "amqp://g:g@h:99999/%2f"),
+            ("AMQP_URL", "amqp://g:g@h/%2f?heartbeat=abc"),
+            ("ALIPAY_GATEWAY_URL", "http://"),
         ];
         for (var, value) in cases {
             let err = settings(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_url_password_never_shows_in_an_error() {
+        for (var, value) in [
+            (
+                "DATABASE_URL",
+                " postgres://postgres:SeCrEt123@127.0.0.1:1/x",
+            ),
+            ("DATABASE_URL", "mysql://root:SeCrEt123@h/db"),
+            ("DATABASE_URL", "postgres://postgres:SeCrEt123@h:5432"),
+            ("AMQP_URL", "AMQP://guest:SeCrEt123@h/%2f"),
+            ("AMQP_URL", "amqp://guest:SeCrEt123@h:99999/%2f"),
+        ] {
+            let err = settings(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{err}");
+            assert!(!err.contains("SeCrEt123"), "{var}: {err}");
         }
     }
 
@@ -463,5 +506,10 @@ mod tests {
         let s = settings(&[("ALIPAY_APP_PRIVATE_KEY", "/nonexistent/key.pem")]).unwrap();
         let err = s.alipay_config().unwrap_err().to_string();
         assert!(err.contains("cannot read key file"), "{err}");
+
+        // A device is refused at once, never read (it would never end).
+        let s = settings(&[("ALIPAY_APP_PRIVATE_KEY", "/dev/zero")]).unwrap();
+        let err = s.alipay_config().unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }
