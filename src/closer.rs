@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 use thiserror::Error;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::publisher::Publisher;
 use crate::broker::{self, BrokerError};
@@ -146,6 +147,8 @@ pub struct Closer {
     inserts: Batcher<InsertOrders>,
     /// Deletes the outbox rows of published close messages, in groups.
     published: Batcher<DeletePublished>,
+    /// Those deletes, still running (see [`Closer::shutdown`]).
+    background: TaskTracker,
     /// Kept open for as long as the closer lives.
     _connection: Option<Arc<lapin::Connection>>,
 }
@@ -177,6 +180,7 @@ impl Closer {
         Self {
             inserts: Batcher::with_lanes(pool.clone(), InsertOrders, INSERT_GROUP, INSERT_LANES),
             published: Batcher::new(pool.clone(), DeletePublished, DELETE_GROUP),
+            background: TaskTracker::new(),
             pool,
             publisher,
             _connection: None,
@@ -261,6 +265,18 @@ impl Closer {
             .unwrap_or(false)
     }
 
+    /// Waits for the background work of this closer (and its clones) to finish: the
+    /// deletes of published close messages' outbox rows. Call it before the process
+    /// exits. Without it, a row whose delete had not run yet stays in the outbox, and
+    /// the relay publishes that close message a second time after
+    /// `ORDER_CLOSER_OUTBOX_GRACE` (harmless, but a second message chain for the order).
+    /// Work submitted after the call is tracked again.
+    pub async fn shutdown(&self) {
+        self.background.close();
+        self.background.wait().await;
+        self.background.reopen();
+    }
+
     /// Publishes committed close schedules, every confirm in flight at once; whether each
     /// reached the broker.
     async fn publish_all(&self, pending: &[PendingClose]) -> Vec<bool> {
@@ -280,7 +296,13 @@ impl Closer {
             .zip(results)
             .map(|(p, result)| match result {
                 Ok(_) => {
-                    self.published.submit_detached(p.outbox_id);
+                    let deletes = self.published.clone();
+                    let id = p.outbox_id;
+                    self.background.spawn(async move {
+                        if let Err(e) = deletes.submit(id).await {
+                            tracing::debug!(error = %e, "outbox row left for the relay");
+                        }
+                    });
                     true
                 }
                 Err(e) => {

@@ -100,13 +100,11 @@ pub async fn serve(
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "health server failed");
-        }
-    });
+    tokio::spawn(crate::http_server::serve(
+        listener,
+        router,
+        crate::http_server::Limits::INTERNAL,
+        stop,
+    ));
     Ok(bound)
 }

@@ -25,6 +25,7 @@ pub mod events;
 pub mod files;
 pub mod gateway;
 pub mod health;
+pub mod http_server;
 pub mod janitor;
 pub mod message;
 pub mod metrics;

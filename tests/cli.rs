@@ -45,6 +45,9 @@ async fn orders_create_then_show_and_bad_arguments_are_named() {
         "{}",
         text(&out.stdout)
     );
+    // The published close message's outbox row is gone before the command exits, so the
+    // relay never publishes it a second time (issue 10: two retry chains per order).
+    assert_eq!(env.outbox_backlog().await, 0);
 
     let out = run(&vars, &["orders", "show", &no, "--format", "json"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -283,7 +283,7 @@ impl Job for Flaky {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_group_with_an_unknown_outcome_is_not_run_again_and_a_dead_lane_is_replaced() {
+async fn a_group_with_an_unknown_outcome_is_not_run_again_and_a_panicking_group_fails_alone() {
     let env = TestEnv::new(&[]).await;
     let batcher = Batcher::new(env.pool.clone(), Flaky::default(), 16);
     let answers = futures_util::future::join_all((1..=12).map(|i| batcher.submit(i))).await;
@@ -304,7 +304,7 @@ async fn a_group_with_an_unknown_outcome_is_not_run_again_and_a_dead_lane_is_rep
         }
     }
 
-    // A panicking job kills its lane; the next request gets a fresh one.
+    // A panicking job fails its group; the lane goes on with the next request.
     let poisoned = batcher.submit(-1).await;
     assert!(
         matches!(poisoned, Err(DbError::Unavailable(_))),

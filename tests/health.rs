@@ -72,3 +72,61 @@ async fn health_readiness_and_metrics_follow_the_worker() {
     stop.cancel();
     env.cleanup().await;
 }
+
+/// Issue 10: clients that never finish their headers are disconnected, and while they
+/// hold every slot, a real probe still gets its answer once they are gone; they never
+/// hold a socket for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_cut_off_and_never_starve_the_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = TestEnv::new(&[]).await;
+    let stop = CancellationToken::new();
+    let routes = health::router(
+        std::sync::Arc::new(order_closer::metrics::Metrics::default()),
+        std::sync::Arc::new(health::Readiness::default()),
+        env.pool.clone(),
+    );
+    let addr = health::serve("127.0.0.1:0".parse().unwrap(), routes, stop.clone())
+        .await
+        .unwrap();
+    let limits = order_closer::http_server::Limits::INTERNAL;
+
+    // Twice as many half-finished requests as the port serves at once.
+    let mut slow = Vec::new();
+    for _ in 0..limits.max_connections * 2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // A real probe waits behind them, then is answered.
+    let probe = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!("http://{addr}/healthz"))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    // Every slow client is disconnected (read ends) within a bound well past the
+    // header timeout; none is held for ever.
+    for (i, mut stream) in slow.into_iter().enumerate() {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "slow client {i} still connected");
+    }
+    assert_eq!(probe.await.unwrap().unwrap(), 200);
+    stop.cancel();
+    env.cleanup().await;
+}

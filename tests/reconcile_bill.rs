@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::TestEnv;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 use order_closer::bill;
 use order_closer::closer::{Closer, Due, NewOrder};
 use order_closer::db::{self, orders};
@@ -180,7 +182,9 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
         .scan_and_pay(&paid.out_trade_no, 1000)
         .await
         .unwrap();
-    let today = Utc::now().with_timezone(&china()).date_naive().to_string();
+    // The command refuses days that have not ended: the latest bill is yesterday's.
+    let today = Utc::now().with_timezone(&china()).date_naive();
+    let yesterday = today.pred_opt().unwrap();
     let run = |args: Vec<String>| {
         let vars = vars.clone();
         async move {
@@ -196,7 +200,7 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
         "reconcile".into(),
         "bill".into(),
         "--date".into(),
-        today.clone(),
+        yesterday.to_string(),
         "--file".into(),
         bad.display().to_string(),
         "--apply".into(),
@@ -208,23 +212,22 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
 
     // A real bill with one bad amount, served by the gateway itself.
     let client = AlipayClient::new(env.alipay.clone()).unwrap();
-    let date = Utc::now().with_timezone(&china()).date_naive();
     let good = client
-        .download_bill(&client.bill_download_url(date).await.unwrap())
+        .download_bill(&client.bill_download_url(today).await.unwrap())
         .await
         .unwrap();
     let mut parsed = bill::parse_zip(&good, "good.zip").unwrap();
-    let text = bill::build::detail_csv("20880000000000000156", date, &parsed.rows)
+    let text = bill::build::detail_csv("20880000000000000156", yesterday, &parsed.rows)
         .replacen("10.00", "10.0.0", 1);
     assert!(text.contains("10.0.0"));
     parsed.rows.clear();
-    let zip = bill::build::zip_with_detail("20880000000000000156", date, &text).unwrap();
+    let zip = bill::build::zip_with_detail("20880000000000000156", yesterday, &text).unwrap();
     env.buyers.override_bill(zip).await.unwrap();
     let out = run(vec![
         "reconcile".into(),
         "bill".into(),
         "--date".into(),
-        today,
+        yesterday.to_string(),
         "--apply".into(),
     ])
     .await;
@@ -234,11 +237,53 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
         stderr.contains("line") && stderr.contains("订单金额"),
         "{stderr}"
     );
+
+    // A good bill of another day, given for yesterday: refused, nothing recorded.
+    let good_rows = bill::parse_zip(&good, "good.zip").unwrap().rows;
+    let other_day = yesterday.pred_opt().unwrap();
+    let text = bill::build::detail_csv("20880000000000000156", other_day, &good_rows);
+    let zip = bill::build::zip_with_detail("20880000000000000156", other_day, &text).unwrap();
+    let wrong = dir.join("other-day.zip");
+    std::fs::write(&wrong, zip).unwrap();
+    let out = run(vec![
+        "reconcile".into(),
+        "bill".into(),
+        "--date".into(),
+        yesterday.to_string(),
+        "--file".into(),
+        wrong.display().to_string(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not the bill of"), "{stderr}");
+
+    // A day that has not ended has no bill.
+    for date in [today.to_string(), "9999-12-31".to_owned()] {
+        let out = run(vec![
+            "reconcile".into(),
+            "bill".into(),
+            "--date".into(),
+            date,
+        ])
+        .await;
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("has not ended"), "{stderr}");
+    }
+
     assert_eq!(
         env.order(&paid.out_trade_no).await.status(),
         OrderStatus::New,
         "nothing changed"
     );
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    let anomalies: i64 = db::schema::anomalies::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(anomalies, 0, "no anomaly recorded from a refused bill");
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }

@@ -223,6 +223,20 @@ async fn parked_messages_are_listed_without_consuming_then_requeued_or_discarded
     .await;
     assert!(left.is_some());
 
+    // A message parked for an order that is settled by now (a second chain, the janitor)
+    // is listed as stale, and a requeue removes it.
+    env.publisher.park(&message, &note).await.unwrap();
+    let listed = run(ParkedAction::List, Mode::Apply).await;
+    let stale: Vec<_> = listed
+        .lines
+        .iter()
+        .filter(|l| l.out_trade_no.as_deref() == Some(no.as_str()))
+        .map(|l| l.stale)
+        .collect();
+    assert_eq!(stale, [Some(OrderStatus::Closed)]);
+    let requeued = run(ParkedAction::Requeue, Mode::Apply).await;
+    assert_eq!(requeued.removed, 1);
+
     let discarded = run(ParkedAction::Discard, Mode::Apply).await;
     assert_eq!(discarded.removed, 1);
     let mut conn = db::conn(&env.pool).await.unwrap();

@@ -24,7 +24,7 @@ pub use build::{
 };
 pub use parse::{MAX_DETAIL_BYTES, REQUIRED_COLUMNS, parse_detail, parse_zip};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use thiserror::Error;
 
 /// What a bill row records (the `业务类型` column).
@@ -76,8 +76,33 @@ pub struct BillRow {
 pub struct Bill {
     /// The detail file's name inside the archive (decoded from GBK).
     pub file: String,
+    /// The period the bill says it covers (its `#起始日期：[...] 终止日期：[...]` line),
+    /// China time; None when the file has no such line.
+    pub period: Option<(NaiveDateTime, NaiveDateTime)>,
     /// The data rows, in file order.
     pub rows: Vec<BillRow>,
+}
+
+impl Bill {
+    /// Checks that the bill is the one for `date`: its own period is that whole day.
+    pub fn check_day(&self, date: NaiveDate) -> Result<(), BillError> {
+        let wrong = |reason: String| {
+            Err(BillError::WrongDay {
+                file: self.file.clone(),
+                date,
+                reason,
+            })
+        };
+        let Some((start, end)) = self.period else {
+            return wrong("it has no 起始日期/终止日期 line saying which day it covers".into());
+        };
+        let day_start = date.and_time(NaiveTime::MIN);
+        let next = date.succ_opt().map(|d| d.and_time(NaiveTime::MIN));
+        if start != day_start || Some(end) != next {
+            return wrong(format!("it covers {start} to {end}"));
+        }
+        Ok(())
+    }
 }
 
 /// Why a bill could not be read or written. The message always names the file (the
@@ -85,6 +110,16 @@ pub struct Bill {
 /// column where there is one.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum BillError {
+    /// The bill is not the one for the requested day.
+    #[error("{file} is not the bill of {date}: {reason}")]
+    WrongDay {
+        /// The detail file.
+        file: String,
+        /// The day asked for.
+        date: NaiveDate,
+        /// What the bill says instead.
+        reason: String,
+    },
     /// The bytes are not a readable zip archive.
     #[error("{file}: not a zip archive: {reason}")]
     NotZip {

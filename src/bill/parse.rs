@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
+use chrono::NaiveDateTime;
 use encoding_rs::GBK;
 use zip::ZipArchive;
 
@@ -100,7 +101,11 @@ pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
     let content = read_entry(&mut archive, index, source, &name)?;
     let text = decode_text(&content, &name)?;
     let rows = parse_detail(&text, &name)?;
-    Ok(Bill { file: name, rows })
+    Ok(Bill {
+        period: parse_period(&text),
+        file: name,
+        rows,
+    })
 }
 
 /// Reads one entry whole, refusing more than [`MAX_DETAIL_BYTES`].
@@ -249,6 +254,21 @@ pub fn parse_detail(text: &str, file: &str) -> Result<Vec<BillRow>, BillError> {
         rows.push(header.row(line, i + 1, file)?);
     }
     Ok(rows)
+}
+
+/// The period a detail file says it covers, from its comment line
+/// `#起始日期：[2026年11月21日 00:00:00]   终止日期：[2026年11月22日 00:00:00]` (China time).
+pub fn parse_period(text: &str) -> Option<(NaiveDateTime, NaiveDateTime)> {
+    let line = text
+        .lines()
+        .take_while(|l| !is_start_marker(l))
+        .find(|l| is_comment(l) && l.contains("起始日期"))?;
+    let bracketed = |after: &str| -> Option<NaiveDateTime> {
+        let rest = &line[line.find(after)? + after.len()..];
+        let inside = &rest[rest.find('[')? + 1..rest.find(']')?];
+        NaiveDateTime::parse_from_str(inside.trim(), "%Y年%m月%d日 %H:%M:%S").ok()
+    };
+    Some((bracketed("起始日期")?, bracketed("终止日期")?))
 }
 
 fn is_comment(line: &str) -> bool {

@@ -496,3 +496,29 @@ fn hostile_text_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_bill_knows_which_day_it_covers() {
+    let day: chrono::NaiveDate = "2026-11-21".parse().unwrap();
+    let text = sample();
+    let period = super::parse::parse_period(&text).expect("the period line");
+    let bill = Bill {
+        file: "x_业务明细.csv".into(),
+        period: Some(period),
+        rows: Vec::new(),
+    };
+    assert_eq!(bill.check_day(day), Ok(()));
+    let other = bill.check_day("2026-12-02".parse().unwrap()).unwrap_err();
+    assert!(
+        other.to_string().contains("covers 2026-11-21 00:00:00"),
+        "{other}"
+    );
+    let undated = Bill {
+        period: None,
+        ..bill
+    };
+    assert!(matches!(
+        undated.check_day(day),
+        Err(BillError::WrongDay { .. })
+    ));
+}

@@ -108,6 +108,9 @@ async fn create(settings: Settings, args: CreateArgs) -> anyhow::Result<ExitCode
             due,
         })
         .await?;
+    // Let the background delete of the outbox row finish before exiting, or the relay
+    // would publish this close message a second time.
+    closer.shutdown().await;
     println!(
         "created order {} ({}) amount {} {}, deadline {}, close {}",
         created.order.id,

@@ -170,6 +170,8 @@ async fn announce(settings: &Settings, decider: &Decider) {
 }
 
 async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCode> {
+    bill_reconcile::check_billable(args.date, chrono::Utc::now())
+        .map_err(|why| anyhow::anyhow!("--date: {why}"))?;
     let bill = match &args.file {
         Some(path) => {
             let bytes =
@@ -191,6 +193,8 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
             bill::parse_zip(&bytes, &format!("the {} bill from Alipay", args.date))?
         }
     };
+    // A bill of another day would turn every payment of this one into an anomaly.
+    bill.check_day(args.date)?;
     // The bill parsed completely: only now touch the database.
     let decider = decider(settings)?;
     db::migrate(&settings.database_url)
@@ -389,14 +393,15 @@ async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<Exi
             "out_trade_no", "reason", "attempts", "first seen", "result"
         );
         for line in &report.lines {
-            let result = match (line.verdict, line.removed) {
-                (_, true) if action == ParkedAction::Discard => "discarded".to_owned(),
-                (Some(v), removed) => format!(
+            let result = match (line.verdict, line.removed, line.stale) {
+                (_, true, _) if action == ParkedAction::Discard => "discarded".to_owned(),
+                (Some(v), removed, _) => format!(
                     "{}{}",
                     verdict_text(v),
                     if removed { ", removed" } else { "" }
                 ),
-                (None, _) => "kept".to_owned(),
+                (None, _, Some(status)) => format!("stale: order {status}"),
+                (None, _, None) => "kept".to_owned(),
             };
             println!(
                 "{:<24} {:<22} {:>8} {:<26} {:<18} {}",

@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
+use futures_util::FutureExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{DbError, DbPool, PooledConn};
@@ -190,7 +191,14 @@ async fn lane<J: Job>(
             }
         }
         held = deferred;
-        run_group(&pool, job.as_ref(), group.members).await;
+        // A panicking job fails its group (its callers see the database unavailable)
+        // and the lane goes on: a request queued meanwhile is never lost with the lane.
+        let ran = std::panic::AssertUnwindSafe(run_group(&pool, job.as_ref(), group.members))
+            .catch_unwind()
+            .await;
+        if ran.is_err() {
+            tracing::error!("a database group panicked; its members fail as unavailable");
+        }
     }
 }
 

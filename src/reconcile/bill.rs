@@ -89,6 +89,18 @@ pub fn china_day(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     (start, start + chrono::Duration::days(1))
 }
 
+/// Whether the gateway can have a bill for `date` yet: only for days that have ended in
+/// China time (Alipay publishes a day's bill the next morning). Returns why not.
+pub fn check_billable(date: NaiveDate, now: DateTime<Utc>) -> Result<(), String> {
+    let today = now.with_timezone(&china()).date_naive();
+    if date >= today {
+        return Err(format!(
+            "{date} has not ended yet in China time (today is {today}): there is no bill for it"
+        ));
+    }
+    Ok(())
+}
+
 /// Diffs `bill` (the trade bill of `date`) against the database.
 pub async fn reconcile(
     decider: &Decider,
@@ -307,5 +319,18 @@ mod tests {
         let (start, end) = china_day(NaiveDate::from_ymd_opt(2026, 11, 21).unwrap());
         assert_eq!(start.to_rfc3339(), "2026-11-20T16:00:00+00:00");
         assert_eq!(end.to_rfc3339(), "2026-11-21T16:00:00+00:00");
+    }
+
+    #[test]
+    fn only_days_that_have_ended_in_china_have_a_bill() {
+        // 2026-12-02 03:00 UTC is 11:00 in China.
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 3, 0, 0).unwrap();
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        assert_eq!(check_billable(day("2026-12-01"), now), Ok(()));
+        assert!(check_billable(day("2026-12-02"), now).is_err());
+        assert!(check_billable(day("9999-12-31"), now).is_err());
+        // 2026-12-01 17:00 UTC is already 2026-12-02 in China: the 1st has ended.
+        let evening = Utc.with_ymd_and_hms(2026, 12, 1, 17, 0, 0).unwrap();
+        assert_eq!(check_billable(day("2026-12-01"), evening), Ok(()));
     }
 }

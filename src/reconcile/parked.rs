@@ -25,6 +25,7 @@ use crate::db::schema::parked_discards;
 use crate::db::{self, DbError, orders};
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome, Unavailable};
 use crate::message::CloseMessage;
+use crate::order::OrderStatus;
 
 /// What to do with the parked messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,10 @@ pub struct ParkedLine {
     pub first_seen: String,
     /// When it was parked.
     pub parked_at: String,
+    /// The order's status when it is no longer NEW: the message is stale (another path,
+    /// a second message chain or the janitor, settled the order) and `--requeue` removes
+    /// it without asking the gateway.
+    pub stale: Option<OrderStatus>,
     /// What this run did with it.
     pub verdict: Option<Verdict>,
     /// Whether the message left the parking queue.
@@ -138,6 +143,13 @@ pub async fn run(
         let mut line = describe(message);
         *report.by_reason.entry(line.reason.clone()).or_default() += 1;
         let decoded = CloseMessage::decode(&message.delivery.data).ok();
+        if let Some(close) = &decoded {
+            let mut conn = db::conn(decider.pool()).await?;
+            line.stale = orders::find(&mut conn, close.order_id)
+                .await?
+                .map(|o| o.status())
+                .filter(|s| *s != OrderStatus::New);
+        }
         let remove = match (action, &decoded) {
             (ParkedAction::List, _) => false,
             (ParkedAction::Requeue, None) => {
@@ -252,6 +264,7 @@ fn describe(message: &BasicGetMessage) -> ParkedLine {
         attempts: text(HEADER_ATTEMPTS),
         first_seen: text(HEADER_FIRST_SEEN),
         parked_at: text(HEADER_PARKED_AT),
+        stale: None,
         verdict: None,
         removed: false,
     }

@@ -224,13 +224,16 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     });
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let app = server::router(shared);
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        // Either an explicit signal or the handle being dropped stops the server.
+        let _ = shutdown_rx.await;
+        stopper.cancel();
+    });
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                // Either an explicit signal or the handle being dropped stops the server.
-                let _ = shutdown_rx.await;
-            })
-            .await
+        crate::http_server::serve(listener, app, crate::http_server::Limits::SIMULATOR, stop).await;
+        Ok(())
     });
     tracing::info!(%addr, sim_key = ?public_key, "gateway simulator listening");
     Ok(RunningSim {
