@@ -785,6 +785,7 @@ fn op_error(e: BuyerOpError) -> Response {
         BuyerOpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         BuyerOpError::Expired(_) => (StatusCode::CONFLICT, "trade_expired"),
         BuyerOpError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        BuyerOpError::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "simulator_full"),
     };
     json_error(status, kind, &e.to_string())
 }

@@ -575,7 +575,15 @@ pub enum BuyerOpError {
     /// The request is malformed (for example a non-positive amount).
     #[error("{0}")]
     BadRequest(String),
+    /// The simulator holds [`MAX_TRADES`] trades already (its memory is bounded).
+    #[error("the simulator holds {0} trades, its limit; start a new one")]
+    Full(usize),
 }
+
+/// Most trades one simulator keeps (in memory, for the life of the process): more than
+/// the benchmark's runs create, and a bound on its memory (about 330 bytes a trade, so
+/// about 330 MB at the limit).
+pub const MAX_TRADES: usize = 1_000_000;
 
 /// What a bill download token leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -628,6 +636,8 @@ struct Inner {
     bill_ttl: Duration,
     /// Served by the next bill download instead of the bill.
     bill_override: Option<Vec<u8>>,
+    /// Most trades kept ([`MAX_TRADES`] unless lowered).
+    max_trades: usize,
 }
 
 impl Default for Inner {
@@ -642,6 +652,7 @@ impl Default for Inner {
             bill_tokens: HashMap::new(),
             bill_ttl: DEFAULT_BILL_URL_TTL,
             bill_override: None,
+            max_trades: MAX_TRADES,
         }
     }
 }
@@ -686,6 +697,11 @@ impl SimState {
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lowers the number of trades kept (a scan beyond it is refused).
+    pub fn limit_trades(&self, max: usize) {
+        self.lock().max_trades = max.min(MAX_TRADES);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -769,6 +785,9 @@ impl SimState {
                  longer be scanned",
                 expire.to_rfc3339()
             )));
+        }
+        if inner.trades.len() >= inner.max_trades {
+            return Err(BuyerOpError::Full(inner.max_trades));
         }
         inner.next_seq += 1;
         let trade = SimTradeView {
@@ -1390,6 +1409,18 @@ mod tests {
             s.gateway_close(Some("W"), None),
             CloseOutcome::StatusError(_)
         ));
+    }
+
+    #[test]
+    fn the_trade_store_is_bounded() {
+        let s = SimState::new();
+        s.limit_trades(2);
+        s.scan("A", 1).unwrap();
+        s.scan("B", 1).unwrap();
+        assert!(matches!(s.scan("C", 1), Err(BuyerOpError::Full(2))));
+        // Existing trades still work.
+        assert_eq!(s.scan("A", 1).unwrap().out_trade_no, "A");
+        assert_eq!(s.trades().len(), 2);
     }
 
     #[test]
