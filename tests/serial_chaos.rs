@@ -40,7 +40,7 @@ use order_closer::broker::topology::header_text;
 use order_closer::closer::{Due, NewOrder};
 use order_closer::db::{self, schema::anomalies, schema::decisions, schema::orders};
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{FaultPlan, SimTradeStatus};
+use order_closer::sim::{FaultKind, FaultPlan, SimTradeStatus};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -52,6 +52,10 @@ const LATENESS_BOUND: Duration = Duration::from_secs(120);
 /// NEW orders past their schedule by more than the bound, parked ones excepted (they
 /// wait for an operator, with a message saying why).
 const OVERDUE: &str = "GREATEST(deadline, recheck_at) < now() - interval '120 seconds'";
+/// Steps in the run's retry schedule (`ORDER_CLOSER_RETRY_STEPS`).
+const RETRY_STEPS: u32 = 6;
+/// Orders made to walk the whole retry schedule and be parked.
+const PARKED_ON_PURPOSE: usize = 10;
 /// NEW orders not parked for an operator.
 const NOT_PARKED: &str = "recheck_at IS DISTINCT FROM 'infinity'";
 
@@ -226,7 +230,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let mut vars = env.binary_env(&dir);
     for (k, v) in [
         ("ALIPAY_TIMEOUT", "1s"),
-        ("ORDER_CLOSER_RETRY_STEPS", "1s,2s,3s,5s,8s,10s"),
+        ("ORDER_CLOSER_RETRY_STEPS", "1s,2s,3s,5s,8s,10s"), // RETRY_STEPS steps
         ("ORDER_CLOSER_CONCURRENCY", "64"),
         ("ORDER_CLOSER_PREFETCH", "128"),
         ("ORDER_CLOSER_HTTP_LISTEN", "off"),
@@ -296,6 +300,22 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
             buyer,
             moment,
         ));
+    }
+    // The operator's path is always walked: a few never-scanned orders get more failed
+    // answers than the retry schedule has attempts, so they are parked
+    // (`attempts_exhausted`) and must be settled by the requeue at the end.
+    let designated: Vec<String> = plans
+        .iter()
+        .filter(|p| p.3 == Buyer::NeverScans)
+        .take(PARKED_ON_PURPOSE)
+        .map(|p| p.0.clone())
+        .collect();
+    for no in &designated {
+        // Far more failures than attempts, whatever redeliveries after a kill consume.
+        env.buyers
+            .fail_next(no, FaultKind::Busy20000, (RETRY_STEPS + 1) * 10)
+            .await
+            .unwrap();
     }
     let plans = Arc::new(plans);
     let mut shops = tokio::task::JoinSet::new();
@@ -407,7 +427,8 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     // The operator path: the gateway is healthy again, the parking queue is requeued.
     env.reconnect().await;
     let parked_before = env.queue_len(&env.topology.parked_queue()).await as usize;
-    env.buyers.set_faults(&FaultPlan::default()).await.unwrap();
+    // The gateway is healthy again: no fault plan, no pending one-shot failures.
+    env.buyers.clear_faults().await.unwrap();
     let requeue = common::run_binary(&vars, &["reconcile", "parked", "--requeue"]).await;
     let requeue_report = String::from_utf8_lossy(&requeue.stdout).into_owned();
     let settled_after_requeue = eventually(Duration::from_secs(60), || async {
@@ -583,7 +604,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         lateness.last().unwrap_or(&0)
     );
     println!("re-driven by the janitor     {redriven}");
-    println!("parked, then requeued        {parked_before}");
+    println!("parked, then requeued        {parked_before} ({PARKED_ON_PURPOSE} on purpose)");
     println!("state disagrees with sim     {}", violations.len());
     println!("paid but closed, no anomaly  {paid_closed_without_anomaly}");
     println!("orders decided twice         {double_decisions}");
@@ -659,6 +680,10 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     check(
         parked.is_empty(),
         format!("{} messages still parked after the requeue", parked.len()),
+    );
+    check(
+        parked_before >= PARKED_ON_PURPOSE,
+        format!("only {parked_before} parked: the operator's path was not walked"),
     );
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
