@@ -185,29 +185,24 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     // The command refuses days that have not ended: the latest bill is yesterday's.
     let today = Utc::now().with_timezone(&china()).date_naive();
     let yesterday = today.pred_opt().unwrap();
-    let run = |args: Vec<String>| {
+    // `reconcile bill --date <date> <more...>`, which must fail with exit code 1: its stderr.
+    let refused = |date: String, more: Vec<String>| {
         let vars = vars.clone();
         async move {
+            let mut args = vec!["reconcile".to_owned(), "bill".into(), "--date".into(), date];
+            args.extend(more);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            common::run_binary(&vars, &args).await
+            let out = common::run_binary(&vars, &args).await;
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            String::from_utf8_lossy(&out.stderr).into_owned()
         }
     };
 
     // A file that is not a zip at all.
     let bad = dir.join("bill.zip");
     std::fs::write(&bad, b"PK\x03\x04 truncated").unwrap();
-    let out = run(vec![
-        "reconcile".into(),
-        "bill".into(),
-        "--date".into(),
-        yesterday.to_string(),
-        "--file".into(),
-        bad.display().to_string(),
-        "--apply".into(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = |path: &std::path::Path| vec!["--file".to_owned(), path.display().to_string()];
+    let stderr = refused(yesterday.to_string(), file(&bad)).await;
     assert!(stderr.contains("bill.zip"), "{stderr}");
 
     // A real bill with one bad amount, served by the gateway itself.
@@ -223,16 +218,7 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     parsed.rows.clear();
     let zip = bill::build::zip_with_detail("20880000000000000156", yesterday, &text).unwrap();
     env.buyers.override_bill(zip).await.unwrap();
-    let out = run(vec![
-        "reconcile".into(),
-        "bill".into(),
-        "--date".into(),
-        yesterday.to_string(),
-        "--apply".into(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(yesterday.to_string(), vec!["--apply".into()]).await;
     assert!(
         stderr.contains("line") && stderr.contains("订单金额"),
         "{stderr}"
@@ -245,30 +231,12 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     let zip = bill::build::zip_with_detail("20880000000000000156", other_day, &text).unwrap();
     let wrong = dir.join("other-day.zip");
     std::fs::write(&wrong, zip).unwrap();
-    let out = run(vec![
-        "reconcile".into(),
-        "bill".into(),
-        "--date".into(),
-        yesterday.to_string(),
-        "--file".into(),
-        wrong.display().to_string(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(yesterday.to_string(), file(&wrong)).await;
     assert!(stderr.contains("is not the bill of"), "{stderr}");
 
     // A day that has not ended has no bill.
     for date in [today.to_string(), "9999-12-31".to_owned()] {
-        let out = run(vec![
-            "reconcile".into(),
-            "bill".into(),
-            "--date".into(),
-            date,
-        ])
-        .await;
-        assert_eq!(out.status.code(), Some(1));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(date, Vec::new()).await;
         assert!(stderr.contains("has not ended"), "{stderr}");
     }
 
