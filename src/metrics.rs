@@ -6,7 +6,11 @@
 //! `order_closer_missing_orders_total`, `order_closer_outbox_backlog`,
 //! `order_closer_in_flight`, `order_closer_forwarded_total`,
 //! `order_closer_redriven_total{verdict}` (orders the janitor found overdue and re-drove: a
-//! healthy system keeps it at 0), `order_closer_janitor_passes_total{result}`.
+//! healthy system keeps it at 0), `order_closer_janitor_passes_total{result}`,
+//! `order_closer_anomalies_total{kind}`, `order_closer_broker_consuming`.
+//!
+//! The counters alerts watch start at 0 for their known labels: Prometheus's `increase()`
+//! cannot see the first increment of a series that appears at 1.
 
 use std::time::Duration;
 
@@ -62,6 +66,13 @@ pub struct VerdictLabel {
     pub verdict: String,
 }
 
+/// Label: an anomaly's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `amount_mismatch`, `paid_after_close`, `paid_missing_from_bill`.
+    pub kind: String,
+}
+
 /// Label: how a janitor pass went.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PassLabel {
@@ -85,6 +96,9 @@ pub struct Metrics {
     forwarded: Counter,
     redriven: Family<VerdictLabel, Counter>,
     janitor_passes: Family<PassLabel, Counter>,
+    anomalies: Family<KindLabel, Counter>,
+    /// 1 while the worker's broker session consumes the close queue (set by the worker).
+    pub consuming: Gauge,
     /// Outbox rows waiting to be published (set by the relay).
     pub outbox_backlog: Gauge,
     /// Messages being handled right now.
@@ -153,6 +167,18 @@ impl Default for Metrics {
             "Janitor passes by result",
             janitor_passes.clone(),
         );
+        let anomalies = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "anomalies",
+            "Anomalies recorded by this process, by kind (money and orders disagree)",
+            anomalies.clone(),
+        );
+        let consuming = Gauge::default();
+        registry.register(
+            "broker_consuming",
+            "1 while the worker's broker session consumes the close queue",
+            consuming.clone(),
+        );
         let outbox_backlog = Gauge::default();
         registry.register(
             "outbox_backlog",
@@ -161,7 +187,7 @@ impl Default for Metrics {
         );
         let in_flight = Gauge::default();
         registry.register("in_flight", "Messages being handled now", in_flight.clone());
-        Self {
+        let metrics = Self {
             registry,
             decisions,
             lateness,
@@ -173,9 +199,38 @@ impl Default for Metrics {
             forwarded,
             redriven,
             janitor_passes,
+            anomalies,
+            consuming,
             outbox_backlog,
             in_flight,
+        };
+        for verdict in [
+            "closed",
+            "paid",
+            "already_settled",
+            "retry_later",
+            "needs_operator",
+            "database_unavailable",
+        ] {
+            let _ = metrics.redriven.get_or_create(&VerdictLabel {
+                verdict: verdict.to_owned(),
+            });
         }
+        for reason in ["malformed", "attempts_exhausted", "order_mismatch"] {
+            let _ = metrics.parked.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            });
+        }
+        for kind in [
+            "amount_mismatch",
+            "paid_after_close",
+            "paid_missing_from_bill",
+        ] {
+            let _ = metrics.anomalies.get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            });
+        }
+        metrics
     }
 }
 
@@ -244,6 +299,15 @@ impl Metrics {
         self.redriven
             .get_or_create(&VerdictLabel {
                 verdict: verdict.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an anomaly recorded by this process.
+    pub fn anomaly(&self, kind: &str) {
+        self.anomalies
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
             })
             .inc();
     }

@@ -458,19 +458,25 @@ impl Decider {
             ),
         };
         let anomaly = mismatch.map(|_| ("amount_mismatch", detail.clone()));
-        self.settle(Settlement {
-            order,
-            status: OrderStatus::Paid,
-            close_reason: None,
-            trade_no: Some(trade_no),
-            paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
-            attempt: attempt_column(attempt),
-            answer,
-            detail,
-            reason: "paid_at_gateway",
-            anomaly,
-        })
-        .await
+        let has_anomaly = anomaly.is_some();
+        let outcome = self
+            .settle(Settlement {
+                order,
+                status: OrderStatus::Paid,
+                close_reason: None,
+                trade_no: Some(trade_no),
+                paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
+                attempt: attempt_column(attempt),
+                answer,
+                detail,
+                reason: "paid_at_gateway",
+                anomaly,
+            })
+            .await;
+        if has_anomaly && matches!(outcome, Ok(Outcome::Decided { .. })) {
+            self.metrics.anomaly("amount_mismatch");
+        }
+        outcome
     }
 
     async fn apply_closed(
@@ -604,6 +610,9 @@ impl Decider {
                 .await
             })
             .await?;
+        if new {
+            self.metrics.anomaly(kind);
+        }
         Ok(new)
     }
 

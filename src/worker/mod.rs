@@ -221,6 +221,7 @@ impl Worker {
         )
         .await?;
         self.readiness.set_broker(true);
+        self.decider.metrics().consuming.set(1);
         *consumed = true;
         info!(
             queue = %self.config.topology.close_queue(),
@@ -279,6 +280,7 @@ impl Worker {
         };
 
         self.readiness.set_broker(false);
+        self.decider.metrics().consuming.set(0);
         // Stop taking messages; what the broker already pushed but we did not start is
         // handed back when the channel closes.
         if result.is_ok() {
