@@ -6,6 +6,7 @@
 //! cargo run --example create_order
 //! ```
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use diesel_async::AsyncConnection;
@@ -16,7 +17,7 @@ use order_closer::db;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    db::migrate(&settings.database_url).await?;
+    db::migrate(settings.database_url.expose_secret()).await?;
     let closer = Closer::connect(&settings).await?;
     let suffix = chrono::Utc::now().timestamp_millis();
 
@@ -35,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 2. Inside the shop's own transaction: the shop's rows and ours commit together.
-    let mut conn = db::connect(&settings.database_url).await?;
+    let mut conn = db::connect(settings.database_url.expose_secret()).await?;
     let new = NewOrder::alipay(
         format!("EXAMPLE-{suffix}-B"),
         990,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's test command):
-#   services -> rustfmt check -> clippy (warnings are errors) -> tests (parallel) ->
+#   services -> rustfmt check -> clippy (warnings are errors) -> the lean library alone ->
+#   tests (parallel) ->
 #   the broker tests on classic queues -> serial tests (names containing `serial_`: they
 #   restart a broker or kill processes) -> the chaos run on classic and on quorum
 #   queues -> doc tests.
@@ -65,6 +66,22 @@ cargo fmt --all -- --check
 CURRENT="cargo clippy --all-targets -- -D warnings"
 step "$CURRENT"
 cargo clippy --all-targets -- -D warnings
+
+# The shop's library alone: it builds, lints clean and pulls none of the worker's, the
+# simulator's or the CLI's dependencies.
+CURRENT="cargo clippy --lib --example create_order --no-default-features -- -D warnings"
+step "$CURRENT (the lean library)"
+cargo clippy --lib --example create_order --no-default-features -- -D warnings
+CURRENT="cargo tree -e normal --no-default-features (no server-side crates)"
+step "$CURRENT"
+lean_tree="$(cargo tree -e normal --no-default-features --prefix none)"
+for heavy in axum hyper reqwest clap indicatif plotters zip prometheus-client tracing-subscriber; do
+    if grep -q "^$heavy v" <<<"$lean_tree"; then
+        echo "test.sh: the lean library depends on $heavy" >&2
+        false
+    fi
+done
+echo "lean library: $(sort -u <<<"$lean_tree" | sed 's/ (\*)//' | sort -u | wc -l) crates"
 
 CURRENT="cargo test --all-targets -- --skip serial_"
 step "$CURRENT (parallel)"

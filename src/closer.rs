@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
+use secrecy::ExposeSecret;
 use thiserror::Error;
 use tokio_util::task::TaskTracker;
 
@@ -165,8 +166,16 @@ impl Closer {
     /// cannot be reached is an error here; use [`Closer::without_broker`] to create
     /// orders anyway and leave publishing to the relay.
     pub async fn connect(settings: &Settings) -> Result<Self, ConnectError> {
-        let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
-        let connection = broker::connect(&settings.amqp_url, "order-closer library").await?;
+        let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
+        // A database that cannot be used (a wrong password, TLS mode or CA) is an error
+        // now, not at the first order.
+        drop(db::conn(&pool).await?);
+        let connection = broker::connect_with(
+            settings.amqp_url.expose_secret(),
+            &settings.amqp_tls,
+            "order-closer library",
+        )
+        .await?;
         let publisher = Publisher::open(&connection, Arc::new(settings.topology.clone())).await?;
         settings.topology.declare(publisher.channel()).await?;
         Ok(Self {

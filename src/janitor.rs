@@ -42,24 +42,7 @@ pub const CONCURRENCY: usize = 8;
 /// How long a claimed order is left to the janitor that claimed it.
 pub const LEASE: Duration = Duration::from_secs(600);
 
-/// When the janitor acts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JanitorConfig {
-    /// How far past its schedule a NEW order must be before it is re-driven
-    /// (`ORDER_CLOSER_JANITOR_AFTER`).
-    pub after: Duration,
-    /// How often a pass runs (`ORDER_CLOSER_JANITOR_INTERVAL`).
-    pub interval: Duration,
-}
-
-impl Default for JanitorConfig {
-    fn default() -> Self {
-        Self {
-            after: Duration::from_secs(120),
-            interval: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::config::janitor::JanitorConfig;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

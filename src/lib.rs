@@ -13,28 +13,54 @@
 //!   re-drives orders whose close message was lost;
 //! - [`broker`], [`db`]: RabbitMQ and PostgreSQL at the edges;
 //! - [`sim`]: a gateway simulator speaking Alipay's signed protocol.
+//!
+//! With `default-features = false` only the shop's part is built: [`closer`], the
+//! [`message`] and [`events`] contract, [`db`] (migrations included), [`broker`] and
+//! [`config`]. The features `worker`, `sim` and `cli` add the rest (all on by default).
 
-pub mod bill;
+// The shop's library (always built): the create API, the contract, the database and the
+// broker at the edges.
 pub mod broker;
 pub mod closer;
 pub mod config;
 pub mod db;
-pub mod decide;
-pub mod decision;
 pub mod events;
 pub mod files;
-pub mod gateway;
-pub mod health;
-pub mod http_server;
-pub mod janitor;
 pub mod message;
-pub mod metrics;
 pub mod money;
 pub mod order;
-pub mod reconcile;
-pub mod relay;
 pub mod retry;
-pub mod sim;
-pub mod telemetry;
 pub mod time;
+pub mod tls;
+
+// `worker`: everything that decides orders.
+#[cfg(feature = "worker")]
+pub mod bill;
+#[cfg(feature = "worker")]
+pub mod decide;
+#[cfg(feature = "worker")]
+pub mod decision;
+#[cfg(feature = "worker")]
+pub mod gateway;
+#[cfg(feature = "worker")]
+pub mod health;
+#[cfg(feature = "worker")]
+pub mod http_server;
+#[cfg(feature = "worker")]
+pub mod janitor;
+#[cfg(feature = "worker")]
+pub mod metrics;
+#[cfg(feature = "worker")]
+pub mod reconcile;
+#[cfg(feature = "worker")]
+pub mod relay;
+#[cfg(feature = "worker")]
 pub mod worker;
+
+// `sim`: the gateway simulator.
+#[cfg(feature = "sim")]
+pub mod sim;
+
+// `cli`: logging set-up for the binary.
+#[cfg(feature = "cli")]
+pub mod telemetry;

@@ -1,7 +1,7 @@
 //! The close message contract: what travels through the delay tiers to the workers.
 //!
 //! JSON, `content_type: application/json`, versioned by `v`. A publisher in another
-//! language may publish it directly (see the README). Unknown fields are ignored so that
+//! language may publish it directly (see docs/contract.md). Unknown fields are ignored so that
 //! a newer publisher can add fields without breaking older workers.
 
 use chrono::{DateTime, Utc};

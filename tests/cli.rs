@@ -308,3 +308,97 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(first.contains("listening"), "{first}");
     assert!(!first.contains('\u{1b}'), "colour codes in {first:?}");
 }
+
+/// Issue 12: secrets never reach the output, on start-up errors, on unreachable servers,
+/// or from a flag clap would have echoed; and every secret can come from a file.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_print_and_can_come_from_files() {
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-cli-secrets-{}", env.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = env.binary_env(&dir);
+    let with = |pairs: &[(&str, &str)]| {
+        let mut v = vars.clone();
+        for (name, value) in pairs {
+            v.retain(|(k, _)| k != name);
+            v.push(((*name).into(), (*value).into()));
+        }
+        v
+    };
+
+    // Unreachable servers with a password in the URL.
+    let out = run(
+        &with(&[(
+            "DATABASE_URL",
+            "postgres://postgres:SeCrEt123@127.0.0.1:1/x",
+        )]),
+        &["orders", "show", "X"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        !text(&out.stderr).contains("SeCrEt123"),
+        "{}",
+        text(&out.stderr)
+    );
+    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
+        .arg("worker")
+        .envs(with(&[
+            ("AMQP_URL", "amqp://guest:SeCrEt123@127.0.0.1:1/%2f"),
+            ("ORDER_CLOSER_HTTP_LISTEN", "off"),
+        ]))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = worker.id().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = worker.wait_with_output().await.unwrap();
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    assert!(!stderr.contains("SeCrEt123"), "{stderr}");
+
+    // A private key given inline (it starts with '-'): accepted, and when unusable the
+    // error does not repeat it.
+    let key = "-----BEGIN PRIVATE KEY-----\nU2VDckV0S2V5TWF0ZXJpYWw=\n-----END PRIVATE KEY-----";
+    let public = dir.join("alipay_public.pem");
+    let out = run(
+        &vars,
+        &[
+            "gateway-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--app-public-key",
+            public.to_str().unwrap(),
+            "--private-key",
+            key,
+        ],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--private-key"), "{stderr}");
+    assert!(!stderr.contains("U2VDckV0S2V5TWF0ZXJpYWw"), "{stderr}");
+
+    // Secrets from files (`<VAR>_FILE`).
+    let url_file = dir.join("database_url");
+    std::fs::write(&url_file, format!("{}\n", env.database_url)).unwrap();
+    let mut from_file = vars.clone();
+    from_file.retain(|(k, _)| k != "DATABASE_URL");
+    from_file.push(("DATABASE_URL_FILE".into(), url_file.display().to_string()));
+    let out = run(&from_file, &["orders", "show", "NO-SUCH-ORDER"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let both = with(&[("DATABASE_URL_FILE", url_file.to_str().unwrap())]);
+    let out = run(&both, &["migrate"]).await;
+    assert!(
+        text(&out.stderr).contains("not both"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}

@@ -9,6 +9,7 @@ use diesel_async::RunQueryDsl;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use order_closer::{broker, db};
+use secrecy::ExposeSecret;
 
 #[derive(QueryableByName)]
 struct Count {
@@ -21,7 +22,7 @@ async fn an_environment_dropped_without_cleanup_removes_its_schema_and_queues() 
     let env = TestEnv::new(&[]).await;
     let schema = env.schema.clone();
     let queue = env.topology.close_queue();
-    let amqp_url = env.settings.amqp_url.clone();
+    let amqp_url = env.settings.amqp_url.expose_secret().to_owned();
     drop(env);
 
     let mut admin = db::connect(&common::base_database_url()).await.unwrap();

@@ -548,7 +548,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     // Events: one per committed decision. A decision announced under two event ids, or an
     // event without a committed decision, is a duplicate; a second delivery of the same
     // event id is the outbox's documented at-least-once copy, which consumers drop by
-    // `event_id` (counted and printed, see the README).
+    // `event_id` (counted and printed, see docs/operations.md).
     let events = env.get_all(&env.topology.events_audit_queue()).await;
     let mut event_ids = BTreeMap::<String, usize>::new();
     let mut announced = BTreeMap::<(i64, String), BTreeSet<String>>::new();

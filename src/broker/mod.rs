@@ -3,6 +3,7 @@
 pub mod confirms;
 pub mod publisher;
 pub mod tiers;
+pub mod tls;
 pub mod topology;
 
 use std::time::Duration;
@@ -63,13 +64,24 @@ pub enum BrokerError {
         "queue {queue:?} already exists with other arguments than configured ({reply}); \
          a queue cannot change type or arguments in place: keep the old \
          ORDER_CLOSER_QUEUE_TYPE, or use a new ORDER_CLOSER_QUEUE_PREFIX for the new type \
-         (see the README, \"Queue type\")"
+         (see docs/operations.md, \"Queue type\")"
     )]
     QueueMismatch {
         /// The queue.
         queue: String,
         /// The broker's reply text.
         reply: String,
+    },
+    /// The server did not speak AMQP (most often a TLS listener reached with `amqp://`).
+    #[error(
+        "the server at {address} did not answer in AMQP 0-9-1 ({detail}); if it is a TLS \
+         listener, use an amqps:// URL"
+    )]
+    NotAmqp {
+        /// `host:port`.
+        address: String,
+        /// What the client saw.
+        detail: String,
     },
     /// One of the worker's background tasks (relay, janitor, acknowledgements) stopped;
     /// the session restarts them all.
@@ -117,8 +129,19 @@ pub async fn timed<T>(
     }
 }
 
-/// Connects to RabbitMQ, adding a short heartbeat when the URL has none.
+/// Connects to RabbitMQ, adding a short heartbeat when the URL has none; an `amqps://`
+/// URL trusts the system's authorities only (see [`connect_with`]).
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, BrokerError> {
+    connect_with(url, &tls::AmqpTls::default(), connection_name).await
+}
+
+/// Connects to RabbitMQ with extra trusted authorities and a client certificate for
+/// `amqps://`.
+pub async fn connect_with(
+    url: &str,
+    tls: &tls::AmqpTls,
+    connection_name: &str,
+) -> Result<Connection, BrokerError> {
     let mut uri: AMQPUri = url.parse().map_err(BrokerError::BadUrl)?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
@@ -127,5 +150,25 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Bro
         uri.query.connection_timeout = Some(BROKER_TIMEOUT.as_millis() as u64);
     }
     let props = ConnectionProperties::default().with_connection_name(connection_name.into());
-    timed("connect", Connection::connect_uri(uri, props)).await
+    let runtime = lapin::runtime::default_runtime().map_err(|source| BrokerError::Amqp {
+        op: "connect",
+        source,
+    })?;
+    let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+    match timed(
+        "connect",
+        Connection::connect_uri_with_config(uri, props, tls.to_lapin(), runtime),
+    )
+    .await
+    {
+        Err(BrokerError::Amqp { source, .. })
+            if matches!(source.kind(), lapin::ErrorKind::ParsingError(_)) =>
+        {
+            Err(BrokerError::NotAmqp {
+                address,
+                detail: source.to_string(),
+            })
+        }
+        other => other,
+    }
 }

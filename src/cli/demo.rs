@@ -5,6 +5,7 @@
 //! deadline with the callback lost; pay during the close), runs the worker, and checks
 //! that every order's final state agrees with the simulator.
 
+use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -113,12 +114,12 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
 
     // A schema of its own, dropped at the end: the demo neither sees nor leaves anything
     // in the database it runs against.
-    db::ensure_database(&settings.database_url)
+    db::ensure_database(settings.database_url.expose_secret())
         .await
         .context("preparing the database (is PostgreSQL running? see DATABASE_URL)")?;
     let schema = format!("demo_{run_id}");
-    db::create_schema(&settings.database_url, &schema).await?;
-    let database_url = db::with_search_path(&settings.database_url, &schema);
+    db::create_schema(settings.database_url.expose_secret(), &schema).await?;
+    let database_url = db::with_search_path(settings.database_url.expose_secret(), &schema);
     db::migrate(&database_url)
         .await
         .context("migrating the demo schema")?;
@@ -132,9 +133,13 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         settings.topology.queue_type(),
     );
     let topology = Arc::new(settings.topology.clone());
-    let connection = broker::connect(&settings.amqp_url, "order-closer demo")
-        .await
-        .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
+    let connection = broker::connect_with(
+        settings.amqp_url.expose_secret(),
+        &settings.amqp_tls,
+        "order-closer demo",
+    )
+    .await
+    .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
     let publisher = Publisher::open(&connection, topology.clone()).await?;
     topology.declare(publisher.channel()).await?;
 
@@ -216,7 +221,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     let report = report(&pool, &plan, &buyers).await?;
     let events = drain_events(publisher.channel(), &topology.events_audit_queue()).await?;
     drop(pool);
-    if let Err(e) = db::drop_schema(&settings.database_url, &schema).await {
+    if let Err(e) = db::drop_schema(settings.database_url.expose_secret(), &schema).await {
         eprintln!("warning: could not drop the demo schema {schema}: {e}");
     }
     if let Err(e) = topology.delete(publisher.channel()).await {

@@ -8,6 +8,7 @@ mod reconcile;
 mod sim;
 mod worker;
 
+use secrecy::ExposeSecret;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -17,7 +18,7 @@ use order_closer::{db, telemetry};
 
 /// Closes unpaid orders at their deadline after asking the payment gateway.
 ///
-/// Configuration comes from environment variables (see the README); flags override
+/// Configuration comes from environment variables (see docs/operations.md); flags override
 /// the ones they name.
 #[derive(Debug, Parser)]
 #[command(name = "order-closer", version, about)]
@@ -58,7 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     telemetry::init(settings.log_format, default_filter)?;
     match cli.command {
         Command::Migrate => {
-            let applied = db::migrate(&settings.database_url)
+            let applied = db::migrate(settings.database_url.expose_secret())
                 .await
                 .context("migrating the database")?;
             println!("migrations applied: {applied}");

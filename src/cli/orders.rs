@@ -1,6 +1,7 @@
 //! `order-closer orders create|show`: the library call from the shell, and an order's
 //! status with its decision history.
 
+use secrecy::ExposeSecret;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -95,7 +96,7 @@ async fn create(settings: Settings, args: CreateArgs) -> anyhow::Result<ExitCode
             eprintln!(
                 "warning: broker unavailable ({e}); the worker's relay will schedule the close"
             );
-            Closer::without_broker(db::pool(&settings.database_url, 2)?)
+            Closer::without_broker(db::pool(settings.database_url.expose_secret(), 2)?)
         }
         Err(e) => return Err(e).context("connecting"),
     };
@@ -128,7 +129,7 @@ async fn create(settings: Settings, args: CreateArgs) -> anyhow::Result<ExitCode
 }
 
 async fn show(settings: Settings, args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let mut conn = db::connect(&settings.database_url).await?;
+    let mut conn = db::connect(settings.database_url.expose_secret()).await?;
     let Some(order) = orders::find_by_out_trade_no(&mut conn, &args.out_trade_no).await? else {
         eprintln!("no order with out_trade_no {:?}", args.out_trade_no);
         return Ok(ExitCode::from(2));

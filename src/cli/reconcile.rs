@@ -2,6 +2,7 @@
 //! needed fixing; 3 something needed fixing and was fixed (or would be, in a dry run);
 //! 4 something needs an operator or a later run; 1 the command failed.
 
+use secrecy::ExposeSecret;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,7 +150,12 @@ pub async fn run(settings: Settings, cmd: ReconcileCommand) -> anyhow::Result<Ex
 /// would too, later); a broker that cannot be reached only earns a warning.
 async fn announce(settings: &Settings, decider: &Decider) {
     let result = async {
-        let connection = broker::connect(&settings.amqp_url, "order-closer reconcile").await?;
+        let connection = broker::connect_with(
+            settings.amqp_url.expose_secret(),
+            &settings.amqp_tls,
+            "order-closer reconcile",
+        )
+        .await?;
         let topology = Arc::new(settings.topology.clone());
         let publisher = Publisher::open(&connection, topology.clone()).await?;
         topology.declare(publisher.channel()).await?;
@@ -197,7 +203,7 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
     bill.check_day(args.date)?;
     // The bill parsed completely: only now touch the database.
     let decider = decider(settings)?;
-    db::migrate(&settings.database_url)
+    db::migrate(settings.database_url.expose_secret())
         .await
         .context("checking the database")?;
     let report = bill_reconcile::reconcile(&decider, &bill, args.date, args.apply).await?;
@@ -249,7 +255,7 @@ fn decider(settings: &Settings) -> anyhow::Result<Decider> {
         settings.alipay.rate_limit,
     )
     .context("building the Alipay client")?;
-    let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     Ok(Decider::new(
         pool,
@@ -289,7 +295,7 @@ fn exit(finding: Finding) -> ExitCode {
 
 async fn run_overdue(settings: &Settings, args: OverdueArgs) -> anyhow::Result<ExitCode> {
     let decider = decider(settings)?;
-    db::migrate(&settings.database_url)
+    db::migrate(settings.database_url.expose_secret())
         .await
         .context("checking the database")?;
     let options = OverdueOptions {
@@ -355,9 +361,13 @@ async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<Exi
         _ => ParkedAction::List,
     };
     let decider = decider(settings)?;
-    let connection = broker::connect(&settings.amqp_url, "order-closer reconcile")
-        .await
-        .context("connecting to RabbitMQ")?;
+    let connection = broker::connect_with(
+        settings.amqp_url.expose_secret(),
+        &settings.amqp_tls,
+        "order-closer reconcile",
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
     let topology = Arc::new(settings.topology.clone());
     let publisher = Publisher::open(&connection, topology.clone()).await?;
     topology.declare(publisher.channel()).await?;
@@ -418,7 +428,7 @@ async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<Exi
 }
 
 async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Result<ExitCode> {
-    let mut conn = db::connect(&settings.database_url).await?;
+    let mut conn = db::connect(settings.database_url.expose_secret()).await?;
     let rows = anomalies::list(&mut conn, args.kind.as_deref(), args.limit).await?;
     if args.format == Format::Json {
         print_json(&rows)?;

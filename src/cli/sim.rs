@@ -10,6 +10,7 @@ use order_closer::config::{DEFAULT_APP_ID, key_material};
 use order_closer::gateway::alipay::{AppPrivateKey, RsaPublicKey};
 use order_closer::sim::{self, FaultPlan, SimConfig};
 use order_closer::worker::shutdown_on_signal;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Flags of `gateway-sim`.
 #[derive(Debug, Args)]
@@ -19,14 +20,21 @@ pub struct SimArgs {
     listen: SocketAddr,
     /// The app's public key (PEM, bare base64, or a file path): requests must be signed
     /// with the matching private key (ALIPAY_APP_PRIVATE_KEY of the worker).
-    #[arg(long, env = "SIM_APP_PUBLIC_KEY")]
+    #[arg(long, env = "SIM_APP_PUBLIC_KEY", allow_hyphen_values = true)]
     app_public_key: String,
     /// The app id the simulator accepts.
     #[arg(long, env = "ALIPAY_APP_ID", default_value = DEFAULT_APP_ID)]
     app_id: String,
-    /// The simulator's own private key ("Alipay's" key); generated when absent.
-    #[arg(long)]
-    private_key: Option<String>,
+    /// The simulator's own private key ("Alipay's" key: PEM, bare base64, or a file
+    /// path); generated when absent. Never printed.
+    #[arg(
+        long,
+        env = "SIM_PRIVATE_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true,
+        value_parser = secret
+    )]
+    private_key: Option<SecretString>,
     /// Write the simulator's public key (what the worker's ALIPAY_PUBLIC_KEY must be) here.
     #[arg(long)]
     public_key_out: Option<PathBuf>,
@@ -34,6 +42,11 @@ pub struct SimArgs {
     /// change it at run time with PUT /sim/faults.
     #[arg(long)]
     faults: Option<String>,
+}
+
+/// A secret flag value: held so that no `Debug` or error prints it.
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 /// Serves until SIGTERM or SIGINT.
@@ -46,8 +59,12 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     .context("--app-public-key")?;
     let sim_private_key = match &args.private_key {
         Some(text) => Some(
-            AppPrivateKey::parse(&key_material("--private-key", Some(text), "")?)
-                .context("--private-key")?,
+            AppPrivateKey::parse(&key_material(
+                "--private-key",
+                Some(text.expose_secret()),
+                "",
+            )?)
+            .context("--private-key")?,
         ),
         None => None,
     };

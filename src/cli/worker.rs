@@ -1,5 +1,6 @@
 //! `order-closer worker`: the long-running close-queue consumer.
 
+use secrecy::ExposeSecret;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -33,7 +34,13 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
         settings.alipay.rate_limit,
     )
     .context("building the Alipay client")?;
-    let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+    let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
+    // A database that cannot be reached at start-up (a wrong TLS mode, CA or password)
+    // stops the worker here, naming the cause, instead of every message being delayed
+    // for ever.
+    let _checked = db::conn(&pool)
+        .await
+        .context("cannot use the database (DATABASE_URL)")?;
     let decider = Decider::new(pool.clone(), gateways, settings.retry.clone(), actor_name());
     let shutdown = shutdown_on_signal();
     let worker = Worker::new(decider, WorkerConfig::from_settings(&settings));

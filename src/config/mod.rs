@@ -8,18 +8,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::SecretString;
 use thiserror::Error;
 
+pub mod janitor;
 pub mod urls;
 
 use crate::broker::tiers::DelayTiers;
+use crate::broker::tls::AmqpTls;
 use crate::broker::topology::{QueueType, Topology};
+#[cfg(feature = "worker")]
 use crate::gateway::alipay::{AlipayConfig, AppPrivateKey, RsaPublicKey};
-use crate::janitor::JanitorConfig;
 use crate::retry::RetryPolicy;
+use janitor::JanitorConfig;
 
 /// A configuration value that is missing or wrong, naming the variable.
 #[derive(Debug, Error)]
@@ -42,6 +45,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A TLS file or combination that cannot be used (the message names the variable).
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl ConfigError {
@@ -77,7 +83,7 @@ pub struct AlipaySettings {
     /// The merchant application id.
     pub app_id: String,
     /// The merchant private key (PEM, bare base64, or a file path), if set.
-    pub app_private_key: Option<String>,
+    pub app_private_key: Option<SecretString>,
     /// Alipay's public key (PEM, bare base64, or a file path), if set.
     pub alipay_public_key: Option<String>,
     /// Per-request timeout.
@@ -89,12 +95,14 @@ pub struct AlipaySettings {
 /// Everything the binary and the library read from the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Postgres connection URL (`DATABASE_URL`).
-    pub database_url: String,
+    /// Postgres connection URL (`DATABASE_URL`); it may carry a password.
+    pub database_url: SecretString,
     /// Maximum database connections per process (`ORDER_CLOSER_DB_POOL_SIZE`).
     pub db_pool_size: usize,
-    /// RabbitMQ URL (`AMQP_URL`).
-    pub amqp_url: String,
+    /// RabbitMQ URL (`AMQP_URL`); it may carry a password.
+    pub amqp_url: SecretString,
+    /// TLS files for `amqps://` (`ORDER_CLOSER_AMQP_TLS_CA`, `..._CERT`, `..._KEY`).
+    pub amqp_tls: AmqpTls,
     /// Queue names, tiers and queue type.
     pub topology: Topology,
     /// Back-off steps for transient failures (`ORDER_CLOSER_RETRY_STEPS`).
@@ -121,6 +129,36 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
 }
 
+/// The database URL with `sslrootcert` naming the CA file `path`
+/// (`ORDER_CLOSER_DB_TLS_CA`); refused when the URL names another one.
+fn with_root_cert(url: &str, path: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    if let Some((_, named)) = parsed.query_pairs().find(|(k, _)| k == "sslrootcert") {
+        return if named == path {
+            Ok(url.to_owned())
+        } else {
+            Err(format!(
+                "DATABASE_URL names another sslrootcert ({named}); set one of them"
+            ))
+        };
+    }
+    // Percent-encoded as libpq decodes it (no `+` for a space).
+    let encoded: String = path
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{sep}sslrootcert={encoded}"))
+}
+
+/// Largest file a secret (`<VAR>_FILE`) is read from.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// The default database URL: the local server, database `order_closer`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/order_closer";
 /// The default broker URL: the local server, default vhost.
@@ -143,12 +181,49 @@ impl Settings {
         let string =
             |name: &'static str, default: &str| var(name).unwrap_or_else(|| default.to_owned());
 
-        let database_url = string("DATABASE_URL", DEFAULT_DATABASE_URL);
+        // A secret is given in its variable, or as a file named by `<VAR>_FILE`
+        // (Kubernetes secrets are files); never both.
+        let secret =
+            |name: &'static str, file_var: &'static str| -> Result<Option<String>, ConfigError> {
+                match (var(name), var(file_var)) {
+                    (value, None) => Ok(value),
+                    (None, Some(path)) => {
+                        crate::files::read_capped_text(Path::new(path.trim()), MAX_SECRET_FILE)
+                            .map(|text| Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+                            .map_err(|e| ConfigError::invalid(file_var, &path, e))
+                    }
+                    (Some(_), Some(path)) => Err(ConfigError::invalid(
+                        file_var,
+                        &path,
+                        format!("set {name} or {file_var}, not both"),
+                    )),
+                }
+            };
+        let database_url = secret("DATABASE_URL", "DATABASE_URL_FILE")?
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
         urls::check_database_url(&database_url)
             .map_err(|reason| ConfigError::invalid_url("DATABASE_URL", &database_url, reason))?;
-        let amqp_url = string("AMQP_URL", DEFAULT_AMQP_URL);
+        let database_url = match var("ORDER_CLOSER_DB_TLS_CA") {
+            None => database_url,
+            Some(path) => with_root_cert(&database_url, path.trim())
+                .map_err(|reason| ConfigError::invalid("ORDER_CLOSER_DB_TLS_CA", &path, reason))?,
+        };
+        let amqp_url =
+            secret("AMQP_URL", "AMQP_URL_FILE")?.unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
         urls::check_amqp_url(&amqp_url)
             .map_err(|reason| ConfigError::invalid_url("AMQP_URL", &amqp_url, reason))?;
+        let tls_path = |name: &'static str| var(name).map(|p| std::path::PathBuf::from(p.trim()));
+        let amqp_tls = AmqpTls::load(
+            tls_path("ORDER_CLOSER_AMQP_TLS_CA").as_deref(),
+            tls_path("ORDER_CLOSER_AMQP_TLS_CERT").as_deref(),
+            tls_path("ORDER_CLOSER_AMQP_TLS_KEY").as_deref(),
+        )
+        .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        if amqp_tls.is_set() && !amqp_url.starts_with("amqps://") {
+            return Err(ConfigError::Tls(
+                "ORDER_CLOSER_AMQP_TLS_* are set but AMQP_URL is not amqps://".into(),
+            ));
+        }
 
         let prefix = string("ORDER_CLOSER_QUEUE_PREFIX", "order");
         if prefix.len() > 100
@@ -164,7 +239,7 @@ impl Settings {
         }
         // Quorum by default: its dead-lettering is at least once, a classic queue's at
         // most once (a tier can drop an expired message the close queue could not take;
-        // see `tests/serial_dead_letter.rs` and the README's "Queue type").
+        // see `tests/serial_dead_letter.rs` and docs/operations.md, "Queue type").
         let queue_type = match var("ORDER_CLOSER_QUEUE_TYPE").as_deref() {
             None | Some("quorum") => QueueType::Quorum,
             Some("classic") => QueueType::Classic,
@@ -205,7 +280,8 @@ impl Settings {
         let alipay = AlipaySettings {
             gateway_url: gateway_url.trim_end_matches('/').to_owned(),
             app_id: string("ALIPAY_APP_ID", DEFAULT_APP_ID),
-            app_private_key: var("ALIPAY_APP_PRIVATE_KEY"),
+            app_private_key: secret("ALIPAY_APP_PRIVATE_KEY", "ALIPAY_APP_PRIVATE_KEY_FILE")?
+                .map(SecretString::from),
             alipay_public_key: var("ALIPAY_PUBLIC_KEY"),
             timeout: bounded_duration(
                 &var,
@@ -242,9 +318,10 @@ impl Settings {
         };
 
         Ok(Self {
-            database_url,
+            database_url: database_url.into(),
             db_pool_size: number(&var, "ORDER_CLOSER_DB_POOL_SIZE", 16, 1, 1000)?,
-            amqp_url,
+            amqp_url: amqp_url.into(),
+            amqp_tls,
             topology,
             retry,
             alipay,
@@ -290,11 +367,14 @@ impl Settings {
     }
 
     /// Parses the Alipay keys and builds the client configuration.
+    #[cfg(feature = "worker")]
     pub fn alipay_config(&self) -> Result<AlipayConfig, ConfigError> {
+        use secrecy::ExposeSecret;
+        use std::sync::Arc;
         let a = &self.alipay;
         let private_text = key_material(
             "ALIPAY_APP_PRIVATE_KEY",
-            a.app_private_key.as_deref(),
+            a.app_private_key.as_ref().map(|k| k.expose_secret()),
             " (the merchant's RSA private key: PEM, bare base64, or a file path)",
         )?;
         let app_private_key = AppPrivateKey::parse(&private_text)
@@ -413,6 +493,7 @@ fn parse_duration_list(name: &'static str, text: &str) -> Result<Vec<Duration>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map: HashMap<String, String> = pairs
@@ -425,7 +506,7 @@ mod tests {
     #[test]
     fn defaults_work_without_any_variable() {
         let s = settings(&[]).unwrap();
-        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.database_url.expose_secret(), DEFAULT_DATABASE_URL);
         assert_eq!(s.concurrency, 64);
         assert_eq!(s.topology.close_queue(), "order.close.due");
         assert_eq!(s.topology.queue_type(), QueueType::Quorum);
@@ -476,6 +557,19 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://u:SeCrEt123@h/db"),
+            ("AMQP_URL", "amqp://g:SeCrEt123@h/%2f"),
+            ("ALIPAY_APP_PRIVATE_KEY", "U2VDckV0MTIz"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("SeCrEt123"), "{shown}");
+        assert!(!shown.contains("U2VDckV0MTIz"), "{shown}");
+    }
+
+    #[test]
     fn a_url_password_never_shows_in_an_error() {
         for (var, value) in [
             (
@@ -491,6 +585,43 @@ mod tests {
             assert!(err.contains(var), "{err}");
             assert!(!err.contains("SeCrEt123"), "{var}: {err}");
         }
+    }
+
+    #[test]
+    fn the_database_ca_joins_the_url_and_tls_files_are_checked() {
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://u:p@h/db?sslmode=verify-full"),
+            ("ORDER_CLOSER_DB_TLS_CA", "/etc/ssl/my ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.database_url.expose_secret(),
+            "postgres://u:p@h/db?sslmode=verify-full&sslrootcert=/etc/ssl/my%20ca.pem"
+        );
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://u:p@h/db?sslrootcert=a.pem"),
+            ("ORDER_CLOSER_DB_TLS_CA", "b.pem"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ORDER_CLOSER_DB_TLS_CA"), "{err}");
+        for (var, why) in [
+            ("ORDER_CLOSER_AMQP_TLS_CA", "cannot read"),
+            ("ORDER_CLOSER_AMQP_TLS_CERT", "both"),
+        ] {
+            let err = settings(&[
+                ("AMQP_URL", "amqps://u:SeCrEt123@h/%2f"),
+                (var, "/no/such/file.pem"),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(why), "{err}");
+            assert!(!err.contains("SeCrEt123"), "{err}");
+        }
+        let err = settings(&[("ORDER_CLOSER_AMQP_TLS_CA", "/etc/hostname")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ORDER_CLOSER_AMQP_TLS_CA"), "{err}");
     }
 
     #[test]

@@ -2,12 +2,14 @@
 
 pub mod anomalies;
 pub mod batch;
+pub mod connect;
 pub mod decisions;
 pub mod orders;
 pub mod outbox;
 pub mod prepared;
 pub mod schema;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::prelude::*;
@@ -15,10 +17,9 @@ use diesel_async::pooled_connection::deadpool::{Hook, HookError, Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
-};
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
 use thiserror::Error;
 
 /// The migrations in `migrations/`, compiled into the binary.
@@ -62,10 +63,22 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// and one that idled longer than [`VERIFY_AFTER_IDLE`] is verified with `SELECT 1`
 /// first, so a worker that idled through a database restart gets a fresh connection
 /// instead of an error, without paying a round trip on every check-out under load. Every
-/// connection gets [`STATEMENT_TIMEOUT`] and [`LOCK_TIMEOUT`].
+/// connection gets [`STATEMENT_TIMEOUT`] and [`LOCK_TIMEOUT`], and is opened with the
+/// URL's TLS mode ([`connect::Target`]).
 pub fn pool(url: &str, max_size: usize) -> Result<DbPool, DbError> {
+    let target = Arc::new(connect::Target::parse(url)?);
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |_url| {
+        let target = Arc::clone(&target);
+        async move {
+            target
+                .connect()
+                .await
+                .map_err(diesel::ConnectionError::BadConnection)
+        }
+        .boxed()
+    });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
         .post_create(Hook::async_fn(|conn: &mut AsyncPgConnection, _| {
@@ -135,23 +148,25 @@ pub async fn next_ids(
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
-/// Opens one connection outside any pool.
+/// Opens one connection outside any pool, with the URL's TLS mode.
 pub async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, AsyncPgConnection::establish(url)).await {
+    let target = connect::Target::parse(url)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(DbError::Unavailable(e.to_string())),
+        Ok(Err(e)) => Err(DbError::Unavailable(e)),
         Err(_) => Err(DbError::Unavailable(format!(
-            "no connection within {CONNECT_TIMEOUT:?}"
+            "{target:?}: no connection within {CONNECT_TIMEOUT:?}"
         ))),
     }
 }
 
 /// Creates the database named in `url` if it does not exist (connecting to the
-/// `postgres` maintenance database of the same server to do so).
+/// `postgres` maintenance database of the same server, with the same options and TLS
+/// mode, to do so).
 pub async fn ensure_database(url: &str) -> Result<(), DbError> {
-    let (server, name) = split_database(url)
-        .ok_or_else(|| DbError::Unavailable(format!("DATABASE_URL {url:?} names no database")))?;
-    let mut admin = connect(&format!("{server}/postgres")).await?;
+    let (admin_url, name) = split_database(url)
+        .ok_or_else(|| DbError::Unavailable("DATABASE_URL names no database".into()))?;
+    let mut admin = connect(&admin_url).await?;
     if !database_exists(&mut admin, &name).await? {
         let quoted = name.replace('"', "\"\"");
         match diesel::sql_query(format!("CREATE DATABASE \"{quoted}\""))
@@ -184,12 +199,23 @@ async fn database_exists(admin: &mut AsyncPgConnection, name: &str) -> Result<bo
     Ok(found.exists)
 }
 
-/// Splits `postgres://user@host:port/db?opts` into (`postgres://user@host:port`, `db`).
+/// Splits `postgres://user@host:port/db?opts` into the same URL naming the maintenance
+/// database (`postgres://user@host:port/postgres?opts`) and `db`.
 fn split_database(url: &str) -> Option<(String, String)> {
     let (scheme, rest) = url.split_once("://")?;
     let (authority, path) = rest.split_once('/')?;
-    let name = path.split('?').next()?.to_owned();
-    (!name.is_empty()).then(|| (format!("{scheme}://{authority}"), name))
+    let (name, query) = path.split_once('?').unwrap_or((path, ""));
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    (!name.is_empty()).then(|| {
+        (
+            format!("{scheme}://{authority}/postgres{query}"),
+            name.to_owned(),
+        )
+    })
 }
 
 /// The same database URL with `search_path` set to `schema`, so that every table lives
@@ -241,8 +267,15 @@ mod tests {
     #[test]
     fn splits_database_urls() {
         assert_eq!(
-            split_database("postgres://u:p@h:5432/db?options=-c%20search_path%3Dx"),
-            Some(("postgres://u:p@h:5432".into(), "db".into()))
+            split_database("postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=ca.pem"),
+            Some((
+                "postgres://u:p@h:5432/postgres?sslmode=verify-full&sslrootcert=ca.pem".into(),
+                "db".into()
+            ))
+        );
+        assert_eq!(
+            split_database("postgres://u:p@h:5432/db"),
+            Some(("postgres://u:p@h:5432/postgres".into(), "db".into()))
         );
         assert_eq!(split_database("postgres://h"), None);
         assert_eq!(split_database("postgres://h/"), None);

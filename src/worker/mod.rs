@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,8 +35,10 @@ use crate::janitor::{Janitor, JanitorConfig};
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Broker URL.
-    pub amqp_url: String,
+    /// Broker URL (may carry a password).
+    pub amqp_url: SecretString,
+    /// TLS files for `amqps://`.
+    pub amqp_tls: broker::tls::AmqpTls,
     /// Queue names and tiers.
     pub topology: Arc<Topology>,
     /// Orders decided at once.
@@ -57,6 +60,7 @@ impl WorkerConfig {
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
         Self {
             amqp_url: settings.amqp_url.clone(),
+            amqp_tls: settings.amqp_tls.clone(),
             topology: Arc::new(settings.topology.clone()),
             concurrency: settings.concurrency,
             prefetch: settings.prefetch,
@@ -166,7 +170,12 @@ impl Worker {
         shutdown: &CancellationToken,
         consumed: &mut bool,
     ) -> Result<(), BrokerError> {
-        let connection = broker::connect(&self.config.amqp_url, "order-closer worker").await?;
+        let connection = broker::connect_with(
+            self.config.amqp_url.expose_secret(),
+            &self.config.amqp_tls,
+            "order-closer worker",
+        )
+        .await?;
         let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
         self.config.topology.declare(publisher.channel()).await?;
 

@@ -2,9 +2,12 @@
 //! gateway simulator and keys, and cleans them up. Tests therefore run in parallel.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod gateway;
+pub mod pg_node;
 pub mod rabbit_node;
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -117,7 +120,7 @@ impl TestEnv {
         let pool = db::pool(&database_url, settings.db_pool_size).expect("pool");
 
         let topology = Arc::new(settings.topology.clone());
-        let (connection, publisher) = declared(&settings.amqp_url, &topology).await;
+        let (connection, publisher) = declared(settings.amqp_url.expose_secret(), &topology).await;
 
         let app_key = AppPrivateKey::generate().expect("app key");
         let app_key_pem = app_key.to_pkcs8_pem();
@@ -132,7 +135,7 @@ impl TestEnv {
         let sim_url = running.base_url();
         let sim_public_pem = running.public_key().to_spki_pem();
         settings.alipay.gateway_url = sim_url.clone();
-        settings.alipay.app_private_key = Some(app_key_pem.clone());
+        settings.alipay.app_private_key = Some(app_key_pem.clone().into());
         settings.alipay.alipay_public_key = Some(sim_public_pem.clone());
         let alipay = settings.alipay_config().expect("alipay config");
         let buyers = BuyerClient::new(sim_url.clone()).expect("buyer client");
@@ -344,7 +347,10 @@ impl TestEnv {
         std::fs::write(&public, &self.sim_public_pem).unwrap();
         vec![
             ("DATABASE_URL".into(), self.database_url.clone()),
-            ("AMQP_URL".into(), self.settings.amqp_url.clone()),
+            (
+                "AMQP_URL".into(),
+                self.settings.amqp_url.expose_secret().to_owned(),
+            ),
             (
                 "ORDER_CLOSER_QUEUE_PREFIX".into(),
                 self.topology.prefix().into(),
@@ -371,7 +377,7 @@ impl TestEnv {
 
     /// Replaces the broker connection (after a broker restart killed it).
     pub async fn reconnect(&mut self) {
-        self.connection = broker::connect(&self.settings.amqp_url, "test")
+        self.connection = broker::connect(self.settings.amqp_url.expose_secret(), "test")
             .await
             .expect("broker");
         self.publisher = Publisher::open(&self.connection, self.topology.clone())
@@ -414,7 +420,7 @@ impl Drop for TestEnv {
         }
         let schema = self.schema.clone();
         let topology = self.topology.clone();
-        let amqp_url = self.settings.amqp_url.clone();
+        let amqp_url = self.settings.amqp_url.expose_secret().to_owned();
         let cleaner = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -33,6 +33,30 @@ impl RabbitNode {
     /// Starts a node; `advanced_config` is an Erlang term list for `advanced.config`
     /// (`[]` for none). Blocks until the node accepts AMQP connections (about 10 s).
     pub fn start(advanced_config: &str) -> Self {
+        Self::start_with(advanced_config, |port| {
+            format!("listeners.tcp.default = 127.0.0.1:{port}\n")
+        })
+    }
+
+    /// Starts a node whose only listener is TLS on `port`, with the server certificate
+    /// and key and the CA (PEM files), requiring a client certificate signed by that CA.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Self {
+        let (ca, cert, key) = (ca.display(), cert.display(), key.display());
+        Self::start_with("[]", |port| {
+            format!(
+                "listeners.tcp = none\n\
+                 listeners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = true\n"
+            )
+        })
+    }
+
+    /// Starts a node whose listeners `listeners(port)` writes in `rabbitmq.conf`.
+    fn start_with(advanced_config: &str, listeners: impl Fn(u16) -> String) -> Self {
         assert!(
             Path::new(BIN).join("rabbitmq-server").exists(),
             "{BIN}/rabbitmq-server is missing: install the rabbitmq-server package (scripts/services.sh does)"
@@ -53,7 +77,7 @@ impl RabbitNode {
         let port = spare_port();
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"),
+            format!("{}loopback_users = none\n", listeners(port)),
         )
         .expect("rabbitmq.conf");
         std::fs::write(dir.join("advanced.config"), format!("{advanced_config}.\n"))

@@ -30,6 +30,7 @@ mod stats;
 mod sustained;
 mod worker_proc;
 
+use secrecy::ExposeSecret;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -459,7 +460,7 @@ const BENCH_POOL: usize = 64;
 impl BenchEnv {
     async fn open(settings: &Settings, tag: &str, plan: &Plan) -> anyhow::Result<Self> {
         let schema = format!("bench_{tag}");
-        let base_url = settings.database_url.clone();
+        let base_url = settings.database_url.expose_secret().to_owned();
         db::ensure_database(&base_url)
             .await
             .context("reaching PostgreSQL (is it running? see DATABASE_URL)")?;
@@ -483,9 +484,13 @@ impl BenchEnv {
                 .await
                 .context("migrating the bench schema")?;
             let pool = db::pool(&database_url, BENCH_POOL)?;
-            let connection = broker::connect(&settings.amqp_url, "order-closer bench")
-                .await
-                .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
+            let connection = broker::connect_with(
+                settings.amqp_url.expose_secret(),
+                &settings.amqp_tls,
+                "order-closer bench",
+            )
+            .await
+            .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
             let publisher = Publisher::open(&connection, topology.clone()).await?;
             topology.declare(publisher.channel()).await?;
             let app_key = tokio::task::spawn_blocking(AppPrivateKey::generate)
@@ -511,7 +516,7 @@ impl BenchEnv {
             };
             let mut worker_env: Vec<(String, String)> = [
                 ("DATABASE_URL", database_url.clone()),
-                ("AMQP_URL", settings.amqp_url.clone()),
+                ("AMQP_URL", settings.amqp_url.expose_secret().to_owned()),
                 ("ORDER_CLOSER_QUEUE_PREFIX", topology.prefix().to_owned()),
                 ("ORDER_CLOSER_QUEUE_TYPE", queue_type.to_owned()),
                 ("ORDER_CLOSER_OUTBOX_INTERVAL", "100ms".to_owned()),
@@ -547,7 +552,12 @@ impl BenchEnv {
             }),
             Err(e) => {
                 // Undo what was made before the failure.
-                if let Ok(connection) = broker::connect(&settings.amqp_url, "bench cleanup").await
+                if let Ok(connection) = broker::connect_with(
+                    settings.amqp_url.expose_secret(),
+                    &settings.amqp_tls,
+                    "bench cleanup",
+                )
+                .await
                     && let Ok(channel) = connection.create_channel().await
                 {
                     let _ = topology.delete(&channel).await;

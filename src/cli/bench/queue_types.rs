@@ -8,6 +8,7 @@ use lapin::uri::AMQPUri;
 use order_closer::broker::topology::{QueueType, Topology};
 use order_closer::config::Settings;
 use rand::Rng;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::pipeline::{self, BatchResult};
@@ -51,7 +52,7 @@ pub async fn run(
     let env = BenchEnv::open(&settings, &tag, plan)
         .await
         .with_context(|| format!("preparing the {} run", name(queue_type)))?;
-    let broker = broker_pid(&settings.amqp_url);
+    let broker = broker_pid(settings.amqp_url.expose_secret());
     let before = broker.and_then(worker_proc::cpu_seconds);
     let result = pipeline::run(&env, plan, create_rate_hint).await;
     let after = broker.and_then(worker_proc::cpu_seconds);

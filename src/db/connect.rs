@@ -1,0 +1,305 @@
+//! Opening a Postgres connection the way libpq would read the same URL, TLS included.
+//!
+//! diesel-async's own set-up connects without TLS; here the URL's `sslmode` (`disable`,
+//! `allow`, `prefer` (the default, as in libpq), `require`, `verify-ca`, `verify-full`)
+//! and `sslrootcert` (a PEM file, or `system`) choose a rustls connector, tokio-postgres
+//! opens the connection, and diesel-async is handed the result. As in libpq, `require`
+//! with a CA file checks the chain like `verify-ca`; unlike libpq, `verify-*` without a CA
+//! file trusts the system's store (libpq's `sslrootcert=system`) instead of failing, which
+//! is what managed offerings with public certificates need.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use diesel_async::AsyncPgConnection;
+use tokio_postgres::config::{Host, SslMode as WireMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::DbError;
+use crate::tls::{self, Verify};
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain text only.
+    Disable,
+    /// Plain text, TLS if the server insists.
+    Allow,
+    /// TLS if the server offers it, no certificate check (the default).
+    Prefer,
+    /// TLS or nothing; no certificate check unless a CA file is named.
+    Require,
+    /// TLS, the chain checked against the CA.
+    VerifyCa,
+    /// TLS, the chain and the host name checked.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The values, as written in a URL.
+    pub const NAMES: [&'static str; 6] = [
+        "disable",
+        "allow",
+        "prefer",
+        "require",
+        "verify-ca",
+        "verify-full",
+    ];
+}
+
+impl FromStr for SslMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "disable" => Self::Disable,
+            "allow" => Self::Allow,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other:?} is not one of {}",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = *self as usize;
+        f.write_str(Self::NAMES[i])
+    }
+}
+
+/// A parsed database URL: where to connect and how.
+#[derive(Clone)]
+pub struct Target {
+    config: tokio_postgres::Config,
+    mode: SslMode,
+    /// The rustls set-up (`None` for `disable`).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// `host:port/database sslmode=…`, for messages (no user, no password).
+    shown: String,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl Target {
+    /// Reads a `postgres://` URL; the CA file named by `sslrootcert` is read now, so that a
+    /// missing file fails at start-up.
+    pub fn parse(url: &str) -> Result<Self, DbError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut mode = SslMode::Prefer;
+        let mut root: Option<String> = None;
+        let mut kept = Vec::new();
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let decoded = || {
+                form_urlencoded_value(value).ok_or_else(|| {
+                    DbError::Unavailable(format!("DATABASE_URL: {key} is not valid UTF-8"))
+                })
+            };
+            match key {
+                "sslmode" => {
+                    mode = decoded()?
+                        .parse()
+                        .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?;
+                }
+                "sslrootcert" => root = Some(decoded()?),
+                "sslcert" | "sslkey" | "sslpassword" => {
+                    return Err(DbError::Unavailable(format!(
+                        "DATABASE_URL: {key} (a client certificate for Postgres) is not supported"
+                    )));
+                }
+                _ => kept.push(part),
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        let mut config = tokio_postgres::Config::from_str(&rest)
+            .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?;
+        let ca_pem = match root.as_deref() {
+            None | Some("system") => None,
+            Some(path) => Some(
+                tls::read_ca_pem(Path::new(path))
+                    .map_err(|e| DbError::Unavailable(format!("DATABASE_URL sslrootcert: {e}")))?,
+            ),
+        };
+        let verify = match mode {
+            SslMode::Disable | SslMode::Allow | SslMode::Prefer => Verify::Nothing,
+            SslMode::Require if ca_pem.is_some() => Verify::Chain,
+            SslMode::Require => Verify::Nothing,
+            SslMode::VerifyCa => Verify::Chain,
+            SslMode::VerifyFull => Verify::ChainAndName,
+        };
+        let tls = match mode {
+            SslMode::Disable => None,
+            _ => Some(Arc::new(
+                tls::client_config(verify, ca_pem.as_deref())
+                    .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?,
+            )),
+        };
+        config.ssl_mode(match mode {
+            SslMode::Disable | SslMode::Allow => WireMode::Disable,
+            SslMode::Prefer => WireMode::Prefer,
+            _ => WireMode::Require,
+        });
+        let shown = format!("postgres {} sslmode={mode}", describe(&config));
+        Ok(Self {
+            config,
+            mode,
+            tls,
+            shown,
+        })
+    }
+
+    /// The TLS mode in force.
+    pub fn mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// Opens one connection; the error names the server and the mode, never a password.
+    pub async fn connect(&self) -> Result<AsyncPgConnection, String> {
+        let first = match &self.tls {
+            Some(tls) if self.mode != SslMode::Allow => Self::tls_on(&self.config, tls).await,
+            _ => Self::plain(&self.config).await,
+        };
+        let result = match (first, &self.tls) {
+            // `allow`: the server refused plain text, so try again with TLS.
+            (Err(plain), Some(tls)) if self.mode == SslMode::Allow => {
+                let mut config = self.config.clone();
+                config.ssl_mode(WireMode::Require);
+                Self::tls_on(&config, tls)
+                    .await
+                    .map_err(|e| format!("{plain}; then over TLS: {e}"))
+            }
+            (other, _) => other,
+        };
+        result.map_err(|e| format!("{}: {e}", self.shown))
+    }
+
+    async fn plain(config: &tokio_postgres::Config) -> Result<AsyncPgConnection, String> {
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| with_causes(&e))?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn tls_on(
+        config: &tokio_postgres::Config,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<AsyncPgConnection, String> {
+        let connector = MakeRustlsConnect::new((**tls).clone());
+        let (client, connection) = config
+            .connect(connector)
+            .await
+            .map_err(|e| with_causes(&e))?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An error with its causes (tokio-postgres shows a server's refusal as "db error" and
+/// keeps the server's message in the cause).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// `host:port/database` of a configuration.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("{host}:{port}/{db}")
+}
+
+/// A percent-encoded query value, decoded.
+fn form_urlencoded_value(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_options_are_read_like_libpq() {
+        let t = Target::parse("postgres://u:p@h:5433/db").unwrap();
+        assert_eq!(t.mode(), SslMode::Prefer);
+        assert_eq!(format!("{t:?}"), "postgres h:5433/db sslmode=prefer");
+        for name in SslMode::NAMES {
+            let t = Target::parse(&format!(
+                "postgres://u:p@h/db?options=-c%20search_path%3Dx&sslmode={name}"
+            ))
+            .unwrap();
+            assert_eq!(t.mode().to_string(), name);
+            assert_eq!(t.tls.is_some(), name != "disable");
+        }
+        let err = Target::parse("postgres://u:SeCrEt@h/db?sslmode=bogus").unwrap_err();
+        assert!(err.to_string().contains("sslmode"), "{err}");
+        assert!(!err.to_string().contains("SeCrEt"), "{err}");
+        let err = Target::parse("postgres://h/db?sslmode=require&sslrootcert=%2Fno%2Fsuch.pem")
+            .unwrap_err();
+        assert!(err.to_string().contains("/no/such.pem"), "{err}");
+        let err = Target::parse("postgres://h/db?sslcert=c.pem").unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            form_urlencoded_value("%2Ftmp%2Fca.pem").unwrap(),
+            "/tmp/ca.pem"
+        );
+        assert_eq!(form_urlencoded_value("a%2").unwrap(), "a%2");
+        assert_eq!(form_urlencoded_value("plain").unwrap(), "plain");
+    }
+}
