@@ -116,6 +116,8 @@ impl RabbitNode {
         let mut command = Command::new(Path::new(BIN).join(program));
         command
             .env("HOME", self.dir.join("home"))
+            // An Erlang VM that dies writes its dump beside the node, not in the checkout.
+            .env("ERL_CRASH_DUMP", self.dir.join("erl_crash.dump"))
             .env("RABBITMQ_NODENAME", &self.name);
         command
     }
