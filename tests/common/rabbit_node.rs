@@ -127,7 +127,8 @@ impl RabbitNode {
     fn watch_this_process(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 2; done; \
-             HOME={home} {bin}/rabbitmqctl -n {name} stop >/dev/null 2>&1; rm -rf {dir}",
+             [ -d {dir} ] && cd {dir} && HOME={home} {bin}/rabbitmqctl -n {name} stop >/dev/null 2>&1; \
+             rm -rf {dir}",
             pid = std::process::id(),
             home = self.dir.join("home").display(),
             bin = BIN,
