@@ -49,6 +49,15 @@ impl Limits {
         max_header_bytes: 16 * 1024,
     };
 
+    /// For the notify endpoint, facing the internet: many gateway connections, each
+    /// quick; a slow client is cut off rather than waited for.
+    pub const PUBLIC: Self = Self {
+        max_connections: 1024,
+        header_read_timeout: Duration::from_secs(5),
+        connection_lifetime: Duration::from_secs(30),
+        max_header_bytes: 16 * 1024,
+    };
+
     /// For the gateway simulator: many workers' and buyers' connections at once (the
     /// benchmark keeps over a thousand requests in flight).
     pub const SIMULATOR: Self = Self {

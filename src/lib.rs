@@ -51,6 +51,8 @@ pub mod janitor;
 #[cfg(feature = "worker")]
 pub mod metrics;
 #[cfg(feature = "worker")]
+pub mod notify;
+#[cfg(feature = "worker")]
 pub mod reconcile;
 #[cfg(feature = "worker")]
 pub mod relay;

@@ -7,7 +7,10 @@
 //! `order_closer_in_flight`, `order_closer_forwarded_total`,
 //! `order_closer_redriven_total{verdict}` (orders the janitor found overdue and re-drove: a
 //! healthy system keeps it at 0), `order_closer_janitor_passes_total{result}`,
-//! `order_closer_anomalies_total{kind}`, `order_closer_broker_consuming`.
+//! `order_closer_anomalies_total{kind}`, `order_closer_broker_consuming`,
+//! `order_closer_notifications_total{outcome}`, `order_closer_payment_to_paid_seconds`
+//! (from the payment at the gateway to our commit, for payments learnt from a
+//! notification).
 //!
 //! The counters alerts watch start at 0 for their known labels: Prometheus's `increase()`
 //! cannot see the first increment of a series that appears at 1.
@@ -97,6 +100,8 @@ pub struct Metrics {
     redriven: Family<VerdictLabel, Counter>,
     janitor_passes: Family<PassLabel, Counter>,
     anomalies: Family<KindLabel, Counter>,
+    notifications: Family<OutcomeLabel, Counter>,
+    payment_to_paid: Histogram,
     /// 1 while the worker's broker session consumes the close queue (set by the worker).
     pub consuming: Gauge,
     /// Outbox rows waiting to be published (set by the relay).
@@ -173,6 +178,19 @@ impl Default for Metrics {
             "Anomalies recorded by this process, by kind (money and orders disagree)",
             anomalies.clone(),
         );
+        let notifications = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "notifications",
+            "Payment notifications by outcome",
+            notifications.clone(),
+        );
+        // 5 ms .. ~80 s (a notification's `gmt_payment` has whole seconds).
+        let payment_to_paid = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        registry.register(
+            "payment_to_paid_seconds",
+            "From the payment at the gateway to our PAID commit, for payments learnt from a notification",
+            payment_to_paid.clone(),
+        );
         let consuming = Gauge::default();
         registry.register(
             "broker_consuming",
@@ -200,6 +218,8 @@ impl Default for Metrics {
             redriven,
             janitor_passes,
             anomalies,
+            notifications,
+            payment_to_paid,
             consuming,
             outbox_backlog,
             in_flight,
@@ -230,11 +250,30 @@ impl Default for Metrics {
                 kind: kind.to_owned(),
             });
         }
+        for outcome in crate::notify::NotifyOutcome::ALL {
+            let _ = metrics.notifications.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str().to_owned(),
+            });
+        }
         metrics
     }
 }
 
 impl Metrics {
+    /// Counts a payment notification by outcome.
+    pub fn notification(&self, outcome: crate::notify::NotifyOutcome) {
+        self.notifications
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the time from a payment at the gateway to our commit.
+    pub fn payment_to_paid(&self, elapsed: Duration) {
+        self.payment_to_paid.observe(elapsed.as_secs_f64());
+    }
+
     /// Counts a decision outcome.
     pub fn decision(&self, outcome: &str) {
         self.decisions

@@ -180,6 +180,8 @@ async fn the_demo_passes_its_own_check() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("CHECK PASSED"), "{stdout}");
     assert!(stdout.contains("lateness p99"), "{stdout}");
+    assert!(stdout.contains("payment to PAID p50 / p99"), "{stdout}");
+    assert!(stdout.contains("pays, callback delivered"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }
@@ -249,6 +251,17 @@ async fn unusable_values_fail_at_start_up_naming_them() {
             "ORDER_CLOSER_OUTBOX_GRACE",
         ),
         (with("RUST_LOG", "info,,=x[y"), "migrate", "RUST_LOG"),
+        (
+            with("ALIPAY_APP_PRIVATE_KEY", "/dev/zero"),
+            "notify",
+            "not a regular file",
+        ),
+        (vars.clone(), "notify --listen nonsense", "--listen"),
+        (
+            with("ORDER_CLOSER_HTTP_LISTEN", "off"),
+            "notify --listen 192.0.2.1:1",
+            "cannot listen on 192.0.2.1:1",
+        ),
         (
             vars.clone(),
             "reconcile bill --date 2026-11-01 --file /dev/zero",

@@ -237,6 +237,7 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
         app_id: settings_app_id.into(),
         app_public_key: app_key.public_key().clone(),
         sim_private_key: None,
+        notify: order_closer::sim::NotifyPlan::default(),
     })
     .await
     .expect("simulator");

@@ -2,8 +2,9 @@
 //!
 //! Starts the gateway simulator in process, migrates, creates a few hundred orders with
 //! short deadlines, lets simulated buyers act (never scan; scan and leave; pay before the
-//! deadline with the callback lost; pay during the close), runs the worker, and checks
-//! that every order's final state agrees with the simulator.
+//! deadline with the payment notification delivered, or lost; pay during the close),
+//! runs the worker and the notify endpoint, and checks that every order's final state
+//! agrees with the simulator.
 
 use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ use order_closer::db::{self, DbPool};
 use order_closer::decide::{Decider, Gateways};
 use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{self, BuyerClient, FaultPlan, SimTradeStatus};
+use order_closer::sim::{self, BuyerClient, FaultPlan, NotifyPlan, SimTradeStatus};
 use order_closer::worker::{Worker, WorkerConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +67,9 @@ enum Buyer {
     NeverScans,
     /// Scans, then walks away: a waiting trade that we must close at the gateway.
     ScansAndLeaves,
-    /// Pays before the deadline, but the payment callback is lost.
+    /// Pays before the deadline; the payment notification arrives at once.
+    PaysCallbackDelivered,
+    /// Pays before the deadline, but the payment notification is lost.
     PaysCallbackLost,
     /// Starts paying exactly while we close: the close is refused, the order is paid.
     PaysDuringClose,
@@ -75,9 +78,10 @@ enum Buyer {
 impl Buyer {
     fn pick(i: u32) -> Self {
         match i % 20 {
-            0..=4 => Self::NeverScans,
-            5..=10 => Self::ScansAndLeaves,
-            11..=16 => Self::PaysCallbackLost,
+            0..=3 => Self::NeverScans,
+            4..=7 => Self::ScansAndLeaves,
+            8..=12 => Self::PaysCallbackDelivered,
+            13..=16 => Self::PaysCallbackLost,
             _ => Self::PaysDuringClose,
         }
     }
@@ -85,7 +89,9 @@ impl Buyer {
     fn expected(self) -> OrderStatus {
         match self {
             Self::NeverScans | Self::ScansAndLeaves => OrderStatus::Closed,
-            Self::PaysCallbackLost | Self::PaysDuringClose => OrderStatus::Paid,
+            Self::PaysCallbackDelivered | Self::PaysCallbackLost | Self::PaysDuringClose => {
+                OrderStatus::Paid
+            }
         }
     }
 
@@ -93,6 +99,7 @@ impl Buyer {
         match self {
             Self::NeverScans => "never scans",
             Self::ScansAndLeaves => "scans and leaves",
+            Self::PaysCallbackDelivered => "pays, callback delivered",
             Self::PaysCallbackLost => "pays, callback lost",
             Self::PaysDuringClose => "pays during the close",
         }
@@ -144,18 +151,8 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     topology.declare(publisher.channel()).await?;
 
     // The gateway simulator, and a client that trusts it.
-    let app_key = AppPrivateKey::generate()?;
+    let app_key = Arc::new(AppPrivateKey::generate()?);
     let running = sim::start_local(&settings.alipay.app_id, &app_key).await?;
-    let gateways = Gateways::alipay(
-        AlipayConfig {
-            gateway_url: running.base_url(),
-            app_id: settings.alipay.app_id.clone(),
-            app_private_key: Arc::new(app_key),
-            alipay_public_key: Arc::new(running.public_key().clone()),
-            timeout: settings.alipay.timeout,
-        },
-        settings.alipay.rate_limit,
-    )?;
     running
         .state()
         .set_faults(FaultPlan {
@@ -165,6 +162,38 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         })
         .map_err(|e| anyhow::anyhow!("--fault-rate: {e}"))?;
     let buyers = BuyerClient::new(running.base_url())?;
+    let alipay = AlipayConfig {
+        gateway_url: running.base_url(),
+        app_id: settings.alipay.app_id.clone(),
+        app_private_key: Arc::clone(&app_key),
+        alipay_public_key: Arc::new(running.public_key().clone()),
+        timeout: settings.alipay.timeout,
+    };
+    let gateways = Gateways::alipay(alipay.clone(), settings.alipay.rate_limit)?;
+
+    // The notify endpoint, in process, and the simulator's notifications sent to it
+    // (resends a hundred times faster than Alipay's).
+    let notify_stop = CancellationToken::new();
+    let notifier = Arc::new(super::notify::notifier(
+        alipay,
+        &settings,
+        pool.clone(),
+        &format!("notify:demo-{run_id}"),
+    )?);
+    let notify_addr = order_closer::notify::http::serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        Arc::clone(&notifier),
+        notify_stop.clone(),
+    )
+    .await
+    .context("starting the notify endpoint")?;
+    running
+        .notifier()
+        .set_plan(NotifyPlan::to(
+            format!("http://{notify_addr}/notify/alipay"),
+            0.01,
+        ))
+        .map_err(|e| anyhow::anyhow!("notify plan: {e}"))?;
 
     // The worker, in process.
     let decider = Decider::new(
@@ -217,6 +246,8 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     db::outbox::wait_drained(&pool, Duration::from_secs(15)).await;
     stop.cancel();
     let _ = worker.await;
+    notify_stop.cancel();
+    let notifications = running.notifier().stats();
 
     let report = report(&pool, &plan, &buyers).await?;
     let events = drain_events(publisher.channel(), &topology.events_audit_queue()).await?;
@@ -230,6 +261,10 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     running.shutdown().await;
 
     println!("{}", report.table);
+    println!(
+        "notifications received    {} ({} answered success, {} lost on purpose)",
+        notifications.sends, notifications.acknowledged, notifications.dropped
+    );
     let unique: std::collections::BTreeSet<&str> = events.iter().map(String::as_str).collect();
     let duplicates = events.len() - unique.len();
     println!(
@@ -280,11 +315,17 @@ async fn act(
             tokio::time::sleep(before_deadline(moment * 0.7)).await;
             buyers.scan_before(no, amount, deadline).await?;
         }
-        Buyer::PaysCallbackLost => {
+        Buyer::PaysCallbackDelivered => {
             tokio::time::sleep(before_deadline(moment * 0.5)).await;
             buyers.scan_before(no, amount, deadline).await?;
             tokio::time::sleep(before_deadline(0.2)).await;
             buyers.pay(no).await?;
+        }
+        Buyer::PaysCallbackLost => {
+            tokio::time::sleep(before_deadline(moment * 0.5)).await;
+            buyers.scan_before(no, amount, deadline).await?;
+            tokio::time::sleep(before_deadline(0.2)).await;
+            buyers.pay_losing_notification(no).await?;
         }
         Buyer::PaysDuringClose => {
             buyers.scan_before(no, amount, deadline).await?;
@@ -361,18 +402,20 @@ async fn report(
         .select(Order::as_select())
         .load(&mut conn)
         .await?;
-    let history: Vec<(i64, String, chrono::DateTime<Utc>)> = decisions::table
+    let history: Vec<(i64, String, chrono::DateTime<Utc>, String)> = decisions::table
         .filter(decisions::order_id.eq_any(&ids))
         .select((
             decisions::order_id,
             decisions::outcome,
             decisions::decided_at,
+            decisions::actor,
         ))
         .load(&mut conn)
         .await?;
     let by_id: BTreeMap<i64, &Order> = rows.iter().map(|o| (o.id, o)).collect();
 
     let mut problems = Vec::new();
+    let mut trades = BTreeMap::new();
     let mut by_buyer: BTreeMap<Buyer, (u32, u32)> = BTreeMap::new();
     for (no, (buyer, id)) in plan {
         let Some(order) = by_id.get(id) else {
@@ -380,6 +423,7 @@ async fn report(
             continue;
         };
         let trade = buyers.trade(no).await?;
+        trades.insert(no.clone(), trade.clone());
         let gateway_says = match trade.as_ref().map(|t| t.status) {
             None | Some(SimTradeStatus::TradeClosed) => OrderStatus::Closed,
             Some(SimTradeStatus::TradeSuccess) => OrderStatus::Paid,
@@ -403,25 +447,43 @@ async fn report(
     let count = |status: OrderStatus| rows.iter().filter(|o| o.status() == status).count();
     let retries = history
         .iter()
-        .filter(|(_, outcome, _)| outcome == "retry")
+        .filter(|(_, outcome, _, _)| outcome == "retry")
         .count();
     let parked = history
         .iter()
-        .filter(|(_, outcome, _)| outcome == "parked")
+        .filter(|(_, outcome, _, _)| outcome == "parked")
         .count();
+    let settling = |outcome: &str| outcome == "closed" || outcome == "paid";
+    let decided = history.iter().filter(|(_, o, _, _)| settling(o)).count() as u64;
+    // Lateness of the deadline decisions (a payment learnt from its notification is
+    // decided before the deadline, on its own clock: payment to PAID).
     let mut lateness_ms: Vec<i64> = history
         .iter()
-        .filter(|(_, outcome, _)| outcome == "closed" || outcome == "paid")
-        .filter_map(|(id, _, at)| by_id.get(id).map(|o| (*at - o.deadline).num_milliseconds()))
+        .filter(|(_, outcome, _, actor)| settling(outcome) && !actor.starts_with("notify"))
+        .filter_map(|(id, _, at, _)| by_id.get(id).map(|o| (*at - o.deadline).num_milliseconds()))
         .collect();
     lateness_ms.sort_unstable();
-    let decided = lateness_ms.len() as u64;
-    let pct = |p: f64| -> String {
-        if lateness_ms.is_empty() {
+    let mut payment_to_paid_ms = Vec::new();
+    for (id, outcome, at, actor) in &history {
+        if outcome != "paid" || !actor.starts_with("notify") {
+            continue;
+        }
+        let Some(order) = by_id.get(id) else { continue };
+        if let Some(paid_at) = trades
+            .get(&order.out_trade_no)
+            .and_then(|t| t.as_ref())
+            .and_then(|t| t.paid_at)
+        {
+            payment_to_paid_ms.push((*at - paid_at).num_milliseconds());
+        }
+    }
+    payment_to_paid_ms.sort_unstable();
+    let pct = |values: &[i64], p: f64| -> String {
+        if values.is_empty() {
             return "-".into();
         }
-        let idx = ((lateness_ms.len() as f64 - 1.0) * p).round() as usize;
-        format!("{} ms", lateness_ms[idx.min(lateness_ms.len() - 1)])
+        let idx = ((values.len() as f64 - 1.0) * p).round() as usize;
+        format!("{} ms", values[idx.min(values.len() - 1)])
     };
 
     let mut table = String::new();
@@ -443,11 +505,26 @@ async fn report(
     ));
     table.push_str(&format!("retries                   {retries}\n"));
     table.push_str(&format!("parked                    {parked}\n"));
-    table.push_str(&format!("lateness p50              {}\n", pct(0.50)));
-    table.push_str(&format!("lateness p99              {}\n", pct(0.99)));
+    table.push_str(&format!(
+        "lateness p50              {}\n",
+        pct(&lateness_ms, 0.50)
+    ));
+    table.push_str(&format!(
+        "lateness p99              {}\n",
+        pct(&lateness_ms, 0.99)
+    ));
     table.push_str(&format!(
         "lateness max              {}",
         lateness_ms.last().map_or("-".into(), |m| format!("{m} ms"))
+    ));
+    table.push_str(&format!(
+        "\npaid by notification      {}\n",
+        payment_to_paid_ms.len()
+    ));
+    table.push_str(&format!(
+        "payment to PAID p50 / p99 {} / {}",
+        pct(&payment_to_paid_ms, 0.50),
+        pct(&payment_to_paid_ms, 0.99)
     ));
     Ok(Report {
         table,

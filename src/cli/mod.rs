@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod keygen;
+mod notify;
 mod orders;
 mod reconcile;
 mod sim;
@@ -33,6 +34,8 @@ enum Command {
     Migrate,
     /// Consume the close queue and decide orders (runs the outbox relay too).
     Worker(worker::WorkerArgs),
+    /// Serve the gateways' payment notifications (POST /notify/{channel}).
+    Notify(notify::NotifyArgs),
     /// Run the Alipay gateway simulator.
     GatewaySim(sim::SimArgs),
     /// Generate an RSA-2048 application key pair (PEM files).
@@ -66,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(args) => worker::run(settings, args).await,
+        Command::Notify(args) => notify::run(settings, args).await,
         Command::GatewaySim(args) => sim::run(args).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Orders(cmd) => orders::run(settings, cmd).await,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use order_closer::config::{DEFAULT_APP_ID, key_material};
 use order_closer::gateway::alipay::{AppPrivateKey, RsaPublicKey};
-use order_closer::sim::{self, FaultPlan, SimConfig};
+use order_closer::sim::{self, FaultPlan, NotifyPlan, SimConfig};
 use order_closer::worker::shutdown_on_signal;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -42,6 +42,14 @@ pub struct SimArgs {
     /// change it at run time with PUT /sim/faults.
     #[arg(long)]
     faults: Option<String>,
+    /// Send payment notifications here, as Alipay does (for example
+    /// http://127.0.0.1:8081/notify/alipay); change with PUT /sim/notify.
+    #[arg(long, env = "SIM_NOTIFY_URL")]
+    notify_url: Option<String>,
+    /// Multiplies Alipay's resend intervals (4m, 10m, 10m, 1h, 2h, 6h, 15h); 0.01 runs
+    /// them a hundred times faster.
+    #[arg(long, default_value_t = 1.0)]
+    notify_time_factor: f64,
 }
 
 /// A secret flag value: held so that no `Debug` or error prints it.
@@ -73,6 +81,11 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         app_id: args.app_id,
         app_public_key,
         sim_private_key,
+        notify: NotifyPlan {
+            url: args.notify_url.clone(),
+            time_factor: args.notify_time_factor,
+            ..NotifyPlan::default()
+        },
     })
     .await?;
     if let Some(json) = &args.faults {

@@ -82,6 +82,9 @@ pub struct AlipaySettings {
     pub gateway_url: String,
     /// The merchant application id.
     pub app_id: String,
+    /// The merchant's Alipay partner id (`ALIPAY_SELLER_ID`); when set, a notification
+    /// must name it.
+    pub seller_id: Option<String>,
     /// The merchant private key (PEM, bare base64, or a file path), if set.
     pub app_private_key: Option<SecretString>,
     /// Alipay's public key (PEM, bare base64, or a file path), if set.
@@ -280,6 +283,7 @@ impl Settings {
         let alipay = AlipaySettings {
             gateway_url: gateway_url.trim_end_matches('/').to_owned(),
             app_id: string("ALIPAY_APP_ID", DEFAULT_APP_ID),
+            seller_id: var("ALIPAY_SELLER_ID").map(|v| v.trim().to_owned()),
             app_private_key: secret("ALIPAY_APP_PRIVATE_KEY", "ALIPAY_APP_PRIVATE_KEY_FILE")?
                 .map(SecretString::from),
             alipay_public_key: var("ALIPAY_PUBLIC_KEY"),

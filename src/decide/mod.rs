@@ -315,8 +315,16 @@ impl Decider {
                 paid_at,
                 mismatch,
             } => {
-                self.apply_paid(order, attempt, trade_no, paid_at, mismatch, answer)
-                    .await
+                self.apply_paid(
+                    order,
+                    attempt,
+                    trade_no,
+                    paid_at,
+                    mismatch,
+                    answer,
+                    Cause::Query,
+                )
+                .await
             }
             Action::Close(reason) => self.apply_closed(order, attempt, reason, answer).await,
             Action::Retry { code, detail } => match self.retry.after_failure(attempt.number) {
@@ -448,9 +456,10 @@ impl Decider {
         paid_at: Option<DateTime<Utc>>,
         mismatch: Option<decision::AmountMismatch>,
         answer: Option<String>,
+        cause: Cause,
     ) -> Result<Outcome, Unavailable> {
         let detail = match mismatch {
-            None => "paid at the gateway; the payment callback was missed".to_owned(),
+            None => cause.detail().to_owned(),
             Some(m) => format!(
                 "paid at the gateway with amount {} but the order says {}",
                 crate::money::format_minor(m.paid),
@@ -616,14 +625,16 @@ impl Decider {
         Ok(new)
     }
 
-    /// Decides a due NEW order on evidence gathered elsewhere (a bill row saying it was
-    /// paid) instead of a live query: the same decision table, the same guarded update,
-    /// audit row and event.
+    /// Decides a NEW order on evidence gathered elsewhere (a bill row, a verified payment
+    /// notification, a query a notification prompted) instead of the deadline's query:
+    /// the same decision table, the same guarded update, audit row and event. `source` is
+    /// the evidence as received, kept in the audit row.
     pub async fn apply_evidence(
         &self,
         order: &Order,
         evidence: &TradeState,
         source: &str,
+        cause: Cause,
         mode: Mode,
     ) -> Result<Outcome, Unavailable> {
         let action = decision::after_query(order, QueryStage::First, Ok(evidence));
@@ -651,6 +662,7 @@ impl Decider {
                     paid_at,
                     mismatch,
                     evidence,
+                    cause,
                 )
                 .await?
             }
@@ -664,6 +676,44 @@ impl Decider {
         };
         self.observe(&outcome);
         Ok(outcome)
+    }
+}
+
+impl Decider {
+    /// Asks the order's gateway about its trade (timed and counted like the worker's
+    /// queries); None when no gateway serves the order's channel.
+    pub async fn query_gateway(&self, order: &Order) -> Option<Result<QueryAnswer, GatewayError>> {
+        let gateway = self.gateways.get(&order.channel)?;
+        Some(
+            self.timed_query(gateway.as_ref(), &order.out_trade_no)
+                .await,
+        )
+    }
+}
+
+/// How a payment became known, for the decision's audit detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Our own query at the deadline (the notification never came or came too late).
+    Query,
+    /// A verified payment notification.
+    Notification,
+    /// Our query, prompted by a notification we could not trust by itself.
+    NotificationHint,
+    /// The gateway's daily bill.
+    Bill,
+}
+
+impl Cause {
+    fn detail(self) -> &'static str {
+        match self {
+            Self::Query => "paid at the gateway; the payment notification was missed",
+            Self::Notification => "paid: the gateway's verified payment notification",
+            Self::NotificationHint => {
+                "paid at the gateway: asked because of a notification that could not be trusted by itself"
+            }
+            Self::Bill => "paid at the gateway: found in its daily bill",
+        }
     }
 }
 

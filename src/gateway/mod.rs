@@ -2,6 +2,7 @@
 //! gateway failure is classified. Each gateway (Alipay first) implements [`Gateway`].
 
 pub mod alipay;
+pub mod notice;
 pub mod rate_limit;
 
 use async_trait::async_trait;

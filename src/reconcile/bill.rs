@@ -23,7 +23,7 @@ use super::Finding;
 use crate::bill::{Bill, BillRow, BillRowKind};
 use crate::db::schema::orders;
 use crate::db::{self};
-use crate::decide::{Decider, Mode, Outcome, Unavailable};
+use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
 use crate::gateway::TradeState;
 use crate::gateway::alipay::response::china;
 use crate::money::format_minor;
@@ -164,7 +164,7 @@ pub async fn reconcile(
                 );
                 let mode = if apply { Mode::Apply } else { Mode::DryRun };
                 let action = match decider
-                    .apply_evidence(order, &evidence, &source, mode)
+                    .apply_evidence(order, &evidence, &source, Cause::Bill, mode)
                     .await?
                 {
                     Outcome::Decided { .. } => "marked PAID".to_owned(),

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use thiserror::Error;
 
+use super::notifier::{NotifyPlan, NotifyStats};
 use super::state::{FailNext, FaultKind, FaultPlan, SimStats, SimTradeView};
 
 /// Why a buyer call failed.
@@ -181,6 +182,16 @@ impl BuyerClient {
         self.post_trade(out_trade_no, "pay", json!({})).await
     }
 
+    /// The buyer pays a scanned trade, and its payment notification is lost: only the
+    /// deadline's query can learn of the payment.
+    pub async fn pay_losing_notification(
+        &self,
+        out_trade_no: &str,
+    ) -> Result<SimTradeView, BuyerError> {
+        self.post_trade(out_trade_no, "pay", json!({ "lose_notification": true }))
+            .await
+    }
+
     /// The buyer scans (if needed) and pays in one step. A trade it creates never
     /// expires.
     pub async fn scan_and_pay(
@@ -290,6 +301,32 @@ impl BuyerClient {
             .send()
             .await?;
         Self::read(response).await
+    }
+
+    /// Replaces the notification plan (where notifications go, their faults); returns
+    /// the plan installed. An invalid plan is [`BuyerError::Rejected`] with status 400.
+    pub async fn set_notify(&self, plan: &NotifyPlan) -> Result<NotifyPlan, BuyerError> {
+        let url = self.url(&["notify"])?;
+        let body = serde_json::to_string(plan).map_err(|e| BuyerError::Decode(e.to_string()))?;
+        let response = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        Self::read(response).await
+    }
+
+    /// What the notifier did so far.
+    pub async fn notify_stats(&self) -> Result<NotifyStats, BuyerError> {
+        #[derive(serde::Deserialize)]
+        struct Status {
+            stats: NotifyStats,
+        }
+        let url = self.url(&["notify"])?;
+        let status: Status = Self::read(self.http.get(url).send().await?).await?;
+        Ok(status.stats)
     }
 
     /// Clears the fault plan and every pending `fail-next`: answers are normal again.

@@ -25,6 +25,7 @@
 //! the next download serve arbitrary bytes ([`BuyerClient::override_bill`]).
 
 pub mod buyer;
+pub mod notifier;
 mod server;
 pub mod state;
 
@@ -41,6 +42,9 @@ use tokio_util::sync::CancellationToken;
 use crate::gateway::alipay::{AppPrivateKey, KeyError, RsaPublicKey};
 
 pub use buyer::{BuyerClient, BuyerError};
+pub use notifier::{
+    NotifyPlan, NotifyStats, RESEND_SCHEDULE, SIM_SELLER_ID, SimNotifier, notification_form,
+};
 pub use state::{
     BILL_URL_METHOD, BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext,
     FaultDecision, FaultKind, FaultPlan, FaultPlanError, MAX_FAULT_MS, SIM_BILL_ACCOUNT,
@@ -61,6 +65,8 @@ pub struct SimConfig {
     pub app_public_key: RsaPublicKey,
     /// The simulator's own signing key ("Alipay's" key); generated when `None`.
     pub sim_private_key: Option<AppPrivateKey>,
+    /// Payment notifications (none unless it names a URL); changeable at run time.
+    pub notify: NotifyPlan,
 }
 
 /// Why the simulator could not start or stopped abnormally.
@@ -81,6 +87,9 @@ pub enum SimError {
     /// The HTTP server failed.
     #[error("simulator server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The notification plan is invalid.
+    #[error("notify plan: {0}")]
+    Notify(String),
     /// The server task panicked or was cancelled.
     #[error("simulator server task ended abnormally: {0}")]
     Task(String),
@@ -92,6 +101,7 @@ pub struct RunningSim {
     addr: SocketAddr,
     public_key: RsaPublicKey,
     state: SimState,
+    notifier: Arc<SimNotifier>,
     /// Ends latency and `timeout` holds so that shutdown does not wait for them.
     holds: CancellationToken,
     shutdown_tx: Option<oneshot::Sender<()>>,
@@ -117,6 +127,11 @@ impl RunningSim {
     /// A handle on the trades and counters.
     pub fn state(&self) -> SimState {
         self.state.clone()
+    }
+
+    /// The payment notifier (its plan and counters).
+    pub fn notifier(&self) -> &Arc<SimNotifier> {
+        &self.notifier
     }
 
     /// Stops accepting connections, lets in-flight requests finish (up to 5 s), and
@@ -188,6 +203,7 @@ pub async fn start_local(app_id: &str, app_key: &AppPrivateKey) -> Result<Runnin
         app_id: app_id.to_owned(),
         app_public_key: app_key.public_key().clone(),
         sim_private_key: None,
+        notify: NotifyPlan::default(),
     })
     .await
 }
@@ -210,9 +226,18 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         addr: config.listen,
         source,
     })?;
+    config.notify.validate().map_err(SimError::Notify)?;
+    let sim_key = Arc::new(sim_key);
     let public_key = sim_key.public_key().clone();
     let state = SimState::new();
     let holds = CancellationToken::new();
+    let notifier = SimNotifier::new(
+        config.notify,
+        Arc::clone(&sim_key),
+        config.app_id.clone(),
+        holds.clone(),
+    );
+    Arc::clone(&notifier).run(state.subscribe_notices());
     let shared = Arc::new(server::Shared {
         state: state.clone(),
         addr,
@@ -221,6 +246,7 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         sim_key,
         shutdown: holds.clone(),
         other_key: tokio::sync::OnceCell::new(),
+        notifier: Arc::clone(&notifier),
     });
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let app = server::router(shared);
@@ -240,6 +266,7 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         addr,
         public_key,
         state,
+        notifier,
         holds,
         shutdown_tx: Some(shutdown_tx),
         task: Some(task),

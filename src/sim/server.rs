@@ -67,11 +67,13 @@ pub(crate) struct Shared {
     pub(crate) addr: SocketAddr,
     pub(crate) app_id: String,
     pub(crate) app_public_key: RsaPublicKey,
-    pub(crate) sim_key: AppPrivateKey,
+    pub(crate) sim_key: Arc<AppPrivateKey>,
     /// Cancelled when the simulator stops: ends latency and `timeout` holds at once.
     pub(crate) shutdown: CancellationToken,
     /// A key that is not the simulator's, for `bad_signature` answers; made on first use.
     pub(crate) other_key: OnceCell<AppPrivateKey>,
+    /// Sends the payment notifications.
+    pub(crate) notifier: Arc<super::notifier::SimNotifier>,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/sim/faults",
             get(get_faults).put(put_faults).delete(delete_faults),
         )
+        .route("/sim/notify", get(get_notify).put(put_notify))
         .route("/sim/public-key", get(public_key))
         .route("/sim/stats", get(stats))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -769,6 +772,10 @@ struct TradeBody {
     time_expire: Option<DateTime<Utc>>,
     /// The QR code's validity: no first scan at or after it (RFC 3339).
     qr_code_expire: Option<DateTime<Utc>>,
+    /// The payment notification is lost (`pay`, `pay-on-close`): the worker's deadline
+    /// query is the only way to learn of the payment.
+    #[serde(default)]
+    lose_notification: bool,
 }
 
 fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
@@ -832,6 +839,7 @@ async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: B
             amount_minor: Some(amount),
             time_expire,
             qr_code_expire,
+            ..
         }) => view_or_error(
             shared
                 .state
@@ -847,6 +855,9 @@ async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: B
 async fn pay(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: Bytes) -> Response {
     let paid = trade_body(&body).and_then(|b| {
         scan_first(&shared.state, &no, &b)?;
+        if b.lose_notification {
+            shared.state.lose_notifications(&no)?;
+        }
         shared.state.pay(&no, None)
     });
     view_or_error(paid)
@@ -859,6 +870,9 @@ async fn pay_on_close(
 ) -> Response {
     let armed = trade_body(&body).and_then(|b| {
         scan_first(&shared.state, &no, &b)?;
+        if b.lose_notification {
+            shared.state.lose_notifications(&no)?;
+        }
         shared.state.arm_pay_on_close(&no, None)
     });
     view_or_error(armed)
@@ -1016,6 +1030,31 @@ async fn list_trades(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.state.trades()).into_response()
 }
 
+async fn get_notify(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(json!({
+        "plan": shared.notifier.plan(),
+        "stats": shared.notifier.stats(),
+    }))
+    .into_response()
+}
+
+async fn put_notify(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let installed = serde_json::from_slice::<super::notifier::NotifyPlan>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|plan| shared.notifier.set_plan(plan.clone()).map(|()| plan));
+    match installed {
+        Ok(plan) => {
+            tracing::info!(?plan, "simulator notify plan set");
+            axum::Json(plan).into_response()
+        }
+        Err(message) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_notify_plan", "message": message})),
+        )
+            .into_response(),
+    }
+}
+
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.state.stats()).into_response()
 }
@@ -1050,6 +1089,7 @@ mod tests {
             app_id: APP_ID.into(),
             app_public_key: app_key().public_key().clone(),
             sim_private_key: None,
+            notify: crate::sim::NotifyPlan::default(),
         })
         .await
         .unwrap()
@@ -1548,6 +1588,7 @@ mod tests {
             app_id: APP_ID.into(),
             app_public_key: app_key().public_key().clone(),
             sim_private_key: Some(AppPrivateKey::generate().unwrap()),
+            notify: crate::sim::NotifyPlan::default(),
         })
         .await
         .unwrap_err();
@@ -1564,6 +1605,7 @@ mod tests {
                 app_id: APP_ID.into(),
                 app_public_key: app_key().public_key().clone(),
                 sim_private_key: None,
+                notify: crate::sim::NotifyPlan::default(),
             },
             tokio::time::sleep(std::time::Duration::from_millis(50)),
         );

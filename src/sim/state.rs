@@ -80,6 +80,9 @@ pub struct SimTradeView {
     /// Refunds of the paid trade, oldest first.
     #[serde(default)]
     pub refunds: Vec<SimRefund>,
+    /// The buyer's payment notification never arrives ("callback lost").
+    #[serde(default)]
+    pub notification_lost: bool,
 }
 
 impl SimTradeView {
@@ -638,6 +641,8 @@ struct Inner {
     bill_override: Option<Vec<u8>>,
     /// Most trades kept ([`MAX_TRADES`] unless lowered).
     max_trades: usize,
+    /// Where paid and fully refunded trades are announced (the notifier).
+    notices: Option<tokio::sync::mpsc::UnboundedSender<SimTradeView>>,
 }
 
 impl Default for Inner {
@@ -653,11 +658,20 @@ impl Default for Inner {
             bill_ttl: DEFAULT_BILL_URL_TTL,
             bill_override: None,
             max_trades: MAX_TRADES,
+            notices: None,
         }
     }
 }
 
 impl Inner {
+    /// Hands a trade that just became paid or fully refunded to the notifier.
+    fn announce(&self, trade: &SimTradeView) {
+        if let Some(tx) = &self.notices {
+            // The notifier is gone only when the simulator stops.
+            let _ = tx.send(trade.clone());
+        }
+    }
+
     /// The trade named by `out_trade_no` (or else by `trade_no`), with its expiry applied
     /// if it is due.
     fn current(
@@ -697,6 +711,14 @@ impl SimState {
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on, every trade that becomes paid or fully refunded is sent here (the
+    /// notifier's queue; one per payment, so bounded by the trades).
+    pub(crate) fn subscribe_notices(&self) -> tokio::sync::mpsc::UnboundedReceiver<SimTradeView> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().notices = Some(tx);
+        rx
     }
 
     /// Lowers the number of trades kept (a scan beyond it is refused).
@@ -801,6 +823,7 @@ impl SimState {
             pay_on_close: false,
             time_expire,
             refunds: Vec::new(),
+            notification_lost: false,
         };
         inner.trades.insert(out_trade_no.to_owned(), trade.clone());
         Ok(trade)
@@ -821,8 +844,13 @@ impl SimState {
         let trade = inner
             .current(Some(out_trade_no), None)
             .ok_or_else(|| BuyerOpError::NotFound(out_trade_no.to_owned()))?;
+        let before = trade.status;
         f(trade)?;
-        Ok(trade.clone())
+        let after = trade.clone();
+        if after.status != before && after.status != SimTradeStatus::WaitBuyerPay {
+            inner.announce(&after);
+        }
+        Ok(after)
     }
 
     /// The buyer pays a waiting trade. With `scan_amount`, a trade never scanned is
@@ -842,6 +870,14 @@ impl SimState {
                 )));
             }
             mark_paid(trade);
+            Ok(())
+        })
+    }
+
+    /// The notifications of this trade will be lost (the "callback lost" buyer).
+    pub fn lose_notifications(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerOpError> {
+        self.with_trade(out_trade_no, None, |trade| {
+            trade.notification_lost = true;
             Ok(())
         })
     }
@@ -1216,7 +1252,9 @@ impl SimState {
         match trade.status {
             SimTradeStatus::WaitBuyerPay if trade.pay_on_close => {
                 mark_paid(trade);
-                CloseOutcome::StatusError(trade.clone())
+                let paid = trade.clone();
+                inner.announce(&paid);
+                CloseOutcome::StatusError(paid)
             }
             SimTradeStatus::WaitBuyerPay => {
                 trade.status = SimTradeStatus::TradeClosed;

@@ -36,6 +36,7 @@ pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
         app_id: APP_ID.into(),
         app_public_key: app.public_key().clone(),
         sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
+        notify: order_closer::sim::NotifyPlan::default(),
     })
     .await
     .unwrap();

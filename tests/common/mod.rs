@@ -6,6 +6,7 @@ pub mod certs;
 pub mod gateway;
 pub mod pg_node;
 pub mod rabbit_node;
+pub mod tcp_proxy;
 
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
@@ -25,7 +26,8 @@ use order_closer::config::Settings;
 use order_closer::db::schema::decisions;
 use order_closer::db::{self, DbPool, orders};
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
+use order_closer::gateway::alipay::{AlipayConfig, AlipayNotify, AppPrivateKey};
+use order_closer::notify::Notifier;
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
 use order_closer::worker::{Worker, WorkerConfig};
@@ -71,6 +73,10 @@ pub struct TestEnv {
     pub sim_public_pem: String,
     pub alipay: AlipayConfig,
     pub closer: Closer,
+    /// The simulator's signing key ("Alipay's"), for notifications sent by hand.
+    pub sim_key: Arc<AppPrivateKey>,
+    /// Stops the notify endpoint, when one runs.
+    notify_stop: CancellationToken,
     workers: Vec<(CancellationToken, JoinHandle<()>)>,
     /// Set by `cleanup`; otherwise `Drop` cleans up.
     cleaned: bool,
@@ -124,11 +130,14 @@ impl TestEnv {
 
         let app_key = AppPrivateKey::generate().expect("app key");
         let app_key_pem = app_key.to_pkcs8_pem();
+        let sim_key_pem = AppPrivateKey::generate().expect("sim key").to_pkcs8_pem();
+        let sim_key = Arc::new(AppPrivateKey::parse(&sim_key_pem).expect("sim key"));
         let running = sim::start(SimConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             app_id: settings.alipay.app_id.clone(),
             app_public_key: app_key.public_key().clone(),
-            sim_private_key: None,
+            sim_private_key: Some(AppPrivateKey::parse(&sim_key_pem).expect("sim key")),
+            notify: order_closer::sim::NotifyPlan::default(),
         })
         .await
         .expect("simulator");
@@ -156,6 +165,8 @@ impl TestEnv {
             sim_public_pem,
             alipay,
             closer,
+            sim_key,
+            notify_stop: CancellationToken::new(),
             workers: Vec::new(),
             cleaned: false,
         }
@@ -388,6 +399,7 @@ impl TestEnv {
 
     /// Removes the schema, the queues and the simulator.
     pub async fn cleanup(mut self) {
+        self.notify_stop.cancel();
         self.stop_workers().await;
         if let Some(sim) = self.sim.take() {
             sim.shutdown().await;
@@ -415,6 +427,7 @@ impl Drop for TestEnv {
         if self.cleaned {
             return;
         }
+        self.notify_stop.cancel();
         for (token, _) in &self.workers {
             token.cancel();
         }
@@ -498,7 +511,69 @@ where
     }
 }
 
+/// A notify endpoint running in the test process.
+pub struct NotifyEndpoint {
+    pub notifier: Arc<Notifier>,
+    /// `http://127.0.0.1:<port>/notify/alipay`.
+    pub url: String,
+}
+
 impl TestEnv {
+    /// A notifier like `order-closer notify`'s, over `pool`, trusting the simulator.
+    pub fn notifier_over(&self, pool: DbPool) -> Notifier {
+        let verifier = AlipayNotify::new(
+            self.alipay.app_id.clone(),
+            Some(sim::SIM_SELLER_ID.to_owned()),
+            Arc::clone(&self.alipay.alipay_public_key),
+        );
+        let decider = Decider::new(
+            pool,
+            Gateways::alipay(self.alipay.clone(), self.settings.alipay.rate_limit)
+                .expect("alipay client"),
+            self.settings.retry.clone(),
+            "notify:test",
+        );
+        Notifier::new(decider).with_verifier("alipay", Arc::new(verifier))
+    }
+
+    /// Serves `notifier` on a free port and points the simulator's notifications at it,
+    /// resending on Alipay's schedule times `time_factor`.
+    pub async fn serve_notify(&self, notifier: Notifier, time_factor: f64) -> NotifyEndpoint {
+        let notifier = Arc::new(notifier);
+        let bound = order_closer::notify::http::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&notifier),
+            self.notify_stop.clone(),
+        )
+        .await
+        .expect("notify endpoint");
+        let url = format!("http://{bound}/notify/alipay");
+        if let Some(sim) = &self.sim {
+            sim.notifier()
+                .set_plan(sim::NotifyPlan::to(url.clone(), time_factor))
+                .expect("notify plan");
+        }
+        NotifyEndpoint { notifier, url }
+    }
+
+    /// The notify endpoint over the test's own pool, the simulator notifying it.
+    pub async fn start_notify(&self) -> NotifyEndpoint {
+        self.serve_notify(self.notifier_over(self.pool.clone()), 0.001)
+            .await
+    }
+
+    /// The form the simulator would send about the trade now, signed with its key.
+    pub fn notification(&self, trade: &sim::SimTradeView) -> String {
+        sim::notification_form(
+            &self.sim_key,
+            &self.alipay.app_id,
+            trade,
+            "test-notify",
+            chrono::Utc::now(),
+        )
+        .expect("a paid or closed trade")
+    }
+
     /// Starts an in-process worker with its own Alipay configuration.
     pub fn start_worker_with(&mut self, alipay: AlipayConfig) -> Observed {
         let config = WorkerConfig::from_settings(&self.settings);

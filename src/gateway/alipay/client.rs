@@ -538,6 +538,7 @@ mod tests {
             app_id: APP_ID.into(),
             app_public_key: app.public_key().clone(),
             sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
+            notify: crate::sim::NotifyPlan::default(),
         })
         .await
         .unwrap()

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod notify;
 pub mod response;
 pub mod sign;
 
@@ -11,6 +12,7 @@ pub use client::{
     AlipayClient, AlipayConfig, ConfigError, DEFAULT_TIMEOUT, MAX_BODY_BYTES, VerifiedAnswer,
 };
 pub use keys::{AppPrivateKey, KeyError, RsaPublicKey};
+pub use notify::AlipayNotify;
 pub use response::{
     SplitResponse, classify_close, classify_query, extract_sign, extract_signed_object,
     format_china_time, parse_china_time, split_response,

@@ -1,0 +1,79 @@
+//! `order-closer notify`: the public-facing endpoint for the gateways' payment
+//! notifications (`POST /notify/{channel}`), a separate deployment of the same binary;
+//! the worker stays internal. Health and metrics are served on ORDER_CLOSER_HTTP_LISTEN,
+//! which should not be exposed.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use order_closer::config::Settings;
+use order_closer::db::{self, DbPool};
+use order_closer::decide::{Decider, Gateways};
+use order_closer::gateway::alipay::{AlipayConfig, AlipayNotify};
+use order_closer::health::{self, Readiness};
+use order_closer::notify::{self, Notifier};
+use order_closer::worker::shutdown_on_signal;
+use secrecy::ExposeSecret;
+
+/// Flags of `notify`.
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// Where to serve POST /notify/{channel} (put it behind the TLS proxy the gateways
+    /// reach).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+}
+
+/// The notifier for Alipay as `alipay` configures it, deciding with `pool` as `actor`.
+pub fn notifier(
+    alipay: AlipayConfig,
+    settings: &Settings,
+    pool: DbPool,
+    actor: &str,
+) -> anyhow::Result<Notifier> {
+    let verifier = AlipayNotify::new(
+        alipay.app_id.clone(),
+        settings.alipay.seller_id.clone(),
+        Arc::clone(&alipay.alipay_public_key),
+    );
+    let gateways = Gateways::alipay(alipay, settings.alipay.rate_limit)
+        .context("building the Alipay client")?;
+    let decider = Decider::new(pool, gateways, settings.retry.clone(), actor);
+    Ok(Notifier::new(decider).with_verifier("alipay", Arc::new(verifier)))
+}
+
+/// Serves until SIGTERM or SIGINT.
+pub async fn run(settings: Settings, args: NotifyArgs) -> anyhow::Result<ExitCode> {
+    let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
+    let _checked = db::conn(&pool)
+        .await
+        .context("cannot use the database (DATABASE_URL)")?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let alipay = settings.alipay_config().context("invalid configuration")?;
+    let notifier = Arc::new(notifier(
+        alipay,
+        &settings,
+        pool.clone(),
+        &format!("notify:{host}:{}", std::process::id()),
+    )?);
+    let shutdown = shutdown_on_signal();
+    if let Some(addr) = settings.http_listen {
+        let readiness = Arc::new(Readiness::default());
+        // No broker here: readiness is the database's.
+        readiness.set_broker(true);
+        let routes = health::router(Arc::clone(notifier.metrics()), readiness, pool);
+        let bound = health::serve(addr, routes, shutdown.clone())
+            .await
+            .context("ORDER_CLOSER_HTTP_LISTEN")?;
+        tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+    }
+    let bound = notify::http::serve(args.listen, notifier, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(%bound, "serving POST /notify/{{channel}}");
+    shutdown.cancelled().await;
+    Ok(ExitCode::SUCCESS)
+}

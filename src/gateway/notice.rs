@@ -1,0 +1,77 @@
+//! A payment notification as a gateway's verifier reads it, gateway-neutral: which order
+//! it names and, if its signature and fields check out, what it says about the trade.
+//!
+//! Following hyperswitch's rule, a verified notification is used as the gateway's answer
+//! and an unverified one is only a hint that makes us ask the gateway ourselves. The
+//! checks that need our order (the amount, the channel) are the notify endpoint's; the
+//! verifier checks what the notification alone can prove (signature, our merchant ids,
+//! its age).
+
+use axum::http::HeaderMap;
+use thiserror::Error;
+
+use crate::gateway::TradeState;
+
+/// What a notification claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Signature, merchant and age check out: the gateway says this about the trade.
+    Verified {
+        /// The state it reports.
+        state: TradeState,
+    },
+    /// It cannot be trusted (bad signature, another merchant, too old, a state we do not
+    /// know): at most a reason to ask the gateway.
+    Unverified {
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// A readable notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The order it names.
+    pub out_trade_no: String,
+    /// What it claims.
+    pub claim: Claim,
+    /// The notification as received (form text or JSON), for the audit row.
+    pub raw: String,
+}
+
+/// A request that is not a notification at all (answered with a 4xx, nothing queried).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum NoticeError {
+    /// Not the body type the gateway sends.
+    #[error("not a notification: {0}")]
+    Malformed(String),
+    /// No order number to act on.
+    #[error("the notification names no order (out_trade_no)")]
+    NoOrder,
+    /// The gateway's signature self-test (WeChat's `WECHATPAY/SIGNTEST/`).
+    #[error("a signature probe")]
+    Probe,
+}
+
+/// The HTTP answer a gateway expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+/// Reads one gateway's payment notifications.
+pub trait NotifyVerifier: Send + Sync {
+    /// Reads a request's headers and raw body.
+    fn read(&self, headers: &HeaderMap, body: &[u8]) -> Result<Notice, NoticeError>;
+    /// The reply that tells the gateway the notification was handled (sent only after the
+    /// transaction committed).
+    fn acknowledge(&self) -> Reply;
+    /// A reply that makes the gateway send the notification again later (`status`: 4xx
+    /// for a request we will never accept, 5xx for one we could not handle now).
+    fn refuse(&self, status: u16) -> Reply;
+}

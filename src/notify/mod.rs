@@ -1,0 +1,384 @@
+//! The notify endpoint: the gateways' payment notifications, applied through the same
+//! guarded transition as the worker's decisions, so that whichever path learns of a
+//! payment first wins and the other is a no-op.
+//!
+//! - A **verified** notification (signature, our merchant, a fresh one) saying "paid" with
+//!   the order's amount is the gateway's answer: NEW -> PAID with its audit row (actor
+//!   `notify`, the raw notification kept) and the `order.paid` event, in one transaction.
+//!   Already PAID: nothing is written. CLOSED: a `paid_after_close` anomaly and its event,
+//!   once however often the notification is resent.
+//! - Anything else that names an order of ours (a bad signature, another merchant, an
+//!   amount that differs, a state we do not act on, a replay) is only a **hint**: we ask
+//!   the gateway ourselves, within [`hints::HintBudget`], and apply its signed answer.
+//!   Only a payment is applied before the deadline; closing stays the worker's.
+//! - The gateway's "handled" reply is sent only after the transaction committed; when
+//!   the database cannot be used the reply makes the gateway send it again.
+//!
+//! The same handler serves `order-closer notify` ([`http::router`]) and shops with their
+//! own HTTP stack ([`Notifier::handle`]: headers and raw body in, the reply out).
+
+pub mod hints;
+pub mod http;
+pub mod outcome;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use chrono::Utc;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::db::{self, orders};
+use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
+use crate::gateway::TradeState;
+use crate::gateway::notice::{Claim, Notice, NotifyVerifier, Reply};
+use crate::metrics::Metrics;
+use crate::money::format_minor;
+use crate::order::{Order, OrderStatus};
+use hints::{HintBudget, Refusal};
+pub use outcome::NotifyOutcome;
+
+/// Largest notification body (a real one is about 1.5 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Default time between two hint queries about one order.
+pub const HINT_SPACING: Duration = Duration::from_secs(5);
+
+/// Default number of hint queries in flight at once.
+pub const HINT_CONCURRENCY: usize = 16;
+
+/// What one notification led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The outcome.
+    pub outcome: NotifyOutcome,
+    /// The reply to send.
+    pub reply: Reply,
+    /// Why, in words (logged).
+    pub detail: String,
+}
+
+/// Applies payment notifications.
+pub struct Notifier {
+    decider: Decider,
+    verifiers: HashMap<String, Arc<dyn NotifyVerifier>>,
+    hints: Arc<HintBudget>,
+    metrics: Arc<Metrics>,
+}
+
+impl Notifier {
+    /// A notifier deciding with `decider` (its actor names the audit rows, its gateways
+    /// answer the hint queries, its metrics count the notifications).
+    pub fn new(decider: Decider) -> Self {
+        Self {
+            metrics: Arc::clone(decider.metrics()),
+            decider,
+            verifiers: HashMap::new(),
+            hints: HintBudget::new(HINT_SPACING, HINT_CONCURRENCY),
+        }
+    }
+
+    /// Registers the verifier of a channel's notifications (`POST /notify/{channel}`).
+    pub fn with_verifier(mut self, channel: &str, verifier: Arc<dyn NotifyVerifier>) -> Self {
+        self.verifiers.insert(channel.to_owned(), verifier);
+        self
+    }
+
+    /// Another hint-query budget.
+    pub fn with_hint_budget(mut self, budget: Arc<HintBudget>) -> Self {
+        self.hints = budget;
+        self
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Handles one notification for `channel` and returns the reply to send; for shops
+    /// that mount the endpoint in their own HTTP stack.
+    pub async fn handle(&self, channel: &str, headers: &HeaderMap, body: &[u8]) -> Reply {
+        self.handle_notification(channel, headers, body).await.reply
+    }
+
+    /// Handles one notification and says what became of it.
+    pub async fn handle_notification(
+        &self,
+        channel: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Handled {
+        let shown: String = channel.chars().take(32).collect();
+        let span = info_span!("notify", channel = %shown, out_trade_no = tracing::field::Empty);
+        let handled = self
+            .handle_inner(channel, headers, body)
+            .instrument(span.clone())
+            .await;
+        self.metrics.notification(handled.outcome);
+        span.in_scope(|| match handled.outcome {
+            NotifyOutcome::Rejected | NotifyOutcome::DatabaseUnavailable => {
+                warn!(outcome = %handled.outcome, detail = %handled.detail, status = handled.reply.status, "notification not applied")
+            }
+            _ => info!(outcome = %handled.outcome, detail = %handled.detail, "notification handled"),
+        });
+        handled
+    }
+
+    async fn handle_inner(&self, channel: &str, headers: &HeaderMap, body: &[u8]) -> Handled {
+        let Some(verifier) = self.verifiers.get(channel).cloned() else {
+            return Handled {
+                outcome: NotifyOutcome::Rejected,
+                reply: Reply {
+                    status: 404,
+                    content_type: "text/plain",
+                    body: "no such channel".into(),
+                },
+                detail: "no verifier for this channel".into(),
+            };
+        };
+        let v = verifier.as_ref();
+        let notice = match v.read(headers, body) {
+            Ok(notice) => notice,
+            Err(e) => return done(NotifyOutcome::Rejected, v.refuse(400), e.to_string()),
+        };
+        tracing::Span::current().record("out_trade_no", notice.out_trade_no.as_str());
+        let order = match self.find(&notice.out_trade_no).await {
+            Ok(Some(order)) => order,
+            // A verified notification about an order we do not have is not ours (another
+            // system on the same merchant account): resending cannot change that. An
+            // unverified one is answered with a refusal and costs no query.
+            Ok(None) => {
+                let reply = match notice.claim {
+                    Claim::Verified { .. } => v.acknowledge(),
+                    Claim::Unverified { .. } => v.refuse(404),
+                };
+                return done(NotifyOutcome::UnknownOrder, reply, "no such order".into());
+            }
+            Err(e) => return unavailable(v, &e),
+        };
+        match trusted_payment(&notice, &order, channel) {
+            Ok(paid) => {
+                self.apply(v, &order, paid, &notice.raw, Cause::Notification)
+                    .await
+            }
+            Err(why) => self.hint(v, &order, &why).await,
+        }
+    }
+
+    async fn find(&self, out_trade_no: &str) -> Result<Option<Order>, Unavailable> {
+        let mut conn = db::conn(self.decider.pool()).await?;
+        Ok(orders::find_by_out_trade_no(&mut conn, out_trade_no).await?)
+    }
+
+    /// A payment the gateway vouches for: PAID, already PAID, or paid after close.
+    async fn apply(
+        &self,
+        v: &dyn NotifyVerifier,
+        order: &Order,
+        paid: &TradeState,
+        evidence: &str,
+        cause: Cause,
+    ) -> Handled {
+        match order.status() {
+            OrderStatus::Paid => done(
+                NotifyOutcome::AlreadyPaid,
+                v.acknowledge(),
+                "the order is PAID already".into(),
+            ),
+            OrderStatus::Closed => self.paid_after_close(v, order, paid).await,
+            OrderStatus::New => {
+                match self
+                    .decider
+                    .apply_evidence(order, paid, evidence, cause, Mode::Apply)
+                    .await
+                {
+                    Ok(Outcome::Decided {
+                        status: OrderStatus::Paid,
+                        decision_id,
+                        ..
+                    }) => {
+                        if let TradeState::Paid {
+                            paid_at: Some(at), ..
+                        } = paid
+                        {
+                            self.metrics
+                                .payment_to_paid((Utc::now() - *at).to_std().unwrap_or_default());
+                        }
+                        done(
+                            NotifyOutcome::Paid,
+                            v.acknowledge(),
+                            format!("NEW -> PAID (decision {decision_id})"),
+                        )
+                    }
+                    Ok(Outcome::LostRace(OrderStatus::Paid)) => done(
+                        NotifyOutcome::AlreadyPaid,
+                        v.acknowledge(),
+                        "another actor marked it PAID first".into(),
+                    ),
+                    // The worker closed it a moment ago: re-read and record the payment
+                    // on the closed order.
+                    Ok(Outcome::LostRace(OrderStatus::Closed)) => {
+                        match self.find(&order.out_trade_no).await {
+                            Ok(Some(now)) => self.paid_after_close(v, &now, paid).await,
+                            Ok(None) => done(
+                                NotifyOutcome::UnknownOrder,
+                                v.refuse(404),
+                                "the order vanished".into(),
+                            ),
+                            Err(e) => unavailable(v, &e),
+                        }
+                    }
+                    Ok(other) => done(
+                        NotifyOutcome::Rejected,
+                        v.refuse(500),
+                        format!("unexpected outcome {other:?}"),
+                    ),
+                    Err(e) => unavailable(v, &e),
+                }
+            }
+        }
+    }
+
+    /// A payment on a CLOSED order: recorded (and announced) once, held for an operator.
+    async fn paid_after_close(
+        &self,
+        v: &dyn NotifyVerifier,
+        order: &Order,
+        paid: &TradeState,
+    ) -> Handled {
+        let detail = match paid {
+            TradeState::Paid {
+                trade_no,
+                amount_minor,
+                ..
+            } => format!(
+                "the gateway reports a payment of {} (trade {trade_no}) on an order we closed; held for an operator",
+                format_minor(*amount_minor)
+            ),
+            other => format!("the gateway reports {other:?} on a closed order"),
+        };
+        match self
+            .decider
+            .record_anomaly(order, "paid_after_close", &detail)
+            .await
+        {
+            Ok(new) => done(
+                NotifyOutcome::PaidAfterClose,
+                v.acknowledge(),
+                if new {
+                    detail
+                } else {
+                    "paid after close, recorded before".into()
+                },
+            ),
+            Err(e) => unavailable(v, &e),
+        }
+    }
+
+    /// Not trusted by itself: ask the gateway (within the budget) and apply its answer.
+    async fn hint(&self, v: &dyn NotifyVerifier, order: &Order, why: &str) -> Handled {
+        let _grant = match self.hints.try_begin(&order.out_trade_no) {
+            Ok(grant) => grant,
+            Err(Refusal::TooSoon) => {
+                return done(
+                    NotifyOutcome::Rejected,
+                    v.refuse(429),
+                    format!("{why}; the gateway was asked about this order moments ago"),
+                );
+            }
+            Err(Refusal::Busy) => {
+                return done(
+                    NotifyOutcome::Rejected,
+                    v.refuse(503),
+                    format!("{why}; too many gateway queries in flight"),
+                );
+            }
+        };
+        let answer = match self.decider.query_gateway(order).await {
+            None => {
+                return done(
+                    NotifyOutcome::Rejected,
+                    v.refuse(404),
+                    format!("{why}; no gateway serves channel {:?}", order.channel),
+                );
+            }
+            Some(Err(e)) => {
+                return done(
+                    NotifyOutcome::Queried,
+                    v.refuse(503),
+                    format!("{why}; the gateway query failed: {e}"),
+                );
+            }
+            Some(Ok(answer)) => answer,
+        };
+        let handled = match (&answer.state, order.status()) {
+            (TradeState::Paid { .. }, OrderStatus::New | OrderStatus::Closed) => {
+                self.apply(
+                    v,
+                    order,
+                    &answer.state,
+                    &answer.raw,
+                    Cause::NotificationHint,
+                )
+                .await
+            }
+            (state, _) => done(
+                NotifyOutcome::Queried,
+                v.acknowledge(),
+                format!("the gateway says {state:?}; nothing to apply"),
+            ),
+        };
+        match handled.outcome {
+            NotifyOutcome::DatabaseUnavailable | NotifyOutcome::Rejected => handled,
+            _ => Handled {
+                outcome: NotifyOutcome::Queried,
+                detail: format!("{why}; asked the gateway: {}", handled.detail),
+                ..handled
+            },
+        }
+    }
+}
+
+/// The payment a notification vouches for, or why it is only a hint.
+fn trusted_payment<'a>(
+    notice: &'a Notice,
+    order: &Order,
+    channel: &str,
+) -> Result<&'a TradeState, String> {
+    let state = match &notice.claim {
+        Claim::Unverified { reason } => return Err(reason.clone()),
+        Claim::Verified { state } => state,
+    };
+    if order.channel != channel {
+        return Err(format!(
+            "the order is a {:?} order, not {channel:?}",
+            order.channel
+        ));
+    }
+    match state {
+        TradeState::Paid { amount_minor, .. } if *amount_minor == order.amount_minor => Ok(state),
+        TradeState::Paid { amount_minor, .. } => Err(format!(
+            "it says {} was paid, the order is for {}",
+            format_minor(*amount_minor),
+            format_minor(order.amount_minor)
+        )),
+        other => Err(format!("it reports {other:?}, which we do not act on")),
+    }
+}
+
+fn done(outcome: NotifyOutcome, reply: Reply, detail: String) -> Handled {
+    Handled {
+        outcome,
+        reply,
+        detail,
+    }
+}
+
+fn unavailable(v: &dyn NotifyVerifier, e: &Unavailable) -> Handled {
+    done(
+        NotifyOutcome::DatabaseUnavailable,
+        v.refuse(503),
+        format!("the database cannot be used ({e}); the gateway will send it again"),
+    )
+}
