@@ -415,3 +415,49 @@ async fn secrets_never_print_and_can_come_from_files() {
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }
+
+/// `orders extend` and `orders cancel`, with their exit codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_extend_and_cancel_from_the_shell() {
+    let mut env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-cli-cancel-{}", env.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = env.binary_env(&dir);
+    let no = env.no("shell");
+    env.create(&no, 990, std::time::Duration::from_secs(3600))
+        .await;
+
+    let out = run(&vars, &["orders", "extend", &no, "--by", "10m"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("deadline moved"));
+    let out = run(
+        &vars,
+        &[
+            "orders",
+            "extend",
+            &no,
+            "--deadline",
+            "2020-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not later"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // No worker yet: requested, not decided (exit 4).
+    let out = run(&vars, &["orders", "cancel", &no, "--wait", "1s"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    env.start_worker(4, 8);
+    env.settled(&no, std::time::Duration::from_secs(20)).await;
+    let out = run(&vars, &["orders", "cancel", &no]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("CLOSED"));
+    let out = run(&vars, &["orders", "cancel", "no-such-order"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}

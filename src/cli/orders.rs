@@ -1,5 +1,5 @@
-//! `order-closer orders create|show`: the library call from the shell, and an order's
-//! status with its decision history.
+//! `order-closer orders create|show|cancel|extend`: the library calls from the shell, and
+//! an order's status with its decision history.
 
 use secrecy::ExposeSecret;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
-use order_closer::closer::{Closer, Due, NewOrder};
+use order_closer::closer::{Cancelled, ChangeError, Closer, Due, NewOrder};
 use order_closer::config::{Settings, parse_duration};
 use order_closer::db::{self, decisions, orders};
 use order_closer::money;
@@ -20,6 +20,34 @@ pub enum OrdersCommand {
     Create(CreateArgs),
     /// Show an order's status and its decision history.
     Show(ShowArgs),
+    /// Cancel an order now: a worker closes it at the gateway first (or finds it paid).
+    /// Exit code 0 closed, 3 paid (deliver or refund), 4 not decided yet, 2 no such order.
+    Cancel(CancelArgs),
+    /// Give the buyer more time: move a NEW order's deadline later.
+    Extend(ExtendArgs),
+}
+
+/// Flags of `orders cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The merchant order number.
+    out_trade_no: String,
+    /// How long to wait for the worker's decision.
+    #[arg(long, default_value = "30s", value_parser = parse_wait)]
+    wait: Duration,
+}
+
+/// Flags of `orders extend`.
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// The merchant order number.
+    out_trade_no: String,
+    /// The new deadline as RFC 3339.
+    #[arg(long, conflicts_with = "by", required_unless_present = "by")]
+    deadline: Option<DateTime<Utc>>,
+    /// Move the deadline this much later, for example 10m.
+    #[arg(long, value_parser = parse_wait)]
+    by: Option<Duration>,
 }
 
 /// Flags of `orders create`.
@@ -81,6 +109,89 @@ pub async fn run(settings: Settings, cmd: OrdersCommand) -> anyhow::Result<ExitC
     match cmd {
         OrdersCommand::Create(args) => create(settings, args).await,
         OrdersCommand::Show(args) => show(settings, args).await,
+        OrdersCommand::Cancel(args) => cancel(settings, args).await,
+        OrdersCommand::Extend(args) => extend(settings, args).await,
+    }
+}
+
+/// A closer; without a broker, one that leaves publishing to the worker's relay.
+async fn closer(settings: &Settings) -> anyhow::Result<Closer> {
+    match Closer::connect(settings).await {
+        Ok(closer) => Ok(closer),
+        Err(order_closer::closer::ConnectError::Broker(e)) => {
+            eprintln!(
+                "warning: broker unavailable ({e}); the worker's relay will schedule the close"
+            );
+            Ok(Closer::without_broker(db::pool(
+                settings.database_url.expose_secret(),
+                2,
+            )?))
+        }
+        Err(e) => Err(e).context("connecting"),
+    }
+}
+
+async fn cancel(settings: Settings, args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let closer = closer(&settings).await?;
+    let result = closer
+        .cancel_order_within(&args.out_trade_no, args.wait)
+        .await;
+    closer.shutdown().await;
+    let no = &args.out_trade_no;
+    match result {
+        Ok(Cancelled::Closed) => {
+            println!("{no}: CLOSED (the buyer can no longer pay)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Cancelled::Paid) => {
+            println!("{no}: PAID: the buyer had paid; deliver the goods or refund");
+            Ok(ExitCode::from(3))
+        }
+        Ok(Cancelled::Pending) => {
+            println!(
+                "{no}: cancel requested; no worker decided within {:?} (a worker will: see `orders show`)",
+                args.wait
+            );
+            Ok(ExitCode::from(4))
+        }
+        Err(ChangeError::NotFound(_)) => {
+            eprintln!("no order with out_trade_no {no:?}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn extend(settings: Settings, args: ExtendArgs) -> anyhow::Result<ExitCode> {
+    let pool = db::pool(settings.database_url.expose_secret(), 2)?;
+    let closer = Closer::without_broker(pool.clone());
+    let to = match (args.deadline, args.by) {
+        (Some(at), _) => at,
+        (None, Some(by)) => {
+            let mut conn = db::conn(&pool).await?;
+            let Some(order) = orders::find_by_out_trade_no(&mut conn, &args.out_trade_no).await?
+            else {
+                eprintln!("no order with out_trade_no {:?}", args.out_trade_no);
+                return Ok(ExitCode::from(2));
+            };
+            order_closer::time::later(order.deadline, by)
+        }
+        (None, None) => anyhow::bail!("give --deadline or --by"),
+    };
+    match closer.extend_deadline(&args.out_trade_no, to).await {
+        Ok(order) => {
+            println!(
+                "{}: deadline moved to {}",
+                order.out_trade_no,
+                order.deadline.to_rfc3339()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ChangeError::NotFound(no)) => {
+            eprintln!("no order with out_trade_no {no:?}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -90,16 +201,7 @@ async fn create(settings: Settings, args: CreateArgs) -> anyhow::Result<ExitCode
         (None, Some(at)) => Due::At(at),
         (None, None) => anyhow::bail!("give --close-after or --deadline"),
     };
-    let closer = match Closer::connect(&settings).await {
-        Ok(closer) => closer,
-        Err(order_closer::closer::ConnectError::Broker(e)) => {
-            eprintln!(
-                "warning: broker unavailable ({e}); the worker's relay will schedule the close"
-            );
-            Closer::without_broker(db::pool(settings.database_url.expose_secret(), 2)?)
-        }
-        Err(e) => return Err(e).context("connecting"),
-    };
+    let closer = closer(&settings).await?;
     let created = closer
         .create_order(NewOrder {
             out_trade_no: args.out_trade_no,

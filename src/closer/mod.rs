@@ -24,6 +24,11 @@
 //!
 //! To create the shop's own rows and ours atomically, call [`Closer::create_order_in`]
 //! inside the shop's transaction, then [`Closer::publish`] after it commits.
+//!
+//! [`Closer::cancel_order`] and [`Closer::extend_deadline`] change an order on request
+//! (`requests.rs`).
+
+mod requests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +49,7 @@ use crate::db::outbox::DeletePublished;
 use crate::db::{self, DbError, DbPool, orders};
 use crate::message::{CloseMessage, MAX_OUT_TRADE_NO};
 use crate::order::Order;
+pub use requests::{CANCEL_WAIT, Cancelled, ChangeError, EXTEND_MARGIN};
 
 /// Longest allowed time to pay.
 pub const MAX_TIME_TO_PAY: Duration = Duration::from_secs(366 * 86_400);

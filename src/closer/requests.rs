@@ -1,0 +1,258 @@
+//! Changing an order on request: cancelling it now, or giving the buyer more time.
+//!
+//! A cancel runs the same decision as the deadline, at once: the order's deadline moves to
+//! now, a close message due now is scheduled (outbox row, then a publish, as at creation),
+//! and a worker decides it: close at the gateway first, or, when the gateway says the
+//! buyer paid, PAID. The caller waits (bounded) and is told which. No gateway code runs in
+//! the shop's process, so the library stays lean.
+//!
+//! An extension moves a NEW order's deadline later; the close message already scheduled
+//! arrives at the old deadline, finds the later one in the row, and waits again.
+//!
+//! Both leave an audit row (`cancel_requested`, `deadline_extended`, actor `closer`), so
+//! the order's history explains its end.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use thiserror::Error;
+
+use super::{Closer, MAX_TIME_TO_PAY, PendingClose};
+use crate::db::decisions::{self, NewDecision};
+use crate::db::outbox::{self, KIND_CLOSE, NewOutboxRow};
+use crate::db::schema::orders;
+use crate::db::{self, DbError};
+use crate::message::CloseMessage;
+use crate::order::{Order, OrderStatus};
+
+/// How long [`Closer::cancel_order`] waits for the worker's decision.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// An order closer to its deadline than this can no longer be extended: a worker may be
+/// deciding it already (clocks differ by less than this).
+pub const EXTEND_MARGIN: Duration = Duration::from_secs(5);
+
+/// The actor of the audit rows written here.
+const ACTOR: &str = "closer";
+
+/// What a cancel came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Closed (at the gateway first, when a trade existed): the buyer can no longer pay.
+    Closed,
+    /// The buyer had paid: the order is PAID (deliver, or refund).
+    Paid,
+    /// Requested, but no worker decided within the wait (a gateway error being retried, or
+    /// no worker running): a worker will; read the order later.
+    Pending,
+}
+
+/// Why an order could not be changed.
+#[derive(Debug, Error)]
+pub enum ChangeError {
+    /// No such order.
+    #[error("no order with out_trade_no {0:?}")]
+    NotFound(String),
+    /// The order is PAID or CLOSED already.
+    #[error("order {out_trade_no:?} is {status} already")]
+    Settled {
+        /// The order.
+        out_trade_no: String,
+        /// Its status.
+        status: OrderStatus,
+    },
+    /// The extension is not possible (too late, not later, too far).
+    #[error("cannot extend order {out_trade_no:?}: {reason}")]
+    NotExtendable {
+        /// The order.
+        out_trade_no: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database failed; nothing was changed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for ChangeError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Db(DbError::Query(e))
+    }
+}
+
+/// The order, locked for the rest of the transaction.
+async fn lock(conn: &mut AsyncPgConnection, out_trade_no: &str) -> QueryResult<Option<Order>> {
+    orders::table
+        .filter(orders::out_trade_no.eq(out_trade_no))
+        .select(Order::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Moves the deadline and records why, in the caller's transaction.
+async fn move_deadline(
+    conn: &mut AsyncPgConnection,
+    order: &Order,
+    to: DateTime<Utc>,
+    outcome: &str,
+    why: &str,
+) -> QueryResult<Order> {
+    let moved: Order = diesel::update(orders::table.find(order.id))
+        .set((orders::deadline.eq(to), orders::updated_at.eq(Utc::now())))
+        .returning(Order::as_returning())
+        .get_result(conn)
+        .await?;
+    let detail = format!(
+        "{why}: deadline moved from {} to {}",
+        order.deadline.to_rfc3339(),
+        to.to_rfc3339()
+    );
+    decisions::insert(
+        conn,
+        &NewDecision {
+            order_id: order.id,
+            attempt: 0,
+            outcome,
+            gateway_answer: None,
+            detail: &detail,
+            actor: ACTOR,
+        },
+    )
+    .await?;
+    Ok(moved)
+}
+
+impl Closer {
+    /// Cancels a NEW order now (the buyer or the shop gave up): the deadline decision runs
+    /// at once in a worker, closing the trade at the gateway first; if the buyer paid, the
+    /// order ends PAID and the result says so. Waits up to [`CANCEL_WAIT`] for it.
+    pub async fn cancel_order(&self, out_trade_no: &str) -> Result<Cancelled, ChangeError> {
+        self.cancel_order_within(out_trade_no, CANCEL_WAIT).await
+    }
+
+    /// [`Closer::cancel_order`], waiting at most `wait` for the decision.
+    #[tracing::instrument(skip(self), fields(out_trade_no = %out_trade_no))]
+    pub async fn cancel_order_within(
+        &self,
+        out_trade_no: &str,
+        wait: Duration,
+    ) -> Result<Cancelled, ChangeError> {
+        let mut conn = db::conn(&self.pool).await?;
+        let no = out_trade_no.to_owned();
+        let requested: Result<PendingClose, ChangeError> = conn
+            .transaction::<_, ChangeError, _>(async |tx| {
+                let order = lock(tx, &no)
+                    .await?
+                    .ok_or_else(|| ChangeError::NotFound(no.clone()))?;
+                if order.status() != OrderStatus::New {
+                    return Err(ChangeError::Settled {
+                        out_trade_no: no.clone(),
+                        status: order.status(),
+                    });
+                }
+                let now = Utc::now();
+                let order = if order.deadline > now {
+                    move_deadline(tx, &order, now, "cancel_requested", "cancel requested").await?
+                } else {
+                    order
+                };
+                let message =
+                    CloseMessage::new(order.id, order.out_trade_no.clone(), order.deadline);
+                let payload = String::from_utf8(message.encode()).unwrap_or_default();
+                let outbox_id = outbox::insert(
+                    tx,
+                    &NewOutboxRow {
+                        kind: KIND_CLOSE,
+                        routing_key: "",
+                        payload: &payload,
+                    },
+                )
+                .await?;
+                Ok(PendingClose { order, outbox_id })
+            })
+            .await;
+        drop(conn);
+        let pending = match requested {
+            Ok(pending) => pending,
+            Err(ChangeError::Settled { status, .. }) => return Ok(settled_as(status)),
+            Err(e) => return Err(e),
+        };
+        self.publish(&pending).await;
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let mut conn = db::conn(&self.pool).await?;
+            let now = db::orders::find(&mut conn, pending.order.id).await?;
+            drop(conn);
+            match now.map(|o| o.status()) {
+                Some(OrderStatus::New) | None => {}
+                Some(status) => return Ok(settled_as(status)),
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(Cancelled::Pending);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Moves a NEW order's deadline later, to `to` (at most a year away). Refused for an
+    /// order already settled, one within [`EXTEND_MARGIN`] of its deadline (a worker may
+    /// be deciding it), and a `to` that is not later than the current deadline.
+    #[tracing::instrument(skip(self), fields(out_trade_no = %out_trade_no))]
+    pub async fn extend_deadline(
+        &self,
+        out_trade_no: &str,
+        to: DateTime<Utc>,
+    ) -> Result<Order, ChangeError> {
+        let not_extendable = |reason: String| ChangeError::NotExtendable {
+            out_trade_no: out_trade_no.to_owned(),
+            reason,
+        };
+        let now = Utc::now();
+        if to > crate::time::later(now, MAX_TIME_TO_PAY) {
+            return Err(not_extendable(format!(
+                "{} is more than a year away",
+                to.to_rfc3339()
+            )));
+        }
+        let mut conn = db::conn(&self.pool).await?;
+        let no = out_trade_no.to_owned();
+        conn.transaction::<_, ChangeError, _>(async |tx| {
+            let order = lock(tx, &no)
+                .await?
+                .ok_or_else(|| ChangeError::NotFound(no.clone()))?;
+            if order.status() != OrderStatus::New {
+                return Err(ChangeError::Settled {
+                    out_trade_no: no.clone(),
+                    status: order.status(),
+                });
+            }
+            if order.deadline <= crate::time::later(Utc::now(), EXTEND_MARGIN) {
+                return Err(not_extendable(format!(
+                    "its deadline {} is less than {EXTEND_MARGIN:?} away: it is being decided",
+                    order.deadline.to_rfc3339()
+                )));
+            }
+            if to <= order.deadline {
+                return Err(not_extendable(format!(
+                    "{} is not later than its deadline {}",
+                    to.to_rfc3339(),
+                    order.deadline.to_rfc3339()
+                )));
+            }
+            Ok(move_deadline(tx, &order, to, "deadline_extended", "deadline extended").await?)
+        })
+        .await
+    }
+}
+
+fn settled_as(status: OrderStatus) -> Cancelled {
+    match status {
+        OrderStatus::Paid => Cancelled::Paid,
+        OrderStatus::Closed => Cancelled::Closed,
+        OrderStatus::New => Cancelled::Pending,
+    }
+}
