@@ -8,10 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use order_closer::closer::{Cancelled, ChangeError};
-use order_closer::db::{self, schema::decisions};
 use order_closer::order::OrderStatus;
 use order_closer::sim::SimTradeStatus;
 
@@ -19,14 +16,11 @@ use common::TestEnv;
 
 /// (outcome, decided_at) of every decision about an order.
 async fn trail(env: &TestEnv, order_id: i64) -> Vec<(String, chrono::DateTime<Utc>)> {
-    let mut conn = db::conn(&env.pool).await.unwrap();
-    decisions::table
-        .filter(decisions::order_id.eq(order_id))
-        .order(decisions::id.asc())
-        .select((decisions::outcome, decisions::decided_at))
-        .load(&mut conn)
+    env.trail(order_id)
         .await
-        .unwrap()
+        .into_iter()
+        .map(|d| (d.outcome, d.decided_at))
+        .collect()
 }
 
 fn outcomes(trail: &[(String, chrono::DateTime<Utc>)]) -> Vec<&str> {

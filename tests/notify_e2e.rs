@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use order_closer::db::{self, schema::anomalies, schema::decisions};
+use order_closer::db::{self, schema::anomalies};
 use order_closer::notify::NotifyOutcome;
 use order_closer::order::OrderStatus;
 use order_closer::sim::{NotifyPlan, SimTradeView};
@@ -35,14 +35,11 @@ async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> 
 
 /// (actor, outcome) of every decision about an order.
 async fn audit(env: &TestEnv, order_id: i64) -> Vec<(String, String)> {
-    let mut conn = db::conn(&env.pool).await.unwrap();
-    decisions::table
-        .filter(decisions::order_id.eq(order_id))
-        .order(decisions::id.asc())
-        .select((decisions::actor, decisions::outcome))
-        .load(&mut conn)
+    env.trail(order_id)
         .await
-        .unwrap()
+        .into_iter()
+        .map(|d| (d.actor, d.outcome))
+        .collect()
 }
 
 async fn anomaly_kinds(env: &TestEnv, no: &str) -> Vec<String> {
@@ -131,12 +128,7 @@ async fn ten_copies_at_once_give_one_decision_and_one_event() {
         .serve_notify(env.notifier_over(env.pool.clone()), 0.001)
         .await;
     // The simulator stays quiet: the copies are ours.
-    env.sim
-        .as_ref()
-        .unwrap()
-        .notifier()
-        .set_plan(NotifyPlan::default())
-        .unwrap();
+    env.quiet_notifications();
     let no = env.no("copies");
     let order = env.create(&no, 990, Duration::from_secs(60)).await;
     let paid = env.buyers.scan_and_pay(&no, 990).await.unwrap();
@@ -299,12 +291,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
     let endpoint = env
         .serve_notify(env.notifier_over(env.pool.clone()), 0.001)
         .await;
-    env.sim
-        .as_ref()
-        .unwrap()
-        .notifier()
-        .set_plan(NotifyPlan::default())
-        .unwrap();
+    env.quiet_notifications();
     let url = endpoint.url.clone();
     let queries = || async { env.buyers.stats().await.unwrap().queries };
 

@@ -140,13 +140,9 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         settings.topology.queue_type(),
     );
     let topology = Arc::new(settings.topology.clone());
-    let connection = broker::connect_with(
-        settings.amqp_url.expose_secret(),
-        &settings.amqp_tls,
-        "order-closer demo",
-    )
-    .await
-    .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
+    let connection = broker::connect_configured(&settings, "order-closer demo")
+        .await
+        .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
     let publisher = Publisher::open(&connection, topology.clone()).await?;
     topology.declare(publisher.channel()).await?;
 

@@ -150,12 +150,7 @@ pub async fn run(settings: Settings, cmd: ReconcileCommand) -> anyhow::Result<Ex
 /// would too, later); a broker that cannot be reached only earns a warning.
 async fn announce(settings: &Settings, decider: &Decider) {
     let result = async {
-        let connection = broker::connect_with(
-            settings.amqp_url.expose_secret(),
-            &settings.amqp_tls,
-            "order-closer reconcile",
-        )
-        .await?;
+        let connection = broker::connect_configured(settings, "order-closer reconcile").await?;
         let topology = Arc::new(settings.topology.clone());
         let publisher = Publisher::open(&connection, topology.clone()).await?;
         topology.declare(publisher.channel()).await?;
@@ -361,13 +356,9 @@ async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<Exi
         _ => ParkedAction::List,
     };
     let decider = decider(settings)?;
-    let connection = broker::connect_with(
-        settings.amqp_url.expose_secret(),
-        &settings.amqp_tls,
-        "order-closer reconcile",
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
+    let connection = broker::connect_configured(settings, "order-closer reconcile")
+        .await
+        .context("connecting to RabbitMQ")?;
     let topology = Arc::new(settings.topology.clone());
     let publisher = Publisher::open(&connection, topology.clone()).await?;
     topology.declare(publisher.channel()).await?;

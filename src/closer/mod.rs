@@ -176,12 +176,7 @@ impl Closer {
         // A database that cannot be used (a wrong password, TLS mode or CA) is an error
         // now, not at the first order.
         drop(db::conn(&pool).await?);
-        let connection = broker::connect_with(
-            settings.amqp_url.expose_secret(),
-            &settings.amqp_tls,
-            "order-closer library",
-        )
-        .await?;
+        let connection = broker::connect_configured(settings, "order-closer library").await?;
         let publisher = Publisher::open(&connection, Arc::new(settings.topology.clone())).await?;
         settings.topology.declare(publisher.channel()).await?;
         Ok(Self {

@@ -82,15 +82,23 @@ impl From<diesel::result::Error> for ChangeError {
     }
 }
 
-/// The order, locked for the rest of the transaction.
-async fn lock(conn: &mut AsyncPgConnection, out_trade_no: &str) -> QueryResult<Option<Order>> {
-    orders::table
+/// The order, locked for the rest of the transaction, if it is still NEW.
+async fn lock_new(conn: &mut AsyncPgConnection, out_trade_no: &str) -> Result<Order, ChangeError> {
+    let order = orders::table
         .filter(orders::out_trade_no.eq(out_trade_no))
         .select(Order::as_select())
         .for_update()
         .first(conn)
         .await
-        .optional()
+        .optional()?
+        .ok_or_else(|| ChangeError::NotFound(out_trade_no.to_owned()))?;
+    match order.status() {
+        OrderStatus::New => Ok(order),
+        status => Err(ChangeError::Settled {
+            out_trade_no: out_trade_no.to_owned(),
+            status,
+        }),
+    }
 }
 
 /// Moves the deadline and records why, in the caller's transaction.
@@ -145,15 +153,7 @@ impl Closer {
         let no = out_trade_no.to_owned();
         let requested: Result<PendingClose, ChangeError> = conn
             .transaction::<_, ChangeError, _>(async |tx| {
-                let order = lock(tx, &no)
-                    .await?
-                    .ok_or_else(|| ChangeError::NotFound(no.clone()))?;
-                if order.status() != OrderStatus::New {
-                    return Err(ChangeError::Settled {
-                        out_trade_no: no.clone(),
-                        status: order.status(),
-                    });
-                }
+                let order = lock_new(tx, &no).await?;
                 let now = Utc::now();
                 let order = if order.deadline > now {
                     move_deadline(tx, &order, now, "cancel_requested", "cancel requested").await?
@@ -221,15 +221,7 @@ impl Closer {
         let mut conn = db::conn(&self.pool).await?;
         let no = out_trade_no.to_owned();
         conn.transaction::<_, ChangeError, _>(async |tx| {
-            let order = lock(tx, &no)
-                .await?
-                .ok_or_else(|| ChangeError::NotFound(no.clone()))?;
-            if order.status() != OrderStatus::New {
-                return Err(ChangeError::Settled {
-                    out_trade_no: no.clone(),
-                    status: order.status(),
-                });
-            }
+            let order = lock_new(tx, &no).await?;
             if order.deadline <= crate::time::later(Utc::now(), EXTEND_MARGIN) {
                 return Err(not_extendable(format!(
                     "its deadline {} is less than {EXTEND_MARGIN:?} away: it is being decided",

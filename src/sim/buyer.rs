@@ -291,23 +291,23 @@ impl BuyerClient {
     /// [`BuyerError::Rejected`] with status 400, error `invalid_fault_plan` and a message
     /// naming the field, and leaves the current plan in place.
     pub async fn set_faults(&self, plan: &FaultPlan) -> Result<FaultPlan, BuyerError> {
-        let url = self.url(&["faults"])?;
-        let body = serde_json::to_string(plan).map_err(|e| BuyerError::Decode(e.to_string()))?;
-        let response = self
-            .http
-            .put(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
-        Self::read(response).await
+        self.put_json(&["faults"], plan).await
     }
 
     /// Replaces the notification plan (where notifications go, their faults); returns
     /// the plan installed. An invalid plan is [`BuyerError::Rejected`] with status 400.
     pub async fn set_notify(&self, plan: &NotifyPlan) -> Result<NotifyPlan, BuyerError> {
-        let url = self.url(&["notify"])?;
-        let body = serde_json::to_string(plan).map_err(|e| BuyerError::Decode(e.to_string()))?;
+        self.put_json(&["notify"], plan).await
+    }
+
+    /// `PUT /sim/{path}` with a JSON body; the answer decoded.
+    async fn put_json<T: serde::Serialize, R: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        body: &T,
+    ) -> Result<R, BuyerError> {
+        let url = self.url(path)?;
+        let body = serde_json::to_string(body).map_err(|e| BuyerError::Decode(e.to_string()))?;
         let response = self
             .http
             .put(url)

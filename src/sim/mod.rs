@@ -51,6 +51,18 @@ pub use state::{
     SIM_METHODS, SimRefund, SimState, SimStats, SimTradeStatus, SimTradeView, UnknownFaultKind,
 };
 
+/// Sleeps `d` unless `stop` is cancelled first (then `false`): the simulator's latency,
+/// timeout holds and notification resends all end at once when it stops.
+pub(crate) async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+    if d.is_zero() {
+        return !stop.is_cancelled();
+    }
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = stop.cancelled() => false,
+    }
+}
+
 /// How long [`RunningSim::shutdown`] waits for in-flight requests before aborting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

@@ -315,13 +315,7 @@ impl SimNotifier {
 
     /// Sleeps `d` unless the simulator stops first (then `false`).
     async fn pause(&self, d: Duration) -> bool {
-        if d.is_zero() {
-            return !self.stop.is_cancelled();
-        }
-        tokio::select! {
-            () = tokio::time::sleep(d) => true,
-            () = self.stop.cancelled() => false,
-        }
+        super::pause(&self.stop, d).await
     }
 
     /// The signed form of one send (`notify_time` is the send's own).

@@ -79,13 +79,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Sleeps `d`, unless the simulator stops first (then `false`).
     async fn pause(&self, d: Duration) -> bool {
-        if d.is_zero() {
-            return !self.shutdown.is_cancelled();
-        }
-        tokio::select! {
-            () = tokio::time::sleep(d) => true,
-            () = self.shutdown.cancelled() => false,
-        }
+        super::pause(&self.shutdown, d).await
     }
 }
 

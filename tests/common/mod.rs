@@ -556,6 +556,21 @@ impl TestEnv {
         NotifyEndpoint { notifier, url }
     }
 
+    /// The simulator sends no notifications (a test sends its own).
+    pub fn quiet_notifications(&self) {
+        if let Some(sim) = &self.sim {
+            sim.notifier()
+                .set_plan(sim::NotifyPlan::default())
+                .expect("notify plan");
+        }
+    }
+
+    /// Every decision about an order, oldest first.
+    pub async fn trail(&self, order_id: i64) -> Vec<db::decisions::Decision> {
+        let mut conn = db::conn(&self.pool).await.unwrap();
+        db::decisions::for_order(&mut conn, order_id).await.unwrap()
+    }
+
     /// The notify endpoint over the test's own pool, the simulator notifying it.
     pub async fn start_notify(&self) -> NotifyEndpoint {
         self.serve_notify(self.notifier_over(self.pool.clone()), 0.001)

@@ -484,13 +484,9 @@ impl BenchEnv {
                 .await
                 .context("migrating the bench schema")?;
             let pool = db::pool(&database_url, BENCH_POOL)?;
-            let connection = broker::connect_with(
-                settings.amqp_url.expose_secret(),
-                &settings.amqp_tls,
-                "order-closer bench",
-            )
-            .await
-            .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
+            let connection = broker::connect_configured(settings, "order-closer bench")
+                .await
+                .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
             let publisher = Publisher::open(&connection, topology.clone()).await?;
             topology.declare(publisher.channel()).await?;
             let app_key = tokio::task::spawn_blocking(AppPrivateKey::generate)
@@ -552,12 +548,7 @@ impl BenchEnv {
             }),
             Err(e) => {
                 // Undo what was made before the failure.
-                if let Ok(connection) = broker::connect_with(
-                    settings.amqp_url.expose_secret(),
-                    &settings.amqp_tls,
-                    "bench cleanup",
-                )
-                .await
+                if let Ok(connection) = broker::connect_configured(settings, "bench cleanup").await
                     && let Ok(channel) = connection.create_channel().await
                 {
                     let _ = topology.delete(&channel).await;
