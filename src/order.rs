@@ -83,3 +83,25 @@ impl Order {
         OrderStatus::parse(&self.status_text).unwrap_or(OrderStatus::New)
     }
 }
+
+/// Why an order was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The gateway never saw a trade (the buyer never scanned or started paying).
+    NoTrade,
+    /// The gateway already had the trade closed.
+    ClosedAtGateway,
+    /// We closed the waiting trade at the gateway, then locally.
+    ClosedByUs,
+}
+
+impl CloseReason {
+    /// The text stored in `orders.close_reason` and in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoTrade => "deadline_no_trade",
+            Self::ClosedAtGateway => "deadline_closed_at_gateway",
+            Self::ClosedByUs => "deadline_closed_by_us",
+        }
+    }
+}

@@ -48,6 +48,7 @@ fn serial_bench_quick_writes_results_and_chart() {
         "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(stdout.contains("decisions/s"), "{stdout}");
+    assert!(stdout.contains("payment to PAID"), "{stdout}");
 
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out).expect("results file")).expect("JSON");
@@ -59,6 +60,7 @@ fn serial_bench_quick_writes_results_and_chart() {
         "create",
         "pipeline",
         "classic",
+        "notifications",
         "derived",
         "targets",
     ] {
@@ -71,6 +73,8 @@ fn serial_bench_quick_writes_results_and_chart() {
         &["pipeline", "worker_cpu_seconds"],
         &["pipeline", "worker_peak_rss_mib"],
         &["classic", "decisions_per_second"],
+        &["notifications", "notifications_per_second"],
+        &["notifications", "payment_to_paid_ms", "p99"],
         &["ceilings", "rsa_signs_per_second_one_thread"],
         &["ceilings", "rsa_signs_per_second_all_cores"],
         &["ceilings", "broker_publish_confirm_per_second_sequential"],
@@ -95,6 +99,8 @@ fn serial_bench_quick_writes_results_and_chart() {
             assert!(b["lateness_ms"][p].is_number(), "{batch}.lateness_ms.{p}");
         }
     }
+    let n = &report["notifications"];
+    assert_eq!(n["committed"], n["payments"], "every payment PAID: {n}");
     let chart = std::fs::read(dir.join("chart.png")).expect("chart");
     assert!(chart.starts_with(b"\x89PNG"), "chart is not a PNG");
     let _ = std::fs::remove_dir_all(&dir);

@@ -51,9 +51,13 @@ async fn a_cancel_runs_the_deadline_decision_at_once_in_each_gateway_state() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
 
+    // No trade yet: closed here, but a QR code already shown stays valid until the
+    // original deadline, and the caller is told so.
     assert_eq!(
         env.closer.cancel_order(&no_trade).await.unwrap(),
-        Cancelled::Closed
+        Cancelled::ClosedBeforeScan {
+            qr_valid_until: a.deadline
+        }
     );
     assert_eq!(
         env.closer.cancel_order(&waiting).await.unwrap(),

@@ -455,7 +455,11 @@ async fn orders_extend_and_cancel_from_the_shell() {
     env.settled(&no, std::time::Duration::from_secs(20)).await;
     let out = run(&vars, &["orders", "cancel", &no]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("CLOSED"));
+    assert!(
+        text(&out.stdout).contains("CLOSED"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = run(&vars, &["orders", "cancel", "no-such-order"]).await;
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).ok();

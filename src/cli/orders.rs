@@ -143,6 +143,14 @@ async fn cancel(settings: Settings, args: CancelArgs) -> anyhow::Result<ExitCode
             println!("{no}: CLOSED (the buyer can no longer pay)");
             Ok(ExitCode::SUCCESS)
         }
+        Ok(Cancelled::ClosedBeforeScan { qr_valid_until }) => {
+            println!(
+                "{no}: CLOSED; the buyer had not scanned, so a QR code already shown stays \
+                 scannable until {}: a payment by then is caught as paid_after_close",
+                qr_valid_until.to_rfc3339()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(Cancelled::Paid) => {
             println!("{no}: PAID: the buyer had paid; deliver the goods or refund");
             Ok(ExitCode::from(3))

@@ -25,6 +25,7 @@ use crate::db::outbox::{self, KIND_CLOSE, NewOutboxRow};
 use crate::db::schema::orders;
 use crate::db::{self, DbError};
 use crate::message::CloseMessage;
+use crate::order::CloseReason;
 use crate::order::{Order, OrderStatus};
 
 /// How long [`Closer::cancel_order`] waits for the worker's decision.
@@ -40,8 +41,17 @@ const ACTOR: &str = "closer";
 /// What a cancel came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
-    /// Closed (at the gateway first, when a trade existed): the buyer can no longer pay.
+    /// Closed at the gateway first, then here: the buyer can no longer pay.
     Closed,
+    /// Closed here, but the gateway had no trade yet (the buyer never scanned): closing a
+    /// trade that does not exist proves nothing, so a QR code shown to the buyer stays
+    /// scannable until its own expiry, which the shop set to the original deadline. A
+    /// payment made by then is caught as `paid_after_close` (by the notify endpoint, or
+    /// the bill) and held or refunded.
+    ClosedBeforeScan {
+        /// The original deadline: the QR code's expiry.
+        qr_valid_until: DateTime<Utc>,
+    },
     /// The buyer had paid: the order is PAID (deliver, or refund).
     Paid,
     /// Requested, but no worker decided within the wait (a gateway error being retried, or
@@ -151,9 +161,10 @@ impl Closer {
     ) -> Result<Cancelled, ChangeError> {
         let mut conn = db::conn(&self.pool).await?;
         let no = out_trade_no.to_owned();
-        let requested: Result<PendingClose, ChangeError> = conn
+        let requested: Result<(PendingClose, DateTime<Utc>), ChangeError> = conn
             .transaction::<_, ChangeError, _>(async |tx| {
                 let order = lock_new(tx, &no).await?;
+                let original_deadline = order.deadline;
                 let now = Utc::now();
                 let order = if order.deadline > now {
                     move_deadline(tx, &order, now, "cancel_requested", "cancel requested").await?
@@ -172,24 +183,31 @@ impl Closer {
                     },
                 )
                 .await?;
-                Ok(PendingClose { order, outbox_id })
+                Ok((PendingClose { order, outbox_id }, original_deadline))
             })
             .await;
         drop(conn);
-        let pending = match requested {
+        let (pending, original_deadline) = match requested {
             Ok(pending) => pending,
-            Err(ChangeError::Settled { status, .. }) => return Ok(settled_as(status)),
+            Err(ChangeError::Settled { status, .. }) => return Ok(settled_as(status, None)),
             Err(e) => return Err(e),
         };
         self.publish(&pending).await;
         let until = tokio::time::Instant::now() + wait;
         loop {
-            let mut conn = db::conn(&self.pool).await?;
-            let now = db::orders::find(&mut conn, pending.order.id).await?;
-            drop(conn);
-            match now.map(|o| o.status()) {
-                Some(OrderStatus::New) | None => {}
-                Some(status) => return Ok(settled_as(status)),
+            // The cancel is committed: from here a failure to read is "not known yet",
+            // never "nothing changed".
+            let now = match db::conn(&self.pool).await {
+                Ok(mut conn) => db::orders::find(&mut conn, pending.order.id).await.ok(),
+                Err(_) => None,
+            };
+            if let Some(order) = now.flatten()
+                && order.status() != OrderStatus::New
+            {
+                return Ok(settled_as(
+                    order.status(),
+                    Some((&order, original_deadline)),
+                ));
             }
             if tokio::time::Instant::now() >= until {
                 return Ok(Cancelled::Pending);
@@ -241,10 +259,18 @@ impl Closer {
     }
 }
 
-fn settled_as(status: OrderStatus) -> Cancelled {
-    match status {
-        OrderStatus::Paid => Cancelled::Paid,
-        OrderStatus::Closed => Cancelled::Closed,
-        OrderStatus::New => Cancelled::Pending,
+/// The answer for an order that is settled; `cancelled` is the order this cancel closed,
+/// with its deadline before the cancel.
+fn settled_as(status: OrderStatus, cancelled: Option<(&Order, DateTime<Utc>)>) -> Cancelled {
+    match (status, cancelled) {
+        (OrderStatus::Paid, _) => Cancelled::Paid,
+        (OrderStatus::Closed, Some((order, qr_valid_until)))
+            if order.close_reason.as_deref() == Some(CloseReason::NoTrade.as_str())
+                && qr_valid_until > Utc::now() =>
+        {
+            Cancelled::ClosedBeforeScan { qr_valid_until }
+        }
+        (OrderStatus::Closed, _) => Cancelled::Closed,
+        (OrderStatus::New, _) => Cancelled::Pending,
     }
 }

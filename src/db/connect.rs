@@ -99,21 +99,25 @@ impl Target {
     /// missing file fails at start-up.
     pub fn parse(url: &str) -> Result<Self, DbError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut mode = SslMode::Prefer;
+        let mut mode: Option<SslMode> = None;
         let mut root: Option<String> = None;
         let mut kept = Vec::new();
         for part in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let decoded = || {
                 form_urlencoded_value(value).ok_or_else(|| {
-                    DbError::Unavailable(format!("DATABASE_URL: {key} is not valid UTF-8"))
+                    DbError::Unavailable(format!(
+                        "DATABASE_URL: {key} is not a valid percent-encoded UTF-8 value"
+                    ))
                 })
             };
             match key {
                 "sslmode" => {
-                    mode = decoded()?
-                        .parse()
-                        .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?;
+                    mode = Some(
+                        decoded()?
+                            .parse()
+                            .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?,
+                    );
                 }
                 "sslrootcert" => root = Some(decoded()?),
                 "sslcert" | "sslkey" | "sslpassword" => {
@@ -128,6 +132,16 @@ impl Target {
             base.to_owned()
         } else {
             format!("{base}?{}", kept.join("&"))
+        };
+        // As libpq: `sslrootcert=system` means verify-full, and refuses a weaker mode.
+        let mode = match (mode, root.as_deref()) {
+            (None, Some("system")) => SslMode::VerifyFull,
+            (Some(m), Some("system")) if m != SslMode::VerifyFull => {
+                return Err(DbError::Unavailable(format!(
+                    "DATABASE_URL: sslrootcert=system requires sslmode=verify-full, not {m}"
+                )));
+            }
+            (m, _) => m.unwrap_or(SslMode::Prefer),
         };
         let mut config = tokio_postgres::Config::from_str(&rest)
             .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?;
@@ -244,18 +258,22 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
-/// A percent-encoded query value, decoded.
+/// A percent-encoded query value, decoded as libpq does: `%XX` with two hex digits (not
+/// `%00`); anything else after a `%` is refused. `+` stays `+`.
 fn form_urlencoded_value(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let b = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            if b == 0 {
+                return None;
+            }
             out.push(b);
             i += 3;
         } else {
@@ -289,6 +307,10 @@ mod tests {
         let err = Target::parse("postgres://h/db?sslmode=require&sslrootcert=%2Fno%2Fsuch.pem")
             .unwrap_err();
         assert!(err.to_string().contains("/no/such.pem"), "{err}");
+        let t = Target::parse("postgres://h/db?sslrootcert=system").unwrap();
+        assert_eq!(t.mode(), SslMode::VerifyFull);
+        let err = Target::parse("postgres://h/db?sslrootcert=system&sslmode=require").unwrap_err();
+        assert!(err.to_string().contains("verify-full"), "{err}");
         let err = Target::parse("postgres://h/db?sslcert=c.pem").unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
     }
@@ -299,7 +321,10 @@ mod tests {
             form_urlencoded_value("%2Ftmp%2Fca.pem").unwrap(),
             "/tmp/ca.pem"
         );
-        assert_eq!(form_urlencoded_value("a%2").unwrap(), "a%2");
+        assert_eq!(form_urlencoded_value("a%2"), None);
+        assert_eq!(form_urlencoded_value("%+A"), None);
+        assert_eq!(form_urlencoded_value("a%00b"), None);
+        assert_eq!(form_urlencoded_value("a+b").unwrap(), "a+b");
         assert_eq!(form_urlencoded_value("plain").unwrap(), "plain");
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - A **verified** notification (signature, our merchant, a fresh one) saying "paid" with
 //!   the order's amount is the gateway's answer: NEW -> PAID with its audit row (actor
-//!   `notify`, the raw notification kept) and the `order.paid` event, in one transaction.
+//!   `notify:<host>:<pid>`, the raw notification kept) and the `order.paid` event, in one transaction.
 //!   Already PAID: nothing is written. CLOSED: a `paid_after_close` anomaly and its event,
 //!   once however often the notification is resent.
 //! - Anything else that names an order of ours (a bad signature, another merchant, an
@@ -277,7 +277,15 @@ impl Notifier {
     }
 
     /// Not trusted by itself: ask the gateway (within the budget) and apply its answer.
+    /// A PAID order has nothing left to learn: no query.
     async fn hint(&self, v: &dyn NotifyVerifier, order: &Order, why: &str) -> Handled {
+        if order.status() == OrderStatus::Paid {
+            return done(
+                NotifyOutcome::AlreadyPaid,
+                v.acknowledge(),
+                format!("{why}; the order is PAID already, nothing to ask"),
+            );
+        }
         let _grant = match self.hints.try_begin(&order.out_trade_no) {
             Ok(grant) => grant,
             Err(Refusal::TooSoon) => {

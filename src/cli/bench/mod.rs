@@ -14,7 +14,9 @@
 //! - [`classic`]: the same with `--concurrency 1 --prefetch 1`;
 //! - [`sustained`]: a steady arrival rate, lateness per 10 s window;
 //! - [`pending`]: a million close schedules left in the outbox, scheduled by the worker's
-//!   relay, with the worker's memory sampled throughout.
+//!   relay, with the worker's memory sampled throughout;
+//! - [`notifications`]: payments at a steady rate announced to `order-closer notify`,
+//!   payment to PAID.
 //!
 //! Results go to a JSON file, a table on stdout ([`report`]) and a PNG chart ([`chart`]).
 
@@ -22,6 +24,7 @@ mod ceilings;
 mod chart;
 mod classic;
 mod create;
+mod notifications;
 mod pending;
 mod pipeline;
 mod queue_types;
@@ -103,6 +106,13 @@ pub struct BenchArgs {
     /// watched; 0 skips the run [default: 1000000; quick: 20000].
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     pending: Option<u32>,
+    /// Payments in the notification run, announced to `order-closer notify`; 0 skips it
+    /// [default: 20000; quick: 2000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    notify_payments: Option<u32>,
+    /// Payments per second in the notification run.
+    #[arg(long, default_value_t = 1000.0)]
+    notify_rate: f64,
     /// Where the JSON results go (the chart goes next to it as `chart.png`).
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -190,6 +200,10 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// Close schedules in the pending run (0: skipped).
     pub pending: u32,
+    /// Payments in the notification run (0: skipped).
+    pub notify_payments: u32,
+    /// Their rate per second.
+    pub notify_rate: f64,
     /// Quick mode.
     pub quick: bool,
     /// Measurements left out.
@@ -213,6 +227,11 @@ impl Plan {
             (0.0..=1.0).contains(&args.paid_share),
             "--paid-share must be between 0 and 1, got {}",
             args.paid_share
+        );
+        anyhow::ensure!(
+            args.notify_rate.is_finite() && args.notify_rate > 0.0,
+            "--notify-rate must be positive, got {}",
+            args.notify_rate
         );
         if let Some(rate) = args.rate {
             anyhow::ensure!(
@@ -254,6 +273,8 @@ impl Plan {
             sustained_seconds: args.sustained.as_secs_f64(),
             rate: args.rate,
             pending: pick(args.pending, 1_000_000, 20_000),
+            notify_payments: pick(args.notify_payments, 20_000, 2_000),
+            notify_rate: args.notify_rate,
             quick: args.quick,
             skip: args.skip,
             out: args.out,
@@ -312,6 +333,8 @@ pub struct Results {
     pub sustained: Option<sustained::SustainedResult>,
     /// The pending-closes run.
     pub pending: Option<pending::PendingResult>,
+    /// The notification run.
+    pub notifications: Option<notifications::NotifyResult>,
     /// The pipeline once per compared queue type.
     pub queue_types: Vec<queue_types::QueueTypeRun>,
 }
@@ -376,6 +399,15 @@ async fn measure(settings: &Settings, env: &BenchEnv, plan: &Plan) -> anyhow::Re
     } else {
         None
     };
+    let notifications = if plan.notify_payments > 0 {
+        eprintln!(
+            "notification run: {} payments at {:.0}/s to order-closer notify",
+            plan.notify_payments, plan.notify_rate
+        );
+        Some(notifications::run(env, plan.notify_payments, plan.notify_rate).await?)
+    } else {
+        None
+    };
     let mut compared = Vec::new();
     for queue_type in &plan.queue_types {
         let queue_type = QueueType::from(*queue_type);
@@ -392,6 +424,7 @@ async fn measure(settings: &Settings, env: &BenchEnv, plan: &Plan) -> anyhow::Re
         classic,
         sustained,
         pending,
+        notifications,
         queue_types: compared,
     })
 }
@@ -452,6 +485,13 @@ pub struct BenchEnv {
     pub work_dir: PathBuf,
     /// Environment for worker child processes.
     pub worker_env: Vec<(String, String)>,
+}
+
+impl BenchEnv {
+    /// The simulator's payment notifier.
+    pub fn notifier(&self) -> &std::sync::Arc<order_closer::sim::SimNotifier> {
+        self.sim.notifier()
+    }
 }
 
 /// How many connections the bench's own pool holds.

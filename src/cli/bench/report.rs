@@ -28,6 +28,8 @@ pub mod targets {
     pub const CREATE_OVER_RAW: f64 = 0.70;
     /// Worker RSS growth while a million closes are scheduled, at most (MiB): "flat".
     pub const PENDING_RSS_GROWTH_MIB: f64 = 16.0;
+    /// Payment to PAID through a notification, p99 at 1,000 payments/s, at most (ms).
+    pub const NOTIFY_P99_MS: f64 = 50.0;
 }
 
 /// One figure against its target.
@@ -93,6 +95,8 @@ pub struct Derived {
     pub sustained_p99_ms: Option<f64>,
     /// Worker RSS growth over the pending run (MiB).
     pub pending_worker_rss_growth_mib: Option<f64>,
+    /// Payment to PAID p99 in the notification run (ms).
+    pub notify_p99_ms: Option<f64>,
 }
 
 /// Facts about the run and the machine.
@@ -131,6 +135,8 @@ pub struct Report {
     pub sustained: Option<SustainedResult>,
     /// The pending-closes run.
     pub pending: Option<PendingResult>,
+    /// The notification run.
+    pub notifications: Option<super::notifications::NotifyResult>,
     /// The pipeline once per compared queue type (`--queue-types`).
     pub queue_types: Vec<QueueTypeRun>,
     /// Derived figures.
@@ -174,6 +180,7 @@ impl Report {
             create_over_raw: r.create.as_ref().map(|c| c.ratio),
             sustained_p99_ms: r.sustained.as_ref().map(|s| s.lateness_ms.p99),
             pending_worker_rss_growth_mib: r.pending.as_ref().map(|p| p.worker_rss_growth_mib),
+            notify_p99_ms: r.notifications.as_ref().map(|n| n.payment_to_paid_ms.p99),
         };
         let mut goals = Vec::new();
         if let Some(v) = derived.throughput_vs_crypto_ceiling {
@@ -218,6 +225,13 @@ impl Report {
                 targets::PENDING_RSS_GROWTH_MIB,
             ));
         }
+        if let Some(v) = derived.notify_p99_ms {
+            goals.push(Target::at_most(
+                "notify_payment_to_paid_p99_ms",
+                v,
+                targets::NOTIFY_P99_MS,
+            ));
+        }
         Self {
             run: tag.to_owned(),
             started_at,
@@ -234,6 +248,7 @@ impl Report {
             classic: r.classic,
             sustained: r.sustained,
             pending: r.pending,
+            notifications: r.notifications,
             queue_types: r.queue_types,
             derived,
             targets: goals,
@@ -394,6 +409,34 @@ impl Report {
                 &mut t,
                 "worker CPU ms/decision",
                 &format!("{:.3}", s.worker_cpu_ms_per_decision),
+            );
+        }
+        if let Some(n) = &self.notifications {
+            let _ = writeln!(
+                t,
+                "notifications: {} payments at {:.0}/s (achieved {:.0}/s) to order-closer notify",
+                n.payments, n.target_rate, n.achieved_rate
+            );
+            row(&mut t, "committed PAID", &n.committed.to_string());
+            row(
+                &mut t,
+                "notifications/s through to commit",
+                &format!("{:.0}", n.notifications_per_second),
+            );
+            row(
+                &mut t,
+                "payment to PAID p50 / p99 / max ms",
+                &format!(
+                    "{} / {} / {}",
+                    num(n.payment_to_paid_ms.p50),
+                    num(n.payment_to_paid_ms.p99),
+                    num(n.payment_to_paid_ms.max)
+                ),
+            );
+            row(
+                &mut t,
+                "sends / answered success",
+                &format!("{} / {}", n.sends, n.acknowledged),
             );
         }
         if let Some(p) = &self.pending {

@@ -145,6 +145,14 @@ impl NotifyVerifier for AlipayNotify {
             .filter(|v| !v.is_empty())
             .ok_or(NoticeError::NoOrder)?
             .clone();
+        if out_trade_no.len() > crate::message::MAX_OUT_TRADE_NO
+            || out_trade_no.chars().any(char::is_control)
+        {
+            // Never one of ours: not worth a database read.
+            return Err(NoticeError::Malformed(
+                "out_trade_no is not an order number (too long or control characters)".into(),
+            ));
+        }
         let claim = if !verify_notify_params(&self.alipay_public_key, &pairs) {
             Claim::Unverified {
                 reason: "the signature does not verify with Alipay's key".into(),
