@@ -484,7 +484,18 @@ pub async fn ready_count(channel: &lapin::Channel, queue: &str) -> Option<u32> {
 
 /// Runs the `order-closer` binary with `vars` and `args` and collects its output.
 pub async fn run_binary(vars: &[(String, String)], args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
+    // The test process's own connection settings (scripts/test.sh exports them) must not
+    // leak into the binary: `vars` says everything it gets.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"));
+    for inherited in [
+        "DATABASE_URL",
+        "DATABASE_URL_FILE",
+        "AMQP_URL",
+        "AMQP_URL_FILE",
+    ] {
+        command.env_remove(inherited);
+    }
+    command
         .args(args)
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("ORDER_CLOSER_CONCURRENCY")
