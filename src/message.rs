@@ -89,6 +89,12 @@ impl CloseMessage {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// Encodes the message as JSON text (an outbox row's payload).
+    pub fn encode_text(&self) -> String {
+        // As above: cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// Decodes and validates a message body.
     pub fn decode(body: &[u8]) -> Result<Self, MessageError> {
         if body.iter().all(u8::is_ascii_whitespace) {

@@ -10,7 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::files;
-use crate::tls::{self, TlsError};
+use crate::tls;
 
 /// Largest client certificate or key file.
 const MAX_IDENTITY_BYTES: u64 = 64 * 1024;
@@ -97,10 +97,4 @@ pub enum AmqpTlsError {
     /// Only one of the two client-certificate variables.
     #[error("set both ORDER_CLOSER_AMQP_TLS_CERT and ORDER_CLOSER_AMQP_TLS_KEY, or neither")]
     HalfIdentity,
-}
-
-impl From<TlsError> for AmqpTlsError {
-    fn from(e: TlsError) -> Self {
-        Self::Ca(e.to_string())
-    }
 }

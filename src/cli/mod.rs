@@ -51,6 +51,12 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The audit rows' actor for this process: `<role>:<HOSTNAME>:<pid>`.
+fn actor(role: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{role}:{host}:{}", std::process::id())
+}
+
 /// Runs a command; the exit code is the command's verdict.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env().context("invalid configuration")?;

@@ -47,17 +47,15 @@ pub fn notifier(
 
 /// Serves until SIGTERM or SIGINT.
 pub async fn run(settings: Settings, args: NotifyArgs) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
-    let _checked = db::conn(&pool)
+    let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)
         .await
         .context("cannot use the database (DATABASE_URL)")?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let alipay = settings.alipay_config().context("invalid configuration")?;
     let notifier = Arc::new(notifier(
         alipay,
         &settings,
         pool.clone(),
-        &format!("notify:{host}:{}", std::process::id()),
+        &super::actor("notify"),
     )?);
     let shutdown = shutdown_on_signal();
     if let Some(addr) = settings.http_listen {

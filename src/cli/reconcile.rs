@@ -251,12 +251,11 @@ fn decider(settings: &Settings) -> anyhow::Result<Decider> {
     )
     .context("building the Alipay client")?;
     let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     Ok(Decider::new(
         pool,
         gateways,
         settings.retry.clone(),
-        format!("reconcile:{host}:{}", std::process::id()),
+        super::actor("reconcile"),
     ))
 }
 

@@ -34,14 +34,17 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
         settings.alipay.rate_limit,
     )
     .context("building the Alipay client")?;
-    let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
-    // A database that cannot be reached at start-up (a wrong TLS mode, CA or password)
-    // stops the worker here, naming the cause, instead of every message being delayed
-    // for ever.
-    let _checked = db::conn(&pool)
+    // A database that cannot be used stops the worker here, naming the cause, instead of
+    // every message being delayed for ever.
+    let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)
         .await
         .context("cannot use the database (DATABASE_URL)")?;
-    let decider = Decider::new(pool.clone(), gateways, settings.retry.clone(), actor_name());
+    let decider = Decider::new(
+        pool.clone(),
+        gateways,
+        settings.retry.clone(),
+        super::actor("worker"),
+    );
     let shutdown = shutdown_on_signal();
     let worker = Worker::new(decider, WorkerConfig::from_settings(&settings));
     if let Some(addr) = settings.http_listen {
@@ -53,9 +56,4 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
     }
     worker.run(shutdown).await.context("the worker stopped")?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn actor_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    format!("worker:{host}:{}", std::process::id())
 }

@@ -172,10 +172,8 @@ impl Closer {
     /// cannot be reached is an error here; use [`Closer::without_broker`] to create
     /// orders anyway and leave publishing to the relay.
     pub async fn connect(settings: &Settings) -> Result<Self, ConnectError> {
-        let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
-        // A database that cannot be used (a wrong password, TLS mode or CA) is an error
-        // now, not at the first order.
-        drop(db::conn(&pool).await?);
+        let pool =
+            db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size).await?;
         let connection = broker::connect_configured(settings, "order-closer library").await?;
         let publisher = Publisher::open(&connection, Arc::new(settings.topology.clone())).await?;
         settings.topology.declare(publisher.channel()).await?;
@@ -346,8 +344,7 @@ async fn insert(
         .iter()
         .zip(&ids)
         .map(|((n, deadline), id)| {
-            let message = CloseMessage::new(*id, n.out_trade_no.clone(), *deadline);
-            String::from_utf8(message.encode()).unwrap_or_default()
+            CloseMessage::new(*id, n.out_trade_no.clone(), *deadline).encode_text()
         })
         .collect();
     let rows: Vec<orders::Scheduled<'_>> = new

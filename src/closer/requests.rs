@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use super::{Closer, MAX_TIME_TO_PAY, PendingClose};
 use crate::db::decisions::{self, NewDecision};
-use crate::db::outbox::{self, KIND_CLOSE, NewOutboxRow};
+use crate::db::outbox;
 use crate::db::schema::orders;
 use crate::db::{self, DbError};
 use crate::message::CloseMessage;
@@ -173,16 +173,7 @@ impl Closer {
                 };
                 let message =
                     CloseMessage::new(order.id, order.out_trade_no.clone(), order.deadline);
-                let payload = String::from_utf8(message.encode()).unwrap_or_default();
-                let outbox_id = outbox::insert(
-                    tx,
-                    &NewOutboxRow {
-                        kind: KIND_CLOSE,
-                        routing_key: "",
-                        payload: &payload,
-                    },
-                )
-                .await?;
+                let outbox_id = outbox::insert_close(tx, &message).await?;
                 Ok((PendingClose { order, outbox_id }, original_deadline))
             })
             .await;

@@ -135,28 +135,14 @@ pub struct Settings {
 /// The database URL with `sslrootcert` naming the CA file `path`
 /// (`ORDER_CLOSER_DB_TLS_CA`); refused when the URL names another one.
 fn with_root_cert(url: &str, path: &str) -> Result<String, String> {
-    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-    if let Some((_, named)) = parsed.query_pairs().find(|(k, _)| k == "sslrootcert") {
-        return if named == path {
-            Ok(url.to_owned())
-        } else {
-            Err(format!(
-                "DATABASE_URL names another sslrootcert ({named}); set one of them"
-            ))
-        };
+    use crate::db::connect::{query_value, with_query_param};
+    match query_value(url, "sslrootcert") {
+        Some(named) if named == path => Ok(url.to_owned()),
+        Some(named) => Err(format!(
+            "DATABASE_URL names another sslrootcert ({named}); set one of them"
+        )),
+        None => Ok(with_query_param(url, "sslrootcert", path)),
     }
-    // Percent-encoded as libpq decodes it (no `+` for a space).
-    let encoded: String = path
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Ok(format!("{url}{sep}sslrootcert={encoded}"))
 }
 
 /// Largest file a secret (`<VAR>_FILE`) is read from.

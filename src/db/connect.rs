@@ -11,10 +11,11 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use diesel_async::AsyncPgConnection;
+use tokio_postgres::Socket;
 use tokio_postgres::config::{Host, SslMode as WireMode};
+use tokio_postgres::tls::{MakeTlsConnect, NoTls, TlsStream};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
@@ -38,42 +39,46 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    /// The values, as written in a URL.
-    pub const NAMES: [&'static str; 6] = [
-        "disable",
-        "allow",
-        "prefer",
-        "require",
-        "verify-ca",
-        "verify-full",
+    /// Every mode, weakest first.
+    pub const ALL: [Self; 6] = [
+        Self::Disable,
+        Self::Allow,
+        Self::Prefer,
+        Self::Require,
+        Self::VerifyCa,
+        Self::VerifyFull,
     ];
+
+    /// As written in a URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
 }
 
 impl FromStr for SslMode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "disable" => Self::Disable,
-            "allow" => Self::Allow,
-            "prefer" => Self::Prefer,
-            "require" => Self::Require,
-            "verify-ca" => Self::VerifyCa,
-            "verify-full" => Self::VerifyFull,
-            other => {
-                return Err(format!(
-                    "sslmode={other:?} is not one of {}",
-                    Self::NAMES.join(", ")
-                ));
-            }
-        })
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|m| m.as_str()).collect();
+                format!("sslmode={s:?} is not one of {}", names.join(", "))
+            })
     }
 }
 
 impl fmt::Display for SslMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let i = *self as usize;
-        f.write_str(Self::NAMES[i])
+        f.write_str(self.as_str())
     }
 }
 
@@ -82,8 +87,8 @@ impl fmt::Display for SslMode {
 pub struct Target {
     config: tokio_postgres::Config,
     mode: SslMode,
-    /// The rustls set-up (`None` for `disable`).
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The rustls connector (`None` for `disable`); cloning it shares its configuration.
+    tls: Option<MakeRustlsConnect>,
     /// `host:port/database sslmode=…`, for messages (no user, no password).
     shown: String,
 }
@@ -102,10 +107,9 @@ impl Target {
         let mut mode: Option<SslMode> = None;
         let mut root: Option<String> = None;
         let mut kept = Vec::new();
-        for part in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        for (part, key, value) in query_parts(query) {
             let decoded = || {
-                form_urlencoded_value(value).ok_or_else(|| {
+                percent_decode(value).ok_or_else(|| {
                     DbError::Unavailable(format!(
                         "DATABASE_URL: {key} is not a valid percent-encoded UTF-8 value"
                     ))
@@ -161,7 +165,7 @@ impl Target {
         };
         let tls = match mode {
             SslMode::Disable => None,
-            _ => Some(Arc::new(
+            _ => Some(MakeRustlsConnect::new(
                 tls::client_config(verify, ca_pem.as_deref())
                     .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?,
             )),
@@ -187,47 +191,35 @@ impl Target {
 
     /// Opens one connection; the error names the server and the mode, never a password.
     pub async fn connect(&self) -> Result<AsyncPgConnection, String> {
-        let first = match &self.tls {
-            Some(tls) if self.mode != SslMode::Allow => Self::tls_on(&self.config, tls).await,
-            _ => Self::plain(&self.config).await,
-        };
-        let result = match (first, &self.tls) {
-            // `allow`: the server refused plain text, so try again with TLS.
-            (Err(plain), Some(tls)) if self.mode == SslMode::Allow => {
-                let mut config = self.config.clone();
-                config.ssl_mode(WireMode::Require);
-                Self::tls_on(&config, tls)
-                    .await
-                    .map_err(|e| format!("{plain}; then over TLS: {e}"))
-            }
-            (other, _) => other,
+        let result = match (&self.tls, self.mode) {
+            (None, _) => open(&self.config, NoTls).await,
+            // `allow`: plain text first; if the server refuses it, TLS.
+            (Some(tls), SslMode::Allow) => match open(&self.config, NoTls).await {
+                Ok(conn) => Ok(conn),
+                Err(plain) => {
+                    let mut config = self.config.clone();
+                    config.ssl_mode(WireMode::Require);
+                    open(&config, tls.clone())
+                        .await
+                        .map_err(|e| format!("{plain}; then over TLS: {e}"))
+                }
+            },
+            (Some(tls), _) => open(&self.config, tls.clone()).await,
         };
         result.map_err(|e| format!("{}: {e}", self.shown))
     }
+}
 
-    async fn plain(config: &tokio_postgres::Config) -> Result<AsyncPgConnection, String> {
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| with_causes(&e))?;
-        AsyncPgConnection::try_from_client_and_connection(client, connection)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn tls_on(
-        config: &tokio_postgres::Config,
-        tls: &Arc<rustls::ClientConfig>,
-    ) -> Result<AsyncPgConnection, String> {
-        let connector = MakeRustlsConnect::new((**tls).clone());
-        let (client, connection) = config
-            .connect(connector)
-            .await
-            .map_err(|e| with_causes(&e))?;
-        AsyncPgConnection::try_from_client_and_connection(client, connection)
-            .await
-            .map_err(|e| e.to_string())
-    }
+/// Opens a connection with `tls` (or [`NoTls`]) and hands it to diesel-async.
+async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<AsyncPgConnection, String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: TlsStream + Unpin + Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await.map_err(|e| with_causes(&e))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// An error with its causes (tokio-postgres shows a server's refusal as "db error" and
@@ -258,9 +250,46 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
+/// The `key=value` parts of a URL's query: (the part as written, key, raw value).
+fn query_parts(query: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|part| {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        (part, key, value)
+    })
+}
+
+/// The value of `key` in a database URL's query, decoded as libpq decodes it; None when
+/// it is absent (or not validly encoded, which [`Target::parse`] refuses).
+pub fn query_value(url: &str, key: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query_parts(query)
+        .find(|(_, k, _)| *k == key)
+        .and_then(|(_, _, v)| percent_decode(v))
+}
+
+/// The URL with `key=value` added to its query, the value percent-encoded so that libpq
+/// (and [`Target::parse`]) read it back exactly (a space is `%20`, never `+`).
+pub fn with_query_param(url: &str, key: &str, value: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={}", percent_encode(value))
+}
+
+/// Every byte but the unreserved ones (and `/`) as `%XX`.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A percent-encoded query value, decoded as libpq does: `%XX` with two hex digits (not
 /// `%00`); anything else after a `%` is refused. `+` stays `+`.
-fn form_urlencoded_value(value: &str) -> Option<String> {
+fn percent_decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -293,7 +322,7 @@ mod tests {
         let t = Target::parse("postgres://u:p@h:5433/db").unwrap();
         assert_eq!(t.mode(), SslMode::Prefer);
         assert_eq!(format!("{t:?}"), "postgres h:5433/db sslmode=prefer");
-        for name in SslMode::NAMES {
+        for name in SslMode::ALL.map(SslMode::as_str) {
             let t = Target::parse(&format!(
                 "postgres://u:p@h/db?options=-c%20search_path%3Dx&sslmode={name}"
             ))
@@ -317,14 +346,22 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_decoded() {
-        assert_eq!(
-            form_urlencoded_value("%2Ftmp%2Fca.pem").unwrap(),
-            "/tmp/ca.pem"
+        assert_eq!(percent_decode("%2Ftmp%2Fca.pem").unwrap(), "/tmp/ca.pem");
+        assert_eq!(percent_decode("a%2"), None);
+        assert_eq!(percent_decode("%+A"), None);
+        assert_eq!(percent_decode("a%00b"), None);
+        assert_eq!(percent_decode("a+b").unwrap(), "a+b");
+        assert_eq!(percent_decode("plain").unwrap(), "plain");
+        let url = with_query_param(
+            "postgres://h/db?sslmode=require",
+            "sslrootcert",
+            "/a b+c.pem",
         );
-        assert_eq!(form_urlencoded_value("a%2"), None);
-        assert_eq!(form_urlencoded_value("%+A"), None);
-        assert_eq!(form_urlencoded_value("a%00b"), None);
-        assert_eq!(form_urlencoded_value("a+b").unwrap(), "a+b");
-        assert_eq!(form_urlencoded_value("plain").unwrap(), "plain");
+        assert_eq!(
+            url,
+            "postgres://h/db?sslmode=require&sslrootcert=/a%20b%2Bc.pem"
+        );
+        assert_eq!(query_value(&url, "sslrootcert").unwrap(), "/a b+c.pem");
+        assert_eq!(query_value(&url, "sslcert"), None);
     }
 }

@@ -121,6 +121,15 @@ pub fn pool(url: &str, max_size: usize) -> Result<DbPool, DbError> {
         .map_err(|e| DbError::Unavailable(e.to_string()))
 }
 
+/// A pool whose first connection is opened now, so that a database that cannot be used
+/// (a wrong password, TLS mode or CA) fails at start-up naming the cause, instead of at
+/// the first order or decision.
+pub async fn ready_pool(url: &str, max_size: usize) -> Result<DbPool, DbError> {
+    let pool = pool(url, max_size)?;
+    drop(conn(&pool).await?);
+    Ok(pool)
+}
+
 /// Checks a connection out of the pool.
 pub async fn conn(pool: &DbPool) -> Result<PooledConn, DbError> {
     pool.get()
@@ -221,8 +230,7 @@ fn split_database(url: &str) -> Option<(String, String)> {
 /// The same database URL with `search_path` set to `schema`, so that every table lives
 /// in that schema (the demo, tests and benchmarks isolate themselves this way).
 pub fn with_search_path(url: &str, schema: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+    connect::with_query_param(url, "options", &format!("-c search_path={schema}"))
 }
 
 /// Creates a schema (its name must be a plain identifier).

@@ -50,6 +50,23 @@ pub async fn insert(conn: &mut AsyncPgConnection, row: &NewOutboxRow<'_>) -> Que
         .await
 }
 
+/// Inserts a close schedule (the relay publishes it if its creator does not) and returns
+/// its id.
+pub async fn insert_close(
+    conn: &mut AsyncPgConnection,
+    message: &crate::message::CloseMessage,
+) -> QueryResult<i64> {
+    insert(
+        conn,
+        &NewOutboxRow {
+            kind: KIND_CLOSE,
+            routing_key: "",
+            payload: &message.encode_text(),
+        },
+    )
+    .await
+}
+
 /// Which rows the relay claims: up to `limit` of the oldest rows that no one else will
 /// publish, that is every event row (decisions leave them to the relay) and close rows
 /// older than `grace` (left behind by a crash or a broker outage; younger ones are their

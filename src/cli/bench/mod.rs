@@ -510,8 +510,7 @@ impl BenchEnv {
             .await
             .with_context(|| format!("creating schema {schema}"))?;
         drop(admin);
-        let sep = if base_url.contains('?') { '&' } else { '?' };
-        let database_url = format!("{base_url}{sep}options=-c%20search_path%3D{schema}");
+        let database_url = db::with_search_path(&base_url, &schema);
         let topology = Arc::new(Topology::new(
             format!("bench-{tag}"),
             settings.topology.tiers().clone(),

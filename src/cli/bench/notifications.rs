@@ -3,10 +3,8 @@
 //! the time from each payment to our PAID commit. Issue 11's target: p99 at most 50 ms at
 //! 1,000 payments a second on this machine (reported, never asserted).
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -14,10 +12,10 @@ use order_closer::closer::{Closer, Due, NewOrder};
 use order_closer::db::{self, schema::decisions};
 use order_closer::sim::NotifyPlan;
 use serde::Serialize;
-use tokio::process::Command;
 
 use super::BenchEnv;
 use super::stats::Percentiles;
+use super::worker_proc::WorkerProcess;
 
 /// How long after the last payment the run waits for the last commit.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
@@ -68,31 +66,15 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
         .local_addr()?
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let log = env.work_dir.join("notify.log");
-    let file = std::fs::File::create(&log)?;
-    let mut child = Command::new(std::env::current_exe().context("locating this executable")?)
-        .args(["notify", "--listen", &listen])
-        .envs(env.worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("ORDER_CLOSER_HTTP_LISTEN", "off")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting order-closer notify")?;
+    let mut notify = WorkerProcess::spawn(env, "notify", &["notify", "--listen", &listen])?;
     let up = Instant::now();
     while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        notify.ensure_alive()?;
         anyhow::ensure!(
             up.elapsed() < Duration::from_secs(30),
-            "order-closer notify did not listen within 30 s (log: {})",
-            log.display()
+            "order-closer notify did not listen within 30 s; its log ends:\n{}",
+            notify.log_tail()
         );
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!(
-                "order-closer notify exited: {status} (log: {})",
-                log.display()
-            );
-        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     env.notifier()
@@ -122,12 +104,7 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    notify.stop().await?;
     let stats = env.notifier().stats();
     env.notifier()
         .set_plan(NotifyPlan::default())

@@ -414,7 +414,7 @@ impl Report {
         if let Some(n) = &self.notifications {
             let _ = writeln!(
                 t,
-                "notifications: {} payments at {:.0}/s (achieved {:.0}/s) to order-closer notify",
+                "\nnotifications: {} payments at {:.0}/s (achieved {:.0}/s) to order-closer notify",
                 n.payments, n.target_rate, n.achieved_rate
             );
             row(&mut t, "committed PAID", &n.committed.to_string());

@@ -1,5 +1,6 @@
-//! The worker under test, as a child process (`order-closer worker`): started with the
-//! run's environment, watched through `/proc/<pid>`, stopped with SIGTERM.
+//! The worker under test, as a child process (`order-closer worker`; the notification run
+//! starts `order-closer notify` the same way): started with the run's environment,
+//! watched through `/proc/<pid>`, stopped with SIGTERM.
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -23,6 +24,8 @@ pub struct WorkerProcess {
     child: Child,
     pid: u32,
     log: PathBuf,
+    /// What it is, in messages (`worker-pipeline`, `notify`).
+    name: String,
 }
 
 /// CPU and memory of the worker, read from `/proc`.
@@ -45,28 +48,53 @@ impl WorkerProcess {
         concurrency: u32,
         prefetch: u16,
     ) -> anyhow::Result<Self> {
+        let mut worker = Self::spawn(
+            env,
+            &format!("worker-{label}"),
+            &[
+                "worker",
+                "--concurrency",
+                &concurrency.to_string(),
+                "--prefetch",
+                &prefetch.to_string(),
+            ],
+        )?;
+        eprintln!(
+            "  worker pid {} (concurrency {concurrency}, prefetch {prefetch})",
+            worker.pid
+        );
+        worker.wait_consuming(env).await?;
+        Ok(worker)
+    }
+
+    /// Starts `order-closer <args>` with the run's environment, its output in
+    /// `<work dir>/<log_name>.log`.
+    pub fn spawn(env: &BenchEnv, log_name: &str, args: &[&str]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating this executable")?;
-        let log = env.work_dir.join(format!("worker-{label}.log"));
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("creating worker log {}", log.display()))?;
+        let log = env.work_dir.join(format!("{log_name}.log"));
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(exe)
-            .arg("worker")
-            .arg("--concurrency")
-            .arg(concurrency.to_string())
-            .arg("--prefetch")
-            .arg(prefetch.to_string())
+            .args(args)
             .envs(env.worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true)
             .spawn()
-            .context("starting the worker child process")?;
-        let pid = child.id().context("the worker exited at once")?;
-        let mut worker = Self { child, pid, log };
-        eprintln!("  worker pid {pid} (concurrency {concurrency}, prefetch {prefetch})");
-        worker.wait_consuming(env).await?;
-        Ok(worker)
+            .with_context(|| format!("starting order-closer {}", args.join(" ")))?;
+        let pid = child.id().context("the child exited at once")?;
+        Ok(Self {
+            child,
+            pid,
+            log,
+            name: log_name.to_owned(),
+        })
+    }
+
+    /// The end of the child's log.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 3000)
     }
 
     async fn wait_consuming(&mut self, env: &BenchEnv) -> anyhow::Result<()> {
@@ -97,11 +125,12 @@ impl WorkerProcess {
         }
     }
 
-    /// Fails (with the end of the worker's log) when the worker has exited.
+    /// Fails (with the end of its log) when the child has exited.
     pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             anyhow::bail!(
-                "the worker exited ({status}); its log ends:\n{}",
+                "{} exited ({status}); its log ends:\n{}",
+                self.name,
                 tail(&self.log, 3000)
             );
         }
@@ -124,7 +153,7 @@ impl WorkerProcess {
         })
     }
 
-    /// Sends SIGTERM and waits for the worker to exit (killing it after a grace period).
+    /// Sends SIGTERM and waits for the child to exit (killing it after a grace period).
     pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
         let sent = Command::new("kill")
             .arg("-TERM")
@@ -140,7 +169,8 @@ impl WorkerProcess {
             Ok(status) => Ok(status?),
             Err(_) => {
                 eprintln!(
-                    "warning: the worker did not stop within {STOP_LIMIT:?} of SIGTERM; killing it"
+                    "warning: {} did not stop within {STOP_LIMIT:?} of SIGTERM; killing it",
+                    self.name
                 );
                 self.child.start_kill()?;
                 Ok(self.child.wait().await?)
