@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::gateway::{CloseAnswer, FaultClass, GatewayError, TradeState};
+use crate::gateway::{CloseAnswer, FaultClass, GatewayError, RefundAnswer, TradeState};
 use crate::order::{Order, OrderStatus};
+use crate::retry::{RetryPolicy, RetryStep};
 
 /// What to do before asking the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +160,68 @@ pub fn after_close(answer: Result<&CloseAnswer, &GatewayError>) -> Action {
         Ok(CloseAnswer::Closed) => Action::Close(CloseReason::ClosedByUs),
         Ok(CloseAnswer::NotCloseable { .. }) => Action::QueryAgain,
         Err(error) => from_error(error),
+    }
+}
+
+/// What to do after the gateway answered a refund request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundAction {
+    /// The refund is made (by this call, or by an earlier one with the same request
+    /// number): record it and announce it.
+    Succeeded,
+    /// A transient failure: send the same request again after `delay`, as `attempt`.
+    Retry {
+        /// How long to wait.
+        delay: Duration,
+        /// The next attempt number.
+        attempt: u32,
+        /// Failure code.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+    /// Refused for good, or every retry step used: record the failure and park the
+    /// message for an operator.
+    Fail {
+        /// Failure code.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+}
+
+/// What follows a refund answer on attempt `attempt` (0 for the first call): a refund is
+/// retried only on a transient failure, through the same steps as a close, and never
+/// given up on silently.
+pub fn after_refund(
+    answer: Result<&RefundAnswer, &GatewayError>,
+    attempt: u32,
+    retry: &RetryPolicy,
+) -> RefundAction {
+    let error = match answer {
+        Ok(_) => return RefundAction::Succeeded,
+        Err(e) => e,
+    };
+    match (error.class, retry.after_failure(attempt)) {
+        (FaultClass::Retryable, RetryStep::Retry { delay, attempt }) => RefundAction::Retry {
+            delay,
+            attempt,
+            code: error.code.clone(),
+            detail: error.message.clone(),
+        },
+        (FaultClass::Retryable, RetryStep::Exhausted) => RefundAction::Fail {
+            code: "attempts_exhausted".into(),
+            detail: format!(
+                "gave up after {} attempts; last error {}: {}",
+                attempt.saturating_add(1),
+                error.code,
+                error.message
+            ),
+        },
+        (FaultClass::Permanent, _) => RefundAction::Fail {
+            code: error.code.clone(),
+            detail: error.message.clone(),
+        },
     }
 }
 
@@ -363,5 +426,48 @@ mod tests {
                 ));
             }
         }
+    }
+
+    #[test]
+    fn refund_rows() {
+        let retry =
+            RetryPolicy::new(vec![Duration::from_secs(3), Duration::from_secs(30)]).unwrap();
+        let done = RefundAnswer {
+            refunded_minor: 1234,
+            fund_change: false,
+            raw: "{}".into(),
+        };
+        assert_eq!(after_refund(Ok(&done), 0, &retry), RefundAction::Succeeded);
+        assert_eq!(after_refund(Ok(&done), 9, &retry), RefundAction::Succeeded);
+        let busy = GatewayError::retryable("timeout", "no answer");
+        assert_eq!(
+            after_refund(Err(&busy), 0, &retry),
+            RefundAction::Retry {
+                delay: Duration::from_secs(3),
+                attempt: 1,
+                code: "timeout".into(),
+                detail: "no answer".into()
+            }
+        );
+        assert!(matches!(
+            after_refund(Err(&busy), 1, &retry),
+            RefundAction::Retry { attempt: 2, .. }
+        ));
+        let RefundAction::Fail { code, detail } = after_refund(Err(&busy), 2, &retry) else {
+            panic!("the last step fails")
+        };
+        assert_eq!(code, "attempts_exhausted");
+        assert!(
+            detail.contains("3 attempts") && detail.contains("timeout"),
+            "{detail}"
+        );
+        let refused = GatewayError::permanent("ACQ.TRADE_STATUS_ERROR", "not paid");
+        assert_eq!(
+            after_refund(Err(&refused), 0, &retry),
+            RefundAction::Fail {
+                code: "ACQ.TRADE_STATUS_ERROR".into(),
+                detail: "not paid".into()
+            }
+        );
     }
 }

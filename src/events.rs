@@ -1,6 +1,7 @@
 //! Events announced on the events exchange when a decision commits.
 //!
-//! Routing keys: `order.closed`, `order.paid`, `order.anomaly.<kind>`. Each event carries
+//! Routing keys: `order.closed`, `order.paid`, `order.anomaly.<kind>`, `order.refunded`,
+//! `order.refund_failed`. Each event carries
 //! `event_id` (unique per decision) so that a consumer can drop the rare duplicate that
 //! at-least-once publishing allows.
 
@@ -13,6 +14,11 @@ use crate::order::{Order, OrderStatus};
 pub const ORDER_CLOSED: &str = "order.closed";
 /// Routing key of a payment we discovered.
 pub const ORDER_PAID: &str = "order.paid";
+
+/// Routing key of a refund the gateway confirmed (a payment after close given back).
+pub const ORDER_REFUNDED: &str = "order.refunded";
+/// Routing key of a refund refused for good or out of retry steps (an operator looks).
+pub const ORDER_REFUND_FAILED: &str = "order.refund_failed";
 
 /// The routing key of an anomaly of this kind.
 pub fn anomaly_key(kind: &str) -> String {

@@ -18,6 +18,26 @@ pub const MAX_OUT_TRADE_NO: usize = 64;
 /// anything far above is a broken publisher (and must not wrap when counted on).
 pub const MAX_ATTEMPT: u32 = 1000;
 
+/// What a message asks the worker to do once it is due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Job {
+    /// Decide the order at its deadline: close it, or find it paid (the default; a
+    /// message without `job` is this).
+    #[default]
+    Close,
+    /// Send the order's requested refund to its gateway (a payment after close under the
+    /// `refund` policy, or an operator's request), retrying through the delay tiers.
+    Refund,
+}
+
+impl Job {
+    /// Whether this is the default job (then it is left out of the JSON).
+    pub fn is_close(&self) -> bool {
+        *self == Self::Close
+    }
+}
+
 /// "Decide this order once it is due."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseMessage {
@@ -39,6 +59,10 @@ pub struct CloseMessage {
     /// When a worker first tried to decide this order (set on retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seen: Option<DateTime<Utc>>,
+    /// What to do; absent means [`Job::Close`]. A job this worker does not know makes
+    /// the message malformed (parked, never guessed at).
+    #[serde(default, skip_serializing_if = "Job::is_close")]
+    pub job: Job,
 }
 
 /// Why a message body is not a close message.
@@ -72,6 +96,15 @@ impl CloseMessage {
             attempt: 0,
             not_before: None,
             first_seen: None,
+            job: Job::Close,
+        }
+    }
+
+    /// The message that sends an order's requested refund, due at once (`now`).
+    pub fn refund(order_id: i64, out_trade_no: impl Into<String>, now: DateTime<Utc>) -> Self {
+        Self {
+            job: Job::Refund,
+            ..Self::new(order_id, out_trade_no, now)
         }
     }
 
@@ -168,6 +201,12 @@ mod tests {
         m.not_before = Some(at("2026-11-22T10:05:00Z"));
         assert_eq!(CloseMessage::decode(&m.encode()), Ok(m.clone()));
         assert_eq!(m.due_at(), at("2026-11-22T10:05:00Z"));
+        // A close message says nothing of its job; a refund message does.
+        assert!(!m.encode_text().contains("job"));
+        let r = CloseMessage::refund(7, "ORD-7", at("2026-11-22T10:00:00Z"));
+        assert!(r.encode_text().contains(r#""job":"refund""#));
+        assert_eq!(CloseMessage::decode(&r.encode()), Ok(r.clone()));
+        assert_eq!(r.job, Job::Refund);
     }
 
     #[test]
@@ -232,6 +271,11 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+        let unknown_job = br#"{"v":1,"order_id":1,"out_trade_no":"A","deadline":"2026-11-22T10:00:00Z","job":"ship"}"#;
+        assert!(matches!(
+            CloseMessage::decode(unknown_job),
+            Err(MessageError::Malformed(_))
+        ));
         let big = vec![b' '; MAX_BODY + 1];
         let mut big_json = big.clone();
         big_json[0] = b'{';

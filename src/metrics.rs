@@ -8,7 +8,8 @@
 //! `order_closer_redriven_total{verdict}` (orders the janitor found overdue and re-drove: a
 //! healthy system keeps it at 0), `order_closer_janitor_passes_total{result}`,
 //! `order_closer_anomalies_total{kind}`, `order_closer_broker_consuming`,
-//! `order_closer_notifications_total{outcome}`, `order_closer_payment_to_paid_seconds`
+//! `order_closer_notifications_total{outcome}`, `order_closer_refunds_total{outcome}`,
+//! `order_closer_payment_to_paid_seconds`
 //! (from the payment at the gateway to our commit, for payments learnt from a
 //! notification).
 //!
@@ -102,6 +103,7 @@ pub struct Metrics {
     anomalies: Family<KindLabel, Counter>,
     notifications: Family<OutcomeLabel, Counter>,
     payment_to_paid: Histogram,
+    refunds: Family<OutcomeLabel, Counter>,
     /// 1 while the worker's broker session consumes the close queue (set by the worker).
     pub consuming: Gauge,
     /// Outbox rows waiting to be published (set by the relay).
@@ -191,6 +193,12 @@ impl Default for Metrics {
             "From the payment at the gateway to our PAID commit, for payments learnt from a notification",
             payment_to_paid.clone(),
         );
+        let refunds = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "refunds",
+            "Refunds of payments after close by outcome (requested, succeeded, retried, failed)",
+            refunds.clone(),
+        );
         let consuming = Gauge::default();
         registry.register(
             "broker_consuming",
@@ -220,6 +228,7 @@ impl Default for Metrics {
             anomalies,
             notifications,
             payment_to_paid,
+            refunds,
             consuming,
             outbox_backlog,
             in_flight,
@@ -250,6 +259,11 @@ impl Default for Metrics {
                 kind: kind.to_owned(),
             });
         }
+        for progress in crate::decide::refund::RefundProgress::ALL {
+            let _ = metrics.refunds.get_or_create(&OutcomeLabel {
+                outcome: progress.as_str().to_owned(),
+            });
+        }
         for outcome in crate::notify::NotifyOutcome::ALL {
             let _ = metrics.notifications.get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str().to_owned(),
@@ -265,6 +279,15 @@ impl Metrics {
         self.notifications
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a step of a refund.
+    pub fn refund(&self, progress: crate::decide::refund::RefundProgress) {
+        self.refunds
+            .get_or_create(&OutcomeLabel {
+                outcome: progress.as_str().to_owned(),
             })
             .inc();
     }

@@ -462,6 +462,33 @@ async fn orders_extend_and_cancel_from_the_shell() {
     );
     let out = run(&vars, &["orders", "cancel", "no-such-order"]).await;
     assert_eq!(out.status.code(), Some(2));
+
+    // An operator's refund: the closed order was never paid, so there is nothing to give
+    // back; bad requests are named (exit 2).
+    let refund = |args: &[&str]| {
+        let mut all = vec!["reconcile", "anomalies"];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    for (args, word) in [
+        (refund(&["--refund", &no, "--dry-run"]), "nothing to refund"),
+        (refund(&["--refund", "no-such-order"]), "no order"),
+        (refund(&["--dry-run"]), "--refund"),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&vars, &args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(word),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }

@@ -114,6 +114,24 @@ pub fn precondition_failed(error: &lapin::Error) -> Option<String> {
     }
 }
 
+/// Whether a failed connect means the server does not speak AMQP: it answered bytes that
+/// are not AMQP (a TLS listener's alert), or, reached in plain text, it dropped the
+/// connection during the handshake (a TLS listener may reset it before its alert is read,
+/// depending on timing).
+fn not_amqp(error: &lapin::Error, plain: bool) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ParsingError(_) => true,
+        lapin::ErrorKind::IOError(e) => {
+            plain
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                )
+        }
+        _ => false,
+    }
+}
+
 /// Runs one broker operation under [`BROKER_TIMEOUT`].
 pub async fn timed<T>(
     op: &'static str,
@@ -169,15 +187,14 @@ pub async fn connect_with(
         source,
     })?;
     let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let plain = uri.scheme == lapin::uri::AMQPScheme::AMQP;
     match timed(
         "connect",
         Connection::connect_uri_with_config(uri, props, tls.to_lapin(), runtime),
     )
     .await
     {
-        Err(BrokerError::Amqp { source, .. })
-            if matches!(source.kind(), lapin::ErrorKind::ParsingError(_)) =>
-        {
+        Err(BrokerError::Amqp { source, .. }) if not_amqp(&source, plain) => {
             Err(BrokerError::NotAmqp {
                 address,
                 detail: source.to_string(),

@@ -192,10 +192,10 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         .map_err(|e| anyhow::anyhow!("notify plan: {e}"))?;
 
     // The worker, in process.
-    let decider = Decider::new(
+    let decider = Decider::configured(
         pool.clone(),
         gateways,
-        settings.retry.clone(),
+        &settings,
         format!("demo-worker:{run_id}"),
     );
     let stop = CancellationToken::new();

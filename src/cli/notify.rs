@@ -41,7 +41,7 @@ pub fn notifier(
     );
     let gateways = Gateways::alipay(alipay, settings.alipay.rate_limit)
         .context("building the Alipay client")?;
-    let decider = Decider::new(pool, gateways, settings.retry.clone(), actor);
+    let decider = Decider::configured(pool, gateways, settings, actor);
     Ok(Notifier::new(decider).with_verifier("alipay", Arc::new(verifier)))
 }
 

@@ -19,6 +19,7 @@ use order_closer::broker::{self, timed};
 use order_closer::config::{Settings, parse_duration};
 use order_closer::db::outbox::Claim;
 use order_closer::db::{self, anomalies};
+use order_closer::decide::refund::RefundRequestResult;
 use order_closer::decide::{Decider, Gateways, Mode};
 use order_closer::gateway::alipay::AlipayClient;
 use order_closer::gateway::alipay::client::MAX_BILL_BYTES;
@@ -26,6 +27,7 @@ use order_closer::money;
 use order_closer::reconcile::bill as bill_reconcile;
 use order_closer::reconcile::overdue::{self, OverdueOptions};
 use order_closer::reconcile::parked::{self, ParkedAction};
+use order_closer::reconcile::refund;
 use order_closer::reconcile::{Finding, Verdict};
 use order_closer::relay::Relay;
 use serde::Serialize;
@@ -118,6 +120,13 @@ pub struct ParkedArgs {
 /// Flags of `reconcile anomalies`.
 #[derive(Debug, Args)]
 pub struct AnomaliesArgs {
+    /// Refund this order's payment after close (its out_trade_no) instead of listing:
+    /// the gateway is asked first, and only a CLOSED order it reports paid is refunded.
+    #[arg(long, value_name = "ORDER")]
+    refund: Option<String>,
+    /// With --refund: ask the gateway and say what would be refunded; change nothing.
+    #[arg(long, requires = "refund")]
+    dry_run: bool,
     /// Only this kind (amount_mismatch, paid_after_close, paid_missing_from_bill, ...).
     #[arg(long)]
     kind: Option<String>,
@@ -251,10 +260,10 @@ fn decider(settings: &Settings) -> anyhow::Result<Decider> {
     )
     .context("building the Alipay client")?;
     let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
-    Ok(Decider::new(
+    Ok(Decider::configured(
         pool,
         gateways,
-        settings.retry.clone(),
+        settings,
         super::actor("reconcile"),
     ))
 }
@@ -418,6 +427,9 @@ async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<Exi
 }
 
 async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Result<ExitCode> {
+    if let Some(order) = &args.refund {
+        return run_refund(settings, order, args.dry_run, args.format).await;
+    }
     let mut conn = db::connect(settings.database_url.expose_secret()).await?;
     let rows = anomalies::list(&mut conn, args.kind.as_deref(), args.limit).await?;
     if args.format == Format::Json {
@@ -440,6 +452,52 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
     } else {
         Finding::NeedsAttention
     }))
+}
+
+/// `reconcile anomalies --refund`: exit 0 when requested (or done before), 2 when there
+/// is nothing to refund, 1 when the gateway or the database could not be used.
+async fn run_refund(
+    settings: &Settings,
+    out_trade_no: &str,
+    dry_run: bool,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let decider = decider(settings)?;
+    let report = match refund::request(&decider, out_trade_no, dry_run).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: refund of {out_trade_no}: {e}");
+            return Ok(ExitCode::from(if e.is_transient() { 1 } else { 2 }));
+        }
+    };
+    if format == Format::Json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let paid = money::format_minor(report.paid_minor);
+    match &report.result {
+        RefundRequestResult::WouldRequest {
+            amount_minor,
+            out_request_no,
+        } => println!(
+            "dry run: the gateway reports {paid} paid on closed order {}; would refund {} (request {out_request_no})",
+            report.out_trade_no,
+            money::format_minor(*amount_minor)
+        ),
+        RefundRequestResult::Requested {
+            amount_minor,
+            out_request_no,
+        } => println!(
+            "refund of {} requested for order {} (request {out_request_no}); the worker sends it and announces order.refunded",
+            money::format_minor(*amount_minor),
+            report.out_trade_no
+        ),
+        RefundRequestResult::AlreadyRefunded { out_request_no } => println!(
+            "order {} was refunded before (request {out_request_no}); nothing to do",
+            report.out_trade_no
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verdict_text(v: Verdict) -> String {

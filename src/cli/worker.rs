@@ -39,12 +39,7 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
     let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)
         .await
         .context("cannot use the database (DATABASE_URL)")?;
-    let decider = Decider::new(
-        pool.clone(),
-        gateways,
-        settings.retry.clone(),
-        super::actor("worker"),
-    );
+    let decider = Decider::configured(pool.clone(), gateways, &settings, super::actor("worker"));
     let shutdown = shutdown_on_signal();
     let worker = Worker::new(decider, WorkerConfig::from_settings(&settings));
     if let Some(addr) = settings.http_listen {

@@ -74,6 +74,42 @@ pub enum LogFormat {
     Json,
 }
 
+/// What to do with a payment the gateway took after we closed the order
+/// (`ORDER_CLOSER_PAID_AFTER_CLOSE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PaidAfterClose {
+    /// Record the anomaly and announce it; an operator decides
+    /// (`order-closer reconcile anomalies --refund <order>`). The default: money moves
+    /// back only when someone chose so.
+    #[default]
+    Hold,
+    /// Record and announce it, and give the money back at once (`alipay.trade.refund`,
+    /// idempotent by `out_request_no`).
+    Refund,
+}
+
+impl PaidAfterClose {
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hold => "hold",
+            Self::Refund => "refund",
+        }
+    }
+}
+
+impl std::str::FromStr for PaidAfterClose {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "hold" => Ok(Self::Hold),
+            "refund" => Ok(Self::Refund),
+            _ => Err("expected hold or refund".into()),
+        }
+    }
+}
+
 /// Alipay settings as read; keys are parsed on demand so that commands that never call
 /// the gateway (`migrate`, `orders create`) do not need them.
 #[derive(Debug, Clone)]
@@ -127,6 +163,9 @@ pub struct Settings {
     pub janitor: JanitorConfig,
     /// Log format (`ORDER_CLOSER_LOG_FORMAT`: `text` or `json`).
     pub log_format: LogFormat,
+    /// A payment after close: held for an operator or refunded
+    /// (`ORDER_CLOSER_PAID_AFTER_CLOSE`: `hold`, the default, or `refund`).
+    pub paid_after_close: PaidAfterClose,
     /// Where the worker serves `/healthz`, `/readyz`, `/metrics`
     /// (`ORDER_CLOSER_HTTP_LISTEN`; `off` disables).
     pub http_listen: Option<SocketAddr>,
@@ -295,6 +334,13 @@ impl Settings {
             }
         };
 
+        let paid_after_close = match var("ORDER_CLOSER_PAID_AFTER_CLOSE") {
+            None => PaidAfterClose::default(),
+            Some(text) => text
+                .parse()
+                .map_err(|e| ConfigError::invalid("ORDER_CLOSER_PAID_AFTER_CLOSE", &text, e))?,
+        };
+
         let http_listen = match var("ORDER_CLOSER_HTTP_LISTEN").as_deref() {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             Some("off") => None,
@@ -352,6 +398,7 @@ impl Settings {
                 )?,
             },
             log_format,
+            paid_after_close,
             http_listen,
         })
     }
@@ -502,6 +549,9 @@ mod tests {
         assert_eq!(s.topology.queue_type(), QueueType::Quorum);
         assert_eq!(s.janitor.after, Duration::from_secs(120));
         assert_eq!(s.janitor.interval, Duration::from_secs(30));
+        assert_eq!(s.paid_after_close, PaidAfterClose::Hold);
+        let refund = settings(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).unwrap();
+        assert_eq!(refund.paid_after_close, PaidAfterClose::Refund);
     }
 
     #[test]
@@ -521,6 +571,7 @@ mod tests {
             ("ALIPAY_GATEWAY_URL", "ftp://x"),
             ("ORDER_CLOSER_LOG_FORMAT", "xml"),
             ("ORDER_CLOSER_HTTP_LISTEN", "everywhere"),
+            ("ORDER_CLOSER_PAID_AFTER_CLOSE", "give-back"),
             ("ORDER_CLOSER_JANITOR_AFTER", "1s"),
             ("ORDER_CLOSER_JANITOR_AFTER", "1000000y"),
             ("ORDER_CLOSER_JANITOR_INTERVAL", "2h"),

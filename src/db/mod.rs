@@ -7,6 +7,7 @@ pub mod decisions;
 pub mod orders;
 pub mod outbox;
 pub mod prepared;
+pub mod refunds;
 pub mod schema;
 
 use std::sync::Arc;

@@ -65,11 +65,30 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    refunds (id) {
+        id -> Int8,
+        order_id -> Int8,
+        out_trade_no -> Text,
+        out_request_no -> Text,
+        amount_minor -> Int8,
+        status -> Text,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        gateway_answer -> Nullable<Text>,
+        requested_by -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(decisions -> orders (order_id));
+diesel::joinable!(refunds -> orders (order_id));
 diesel::allow_tables_to_appear_in_same_query!(
     orders,
     outbox,
     decisions,
     anomalies,
-    parked_discards
+    parked_discards,
+    refunds
 );

@@ -6,6 +6,7 @@
 //! see [`crate::db::batch`] and [`settle`]), so a burst of due orders costs a few round
 //! trips per group instead of several per order.
 
+pub mod refund;
 mod settle;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use diesel_async::AsyncConnection;
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::config::PaidAfterClose;
 use crate::db::batch::Batcher;
 use crate::db::decisions::{self, NewDecision, Recheck};
 use crate::db::orders::FindById;
@@ -132,6 +134,17 @@ pub enum Outcome {
     },
     /// Dry run: what would be done.
     WouldDo(Action),
+    /// The order's refund is confirmed by the gateway now (the decision's id is the
+    /// `order.refunded` event id).
+    Refunded {
+        /// The audit row.
+        decision_id: i64,
+    },
+    /// Dry run: the order's refund would be sent.
+    WouldRefund {
+        /// The amount, in minor units.
+        amount_minor: i64,
+    },
 }
 
 /// A failure that is neither the order's nor the gateway's: the database is unreachable.
@@ -158,6 +171,8 @@ pub struct Decider {
     retry: RetryPolicy,
     actor: String,
     metrics: Arc<Metrics>,
+    /// What a payment after close leads to.
+    paid_after_close: PaidAfterClose,
 }
 
 impl Decider {
@@ -184,13 +199,37 @@ impl Decider {
             retry,
             actor,
             metrics: Arc::new(Metrics::default()),
+            paid_after_close: PaidAfterClose::default(),
         }
+    }
+
+    /// A decider as the settings configure it: their retry steps and paid-after-close
+    /// policy (the worker, the notify endpoint, reconcile and the demo all build it so).
+    pub fn configured(
+        pool: DbPool,
+        gateways: Gateways,
+        settings: &crate::config::Settings,
+        actor: impl Into<String>,
+    ) -> Self {
+        Self::new(pool, gateways, settings.retry.clone(), actor)
+            .with_paid_after_close(settings.paid_after_close)
+    }
+
+    /// Holds or refunds payments after close as `policy` says (default: hold).
+    pub fn with_paid_after_close(mut self, policy: PaidAfterClose) -> Self {
+        self.paid_after_close = policy;
+        self
     }
 
     /// Records into these metrics instead of a private set.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// What a payment after close leads to.
+    pub fn paid_after_close_policy(&self) -> PaidAfterClose {
+        self.paid_after_close
     }
 
     /// The database pool.
@@ -229,6 +268,8 @@ impl Decider {
                 m.decision("parked");
             }
             Outcome::WouldDo(_) => m.decision("dry_run"),
+            Outcome::Refunded { .. } => m.decision("refunded"),
+            Outcome::WouldRefund { .. } => m.decision("dry_run"),
         }
     }
 

@@ -53,6 +53,30 @@ pub enum CloseAnswer {
     },
 }
 
+/// A refund to make: the whole of a payment or a part of it, named by `out_request_no` so
+/// that the same request sent again is the same refund, never a second one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefundRequest<'a> {
+    /// The merchant order number of the paid trade.
+    pub out_trade_no: &'a str,
+    /// Our idempotency key for this refund.
+    pub out_request_no: &'a str,
+    /// How much to give back, in minor units.
+    pub amount_minor: i64,
+}
+
+/// What the gateway says to a refund it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundAnswer {
+    /// Everything refunded on the trade so far, this refund included, in minor units.
+    pub refunded_minor: i64,
+    /// Whether this very call moved money (false: the request was seen before, and the
+    /// answer repeats the refund made then).
+    pub fund_change: bool,
+    /// The raw, signature-verified response object, for the audit trail.
+    pub raw: String,
+}
+
 /// Whether retrying can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultClass {
@@ -102,4 +126,6 @@ pub trait Gateway: Send + Sync {
     async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError>;
     /// Asks the gateway to close the trade so that it can no longer be paid.
     async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError>;
+    /// Gives a payment back; sending the same request again must not refund twice.
+    async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError>;
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{CloseAnswer, Gateway, GatewayError, QueryAnswer};
+use super::{CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest};
 
 /// The shared clock of one limiter.
 #[derive(Debug)]
@@ -153,6 +153,11 @@ impl<G: Gateway> Gateway for RateLimited<G> {
         self.limiter.acquire().await;
         self.inner.close(out_trade_no).await
     }
+
+    async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+        self.limiter.acquire().await;
+        self.inner.refund(request).await
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +193,15 @@ mod tests {
             self.calls.lock().unwrap().push(Instant::now());
             self.closes.fetch_add(1, Ordering::Relaxed);
             Ok(CloseAnswer::Closed)
+        }
+
+        async fn refund(&self, r: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+            self.calls.lock().unwrap().push(Instant::now());
+            Ok(RefundAnswer {
+                refunded_minor: r.amount_minor,
+                fund_change: true,
+                raw: "{}".into(),
+            })
         }
     }
 

@@ -6,7 +6,8 @@
 //!   the order's amount is the gateway's answer: NEW -> PAID with its audit row (actor
 //!   `notify:<host>:<pid>`, the raw notification kept) and the `order.paid` event, in one transaction.
 //!   Already PAID: nothing is written. CLOSED: a `paid_after_close` anomaly and its event,
-//!   once however often the notification is resent.
+//!   once however often the notification is resent, then the policy: held for an operator,
+//!   or its refund requested in the same transaction ([`crate::decide::refund`]).
 //! - Anything else that names an order of ours (a bad signature, another merchant, an
 //!   amount that differs, a state we do not act on, a replay) is only a **hint**: we ask
 //!   the gateway ourselves, within [`hints::HintBudget`], and apply its signed answer.
@@ -240,36 +241,39 @@ impl Notifier {
         }
     }
 
-    /// A payment on a CLOSED order: recorded (and announced) once, held for an operator.
+    /// A payment on a CLOSED order: recorded (and announced) once, then held for an
+    /// operator or refunded as the policy says.
     async fn paid_after_close(
         &self,
         v: &dyn NotifyVerifier,
         order: &Order,
         paid: &TradeState,
     ) -> Handled {
-        let detail = match paid {
+        let (paid_minor, trade_no) = match paid {
             TradeState::Paid {
                 trade_no,
                 amount_minor,
                 ..
-            } => format!(
-                "the gateway reports a payment of {} (trade {trade_no}) on an order we closed; held for an operator",
-                format_minor(*amount_minor)
-            ),
-            other => format!("the gateway reports {other:?} on a closed order"),
+            } => (*amount_minor, Some(trade_no.as_str())),
+            _ => (order.amount_minor, None),
         };
+        let detail = format!(
+            "the gateway reports a payment of {} (trade {}) on an order we closed",
+            format_minor(paid_minor),
+            trade_no.unwrap_or("unknown")
+        );
         match self
             .decider
-            .record_anomaly(order, "paid_after_close", &detail)
+            .paid_after_close(order, paid_minor, trade_no, &detail)
             .await
         {
-            Ok(new) => done(
+            Ok(after) => done(
                 NotifyOutcome::PaidAfterClose,
                 v.acknowledge(),
-                if new {
-                    detail
-                } else {
-                    "paid after close, recorded before".into()
+                match (after.new_anomaly, after.refund_requested) {
+                    (_, true) => format!("{detail}; its refund is requested"),
+                    (true, false) => format!("{detail}; held for an operator"),
+                    (false, false) => "paid after close, recorded before".into(),
                 },
             ),
             Err(e) => unavailable(v, &e),

@@ -3,7 +3,8 @@
 //! Categories, each counted and listed:
 //! - paid at the gateway, NEW locally: marked PAID with `apply` (through the decision
 //!   table, as if a query had said "paid"), reported otherwise;
-//! - paid at the gateway, CLOSED locally: a `paid_after_close` anomaly (money to refund
+//! - paid at the gateway, CLOSED locally: a `paid_after_close` anomaly, then (with
+//!   `apply`) the paid-after-close policy: held, or its refund requested (money to refund
 //!   or goods to deliver);
 //! - PAID locally that day, absent from the bill: a `paid_missing_from_bill` anomaly;
 //! - amounts differ: an `amount_mismatch` anomaly;
@@ -21,8 +22,10 @@ use serde::Serialize;
 
 use super::Finding;
 use crate::bill::{Bill, BillRow, BillRowKind};
+use crate::config::PaidAfterClose;
 use crate::db::schema::orders;
 use crate::db::{self};
+use crate::decide::refund::PAID_AFTER_CLOSE;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
 use crate::gateway::TradeState;
 use crate::gateway::alipay::response::china;
@@ -193,14 +196,31 @@ pub async fn reconcile(
                     row.trade_no,
                     format_minor(row.amount_minor)
                 );
-                let new = decider
-                    .record_anomaly(order, "paid_after_close", &detail)
-                    .await?;
-                report.paid_after_close.push(line(
-                    row,
-                    Some(order),
-                    recorded(new, "paid_after_close"),
-                ));
+                // The policy (hold or refund) acts only with `apply`; the anomaly is
+                // recorded either way.
+                let action = if apply {
+                    let after = decider
+                        .paid_after_close(order, row.amount_minor, Some(&row.trade_no), &detail)
+                        .await?;
+                    let recorded = recorded(after.new_anomaly, PAID_AFTER_CLOSE);
+                    if after.refund_requested {
+                        format!("{recorded}; refund requested")
+                    } else {
+                        recorded
+                    }
+                } else {
+                    let new = decider
+                        .record_anomaly(order, PAID_AFTER_CLOSE, &detail)
+                        .await?;
+                    let recorded = recorded(new, PAID_AFTER_CLOSE);
+                    match decider.paid_after_close_policy() {
+                        PaidAfterClose::Refund => {
+                            format!("{recorded}; would request its refund (run with --apply)")
+                        }
+                        PaidAfterClose::Hold => recorded,
+                    }
+                };
+                report.paid_after_close.push(line(row, Some(order), action));
             }
             OrderStatus::Paid if mismatch => {
                 let detail = format!(

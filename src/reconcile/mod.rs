@@ -1,11 +1,12 @@
 //! The operator's reconcile tools, run by hand or from cron: re-drive overdue orders
-//! ([`overdue`]), drain the parking queue ([`parked`]), and diff the gateway's daily bill
-//! against the database ([`bill`]). Every decision goes through [`crate::decide`], the
+//! ([`overdue`]), drain the parking queue ([`parked`]), diff the gateway's daily bill
+//! against the database ([`bill`]), and refund a payment after close ([`refund`]). Every decision goes through [`crate::decide`], the
 //! same code the worker runs.
 
 pub mod bill;
 pub mod overdue;
 pub mod parked;
+pub mod refund;
 
 use serde::Serialize;
 
@@ -31,6 +32,10 @@ pub enum Verdict {
     RetryLater,
     /// Needs an operator (permanent gateway error, order mismatch).
     NeedsOperator,
+    /// Its refund is made now.
+    Refunded,
+    /// Dry run: would send its refund.
+    WouldRefund,
     /// Dry run: would close.
     WouldClose,
     /// Dry run: would mark paid.
@@ -56,6 +61,8 @@ impl Verdict {
             Self::NotDue => "not_due",
             Self::RetryLater => "retry_later",
             Self::NeedsOperator => "needs_operator",
+            Self::Refunded => "refunded",
+            Self::WouldRefund => "would_refund",
             Self::WouldClose => "would_close",
             Self::WouldPay => "would_pay",
             Self::WouldCloseAtGateway => "would_close_at_gateway",
@@ -96,6 +103,8 @@ impl From<&Outcome> for Verdict {
             Outcome::NotDue { .. } => Self::NotDue,
             Outcome::Retry { .. } => Self::RetryLater,
             Outcome::Park { .. } => Self::NeedsOperator,
+            Outcome::Refunded { .. } => Self::Refunded,
+            Outcome::WouldRefund { .. } => Self::WouldRefund,
             Outcome::WouldDo(action) => match action {
                 Action::MarkPaid { .. } => Self::WouldPay,
                 Action::Close(_) => Self::WouldClose,

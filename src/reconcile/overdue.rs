@@ -141,5 +141,9 @@ fn describe(outcome: &crate::decide::Outcome) -> String {
         Outcome::Settled(status) | Outcome::LostRace(status) => format!("already {status}"),
         Outcome::NotDue { deadline, .. } => format!("due at {deadline}"),
         Outcome::Missing => "no such order".into(),
+        Outcome::Refunded { decision_id } => format!("refunded (decision {decision_id})"),
+        Outcome::WouldRefund { amount_minor } => {
+            format!("would refund {}", crate::money::format_minor(*amount_minor))
+        }
     }
 }

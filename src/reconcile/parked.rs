@@ -24,7 +24,7 @@ use crate::broker::{BrokerError, timed};
 use crate::db::schema::parked_discards;
 use crate::db::{self, DbError, orders};
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome, Unavailable};
-use crate::message::CloseMessage;
+use crate::message::{CloseMessage, Job};
 use crate::order::OrderStatus;
 
 /// What to do with the parked messages.
@@ -162,9 +162,23 @@ pub async fn run(
                     first_seen: None,
                     not_before: None,
                 };
-                let outcome = decider
-                    .decide(close.order_id, Some(&close.out_trade_no), attempt, mode)
-                    .await;
+                let outcome = match close.job {
+                    Job::Close => {
+                        decider
+                            .decide(close.order_id, Some(&close.out_trade_no), attempt, mode)
+                            .await
+                    }
+                    Job::Refund => {
+                        decider
+                            .replay_refund(
+                                close.order_id,
+                                &close.out_trade_no,
+                                attempt,
+                                mode == Mode::DryRun,
+                            )
+                            .await
+                    }
+                };
                 let verdict = match &outcome {
                     Ok(o) => Verdict::from(o),
                     Err(_) => Verdict::DatabaseUnavailable,
@@ -181,6 +195,7 @@ pub async fn run(
                     }
                     Ok(
                         Outcome::Decided { .. }
+                        | Outcome::Refunded { .. }
                         | Outcome::Settled(_)
                         | Outcome::LostRace(_)
                         | Outcome::Missing,

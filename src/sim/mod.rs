@@ -47,8 +47,9 @@ pub use notifier::{
 };
 pub use state::{
     BILL_URL_METHOD, BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext,
-    FaultDecision, FaultKind, FaultPlan, FaultPlanError, MAX_FAULT_MS, SIM_BILL_ACCOUNT,
-    SIM_METHODS, SimRefund, SimState, SimStats, SimTradeStatus, SimTradeView, UnknownFaultKind,
+    FaultDecision, FaultKind, FaultPlan, FaultPlanError, MAX_FAULT_MS, REFUND_METHOD,
+    SIM_BILL_ACCOUNT, SIM_METHODS, SimRefund, SimState, SimStats, SimTradeStatus, SimTradeView,
+    UnknownFaultKind,
 };
 
 /// Sleeps `d` unless `stop` is cancelled first (then `false`): the simulator's latency,

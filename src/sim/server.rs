@@ -46,8 +46,9 @@ use tokio_util::sync::CancellationToken;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::state::{
-    BILL_URL_METHOD, BillFetch, BuyerOpError, CloseOutcome, FaultKind, FaultPlan, SIM_BILL_ACCOUNT,
-    SIM_METHODS, SimState, SimTradeStatus, SimTradeView, china_date,
+    BILL_URL_METHOD, BillFetch, BuyerOpError, CloseOutcome, FaultKind, FaultPlan, REFUND_METHOD,
+    RefundOutcome, SIM_BILL_ACCOUNT, SIM_METHODS, SimState, SimTradeStatus, SimTradeView,
+    china_date,
 };
 use crate::bill::build_zip;
 use crate::gateway::alipay::{AppPrivateKey, RsaPublicKey, format_china_time, verify_params};
@@ -307,6 +308,8 @@ struct Request {
     /// For the bill URL method: `bill_type` and `bill_date` as given (checked when
     /// served, like Alipay's business errors).
     bill: Option<BillAsk>,
+    /// For the refund method: the amount and the request number.
+    refund: Option<RefundAsk>,
     /// `http://host:port` of this server, as the client reached it.
     origin: String,
 }
@@ -315,6 +318,14 @@ struct Request {
 struct BillAsk {
     bill_type: Option<String>,
     bill_date: Option<String>,
+}
+
+/// The business parameters of a refund request.
+struct RefundAsk {
+    /// `refund_amount`, parsed.
+    amount_minor: i64,
+    /// `out_request_no`; Alipay defaults it to the order number (one full refund).
+    out_request_no: String,
 }
 
 /// A request refused before it could be served, with the method if it named a known one.
@@ -451,6 +462,7 @@ fn parse_request(
                 bill_type: field("bill_type"),
                 bill_date: field("bill_date"),
             }),
+            refund: None,
             origin,
         });
     }
@@ -465,12 +477,38 @@ fn parse_request(
             "参数无效",
         )));
     }
+    let refund = if method == REFUND_METHOD {
+        let amount = field("refund_amount")
+            .as_deref()
+            .and_then(|a| crate::money::parse_minor(a).ok())
+            .filter(|a| *a > 0);
+        let Some(amount_minor) = amount else {
+            return Err(refuse(failure(
+                &key,
+                "40004",
+                "Business Failed",
+                "ACQ.INVALID_PARAMETER",
+                "退款金额无效",
+            )));
+        };
+        let out_request_no = field("out_request_no")
+            .or_else(|| out_trade_no.clone())
+            .or_else(|| trade_no.clone())
+            .unwrap_or_default();
+        Some(RefundAsk {
+            amount_minor,
+            out_request_no,
+        })
+    } else {
+        None
+    };
     Ok(Request {
         method,
         key,
         out_trade_no,
         trade_no,
         bill: None,
+        refund,
         origin,
     })
 }
@@ -480,6 +518,12 @@ fn execute(shared: &Shared, r: &Request) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
     if let Some(ask) = &r.bill {
         bill_url_answer(shared, r, ask)
+    } else if let Some(ask) = &r.refund {
+        let outcome =
+            shared
+                .state
+                .gateway_refund(out, tn, &ask.out_request_no, ask.amount_minor, true);
+        refund_answer(r.key.clone(), out, outcome)
     } else if r.method == QUERY {
         query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
     } else {
@@ -493,6 +537,12 @@ fn preview(shared: &Shared, r: &Request) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
     if let Some(ask) = &r.bill {
         bill_url_answer(shared, r, ask)
+    } else if let Some(ask) = &r.refund {
+        let outcome =
+            shared
+                .state
+                .gateway_refund(out, tn, &ask.out_request_no, ask.amount_minor, false);
+        refund_answer(r.key.clone(), out, outcome)
     } else if r.method == QUERY {
         query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
     } else {
@@ -749,6 +799,46 @@ fn close_answer(key: String, asked: Option<&str>, outcome: CloseOutcome) -> Answ
                 .object
                 .insert("out_trade_no".into(), Value::String(t.out_trade_no));
             answer
+        }
+    }
+}
+
+/// Alipay's `alipay_trade_refund_response`: `fund_change` says whether this request moved
+/// money, `refund_fee` is everything refunded on the trade so far.
+fn refund_answer(key: String, asked: Option<&str>, outcome: RefundOutcome) -> Answer {
+    let business = |sub_code: &str, sub_msg: &str, trade: Option<SimTradeView>| {
+        let mut answer = failure(&key, "40004", "Business Failed", sub_code, sub_msg);
+        let no = trade
+            .as_ref()
+            .map(|t| t.out_trade_no.clone())
+            .or(asked.map(str::to_owned));
+        if let Some(no) = no {
+            answer
+                .object
+                .insert("out_trade_no".into(), Value::String(no));
+        }
+        answer
+    };
+    match outcome {
+        RefundOutcome::Refunded { trade, fund_change } => Answer {
+            key: key.clone(),
+            object: obj(json!({
+                "code": "10000",
+                "msg": "Success",
+                "trade_no": trade.trade_no,
+                "out_trade_no": trade.out_trade_no,
+                "buyer_logon_id": "sim***@example.com",
+                "fund_change": if fund_change { "Y" } else { "N" },
+                "refund_fee": format_minor(trade.amount_minor - trade.refundable_minor()),
+                "gmt_refund_pay": format_china_time(trade.refunds.last().map_or_else(Utc::now, |r| r.refunded_at)),
+            })),
+        },
+        RefundOutcome::NotFound => business("ACQ.TRADE_NOT_EXIST", "交易不存在", None),
+        RefundOutcome::StatusError(t) => {
+            business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法", Some(t))
+        }
+        RefundOutcome::AmountError(t) => {
+            business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限", Some(t))
         }
     }
 }

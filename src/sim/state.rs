@@ -104,6 +104,10 @@ pub struct SimRefund {
     pub amount_minor: i64,
     /// When the refund happened.
     pub refunded_at: DateTime<Utc>,
+    /// The merchant's `out_request_no` (refunds through `alipay.trade.refund`); a second
+    /// request with the same one answers this refund again and moves no money.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_request_no: Option<String>,
 }
 
 /// Request counters, readable at any time.
@@ -122,6 +126,9 @@ pub struct SimStats {
     /// Bill archives served (including overrides), by `GET /sim/bills/...`.
     #[serde(default)]
     pub bill_downloads: u64,
+    /// `alipay.trade.refund` requests that passed authentication (faulted or not).
+    #[serde(default)]
+    pub refund_requests: u64,
     /// Requests refused because their signature did not verify.
     pub signature_failures: u64,
     /// Requests refused for any other reason (missing or bad parameters, wrong app id...).
@@ -132,7 +139,15 @@ pub struct SimStats {
 }
 
 /// The methods the simulator implements (and that a [`FaultPlan::methods`] filter may name).
-pub const SIM_METHODS: [&str; 3] = ["alipay.trade.query", "alipay.trade.close", BILL_URL_METHOD];
+pub const SIM_METHODS: [&str; 4] = [
+    "alipay.trade.query",
+    "alipay.trade.close",
+    REFUND_METHOD,
+    BILL_URL_METHOD,
+];
+
+/// The refund method.
+pub const REFUND_METHOD: &str = "alipay.trade.refund";
 
 /// The method answering a bill download URL.
 pub const BILL_URL_METHOD: &str = "alipay.data.dataservice.bill.downloadurl.query";
@@ -611,6 +626,24 @@ struct BillToken {
     expires: Instant,
 }
 
+/// The result of a refund request at the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Refunded: now (`fund_change`), or before under the same `out_request_no`.
+    Refunded {
+        /// The trade after the refund.
+        trade: SimTradeView,
+        /// Whether this request moved money.
+        fund_change: bool,
+    },
+    /// No such trade.
+    NotFound,
+    /// The trade is not paid, or nothing is left to refund.
+    StatusError(SimTradeView),
+    /// More than is left, or the `out_request_no` was used with another amount.
+    AmountError(SimTradeView),
+}
+
 /// The result of a close request at the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseOutcome {
@@ -919,33 +952,70 @@ impl SimState {
             )));
         }
         self.with_trade(out_trade_no, None, |trade| {
-            if trade.status != SimTradeStatus::TradeSuccess {
-                return Err(BuyerOpError::Conflict(format!(
+            add_refund(trade, amount_minor, None).map_err(|e| match e {
+                RefundRefusal::Status => BuyerOpError::Conflict(format!(
                     "trade {:?} is {}, not TRADE_SUCCESS: nothing to refund",
                     trade.out_trade_no,
                     trade.status.as_str()
-                )));
-            }
-            let left = trade.refundable_minor();
-            if amount_minor > left {
-                return Err(BuyerOpError::Conflict(format!(
-                    "trade {:?} has {left} left to refund, not {amount_minor}",
-                    trade.out_trade_no
-                )));
-            }
-            let now = Utc::now();
-            let k = trade.refunds.len() + 1;
-            trade.refunds.push(SimRefund {
-                refund_no: format!("RF{}{k}", trade.trade_no),
-                amount_minor,
-                refunded_at: now,
-            });
-            if amount_minor == left {
-                trade.status = SimTradeStatus::TradeClosed;
-                trade.closed_at = Some(now);
-            }
-            Ok(())
+                )),
+                RefundRefusal::Amount => BuyerOpError::Conflict(format!(
+                    "trade {:?} has {} left to refund, not {amount_minor}",
+                    trade.out_trade_no,
+                    trade.refundable_minor()
+                )),
+            })
         })
+    }
+
+    /// Gateway side: `alipay.trade.refund` (requests are counted by
+    /// [`SimState::fault_for`]). The same `out_request_no` answers the refund made under
+    /// it, moving no money, when the amount is the same, and is refused with another
+    /// amount. With `apply` false nothing changes (a faulted answer's preview). A full
+    /// refund closes the trade and is announced (Alipay's `TRADE_CLOSED` notification).
+    pub(crate) fn gateway_refund(
+        &self,
+        out_trade_no: Option<&str>,
+        trade_no: Option<&str>,
+        out_request_no: &str,
+        amount_minor: i64,
+        apply: bool,
+    ) -> RefundOutcome {
+        let mut inner = self.lock();
+        let Some(trade) = inner.current(out_trade_no, trade_no) else {
+            return RefundOutcome::NotFound;
+        };
+        if let Some(earlier) = trade
+            .refunds
+            .iter()
+            .find(|r| r.out_request_no.as_deref() == Some(out_request_no))
+        {
+            return if earlier.amount_minor == amount_minor {
+                RefundOutcome::Refunded {
+                    trade: trade.clone(),
+                    fund_change: false,
+                }
+            } else {
+                RefundOutcome::AmountError(trade.clone())
+            };
+        }
+        let mut after = trade.clone();
+        let before = after.status;
+        match add_refund(&mut after, amount_minor, Some(out_request_no)) {
+            Err(RefundRefusal::Status) => RefundOutcome::StatusError(after),
+            Err(RefundRefusal::Amount) => RefundOutcome::AmountError(after),
+            Ok(()) => {
+                if apply {
+                    *trade = after.clone();
+                    if after.status != before {
+                        inner.announce(&after);
+                    }
+                }
+                RefundOutcome::Refunded {
+                    trade: after,
+                    fund_change: true,
+                }
+            }
+        }
     }
 
     /// The bill rows of a China-time day, as Alipay's detail file lists them: one
@@ -1141,6 +1211,7 @@ impl SimState {
         match method {
             "alipay.trade.query" => inner.stats.queries += 1,
             "alipay.trade.close" => inner.stats.closes += 1,
+            REFUND_METHOD => inner.stats.refund_requests += 1,
             BILL_URL_METHOD => inner.stats.bill_url_requests += 1,
             _ => {}
         }
@@ -1303,6 +1374,43 @@ fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
     at.with_nanosecond(0).unwrap_or(at)
 }
 
+/// Why a refund cannot be made.
+enum RefundRefusal {
+    /// The trade is not paid (or is fully refunded already).
+    Status,
+    /// Not positive, or more than is left.
+    Amount,
+}
+
+/// Adds a refund of `amount_minor` to a paid trade, with refund number `RF{trade_no}{k}`;
+/// the refund that leaves nothing closes the trade.
+fn add_refund(
+    trade: &mut SimTradeView,
+    amount_minor: i64,
+    out_request_no: Option<&str>,
+) -> Result<(), RefundRefusal> {
+    if trade.status != SimTradeStatus::TradeSuccess {
+        return Err(RefundRefusal::Status);
+    }
+    let left = trade.refundable_minor();
+    if amount_minor <= 0 || amount_minor > left {
+        return Err(RefundRefusal::Amount);
+    }
+    let now = Utc::now();
+    let k = trade.refunds.len() + 1;
+    trade.refunds.push(SimRefund {
+        refund_no: format!("RF{}{k}", trade.trade_no),
+        amount_minor,
+        refunded_at: now,
+        out_request_no: out_request_no.map(str::to_owned),
+    });
+    if amount_minor == left {
+        trade.status = SimTradeStatus::TradeClosed;
+        trade.closed_at = Some(now);
+    }
+    Ok(())
+}
+
 fn mark_paid(trade: &mut SimTradeView) {
     trade.status = SimTradeStatus::TradeSuccess;
     trade.paid_at = Some(Utc::now());
@@ -1447,6 +1555,62 @@ mod tests {
             s.gateway_close(Some("W"), None),
             CloseOutcome::StatusError(_)
         ));
+    }
+
+    #[test]
+    fn a_gateway_refund_is_idempotent_by_out_request_no() {
+        let s = SimState::new();
+        assert_eq!(
+            s.gateway_refund(Some("G"), None, "RF-1", 500, true),
+            RefundOutcome::NotFound
+        );
+        s.scan("G", 500).unwrap();
+        assert!(matches!(
+            s.gateway_refund(Some("G"), None, "RF-1", 500, true),
+            RefundOutcome::StatusError(_)
+        ));
+        s.pay("G", None).unwrap();
+        // A preview changes nothing.
+        assert!(matches!(
+            s.gateway_refund(Some("G"), None, "RF-1", 500, false),
+            RefundOutcome::Refunded {
+                fund_change: true,
+                ..
+            }
+        ));
+        assert!(s.trade("G").unwrap().refunds.is_empty());
+        assert!(matches!(
+            s.gateway_refund(Some("G"), None, "RF-1", 501, true),
+            RefundOutcome::AmountError(_)
+        ));
+        let RefundOutcome::Refunded { trade, fund_change } =
+            s.gateway_refund(Some("G"), None, "RF-1", 500, true)
+        else {
+            panic!("refunded")
+        };
+        assert!(fund_change);
+        assert_eq!(trade.status, SimTradeStatus::TradeClosed);
+        assert_eq!(trade.refunds[0].out_request_no.as_deref(), Some("RF-1"));
+        // The same request again: the same refund, no money moves.
+        for _ in 0..3 {
+            assert!(matches!(
+                s.gateway_refund(Some("G"), None, "RF-1", 500, true),
+                RefundOutcome::Refunded {
+                    fund_change: false,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            s.gateway_refund(Some("G"), None, "RF-1", 400, true),
+            RefundOutcome::AmountError(_)
+        ));
+        // Another request on a fully refunded trade.
+        assert!(matches!(
+            s.gateway_refund(Some("G"), None, "RF-2", 1, true),
+            RefundOutcome::StatusError(_)
+        ));
+        assert_eq!(s.trade("G").unwrap().refunds.len(), 1);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::broker::publisher::{ParkNote, Publisher};
 use crate::broker::tiers::{Route, SMALLEST_TIER};
 use crate::closer::MAX_TIME_TO_PAY;
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
-use crate::message::CloseMessage;
+use crate::message::{CloseMessage, Job};
 
 use super::acks::Acks;
 
@@ -106,6 +106,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
         order_id = message.order_id,
         out_trade_no = %message.out_trade_no,
         attempt = message.attempt,
+        job = ?message.job,
         delivery_tag = delivery.delivery_tag,
     );
     async {
@@ -193,22 +194,32 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
         first_seen: message.first_seen,
         not_before: message.not_before,
     };
-    let outcome = ctx
-        .decider
-        .decide(
-            message.order_id,
-            Some(&message.out_trade_no),
-            attempt,
-            Mode::Apply,
-        )
-        .await;
+    let outcome = match message.job {
+        Job::Close => {
+            ctx.decider
+                .decide(
+                    message.order_id,
+                    Some(&message.out_trade_no),
+                    attempt,
+                    Mode::Apply,
+                )
+                .await
+        }
+        Job::Refund => {
+            ctx.decider
+                .refund(message.order_id, &message.out_trade_no, attempt)
+                .await
+        }
+    };
     let first_seen = message.first_seen.unwrap_or(now);
     match outcome {
         Ok(
             Outcome::Decided { .. }
             | Outcome::Settled(_)
             | Outcome::LostRace(_)
-            | Outcome::WouldDo(_),
+            | Outcome::Refunded { .. }
+            | Outcome::WouldDo(_)
+            | Outcome::WouldRefund { .. },
         ) => Ok(()),
         Ok(Outcome::Missing) => {
             warn!("no such order; acknowledging the message");

@@ -179,10 +179,10 @@ impl TestEnv {
 
     /// A decider with a custom Alipay configuration.
     pub fn decider_with(&self, alipay: AlipayConfig, actor: &str) -> Decider {
-        Decider::new(
+        Decider::configured(
             self.pool.clone(),
             Gateways::alipay(alipay, self.settings.alipay.rate_limit).expect("alipay client"),
-            self.settings.retry.clone(),
+            &self.settings,
             actor,
         )
     }
@@ -537,11 +537,11 @@ impl TestEnv {
             Some(sim::SIM_SELLER_ID.to_owned()),
             Arc::clone(&self.alipay.alipay_public_key),
         );
-        let decider = Decider::new(
+        let decider = Decider::configured(
             pool,
             Gateways::alipay(self.alipay.clone(), self.settings.alipay.rate_limit)
                 .expect("alipay client"),
-            self.settings.retry.clone(),
+            &self.settings,
             "notify:test",
         );
         Notifier::new(decider).with_verifier("alipay", Arc::new(verifier))

@@ -1,6 +1,6 @@
 //! The Alipay classic-OpenAPI HTTP client: signs requests with the app key, verifies
-//! answers with Alipay's key, and implements [`Gateway`] with `alipay.trade.query` and
-//! `alipay.trade.close`. It also fetches the daily trade bill
+//! answers with Alipay's key, and implements [`Gateway`] with `alipay.trade.query`,
+//! `alipay.trade.close` and `alipay.trade.refund`. It also fetches the daily trade bill
 //! ([`AlipayClient::bill_download_url`], [`AlipayClient::download_bill`]).
 
 use std::sync::Arc;
@@ -12,9 +12,13 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::keys::{AppPrivateKey, RsaPublicKey};
-use super::response::{classify_close, classify_query, format_china_time, split_response};
+use super::response::{
+    classify_close, classify_query, classify_refund, format_china_time, split_response,
+};
 use super::sign::sign_params;
-use crate::gateway::{CloseAnswer, Gateway, GatewayError, QueryAnswer};
+use crate::gateway::{
+    CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest,
+};
 
 /// Default per-request timeout (connect, send and read the whole answer).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -507,6 +511,27 @@ impl Gateway for AlipayClient {
         let result = classify_close(out_trade_no, &answer.value)?;
         tracing::debug!(out_trade_no, ?result, "alipay trade close classified");
         Ok(result)
+    }
+
+    async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+        let answer = self
+            .call(
+                "alipay.trade.refund",
+                &json!({
+                    "out_trade_no": request.out_trade_no,
+                    "out_request_no": request.out_request_no,
+                    "refund_amount": crate::money::format_minor(request.amount_minor),
+                    "refund_reason": "paid after the order was closed",
+                }),
+            )
+            .await?;
+        let result = classify_refund(request, &answer.value, answer.raw);
+        tracing::debug!(
+            out_trade_no = request.out_trade_no,
+            ?result,
+            "alipay trade refund classified"
+        );
+        result
     }
 }
 

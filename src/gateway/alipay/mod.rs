@@ -14,8 +14,8 @@ pub use client::{
 pub use keys::{AppPrivateKey, KeyError, RsaPublicKey};
 pub use notify::AlipayNotify;
 pub use response::{
-    SplitResponse, classify_close, classify_query, extract_sign, extract_signed_object,
-    format_china_time, parse_china_time, split_response,
+    SplitResponse, classify_close, classify_query, classify_refund, extract_sign,
+    extract_signed_object, format_china_time, parse_china_time, split_response,
 };
 pub use sign::{
     Param, notify_signing_content, sign_params, signing_content, verify_notify_params,

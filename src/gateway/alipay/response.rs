@@ -8,7 +8,7 @@
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone, Utc};
 use serde_json::Value;
 
-use crate::gateway::{CloseAnswer, GatewayError, TradeState};
+use crate::gateway::{CloseAnswer, GatewayError, RefundAnswer, RefundRequest, TradeState};
 use crate::money::parse_minor;
 
 /// Deepest nesting the brace matcher follows before giving up on a body.
@@ -422,6 +422,73 @@ pub fn classify_close(asked: &str, answer: &Value) -> Result<CloseAnswer, Gatewa
                 return Ok(CloseAnswer::NotCloseable {
                     sub_code: f.sub_code.to_owned(),
                 });
+            }
+            _ => {}
+        }
+    }
+    Err(common_failure(&f))
+}
+
+/// Classifies an `alipay.trade.refund` answer object (already signature-checked) for
+/// `asked`; `raw` is kept in the answer for the audit trail.
+///
+/// | answer | result |
+/// |---|---|
+/// | `10000` (our `out_trade_no`), `fund_change` `Y` | refunded now |
+/// | `10000`, `fund_change` `N`, `refund_fee` covering the amount | refunded before (a retry of the same `out_request_no`) |
+/// | `10000`, `fund_change` `N`, `refund_fee` short of the amount | retryable `refund_unconfirmed` |
+/// | `40004` + `ACQ.SELLER_BALANCE_NOT_ENOUGH` | retryable: the merchant account may be topped up |
+/// | `40004` + `ACQ.TRADE_NOT_EXIST`, `ACQ.TRADE_STATUS_ERROR`, `ACQ.TRADE_HAS_CLOSE`, `ACQ.REFUND_AMT_NOT_EQUAL_TOTAL` | permanent: nothing (more) to refund, an operator looks |
+/// | `20000`, `ACQ.SYSTEM_ERROR` | retryable |
+/// | `20001`, `40001`, `40002`, `40006`, `ACQ.INVALID_PARAMETER` | permanent |
+/// | anything else | retryable `unclassifiable` |
+///
+/// Alipay advises confirming a `fund_change` of `N` with the refund query; here the
+/// answer's own `refund_fee` (the trade's total refunded) is the confirmation.
+pub fn classify_refund(
+    asked: &RefundRequest<'_>,
+    answer: &Value,
+    raw: String,
+) -> Result<RefundAnswer, GatewayError> {
+    if !answer.is_object() {
+        return Err(unclassifiable("answer is not a JSON object"));
+    }
+    let f = fields(answer);
+    let success = f.code.as_deref() == Some("10000");
+    check_order(asked.out_trade_no, &f, success)?;
+    if success {
+        let fee = str_field(answer, "refund_fee").unwrap_or("");
+        let refunded_minor = parse_minor(fee)
+            .ok()
+            .filter(|a| *a >= 0)
+            .ok_or_else(|| unclassifiable(format!("bad refund_fee {:?}", echo(fee))))?;
+        let fund_change = str_field(answer, "fund_change") == Some("Y");
+        if !fund_change && refunded_minor < asked.amount_minor {
+            return Err(GatewayError::retryable(
+                "refund_unconfirmed",
+                format!(
+                    "fund_change N and only {} refunded on the trade",
+                    crate::money::format_minor(refunded_minor)
+                ),
+            ));
+        }
+        return Ok(RefundAnswer {
+            refunded_minor,
+            fund_change,
+            raw,
+        });
+    }
+    if f.code.as_deref() == Some("40004") {
+        let detail = describe(&f);
+        match f.sub_code {
+            "ACQ.SELLER_BALANCE_NOT_ENOUGH" => {
+                return Err(GatewayError::retryable(f.sub_code, detail));
+            }
+            "ACQ.TRADE_NOT_EXIST"
+            | "ACQ.TRADE_STATUS_ERROR"
+            | "ACQ.TRADE_HAS_CLOSE"
+            | "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL" => {
+                return Err(GatewayError::permanent(f.sub_code, detail));
             }
             _ => {}
         }
@@ -848,5 +915,70 @@ mod tests {
         let long = "x".repeat(10_000);
         let e = q(json!({"code":"99999","msg":long})).unwrap_err();
         assert!(e.message.len() < 1_000);
+    }
+
+    // ---- refund ----
+
+    #[test]
+    fn refund_answers() {
+        let ask = RefundRequest {
+            out_trade_no: "ORD-1",
+            out_request_no: "RF-1",
+            amount_minor: 1234,
+        };
+        let run = |v: Value| classify_refund(&ask, &v, "raw".into());
+        let ok = run(
+            json!({"code":"10000","out_trade_no":"ORD-1","fund_change":"Y","refund_fee":"12.34"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.refunded_minor, ok.fund_change, ok.raw.as_str()),
+            (1234, true, "raw")
+        );
+        let again = run(
+            json!({"code":"10000","out_trade_no":"ORD-1","fund_change":"N","refund_fee":"12.34"}),
+        )
+        .unwrap();
+        assert!(!again.fund_change);
+        let short = run(
+            json!({"code":"10000","out_trade_no":"ORD-1","fund_change":"N","refund_fee":"0.00"}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (short.class, short.code.as_str()),
+            (FaultClass::Retryable, "refund_unconfirmed")
+        );
+        let other = run(
+            json!({"code":"10000","out_trade_no":"ORD-2","fund_change":"Y","refund_fee":"12.34"}),
+        )
+        .unwrap_err();
+        assert_eq!(other.code, "wrong_order");
+        let anon = run(json!({"code":"10000","fund_change":"Y","refund_fee":"12.34"})).unwrap_err();
+        assert_eq!(anon.code, "unclassifiable");
+        let fee =
+            run(json!({"code":"10000","out_trade_no":"ORD-1","fund_change":"Y","refund_fee":"x"}))
+                .unwrap_err();
+        assert_eq!(fee.code, "unclassifiable");
+        for (sub, class) in [
+            ("ACQ.SELLER_BALANCE_NOT_ENOUGH", FaultClass::Retryable),
+            ("ACQ.SYSTEM_ERROR", FaultClass::Retryable),
+            ("ACQ.TRADE_NOT_EXIST", FaultClass::Permanent),
+            ("ACQ.TRADE_STATUS_ERROR", FaultClass::Permanent),
+            ("ACQ.TRADE_HAS_CLOSE", FaultClass::Permanent),
+            ("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", FaultClass::Permanent),
+            ("ACQ.INVALID_PARAMETER", FaultClass::Permanent),
+        ] {
+            let e = run(json!({"code":"40004","sub_code":sub,"out_trade_no":"ORD-1"})).unwrap_err();
+            assert_eq!((e.class, e.code.as_str()), (class, sub));
+        }
+        assert_eq!(
+            run(json!({"code":"20000"})).unwrap_err().class,
+            FaultClass::Retryable
+        );
+        assert_eq!(
+            run(json!({"code":"40002"})).unwrap_err().class,
+            FaultClass::Permanent
+        );
+        assert_eq!(run(json!([])).unwrap_err().code, "unclassifiable");
     }
 }

@@ -1,0 +1,178 @@
+//! The `refunds` table: one refund per order paid after we closed it, its progress, and
+//! the idempotency key (`out_request_no`) the gateway knows it by.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::refunds;
+
+/// Where a refund stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    /// Asked for; the worker is (or will be) sending it to the gateway.
+    Requested,
+    /// The gateway confirmed it.
+    Succeeded,
+    /// Refused for good, or every retry step used: an operator looks.
+    Failed,
+}
+
+impl RefundStatus {
+    /// The column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            // The column's CHECK allows nothing else.
+            _ => Self::Requested,
+        }
+    }
+}
+
+/// The refund's `out_request_no`: derived from the order alone, so that every request
+/// for this order's refund, by whichever actor and however often, is the same refund.
+pub fn out_request_no(order_id: i64) -> String {
+    format!("RF-{order_id}")
+}
+
+/// A stored refund.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = refunds, check_for_backend(diesel::pg::Pg))]
+pub struct RefundRow {
+    /// Row id.
+    pub id: i64,
+    /// The order.
+    pub order_id: i64,
+    /// Its merchant order number.
+    pub out_trade_no: String,
+    /// The idempotency key at the gateway.
+    pub out_request_no: String,
+    /// How much, in minor units.
+    pub amount_minor: i64,
+    status: String,
+    /// Gateway calls made so far.
+    pub attempts: i32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// The gateway's answer that settled it.
+    pub gateway_answer: Option<String>,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When it was asked for.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RefundRow {
+    /// Where it stands.
+    pub fn status(&self) -> RefundStatus {
+        RefundStatus::parse(&self.status)
+    }
+}
+
+/// Records a requested refund for an order unless it has one; returns the row and
+/// whether it is new.
+pub async fn request(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    out_trade_no: &str,
+    amount_minor: i64,
+    requested_by: &str,
+) -> QueryResult<(RefundRow, bool)> {
+    let inserted = diesel::insert_into(refunds::table)
+        .values((
+            refunds::order_id.eq(order_id),
+            refunds::out_trade_no.eq(out_trade_no),
+            refunds::out_request_no.eq(out_request_no(order_id)),
+            refunds::amount_minor.eq(amount_minor),
+            refunds::requested_by.eq(requested_by),
+        ))
+        .on_conflict(refunds::order_id)
+        .do_nothing()
+        .returning(RefundRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    match inserted {
+        Some(row) => Ok((row, true)),
+        None => Ok((
+            for_order(conn, order_id).await?.ok_or(diesel::NotFound)?,
+            false,
+        )),
+    }
+}
+
+/// The refund of an order, if any.
+pub async fn for_order(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+) -> QueryResult<Option<RefundRow>> {
+    refunds::table
+        .filter(refunds::order_id.eq(order_id))
+        .select(RefundRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Moves a failed refund back to `requested` (an operator asked again); returns whether
+/// it moved.
+pub async fn reopen(conn: &mut AsyncPgConnection, order_id: i64, actor: &str) -> QueryResult<bool> {
+    diesel::update(refunds::table)
+        .filter(refunds::order_id.eq(order_id))
+        .filter(refunds::status.eq(RefundStatus::Failed.as_str()))
+        .set((
+            refunds::status.eq(RefundStatus::Requested.as_str()),
+            refunds::requested_by.eq(actor),
+            refunds::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+        .map(|n| n == 1)
+}
+
+/// Records one gateway call on a requested refund: its new status (still `requested`
+/// after a transient failure), the error or the settling answer. Returns false when the
+/// refund was not `requested` any more (another worker settled it first).
+pub async fn record_attempt(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    status: RefundStatus,
+    last_error: Option<&str>,
+    gateway_answer: Option<&str>,
+) -> QueryResult<bool> {
+    diesel::update(refunds::table)
+        .filter(refunds::order_id.eq(order_id))
+        .filter(refunds::status.eq(RefundStatus::Requested.as_str()))
+        .set((
+            refunds::status.eq(status.as_str()),
+            refunds::attempts.eq(refunds::attempts + 1),
+            refunds::last_error.eq(last_error),
+            refunds::gateway_answer.eq(gateway_answer),
+            refunds::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+        .map(|n| n == 1)
+}
+
+/// Refunds not yet succeeded, oldest first.
+pub async fn open(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<RefundRow>> {
+    refunds::table
+        .filter(refunds::status.ne(RefundStatus::Succeeded.as_str()))
+        .order(refunds::created_at.asc())
+        .limit(limit)
+        .select(RefundRow::as_select())
+        .load(conn)
+        .await
+}

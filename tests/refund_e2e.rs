@@ -1,0 +1,307 @@
+//! Payments after close, refunded or held: the simulator's `alipay.trade.refund` over HTTP
+//! (with its idempotency rule), a worker on real RabbitMQ sending the refund, real
+//! Postgres. However often a refund is sent (a timeout after it was applied, an operator
+//! asking twice), the simulator shows exactly one.
+
+mod common;
+
+use std::time::Duration;
+
+use order_closer::db::{self, refunds};
+use order_closer::decide::refund::RefundRequestResult;
+use order_closer::notify::NotifyOutcome;
+use order_closer::order::OrderStatus;
+use order_closer::reconcile::refund::{self, RefundError};
+use order_closer::sim::{FaultKind, FaultPlan, SimTradeStatus};
+
+use common::{TestEnv, eventually};
+
+fn count(events: &[serde_json::Value], no: &str, event: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["out_trade_no"] == no && e["event"] == event)
+        .count()
+}
+
+async fn refund_row(env: &TestEnv, order_id: i64) -> Option<refunds::RefundRow> {
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    refunds::for_order(&mut conn, order_id).await.unwrap()
+}
+
+/// Waits until the order's refund leaves `requested`.
+async fn refund_settled(env: &TestEnv, order_id: i64, limit: Duration) -> refunds::RefundRow {
+    eventually(limit, || async {
+        refund_row(env, order_id)
+            .await
+            .filter(|r| r.status() != refunds::RefundStatus::Requested)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the refund of order {order_id} did not settle within {limit:?}"))
+}
+
+async fn outcomes(env: &TestEnv, order_id: i64) -> Vec<String> {
+    env.trail(order_id)
+        .await
+        .into_iter()
+        .map(|d| d.outcome)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_refund_a_payment_after_close_is_refunded_once_even_when_the_refund_times_out_after_being_applied()
+ {
+    let mut env = TestEnv::new(&[
+        ("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund"),
+        ("ALIPAY_TIMEOUT", "1s"),
+    ])
+    .await;
+    env.start_worker(4, 8);
+    let endpoint = env.start_notify().await;
+    let no = env.no("late");
+    let order = env.create(&no, 1500, Duration::from_secs(1)).await;
+    assert_eq!(
+        env.settled(&no, Duration::from_secs(15)).await.status(),
+        OrderStatus::Closed
+    );
+    // The first refund call is applied at the gateway, but its answer never arrives.
+    let mut plan = FaultPlan::none();
+    plan.timeout_ms = Some(2_000);
+    env.buyers.set_faults(&plan).await.unwrap();
+    env.buyers
+        .fail_next(&no, FaultKind::TimeoutAfterApply, 1)
+        .await
+        .unwrap();
+    // A QR code without expiry, scanned and paid after we closed.
+    env.buyers.scan_and_pay(&no, 1500).await.unwrap();
+
+    let row = refund_settled(&env, order.id, Duration::from_secs(30)).await;
+    assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
+    assert_eq!(row.amount_minor, 1500);
+    assert_eq!(
+        row.attempts, 2,
+        "the timed-out call, then the same request again"
+    );
+    assert_eq!(row.out_request_no, refunds::out_request_no(order.id));
+
+    let trade = env.buyers.trade(&no).await.unwrap().unwrap();
+    assert_eq!(trade.refunds.len(), 1, "exactly one refund: {trade:?}");
+    assert_eq!(trade.refunds[0].amount_minor, 1500);
+    assert_eq!(trade.status, SimTradeStatus::TradeClosed);
+    let stats = env.buyers.stats().await.unwrap();
+    assert_eq!(stats.refund_requests, 2);
+
+    assert_eq!(
+        outcomes(&env, order.id).await,
+        vec!["closed", "refund_requested", "refund_retry", "refunded"]
+    );
+    // The gateway's TRADE_CLOSED notification after the full refund only makes us ask
+    // the gateway, which confirms the trade is closed: nothing changes.
+    let asked = eventually(Duration::from_secs(15), || async {
+        let text = endpoint.notifier.metrics().render();
+        text.contains(&format!(
+            "order_closer_notifications_total{{outcome=\"{}\"}} 1",
+            NotifyOutcome::Queried.as_str()
+        ))
+        .then_some(())
+    })
+    .await;
+    assert!(asked.is_some(), "the TRADE_CLOSED notification was handled");
+    assert_eq!(env.order(&no).await.status(), OrderStatus::Closed);
+
+    let events = env.drain_events().await;
+    assert_eq!(count(&events, &no, "order.anomaly.paid_after_close"), 1);
+    assert_eq!(count(&events, &no, "order.refunded"), 1);
+    assert_eq!(count(&events, &no, "order.refund_failed"), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_hold_an_operator_refunds_on_request_and_bad_requests_are_named() {
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(4, 8);
+    let _notify = env.start_notify().await;
+    let decider = env.decider("reconcile:test");
+    let no = env.no("held");
+    let order = env.create(&no, 900, Duration::from_secs(1)).await;
+    env.settled(&no, Duration::from_secs(15)).await;
+    env.buyers.scan_and_pay(&no, 900).await.unwrap();
+    // Held: the anomaly is recorded, nothing is refunded.
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let mut conn = db::conn(&env.pool).await.ok()?;
+        let rows = db::anomalies::list(&mut conn, Some("paid_after_close"), 10)
+            .await
+            .ok()?;
+        rows.iter().any(|a| a.out_trade_no == no).then_some(())
+    })
+    .await;
+    assert!(recorded.is_some(), "the payment after close was recorded");
+    assert!(
+        refund_row(&env, order.id).await.is_none(),
+        "held, not refunded"
+    );
+
+    // Bad requests: an unknown order, an order that is not CLOSED.
+    assert!(matches!(
+        refund::request(&decider, "no-such-order", true).await,
+        Err(RefundError::NoSuchOrder(_))
+    ));
+    let open = env.no("open");
+    env.create(&open, 100, Duration::from_secs(3600)).await;
+    let err = refund::request(&decider, &open, false).await.unwrap_err();
+    assert!(matches!(err, RefundError::NotClosed(_)), "{err}");
+    assert!(err.to_string().contains("NEW"), "{err}");
+    // A CLOSED order the gateway reports unpaid.
+    let unpaid = env.no("unpaid");
+    env.create(&unpaid, 100, Duration::from_secs(1)).await;
+    env.settled(&unpaid, Duration::from_secs(15)).await;
+    let err = refund::request(&decider, &unpaid, false).await.unwrap_err();
+    assert!(matches!(err, RefundError::NotPaid { .. }), "{err}");
+
+    // A dry run asks the gateway and changes nothing.
+    let dry = refund::request(&decider, &no, true).await.unwrap();
+    assert_eq!(dry.paid_minor, 900);
+    assert!(matches!(
+        dry.result,
+        RefundRequestResult::WouldRequest {
+            amount_minor: 900,
+            ..
+        }
+    ));
+    assert!(refund_row(&env, order.id).await.is_none());
+
+    let done = refund::request(&decider, &no, false).await.unwrap();
+    assert!(matches!(
+        done.result,
+        RefundRequestResult::Requested {
+            amount_minor: 900,
+            ..
+        }
+    ));
+    let row = refund_settled(&env, order.id, Duration::from_secs(15)).await;
+    assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
+    // Asked again: refunded before, nothing sent.
+    let again = refund::request(&decider, &no, false).await.unwrap();
+    assert!(matches!(
+        again.result,
+        RefundRequestResult::AlreadyRefunded { .. }
+    ));
+    let trade = env.buyers.trade(&no).await.unwrap().unwrap();
+    assert_eq!(trade.refunds.len(), 1);
+    let events = env.drain_events().await;
+    assert_eq!(count(&events, &no, "order.refunded"), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() {
+    let mut env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
+    env.start_worker(4, 8);
+    let _notify = env.start_notify().await;
+    let no = env.no("busy");
+    let order = env.create(&no, 700, Duration::from_secs(1)).await;
+    env.settled(&no, Duration::from_secs(15)).await;
+    // Every refund attempt (first try and three retry steps) finds the gateway busy.
+    env.buyers
+        .fail_next(&no, FaultKind::Busy20000, 4)
+        .await
+        .unwrap();
+    env.buyers.scan_and_pay(&no, 700).await.unwrap();
+
+    let row = refund_settled(&env, order.id, Duration::from_secs(30)).await;
+    assert_eq!(row.status(), refunds::RefundStatus::Failed);
+    assert_eq!(row.attempts, 4);
+    assert!(
+        row.last_error.as_deref().unwrap_or("").contains("20000"),
+        "{row:?}"
+    );
+    let parked = env
+        .wait_parked(1, Duration::from_secs(10))
+        .await
+        .expect("the refund message is parked");
+    let body: serde_json::Value = serde_json::from_slice(&parked[0].0).unwrap();
+    assert_eq!(body["job"], "refund");
+    assert!(
+        env.buyers
+            .trade(&no)
+            .await
+            .unwrap()
+            .unwrap()
+            .refunds
+            .is_empty()
+    );
+
+    // The operator asks again: the failed refund is reopened and sent.
+    let decider = env.decider("reconcile:test");
+    let again = refund::request(&decider, &no, false).await.unwrap();
+    assert!(matches!(
+        again.result,
+        RefundRequestResult::Requested { .. }
+    ));
+    let row = refund_settled(&env, order.id, Duration::from_secs(15)).await;
+    assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
+    assert_eq!(
+        env.buyers.trade(&no).await.unwrap().unwrap().refunds.len(),
+        1
+    );
+    let events = env.drain_events().await;
+    assert_eq!(count(&events, &no, "order.refund_failed"), 1);
+    assert_eq!(count(&events, &no, "order.refunded"), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bill_s_payments_after_close_go_through_the_policy() {
+    use chrono::Utc;
+    use order_closer::bill;
+    use order_closer::gateway::alipay::AlipayClient;
+    use order_closer::gateway::alipay::response::china;
+    use order_closer::reconcile::bill::reconcile;
+
+    let mut env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
+    env.quiet_notifications();
+    env.start_worker(4, 8);
+    let no = env.no("billed");
+    let order = env.create(&no, 2500, Duration::from_secs(1)).await;
+    env.settled(&no, Duration::from_secs(15)).await;
+    // Paid after close, and the notification lost: only the bill tells.
+    env.buyers.scan_and_pay(&no, 2500).await.unwrap();
+    let today = Utc::now().with_timezone(&china()).date_naive();
+    let client = AlipayClient::new(env.alipay.clone()).unwrap();
+    let url = client.bill_download_url(today).await.unwrap();
+    let parsed = bill::parse_zip(&client.download_bill(&url).await.unwrap(), "bill.zip").unwrap();
+    let decider = env.decider("reconcile:test");
+
+    let dry = reconcile(&decider, &parsed, today, false).await.unwrap();
+    assert_eq!(dry.paid_after_close.len(), 1);
+    assert!(
+        dry.paid_after_close[0]
+            .action
+            .contains("would request its refund"),
+        "{:?}",
+        dry.paid_after_close[0]
+    );
+    assert!(refund_row(&env, order.id).await.is_none());
+
+    let applied = reconcile(&decider, &parsed, today, true).await.unwrap();
+    assert!(
+        applied.paid_after_close[0]
+            .action
+            .contains("refund requested"),
+        "{:?}",
+        applied.paid_after_close[0]
+    );
+    let row = refund_settled(&env, order.id, Duration::from_secs(15)).await;
+    assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
+    // The same bill again requests nothing more.
+    let again = reconcile(&decider, &parsed, today, true).await.unwrap();
+    assert!(
+        !again.paid_after_close[0]
+            .action
+            .contains("refund requested")
+    );
+    assert_eq!(
+        env.buyers.trade(&no).await.unwrap().unwrap().refunds.len(),
+        1
+    );
+    env.cleanup().await;
+}
