@@ -111,6 +111,9 @@ figures = [
     ("raw INSERT/s", ("create", "raw_insert_per_second")),
     ("create_order / raw insert", ("create", "ratio")),
     ("sustained p99 ms", ("sustained", "lateness_ms", "p99")),
+    ("notifications/s to commit", ("notifications", "notifications_per_second")),
+    ("payment to PAID p50 ms", ("notifications", "payment_to_paid_ms", "p50")),
+    ("payment to PAID p99 ms", ("notifications", "payment_to_paid_ms", "p99")),
 ]
 
 def get(report, path):

@@ -156,6 +156,34 @@ impl Job for FindById {
     }
 }
 
+/// Reads orders by merchant order number in groups (the notify endpoint: one statement for
+/// the notifications that arrive together).
+pub struct FindByOutTradeNo;
+
+#[async_trait]
+impl Job for FindByOutTradeNo {
+    type Item = String;
+    type Output = Option<Order>;
+
+    async fn run(
+        &self,
+        conn: &mut AsyncPgConnection,
+        numbers: &[String],
+    ) -> QueryResult<Vec<Option<Order>>> {
+        let found: HashMap<String, Order> = orders::table
+            .filter(orders::out_trade_no.eq_any(numbers))
+            .select(Order::as_select())
+            .load(conn)
+            .await?
+            .into_iter()
+            .map(|o| (o.out_trade_no.clone(), o))
+            .collect();
+        // A number may appear twice in a group (a notification and its copy): each gets
+        // its own copy of the row.
+        Ok(numbers.iter().map(|n| found.get(n).cloned()).collect())
+    }
+}
+
 /// Reads an order by merchant order number.
 pub async fn find_by_out_trade_no(
     conn: &mut AsyncPgConnection,

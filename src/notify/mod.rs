@@ -30,8 +30,9 @@ use axum::http::HeaderMap;
 use chrono::Utc;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::db::{self, orders};
-use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
+use crate::db::batch::Batcher;
+use crate::db::orders::FindByOutTradeNo;
+use crate::decide::{Cause, Decider, MAX_GROUP, Mode, Outcome, Unavailable};
 use crate::gateway::TradeState;
 use crate::gateway::notice::{Claim, Notice, NotifyVerifier, Reply};
 use crate::metrics::Metrics;
@@ -63,6 +64,8 @@ pub struct Handled {
 /// Applies payment notifications.
 pub struct Notifier {
     decider: Decider,
+    /// Reads orders by number, grouped with the other notifications arriving together.
+    reads: Batcher<FindByOutTradeNo>,
     verifiers: HashMap<String, Arc<dyn NotifyVerifier>>,
     hints: Arc<HintBudget>,
     metrics: Arc<Metrics>,
@@ -74,6 +77,7 @@ impl Notifier {
     pub fn new(decider: Decider) -> Self {
         Self {
             metrics: Arc::clone(decider.metrics()),
+            reads: Batcher::new(decider.pool().clone(), FindByOutTradeNo, MAX_GROUP),
             decider,
             verifiers: HashMap::new(),
             hints: HintBudget::new(HINT_SPACING, HINT_CONCURRENCY),
@@ -168,8 +172,7 @@ impl Notifier {
     }
 
     async fn find(&self, out_trade_no: &str) -> Result<Option<Order>, Unavailable> {
-        let mut conn = db::conn(self.decider.pool()).await?;
-        Ok(orders::find_by_out_trade_no(&mut conn, out_trade_no).await?)
+        Ok(self.reads.submit(out_trade_no.to_owned()).await?)
     }
 
     /// A payment the gateway vouches for: PAID, already PAID, or paid after close.
