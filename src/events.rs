@@ -21,7 +21,7 @@ pub const ORDER_REFUNDED: &str = "order.refunded";
 pub const ORDER_REFUND_FAILED: &str = "order.refund_failed";
 
 /// The routing key of an anomaly of this kind.
-pub fn anomaly_key(kind: &str) -> String {
+pub fn anomaly_key(kind: crate::db::anomalies::AnomalyKind) -> String {
     format!("order.anomaly.{kind}")
 }
 

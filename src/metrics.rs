@@ -250,13 +250,9 @@ impl Default for Metrics {
                 reason: reason.to_owned(),
             });
         }
-        for kind in [
-            "amount_mismatch",
-            "paid_after_close",
-            "paid_missing_from_bill",
-        ] {
+        for kind in crate::db::anomalies::AnomalyKind::ALL {
             let _ = metrics.anomalies.get_or_create(&KindLabel {
-                kind: kind.to_owned(),
+                kind: kind.as_str().to_owned(),
             });
         }
         for progress in crate::decide::refund::RefundProgress::ALL {
@@ -366,10 +362,10 @@ impl Metrics {
     }
 
     /// Counts an anomaly recorded by this process.
-    pub fn anomaly(&self, kind: &str) {
+    pub fn anomaly(&self, kind: crate::db::anomalies::AnomalyKind) {
         self.anomalies
             .get_or_create(&KindLabel {
-                kind: kind.to_owned(),
+                kind: kind.as_str().to_owned(),
             })
             .inc();
     }

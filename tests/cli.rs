@@ -269,6 +269,11 @@ async fn unusable_values_fail_at_start_up_naming_them() {
         ),
         (
             vars.clone(),
+            "reconcile anomalies --kind bogus",
+            "paid_after_close",
+        ),
+        (
+            vars.clone(),
             "orders create --out-trade-no X2 --amount 1 --deadline 1000-01-01T00:00:00Z",
             "in the past",
         ),

@@ -128,9 +128,13 @@ async fn under_hold_an_operator_refunds_on_request_and_bad_requests_are_named() 
     // Held: the anomaly is recorded, nothing is refunded.
     let recorded = eventually(Duration::from_secs(10), || async {
         let mut conn = db::conn(&env.pool).await.ok()?;
-        let rows = db::anomalies::list(&mut conn, Some("paid_after_close"), 10)
-            .await
-            .ok()?;
+        let rows = db::anomalies::list(
+            &mut conn,
+            Some(db::anomalies::AnomalyKind::PaidAfterClose),
+            10,
+        )
+        .await
+        .ok()?;
         rows.iter().any(|a| a.out_trade_no == no).then_some(())
     })
     .await;

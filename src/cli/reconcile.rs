@@ -127,9 +127,9 @@ pub struct AnomaliesArgs {
     /// With --refund: ask the gateway and say what would be refunded; change nothing.
     #[arg(long, requires = "refund")]
     dry_run: bool,
-    /// Only this kind (amount_mismatch, paid_after_close, paid_missing_from_bill, ...).
-    #[arg(long)]
-    kind: Option<String>,
+    /// Only this kind (amount_mismatch, paid_after_close, paid_missing_from_bill).
+    #[arg(long, value_parser = |s: &str| s.parse::<anomalies::AnomalyKind>())]
+    kind: Option<anomalies::AnomalyKind>,
     /// Most rows to show.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     limit: i64,
@@ -431,7 +431,7 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
         return run_refund(settings, order, args.dry_run, args.format).await;
     }
     let mut conn = db::connect(settings.database_url.expose_secret()).await?;
-    let rows = anomalies::list(&mut conn, args.kind.as_deref(), args.limit).await?;
+    let rows = anomalies::list(&mut conn, args.kind, args.limit).await?;
     if args.format == Format::Json {
         print_json(&rows)?;
     } else {

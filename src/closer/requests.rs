@@ -20,7 +20,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use thiserror::Error;
 
 use super::{Closer, MAX_TIME_TO_PAY, PendingClose};
-use crate::db::decisions::{self, NewDecision};
+use crate::db::decisions::{self, DecisionOutcome, NewDecision};
 use crate::db::outbox;
 use crate::db::schema::orders;
 use crate::db::{self, DbError};
@@ -116,7 +116,7 @@ async fn move_deadline(
     conn: &mut AsyncPgConnection,
     order: &Order,
     to: DateTime<Utc>,
-    outcome: &str,
+    outcome: DecisionOutcome,
     why: &str,
 ) -> QueryResult<Order> {
     let moved: Order = diesel::update(orders::table.find(order.id))
@@ -167,7 +167,14 @@ impl Closer {
                 let original_deadline = order.deadline;
                 let now = Utc::now();
                 let order = if order.deadline > now {
-                    move_deadline(tx, &order, now, "cancel_requested", "cancel requested").await?
+                    move_deadline(
+                        tx,
+                        &order,
+                        now,
+                        DecisionOutcome::CancelRequested,
+                        "cancel requested",
+                    )
+                    .await?
                 } else {
                     order
                 };
@@ -244,7 +251,14 @@ impl Closer {
                     order.deadline.to_rfc3339()
                 )));
             }
-            Ok(move_deadline(tx, &order, to, "deadline_extended", "deadline extended").await?)
+            Ok(move_deadline(
+                tx,
+                &order,
+                to,
+                DecisionOutcome::DeadlineExtended,
+                "deadline extended",
+            )
+            .await?)
         })
         .await
     }

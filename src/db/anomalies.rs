@@ -5,6 +5,18 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::anomalies;
 
+crate::text_enum! {
+    /// Where money and orders disagree: the `anomalies.kind` vocabulary.
+    AnomalyKind {
+        /// The gateway says another amount was paid than the order's.
+        AmountMismatch => "amount_mismatch",
+        /// The gateway took a payment on an order we had closed.
+        PaidAfterClose => "paid_after_close",
+        /// PAID here, absent from the gateway's bill of that day.
+        PaidMissingFromBill => "paid_missing_from_bill",
+    }
+}
+
 /// A row to insert.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = anomalies)]
@@ -13,8 +25,8 @@ pub struct NewAnomaly<'a> {
     pub order_id: Option<i64>,
     /// The merchant order number.
     pub out_trade_no: &'a str,
-    /// `amount_mismatch`, `paid_after_close`, ...
-    pub kind: &'a str,
+    /// The kind.
+    pub kind: AnomalyKind,
     /// What exactly disagrees.
     pub detail: &'a str,
 }
@@ -56,7 +68,7 @@ pub struct Anomaly {
 /// Lists anomalies, newest first, optionally of one kind.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    kind: Option<&str>,
+    kind: Option<AnomalyKind>,
     limit: i64,
 ) -> QueryResult<Vec<Anomaly>> {
     let mut query = anomalies::table
@@ -65,7 +77,7 @@ pub async fn list(
         .limit(limit)
         .into_boxed();
     if let Some(kind) = kind {
-        query = query.filter(anomalies::kind.eq(kind.to_owned()));
+        query = query.filter(anomalies::kind.eq(kind));
     }
     query.load(conn).await
 }

@@ -8,6 +8,32 @@ use serde::Serialize;
 use super::prepared::{column, prepared};
 use super::schema::decisions;
 
+crate::text_enum! {
+    /// What a decision did: the `decisions.outcome` vocabulary.
+    DecisionOutcome {
+        /// NEW -> PAID.
+        Paid => "paid",
+        /// NEW -> CLOSED.
+        Closed => "closed",
+        /// A transient failure; tried again later.
+        Retry => "retry",
+        /// Parked for an operator.
+        Parked => "parked",
+        /// The buyer or the shop asked to cancel; decided at once by a worker.
+        CancelRequested => "cancel_requested",
+        /// The deadline moved later.
+        DeadlineExtended => "deadline_extended",
+        /// A refund of a payment after close was requested.
+        RefundRequested => "refund_requested",
+        /// A refund call failed transiently; sent again later.
+        RefundRetry => "refund_retry",
+        /// The gateway confirmed the refund.
+        Refunded => "refunded",
+        /// The refund was refused for good or ran out of retry steps.
+        RefundFailed => "refund_failed",
+    }
+}
+
 /// A row to insert.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = decisions)]
@@ -16,8 +42,8 @@ pub struct NewDecision<'a> {
     pub order_id: i64,
     /// Attempt number (0 for the first).
     pub attempt: i32,
-    /// `closed`, `paid`, `retry`, `parked`, `discarded`, ...
-    pub outcome: &'a str,
+    /// What was done.
+    pub outcome: DecisionOutcome,
     /// What the gateway answered (the signed raw object, or the error).
     pub gateway_answer: Option<&'a str>,
     /// Human explanation.

@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod prepared;
 pub mod refunds;
 pub mod schema;
+pub mod text_enum;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,8 +20,9 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::config::PaidAfterClose;
+use crate::db::anomalies::AnomalyKind;
 use crate::db::batch::Batcher;
-use crate::db::decisions::{self, NewDecision, Recheck};
+use crate::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
 use crate::db::orders::FindById;
 use crate::db::{self, DbError, DbPool};
 use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
@@ -377,7 +378,7 @@ impl Decider {
                     self.audit_only(
                         &order,
                         attempt,
-                        "retry",
+                        DecisionOutcome::Retry,
                         &format!("{code}: {detail}"),
                         answer.as_deref(),
                         Some(Recheck::At(not_before)),
@@ -507,7 +508,7 @@ impl Decider {
                 crate::money::format_minor(m.expected)
             ),
         };
-        let anomaly = mismatch.map(|_| ("amount_mismatch", detail.clone()));
+        let anomaly = mismatch.map(|_| (AnomalyKind::AmountMismatch, detail.clone()));
         let has_anomaly = anomaly.is_some();
         let outcome = self
             .settle(Settlement {
@@ -524,7 +525,7 @@ impl Decider {
             })
             .await;
         if has_anomaly && matches!(outcome, Ok(Outcome::Decided { .. })) {
-            self.metrics.anomaly("amount_mismatch");
+            self.metrics.anomaly(AnomalyKind::AmountMismatch);
         }
         outcome
     }
@@ -591,7 +592,7 @@ impl Decider {
         self.audit_only(
             order,
             attempt,
-            "parked",
+            DecisionOutcome::Parked,
             &format!("{code}: {detail}"),
             answer,
             recheck,
@@ -611,7 +612,7 @@ impl Decider {
         &self,
         order: &Order,
         attempt: AttemptInfo,
-        outcome: &str,
+        outcome: DecisionOutcome,
         detail: &str,
         answer: Option<&str>,
         recheck: Option<Recheck>,
@@ -634,7 +635,7 @@ impl Decider {
         }
         .await;
         if let Err(e) = result {
-            warn!(error = %e, outcome, "could not record the decision");
+            warn!(error = %e, %outcome, "could not record the decision");
         }
     }
 
@@ -643,7 +644,7 @@ impl Decider {
     pub async fn record_anomaly(
         &self,
         order: &Order,
-        kind: &str,
+        kind: AnomalyKind,
         detail: &str,
     ) -> Result<bool, Unavailable> {
         let mut conn = db::conn(&self.pool).await?;

@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 use super::{Decider, Outcome, Unavailable, attempt_column, settle};
 use crate::config::PaidAfterClose;
-use crate::db::decisions::{self, NewDecision};
+use crate::db::anomalies::AnomalyKind;
+use crate::db::decisions::{self, DecisionOutcome, NewDecision};
 use crate::db::refunds::{self, RefundRow, RefundStatus};
 use crate::db::{self, outbox};
 use crate::decide::AttemptInfo;
@@ -32,9 +33,6 @@ use crate::message::CloseMessage;
 use crate::money::format_minor;
 use crate::order::{Order, OrderStatus};
 use crate::relay;
-
-/// The anomaly kind of a payment on a closed order.
-pub const PAID_AFTER_CLOSE: &str = "paid_after_close";
 
 /// A refund's progress, as counted in `order_closer_refunds_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +120,7 @@ impl Decider {
                 let new_anomaly = settle::record_anomaly(
                     tx,
                     order,
-                    PAID_AFTER_CLOSE,
+                    AnomalyKind::PaidAfterClose,
                     detail,
                     order.status(),
                     trade_no,
@@ -144,7 +142,7 @@ impl Decider {
             })
             .await?;
         if done.new_anomaly {
-            self.metrics.anomaly(PAID_AFTER_CLOSE);
+            self.metrics.anomaly(AnomalyKind::PaidAfterClose);
         }
         if done.refund_requested {
             self.metrics.refund(RefundProgress::Requested);
@@ -410,9 +408,9 @@ impl Decider {
         event: Option<(&str, &str)>,
     ) -> Result<Option<i64>, Unavailable> {
         let outcome = match status {
-            RefundStatus::Requested => "refund_retry",
-            RefundStatus::Succeeded => "refunded",
-            RefundStatus::Failed => "refund_failed",
+            RefundStatus::Requested => DecisionOutcome::RefundRetry,
+            RefundStatus::Succeeded => DecisionOutcome::Refunded,
+            RefundStatus::Failed => DecisionOutcome::RefundFailed,
         };
         let error = (status != RefundStatus::Succeeded).then_some(detail);
         let actor = self.actor.as_str();
@@ -486,7 +484,7 @@ async fn enqueue(
         &NewDecision {
             order_id: order.id,
             attempt: 0,
-            outcome: "refund_requested",
+            outcome: DecisionOutcome::RefundRequested,
             gateway_answer: None,
             detail: &detail,
             actor,

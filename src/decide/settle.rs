@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
-use crate::db::anomalies::{self, NewAnomaly};
+use crate::db::anomalies::{self, AnomalyKind, NewAnomaly};
 use crate::db::batch::Job;
-use crate::db::decisions::{self, NewDecision, Transition};
+use crate::db::decisions::{self, DecisionOutcome, NewDecision, Transition};
 use crate::events::{self, OrderEvent};
 use crate::order::{Order, OrderStatus};
 use crate::relay;
@@ -39,7 +39,7 @@ pub struct Settlement {
     /// The event's `reason`.
     pub reason: &'static str,
     /// An anomaly to record with the decision: (kind, detail).
-    pub anomaly: Option<(&'static str, String)>,
+    pub anomaly: Option<(AnomalyKind, String)>,
 }
 
 impl Settlement {
@@ -101,9 +101,9 @@ impl Job for Settle {
                     order_id: s.order.id,
                     attempt: s.attempt,
                     outcome: if s.status == OrderStatus::Paid {
-                        "paid"
+                        DecisionOutcome::Paid
                     } else {
-                        "closed"
+                        DecisionOutcome::Closed
                     },
                     gateway_answer: s.answer.as_deref(),
                     detail: &s.detail,
@@ -121,8 +121,15 @@ impl Job for Settle {
                     .collect();
                 for s in items.iter().filter(|s| moved.contains(&s.order.id)) {
                     if let Some((kind, detail)) = &s.anomaly {
-                        record_anomaly(tx, &s.order, kind, detail, s.status, s.trade_no.as_deref())
-                            .await?;
+                        record_anomaly(
+                            tx,
+                            &s.order,
+                            *kind,
+                            detail,
+                            s.status,
+                            s.trade_no.as_deref(),
+                        )
+                        .await?;
                     }
                 }
                 Ok(moved)
@@ -152,7 +159,7 @@ impl Job for Settle {
 pub async fn record_anomaly(
     tx: &mut AsyncPgConnection,
     order: &Order,
-    kind: &str,
+    kind: AnomalyKind,
     detail: &str,
     status: OrderStatus,
     trade_no: Option<&str>,

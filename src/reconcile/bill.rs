@@ -23,9 +23,9 @@ use serde::Serialize;
 use super::Finding;
 use crate::bill::{Bill, BillRow, BillRowKind};
 use crate::config::PaidAfterClose;
+use crate::db::anomalies::AnomalyKind;
 use crate::db::schema::orders;
 use crate::db::{self};
-use crate::decide::refund::PAID_AFTER_CLOSE;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
 use crate::gateway::TradeState;
 use crate::gateway::alipay::response::china;
@@ -202,7 +202,7 @@ pub async fn reconcile(
                     let after = decider
                         .paid_after_close(order, row.amount_minor, Some(&row.trade_no), &detail)
                         .await?;
-                    let recorded = recorded(after.new_anomaly, PAID_AFTER_CLOSE);
+                    let recorded = recorded(after.new_anomaly, AnomalyKind::PaidAfterClose);
                     if after.refund_requested {
                         format!("{recorded}; refund requested")
                     } else {
@@ -210,9 +210,9 @@ pub async fn reconcile(
                     }
                 } else {
                     let new = decider
-                        .record_anomaly(order, PAID_AFTER_CLOSE, &detail)
+                        .record_anomaly(order, AnomalyKind::PaidAfterClose, &detail)
                         .await?;
-                    let recorded = recorded(new, PAID_AFTER_CLOSE);
+                    let recorded = recorded(new, AnomalyKind::PaidAfterClose);
                     match decider.paid_after_close_policy() {
                         PaidAfterClose::Refund => {
                             format!("{recorded}; would request its refund (run with --apply)")
@@ -231,12 +231,12 @@ pub async fn reconcile(
                     format_minor(order.amount_minor)
                 );
                 let new = decider
-                    .record_anomaly(order, "amount_mismatch", &detail)
+                    .record_anomaly(order, AnomalyKind::AmountMismatch, &detail)
                     .await?;
                 report.amount_mismatch.push(line(
                     row,
                     Some(order),
-                    recorded(new, "amount_mismatch"),
+                    recorded(new, AnomalyKind::AmountMismatch),
                 ));
             }
             OrderStatus::Paid => report.matched += 1,
@@ -265,7 +265,7 @@ pub async fn reconcile(
             bill.file
         );
         let new = decider
-            .record_anomaly(&order, "paid_missing_from_bill", &detail)
+            .record_anomaly(&order, AnomalyKind::PaidMissingFromBill, &detail)
             .await?;
         report.paid_missing_from_bill.push(BillLine {
             out_trade_no: order.out_trade_no.clone(),
@@ -274,7 +274,7 @@ pub async fn reconcile(
             gateway_amount_minor: None,
             local_amount_minor: Some(order.amount_minor),
             local_status: Some(order.status().to_string()),
-            action: recorded(new, "paid_missing_from_bill"),
+            action: recorded(new, AnomalyKind::PaidMissingFromBill),
         });
     }
 
@@ -292,7 +292,7 @@ pub async fn reconcile(
     Ok(report)
 }
 
-fn recorded(new: bool, kind: &str) -> String {
+fn recorded(new: bool, kind: AnomalyKind) -> String {
     if new {
         format!("{kind} anomaly recorded and announced")
     } else {

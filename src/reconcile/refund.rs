@@ -10,8 +10,9 @@
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::db::anomalies::AnomalyKind;
 use crate::db::{self, orders, refunds};
-use crate::decide::refund::{PAID_AFTER_CLOSE, RefundRequestResult, refundable};
+use crate::decide::refund::{RefundRequestResult, refundable};
 use crate::decide::{Decider, Unavailable};
 use crate::gateway::{GatewayError, TradeState};
 use crate::money::format_minor;
@@ -111,7 +112,7 @@ pub async fn request(
             format_minor(paid_minor)
         );
         decider
-            .record_anomaly(&order, PAID_AFTER_CLOSE, &detail)
+            .record_anomaly(&order, AnomalyKind::PaidAfterClose, &detail)
             .await?;
     }
     let result = decider.request_refund(&order, paid_minor, dry_run).await?;

@@ -328,7 +328,7 @@ async fn decision_tx(conn: &mut AsyncPgConnection, id: i64) -> anyhow::Result<bo
                 &NewDecision {
                     order_id: id,
                     attempt: 0,
-                    outcome: "closed",
+                    outcome: order_closer::db::decisions::DecisionOutcome::Closed,
                     gateway_answer: Some(ANSWER),
                     detail: "deadline_closed_by_us",
                     actor: "bench",
