@@ -163,6 +163,65 @@ pub fn after_close(answer: Result<&CloseAnswer, &GatewayError>) -> Action {
     }
 }
 
+/// The gateway call the deadline protocol asks for next, or its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Ask for the trade's state.
+    Query,
+    /// Ask the gateway to close the waiting trade.
+    Close,
+    /// The protocol is over: do this.
+    Done(Action),
+}
+
+/// The deadline protocol every gateway runs, as pure code: query; if the trade waits for
+/// payment, close it at the gateway; if the close is refused, query again; then act on
+/// the last answer. The caller makes each call [`Step`] asks for and hands its answer
+/// back; a dry run stops after the first query.
+#[derive(Debug, Clone)]
+pub struct Protocol<'a> {
+    order: &'a Order,
+    dry_run: bool,
+    stage: QueryStage,
+}
+
+impl<'a> Protocol<'a> {
+    /// The protocol for a due NEW order, and its first step ([`Step::Query`]).
+    pub fn start(order: &'a Order, dry_run: bool) -> (Self, Step) {
+        let protocol = Self {
+            order,
+            dry_run,
+            stage: QueryStage::First,
+        };
+        (protocol, Step::Query)
+    }
+
+    /// The step after a query answer.
+    pub fn after_query(&mut self, answer: Result<&TradeState, &GatewayError>) -> Step {
+        let action = after_query(self.order, self.stage, answer);
+        if self.dry_run {
+            return Step::Done(action);
+        }
+        match action {
+            Action::CloseAtGateway => Step::Close,
+            // `after_query` never answers QueryAgain; were it to, ending here (and
+            // retrying later) is the safe reading.
+            other => Step::Done(other),
+        }
+    }
+
+    /// The step after a close answer.
+    pub fn after_close(&mut self, answer: Result<&CloseAnswer, &GatewayError>) -> Step {
+        match after_close(answer) {
+            Action::QueryAgain => {
+                self.stage = QueryStage::AfterCloseRefused;
+                Step::Query
+            }
+            other => Step::Done(other),
+        }
+    }
+}
+
 /// What to do after the gateway answered a refund request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundAction {
@@ -469,5 +528,141 @@ mod tests {
                 detail: "not paid".into()
             }
         );
+    }
+
+    /// One scripted answer per call, in order.
+    #[derive(Debug, Clone)]
+    enum Scripted {
+        Query(Result<TradeState, GatewayError>),
+        Close(Result<CloseAnswer, GatewayError>),
+    }
+
+    /// Runs the protocol against a script; returns the calls made and the action.
+    fn run(order: &Order, dry_run: bool, script: &[Scripted]) -> (Vec<&'static str>, Action) {
+        let (mut protocol, mut step) = Protocol::start(order, dry_run);
+        let mut calls = Vec::new();
+        let mut answers = script.iter();
+        loop {
+            step = match (step, answers.next()) {
+                (Step::Done(action), None) => return (calls, action),
+                (Step::Query, Some(Scripted::Query(a))) => {
+                    calls.push("query");
+                    protocol.after_query(a.as_ref())
+                }
+                (Step::Close, Some(Scripted::Close(a))) => {
+                    calls.push("close");
+                    protocol.after_close(a.as_ref())
+                }
+                (step, next) => panic!("the protocol asked {step:?}, the script has {next:?}"),
+            };
+        }
+    }
+
+    #[test]
+    fn the_protocol_makes_exactly_the_calls_the_table_needs() {
+        let o = order("NEW", t(NOW));
+        let paid = TradeState::Paid {
+            trade_no: "T1".into(),
+            amount_minor: 1234,
+            paid_at: None,
+        };
+        let busy = GatewayError::retryable("20000", "busy");
+        let denied = GatewayError::permanent("40002", "bad key");
+        let refused = CloseAnswer::NotCloseable {
+            sub_code: "ACQ.TRADE_STATUS_ERROR".into(),
+        };
+        use Scripted::{Close as C, Query as Q};
+        type Case = (Vec<Scripted>, Vec<&'static str>, fn(&Action) -> bool);
+        let cases: Vec<Case> = vec![
+            (vec![Q(Ok(paid.clone()))], vec!["query"], |a| {
+                matches!(a, Action::MarkPaid { .. })
+            }),
+            (vec![Q(Ok(TradeState::NotFound))], vec!["query"], |a| {
+                *a == Action::Close(CloseReason::NoTrade)
+            }),
+            (vec![Q(Ok(TradeState::Closed))], vec!["query"], |a| {
+                *a == Action::Close(CloseReason::ClosedAtGateway)
+            }),
+            (vec![Q(Ok(TradeState::InProgress))], vec!["query"], |a| {
+                matches!(a, Action::Retry { .. })
+            }),
+            (vec![Q(Err(busy.clone()))], vec!["query"], |a| {
+                matches!(a, Action::Retry { .. })
+            }),
+            (vec![Q(Err(denied.clone()))], vec!["query"], |a| {
+                matches!(a, Action::Park { .. })
+            }),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(CloseAnswer::Closed)),
+                ],
+                vec!["query", "close"],
+                |a| *a == Action::Close(CloseReason::ClosedByUs),
+            ),
+            (
+                vec![Q(Ok(TradeState::WaitingForPayment)), C(Err(busy.clone()))],
+                vec!["query", "close"],
+                |a| matches!(a, Action::Retry { .. }),
+            ),
+            (
+                vec![Q(Ok(TradeState::WaitingForPayment)), C(Err(denied.clone()))],
+                vec!["query", "close"],
+                |a| matches!(a, Action::Park { .. }),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(refused.clone())),
+                    Q(Ok(paid.clone())),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::MarkPaid { .. }),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(refused.clone())),
+                    Q(Ok(TradeState::Closed)),
+                ],
+                vec!["query", "close", "query"],
+                |a| *a == Action::Close(CloseReason::ClosedAtGateway),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(refused.clone())),
+                    Q(Ok(TradeState::WaitingForPayment)),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::Retry { code, .. } if code == "close_refused_still_waiting"),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(refused.clone())),
+                    Q(Ok(TradeState::NotFound)),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::Retry { .. }),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(refused)),
+                    Q(Err(busy)),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::Retry { .. }),
+            ),
+        ];
+        for (script, expected_calls, check) in cases {
+            let (calls, action) = run(&o, false, &script);
+            assert_eq!(calls, expected_calls, "{script:?}");
+            assert!(check(&action), "{script:?} -> {action:?}");
+        }
+        // A dry run asks once and closes nothing.
+        let (calls, action) = run(&o, true, &[Q(Ok(TradeState::WaitingForPayment))]);
+        assert_eq!((calls, action), (vec!["query"], Action::CloseAtGateway));
     }
 }

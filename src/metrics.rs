@@ -1,7 +1,8 @@
 //! Prometheus metrics of a worker process, served at `/metrics` in the text format.
 //!
 //! Names: `order_closer_decisions_total{outcome}`, `order_closer_decision_lateness_seconds`,
-//! `order_closer_gateway_request_seconds{method}`, `order_closer_gateway_errors_total{method,code}`,
+//! `order_closer_gateway_request_seconds{channel,method}`,
+//! `order_closer_gateway_errors_total{channel,method,code}`,
 //! `order_closer_retries_total{attempt}`, `order_closer_parked_total{reason}`,
 //! `order_closer_missing_orders_total`, `order_closer_outbox_backlog`,
 //! `order_closer_in_flight`, `order_closer_forwarded_total`,
@@ -26,6 +27,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::gateway::GatewayMethod;
+
 /// Label: what a decision did (`closed`, `paid`, `lost_race`, `settled`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -33,17 +36,21 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
-/// Label: gateway method.
+/// Labels: payment channel and gateway method.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
-    /// `query` or `close`.
+    /// The payment channel (`alipay`, ...).
+    pub channel: String,
+    /// `query`, `close` or `refund`.
     pub method: String,
 }
 
-/// Labels: gateway method and error code.
+/// Labels: payment channel, gateway method and error code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
-    /// `query` or `close`.
+    /// The payment channel (`alipay`, ...).
+    pub channel: String,
+    /// `query`, `close` or `refund`.
     pub method: String,
     /// The classified error code.
     pub code: String,
@@ -255,12 +262,12 @@ impl Default for Metrics {
                 kind: kind.as_str().to_owned(),
             });
         }
-        for progress in crate::decide::refund::RefundProgress::ALL {
+        for progress in crate::db::refunds::RefundProgress::ALL {
             let _ = metrics.refunds.get_or_create(&OutcomeLabel {
                 outcome: progress.as_str().to_owned(),
             });
         }
-        for outcome in crate::notify::NotifyOutcome::ALL {
+        for outcome in crate::notify::outcome::NotifyOutcome::ALL {
             let _ = metrics.notifications.get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str().to_owned(),
             });
@@ -271,7 +278,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a payment notification by outcome.
-    pub fn notification(&self, outcome: crate::notify::NotifyOutcome) {
+    pub fn notification(&self, outcome: crate::notify::outcome::NotifyOutcome) {
         self.notifications
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str().to_owned(),
@@ -280,7 +287,7 @@ impl Metrics {
     }
 
     /// Counts a step of a refund.
-    pub fn refund(&self, progress: crate::decide::refund::RefundProgress) {
+    pub fn refund(&self, progress: crate::db::refunds::RefundProgress) {
         self.refunds
             .get_or_create(&OutcomeLabel {
                 outcome: progress.as_str().to_owned(),
@@ -308,16 +315,24 @@ impl Metrics {
     }
 
     /// Records one gateway round trip and, if it failed, its code.
-    pub fn gateway_call(&self, method: &str, elapsed: Duration, error_code: Option<&str>) {
+    pub fn gateway_call(
+        &self,
+        channel: &str,
+        method: GatewayMethod,
+        elapsed: Duration,
+        error_code: Option<&str>,
+    ) {
         self.gateway_latency
             .get_or_create(&MethodLabel {
-                method: method.to_owned(),
+                channel: channel.to_owned(),
+                method: method.as_str().to_owned(),
             })
             .observe(elapsed.as_secs_f64());
         if let Some(code) = error_code {
             self.gateway_errors
                 .get_or_create(&ErrorLabel {
-                    method: method.to_owned(),
+                    channel: channel.to_owned(),
+                    method: method.as_str().to_owned(),
                     code: code.to_owned(),
                 })
                 .inc();
@@ -397,7 +412,12 @@ mod tests {
         let m = Metrics::default();
         m.decision("closed");
         m.lateness(Duration::from_millis(120));
-        m.gateway_call("query", Duration::from_millis(30), Some("20000"));
+        m.gateway_call(
+            "alipay",
+            GatewayMethod::Query,
+            Duration::from_millis(30),
+            Some("20000"),
+        );
         m.retry(2);
         m.parked("malformed");
         m.missing_order();
@@ -408,7 +428,7 @@ mod tests {
         for needle in [
             "order_closer_decisions_total{outcome=\"closed\"} 1",
             "order_closer_decision_lateness_seconds_count 1",
-            "order_closer_gateway_errors_total{method=\"query\",code=\"20000\"} 1",
+            "order_closer_gateway_errors_total{channel=\"alipay\",method=\"query\",code=\"20000\"} 1",
             "order_closer_retries_total{attempt=\"2\"} 1",
             "order_closer_parked_total{reason=\"malformed\"} 1",
             "order_closer_missing_orders_total 1",

@@ -45,7 +45,12 @@ fn every_metric_an_alert_names_is_one_the_worker_exports() {
     // A fresh worker's metrics, after one failed gateway call (labelled families
     // appear with their first series; the alerting counters start at 0).
     let exported = order_closer::metrics::Metrics::default();
-    exported.gateway_call("query", std::time::Duration::from_millis(10), Some("20000"));
+    exported.gateway_call(
+        "alipay",
+        order_closer::gateway::GatewayMethod::Query,
+        std::time::Duration::from_millis(10),
+        Some("20000"),
+    );
     let text = exported.render();
     for name in rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -76,7 +81,12 @@ fn the_dashboard_queries_are_valid_and_name_exported_metrics() {
 
     let exported = order_closer::metrics::Metrics::default();
     exported.decision("closed");
-    exported.gateway_call("query", std::time::Duration::from_millis(10), Some("20000"));
+    exported.gateway_call(
+        "alipay",
+        order_closer::gateway::GatewayMethod::Query,
+        std::time::Duration::from_millis(10),
+        Some("20000"),
+    );
     exported.retry(1);
     exported.forwarded();
     let text = exported.render();

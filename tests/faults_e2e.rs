@@ -67,9 +67,9 @@ async fn gateway_failures_are_retried_then_decided() {
         metrics.contains("order_closer_retries_total{attempt=\"1\"} 9"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("order_closer_gateway_errors_total{method=\"query\",code=\"timeout\"} 1")
-    );
+    assert!(metrics.contains(
+        "order_closer_gateway_errors_total{channel=\"alipay\",method=\"query\",code=\"timeout\"} 1"
+    ));
     env.cleanup().await;
 }
 

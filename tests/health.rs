@@ -56,7 +56,7 @@ async fn health_readiness_and_metrics_follow_the_worker() {
     for needle in [
         "order_closer_decisions_total{outcome=\"closed\"} 1",
         "order_closer_decision_lateness_seconds_count 1",
-        "order_closer_gateway_request_seconds_count{method=\"query\"} 1",
+        "order_closer_gateway_request_seconds_count{channel=\"alipay\",method=\"query\"} 1",
         "# TYPE order_closer_in_flight gauge",
         "# TYPE order_closer_outbox_backlog gauge",
     ] {

@@ -86,6 +86,22 @@ async fn every_category_of_the_bill_diff_is_found_once() {
     orders::mark_paid(&mut conn, short.id, "T-SHORT", Utc::now())
         .await
         .unwrap();
+    // PAID here today through another channel: not this bill's business.
+    let other_channel = env.no("otherchannel");
+    let other_id: i64 = diesel::insert_into(db::schema::orders::table)
+        .values((
+            db::schema::orders::out_trade_no.eq(&other_channel),
+            db::schema::orders::channel.eq("wechat"),
+            db::schema::orders::amount_minor.eq(700),
+            db::schema::orders::deadline.eq(Utc::now() + chrono::Duration::hours(1)),
+        ))
+        .returning(db::schema::orders::id)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    orders::mark_paid(&mut conn, other_id, "T-OTHER", Utc::now())
+        .await
+        .unwrap();
     // A payment for an order we never had.
     let stranger = env.no("stranger");
     env.buyers.scan_and_pay(&stranger, 600).await.unwrap();
@@ -97,7 +113,9 @@ async fn every_category_of_the_bill_diff_is_found_once() {
     let parsed = bill::parse_zip(&zip, "bill.zip").unwrap();
     assert!(parsed.file.ends_with("业务明细.csv"), "{}", parsed.file);
 
-    let dry = reconcile(&decider, &parsed, today, false).await.unwrap();
+    let dry = reconcile(&decider, "alipay", &parsed, today, false)
+        .await
+        .unwrap();
     assert_eq!(dry.payments, 5);
     assert_eq!(dry.refunds, 1);
     assert_eq!(dry.matched, 1);
@@ -121,7 +139,9 @@ async fn every_category_of_the_bill_diff_is_found_once() {
     assert_eq!(dry.unknown_orders.len(), 1);
     assert_eq!(dry.finding, Finding::NeedsAttention);
 
-    let applied = reconcile(&decider, &parsed, today, true).await.unwrap();
+    let applied = reconcile(&decider, "alipay", &parsed, today, true)
+        .await
+        .unwrap();
     assert_eq!(applied.paid_but_new[0].action, "marked PAID");
     let paid = env.order(&new_paid.out_trade_no).await;
     assert_eq!(paid.status(), OrderStatus::Paid);

@@ -275,7 +275,9 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     let parsed = bill::parse_zip(&client.download_bill(&url).await.unwrap(), "bill.zip").unwrap();
     let decider = env.decider("reconcile:test");
 
-    let dry = reconcile(&decider, &parsed, today, false).await.unwrap();
+    let dry = reconcile(&decider, "alipay", &parsed, today, false)
+        .await
+        .unwrap();
     assert_eq!(dry.paid_after_close.len(), 1);
     assert!(
         dry.paid_after_close[0]
@@ -286,7 +288,9 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     );
     assert!(refund_row(&env, order.id).await.is_none());
 
-    let applied = reconcile(&decider, &parsed, today, true).await.unwrap();
+    let applied = reconcile(&decider, "alipay", &parsed, today, true)
+        .await
+        .unwrap();
     assert!(
         applied.paid_after_close[0]
             .action
@@ -297,7 +301,9 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     let row = refund_settled(&env, order.id, Duration::from_secs(15)).await;
     assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
     // The same bill again requests nothing more.
-    let again = reconcile(&decider, &parsed, today, true).await.unwrap();
+    let again = reconcile(&decider, "alipay", &parsed, today, true)
+        .await
+        .unwrap();
     assert!(
         !again.paid_after_close[0]
             .action

@@ -210,7 +210,8 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
     db::migrate(settings.database_url.expose_secret())
         .await
         .context("checking the database")?;
-    let report = bill_reconcile::reconcile(&decider, &bill, args.date, args.apply).await?;
+    let report =
+        bill_reconcile::reconcile(&decider, "alipay", &bill, args.date, args.apply).await?;
     announce(settings, &decider).await;
     if args.format == Format::Json {
         print_json(&report)?;

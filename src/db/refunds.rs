@@ -38,6 +38,39 @@ impl RefundStatus {
     }
 }
 
+/// A refund's progress, as counted in `order_closer_refunds_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundProgress {
+    /// A refund was requested (by the policy or an operator).
+    Requested,
+    /// The gateway confirmed it.
+    Succeeded,
+    /// A transient failure; it is sent again later.
+    Retried,
+    /// Refused for good or out of retry steps: an operator looks.
+    Failed,
+}
+
+impl RefundProgress {
+    /// Every value (the metric's labels start at 0).
+    pub const ALL: [Self; 4] = [
+        Self::Requested,
+        Self::Succeeded,
+        Self::Retried,
+        Self::Failed,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Succeeded => "succeeded",
+            Self::Retried => "retried",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// The refund's `out_request_no`: derived from the order alone, so that every request
 /// for this order's refund, by whichever actor and however often, is the same refund.
 pub fn out_request_no(order_id: i64) -> String {

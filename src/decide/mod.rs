@@ -25,10 +25,10 @@ use crate::db::batch::Batcher;
 use crate::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
 use crate::db::orders::FindById;
 use crate::db::{self, DbError, DbPool};
-use crate::decision::{self, Action, CloseReason, Precheck, QueryStage};
+use crate::decision::{self, Action, CloseReason, Precheck, Protocol, QueryStage, Step};
 use crate::gateway::alipay::{AlipayClient, AlipayConfig, ConfigError as ClientConfigError};
 use crate::gateway::rate_limit::RateLimited;
-use crate::gateway::{Gateway, GatewayError, QueryAnswer, TradeState};
+use crate::gateway::{CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeState};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
 use crate::retry::{RetryPolicy, RetryStep};
@@ -431,8 +431,9 @@ impl Decider {
         }
     }
 
-    /// Asks the gateway (query, then close and re-query as the table says) and returns
-    /// the final action with the gateway's last answer for the audit row.
+    /// Runs the deadline protocol ([`Protocol`]: query, then close and query again as
+    /// the table says) against the order's gateway and returns the final action with the
+    /// transcript of every answer, for the audit row.
     async fn consult(
         &self,
         gateway: &dyn Gateway,
@@ -440,49 +441,48 @@ impl Decider {
         mode: Mode,
     ) -> (Action, Option<String>) {
         let no = order.out_trade_no.as_str();
-        let first = self.timed_query(gateway, no).await;
-        let mut transcript = vec![describe_query(&first)];
-        let mut action =
-            decision::after_query(order, QueryStage::First, first.as_ref().map(|a| &a.state));
-        if mode == Mode::DryRun {
-            return (action, Some(transcript.join("\n")));
-        }
-        if action == Action::CloseAtGateway {
-            let started = Instant::now();
-            let closed = gateway.close(no).await;
-            self.metrics.gateway_call(
-                "close",
-                started.elapsed(),
-                closed.as_ref().err().map(|e| e.code.as_str()),
-            );
-            transcript.push(match &closed {
-                Ok(answer) => format!("close: {answer:?}"),
-                Err(e) => format!("close: {e}"),
-            });
-            action = decision::after_close(closed.as_ref());
-            if action == Action::QueryAgain {
-                info!("gateway refused the close; asking again");
-                let again = self.timed_query(gateway, no).await;
-                transcript.push(describe_query(&again));
-                action = decision::after_query(
-                    order,
-                    QueryStage::AfterCloseRefused,
-                    again.as_ref().map(|a| &a.state),
-                );
-            }
-        }
+        let (mut protocol, mut step) = Protocol::start(order, mode == Mode::DryRun);
+        let mut transcript = Vec::new();
+        let action = loop {
+            step = match step {
+                Step::Done(action) => break action,
+                Step::Query => {
+                    let answer = self
+                        .timed(&order.channel, GatewayMethod::Query, gateway.query(no))
+                        .await;
+                    transcript.push(describe_query(&answer));
+                    protocol.after_query(answer.as_ref().map(|a| &a.state))
+                }
+                Step::Close => {
+                    let closed = self
+                        .timed(&order.channel, GatewayMethod::Close, gateway.close(no))
+                        .await;
+                    transcript.push(match &closed {
+                        Ok(answer) => format!("close: {answer:?}"),
+                        Err(e) => format!("close: {e}"),
+                    });
+                    if matches!(closed, Ok(CloseAnswer::NotCloseable { .. })) {
+                        info!("gateway refused the close; asking again");
+                    }
+                    protocol.after_close(closed.as_ref())
+                }
+            };
+        };
         (action, Some(transcript.join("\n")))
     }
 
-    async fn timed_query(
+    /// Makes one gateway call, timed and counted by channel and method.
+    async fn timed<T>(
         &self,
-        gateway: &dyn Gateway,
-        no: &str,
-    ) -> Result<QueryAnswer, GatewayError> {
+        channel: &str,
+        method: GatewayMethod,
+        call: impl Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
         let started = Instant::now();
-        let answer = gateway.query(no).await;
+        let answer = call.await;
         self.metrics.gateway_call(
-            "query",
+            channel,
+            method,
             started.elapsed(),
             answer.as_ref().err().map(|e| e.code.as_str()),
         );
@@ -727,8 +727,12 @@ impl Decider {
     pub async fn query_gateway(&self, order: &Order) -> Option<Result<QueryAnswer, GatewayError>> {
         let gateway = self.gateways.get(&order.channel)?;
         Some(
-            self.timed_query(gateway.as_ref(), &order.out_trade_no)
-                .await,
+            self.timed(
+                &order.channel,
+                GatewayMethod::Query,
+                gateway.query(&order.out_trade_no),
+            )
+            .await,
         )
     }
 }

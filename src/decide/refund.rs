@@ -12,8 +12,6 @@
 //! announces `order.refund_failed` and parks the message. An operator asks again with
 //! `reconcile anomalies --refund <order>`, which reopens a failed refund.
 
-use std::time::Instant;
-
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
@@ -23,49 +21,16 @@ use super::{Decider, Outcome, Unavailable, attempt_column, settle};
 use crate::config::PaidAfterClose;
 use crate::db::anomalies::AnomalyKind;
 use crate::db::decisions::{self, DecisionOutcome, NewDecision};
-use crate::db::refunds::{self, RefundRow, RefundStatus};
+use crate::db::refunds::{self, RefundProgress, RefundRow, RefundStatus};
 use crate::db::{self, outbox};
 use crate::decide::AttemptInfo;
 use crate::decision::{self, RefundAction};
 use crate::events::{self, OrderEvent};
-use crate::gateway::RefundRequest;
+use crate::gateway::{GatewayMethod, RefundRequest};
 use crate::message::CloseMessage;
 use crate::money::format_minor;
 use crate::order::{Order, OrderStatus};
 use crate::relay;
-
-/// A refund's progress, as counted in `order_closer_refunds_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefundProgress {
-    /// A refund was requested (by the policy or an operator).
-    Requested,
-    /// The gateway confirmed it.
-    Succeeded,
-    /// A transient failure; it is sent again later.
-    Retried,
-    /// Refused for good or out of retry steps: an operator looks.
-    Failed,
-}
-
-impl RefundProgress {
-    /// Every value (the metric's labels start at 0).
-    pub const ALL: [Self; 4] = [
-        Self::Requested,
-        Self::Succeeded,
-        Self::Retried,
-        Self::Failed,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Succeeded => "succeeded",
-            Self::Retried => "retried",
-            Self::Failed => "failed",
-        }
-    }
-}
 
 /// What recording a payment after close did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,13 +214,13 @@ impl Decider {
             out_request_no: &row.out_request_no,
             amount_minor: row.amount_minor,
         };
-        let started = Instant::now();
-        let answer = gateway.refund(&request).await;
-        self.metrics.gateway_call(
-            "refund",
-            started.elapsed(),
-            answer.as_ref().err().map(|e| e.code.as_str()),
-        );
+        let answer = self
+            .timed(
+                &order.channel,
+                GatewayMethod::Refund,
+                gateway.refund(&request),
+            )
+            .await;
         match decision::after_refund(answer.as_ref(), attempt.number, &self.retry) {
             RefundAction::Succeeded => {
                 let raw = answer.map(|a| (a.raw, a.fund_change)).unwrap_or_default();

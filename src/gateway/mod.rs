@@ -119,6 +119,28 @@ impl GatewayError {
     }
 }
 
+/// The gateway calls, as named in metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayMethod {
+    /// [`Gateway::query`].
+    Query,
+    /// [`Gateway::close`].
+    Close,
+    /// [`Gateway::refund`].
+    Refund,
+}
+
+impl GatewayMethod {
+    /// The name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Close => "close",
+            Self::Refund => "refund",
+        }
+    }
+}
+
 /// A payment gateway as the decision sees it.
 #[async_trait]
 pub trait Gateway: Send + Sync {

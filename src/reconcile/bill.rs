@@ -6,7 +6,8 @@
 //! - paid at the gateway, CLOSED locally: a `paid_after_close` anomaly, then (with
 //!   `apply`) the paid-after-close policy: held, or its refund requested (money to refund
 //!   or goods to deliver);
-//! - PAID locally that day, absent from the bill: a `paid_missing_from_bill` anomaly;
+//! - PAID locally that day (an order of the bill's channel), absent from the bill: a
+//!   `paid_missing_from_bill` anomaly (another channel's orders are in its own bill);
 //! - amounts differ: an `amount_mismatch` anomaly;
 //! - refund rows, and rows for orders we do not know: reported.
 //!
@@ -107,6 +108,7 @@ pub fn check_billable(date: NaiveDate, now: DateTime<Utc>) -> Result<(), String>
 /// Diffs `bill` (the trade bill of `date`) against the database.
 pub async fn reconcile(
     decider: &Decider,
+    channel: &str,
     bill: &Bill,
     date: NaiveDate,
     apply: bool,
@@ -131,7 +133,11 @@ pub async fn reconcile(
     let mut paid_in_bill = BTreeSet::new();
 
     for row in &bill.rows {
-        let order = known.get(&row.out_trade_no);
+        // An order of another channel is not this gateway's: its row is reported as
+        // unknown, never acted on.
+        let order = known
+            .get(&row.out_trade_no)
+            .filter(|o| o.channel == channel);
         match row.kind {
             BillRowKind::Refund => {
                 report.refunds += 1;
@@ -249,6 +255,7 @@ pub async fn reconcile(
         let mut conn = db::conn(decider.pool()).await?;
         orders::table
             .filter(orders::status.eq(OrderStatus::Paid.as_str()))
+            .filter(orders::channel.eq(channel))
             .filter(orders::paid_at.ge(start))
             .filter(orders::paid_at.lt(end))
             .select(Order::as_select())
