@@ -3,11 +3,11 @@
 //! rules themselves live in [`crate::decision`].
 //!
 //! Reads and decision writes of concurrent tasks are grouped (one statement per group,
-//! see [`crate::db::batch`] and [`settle`]), so a burst of due orders costs a few round
+//! see [`crate::db::batch`] and [`write`]), so a burst of due orders costs a few round
 //! trips per group instead of several per order.
 
 pub mod refund;
-mod settle;
+mod write;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -32,7 +32,7 @@ use crate::gateway::{CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAns
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
 use crate::retry::{RetryPolicy, RetryStep};
-use settle::{Settle, Settlement};
+use write::{DecisionWrite, WriteDecisions};
 
 /// Most reads or decisions run as one group.
 pub const MAX_GROUP: usize = 256;
@@ -167,7 +167,7 @@ pub struct Decider {
     /// Reads orders, grouped with other tasks' reads.
     reads: Batcher<FindById>,
     /// Writes decisions, grouped with other tasks' decisions.
-    writes: Batcher<Settle>,
+    writes: Batcher<WriteDecisions>,
     gateways: Gateways,
     retry: RetryPolicy,
     actor: String,
@@ -190,7 +190,7 @@ impl Decider {
             reads: Batcher::new(pool.clone(), FindById, MAX_GROUP),
             writes: Batcher::new(
                 pool.clone(),
-                Settle {
+                WriteDecisions {
                     actor: actor.clone(),
                 },
                 MAX_GROUP,
@@ -511,7 +511,7 @@ impl Decider {
         let anomaly = mismatch.map(|_| (AnomalyKind::AmountMismatch, detail.clone()));
         let has_anomaly = anomaly.is_some();
         let outcome = self
-            .settle(Settlement {
+            .commit(DecisionWrite {
                 order,
                 status: OrderStatus::Paid,
                 close_reason: None,
@@ -537,7 +537,7 @@ impl Decider {
         reason: CloseReason,
         answer: Option<String>,
     ) -> Result<Outcome, Unavailable> {
-        self.settle(Settlement {
+        self.commit(DecisionWrite {
             order,
             status: OrderStatus::Closed,
             close_reason: Some(reason.as_str()),
@@ -554,11 +554,11 @@ impl Decider {
 
     /// Writes a decision (grouped with other tasks' decisions) and turns the committed, or
     /// lost, guarded update into an outcome.
-    async fn settle(&self, settlement: Settlement) -> Result<Outcome, Unavailable> {
-        let status = settlement.status;
-        let order_id = settlement.order.id;
-        let deadline = settlement.order.deadline;
-        match self.writes.submit(settlement).await? {
+    async fn commit(&self, write: DecisionWrite) -> Result<Outcome, Unavailable> {
+        let status = write.status;
+        let order_id = write.order.id;
+        let deadline = write.order.deadline;
+        match self.writes.submit(write).await? {
             Some(decision_id) => {
                 let lateness = (Utc::now() - deadline).to_std().unwrap_or_default();
                 info!(%status, decision_id, lateness_ms = lateness.as_millis() as u64, "decided");
@@ -650,7 +650,7 @@ impl Decider {
         let mut conn = db::conn(&self.pool).await?;
         let new = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
-                settle::record_anomaly(
+                write::record_anomaly(
                     tx,
                     order,
                     kind,

@@ -17,7 +17,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{Decider, Outcome, Unavailable, attempt_column, settle};
+use super::{Decider, Outcome, Unavailable, attempt_column, write};
 use crate::config::PaidAfterClose;
 use crate::db::anomalies::AnomalyKind;
 use crate::db::decisions::{self, DecisionOutcome, NewDecision};
@@ -82,7 +82,7 @@ impl Decider {
         let actor = self.actor.as_str();
         let done = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
-                let new_anomaly = settle::record_anomaly(
+                let new_anomaly = write::record_anomaly(
                     tx,
                     order,
                     AnomalyKind::PaidAfterClose,

@@ -97,7 +97,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
                 ctx.decider.metrics().parked("malformed");
                 ctx.publisher.park(&delivery.data, &note).await
             };
-            settle(ctx, &delivery, routed).await;
+            finish_delivery(ctx, &delivery, routed).await;
             return;
         }
     };
@@ -121,7 +121,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
             Ok(Routed::NotStarted) => {
                 debug!("worker stopping before this delivery started; the broker redelivers it")
             }
-            routed => settle(ctx, &delivery, routed.map(|_| ())).await,
+            routed => finish_delivery(ctx, &delivery, routed.map(|_| ())).await,
         }
     }
     .instrument(span)
@@ -272,7 +272,7 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
 /// Acknowledges a delivery whose follow-up is safely published (in a run with others);
 /// otherwise hands it back to the broker and asks the session to reconnect (which
 /// re-declares the topology).
-async fn settle(ctx: &Context, delivery: &Delivery, routed: Result<(), BrokerError>) {
+async fn finish_delivery(ctx: &Context, delivery: &Delivery, routed: Result<(), BrokerError>) {
     let tag = delivery.delivery_tag;
     if let Err(e) = routed {
         error!(error = %e, "could not publish the follow-up; handing the message back to the broker");

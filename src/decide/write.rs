@@ -19,7 +19,7 @@ use crate::relay;
 
 /// One decision to write: the order moves to `status` if it is still NEW.
 #[derive(Debug, Clone)]
-pub struct Settlement {
+pub struct DecisionWrite {
     /// The order as read before asking the gateway.
     pub order: Order,
     /// `Paid` or `Closed`.
@@ -42,7 +42,7 @@ pub struct Settlement {
     pub anomaly: Option<(AnomalyKind, String)>,
 }
 
-impl Settlement {
+impl DecisionWrite {
     fn event_key(&self) -> &'static str {
         match self.status {
             OrderStatus::Paid => events::ORDER_PAID,
@@ -63,22 +63,22 @@ impl Settlement {
     }
 }
 
-/// The group job: writes settlements, answering each with its decision id, or None when
+/// The group job: writes decisions, answering each with its decision id, or None when
 /// another actor had already moved the order.
-pub struct Settle {
+pub struct WriteDecisions {
     /// Who decides (`worker:<host>:<pid>`, `reconcile`, ...).
     pub actor: String,
 }
 
 #[async_trait]
-impl Job for Settle {
-    type Item = Settlement;
+impl Job for WriteDecisions {
+    type Item = DecisionWrite;
     type Output = Option<i64>;
 
     async fn run(
         &self,
         conn: &mut AsyncPgConnection,
-        items: &[Settlement],
+        items: &[DecisionWrite],
     ) -> QueryResult<Vec<Option<i64>>> {
         let ids = decisions::reserve_ids(conn, items.len()).await?;
         let payloads: Vec<String> = items
@@ -148,8 +148,8 @@ impl Job for Settle {
             .collect())
     }
 
-    /// One settlement per order in a group: the guarded update decides between them.
-    fn key(&self, s: &Settlement) -> Option<i64> {
+    /// One decision per order in a group: the guarded update decides between them.
+    fn key(&self, s: &DecisionWrite) -> Option<i64> {
         Some(s.order.id)
     }
 }
