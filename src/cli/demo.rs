@@ -165,17 +165,21 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         alipay_public_key: Arc::new(running.public_key().clone()),
         timeout: settings.alipay.timeout,
     };
-    let gateways = Gateways::alipay(alipay.clone(), settings.alipay.rate_limit)?;
+    let gateways = Gateways::alipay(
+        alipay,
+        settings.alipay.seller_id.clone(),
+        settings.alipay.rate_limit,
+    )?;
 
     // The notify endpoint, in process, and the simulator's notifications sent to it
     // (resends a hundred times faster than Alipay's).
     let notify_stop = CancellationToken::new();
     let notifier = Arc::new(super::notify::notifier(
-        alipay,
+        gateways.clone(),
         &settings,
         pool.clone(),
         &format!("notify:demo-{run_id}"),
-    )?);
+    ));
     let notify_addr = order_closer::notify::http::serve(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         Arc::clone(&notifier),

@@ -12,7 +12,6 @@ use clap::Args;
 use order_closer::config::Settings;
 use order_closer::db::{self, DbPool};
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::{AlipayConfig, AlipayNotify};
 use order_closer::health::{self, Readiness};
 use order_closer::notify::{self, Notifier};
 use order_closer::worker::shutdown_on_signal;
@@ -27,22 +26,9 @@ pub struct NotifyArgs {
     listen: SocketAddr,
 }
 
-/// The notifier for Alipay as `alipay` configures it, deciding with `pool` as `actor`.
-pub fn notifier(
-    alipay: AlipayConfig,
-    settings: &Settings,
-    pool: DbPool,
-    actor: &str,
-) -> anyhow::Result<Notifier> {
-    let verifier = AlipayNotify::new(
-        alipay.app_id.clone(),
-        settings.alipay.seller_id.clone(),
-        Arc::clone(&alipay.alipay_public_key),
-    );
-    let gateways = Gateways::alipay(alipay, settings.alipay.rate_limit)
-        .context("building the Alipay client")?;
-    let decider = Decider::configured(pool, gateways, settings, actor);
-    Ok(Notifier::new(decider).with_verifier("alipay", Arc::new(verifier)))
+/// The notifier for `gateways` (each channel's verifier), deciding with `pool` as `actor`.
+pub fn notifier(gateways: Gateways, settings: &Settings, pool: DbPool, actor: &str) -> Notifier {
+    Notifier::new(Decider::configured(pool, gateways, settings, actor))
 }
 
 /// Serves until SIGTERM or SIGINT.
@@ -50,13 +36,13 @@ pub async fn run(settings: Settings, args: NotifyArgs) -> anyhow::Result<ExitCod
     let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)
         .await
         .context("cannot use the database (DATABASE_URL)")?;
-    let alipay = settings.alipay_config().context("invalid configuration")?;
+    let gateways = Gateways::from_settings(&settings).context("invalid configuration")?;
     let notifier = Arc::new(notifier(
-        alipay,
+        gateways,
         &settings,
         pool.clone(),
         &super::actor("notify"),
-    )?);
+    ));
     let shutdown = shutdown_on_signal();
     if let Some(addr) = settings.http_listen {
         let readiness = Arc::new(Readiness::default());

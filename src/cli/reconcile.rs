@@ -23,6 +23,7 @@ use order_closer::decide::refund::RefundRequestResult;
 use order_closer::decide::{Decider, Gateways, Mode};
 use order_closer::gateway::alipay::AlipayClient;
 use order_closer::gateway::alipay::client::MAX_BILL_BYTES;
+use order_closer::gateway::registry::ALIPAY;
 use order_closer::money;
 use order_closer::reconcile::bill as bill_reconcile;
 use order_closer::reconcile::overdue::{self, OverdueOptions};
@@ -210,8 +211,7 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
     db::migrate(settings.database_url.expose_secret())
         .await
         .context("checking the database")?;
-    let report =
-        bill_reconcile::reconcile(&decider, "alipay", &bill, args.date, args.apply).await?;
+    let report = bill_reconcile::reconcile(&decider, ALIPAY, &bill, args.date, args.apply).await?;
     announce(settings, &decider).await;
     if args.format == Format::Json {
         print_json(&report)?;
@@ -255,11 +255,7 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
 
 /// The decider the worker would use, signing audit rows as the reconcile command.
 fn decider(settings: &Settings) -> anyhow::Result<Decider> {
-    let gateways = Gateways::alipay(
-        settings.alipay_config().context("invalid configuration")?,
-        settings.alipay.rate_limit,
-    )
-    .context("building the Alipay client")?;
+    let gateways = Gateways::from_settings(settings).context("invalid configuration")?;
     let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
     Ok(Decider::configured(
         pool,

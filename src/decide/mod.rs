@@ -9,8 +9,6 @@
 pub mod refund;
 mod write;
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +24,7 @@ use crate::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
 use crate::db::orders::FindById;
 use crate::db::{self, DbError, DbPool};
 use crate::decision::{self, Action, CloseReason, Precheck, Protocol, QueryStage, Step};
-use crate::gateway::alipay::{AlipayClient, AlipayConfig, ConfigError as ClientConfigError};
-use crate::gateway::rate_limit::RateLimited;
+pub use crate::gateway::registry::Gateways;
 use crate::gateway::{CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeState};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
@@ -36,36 +33,6 @@ use write::{DecisionWrite, WriteDecisions};
 
 /// Most reads or decisions run as one group.
 pub const MAX_GROUP: usize = 256;
-
-/// The gateways by channel name (`alipay`, ...).
-#[derive(Clone, Default)]
-pub struct Gateways {
-    by_channel: HashMap<String, Arc<dyn Gateway>>,
-}
-
-impl Gateways {
-    /// Alipay (channel `alipay`) behind a request-rate limiter.
-    pub fn alipay(
-        config: AlipayConfig,
-        requests_per_second: NonZeroU32,
-    ) -> Result<Self, ClientConfigError> {
-        let client = AlipayClient::new(config)?;
-        Ok(Self::default().with(
-            "alipay",
-            Arc::new(RateLimited::new(client, requests_per_second)),
-        ))
-    }
-
-    /// Registers the gateway serving a channel.
-    pub fn with(mut self, channel: &str, gateway: Arc<dyn Gateway>) -> Self {
-        self.by_channel.insert(channel.to_owned(), gateway);
-        self
-    }
-
-    fn get(&self, channel: &str) -> Option<&Arc<dyn Gateway>> {
-        self.by_channel.get(channel)
-    }
-}
 
 /// Whether to act or only to say what would be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +198,11 @@ impl Decider {
     /// What a payment after close leads to.
     pub fn paid_after_close_policy(&self) -> PaidAfterClose {
         self.paid_after_close
+    }
+
+    /// The gateways it asks.
+    pub fn gateways(&self) -> &Gateways {
+        &self.gateways
     }
 
     /// The database pool.

@@ -4,6 +4,7 @@
 pub mod alipay;
 pub mod notice;
 pub mod rate_limit;
+pub mod registry;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -75,11 +75,16 @@ impl Notifier {
     /// A notifier deciding with `decider` (its actor names the audit rows, its gateways
     /// answer the hint queries, its metrics count the notifications).
     pub fn new(decider: Decider) -> Self {
+        let verifiers = decider
+            .gateways()
+            .verifiers()
+            .map(|(channel, v)| (channel.to_owned(), Arc::clone(v)))
+            .collect();
         Self {
+            verifiers,
             metrics: Arc::clone(decider.metrics()),
             reads: Batcher::new(decider.pool().clone(), FindByOutTradeNo, MAX_GROUP),
             decider,
-            verifiers: HashMap::new(),
             hints: HintBudget::new(HINT_SPACING, HINT_CONCURRENCY),
         }
     }

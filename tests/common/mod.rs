@@ -26,7 +26,7 @@ use order_closer::config::Settings;
 use order_closer::db::schema::decisions;
 use order_closer::db::{self, DbPool, orders};
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::{AlipayConfig, AlipayNotify, AppPrivateKey};
+use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::notify::Notifier;
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
@@ -181,7 +181,12 @@ impl TestEnv {
     pub fn decider_with(&self, alipay: AlipayConfig, actor: &str) -> Decider {
         Decider::configured(
             self.pool.clone(),
-            Gateways::alipay(alipay, self.settings.alipay.rate_limit).expect("alipay client"),
+            Gateways::alipay(
+                alipay,
+                Some(sim::SIM_SELLER_ID.to_owned()),
+                self.settings.alipay.rate_limit,
+            )
+            .expect("alipay client"),
             &self.settings,
             actor,
         )
@@ -532,19 +537,18 @@ pub struct NotifyEndpoint {
 impl TestEnv {
     /// A notifier like `order-closer notify`'s, over `pool`, trusting the simulator.
     pub fn notifier_over(&self, pool: DbPool) -> Notifier {
-        let verifier = AlipayNotify::new(
-            self.alipay.app_id.clone(),
+        let gateways = Gateways::alipay(
+            self.alipay.clone(),
             Some(sim::SIM_SELLER_ID.to_owned()),
-            Arc::clone(&self.alipay.alipay_public_key),
-        );
-        let decider = Decider::configured(
+            self.settings.alipay.rate_limit,
+        )
+        .expect("alipay client");
+        Notifier::new(Decider::configured(
             pool,
-            Gateways::alipay(self.alipay.clone(), self.settings.alipay.rate_limit)
-                .expect("alipay client"),
+            gateways,
             &self.settings,
             "notify:test",
-        );
-        Notifier::new(decider).with_verifier("alipay", Arc::new(verifier))
+        ))
     }
 
     /// Serves `notifier` on a free port and points the simulator's notifications at it,
