@@ -494,6 +494,14 @@ async fn orders_extend_and_cancel_from_the_shell() {
             text(&out.stderr)
         );
     }
+    // The listing: no anomaly, no open refund (exit 0).
+    let out = run(&vars, &["reconcile", "anomalies"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("refunds not yet succeeded: 0"),
+        "{}",
+        text(&out.stdout)
+    );
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }

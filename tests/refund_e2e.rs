@@ -39,6 +39,11 @@ async fn refund_settled(env: &TestEnv, order_id: i64, limit: Duration) -> refund
     .unwrap_or_else(|| panic!("the refund of order {order_id} did not settle within {limit:?}"))
 }
 
+async fn open_refunds(env: &TestEnv) -> Vec<refunds::RefundRow> {
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    refunds::open(&mut conn, 100).await.unwrap()
+}
+
 async fn outcomes(env: &TestEnv, order_id: i64) -> Vec<String> {
     env.trail(order_id)
         .await
@@ -233,6 +238,10 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
             .refunds
             .is_empty()
     );
+    // The operator's list shows it until it succeeds.
+    let listed = open_refunds(&env).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status(), refunds::RefundStatus::Failed);
 
     // The operator asks again: the failed refund is reopened and sent.
     let decider = env.decider("reconcile:test");
@@ -247,6 +256,7 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
         env.buyers.trade(&no).await.unwrap().unwrap().refunds.len(),
         1
     );
+    assert!(open_refunds(&env).await.is_empty());
     let events = env.drain_events().await;
     assert_eq!(count(&events, &no, "order.refund_failed"), 1);
     assert_eq!(count(&events, &no, "order.refunded"), 1);

@@ -429,8 +429,9 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
     }
     let mut conn = db::connect(settings.database_url.expose_secret()).await?;
     let rows = anomalies::list(&mut conn, args.kind, args.limit).await?;
+    let open_refunds = db::refunds::open(&mut conn, args.limit).await?;
     if args.format == Format::Json {
-        print_json(&rows)?;
+        print_json(&serde_json::json!({ "anomalies": rows, "open_refunds": open_refunds }))?;
     } else {
         println!("anomalies: {}", rows.len());
         for a in &rows {
@@ -443,8 +444,19 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
                 a.detail
             );
         }
+        println!("refunds not yet succeeded: {}", open_refunds.len());
+        for r in &open_refunds {
+            println!(
+                "{:<24} {:<10} {:>12} attempts {:<3} {}",
+                r.out_trade_no,
+                r.status().as_str(),
+                money::format_minor(r.amount_minor),
+                r.attempts,
+                r.last_error.as_deref().unwrap_or("")
+            );
+        }
     }
-    Ok(exit(if rows.is_empty() {
+    Ok(exit(if rows.is_empty() && open_refunds.is_empty() {
         Finding::Clean
     } else {
         Finding::NeedsAttention

@@ -78,7 +78,7 @@ pub fn out_request_no(order_id: i64) -> String {
 }
 
 /// A stored refund.
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = refunds, check_for_backend(diesel::pg::Pg))]
 pub struct RefundRow {
     /// Row id.
