@@ -274,6 +274,11 @@ async fn unusable_values_fail_at_start_up_naming_them() {
         ),
         (
             vars.clone(),
+            "reconcile bill --date 2026-11-01 --channel nowhere",
+            "no bill comes from this channel (channels with a gateway: alipay)",
+        ),
+        (
+            vars.clone(),
             "orders create --out-trade-no X2 --amount 1 --deadline 1000-01-01T00:00:00Z",
             "in the past",
         ),

@@ -13,7 +13,6 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use order_closer::bill;
 use order_closer::broker::publisher::Publisher;
 use order_closer::broker::{self, timed};
 use order_closer::config::{Settings, parse_duration};
@@ -21,8 +20,6 @@ use order_closer::db::outbox::Claim;
 use order_closer::db::{self, anomalies};
 use order_closer::decide::refund::RefundRequestResult;
 use order_closer::decide::{Decider, Gateways, Mode};
-use order_closer::gateway::alipay::AlipayClient;
-use order_closer::gateway::alipay::client::MAX_BILL_BYTES;
 use order_closer::gateway::registry::ALIPAY;
 use order_closer::money;
 use order_closer::reconcile::bill as bill_reconcile;
@@ -52,7 +49,10 @@ pub struct BillArgs {
     /// The bill's day (China time), YYYY-MM-DD.
     #[arg(long)]
     date: NaiveDate,
-    /// Read this downloaded bill (the zip) instead of fetching it from Alipay.
+    /// The gateway whose bill it is (its orders are compared; the others are not).
+    #[arg(long, default_value = ALIPAY)]
+    channel: String,
+    /// Read this downloaded bill instead of fetching it from the gateway.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Mark PAID the NEW orders the bill shows paid (anomalies are recorded either way).
@@ -183,35 +183,30 @@ async fn announce(settings: &Settings, decider: &Decider) {
 async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCode> {
     bill_reconcile::check_billable(args.date, chrono::Utc::now())
         .map_err(|why| anyhow::anyhow!("--date: {why}"))?;
+    let decider = decider(settings)?;
+    let Some(source) = decider.gateways().bill_source(&args.channel) else {
+        anyhow::bail!(
+            "--channel {:?}: no bill comes from this channel (channels with a gateway: {})",
+            args.channel,
+            decider.gateways().channels().join(", ")
+        );
+    };
     let bill = match &args.file {
         Some(path) => {
-            let bytes =
-                order_closer::files::read_capped(path, MAX_BILL_BYTES as u64).context("--file")?;
-            bill::parse_zip(&bytes, &path.display().to_string())?
+            let bytes = order_closer::files::read_capped(path, source.max_file_bytes())
+                .context("--file")?;
+            source.read_file(&bytes, &path.display().to_string())?
         }
-        None => {
-            let client =
-                AlipayClient::new(settings.alipay_config().context("invalid configuration")?)
-                    .context("building the Alipay client")?;
-            let url = client
-                .bill_download_url(args.date)
-                .await
-                .with_context(|| format!("asking Alipay for the {} bill", args.date))?;
-            let bytes = client
-                .download_bill(&url)
-                .await
-                .context("downloading the bill")?;
-            bill::parse_zip(&bytes, &format!("the {} bill from Alipay", args.date))?
-        }
+        None => source.daily_bill(args.date).await?,
     };
     // A bill of another day would turn every payment of this one into an anomaly.
     bill.check_day(args.date)?;
     // The bill parsed completely: only now touch the database.
-    let decider = decider(settings)?;
     db::migrate(settings.database_url.expose_secret())
         .await
         .context("checking the database")?;
-    let report = bill_reconcile::reconcile(&decider, ALIPAY, &bill, args.date, args.apply).await?;
+    let report =
+        bill_reconcile::reconcile(&decider, &args.channel, &bill, args.date, args.apply).await?;
     announce(settings, &decider).await;
     if args.format == Format::Json {
         print_json(&report)?;

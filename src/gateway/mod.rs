@@ -7,7 +7,7 @@ pub mod rate_limit;
 pub mod registry;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use thiserror::Error;
 
 /// What the gateway says about a trade, reduced to what the decision needs.
@@ -142,6 +142,34 @@ impl GatewayMethod {
     }
 }
 
+/// Why a gateway's daily bill could not be had.
+#[derive(Debug, Error)]
+pub enum BillFetchError {
+    /// The gateway did not give it (the error says whether a later try may).
+    #[error("asking the gateway for the {date} bill: {source}")]
+    Gateway {
+        /// The bill's day.
+        date: NaiveDate,
+        /// Why.
+        #[source]
+        source: GatewayError,
+    },
+    /// It came, but is not a readable bill (the error names the file, line and column).
+    #[error(transparent)]
+    Format(#[from] crate::bill::BillError),
+}
+
+/// Where `reconcile bill` gets a gateway's daily trade bill.
+#[async_trait]
+pub trait BillSource: Send + Sync {
+    /// Fetches and reads the bill of `date` (the gateway's own calendar day).
+    async fn daily_bill(&self, date: NaiveDate) -> Result<crate::bill::Bill, BillFetchError>;
+    /// Reads a bill file downloaded by hand; `name` names it in errors.
+    fn read_file(&self, bytes: &[u8], name: &str) -> Result<crate::bill::Bill, BillFetchError>;
+    /// The largest bill file accepted.
+    fn max_file_bytes(&self) -> u64;
+}
+
 /// A payment gateway as the decision sees it.
 #[async_trait]
 pub trait Gateway: Send + Sync {
@@ -151,4 +179,19 @@ pub trait Gateway: Send + Sync {
     async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError>;
     /// Gives a payment back; sending the same request again must not refund twice.
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError>;
+}
+
+#[async_trait]
+impl<G: Gateway + ?Sized> Gateway for std::sync::Arc<G> {
+    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
+        (**self).query(out_trade_no).await
+    }
+
+    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
+        (**self).close(out_trade_no).await
+    }
+
+    async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+        (**self).refund(request).await
+    }
 }

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::Gateway;
 use super::alipay::{AlipayClient, AlipayConfig, AlipayNotify, ConfigError as AlipayError};
 use super::notice::NotifyVerifier;
 use super::rate_limit::RateLimited;
+use super::{BillSource, Gateway};
 use crate::config::{ConfigError, Settings};
 
 /// The channel name of Alipay orders (`orders.channel`, `POST /notify/alipay`).
@@ -37,11 +37,12 @@ pub enum RegistryError {
     },
 }
 
-/// One channel's gateway and its notification verifier.
+/// One channel's gateway, its notification verifier and its bill source.
 #[derive(Clone)]
 struct Connector {
     gateway: Arc<dyn Gateway>,
     verifier: Option<Arc<dyn NotifyVerifier>>,
+    bills: Option<Arc<dyn BillSource>>,
 }
 
 /// The gateways by channel name (`alipay`, ...).
@@ -78,12 +79,14 @@ impl Gateways {
             channel: ALIPAY,
             source,
         })?;
+        let client = Arc::new(client);
         Ok(Self::default()
             .with(
                 ALIPAY,
-                Arc::new(RateLimited::new(client, requests_per_second)),
+                Arc::new(RateLimited::new(Arc::clone(&client), requests_per_second)),
             )
-            .with_verifier(ALIPAY, Arc::new(verifier)))
+            .with_verifier(ALIPAY, Arc::new(verifier))
+            .with_bills(ALIPAY, client))
     }
 
     /// Registers (or replaces) the gateway serving a channel.
@@ -96,6 +99,7 @@ impl Gateways {
                     Connector {
                         gateway,
                         verifier: None,
+                        bills: None,
                     },
                 );
             }
@@ -110,6 +114,27 @@ impl Gateways {
             c.verifier = Some(verifier);
         }
         self
+    }
+
+    /// Registers where a channel's daily bill comes from (the channel's gateway must be
+    /// registered first; otherwise this does nothing).
+    pub fn with_bills(mut self, channel: &str, bills: Arc<dyn BillSource>) -> Self {
+        if let Some(c) = self.by_channel.get_mut(channel) {
+            c.bills = Some(bills);
+        }
+        self
+    }
+
+    /// Where a channel's daily bill comes from, if the gateway has one.
+    pub fn bill_source(&self, channel: &str) -> Option<&Arc<dyn BillSource>> {
+        self.by_channel.get(channel).and_then(|c| c.bills.as_ref())
+    }
+
+    /// The channels served, sorted.
+    pub fn channels(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.by_channel.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     /// The gateway serving a channel.

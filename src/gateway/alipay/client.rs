@@ -16,8 +16,10 @@ use super::response::{
     classify_close, classify_query, classify_refund, format_china_time, split_response,
 };
 use super::sign::sign_params;
+use crate::bill::Bill;
 use crate::gateway::{
-    CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest,
+    BillFetchError, BillSource, CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer,
+    RefundRequest,
 };
 
 /// Default per-request timeout (connect, send and read the whole answer).
@@ -532,6 +534,29 @@ impl Gateway for AlipayClient {
             "alipay trade refund classified"
         );
         result
+    }
+}
+
+#[async_trait]
+impl BillSource for AlipayClient {
+    /// `alipay.data.dataservice.bill.downloadurl.query`, then the download (its URL
+    /// expires within about 30 s, so it is fetched at once), then the zip.
+    async fn daily_bill(&self, date: NaiveDate) -> Result<Bill, BillFetchError> {
+        let failed = |source| BillFetchError::Gateway { date, source };
+        let url = self.bill_download_url(date).await.map_err(failed)?;
+        let bytes = self.download_bill(&url).await.map_err(failed)?;
+        Ok(crate::bill::parse_zip(
+            &bytes,
+            &format!("the {date} bill from Alipay"),
+        )?)
+    }
+
+    fn read_file(&self, bytes: &[u8], name: &str) -> Result<Bill, BillFetchError> {
+        Ok(crate::bill::parse_zip(bytes, name)?)
+    }
+
+    fn max_file_bytes(&self) -> u64 {
+        MAX_BILL_BYTES as u64
     }
 }
 
