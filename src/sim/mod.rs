@@ -25,6 +25,8 @@
 //! the next download serve arbitrary bytes ([`BuyerClient::override_bill`]).
 
 pub mod buyer;
+mod faults;
+mod methods;
 pub mod notifier;
 mod server;
 pub mod state;
