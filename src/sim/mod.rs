@@ -25,10 +25,12 @@
 //! the next download serve arbitrary bytes ([`BuyerClient::override_bill`]).
 
 pub mod buyer;
+mod buyer_api;
 mod faults;
 mod methods;
 pub mod notifier;
 mod server;
+mod shared;
 pub mod state;
 
 use std::future::Future;
