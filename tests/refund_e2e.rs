@@ -325,3 +325,101 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     );
     env.cleanup().await;
 }
+
+/// A gateway whose refund call lets another worker settle the refund first (a duplicate
+/// message), then fails: the decider must see the refund settled, not retry or park it.
+struct SettledMeanwhile {
+    pool: order_closer::db::DbPool,
+    order_id: i64,
+    error: order_closer::gateway::GatewayError,
+}
+
+#[async_trait::async_trait]
+impl order_closer::gateway::Gateway for SettledMeanwhile {
+    async fn query(
+        &self,
+        _: &str,
+    ) -> Result<order_closer::gateway::QueryAnswer, order_closer::gateway::GatewayError> {
+        Err(self.error.clone())
+    }
+
+    async fn close(
+        &self,
+        _: &str,
+    ) -> Result<order_closer::gateway::CloseAnswer, order_closer::gateway::GatewayError> {
+        Err(self.error.clone())
+    }
+
+    async fn refund(
+        &self,
+        _: &order_closer::gateway::RefundRequest<'_>,
+    ) -> Result<order_closer::gateway::RefundAnswer, order_closer::gateway::GatewayError> {
+        let mut conn = db::conn(&self.pool).await.unwrap();
+        let moved = refunds::record_attempt(
+            &mut conn,
+            self.order_id,
+            refunds::RefundStatus::Succeeded,
+            None,
+            Some("the other worker's answer"),
+        )
+        .await
+        .unwrap();
+        assert!(moved);
+        Err(self.error.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_settled_by_another_worker_meanwhile_is_neither_retried_nor_parked() {
+    use order_closer::decide::{AttemptInfo, Decider, Gateways, Outcome};
+    use order_closer::gateway::GatewayError;
+
+    let env = TestEnv::new(&[]).await;
+    let first = AttemptInfo {
+        number: 0,
+        first_seen: None,
+        not_before: None,
+    };
+    for (name, error) in [
+        ("transient", GatewayError::retryable("timeout", "no answer")),
+        (
+            "refused",
+            GatewayError::permanent("ACQ.TRADE_STATUS_ERROR", "no"),
+        ),
+    ] {
+        let no = env.no(name);
+        let order = env.create(&no, 500, Duration::from_secs(3600)).await;
+        let mut conn = db::conn(&env.pool).await.unwrap();
+        db::orders::mark_closed(&mut conn, order.id, "deadline_no_trade")
+            .await
+            .unwrap();
+        drop(conn);
+        let closed = env.order(&no).await;
+        let requested = env
+            .decider("reconcile:test")
+            .request_refund(&closed, 500, false)
+            .await
+            .unwrap();
+        assert!(matches!(requested, RefundRequestResult::Requested { .. }));
+        let gateways = Gateways::default().with(
+            "alipay",
+            std::sync::Arc::new(SettledMeanwhile {
+                pool: env.pool.clone(),
+                order_id: order.id,
+                error,
+            }),
+        );
+        let decider = Decider::new(env.pool.clone(), gateways, env.settings.retry.clone(), "w");
+        let outcome = decider.refund(order.id, &no, first).await.unwrap();
+        assert_eq!(outcome, Outcome::Settled(OrderStatus::Closed), "{name}");
+        let row = refund_row(&env, order.id).await.unwrap();
+        assert_eq!(row.status(), refunds::RefundStatus::Succeeded, "{name}");
+        assert_eq!(row.attempts, 1, "{name}: only the other worker's attempt");
+        assert_eq!(
+            outcomes(&env, order.id).await,
+            vec!["refund_requested"],
+            "{name}: nothing recorded for the late answer"
+        );
+    }
+    env.cleanup().await;
+}

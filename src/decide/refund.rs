@@ -234,16 +234,21 @@ impl Decider {
                 detail,
             } => {
                 let error = format!("{code}: {detail}");
-                self.record_refund(
-                    &order,
-                    &row,
-                    attempt,
-                    RefundStatus::Requested,
-                    &error,
-                    None,
-                    None,
-                )
-                .await?;
+                let recorded = self
+                    .record_refund(
+                        &order,
+                        &row,
+                        attempt,
+                        RefundStatus::Requested,
+                        &error,
+                        None,
+                        None,
+                    )
+                    .await?;
+                if recorded.is_none() {
+                    // Settled meanwhile by another worker: no retry.
+                    return Ok(Outcome::Settled(order.status()));
+                }
                 self.metrics.refund(RefundProgress::Retried);
                 Ok(Outcome::Retry {
                     delay,
@@ -337,19 +342,25 @@ impl Decider {
         code: &str,
         detail: &str,
     ) -> Result<Outcome, Unavailable> {
-        warn!(code, detail, "the refund failed; an operator must look");
         let error = format!("{code}: {detail}");
         let event = (events::ORDER_REFUND_FAILED, error.as_str());
-        self.record_refund(
-            order,
-            row,
-            attempt,
-            RefundStatus::Failed,
-            &error,
-            None,
-            Some(event),
-        )
-        .await?;
+        let recorded = self
+            .record_refund(
+                order,
+                row,
+                attempt,
+                RefundStatus::Failed,
+                &error,
+                None,
+                Some(event),
+            )
+            .await?;
+        if recorded.is_none() {
+            // Another worker settled the refund meanwhile (a duplicate message): its
+            // outcome stands, and there is nothing to park.
+            return Ok(Outcome::Settled(order.status()));
+        }
+        warn!(code, detail, "the refund failed; an operator must look");
         self.metrics.refund(RefundProgress::Failed);
         self.metrics.parked("refund_failed");
         Ok(Outcome::Park {
