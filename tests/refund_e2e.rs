@@ -410,7 +410,10 @@ async fn a_refund_settled_by_another_worker_meanwhile_is_neither_retried_nor_par
             }),
         );
         let decider = Decider::new(env.pool.clone(), gateways, env.settings.retry.clone(), "w");
-        let outcome = decider.refund(order.id, &no, first).await.unwrap();
+        let outcome = decider
+            .refund(order.id, &no, first, order_closer::decide::Mode::Apply)
+            .await
+            .unwrap();
         assert_eq!(outcome, Outcome::Settled(OrderStatus::Closed), "{name}");
         let row = refund_row(&env, order.id).await.unwrap();
         assert_eq!(row.status(), refunds::RefundStatus::Succeeded, "{name}");
@@ -421,5 +424,69 @@ async fn a_refund_settled_by_another_worker_meanwhile_is_neither_retried_nor_par
             "{name}: nothing recorded for the late answer"
         );
     }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaying_a_parked_refund_sends_it_again() {
+    use order_closer::decide::Mode;
+    use order_closer::reconcile::Verdict;
+    use order_closer::reconcile::parked::{self, ParkedAction};
+
+    let mut env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
+    env.start_worker(4, 8);
+    let _notify = env.start_notify().await;
+    let no = env.no("replayed");
+    let order = env.create(&no, 800, Duration::from_secs(1)).await;
+    env.settled(&no, Duration::from_secs(15)).await;
+    env.buyers
+        .fail_next(&no, FaultKind::Busy20000, 4)
+        .await
+        .unwrap();
+    env.buyers.scan_and_pay(&no, 800).await.unwrap();
+    let row = refund_settled(&env, order.id, Duration::from_secs(30)).await;
+    assert_eq!(row.status(), refunds::RefundStatus::Failed);
+    let queue = env.topology.parked_queue();
+    let parked_now = eventually(Duration::from_secs(10), || async {
+        (env.queue_len(&queue).await == 1).then_some(())
+    })
+    .await;
+    assert!(parked_now.is_some(), "the refund message is parked");
+
+    let decider = env.decider("reconcile:test");
+    let channel = env.connection.create_channel().await.unwrap();
+    let run = |mode| {
+        let (channel, decider, publisher) = (&channel, &decider, &env.publisher);
+        async move {
+            parked::run(
+                channel,
+                publisher,
+                decider,
+                ParkedAction::Requeue,
+                mode,
+                10,
+                "test",
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A dry run says the refund would be sent, and changes nothing.
+    let dry = run(Mode::DryRun).await;
+    assert_eq!(dry.removed, 0);
+    assert_eq!(dry.lines[0].verdict, Some(Verdict::WouldRefund));
+    let row = refund_row(&env, order.id).await.unwrap();
+    assert_eq!(row.status(), refunds::RefundStatus::Failed);
+
+    // Replayed: reopened and sent at once; the message leaves the parking queue.
+    let replayed = run(Mode::Apply).await;
+    assert_eq!(replayed.removed, 1);
+    assert_eq!(replayed.lines[0].verdict, Some(Verdict::Refunded));
+    let row = refund_row(&env, order.id).await.unwrap();
+    assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
+    assert_eq!(
+        env.buyers.trade(&no).await.unwrap().unwrap().refunds.len(),
+        1
+    );
     env.cleanup().await;
 }

@@ -1,6 +1,7 @@
 //! The `orders` table: insert, read, and the guarded `NEW -> PAID | CLOSED` updates.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -142,18 +143,24 @@ impl Job for FindById {
         conn: &mut AsyncPgConnection,
         ids: &[i64],
     ) -> QueryResult<Vec<Option<Order>>> {
-        let mut found: HashMap<i64, Order> = find_many(conn, ids)
-            .await?
-            .into_iter()
-            .map(|o| (o.id, o))
-            .collect();
-        Ok(ids.iter().map(|id| found.remove(id)).collect())
+        Ok(one_per_item(ids, find_many(conn, ids).await?, |o| o.id))
     }
 
     /// An id appears once per group, so each caller gets its own copy of the row.
     fn key(&self, id: &i64) -> Option<i64> {
         Some(*id)
     }
+}
+
+/// The row of each item, in the items' order (None where there is none). The items of a
+/// group are distinct (each job's `key`), so each row goes to exactly one caller.
+fn one_per_item<K: Hash + Eq>(
+    items: &[K],
+    rows: Vec<Order>,
+    key: impl Fn(&Order) -> K,
+) -> Vec<Option<Order>> {
+    let mut found: HashMap<K, Order> = rows.into_iter().map(|o| (key(&o), o)).collect();
+    items.iter().map(|k| found.remove(k)).collect()
 }
 
 /// Reads orders by merchant order number in groups (the notify endpoint: one statement for
@@ -170,17 +177,21 @@ impl Job for FindByOutTradeNo {
         conn: &mut AsyncPgConnection,
         numbers: &[String],
     ) -> QueryResult<Vec<Option<Order>>> {
-        let found: HashMap<String, Order> = orders::table
+        let rows = orders::table
             .filter(orders::out_trade_no.eq_any(numbers))
             .select(Order::as_select())
             .load(conn)
-            .await?
-            .into_iter()
-            .map(|o| (o.out_trade_no.clone(), o))
-            .collect();
-        // A number may appear twice in a group (a notification and its copy): each gets
-        // its own copy of the row.
-        Ok(numbers.iter().map(|n| found.get(n).cloned()).collect())
+            .await?;
+        Ok(one_per_item(numbers, rows, |o| o.out_trade_no.clone()))
+    }
+
+    /// A number appears once per group (a notification and its copy go in turn), so each
+    /// caller gets its own copy of the row. Two numbers of one hash merely wait for each
+    /// other.
+    fn key(&self, number: &String) -> Option<i64> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        number.hash(&mut hasher);
+        Some(hasher.finish() as i64)
     }
 }
 

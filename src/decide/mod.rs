@@ -26,6 +26,7 @@ use crate::db::{self, DbError, DbPool};
 use crate::decision::{self, Action, CloseReason, Precheck, Protocol, QueryStage, Step};
 pub use crate::gateway::registry::Gateways;
 use crate::gateway::{CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeState};
+use crate::message::{CloseMessage, Job};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
 use crate::retry::{RetryPolicy, RetryStep};
@@ -195,11 +196,6 @@ impl Decider {
         self
     }
 
-    /// What a payment after close leads to.
-    pub fn paid_after_close_policy(&self) -> PaidAfterClose {
-        self.paid_after_close
-    }
-
     /// The gateways it asks.
     pub fn gateways(&self) -> &Gateways {
         &self.gateways
@@ -260,6 +256,32 @@ impl Decider {
         let outcome = self
             .decide_inner(order_id, expected_out_trade_no, attempt, mode)
             .await;
+        self.observed(outcome)
+    }
+
+    /// Does what a close-queue message asks, when it is due: decides the order
+    /// ([`Job::Close`]) or sends its requested refund ([`Job::Refund`]). The worker and
+    /// the replay of parked messages both run messages through here.
+    pub async fn act_on(
+        &self,
+        message: &CloseMessage,
+        attempt: AttemptInfo,
+        mode: Mode,
+    ) -> Result<Outcome, Unavailable> {
+        match message.job {
+            Job::Close => {
+                self.decide(message.order_id, Some(&message.out_trade_no), attempt, mode)
+                    .await
+            }
+            Job::Refund => {
+                self.refund(message.order_id, &message.out_trade_no, attempt, mode)
+                    .await
+            }
+        }
+    }
+
+    /// Counts an outcome (or the database being unavailable) and hands it on.
+    fn observed(&self, outcome: Result<Outcome, Unavailable>) -> Result<Outcome, Unavailable> {
         match &outcome {
             Ok(o) => self.observe(o),
             Err(_) => self.metrics.decision("database_unavailable"),

@@ -17,7 +17,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{Decider, Outcome, Unavailable, attempt_column, write};
+use super::{Decider, Mode, Outcome, Unavailable, attempt_column, write};
 use crate::config::PaidAfterClose;
 use crate::db::anomalies::AnomalyKind;
 use crate::db::decisions::{self, DecisionOutcome, NewDecision};
@@ -37,8 +37,19 @@ use crate::relay;
 pub struct AfterClose {
     /// The anomaly is new (false: recorded and announced before).
     pub new_anomaly: bool,
-    /// A refund was requested now.
-    pub refund_requested: bool,
+    /// What the policy did.
+    pub policy: PolicyEffect,
+}
+
+/// What the paid-after-close policy did about one payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyEffect {
+    /// Held for an operator (the `hold` policy), or its refund was requested before.
+    Nothing,
+    /// Its refund was requested now.
+    RefundRequested,
+    /// Dry run under the `refund` policy: its refund would be requested.
+    WouldRequestRefund,
 }
 
 /// What an operator's refund request did.
@@ -68,14 +79,16 @@ pub enum RefundRequestResult {
 
 impl Decider {
     /// Records a payment on a CLOSED order (its anomaly and event, once however often it
-    /// is reported) and, under the `refund` policy, requests its refund of `paid_minor`, in
-    /// one transaction.
+    /// is reported: a finding, recorded even in a dry run) and, under the `refund` policy,
+    /// requests its refund of `paid_minor` in the same transaction (a dry run only says it
+    /// would).
     pub async fn paid_after_close(
         &self,
         order: &Order,
         paid_minor: i64,
         trade_no: Option<&str>,
         detail: &str,
+        mode: Mode,
     ) -> Result<AfterClose, Unavailable> {
         let refund = self.paid_after_close == PaidAfterClose::Refund;
         let mut conn = db::conn(&self.pool).await?;
@@ -91,25 +104,29 @@ impl Decider {
                     trade_no,
                 )
                 .await?;
-                let refund_requested = refund
-                    && request_in(
-                        tx,
-                        order,
-                        paid_minor,
-                        actor,
-                        "the paid_after_close policy is refund",
-                    )
-                    .await?;
+                let policy = match (refund, mode) {
+                    (false, _) => PolicyEffect::Nothing,
+                    (true, Mode::DryRun) => PolicyEffect::WouldRequestRefund,
+                    (true, Mode::Apply) => {
+                        let why = "the paid_after_close policy is refund";
+                        let (_, new) = request_in(tx, order, paid_minor, actor, why).await?;
+                        if new {
+                            PolicyEffect::RefundRequested
+                        } else {
+                            PolicyEffect::Nothing
+                        }
+                    }
+                };
                 Ok(AfterClose {
                     new_anomaly,
-                    refund_requested,
+                    policy,
                 })
             })
             .await?;
         if done.new_anomaly {
             self.metrics.anomaly(AnomalyKind::PaidAfterClose);
         }
-        if done.refund_requested {
+        if done.policy == PolicyEffect::RefundRequested {
             self.metrics.refund(RefundProgress::Requested);
         }
         Ok(done)
@@ -143,8 +160,9 @@ impl Decider {
         let amount_minor = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
                 let (row, new) =
-                    refunds::request(tx, order.id, &order.out_trade_no, paid_minor, actor).await?;
+                    request_in(tx, order, paid_minor, actor, "an operator asked").await?;
                 if !new {
+                    // Failed before: reopened; requested: sent again (the same request).
                     refunds::reopen(tx, order.id, actor).await?;
                     enqueue(
                         tx,
@@ -154,8 +172,6 @@ impl Decider {
                         "an operator asked again",
                     )
                     .await?;
-                } else {
-                    enqueue(tx, order, paid_minor, actor, "an operator asked").await?;
                 }
                 Ok(row.amount_minor)
             })
@@ -169,12 +185,27 @@ impl Decider {
 
     /// Sends an order's requested refund to its gateway (the worker, on a refund
     /// message) and records the answer.
+    /// A dry run says what would be sent (a failed refund too: a replay reopens it).
     #[tracing::instrument(name = "refund", skip_all, fields(order_id, out_trade_no = expected_out_trade_no, attempt = attempt.number))]
     pub async fn refund(
         &self,
         order_id: i64,
         expected_out_trade_no: &str,
         attempt: AttemptInfo,
+        mode: Mode,
+    ) -> Result<Outcome, Unavailable> {
+        let outcome = self
+            .refund_inner(order_id, expected_out_trade_no, attempt, mode)
+            .await;
+        self.observed(outcome)
+    }
+
+    async fn refund_inner(
+        &self,
+        order_id: i64,
+        expected_out_trade_no: &str,
+        attempt: AttemptInfo,
+        mode: Mode,
     ) -> Result<Outcome, Unavailable> {
         let Some(order) = self.reads.submit(order_id).await? else {
             return Ok(Outcome::Missing);
@@ -196,6 +227,14 @@ impl Decider {
             warn!("a refund message for an order with no requested refund; nothing sent");
             return Ok(Outcome::Missing);
         };
+        if mode == Mode::DryRun {
+            return Ok(match row.status() {
+                RefundStatus::Succeeded => Outcome::Settled(order.status()),
+                _ => Outcome::WouldRefund {
+                    amount_minor: row.amount_minor,
+                },
+            });
+        }
         if row.status() != RefundStatus::Requested {
             info!(
                 status = row.status().as_str(),
@@ -265,33 +304,11 @@ impl Decider {
         }
     }
 
-    /// An operator replays a parked refund message: the failed refund is reopened and
-    /// sent again (dry run: says what would be sent).
-    pub async fn replay_refund(
-        &self,
-        order_id: i64,
-        expected_out_trade_no: &str,
-        attempt: AttemptInfo,
-        dry_run: bool,
-    ) -> Result<Outcome, Unavailable> {
-        let row = {
-            let mut conn = db::conn(&self.pool).await?;
-            let row = refunds::for_order(&mut conn, order_id).await?;
-            if !dry_run && row.is_some() {
-                refunds::reopen(&mut conn, order_id, &self.actor).await?;
-            }
-            row
-        };
-        match row {
-            None => Ok(Outcome::Missing),
-            Some(r) if r.status() == RefundStatus::Succeeded => {
-                Ok(Outcome::Settled(OrderStatus::Closed))
-            }
-            Some(r) if dry_run => Ok(Outcome::WouldRefund {
-                amount_minor: r.amount_minor,
-            }),
-            Some(_) => self.refund(order_id, expected_out_trade_no, attempt).await,
-        }
+    /// Moves a failed refund back to `requested` (an operator replays its parked
+    /// message, or asks again); returns whether it moved.
+    pub async fn reopen_refund(&self, order_id: i64) -> Result<bool, Unavailable> {
+        let mut conn = db::conn(&self.pool).await?;
+        Ok(refunds::reopen(&mut conn, order_id, &self.actor).await?)
     }
 
     async fn refund_succeeded(
@@ -362,7 +379,6 @@ impl Decider {
         }
         warn!(code, detail, "the refund failed; an operator must look");
         self.metrics.refund(RefundProgress::Failed);
-        self.metrics.parked("refund_failed");
         Ok(Outcome::Park {
             code: "refund_failed".into(),
             detail: error,
@@ -426,20 +442,22 @@ impl Decider {
     }
 }
 
-/// Requests the refund of an order inside the caller's transaction (the row, an audit
-/// row, the refund message); returns whether it is new.
+/// Requests the refund of an order inside the caller's transaction: a new one gets its
+/// row, an audit row and its message; one requested before is returned as it stands.
+/// Returns the row and whether it is new.
 async fn request_in(
     tx: &mut AsyncPgConnection,
     order: &Order,
     amount_minor: i64,
     actor: &str,
     why: &str,
-) -> diesel::QueryResult<bool> {
-    let (_, new) = refunds::request(tx, order.id, &order.out_trade_no, amount_minor, actor).await?;
+) -> diesel::QueryResult<(RefundRow, bool)> {
+    let (row, new) =
+        refunds::request(tx, order.id, &order.out_trade_no, amount_minor, actor).await?;
     if new {
         enqueue(tx, order, amount_minor, actor, why).await?;
     }
-    Ok(new)
+    Ok((row, new))
 }
 
 /// The audit row of a refund request and its message, inside the caller's transaction.

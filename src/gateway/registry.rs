@@ -80,48 +80,29 @@ impl Gateways {
             source,
         })?;
         let client = Arc::new(client);
-        Ok(Self::default()
-            .with(
-                ALIPAY,
-                Arc::new(RateLimited::new(Arc::clone(&client), requests_per_second)),
-            )
-            .with_verifier(ALIPAY, Arc::new(verifier))
-            .with_bills(ALIPAY, client))
+        let mut gateways = Self::default();
+        gateways.by_channel.insert(
+            ALIPAY.to_owned(),
+            Connector {
+                gateway: Arc::new(RateLimited::new(Arc::clone(&client), requests_per_second)),
+                verifier: Some(Arc::new(verifier)),
+                bills: Some(client),
+            },
+        );
+        Ok(gateways)
     }
 
-    /// Registers (or replaces) the gateway serving a channel.
+    /// Serves a channel with `gateway` alone (no notifications, no bill), replacing
+    /// whatever served it: the tests' scripted gateways.
     pub fn with(mut self, channel: &str, gateway: Arc<dyn Gateway>) -> Self {
-        match self.by_channel.get_mut(channel) {
-            Some(c) => c.gateway = gateway,
-            None => {
-                self.by_channel.insert(
-                    channel.to_owned(),
-                    Connector {
-                        gateway,
-                        verifier: None,
-                        bills: None,
-                    },
-                );
-            }
-        }
-        self
-    }
-
-    /// Registers the verifier of a channel's notifications (the channel's gateway must
-    /// be registered first; otherwise this does nothing).
-    pub fn with_verifier(mut self, channel: &str, verifier: Arc<dyn NotifyVerifier>) -> Self {
-        if let Some(c) = self.by_channel.get_mut(channel) {
-            c.verifier = Some(verifier);
-        }
-        self
-    }
-
-    /// Registers where a channel's daily bill comes from (the channel's gateway must be
-    /// registered first; otherwise this does nothing).
-    pub fn with_bills(mut self, channel: &str, bills: Arc<dyn BillSource>) -> Self {
-        if let Some(c) = self.by_channel.get_mut(channel) {
-            c.bills = Some(bills);
-        }
+        self.by_channel.insert(
+            channel.to_owned(),
+            Connector {
+                gateway,
+                verifier: None,
+                bills: None,
+            },
+        );
         self
     }
 

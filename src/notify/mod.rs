@@ -32,6 +32,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::db::batch::Batcher;
 use crate::db::orders::FindByOutTradeNo;
+use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, MAX_GROUP, Mode, Outcome, Unavailable};
 use crate::gateway::TradeState;
 use crate::gateway::notice::{Claim, Notice, NotifyVerifier, Reply};
@@ -272,16 +273,18 @@ impl Notifier {
         );
         match self
             .decider
-            .paid_after_close(order, paid_minor, trade_no, &detail)
+            .paid_after_close(order, paid_minor, trade_no, &detail, Mode::Apply)
             .await
         {
             Ok(after) => done(
                 NotifyOutcome::PaidAfterClose,
                 v.acknowledge(),
-                match (after.new_anomaly, after.refund_requested) {
-                    (_, true) => format!("{detail}; its refund is requested"),
-                    (true, false) => format!("{detail}; held for an operator"),
-                    (false, false) => "paid after close, recorded before".into(),
+                match (after.new_anomaly, after.policy) {
+                    (_, PolicyEffect::RefundRequested) => {
+                        format!("{detail}; its refund is requested")
+                    }
+                    (true, _) => format!("{detail}; held for an operator"),
+                    (false, _) => "paid after close, recorded before".into(),
                 },
             ),
             Err(e) => unavailable(v, &e),

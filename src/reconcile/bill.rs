@@ -23,10 +23,10 @@ use serde::Serialize;
 
 use super::Finding;
 use crate::bill::{Bill, BillRow, BillRowKind};
-use crate::config::PaidAfterClose;
 use crate::db::anomalies::AnomalyKind;
 use crate::db::schema::orders;
 use crate::db::{self};
+use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
 use crate::gateway::TradeState;
 use crate::gateway::alipay::response::china;
@@ -204,26 +204,16 @@ pub async fn reconcile(
                 );
                 // The policy (hold or refund) acts only with `apply`; the anomaly is
                 // recorded either way.
-                let action = if apply {
-                    let after = decider
-                        .paid_after_close(order, row.amount_minor, Some(&row.trade_no), &detail)
-                        .await?;
-                    let recorded = recorded(after.new_anomaly, AnomalyKind::PaidAfterClose);
-                    if after.refund_requested {
-                        format!("{recorded}; refund requested")
-                    } else {
-                        recorded
-                    }
-                } else {
-                    let new = decider
-                        .record_anomaly(order, AnomalyKind::PaidAfterClose, &detail)
-                        .await?;
-                    let recorded = recorded(new, AnomalyKind::PaidAfterClose);
-                    match decider.paid_after_close_policy() {
-                        PaidAfterClose::Refund => {
-                            format!("{recorded}; would request its refund (run with --apply)")
-                        }
-                        PaidAfterClose::Hold => recorded,
+                let mode = if apply { Mode::Apply } else { Mode::DryRun };
+                let after = decider
+                    .paid_after_close(order, row.amount_minor, Some(&row.trade_no), &detail, mode)
+                    .await?;
+                let recorded = recorded(after.new_anomaly, AnomalyKind::PaidAfterClose);
+                let action = match after.policy {
+                    PolicyEffect::Nothing => recorded,
+                    PolicyEffect::RefundRequested => format!("{recorded}; refund requested"),
+                    PolicyEffect::WouldRequestRefund => {
+                        format!("{recorded}; would request its refund (run with --apply)")
                     }
                 };
                 report.paid_after_close.push(line(row, Some(order), action));

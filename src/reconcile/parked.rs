@@ -162,23 +162,14 @@ pub async fn run(
                     first_seen: None,
                     not_before: None,
                 };
-                let outcome = match close.job {
-                    Job::Close => {
-                        decider
-                            .decide(close.order_id, Some(&close.out_trade_no), attempt, mode)
-                            .await
+                // A parked refund failed for good: replaying it means sending it again.
+                let outcome = async {
+                    if close.job == Job::Refund && mode == Mode::Apply {
+                        decider.reopen_refund(close.order_id).await?;
                     }
-                    Job::Refund => {
-                        decider
-                            .replay_refund(
-                                close.order_id,
-                                &close.out_trade_no,
-                                attempt,
-                                mode == Mode::DryRun,
-                            )
-                            .await
-                    }
-                };
+                    decider.act_on(close, attempt, mode).await
+                }
+                .await;
                 let verdict = match &outcome {
                     Ok(o) => Verdict::from(o),
                     Err(_) => Verdict::DatabaseUnavailable,

@@ -236,7 +236,7 @@ async fn serve_gateway(
         return shutting_down();
     }
     match decision.fault {
-        None => signed_reply(&shared, execute(&shared, &request)),
+        None => signed_reply(&shared, answer(&shared, &request, Effect::Apply)),
         Some(kind) => {
             tracing::debug!(
                 method = request.method,
@@ -464,38 +464,32 @@ fn parse_request(
     })
 }
 
-/// Serves the request for real (a close closes).
-fn execute(shared: &Shared, r: &Request) -> Answer {
-    let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
-    if let Some(ask) = &r.bill {
-        bill_url_answer(shared, r, ask)
-    } else if let Some(ask) = &r.refund {
-        let outcome =
-            shared
-                .state
-                .gateway_refund(out, tn, &ask.out_request_no, ask.amount_minor, true);
-        refund_answer(r.key.clone(), out, outcome)
-    } else if r.method == QUERY {
-        query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
-    } else {
-        close_answer(r.key.clone(), out, shared.state.gateway_close(out, tn))
-    }
+/// Whether a request changes the trades or only shows what it would answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Serve it for real (a close closes, a refund refunds).
+    Apply,
+    /// The answer it would get, changing no trade (for faulted answers that must look
+    /// real; a bill URL request still issues its URL: nothing depends on an unused one).
+    Preview,
 }
 
-/// The answer the request would get, without changing any trade (a bill URL request
-/// still issues its URL: nothing depends on an unused one).
-fn preview(shared: &Shared, r: &Request) -> Answer {
+/// The answer to a request, applied or previewed.
+fn answer(shared: &Shared, r: &Request, effect: Effect) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
+    let apply = effect == Effect::Apply;
     if let Some(ask) = &r.bill {
         bill_url_answer(shared, r, ask)
     } else if let Some(ask) = &r.refund {
         let outcome =
             shared
                 .state
-                .gateway_refund(out, tn, &ask.out_request_no, ask.amount_minor, false);
+                .gateway_refund(out, tn, &ask.out_request_no, ask.amount_minor, apply);
         refund_answer(r.key.clone(), out, outcome)
     } else if r.method == QUERY {
         query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
+    } else if apply {
+        close_answer(r.key.clone(), out, shared.state.gateway_close(out, tn))
     } else {
         close_answer(r.key.clone(), out, shared.state.preview_close(out, tn))
     }
@@ -532,7 +526,7 @@ async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -
             dropped_connection()
         }
         FaultKind::TimeoutAfterApply => {
-            let response = signed_reply(shared, execute(shared, r));
+            let response = signed_reply(shared, answer(shared, r, Effect::Apply));
             if shared.pause(hold).await {
                 response
             } else {
@@ -540,25 +534,27 @@ async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -
             }
         }
         FaultKind::Html => html(StatusCode::OK, MAINTENANCE_PAGE),
-        FaultKind::TruncatedJson => match signed_body(&shared.sim_key, preview(shared, r)) {
-            Some(body) => {
-                let mut cut = body.len() / 2;
-                while !body.is_char_boundary(cut) {
-                    cut -= 1;
+        FaultKind::TruncatedJson => {
+            match signed_body(&shared.sim_key, answer(shared, r, Effect::Preview)) {
+                Some(body) => {
+                    let mut cut = body.len() / 2;
+                    while !body.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    json_body(body[..cut].to_owned())
                 }
-                json_body(body[..cut].to_owned())
+                None => signing_failed(),
             }
-            None => signing_failed(),
-        },
+        }
         FaultKind::BadSignature => {
-            let answer = preview(shared, r);
+            let answer = answer(shared, r, Effect::Preview);
             match other_key(shared).await {
                 Some(key) => signed_body(key, answer).map_or_else(signing_failed, json_body),
                 None => (StatusCode::INTERNAL_SERVER_ERROR, "no second key").into_response(),
             }
         }
         FaultKind::WrongOrder => {
-            let mut answer = preview(shared, r);
+            let mut answer = answer(shared, r, Effect::Preview);
             let asked = r.out_trade_no.as_deref().unwrap_or("ORDER");
             answer.object.insert(
                 "out_trade_no".into(),
@@ -567,7 +563,7 @@ async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -
             signed_reply(shared, answer)
         }
         FaultKind::WrongAmount => {
-            let mut answer = preview(shared, r);
+            let mut answer = answer(shared, r, Effect::Preview);
             let trade = shared
                 .state
                 .gateway_query(r.out_trade_no.as_deref(), r.trade_no.as_deref());

@@ -16,7 +16,7 @@ use crate::broker::publisher::{ParkNote, Publisher};
 use crate::broker::tiers::{Route, SMALLEST_TIER};
 use crate::closer::MAX_TIME_TO_PAY;
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
-use crate::message::{CloseMessage, Job};
+use crate::message::CloseMessage;
 
 use super::acks::Acks;
 
@@ -194,23 +194,7 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
         first_seen: message.first_seen,
         not_before: message.not_before,
     };
-    let outcome = match message.job {
-        Job::Close => {
-            ctx.decider
-                .decide(
-                    message.order_id,
-                    Some(&message.out_trade_no),
-                    attempt,
-                    Mode::Apply,
-                )
-                .await
-        }
-        Job::Refund => {
-            ctx.decider
-                .refund(message.order_id, &message.out_trade_no, attempt)
-                .await
-        }
-    };
+    let outcome = ctx.decider.act_on(&message, attempt, Mode::Apply).await;
     let first_seen = message.first_seen.unwrap_or(now);
     match outcome {
         Ok(
