@@ -6,35 +6,15 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::refunds;
 
-/// Where a refund stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefundStatus {
-    /// Asked for; the worker is (or will be) sending it to the gateway.
-    Requested,
-    /// The gateway confirmed it.
-    Succeeded,
-    /// Refused for good, or every retry step used: an operator looks.
-    Failed,
-}
-
-impl RefundStatus {
-    /// The column value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            // The column's CHECK allows nothing else.
-            _ => Self::Requested,
-        }
+crate::text_enum! {
+    /// Where a refund stands: the `refunds.status` vocabulary.
+    RefundStatus {
+        /// Asked for; the worker is (or will be) sending it to the gateway.
+        Requested => "requested",
+        /// The gateway confirmed it.
+        Succeeded => "succeeded",
+        /// Refused for good, or every retry step used: an operator looks.
+        Failed => "failed",
     }
 }
 
@@ -91,7 +71,7 @@ pub struct RefundRow {
     pub out_request_no: String,
     /// How much, in minor units.
     pub amount_minor: i64,
-    status: String,
+    status: RefundStatus,
     /// Gateway calls made so far.
     pub attempts: i32,
     /// The last failure, if any.
@@ -109,7 +89,7 @@ pub struct RefundRow {
 impl RefundRow {
     /// Where it stands.
     pub fn status(&self) -> RefundStatus {
-        RefundStatus::parse(&self.status)
+        self.status
     }
 }
 
@@ -163,9 +143,9 @@ pub async fn for_order(
 pub async fn reopen(conn: &mut AsyncPgConnection, order_id: i64, actor: &str) -> QueryResult<bool> {
     diesel::update(refunds::table)
         .filter(refunds::order_id.eq(order_id))
-        .filter(refunds::status.eq(RefundStatus::Failed.as_str()))
+        .filter(refunds::status.eq(RefundStatus::Failed))
         .set((
-            refunds::status.eq(RefundStatus::Requested.as_str()),
+            refunds::status.eq(RefundStatus::Requested),
             refunds::requested_by.eq(actor),
             refunds::updated_at.eq(diesel::dsl::now),
         ))
@@ -186,9 +166,9 @@ pub async fn record_attempt(
 ) -> QueryResult<bool> {
     diesel::update(refunds::table)
         .filter(refunds::order_id.eq(order_id))
-        .filter(refunds::status.eq(RefundStatus::Requested.as_str()))
+        .filter(refunds::status.eq(RefundStatus::Requested))
         .set((
-            refunds::status.eq(status.as_str()),
+            refunds::status.eq(status),
             refunds::attempts.eq(refunds::attempts + 1),
             refunds::last_error.eq(last_error),
             refunds::gateway_answer.eq(gateway_answer),
@@ -202,7 +182,7 @@ pub async fn record_attempt(
 /// Refunds not yet succeeded, oldest first.
 pub async fn open(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<RefundRow>> {
     refunds::table
-        .filter(refunds::status.ne(RefundStatus::Succeeded.as_str()))
+        .filter(refunds::status.ne(RefundStatus::Succeeded))
         .order(refunds::created_at.asc())
         .limit(limit)
         .select(RefundRow::as_select())
