@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use order_closer::closer::{Cancelled, ChangeError};
 use order_closer::order::OrderStatus;
-use order_closer::sim::SimTradeStatus;
+use order_closer::sim::{FaultKind, SimTradeStatus};
 
 use common::TestEnv;
 
@@ -124,6 +124,56 @@ async fn a_cancel_runs_the_deadline_decision_at_once_in_each_gateway_state() {
     assert_eq!(count(&waiting, "order.closed"), 1);
     assert_eq!(count(&paid, "order.paid"), 1);
     assert_eq!(count(&expired, "order.closed"), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_meeting_a_gateway_error_is_retried_and_the_caller_told_how_it_ended() {
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(4, 8);
+    let hour = Duration::from_secs(3600);
+    // The first query answers 502, then the gateway is healthy: one retry step (1 s in
+    // the tests), then the trade is closed at the gateway first.
+    let flaky = env.no("flaky");
+    let a = env.create(&flaky, 800, hour).await;
+    env.buyers.scan(&flaky, 800).await.unwrap();
+    env.buyers
+        .fail_next(&flaky, FaultKind::Http502, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.closer.cancel_order(&flaky).await.unwrap(),
+        Cancelled::Closed
+    );
+    assert_eq!(
+        outcomes(&trail(&env, a.id).await),
+        vec!["cancel_requested", "retry", "closed"]
+    );
+    let trade = env.buyers.trade(&flaky).await.unwrap().unwrap();
+    assert_eq!(trade.status, SimTradeStatus::TradeClosed);
+
+    // A gateway that keeps failing: the cancel stays requested (the caller is told it is
+    // pending) and the order stays NEW; it is decided once the gateway answers.
+    let down = env.no("down");
+    let b = env.create(&down, 900, hour).await;
+    env.buyers.scan(&down, 900).await.unwrap();
+    env.buyers
+        .fail_next(&down, FaultKind::Busy20000, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.closer
+            .cancel_order_within(&down, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        Cancelled::Pending
+    );
+    let closed = env.settled(&down, Duration::from_secs(20)).await;
+    assert_eq!(closed.status(), OrderStatus::Closed);
+    assert_eq!(
+        outcomes(&trail(&env, b.id).await),
+        vec!["cancel_requested", "retry", "retry", "closed"]
+    );
     env.cleanup().await;
 }
 

@@ -507,6 +507,50 @@ async fn orders_extend_and_cancel_from_the_shell() {
         "{}",
         text(&out.stdout)
     );
+
+    // The buyer scans the QR code shown before the cancel (it had no expiry) and pays
+    // the closed order: a dry run says what would be refunded and changes nothing; the
+    // refund itself is requested, sent by the worker, and a second request is a no-op.
+    env.buyers.scan_and_pay(&no, 990).await.unwrap();
+    let out = run(
+        &vars,
+        &["reconcile", "anomalies", "--refund", &no, "--dry-run"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("dry run: the gateway reports 9.90 paid")
+            && text(&out.stdout).contains("would refund 9.90"),
+        "{}",
+        text(&out.stdout)
+    );
+    let trade = || async { env.buyers.trade(&no).await.unwrap().unwrap() };
+    assert!(
+        trade().await.refunds.is_empty(),
+        "a dry run refunds nothing"
+    );
+    let out = run(&vars, &["reconcile", "anomalies", "--refund", &no]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("refund of 9.90 requested"),
+        "{}",
+        text(&out.stdout)
+    );
+    let refunded = common::eventually(std::time::Duration::from_secs(20), || async {
+        (trade().await.refunds.len() == 1).then_some(())
+    })
+    .await;
+    assert!(refunded.is_some(), "the worker sent the refund");
+    let settled = common::eventually(std::time::Duration::from_secs(20), || async {
+        let out = run(&vars, &["reconcile", "anomalies", "--refund", &no]).await;
+        text(&out.stdout)
+            .contains("was refunded before")
+            .then_some(out)
+    })
+    .await;
+    let out = settled.expect("the refund is recorded as succeeded");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(trade().await.refunds.len(), 1, "refunded once");
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }

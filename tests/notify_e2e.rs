@@ -12,10 +12,13 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use order_closer::db::{self, schema::anomalies};
+use order_closer::gateway::GatewayMethod;
 use order_closer::notify::NotifyOutcome;
+use order_closer::order::Order;
 use order_closer::order::OrderStatus;
-use order_closer::sim::{NotifyPlan, SimTradeView};
+use order_closer::sim::{NotifyPlan, SimTradeStatus, SimTradeView};
 
+use common::gateway::{HeldGateway, HoldAt};
 use common::tcp_proxy::TcpProxy;
 use common::{TestEnv, eventually};
 
@@ -83,7 +86,7 @@ async fn trade(env: &TestEnv, no: &str) -> SimTradeView {
 async fn a_delivered_callback_pays_at_once_and_the_deadline_costs_no_gateway_call() {
     let mut env = TestEnv::new(&[]).await;
     let worker = env.start_worker(8, 16);
-    let _notify = env.start_notify().await;
+    let endpoint = env.start_notify().await;
     let no = env.no("delivered");
     let order = env.create(&no, 1234, Duration::from_secs(6)).await;
     env.buyers.scan_and_pay(&no, 1234).await.unwrap();
@@ -93,6 +96,11 @@ async fn a_delivered_callback_pays_at_once_and_the_deadline_costs_no_gateway_cal
     assert!(Utc::now() < order.deadline, "PAID long before the deadline");
     let trail = audit(&env, order.id).await;
     assert_eq!(trail, vec![("notify:test".into(), "paid".into())]);
+    let text = endpoint.notifier.metrics().render();
+    assert!(
+        text.contains("order_closer_payment_to_paid_seconds_count 1"),
+        "one payment-to-PAID observation: {text}"
+    );
 
     // At the deadline the close message finds the order settled: acked, no gateway call.
     let settled = eventually(Duration::from_secs(20), || async {
@@ -149,54 +157,128 @@ async fn ten_copies_at_once_give_one_decision_and_one_event() {
     env.cleanup().await;
 }
 
+/// The buyer pays while the worker closes: the close is refused and the worker asks again.
+/// The worker is held just before that second query, so the race is run in each order of
+/// arrival on purpose rather than left to chance.
+async fn racing_payment(env: &mut TestEnv, name: &str) -> (String, Order, HeldHandles) {
+    let (worker, held) = env.start_held_worker();
+    let no = env.no(name);
+    let order = env.create(&no, 500, Duration::from_secs(1)).await;
+    env.buyers.scan(&no, 500).await.unwrap();
+    env.buyers.pay_on_close(&no).await.unwrap();
+    (no, order, HeldHandles { worker, held })
+}
+
+struct HeldHandles {
+    worker: common::Observed,
+    held: std::sync::Arc<HeldGateway>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_notification_racing_the_deadline_decision_ends_as_the_gateway_says() {
+async fn a_notification_arriving_before_the_workers_second_query_wins_and_the_worker_finds_it_paid()
+{
     let mut env = TestEnv::new(&[]).await;
-    env.start_worker(8, 16);
-    let _notify = env.start_notify().await;
+    let endpoint = env.start_notify().await;
+    env.quiet_notifications();
+    let (no, order, h) = racing_payment(&mut env, "notify-first").await;
+    let hold = h.held.hold(GatewayMethod::Query, 2, HoldAt::Before);
+    tokio::time::timeout(Duration::from_secs(20), hold.reached)
+        .await
+        .expect("the worker reached its second query")
+        .unwrap();
 
-    // The buyer pays while we close: the close is refused, the worker asks again, and the
-    // notification of the same payment arrives at the same moment.
-    let racing = env.no("racing");
-    let a = env.create(&racing, 500, Duration::from_secs(2)).await;
-    env.buyers.scan(&racing, 500).await.unwrap();
-    env.buyers.pay_on_close(&racing).await.unwrap();
-    // Our close first: the trade is closed at the gateway, the buyer can no longer pay,
-    // so no notification and no anomaly.
-    let closed_first = env.no("closed-first");
-    let b = env.create(&closed_first, 700, Duration::from_secs(2)).await;
-    env.buyers.scan(&closed_first, 700).await.unwrap();
+    // The close was refused because the buyer paid; its notification lands now.
+    let paid = trade(&env, &no).await;
+    assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
+    let (status, body) = post(&endpoint.url, FORM, env.notification(&paid)).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+    assert_eq!(env.order(&no).await.status(), OrderStatus::Paid);
 
-    let a_final = env.settled(&racing, Duration::from_secs(20)).await;
-    let b_final = env.settled(&closed_first, Duration::from_secs(20)).await;
-    assert_eq!(a_final.status(), OrderStatus::Paid);
-    assert_eq!(b_final.status(), OrderStatus::Closed);
-    assert!(
-        env.buyers.pay(&closed_first).await.is_err(),
-        "closed: unpayable"
-    );
-    // Let the racing notification land (it may come after the worker's decision).
-    let acknowledged = eventually(Duration::from_secs(10), || async {
-        let stats = env.buyers.notify_stats().await.ok()?;
-        (stats.acknowledged >= 1).then_some(())
+    // The worker goes on: the gateway says paid, its guarded update finds PAID.
+    hold.release.send(()).unwrap();
+    let lost = eventually(Duration::from_secs(20), || async {
+        h.worker
+            .metrics
+            .render()
+            .contains("order_closer_decisions_total{outcome=\"lost_race\"} 1")
+            .then_some(())
     })
     .await;
-    assert!(acknowledged.is_some());
+    assert!(lost.is_some(), "{}", h.worker.metrics.render());
     assert_eq!(
-        audit(&env, a.id).await.len(),
-        1,
-        "one decision, whoever won"
+        audit(&env, order.id).await,
+        vec![("notify:test".into(), "paid".into())],
+        "one decision: the notification's"
     );
-    assert_eq!(
-        trade(&env, &racing).await.status,
-        order_closer::sim::SimTradeStatus::TradeSuccess
-    );
-    assert!(anomaly_kinds(&env, &racing).await.is_empty());
-    assert!(anomaly_kinds(&env, &closed_first).await.is_empty());
-    assert_eq!(audit(&env, b.id).await.len(), 1);
+    assert!(anomaly_kinds(&env, &no).await.is_empty());
     let events = env.drain_events().await;
-    assert_eq!(count(&events, &racing, "order.paid"), 1);
-    assert_eq!(count(&events, &closed_first, "order.closed"), 1);
+    assert_eq!(count(&events, &no, "order.paid"), 1);
+    assert_eq!(events.len(), 1);
+    let text = endpoint.notifier.metrics().render();
+    assert_eq!(outcomes(&text, NotifyOutcome::Paid), 1, "{text}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notification_arriving_after_the_workers_decision_is_already_paid() {
+    let mut env = TestEnv::new(&[]).await;
+    let endpoint = env.start_notify().await;
+    env.quiet_notifications();
+    let (no, order, _h) = racing_payment(&mut env, "worker-first").await;
+    let decided = env.settled(&no, Duration::from_secs(20)).await;
+    assert_eq!(decided.status(), OrderStatus::Paid);
+
+    let paid = trade(&env, &no).await;
+    let (status, body) = post(&endpoint.url, FORM, env.notification(&paid)).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+    assert_eq!(
+        audit(&env, order.id).await,
+        vec![("test-worker-held".into(), "paid".into())],
+        "one decision: the worker's"
+    );
+    assert!(anomaly_kinds(&env, &no).await.is_empty());
+    let events = env.drain_events().await;
+    assert_eq!(count(&events, &no, "order.paid"), 1);
+    let text = endpoint.notifier.metrics().render();
+    assert_eq!(outcomes(&text, NotifyOutcome::AlreadyPaid), 1, "{text}");
+    assert_eq!(outcomes(&text, NotifyOutcome::Paid), 0, "{text}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_our_gateway_close_comes_first_the_buyer_cannot_pay_and_there_is_no_anomaly() {
+    let mut env = TestEnv::new(&[]).await;
+    let _endpoint = env.start_notify().await;
+    let (worker, held) = env.start_held_worker();
+    let no = env.no("closed-first");
+    let order = env.create(&no, 700, Duration::from_secs(1)).await;
+    env.buyers.scan(&no, 700).await.unwrap();
+    // Held after the gateway closed the trade, before the local close commits: the buyer
+    // tries to pay in exactly that window.
+    let hold = held.hold(GatewayMethod::Close, 1, HoldAt::After);
+    tokio::time::timeout(Duration::from_secs(20), hold.reached)
+        .await
+        .expect("the worker closed the trade at the gateway")
+        .unwrap();
+    assert_eq!(env.order(&no).await.status(), OrderStatus::New);
+    assert!(env.buyers.pay(&no).await.is_err(), "closed: unpayable");
+    hold.release.send(()).unwrap();
+
+    let closed = env.settled(&no, Duration::from_secs(20)).await;
+    assert_eq!(closed.status(), OrderStatus::Closed);
+    assert_eq!(
+        closed.close_reason.as_deref(),
+        Some("deadline_closed_by_us")
+    );
+    assert_eq!(trade(&env, &no).await.status, SimTradeStatus::TradeClosed);
+    assert_eq!(audit(&env, order.id).await.len(), 1);
+    assert!(anomaly_kinds(&env, &no).await.is_empty());
+    let stats = env.buyers.notify_stats().await.unwrap();
+    assert_eq!(stats.notifications, 0, "no payment, no notification");
+    let events = env.drain_events().await;
+    assert_eq!(count(&events, &no, "order.closed"), 1);
+    assert_eq!(events.len(), 1);
+    drop(worker);
     env.cleanup().await;
 }
 
@@ -295,9 +377,9 @@ async fn bad_notifications_each_get_a_named_outcome() {
     let url = endpoint.url.clone();
     let queries = || async { env.buyers.stats().await.unwrap().queries };
 
-    // Oversized: 413 before anything is read.
-    let (status, _) = post(&url, FORM, vec![b'a'; 65 * 1024]).await;
-    assert_eq!(status, 413);
+    // Oversized: 413 before anything is read, in Alipay's reply format, counted.
+    let (status, body) = post(&url, FORM, vec![b'a'; 65 * 1024]).await;
+    assert_eq!((status, body.as_str()), (413, "fail"));
     // Not a form.
     let (status, body) = post(&url, "application/json", "{\"out_trade_no\":\"X\"}").await;
     assert_eq!((status, body.as_str()), (400, "fail"));
@@ -398,8 +480,8 @@ async fn bad_notifications_each_get_a_named_outcome() {
     assert_eq!(queries().await, before);
     assert_eq!(env.order(&refunded).await.status(), OrderStatus::Paid);
 
-    // A replay days later of a genuine "paid" for an order closed since: too old to be
-    // believed, so the gateway is asked; it knows no payment, nothing changes.
+    // A replay days later of a "paid" for an order still waiting: too old to be believed,
+    // so the gateway is asked; it knows no payment, nothing changes.
     let replayed = env.no("replayed");
     let order = env.create(&replayed, 600, Duration::from_secs(60)).await;
     let waiting = env.buyers.scan(&replayed, 600).await.unwrap();
@@ -423,11 +505,64 @@ async fn bad_notifications_each_get_a_named_outcome() {
     assert!(anomaly_kinds(&env, &replayed).await.is_empty());
 
     let text = endpoint.notifier.metrics().render();
-    assert_eq!(outcomes(&text, NotifyOutcome::Rejected), 4, "{text}");
+    assert_eq!(outcomes(&text, NotifyOutcome::Rejected), 5, "{text}");
     assert_eq!(outcomes(&text, NotifyOutcome::UnknownOrder), 2, "{text}");
     assert_eq!(outcomes(&text, NotifyOutcome::Queried), 4, "{text}");
     assert_eq!(outcomes(&text, NotifyOutcome::Paid), 1, "{text}");
     assert_eq!(outcomes(&text, NotifyOutcome::AlreadyPaid), 1, "{text}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(4, 8);
+    let endpoint = env.start_notify().await;
+    env.quiet_notifications();
+    let no = env.no("closed-since");
+    let order = env.create(&no, 600, Duration::from_secs(1)).await;
+    let waiting = env.buyers.scan(&no, 600).await.unwrap();
+    let closed = env.settled(&no, Duration::from_secs(20)).await;
+    assert_eq!(closed.status(), OrderStatus::Closed);
+
+    // A correctly signed "paid" from three days ago (as if captured then): too old to be
+    // believed, so only a hint. The gateway, asked, says the trade is closed: the order
+    // stays CLOSED, no anomaly, and the reply stops the resends.
+    let days_ago = Utc::now() - chrono::Duration::days(3);
+    let replay = order_closer::sim::notification_form(
+        &env.sim_key,
+        &env.alipay.app_id,
+        &SimTradeView {
+            status: SimTradeStatus::TradeSuccess,
+            paid_at: Some(days_ago),
+            ..waiting
+        },
+        "replayed",
+        days_ago,
+    )
+    .unwrap();
+    let before = env.buyers.stats().await.unwrap().queries;
+    let (status, body) = post(&endpoint.url, FORM, replay.clone()).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+    assert_eq!(env.buyers.stats().await.unwrap().queries, before + 1);
+    // The same replay again at once: within the hint spacing, no second query.
+    let (status, _) = post(&endpoint.url, FORM, replay).await;
+    assert_eq!(status, 429);
+    assert_eq!(env.buyers.stats().await.unwrap().queries, before + 1);
+
+    let after = env.order(&no).await;
+    assert_eq!(after.status(), OrderStatus::Closed);
+    assert_eq!(after.closed_at, closed.closed_at);
+    assert_eq!(
+        audit(&env, order.id).await.len(),
+        1,
+        "the close, nothing more"
+    );
+    assert!(anomaly_kinds(&env, &no).await.is_empty());
+    let text = endpoint.notifier.metrics().render();
+    assert_eq!(outcomes(&text, NotifyOutcome::Queried), 1, "{text}");
+    assert_eq!(outcomes(&text, NotifyOutcome::Rejected), 1, "{text}");
+    assert_eq!(outcomes(&text, NotifyOutcome::PaidAfterClose), 0, "{text}");
     env.cleanup().await;
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use order_closer::db::refunds::RefundProgress;
 use order_closer::db::{self, refunds};
 use order_closer::decide::refund::RefundRequestResult;
 use order_closer::notify::NotifyOutcome;
@@ -21,6 +22,19 @@ fn count(events: &[serde_json::Value], no: &str, event: &str) -> usize {
         .iter()
         .filter(|e| e["out_trade_no"] == no && e["event"] == event)
         .count()
+}
+
+/// `order_closer_refunds_total{outcome}` in a metrics text.
+fn refunds_counted(metrics: &str, progress: RefundProgress) -> u64 {
+    let needle = format!(
+        "order_closer_refunds_total{{outcome=\"{}\"}} ",
+        progress.as_str()
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn refund_row(env: &TestEnv, order_id: i64) -> Option<refunds::RefundRow> {
@@ -60,7 +74,7 @@ async fn under_refund_a_payment_after_close_is_refunded_once_even_when_the_refun
         ("ALIPAY_TIMEOUT", "1s"),
     ])
     .await;
-    env.start_worker(4, 8);
+    let worker = env.start_worker(4, 8);
     let endpoint = env.start_notify().await;
     let no = env.no("late");
     let order = env.create(&no, 1500, Duration::from_secs(1)).await;
@@ -99,6 +113,26 @@ async fn under_refund_a_payment_after_close_is_refunded_once_even_when_the_refun
         outcomes(&env, order.id).await,
         vec!["closed", "refund_requested", "refund_retry", "refunded"]
     );
+    // Counted where each step happened: requested by the endpoint, sent by the worker.
+    let notified = endpoint.notifier.metrics().render();
+    assert_eq!(
+        refunds_counted(&notified, RefundProgress::Requested),
+        1,
+        "{notified}"
+    );
+    let worked = worker.metrics.render();
+    for (progress, n) in [
+        (RefundProgress::Requested, 0),
+        (RefundProgress::Retried, 1),
+        (RefundProgress::Succeeded, 1),
+        (RefundProgress::Failed, 0),
+    ] {
+        assert_eq!(
+            refunds_counted(&worked, progress),
+            n,
+            "{progress:?}: {worked}"
+        );
+    }
     // The gateway's TRADE_CLOSED notification after the full refund only makes us ask
     // the gateway, which confirms the trade is closed: nothing changes.
     let asked = eventually(Duration::from_secs(15), || async {
@@ -204,7 +238,7 @@ async fn under_hold_an_operator_refunds_on_request_and_bad_requests_are_named() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() {
     let mut env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
-    env.start_worker(4, 8);
+    let worker = env.start_worker(4, 8);
     let _notify = env.start_notify().await;
     let no = env.no("busy");
     let order = env.create(&no, 700, Duration::from_secs(1)).await;
@@ -238,6 +272,22 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
             .refunds
             .is_empty()
     );
+    let worked = worker.metrics.render();
+    assert_eq!(
+        refunds_counted(&worked, RefundProgress::Retried),
+        3,
+        "{worked}"
+    );
+    assert_eq!(
+        refunds_counted(&worked, RefundProgress::Failed),
+        1,
+        "{worked}"
+    );
+    assert_eq!(
+        refunds_counted(&worked, RefundProgress::Succeeded),
+        0,
+        "{worked}"
+    );
     // The operator's list shows it until it succeeds.
     let listed = open_refunds(&env).await;
     assert_eq!(listed.len(), 1);
@@ -257,6 +307,12 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
         1
     );
     assert!(open_refunds(&env).await.is_empty());
+    let worked = worker.metrics.render();
+    assert_eq!(
+        refunds_counted(&worked, RefundProgress::Succeeded),
+        1,
+        "{worked}"
+    );
     let events = env.drain_events().await;
     assert_eq!(count(&events, &no, "order.refund_failed"), 1);
     assert_eq!(count(&events, &no, "order.refunded"), 1);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,9 +30,18 @@ async fn notify(
     State(notifier): State<Arc<Notifier>>,
     Path(channel): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let reply = notifier.handle(&channel, &headers, &body).await;
+    let reply = match body {
+        Ok(body) => notifier.handle(&channel, &headers, &body).await,
+        // Over the limit (or a body that could not be read): refused with its status and
+        // counted like every other refusal, nothing read.
+        Err(rejection) => notifier.refuse_unread(
+            &channel,
+            rejection.status().as_u16(),
+            &rejection.body_text(),
+        ),
+    };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, reply.body).into_response();
     response.headers_mut().insert(

@@ -120,35 +120,64 @@ impl Notifier {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Handled {
-        let shown: String = channel.chars().take(32).collect();
-        let span = info_span!("notify", channel = %shown, out_trade_no = tracing::field::Empty);
+        let span = span(channel);
         let handled = self
             .handle_inner(channel, headers, body)
             .instrument(span.clone())
             .await;
-        self.metrics.notification(handled.outcome);
-        span.in_scope(|| match handled.outcome {
-            NotifyOutcome::Rejected | NotifyOutcome::DatabaseUnavailable => {
-                warn!(outcome = %handled.outcome, detail = %handled.detail, status = handled.reply.status, "notification not applied")
-            }
-            _ => info!(outcome = %handled.outcome, detail = %handled.detail, "notification handled"),
-        });
+        span.in_scope(|| self.record(&handled));
         handled
     }
 
+    /// Counts and logs what became of one notification.
+    fn record(&self, handled: &Handled) {
+        self.metrics.notification(handled.outcome);
+        match handled.outcome {
+            NotifyOutcome::Rejected | NotifyOutcome::DatabaseUnavailable => {
+                warn!(outcome = %handled.outcome, detail = %handled.detail, status = handled.reply.status, "notification not applied")
+            }
+            _ => {
+                info!(outcome = %handled.outcome, detail = %handled.detail, "notification handled")
+            }
+        }
+    }
+
+    /// A request whose body was not read (over [`MAX_BODY_BYTES`], or cut off): refused
+    /// with `status` in the channel's own reply format, and counted as rejected.
+    pub fn refuse_unread(&self, channel: &str, status: u16, why: &str) -> Reply {
+        let handled = match self.verifier(channel) {
+            Ok(v) => done(NotifyOutcome::Rejected, v.refuse(status), why.to_owned()),
+            Err(no_channel) => no_channel,
+        };
+        span(channel).in_scope(|| self.record(&handled));
+        handled.reply
+    }
+
+    fn verifier(&self, channel: &str) -> Result<&Arc<dyn NotifyVerifier>, Handled> {
+        self.verifiers.get(channel).ok_or_else(|| Handled {
+            outcome: NotifyOutcome::Rejected,
+            reply: Reply {
+                status: 404,
+                content_type: "text/plain",
+                body: "no such channel".into(),
+            },
+            detail: "no verifier for this channel".into(),
+        })
+    }
+
     async fn handle_inner(&self, channel: &str, headers: &HeaderMap, body: &[u8]) -> Handled {
-        let Some(verifier) = self.verifiers.get(channel).cloned() else {
-            return Handled {
-                outcome: NotifyOutcome::Rejected,
-                reply: Reply {
-                    status: 404,
-                    content_type: "text/plain",
-                    body: "no such channel".into(),
-                },
-                detail: "no verifier for this channel".into(),
-            };
+        let verifier = match self.verifier(channel) {
+            Ok(v) => Arc::clone(v),
+            Err(no_channel) => return no_channel,
         };
         let v = verifier.as_ref();
+        if body.len() > MAX_BODY_BYTES {
+            return done(
+                NotifyOutcome::Rejected,
+                v.refuse(413),
+                format!("a body of {} bytes, over {MAX_BODY_BYTES}", body.len()),
+            );
+        }
         let notice = match v.read(headers, body) {
             Ok(notice) => notice,
             Err(e) => return done(NotifyOutcome::Rejected, v.refuse(400), e.to_string()),
@@ -388,6 +417,12 @@ fn trusted_payment<'a>(
         )),
         other => Err(format!("it reports {other:?}, which we do not act on")),
     }
+}
+
+/// The span of one notification; the channel name comes from the URL, so it is cut short.
+fn span(channel: &str) -> tracing::Span {
+    let shown: String = channel.chars().take(32).collect();
+    info_span!("notify", channel = %shown, out_trade_no = tracing::field::Empty)
 }
 
 fn done(outcome: NotifyOutcome, reply: Reply, detail: String) -> Handled {

@@ -7,7 +7,9 @@
 //!
 //! Its own faults: a notification can be dropped (none of its sends happen: the
 //! "callback lost" buyer), delayed (a fixed delay plus a random jitter, which also
-//! reorders notifications), or duplicated (two copies, each with its own resends).
+//! reorders notifications at random), duplicated (two copies, each with its own resends),
+//! or reordered on purpose ([`NotifyPlan::reorder`]: notifications go out in groups, each
+//! group last payment first, so a test can count on the order of arrival).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,10 +65,24 @@ pub struct NotifyPlan {
     /// A random extra delay up to this, in ms (reorders notifications).
     #[serde(default)]
     pub delay_jitter_ms: u64,
+    /// Reorders on purpose: notifications are held in groups of this many and each
+    /// group is sent last payment first, one after another (0 or 1: no reordering). A
+    /// group still short after `reorder_wait_ms` goes out as it stands, also reversed.
+    #[serde(default)]
+    pub reorder: u32,
+    /// How long a short reorder group waits for more, in ms (default 1000).
+    #[serde(default)]
+    pub reorder_wait_ms: Option<u64>,
     /// Seed of the draws (a fixed seed repeats them).
     #[serde(default)]
     pub seed: Option<u64>,
 }
+
+/// Largest reorder group.
+pub const MAX_REORDER: u32 = 1000;
+
+/// How long a short reorder group waits for more when the plan does not say.
+const DEFAULT_REORDER_WAIT: Duration = Duration::from_secs(1);
 
 fn one() -> f64 {
     1.0
@@ -81,6 +97,8 @@ impl Default for NotifyPlan {
             duplicate_rate: 0.0,
             delay_ms: 0,
             delay_jitter_ms: 0,
+            reorder: 0,
+            reorder_wait_ms: None,
             seed: None,
         }
     }
@@ -120,10 +138,17 @@ impl NotifyPlan {
         for (name, ms) in [
             ("delay_ms", self.delay_ms),
             ("delay_jitter_ms", self.delay_jitter_ms),
+            ("reorder_wait_ms", self.reorder_wait_ms.unwrap_or(0)),
         ] {
             if ms > MAX_FAULT_MS {
                 return Err(format!("{name} {ms} must be at most {MAX_FAULT_MS}"));
             }
+        }
+        if self.reorder > MAX_REORDER {
+            return Err(format!(
+                "reorder {} must be at most {MAX_REORDER}",
+                self.reorder
+            ));
         }
         Ok(())
     }
@@ -146,6 +171,26 @@ pub struct NotifyStats {
     pub refused: u64,
     /// Copies that got no `success` after every resend.
     pub gave_up: u64,
+    /// Notifications sent out of payment order on purpose (`reorder`).
+    #[serde(default)]
+    pub reordered: u64,
+}
+
+/// A notification waiting for its reorder group to fill.
+#[derive(Debug)]
+struct Held {
+    url: String,
+    trade: SimTradeView,
+    duplicate: bool,
+    time_factor: f64,
+}
+
+/// The reorder group being filled; `generation` tells a short group's timer whether its
+/// group is still the one waiting.
+#[derive(Debug, Default)]
+struct ReorderGroup {
+    held: Vec<Held>,
+    generation: u64,
 }
 
 /// Sends the notifications of one simulator.
@@ -159,6 +204,7 @@ pub struct SimNotifier {
     http: reqwest::Client,
     stop: CancellationToken,
     ids: AtomicU64,
+    group: Mutex<ReorderGroup>,
 }
 
 impl SimNotifier {
@@ -182,6 +228,7 @@ impl SimNotifier {
                 .unwrap_or_default(),
             stop,
             ids: AtomicU64::new(1),
+            group: Mutex::new(ReorderGroup::default()),
         })
     }
 
@@ -258,18 +305,90 @@ impl SimNotifier {
         if drop || !self.pause(Duration::from_millis(delay)).await {
             return;
         }
+        let held = Held {
+            url,
+            trade,
+            duplicate,
+            time_factor: plan.time_factor,
+        };
+        if plan.reorder >= 2 {
+            let wait = plan
+                .reorder_wait_ms
+                .map_or(DEFAULT_REORDER_WAIT, Duration::from_millis);
+            self.hold_for_reorder(held, plan.reorder as usize, wait)
+                .await;
+        } else {
+            self.send(held).await;
+        }
+    }
+
+    /// Sends one notification (and its duplicate); returns once its first send is
+    /// answered, its resends going on in the background.
+    async fn send(self: &Arc<Self>, held: Held) {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let notify_id = format!("sim{id:012}");
-        if duplicate {
-            tokio::spawn(Arc::clone(&self).send_with_resends(
-                url.clone(),
-                trade.clone(),
+        let copies = if held.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            let (first_done, first) = tokio::sync::oneshot::channel();
+            tokio::spawn(Arc::clone(self).send_with_resends(
+                held.url.clone(),
+                held.trade.clone(),
                 notify_id.clone(),
-                plan.time_factor,
+                held.time_factor,
+                first_done,
             ));
+            let _ = first.await;
         }
-        self.send_with_resends(url, trade, notify_id, plan.time_factor)
-            .await;
+    }
+
+    /// Adds a notification to the reorder group; a full group is sent last payment first.
+    /// The first of a group starts the timer that sends the group if it stays short.
+    async fn hold_for_reorder(self: Arc<Self>, held: Held, size: usize, wait: Duration) {
+        let (full, timer) = {
+            let Ok(mut group) = self.group.lock() else {
+                return;
+            };
+            group.held.push(held);
+            if group.held.len() >= size {
+                group.generation += 1;
+                (Some(std::mem::take(&mut group.held)), None)
+            } else if group.held.len() == 1 {
+                (None, Some(group.generation))
+            } else {
+                (None, None)
+            }
+        };
+        if let Some(generation) = timer {
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                if !me.pause(wait).await {
+                    return;
+                }
+                let short = me.group.lock().ok().and_then(|mut group| {
+                    (group.generation == generation).then(|| {
+                        group.generation += 1;
+                        std::mem::take(&mut group.held)
+                    })
+                });
+                if let Some(short) = short {
+                    me.send_reversed(short).await;
+                }
+            });
+        }
+        if let Some(full) = full {
+            self.send_reversed(full).await;
+        }
+    }
+
+    /// Sends a group last payment first, each one's first send answered before the next.
+    async fn send_reversed(self: &Arc<Self>, group: Vec<Held>) {
+        let n = group.len() as u64;
+        if n >= 2 {
+            self.count(|s| s.reordered += n);
+        }
+        for held in group.into_iter().rev() {
+            self.send(held).await;
+        }
     }
 
     async fn send_with_resends(
@@ -278,7 +397,9 @@ impl SimNotifier {
         trade: SimTradeView,
         notify_id: String,
         time_factor: f64,
+        first_done: tokio::sync::oneshot::Sender<()>,
     ) {
+        let mut first_done = Some(first_done);
         let waits = std::iter::once(Duration::ZERO).chain(RESEND_SCHEDULE);
         for wait in waits {
             if !self.pause(wait.mul_f64(time_factor)).await {
@@ -304,6 +425,10 @@ impl SimNotifier {
                 }
                 _ => false,
             };
+            // The first send is answered: the next notification of a group may go.
+            if let Some(done) = first_done.take() {
+                let _ = done.send(());
+            }
             if acknowledged {
                 self.count(|s| s.acknowledged += 1);
                 return;

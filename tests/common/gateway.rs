@@ -4,8 +4,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
 use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
+use order_closer::gateway::{
+    CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, RefundAnswer, RefundRequest,
+};
 use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
+use tokio::sync::oneshot;
 
 /// The app id the simulator accepts in these tests.
 pub const APP_ID: &str = "2021000000000077";
@@ -50,4 +58,118 @@ pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
     let client = AlipayClient::new(config).unwrap();
     let buyer = BuyerClient::new(sim.base_url()).unwrap();
     GatewayEnv { sim, buyer, client }
+}
+
+/// Where a [`HeldGateway`] holds a call: before it reaches the gateway, or after the
+/// gateway applied it and before its answer is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldAt {
+    Before,
+    After,
+}
+
+/// One armed hold: the `nth` call (from 1) of `method` waits at `at` until released.
+struct Hold {
+    method: GatewayMethod,
+    nth: usize,
+    at: HoldAt,
+    reached: Option<oneshot::Sender<()>>,
+    release: Option<oneshot::Receiver<()>>,
+}
+
+/// The test's side of a hold: `reached` resolves when the call is held; sending on
+/// `release` lets it go on.
+pub struct HoldHandle {
+    pub reached: oneshot::Receiver<()>,
+    pub release: oneshot::Sender<()>,
+}
+
+/// A gateway that forwards every call and can hold one chosen call, so that a test puts
+/// another actor (a notification, a buyer) exactly between two steps of a decision,
+/// instead of hoping a race falls one way.
+pub struct HeldGateway {
+    inner: Arc<dyn Gateway>,
+    calls: Mutex<HashMap<&'static str, usize>>,
+    hold: Mutex<Option<Hold>>,
+}
+
+impl HeldGateway {
+    pub fn new(inner: Arc<dyn Gateway>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            calls: Default::default(),
+            hold: Default::default(),
+        })
+    }
+
+    /// Holds the `nth` call of `method` at `at`.
+    pub fn hold(&self, method: GatewayMethod, nth: usize, at: HoldAt) -> HoldHandle {
+        let (reached_tx, reached) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel();
+        *self.hold.lock().unwrap() = Some(Hold {
+            method,
+            nth,
+            at,
+            reached: Some(reached_tx),
+            release: Some(release_rx),
+        });
+        HoldHandle { reached, release }
+    }
+
+    /// The hold this call meets at `at`, if any.
+    fn take(
+        &self,
+        method: GatewayMethod,
+        n: usize,
+        at: HoldAt,
+    ) -> Option<(oneshot::Sender<()>, oneshot::Receiver<()>)> {
+        let mut hold = self.hold.lock().unwrap();
+        let h = hold.as_mut()?;
+        if h.method != method || h.nth != n || h.at != at {
+            return None;
+        }
+        let taken = (h.reached.take()?, h.release.take()?);
+        *hold = None;
+        Some(taken)
+    }
+
+    async fn wait(&self, method: GatewayMethod, n: usize, at: HoldAt) {
+        if let Some((reached, release)) = self.take(method, n, at) {
+            let _ = reached.send(());
+            let _ = release.await;
+        }
+    }
+
+    fn count(&self, method: GatewayMethod) -> usize {
+        let mut calls = self.calls.lock().unwrap();
+        let n = calls.entry(method.as_str()).or_default();
+        *n += 1;
+        *n
+    }
+
+    async fn around<T>(&self, method: GatewayMethod, call: impl Future<Output = T>) -> T {
+        let n = self.count(method);
+        self.wait(method, n, HoldAt::Before).await;
+        let answer = call.await;
+        self.wait(method, n, HoldAt::After).await;
+        answer
+    }
+}
+
+#[async_trait::async_trait]
+impl Gateway for HeldGateway {
+    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
+        let method = GatewayMethod::Query;
+        self.around(method, self.inner.query(out_trade_no)).await
+    }
+
+    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
+        let method = GatewayMethod::Close;
+        self.around(method, self.inner.close(out_trade_no)).await
+    }
+
+    async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+        let method = GatewayMethod::Refund;
+        self.around(method, self.inner.refund(request)).await
+    }
 }

@@ -610,3 +610,28 @@ impl TestEnv {
         self.run_worker(self.decider_with(alipay, "test-worker-custom"), config)
     }
 }
+
+impl TestEnv {
+    /// Starts an in-process worker whose gateway calls go through a [`gateway::HeldGateway`]
+    /// the test can stop at any one call.
+    pub fn start_held_worker(&mut self) -> (Observed, Arc<gateway::HeldGateway>) {
+        let gateways = Gateways::alipay(
+            self.alipay.clone(),
+            Some(sim::SIM_SELLER_ID.to_owned()),
+            self.settings.alipay.rate_limit,
+        )
+        .expect("alipay client");
+        let channel = order_closer::gateway::registry::ALIPAY;
+        let held = gateway::HeldGateway::new(Arc::clone(
+            gateways.get(channel).expect("the alipay gateway"),
+        ));
+        let decider = Decider::configured(
+            self.pool.clone(),
+            gateways.with(channel, held.clone()),
+            &self.settings,
+            "test-worker-held",
+        );
+        let config = WorkerConfig::from_settings(&self.settings);
+        (self.run_worker(decider, config), held)
+    }
+}
