@@ -24,7 +24,8 @@ async fn main() -> anyhow::Result<()> {
     // 1. The simple call: our order row and its close schedule in one transaction,
     //    published after the commit.
     let created = closer
-        .create_order(NewOrder::alipay(
+        .create_order(NewOrder::new(
+            "alipay",
             format!("EXAMPLE-{suffix}-A"),
             1234,
             Due::After(Duration::from_secs(15 * 60)),
@@ -37,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Inside the shop's own transaction: the shop's rows and ours commit together.
     let mut conn = db::connect(settings.database_url.expose_secret()).await?;
-    let new = NewOrder::alipay(
+    let new = NewOrder::new(
+        "alipay",
         format!("EXAMPLE-{suffix}-B"),
         990,
         Due::After(Duration::from_secs(30 * 60)),

@@ -15,8 +15,8 @@
 //! - [`sim`]: a gateway simulator speaking Alipay's signed protocol.
 //!
 //! With `default-features = false` only the shop's part is built: [`closer`], the
-//! [`message`] and [`events`] contract, [`db`] (migrations included), [`broker`] and
-//! [`config`]. The features `worker`, `sim` and `cli` add the rest (all on by default).
+//! [`message`] and [`events`] contract, [`db`] (migrations included), [`broker`],
+//! [`config`] and each gateway's order rules ([`gateway::rules`]). The features `worker`, `sim` and `cli` add the rest (all on by default).
 
 // The shop's library (always built): the create API, the contract, the database and the
 // broker at the edges.
@@ -26,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod files;
+pub mod gateway;
 pub mod message;
 pub mod money;
 pub mod order;
@@ -40,8 +41,6 @@ pub mod bill;
 pub mod decide;
 #[cfg(feature = "worker")]
 pub mod decision;
-#[cfg(feature = "worker")]
-pub mod gateway;
 #[cfg(feature = "worker")]
 pub mod health;
 #[cfg(feature = "worker")]

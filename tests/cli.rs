@@ -275,7 +275,7 @@ async fn unusable_values_fail_at_start_up_naming_them() {
         (
             vars.clone(),
             "reconcile bill --date 2026-11-01 --channel nowhere",
-            "no bill comes from this channel (channels with a gateway: alipay)",
+            "no bill comes from this channel (channels with a bill: alipay)",
         ),
         (
             vars.clone(),
@@ -389,6 +389,7 @@ async fn secrets_never_print_and_can_come_from_files() {
     // error does not repeat it.
     let key = "-----BEGIN PRIVATE KEY-----\nU2VDckV0S2V5TWF0ZXJpYWw=\n-----END PRIVATE KEY-----";
     let public = dir.join("alipay_public.pem");
+    std::fs::write(&public, &env.vars["ALIPAY_PUBLIC_KEY"]).unwrap();
     let out = run(
         &vars,
         &[

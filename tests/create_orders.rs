@@ -25,7 +25,8 @@ async fn count_orders(env: &TestEnv, prefix: &str) -> i64 {
 fn batch(env: &TestEnv, prefix: &str, n: usize) -> Vec<NewOrder> {
     (0..n)
         .map(|i| {
-            NewOrder::alipay(
+            NewOrder::new(
+                "alipay",
                 env.no(&format!("{prefix}{i}")),
                 100 + i as i64,
                 Due::After(Duration::from_secs(3600)),
@@ -106,7 +107,7 @@ async fn a_batch_with_a_bad_or_duplicate_order_writes_nothing_and_names_it() {
     assert_eq!(count_orders(&env, "twice").await, 0);
 
     let too_many =
-        vec![NewOrder::alipay("x", 1, Due::After(Duration::from_secs(60))); MAX_BATCH + 1];
+        vec![NewOrder::new("alipay", "x", 1, Due::After(Duration::from_secs(60))); MAX_BATCH + 1];
     assert!(matches!(
         env.closer.create_orders(&too_many).await,
         Err(CreateError::Invalid(m)) if m.contains("at most")
@@ -145,7 +146,8 @@ async fn concurrent_creates_are_written_together_and_only_a_duplicate_fails() {
         let closer = env.closer.clone();
         tasks.spawn(async move {
             let result = closer
-                .create_order(NewOrder::alipay(
+                .create_order(NewOrder::new(
+                    "alipay",
                     &no,
                     100,
                     Due::After(Duration::from_secs(3600)),

@@ -104,9 +104,7 @@ async fn gateway_closed_trade_closes_locally() {
     env.create(&no, 700, Duration::from_secs(1)).await;
     env.buyers.scan(&no, 700).await.unwrap();
     // Someone (an earlier attempt, an operator) closed the trade at the gateway already.
-    let client = order_closer::gateway::alipay::AlipayClient::new(env.alipay.clone()).unwrap();
-    use order_closer::gateway::Gateway;
-    client.close(&no).await.unwrap();
+    env.gateway("alipay").close(&no).await.unwrap();
     env.start_worker(4, 4);
 
     let order = env.settled(&no, DECIDED_WITHIN).await;

@@ -157,7 +157,8 @@ async fn with_the_broker_unreachable_at_creation_the_relay_closes_the_order_late
 
     let no = env.no("outbox");
     let created = shop
-        .create_order(NewOrder::alipay(
+        .create_order(NewOrder::new(
+            "alipay",
             &no,
             100,
             Due::After(Duration::from_secs(1)),
@@ -171,7 +172,8 @@ async fn with_the_broker_unreachable_at_creation_the_relay_closes_the_order_late
     let no2 = env.no("nobroker");
     let offline = Closer::without_broker(env.pool.clone());
     let created = offline
-        .create_order(NewOrder::alipay(
+        .create_order(NewOrder::new(
+            "alipay",
             &no2,
             100,
             Due::After(Duration::from_secs(1)),
@@ -201,11 +203,12 @@ async fn an_answer_signed_with_the_wrong_key_is_not_believed() {
     env.buyers.scan(&no, 100).await.unwrap();
     env.buyers.pay(&no).await.unwrap();
 
-    let mut distrustful = env.alipay.clone();
-    let stranger = AppPrivateKey::generate().unwrap();
-    distrustful.alipay_public_key = Arc::new(stranger.public_key().clone());
+    let stranger = AppPrivateKey::generate()
+        .unwrap()
+        .public_key()
+        .to_spki_pem();
     let outcome = env
-        .decider_with(distrustful, "distrustful")
+        .decider_with(&[("ALIPAY_PUBLIC_KEY", &stranger)], "distrustful")
         .decide(order.id, Some(&no), first_attempt(), Mode::Apply)
         .await
         .unwrap();
@@ -225,10 +228,11 @@ async fn transient_failures_walk_the_retry_steps_then_park() {
     let mut env = TestEnv::new(&[]).await;
     let no = env.no("exhaust");
     let order = env.create(&no, 100, Duration::ZERO).await;
-    let mut distrustful = env.alipay.clone();
-    distrustful.alipay_public_key =
-        Arc::new(AppPrivateKey::generate().unwrap().public_key().clone());
-    env.start_worker_with(distrustful);
+    let stranger = AppPrivateKey::generate()
+        .unwrap()
+        .public_key()
+        .to_spki_pem();
+    env.start_worker_with(&[("ALIPAY_PUBLIC_KEY", &stranger)]);
 
     let messages = env
         .wait_parked(1, Duration::from_secs(30))
@@ -253,9 +257,8 @@ async fn a_permanent_gateway_error_parks_at_once() {
     let mut env = TestEnv::new(&[]).await;
     let no = env.no("perm");
     let order = env.create(&no, 100, Duration::ZERO).await;
-    let mut unknown_app = env.alipay.clone();
-    unknown_app.app_private_key = Arc::new(AppPrivateKey::generate().unwrap());
-    env.start_worker_with(unknown_app);
+    let unknown_app = AppPrivateKey::generate().unwrap().to_pkcs8_pem();
+    env.start_worker_with(&[("ALIPAY_APP_PRIVATE_KEY", &unknown_app)]);
 
     let messages = env
         .wait_parked(1, Duration::from_secs(20))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{TestEnv, eventually};
 use order_closer::broker::topology::header_text;
 use order_closer::db;
-use order_closer::decide::{Decider, Gateways};
+use order_closer::decide::Decider;
 use order_closer::message::CloseMessage;
 use order_closer::order::OrderStatus;
 use order_closer::sim::{FaultKind, FaultPlan};
@@ -135,8 +135,7 @@ async fn with_the_database_unreachable_messages_come_back_and_are_decided_later(
 
     // A worker whose database is unreachable: nothing is acked for good, nothing parked.
     let unreachable = db::pool("postgres://postgres@127.0.0.1:1/nowhere", 2).unwrap();
-    let gateways =
-        Gateways::alipay(env.alipay.clone(), None, env.settings.alipay.rate_limit).unwrap();
+    let gateways = env.gateways();
     let blind = Decider::new(unreachable, gateways, env.settings.retry.clone(), "blind");
     let observed = env.run_worker(blind, WorkerConfig::from_settings(&env.settings));
     let counted = eventually(Duration::from_secs(20), || async {

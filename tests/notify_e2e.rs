@@ -342,7 +342,7 @@ async fn a_forged_paid_notification_only_makes_us_ask_the_gateway() {
     };
     let forged = order_closer::sim::notification_form(
         &forger,
-        &env.alipay.app_id,
+        &env.vars["ALIPAY_APP_ID"],
         &claimed,
         "forged",
         Utc::now(),
@@ -427,14 +427,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
                 .next()
                 .unwrap()
                 .to_owned(),
-            _ => order_closer::sim::notification_form(
-                &env.sim_key,
-                "2021999999999999",
-                &paid,
-                "other-app",
-                Utc::now(),
-            )
-            .unwrap(),
+            _ => env.signed_notification(Some("2021999999999999"), &paid, "other-app", Utc::now()),
         };
         let before = queries().await;
         let (status, body) = post(&url, FORM, form).await;
@@ -485,9 +478,8 @@ async fn bad_notifications_each_get_a_named_outcome() {
     let replayed = env.no("replayed");
     let order = env.create(&replayed, 600, Duration::from_secs(60)).await;
     let waiting = env.buyers.scan(&replayed, 600).await.unwrap();
-    let old = order_closer::sim::notification_form(
-        &env.sim_key,
-        &env.alipay.app_id,
+    let old = env.signed_notification(
+        None,
         &SimTradeView {
             status: order_closer::sim::SimTradeStatus::TradeSuccess,
             paid_at: Some(Utc::now() - chrono::Duration::days(3)),
@@ -495,8 +487,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
         },
         "old",
         Utc::now() - chrono::Duration::days(3),
-    )
-    .unwrap();
+    );
     let before = queries().await;
     assert_eq!(post(&url, FORM, old).await.1, "success");
     assert_eq!(queries().await, before + 1);
@@ -529,9 +520,8 @@ async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
     // believed, so only a hint. The gateway, asked, says the trade is closed: the order
     // stays CLOSED, no anomaly, and the reply stops the resends.
     let days_ago = Utc::now() - chrono::Duration::days(3);
-    let replay = order_closer::sim::notification_form(
-        &env.sim_key,
-        &env.alipay.app_id,
+    let replay = env.signed_notification(
+        None,
         &SimTradeView {
             status: SimTradeStatus::TradeSuccess,
             paid_at: Some(days_ago),
@@ -539,8 +529,7 @@ async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
         },
         "replayed",
         days_ago,
-    )
-    .unwrap();
+    );
     let before = env.buyers.stats().await.unwrap().queries;
     let (status, body) = post(&endpoint.url, FORM, replay.clone()).await;
     assert_eq!((status, body.as_str()), (200, "success"));

@@ -13,7 +13,6 @@ use order_closer::bill;
 use order_closer::closer::{Closer, Due, NewOrder};
 use order_closer::db::{self, orders};
 use order_closer::decide::{AttemptInfo, Mode};
-use order_closer::gateway::alipay::AlipayClient;
 use order_closer::gateway::alipay::response::china;
 use order_closer::order::OrderStatus;
 use order_closer::reconcile::Finding;
@@ -22,7 +21,8 @@ use order_closer::reconcile::bill::reconcile;
 async fn order(env: &TestEnv, name: &str, amount: i64) -> order_closer::order::Order {
     let no = env.no(name);
     Closer::without_broker(env.pool.clone())
-        .create_order(NewOrder::alipay(
+        .create_order(NewOrder::new(
+            "alipay",
             &no,
             amount,
             Due::After(Duration::from_secs(3600)),
@@ -107,10 +107,13 @@ async fn every_category_of_the_bill_diff_is_found_once() {
     env.buyers.scan_and_pay(&stranger, 600).await.unwrap();
     drop(conn);
 
-    let client = AlipayClient::new(env.alipay.clone()).unwrap();
-    let url = client.bill_download_url(today).await.unwrap();
-    let zip = client.download_bill(&url).await.unwrap();
-    let parsed = bill::parse_zip(&zip, "bill.zip").unwrap();
+    let parsed = env
+        .gateways()
+        .bill_source("alipay")
+        .unwrap()
+        .daily_bill(today)
+        .await
+        .unwrap();
     assert!(parsed.file.ends_with("业务明细.csv"), "{}", parsed.file);
 
     let dry = reconcile(&decider, "alipay", &parsed, today, false)
@@ -226,7 +229,7 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     assert!(stderr.contains("bill.zip"), "{stderr}");
 
     // A real bill with one bad amount, served by the gateway itself.
-    let client = AlipayClient::new(env.alipay.clone()).unwrap();
+    let client = env.alipay_client();
     let good = client
         .download_bill(&client.bill_download_url(today).await.unwrap())
         .await

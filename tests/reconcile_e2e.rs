@@ -35,7 +35,7 @@ async fn lost_order(env: &TestEnv, name: &str, amount: i64, ago: Duration) -> St
     let no = env.no(name);
     let deadline = Utc::now() - chrono::Duration::from_std(ago).unwrap();
     Closer::without_broker(env.pool.clone())
-        .create_order(NewOrder::alipay(&no, amount, Due::At(deadline)))
+        .create_order(NewOrder::new("alipay", &no, amount, Due::At(deadline)))
         .await
         .unwrap();
     // The outbox row is the lost message: drop it.
@@ -112,7 +112,7 @@ async fn the_sweep_pages_through_many_orders_and_honours_limit() {
     let shop = Closer::without_broker(env.pool.clone());
     for i in 0..1100 {
         let no = env.no(&format!("bulk{i:04}"));
-        shop.create_order(NewOrder::alipay(&no, 100, Due::At(past)))
+        shop.create_order(NewOrder::new("alipay", &no, 100, Due::At(past)))
             .await
             .unwrap();
     }

@@ -322,8 +322,7 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_bill_s_payments_after_close_go_through_the_policy() {
     use chrono::Utc;
-    use order_closer::bill;
-    use order_closer::gateway::alipay::AlipayClient;
+
     use order_closer::gateway::alipay::response::china;
     use order_closer::reconcile::bill::reconcile;
 
@@ -336,9 +335,13 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     // Paid after close, and the notification lost: only the bill tells.
     env.buyers.scan_and_pay(&no, 2500).await.unwrap();
     let today = Utc::now().with_timezone(&china()).date_naive();
-    let client = AlipayClient::new(env.alipay.clone()).unwrap();
-    let url = client.bill_download_url(today).await.unwrap();
-    let parsed = bill::parse_zip(&client.download_bill(&url).await.unwrap(), "bill.zip").unwrap();
+    let parsed = env
+        .gateways()
+        .bill_source("alipay")
+        .unwrap()
+        .daily_bill(today)
+        .await
+        .unwrap();
     let decider = env.decider("reconcile:test");
 
     let dry = reconcile(&decider, "alipay", &parsed, today, false)

@@ -328,7 +328,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
             for (no, amount, deadline, buyer, moment) in plans.iter().skip(shop).step_by(8).cloned()
             {
                 closer
-                    .create_order(NewOrder::alipay(&no, amount, Due::At(deadline)))
+                    .create_order(NewOrder::new("alipay", &no, amount, Due::At(deadline)))
                     .await
                     .expect("create order");
                 let buyers = buyers.clone();

@@ -18,9 +18,8 @@ use order_closer::broker::{self, tls::AmqpTls};
 use order_closer::closer::{Closer, Due, NewOrder};
 use order_closer::config::Settings;
 use order_closer::db::{self, orders};
-use order_closer::gateway::alipay::AppPrivateKey;
 use order_closer::order::OrderStatus;
-use order_closer::sim::{self, SimConfig};
+use order_closer::sim::{self};
 
 use common::certs::Pki;
 use common::pg_node::PgNode;
@@ -142,11 +141,13 @@ async fn postgres_modes(pg: &PgNode, pki: &Pki) {
 
     // ORDER_CLOSER_DB_TLS_CA gives the CA; migrations create the database over TLS (the
     // maintenance connection keeps the URL's TLS options).
-    let settings = Settings::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(pg.url("localhost", "oc_tls", "sslmode=verify-full")),
-        "ORDER_CLOSER_DB_TLS_CA" => Some(pki.ca.display().to_string()),
-        _ => None,
-    })
+    let settings = settings_of(&[
+        (
+            "DATABASE_URL",
+            pg.url("localhost", "oc_tls", "sslmode=verify-full"),
+        ),
+        ("ORDER_CLOSER_DB_TLS_CA", pki.ca.display().to_string()),
+    ])
     .expect("settings");
     let database_url = secrecy::ExposeSecret::expose_secret(&settings.database_url).to_owned();
     let applied = db::migrate(&database_url).await.expect("migrate over TLS");
@@ -205,21 +206,25 @@ async fn rabbitmq_options(rabbit: &RabbitNode, pki: &Pki) {
 
     // Half a client identity, or TLS files with a plain URL, are configuration errors.
     assert!(AmqpTls::load(None, Some(&pki.client_cert), None).is_err());
-    let err = Settings::from_lookup(|k| match k {
-        "AMQP_URL" => Some(plain.clone()),
-        "ORDER_CLOSER_AMQP_TLS_CA" => Some(pki.ca.display().to_string()),
-        _ => None,
-    })
+    let err = settings_of(&[
+        ("AMQP_URL", plain.clone()),
+        ("ORDER_CLOSER_AMQP_TLS_CA", pki.ca.display().to_string()),
+    ])
     .unwrap_err()
     .to_string();
     assert!(err.contains("amqps://"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
-    let err = Settings::from_lookup(|k| match k {
-        "ORDER_CLOSER_AMQP_TLS_KEY" => Some(pki.client_cert.display().to_string()),
-        "ORDER_CLOSER_AMQP_TLS_CERT" => Some(pki.client_cert.display().to_string()),
-        "AMQP_URL" => Some(url("localhost")),
-        _ => None,
-    })
+    let err = settings_of(&[
+        (
+            "ORDER_CLOSER_AMQP_TLS_KEY",
+            pki.client_cert.display().to_string(),
+        ),
+        (
+            "ORDER_CLOSER_AMQP_TLS_CERT",
+            pki.client_cert.display().to_string(),
+        ),
+        ("AMQP_URL", url("localhost")),
+    ])
     .unwrap_err()
     .to_string();
     assert!(err.contains("ORDER_CLOSER_AMQP_TLS_KEY"), "{err}");
@@ -228,23 +233,9 @@ async fn rabbitmq_options(rabbit: &RabbitNode, pki: &Pki) {
 /// The worker binary decides an order with both connections over verified TLS; with the
 /// wrong CA it stops at start-up naming the cause.
 async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path) {
-    let app_key = AppPrivateKey::generate().expect("app key");
-    let private = dir.join("app_private.pem");
-    std::fs::write(&private, app_key.to_pkcs8_pem()).unwrap();
-    let settings_app_id = "2021000000000000";
-    let running = sim::start(SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        app_id: settings_app_id.into(),
-        app_public_key: app_key.public_key().clone(),
-        sim_private_key: None,
-        notify: order_closer::sim::NotifyPlan::default(),
-    })
-    .await
-    .expect("simulator");
-    let public = dir.join("sim_public.pem");
-    std::fs::write(&public, running.public_key().to_spki_pem()).unwrap();
-
-    let vars: Vec<(String, String)> = vec![
+    let _ = dir;
+    let running = sim::start_local().await.expect("simulator");
+    let mut vars: Vec<(String, String)> = vec![
         (
             "DATABASE_URL".into(),
             pg.url("localhost", "oc_tls", "sslmode=verify-full"),
@@ -271,22 +262,11 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
         ),
         ("ORDER_CLOSER_QUEUE_PREFIX".into(), "tls".into()),
         ("ORDER_CLOSER_HTTP_LISTEN".into(), "off".into()),
-        ("ALIPAY_GATEWAY_URL".into(), running.base_url()),
-        (
-            "ALIPAY_APP_PRIVATE_KEY".into(),
-            private.display().to_string(),
-        ),
-        ("ALIPAY_PUBLIC_KEY".into(), public.display().to_string()),
         ("RUST_LOG".into(), "info".into()),
     ];
-    let lookup = vars.clone();
-    let settings = Settings::from_lookup(|k| {
-        lookup
-            .iter()
-            .find(|(name, _)| name == k)
-            .map(|(_, v)| v.clone())
-    })
-    .expect("settings");
+    vars.extend(running.client_vars());
+    let pairs: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let settings = settings_of(&pairs).expect("settings");
 
     // With the wrong CA the worker stops at once and says why.
     let mut wrong = vars.clone();
@@ -314,7 +294,8 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
 
     let closer = Closer::connect(&settings).await.expect("closer over TLS");
     let created = closer
-        .create_order(NewOrder::alipay(
+        .create_order(NewOrder::new(
+            "alipay",
             "tls-order-1",
             1_00,
             Due::After(Duration::from_secs(1)),
@@ -346,4 +327,13 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
     let _ = worker.wait().await;
     closer.shutdown().await;
     running.shutdown().await;
+}
+
+/// Settings from exactly these variables.
+fn settings_of(pairs: &[(&str, String)]) -> Result<Settings, order_closer::config::ConfigError> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    Settings::from_lookup(move |k| map.get(k).cloned())
 }

@@ -25,7 +25,6 @@ use order_closer::config::Settings;
 use order_closer::db::schema::{decisions, orders};
 use order_closer::db::{self, DbPool};
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{self, BuyerClient, FaultPlan, NotifyPlan, SimTradeStatus};
 use order_closer::worker::{Worker, WorkerConfig};
@@ -146,9 +145,8 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     let publisher = Publisher::open(&connection, topology.clone()).await?;
     topology.declare(publisher.channel()).await?;
 
-    // The gateway simulator, and a client that trusts it.
-    let app_key = Arc::new(AppPrivateKey::generate()?);
-    let running = sim::start_local(&settings.alipay.app_id, &app_key).await?;
+    // The gateway simulator, and clients that trust it.
+    let running = sim::start_local().await?;
     running
         .state()
         .set_faults(FaultPlan {
@@ -158,18 +156,8 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         })
         .map_err(|e| anyhow::anyhow!("--fault-rate: {e}"))?;
     let buyers = BuyerClient::new(running.base_url())?;
-    let alipay = AlipayConfig {
-        gateway_url: running.base_url(),
-        app_id: settings.alipay.app_id.clone(),
-        app_private_key: Arc::clone(&app_key),
-        alipay_public_key: Arc::new(running.public_key().clone()),
-        timeout: settings.alipay.timeout,
-    };
-    let gateways = Gateways::alipay(
-        alipay,
-        settings.alipay.seller_id.clone(),
-        settings.alipay.rate_limit,
-    )?;
+    settings.vars = settings.vars.overlay(running.client_vars());
+    let gateways = Gateways::from_settings(&settings)?;
 
     // The notify endpoint, in process, and the simulator's notifications sent to it
     // (resends a hundred times faster than Alipay's).
@@ -222,7 +210,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         let wait = args.min_deadline + Duration::from_millis(rand::rng().random_range(0..=span));
         let amount = rand::rng().random_range(100..100_000);
         let created = closer
-            .create_order(NewOrder::alipay(&no, amount, Due::After(wait)))
+            .create_order(NewOrder::new("alipay", &no, amount, Due::After(wait)))
             .await?;
         plan.insert(no.clone(), (buyer, created.order.id));
         let buyers = buyers.clone();

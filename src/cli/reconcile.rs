@@ -20,7 +20,6 @@ use order_closer::db::outbox::Claim;
 use order_closer::db::{self, anomalies};
 use order_closer::decide::refund::RefundRequestResult;
 use order_closer::decide::{Decider, Gateways, Mode};
-use order_closer::gateway::registry::ALIPAY;
 use order_closer::money;
 use order_closer::reconcile::bill as bill_reconcile;
 use order_closer::reconcile::overdue::{self, OverdueOptions};
@@ -49,9 +48,10 @@ pub struct BillArgs {
     /// The bill's day (China time), YYYY-MM-DD.
     #[arg(long)]
     date: NaiveDate,
-    /// The gateway whose bill it is (its orders are compared; the others are not).
-    #[arg(long, default_value = ALIPAY)]
-    channel: String,
+    /// The gateway whose bill it is (its orders are compared; the others are not); may be
+    /// left out when one configured gateway has a bill.
+    #[arg(long)]
+    channel: Option<String>,
     /// Read this downloaded bill instead of fetching it from the gateway.
     #[arg(long)]
     file: Option<PathBuf>,
@@ -184,11 +184,24 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
     bill_reconcile::check_billable(args.date, chrono::Utc::now())
         .map_err(|why| anyhow::anyhow!("--date: {why}"))?;
     let decider = decider(settings)?;
-    let Some(source) = decider.gateways().bill_source(&args.channel) else {
+    let gateways = decider.gateways();
+    let billed: Vec<&str> = gateways
+        .channels()
+        .into_iter()
+        .filter(|c| gateways.bill_source(c).is_some())
+        .collect();
+    let channel = match (&args.channel, billed.as_slice()) {
+        (Some(channel), _) => channel.clone(),
+        (None, [only]) => (*only).to_owned(),
+        (None, _) => anyhow::bail!(
+            "--channel is needed: the configured gateways with a bill are {}",
+            billed.join(", ")
+        ),
+    };
+    let Some(source) = gateways.bill_source(&channel) else {
         anyhow::bail!(
-            "--channel {:?}: no bill comes from this channel (channels with a gateway: {})",
-            args.channel,
-            decider.gateways().channels().join(", ")
+            "--channel {channel:?}: no bill comes from this channel (channels with a bill: {})",
+            billed.join(", ")
         );
     };
     let bill = match &args.file {
@@ -206,7 +219,7 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
         .await
         .context("checking the database")?;
     let report =
-        bill_reconcile::reconcile(&decider, &args.channel, &bill, args.date, args.apply).await?;
+        bill_reconcile::reconcile(&decider, &channel, &bill, args.date, args.apply).await?;
     announce(settings, &decider).await;
     if args.format == Format::Json {
         print_json(&report)?;

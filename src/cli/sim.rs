@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use order_closer::config::{DEFAULT_APP_ID, key_material};
+use order_closer::config::key_material;
+use order_closer::gateway::alipay::config::DEFAULT_APP_ID;
 use order_closer::gateway::alipay::{AppPrivateKey, RsaPublicKey};
 use order_closer::sim::{self, FaultPlan, NotifyPlan, SimConfig};
 use order_closer::worker::shutdown_on_signal;
@@ -86,6 +87,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             time_factor: args.notify_time_factor,
             ..NotifyPlan::default()
         },
+        app_private_key: None,
     })
     .await?;
     if let Some(json) = &args.faults {

@@ -16,7 +16,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let closer = Closer::connect(&Settings::from_env()?).await?;
 //! let created = closer
-//!     .create_order(NewOrder::alipay("ORD-1001", 1234, Due::After(Duration::from_secs(15 * 60))))
+//!     .create_order(NewOrder::new("alipay", "ORD-1001", 1234, Due::After(Duration::from_secs(15 * 60))))
 //!     .await?;
 //! println!("order {} closes at {}", created.order.id, created.order.deadline);
 //! # Ok(()) }
@@ -47,7 +47,7 @@ use crate::config::Settings;
 use crate::db::batch::{Batcher, Job};
 use crate::db::outbox::DeletePublished;
 use crate::db::{self, DbError, DbPool, orders};
-use crate::message::{CloseMessage, MAX_OUT_TRADE_NO};
+use crate::message::CloseMessage;
 use crate::order::Order;
 pub use requests::{CANCEL_WAIT, Cancelled, ChangeError, EXTEND_MARGIN};
 
@@ -56,8 +56,6 @@ pub const MAX_TIME_TO_PAY: Duration = Duration::from_secs(366 * 86_400);
 /// How far in the past a deadline may be (an order due at once, give or take clock skew);
 /// anything older is a mistake, not an order.
 pub const MAX_DEADLINE_AGE: Duration = Duration::from_secs(3600);
-/// Largest amount in minor units: Alipay's single-payment limit, 100,000,000.00 CNY.
-pub const MAX_AMOUNT_MINOR: i64 = 10_000_000_000;
 
 /// When an order must be paid by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,28 +69,45 @@ pub enum Due {
 /// An order to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
-    /// The merchant order number (`[A-Za-z0-9_.-]`, 1 to 64 characters), unique.
+    /// The merchant order number, unique; its format is the channel's
+    /// ([`crate::gateway::rules::OrderRules`]).
     pub out_trade_no: String,
-    /// Amount in minor units (fen), positive.
+    /// Amount in minor units (fen), positive, within the channel's limit.
     pub amount_minor: i64,
-    /// ISO 4217 code; Alipay takes `CNY`.
+    /// ISO 4217 code, one the channel takes.
     pub currency: String,
-    /// The gateway (`alipay`).
+    /// The gateway (`alipay`, `wechat`).
     pub channel: String,
     /// The payment deadline.
     pub due: Due,
 }
 
 impl NewOrder {
-    /// An Alipay order in CNY.
-    pub fn alipay(out_trade_no: impl Into<String>, amount_minor: i64, due: Due) -> Self {
+    /// An order for `channel` (`alipay`, `wechat`) in the channel's first currency (CNY
+    /// for both; see [`NewOrder::in_currency`]).
+    pub fn new(
+        channel: impl Into<String>,
+        out_trade_no: impl Into<String>,
+        amount_minor: i64,
+        due: Due,
+    ) -> Self {
+        let channel = channel.into();
+        let currency = crate::gateway::rules::for_channel(&channel)
+            .and_then(|rules| rules.currencies.first())
+            .map_or_else(String::new, |c| (*c).to_owned());
         Self {
             out_trade_no: out_trade_no.into(),
             amount_minor,
-            currency: "CNY".into(),
-            channel: "alipay".into(),
+            currency,
+            channel,
             due,
         }
+    }
+
+    /// The same order in another currency.
+    pub fn in_currency(mut self, currency: impl Into<String>) -> Self {
+        self.currency = currency.into();
+        self
     }
 }
 
@@ -435,42 +450,17 @@ fn validate_all(new: &[NewOrder], now: DateTime<Utc>) -> Result<Vec<DateTime<Utc
 /// Checks an order and returns its deadline.
 fn validate(new: &NewOrder, now: DateTime<Utc>) -> Result<DateTime<Utc>, CreateError> {
     let invalid = |m: String| Err(CreateError::Invalid(m));
-    let no = &new.out_trade_no;
-    if no.is_empty()
-        || no.len() > MAX_OUT_TRADE_NO
-        || !no
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
+    let Some(rules) = crate::gateway::rules::for_channel(&new.channel) else {
+        let known: Vec<&str> = crate::gateway::rules::channels().collect();
         return invalid(format!(
-            "out_trade_no {no:?} must be 1 to {MAX_OUT_TRADE_NO} characters from [A-Za-z0-9_.-]"
+            "unknown channel {:?} (supported: {})",
+            new.channel,
+            known.join(", ")
         ));
-    }
-    if new.amount_minor <= 0 {
-        return invalid(format!(
-            "amount must be positive, got {} minor units",
-            new.amount_minor
-        ));
-    }
-    if new.amount_minor > MAX_AMOUNT_MINOR {
-        return invalid(format!(
-            "amount {} is above the single-payment limit of {}",
-            crate::money::format_minor(new.amount_minor),
-            crate::money::format_minor(MAX_AMOUNT_MINOR)
-        ));
-    }
-    if new.channel != "alipay" {
-        return invalid(format!(
-            "unknown channel {:?} (supported: alipay)",
-            new.channel
-        ));
-    }
-    if new.currency != "CNY" {
-        return invalid(format!(
-            "channel alipay takes currency CNY, got {:?}",
-            new.currency
-        ));
-    }
+    };
+    rules
+        .check(&new.out_trade_no, &new.currency, new.amount_minor)
+        .map_err(CreateError::Invalid)?;
     let deadline = match new.due {
         Due::After(d) => {
             if d > MAX_TIME_TO_PAY {
@@ -502,7 +492,7 @@ mod tests {
     #[test]
     fn validation_names_what_is_wrong() {
         let now = Utc::now();
-        let ok = NewOrder::alipay("ORD-1", 100, Due::After(Duration::from_secs(60)));
+        let ok = NewOrder::new("alipay", "ORD-1", 100, Due::After(Duration::from_secs(60)));
         assert!(validate(&ok, now).is_ok());
         let cases = [
             (
@@ -571,7 +561,9 @@ mod tests {
         ];
         // The edges are accepted: the largest payment, a deadline just past.
         let largest = NewOrder {
-            amount_minor: MAX_AMOUNT_MINOR,
+            amount_minor: crate::gateway::rules::for_channel("alipay")
+                .unwrap()
+                .max_amount_minor,
             ..ok.clone()
         };
         assert!(validate(&largest, now).is_ok());

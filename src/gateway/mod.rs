@@ -1,197 +1,46 @@
-//! The payment-gateway port: what the decision needs to know about a trade, and how a
-//! gateway failure is classified. Each gateway (Alipay first) implements [`Gateway`].
+//! The payment gateways behind one boundary. Each gateway is a folder here (its client,
+//! signatures, notification verifier, bill reader, order rules and configuration) and
+//! one under `src/sim/` (its wire protocol in the simulator); the rest of order-closer
+//! knows only the port ([`Gateway`], [`notice::NotifyVerifier`], [`BillSource`]) and the
+//! registry ([`registry::Gateways`]), and names no gateway.
+//!
+//! Adding a gateway: its folder, its [`Plugin`] in [`ALL`], its simulator in
+//! `crate::sim::GATEWAYS`, and its variables in docs/operations.md.
 
 pub mod alipay;
+pub mod rules;
+
+#[cfg(feature = "worker")]
+pub mod http;
+#[cfg(feature = "worker")]
 pub mod notice;
+#[cfg(feature = "worker")]
+mod port;
+#[cfg(feature = "worker")]
 pub mod rate_limit;
+#[cfg(feature = "worker")]
 pub mod registry;
 
-use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
-use thiserror::Error;
+#[cfg(feature = "worker")]
+pub use port::*;
 
-/// What the gateway says about a trade, reduced to what the decision needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TradeState {
-    /// The buyer paid (`TRADE_SUCCESS` / `TRADE_FINISHED`).
-    Paid {
-        /// The gateway's own trade number.
-        trade_no: String,
-        /// The paid total, in minor units.
-        amount_minor: i64,
-        /// When the gateway says the payment happened, if it says.
-        paid_at: Option<DateTime<Utc>>,
-    },
-    /// The trade exists and waits for payment (`WAIT_BUYER_PAY`): it can be closed.
-    WaitingForPayment,
-    /// The trade is closed at the gateway, unpaid (`TRADE_CLOSED`).
-    Closed,
-    /// The gateway has no such trade (the buyer never scanned or started paying).
-    NotFound,
-    /// The buyer is paying right now; ask again later.
-    InProgress,
+/// One gateway, as the rest of order-closer knows it.
+#[derive(Debug)]
+pub struct Plugin {
+    /// Its orders' rules (always built: the shop's library checks orders with them).
+    pub rules: rules::OrderRules,
+    /// Builds its connector from its own variables; `None` when the gateway is not
+    /// configured in this process (its keys are not set).
+    #[cfg(feature = "worker")]
+    pub connect:
+        fn(&crate::config::Vars) -> Result<Option<registry::Connector>, registry::RegistryError>,
+    /// Every environment variable it reads (documented in docs/operations.md).
+    #[cfg(feature = "worker")]
+    pub variables: &'static [&'static str],
+    /// The variables whose presence configures it (named when no gateway is).
+    #[cfg(feature = "worker")]
+    pub configured_by: &'static [&'static str],
 }
 
-/// A query answer: the classified state plus the signed text it was read from (kept for
-/// the audit trail, so every decision can be explained afterwards).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryAnswer {
-    /// The classified trade state.
-    pub state: TradeState,
-    /// The raw, signature-verified response object as the gateway sent it.
-    pub raw: String,
-}
-
-/// What the gateway says to a close request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseAnswer {
-    /// The trade is closed now (or did not exist, which counts as closed).
-    Closed,
-    /// The gateway refused: the trade is no longer closeable (usually: just paid).
-    NotCloseable {
-        /// The gateway's reason code, for example `ACQ.TRADE_STATUS_ERROR`.
-        sub_code: String,
-    },
-}
-
-/// A refund to make: the whole of a payment or a part of it, named by `out_request_no` so
-/// that the same request sent again is the same refund, never a second one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RefundRequest<'a> {
-    /// The merchant order number of the paid trade.
-    pub out_trade_no: &'a str,
-    /// Our idempotency key for this refund.
-    pub out_request_no: &'a str,
-    /// How much to give back, in minor units.
-    pub amount_minor: i64,
-}
-
-/// What the gateway says to a refund it accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefundAnswer {
-    /// Everything refunded on the trade so far, this refund included, in minor units.
-    pub refunded_minor: i64,
-    /// Whether this very call moved money (false: the request was seen before, and the
-    /// answer repeats the refund made then).
-    pub fund_change: bool,
-    /// The raw, signature-verified response object, for the audit trail.
-    pub raw: String,
-}
-
-/// Whether retrying can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultClass {
-    /// Timeouts, 5xx, busy, system errors, unreadable or badly signed answers.
-    Retryable,
-    /// Bad credentials, invalid parameters: a configuration problem.
-    Permanent,
-}
-
-/// A classified gateway failure.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("{class:?} gateway error {code}: {message}")]
-pub struct GatewayError {
-    /// Retryable or permanent.
-    pub class: FaultClass,
-    /// A short machine-readable code (`timeout`, `http_502`, `20000`, `ACQ.SYSTEM_ERROR`,
-    /// `bad_signature`, ...), used in audit rows and metrics.
-    pub code: String,
-    /// A human-readable explanation.
-    pub message: String,
-}
-
-impl GatewayError {
-    /// A failure that may succeed later.
-    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            class: FaultClass::Retryable,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-
-    /// A failure that will not succeed without an operator.
-    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            class: FaultClass::Permanent,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// The gateway calls, as named in metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayMethod {
-    /// [`Gateway::query`].
-    Query,
-    /// [`Gateway::close`].
-    Close,
-    /// [`Gateway::refund`].
-    Refund,
-}
-
-impl GatewayMethod {
-    /// The name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Query => "query",
-            Self::Close => "close",
-            Self::Refund => "refund",
-        }
-    }
-}
-
-/// Why a gateway's daily bill could not be had.
-#[derive(Debug, Error)]
-pub enum BillFetchError {
-    /// The gateway did not give it (the error says whether a later try may).
-    #[error("asking the gateway for the {date} bill: {source}")]
-    Gateway {
-        /// The bill's day.
-        date: NaiveDate,
-        /// Why.
-        #[source]
-        source: GatewayError,
-    },
-    /// It came, but is not a readable bill (the error names the file, line and column).
-    #[error(transparent)]
-    Format(#[from] crate::bill::BillError),
-}
-
-/// Where `reconcile bill` gets a gateway's daily trade bill.
-#[async_trait]
-pub trait BillSource: Send + Sync {
-    /// Fetches and reads the bill of `date` (the gateway's own calendar day).
-    async fn daily_bill(&self, date: NaiveDate) -> Result<crate::bill::Bill, BillFetchError>;
-    /// Reads a bill file downloaded by hand; `name` names it in errors.
-    fn read_file(&self, bytes: &[u8], name: &str) -> Result<crate::bill::Bill, BillFetchError>;
-    /// The largest bill file accepted.
-    fn max_file_bytes(&self) -> u64;
-}
-
-/// A payment gateway as the decision sees it.
-#[async_trait]
-pub trait Gateway: Send + Sync {
-    /// Asks for the state of the trade for our order number.
-    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError>;
-    /// Asks the gateway to close the trade so that it can no longer be paid.
-    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError>;
-    /// Gives a payment back; sending the same request again must not refund twice.
-    async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError>;
-}
-
-#[async_trait]
-impl<G: Gateway + ?Sized> Gateway for std::sync::Arc<G> {
-    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
-        (**self).query(out_trade_no).await
-    }
-
-    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
-        (**self).close(out_trade_no).await
-    }
-
-    async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
-        (**self).refund(request).await
-    }
-}
+/// Every gateway order-closer speaks: the one list a new gateway joins.
+pub const ALL: &[&Plugin] = &[&alipay::PLUGIN];

@@ -1,24 +1,19 @@
-//! The gateways this process speaks, by channel, built from configuration: the one place
-//! that knows which gateways exist. Each entry is a gateway client behind its request-rate
-//! limit and, where the gateway sends payment notifications, their verifier. The worker,
-//! reconcile, the notify endpoint, the demo and the tests all take their gateways from
-//! here; adding a gateway is a folder beside `alipay/` and one line in
-//! [`Gateways::from_settings`].
+//! The gateways this process speaks, by channel, built from configuration: each
+//! [`Plugin`](super::Plugin) of [`super::ALL`] reads its own variables and, when it is
+//! configured, gives its [`Connector`]: the gateway client behind its request-rate limit,
+//! its notification verifier, its bill source and its own retry steps. The worker,
+//! reconcile, the notify endpoint, the demo, the benchmark and the tests all take their
+//! gateways from [`Gateways::from_settings`].
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::alipay::{AlipayClient, AlipayConfig, AlipayNotify, ConfigError as AlipayError};
 use super::notice::NotifyVerifier;
-use super::rate_limit::RateLimited;
 use super::{BillSource, Gateway};
 use crate::config::{ConfigError, Settings};
-
-/// The channel name of Alipay orders (`orders.channel`, `POST /notify/alipay`).
-pub const ALIPAY: &str = "alipay";
+use crate::retry::RetryPolicy;
 
 /// Why the gateways could not be built.
 #[derive(Debug, Error)]
@@ -27,83 +22,110 @@ pub enum RegistryError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A gateway client could not be built from its configuration.
-    #[error("cannot build the {channel} client: {source}")]
+    #[error("cannot build the {channel} client: {message}")]
     Client {
         /// The channel.
         channel: &'static str,
         /// Why.
-        #[source]
-        source: AlipayError,
+        message: String,
+    },
+    /// No gateway is configured at all: nothing could be decided.
+    #[error("no payment gateway is configured; set {hints}")]
+    NoneConfigured {
+        /// What would configure each one.
+        hints: String,
     },
 }
 
-/// One channel's gateway, its notification verifier and its bill source.
+impl RegistryError {
+    /// A client that could not be built.
+    pub fn client(channel: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::Client {
+            channel,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One channel's gateway, its notification verifier, its bill source and its retry
+/// steps (when it needs others than `ORDER_CLOSER_RETRY_STEPS`).
 #[derive(Clone)]
-struct Connector {
+pub struct Connector {
     gateway: Arc<dyn Gateway>,
     verifier: Option<Arc<dyn NotifyVerifier>>,
     bills: Option<Arc<dyn BillSource>>,
+    retry: Option<RetryPolicy>,
 }
 
-/// The gateways by channel name (`alipay`, ...).
+impl Connector {
+    /// A gateway alone: no notifications, no bill, the common retry steps.
+    pub fn new(gateway: Arc<dyn Gateway>) -> Self {
+        Self {
+            gateway,
+            verifier: None,
+            bills: None,
+            retry: None,
+        }
+    }
+
+    /// With the verifier of the gateway's payment notifications.
+    pub fn with_verifier(mut self, verifier: Arc<dyn NotifyVerifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// With the source of the gateway's daily bill.
+    pub fn with_bills(mut self, bills: Arc<dyn BillSource>) -> Self {
+        self.bills = Some(bills);
+        self
+    }
+
+    /// With retry steps of its own.
+    pub fn with_retry(mut self, retry: Option<RetryPolicy>) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// The gateways by channel name.
 #[derive(Clone, Default)]
 pub struct Gateways {
-    by_channel: HashMap<String, Connector>,
+    by_channel: BTreeMap<String, Connector>,
 }
 
 impl Gateways {
-    /// Every gateway the settings configure, each behind its rate limit, with its
-    /// notification verifier.
+    /// Every gateway the settings configure; an error when none is.
     pub fn from_settings(settings: &Settings) -> Result<Self, RegistryError> {
-        Self::alipay(
-            settings.alipay_config()?,
-            settings.alipay.seller_id.clone(),
-            settings.alipay.rate_limit,
-        )
+        let mut gateways = Self::default();
+        for plugin in super::ALL {
+            if let Some(connector) = (plugin.connect)(&settings.vars)? {
+                gateways
+                    .by_channel
+                    .insert(plugin.rules.channel.to_owned(), connector);
+            }
+        }
+        if gateways.by_channel.is_empty() {
+            let hints: Vec<String> = super::ALL
+                .iter()
+                .map(|p| format!("{} ({})", p.configured_by.join(" and "), p.rules.channel))
+                .collect();
+            return Err(RegistryError::NoneConfigured {
+                hints: hints.join(", or "),
+            });
+        }
+        Ok(gateways)
     }
 
-    /// Alipay from an explicit configuration (the demo and the tests, whose keys come from
-    /// the simulator): its client behind `requests_per_second`, and its notification
-    /// verifier (checking `seller_id` when given).
-    pub fn alipay(
-        config: AlipayConfig,
-        seller_id: Option<String>,
-        requests_per_second: NonZeroU32,
-    ) -> Result<Self, RegistryError> {
-        let verifier = AlipayNotify::new(
-            config.app_id.clone(),
-            seller_id,
-            Arc::clone(&config.alipay_public_key),
-        );
-        let client = AlipayClient::new(config).map_err(|source| RegistryError::Client {
-            channel: ALIPAY,
-            source,
-        })?;
-        let client = Arc::new(client);
-        let mut gateways = Self::default();
-        gateways.by_channel.insert(
-            ALIPAY.to_owned(),
-            Connector {
-                gateway: Arc::new(RateLimited::new(Arc::clone(&client), requests_per_second)),
-                verifier: Some(Arc::new(verifier)),
-                bills: Some(client),
-            },
-        );
-        Ok(gateways)
+    /// Serves a channel with `connector`, replacing whatever served it.
+    pub fn with_connector(mut self, channel: &str, connector: Connector) -> Self {
+        self.by_channel.insert(channel.to_owned(), connector);
+        self
     }
 
     /// Serves a channel with `gateway` alone (no notifications, no bill), replacing
     /// whatever served it: the tests' scripted gateways.
-    pub fn with(mut self, channel: &str, gateway: Arc<dyn Gateway>) -> Self {
-        self.by_channel.insert(
-            channel.to_owned(),
-            Connector {
-                gateway,
-                verifier: None,
-                bills: None,
-            },
-        );
-        self
+    pub fn with(self, channel: &str, gateway: Arc<dyn Gateway>) -> Self {
+        self.with_connector(channel, Connector::new(gateway))
     }
 
     /// Where a channel's daily bill comes from, if the gateway has one.
@@ -113,14 +135,17 @@ impl Gateways {
 
     /// The channels served, sorted.
     pub fn channels(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.by_channel.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
+        self.by_channel.keys().map(String::as_str).collect()
     }
 
     /// The gateway serving a channel.
     pub fn get(&self, channel: &str) -> Option<&Arc<dyn Gateway>> {
         self.by_channel.get(channel).map(|c| &c.gateway)
+    }
+
+    /// A channel's own retry steps, if it has them.
+    pub fn retry(&self, channel: &str) -> Option<&RetryPolicy> {
+        self.by_channel.get(channel).and_then(|c| c.retry.as_ref())
     }
 
     /// The notification verifiers, by channel.

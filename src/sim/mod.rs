@@ -84,6 +84,9 @@ pub struct SimConfig {
     pub sim_private_key: Option<AppPrivateKey>,
     /// Payment notifications (none unless it names a URL); changeable at run time.
     pub notify: NotifyPlan,
+    /// The app's private key, when the simulator made the app's keys itself: handed to
+    /// clients in [`RunningSim::client_vars`].
+    pub app_private_key: Option<Arc<AppPrivateKey>>,
 }
 
 /// Why the simulator could not start or stopped abnormally.
@@ -117,6 +120,9 @@ pub enum SimError {
 pub struct RunningSim {
     addr: SocketAddr,
     public_key: RsaPublicKey,
+    sim_key: Arc<AppPrivateKey>,
+    app_id: String,
+    app_private_key: Option<Arc<AppPrivateKey>>,
     state: SimState,
     notifier: Arc<SimNotifier>,
     /// Ends latency and `timeout` holds so that shutdown does not wait for them.
@@ -139,6 +145,43 @@ impl RunningSim {
     /// The simulator's public key: what the worker must trust as "Alipay's public key".
     pub fn public_key(&self) -> &RsaPublicKey {
         &self.public_key
+    }
+
+    /// The variables a client needs to reach and trust this simulator (its URL, the app
+    /// id, its public key; the app's private key when the simulator made it).
+    pub fn client_vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            ("ALIPAY_GATEWAY_URL".to_owned(), self.base_url()),
+            ("ALIPAY_APP_ID".to_owned(), self.app_id.clone()),
+            (
+                "ALIPAY_PUBLIC_KEY".to_owned(),
+                self.public_key.to_spki_pem(),
+            ),
+            ("ALIPAY_SELLER_ID".to_owned(), SIM_SELLER_ID.to_owned()),
+        ];
+        if let Some(key) = &self.app_private_key {
+            vars.push(("ALIPAY_APP_PRIVATE_KEY".to_owned(), key.to_pkcs8_pem()));
+        }
+        vars
+    }
+
+    /// The notification the simulator would send about `trade` at `sent_at`, signed with
+    /// its key; for another app id when `app_id` is given (a test's forgeries and
+    /// replays). None for a trade still waiting for payment.
+    pub fn notification(
+        &self,
+        app_id: Option<&str>,
+        trade: &SimTradeView,
+        notify_id: &str,
+        sent_at: chrono::DateTime<chrono::Utc>,
+    ) -> Option<String> {
+        notification_form(
+            &self.sim_key,
+            app_id.unwrap_or(&self.app_id),
+            trade,
+            notify_id,
+            sent_at,
+        )
     }
 
     /// A handle on the trades and counters.
@@ -212,15 +255,19 @@ fn join_result(
     }
 }
 
-/// Starts a simulator on a free loopback port that accepts `app_id` requests signed with
-/// `app_key`, with a freshly generated key of its own (the demo and the benchmark).
-pub async fn start_local(app_id: &str, app_key: &AppPrivateKey) -> Result<RunningSim, SimError> {
+/// Starts a simulator on a free loopback port with fresh keys of its own and of the app
+/// (the demo, the benchmark, the tests): [`RunningSim::client_vars`] configures a client.
+pub async fn start_local() -> Result<RunningSim, SimError> {
+    let app_key = tokio::task::spawn_blocking(AppPrivateKey::generate)
+        .await
+        .map_err(|e| SimError::Task(e.to_string()))??;
     start(SimConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        app_id: app_id.to_owned(),
+        app_id: crate::gateway::alipay::config::DEFAULT_APP_ID.to_owned(),
         app_public_key: app_key.public_key().clone(),
         sim_private_key: None,
         notify: NotifyPlan::default(),
+        app_private_key: Some(Arc::new(app_key)),
     })
     .await
 }
@@ -245,6 +292,7 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     })?;
     config.notify.validate().map_err(SimError::Notify)?;
     let sim_key = Arc::new(sim_key);
+    let shared_key = Arc::clone(&sim_key);
     let public_key = sim_key.public_key().clone();
     let state = SimState::new();
     let holds = CancellationToken::new();
@@ -255,6 +303,7 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         holds.clone(),
     );
     Arc::clone(&notifier).run(state.subscribe_notices());
+    let app_id = config.app_id.clone();
     let shared = Arc::new(server::Shared {
         state: state.clone(),
         addr,
@@ -282,6 +331,9 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     Ok(RunningSim {
         addr,
         public_key,
+        sim_key: Arc::clone(&shared_key),
+        app_id,
+        app_private_key: config.app_private_key,
         state,
         notifier,
         holds,

@@ -813,6 +813,7 @@ mod tests {
             app_public_key: app_key().public_key().clone(),
             sim_private_key: None,
             notify: crate::sim::NotifyPlan::default(),
+            app_private_key: None,
         })
         .await
         .unwrap()
@@ -1312,6 +1313,7 @@ mod tests {
             app_public_key: app_key().public_key().clone(),
             sim_private_key: Some(AppPrivateKey::generate().unwrap()),
             notify: crate::sim::NotifyPlan::default(),
+            app_private_key: None,
         })
         .await
         .unwrap_err();
@@ -1329,6 +1331,7 @@ mod tests {
                 app_public_key: app_key().public_key().clone(),
                 sim_private_key: None,
                 notify: crate::sim::NotifyPlan::default(),
+                app_private_key: None,
             },
             tokio::time::sleep(std::time::Duration::from_millis(50)),
         );

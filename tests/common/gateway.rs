@@ -45,6 +45,7 @@ pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
         app_public_key: app.public_key().clone(),
         sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
         notify: order_closer::sim::NotifyPlan::default(),
+        app_private_key: None,
     })
     .await
     .unwrap();

@@ -26,10 +26,9 @@ use order_closer::config::Settings;
 use order_closer::db::schema::decisions;
 use order_closer::db::{self, DbPool, orders};
 use order_closer::decide::{Decider, Gateways};
-use order_closer::gateway::alipay::{AlipayConfig, AppPrivateKey};
 use order_closer::notify::Notifier;
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
+use order_closer::sim::{self, BuyerClient, RunningSim};
 use order_closer::worker::{Worker, WorkerConfig};
 use rand::Rng;
 use tokio::task::JoinHandle;
@@ -69,12 +68,10 @@ pub struct TestEnv {
     pub sim: Option<RunningSim>,
     pub sim_url: String,
     pub buyers: BuyerClient,
-    pub app_key_pem: String,
-    pub sim_public_pem: String,
-    pub alipay: AlipayConfig,
+    /// Every variable this environment is configured by (the simulator's gateway
+    /// variables included): what a child process gets.
+    pub vars: HashMap<String, String>,
     pub closer: Closer,
-    /// The simulator's signing key ("Alipay's"), for notifications sent by hand.
-    pub sim_key: Arc<AppPrivateKey>,
     /// Stops the notify endpoint, when one runs.
     notify_stop: CancellationToken,
     workers: Vec<(CancellationToken, JoinHandle<()>)>,
@@ -118,35 +115,18 @@ impl TestEnv {
         if let Ok(kind) = std::env::var("TEST_QUEUE_TYPE") {
             vars.insert("ORDER_CLOSER_QUEUE_TYPE".into(), kind);
         }
+        let running = sim::start_local().await.expect("simulator");
+        vars.extend(running.client_vars());
         for (k, v) in overrides {
             vars.insert((*k).into(), (*v).into());
         }
-        let mut settings = Settings::from_lookup(|k| vars.get(k).cloned()).expect("settings");
+        let sim_url = running.base_url();
+        let settings = settings_of(&vars, &[]);
         db::migrate(&database_url).await.expect("migrate");
         let pool = db::pool(&database_url, settings.db_pool_size).expect("pool");
 
         let topology = Arc::new(settings.topology.clone());
         let (connection, publisher) = declared(settings.amqp_url.expose_secret(), &topology).await;
-
-        let app_key = AppPrivateKey::generate().expect("app key");
-        let app_key_pem = app_key.to_pkcs8_pem();
-        let sim_key_pem = AppPrivateKey::generate().expect("sim key").to_pkcs8_pem();
-        let sim_key = Arc::new(AppPrivateKey::parse(&sim_key_pem).expect("sim key"));
-        let running = sim::start(SimConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            app_id: settings.alipay.app_id.clone(),
-            app_public_key: app_key.public_key().clone(),
-            sim_private_key: Some(AppPrivateKey::parse(&sim_key_pem).expect("sim key")),
-            notify: order_closer::sim::NotifyPlan::default(),
-        })
-        .await
-        .expect("simulator");
-        let sim_url = running.base_url();
-        let sim_public_pem = running.public_key().to_spki_pem();
-        settings.alipay.gateway_url = sim_url.clone();
-        settings.alipay.app_private_key = Some(app_key_pem.clone().into());
-        settings.alipay.alipay_public_key = Some(sim_public_pem.clone());
-        let alipay = settings.alipay_config().expect("alipay config");
         let buyers = BuyerClient::new(sim_url.clone()).expect("buyer client");
         let closer = Closer::new(pool.clone(), Some(publisher.clone()));
         Self {
@@ -161,11 +141,8 @@ impl TestEnv {
             sim: Some(running),
             sim_url,
             buyers,
-            app_key_pem,
-            sim_public_pem,
-            alipay,
+            vars,
             closer,
-            sim_key,
             notify_stop: CancellationToken::new(),
             workers: Vec::new(),
             cleaned: false,
@@ -174,19 +151,48 @@ impl TestEnv {
 
     /// A decider like the worker's, trusting the simulator.
     pub fn decider(&self, actor: &str) -> Decider {
-        self.decider_with(self.alipay.clone(), actor)
+        self.decider_with(&[], actor)
     }
 
-    /// A decider with a custom Alipay configuration.
-    pub fn decider_with(&self, alipay: AlipayConfig, actor: &str) -> Decider {
+    /// The settings with some variables changed.
+    pub fn settings_with(&self, overrides: &[(&str, &str)]) -> Settings {
+        settings_of(&self.vars, overrides)
+    }
+
+    /// The gateways the environment's settings (with `overrides`) configure.
+    pub fn gateways_with(&self, overrides: &[(&str, &str)]) -> Gateways {
+        Gateways::from_settings(&self.settings_with(overrides)).expect("gateways")
+    }
+
+    /// The gateways, trusting the simulator.
+    pub fn gateways(&self) -> Gateways {
+        self.gateways_with(&[])
+    }
+
+    /// The gateway of one channel.
+    pub fn gateway(&self, channel: &str) -> Arc<dyn order_closer::gateway::Gateway> {
+        Arc::clone(
+            self.gateways()
+                .get(channel)
+                .expect("a gateway for the channel"),
+        )
+    }
+
+    /// The Alipay client itself, trusting the simulator (for the tests of Alipay's own
+    /// calls, such as the bill download).
+    pub fn alipay_client(&self) -> order_closer::gateway::alipay::AlipayClient {
+        let vars = order_closer::config::Vars::from_map(self.vars.clone());
+        let settings = order_closer::gateway::alipay::AlipaySettings::from_vars(&vars)
+            .expect("alipay settings")
+            .expect("alipay is configured");
+        order_closer::gateway::alipay::AlipayClient::new(settings.client).expect("alipay client")
+    }
+
+    /// A decider whose gateways are configured with `overrides` (a wrong key, another app).
+    pub fn decider_with(&self, overrides: &[(&str, &str)], actor: &str) -> Decider {
         Decider::configured(
             self.pool.clone(),
-            Gateways::alipay(
-                alipay,
-                Some(sim::SIM_SELLER_ID.to_owned()),
-                self.settings.alipay.rate_limit,
-            )
-            .expect("alipay client"),
+            self.gateways_with(overrides),
             &self.settings,
             actor,
         )
@@ -228,7 +234,7 @@ impl TestEnv {
     /// Creates an Alipay order due after `after`.
     pub async fn create(&self, no: &str, amount_minor: i64, after: Duration) -> Order {
         self.closer
-            .create_order(NewOrder::alipay(no, amount_minor, Due::After(after)))
+            .create_order(NewOrder::new("alipay", no, amount_minor, Due::After(after)))
             .await
             .expect("create order")
             .order
@@ -356,39 +362,14 @@ impl TestEnv {
     }
 
     /// Environment variables for running the binary against this environment.
-    pub fn binary_env(&self, dir: &std::path::Path) -> Vec<(String, String)> {
-        let private = dir.join("app_private.pem");
-        let public = dir.join("alipay_public.pem");
-        std::fs::write(&private, &self.app_key_pem).unwrap();
-        std::fs::write(&public, &self.sim_public_pem).unwrap();
-        vec![
-            ("DATABASE_URL".into(), self.database_url.clone()),
-            (
-                "AMQP_URL".into(),
-                self.settings.amqp_url.expose_secret().to_owned(),
-            ),
-            (
-                "ORDER_CLOSER_QUEUE_PREFIX".into(),
-                self.topology.prefix().into(),
-            ),
-            (
-                "ORDER_CLOSER_QUEUE_TYPE".into(),
-                match self.topology.queue_type() {
-                    order_closer::broker::topology::QueueType::Classic => "classic",
-                    order_closer::broker::topology::QueueType::Quorum => "quorum",
-                }
-                .into(),
-            ),
-            ("ORDER_CLOSER_OUTBOX_INTERVAL".into(), "100ms".into()),
-            ("ORDER_CLOSER_RETRY_STEPS".into(), "1s,1s,1s".into()),
-            ("ALIPAY_GATEWAY_URL".into(), self.sim_url.clone()),
-            (
-                "ALIPAY_APP_PRIVATE_KEY".into(),
-                private.display().to_string(),
-            ),
-            ("ALIPAY_PUBLIC_KEY".into(), public.display().to_string()),
-            ("RUST_LOG".into(), "info".into()),
-        ]
+    pub fn binary_env(&self, _dir: &std::path::Path) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.push(("RUST_LOG".into(), "info".into()));
+        vars
     }
 
     /// Replaces the broker connection (after a broker restart killed it).
@@ -509,6 +490,15 @@ pub async fn run_binary(vars: &[(String, String)], args: &[&str]) -> std::proces
         .expect("run the binary")
 }
 
+/// Settings from `vars` with `overrides` set over them.
+fn settings_of(vars: &HashMap<String, String>, overrides: &[(&str, &str)]) -> Settings {
+    let mut all = vars.clone();
+    for (k, v) in overrides {
+        all.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Settings::from_lookup(move |k| all.get(k).cloned()).expect("settings")
+}
+
 /// Polls `check` every 100 ms until it returns Some or `limit` passes.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
 where
@@ -537,15 +527,9 @@ pub struct NotifyEndpoint {
 impl TestEnv {
     /// A notifier like `order-closer notify`'s, over `pool`, trusting the simulator.
     pub fn notifier_over(&self, pool: DbPool) -> Notifier {
-        let gateways = Gateways::alipay(
-            self.alipay.clone(),
-            Some(sim::SIM_SELLER_ID.to_owned()),
-            self.settings.alipay.rate_limit,
-        )
-        .expect("alipay client");
         Notifier::new(Decider::configured(
             pool,
-            gateways,
+            self.gateways(),
             &self.settings,
             "notify:test",
         ))
@@ -594,20 +578,29 @@ impl TestEnv {
 
     /// The form the simulator would send about the trade now, signed with its key.
     pub fn notification(&self, trade: &sim::SimTradeView) -> String {
-        sim::notification_form(
-            &self.sim_key,
-            &self.alipay.app_id,
-            trade,
-            "test-notify",
-            chrono::Utc::now(),
-        )
-        .expect("a paid or closed trade")
+        self.signed_notification(None, trade, "test-notify", chrono::Utc::now())
     }
 
-    /// Starts an in-process worker with its own Alipay configuration.
-    pub fn start_worker_with(&mut self, alipay: AlipayConfig) -> Observed {
+    /// A notification signed by the simulator, for another app id when given, sent at
+    /// `sent_at`.
+    pub fn signed_notification(
+        &self,
+        app_id: Option<&str>,
+        trade: &sim::SimTradeView,
+        notify_id: &str,
+        sent_at: chrono::DateTime<chrono::Utc>,
+    ) -> String {
+        self.sim
+            .as_ref()
+            .expect("the simulator runs")
+            .notification(app_id, trade, notify_id, sent_at)
+            .expect("a paid or closed trade")
+    }
+
+    /// Starts an in-process worker whose gateways are configured with `overrides`.
+    pub fn start_worker_with(&mut self, overrides: &[(&str, &str)]) -> Observed {
         let config = WorkerConfig::from_settings(&self.settings);
-        self.run_worker(self.decider_with(alipay, "test-worker-custom"), config)
+        self.run_worker(self.decider_with(overrides, "test-worker-custom"), config)
     }
 }
 
@@ -615,13 +608,8 @@ impl TestEnv {
     /// Starts an in-process worker whose gateway calls go through a [`gateway::HeldGateway`]
     /// the test can stop at any one call.
     pub fn start_held_worker(&mut self) -> (Observed, Arc<gateway::HeldGateway>) {
-        let gateways = Gateways::alipay(
-            self.alipay.clone(),
-            Some(sim::SIM_SELLER_ID.to_owned()),
-            self.settings.alipay.rate_limit,
-        )
-        .expect("alipay client");
-        let channel = order_closer::gateway::registry::ALIPAY;
+        let gateways = self.gateways();
+        let channel = "alipay";
         let held = gateway::HeldGateway::new(Arc::clone(
             gateways.get(channel).expect("the alipay gateway"),
         ));

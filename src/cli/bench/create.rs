@@ -79,7 +79,8 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
         let no = format!("{prefix}-{i}");
         async move {
             let created = closer
-                .create_order(NewOrder::alipay(
+                .create_order(NewOrder::new(
+                    "alipay",
                     &no,
                     100 + (i as i64 % 9_900),
                     Due::At(deadline),

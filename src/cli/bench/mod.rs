@@ -50,7 +50,6 @@ use order_closer::broker::topology::{QueueType, Topology};
 use order_closer::broker::{self};
 use order_closer::config::Settings;
 use order_closer::db::{self, DbPool};
-use order_closer::gateway::alipay::AppPrivateKey;
 use order_closer::sim::{self, FaultPlan, RunningSim, SimState};
 use rand::Rng;
 use serde::Serialize;
@@ -528,10 +527,7 @@ impl BenchEnv {
                 .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
             let publisher = Publisher::open(&connection, topology.clone()).await?;
             topology.declare(publisher.channel()).await?;
-            let app_key = tokio::task::spawn_blocking(AppPrivateKey::generate)
-                .await
-                .context("key generation task")??;
-            let running = sim::start_local(&settings.alipay.app_id, &app_key).await?;
+            let running = sim::start_local().await?;
             let sim_state = running.state();
             sim_state
                 .set_faults(FaultPlan {
@@ -541,10 +537,6 @@ impl BenchEnv {
                 .map_err(|e| anyhow::anyhow!("--gateway-latency: {e}"))?;
             std::fs::create_dir_all(&work_dir)
                 .with_context(|| format!("creating {}", work_dir.display()))?;
-            let private = work_dir.join("app_private.pem");
-            let public = work_dir.join("alipay_public.pem");
-            std::fs::write(&private, app_key.to_pkcs8_pem())?;
-            std::fs::write(&public, running.public_key().to_spki_pem())?;
             let queue_type = match topology.queue_type() {
                 QueueType::Classic => "classic",
                 QueueType::Quorum => "quorum",
@@ -558,13 +550,10 @@ impl BenchEnv {
                 ("ORDER_CLOSER_RETRY_STEPS", "1s,1s,1s".to_owned()),
                 ("ORDER_CLOSER_HTTP_LISTEN", "off".to_owned()),
                 ("ALIPAY_RATE_LIMIT", "100000".to_owned()),
-                ("ALIPAY_GATEWAY_URL", running.base_url()),
-                ("ALIPAY_APP_ID", settings.alipay.app_id.clone()),
-                ("ALIPAY_APP_PRIVATE_KEY", private.display().to_string()),
-                ("ALIPAY_PUBLIC_KEY", public.display().to_string()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
+            .chain(running.client_vars())
             .collect();
             worker_env.extend(plan.worker_env.iter().cloned());
             Ok::<_, anyhow::Error>((pool, connection, publisher, running, sim_state, worker_env))

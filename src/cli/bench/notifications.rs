@@ -51,7 +51,7 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
     for chunk in numbers.chunks(10_000) {
         let new: Vec<NewOrder> = chunk
             .iter()
-            .map(|no| NewOrder::alipay(no, 1234, Due::After(Duration::from_secs(3600))))
+            .map(|no| NewOrder::new("alipay", no, 1234, Due::After(Duration::from_secs(3600))))
             .collect();
         closer.create_orders(&new).await?;
     }

@@ -103,7 +103,8 @@ pub async fn run(env: &BenchEnv, plan: &Plan, count: usize) -> anyhow::Result<Pe
                 .map(|i| {
                     let due = first_deadline
                         + chrono::Duration::milliseconds((i as f64 * step * 1000.0) as i64);
-                    NewOrder::alipay(
+                    NewOrder::new(
+                        "alipay",
                         format!("{prefix}-{i}"),
                         100 + (i as i64 % 9_900),
                         Due::At(due),

@@ -263,7 +263,7 @@ pub async fn create_orders(
             let buyer = Buyer::pick(i, paid_share);
             let amount = 100 + (i as i64 % 9_900);
             let created = closer
-                .create_order(NewOrder::alipay(&no, amount, due))
+                .create_order(NewOrder::new("alipay", &no, amount, due))
                 .await
                 .with_context(|| format!("creating order {no}"))?;
             buyer.act(&sim, &no, amount)?;

@@ -115,7 +115,7 @@ pub async fn run(
                 let buyer = Buyer::pick(i, paid_share);
                 let amount = 100 + (i as i64 % 9_900);
                 let order = closer
-                    .create_order(NewOrder::alipay(&no, amount, Due::After(DUE_AFTER)))
+                    .create_order(NewOrder::new("alipay", &no, amount, Due::After(DUE_AFTER)))
                     .await?;
                 buyer.act(&sim, &no, amount)?;
                 drop(permit);

@@ -17,6 +17,7 @@ use super::response::{
 };
 use super::sign::sign_params;
 use crate::bill::Bill;
+use crate::gateway::http::{self, echo};
 use crate::gateway::{
     BillFetchError, BillSource, CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer,
     RefundRequest,
@@ -27,9 +28,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest answer body read; anything longer is refused (retryable `body_too_large`).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Longest time spent connecting, whatever the request timeout.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to reach and authenticate with Alipay.
 #[derive(Debug, Clone)]
@@ -113,15 +111,7 @@ impl AlipayClient {
             return Err(ConfigError::ZeroTimeout);
         }
         let endpoint = endpoint_url(&config.gateway_url)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.timeout.min(MAX_CONNECT_TIMEOUT))
-            .timeout(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_keepalive(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("order-closer/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ConfigError::HttpClient)?;
+        let http = http::client(config.timeout).map_err(ConfigError::HttpClient)?;
         Ok(Self {
             config,
             endpoint,
@@ -148,15 +138,7 @@ impl AlipayClient {
     ) -> Result<VerifiedAnswer, GatewayError> {
         let started = Instant::now();
         let form = self.signed_form(method, biz_content)?;
-        let body = match tokio::time::timeout(self.config.timeout, self.exchange(&form)).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(GatewayError::retryable(
-                    "timeout",
-                    format!("no complete answer within {:?}", self.config.timeout),
-                ));
-            }
-        };
+        let body = http::within(self.config.timeout, "the answer", self.exchange(&form)).await?;
         let answer = self.verify(method, &body)?;
         let code = answer.value.get("code").and_then(Value::as_str);
         let sub_code = answer.value.get("sub_code").and_then(Value::as_str);
@@ -195,13 +177,13 @@ impl AlipayClient {
 
     /// Posts the form and reads the body (capped), mapping transport failures.
     async fn exchange(&self, form: &[(&'static str, String)]) -> Result<String, GatewayError> {
-        let mut response = self
+        let response = self
             .http
             .post(self.endpoint.clone())
             .form(form)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(http::transport_error)?;
         let status = response.status();
         if !status.is_success() {
             return Err(GatewayError::retryable(
@@ -209,19 +191,13 @@ impl AlipayClient {
                 format!("gateway answered HTTP {status}"),
             ));
         }
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_BODY_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body: Vec<u8> = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = http::read_capped(response, MAX_BODY_BYTES, || {
+            GatewayError::retryable(
+                "body_too_large",
+                format!("answer body exceeds {MAX_BODY_BYTES} bytes"),
+            )
+        })
+        .await?;
         String::from_utf8(body)
             .map_err(|_| GatewayError::retryable("unparseable", "answer body is not UTF-8"))
     }
@@ -280,9 +256,6 @@ pub const BILL_URL_METHOD: &str = "alipay.data.dataservice.bill.downloadurl.quer
 /// Largest bill archive [`AlipayClient::download_bill`] reads.
 pub const MAX_BILL_BYTES: usize = 64 * 1024 * 1024;
 
-/// Gateway-supplied text longer than this is shortened in error messages.
-const MAX_ECHO: usize = 200;
-
 impl AlipayClient {
     /// Asks for the download URL of the trade bill of `date` (China calendar day) with
     /// `alipay.data.dataservice.bill.downloadurl.query` and
@@ -323,26 +296,19 @@ impl AlipayClient {
     /// retryable (`timeout`, `connect`, `http_transport`).
     pub async fn download_bill(&self, url: &str) -> Result<Vec<u8>, GatewayError> {
         let started = Instant::now();
-        let parsed = reqwest::Url::parse(url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| {
-                GatewayError::permanent(
-                    "invalid_url",
-                    format!("bill URL {:?} is not an absolute http(s) URL", echo(url)),
-                )
-            })?;
+        let parsed = http::absolute_url(url).ok_or_else(|| {
+            GatewayError::permanent(
+                "invalid_url",
+                format!("bill URL {:?} is not an absolute http(s) URL", echo(url)),
+            )
+        })?;
         let host = parsed.host_str().unwrap_or("").to_owned();
-        let timeout = self.config.timeout;
-        let bytes = match tokio::time::timeout(timeout, self.fetch_bill(parsed)).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(GatewayError::retryable(
-                    "timeout",
-                    format!("bill download not complete within {timeout:?}"),
-                ));
-            }
-        };
+        let bytes = http::within(
+            self.config.timeout,
+            "the bill download",
+            self.fetch_bill(parsed),
+        )
+        .await?;
         tracing::debug!(
             host,
             bytes = bytes.len(),
@@ -353,7 +319,12 @@ impl AlipayClient {
     }
 
     async fn fetch_bill(&self, url: reqwest::Url) -> Result<Vec<u8>, GatewayError> {
-        let mut response = self.http.get(url).send().await.map_err(transport_error)?;
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(http::transport_error)?;
         let status = response.status();
         if !status.is_success() {
             return Err(GatewayError::retryable(
@@ -361,37 +332,13 @@ impl AlipayClient {
                 format!("bill download answered HTTP {status}"),
             ));
         }
-        let too_large = || {
+        http::read_capped(response, MAX_BILL_BYTES, || {
             GatewayError::permanent(
                 "bill_too_large",
                 format!("bill archive exceeds {MAX_BILL_BYTES} bytes"),
             )
-        };
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_BILL_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body: Vec<u8> = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-            if body.len() + chunk.len() > MAX_BILL_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    }
-}
-
-/// Gateway-supplied text, shortened for an error message.
-fn echo(text: &str) -> String {
-    if text.chars().count() <= MAX_ECHO {
-        text.to_owned()
-    } else {
-        let mut short: String = text.chars().take(MAX_ECHO).collect();
-        short.push('…');
-        short
+        })
+        .await
     }
 }
 
@@ -418,8 +365,7 @@ fn classify_bill_url(answer: &Value) -> Result<String, GatewayError> {
     }
     if code == "10000" {
         let url = text("bill_download_url");
-        let usable = reqwest::Url::parse(url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        let usable = http::absolute_url(url).is_some();
         return if usable {
             Ok(url.to_owned())
         } else {
@@ -466,24 +412,6 @@ fn endpoint_url(base: &str) -> Result<reqwest::Url, ConfigError> {
         return Err(invalid());
     }
     Ok(url)
-}
-
-fn too_large() -> GatewayError {
-    GatewayError::retryable(
-        "body_too_large",
-        format!("answer body exceeds {MAX_BODY_BYTES} bytes"),
-    )
-}
-
-fn transport_error(e: reqwest::Error) -> GatewayError {
-    let code = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "http_transport"
-    };
-    GatewayError::retryable(code, e.to_string())
 }
 
 #[async_trait]
@@ -589,6 +517,7 @@ mod tests {
             app_public_key: app.public_key().clone(),
             sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
             notify: crate::sim::NotifyPlan::default(),
+            app_private_key: None,
         })
         .await
         .unwrap()

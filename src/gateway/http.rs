@@ -1,0 +1,95 @@
+//! What every gateway client does the same over HTTP: one pooled client with bounded
+//! connect and request times and no redirects, bodies read with a cap, and transport
+//! failures classified as retryable with a stable code (`timeout`, `connect`,
+//! `http_transport`).
+
+use std::time::Duration;
+
+use super::GatewayError;
+
+/// Longest time spent connecting, whatever the request timeout.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Gateway-supplied text longer than this is shortened in error messages.
+const MAX_ECHO: usize = 200;
+
+/// A client for one gateway: connection reuse, connect and request timeouts, no
+/// redirects (a redirect from a payment gateway is not followed blindly).
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_keepalive(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("order-closer/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A transport failure, classified.
+pub fn transport_error(e: reqwest::Error) -> GatewayError {
+    let code = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "http_transport"
+    };
+    GatewayError::retryable(code, e.to_string())
+}
+
+/// Reads a body of at most `max` bytes; a longer one is `too_large()`, whatever its
+/// announced length.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+    too_large: impl Fn() -> GatewayError,
+) -> Result<Vec<u8>, GatewayError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Runs `call` within `timeout`; past it, a retryable `timeout` naming `what`.
+pub async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(GatewayError::retryable(
+            "timeout",
+            format!("{what} not complete within {timeout:?}"),
+        )),
+    }
+}
+
+/// An absolute `http`/`https` URL with a host, or None.
+pub fn absolute_url(text: &str) -> Option<reqwest::Url> {
+    reqwest::Url::parse(text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+}
+
+/// Gateway-supplied text, shortened for an error message.
+pub fn echo(text: &str) -> String {
+    if text.chars().count() <= MAX_ECHO {
+        text.to_owned()
+    } else {
+        let mut short: String = text.chars().take(MAX_ECHO).collect();
+        short.push('…');
+        short
+    }
+}
