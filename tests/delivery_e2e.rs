@@ -253,6 +253,34 @@ async fn transient_failures_walk_the_retry_steps_then_park() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_with_retry_steps_of_its_own_walks_those() {
+    let mut env = TestEnv::new(&[]).await;
+    let no = env.no("ownsteps");
+    let order = env.create(&no, 100, Duration::ZERO).await;
+    // One step of Alipay's own instead of the common three.
+    let stranger = AppPrivateKey::generate()
+        .unwrap()
+        .public_key()
+        .to_spki_pem();
+    env.start_worker_with(&[
+        ("ALIPAY_PUBLIC_KEY", &stranger),
+        ("ALIPAY_RETRY_STEPS", "1s"),
+    ]);
+    let messages = env
+        .wait_parked(1, Duration::from_secs(30))
+        .await
+        .expect("parked");
+    assert_eq!(
+        header_text(&messages[0].1, "oc-attempts").as_deref(),
+        Some("2")
+    );
+    let history = env.decisions(order.id).await;
+    let outcomes: Vec<&str> = history.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(outcomes, ["retry", "parked"]);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_gateway_error_parks_at_once() {
     let mut env = TestEnv::new(&[]).await;
     let no = env.no("perm");

@@ -257,14 +257,9 @@ impl Settings {
         })?;
         let topology = Topology::new(prefix, tiers, queue_type);
 
-        let retry = match var("ORDER_CLOSER_RETRY_STEPS") {
-            None => RetryPolicy::default(),
-            Some(text) => {
-                let steps = parse_duration_list("ORDER_CLOSER_RETRY_STEPS", &text)?;
-                RetryPolicy::new(steps)
-                    .map_err(|e| ConfigError::invalid("ORDER_CLOSER_RETRY_STEPS", &text, e))?
-            }
-        };
+        let retry = vars
+            .retry_steps("ORDER_CLOSER_RETRY_STEPS")?
+            .unwrap_or_default();
 
         let log_format = match var("ORDER_CLOSER_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,

@@ -151,6 +151,20 @@ impl Vars {
         Ok(url.trim_end_matches('/').to_owned())
     }
 
+    /// Back-off steps (`3s,30s,60s`), if set.
+    pub fn retry_steps(
+        &self,
+        name: &'static str,
+    ) -> Result<Option<crate::retry::RetryPolicy>, ConfigError> {
+        let Some(text) = self.get(name) else {
+            return Ok(None);
+        };
+        let steps = parse_duration_list(name, &text)?;
+        crate::retry::RetryPolicy::new(steps)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(name, &text, e))
+    }
+
     /// One of `choices` (by its name), or `default`.
     pub fn choice<T: Copy>(
         &self,

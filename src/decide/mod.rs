@@ -211,6 +211,11 @@ impl Decider {
         &self.metrics
     }
 
+    /// The retry steps of a channel: its gateway's own, or the common ones.
+    pub(crate) fn retry_for(&self, channel: &str) -> &RetryPolicy {
+        self.gateways.retry(channel).unwrap_or(&self.retry)
+    }
+
     /// Counts an outcome in the metrics.
     fn observe(&self, outcome: &Outcome) {
         let m = &self.metrics;
@@ -363,45 +368,47 @@ impl Decider {
                 .await
             }
             Action::Close(reason) => self.apply_closed(order, attempt, reason, answer).await,
-            Action::Retry { code, detail } => match self.retry.after_failure(attempt.number) {
-                RetryStep::Retry {
-                    delay,
-                    attempt: next,
-                } => {
-                    let not_before = crate::time::later(Utc::now(), delay);
-                    self.audit_only(
-                        &order,
-                        attempt,
-                        DecisionOutcome::Retry,
-                        &format!("{code}: {detail}"),
-                        answer.as_deref(),
-                        Some(Recheck::At(not_before)),
-                    )
-                    .await;
-                    Ok(Outcome::Retry {
+            Action::Retry { code, detail } => {
+                match self.retry_for(&order.channel).after_failure(attempt.number) {
+                    RetryStep::Retry {
                         delay,
-                        not_before,
                         attempt: next,
-                        code,
-                        detail,
-                    })
+                    } => {
+                        let not_before = crate::time::later(Utc::now(), delay);
+                        self.audit_only(
+                            &order,
+                            attempt,
+                            DecisionOutcome::Retry,
+                            &format!("{code}: {detail}"),
+                            answer.as_deref(),
+                            Some(Recheck::At(not_before)),
+                        )
+                        .await;
+                        Ok(Outcome::Retry {
+                            delay,
+                            not_before,
+                            attempt: next,
+                            code,
+                            detail,
+                        })
+                    }
+                    RetryStep::Exhausted => {
+                        let detail = format!(
+                            "gave up after {} attempts; last error {code}: {detail}",
+                            attempt.number + 1
+                        );
+                        self.park(
+                            &order,
+                            attempt,
+                            "attempts_exhausted",
+                            &detail,
+                            answer.as_deref(),
+                            Some(Recheck::Parked),
+                        )
+                        .await
+                    }
                 }
-                RetryStep::Exhausted => {
-                    let detail = format!(
-                        "gave up after {} attempts; last error {code}: {detail}",
-                        attempt.number + 1
-                    );
-                    self.park(
-                        &order,
-                        attempt,
-                        "attempts_exhausted",
-                        &detail,
-                        answer.as_deref(),
-                        Some(Recheck::Parked),
-                    )
-                    .await
-                }
-            },
+            }
             Action::Park { code, detail } => {
                 self.park(
                     &order,

@@ -260,7 +260,11 @@ impl Decider {
                 gateway.refund(&request),
             )
             .await;
-        match decision::after_refund(answer.as_ref(), attempt.number, &self.retry) {
+        match decision::after_refund(
+            answer.as_ref(),
+            attempt.number,
+            self.retry_for(&order.channel),
+        ) {
             RefundAction::Succeeded => {
                 let raw = answer.map(|a| (a.raw, a.fund_change)).unwrap_or_default();
                 self.refund_succeeded(&order, &row, attempt, &raw.0, raw.1)

@@ -14,6 +14,7 @@ use super::notify::AlipayNotify;
 use crate::config::{ConfigError, DEFAULT_GATEWAY_URL, Vars, key_material};
 use crate::gateway::rate_limit::RateLimited;
 use crate::gateway::registry::{Connector, RegistryError};
+use crate::retry::RetryPolicy;
 
 /// The default (sandbox-looking) application id.
 pub const DEFAULT_APP_ID: &str = "2021000000000000";
@@ -28,6 +29,7 @@ pub const VARIABLES: &[&str] = &[
     "ALIPAY_PUBLIC_KEY",
     "ALIPAY_TIMEOUT",
     "ALIPAY_RATE_LIMIT",
+    "ALIPAY_RETRY_STEPS",
 ];
 
 /// Alipay as configured.
@@ -40,6 +42,8 @@ pub struct AlipaySettings {
     pub seller_id: Option<String>,
     /// Most requests per second this process sends to Alipay (`ALIPAY_RATE_LIMIT`).
     pub rate_limit: NonZeroU32,
+    /// Alipay's own retry steps (`ALIPAY_RETRY_STEPS`); the common ones when unset.
+    pub retry: Option<RetryPolicy>,
 }
 
 impl AlipaySettings {
@@ -56,6 +60,7 @@ impl AlipaySettings {
         )?;
         let rate_limit = NonZeroU32::new(vars.number("ALIPAY_RATE_LIMIT", 200, 1, 100_000)? as u32)
             .unwrap_or(NonZeroU32::MIN);
+        let retry = vars.retry_steps("ALIPAY_RETRY_STEPS")?;
         let private = vars.secret("ALIPAY_APP_PRIVATE_KEY", "ALIPAY_APP_PRIVATE_KEY_FILE")?;
         let public = vars.get("ALIPAY_PUBLIC_KEY");
         if private.is_none() && public.is_none() {
@@ -85,6 +90,7 @@ impl AlipaySettings {
             },
             seller_id,
             rate_limit,
+            retry,
         }))
     }
 
@@ -104,7 +110,8 @@ impl AlipaySettings {
             self.rate_limit,
         )))
         .with_verifier(Arc::new(verifier))
-        .with_bills(client))
+        .with_bills(client)
+        .with_retry(self.retry))
     }
 }
 
@@ -142,6 +149,7 @@ mod tests {
             ("ALIPAY_RATE_LIMIT", "0"),
             ("ALIPAY_GATEWAY_URL", "ftp://x"),
             ("ALIPAY_GATEWAY_URL", "http://"),
+            ("ALIPAY_RETRY_STEPS", "1s,soon"),
         ] {
             let err = read(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var), "{var}={value}: {err}");
