@@ -99,6 +99,8 @@ pub enum QueryStage {
     First,
     /// The query after the gateway refused to close the trade.
     AfterCloseRefused,
+    /// The query after a close the gateway took without saying the trade is closed.
+    AfterCloseUnconfirmed,
 }
 
 fn from_error(error: &GatewayError) -> Action {
@@ -137,7 +139,9 @@ pub fn after_query(
             }),
         },
         (TradeState::NotFound, QueryStage::First) => Action::Close(CloseReason::NoTrade),
-        (TradeState::Closed, _) => Action::Close(CloseReason::ClosedAtGateway),
+        (TradeState::Closed, QueryStage::First | QueryStage::AfterCloseRefused) => {
+            Action::Close(CloseReason::ClosedAtGateway)
+        }
         (TradeState::WaitingForPayment, QueryStage::First) => Action::CloseAtGateway,
         (TradeState::InProgress, _) => Action::Retry {
             code: "buyer_paying".into(),
@@ -151,6 +155,19 @@ pub fn after_query(
             code: "close_refused_not_found".into(),
             detail: "the gateway refused to close a trade it now reports as missing".into(),
         },
+        // The close was taken; what the trade is now decides. Closed: closed by us. No
+        // trade at all: nothing exists that could be paid. Still waiting: the close did
+        // not take, try again later.
+        (TradeState::Closed, QueryStage::AfterCloseUnconfirmed) => {
+            Action::Close(CloseReason::ClosedByUs)
+        }
+        (TradeState::NotFound, QueryStage::AfterCloseUnconfirmed) => {
+            Action::Close(CloseReason::NoTrade)
+        }
+        (TradeState::WaitingForPayment, QueryStage::AfterCloseUnconfirmed) => Action::Retry {
+            code: "close_unconfirmed_still_waiting".into(),
+            detail: "the gateway took the close but still reports the trade as waiting".into(),
+        },
     }
 }
 
@@ -158,7 +175,7 @@ pub fn after_query(
 pub fn after_close(answer: Result<&CloseAnswer, &GatewayError>) -> Action {
     match answer {
         Ok(CloseAnswer::Closed) => Action::Close(CloseReason::ClosedByUs),
-        Ok(CloseAnswer::NotCloseable { .. }) => Action::QueryAgain,
+        Ok(CloseAnswer::NotCloseable { .. } | CloseAnswer::Unconfirmed) => Action::QueryAgain,
         Err(error) => from_error(error),
     }
 }
@@ -214,7 +231,10 @@ impl<'a> Protocol<'a> {
     pub fn after_close(&mut self, answer: Result<&CloseAnswer, &GatewayError>) -> Step {
         match after_close(answer) {
             Action::QueryAgain => {
-                self.stage = QueryStage::AfterCloseRefused;
+                self.stage = match answer {
+                    Ok(CloseAnswer::Unconfirmed) => QueryStage::AfterCloseUnconfirmed,
+                    _ => QueryStage::AfterCloseRefused,
+                };
                 Step::Query
             }
             other => Step::Done(other),
@@ -303,6 +323,7 @@ mod tests {
             closed_at: None,
             gateway_trade_no: None,
             close_reason: None,
+            gateway_ref: None,
         }
     }
 
@@ -650,6 +671,62 @@ mod tests {
                 vec![
                     Q(Ok(TradeState::WaitingForPayment)),
                     C(Ok(refused)),
+                    Q(Err(busy.clone())),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::Retry { .. }),
+            ),
+            // A close the gateway took without confirming (WeChat's 204): what the trade
+            // is afterwards decides, and only "closed" or "no trade at all" closes.
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(CloseAnswer::Unconfirmed)),
+                    Q(Ok(TradeState::Closed)),
+                ],
+                vec!["query", "close", "query"],
+                |a| *a == Action::Close(CloseReason::ClosedByUs),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(CloseAnswer::Unconfirmed)),
+                    Q(Ok(TradeState::NotFound)),
+                ],
+                vec!["query", "close", "query"],
+                |a| *a == Action::Close(CloseReason::NoTrade),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(CloseAnswer::Unconfirmed)),
+                    Q(Ok(paid.clone())),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::MarkPaid { .. }),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(CloseAnswer::Unconfirmed)),
+                    Q(Ok(TradeState::WaitingForPayment)),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::Retry { code, .. } if code == "close_unconfirmed_still_waiting"),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(CloseAnswer::Unconfirmed)),
+                    Q(Ok(TradeState::InProgress)),
+                ],
+                vec!["query", "close", "query"],
+                |a| matches!(a, Action::Retry { code, .. } if code == "buyer_paying"),
+            ),
+            (
+                vec![
+                    Q(Ok(TradeState::WaitingForPayment)),
+                    C(Ok(CloseAnswer::Unconfirmed)),
                     Q(Err(busy)),
                 ],
                 vec!["query", "close", "query"],

@@ -74,6 +74,9 @@ pub struct Order {
     pub gateway_trade_no: Option<String>,
     /// Why it was closed.
     pub close_reason: Option<String>,
+    /// The gateway's own reference of the trade, for gateways that look trades up by it
+    /// (given by the shop at creation); None for those that use `out_trade_no`.
+    pub gateway_ref: Option<String>,
 }
 
 impl Order {

@@ -104,7 +104,10 @@ async fn gateway_closed_trade_closes_locally() {
     env.create(&no, 700, Duration::from_secs(1)).await;
     env.buyers.scan(&no, 700).await.unwrap();
     // Someone (an earlier attempt, an operator) closed the trade at the gateway already.
-    env.gateway("alipay").close(&no).await.unwrap();
+    env.gateway("alipay")
+        .close(order_closer::gateway::TradeRef::new(&no))
+        .await
+        .unwrap();
     env.start_worker(4, 4);
 
     let order = env.settled(&no, DECIDED_WITHIN).await;
@@ -137,5 +140,54 @@ async fn paid_with_another_amount_is_marked_paid_and_recorded_as_an_anomaly() {
         kinds.contains(&"order.anomaly.amount_mismatch"),
         "{kinds:?}"
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_is_asked_about_the_trade_by_the_order_s_references() {
+    let mut env = TestEnv::new(&[]).await;
+    let no = env.no("refs");
+    let created = env
+        .closer
+        .create_order(
+            order_closer::closer::NewOrder::new(
+                "alipay",
+                &no,
+                300,
+                order_closer::closer::Due::After(Duration::from_secs(1)),
+            )
+            .with_gateway_ref("pi_3MtwBwLkdIwHu7ix28a3tqPa"),
+        )
+        .await
+        .unwrap()
+        .order;
+    assert_eq!(
+        created.gateway_ref.as_deref(),
+        Some("pi_3MtwBwLkdIwHu7ix28a3tqPa")
+    );
+    assert_eq!(env.order(&no).await.gateway_ref, created.gateway_ref);
+    let (_worker, held) = env.start_held_worker();
+    let order = env.settled(&no, DECIDED_WITHIN).await;
+    assert_eq!(order.status(), OrderStatus::Closed);
+    let log = held.log();
+    assert!(!log.is_empty());
+    for (method, out_trade_no, gateway_ref) in log {
+        assert_eq!(out_trade_no, no, "{method}");
+        assert_eq!(
+            gateway_ref.as_deref(),
+            Some("pi_3MtwBwLkdIwHu7ix28a3tqPa"),
+            "{method}"
+        );
+    }
+    // A reference no gateway could hold is refused before anything is written.
+    let bad = order_closer::closer::NewOrder::new(
+        "alipay",
+        env.no("badref"),
+        300,
+        order_closer::closer::Due::After(Duration::from_secs(60)),
+    )
+    .with_gateway_ref("x".repeat(256));
+    let err = env.closer.create_order(bad).await.unwrap_err().to_string();
+    assert!(err.contains("gateway_ref"), "{err}");
     env.cleanup().await;
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use order_closer::gateway::{CloseAnswer, FaultClass, Gateway, GatewayError, TradeState};
+use order_closer::gateway::{CloseAnswer, FaultClass, Gateway, GatewayError, TradeRef, TradeState};
 use order_closer::sim::{BuyerError, FaultKind, FaultPlan, SimTradeStatus, SimTradeView};
 
 /// The client's own timeout: every `timeout` hold below is longer.
@@ -70,18 +70,18 @@ async fn each_fault_kind_is_a_stable_retryable_code_and_changes_nothing() {
         assert_eq!(installed.rate(kind), 1.0);
 
         assert_eq!(
-            retryable_code(env.client.query(&no).await),
+            retryable_code(env.client.query(TradeRef::new(&no)).await),
             code,
             "{kind} query"
         );
         assert_eq!(
-            retryable_code(env.client.close(&no).await),
+            retryable_code(env.client.close(TradeRef::new(&no)).await),
             code,
             "{kind} close"
         );
         // The same code for a trade the gateway does not know.
         assert_eq!(
-            retryable_code(env.client.query("ORD-unknown").await),
+            retryable_code(env.client.query(TradeRef::new("ORD-unknown")).await),
             code,
             "{kind} query of an unknown trade"
         );
@@ -99,7 +99,10 @@ async fn each_fault_kind_is_a_stable_retryable_code_and_changes_nothing() {
             .set_faults(&FaultPlan::only(kind, 1.0))
             .await
             .unwrap();
-        assert_eq!(retryable_code(env.client.close("ORD-paid").await), code);
+        assert_eq!(
+            retryable_code(env.client.close(TradeRef::new("ORD-paid")).await),
+            code
+        );
     }
     assert_eq!(status(&env, "ORD-paid").await, SimTradeStatus::TradeSuccess);
 
@@ -122,7 +125,10 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
         .await
         .unwrap();
     let started = Instant::now();
-    let (query, close) = tokio::join!(env.client.query("ORD-T"), env.client.close("ORD-T"));
+    let (query, close) = tokio::join!(
+        env.client.query(TradeRef::new("ORD-T")),
+        env.client.close(TradeRef::new("ORD-T"))
+    );
     let elapsed = started.elapsed();
     assert_eq!(retryable_code(query), "timeout");
     assert_eq!(retryable_code(close), "timeout");
@@ -148,7 +154,7 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
     short.timeout_ms = Some(100);
     env.buyer.set_faults(&short).await.unwrap();
     assert_eq!(
-        retryable_code(env.client.close("ORD-T").await),
+        retryable_code(env.client.close(TradeRef::new("ORD-T")).await),
         "http_transport"
     );
     assert_eq!(status(&env, "ORD-T").await, SimTradeStatus::WaitBuyerPay);
@@ -158,7 +164,7 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
         .set_faults(&FaultPlan::only(FaultKind::Timeout, 1.0))
         .await
         .unwrap();
-    let _ = env.client.query("ORD-T").await;
+    let _ = env.client.query(TradeRef::new("ORD-T")).await;
     let stopping = Instant::now();
     env.sim.shutdown().await;
     assert!(
@@ -176,16 +182,26 @@ async fn timeout_after_apply_closes_but_the_client_sees_a_timeout() {
         .set_faults(&FaultPlan::only(FaultKind::TimeoutAfterApply, 1.0))
         .await
         .unwrap();
-    assert_eq!(retryable_code(env.client.close("ORD-TA").await), "timeout");
+    assert_eq!(
+        retryable_code(env.client.close(TradeRef::new("ORD-TA")).await),
+        "timeout"
+    );
     // The close happened; we never heard.
     let trade = env.buyer.trade("ORD-TA").await.unwrap().unwrap();
     assert_eq!(trade.status, SimTradeStatus::TradeClosed);
     assert!(trade.closed_at.is_some());
     // A query under the same fault times out too; once cleared it tells the truth.
-    assert_eq!(retryable_code(env.client.query("ORD-TA").await), "timeout");
+    assert_eq!(
+        retryable_code(env.client.query(TradeRef::new("ORD-TA")).await),
+        "timeout"
+    );
     env.buyer.clear_faults().await.unwrap();
     assert_eq!(
-        env.client.query("ORD-TA").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-TA"))
+            .await
+            .unwrap()
+            .state,
         TradeState::Closed
     );
     env.sim.shutdown().await;
@@ -200,7 +216,7 @@ async fn wrong_amount_yields_paid_with_the_gateways_amount() {
         .set_faults(&FaultPlan::only(FaultKind::WrongAmount, 1.0))
         .await
         .unwrap();
-    let answer = env.client.query("ORD-A").await.unwrap();
+    let answer = env.client.query(TradeRef::new("ORD-A")).await.unwrap();
     match answer.state {
         TradeState::Paid { amount_minor, .. } => {
             assert_ne!(amount_minor, 1234, "the gateway's amount, not the trade's");
@@ -215,16 +231,24 @@ async fn wrong_amount_yields_paid_with_the_gateways_amount() {
     );
     // Unpaid trades still read as unpaid (the amount is not looked at).
     assert_eq!(
-        env.client.query("ORD-W").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-W"))
+            .await
+            .unwrap()
+            .state,
         TradeState::WaitingForPayment
     );
     // Not applicable to closes or unknown trades: those answer normally.
     assert_eq!(
-        env.client.query("ORD-none").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-none"))
+            .await
+            .unwrap()
+            .state,
         TradeState::NotFound
     );
     assert_eq!(
-        env.client.close("ORD-W").await.unwrap(),
+        env.client.close(TradeRef::new("ORD-W")).await.unwrap(),
         CloseAnswer::Closed
     );
     assert_eq!(status(&env, "ORD-A").await, SimTradeStatus::TradeSuccess);
@@ -246,20 +270,37 @@ async fn fail_next_affects_exactly_n_answers() {
     assert_eq!((pending.kind, pending.remaining), (FaultKind::Busy20000, 3));
     // Other trades are not affected.
     assert_eq!(
-        env.client.query("ORD-G").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-G"))
+            .await
+            .unwrap()
+            .state,
         TradeState::WaitingForPayment
     );
     // Queries and closes both consume it.
-    assert_eq!(retryable_code(env.client.query("ORD-F").await), "20000");
-    assert_eq!(retryable_code(env.client.close("ORD-F").await), "20000");
-    assert_eq!(retryable_code(env.client.query("ORD-F").await), "20000");
+    assert_eq!(
+        retryable_code(env.client.query(TradeRef::new("ORD-F")).await),
+        "20000"
+    );
+    assert_eq!(
+        retryable_code(env.client.close(TradeRef::new("ORD-F")).await),
+        "20000"
+    );
+    assert_eq!(
+        retryable_code(env.client.query(TradeRef::new("ORD-F")).await),
+        "20000"
+    );
     assert_eq!(status(&env, "ORD-F").await, SimTradeStatus::WaitBuyerPay);
     assert_eq!(
-        env.client.query("ORD-F").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-F"))
+            .await
+            .unwrap()
+            .state,
         TradeState::WaitingForPayment
     );
     assert_eq!(
-        env.client.close("ORD-F").await.unwrap(),
+        env.client.close(TradeRef::new("ORD-F")).await.unwrap(),
         CloseAnswer::Closed
     );
 
@@ -273,11 +314,11 @@ async fn fail_next_affects_exactly_n_answers() {
         .await
         .unwrap();
     assert_eq!(
-        retryable_code(env.client.query("ORD-later").await),
+        retryable_code(env.client.query(TradeRef::new("ORD-later")).await),
         "ACQ.SYSTEM_ERROR"
     );
     assert_eq!(
-        retryable_code(env.client.query("ORD-later").await),
+        retryable_code(env.client.query(TradeRef::new("ORD-later")).await),
         "unparseable"
     );
     env.buyer.clear_faults().await.unwrap();
@@ -291,7 +332,7 @@ async fn fail_next_affects_exactly_n_answers() {
         .fail_next("ORD-G", FaultKind::Http502, 0)
         .await
         .unwrap();
-    assert!(env.client.query("ORD-G").await.is_ok());
+    assert!(env.client.query(TradeRef::new("ORD-G")).await.is_ok());
 
     // Bad requests.
     let http = reqwest::Client::new();
@@ -409,23 +450,34 @@ async fn clearing_faults_restores_normal_answers() {
         .fail_next("ORD-C", FaultKind::Busy20000, 5)
         .await
         .unwrap();
-    assert_eq!(retryable_code(env.client.query("ORD-C").await), "20000");
     assert_eq!(
-        retryable_code(env.client.query("ORD-other").await),
+        retryable_code(env.client.query(TradeRef::new("ORD-C")).await),
+        "20000"
+    );
+    assert_eq!(
+        retryable_code(env.client.query(TradeRef::new("ORD-other")).await),
         "http_502"
     );
     env.buyer.clear_faults().await.unwrap();
     assert_eq!(env.buyer.faults().await.unwrap(), FaultPlan::default());
     assert_eq!(
-        env.client.query("ORD-C").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-C"))
+            .await
+            .unwrap()
+            .state,
         TradeState::WaitingForPayment
     );
     assert_eq!(
-        env.client.close("ORD-C").await.unwrap(),
+        env.client.close(TradeRef::new("ORD-C")).await.unwrap(),
         CloseAnswer::Closed
     );
     assert_eq!(
-        env.client.query("ORD-other").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-other"))
+            .await
+            .unwrap()
+            .state,
         TradeState::NotFound
     );
     env.sim.shutdown().await;
@@ -439,11 +491,15 @@ async fn methods_filter_limits_the_plan() {
     plan.methods = Some(vec!["alipay.trade.close".into()]);
     env.buyer.set_faults(&plan).await.unwrap();
     assert_eq!(
-        env.client.query("ORD-M").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-M"))
+            .await
+            .unwrap()
+            .state,
         TradeState::WaitingForPayment
     );
     assert_eq!(
-        retryable_code(env.client.close("ORD-M").await),
+        retryable_code(env.client.close(TradeRef::new("ORD-M")).await),
         "ACQ.SYSTEM_ERROR"
     );
     assert_eq!(status(&env, "ORD-M").await, SimTradeStatus::WaitBuyerPay);
@@ -461,7 +517,7 @@ async fn latency_is_added_and_a_late_close_still_applies() {
     };
     env.buyer.set_faults(&plan).await.unwrap();
     let started = Instant::now();
-    assert!(env.client.query("ORD-L").await.is_ok());
+    assert!(env.client.query(TradeRef::new("ORD-L")).await.is_ok());
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
 
@@ -470,7 +526,10 @@ async fn latency_is_added_and_a_late_close_still_applies() {
     plan.latency_ms = 1_500;
     plan.latency_jitter_ms = None;
     env.buyer.set_faults(&plan).await.unwrap();
-    assert_eq!(retryable_code(env.client.close("ORD-L").await), "timeout");
+    assert_eq!(
+        retryable_code(env.client.close(TradeRef::new("ORD-L")).await),
+        "timeout"
+    );
     assert_eq!(status(&env, "ORD-L").await, SimTradeStatus::WaitBuyerPay);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(status(&env, "ORD-L").await, SimTradeStatus::TradeClosed);
@@ -488,7 +547,7 @@ async fn a_seeded_plan_repeats_its_faults() {
         env.buyer.set_faults(&plan).await.unwrap();
         let mut pattern = Vec::new();
         for _ in 0..30 {
-            pattern.push(env.client.query("ORD-S").await.is_ok());
+            pattern.push(env.client.query(TradeRef::new("ORD-S")).await.is_ok());
         }
         runs.push(pattern);
     }
@@ -545,11 +604,15 @@ async fn a_qr_code_cannot_be_scanned_after_time_expire() {
     // No trade came into existence: the gateway does not know it.
     assert_eq!(env.buyer.trade("ORD-late").await.unwrap(), None);
     assert_eq!(
-        env.client.query("ORD-late").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-late"))
+            .await
+            .unwrap()
+            .state,
         TradeState::NotFound
     );
     assert_eq!(
-        env.client.close("ORD-late").await.unwrap(),
+        env.client.close(TradeRef::new("ORD-late")).await.unwrap(),
         CloseAnswer::Closed
     );
     assert!(env.sim.state().trades().is_empty());
@@ -587,7 +650,11 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
     assert_eq!(forever.time_expire, None);
     // Before the expiry, the trade waits as usual.
     assert_eq!(
-        env.client.query("ORD-wait").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-wait"))
+            .await
+            .unwrap()
+            .state,
         TradeState::WaitingForPayment
     );
 
@@ -596,7 +663,11 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
 
     // The waiting trade is closed, as of its expiry.
     assert_eq!(
-        env.client.query("ORD-wait").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-wait"))
+            .await
+            .unwrap()
+            .state,
         TradeState::Closed
     );
     let closed = env.buyer.trade("ORD-wait").await.unwrap().unwrap();
@@ -621,19 +692,34 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
         closed
     );
     // Closing it answers as Alipay does for a closed trade.
-    assert_eq!(env.client.close("ORD-wait").await.unwrap(), not_closeable());
+    assert_eq!(
+        env.client.close(TradeRef::new("ORD-wait")).await.unwrap(),
+        not_closeable()
+    );
     assert_eq!(env.buyer.trade("ORD-wait").await.unwrap(), Some(closed));
 
     // Paid before the expiry: still paid after it, and not closeable.
-    match env.client.query("ORD-paid").await.unwrap().state {
+    match env
+        .client
+        .query(TradeRef::new("ORD-paid"))
+        .await
+        .unwrap()
+        .state
+    {
         TradeState::Paid { amount_minor, .. } => assert_eq!(amount_minor, 200),
         other => panic!("expected Paid, got {other:?}"),
     }
-    assert_eq!(env.client.close("ORD-paid").await.unwrap(), not_closeable());
+    assert_eq!(
+        env.client.close(TradeRef::new("ORD-paid")).await.unwrap(),
+        not_closeable()
+    );
     assert_eq!(status(&env, "ORD-paid").await, SimTradeStatus::TradeSuccess);
 
     // An armed race cannot fire: the buyer cannot pay an expired trade.
-    assert_eq!(env.client.close("ORD-race").await.unwrap(), not_closeable());
+    assert_eq!(
+        env.client.close(TradeRef::new("ORD-race")).await.unwrap(),
+        not_closeable()
+    );
     let race = env.buyer.trade("ORD-race").await.unwrap().unwrap();
     assert_eq!(
         (race.status, race.paid_at, race.closed_at, race.pay_on_close),
@@ -642,11 +728,18 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
 
     // Without time_expire nothing changes: still waiting, and our close closes it.
     assert_eq!(
-        env.client.query("ORD-forever").await.unwrap().state,
+        env.client
+            .query(TradeRef::new("ORD-forever"))
+            .await
+            .unwrap()
+            .state,
         TradeState::WaitingForPayment
     );
     assert_eq!(
-        env.client.close("ORD-forever").await.unwrap(),
+        env.client
+            .close(TradeRef::new("ORD-forever"))
+            .await
+            .unwrap(),
         CloseAnswer::Closed
     );
     let trades = env.sim.state().trades();

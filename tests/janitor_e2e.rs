@@ -188,6 +188,7 @@ async fn concurrent_janitors_never_claim_one_order_twice() {
             amount_minor: 100,
             currency: "CNY",
             deadline: past,
+            gateway_ref: None,
         };
         ids.insert(orders::insert(&mut conn, &row).await.unwrap().id);
     }

@@ -397,14 +397,14 @@ struct SettledMeanwhile {
 impl order_closer::gateway::Gateway for SettledMeanwhile {
     async fn query(
         &self,
-        _: &str,
+        _: order_closer::gateway::TradeRef<'_>,
     ) -> Result<order_closer::gateway::QueryAnswer, order_closer::gateway::GatewayError> {
         Err(self.error.clone())
     }
 
     async fn close(
         &self,
-        _: &str,
+        _: order_closer::gateway::TradeRef<'_>,
     ) -> Result<order_closer::gateway::CloseAnswer, order_closer::gateway::GatewayError> {
         Err(self.error.clone())
     }

@@ -65,13 +65,19 @@ pub struct CreateArgs {
     /// Payment deadline as RFC 3339, for example 2026-11-22T10:00:00+08:00.
     #[arg(long)]
     deadline: Option<DateTime<Utc>>,
-    /// The gateway.
-    #[arg(long, default_value = "alipay")]
+    /// The gateway (the channel name).
+    #[arg(long, default_value = DEFAULT_CHANNEL)]
     channel: String,
-    /// Currency code.
-    #[arg(long, default_value = "CNY")]
-    currency: String,
+    /// Currency code (default: the channel's own, CNY for Alipay and WeChat Pay).
+    #[arg(long)]
+    currency: Option<String>,
+    /// The gateway's own reference of the trade, for a gateway that finds trades by it.
+    #[arg(long)]
+    gateway_ref: Option<String>,
 }
+
+/// The first gateway of the registry.
+const DEFAULT_CHANNEL: &str = order_closer::gateway::ALL[0].rules.channel;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -210,15 +216,14 @@ async fn create(settings: Settings, args: CreateArgs) -> anyhow::Result<ExitCode
         (None, None) => anyhow::bail!("give --close-after or --deadline"),
     };
     let closer = closer(&settings).await?;
-    let created = closer
-        .create_order(NewOrder {
-            out_trade_no: args.out_trade_no,
-            amount_minor: args.amount,
-            currency: args.currency,
-            channel: args.channel,
-            due,
-        })
-        .await?;
+    let mut new = NewOrder::new(args.channel, args.out_trade_no, args.amount, due);
+    if let Some(currency) = args.currency {
+        new = new.in_currency(currency);
+    }
+    if let Some(gateway_ref) = args.gateway_ref {
+        new = new.with_gateway_ref(gateway_ref);
+    }
+    let created = closer.create_order(new).await?;
     // Let the background delete of the outbox row finish before exiting, or the relay
     // would publish this close message a second time.
     closer.shutdown().await;

@@ -80,6 +80,9 @@ pub struct NewOrder {
     pub channel: String,
     /// The payment deadline.
     pub due: Due,
+    /// The gateway's own reference of the trade, for a gateway that looks trades up by
+    /// it rather than by `out_trade_no` (1 to 255 characters); None for the others.
+    pub gateway_ref: Option<String>,
 }
 
 impl NewOrder {
@@ -101,7 +104,14 @@ impl NewOrder {
             currency,
             channel,
             due,
+            gateway_ref: None,
         }
+    }
+
+    /// The same order with the gateway's own reference of its trade.
+    pub fn with_gateway_ref(mut self, gateway_ref: impl Into<String>) -> Self {
+        self.gateway_ref = Some(gateway_ref.into());
+        self
     }
 
     /// The same order in another currency.
@@ -374,6 +384,7 @@ async fn insert(
                 amount_minor: n.amount_minor,
                 currency: &n.currency,
                 deadline: *deadline,
+                gateway_ref: n.gateway_ref.as_deref(),
             },
             close_payload: payload,
         })
@@ -461,6 +472,14 @@ fn validate(new: &NewOrder, now: DateTime<Utc>) -> Result<DateTime<Utc>, CreateE
     rules
         .check(&new.out_trade_no, &new.currency, new.amount_minor)
         .map_err(CreateError::Invalid)?;
+    if let Some(r) = &new.gateway_ref
+        && (r.is_empty() || r.len() > 255 || r.chars().any(char::is_control))
+    {
+        return invalid(format!(
+            "gateway_ref must be 1 to 255 printable characters, got {} bytes",
+            r.len()
+        ));
+    }
     let deadline = match new.due {
         Due::After(d) => {
             if d > MAX_TIME_TO_PAY {

@@ -28,6 +28,8 @@ pub struct NewOrderRow<'a> {
     pub currency: &'a str,
     /// Payment deadline.
     pub deadline: DateTime<Utc>,
+    /// The gateway's own reference of the trade, if the gateway needs one.
+    pub gateway_ref: Option<&'a str>,
 }
 
 /// Inserts an order (status NEW) and returns it.
@@ -62,7 +64,7 @@ pub async fn insert_scheduled(
     conn: &mut AsyncPgConnection,
     rows: &[Scheduled<'_>],
 ) -> QueryResult<Vec<(Order, i64)>> {
-    use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+    use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
 
     #[derive(QueryableByName)]
     struct Inserted {
@@ -74,22 +76,25 @@ pub async fn insert_scheduled(
     let inserted: Vec<Inserted> = prepared(
         "WITH input AS (
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
-                                  $5::text[], $6::timestamptz[], $7::text[])
-                 AS t(id, out_trade_no, channel, amount_minor, currency, deadline, payload)
+                                  $5::text[], $6::timestamptz[], $7::text[], $8::text[])
+                 AS t(id, out_trade_no, channel, amount_minor, currency, deadline, payload,
+                      gateway_ref)
          ), o AS (
-             INSERT INTO orders (id, out_trade_no, channel, amount_minor, currency, deadline)
-             SELECT id, out_trade_no, channel, amount_minor, currency, deadline FROM input
+             INSERT INTO orders (id, out_trade_no, channel, amount_minor, currency, deadline,
+                                 gateway_ref)
+             SELECT id, out_trade_no, channel, amount_minor, currency, deadline, gateway_ref
+             FROM input
              RETURNING *
          ), b AS (
              INSERT INTO outbox (kind, routing_key, payload)
-             SELECT $8, '', payload FROM input
+             SELECT $9, '', payload FROM input
              RETURNING id AS outbox_id, payload
          )
          -- The result's columns are named, never `*`: a cached statement must keep its
          -- result shape when a migration adds a column.
          SELECT o.id, o.out_trade_no, o.channel, o.amount_minor, o.currency, o.status,
                 o.deadline, o.created_at, o.updated_at, o.paid_at, o.closed_at,
-                o.gateway_trade_no, o.close_reason, b.outbox_id
+                o.gateway_trade_no, o.close_reason, o.gateway_ref, b.outbox_id
          FROM o JOIN input i ON i.id = o.id JOIN b ON b.payload = i.payload",
     )
     .bind::<Array<BigInt>, _>(column(rows, |r| r.id))
@@ -99,6 +104,7 @@ pub async fn insert_scheduled(
     .bind::<Array<Text>, _>(column(rows, |r| r.row.currency))
     .bind::<Array<Timestamptz>, _>(column(rows, |r| r.row.deadline))
     .bind::<Array<Text>, _>(column(rows, |r| r.close_payload))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.row.gateway_ref))
     .bind::<Text, _>(super::outbox::KIND_CLOSE)
     .load(conn)
     .await?;

@@ -16,6 +16,7 @@ diesel::table! {
         gateway_trade_no -> Nullable<Text>,
         close_reason -> Nullable<Text>,
         recheck_at -> Nullable<Timestamptz>,
+        gateway_ref -> Nullable<Text>,
     }
 }
 

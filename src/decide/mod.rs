@@ -25,7 +25,9 @@ use crate::db::orders::FindById;
 use crate::db::{self, DbError, DbPool};
 use crate::decision::{self, Action, CloseReason, Precheck, Protocol, QueryStage, Step};
 pub use crate::gateway::registry::Gateways;
-use crate::gateway::{CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeState};
+use crate::gateway::{
+    CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeRef, TradeState,
+};
 use crate::message::{CloseMessage, Job};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
@@ -441,7 +443,7 @@ impl Decider {
         order: &Order,
         mode: Mode,
     ) -> (Action, Option<String>) {
-        let no = order.out_trade_no.as_str();
+        let trade = TradeRef::of(order);
         let (mut protocol, mut step) = Protocol::start(order, mode == Mode::DryRun);
         let mut transcript = Vec::new();
         let action = loop {
@@ -449,14 +451,14 @@ impl Decider {
                 Step::Done(action) => break action,
                 Step::Query => {
                     let answer = self
-                        .timed(&order.channel, GatewayMethod::Query, gateway.query(no))
+                        .timed(&order.channel, GatewayMethod::Query, gateway.query(trade))
                         .await;
                     transcript.push(describe_query(&answer));
                     protocol.after_query(answer.as_ref().map(|a| &a.state))
                 }
                 Step::Close => {
                     let closed = self
-                        .timed(&order.channel, GatewayMethod::Close, gateway.close(no))
+                        .timed(&order.channel, GatewayMethod::Close, gateway.close(trade))
                         .await;
                     transcript.push(match &closed {
                         Ok(answer) => format!("close: {answer:?}"),
@@ -731,7 +733,7 @@ impl Decider {
             self.timed(
                 &order.channel,
                 GatewayMethod::Query,
-                gateway.query(&order.out_trade_no),
+                gateway.query(TradeRef::of(order)),
             )
             .await,
         )

@@ -26,7 +26,7 @@ use crate::db::{self, outbox};
 use crate::decide::AttemptInfo;
 use crate::decision::{self, RefundAction};
 use crate::events::{self, OrderEvent};
-use crate::gateway::{GatewayMethod, RefundRequest};
+use crate::gateway::{GatewayMethod, RefundRequest, TradeRef};
 use crate::message::CloseMessage;
 use crate::money::format_minor;
 use crate::order::{Order, OrderStatus};
@@ -249,9 +249,11 @@ impl Decider {
                 .await;
         };
         let request = RefundRequest {
-            out_trade_no: &order.out_trade_no,
+            trade: TradeRef::of(&order),
             out_request_no: &row.out_request_no,
             amount_minor: row.amount_minor,
+            total_minor: order.amount_minor,
+            currency: &order.currency,
         };
         let answer = self
             .timed(

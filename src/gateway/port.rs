@@ -5,6 +5,35 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use thiserror::Error;
 
+/// Which trade a call is about: our order number, and the gateway's own reference for a
+/// gateway that looks trades up by its own id (Stripe's `pi_...`). Alipay and WeChat Pay
+/// use the order number alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeRef<'a> {
+    /// The merchant order number.
+    pub out_trade_no: &'a str,
+    /// The gateway's own reference, when the order has one (`orders.gateway_ref`).
+    pub gateway_ref: Option<&'a str>,
+}
+
+impl<'a> TradeRef<'a> {
+    /// A trade known by our order number alone.
+    pub fn new(out_trade_no: &'a str) -> Self {
+        Self {
+            out_trade_no,
+            gateway_ref: None,
+        }
+    }
+
+    /// The trade of an order.
+    pub fn of(order: &'a crate::order::Order) -> Self {
+        Self {
+            out_trade_no: &order.out_trade_no,
+            gateway_ref: order.gateway_ref.as_deref(),
+        }
+    }
+}
+
 /// What the gateway says about a trade, reduced to what the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TradeState {
@@ -42,6 +71,10 @@ pub struct QueryAnswer {
 pub enum CloseAnswer {
     /// The trade is closed now (or did not exist, which counts as closed).
     Closed,
+    /// The gateway took the request, but its answer does not say the trade is closed
+    /// (WeChat Pay answers 204 to any close, of an unknown or a paid order too): ask
+    /// again to learn what the trade is now.
+    Unconfirmed,
     /// The gateway refused: the trade is no longer closeable (usually: just paid).
     NotCloseable {
         /// The gateway's reason code, for example `ACQ.TRADE_STATUS_ERROR`.
@@ -53,12 +86,16 @@ pub enum CloseAnswer {
 /// that the same request sent again is the same refund, never a second one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefundRequest<'a> {
-    /// The merchant order number of the paid trade.
-    pub out_trade_no: &'a str,
+    /// The paid trade.
+    pub trade: TradeRef<'a>,
     /// Our idempotency key for this refund.
     pub out_request_no: &'a str,
     /// How much to give back, in minor units.
     pub amount_minor: i64,
+    /// What the trade was paid in all, in minor units (WeChat Pay asks for it).
+    pub total_minor: i64,
+    /// The order's currency.
+    pub currency: &'a str,
 }
 
 /// What the gateway says to a refund it accepted.
@@ -168,22 +205,22 @@ pub trait BillSource: Send + Sync {
 /// A payment gateway as the decision sees it.
 #[async_trait]
 pub trait Gateway: Send + Sync {
-    /// Asks for the state of the trade for our order number.
-    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError>;
+    /// Asks for the state of a trade.
+    async fn query(&self, trade: TradeRef<'_>) -> Result<QueryAnswer, GatewayError>;
     /// Asks the gateway to close the trade so that it can no longer be paid.
-    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError>;
+    async fn close(&self, trade: TradeRef<'_>) -> Result<CloseAnswer, GatewayError>;
     /// Gives a payment back; sending the same request again must not refund twice.
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError>;
 }
 
 #[async_trait]
 impl<G: Gateway + ?Sized> Gateway for std::sync::Arc<G> {
-    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
-        (**self).query(out_trade_no).await
+    async fn query(&self, trade: TradeRef<'_>) -> Result<QueryAnswer, GatewayError> {
+        (**self).query(trade).await
     }
 
-    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
-        (**self).close(out_trade_no).await
+    async fn close(&self, trade: TradeRef<'_>) -> Result<CloseAnswer, GatewayError> {
+        (**self).close(trade).await
     }
 
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {

@@ -17,7 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest};
+use super::{
+    CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest, TradeRef,
+};
 
 /// The shared clock of one limiter.
 #[derive(Debug)]
@@ -144,14 +146,14 @@ impl<G> RateLimited<G> {
 
 #[async_trait]
 impl<G: Gateway> Gateway for RateLimited<G> {
-    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
+    async fn query(&self, trade: TradeRef<'_>) -> Result<QueryAnswer, GatewayError> {
         self.limiter.acquire().await;
-        self.inner.query(out_trade_no).await
+        self.inner.query(trade).await
     }
 
-    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
+    async fn close(&self, trade: TradeRef<'_>) -> Result<CloseAnswer, GatewayError> {
         self.limiter.acquire().await;
-        self.inner.close(out_trade_no).await
+        self.inner.close(trade).await
     }
 
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
@@ -181,7 +183,7 @@ mod tests {
 
     #[async_trait]
     impl Gateway for Arc<Recorder> {
-        async fn query(&self, _: &str) -> Result<QueryAnswer, GatewayError> {
+        async fn query(&self, _: TradeRef<'_>) -> Result<QueryAnswer, GatewayError> {
             self.calls.lock().unwrap().push(Instant::now());
             Ok(QueryAnswer {
                 state: TradeState::WaitingForPayment,
@@ -189,7 +191,7 @@ mod tests {
             })
         }
 
-        async fn close(&self, _: &str) -> Result<CloseAnswer, GatewayError> {
+        async fn close(&self, _: TradeRef<'_>) -> Result<CloseAnswer, GatewayError> {
             self.calls.lock().unwrap().push(Instant::now());
             self.closes.fetch_add(1, Ordering::Relaxed);
             Ok(CloseAnswer::Closed)
@@ -242,9 +244,9 @@ mod tests {
         let started = Instant::now();
         for i in 0..50 {
             let result = if i % 2 == 0 {
-                limited.query("A").await.map(|_| ())
+                limited.query(TradeRef::new("A")).await.map(|_| ())
             } else {
-                limited.close("A").await.map(|_| ())
+                limited.close(TradeRef::new("A")).await.map(|_| ())
             };
             assert_eq!(result, Ok(()));
         }
@@ -268,11 +270,11 @@ mod tests {
         let limited = RateLimited::with_burst(Arc::clone(&recorder), rate(20), rate(5));
         let started = Instant::now();
         for _ in 0..5 {
-            limited.query("A").await.unwrap();
+            limited.query(TradeRef::new("A")).await.unwrap();
         }
         assert_eq!(started.elapsed(), Duration::ZERO);
         for _ in 0..20 {
-            limited.query("A").await.unwrap();
+            limited.query(TradeRef::new("A")).await.unwrap();
         }
         // 20 more after the burst: one every 50 ms.
         assert_eq!(started.elapsed(), Duration::from_millis(1_000));
@@ -280,7 +282,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let idle_end = Instant::now();
         for _ in 0..5 {
-            limited.query("A").await.unwrap();
+            limited.query(TradeRef::new("A")).await.unwrap();
         }
         assert_eq!(idle_end.elapsed(), Duration::ZERO);
     }
@@ -294,7 +296,7 @@ mod tests {
         let tasks: Vec<_> = (0..100)
             .map(|i| {
                 let limited = limited.clone();
-                tokio::spawn(async move { limited.query(&format!("ORD-{i}")).await })
+                tokio::spawn(async move { limited.query(TradeRef::new(&format!("ORD-{i}"))).await })
             })
             .collect();
         for task in tasks {
@@ -316,15 +318,18 @@ mod tests {
     async fn a_dropped_waiter_does_not_break_the_limiter() {
         let recorder = Arc::new(Recorder::default());
         let limited = RateLimited::new(Arc::clone(&recorder), rate(1));
-        limited.query("A").await.unwrap();
+        limited.query(TradeRef::new("A")).await.unwrap();
         // The next slot is 1 s away; give up after 100 ms.
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), limited.query("B"))
-                .await
-                .is_err()
+            tokio::time::timeout(
+                Duration::from_millis(100),
+                limited.query(TradeRef::new("B"))
+            )
+            .await
+            .is_err()
         );
         let before = Instant::now();
-        limited.query("C").await.unwrap();
+        limited.query(TradeRef::new("C")).await.unwrap();
         // The abandoned slot (t = 1 s) is skipped, C gets t = 2 s.
         assert_eq!(before.elapsed(), Duration::from_millis(1_900));
         assert_eq!(recorder.times().len(), 2);

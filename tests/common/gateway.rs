@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
 use order_closer::gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, RefundAnswer, RefundRequest,
+    TradeRef,
 };
 use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
 use tokio::sync::oneshot;
@@ -91,6 +92,8 @@ pub struct HoldHandle {
 pub struct HeldGateway {
     inner: Arc<dyn Gateway>,
     calls: Mutex<HashMap<&'static str, usize>>,
+    /// Every call: (method, out_trade_no, gateway_ref).
+    log: Mutex<Vec<(&'static str, String, Option<String>)>>,
     hold: Mutex<Option<Hold>>,
 }
 
@@ -99,6 +102,7 @@ impl HeldGateway {
         Arc::new(Self {
             inner,
             calls: Default::default(),
+            log: Default::default(),
             hold: Default::default(),
         })
     }
@@ -148,7 +152,22 @@ impl HeldGateway {
         *n
     }
 
-    async fn around<T>(&self, method: GatewayMethod, call: impl Future<Output = T>) -> T {
+    /// Every call so far: (method, out_trade_no, gateway_ref).
+    pub fn log(&self) -> Vec<(&'static str, String, Option<String>)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    async fn around<T>(
+        &self,
+        method: GatewayMethod,
+        trade: TradeRef<'_>,
+        call: impl Future<Output = T>,
+    ) -> T {
+        self.log.lock().unwrap().push((
+            method.as_str(),
+            trade.out_trade_no.to_owned(),
+            trade.gateway_ref.map(str::to_owned),
+        ));
         let n = self.count(method);
         self.wait(method, n, HoldAt::Before).await;
         let answer = call.await;
@@ -159,18 +178,19 @@ impl HeldGateway {
 
 #[async_trait::async_trait]
 impl Gateway for HeldGateway {
-    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
+    async fn query(&self, trade: TradeRef<'_>) -> Result<QueryAnswer, GatewayError> {
         let method = GatewayMethod::Query;
-        self.around(method, self.inner.query(out_trade_no)).await
+        self.around(method, trade, self.inner.query(trade)).await
     }
 
-    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
+    async fn close(&self, trade: TradeRef<'_>) -> Result<CloseAnswer, GatewayError> {
         let method = GatewayMethod::Close;
-        self.around(method, self.inner.close(out_trade_no)).await
+        self.around(method, trade, self.inner.close(trade)).await
     }
 
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
         let method = GatewayMethod::Refund;
-        self.around(method, self.inner.refund(request)).await
+        self.around(method, request.trade, self.inner.refund(request))
+            .await
     }
 }

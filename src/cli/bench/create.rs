@@ -61,6 +61,7 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
                     amount_minor: 100 + (i as i64 % 9_900),
                     currency: "CNY",
                     deadline,
+                    gateway_ref: None,
                 },
             )
             .await

@@ -20,7 +20,7 @@ use crate::bill::Bill;
 use crate::gateway::http::{self, echo};
 use crate::gateway::{
     BillFetchError, BillSource, CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer,
-    RefundRequest,
+    RefundRequest, TradeRef,
 };
 
 /// Default per-request timeout (connect, send and read the whole answer).
@@ -416,7 +416,8 @@ fn endpoint_url(base: &str) -> Result<reqwest::Url, ConfigError> {
 
 #[async_trait]
 impl Gateway for AlipayClient {
-    async fn query(&self, out_trade_no: &str) -> Result<QueryAnswer, GatewayError> {
+    async fn query(&self, trade: TradeRef<'_>) -> Result<QueryAnswer, GatewayError> {
+        let out_trade_no = trade.out_trade_no;
         let answer = self
             .call(
                 "alipay.trade.query",
@@ -431,7 +432,8 @@ impl Gateway for AlipayClient {
         })
     }
 
-    async fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, GatewayError> {
+    async fn close(&self, trade: TradeRef<'_>) -> Result<CloseAnswer, GatewayError> {
+        let out_trade_no = trade.out_trade_no;
         let answer = self
             .call(
                 "alipay.trade.close",
@@ -448,7 +450,7 @@ impl Gateway for AlipayClient {
             .call(
                 "alipay.trade.refund",
                 &json!({
-                    "out_trade_no": request.out_trade_no,
+                    "out_trade_no": request.trade.out_trade_no,
                     "out_request_no": request.out_request_no,
                     "refund_amount": crate::money::format_minor(request.amount_minor),
                     "refund_reason": "paid after the order was closed",
@@ -457,7 +459,7 @@ impl Gateway for AlipayClient {
             .await?;
         let result = classify_refund(request, &answer.value, answer.raw);
         tracing::debug!(
-            out_trade_no = request.out_trade_no,
+            out_trade_no = request.trade.out_trade_no,
             ?result,
             "alipay trade refund classified"
         );
@@ -583,20 +585,20 @@ mod tests {
         let client = client_for(&sim);
         let buyer = BuyerClient::new(sim.base_url()).unwrap();
 
-        let answer = client.query("ORD-never").await.unwrap();
+        let answer = client.query(TradeRef::new("ORD-never")).await.unwrap();
         assert_eq!(answer.state, TradeState::NotFound);
         assert!(answer.raw.contains("ACQ.TRADE_NOT_EXIST"));
 
         buyer.scan("ORD-1", 1234).await.unwrap();
         assert_eq!(
-            client.query("ORD-1").await.unwrap().state,
+            client.query(TradeRef::new("ORD-1")).await.unwrap().state,
             TradeState::WaitingForPayment
         );
 
         let before = Utc::now() - chrono::Duration::seconds(2);
         buyer.pay("ORD-1").await.unwrap();
         let view = buyer.trade("ORD-1").await.unwrap().unwrap();
-        match client.query("ORD-1").await.unwrap().state {
+        match client.query(TradeRef::new("ORD-1")).await.unwrap().state {
             TradeState::Paid {
                 trade_no,
                 amount_minor,
@@ -622,25 +624,31 @@ mod tests {
 
         // Close a waiting trade, then it reads as closed.
         buyer.scan("ORD-W", 500).await.unwrap();
-        assert_eq!(client.close("ORD-W").await.unwrap(), CloseAnswer::Closed);
         assert_eq!(
-            client.query("ORD-W").await.unwrap().state,
+            client.close(TradeRef::new("ORD-W")).await.unwrap(),
+            CloseAnswer::Closed
+        );
+        assert_eq!(
+            client.query(TradeRef::new("ORD-W")).await.unwrap().state,
             TradeState::Closed
         );
         // Closing again is refused (already closed), which the worker resolves by querying.
         assert!(matches!(
-            client.close("ORD-W").await.unwrap(),
+            client.close(TradeRef::new("ORD-W")).await.unwrap(),
             CloseAnswer::NotCloseable { .. }
         ));
 
         // A trade that never existed counts as closed.
-        assert_eq!(client.close("ORD-none").await.unwrap(), CloseAnswer::Closed);
+        assert_eq!(
+            client.close(TradeRef::new("ORD-none")).await.unwrap(),
+            CloseAnswer::Closed
+        );
 
         // A paid trade cannot be closed.
         buyer.scan("ORD-P", 700).await.unwrap();
         buyer.pay("ORD-P").await.unwrap();
         assert_eq!(
-            client.close("ORD-P").await.unwrap(),
+            client.close(TradeRef::new("ORD-P")).await.unwrap(),
             CloseAnswer::NotCloseable {
                 sub_code: "ACQ.TRADE_STATUS_ERROR".into()
             }
@@ -650,13 +658,13 @@ mod tests {
         buyer.scan("ORD-R", 900).await.unwrap();
         buyer.pay_on_close("ORD-R").await.unwrap();
         assert_eq!(
-            client.close("ORD-R").await.unwrap(),
+            client.close(TradeRef::new("ORD-R")).await.unwrap(),
             CloseAnswer::NotCloseable {
                 sub_code: "ACQ.TRADE_STATUS_ERROR".into()
             }
         );
         assert!(matches!(
-            client.query("ORD-R").await.unwrap().state,
+            client.query(TradeRef::new("ORD-R")).await.unwrap().state,
             TradeState::Paid {
                 amount_minor: 900,
                 ..
@@ -676,7 +684,7 @@ mod tests {
             Arc::new(keys()[2].public_key().clone()),
         ))
         .unwrap();
-        let err = client.query("ORD-1").await.unwrap_err();
+        let err = client.query(TradeRef::new("ORD-1")).await.unwrap_err();
         assert_eq!(err.class, FaultClass::Retryable);
         assert_eq!(err.code, "bad_signature");
         sim.shutdown().await;
@@ -692,11 +700,11 @@ mod tests {
             Arc::new(sim.public_key().clone()),
         ))
         .unwrap();
-        let err = client.query("ORD-1").await.unwrap_err();
+        let err = client.query(TradeRef::new("ORD-1")).await.unwrap_err();
         assert_eq!(err.class, FaultClass::Permanent, "{err}");
         assert_eq!(err.code, "40002");
         assert!(err.message.contains("isv.invalid-signature"), "{err}");
-        let err = client.close("ORD-1").await.unwrap_err();
+        let err = client.close(TradeRef::new("ORD-1")).await.unwrap_err();
         assert_eq!(
             (err.class, err.code.as_str()),
             (FaultClass::Permanent, "40002")
@@ -711,7 +719,7 @@ mod tests {
             Arc::new(sim.public_key().clone()),
         ))
         .unwrap();
-        let err = client.query("ORD-1").await.unwrap_err();
+        let err = client.query(TradeRef::new("ORD-1")).await.unwrap_err();
         assert_eq!(err.class, FaultClass::Permanent, "{err}");
         sim.shutdown().await;
     }
@@ -731,9 +739,9 @@ mod tests {
         );
         cfg.timeout = Duration::from_secs(2);
         let client = AlipayClient::new(cfg).unwrap();
-        let err = client.query("ORD-1").await.unwrap_err();
+        let err = client.query(TradeRef::new("ORD-1")).await.unwrap_err();
         assert_eq!(err.class, FaultClass::Retryable, "{err}");
-        let err = client.close("ORD-1").await.unwrap_err();
+        let err = client.close(TradeRef::new("ORD-1")).await.unwrap_err();
         assert_eq!(err.class, FaultClass::Retryable, "{err}");
     }
 
@@ -761,7 +769,7 @@ mod tests {
         cfg.timeout = timeout;
         AlipayClient::new(cfg)
             .unwrap()
-            .query("ORD-1")
+            .query(TradeRef::new("ORD-1"))
             .await
             .unwrap_err()
     }
@@ -817,7 +825,7 @@ mod tests {
         cfg.timeout = Duration::from_millis(300);
         let err = AlipayClient::new(cfg)
             .unwrap()
-            .query("ORD-1")
+            .query(TradeRef::new("ORD-1"))
             .await
             .unwrap_err();
         assert_eq!(

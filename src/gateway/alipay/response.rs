@@ -455,7 +455,7 @@ pub fn classify_refund(
     }
     let f = fields(answer);
     let success = f.code.as_deref() == Some("10000");
-    check_order(asked.out_trade_no, &f, success)?;
+    check_order(asked.trade.out_trade_no, &f, success)?;
     if success {
         let fee = str_field(answer, "refund_fee").unwrap_or("");
         let refunded_minor = parse_minor(fee)
@@ -922,9 +922,11 @@ mod tests {
     #[test]
     fn refund_answers() {
         let ask = RefundRequest {
-            out_trade_no: "ORD-1",
+            trade: crate::gateway::TradeRef::new("ORD-1"),
             out_request_no: "RF-1",
             amount_minor: 1234,
+            total_minor: 1234,
+            currency: "CNY",
         };
         let run = |v: Value| classify_refund(&ask, &v, "raw".into());
         let ok = run(
