@@ -4,7 +4,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, Offset, Utc};
+
+/// China Standard Time (UTC+8), the calendar of the Chinese gateways' days and times.
+pub fn china() -> FixedOffset {
+    // 8 hours is in range, so `east_opt` cannot fail; UTC is the harmless fallback.
+    FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| Utc.fix())
+}
 
 fn signed(by: Duration) -> chrono::Duration {
     chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX)

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use order_closer::bill::{BillError, BillRow, BillRowKind, parse_zip};
+use order_closer::bill::{BillError, BillRow, BillRowKind};
 use order_closer::gateway::FaultClass;
+use order_closer::gateway::alipay::bill::parse_zip;
 use order_closer::gateway::alipay::response::china;
 use order_closer::sim::{self, SIM_BILL_ACCOUNT};
 
@@ -210,9 +211,10 @@ async fn overridden_bills_fail_with_errors_naming_the_file() {
     let url = client.bill_download_url(today).await.unwrap();
     let bytes = client.download_bill(&url).await.unwrap();
     let err = parse_zip(&bytes, "bill.zip").unwrap_err();
-    assert!(matches!(err, BillError::NotZip { .. }), "{err}");
+    assert!(matches!(err, BillError::NotArchive { .. }), "{err}");
     assert!(
-        err.to_string().starts_with("bill.zip: not a zip archive: "),
+        err.to_string()
+            .starts_with("bill.zip: not a readable archive: "),
         "{err}"
     );
 
@@ -221,7 +223,7 @@ async fn overridden_bills_fail_with_errors_naming_the_file() {
     assert_eq!(bill.rows, vec![]);
 
     // A zip whose detail file has a bad amount: the error names the file, line and column.
-    let header = order_closer::bill::BILL_COLUMNS.join(",");
+    let header = order_closer::sim::alipay::bill::BILL_COLUMNS.join(",");
     let text = format!(
         "#支付宝业务明细查询\n#----业务明细列表----\n{header}\n\
          2026112122001400000000000001\t,ORD-1\t,交易\t,T,2026-11-21 10:55:16,\

@@ -9,7 +9,6 @@ use chrono::Utc;
 use common::TestEnv;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use order_closer::bill;
 use order_closer::closer::{Closer, Due, NewOrder};
 use order_closer::db::{self, orders};
 use order_closer::decide::{AttemptInfo, Mode};
@@ -234,12 +233,18 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
         .download_bill(&client.bill_download_url(today).await.unwrap())
         .await
         .unwrap();
-    let mut parsed = bill::parse_zip(&good, "good.zip").unwrap();
-    let text = bill::build::detail_csv("20880000000000000156", yesterday, &parsed.rows)
-        .replacen("10.00", "10.0.0", 1);
+    let mut parsed = order_closer::gateway::alipay::bill::parse_zip(&good, "good.zip").unwrap();
+    let text = order_closer::sim::alipay::bill::detail_csv(
+        "20880000000000000156",
+        yesterday,
+        &parsed.rows,
+    )
+    .replacen("10.00", "10.0.0", 1);
     assert!(text.contains("10.0.0"));
     parsed.rows.clear();
-    let zip = bill::build::zip_with_detail("20880000000000000156", yesterday, &text).unwrap();
+    let zip =
+        order_closer::sim::alipay::bill::zip_with_detail("20880000000000000156", yesterday, &text)
+            .unwrap();
     env.buyers.override_bill(zip).await.unwrap();
     let stderr = refused(yesterday.to_string(), vec!["--apply".into()]).await;
     assert!(
@@ -248,10 +253,15 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     );
 
     // A good bill of another day, given for yesterday: refused, nothing recorded.
-    let good_rows = bill::parse_zip(&good, "good.zip").unwrap().rows;
+    let good_rows = order_closer::gateway::alipay::bill::parse_zip(&good, "good.zip")
+        .unwrap()
+        .rows;
     let other_day = yesterday.pred_opt().unwrap();
-    let text = bill::build::detail_csv("20880000000000000156", other_day, &good_rows);
-    let zip = bill::build::zip_with_detail("20880000000000000156", other_day, &text).unwrap();
+    let text =
+        order_closer::sim::alipay::bill::detail_csv("20880000000000000156", other_day, &good_rows);
+    let zip =
+        order_closer::sim::alipay::bill::zip_with_detail("20880000000000000156", other_day, &text)
+            .unwrap();
     let wrong = dir.join("other-day.zip");
     std::fs::write(&wrong, zip).unwrap();
     let stderr = refused(yesterday.to_string(), file(&wrong)).await;

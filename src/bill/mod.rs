@@ -1,90 +1,63 @@
-//! Alipay's daily trade bill, as data: reading the downloaded zip ([`parse_zip`]) and its
-//! detail CSV ([`parse_detail`]), and writing one in the real format ([`build_zip`], used
-//! by the simulator and by tests, with [`zip_with_detail`] for hand-made detail files).
-//!
-//! The bill for a day (`alipay.data.dataservice.bill.downloadurl.query`, then a plain
-//! download) is a zip holding two GBK-encoded CSV files whose names are GBK too:
-//! `{account}_{yyyymmdd}_业务明细.csv`, one row per payment or refund, and
-//! `{account}_{yyyymmdd}_业务明细(汇总).csv`, a summary (skipped here). In the detail
-//! file, lines starting with `#` are comments; a dashed `#---…业务明细列表…---` line
-//! precedes the header row, data rows follow until the `#---…业务明细列表结束…---` line,
-//! and the totals and export time come last as comments. Text cells carry a trailing
-//! TAB, so every cell is trimmed. Columns are found by header name, never by position.
-//!
-//! Times in the file are China time (UTC+8) and become [`chrono::DateTime<Utc>`]; amounts
-//! are yuan with two decimals and become integer minor units (fen), negative on refund
-//! rows. Every [`BillError`] names the file, and the line and column when there is one,
-//! so that an operator can open the file at the right place.
+//! A gateway's daily trade bill, as data every gateway's bill reader gives and the bill
+//! reconciliation reads: one [`BillRow`] per payment or refund, the day the bill covers,
+//! the gateway's calendar, and the errors a reader can meet, each naming the file and,
+//! where there is one, the line and column, so that an operator can open the file at the
+//! right place. The formats themselves are each gateway's (`gateway/<name>/bill.rs`).
 
-pub mod build;
-pub mod parse;
-
-pub use build::{
-    BILL_COLUMNS, build_zip, detail_csv, detail_file_name, summary_file_name, zip_with_detail,
-};
-pub use parse::{MAX_DETAIL_BYTES, REQUIRED_COLUMNS, parse_detail, parse_zip};
-
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use thiserror::Error;
 
-/// What a bill row records (the `业务类型` column).
+/// What a bill row records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BillRowKind {
-    /// `交易`: a payment.
+    /// A payment.
     Payment,
-    /// `退款`: a refund (amounts negative).
+    /// A refund (amounts negative).
     Refund,
 }
 
-impl BillRowKind {
-    /// The bill's spelling: `交易` or `退款`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Payment => "交易",
-            Self::Refund => "退款",
-        }
-    }
-}
-
-/// One data row of the detail file.
+/// One payment or refund of the bill.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BillRow {
-    /// 1-based line number in the detail file.
+    /// 1-based line number in the file the row came from.
     pub line: usize,
-    /// `支付宝交易号`: Alipay's trade number.
+    /// The gateway's trade number.
     pub trade_no: String,
-    /// `商户订单号`: our order number (may be empty for payments not made through the API).
+    /// Our order number (may be empty for payments not made through the API).
     pub out_trade_no: String,
-    /// `业务类型`: payment or refund.
+    /// Payment or refund.
     pub kind: BillRowKind,
-    /// `商品名称`.
+    /// What was bought, as the bill says.
     pub subject: String,
-    /// `创建时间` (the file says China time, UTC+8); `None` when empty.
+    /// When the trade was created; `None` when the bill does not say.
     pub created_at: Option<DateTime<Utc>>,
-    /// `完成时间` (China time in the file); `None` when empty.
+    /// When the payment or refund happened; `None` when the bill does not say.
     pub finished_at: Option<DateTime<Utc>>,
-    /// `订单金额（元）` in minor units; negative on refunds.
+    /// The order amount in minor units; negative on refunds.
     pub amount_minor: i64,
-    /// `商家实收（元）` in minor units; negative on refunds.
+    /// What the merchant received in minor units; negative on refunds.
     pub received_minor: i64,
-    /// `退款批次号/请求号`; `None` when empty (payments).
+    /// The refund's number; `None` on payments.
     pub refund_no: Option<String>,
 }
 
-/// A parsed bill: the detail file's rows.
+/// A parsed bill.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bill {
-    /// The detail file's name inside the archive (decoded from GBK).
+    /// The file the rows came from (inside the archive, where there is one).
     pub file: String,
-    /// The period the bill says it covers (its `#起始日期：[...] 终止日期：[...]` line),
-    /// China time; None when the file has no such line.
+    /// The gateway's calendar: the bill's day runs from midnight to midnight here.
+    pub offset: FixedOffset,
+    /// The period the bill says it covers, local to `offset`; None when the file does not
+    /// say (then its rows' times tell).
     pub period: Option<(NaiveDateTime, NaiveDateTime)>,
-    /// The data rows, in file order.
+    /// The rows, in file order.
     pub rows: Vec<BillRow>,
 }
 
 impl Bill {
-    /// Checks that the bill is the one for `date`: its own period is that whole day.
+    /// Checks that the bill is the one for `date`: its own period is that whole day, or,
+    /// for a bill that states none, every row happened on that day.
     pub fn check_day(&self, date: NaiveDate) -> Result<(), BillError> {
         let wrong = |reason: String| {
             Err(BillError::WrongDay {
@@ -94,7 +67,20 @@ impl Bill {
             })
         };
         let Some((start, end)) = self.period else {
-            return wrong("it has no 起始日期/终止日期 line saying which day it covers".into());
+            let outside = self.rows.iter().find(|r| {
+                r.finished_at
+                    .is_some_and(|at| at.with_timezone(&self.offset).date_naive() != date)
+            });
+            return match outside {
+                Some(row) => wrong(format!(
+                    "line {} is of {}",
+                    row.line,
+                    row.finished_at
+                        .map(|at| at.with_timezone(&self.offset).date_naive().to_string())
+                        .unwrap_or_default()
+                )),
+                None => Ok(()),
+            };
         };
         let day_start = date.and_time(NaiveTime::MIN);
         let next = date.succ_opt().map(|d| d.and_time(NaiveTime::MIN));
@@ -120,13 +106,25 @@ pub enum BillError {
         /// What the bill says instead.
         reason: String,
     },
-    /// The bytes are not a readable zip archive.
-    #[error("{file}: not a zip archive: {reason}")]
-    NotZip {
+    /// The bytes are not a readable archive (zip, gzip) of the gateway's kind.
+    #[error("{file}: not a readable archive: {reason}")]
+    NotArchive {
         /// The archive's name (as given by the caller).
         file: String,
-        /// What the zip reader said.
+        /// What the archive reader said.
         reason: String,
+    },
+    /// The file is not the one the gateway vouched for: its digest differs.
+    #[error("{file}: its {algorithm} digest is {actual}, the gateway said {expected}")]
+    Digest {
+        /// The file.
+        file: String,
+        /// The digest's algorithm (`SHA1`).
+        algorithm: String,
+        /// What the gateway said.
+        expected: String,
+        /// What the file has.
+        actual: String,
     },
     /// An entry of the archive could not be read (unsupported compression, corrupt data,
     /// encryption...).
@@ -139,16 +137,18 @@ pub enum BillError {
         /// What the zip reader said.
         reason: String,
     },
-    /// No entry's name ends in `业务明细.csv`.
-    #[error("{file}: no detail file (…业务明细.csv) in the archive (entries: {entries})")]
+    /// The archive holds no detail file (for Alipay: no entry ending in `业务明细.csv`).
+    #[error("{file}: no detail file ({expected}) in the archive (entries: {entries})")]
     NoDetailFile {
+        /// What the detail file's name looks like.
+        expected: &'static str,
         /// The archive's name.
         file: String,
         /// The entries found, comma-separated (for the operator).
         entries: String,
     },
     /// More than one entry looks like the detail file: which one to trust is unclear.
-    #[error("{file}: more than one detail file (…业务明细.csv) in the archive: {entries}")]
+    #[error("{file}: more than one detail file in the archive: {entries}")]
     AmbiguousDetailFile {
         /// The archive's name.
         file: String,
@@ -163,13 +163,15 @@ pub enum BillError {
         /// The limit, in bytes.
         limit: u64,
     },
-    /// A line of the detail file is not valid GBK.
-    #[error("{file}: line {line} is not valid GBK")]
-    NotGbk {
-        /// The detail file's name.
+    /// A line is not valid text in the file's encoding.
+    #[error("{file}: line {line} is not valid {encoding}")]
+    Encoding {
+        /// The file's name.
         file: String,
         /// 1-based line number.
         line: usize,
+        /// The encoding the gateway writes (`GBK`, `UTF-8`).
+        encoding: &'static str,
     },
     /// The detail file has no header row (empty, only comments, or only markers).
     #[error("{file}: no header row")]
@@ -213,6 +215,3 @@ pub enum BillError {
         problem: String,
     },
 }
-
-#[cfg(test)]
-mod tests;

@@ -181,8 +181,6 @@ async fn announce(settings: &Settings, decider: &Decider) {
 }
 
 async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCode> {
-    bill_reconcile::check_billable(args.date, chrono::Utc::now())
-        .map_err(|why| anyhow::anyhow!("--date: {why}"))?;
     let decider = decider(settings)?;
     let gateways = decider.gateways();
     let billed: Vec<&str> = gateways
@@ -204,6 +202,8 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
             billed.join(", ")
         );
     };
+    bill_reconcile::check_billable(args.date, chrono::Utc::now(), source.calendar())
+        .map_err(|why| anyhow::anyhow!("--date: {why}"))?;
     let bill = match &args.file {
         Some(path) => {
             let bytes = order_closer::files::read_capped(path, source.max_file_bytes())

@@ -200,6 +200,8 @@ pub trait BillSource: Send + Sync {
     fn read_file(&self, bytes: &[u8], name: &str) -> Result<crate::bill::Bill, BillFetchError>;
     /// The largest bill file accepted.
     fn max_file_bytes(&self) -> u64;
+    /// The gateway's calendar: a bill's day runs from midnight to midnight here.
+    fn calendar(&self) -> chrono::FixedOffset;
 }
 
 /// A payment gateway as the decision sees it.

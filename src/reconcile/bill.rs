@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
@@ -29,7 +29,6 @@ use crate::db::{self};
 use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
 use crate::gateway::TradeState;
-use crate::gateway::alipay::response::china;
 use crate::money::format_minor;
 use crate::order::{Order, OrderStatus};
 
@@ -83,23 +82,29 @@ pub struct BillReport {
     pub finding: Finding,
 }
 
-/// The UTC interval of one China-time calendar day.
-pub fn china_day(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+/// The UTC interval of one calendar day in the gateway's calendar `offset`.
+pub fn gateway_day(date: NaiveDate, offset: FixedOffset) -> (DateTime<Utc>, DateTime<Utc>) {
     let start = date
         .and_hms_opt(0, 0, 0)
-        .and_then(|t| china().from_local_datetime(&t).single())
+        .and_then(|t| offset.from_local_datetime(&t).single())
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default();
     (start, start + chrono::Duration::days(1))
 }
 
 /// Whether the gateway can have a bill for `date` yet: only for days that have ended in
-/// China time (Alipay publishes a day's bill the next morning). Returns why not.
-pub fn check_billable(date: NaiveDate, now: DateTime<Utc>) -> Result<(), String> {
-    let today = now.with_timezone(&china()).date_naive();
+/// its calendar `offset` (the Chinese gateways publish a day's bill the next morning).
+/// Returns why not.
+pub fn check_billable(
+    date: NaiveDate,
+    now: DateTime<Utc>,
+    offset: FixedOffset,
+) -> Result<(), String> {
+    let today = now.with_timezone(&offset).date_naive();
     if date >= today {
         return Err(format!(
-            "{date} has not ended yet in China time (today is {today}): there is no bill for it"
+            "{date} has not ended yet in the gateway's calendar (UTC{offset}; today is \
+             {today}): there is no bill for it"
         ));
     }
     Ok(())
@@ -240,7 +245,7 @@ pub async fn reconcile(
     }
 
     // Orders we say were paid that day, of which the gateway knows nothing.
-    let (start, end) = china_day(date);
+    let (start, end) = gateway_day(date, bill.offset);
     let paid_that_day: Vec<Order> = {
         let mut conn = db::conn(decider.pool()).await?;
         orders::table
@@ -330,10 +335,11 @@ async fn load_orders(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::china;
 
     #[test]
     fn a_china_day_starts_at_16_utc_the_day_before() {
-        let (start, end) = china_day(NaiveDate::from_ymd_opt(2026, 11, 21).unwrap());
+        let (start, end) = gateway_day(NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(), china());
         assert_eq!(start.to_rfc3339(), "2026-11-20T16:00:00+00:00");
         assert_eq!(end.to_rfc3339(), "2026-11-21T16:00:00+00:00");
     }
@@ -343,11 +349,11 @@ mod tests {
         // 2026-12-02 03:00 UTC is 11:00 in China.
         let now = Utc.with_ymd_and_hms(2026, 12, 2, 3, 0, 0).unwrap();
         let day = |s: &str| s.parse::<NaiveDate>().unwrap();
-        assert_eq!(check_billable(day("2026-12-01"), now), Ok(()));
-        assert!(check_billable(day("2026-12-02"), now).is_err());
-        assert!(check_billable(day("9999-12-31"), now).is_err());
+        assert_eq!(check_billable(day("2026-12-01"), now, china()), Ok(()));
+        assert!(check_billable(day("2026-12-02"), now, china()).is_err());
+        assert!(check_billable(day("9999-12-31"), now, china()).is_err());
         // 2026-12-01 17:00 UTC is already 2026-12-02 in China: the 1st has ended.
         let evening = Utc.with_ymd_and_hms(2026, 12, 1, 17, 0, 0).unwrap();
-        assert_eq!(check_billable(day("2026-12-01"), evening), Ok(()));
+        assert_eq!(check_billable(day("2026-12-01"), evening, china()), Ok(()));
     }
 }

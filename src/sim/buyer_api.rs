@@ -15,11 +15,11 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::alipay::bill::build_zip;
 use super::shared::Shared;
 use super::state::{
     BillFetch, BuyerOpError, FaultKind, FaultPlan, SIM_BILL_ACCOUNT, SimState, SimTradeView,
 };
-use crate::bill::build_zip;
 
 /// Largest bill override body (`PUT /sim/bill-override`).
 const MAX_OVERRIDE_BYTES: usize = 16 * 1024 * 1024;

@@ -24,6 +24,7 @@
 //! serves only past days, the simulator also serves today's bill so far. A test can make
 //! the next download serve arbitrary bytes ([`BuyerClient::override_bill`]).
 
+pub mod alipay;
 pub mod buyer;
 mod buyer_api;
 mod faults;

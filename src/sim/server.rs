@@ -1118,7 +1118,7 @@ mod tests {
         let r = http.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
         let bytes = r.bytes().await.unwrap();
-        assert!(crate::bill::parse_zip(&bytes, "bill.zip").is_ok());
+        assert!(crate::gateway::alipay::bill::parse_zip(&bytes, "bill.zip").is_ok());
         for missing in ["/sim/bills/nope.zip", "/sim/bills/nope"] {
             let r = http
                 .get(format!("{}{missing}", sim.base_url()))

@@ -475,18 +475,22 @@ impl BillSource for AlipayClient {
         let failed = |source| BillFetchError::Gateway { date, source };
         let url = self.bill_download_url(date).await.map_err(failed)?;
         let bytes = self.download_bill(&url).await.map_err(failed)?;
-        Ok(crate::bill::parse_zip(
+        Ok(super::bill::parse_zip(
             &bytes,
             &format!("the {date} bill from Alipay"),
         )?)
     }
 
     fn read_file(&self, bytes: &[u8], name: &str) -> Result<Bill, BillFetchError> {
-        Ok(crate::bill::parse_zip(bytes, name)?)
+        Ok(super::bill::parse_zip(bytes, name)?)
     }
 
     fn max_file_bytes(&self) -> u64 {
         MAX_BILL_BYTES as u64
+    }
+
+    fn calendar(&self) -> chrono::FixedOffset {
+        crate::time::china()
     }
 }
 

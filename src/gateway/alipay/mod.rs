@@ -4,6 +4,8 @@
 //! implementing [`Gateway`](crate::gateway::Gateway).
 
 #[cfg(feature = "worker")]
+pub mod bill;
+#[cfg(feature = "worker")]
 pub mod client;
 #[cfg(feature = "worker")]
 pub mod config;

@@ -5,7 +5,7 @@
 //! trade is `WAIT_BUYER_PAY` until the payment completes), so these functions never
 //! answer [`TradeState::InProgress`]; that state exists for other gateways.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::gateway::{CloseAnswer, GatewayError, RefundAnswer, RefundRequest, TradeState};
@@ -20,12 +20,7 @@ const MAX_ECHO: usize = 200;
 /// Format of Alipay's `timestamp` and `send_pay_date`, in China time.
 const CHINA_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
-/// China Standard Time, UTC+8, no daylight saving.
-/// China Standard Time (UTC+8), the clock of every Alipay timestamp and bill.
-pub fn china() -> FixedOffset {
-    // 8 hours is in range, so `east_opt` cannot fail; UTC is the harmless fallback.
-    FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| Utc.fix())
-}
+pub use crate::time::china;
 
 /// Formats an instant as Alipay's `yyyy-MM-dd HH:mm:ss` in China time (UTC+8).
 pub fn format_china_time(at: DateTime<Utc>) -> String {

@@ -4,11 +4,12 @@
 //! The `zip` crate only writes UTF-8 names, so the archive is written here: a minimal
 //! stored (uncompressed) zip with local headers, a central directory and the end record.
 
-use crate::gateway::alipay::response::china;
+use crate::time::china;
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use encoding_rs::GBK;
 
-use super::{BillError, BillRow, BillRowKind};
+use crate::bill::{BillError, BillRow, BillRowKind};
+use crate::gateway::alipay::bill::kind_word;
 use crate::gateway::alipay::format_china_time;
 use crate::money::format_minor;
 
@@ -159,7 +160,7 @@ fn detail_line(row: &BillRow) -> String {
     let cells: [String; 25] = [
         format!("{}\t", text(&row.trade_no)),
         format!("{}\t", text(&row.out_trade_no)),
-        format!("{}\t", row.kind.as_str()),
+        format!("{}\t", kind_word(row.kind)),
         text(&row.subject),
         time(row.created_at),
         time(row.finished_at),

@@ -1,5 +1,18 @@
-//! Reading a trade bill: the zip archive (GBK entry names), the detail entry (GBK text),
-//! and its CSV rows, by column name. Nothing here panics, whatever the input.
+//! Alipay's daily trade bill: reading the downloaded zip ([`parse_zip`]) and its detail
+//! CSV ([`parse_detail`]) into a [`Bill`]. Nothing here panics, whatever the input.
+//!
+//! The bill for a day (`alipay.data.dataservice.bill.downloadurl.query`, then a plain
+//! download) is a zip holding two GBK-encoded CSV files whose names are GBK too:
+//! `{account}_{yyyymmdd}_业务明细.csv`, one row per payment or refund, and
+//! `{account}_{yyyymmdd}_业务明细(汇总).csv`, a summary (skipped here). In the detail
+//! file, lines starting with `#` are comments; a dashed `#---…业务明细列表…---` line
+//! precedes the header row, data rows follow until the `#---…业务明细列表结束…---` line,
+//! and the totals and export time come last as comments. Text cells carry a trailing
+//! TAB, so every cell is trimmed. Columns are found by header name, never by position.
+//!
+//! Times in the file are China time (UTC+8) and become [`chrono::DateTime<Utc>`]; amounts
+//! are yuan with two decimals and become integer minor units (fen), negative on refund
+//! rows. Every [`BillError`] names the file, and the line and column when there is one.
 
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
@@ -8,8 +21,8 @@ use chrono::NaiveDateTime;
 use encoding_rs::GBK;
 use zip::ZipArchive;
 
-use super::{Bill, BillError, BillRow, BillRowKind};
-use crate::gateway::alipay::parse_china_time;
+use super::parse_china_time;
+use crate::bill::{Bill, BillError, BillRow, BillRowKind};
 use crate::money::parse_minor;
 
 /// Largest detail file read (uncompressed); a larger one is [`BillError::TooLarge`]. Also
@@ -58,12 +71,12 @@ pub const REQUIRED_COLUMNS: [&str; 9] = [
 /// from GBK and parses it with [`parse_detail`]. `source` names the archive in errors
 /// (for example `bill.zip` or the download URL's file name).
 ///
-/// Fails with [`BillError::NotZip`] for anything but a zip archive,
+/// Fails with [`BillError::NotArchive`] for anything but a zip archive,
 /// [`BillError::NoDetailFile`] / [`BillError::AmbiguousDetailFile`] when there is not
-/// exactly one detail entry, [`BillError::NotGbk`] naming the first undecodable line, and
+/// exactly one detail entry, [`BillError::Encoding`] naming the first undecodable line, and
 /// whatever [`parse_detail`] finds wrong.
 pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
-    let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| BillError::NotZip {
+    let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| BillError::NotArchive {
         file: source.to_owned(),
         reason: e.to_string(),
     })?;
@@ -86,6 +99,7 @@ pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
         1 => detail.swap_remove(0),
         0 => {
             return Err(BillError::NoDetailFile {
+                expected: "…业务明细.csv",
                 file: source.to_owned(),
                 entries: list_names(&names),
             });
@@ -103,6 +117,7 @@ pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
     let rows = parse_detail(&text, &name)?;
     Ok(Bill {
         period: parse_period(&text),
+        offset: crate::time::china(),
         file: name,
         rows,
     })
@@ -192,9 +207,10 @@ fn decode_text(bytes: &[u8], file: &str) -> Result<String, BillError> {
         match decoded {
             Some(s) => text.push_str(&s),
             None => {
-                return Err(BillError::NotGbk {
+                return Err(BillError::Encoding {
                     file: file.to_owned(),
                     line: i + 1,
+                    encoding: if utf8 { "UTF-8" } else { "GBK" },
                 });
             }
         }
@@ -449,3 +465,15 @@ mod split_tests {
         assert_eq!(split_cells("\"open,end"), vec!["open,end"]);
     }
 }
+
+/// The bill's word for a row's kind: `交易` or `退款`.
+pub fn kind_word(kind: BillRowKind) -> &'static str {
+    match kind {
+        BillRowKind::Payment => "交易",
+        BillRowKind::Refund => "退款",
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+#[path = "bill_tests.rs"]
+mod bill_tests;

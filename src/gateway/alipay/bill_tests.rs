@@ -1,4 +1,4 @@
-//! Unit tests of the bill reader and writer, compiled only under #[cfg(test)] (see `mod.rs`).
+//! Unit tests of Alipay's bill reader, with the simulator's writer (see `bill.rs`).
 
 use std::io::Write as _;
 
@@ -7,7 +7,9 @@ use encoding_rs::GBK;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
-use super::build::stored_zip;
+use crate::bill::{Bill, BillError, BillRow, BillRowKind};
+use crate::sim::alipay::bill::*;
+
 use super::*;
 
 const FILE: &str = "业务明细.csv";
@@ -356,8 +358,8 @@ fn archive_problems_name_the_archive_or_the_detail_file() {
     };
     let message = |bytes: &[u8]| parse_zip(bytes, "bill.zip").unwrap_err().to_string();
 
-    assert!(message(b"").starts_with("bill.zip: not a zip archive: "));
-    assert!(message(b"<html>503</html>").starts_with("bill.zip: not a zip archive: "));
+    assert!(message(b"").starts_with("bill.zip: not a readable archive: "));
+    assert!(message(b"<html>503</html>").starts_with("bill.zip: not a readable archive: "));
 
     let summary_only = zip(&[(gbk("a_业务明细(汇总).csv"), gbk("#x"))]);
     assert_eq!(
@@ -374,7 +376,7 @@ fn archive_problems_name_the_archive_or_the_detail_file() {
     ]);
     assert_eq!(
         message(&two),
-        "bill.zip: more than one detail file (…业务明细.csv) in the archive: \
+        "bill.zip: more than one detail file in the archive: \
          a_业务明细.csv, b_业务明细.csv"
     );
 
@@ -501,9 +503,10 @@ fn hostile_text_never_panics() {
 fn a_bill_knows_which_day_it_covers() {
     let day: chrono::NaiveDate = "2026-11-21".parse().unwrap();
     let text = sample();
-    let period = super::parse::parse_period(&text).expect("the period line");
+    let period = parse_period(&text).expect("the period line");
     let bill = Bill {
         file: "x_业务明细.csv".into(),
+        offset: crate::time::china(),
         period: Some(period),
         rows: Vec::new(),
     };
@@ -513,12 +516,17 @@ fn a_bill_knows_which_day_it_covers() {
         other.to_string().contains("covers 2026-11-21 00:00:00"),
         "{other}"
     );
+    // A bill that says no period is judged by its rows' China-time days.
+    let rows = parse_detail(&text, "x").unwrap();
     let undated = Bill {
         period: None,
+        rows,
         ..bill
     };
-    assert!(matches!(
-        undated.check_day(day),
-        Err(BillError::WrongDay { .. })
-    ));
+    assert_eq!(undated.check_day(day), Ok(()));
+    let err = undated
+        .check_day("2026-11-22".parse().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 6 is of 2026-11-21"), "{err}");
 }
