@@ -147,8 +147,8 @@ async fn keygen_writes_a_usable_pair_and_refuses_to_overwrite() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let private = std::fs::read_to_string(dir.join("app_private.pem")).unwrap();
     let public = std::fs::read_to_string(dir.join("app_public.pem")).unwrap();
-    let key = order_closer::gateway::alipay::AppPrivateKey::parse(&private).unwrap();
-    let pubkey = order_closer::gateway::alipay::RsaPublicKey::parse(&public).unwrap();
+    let key = order_closer::gateway::rsa::RsaPrivateKey::parse(&private).unwrap();
+    let pubkey = order_closer::gateway::rsa::RsaPublicKey::parse(&public).unwrap();
     let sig = key.sign_base64(b"hello").unwrap();
     assert!(pubkey.verify_base64(b"hello", &sig));
     let out = run(&[], &["keygen", "--out", dir.to_str().unwrap()]).await;

@@ -11,7 +11,7 @@ use order_closer::broker::publisher::Publisher;
 use order_closer::broker::topology::header_text;
 use order_closer::closer::{Closer, Due, NewOrder};
 use order_closer::decide::{AttemptInfo, Mode, Outcome};
-use order_closer::gateway::alipay::AppPrivateKey;
+use order_closer::gateway::rsa::RsaPrivateKey;
 use order_closer::message::CloseMessage;
 use order_closer::order::OrderStatus;
 
@@ -203,7 +203,7 @@ async fn an_answer_signed_with_the_wrong_key_is_not_believed() {
     env.buyers.scan(&no, 100).await.unwrap();
     env.buyers.pay(&no).await.unwrap();
 
-    let stranger = AppPrivateKey::generate()
+    let stranger = RsaPrivateKey::generate()
         .unwrap()
         .public_key()
         .to_spki_pem();
@@ -228,7 +228,7 @@ async fn transient_failures_walk_the_retry_steps_then_park() {
     let mut env = TestEnv::new(&[]).await;
     let no = env.no("exhaust");
     let order = env.create(&no, 100, Duration::ZERO).await;
-    let stranger = AppPrivateKey::generate()
+    let stranger = RsaPrivateKey::generate()
         .unwrap()
         .public_key()
         .to_spki_pem();
@@ -258,7 +258,7 @@ async fn a_gateway_with_retry_steps_of_its_own_walks_those() {
     let no = env.no("ownsteps");
     let order = env.create(&no, 100, Duration::ZERO).await;
     // One step of Alipay's own instead of the common three.
-    let stranger = AppPrivateKey::generate()
+    let stranger = RsaPrivateKey::generate()
         .unwrap()
         .public_key()
         .to_spki_pem();
@@ -285,7 +285,7 @@ async fn a_permanent_gateway_error_parks_at_once() {
     let mut env = TestEnv::new(&[]).await;
     let no = env.no("perm");
     let order = env.create(&no, 100, Duration::ZERO).await;
-    let unknown_app = AppPrivateKey::generate().unwrap().to_pkcs8_pem();
+    let unknown_app = RsaPrivateKey::generate().unwrap().to_pkcs8_pem();
     env.start_worker_with(&[("ALIPAY_APP_PRIVATE_KEY", &unknown_app)]);
 
     let messages = env

@@ -334,7 +334,7 @@ async fn a_forged_paid_notification_only_makes_us_ask_the_gateway() {
     env.create(&no, 1000, Duration::from_secs(60)).await;
     let waiting = env.buyers.scan(&no, 1000).await.unwrap();
     // "Paid", signed with a key that is not the gateway's.
-    let forger = order_closer::gateway::alipay::AppPrivateKey::generate().unwrap();
+    let forger = order_closer::gateway::rsa::RsaPrivateKey::generate().unwrap();
     let claimed = SimTradeView {
         status: order_closer::sim::SimTradeStatus::TradeSuccess,
         paid_at: Some(Utc::now()),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use order_closer::gateway::alipay::AppPrivateKey;
+use order_closer::gateway::rsa::RsaPrivateKey;
 
 /// Flags of `keygen`.
 #[derive(Debug, Args)]
@@ -30,7 +30,7 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
             args.out.display()
         );
     }
-    let key = AppPrivateKey::generate().context("generating an RSA-2048 key")?;
+    let key = RsaPrivateKey::generate().context("generating an RSA-2048 key")?;
     write_private(&private_path, &key.to_pkcs8_pem())?;
     std::fs::write(&public_path, key.public_key().to_spki_pem())
         .with_context(|| format!("writing {}", public_path.display()))?;

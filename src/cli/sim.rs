@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use order_closer::config::key_material;
 use order_closer::gateway::alipay::config::DEFAULT_APP_ID;
-use order_closer::gateway::alipay::{AppPrivateKey, RsaPublicKey};
+use order_closer::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 use order_closer::sim::{self, FaultPlan, NotifyPlan, SimConfig};
 use order_closer::worker::shutdown_on_signal;
 use secrecy::{ExposeSecret, SecretString};
@@ -68,7 +68,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     .context("--app-public-key")?;
     let sim_private_key = match &args.private_key {
         Some(text) => Some(
-            AppPrivateKey::parse(&key_material(
+            RsaPrivateKey::parse(&key_material(
                 "--private-key",
                 Some(text.expose_secret()),
                 "",

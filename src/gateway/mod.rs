@@ -20,6 +20,8 @@ mod port;
 pub mod rate_limit;
 #[cfg(feature = "worker")]
 pub mod registry;
+#[cfg(feature = "worker")]
+pub mod rsa;
 
 #[cfg(feature = "worker")]
 pub use port::*;

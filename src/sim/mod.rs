@@ -44,7 +44,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::alipay::{AppPrivateKey, KeyError, RsaPublicKey};
+use crate::gateway::rsa::{KeyError, RsaPrivateKey, RsaPublicKey};
 
 pub use buyer::{BuyerClient, BuyerError};
 pub use notifier::{
@@ -82,12 +82,12 @@ pub struct SimConfig {
     /// The app's public key: requests must be signed with its private key.
     pub app_public_key: RsaPublicKey,
     /// The simulator's own signing key ("Alipay's" key); generated when `None`.
-    pub sim_private_key: Option<AppPrivateKey>,
+    pub sim_private_key: Option<RsaPrivateKey>,
     /// Payment notifications (none unless it names a URL); changeable at run time.
     pub notify: NotifyPlan,
     /// The app's private key, when the simulator made the app's keys itself: handed to
     /// clients in [`RunningSim::client_vars`].
-    pub app_private_key: Option<Arc<AppPrivateKey>>,
+    pub app_private_key: Option<Arc<RsaPrivateKey>>,
 }
 
 /// Why the simulator could not start or stopped abnormally.
@@ -121,9 +121,9 @@ pub enum SimError {
 pub struct RunningSim {
     addr: SocketAddr,
     public_key: RsaPublicKey,
-    sim_key: Arc<AppPrivateKey>,
+    sim_key: Arc<RsaPrivateKey>,
     app_id: String,
-    app_private_key: Option<Arc<AppPrivateKey>>,
+    app_private_key: Option<Arc<RsaPrivateKey>>,
     state: SimState,
     notifier: Arc<SimNotifier>,
     /// Ends latency and `timeout` holds so that shutdown does not wait for them.
@@ -259,7 +259,7 @@ fn join_result(
 /// Starts a simulator on a free loopback port with fresh keys of its own and of the app
 /// (the demo, the benchmark, the tests): [`RunningSim::client_vars`] configures a client.
 pub async fn start_local() -> Result<RunningSim, SimError> {
-    let app_key = tokio::task::spawn_blocking(AppPrivateKey::generate)
+    let app_key = tokio::task::spawn_blocking(RsaPrivateKey::generate)
         .await
         .map_err(|e| SimError::Task(e.to_string()))??;
     start(SimConfig {
@@ -277,7 +277,7 @@ pub async fn start_local() -> Result<RunningSim, SimError> {
 pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     let sim_key = match config.sim_private_key {
         Some(key) => key,
-        None => tokio::task::spawn_blocking(AppPrivateKey::generate)
+        None => tokio::task::spawn_blocking(RsaPrivateKey::generate)
             .await
             .map_err(|e| SimError::Task(e.to_string()))??,
     };

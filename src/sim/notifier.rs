@@ -22,7 +22,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{MAX_FAULT_MS, SimTradeStatus, SimTradeView};
-use crate::gateway::alipay::{AppPrivateKey, format_china_time, notify_signing_content};
+use crate::gateway::alipay::{format_china_time, notify_signing_content};
+use crate::gateway::rsa::RsaPrivateKey;
 use crate::money::format_minor;
 
 /// Alipay's intervals between a notification's sends (8 sends within about 25 hours).
@@ -199,7 +200,7 @@ pub struct SimNotifier {
     plan: Mutex<NotifyPlan>,
     stats: Mutex<NotifyStats>,
     rng: Mutex<StdRng>,
-    key: Arc<AppPrivateKey>,
+    key: Arc<RsaPrivateKey>,
     app_id: String,
     http: reqwest::Client,
     stop: CancellationToken,
@@ -211,7 +212,7 @@ impl SimNotifier {
     /// A notifier signing with `key` for `app_id`; stopped by `stop`.
     pub(crate) fn new(
         plan: NotifyPlan,
-        key: Arc<AppPrivateKey>,
+        key: Arc<RsaPrivateKey>,
         app_id: String,
         stop: CancellationToken,
     ) -> Arc<Self> {
@@ -459,7 +460,7 @@ impl SimNotifier {
 /// `TRADE_CLOSED` when fully refunded or closed), sent at `sent_at`; None for a trade still
 /// waiting for payment. Public so that tests can send a notification by hand.
 pub fn notification_form(
-    key: &AppPrivateKey,
+    key: &RsaPrivateKey,
     app_id: &str,
     trade: &SimTradeView,
     notify_id: &str,

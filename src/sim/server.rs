@@ -48,7 +48,8 @@ use super::state::{
     BILL_URL_METHOD, CloseOutcome, FaultKind, REFUND_METHOD, RefundOutcome, SIM_METHODS,
     SimTradeStatus, SimTradeView, china_date,
 };
-use crate::gateway::alipay::{AppPrivateKey, format_china_time, verify_params};
+use crate::gateway::alipay::{format_china_time, verify_params};
+use crate::gateway::rsa::RsaPrivateKey;
 use crate::money::format_minor;
 
 /// Largest request body the simulator accepts.
@@ -106,7 +107,7 @@ fn invalid(key: &str, sub_code: &str, sub_msg: &str) -> Answer {
 
 /// Signs the object's exact serialized bytes with `key` and writes
 /// `{"<member>":<object>,"sign":"..."}`; `None` (logged) if signing fails.
-fn signed_body(key: &AppPrivateKey, answer: Answer) -> Option<String> {
+fn signed_body(key: &RsaPrivateKey, answer: Answer) -> Option<String> {
     let object = Value::Object(answer.object).to_string();
     match key.sign_base64(object.as_bytes()) {
         // The member is one of our fixed names and `sign` is base64: no escaping needed.
@@ -591,11 +592,11 @@ async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -
 }
 
 /// The second key for `bad_signature`, generated (off the async threads) on first use.
-async fn other_key(shared: &Shared) -> Option<&AppPrivateKey> {
+async fn other_key(shared: &Shared) -> Option<&RsaPrivateKey> {
     let made = shared
         .other_key
         .get_or_try_init(|| async {
-            match tokio::task::spawn_blocking(AppPrivateKey::generate).await {
+            match tokio::task::spawn_blocking(RsaPrivateKey::generate).await {
                 Ok(Ok(key)) => Ok(key),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -793,17 +794,18 @@ fn refund_answer(key: String, asked: Option<&str>, outcome: RefundOutcome) -> An
 #[cfg(test)]
 mod tests {
     use crate::gateway::alipay::{
-        AppPrivateKey, extract_sign, extract_signed_object, format_china_time, sign_params,
+        extract_sign, extract_signed_object, format_china_time, sign_params,
     };
+    use crate::gateway::rsa::RsaPrivateKey;
     use crate::sim::{self, BuyerClient, BuyerError, RunningSim, SimConfig, SimTradeStatus};
     use serde_json::Value;
     use std::sync::OnceLock;
 
     const APP_ID: &str = "2021000000000002";
 
-    fn app_key() -> &'static AppPrivateKey {
-        static KEY: OnceLock<AppPrivateKey> = OnceLock::new();
-        KEY.get_or_init(|| AppPrivateKey::generate().unwrap())
+    fn app_key() -> &'static RsaPrivateKey {
+        static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| RsaPrivateKey::generate().unwrap())
     }
 
     async fn start_sim() -> RunningSim {
@@ -1311,7 +1313,7 @@ mod tests {
             listen: sim.addr(),
             app_id: APP_ID.into(),
             app_public_key: app_key().public_key().clone(),
-            sim_private_key: Some(AppPrivateKey::generate().unwrap()),
+            sim_private_key: Some(RsaPrivateKey::generate().unwrap()),
             notify: crate::sim::NotifyPlan::default(),
             app_private_key: None,
         })

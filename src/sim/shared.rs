@@ -9,7 +9,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::state::SimState;
-use crate::gateway::alipay::{AppPrivateKey, RsaPublicKey};
+use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 
 /// Everything a request handler needs.
 pub(crate) struct Shared {
@@ -19,11 +19,11 @@ pub(crate) struct Shared {
     pub(crate) addr: SocketAddr,
     pub(crate) app_id: String,
     pub(crate) app_public_key: RsaPublicKey,
-    pub(crate) sim_key: Arc<AppPrivateKey>,
+    pub(crate) sim_key: Arc<RsaPrivateKey>,
     /// Cancelled when the simulator stops: ends latency and `timeout` holds at once.
     pub(crate) shutdown: CancellationToken,
     /// A key that is not the simulator's, for `bad_signature` answers; made on first use.
-    pub(crate) other_key: OnceCell<AppPrivateKey>,
+    pub(crate) other_key: OnceCell<RsaPrivateKey>,
     /// Sends the payment notifications.
     pub(crate) notifier: Arc<super::notifier::SimNotifier>,
 }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 
-use order_closer::gateway::alipay::{AlipayClient, AlipayConfig, AppPrivateKey};
+use order_closer::gateway::alipay::{AlipayClient, AlipayConfig};
+
+use order_closer::gateway::rsa::RsaPrivateKey;
 use order_closer::gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, RefundAnswer, RefundRequest,
     TradeRef,
@@ -20,12 +22,12 @@ use tokio::sync::oneshot;
 pub const APP_ID: &str = "2021000000000077";
 
 /// (app key, simulator key): RSA key generation is slow, share them.
-fn keys() -> &'static (Arc<AppPrivateKey>, AppPrivateKey) {
-    static KEYS: OnceLock<(Arc<AppPrivateKey>, AppPrivateKey)> = OnceLock::new();
+fn keys() -> &'static (Arc<RsaPrivateKey>, RsaPrivateKey) {
+    static KEYS: OnceLock<(Arc<RsaPrivateKey>, RsaPrivateKey)> = OnceLock::new();
     KEYS.get_or_init(|| {
         (
-            Arc::new(AppPrivateKey::generate().unwrap()),
-            AppPrivateKey::generate().unwrap(),
+            Arc::new(RsaPrivateKey::generate().unwrap()),
+            RsaPrivateKey::generate().unwrap(),
         )
     })
 }
@@ -44,7 +46,7 @@ pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
         listen: "127.0.0.1:0".parse().unwrap(),
         app_id: APP_ID.into(),
         app_public_key: app.public_key().clone(),
-        sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
+        sim_private_key: Some(RsaPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
         notify: order_closer::sim::NotifyPlan::default(),
         app_private_key: None,
     })

@@ -1,5 +1,5 @@
 //! The machine's own ceilings, measured with the crate's own building blocks: RSA-2048
-//! signs per second (`AppPrivateKey::sign_base64`, one thread and every core), the
+//! signs per second (`RsaPrivateKey::sign_base64`, one thread and every core), the
 //! broker's persistent publish+confirm rate (`Publisher::publish`, one at a time and
 //! pipelined) and consume+ack rate, and the database's one-decision-per-transaction rate
 //! (the guarded update, the audit row and the event row that `Decider` writes).
@@ -21,7 +21,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use order_closer::broker::topology::QueueType;
 use order_closer::db::decisions::NewDecision;
 use order_closer::db::{self};
-use order_closer::gateway::alipay::AppPrivateKey;
+use order_closer::gateway::rsa::RsaPrivateKey;
 use order_closer::message::CloseMessage;
 use order_closer::relay;
 use serde::Serialize;
@@ -85,7 +85,7 @@ pub struct Ceilings {
 pub async fn run(env: &BenchEnv, each: Duration) -> anyhow::Result<Ceilings> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let (one, all) = tokio::task::spawn_blocking(move || {
-        let key = AppPrivateKey::generate()?;
+        let key = RsaPrivateKey::generate()?;
         let one = signs_per_second(&key, 1, each);
         let all = signs_per_second(&key, threads, each);
         Ok::<_, anyhow::Error>((one, all))
@@ -110,7 +110,7 @@ pub async fn run(env: &BenchEnv, each: Duration) -> anyhow::Result<Ceilings> {
 }
 
 /// Signs on `threads` threads for `each`; signatures per second over all threads.
-fn signs_per_second(key: &AppPrivateKey, threads: usize, each: Duration) -> f64 {
+fn signs_per_second(key: &RsaPrivateKey, threads: usize, each: Duration) -> f64 {
     let started = Instant::now();
     let end = started + each;
     let total: u64 = std::thread::scope(|scope| {

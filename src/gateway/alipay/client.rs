@@ -11,13 +11,13 @@ use chrono::{NaiveDate, Utc};
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use super::keys::{AppPrivateKey, RsaPublicKey};
 use super::response::{
     classify_close, classify_query, classify_refund, format_china_time, split_response,
 };
 use super::sign::sign_params;
 use crate::bill::Bill;
 use crate::gateway::http::{self, echo};
+use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 use crate::gateway::{
     BillFetchError, BillSource, CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer,
     RefundRequest, TradeRef,
@@ -39,7 +39,7 @@ pub struct AlipayConfig {
     /// The application id Alipay assigned.
     pub app_id: String,
     /// The application's private key; requests are signed with it.
-    pub app_private_key: Arc<AppPrivateKey>,
+    pub app_private_key: Arc<RsaPrivateKey>,
     /// Alipay's public key; answers are verified with it.
     pub alipay_public_key: Arc<RsaPublicKey>,
     /// Per-request timeout (connect, send, read the whole answer).
@@ -51,7 +51,7 @@ impl AlipayConfig {
     pub fn new(
         gateway_url: impl Into<String>,
         app_id: impl Into<String>,
-        app_private_key: Arc<AppPrivateKey>,
+        app_private_key: Arc<RsaPrivateKey>,
         alipay_public_key: Arc<RsaPublicKey>,
     ) -> Self {
         Self {
@@ -502,13 +502,13 @@ mod tests {
     use std::sync::OnceLock;
 
     /// Key generation is slow-ish: share a few keys across tests.
-    fn keys() -> &'static [Arc<AppPrivateKey>; 3] {
-        static KEYS: OnceLock<[Arc<AppPrivateKey>; 3]> = OnceLock::new();
+    fn keys() -> &'static [Arc<RsaPrivateKey>; 3] {
+        static KEYS: OnceLock<[Arc<RsaPrivateKey>; 3]> = OnceLock::new();
         KEYS.get_or_init(|| {
             [
-                Arc::new(AppPrivateKey::generate().unwrap()),
-                Arc::new(AppPrivateKey::generate().unwrap()),
-                Arc::new(AppPrivateKey::generate().unwrap()),
+                Arc::new(RsaPrivateKey::generate().unwrap()),
+                Arc::new(RsaPrivateKey::generate().unwrap()),
+                Arc::new(RsaPrivateKey::generate().unwrap()),
             ]
         })
     }
@@ -521,7 +521,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             app_id: APP_ID.into(),
             app_public_key: app.public_key().clone(),
-            sim_private_key: Some(AppPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
+            sim_private_key: Some(RsaPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
             notify: crate::sim::NotifyPlan::default(),
             app_private_key: None,
         })

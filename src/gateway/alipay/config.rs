@@ -9,11 +9,11 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::client::{AlipayClient, AlipayConfig};
-use super::keys::{AppPrivateKey, RsaPublicKey};
 use super::notify::AlipayNotify;
 use crate::config::{ConfigError, DEFAULT_GATEWAY_URL, Vars, key_material};
 use crate::gateway::rate_limit::RateLimited;
 use crate::gateway::registry::{Connector, RegistryError};
+use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 use crate::retry::RetryPolicy;
 
 /// The default (sandbox-looking) application id.
@@ -71,7 +71,7 @@ impl AlipaySettings {
             private.as_ref().map(|k| k.expose_secret()),
             " (the merchant's RSA private key: PEM, bare base64, or a file path)",
         )?;
-        let app_private_key = AppPrivateKey::parse(&private_text)
+        let app_private_key = RsaPrivateKey::parse(&private_text)
             .map_err(|e| ConfigError::invalid("ALIPAY_APP_PRIVATE_KEY", "<key>", e))?;
         let public_text = key_material(
             "ALIPAY_PUBLIC_KEY",

@@ -10,8 +10,6 @@ pub mod client;
 #[cfg(feature = "worker")]
 pub mod config;
 #[cfg(feature = "worker")]
-pub mod keys;
-#[cfg(feature = "worker")]
 pub mod notify;
 #[cfg(feature = "worker")]
 pub mod response;
@@ -52,8 +50,6 @@ pub use client::{
 };
 #[cfg(feature = "worker")]
 pub use config::AlipaySettings;
-#[cfg(feature = "worker")]
-pub use keys::{AppPrivateKey, KeyError, RsaPublicKey};
 #[cfg(feature = "worker")]
 pub use notify::AlipayNotify;
 #[cfg(feature = "worker")]

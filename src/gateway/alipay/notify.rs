@@ -12,11 +12,11 @@ use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use chrono::{DateTime, Duration as Span, Utc};
 
-use super::keys::RsaPublicKey;
 use super::response::parse_china_time;
 use super::sign::verify_notify_params;
 use crate::gateway::TradeState;
 use crate::gateway::notice::{Claim, Notice, NoticeError, NotifyVerifier, Reply};
+use crate::gateway::rsa::RsaPublicKey;
 use crate::money::parse_minor;
 
 /// A notification older than this is not believed by itself (Alipay resends for about
@@ -190,16 +190,16 @@ impl NotifyVerifier for AlipayNotify {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::alipay::keys::AppPrivateKey;
     use crate::gateway::alipay::response::format_china_time;
     use crate::gateway::alipay::sign::notify_signing_content;
+    use crate::gateway::rsa::RsaPrivateKey;
 
     fn fixed_now() -> DateTime<Utc> {
         "2026-12-02T10:00:00Z".parse().unwrap()
     }
 
     /// A signed form of `fields` (plus `sign_type` and `sign`).
-    fn signed(key: &AppPrivateKey, fields: &[(&str, &str)]) -> String {
+    fn signed(key: &RsaPrivateKey, fields: &[(&str, &str)]) -> String {
         let sign = key
             .sign_base64(notify_signing_content(fields).as_bytes())
             .unwrap();
@@ -240,7 +240,7 @@ mod tests {
         ]
     }
 
-    fn read(verifier: &AlipayNotify, key: &AppPrivateKey, fields: &[(&str, String)]) -> Notice {
+    fn read(verifier: &AlipayNotify, key: &RsaPrivateKey, fields: &[(&str, String)]) -> Notice {
         let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         verifier
             .read(&form_headers(), signed(key, &refs).as_bytes())
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn verified_paid_and_every_way_to_be_unverified() {
-        let alipay = AppPrivateKey::generate().unwrap();
+        let alipay = RsaPrivateKey::generate().unwrap();
         let verifier = AlipayNotify::new(
             "2021",
             Some("2088".into()),
@@ -271,7 +271,7 @@ mod tests {
         );
 
         let unverified =
-            |fields: Vec<(&'static str, String)>, key: &AppPrivateKey, why: &str| match read(
+            |fields: Vec<(&'static str, String)>, key: &RsaPrivateKey, why: &str| match read(
                 &verifier, key, &fields,
             )
             .claim
@@ -279,7 +279,7 @@ mod tests {
                 Claim::Unverified { reason } => assert!(reason.contains(why), "{reason}"),
                 other => panic!("{why}: {other:?}"),
             };
-        let forger = AppPrivateKey::generate().unwrap();
+        let forger = RsaPrivateKey::generate().unwrap();
         unverified(paid_fields(&now), &forger, "signature");
         let with = |k: &'static str, v: &str| {
             let mut f = paid_fields(&now);
@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn what_is_not_a_notification_is_refused() {
-        let alipay = AppPrivateKey::generate().unwrap();
+        let alipay = RsaPrivateKey::generate().unwrap();
         let verifier = AlipayNotify::new("2021", None, Arc::new(alipay.public_key().clone()));
         let json = {
             let mut h = HeaderMap::new();

@@ -1,7 +1,7 @@
 //! The text Alipay signs: parameters sorted by key and joined as `k=v&k=v`, for requests
 //! (`sign` excluded) and for async notifications (`sign` and `sign_type` excluded).
 
-use super::keys::{AppPrivateKey, KeyError, RsaPublicKey};
+use crate::gateway::rsa::{KeyError, RsaPrivateKey, RsaPublicKey};
 
 /// One key/value parameter, however the caller holds it: `(String, String)`,
 /// `(&str, &str)`, a reference to either, or a map entry `(&String, &String)`.
@@ -79,7 +79,7 @@ where
 }
 
 /// Signs request parameters: returns the base64 RSA2 signature to put into `sign`.
-pub fn sign_params<I>(key: &AppPrivateKey, params: I) -> Result<String, KeyError>
+pub fn sign_params<I>(key: &RsaPrivateKey, params: I) -> Result<String, KeyError>
 where
     I: IntoIterator,
     I::Item: Param,
@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn sign_and_verify_params() {
-        let key = AppPrivateKey::generate().unwrap();
+        let key = RsaPrivateKey::generate().unwrap();
         let mut p = pairs(&[
             ("app_id", "1"),
             ("method", "alipay.trade.query"),

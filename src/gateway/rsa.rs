@@ -1,5 +1,7 @@
-//! RSA keys for Alipay's RSA2 scheme: parsing (PEM or bare base64, PKCS#1 or PKCS#8/SPKI),
-//! signing with the app private key and verifying with a public key, on `aws-lc-rs`.
+//! RSA keys as the gateways use them (Alipay's RSA2, WeChat Pay's SHA256withRSA: both
+//! RSASSA-PKCS1-v1_5 with SHA-256): parsing (PEM or bare base64, PKCS#1 or PKCS#8/SPKI),
+//! signing with the merchant's private key and verifying with the gateway's public key,
+//! on `aws-lc-rs`.
 
 use std::fmt;
 
@@ -146,14 +148,14 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// The merchant application's RSA private key, used to sign requests (RSA2).
-pub struct AppPrivateKey {
+pub struct RsaPrivateKey {
     pair: rsa::KeyPair,
     /// PKCS#8 DER, encoded once at construction so that export cannot fail later.
     pkcs8_der: Vec<u8>,
     public: RsaPublicKey,
 }
 
-impl Drop for AppPrivateKey {
+impl Drop for RsaPrivateKey {
     fn drop(&mut self) {
         // Best effort: do not leave the exported key bytes lying in freed memory.
         self.pkcs8_der.fill(0);
@@ -161,15 +163,15 @@ impl Drop for AppPrivateKey {
     }
 }
 
-impl fmt::Debug for AppPrivateKey {
+impl fmt::Debug for RsaPrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppPrivateKey")
+        f.debug_struct("RsaPrivateKey")
             .field("public", &self.public)
             .finish_non_exhaustive()
     }
 }
 
-impl AppPrivateKey {
+impl RsaPrivateKey {
     /// Reads a private key from PEM (`PRIVATE KEY` = PKCS#8, `RSA PRIVATE KEY` = PKCS#1) or
     /// from bare base64 DER (PKCS#8 is tried first, then PKCS#1).
     pub fn parse(text: &str) -> Result<Self, KeyError> {
@@ -338,12 +340,12 @@ mod tests {
     use aws_lc_rs::signature;
     use std::sync::OnceLock;
 
-    fn shared_key() -> &'static AppPrivateKey {
-        static KEY: OnceLock<AppPrivateKey> = OnceLock::new();
-        KEY.get_or_init(|| AppPrivateKey::generate().unwrap())
+    fn shared_key() -> &'static RsaPrivateKey {
+        static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| RsaPrivateKey::generate().unwrap())
     }
 
-    fn pkcs1_der(key: &AppPrivateKey) -> Vec<u8> {
+    fn pkcs1_der(key: &RsaPrivateKey) -> Vec<u8> {
         // PKCS#8 wraps the PKCS#1 RSAPrivateKey in an OCTET STRING: re-parse to extract it.
         let pem = key.to_pkcs8_pem();
         let (_, der) = decode_key_text(&pem).unwrap();
@@ -392,7 +394,7 @@ mod tests {
         let key = shared_key();
         let pem = key.to_pkcs8_pem();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
-        let again = AppPrivateKey::parse(&pem).unwrap();
+        let again = RsaPrivateKey::parse(&pem).unwrap();
         assert_eq!(again.public_key(), key.public_key());
     }
 
@@ -401,25 +403,25 @@ mod tests {
         let key = shared_key();
         let pkcs1 = pkcs1_der(key);
         let pkcs1_pem = pem("RSA PRIVATE KEY", &pkcs1);
-        let from_pkcs1 = AppPrivateKey::parse(&pkcs1_pem).unwrap();
+        let from_pkcs1 = RsaPrivateKey::parse(&pkcs1_pem).unwrap();
         assert_eq!(from_pkcs1.public_key(), key.public_key());
 
         // Bare base64, PKCS#1 and PKCS#8, with stray whitespace and line breaks.
         let bare1 = STANDARD.encode(&pkcs1);
         let messy = format!("  {}\n {} \r\n", &bare1[..100], &bare1[100..]);
         assert_eq!(
-            AppPrivateKey::parse(&messy).unwrap().public_key(),
+            RsaPrivateKey::parse(&messy).unwrap().public_key(),
             key.public_key()
         );
         let (_, pkcs8) = decode_key_text(&key.to_pkcs8_pem()).unwrap();
         let bare8 = STANDARD.encode(&pkcs8);
         assert_eq!(
-            AppPrivateKey::parse(&bare8).unwrap().public_key(),
+            RsaPrivateKey::parse(&bare8).unwrap().public_key(),
             key.public_key()
         );
         // Literal "\n" escapes, as pasted from an env file.
         let escaped = key.to_pkcs8_pem().replace('\n', "\\n");
-        assert!(AppPrivateKey::parse(&escaped).is_ok());
+        assert!(RsaPrivateKey::parse(&escaped).is_ok());
     }
 
     #[test]
@@ -444,14 +446,14 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_key_error() {
-        assert_eq!(AppPrivateKey::parse("").unwrap_err(), KeyError::Empty);
-        assert_eq!(AppPrivateKey::parse("   \n ").unwrap_err(), KeyError::Empty);
+        assert_eq!(RsaPrivateKey::parse("").unwrap_err(), KeyError::Empty);
+        assert_eq!(RsaPrivateKey::parse("   \n ").unwrap_err(), KeyError::Empty);
         assert_eq!(
-            AppPrivateKey::parse("not a key!").unwrap_err(),
+            RsaPrivateKey::parse("not a key!").unwrap_err(),
             KeyError::NotBase64
         );
         assert!(matches!(
-            AppPrivateKey::parse("aGVsbG8gd29ybGQ=").unwrap_err(),
+            RsaPrivateKey::parse("aGVsbG8gd29ybGQ=").unwrap_err(),
             KeyError::NotRsaPrivateKey(_)
         ));
         assert!(matches!(
@@ -459,11 +461,11 @@ mod tests {
             KeyError::NotRsaPublicKey(_)
         ));
         assert!(matches!(
-            AppPrivateKey::parse("-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap_err(),
+            RsaPrivateKey::parse("-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap_err(),
             KeyError::MalformedPem(_)
         ));
         assert!(matches!(
-            AppPrivateKey::parse(
+            RsaPrivateKey::parse(
                 "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----"
             )
             .unwrap_err(),
@@ -472,7 +474,7 @@ mod tests {
         // A public key where a private key is expected, and the other way round.
         let public_pem = shared_key().public_key().to_spki_pem();
         assert!(matches!(
-            AppPrivateKey::parse(&public_pem).unwrap_err(),
+            RsaPrivateKey::parse(&public_pem).unwrap_err(),
             KeyError::WrongLabel { .. }
         ));
         let private_pem = shared_key().to_pkcs8_pem();
@@ -493,7 +495,7 @@ mod tests {
             &rng,
         )
         .unwrap();
-        let err = AppPrivateKey::parse(&pem("PRIVATE KEY", ec_pkcs8.as_ref())).unwrap_err();
+        let err = RsaPrivateKey::parse(&pem("PRIVATE KEY", ec_pkcs8.as_ref())).unwrap_err();
         assert!(matches!(err, KeyError::NotRsaPrivateKey(_)), "{err:?}");
         let ec = signature::EcdsaKeyPair::from_pkcs8(
             &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
@@ -512,9 +514,9 @@ mod tests {
         let body_line = pem.lines().nth(1).unwrap();
         let debug = format!("{key:?}");
         assert!(!debug.contains(body_line));
-        assert!(debug.starts_with("AppPrivateKey"));
+        assert!(debug.starts_with("RsaPrivateKey"));
         let broken = pem.replace("-----END PRIVATE KEY-----", "");
-        let msg = AppPrivateKey::parse(&broken).unwrap_err().to_string();
+        let msg = RsaPrivateKey::parse(&broken).unwrap_err().to_string();
         assert!(!msg.contains(body_line), "{msg}");
     }
 
@@ -528,7 +530,7 @@ mod tests {
         // Tampered message fails.
         assert!(!key.public_key().verify_base64(b"app_id=2022", &sig));
         // Another key fails.
-        let other = AppPrivateKey::generate().unwrap();
+        let other = RsaPrivateKey::generate().unwrap();
         assert!(!other.public_key().verify_base64(msg, &sig));
         // Garbage signatures fail without panicking.
         assert!(!key.public_key().verify_base64(msg, ""));
