@@ -52,7 +52,7 @@ async fn todays_bill_lists_payments_and_refunds() {
     for date in &dates {
         let url = client.bill_download_url(*date).await.unwrap();
         assert!(
-            url.starts_with(&format!("{}/sim/bills/", sim.base_url())),
+            url.starts_with(&format!("{}/alipay/bills/", sim.base_url())),
             "{url}"
         );
         let bytes = client.download_bill(&url).await.unwrap();
@@ -62,7 +62,7 @@ async fn todays_bill_lists_payments_and_refunds() {
             format!("{SIM_BILL_ACCOUNT}_{}_业务明细.csv", date.format("%Y%m%d"))
         );
         // What the simulator meant to write, line numbers aside.
-        let expected = sim.state().bill_rows(*date);
+        let expected = sim.state().bill_rows("alipay", *date);
         let without_lines: Vec<BillRow> = bill
             .rows
             .iter()
@@ -177,7 +177,7 @@ async fn an_expired_or_unknown_url_is_an_error() {
     let url = client.bill_download_url(today).await.unwrap();
     assert!(client.download_bill(&url).await.is_ok());
 
-    let unknown = format!("{}/sim/bills/0000.zip", sim.base_url());
+    let unknown = format!("{}/alipay/bills/0000.zip", sim.base_url());
     let err = client.download_bill(&unknown).await.unwrap_err();
     assert_eq!(err.code, "http_404", "{err}");
     let err = client.download_bill("not a url").await.unwrap_err();

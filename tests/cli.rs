@@ -307,12 +307,9 @@ async fn unusable_values_fail_at_start_up_naming_them() {
 async fn logs_to_a_pipe_have_no_colour_codes() {
     let dir = std::env::temp_dir().join(format!("oc-colour-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = run(&[], &["keygen", "--out", dir.to_str().unwrap()]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let key = dir.join("app_public.pem");
     let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
-        .args(["gateway-sim", "--listen", "127.0.0.1:0", "--app-public-key"])
-        .arg(&key)
+        .args(["gateway-sim", "--listen", "127.0.0.1:0", "--keys-dir"])
+        .arg(&dir)
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -387,25 +384,25 @@ async fn secrets_never_print_and_can_come_from_files() {
 
     // A private key given inline (it starts with '-'): accepted, and when unusable the
     // error does not repeat it.
+    // A simulator key file that is not a key: named, never shown.
     let key = "-----BEGIN PRIVATE KEY-----\nU2VDckV0S2V5TWF0ZXJpYWw=\n-----END PRIVATE KEY-----";
-    let public = dir.join("alipay_public.pem");
-    std::fs::write(&public, &env.vars["ALIPAY_PUBLIC_KEY"]).unwrap();
+    let keys = dir.join("sim-keys");
+    std::fs::create_dir_all(keys.join("alipay")).unwrap();
+    std::fs::write(keys.join("alipay/sim_private.pem"), key).unwrap();
     let out = run(
         &vars,
         &[
             "gateway-sim",
             "--listen",
             "127.0.0.1:0",
-            "--app-public-key",
-            public.to_str().unwrap(),
-            "--private-key",
-            key,
+            "--keys-dir",
+            keys.to_str().unwrap(),
         ],
     )
     .await;
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("--private-key"), "{stderr}");
+    assert!(stderr.contains("sim_private.pem"), "{stderr}");
     assert!(!stderr.contains("U2VDckV0S2V5TWF0ZXJpYWw"), "{stderr}");
 
     // Secrets from files (`<VAR>_FILE`).

@@ -80,7 +80,7 @@ async fn a_close_that_happened_but_timed_out_is_found_closed_on_the_retry() {
         .set_faults(&FaultPlan {
             timeout_after_apply: 1.0,
             timeout_ms: Some(3000),
-            methods: Some(vec!["alipay.trade.close".into()]),
+            methods: Some(vec!["close".into()]),
             ..FaultPlan::default()
         })
         .await

@@ -16,7 +16,7 @@ use order_closer::gateway::GatewayMethod;
 use order_closer::notify::NotifyOutcome;
 use order_closer::order::Order;
 use order_closer::order::OrderStatus;
-use order_closer::sim::{NotifyPlan, SimTradeStatus, SimTradeView};
+use order_closer::sim::{Forge, NotifyPlan, SimTradeStatus, SimTradeView};
 
 use common::gateway::{HeldGateway, HoldAt};
 use common::tcp_proxy::TcpProxy;
@@ -292,7 +292,7 @@ async fn a_payment_after_close_is_an_anomaly_announced_once() {
     sim.notifier()
         .set_plan(NotifyPlan {
             duplicate_rate: 1.0,
-            ..NotifyPlan::to(endpoint.url.clone(), 0.001)
+            ..NotifyPlan::to(endpoint.base.clone(), 0.001)
         })
         .unwrap();
     let no = env.no("late");
@@ -334,20 +334,18 @@ async fn a_forged_paid_notification_only_makes_us_ask_the_gateway() {
     env.create(&no, 1000, Duration::from_secs(60)).await;
     let waiting = env.buyers.scan(&no, 1000).await.unwrap();
     // "Paid", signed with a key that is not the gateway's.
-    let forger = order_closer::gateway::rsa::RsaPrivateKey::generate().unwrap();
     let claimed = SimTradeView {
         status: order_closer::sim::SimTradeStatus::TradeSuccess,
         paid_at: Some(Utc::now()),
         ..waiting
     };
-    let forged = order_closer::sim::notification_form(
-        &forger,
-        &env.vars["ALIPAY_APP_ID"],
+    let forged = env.forged_notification(
         &claimed,
-        "forged",
-        Utc::now(),
-    )
-    .unwrap();
+        Forge {
+            stranger_key: true,
+            ..Forge::genuine()
+        },
+    );
     let before = env.buyers.stats().await.unwrap().queries;
     let (status, body) = post(&endpoint.url, FORM, forged.clone()).await;
     assert_eq!(
@@ -421,13 +419,20 @@ async fn bad_notifications_each_get_a_named_outcome() {
         env.create(&no, 300, Duration::from_secs(60)).await;
         let paid = env.buyers.scan_and_pay(&no, 300).await.unwrap();
         let form = match name {
-            "nosign" => env
-                .notification(&paid)
-                .split("&sign=")
-                .next()
-                .unwrap()
-                .to_owned(),
-            _ => env.signed_notification(Some("2021999999999999"), &paid, "other-app", Utc::now()),
+            "nosign" => env.forged_notification(
+                &paid,
+                Forge {
+                    unsigned: true,
+                    ..Forge::genuine()
+                },
+            ),
+            _ => env.forged_notification(
+                &paid,
+                Forge {
+                    other_merchant: true,
+                    ..Forge::genuine()
+                },
+            ),
         };
         let before = queries().await;
         let (status, body) = post(&url, FORM, form).await;
@@ -478,15 +483,13 @@ async fn bad_notifications_each_get_a_named_outcome() {
     let replayed = env.no("replayed");
     let order = env.create(&replayed, 600, Duration::from_secs(60)).await;
     let waiting = env.buyers.scan(&replayed, 600).await.unwrap();
-    let old = env.signed_notification(
-        None,
+    let old = env.forged_notification(
         &SimTradeView {
             status: order_closer::sim::SimTradeStatus::TradeSuccess,
             paid_at: Some(Utc::now() - chrono::Duration::days(3)),
             ..waiting
         },
-        "old",
-        Utc::now() - chrono::Duration::days(3),
+        Forge::sent_at(Utc::now() - chrono::Duration::days(3)),
     );
     let before = queries().await;
     assert_eq!(post(&url, FORM, old).await.1, "success");
@@ -520,15 +523,13 @@ async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
     // believed, so only a hint. The gateway, asked, says the trade is closed: the order
     // stays CLOSED, no anomaly, and the reply stops the resends.
     let days_ago = Utc::now() - chrono::Duration::days(3);
-    let replay = env.signed_notification(
-        None,
+    let replay = env.forged_notification(
         &SimTradeView {
             status: SimTradeStatus::TradeSuccess,
             paid_at: Some(days_ago),
             ..waiting
         },
-        "replayed",
-        days_ago,
+        Forge::sent_at(days_ago),
     );
     let before = env.buyers.stats().await.unwrap().queries;
     let (status, body) = post(&endpoint.url, FORM, replay.clone()).await;
@@ -632,10 +633,7 @@ async fn the_notify_command_serves_the_endpoint() {
         .as_ref()
         .unwrap()
         .notifier()
-        .set_plan(NotifyPlan::to(
-            format!("http://{listen}/notify/alipay"),
-            0.001,
-        ))
+        .set_plan(NotifyPlan::to(format!("http://{listen}/notify"), 0.001))
         .unwrap();
     let no = env.no("binary");
     let order = env.create(&no, 4321, Duration::from_secs(60)).await;

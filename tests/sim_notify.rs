@@ -58,7 +58,7 @@ impl Receiver {
     /// Serves on a free port; returns its URL.
     async fn serve(&self, stop: CancellationToken) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/notify/alipay", listener.local_addr().unwrap());
+        let url = format!("http://{}/notify", listener.local_addr().unwrap());
         let app = Router::new()
             .route("/notify/alipay", post(receive))
             .with_state(self.clone());

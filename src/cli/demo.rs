@@ -177,10 +177,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     .context("starting the notify endpoint")?;
     running
         .notifier()
-        .set_plan(NotifyPlan::to(
-            format!("http://{notify_addr}/notify/alipay"),
-            0.01,
-        ))
+        .set_plan(NotifyPlan::to(format!("http://{notify_addr}/notify"), 0.01))
         .map_err(|e| anyhow::anyhow!("notify plan: {e}"))?;
 
     // The worker, in process.

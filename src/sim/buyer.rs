@@ -357,19 +357,13 @@ impl BuyerClient {
         Self::read(response).await
     }
 
-    /// The simulator's public key as SPKI PEM (what the worker must trust).
-    pub async fn public_key_pem(&self) -> Result<String, BuyerError> {
-        let url = self.url(&["public-key"])?;
+    /// The variables that configure a client to reach and trust the simulator (each
+    /// gateway's URL, ids and keys).
+    pub async fn client_vars(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, BuyerError> {
+        let url = self.url(&["client-vars"])?;
         let response = self.http.get(url).send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            return Err(BuyerError::Rejected {
-                status: status.as_u16(),
-                error: "http".into(),
-                message: text.chars().take(200).collect(),
-            });
-        }
-        Ok(text)
+        Self::read(response).await
     }
 }

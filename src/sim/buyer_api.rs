@@ -1,25 +1,39 @@
 //! The simulator's buyer and admin API under `/sim/` (JSON), shared by every gateway the
 //! simulator speaks: buyer actions on trades (scan, pay, pay during the close, refund),
-//! the bills' download and override, the fault plan and one-shots, the notification plan,
-//! the public key and the counters. The endpoints are listed in `server.rs`.
+//! the bill override, the fault plan and one-shots, the notification plan, the client
+//! variables and the counters.
+//!
+//! The buyer actions that may create the trade (`scan`, and `pay` / `pay-on-close` with an
+//! amount) take `{"amount_minor":n,"channel":"alipay","time_expire":"..."}`: `channel`
+//! (which gateway the trade is at) defaults to the first gateway served, `time_expire`
+//! (RFC 3339, optional) is the absolute expiry passed by the shop. A trade cannot be
+//! created at or after it (409 `trade_expired`), and closes if still unpaid then.
+//!
+//! | endpoint | effect |
+//! |---|---|
+//! | `GET /sim/faults` | the current plan |
+//! | `PUT /sim/faults` | sets the plan (JSON body); 400 naming the field if invalid |
+//! | `DELETE /sim/faults` | clears the plan and every pending one-shot |
+//! | `POST /sim/trades/{no}/fail-next` | `{"kind":"busy_20000","count":N}`: the next N answers about the trade fail |
+//! | `POST /sim/trades/{no}/refund` | `{"amount_minor":n}`: refunds part of a paid trade (409 beyond what is left); a full refund closes it |
+//! | `PUT /sim/bill-override` | raw body: the next bill download (of any gateway) serves these bytes instead of the bill |
+//! | `DELETE /sim/bill-override` | clears the override |
+//! | `GET /sim/client-vars` | the variables that configure a client to reach and trust this simulator |
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::alipay::bill::build_zip;
-use super::shared::Shared;
-use super::state::{
-    BillFetch, BuyerOpError, FaultKind, FaultPlan, SIM_BILL_ACCOUNT, SimState, SimTradeView,
-};
+use super::shared::{Shared, json_error};
+use super::state::{BuyerOpError, FaultKind, FaultPlan, SimState, SimTradeView};
 
 /// Largest bill override body (`PUT /sim/bill-override`).
 const MAX_OVERRIDE_BYTES: usize = 16 * 1024 * 1024;
@@ -34,7 +48,6 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/sim/trades/{no}/pay-on-close", post(pay_on_close))
         .route("/sim/trades/{no}/fail-next", post(fail_next))
         .route("/sim/trades/{no}/refund", post(refund))
-        .route("/sim/bills/{file}", get(download_bill))
         .route(
             "/sim/bill-override",
             axum::routing::put(put_bill_override)
@@ -46,7 +59,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             get(get_faults).put(put_faults).delete(delete_faults),
         )
         .route("/sim/notify", get(get_notify).put(put_notify))
-        .route("/sim/public-key", get(public_key))
+        .route("/sim/client-vars", get(client_vars))
         .route("/sim/stats", get(stats))
 }
 
@@ -55,6 +68,8 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 struct TradeBody {
     /// The amount, to create the trade if it does not exist.
     amount_minor: Option<i64>,
+    /// The gateway the trade is created at (default: the first one served).
+    channel: Option<String>,
     /// Alipay's `time_expire` for a trade created by this call (RFC 3339).
     time_expire: Option<DateTime<Utc>>,
     /// The QR code's validity: no first scan at or after it (RFC 3339).
@@ -63,14 +78,6 @@ struct TradeBody {
     /// query is the only way to learn of the payment.
     #[serde(default)]
     lose_notification: bool,
-}
-
-fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": error, "message": message})),
-    )
-        .into_response()
 }
 
 fn op_error(e: BuyerOpError) -> Response {
@@ -107,7 +114,13 @@ fn trade_body(body: &[u8]) -> Result<TradeBody, BuyerOpError> {
 fn scan_first(state: &SimState, no: &str, body: &TradeBody) -> Result<(), BuyerOpError> {
     match body.amount_minor {
         Some(amount) => state
-            .scan_with_terms(no, amount, body.time_expire, body.qr_code_expire)
+            .scan_in(
+                body.channel.as_deref(),
+                no,
+                amount,
+                body.time_expire,
+                body.qr_code_expire,
+            )
             .map(|_| ()),
         None => Ok(()),
     }
@@ -124,14 +137,17 @@ async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: B
     match trade_body(&body) {
         Ok(TradeBody {
             amount_minor: Some(amount),
+            channel,
             time_expire,
             qr_code_expire,
             ..
-        }) => view_or_error(
-            shared
-                .state
-                .scan_with_terms(&no, amount, time_expire, qr_code_expire),
-        ),
+        }) => view_or_error(shared.state.scan_in(
+            channel.as_deref(),
+            &no,
+            amount,
+            time_expire,
+            qr_code_expire,
+        )),
         Ok(_) => op_error(BuyerOpError::BadRequest(
             "body must give amount_minor".into(),
         )),
@@ -183,56 +199,6 @@ async fn refund(
             "bad JSON body (expected {{\"amount_minor\":100}}): {e}"
         ))),
     }
-}
-
-/// `GET /sim/bills/{token}.zip`: the bill of the token's date, built now (or the
-/// override, once).
-async fn download_bill(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Response {
-    let Some(token) = file.strip_suffix(".zip") else {
-        return json_error(StatusCode::NOT_FOUND, "not_found", "no such bill");
-    };
-    match shared.state.fetch_bill(token) {
-        BillFetch::Unknown => json_error(StatusCode::NOT_FOUND, "not_found", "no such bill"),
-        BillFetch::Expired => json_error(
-            StatusCode::GONE,
-            "expired",
-            "this bill URL has expired; ask for a new one",
-        ),
-        BillFetch::Ready {
-            override_body: Some(bytes),
-            ..
-        } => zip_response(bytes, "bill.zip".to_owned()),
-        BillFetch::Ready {
-            date,
-            override_body: None,
-        } => {
-            let rows = shared.state.bill_rows(date);
-            match build_zip(SIM_BILL_ACCOUNT, date, &rows) {
-                Ok(bytes) => zip_response(
-                    bytes,
-                    format!("{SIM_BILL_ACCOUNT}_{}.csv.zip", date.format("%Y%m%d")),
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "simulator could not build a bill");
-                    (StatusCode::INTERNAL_SERVER_ERROR, "cannot build the bill").into_response()
-                }
-            }
-        }
-    }
-}
-
-fn zip_response(bytes: Vec<u8>, name: String) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{name}\""),
-            ),
-        ],
-        bytes,
-    )
-        .into_response()
 }
 
 async fn put_bill_override(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -346,10 +312,8 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.state.stats()).into_response()
 }
 
-async fn public_key(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        shared.sim_key.public_key().to_spki_pem(),
-    )
-        .into_response()
+async fn client_vars(State(shared): State<Arc<Shared>>) -> Response {
+    let vars: std::collections::BTreeMap<String, String> =
+        shared.client_vars.iter().cloned().collect();
+    axum::Json(vars).into_response()
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::methods::SIM_METHODS;
+use super::gateway::SimMethod;
 
 /// How long a `timeout` fault holds a request when [`FaultPlan::timeout_ms`] is not set.
 pub const DEFAULT_TIMEOUT_HOLD: Duration = Duration::from_secs(30);
@@ -132,7 +132,7 @@ impl FromStr for FaultKind {
 /// (bad signature, missing parameters) get the latency but never a fault.
 ///
 /// As JSON every field is optional, for example
-/// `{"latency_ms": 50, "busy_20000": 0.1, "methods": ["alipay.trade.close"], "seed": 7}`;
+/// `{"latency_ms": 50, "busy_20000": 0.1, "methods": ["close"], "seed": 7}`;
 /// unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -168,9 +168,9 @@ pub struct FaultPlan {
     pub wrong_amount: f64,
     /// Rate of [`FaultKind::EmptyBody`].
     pub empty_body: f64,
-    /// When set, the plan (latency and faults) applies only to these methods
-    /// (`alipay.trade.query`, `alipay.trade.close`,
-    /// `alipay.data.dataservice.bill.downloadurl.query`); otherwise to every request.
+    /// When set, the plan (latency and faults) applies only to these calls (`query`,
+    /// `close`, `refund`, `bill`: each gateway's own method of that kind); otherwise to
+    /// every request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     /// Seeds the random draws when the plan is set, so that the same sequence of requests
@@ -260,10 +260,10 @@ impl FaultPlan {
 
     /// Whether the plan applies to requests for `method` (`None`: the method is unknown
     /// because the request was refused before it was read).
-    pub fn applies_to(&self, method: Option<&str>) -> bool {
+    pub fn applies_to(&self, method: Option<SimMethod>) -> bool {
         match (&self.methods, method) {
             (None, _) => true,
-            (Some(methods), Some(m)) => methods.iter().any(|x| x == m),
+            (Some(methods), Some(m)) => methods.iter().any(|x| x == m.as_str()),
             (Some(_), None) => false,
         }
     }
@@ -321,12 +321,12 @@ impl FaultPlan {
                         .to_owned(),
                 ));
             }
-            if let Some(bad) = methods.iter().find(|m| !SIM_METHODS.contains(&m.as_str())) {
+            if let Some(bad) = methods.iter().find(|m| SimMethod::parse(m).is_none()) {
                 return Err(FaultPlanError::new(
                     "methods",
                     format!(
                         "methods names {bad:?}; the simulator implements {}",
-                        SIM_METHODS.join(", ")
+                        SimMethod::ALL.map(SimMethod::as_str).join(", ")
                     ),
                 ));
             }
@@ -471,7 +471,7 @@ mod tests {
         };
         assert_eq!(slow.validate().unwrap_err().field, "timeout_ms");
         let mut methods = FaultPlan {
-            methods: Some(vec!["alipay.trade.pay".into()]),
+            methods: Some(vec!["pay".into()]),
             ..FaultPlan::default()
         };
         assert_eq!(methods.validate().unwrap_err().field, "methods");
@@ -482,14 +482,14 @@ mod tests {
     #[test]
     fn plan_json() {
         let plan = FaultPlan::from_json(
-            br#"{"latency_ms":5,"busy_20000":0.25,"methods":["alipay.trade.close"],"seed":3}"#,
+            br#"{"latency_ms":5,"busy_20000":0.25,"methods":["close"],"seed":3}"#,
         )
         .unwrap();
         assert_eq!(plan.latency_ms, 5);
         assert_eq!(plan.rate(FaultKind::Busy20000), 0.25);
         assert_eq!(plan.seed, Some(3));
-        assert!(plan.applies_to(Some("alipay.trade.close")));
-        assert!(!plan.applies_to(Some("alipay.trade.query")));
+        assert!(plan.applies_to(Some(SimMethod::Close)));
+        assert!(!plan.applies_to(Some(SimMethod::Query)));
         assert!(!plan.applies_to(None));
         let back: FaultPlan = serde_json::from_str(&serde_json::to_string(&plan).unwrap()).unwrap();
         assert_eq!(back, plan);

@@ -1,37 +1,38 @@
-//! The gateway simulator: a real HTTP server on loopback that speaks Alipay's classic
-//! OpenAPI (signed requests, signed answers), keeps trades in memory, and lets a test or
-//! the demo act as the buyer (scan, pay, race a close).
+//! The gateway simulator: a real HTTP server on loopback that speaks each gateway's own
+//! protocol (signed requests, signed answers, signed notifications), keeps trades in
+//! memory, and lets a test or the demo act as the buyer (scan, pay, race a close).
 //!
-//! Start it with [`start`] (tests, the demo) or [`serve_until`] (the `gateway-sim`
-//! subcommand). The worker must be configured with the simulator's public key
-//! ([`RunningSim::public_key`], also served at `GET /sim/public-key`), and the simulator
-//! with the app's public key.
+//! Shared by every gateway: the trade store (`state.rs`), the fault plan and one-shots
+//! (`faults.rs`), the buyer and admin API under `/sim/` (`buyer_api.rs`, and
+//! [`BuyerClient`] to call it), the notifier's scheduling and its faults (`notifier.rs`).
+//! Each gateway is a folder (`alipay/`) implementing [`SimGateway`]: its wire protocol,
+//! keys, notifications, bill files and trade numbers; [`GATEWAYS`] lists them.
 //!
-//! Faults can be injected at run time, for the whole gateway ([`FaultPlan`]: latency and a
+//! Start it with [`start_local`] (fresh keys for every gateway: tests, the demo, the
+//! benchmark) or [`start`]; [`RunningSim::client_vars`] (also `GET /sim/client-vars`)
+//! gives the variables that configure a client to reach and trust it.
+//!
+//! Faults can be injected at run time, for every request ([`FaultPlan`]: latency and a
 //! rate per [`FaultKind`], set with `PUT /sim/faults`, [`BuyerClient::set_faults`] or
 //! [`SimState::set_faults`]) or for one trade's next answers (`POST
-//! /sim/trades/{no}/fail-next`, [`BuyerClient::fail_next`]). Counts of injected faults are
-//! in [`SimStats::faults_injected`].
+//! /sim/trades/{no}/fail-next`, [`BuyerClient::fail_next`]); each gateway shows a fault as
+//! that gateway would. Counts of injected faults are in [`SimStats::faults_injected`].
 //!
-//! A trade can be created with Alipay's `time_expire` ([`BuyerClient::scan_with_expiry`],
-//! [`SimState::scan_with_expiry`]): from that moment the QR code can no longer be scanned
-//! and a trade still unpaid is `TRADE_CLOSED`, as Alipay's expiry job would leave it.
-//!
-//! A paid trade can be refunded in parts ([`BuyerClient::refund`]); fully refunded, it reads
-//! `TRADE_CLOSED`. `alipay.data.dataservice.bill.downloadurl.query` hands out a download
-//! URL (on this server, valid 30 s) for the day's trade bill in Alipay's format (see
-//! [`crate::bill`]): the payments and refunds of that China-time day. Unlike Alipay, which
-//! serves only past days, the simulator also serves today's bill so far. A test can make
-//! the next download serve arbitrary bytes ([`BuyerClient::override_bill`]).
+//! A trade can be created with a `time_expire` ([`BuyerClient::scan_with_expiry`]): from
+//! that moment it can no longer be scanned and a trade still unpaid is closed, as the
+//! gateway's expiry job would leave it. A paid trade can be refunded in parts
+//! ([`BuyerClient::refund`]); fully refunded, it reads closed. Each gateway serves its
+//! daily bill of the trades at it; unlike the real gateways, which serve only past days,
+//! the simulator also serves today's bill so far. A test can make the next download serve
+//! arbitrary bytes ([`BuyerClient::override_bill`]).
 
 pub mod alipay;
 pub mod buyer;
 mod buyer_api;
 mod faults;
-mod methods;
+pub mod gateway;
 pub mod notifier;
-mod server;
-mod shared;
+pub(crate) mod shared;
 pub mod state;
 
 use std::future::Future;
@@ -44,18 +45,19 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::rsa::{KeyError, RsaPrivateKey, RsaPublicKey};
+use crate::gateway::rsa::KeyError;
 
 pub use buyer::{BuyerClient, BuyerError};
-pub use notifier::{
-    NotifyPlan, NotifyStats, RESEND_SCHEDULE, SIM_SELLER_ID, SimNotifier, notification_form,
-};
+pub use gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin};
+pub use notifier::{NotifyPlan, NotifyStats, SimNotifier};
 pub use state::{
-    BILL_URL_METHOD, BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext,
-    FaultDecision, FaultKind, FaultPlan, FaultPlanError, MAX_FAULT_MS, REFUND_METHOD,
-    SIM_BILL_ACCOUNT, SIM_METHODS, SimRefund, SimState, SimStats, SimTradeStatus, SimTradeView,
-    UnknownFaultKind,
+    BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind,
+    FaultPlan, FaultPlanError, MAX_FAULT_MS, SIM_BILL_ACCOUNT, SimRefund, SimState, SimStats,
+    SimTradeStatus, SimTradeView, UnknownFaultKind,
 };
+
+/// Every gateway the simulator speaks; a new gateway's simulator joins this list.
+pub const GATEWAYS: &[SimPlugin] = &[alipay::PLUGIN];
 
 /// Sleeps `d` unless `stop` is cancelled first (then `false`): the simulator's latency,
 /// timeout holds and notification resends all end at once when it stops.
@@ -77,17 +79,33 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct SimConfig {
     /// Where to listen; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// The only app id accepted.
-    pub app_id: String,
-    /// The app's public key: requests must be signed with its private key.
-    pub app_public_key: RsaPublicKey,
-    /// The simulator's own signing key ("Alipay's" key); generated when `None`.
-    pub sim_private_key: Option<RsaPrivateKey>,
+    /// The gateways to speak (the first is the buyer API's default).
+    pub gateways: Vec<Arc<dyn SimGateway>>,
     /// Payment notifications (none unless it names a URL); changeable at run time.
     pub notify: NotifyPlan,
-    /// The app's private key, when the simulator made the app's keys itself: handed to
-    /// clients in [`RunningSim::client_vars`].
-    pub app_private_key: Option<Arc<RsaPrivateKey>>,
+}
+
+impl SimConfig {
+    /// One gateway, on a free loopback port.
+    pub fn one(gateway: impl SimGateway + 'static) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateways: vec![Arc::new(gateway)],
+            notify: NotifyPlan::default(),
+        }
+    }
+
+    /// Every gateway of [`GATEWAYS`] with fresh keys, on a free loopback port.
+    pub fn local() -> Result<Self, SimError> {
+        Ok(Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateways: GATEWAYS
+                .iter()
+                .map(|plugin| (plugin.generate)())
+                .collect::<Result<_, _>>()?,
+            notify: NotifyPlan::default(),
+        })
+    }
 }
 
 /// Why the simulator could not start or stopped abnormally.
@@ -102,15 +120,21 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
-    /// The simulator key could not be generated.
+    /// A key could not be generated.
     #[error("simulator key: {0}")]
     Key(#[from] KeyError),
+    /// A key file could not be read or written (the message names it, never its content).
+    #[error("simulator keys: {0}")]
+    Keys(String),
     /// The HTTP server failed.
     #[error("simulator server failed: {0}")]
     Serve(#[source] std::io::Error),
     /// The notification plan is invalid.
     #[error("notify plan: {0}")]
     Notify(String),
+    /// No gateway to speak, or one twice.
+    #[error("simulator gateways: {0}")]
+    Gateways(String),
     /// The server task panicked or was cancelled.
     #[error("simulator server task ended abnormally: {0}")]
     Task(String),
@@ -120,10 +144,7 @@ pub enum SimError {
 #[derive(Debug)]
 pub struct RunningSim {
     addr: SocketAddr,
-    public_key: RsaPublicKey,
-    sim_key: Arc<RsaPrivateKey>,
-    app_id: String,
-    app_private_key: Option<Arc<RsaPrivateKey>>,
+    gateways: Vec<Arc<dyn SimGateway>>,
     state: SimState,
     notifier: Arc<SimNotifier>,
     /// Ends latency and `timeout` holds so that shutdown does not wait for them.
@@ -138,51 +159,36 @@ impl RunningSim {
         self.addr
     }
 
-    /// `http://<addr>`, the base URL for the Alipay client and the buyer client.
+    /// `http://<addr>`, the base URL for the gateway clients and the buyer client.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// The simulator's public key: what the worker must trust as "Alipay's public key".
-    pub fn public_key(&self) -> &RsaPublicKey {
-        &self.public_key
-    }
-
-    /// The variables a client needs to reach and trust this simulator (its URL, the app
-    /// id, its public key; the app's private key when the simulator made it).
+    /// The variables that configure a client to reach and trust every gateway here.
     pub fn client_vars(&self) -> Vec<(String, String)> {
-        let mut vars = vec![
-            ("ALIPAY_GATEWAY_URL".to_owned(), self.base_url()),
-            ("ALIPAY_APP_ID".to_owned(), self.app_id.clone()),
-            (
-                "ALIPAY_PUBLIC_KEY".to_owned(),
-                self.public_key.to_spki_pem(),
-            ),
-            ("ALIPAY_SELLER_ID".to_owned(), SIM_SELLER_ID.to_owned()),
-        ];
-        if let Some(key) = &self.app_private_key {
-            vars.push(("ALIPAY_APP_PRIVATE_KEY".to_owned(), key.to_pkcs8_pem()));
-        }
-        vars
+        client_vars(&self.gateways, &self.base_url())
     }
 
-    /// The notification the simulator would send about `trade` at `sent_at`, signed with
-    /// its key; for another app id when `app_id` is given (a test's forgeries and
-    /// replays). None for a trade still waiting for payment.
+    /// The channels spoken, the buyer API's default first.
+    pub fn channels(&self) -> Vec<&'static str> {
+        self.gateways.iter().map(|g| g.channel()).collect()
+    }
+
+    /// One gateway's simulator.
+    pub fn gateway(&self, channel: &str) -> Option<&Arc<dyn SimGateway>> {
+        self.gateways.iter().find(|g| g.channel() == channel)
+    }
+
+    /// The notification `trade`'s gateway would send about it now, made as `forge` says
+    /// (a test's forgeries and replays). None for a trade with nothing to announce.
     pub fn notification(
         &self,
-        app_id: Option<&str>,
         trade: &SimTradeView,
         notify_id: &str,
-        sent_at: chrono::DateTime<chrono::Utc>,
-    ) -> Option<String> {
-        notification_form(
-            &self.sim_key,
-            app_id.unwrap_or(&self.app_id),
-            trade,
-            notify_id,
-            sent_at,
-        )
+        forge: Forge,
+    ) -> Option<Outgoing> {
+        self.gateway(&trade.channel)?
+            .notification(trade, notify_id, forge)
     }
 
     /// A handle on the trades and counters.
@@ -256,31 +262,34 @@ fn join_result(
     }
 }
 
-/// Starts a simulator on a free loopback port with fresh keys of its own and of the app
-/// (the demo, the benchmark, the tests): [`RunningSim::client_vars`] configures a client.
+fn client_vars(gateways: &[Arc<dyn SimGateway>], base_url: &str) -> Vec<(String, String)> {
+    gateways
+        .iter()
+        .flat_map(|g| g.client_vars(base_url))
+        .collect()
+}
+
+/// Starts a simulator of every gateway, with fresh keys, on a free loopback port (the
+/// demo, the benchmark, the tests): [`RunningSim::client_vars`] configures a client.
 pub async fn start_local() -> Result<RunningSim, SimError> {
-    let app_key = tokio::task::spawn_blocking(RsaPrivateKey::generate)
+    let config = tokio::task::spawn_blocking(SimConfig::local)
         .await
         .map_err(|e| SimError::Task(e.to_string()))??;
-    start(SimConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        app_id: crate::gateway::alipay::config::DEFAULT_APP_ID.to_owned(),
-        app_public_key: app_key.public_key().clone(),
-        sim_private_key: None,
-        notify: NotifyPlan::default(),
-        app_private_key: Some(Arc::new(app_key)),
-    })
-    .await
+    start(config).await
 }
 
 /// Binds the listen address and starts serving in a background task.
 pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
-    let sim_key = match config.sim_private_key {
-        Some(key) => key,
-        None => tokio::task::spawn_blocking(RsaPrivateKey::generate)
-            .await
-            .map_err(|e| SimError::Task(e.to_string()))??,
-    };
+    let gateways = config.gateways;
+    if gateways.is_empty() {
+        return Err(SimError::Gateways("none to speak".into()));
+    }
+    let mut channels: Vec<&str> = gateways.iter().map(|g| g.channel()).collect();
+    channels.sort_unstable();
+    if let Some(twice) = channels.windows(2).find(|w| w[0] == w[1]) {
+        return Err(SimError::Gateways(format!("{} given twice", twice[0])));
+    }
+    config.notify.validate().map_err(SimError::Notify)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| SimError::Bind {
@@ -291,32 +300,23 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         addr: config.listen,
         source,
     })?;
-    config.notify.validate().map_err(SimError::Notify)?;
-    let sim_key = Arc::new(sim_key);
-    let shared_key = Arc::clone(&sim_key);
-    let public_key = sim_key.public_key().clone();
-    let state = SimState::new();
+    let state = SimState::for_gateways(gateways.clone());
     let holds = CancellationToken::new();
-    let notifier = SimNotifier::new(
-        config.notify,
-        Arc::clone(&sim_key),
-        config.app_id.clone(),
-        holds.clone(),
-    );
+    let notifier = SimNotifier::new(config.notify, gateways.clone(), holds.clone());
     Arc::clone(&notifier).run(state.subscribe_notices());
-    let app_id = config.app_id.clone();
-    let shared = Arc::new(server::Shared {
+    let shared = Arc::new(shared::Shared {
         state: state.clone(),
         addr,
-        app_id: config.app_id,
-        app_public_key: config.app_public_key,
-        sim_key,
         shutdown: holds.clone(),
-        other_key: tokio::sync::OnceCell::new(),
         notifier: Arc::clone(&notifier),
+        client_vars: client_vars(&gateways, &format!("http://{addr}")),
     });
+    let mut app = buyer_api::routes().with_state(Arc::clone(&shared));
+    for gateway in &gateways {
+        app = app.merge(Arc::clone(gateway).routes(Arc::clone(&shared)));
+    }
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let app = server::router(shared);
     let stop = CancellationToken::new();
     let stopper = stop.clone();
     tokio::spawn(async move {
@@ -328,13 +328,10 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         crate::http_server::serve(listener, app, crate::http_server::Limits::SIMULATOR, stop).await;
         Ok(())
     });
-    tracing::info!(%addr, sim_key = ?public_key, "gateway simulator listening");
+    tracing::info!(%addr, channels = ?channels, "gateway simulator listening");
     Ok(RunningSim {
         addr,
-        public_key,
-        sim_key: Arc::clone(&shared_key),
-        app_id,
-        app_private_key: config.app_private_key,
+        gateways,
         state,
         notifier,
         holds,
@@ -343,17 +340,5 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     })
 }
 
-/// Starts the simulator and serves until `shutdown` completes (for the `gateway-sim`
-/// subcommand: pass a Ctrl-C future). Logs the address and the simulator's public key.
-pub async fn serve_until(
-    config: SimConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SimError> {
-    let sim = start(config).await?;
-    tracing::info!(
-        base_url = %sim.base_url(),
-        public_key = %sim.public_key().to_spki_base64(),
-        "trust this key as the Alipay public key"
-    );
-    sim.run_until(shutdown).await
-}
+/// Largest request body the simulator accepts (the bill override has its own, larger).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;

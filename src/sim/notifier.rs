@@ -1,9 +1,8 @@
-//! The simulator's payment notifications, sent as Alipay sends them: when a trade is
-//! paid (or fully refunded, `TRADE_CLOSED`), a form POST to the configured notify URL,
-//! signed with the simulator's key over every parameter but `sign` and `sign_type`, and
-//! sent again on any reply other than the bare body `success`, at Alipay's intervals
-//! (4m, 10m, 10m, 1h, 2h, 6h, 15h) multiplied by [`NotifyPlan::time_factor`] so that tests
-//! run the schedule in seconds.
+//! The simulator's payment notifications, sent as each gateway sends them: when a trade
+//! is paid (or fully refunded), its gateway's notification ([`SimGateway::notification`])
+//! is POSTed to `{url}/{channel}` and sent again on any reply the gateway does not take as
+//! an acknowledgement, at the gateway's intervals ([`SimGateway::resend_schedule`])
+//! multiplied by [`NotifyPlan::time_factor`] so that tests run the schedule in seconds.
 //!
 //! Its own faults: a notification can be dropped (none of its sends happen: the
 //! "callback lost" buyer), delayed (a fixed delay plus a random jitter, which also
@@ -21,24 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{MAX_FAULT_MS, SimTradeStatus, SimTradeView};
-use crate::gateway::alipay::{format_china_time, notify_signing_content};
-use crate::gateway::rsa::RsaPrivateKey;
-use crate::money::format_minor;
-
-/// Alipay's intervals between a notification's sends (8 sends within about 25 hours).
-pub const RESEND_SCHEDULE: [Duration; 7] = [
-    Duration::from_secs(4 * 60),
-    Duration::from_secs(10 * 60),
-    Duration::from_secs(10 * 60),
-    Duration::from_secs(3600),
-    Duration::from_secs(2 * 3600),
-    Duration::from_secs(6 * 3600),
-    Duration::from_secs(15 * 3600),
-];
-
-/// The simulated merchant's `seller_id` (Alipay's 2088... partner id).
-pub const SIM_SELLER_ID: &str = "2088000000000156";
+use super::gateway::{Forge, SimGateway};
+use super::state::{MAX_FAULT_MS, SimTradeView};
 
 /// One send's time limit.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,11 +30,12 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyPlan {
-    /// The notify endpoint (`http://host:port/notify/alipay`); none: nothing is sent.
+    /// Where the notify endpoint is (`http://host:port/notify`): each gateway's
+    /// notifications go to `{url}/{channel}`; none: nothing is sent.
     #[serde(default)]
     pub url: Option<String>,
-    /// Multiplies the resend intervals (1 = Alipay's real schedule; 0.001 turns 4 minutes
-    /// into 240 ms).
+    /// Multiplies the resend intervals (1 = the gateway's real schedule; 0.001 turns
+    /// Alipay's 4 minutes into 240 ms).
     #[serde(default = "one")]
     pub time_factor: f64,
     /// Share of notifications dropped entirely (0 to 1).
@@ -181,6 +165,7 @@ pub struct NotifyStats {
 #[derive(Debug)]
 struct Held {
     url: String,
+    gateway: Arc<dyn SimGateway>,
     trade: SimTradeView,
     duplicate: bool,
     time_factor: f64,
@@ -200,8 +185,8 @@ pub struct SimNotifier {
     plan: Mutex<NotifyPlan>,
     stats: Mutex<NotifyStats>,
     rng: Mutex<StdRng>,
-    key: Arc<RsaPrivateKey>,
-    app_id: String,
+    /// The gateways by channel: who makes each trade's notification.
+    gateways: Vec<Arc<dyn SimGateway>>,
     http: reqwest::Client,
     stop: CancellationToken,
     ids: AtomicU64,
@@ -209,11 +194,10 @@ pub struct SimNotifier {
 }
 
 impl SimNotifier {
-    /// A notifier signing with `key` for `app_id`; stopped by `stop`.
+    /// A notifier for these gateways' trades; stopped by `stop`.
     pub(crate) fn new(
         plan: NotifyPlan,
-        key: Arc<RsaPrivateKey>,
-        app_id: String,
+        gateways: Vec<Arc<dyn SimGateway>>,
         stop: CancellationToken,
     ) -> Arc<Self> {
         let seed = plan.seed.unwrap_or_else(rand::random);
@@ -221,8 +205,7 @@ impl SimNotifier {
             plan: Mutex::new(plan),
             stats: Mutex::new(NotifyStats::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
-            key,
-            app_id,
+            gateways,
             http: reqwest::Client::builder()
                 .timeout(SEND_TIMEOUT)
                 .build()
@@ -281,9 +264,18 @@ impl SimNotifier {
 
     async fn deliver(self: Arc<Self>, trade: SimTradeView) {
         let plan = self.plan();
-        let Some(url) = plan.url.clone() else {
+        let Some(base) = plan.url.clone() else {
             return;
         };
+        let Some(gateway) = self
+            .gateways
+            .iter()
+            .find(|g| g.channel() == trade.channel)
+            .cloned()
+        else {
+            return;
+        };
+        let url = format!("{}/{}", base.trim_end_matches('/'), trade.channel);
         let (drop, duplicate, delay) = {
             let Ok(mut rng) = self.rng.lock() else {
                 return;
@@ -308,6 +300,7 @@ impl SimNotifier {
         }
         let held = Held {
             url,
+            gateway,
             trade,
             duplicate,
             time_factor: plan.time_factor,
@@ -333,6 +326,7 @@ impl SimNotifier {
             let (first_done, first) = tokio::sync::oneshot::channel();
             tokio::spawn(Arc::clone(self).send_with_resends(
                 held.url.clone(),
+                Arc::clone(&held.gateway),
                 held.trade.clone(),
                 notify_id.clone(),
                 held.time_factor,
@@ -392,39 +386,42 @@ impl SimNotifier {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send_with_resends(
         self: Arc<Self>,
         url: String,
+        gateway: Arc<dyn SimGateway>,
         trade: SimTradeView,
         notify_id: String,
         time_factor: f64,
         first_done: tokio::sync::oneshot::Sender<()>,
     ) {
         let mut first_done = Some(first_done);
-        let waits = std::iter::once(Duration::ZERO).chain(RESEND_SCHEDULE);
+        let waits =
+            std::iter::once(Duration::ZERO).chain(gateway.resend_schedule().iter().copied());
         for wait in waits {
             if !self.pause(wait.mul_f64(time_factor)).await {
                 return;
             }
-            let Some(form) = self.form(&trade, &notify_id) else {
+            // Each send is made afresh: its time (and signature) are the send's own.
+            let Some(outgoing) = gateway.notification(&trade, &notify_id, Forge::genuine()) else {
                 return;
             };
             self.count(|s| s.sends += 1);
-            let reply = self
+            let mut request = self
                 .http
                 .post(&url)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded; charset=utf-8",
-                )
-                .body(form)
-                .send()
-                .await;
-            let acknowledged = match reply {
-                Ok(r) if r.status().is_success() => {
-                    r.bytes().await.is_ok_and(|b| b.as_ref() == b"success")
+                .header(reqwest::header::CONTENT_TYPE, outgoing.content_type);
+            for (name, value) in &outgoing.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let acknowledged = match request.body(outgoing.body).send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let body = r.bytes().await.unwrap_or_default();
+                    gateway.acknowledged(status, &body)
                 }
-                _ => false,
+                Err(_) => false,
             };
             // The first send is answered: the next notification of a group may go.
             if let Some(done) = first_done.take() {
@@ -443,72 +440,6 @@ impl SimNotifier {
     async fn pause(&self, d: Duration) -> bool {
         super::pause(&self.stop, d).await
     }
-
-    /// The signed form of one send (`notify_time` is the send's own).
-    fn form(&self, trade: &SimTradeView, notify_id: &str) -> Option<String> {
-        notification_form(
-            &self.key,
-            &self.app_id,
-            trade,
-            notify_id,
-            chrono::Utc::now(),
-        )
-    }
-}
-
-/// The signed form Alipay would POST about `trade` (`TRADE_SUCCESS` when paid,
-/// `TRADE_CLOSED` when fully refunded or closed), sent at `sent_at`; None for a trade still
-/// waiting for payment. Public so that tests can send a notification by hand.
-pub fn notification_form(
-    key: &RsaPrivateKey,
-    app_id: &str,
-    trade: &SimTradeView,
-    notify_id: &str,
-    sent_at: chrono::DateTime<chrono::Utc>,
-) -> Option<String> {
-    let status = match trade.status {
-        SimTradeStatus::TradeSuccess => "TRADE_SUCCESS",
-        SimTradeStatus::TradeClosed => "TRADE_CLOSED",
-        SimTradeStatus::WaitBuyerPay => return None,
-    };
-    let amount = format_minor(trade.amount_minor);
-    let mut params: Vec<(&str, String)> = vec![
-        ("notify_time", format_china_time(sent_at)),
-        ("notify_type", "trade_status_sync".into()),
-        ("notify_id", notify_id.to_owned()),
-        ("app_id", app_id.to_owned()),
-        ("charset", "utf-8".into()),
-        ("version", "1.0".into()),
-        ("trade_no", trade.trade_no.clone()),
-        ("out_trade_no", trade.out_trade_no.clone()),
-        ("trade_status", status.into()),
-        ("total_amount", amount.clone()),
-        ("receipt_amount", amount.clone()),
-        ("buyer_pay_amount", amount),
-        ("gmt_create", format_china_time(trade.created_at)),
-        ("seller_id", SIM_SELLER_ID.into()),
-        ("buyer_id", "2088102177846880".into()),
-    ];
-    if let Some(paid) = trade.paid_at {
-        params.push(("gmt_payment", format_china_time(paid)));
-    }
-    if let Some(closed) = trade.closed_at {
-        params.push(("gmt_close", format_china_time(closed)));
-    }
-    let refunded: i64 = trade.refunds.iter().map(|r| r.amount_minor).sum();
-    if refunded > 0 {
-        params.push(("refund_fee", format_minor(refunded)));
-    }
-    let sign = key
-        .sign_base64(notify_signing_content(&params).as_bytes())
-        .ok()?;
-    let mut form = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in &params {
-        form.append_pair(k, v);
-    }
-    form.append_pair("sign_type", "RSA2");
-    form.append_pair("sign", &sign);
-    Some(form.finish())
 }
 
 #[cfg(test)]
@@ -519,7 +450,7 @@ mod tests {
     fn plans_are_validated_field_by_field() {
         assert_eq!(NotifyPlan::default().validate(), Ok(()));
         assert_eq!(
-            NotifyPlan::to("http://127.0.0.1:8081/notify/alipay", 0.001).validate(),
+            NotifyPlan::to("http://127.0.0.1:8081/notify", 0.001).validate(),
             Ok(())
         );
         for (plan, field) in [

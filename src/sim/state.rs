@@ -14,7 +14,7 @@
 //! expire ([`DEFAULT_BILL_URL_TTL`]), and a test can make the next download serve any
 //! bytes instead ([`SimState::set_bill_override`]).
 
-use crate::gateway::alipay::response::china;
+use crate::time::china;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,11 +29,11 @@ pub use super::faults::{
     DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind, FaultPlan, FaultPlanError,
     MAX_FAULT_MS, UnknownFaultKind,
 };
-pub use super::methods::{BILL_URL_METHOD, REFUND_METHOD, SIM_METHODS};
+use super::gateway::{SimGateway, SimMethod};
 use crate::bill::{BillRow, BillRowKind};
-use crate::gateway::alipay::format_china_time;
 
-/// A simulated trade's status, spelled as Alipay spells it.
+/// A simulated trade's status, in the simulator's own words (Alipay's, as it happens);
+/// each gateway's protocol says it in its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SimTradeStatus {
@@ -46,7 +46,7 @@ pub enum SimTradeStatus {
 }
 
 impl SimTradeStatus {
-    /// Alipay's `trade_status` string.
+    /// The simulator's name of the status.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::WaitBuyerPay => "WAIT_BUYER_PAY",
@@ -59,9 +59,12 @@ impl SimTradeStatus {
 /// One simulated trade, as stored and as the buyer API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimTradeView {
+    /// The gateway the trade is at (its channel name).
+    #[serde(default)]
+    pub channel: String,
     /// The merchant's order number.
     pub out_trade_no: String,
-    /// The simulated Alipay trade number (28 digits).
+    /// The gateway's trade number, as that gateway writes them.
     pub trade_no: String,
     /// Amount in minor units (fen).
     pub amount_minor: i64,
@@ -250,6 +253,8 @@ struct Inner {
     max_trades: usize,
     /// Where paid and fully refunded trades are announced (the notifier).
     notices: Option<tokio::sync::mpsc::UnboundedSender<SimTradeView>>,
+    /// The gateways spoken, the first being the buyer API's default.
+    gateways: Vec<Arc<dyn SimGateway>>,
 }
 
 impl Default for Inner {
@@ -266,6 +271,7 @@ impl Default for Inner {
             bill_override: None,
             max_trades: MAX_TRADES,
             notices: None,
+            gateways: Vec::new(),
         }
     }
 }
@@ -279,10 +285,11 @@ impl Inner {
         }
     }
 
-    /// The trade named by `out_trade_no` (or else by `trade_no`), with its expiry applied
-    /// if it is due.
+    /// The trade named by `out_trade_no` (or else by `trade_no`), at `channel`'s gateway
+    /// when one is given, with its expiry applied if it is due.
     fn current(
         &mut self,
+        channel: Option<&str>,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> Option<&mut SimTradeView> {
@@ -290,13 +297,14 @@ impl Inner {
             (Some(no), _) => self.trades.get_mut(no),
             (None, Some(tn)) => self.trades.values_mut().find(|t| t.trade_no == tn),
             (None, None) => None,
-        }?;
+        }
+        .filter(|t| channel.is_none_or(|c| t.channel == c))?;
         expire_if_due(trade, Utc::now());
         Some(trade)
     }
 
     /// The plan's latency (with jitter) for a request to `method`.
-    fn latency(&mut self, method: Option<&str>) -> Duration {
+    fn latency(&mut self, method: Option<SimMethod>) -> Duration {
         if !self.faults.applies_to(method) {
             return Duration::ZERO;
         }
@@ -315,9 +323,22 @@ pub struct SimState {
 }
 
 impl SimState {
-    /// An empty state.
+    /// An empty state, speaking no gateway (trades get plain numbers).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty state for these gateways; the first is where the buyer API's trades go
+    /// when they name none.
+    pub fn for_gateways(gateways: Vec<Arc<dyn SimGateway>>) -> Self {
+        let state = Self::default();
+        state.lock().gateways = gateways;
+        state
+    }
+
+    /// The channels spoken, the default first.
+    pub fn channels(&self) -> Vec<&'static str> {
+        self.lock().gateways.iter().map(|g| g.channel()).collect()
     }
 
     /// From now on, every trade that becomes paid or fully refunded is sent here (the
@@ -379,6 +400,25 @@ impl SimState {
         time_expire: Option<DateTime<Utc>>,
         qr_code_expire: Option<DateTime<Utc>>,
     ) -> Result<SimTradeView, BuyerOpError> {
+        self.scan_in(
+            None,
+            out_trade_no,
+            amount_minor,
+            time_expire,
+            qr_code_expire,
+        )
+    }
+
+    /// [`SimState::scan_with_terms`] at `channel`'s gateway (`None`: the default one). A
+    /// trade that exists already at another gateway is a conflict.
+    pub fn scan_in(
+        &self,
+        channel: Option<&str>,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: Option<DateTime<Utc>>,
+        qr_code_expire: Option<DateTime<Utc>>,
+    ) -> Result<SimTradeView, BuyerOpError> {
         if out_trade_no.is_empty() {
             return Err(BuyerOpError::BadRequest("out_trade_no is empty".into()));
         }
@@ -388,7 +428,27 @@ impl SimState {
             )));
         }
         let mut inner = self.lock();
-        if let Some(existing) = inner.current(Some(out_trade_no), None) {
+        let gateway = match channel {
+            None => inner.gateways.first().cloned(),
+            Some(c) => match inner.gateways.iter().find(|g| g.channel() == c) {
+                Some(g) => Some(Arc::clone(g)),
+                None => {
+                    let known: Vec<&str> = inner.gateways.iter().map(|g| g.channel()).collect();
+                    return Err(BuyerOpError::BadRequest(format!(
+                        "channel {c:?} is not simulated here (channels: {})",
+                        known.join(", ")
+                    )));
+                }
+            },
+        };
+        let channel = gateway.as_ref().map_or("", |g| g.channel());
+        if let Some(existing) = inner.current(None, Some(out_trade_no), None) {
+            if existing.channel != channel {
+                return Err(BuyerOpError::Conflict(format!(
+                    "trade {out_trade_no:?} exists at {}",
+                    existing.channel
+                )));
+            }
             if existing.amount_minor != amount_minor {
                 return Err(BuyerOpError::Conflict(format!(
                     "trade {out_trade_no:?} exists with amount_minor {}",
@@ -419,9 +479,14 @@ impl SimState {
             return Err(BuyerOpError::Full(inner.max_trades));
         }
         inner.next_seq += 1;
+        let trade_no = match &gateway {
+            Some(g) => g.trade_no(now, inner.next_seq),
+            None => format!("{:028}", inner.next_seq),
+        };
         let trade = SimTradeView {
+            channel: channel.to_owned(),
             out_trade_no: out_trade_no.to_owned(),
-            trade_no: new_trade_no(now, inner.next_seq),
+            trade_no,
             amount_minor,
             status: SimTradeStatus::WaitBuyerPay,
             created_at: now,
@@ -449,7 +514,7 @@ impl SimState {
         }
         let mut inner = self.lock();
         let trade = inner
-            .current(Some(out_trade_no), None)
+            .current(None, Some(out_trade_no), None)
             .ok_or_else(|| BuyerOpError::NotFound(out_trade_no.to_owned()))?;
         let before = trade.status;
         f(trade)?;
@@ -548,6 +613,7 @@ impl SimState {
     /// refund closes the trade and is announced (Alipay's `TRADE_CLOSED` notification).
     pub(crate) fn gateway_refund(
         &self,
+        channel: &str,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
         out_request_no: &str,
@@ -555,7 +621,7 @@ impl SimState {
         apply: bool,
     ) -> RefundOutcome {
         let mut inner = self.lock();
-        let Some(trade) = inner.current(out_trade_no, trade_no) else {
+        let Some(trade) = inner.current(Some(channel), out_trade_no, trade_no) else {
             return RefundOutcome::NotFound;
         };
         if let Some(earlier) = trade
@@ -592,14 +658,14 @@ impl SimState {
         }
     }
 
-    /// The bill rows of a China-time day, as Alipay's detail file lists them: one
-    /// payment row for every trade paid that day (amount, created and paid times), and
-    /// one refund row for every refund made that day (negative amounts, the trade's
-    /// creation time, the refund time and number), ordered by completion time. Times are
-    /// cut to whole seconds, as the file writes them; `line` is 0.
-    pub fn bill_rows(&self, date: NaiveDate) -> Vec<BillRow> {
+    /// The bill rows of `channel`'s gateway for a China-time day: one payment row for
+    /// every trade paid that day (amount, created and paid times), and one refund row
+    /// for every refund made that day (negative amounts, the trade's creation time, the
+    /// refund time and number), ordered by completion time. Times are cut to whole
+    /// seconds, as bill files write them; `line` is 0.
+    pub fn bill_rows(&self, channel: &str, date: NaiveDate) -> Vec<BillRow> {
         let mut rows = Vec::new();
-        for trade in self.trades() {
+        for trade in self.trades().into_iter().filter(|t| t.channel == channel) {
             let subject = format!("订单 {}", trade.out_trade_no);
             let row =
                 |kind, finished: DateTime<Utc>, amount: i64, refund_no: Option<&str>| BillRow {
@@ -685,7 +751,7 @@ impl SimState {
 
     /// One trade, if it exists (closed if it expired unpaid).
     pub fn trade(&self, out_trade_no: &str) -> Option<SimTradeView> {
-        self.lock().current(Some(out_trade_no), None).cloned()
+        self.lock().current(None, Some(out_trade_no), None).cloned()
     }
 
     /// All trades, ordered by creation time (those that expired unpaid closed).
@@ -776,24 +842,26 @@ impl SimState {
     /// decided here is counted in [`SimStats::faults_injected`].
     pub fn fault_for(
         &self,
-        method: &str,
+        channel: &str,
+        method: SimMethod,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> FaultDecision {
         let mut guard = self.lock();
         let inner = &mut *guard;
         match method {
-            "alipay.trade.query" => inner.stats.queries += 1,
-            "alipay.trade.close" => inner.stats.closes += 1,
-            REFUND_METHOD => inner.stats.refund_requests += 1,
-            BILL_URL_METHOD => inner.stats.bill_url_requests += 1,
-            _ => {}
+            SimMethod::Query => inner.stats.queries += 1,
+            SimMethod::Close => inner.stats.closes += 1,
+            SimMethod::Refund => inner.stats.refund_requests += 1,
+            SimMethod::Bill => inner.stats.bill_url_requests += 1,
         }
-        let existing = find(inner, out_trade_no, trade_no).map(|t| t.out_trade_no.clone());
+        let existing = inner
+            .current(Some(channel), out_trade_no, trade_no)
+            .map(|t| t.out_trade_no.clone());
         let applicable = |kind: FaultKind| match kind {
-            FaultKind::WrongAmount => method == "alipay.trade.query" && existing.is_some(),
-            // A bill URL answer names no order.
-            FaultKind::WrongOrder => method != BILL_URL_METHOD,
+            FaultKind::WrongAmount => method == SimMethod::Query && existing.is_some(),
+            // A bill answer names no order.
+            FaultKind::WrongOrder => method != SimMethod::Bill,
             _ => true,
         };
         let latency = inner.latency(Some(method));
@@ -829,7 +897,7 @@ impl SimState {
 
     /// The plan's latency for a request refused before it could be served (`method` is
     /// `None` when the request did not name a known one).
-    pub(crate) fn latency_for(&self, method: Option<&str>) -> Duration {
+    pub(crate) fn latency_for(&self, method: Option<SimMethod>) -> Duration {
         self.lock().latency(method)
     }
 
@@ -849,10 +917,13 @@ impl SimState {
     /// (requests are counted by [`SimState::fault_for`]).
     pub(crate) fn gateway_query(
         &self,
+        channel: &str,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> Option<SimTradeView> {
-        self.lock().current(out_trade_no, trade_no).cloned()
+        self.lock()
+            .current(Some(channel), out_trade_no, trade_no)
+            .cloned()
     }
 
     /// Gateway side: what a close would answer, without closing anything (for faulted
@@ -861,11 +932,12 @@ impl SimState {
     /// request.
     pub(crate) fn preview_close(
         &self,
+        channel: &str,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> CloseOutcome {
         let mut inner = self.lock();
-        let Some(trade) = inner.current(out_trade_no, trade_no) else {
+        let Some(trade) = inner.current(Some(channel), out_trade_no, trade_no) else {
             return CloseOutcome::NotFound;
         };
         match trade.status {
@@ -887,11 +959,12 @@ impl SimState {
     /// does not fire (the buyer cannot pay an expired trade).
     pub(crate) fn gateway_close(
         &self,
+        channel: &str,
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> CloseOutcome {
         let mut inner = self.lock();
-        let Some(trade) = inner.current(out_trade_no, trade_no) else {
+        let Some(trade) = inner.current(Some(channel), out_trade_no, trade_no) else {
             return CloseOutcome::NotFound;
         };
         match trade.status {
@@ -910,18 +983,6 @@ impl SimState {
                 CloseOutcome::StatusError(trade.clone())
             }
         }
-    }
-}
-
-fn find<'a>(
-    inner: &'a Inner,
-    out_trade_no: Option<&str>,
-    trade_no: Option<&str>,
-) -> Option<&'a SimTradeView> {
-    match (out_trade_no, trade_no) {
-        (Some(no), _) => inner.trades.get(no),
-        (None, Some(tn)) => inner.trades.values().find(|t| t.trade_no == tn),
-        (None, None) => None,
     }
 }
 
@@ -991,18 +1052,6 @@ fn mark_paid(trade: &mut SimTradeView) {
     trade.pay_on_close = false;
 }
 
-/// An Alipay-like 28-digit trade number: China date, `22001`, 4 random digits, and an
-/// 11-digit sequence.
-fn new_trade_no(now: DateTime<Utc>, seq: u64) -> String {
-    let date: String = format_china_time(now)
-        .chars()
-        .filter(char::is_ascii_digit)
-        .take(8)
-        .collect();
-    let salt: u16 = rand::rng().random_range(0..10_000);
-    format!("{date}22001{salt:04}{:011}", seq % 100_000_000_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1055,21 +1104,24 @@ mod tests {
     #[test]
     fn close_rules_and_race() {
         let s = SimState::new();
-        assert_eq!(s.gateway_close(Some("none"), None), CloseOutcome::NotFound);
+        assert_eq!(
+            s.gateway_close("", Some("none"), None),
+            CloseOutcome::NotFound
+        );
         s.scan("W", 1).unwrap();
         assert!(matches!(
-            s.gateway_close(Some("W"), None),
+            s.gateway_close("", Some("W"), None),
             CloseOutcome::Closed(_)
         ));
         assert!(matches!(
-            s.gateway_close(Some("W"), None),
+            s.gateway_close("", Some("W"), None),
             CloseOutcome::StatusError(_)
         ));
         assert!(matches!(s.pay("W", None), Err(BuyerOpError::Conflict(_))));
 
         s.scan("R", 2).unwrap();
         s.arm_pay_on_close("R", None).unwrap();
-        match s.gateway_close(Some("R"), None) {
+        match s.gateway_close("", Some("R"), None) {
             CloseOutcome::StatusError(t) => {
                 assert_eq!(t.status, SimTradeStatus::TradeSuccess);
                 assert!(!t.pay_on_close);
@@ -1077,13 +1129,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let by_trade_no = s.trade("R").unwrap().trade_no;
-        assert!(s.gateway_query(None, Some(&by_trade_no)).is_some());
+        assert!(s.gateway_query("", None, Some(&by_trade_no)).is_some());
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("R"), None),
+            s.fault_for("", SimMethod::Query, Some("R"), None),
             FaultDecision::PROCEED
         );
         assert_eq!(
-            s.fault_for("alipay.trade.close", Some("R"), None),
+            s.fault_for("", SimMethod::Close, Some("R"), None),
             FaultDecision::PROCEED
         );
         let stats = s.stats();
@@ -1122,11 +1174,11 @@ mod tests {
         assert!(matches!(s.refund("W", 1), Err(BuyerOpError::Conflict(_))));
         // Fully refunded reads as closed, and cannot be closed again.
         assert_eq!(
-            s.gateway_query(Some("W"), None).unwrap().status,
+            s.gateway_query("", Some("W"), None).unwrap().status,
             SimTradeStatus::TradeClosed
         );
         assert!(matches!(
-            s.gateway_close(Some("W"), None),
+            s.gateway_close("", Some("W"), None),
             CloseOutcome::StatusError(_)
         ));
     }
@@ -1135,18 +1187,18 @@ mod tests {
     fn a_gateway_refund_is_idempotent_by_out_request_no() {
         let s = SimState::new();
         assert_eq!(
-            s.gateway_refund(Some("G"), None, "RF-1", 500, true),
+            s.gateway_refund("", Some("G"), None, "RF-1", 500, true),
             RefundOutcome::NotFound
         );
         s.scan("G", 500).unwrap();
         assert!(matches!(
-            s.gateway_refund(Some("G"), None, "RF-1", 500, true),
+            s.gateway_refund("", Some("G"), None, "RF-1", 500, true),
             RefundOutcome::StatusError(_)
         ));
         s.pay("G", None).unwrap();
         // A preview changes nothing.
         assert!(matches!(
-            s.gateway_refund(Some("G"), None, "RF-1", 500, false),
+            s.gateway_refund("", Some("G"), None, "RF-1", 500, false),
             RefundOutcome::Refunded {
                 fund_change: true,
                 ..
@@ -1154,11 +1206,11 @@ mod tests {
         ));
         assert!(s.trade("G").unwrap().refunds.is_empty());
         assert!(matches!(
-            s.gateway_refund(Some("G"), None, "RF-1", 501, true),
+            s.gateway_refund("", Some("G"), None, "RF-1", 501, true),
             RefundOutcome::AmountError(_)
         ));
         let RefundOutcome::Refunded { trade, fund_change } =
-            s.gateway_refund(Some("G"), None, "RF-1", 500, true)
+            s.gateway_refund("", Some("G"), None, "RF-1", 500, true)
         else {
             panic!("refunded")
         };
@@ -1168,7 +1220,7 @@ mod tests {
         // The same request again: the same refund, no money moves.
         for _ in 0..3 {
             assert!(matches!(
-                s.gateway_refund(Some("G"), None, "RF-1", 500, true),
+                s.gateway_refund("", Some("G"), None, "RF-1", 500, true),
                 RefundOutcome::Refunded {
                     fund_change: false,
                     ..
@@ -1176,12 +1228,12 @@ mod tests {
             ));
         }
         assert!(matches!(
-            s.gateway_refund(Some("G"), None, "RF-1", 400, true),
+            s.gateway_refund("", Some("G"), None, "RF-1", 400, true),
             RefundOutcome::AmountError(_)
         ));
         // Another request on a fully refunded trade.
         assert!(matches!(
-            s.gateway_refund(Some("G"), None, "RF-2", 1, true),
+            s.gateway_refund("", Some("G"), None, "RF-2", 1, true),
             RefundOutcome::StatusError(_)
         ));
         assert_eq!(s.trade("G").unwrap().refunds.len(), 1);
@@ -1207,12 +1259,12 @@ mod tests {
         s.scan("UNPAID", 5).unwrap();
         s.refund("P1", 400).unwrap();
         let today = china_date(Utc::now());
-        let rows = s.bill_rows(today);
+        let rows = s.bill_rows("", today);
         // Around midnight China time the payments and the refund may fall on two days.
         let rows: Vec<BillRow> = if rows.len() == 3 {
             rows
         } else {
-            let mut both = s.bill_rows(today.pred_opt().unwrap());
+            let mut both = s.bill_rows("", today.pred_opt().unwrap());
             both.extend(rows);
             both
         };
@@ -1238,7 +1290,7 @@ mod tests {
             rows.windows(2)
                 .all(|w| w[0].finished_at <= w[1].finished_at)
         );
-        assert!(s.bill_rows(today.succ_opt().unwrap()).is_empty());
+        assert!(s.bill_rows("", today.succ_opt().unwrap()).is_empty());
     }
 
     #[test]
@@ -1293,7 +1345,7 @@ mod tests {
         plan.latency_ms = 7;
         plan.timeout_ms = Some(1234);
         s.set_faults(plan).unwrap();
-        let d = s.fault_for("alipay.trade.query", Some("A"), None);
+        let d = s.fault_for("", SimMethod::Query, Some("A"), None);
         assert_eq!(d.fault, Some(FaultKind::Busy20000));
         assert_eq!(d.latency, Duration::from_millis(7));
         assert_eq!(d.hold, Duration::from_millis(1234));
@@ -1306,29 +1358,29 @@ mod tests {
         s.set_faults(FaultPlan::only(FaultKind::WrongAmount, 1.0))
             .unwrap();
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("A"), None).fault,
             Some(FaultKind::WrongAmount)
         );
         assert_eq!(
-            s.fault_for("alipay.trade.close", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Close, Some("A"), None).fault,
             None
         );
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("Z"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("Z"), None).fault,
             None
         );
 
         // The methods filter.
         let mut only_close = FaultPlan::only(FaultKind::Html, 1.0);
-        only_close.methods = Some(vec!["alipay.trade.close".into()]);
+        only_close.methods = Some(vec!["close".into()]);
         only_close.latency_ms = 3;
         s.set_faults(only_close).unwrap();
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("A"), None),
+            s.fault_for("", SimMethod::Query, Some("A"), None),
             FaultDecision::PROCEED
         );
         assert_eq!(
-            s.fault_for("alipay.trade.close", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Close, Some("A"), None).fault,
             Some(FaultKind::Html)
         );
 
@@ -1359,7 +1411,7 @@ mod tests {
         };
         let run = |s: &SimState| -> Vec<FaultDecision> {
             (0..200)
-                .map(|_| s.fault_for("alipay.trade.query", Some("X"), None))
+                .map(|_| s.fault_for("", SimMethod::Query, Some("X"), None))
                 .collect()
         };
         s.set_faults(plan.clone()).unwrap();
@@ -1382,16 +1434,16 @@ mod tests {
         assert_eq!(s.pending_fail_next("A").map(|p| p.remaining), Some(2));
         // Found by trade_no as well.
         assert_eq!(
-            s.fault_for("alipay.trade.query", None, Some(&tn)).fault,
+            s.fault_for("", SimMethod::Query, None, Some(&tn)).fault,
             Some(FaultKind::SystemError)
         );
         assert_eq!(
-            s.fault_for("alipay.trade.close", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Close, Some("A"), None).fault,
             Some(FaultKind::SystemError)
         );
         assert_eq!(s.pending_fail_next("A"), None);
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("A"), None).fault,
             Some(FaultKind::Html)
         );
         s.clear_faults();
@@ -1402,26 +1454,26 @@ mod tests {
         s.fail_next("B", FaultKind::Timeout, 0).unwrap();
         assert_eq!(s.pending_fail_next("B"), None);
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("B"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("B"), None).fault,
             None
         );
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("NEW"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("NEW"), None).fault,
             Some(FaultKind::Timeout)
         );
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("NEW"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("NEW"), None).fault,
             None
         );
 
         // wrong_amount waits for a query of an existing trade.
         s.fail_next("A", FaultKind::WrongAmount, 1).unwrap();
         assert_eq!(
-            s.fault_for("alipay.trade.close", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Close, Some("A"), None).fault,
             None
         );
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("A"), None).fault,
             Some(FaultKind::WrongAmount)
         );
         assert!(s.fail_next("", FaultKind::Html, 1).is_err());
@@ -1429,7 +1481,7 @@ mod tests {
         s.fail_next("A", FaultKind::Html, 3).unwrap();
         s.clear_faults();
         assert_eq!(
-            s.fault_for("alipay.trade.query", Some("A"), None).fault,
+            s.fault_for("", SimMethod::Query, Some("A"), None).fault,
             None
         );
         assert_eq!(s.stats().faults_injected["system_error"], 2);
@@ -1458,8 +1510,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(s.trade("X"), None);
-        assert_eq!(s.gateway_query(Some("X"), None), None);
-        assert_eq!(s.gateway_close(Some("X"), None), CloseOutcome::NotFound);
+        assert_eq!(s.gateway_query("", Some("X"), None), None);
+        assert_eq!(s.gateway_close("", Some("X"), None), CloseOutcome::NotFound);
         assert!(s.trades().is_empty());
 
         // Before the expiry the trade is created and keeps it; a re-scan does not move it.
@@ -1485,7 +1537,7 @@ mod tests {
         set_expiry(&s, "W", expired_at);
 
         // Every read sees it closed, as of the expiry moment.
-        let by_trade_no = s.gateway_query(None, Some(&w.trade_no)).unwrap();
+        let by_trade_no = s.gateway_query("", None, Some(&w.trade_no)).unwrap();
         assert_eq!(by_trade_no.status, SimTradeStatus::TradeClosed);
         assert_eq!(by_trade_no.closed_at, Some(expired_at));
         assert_eq!(by_trade_no.paid_at, None);
@@ -1505,11 +1557,11 @@ mod tests {
         ));
         // A close answers as for a closed trade, previewed or not.
         assert_eq!(
-            s.preview_close(Some("W"), None),
+            s.preview_close("", Some("W"), None),
             CloseOutcome::StatusError(by_trade_no.clone())
         );
         assert_eq!(
-            s.gateway_close(Some("W"), None),
+            s.gateway_close("", Some("W"), None),
             CloseOutcome::StatusError(by_trade_no.clone())
         );
         assert_eq!(s.trade("W"), Some(by_trade_no));
@@ -1521,7 +1573,7 @@ mod tests {
         s.scan_with_expiry("P", 100, Some(in_an_hour())).unwrap();
         let expired_at = ago(1);
         set_expiry(&s, "P", expired_at);
-        match s.preview_close(Some("P"), None) {
+        match s.preview_close("", Some("P"), None) {
             CloseOutcome::StatusError(t) => {
                 assert_eq!(t.status, SimTradeStatus::TradeClosed);
                 assert_eq!(t.closed_at, Some(expired_at));
@@ -1537,7 +1589,7 @@ mod tests {
         assert!(s.arm_pay_on_close("R", None).unwrap().pay_on_close);
         let expired_at = ago(1);
         set_expiry(&s, "R", expired_at);
-        match s.gateway_close(Some("R"), None) {
+        match s.gateway_close("", Some("R"), None) {
             CloseOutcome::StatusError(t) => {
                 assert_eq!(t.status, SimTradeStatus::TradeClosed);
                 assert_eq!(t.closed_at, Some(expired_at));
@@ -1555,12 +1607,12 @@ mod tests {
         let paid = s.pay("PAID", None).unwrap();
         s.scan_with_expiry("CLOSED", 100, Some(in_an_hour()))
             .unwrap();
-        let CloseOutcome::Closed(closed) = s.gateway_close(Some("CLOSED"), None) else {
+        let CloseOutcome::Closed(closed) = s.gateway_close("", Some("CLOSED"), None) else {
             panic!("not closed");
         };
         set_expiry(&s, "PAID", ago(1));
         set_expiry(&s, "CLOSED", ago(1));
-        let after = s.gateway_query(Some("PAID"), None).unwrap();
+        let after = s.gateway_query("", Some("PAID"), None).unwrap();
         assert_eq!(after.status, SimTradeStatus::TradeSuccess);
         assert_eq!((after.paid_at, after.closed_at), (paid.paid_at, None));
         // A trade closed before its expiry keeps its own closing time.
@@ -1591,13 +1643,16 @@ mod tests {
         let s = SimState::new();
         s.scan("W", 1).unwrap();
         s.arm_pay_on_close("W", None).unwrap();
-        match s.preview_close(Some("W"), None) {
+        match s.preview_close("", Some("W"), None) {
             CloseOutcome::Closed(t) => assert_eq!(t.status, SimTradeStatus::TradeClosed),
             other => panic!("{other:?}"),
         }
         let stored = s.trade("W").unwrap();
         assert_eq!(stored.status, SimTradeStatus::WaitBuyerPay);
         assert!(stored.pay_on_close);
-        assert_eq!(s.preview_close(Some("none"), None), CloseOutcome::NotFound);
+        assert_eq!(
+            s.preview_close("", Some("none"), None),
+            CloseOutcome::NotFound
+        );
     }
 }

@@ -15,6 +15,7 @@ use order_closer::gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, RefundAnswer, RefundRequest,
     TradeRef,
 };
+use order_closer::sim::alipay::AlipaySim;
 use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
 use tokio::sync::oneshot;
 
@@ -42,21 +43,19 @@ pub struct GatewayEnv {
 /// Starts a simulator on a free port and a client whose requests time out after `timeout`.
 pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
     let (app, sim_key) = keys();
-    let sim = sim::start(SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        app_id: APP_ID.into(),
-        app_public_key: app.public_key().clone(),
-        sim_private_key: Some(RsaPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
-        notify: order_closer::sim::NotifyPlan::default(),
-        app_private_key: None,
-    })
+    let sim = sim::start(SimConfig::one(AlipaySim::new(
+        APP_ID,
+        app.public_key().clone(),
+        RsaPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap(),
+        None,
+    )))
     .await
     .unwrap();
     let mut config = AlipayConfig::new(
         sim.base_url(),
         APP_ID,
         Arc::clone(app),
-        Arc::new(sim.public_key().clone()),
+        Arc::new(sim_key.public_key().clone()),
     );
     config.timeout = timeout;
     let client = AlipayClient::new(config).unwrap();

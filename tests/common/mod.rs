@@ -520,6 +520,8 @@ where
 /// A notify endpoint running in the test process.
 pub struct NotifyEndpoint {
     pub notifier: Arc<Notifier>,
+    /// `http://127.0.0.1:<port>/notify`: what the simulator's notifications are sent to.
+    pub base: String,
     /// `http://127.0.0.1:<port>/notify/alipay`.
     pub url: String,
 }
@@ -549,10 +551,17 @@ impl TestEnv {
         let url = format!("http://{bound}/notify/alipay");
         if let Some(sim) = &self.sim {
             sim.notifier()
-                .set_plan(sim::NotifyPlan::to(url.clone(), time_factor))
+                .set_plan(sim::NotifyPlan::to(
+                    format!("http://{bound}/notify"),
+                    time_factor,
+                ))
                 .expect("notify plan");
         }
-        NotifyEndpoint { notifier, url }
+        NotifyEndpoint {
+            notifier,
+            url,
+            base: format!("http://{bound}/notify"),
+        }
     }
 
     /// The simulator sends no notifications (a test sends its own).
@@ -578,23 +587,17 @@ impl TestEnv {
 
     /// The form the simulator would send about the trade now, signed with its key.
     pub fn notification(&self, trade: &sim::SimTradeView) -> String {
-        self.signed_notification(None, trade, "test-notify", chrono::Utc::now())
+        self.forged_notification(trade, sim::Forge::genuine())
     }
 
-    /// A notification signed by the simulator, for another app id when given, sent at
-    /// `sent_at`.
-    pub fn signed_notification(
-        &self,
-        app_id: Option<&str>,
-        trade: &sim::SimTradeView,
-        notify_id: &str,
-        sent_at: chrono::DateTime<chrono::Utc>,
-    ) -> String {
+    /// The notification the trade's gateway would send, made as `forge` says (its body).
+    pub fn forged_notification(&self, trade: &sim::SimTradeView, forge: sim::Forge) -> String {
         self.sim
             .as_ref()
             .expect("the simulator runs")
-            .notification(app_id, trade, notify_id, sent_at)
+            .notification(trade, "test-notify", forge)
             .expect("a paid or closed trade")
+            .body
     }
 
     /// Starts an in-process worker whose gateways are configured with `overrides`.

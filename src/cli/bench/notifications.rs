@@ -78,10 +78,7 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     env.notifier()
-        .set_plan(NotifyPlan::to(
-            format!("http://{listen}/notify/alipay"),
-            1.0,
-        ))
+        .set_plan(NotifyPlan::to(format!("http://{listen}/notify"), 1.0))
         .map_err(|e| anyhow::anyhow!("notify plan: {e}"))?;
 
     // Payments at a steady rate.

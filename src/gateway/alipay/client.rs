@@ -498,6 +498,7 @@ impl BillSource for AlipayClient {
 mod tests {
     use super::*;
     use crate::gateway::{FaultClass, TradeState};
+    use crate::sim::alipay::AlipaySim;
     use crate::sim::{self, BuyerClient, RunningSim, SimConfig};
     use std::sync::OnceLock;
 
@@ -517,14 +518,12 @@ mod tests {
 
     async fn start_sim() -> RunningSim {
         let [app, sim_key, _] = keys();
-        sim::start(SimConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            app_id: APP_ID.into(),
-            app_public_key: app.public_key().clone(),
-            sim_private_key: Some(RsaPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap()),
-            notify: crate::sim::NotifyPlan::default(),
-            app_private_key: None,
-        })
+        sim::start(SimConfig::one(AlipaySim::new(
+            APP_ID,
+            app.public_key().clone(),
+            RsaPrivateKey::parse(&sim_key.to_pkcs8_pem()).unwrap(),
+            None,
+        )))
         .await
         .unwrap()
     }
@@ -534,7 +533,7 @@ mod tests {
             sim.base_url(),
             APP_ID,
             keys()[0].clone(),
-            Arc::new(sim.public_key().clone()),
+            Arc::new(keys()[1].public_key().clone()),
         ))
         .unwrap()
     }
@@ -701,7 +700,7 @@ mod tests {
             sim.base_url(),
             APP_ID,
             keys()[2].clone(),
-            Arc::new(sim.public_key().clone()),
+            Arc::new(keys()[1].public_key().clone()),
         ))
         .unwrap();
         let err = client.query(TradeRef::new("ORD-1")).await.unwrap_err();
@@ -720,7 +719,7 @@ mod tests {
             sim.base_url(),
             "2021999999999999",
             keys()[0].clone(),
-            Arc::new(sim.public_key().clone()),
+            Arc::new(keys()[1].public_key().clone()),
         ))
         .unwrap();
         let err = client.query(TradeRef::new("ORD-1")).await.unwrap_err();

@@ -1,75 +1,85 @@
-//! The simulator's HTTP surface: Alipay's `POST /gateway.do` (signed requests in, signed
-//! answers out, with the faults of the current [`FaultPlan`](super::FaultPlan) injected),
-//! served here; the JSON buyer API under `/sim/` used by tests and the demo, and the fault
-//! admin API, served by `buyer_api.rs` and listed below.
-//!
-//! The buyer actions that may create the trade (`scan`, and `pay` / `pay-on-close` with an
-//! amount) take `{"amount_minor":n,"time_expire":"2026-11-22T10:00:00Z"}`, `time_expire`
-//! optional (RFC 3339): Alipay's absolute expiry passed by the shop. A trade cannot be
-//! created at or after it (409 `trade_expired`), and closes if still unpaid then.
-//!
-//! | endpoint | effect |
-//! |---|---|
-//! | `GET /sim/faults` | the current plan |
-//! | `PUT /sim/faults` | sets the plan (JSON body); 400 naming the field if invalid |
-//! | `DELETE /sim/faults` | clears the plan and every pending one-shot |
-//! | `POST /sim/trades/{no}/fail-next` | `{"kind":"busy_20000","count":N}`: the next N answers about the trade fail |
-//! | `POST /sim/trades/{no}/refund` | `{"amount_minor":n}`: refunds part of a paid trade (409 beyond what is left); a full refund closes it |
-//! | `GET /sim/bills/{token}.zip` | the bill archive a bill URL points to; 410 once expired, 404 if unknown |
-//! | `PUT /sim/bill-override` | raw body: the next bill download serves these bytes instead of the bill |
-//! | `DELETE /sim/bill-override` | clears the override |
+//! Alipay's wire protocol in the simulator: `POST /gateway.do` (signed requests in, signed
+//! answers out, with the faults of the current [`FaultPlan`](crate::sim::FaultPlan)
+//! injected as Alipay would show them), and the bill downloads its bill URLs point at.
 //!
 //! `alipay.data.dataservice.bill.downloadurl.query` (`{"bill_type":"trade",
 //! "bill_date":"yyyy-MM-dd"}`) answers a `bill_download_url` pointing at
-//! `GET /sim/bills/{token}.zip` on this server (the host the request came to), valid for
-//! 30 s and for that date only. **Deviation:** Alipay serves only past days (T-1 from about
-//! 09:00); the simulator also serves today's bill so far (China time), so that tests need
-//! not wait a day. A future or malformed date answers `40004` `isv.invalid-bill-date`, a
-//! `bill_type` other than `trade` `40004` `isv.invalid-bill-type`; both sub-codes are
-//! unverified against the real gateway.
+//! `GET /alipay/bills/{token}.zip` on this server (the host the request came to), valid
+//! for 30 s and for that date only. **Deviation:** Alipay serves only past days (T-1 from
+//! about 09:00); the simulator also serves today's bill so far (China time), so that tests
+//! need not wait a day. A future or malformed date answers `40004`
+//! `isv.invalid-bill-date`, a `bill_type` other than `trade` `40004`
+//! `isv.invalid-bill-type`; both sub-codes are unverified against the real gateway.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use chrono::{NaiveDate, Utc};
 
-pub(crate) use super::shared::Shared;
-
-use super::state::{
-    BILL_URL_METHOD, CloseOutcome, FaultKind, REFUND_METHOD, RefundOutcome, SIM_METHODS,
-    SimTradeStatus, SimTradeView, china_date,
-};
+use super::AlipaySim;
+use super::bill::build_zip;
+use crate::gateway::alipay::client::BILL_URL_METHOD;
 use crate::gateway::alipay::{format_china_time, verify_params};
 use crate::gateway::rsa::RsaPrivateKey;
 use crate::money::format_minor;
+use crate::sim::SimMethod;
+use crate::sim::shared::{
+    Shared, bad_gateway_page, detached, dropped_connection, empty_json, maintenance_page,
+    shutting_down, truncated,
+};
+use crate::sim::state::{
+    BillFetch, CloseOutcome, FaultKind, RefundOutcome, SIM_BILL_ACCOUNT, SimTradeStatus,
+    SimTradeView, china_date,
+};
 
-/// Largest request body the simulator accepts.
-const MAX_REQUEST_BYTES: usize = 64 * 1024;
-
-/// Builds the simulator's router: the gateway protocol here, the buyer and admin API in
-/// `buyer_api.rs`.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/gateway.do", post(gateway))
-        .merge(super::buyer_api::routes())
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(shared)
+/// A request handler's view: what every gateway shares, and Alipay's keys.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    shared: Arc<Shared>,
+    sim: Arc<AlipaySim>,
 }
 
-// ---------------------------------------------------------------------------------------
-// Gateway
-// ---------------------------------------------------------------------------------------
+impl std::ops::Deref for Ctx {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// Alipay's routes.
+pub(crate) fn routes(shared: Arc<Shared>, sim: Arc<AlipaySim>) -> Router {
+    Router::new()
+        .route("/gateway.do", post(gateway))
+        .route("/alipay/bills/{file}", get(download_bill))
+        .with_state(Ctx { shared, sim })
+}
 
 const QUERY: &str = "alipay.trade.query";
+const CLOSE: &str = "alipay.trade.close";
+const REFUND_METHOD: &str = "alipay.trade.refund";
+
+/// The methods served, by their wire names.
+const ALIPAY_METHODS: [&str; 4] = [QUERY, CLOSE, REFUND_METHOD, BILL_URL_METHOD];
+
+/// What a wire method is, for the fault plan and the counters.
+fn sim_method(method: &str) -> SimMethod {
+    match method {
+        QUERY => SimMethod::Query,
+        CLOSE => SimMethod::Close,
+        REFUND_METHOD => SimMethod::Refund,
+        _ => SimMethod::Bill,
+    }
+}
 
 /// An answer object plus the member name it goes under.
 struct Answer {
@@ -135,75 +145,22 @@ fn json_body(body: String) -> Response {
 }
 
 /// The answer signed with the simulator's key, as a response.
-fn signed_reply(shared: &Shared, answer: Answer) -> Response {
-    signed_body(&shared.sim_key, answer).map_or_else(signing_failed, json_body)
-}
-
-fn html(status: StatusCode, page: &'static str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
-}
-
-const BAD_GATEWAY_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n\
-    <body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>Tengine</center>\r\n\
-    </body>\r\n</html>\r\n";
-
-const MAINTENANCE_PAGE: &str = "<!DOCTYPE html><html><head><meta charset=\"utf-8\">\
-    <title>系统维护</title></head><body><h1>系统维护中，请稍后再试</h1>\
-    <p>Service temporarily unavailable.</p></body></html>";
-
-/// A response that never completes: its body fails at once, so the connection is cut
-/// without an answer.
-fn dropped_connection() -> Response {
-    let stream = futures_util::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "simulated timeout: connection dropped",
-        ))
-    });
-    Response::new(Body::from_stream(stream))
-}
-
-fn shutting_down() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, "simulator shutting down").into_response()
+fn signed_reply(shared: &Ctx, answer: Answer) -> Response {
+    signed_body(&shared.sim.sim_key, answer).map_or_else(signing_failed, json_body)
 }
 
 async fn gateway(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Ctx>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let origin = origin(&shared, &headers);
-    // Served in its own task: a client that gives up and drops the connection must not
-    // cancel a close half-way. What the gateway started, it finishes (as Alipay would).
-    match tokio::spawn(serve_gateway(shared, query, body, origin)).await {
-        Ok(response) => response,
-        Err(e) => {
-            tracing::error!(error = %e, "simulator gateway task failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "simulator failure").into_response()
-        }
-    }
-}
-
-/// `http://<host>` for URLs handed out by this server: the request's `Host` when it is
-/// a plain host name or address, else the bound address.
-fn origin(shared: &Shared, headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        });
-    match host {
-        Some(host) => format!("http://{host}"),
-        None => format!("http://{}", shared.addr),
-    }
+    let origin = shared.origin(&headers);
+    detached(serve_gateway(shared, query, body, origin)).await
 }
 
 async fn serve_gateway(
-    shared: Arc<Shared>,
+    shared: Ctx,
     query: Option<String>,
     body: Bytes,
     origin: String,
@@ -212,7 +169,7 @@ async fn serve_gateway(
     let request = match parse_request(&shared, query.as_deref().unwrap_or(""), &body, origin) {
         Ok(request) => request,
         Err(refused) => {
-            let latency = shared.state.latency_for(refused.method);
+            let latency = shared.state.latency_for(refused.method.map(sim_method));
             if !shared.pause(latency).await {
                 return shutting_down();
             }
@@ -229,7 +186,8 @@ async fn serve_gateway(
         }
     };
     let decision = shared.state.fault_for(
-        request.method,
+        super::CHANNEL,
+        sim_method(request.method),
         request.out_trade_no.as_deref(),
         request.trade_no.as_deref(),
     );
@@ -288,7 +246,7 @@ struct Refused {
 
 /// Parses and authenticates one gateway request.
 fn parse_request(
-    shared: &Shared,
+    shared: &Ctx,
     query: &str,
     body: &[u8],
     origin: String,
@@ -322,7 +280,7 @@ fn parse_request(
     let Some(method) = get("method") else {
         return Err(refuse(None, missing(ERR, "isv.missing-method", "方法名")));
     };
-    let Some(method) = SIM_METHODS.into_iter().find(|m| *m == method) else {
+    let Some(method) = ALIPAY_METHODS.into_iter().find(|m| *m == method) else {
         return Err(refuse(
             None,
             invalid(ERR, "isv.invalid-method", "不存在的方法名"),
@@ -337,7 +295,7 @@ fn parse_request(
     let Some(app_id) = get("app_id") else {
         return Err(refuse(missing(&key, "isv.missing-app-id", "AppID")));
     };
-    if app_id != shared.app_id {
+    if app_id != shared.sim.app_id {
         return Err(refuse(invalid(
             &key,
             "isv.invalid-app-id",
@@ -377,7 +335,7 @@ fn parse_request(
     if get("charset").is_some_and(|c| !c.eq_ignore_ascii_case("utf-8")) {
         return Err(refuse(invalid(&key, "isv.invalid-charset", "字符集错误")));
     }
-    if !verify_params(&shared.app_public_key, &params) {
+    if !verify_params(&shared.sim.app_public_key, &params) {
         shared.state.count_signature_failure();
         tracing::debug!(method, "simulator: request signature does not verify");
         return Err(refuse(invalid(
@@ -476,31 +434,47 @@ enum Effect {
 }
 
 /// The answer to a request, applied or previewed.
-fn answer(shared: &Shared, r: &Request, effect: Effect) -> Answer {
+fn answer(shared: &Ctx, r: &Request, effect: Effect) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
     let apply = effect == Effect::Apply;
     if let Some(ask) = &r.bill {
         bill_url_answer(shared, r, ask)
     } else if let Some(ask) = &r.refund {
-        let outcome =
-            shared
-                .state
-                .gateway_refund(out, tn, &ask.out_request_no, ask.amount_minor, apply);
+        let outcome = shared.state.gateway_refund(
+            super::CHANNEL,
+            out,
+            tn,
+            &ask.out_request_no,
+            ask.amount_minor,
+            apply,
+        );
         refund_answer(r.key.clone(), out, outcome)
     } else if r.method == QUERY {
-        query_answer(r.key.clone(), out, shared.state.gateway_query(out, tn))
+        query_answer(
+            r.key.clone(),
+            out,
+            shared.state.gateway_query(super::CHANNEL, out, tn),
+        )
     } else if apply {
-        close_answer(r.key.clone(), out, shared.state.gateway_close(out, tn))
+        close_answer(
+            r.key.clone(),
+            out,
+            shared.state.gateway_close(super::CHANNEL, out, tn),
+        )
     } else {
-        close_answer(r.key.clone(), out, shared.state.preview_close(out, tn))
+        close_answer(
+            r.key.clone(),
+            out,
+            shared.state.preview_close(super::CHANNEL, out, tn),
+        )
     }
 }
 
 /// Builds the faulted response. Nothing here changes a trade except
 /// [`FaultKind::TimeoutAfterApply`], which applies the request before withholding it.
-async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -> Response {
+async fn inject(shared: &Ctx, r: &Request, kind: FaultKind, hold: Duration) -> Response {
     match kind {
-        FaultKind::Http502 => html(StatusCode::BAD_GATEWAY, BAD_GATEWAY_PAGE),
+        FaultKind::Http502 => bad_gateway_page(),
         FaultKind::Busy20000 => signed_reply(
             shared,
             failure(
@@ -534,22 +508,16 @@ async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -
                 dropped_connection()
             }
         }
-        FaultKind::Html => html(StatusCode::OK, MAINTENANCE_PAGE),
+        FaultKind::Html => maintenance_page(),
         FaultKind::TruncatedJson => {
-            match signed_body(&shared.sim_key, answer(shared, r, Effect::Preview)) {
-                Some(body) => {
-                    let mut cut = body.len() / 2;
-                    while !body.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    json_body(body[..cut].to_owned())
-                }
+            match signed_body(&shared.sim.sim_key, answer(shared, r, Effect::Preview)) {
+                Some(body) => json_body(truncated(&body)),
                 None => signing_failed(),
             }
         }
         FaultKind::BadSignature => {
             let answer = answer(shared, r, Effect::Preview);
-            match other_key(shared).await {
+            match shared.sim.other_key().await {
                 Some(key) => signed_body(key, answer).map_or_else(signing_failed, json_body),
                 None => (StatusCode::INTERNAL_SERVER_ERROR, "no second key").into_response(),
             }
@@ -565,9 +533,11 @@ async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -
         }
         FaultKind::WrongAmount => {
             let mut answer = answer(shared, r, Effect::Preview);
-            let trade = shared
-                .state
-                .gateway_query(r.out_trade_no.as_deref(), r.trade_no.as_deref());
+            let trade = shared.state.gateway_query(
+                super::CHANNEL,
+                r.out_trade_no.as_deref(),
+                r.trade_no.as_deref(),
+            );
             if let Some(t) = trade {
                 let wrong = format_minor(t.amount_minor.saturating_add(1));
                 answer
@@ -583,32 +553,7 @@ async fn inject(shared: &Shared, r: &Request, kind: FaultKind, hold: Duration) -
             }
             signed_reply(shared, answer)
         }
-        FaultKind::EmptyBody => (
-            [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
-            "",
-        )
-            .into_response(),
-    }
-}
-
-/// The second key for `bad_signature`, generated (off the async threads) on first use.
-async fn other_key(shared: &Shared) -> Option<&RsaPrivateKey> {
-    let made = shared
-        .other_key
-        .get_or_try_init(|| async {
-            match tokio::task::spawn_blocking(RsaPrivateKey::generate).await {
-                Ok(Ok(key)) => Ok(key),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await;
-    match made {
-        Ok(key) => Some(key),
-        Err(e) => {
-            tracing::error!(error = %e, "simulator could not make its second key");
-            None
-        }
+        FaultKind::EmptyBody => empty_json(),
     }
 }
 
@@ -620,7 +565,7 @@ fn bill_date(text: &str) -> Option<NaiveDate> {
 }
 
 /// Answers a bill URL request: a fresh one-date download URL, or a business failure.
-fn bill_url_answer(shared: &Shared, r: &Request, ask: &BillAsk) -> Answer {
+fn bill_url_answer(shared: &Ctx, r: &Request, ask: &BillAsk) -> Answer {
     if ask.bill_type.as_deref() != Some("trade") {
         // Unverified sub-code: what Alipay answers for a bill_type it does not know.
         return failure(
@@ -654,7 +599,7 @@ fn bill_url_answer(shared: &Shared, r: &Request, ask: &BillAsk) -> Answer {
         object: obj(json!({
             "code": "10000",
             "msg": "Success",
-            "bill_download_url": format!("{}/sim/bills/{token}.zip", r.origin),
+            "bill_download_url": format!("{}/alipay/bills/{token}.zip", r.origin),
         })),
     }
 }
@@ -791,34 +736,102 @@ fn refund_answer(key: String, asked: Option<&str>, outcome: RefundOutcome) -> An
     }
 }
 
+/// `GET /alipay/bills/{token}.zip`: the bill of the token's date, built now (or the
+/// override, once).
+async fn download_bill(State(shared): State<Ctx>, Path(file): Path<String>) -> Response {
+    let Some(token) = file.strip_suffix(".zip") else {
+        return crate::sim::shared::json_error(StatusCode::NOT_FOUND, "not_found", "no such bill");
+    };
+    match shared.state.fetch_bill(token) {
+        BillFetch::Unknown => {
+            crate::sim::shared::json_error(StatusCode::NOT_FOUND, "not_found", "no such bill")
+        }
+        BillFetch::Expired => crate::sim::shared::json_error(
+            StatusCode::GONE,
+            "expired",
+            "this bill URL has expired; ask for a new one",
+        ),
+        BillFetch::Ready {
+            override_body: Some(bytes),
+            ..
+        } => zip_response(bytes, "bill.zip".to_owned()),
+        BillFetch::Ready {
+            date,
+            override_body: None,
+        } => {
+            let rows = shared.state.bill_rows(super::CHANNEL, date);
+            match build_zip(SIM_BILL_ACCOUNT, date, &rows) {
+                Ok(bytes) => zip_response(
+                    bytes,
+                    format!("{SIM_BILL_ACCOUNT}_{}.csv.zip", date.format("%Y%m%d")),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "simulator could not build a bill");
+                    (StatusCode::INTERNAL_SERVER_ERROR, "cannot build the bill").into_response()
+                }
+            }
+        }
+    }
+}
+
+fn zip_response(bytes: Vec<u8>, name: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use crate::gateway::alipay::{
         extract_sign, extract_signed_object, format_china_time, sign_params,
     };
     use crate::gateway::rsa::RsaPrivateKey;
+    use crate::gateway::rsa::RsaPublicKey;
+    use crate::sim::alipay::AlipaySim;
     use crate::sim::{self, BuyerClient, BuyerError, RunningSim, SimConfig, SimTradeStatus};
     use serde_json::Value;
     use std::sync::OnceLock;
 
     const APP_ID: &str = "2021000000000002";
 
+    /// (the app's key, the simulator's key).
+    fn keys() -> &'static (RsaPrivateKey, RsaPrivateKey) {
+        static KEYS: OnceLock<(RsaPrivateKey, RsaPrivateKey)> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            (
+                RsaPrivateKey::generate().unwrap(),
+                RsaPrivateKey::generate().unwrap(),
+            )
+        })
+    }
+
     fn app_key() -> &'static RsaPrivateKey {
-        static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
-        KEY.get_or_init(|| RsaPrivateKey::generate().unwrap())
+        &keys().0
+    }
+
+    fn sim_public_key() -> &'static RsaPublicKey {
+        keys().1.public_key()
+    }
+
+    fn alipay() -> AlipaySim {
+        AlipaySim::new(
+            APP_ID,
+            app_key().public_key().clone(),
+            RsaPrivateKey::parse(&keys().1.to_pkcs8_pem()).unwrap(),
+            None,
+        )
     }
 
     async fn start_sim() -> RunningSim {
-        sim::start(SimConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            app_id: APP_ID.into(),
-            app_public_key: app_key().public_key().clone(),
-            sim_private_key: None,
-            notify: crate::sim::NotifyPlan::default(),
-            app_private_key: None,
-        })
-        .await
-        .unwrap()
+        sim::start(SimConfig::one(alipay())).await.unwrap()
     }
 
     fn common(method: &str) -> Vec<(String, String)> {
@@ -872,7 +885,7 @@ mod tests {
     }
 
     /// Checks the answer's layout and signature; returns (member name used, object).
-    fn verified(sim: &RunningSim, body: &str, key: &str) -> Value {
+    fn verified(body: &str, key: &str) -> Value {
         assert!(
             body.starts_with(&format!("{{\"{key}\":{{")),
             "object first: {body}"
@@ -880,7 +893,7 @@ mod tests {
         let object = extract_signed_object(body, key).unwrap();
         let sign = extract_sign(body).unwrap();
         assert!(body.ends_with(&format!(",\"sign\":\"{sign}\"}}")));
-        assert!(sim.public_key().verify_base64(object.as_bytes(), &sign));
+        assert!(sim_public_key().verify_base64(object.as_bytes(), &sign));
         serde_json::from_str(object).unwrap()
     }
 
@@ -930,7 +943,7 @@ mod tests {
             "sign",
         ];
         let body = post_raw(&sim, params, &in_query, true).await;
-        let v = verified(&sim, &body, QUERY_KEY);
+        let v = verified(&body, QUERY_KEY);
         assert_eq!(v["code"], "10000");
         assert_eq!(v["trade_status"], "TRADE_SUCCESS");
         assert_eq!(v["total_amount"], "88.88");
@@ -1029,7 +1042,7 @@ mod tests {
         ];
         for (params, sign, key, code, sub_code) in cases {
             let body = post_raw(&sim, params, &[], sign).await;
-            let v = verified(&sim, &body, key);
+            let v = verified(&body, key);
             assert_eq!(
                 (v["code"].as_str(), v["sub_code"].as_str()),
                 (Some(code), Some(sub_code)),
@@ -1043,13 +1056,13 @@ mod tests {
         tampered.push(("sign".into(), sig));
         let tampered = with(tampered, "biz_content", r#"{"out_trade_no":"ORD-2"}"#);
         let body = post_raw(&sim, tampered, &[], false).await;
-        let v = verified(&sim, &body, QUERY_KEY);
+        let v = verified(&body, QUERY_KEY);
         assert_eq!(v["sub_code"], "isv.invalid-signature");
         // A parameter given twice (query and body) is refused.
         let mut dup = base.clone();
         dup.push(("format".into(), "JSON".into()));
         let body = post_raw(&sim, dup, &["format"], true).await;
-        assert_eq!(verified(&sim, &body, "error_response")["code"], "40002");
+        assert_eq!(verified(&body, "error_response")["code"], "40002");
 
         let stats = sim.state().stats();
         assert_eq!(stats.signature_failures, 1);
@@ -1098,7 +1111,7 @@ mod tests {
         ];
         for (biz, sub_code) in cases {
             let body = post_raw(&sim, bill(&biz), &[], true).await;
-            let v = verified(&sim, &body, BILL_KEY);
+            let v = verified(&body, BILL_KEY);
             assert_eq!(
                 (v["code"].as_str(), v["sub_code"].as_str()),
                 (Some("40004"), Some(sub_code)),
@@ -1107,11 +1120,11 @@ mod tests {
         }
         let biz = format!(r#"{{"bill_type":"trade","bill_date":"{today}"}}"#);
         let body = post_raw(&sim, bill(&biz), &[], true).await;
-        let v = verified(&sim, &body, BILL_KEY);
+        let v = verified(&body, BILL_KEY);
         assert_eq!(v["code"], "10000");
         let url = v["bill_download_url"].as_str().unwrap().to_owned();
         assert!(
-            url.starts_with(&format!("{}/sim/bills/", sim.base_url())),
+            url.starts_with(&format!("{}/alipay/bills/", sim.base_url())),
             "{url}"
         );
         assert!(url.ends_with(".zip"));
@@ -1121,7 +1134,7 @@ mod tests {
         assert_eq!(r.status(), 200);
         let bytes = r.bytes().await.unwrap();
         assert!(crate::gateway::alipay::bill::parse_zip(&bytes, "bill.zip").is_ok());
-        for missing in ["/sim/bills/nope.zip", "/sim/bills/nope"] {
+        for missing in ["/alipay/bills/nope.zip", "/alipay/bills/nope"] {
             let r = http
                 .get(format!("{}{missing}", sim.base_url()))
                 .send()
@@ -1145,10 +1158,10 @@ mod tests {
         // The bill method can be named in a fault plan; wrong_order does not apply to it.
         let buyer = BuyerClient::new(sim.base_url()).unwrap();
         let mut plan = crate::sim::FaultPlan::only(crate::sim::FaultKind::WrongOrder, 1.0);
-        plan.methods = Some(vec![super::BILL_URL_METHOD.to_owned()]);
+        plan.methods = Some(vec!["bill".to_owned()]);
         buyer.set_faults(&plan).await.unwrap();
         let body = post_raw(&sim, bill(&biz), &[], true).await;
-        let v = verified(&sim, &body, BILL_KEY);
+        let v = verified(&body, BILL_KEY);
         assert_eq!(v["code"], "10000");
         assert!(v.get("out_trade_no").is_none());
         buyer
@@ -1159,7 +1172,7 @@ mod tests {
             .await
             .unwrap();
         let body = post_raw(&sim, bill(&biz), &[], true).await;
-        assert_eq!(verified(&sim, &body, BILL_KEY)["code"], "20000");
+        assert_eq!(verified(&body, BILL_KEY)["code"], "20000");
 
         let stats = sim.state().stats();
         assert_eq!(stats.bill_url_requests, 10);
@@ -1220,8 +1233,9 @@ mod tests {
         let err: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
         assert_eq!(err["error"], "bad_request");
 
-        let pem = buyer.public_key_pem().await.unwrap();
-        assert_eq!(pem, sim.public_key().to_spki_pem());
+        let vars = buyer.client_vars().await.unwrap();
+        assert_eq!(vars["ALIPAY_PUBLIC_KEY"], sim_public_key().to_spki_pem());
+        assert_eq!(vars["ALIPAY_APP_ID"], APP_ID);
         assert_eq!(buyer.stats().await.unwrap(), sim.state().stats());
         assert_eq!(sim.state().trades().len(), 2);
         sim.shutdown().await;
@@ -1311,11 +1325,7 @@ mod tests {
         let sim = start_sim().await;
         let err = sim::start(SimConfig {
             listen: sim.addr(),
-            app_id: APP_ID.into(),
-            app_public_key: app_key().public_key().clone(),
-            sim_private_key: Some(RsaPrivateKey::generate().unwrap()),
-            notify: crate::sim::NotifyPlan::default(),
-            app_private_key: None,
+            ..SimConfig::one(alipay())
         })
         .await
         .unwrap_err();
@@ -1325,21 +1335,28 @@ mod tests {
         // After shutdown the port no longer answers.
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 
-        // serve_until returns when its shutdown future completes.
-        let done = sim::serve_until(
-            SimConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                app_id: APP_ID.into(),
-                app_public_key: app_key().public_key().clone(),
-                sim_private_key: None,
-                notify: crate::sim::NotifyPlan::default(),
-                app_private_key: None,
-            },
-            tokio::time::sleep(std::time::Duration::from_millis(50)),
-        );
+        // run_until returns when its shutdown future completes.
+        let running = sim::start(SimConfig::one(alipay())).await.unwrap();
+        let done = running.run_until(tokio::time::sleep(std::time::Duration::from_millis(50)));
         tokio::time::timeout(std::time::Duration::from_secs(10), done)
             .await
             .unwrap()
             .unwrap();
+
+        // No gateway, or one twice, is refused.
+        let none = SimConfig {
+            gateways: Vec::new(),
+            ..SimConfig::one(alipay())
+        };
+        assert!(matches!(
+            sim::start(none).await.unwrap_err(),
+            sim::SimError::Gateways(_)
+        ));
+        let mut twice = SimConfig::one(alipay());
+        twice.gateways.push(std::sync::Arc::new(alipay()));
+        assert!(matches!(
+            sim::start(twice).await.unwrap_err(),
+            sim::SimError::Gateways(_)
+        ));
     }
 }
