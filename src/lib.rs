@@ -58,7 +58,10 @@ pub mod relay;
 #[cfg(feature = "worker")]
 pub mod worker;
 
-// `sim`: the gateway simulator.
+// `sim`: the gateway simulator, and the isolated environment the demo, the benchmark and
+// the tests stand on.
+#[cfg(feature = "sim")]
+pub mod sandbox;
 #[cfg(feature = "sim")]
 pub mod sim;
 

@@ -6,7 +6,6 @@
 //! runs the worker and the notify endpoint, and checks that every order's final state
 //! agrees with the simulator.
 
-use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,15 +17,15 @@ use clap::Args;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use indicatif::{ProgressBar, ProgressStyle};
-use order_closer::broker::publisher::Publisher;
-use order_closer::broker::{self, timed};
-use order_closer::closer::{Closer, Due, NewOrder};
+use order_closer::broker::timed;
+use order_closer::closer::{Due, NewOrder};
 use order_closer::config::Settings;
 use order_closer::db::schema::{decisions, orders};
 use order_closer::db::{self, DbPool};
-use order_closer::decide::{Decider, Gateways};
+use order_closer::decide::Decider;
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{self, BuyerClient, FaultPlan, NotifyPlan, SimTradeStatus};
+use order_closer::sandbox::Sandbox;
+use order_closer::sim::{BuyerClient, FaultPlan, NotifyPlan, SimTradeStatus};
 use order_closer::worker::{Worker, WorkerConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -118,35 +117,21 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
         args.fault_rate * 100.0
     );
 
-    // A schema of its own, dropped at the end: the demo neither sees nor leaves anything
-    // in the database it runs against.
-    db::ensure_database(settings.database_url.expose_secret())
-        .await
-        .context("preparing the database (is PostgreSQL running? see DATABASE_URL)")?;
-    let schema = format!("demo_{run_id}");
-    db::create_schema(settings.database_url.expose_secret(), &schema).await?;
-    let database_url = db::with_search_path(settings.database_url.expose_secret(), &schema);
-    db::migrate(&database_url)
-        .await
-        .context("migrating the demo schema")?;
-    let pool = db::pool(&database_url, settings.db_pool_size)?;
+    // A sandbox of its own (schema, queues, the simulator with fresh keys), removed at
+    // the end: the demo neither sees nor leaves anything in the database and broker it
+    // runs against.
+    let _ = settings;
+    let mut sandbox = Sandbox::start("demo", std::env::vars().collect(), &[]).await?;
+    let result = demo(&sandbox, &args, &run_id).await;
+    sandbox.cleanup().await;
+    result
+}
 
-    // Our own queues for this run, removed at the end.
-    let mut settings = settings.clone();
-    settings.topology = order_closer::broker::topology::Topology::new(
-        format!("demo-{run_id}"),
-        settings.topology.tiers().clone(),
-        settings.topology.queue_type(),
-    );
-    let topology = Arc::new(settings.topology.clone());
-    let connection = broker::connect_configured(&settings, "order-closer demo")
-        .await
-        .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
-    let publisher = Publisher::open(&connection, topology.clone()).await?;
-    topology.declare(publisher.channel()).await?;
-
-    // The gateway simulator, and clients that trust it.
-    let running = sim::start_local().await?;
+/// The demo proper, in `sandbox`.
+async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Result<ExitCode> {
+    let settings = &sandbox.settings;
+    let pool = sandbox.pool.clone();
+    let running = sandbox.sim();
     running
         .state()
         .set_faults(FaultPlan {
@@ -155,16 +140,15 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
             ..FaultPlan::default()
         })
         .map_err(|e| anyhow::anyhow!("--fault-rate: {e}"))?;
-    let buyers = BuyerClient::new(running.base_url())?;
-    settings.vars = settings.vars.overlay(running.client_vars());
-    let gateways = Gateways::from_settings(&settings)?;
+    let buyers = sandbox.buyers.clone();
+    let gateways = sandbox.gateways()?;
 
     // The notify endpoint, in process, and the simulator's notifications sent to it
     // (resends a hundred times faster than Alipay's).
     let notify_stop = CancellationToken::new();
     let notifier = Arc::new(super::notify::notifier(
         gateways.clone(),
-        &settings,
+        settings,
         pool.clone(),
         &format!("notify:demo-{run_id}"),
     ));
@@ -184,16 +168,15 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     let decider = Decider::configured(
         pool.clone(),
         gateways,
-        &settings,
+        settings,
         format!("demo-worker:{run_id}"),
     );
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(
-        Worker::new(decider, WorkerConfig::from_settings(&settings)).run(stop.clone()),
-    );
+    let worker =
+        tokio::spawn(Worker::new(decider, WorkerConfig::from_settings(settings)).run(stop.clone()));
 
     // Orders and their buyers.
-    let closer = Closer::new(pool.clone(), Some(publisher.clone()));
+    let closer = sandbox.closer();
     let started = Instant::now();
     let mut plan = BTreeMap::new();
     let mut buyer_tasks = tokio::task::JoinSet::new();
@@ -235,15 +218,11 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
     let notifications = running.notifier().stats();
 
     let report = report(&pool, &plan, &buyers).await?;
-    let events = drain_events(publisher.channel(), &topology.events_audit_queue()).await?;
-    drop(pool);
-    if let Err(e) = db::drop_schema(settings.database_url.expose_secret(), &schema).await {
-        eprintln!("warning: could not drop the demo schema {schema}: {e}");
-    }
-    if let Err(e) = topology.delete(publisher.channel()).await {
-        eprintln!("warning: could not delete the demo queues: {e}");
-    }
-    running.shutdown().await;
+    let events = drain_events(
+        sandbox.publisher.channel(),
+        &sandbox.topology.events_audit_queue(),
+    )
+    .await?;
 
     println!("{}", report.table);
     println!(

@@ -22,13 +22,13 @@ use lapin::{BasicProperties, Connection};
 use order_closer::broker::publisher::Publisher;
 use order_closer::broker::{self, topology::Topology};
 use order_closer::closer::{Closer, Due, NewOrder};
-use order_closer::config::Settings;
 use order_closer::db::schema::decisions;
 use order_closer::db::{self, DbPool, orders};
 use order_closer::decide::{Decider, Gateways};
 use order_closer::notify::Notifier;
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{self, BuyerClient, RunningSim};
+use order_closer::sandbox::Sandbox;
+use order_closer::sim;
 use order_closer::worker::{Worker, WorkerConfig};
 use rand::Rng;
 use tokio::task::JoinHandle;
@@ -55,32 +55,32 @@ pub struct Observed {
     pub readiness: Arc<order_closer::health::Readiness>,
 }
 
-/// One isolated environment.
+/// One isolated environment: a [`Sandbox`] (schema, queue prefix, simulator, variables,
+/// teardown) with the test's workers and notify endpoint.
 pub struct TestEnv {
-    pub tag: String,
-    pub schema: String,
-    pub database_url: String,
-    pub settings: Settings,
-    pub pool: DbPool,
-    pub connection: Connection,
-    pub publisher: Publisher,
-    pub topology: Arc<Topology>,
-    pub sim: Option<RunningSim>,
-    pub sim_url: String,
-    pub buyers: BuyerClient,
-    /// Every variable this environment is configured by (the simulator's gateway
-    /// variables included): what a child process gets.
-    pub vars: HashMap<String, String>,
+    pub sandbox: Sandbox,
     pub closer: Closer,
     /// Stops the notify endpoint, when one runs.
     notify_stop: CancellationToken,
     workers: Vec<(CancellationToken, JoinHandle<()>)>,
-    /// Set by `cleanup`; otherwise `Drop` cleans up.
-    cleaned: bool,
+}
+
+impl std::ops::Deref for TestEnv {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+impl std::ops::DerefMut for TestEnv {
+    fn deref_mut(&mut self) -> &mut Sandbox {
+        &mut self.sandbox
+    }
 }
 
 impl TestEnv {
-    /// A fresh environment with default settings plus `overrides`.
+    /// A fresh environment with the tests' settings plus `overrides`.
     pub async fn new(overrides: &[(&str, &str)]) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -89,23 +89,9 @@ impl TestEnv {
             )
             .with_test_writer()
             .try_init();
-        let tag = random_tag();
-        let schema = format!("t_{tag}");
-        let base = base_database_url();
-        db::ensure_database(&base).await.expect("test database");
-        let mut admin = db::connect(&base)
-            .await
-            .expect("connect to the test database");
-        diesel::sql_query(format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .expect("create schema");
-        let database_url = db::with_search_path(&base, &schema);
-
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("DATABASE_URL".into(), database_url.clone()),
+        let mut base: HashMap<String, String> = HashMap::from([
+            ("DATABASE_URL".into(), base_database_url()),
             ("AMQP_URL".into(), amqp_url()),
-            ("ORDER_CLOSER_QUEUE_PREFIX".into(), format!("t-{tag}")),
             ("ORDER_CLOSER_OUTBOX_INTERVAL".into(), "100ms".into()),
             ("ORDER_CLOSER_OUTBOX_GRACE".into(), "1s".into()),
             ("ORDER_CLOSER_RETRY_STEPS".into(), "1s,1s,1s".into()),
@@ -113,39 +99,17 @@ impl TestEnv {
             ("ORDER_CLOSER_DB_POOL_SIZE".into(), "8".into()),
         ]);
         if let Ok(kind) = std::env::var("TEST_QUEUE_TYPE") {
-            vars.insert("ORDER_CLOSER_QUEUE_TYPE".into(), kind);
+            base.insert("ORDER_CLOSER_QUEUE_TYPE".into(), kind);
         }
-        let running = sim::start_local().await.expect("simulator");
-        vars.extend(running.client_vars());
-        for (k, v) in overrides {
-            vars.insert((*k).into(), (*v).into());
-        }
-        let sim_url = running.base_url();
-        let settings = settings_of(&vars, &[]);
-        db::migrate(&database_url).await.expect("migrate");
-        let pool = db::pool(&database_url, settings.db_pool_size).expect("pool");
-
-        let topology = Arc::new(settings.topology.clone());
-        let (connection, publisher) = declared(settings.amqp_url.expose_secret(), &topology).await;
-        let buyers = BuyerClient::new(sim_url.clone()).expect("buyer client");
-        let closer = Closer::new(pool.clone(), Some(publisher.clone()));
+        let sandbox = Sandbox::start("t", base, overrides)
+            .await
+            .expect("the test sandbox");
+        let closer = sandbox.closer();
         Self {
-            tag,
-            schema,
-            database_url,
-            settings,
-            pool,
-            connection,
-            publisher,
-            topology,
-            sim: Some(running),
-            sim_url,
-            buyers,
-            vars,
+            sandbox,
             closer,
             notify_stop: CancellationToken::new(),
             workers: Vec::new(),
-            cleaned: false,
         }
     }
 
@@ -154,14 +118,10 @@ impl TestEnv {
         self.decider_with(&[], actor)
     }
 
-    /// The settings with some variables changed.
-    pub fn settings_with(&self, overrides: &[(&str, &str)]) -> Settings {
-        settings_of(&self.vars, overrides)
-    }
-
     /// The gateways the environment's settings (with `overrides`) configure.
     pub fn gateways_with(&self, overrides: &[(&str, &str)]) -> Gateways {
-        Gateways::from_settings(&self.settings_with(overrides)).expect("gateways")
+        let settings = self.sandbox.settings_with(overrides).expect("settings");
+        Gateways::from_settings(&settings).expect("gateways")
     }
 
     /// The gateways, trusting the simulator.
@@ -383,61 +343,23 @@ impl TestEnv {
         self.closer = Closer::new(self.pool.clone(), Some(self.publisher.clone()));
     }
 
-    /// Removes the schema, the queues and the simulator.
+    /// Stops the workers and the notify endpoint, and removes the schema, the queues and
+    /// the simulator.
     pub async fn cleanup(mut self) {
         self.notify_stop.cancel();
         self.stop_workers().await;
-        if let Some(sim) = self.sim.take() {
-            sim.shutdown().await;
-        }
-        let _ = self.topology.delete(self.publisher.channel()).await;
-        let _ = self.connection.close(200, "test done".into()).await;
-        drop_schema(&self.schema).await;
-        self.cleaned = true;
+        self.sandbox.cleanup().await;
     }
 }
 
-async fn drop_schema(schema: &str) {
-    if let Ok(mut admin) = db::connect(&base_database_url()).await {
-        let _ = diesel::sql_query(format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut admin)
-            .await;
-    }
-}
-
-/// A test that failed (panicked) before `cleanup` still removes its schema and queues:
-/// on a thread of its own with a runtime of its own, since the test's runtime may be
-/// unwinding.
+/// A test that failed (panicked) before `cleanup` stops its workers; the sandbox removes
+/// its schema and queues as it drops.
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        if self.cleaned {
-            return;
-        }
         self.notify_stop.cancel();
         for (token, _) in &self.workers {
             token.cancel();
         }
-        let schema = self.schema.clone();
-        let topology = self.topology.clone();
-        let amqp_url = self.settings.amqp_url.expose_secret().to_owned();
-        let cleaner = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(connection) = broker::connect(&amqp_url, "test cleanup").await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let _ = topology.delete(&channel).await;
-                    let _ = connection.close(200, "test cleanup".into()).await;
-                }
-                drop_schema(&schema).await;
-            });
-        });
-        let _ = cleaner.join();
     }
 }
 
@@ -488,15 +410,6 @@ pub async fn run_binary(vars: &[(String, String)], args: &[&str]) -> std::proces
         .output()
         .await
         .expect("run the binary")
-}
-
-/// Settings from `vars` with `overrides` set over them.
-fn settings_of(vars: &HashMap<String, String>, overrides: &[(&str, &str)]) -> Settings {
-    let mut all = vars.clone();
-    for (k, v) in overrides {
-        all.insert((*k).to_owned(), (*v).to_owned());
-    }
-    Settings::from_lookup(move |k| all.get(k).cloned()).expect("settings")
 }
 
 /// Polls `check` every 100 ms until it returns Some or `limit` passes.

@@ -33,7 +33,6 @@ mod stats;
 mod sustained;
 mod worker_proc;
 
-use secrecy::ExposeSecret;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,14 +42,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use diesel_async::RunQueryDsl;
 use indicatif::{ProgressBar, ProgressStyle};
-use order_closer::broker::publisher::Publisher;
-use order_closer::broker::topology::{QueueType, Topology};
-use order_closer::broker::{self};
+use order_closer::broker::topology::QueueType;
 use order_closer::config::Settings;
 use order_closer::db::{self, DbPool};
-use order_closer::sim::{self, FaultPlan, RunningSim, SimState};
+use order_closer::sandbox::Sandbox;
+use order_closer::sim::{FaultPlan, SimState};
 use rand::Rng;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -303,7 +300,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<ExitCod
     let plan = Plan::resolve(args)?;
     let tag = format!("{:08x}", rand::rng().random::<u32>());
     eprintln!("order-closer bench, run {tag}: preparing schema bench_{tag}, queues bench-{tag}.*");
-    let env = BenchEnv::open(settings, &tag, &plan)
+    let env = BenchEnv::open(&tag, settings.topology.queue_type(), &plan)
         .await
         .context("preparing the benchmark environment")?;
     let started_at = chrono::Utc::now();
@@ -458,38 +455,32 @@ fn write_outputs(plan: &Plan, report: &report::Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The isolated environment of one run: schema, queues, simulator, keys.
+/// The isolated environment of one run: a [`Sandbox`] (schema, queues, simulator, keys,
+/// teardown), the bench's own larger pool, a work directory and the worker's variables.
 pub struct BenchEnv {
-    /// Random tag naming the schema, the queues and the order numbers.
-    pub tag: String,
-    /// The schema created for this run.
-    pub schema: String,
-    /// The server-level database URL (without the schema option).
-    pub base_url: String,
-    /// The database URL whose search path is the run's schema.
-    pub database_url: String,
-    /// A pool for the bench's own work.
+    sandbox: Sandbox,
+    /// A pool for the bench's own work (larger than a worker's).
     pub pool: DbPool,
-    /// The bench's broker connection.
-    pub connection: lapin::Connection,
-    /// A confirm-mode publisher on it.
-    pub publisher: Publisher,
-    /// The run's topology.
-    pub topology: Arc<Topology>,
-    /// The in-process simulator.
-    sim: RunningSim,
     /// The simulator's trades (buyers act on it directly).
     pub sim_state: SimState,
-    /// A temporary directory for keys and worker logs.
+    /// A temporary directory for worker logs.
     pub work_dir: PathBuf,
-    /// Environment for worker child processes.
+    /// Environment for worker child processes: every variable of the sandbox.
     pub worker_env: Vec<(String, String)>,
+}
+
+impl std::ops::Deref for BenchEnv {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
 }
 
 impl BenchEnv {
     /// The simulator's payment notifier.
     pub fn notifier(&self) -> &std::sync::Arc<order_closer::sim::SimNotifier> {
-        self.sim.notifier()
+        self.sandbox.sim().notifier()
     }
 }
 
@@ -497,128 +488,72 @@ impl BenchEnv {
 const BENCH_POOL: usize = 64;
 
 impl BenchEnv {
-    async fn open(settings: &Settings, tag: &str, plan: &Plan) -> anyhow::Result<Self> {
-        let schema = format!("bench_{tag}");
-        let base_url = settings.database_url.expose_secret().to_owned();
-        db::ensure_database(&base_url)
-            .await
-            .context("reaching PostgreSQL (is it running? see DATABASE_URL)")?;
-        let mut admin = db::connect(&base_url).await?;
-        diesel::sql_query(format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("creating schema {schema}"))?;
-        drop(admin);
-        let database_url = db::with_search_path(&base_url, &schema);
-        let topology = Arc::new(Topology::new(
-            format!("bench-{tag}"),
-            settings.topology.tiers().clone(),
-            settings.topology.queue_type(),
-        ));
-        let work_dir = std::env::temp_dir().join(format!("order-closer-bench-{tag}"));
-
+    /// A sandbox named `bench_{tag}`, on `queue_type` queues, with the plan's gateway
+    /// latency and worker variables.
+    async fn open(tag: &str, queue_type: QueueType, plan: &Plan) -> anyhow::Result<Self> {
+        let queue_type = match queue_type {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        };
+        let mut overrides: Vec<(&str, &str)> = vec![
+            ("ORDER_CLOSER_QUEUE_TYPE", queue_type),
+            ("ORDER_CLOSER_OUTBOX_INTERVAL", "100ms"),
+            ("ORDER_CLOSER_RETRY_STEPS", "1s,1s,1s"),
+            ("ORDER_CLOSER_HTTP_LISTEN", "off"),
+            ("ALIPAY_RATE_LIMIT", "100000"),
+        ];
+        overrides.extend(
+            plan.worker_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let mut sandbox =
+            Sandbox::start_tagged("bench", tag, std::env::vars().collect(), &overrides).await?;
         let rest = async {
-            db::migrate(&database_url)
-                .await
-                .context("migrating the bench schema")?;
-            let pool = db::pool(&database_url, BENCH_POOL)?;
-            let connection = broker::connect_configured(settings, "order-closer bench")
-                .await
-                .context("connecting to RabbitMQ (is it running? see AMQP_URL)")?;
-            let publisher = Publisher::open(&connection, topology.clone()).await?;
-            topology.declare(publisher.channel()).await?;
-            let running = sim::start_local().await?;
-            let sim_state = running.state();
+            let pool = db::pool(&sandbox.database_url, BENCH_POOL)?;
+            let sim_state = sandbox.sim().state();
             sim_state
                 .set_faults(FaultPlan {
                     latency_ms: plan.gateway_latency_ms,
                     ..FaultPlan::default()
                 })
                 .map_err(|e| anyhow::anyhow!("--gateway-latency: {e}"))?;
+            let work_dir = std::env::temp_dir().join(format!("order-closer-bench-{tag}"));
             std::fs::create_dir_all(&work_dir)
                 .with_context(|| format!("creating {}", work_dir.display()))?;
-            let queue_type = match topology.queue_type() {
-                QueueType::Classic => "classic",
-                QueueType::Quorum => "quorum",
-            };
-            let mut worker_env: Vec<(String, String)> = [
-                ("DATABASE_URL", database_url.clone()),
-                ("AMQP_URL", settings.amqp_url.expose_secret().to_owned()),
-                ("ORDER_CLOSER_QUEUE_PREFIX", topology.prefix().to_owned()),
-                ("ORDER_CLOSER_QUEUE_TYPE", queue_type.to_owned()),
-                ("ORDER_CLOSER_OUTBOX_INTERVAL", "100ms".to_owned()),
-                ("ORDER_CLOSER_RETRY_STEPS", "1s,1s,1s".to_owned()),
-                ("ORDER_CLOSER_HTTP_LISTEN", "off".to_owned()),
-                ("ALIPAY_RATE_LIMIT", "100000".to_owned()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .chain(running.client_vars())
-            .collect();
-            worker_env.extend(plan.worker_env.iter().cloned());
-            Ok::<_, anyhow::Error>((pool, connection, publisher, running, sim_state, worker_env))
+            Ok::<_, anyhow::Error>((pool, sim_state, work_dir))
         }
         .await;
         match rest {
-            Ok((pool, connection, publisher, sim, sim_state, worker_env)) => Ok(Self {
-                tag: tag.to_owned(),
-                schema,
-                base_url,
-                database_url,
-                pool,
-                connection,
-                publisher,
-                topology,
-                sim,
-                sim_state,
-                work_dir,
-                worker_env,
-            }),
+            Ok((pool, sim_state, work_dir)) => {
+                let worker_env = sandbox
+                    .vars
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Ok(Self {
+                    sandbox,
+                    pool,
+                    sim_state,
+                    work_dir,
+                    worker_env,
+                })
+            }
             Err(e) => {
-                // Undo what was made before the failure.
-                if let Ok(connection) = broker::connect_configured(settings, "bench cleanup").await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let _ = topology.delete(&channel).await;
-                    let _ = connection.close(200, "bench cleanup".into()).await;
-                }
-                drop_schema(&base_url, &schema).await;
-                let _ = std::fs::remove_dir_all(&work_dir);
+                sandbox.cleanup().await;
                 Err(e)
             }
         }
     }
 
     /// Removes the queues, the schema and the temporary directory; stops the simulator.
-    async fn close(self) {
-        if let Err(e) = self.topology.delete(self.publisher.channel()).await {
-            eprintln!(
-                "warning: could not delete the bench queues ({}.*): {e}",
-                self.topology.prefix()
-            );
-        }
-        // Normally deleted by the ceiling measurement already; last, because a broker
+    async fn close(mut self) {
+        // Normally deleted by the ceiling measurement already; first, because a broker
         // that refuses the delete closes the channel.
         let _ = ceilings::delete_ceiling_queue(&self).await;
-        let _ = self.connection.close(200, "bench done".into()).await;
         self.pool.close();
-        self.sim.shutdown().await;
-        drop_schema(&self.base_url, &self.schema).await;
+        self.sandbox.cleanup().await;
         let _ = std::fs::remove_dir_all(&self.work_dir);
-    }
-}
-
-async fn drop_schema(base_url: &str, schema: &str) {
-    let dropped = async {
-        let mut admin = db::connect(base_url).await?;
-        diesel::sql_query(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .execute(&mut admin)
-            .await?;
-        Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    if let Err(e) = dropped {
-        eprintln!("warning: could not drop schema {schema}: {e:#}");
     }
 }
 

@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use lapin::uri::AMQPUri;
-use order_closer::broker::topology::{QueueType, Topology};
+use order_closer::broker::topology::QueueType;
 use order_closer::config::Settings;
 use rand::Rng;
 use secrecy::ExposeSecret;
@@ -42,14 +42,8 @@ pub async fn run(
     queue_type: QueueType,
     create_rate_hint: Option<f64>,
 ) -> anyhow::Result<QueueTypeRun> {
-    let mut settings = settings.clone();
-    settings.topology = Topology::new(
-        settings.topology.prefix().to_owned(),
-        settings.topology.tiers().clone(),
-        queue_type,
-    );
     let tag = format!("{:08x}", rand::rng().random::<u32>());
-    let env = BenchEnv::open(&settings, &tag, plan)
+    let env = BenchEnv::open(&tag, queue_type, plan)
         .await
         .with_context(|| format!("preparing the {} run", name(queue_type)))?;
     let broker = broker_pid(settings.amqp_url.expose_secret());
