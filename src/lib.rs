@@ -7,8 +7,8 @@
 //!
 //! Layout:
 //! - [`closer`]: the library call on order creation (order + outbox in one transaction);
-//! - [`decision`]: the pure decision table; [`decide`]: running it against the database
-//!   and a [`gateway`];
+//! - [`decide`]: deciding an order: the pure decision table and deadline protocol
+//!   ([`decide::table`], no I/O), run against the database and a [`gateway`];
 //! - [`worker`]: the close-queue consumer; [`relay`]: the outbox publisher; [`janitor`]:
 //!   re-drives orders whose close message was lost;
 //! - [`broker`], [`db`]: RabbitMQ and PostgreSQL at the edges;
@@ -39,8 +39,6 @@ pub mod tls;
 pub mod bill;
 #[cfg(feature = "worker")]
 pub mod decide;
-#[cfg(feature = "worker")]
-pub mod decision;
 #[cfg(feature = "worker")]
 pub mod health;
 #[cfg(feature = "worker")]

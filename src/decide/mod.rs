@@ -1,12 +1,13 @@
 //! Deciding one order: read it, ask its gateway, act, and commit the state change, its
 //! audit row and its event together. Shared by the worker and the reconcile command; the
-//! rules themselves live in [`crate::decision`].
+//! rules themselves are pure code in [`table`], without any I/O.
 //!
 //! Reads and decision writes of concurrent tasks are grouped (one statement per group,
 //! see [`crate::db::batch`] and [`write`]), so a burst of due orders costs a few round
 //! trips per group instead of several per order.
 
 pub mod refund;
+pub mod table;
 mod write;
 
 use std::sync::Arc;
@@ -23,7 +24,6 @@ use crate::db::batch::Batcher;
 use crate::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
 use crate::db::orders::FindById;
 use crate::db::{self, DbError, DbPool};
-use crate::decision::{self, Action, CloseReason, Precheck, Protocol, QueryStage, Step};
 pub use crate::gateway::registry::Gateways;
 use crate::gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeRef, TradeState,
@@ -32,6 +32,7 @@ use crate::message::{CloseMessage, Job};
 use crate::metrics::Metrics;
 use crate::order::{Order, OrderStatus};
 use crate::retry::{RetryPolicy, RetryStep};
+use table::{Action, CloseReason, Precheck, Protocol, QueryStage, Step};
 use write::{DecisionWrite, WriteDecisions};
 
 /// Most reads or decisions run as one group.
@@ -322,7 +323,7 @@ impl Decider {
                 .park(order, attempt, "order_mismatch", &detail, None, None)
                 .await;
         }
-        let order = match decision::precheck(order.as_ref(), attempt.not_before, Utc::now()) {
+        let order = match table::precheck(order.as_ref(), attempt.not_before, Utc::now()) {
             Precheck::Missing => return Ok(Outcome::Missing),
             Precheck::Settled(status) => return Ok(Outcome::Settled(status)),
             Precheck::NotDue(wait) => {
@@ -499,7 +500,7 @@ impl Decider {
         attempt: AttemptInfo,
         trade_no: String,
         paid_at: Option<DateTime<Utc>>,
-        mismatch: Option<decision::AmountMismatch>,
+        mismatch: Option<table::AmountMismatch>,
         answer: Option<String>,
         cause: Cause,
     ) -> Result<Outcome, Unavailable> {
@@ -682,7 +683,7 @@ impl Decider {
         cause: Cause,
         mode: Mode,
     ) -> Result<Outcome, Unavailable> {
-        let action = decision::after_query(order, QueryStage::First, Ok(evidence));
+        let action = table::after_query(order, QueryStage::First, Ok(evidence));
         if mode == Mode::DryRun {
             let outcome = Outcome::WouldDo(action);
             self.observe(&outcome);

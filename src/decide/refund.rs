@@ -17,6 +17,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::table::{self, RefundAction};
 use super::{Decider, Mode, Outcome, Unavailable, attempt_column, write};
 use crate::config::PaidAfterClose;
 use crate::db::anomalies::AnomalyKind;
@@ -24,7 +25,6 @@ use crate::db::decisions::{self, DecisionOutcome, NewDecision};
 use crate::db::refunds::{self, RefundProgress, RefundRow, RefundStatus};
 use crate::db::{self, outbox};
 use crate::decide::AttemptInfo;
-use crate::decision::{self, RefundAction};
 use crate::events::{self, OrderEvent};
 use crate::gateway::{GatewayMethod, RefundRequest, TradeRef};
 use crate::message::CloseMessage;
@@ -262,7 +262,7 @@ impl Decider {
                 gateway.refund(&request),
             )
             .await;
-        match decision::after_refund(
+        match table::after_refund(
             answer.as_ref(),
             attempt.number,
             self.retry_for(&order.channel),

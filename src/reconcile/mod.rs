@@ -11,7 +11,7 @@ pub mod refund;
 use serde::Serialize;
 
 use crate::decide::Outcome;
-use crate::decision::Action;
+use crate::decide::table::Action;
 use crate::order::OrderStatus;
 
 /// How one order came out of a reconcile decision, in words an operator reads.

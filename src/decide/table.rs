@@ -1,6 +1,7 @@
 //! The decision core: from what we know about an order and what the gateway said, to
 //! what to do. Pure functions, no I/O; the worker and the reconcile command both drive
-//! it (see `crate::decide`), and every row of the decision table is a unit test here.
+//! it (through [`super::Decider`]), and every row of the decision table and every call
+//! sequence of the protocol is a unit test here.
 
 use std::time::Duration;
 
