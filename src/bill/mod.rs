@@ -4,6 +4,8 @@
 //! where there is one, the line and column, so that an operator can open the file at the
 //! right place. The formats themselves are each gateway's (`gateway/<name>/bill.rs`).
 
+pub mod csv;
+
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use thiserror::Error;
 

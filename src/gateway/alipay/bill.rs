@@ -14,7 +14,6 @@
 //! are yuan with two decimals and become integer minor units (fen), negative on refund
 //! rows. Every [`BillError`] names the file, and the line and column when there is one.
 
-use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
 use chrono::NaiveDateTime;
@@ -22,8 +21,8 @@ use encoding_rs::GBK;
 use zip::ZipArchive;
 
 use super::parse_china_time;
+use crate::bill::csv::{self, Dress, Header, echo};
 use crate::bill::{Bill, BillError, BillRow, BillRowKind};
-use crate::money::parse_minor;
 
 /// Largest detail file read (uncompressed); a larger one is [`BillError::TooLarge`]. Also
 /// a guard against zip bombs.
@@ -35,9 +34,6 @@ const DETAIL_SUFFIX: &str = "业务明细.csv";
 
 /// The general-purpose flag bit saying an entry's name is UTF-8 (APPNOTE 4.4.4, bit 11).
 const UTF8_NAME_FLAG: u16 = 0x0800;
-
-/// Longest cell text quoted in an error message.
-const MAX_ECHO_CHARS: usize = 40;
 
 /// Most entry names listed in an error message.
 const MAX_LISTED_ENTRIES: usize = 10;
@@ -232,11 +228,7 @@ fn decode_text(bytes: &[u8], file: &str) -> Result<String, BillError> {
 /// time (an empty time is `None`), `业务类型` must be `交易` or `退款`, and `支付宝交易号`
 /// must not be empty.
 pub fn parse_detail(text: &str, file: &str) -> Result<Vec<BillRow>, BillError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
+    let lines = csv::lines(text);
     let start = lines
         .iter()
         .position(|l| is_start_marker(l))
@@ -257,7 +249,13 @@ pub fn parse_detail(text: &str, file: &str) -> Result<Vec<BillRow>, BillError> {
             file: file.to_owned(),
         });
     };
-    let header = Header::read(lines[header_at], header_at + 1, file)?;
+    let header = Header::read(
+        lines[header_at],
+        header_at + 1,
+        file,
+        &REQUIRED_COLUMNS,
+        Dress::Plain,
+    )?;
 
     let mut rows = Vec::new();
     for (i, line) in lines.iter().enumerate().skip(header_at + 1) {
@@ -267,7 +265,7 @@ pub fn parse_detail(text: &str, file: &str) -> Result<Vec<BillRow>, BillError> {
         if is_comment(line) || is_start_marker(line) || line.trim().is_empty() {
             continue;
         }
-        rows.push(header.row(line, i + 1, file)?);
+        rows.push(read_row(&header, line, i + 1, file)?);
     }
     Ok(rows)
 }
@@ -299,171 +297,34 @@ fn is_end_marker(line: &str) -> bool {
     line.contains("业务明细列表结束")
 }
 
-/// The header row: where each required column is.
-struct Header {
-    /// Number of cells in the header.
-    width: usize,
-    /// Column index by (normalized) name; the first occurrence wins.
-    index: HashMap<String, usize>,
-}
-
-/// A header name as compared: trimmed, half-width parentheses made full-width.
-fn normalize_column(name: &str) -> String {
-    name.trim()
-        .trim_start_matches('\u{feff}')
-        .replace('(', "（")
-        .replace(')', "）")
-}
-
-impl Header {
-    fn read(line: &str, line_no: usize, file: &str) -> Result<Self, BillError> {
-        let cells = split_cells(line);
-        let mut index = HashMap::new();
-        for (i, cell) in cells.iter().enumerate() {
-            index.entry(normalize_column(cell)).or_insert(i);
+/// One data row as a [`BillRow`].
+fn read_row(header: &Header, line: &str, line_no: usize, file: &str) -> Result<BillRow, BillError> {
+    const TIME: &str = "yyyy-MM-dd HH:mm:ss";
+    let row = header.row(line, line_no, file)?;
+    let trade_no = row.required(COL_TRADE_NO)?;
+    let kind = match row.cell(COL_KIND) {
+        "交易" => BillRowKind::Payment,
+        "退款" => BillRowKind::Refund,
+        other => {
+            return Err(row.bad(
+                COL_KIND,
+                format!("{:?} is neither 交易 nor 退款", echo(other)),
+            ));
         }
-        if let Some(missing) = REQUIRED_COLUMNS.iter().find(|c| !index.contains_key(**c)) {
-            return Err(BillError::MissingColumn {
-                file: file.to_owned(),
-                line: line_no,
-                column: (*missing).to_owned(),
-            });
-        }
-        Ok(Self {
-            width: cells.len(),
-            index,
-        })
-    }
-
-    fn row(&self, line: &str, line_no: usize, file: &str) -> Result<BillRow, BillError> {
-        let cells = split_cells(line);
-        if cells.len() != self.width {
-            return Err(BillError::CellCount {
-                file: file.to_owned(),
-                line: line_no,
-                found: cells.len(),
-                expected: self.width,
-            });
-        }
-        let cell = |column: &str| -> &str {
-            self.index
-                .get(column)
-                .and_then(|i| cells.get(*i))
-                .map_or("", |c| c.trim())
-        };
-        let bad = |column: &str, problem: String| BillError::BadCell {
-            file: file.to_owned(),
-            line: line_no,
-            column: column.to_owned(),
-            problem,
-        };
-        let amount = |column: &str| {
-            let text = cell(column);
-            parse_minor(text).map_err(|_| bad(column, format!("{:?} is not an amount", echo(text))))
-        };
-        let time = |column: &str| {
-            let text = cell(column);
-            if text.is_empty() {
-                return Ok(None);
-            }
-            parse_china_time(text).map(Some).ok_or_else(|| {
-                bad(
-                    column,
-                    format!("{:?} is not a time (yyyy-MM-dd HH:mm:ss)", echo(text)),
-                )
-            })
-        };
-
-        let trade_no = cell(COL_TRADE_NO);
-        if trade_no.is_empty() {
-            return Err(bad(COL_TRADE_NO, "is empty".to_owned()));
-        }
-        let kind = match cell(COL_KIND) {
-            "交易" => BillRowKind::Payment,
-            "退款" => BillRowKind::Refund,
-            other => {
-                return Err(bad(
-                    COL_KIND,
-                    format!("{:?} is neither 交易 nor 退款", echo(other)),
-                ));
-            }
-        };
-        let refund_no = cell(COL_REFUND_NO);
-        Ok(BillRow {
-            line: line_no,
-            trade_no: trade_no.to_owned(),
-            out_trade_no: cell(COL_OUT_TRADE_NO).to_owned(),
-            kind,
-            subject: cell(COL_SUBJECT).to_owned(),
-            created_at: time(COL_CREATED)?,
-            finished_at: time(COL_FINISHED)?,
-            amount_minor: amount(COL_AMOUNT)?,
-            received_minor: amount(COL_RECEIVED)?,
-            refund_no: (!refund_no.is_empty()).then(|| refund_no.to_owned()),
-        })
-    }
-}
-
-/// Splits a CSV line on commas. A cell starting with `"` runs to the matching quote (`""`
-/// inside is a quote), and whatever follows up to the next comma (a TAB) is kept. An
-/// unterminated quote takes the rest of the line.
-fn split_cells(line: &str) -> Vec<String> {
-    let mut cells = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        let mut cell = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                if c == '"' {
-                    if chars.peek() == Some(&'"') {
-                        chars.next();
-                        cell.push('"');
-                    } else {
-                        break;
-                    }
-                } else {
-                    cell.push(c);
-                }
-            }
-        }
-        let mut ended = true;
-        for c in chars.by_ref() {
-            if c == ',' {
-                ended = false;
-                break;
-            }
-            cell.push(c);
-        }
-        cells.push(cell);
-        if ended {
-            return cells;
-        }
-    }
-}
-
-/// Cell text shortened for an error message.
-fn echo(text: &str) -> String {
-    if text.chars().count() <= MAX_ECHO_CHARS {
-        text.to_owned()
-    } else {
-        let mut short: String = text.chars().take(MAX_ECHO_CHARS).collect();
-        short.push('…');
-        short
-    }
-}
-
-#[cfg(test)]
-mod split_tests {
-    use super::split_cells;
-
-    #[test]
-    fn splits_plain_and_quoted_cells() {
-        assert_eq!(split_cells(""), vec![""]);
-        assert_eq!(split_cells("a\t,b,"), vec!["a\t", "b", ""]);
-        assert_eq!(split_cells("\"x,y\"\t,\"a\"\"b\""), vec!["x,y\t", "a\"b"]);
-        assert_eq!(split_cells("\"open,end"), vec!["open,end"]);
-    }
+    };
+    let refund_no = row.cell(COL_REFUND_NO);
+    Ok(BillRow {
+        line: line_no,
+        trade_no: trade_no.to_owned(),
+        out_trade_no: row.cell(COL_OUT_TRADE_NO).to_owned(),
+        kind,
+        subject: row.cell(COL_SUBJECT).to_owned(),
+        created_at: row.time(COL_CREATED, parse_china_time, TIME)?,
+        finished_at: row.time(COL_FINISHED, parse_china_time, TIME)?,
+        amount_minor: row.amount(COL_AMOUNT)?,
+        received_minor: row.amount(COL_RECEIVED)?,
+        refund_no: (!refund_no.is_empty()).then(|| refund_no.to_owned()),
+    })
 }
 
 /// The bill's word for a row's kind: `交易` or `退款`.
