@@ -4,7 +4,27 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, Offset, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeZone, Utc};
+
+/// The `yyyy-MM-dd HH:mm:ss` China-time format of the Chinese gateways' timestamps and
+/// bills.
+const CHINA_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// Formats an instant as `yyyy-MM-dd HH:mm:ss` in China time (UTC+8).
+pub fn format_china_time(at: DateTime<Utc>) -> String {
+    at.with_timezone(&china())
+        .format(CHINA_TIME_FORMAT)
+        .to_string()
+}
+
+/// Reads a `yyyy-MM-dd HH:mm:ss` China time (UTC+8) into UTC.
+pub fn parse_china_time(text: &str) -> Option<DateTime<Utc>> {
+    let naive = NaiveDateTime::parse_from_str(text, CHINA_TIME_FORMAT).ok()?;
+    china()
+        .from_local_datetime(&naive)
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+}
 
 /// China Standard Time (UTC+8), the calendar of the Chinese gateways' days and times.
 pub fn china() -> FixedOffset {

@@ -9,6 +9,7 @@
 
 pub mod alipay;
 pub mod rules;
+pub mod wechat;
 
 #[cfg(feature = "worker")]
 pub mod http;
@@ -45,4 +46,4 @@ pub struct Plugin {
 }
 
 /// Every gateway order-closer speaks: the one list a new gateway joins.
-pub const ALL: &[&Plugin] = &[&alipay::PLUGIN];
+pub const ALL: &[&Plugin] = &[&alipay::PLUGIN, &wechat::PLUGIN];

@@ -5,7 +5,6 @@
 //! trade is `WAIT_BUYER_PAY` until the payment completes), so these functions never
 //! answer [`TradeState::InProgress`]; that state exists for other gateways.
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::gateway::{CloseAnswer, GatewayError, RefundAnswer, RefundRequest, TradeState};
@@ -17,26 +16,7 @@ const MAX_DEPTH: usize = 128;
 /// Longest gateway-supplied text copied into an error message.
 const MAX_ECHO: usize = 200;
 
-/// Format of Alipay's `timestamp` and `send_pay_date`, in China time.
-const CHINA_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
-
-pub use crate::time::china;
-
-/// Formats an instant as Alipay's `yyyy-MM-dd HH:mm:ss` in China time (UTC+8).
-pub fn format_china_time(at: DateTime<Utc>) -> String {
-    at.with_timezone(&china())
-        .format(CHINA_TIME_FORMAT)
-        .to_string()
-}
-
-/// Reads Alipay's `yyyy-MM-dd HH:mm:ss` China time (UTC+8) into UTC.
-pub fn parse_china_time(text: &str) -> Option<DateTime<Utc>> {
-    let naive = NaiveDateTime::parse_from_str(text, CHINA_TIME_FORMAT).ok()?;
-    china()
-        .from_local_datetime(&naive)
-        .single()
-        .map(|t| t.with_timezone(&Utc))
-}
+pub use crate::time::{china, format_china_time, parse_china_time};
 
 // ---------------------------------------------------------------------------------------
 // Raw extraction
