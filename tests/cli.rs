@@ -264,7 +264,7 @@ async fn unusable_values_fail_at_start_up_naming_them() {
         ),
         (
             vars.clone(),
-            "reconcile bill --date 2026-11-01 --file /dev/zero",
+            "reconcile bill --channel alipay --date 2026-11-01 --file /dev/zero",
             "not a regular file",
         ),
         (
@@ -275,7 +275,7 @@ async fn unusable_values_fail_at_start_up_naming_them() {
         (
             vars.clone(),
             "reconcile bill --date 2026-11-01 --channel nowhere",
-            "no bill comes from this channel (channels with a bill: alipay)",
+            "no bill comes from this channel (channels with a bill: alipay, wechat)",
         ),
         (
             vars.clone(),

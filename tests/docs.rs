@@ -10,11 +10,42 @@ use std::process::Command;
 /// Names that are environment variables of ours (or that we read), as opposed to other
 /// upper-case literals (gateway states, units).
 fn is_variable(name: &str) -> bool {
-    const PREFIXES: [&str; 4] = ["ORDER_CLOSER_", "ALIPAY_", "SIM_", "DATABASE_URL"];
+    const PREFIXES: [&str; 3] = ["ORDER_CLOSER_", "SIM_", "DATABASE_URL"];
     PREFIXES.iter().any(|p| name.starts_with(p))
+        || gateway_prefixes()
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
         || name.starts_with("AMQP_URL")
         || name == "RUST_LOG"
         || name == "HOSTNAME"
+}
+
+/// The prefixes of every gateway's variables (`ALIPAY_`, `WECHAT_`), from the variables
+/// each gateway declares.
+fn gateway_prefixes() -> Vec<String> {
+    order_closer::gateway::ALL
+        .iter()
+        .map(|p| format!("{}_", p.env_prefix))
+        .collect()
+}
+
+#[test]
+fn every_gateway_declares_the_variables_it_reads() {
+    let code = read_by_code();
+    let declared: BTreeSet<String> = order_closer::gateway::ALL
+        .iter()
+        .flat_map(|p| p.variables.iter().map(|v| (*v).to_owned()))
+        .collect();
+    let prefixes = gateway_prefixes();
+    let undeclared: Vec<_> = code
+        .iter()
+        .filter(|v| prefixes.iter().any(|p| v.starts_with(p.as_str())))
+        .filter(|v| !declared.contains(*v))
+        .collect();
+    assert!(
+        undeclared.is_empty(),
+        "gateway variables read but not in their gateway's VARIABLES: {undeclared:?}"
+    );
 }
 
 /// `"NAME"` string literals in Rust source that name a variable.

@@ -211,7 +211,14 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     let refused = |date: String, more: Vec<String>| {
         let vars = vars.clone();
         async move {
-            let mut args = vec!["reconcile".to_owned(), "bill".into(), "--date".into(), date];
+            let mut args = vec![
+                "reconcile".to_owned(),
+                "bill".into(),
+                "--channel".into(),
+                "alipay".into(),
+                "--date".into(),
+                date,
+            ];
             args.extend(more);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = common::run_binary(&vars, &args).await;

@@ -37,6 +37,9 @@ pub struct Plugin {
     #[cfg(feature = "worker")]
     pub connect:
         fn(&crate::config::Vars) -> Result<Option<registry::Connector>, registry::RegistryError>,
+    /// The prefix of its variables (`ALIPAY`: `ALIPAY_RATE_LIMIT`, ...).
+    #[cfg(feature = "worker")]
+    pub env_prefix: &'static str,
     /// Every environment variable it reads (documented in docs/operations.md).
     #[cfg(feature = "worker")]
     pub variables: &'static [&'static str],

@@ -59,6 +59,8 @@ struct ErrorBody {
 pub struct BuyerClient {
     base: Url,
     http: reqwest::Client,
+    /// The gateway the trades this client creates are at (None: the simulator's first).
+    channel: Option<String>,
 }
 
 impl BuyerClient {
@@ -73,7 +75,19 @@ impl BuyerClient {
             .timeout(Duration::from_secs(10))
             .no_proxy()
             .build()?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            http,
+            channel: None,
+        })
+    }
+
+    /// The same client, creating its trades at `channel`'s gateway.
+    pub fn at(&self, channel: &str) -> Self {
+        Self {
+            channel: Some(channel.to_owned()),
+            ..self.clone()
+        }
     }
 
     /// `{base}/sim/<segments...>`, each segment percent-encoded.
@@ -112,9 +126,14 @@ impl BuyerClient {
         &self,
         no: &str,
         action: &str,
-        body: serde_json::Value,
+        mut body: serde_json::Value,
     ) -> Result<SimTradeView, BuyerError> {
         let url = self.url(&["trades", no, action])?;
+        if let (Some(channel), Some(object)) = (&self.channel, body.as_object_mut())
+            && object.contains_key("amount_minor")
+        {
+            object.insert("channel".into(), serde_json::Value::String(channel.clone()));
+        }
         let response = self
             .http
             .post(url)

@@ -34,6 +34,7 @@ pub mod gateway;
 pub mod notifier;
 pub(crate) mod shared;
 pub mod state;
+pub mod wechat;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ pub use state::{
 };
 
 /// Every gateway the simulator speaks; a new gateway's simulator joins this list.
-pub const GATEWAYS: &[SimPlugin] = &[alipay::PLUGIN];
+pub const GATEWAYS: &[SimPlugin] = &[alipay::PLUGIN, wechat::PLUGIN];
 
 /// Sleeps `d` unless `stop` is cancelled first (then `false`): the simulator's latency,
 /// timeout holds and notification resends all end at once when it stops.

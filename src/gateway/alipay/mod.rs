@@ -39,6 +39,8 @@ pub const PLUGIN: Plugin = Plugin {
     #[cfg(feature = "worker")]
     connect: config::connect,
     #[cfg(feature = "worker")]
+    env_prefix: "ALIPAY",
+    #[cfg(feature = "worker")]
     variables: config::VARIABLES,
     #[cfg(feature = "worker")]
     configured_by: &["ALIPAY_APP_PRIVATE_KEY", "ALIPAY_PUBLIC_KEY"],
