@@ -38,6 +38,8 @@ pub struct OrderEvent<'a> {
     pub order_id: i64,
     /// Merchant order number.
     pub out_trade_no: &'a str,
+    /// Which gateway the order is paid through (`alipay`, `wechat`).
+    pub channel: &'a str,
     /// The order's status after the decision.
     pub status: &'a str,
     /// Amount in minor units.
@@ -69,6 +71,7 @@ impl<'a> OrderEvent<'a> {
             event: routing_key,
             order_id: order.id,
             out_trade_no: &order.out_trade_no,
+            channel: &order.channel,
             status: status.as_str(),
             amount_minor: order.amount_minor,
             currency: &order.currency,

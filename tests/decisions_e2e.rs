@@ -11,31 +11,51 @@ use order_closer::sim::SimTradeStatus;
 
 const DECIDED_WITHIN: Duration = Duration::from_secs(30);
 
+/// Every row runs on every gateway the simulator speaks: one order per gateway, decided
+/// by one worker.
+fn channels(env: &TestEnv) -> Vec<&'static str> {
+    env.sim().channels()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn paid_before_the_deadline_with_the_callback_lost_ends_paid() {
     let mut env = TestEnv::new(&[]).await;
     env.start_worker(8, 16);
-    let no = env.no("paid");
-    env.create(&no, 1234, Duration::from_secs(1)).await;
-    env.buyers.scan(&no, 1234).await.unwrap();
-    env.buyers.pay(&no).await.unwrap();
-
-    let order = env.settled(&no, DECIDED_WITHIN).await;
-    assert_eq!(order.status(), OrderStatus::Paid);
-    let trade = env.buyers.trade(&no).await.unwrap().unwrap();
-    assert_eq!(
-        order.gateway_trade_no.as_deref(),
-        Some(trade.trade_no.as_str())
-    );
-    assert!(order.paid_at.is_some());
-    let history = env.decisions(order.id).await;
-    assert_eq!(history.len(), 1, "{history:?}");
-    assert_eq!(history[0].0, "paid");
-
+    let mut nos = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("paid-{channel}"));
+        env.create_at(channel, &no, 1234, Duration::from_secs(1))
+            .await;
+        let buyer = env.buyers.at(channel);
+        buyer.scan(&no, 1234).await.unwrap();
+        buyer.pay_losing_notification(&no).await.unwrap();
+        nos.push((channel, no));
+    }
+    for (channel, no) in &nos {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Paid, "{channel}");
+        let trade = env.buyers.trade(no).await.unwrap().unwrap();
+        assert_eq!(
+            order.gateway_trade_no.as_deref(),
+            Some(trade.trade_no.as_str()),
+            "{channel}"
+        );
+        assert!(order.paid_at.is_some());
+        let history = env.decisions(order.id).await;
+        assert_eq!(history.len(), 1, "{channel}: {history:?}");
+        assert_eq!(history[0].0, "paid");
+    }
     let events = env.drain_events().await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["event"], "order.paid");
-    assert_eq!(events[0]["out_trade_no"], no.as_str());
+    assert_eq!(events.len(), nos.len(), "{events:?}");
+    for (channel, no) in &nos {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e["out_trade_no"] == no.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{channel}");
+        assert_eq!(mine[0]["event"], "order.paid");
+        assert_eq!(mine[0]["channel"], *channel);
+    }
     env.cleanup().await;
 }
 
@@ -43,16 +63,31 @@ async fn paid_before_the_deadline_with_the_callback_lost_ends_paid() {
 async fn never_scanned_ends_closed_without_a_gateway_close() {
     let mut env = TestEnv::new(&[]).await;
     env.start_worker(8, 16);
-    let no = env.no("never");
-    env.create(&no, 500, Duration::from_secs(1)).await;
-
-    let order = env.settled(&no, DECIDED_WITHIN).await;
-    assert_eq!(order.status(), OrderStatus::Closed);
-    assert_eq!(order.close_reason.as_deref(), Some("deadline_no_trade"));
-    assert!(env.buyers.trade(&no).await.unwrap().is_none());
+    let mut nos = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("never-{channel}"));
+        env.create_at(channel, &no, 500, Duration::from_secs(1))
+            .await;
+        nos.push((channel, no));
+    }
+    for (channel, no) in &nos {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Closed, "{channel}");
+        assert_eq!(
+            order.close_reason.as_deref(),
+            Some("deadline_no_trade"),
+            "{channel}"
+        );
+        assert!(env.buyers.trade(no).await.unwrap().is_none());
+    }
+    let stats = env.buyers.stats().await.unwrap();
+    assert_eq!(
+        stats.closes, 0,
+        "no gateway close for a trade that does not exist"
+    );
     let events = env.drain_events().await;
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["event"], "order.closed");
+    assert_eq!(events.len(), nos.len());
+    assert!(events.iter().all(|e| e["event"] == "order.closed"));
     env.cleanup().await;
 }
 
@@ -60,17 +95,27 @@ async fn never_scanned_ends_closed_without_a_gateway_close() {
 async fn scanned_and_unpaid_is_closed_at_the_gateway_then_locally() {
     let mut env = TestEnv::new(&[]).await;
     env.start_worker(8, 16);
-    let no = env.no("scanned");
-    env.create(&no, 990, Duration::from_secs(1)).await;
-    env.buyers.scan(&no, 990).await.unwrap();
-
-    let order = env.settled(&no, DECIDED_WITHIN).await;
-    assert_eq!(order.status(), OrderStatus::Closed);
-    assert_eq!(order.close_reason.as_deref(), Some("deadline_closed_by_us"));
-    let trade = env.buyers.trade(&no).await.unwrap().unwrap();
-    assert_eq!(trade.status, SimTradeStatus::TradeClosed);
-    // Closed at the gateway: the buyer can no longer pay.
-    assert!(env.buyers.pay(&no).await.is_err());
+    let mut nos = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("scan-{channel}"));
+        env.create_at(channel, &no, 990, Duration::from_secs(1))
+            .await;
+        env.buyers.at(channel).scan(&no, 990).await.unwrap();
+        nos.push((channel, no));
+    }
+    for (channel, no) in &nos {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Closed, "{channel}");
+        assert_eq!(
+            order.close_reason.as_deref(),
+            Some("deadline_closed_by_us"),
+            "{channel}"
+        );
+        let trade = env.buyers.trade(no).await.unwrap().unwrap();
+        assert_eq!(trade.status, SimTradeStatus::TradeClosed, "{channel}");
+        // Closed at the gateway: the buyer can no longer pay.
+        assert!(env.buyers.pay(no).await.is_err(), "{channel}");
+    }
     env.cleanup().await;
 }
 
@@ -78,44 +123,59 @@ async fn scanned_and_unpaid_is_closed_at_the_gateway_then_locally() {
 async fn buyer_paying_between_our_query_and_our_close_ends_paid() {
     let mut env = TestEnv::new(&[]).await;
     env.start_worker(8, 16);
-    let no = env.no("race");
-    env.create(&no, 4200, Duration::from_secs(1)).await;
-    env.buyers.scan(&no, 4200).await.unwrap();
-    env.buyers.pay_on_close(&no).await.unwrap();
-
-    let order = env.settled(&no, DECIDED_WITHIN).await;
-    assert_eq!(
-        order.status(),
-        OrderStatus::Paid,
-        "a paid order must never be closed"
-    );
-    let trade = env.buyers.trade(&no).await.unwrap().unwrap();
-    assert_eq!(trade.status, SimTradeStatus::TradeSuccess);
-    let history = env.decisions(order.id).await;
-    assert_eq!(history.len(), 1);
-    assert_eq!(history[0].0, "paid");
+    let mut nos = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("race-{channel}"));
+        env.create_at(channel, &no, 4200, Duration::from_secs(1))
+            .await;
+        let buyer = env.buyers.at(channel);
+        buyer.scan(&no, 4200).await.unwrap();
+        buyer.pay_on_close(&no).await.unwrap();
+        nos.push((channel, no));
+    }
+    env.quiet_notifications();
+    for (channel, no) in &nos {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(
+            order.status(),
+            OrderStatus::Paid,
+            "{channel}: a paid order must never be closed"
+        );
+        let trade = env.buyers.trade(no).await.unwrap().unwrap();
+        assert_eq!(trade.status, SimTradeStatus::TradeSuccess);
+        let history = env.decisions(order.id).await;
+        assert_eq!(history.len(), 1, "{channel}");
+        assert_eq!(history[0].0, "paid");
+    }
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_closed_trade_closes_locally() {
     let mut env = TestEnv::new(&[]).await;
-    let no = env.no("gwclosed");
-    env.create(&no, 700, Duration::from_secs(1)).await;
-    env.buyers.scan(&no, 700).await.unwrap();
-    // Someone (an earlier attempt, an operator) closed the trade at the gateway already.
-    env.gateway("alipay")
-        .close(order_closer::gateway::TradeRef::new(&no))
-        .await
-        .unwrap();
+    let mut nos = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("gwcl-{channel}"));
+        env.create_at(channel, &no, 700, Duration::from_secs(1))
+            .await;
+        env.buyers.at(channel).scan(&no, 700).await.unwrap();
+        // Someone (an earlier attempt, an operator) closed the trade at the gateway.
+        env.gateway(channel)
+            .close(order_closer::gateway::TradeRef::new(&no))
+            .await
+            .unwrap();
+        nos.push((channel, no));
+    }
     env.start_worker(4, 4);
-
-    let order = env.settled(&no, DECIDED_WITHIN).await;
-    assert_eq!(order.status(), OrderStatus::Closed);
-    assert_eq!(
-        order.close_reason.as_deref(),
-        Some("deadline_closed_at_gateway")
-    );
+    for (channel, no) in &nos {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Closed, "{channel}");
+        assert_eq!(
+            order.close_reason.as_deref(),
+            Some("deadline_closed_at_gateway"),
+            "{channel}"
+        );
+    }
     env.cleanup().await;
 }
 
@@ -123,23 +183,34 @@ async fn gateway_closed_trade_closes_locally() {
 async fn paid_with_another_amount_is_marked_paid_and_recorded_as_an_anomaly() {
     let mut env = TestEnv::new(&[]).await;
     env.start_worker(4, 4);
-    let no = env.no("amount");
-    env.create(&no, 1000, Duration::from_secs(1)).await;
-    env.buyers.scan(&no, 900).await.unwrap();
-    env.buyers.pay(&no).await.unwrap();
-
-    let order = env.settled(&no, DECIDED_WITHIN).await;
-    assert_eq!(order.status(), OrderStatus::Paid);
+    env.quiet_notifications();
+    let mut nos = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("amt-{channel}"));
+        env.create_at(channel, &no, 1000, Duration::from_secs(1))
+            .await;
+        let buyer = env.buyers.at(channel);
+        buyer.scan(&no, 900).await.unwrap();
+        buyer.pay(&no).await.unwrap();
+        nos.push((channel, no));
+    }
+    for (channel, no) in &nos {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Paid, "{channel}");
+    }
     let events = env.drain_events().await;
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    assert!(kinds.contains(&"order.paid"), "{kinds:?}");
-    assert!(
-        kinds.contains(&"order.anomaly.amount_mismatch"),
-        "{kinds:?}"
-    );
+    for (channel, no) in &nos {
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter(|e| e["out_trade_no"] == no.as_str())
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"order.paid"), "{channel}: {kinds:?}");
+        assert!(
+            kinds.contains(&"order.anomaly.amount_mismatch"),
+            "{channel}: {kinds:?}"
+        );
+    }
     env.cleanup().await;
 }
 
@@ -189,5 +260,65 @@ async fn the_gateway_is_asked_about_the_trade_by_the_order_s_references() {
     .with_gateway_ref("x".repeat(256));
     let err = env.closer.create_order(bad).await.unwrap_err().to_string();
     assert!(err.contains("gateway_ref"), "{err}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_error_is_retried_and_a_permanent_one_parks() {
+    let mut env = TestEnv::new(&[]).await;
+    let mut transient = Vec::new();
+    let mut permanent = Vec::new();
+    for channel in channels(&env) {
+        // One answer lost to a proxy's 502, then the gateway answers: one retry step.
+        let no = env.no(&format!("502-{channel}"));
+        env.create_at(channel, &no, 300, Duration::from_secs(1))
+            .await;
+        env.buyers.at(channel).scan(&no, 300).await.unwrap();
+        env.buyers
+            .fail_next(&no, order_closer::sim::FaultKind::Http502, 1)
+            .await
+            .unwrap();
+        transient.push((channel, no));
+    }
+    env.start_worker(4, 8);
+    for (channel, no) in &transient {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Closed, "{channel}");
+        let outcomes: Vec<String> = env
+            .decisions(order.id)
+            .await
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(outcomes, ["retry", "closed"], "{channel}");
+    }
+    env.stop_workers().await;
+
+    // A merchant key the gateway does not know: a configuration problem, parked at once.
+    for channel in channels(&env) {
+        let no = env.no(&format!("perm-{channel}"));
+        let order = env
+            .create_at(channel, &no, 300, Duration::from_secs(1))
+            .await;
+        permanent.push((channel, no, order.id));
+    }
+    let stranger = order_closer::gateway::rsa::RsaPrivateKey::generate()
+        .unwrap()
+        .to_pkcs8_pem();
+    let overrides: Vec<(&str, &str)> = order_closer::gateway::ALL
+        .iter()
+        .map(|p| (p.configured_by[0], stranger.as_str()))
+        .collect();
+    env.start_worker_with(&overrides);
+    let parked = env
+        .wait_parked(permanent.len() as u32, DECIDED_WITHIN)
+        .await
+        .expect("parked");
+    assert_eq!(parked.len(), permanent.len());
+    for (channel, no, id) in &permanent {
+        assert_eq!(env.order(no).await.status(), OrderStatus::New, "{channel}");
+        let outcomes: Vec<String> = env.decisions(*id).await.into_iter().map(|d| d.0).collect();
+        assert_eq!(outcomes, ["parked"], "{channel}");
+    }
     env.cleanup().await;
 }

@@ -43,7 +43,8 @@ pub struct Plugin {
     /// Every environment variable it reads (documented in docs/operations.md).
     #[cfg(feature = "worker")]
     pub variables: &'static [&'static str],
-    /// The variables whose presence configures it (named when no gateway is).
+    /// The variables whose presence configures it (named when no gateway is); the first
+    /// is the merchant's signing key.
     #[cfg(feature = "worker")]
     pub configured_by: &'static [&'static str],
 }

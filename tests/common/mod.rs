@@ -200,6 +200,21 @@ impl TestEnv {
             .order
     }
 
+    /// Creates an order at `channel`'s gateway due after `after`.
+    pub async fn create_at(
+        &self,
+        channel: &str,
+        no: &str,
+        amount_minor: i64,
+        after: Duration,
+    ) -> Order {
+        self.closer
+            .create_order(NewOrder::new(channel, no, amount_minor, Due::After(after)))
+            .await
+            .expect("create order")
+            .order
+    }
+
     /// A unique order number for this test.
     pub fn no(&self, name: &str) -> String {
         format!("{name}-{}", self.tag)
