@@ -237,7 +237,7 @@ async fn the_gateway_is_asked_about_the_trade_by_the_order_s_references() {
         Some("pi_3MtwBwLkdIwHu7ix28a3tqPa")
     );
     assert_eq!(env.order(&no).await.gateway_ref, created.gateway_ref);
-    let (_worker, held) = env.start_held_worker();
+    let (_worker, held) = env.start_held_worker("alipay");
     let order = env.settled(&no, DECIDED_WITHIN).await;
     assert_eq!(order.status(), OrderStatus::Closed);
     let log = held.log();

@@ -445,6 +445,15 @@ where
     }
 }
 
+/// What a notify endpoint answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub status: u16,
+    pub body: String,
+    /// The gateway takes the reply as "handled" (it will not send again).
+    pub acknowledged: bool,
+}
+
 /// A notify endpoint running in the test process.
 pub struct NotifyEndpoint {
     pub notifier: Arc<Notifier>,
@@ -518,6 +527,42 @@ impl TestEnv {
         self.forged_notification(trade, sim::Forge::genuine())
     }
 
+    /// The notification the trade's gateway would send, made as `forge` says.
+    pub fn notice(&self, trade: &sim::SimTradeView, forge: sim::Forge) -> sim::Outgoing {
+        self.sim()
+            .notification(trade, "test-notify", forge)
+            .expect("a paid or refunded trade")
+    }
+
+    /// POSTs a notification to the endpoint's `channel` path, as the gateway would; says
+    /// whether the gateway would take the reply as handled.
+    pub async fn deliver(
+        &self,
+        endpoint: &NotifyEndpoint,
+        channel: &str,
+        outgoing: &sim::Outgoing,
+    ) -> Sent {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/{channel}", endpoint.base))
+            .header(reqwest::header::CONTENT_TYPE, outgoing.content_type)
+            .body(outgoing.body.clone());
+        for (name, value) in &outgoing.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().await.expect("the endpoint answers");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        let acknowledged = self
+            .sim()
+            .gateway(channel)
+            .is_some_and(|g| g.acknowledged(status, body.as_bytes()));
+        Sent {
+            status,
+            body,
+            acknowledged,
+        }
+    }
+
     /// The notification the trade's gateway would send, made as `forge` says (its body).
     pub fn forged_notification(&self, trade: &sim::SimTradeView, forge: sim::Forge) -> String {
         self.sim
@@ -538,11 +583,10 @@ impl TestEnv {
 impl TestEnv {
     /// Starts an in-process worker whose gateway calls go through a [`gateway::HeldGateway`]
     /// the test can stop at any one call.
-    pub fn start_held_worker(&mut self) -> (Observed, Arc<gateway::HeldGateway>) {
+    pub fn start_held_worker(&mut self, channel: &str) -> (Observed, Arc<gateway::HeldGateway>) {
         let gateways = self.gateways();
-        let channel = "alipay";
         let held = gateway::HeldGateway::new(Arc::clone(
-            gateways.get(channel).expect("the alipay gateway"),
+            gateways.get(channel).expect("a gateway for the channel"),
         ));
         let decider = Decider::configured(
             self.pool.clone(),
