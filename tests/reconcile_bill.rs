@@ -18,10 +18,19 @@ use order_closer::reconcile::Finding;
 use order_closer::reconcile::bill::reconcile;
 
 async fn order(env: &TestEnv, name: &str, amount: i64) -> order_closer::order::Order {
-    let no = env.no(name);
+    order_at(env, "alipay", name.to_owned(), amount).await
+}
+
+async fn order_at(
+    env: &TestEnv,
+    channel: &str,
+    name: String,
+    amount: i64,
+) -> order_closer::order::Order {
+    let no = env.no(&name);
     Closer::without_broker(env.pool.clone())
         .create_order(NewOrder::new(
-            "alipay",
+            channel,
             &no,
             amount,
             Due::After(Duration::from_secs(3600)),
@@ -39,31 +48,36 @@ fn first_attempt() -> AttemptInfo {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_category_of_the_bill_diff_is_found_once() {
-    let mut env = TestEnv::new(&[]).await;
-    let decider = env.decider("bill-test");
-    let today = Utc::now().with_timezone(&china()).date_naive();
+/// The orders of one gateway, one per category of the diff.
+struct Categories {
+    channel: &'static str,
+    new_paid: order_closer::order::Order,
+    closed: order_closer::order::Order,
+    ghost: order_closer::order::Order,
+}
 
+async fn categories(env: &TestEnv, channel: &'static str) -> Categories {
+    let order = |name: &str, amount| order_at(env, channel, format!("{name}-{channel}"), amount);
+    let buyer = env.buyers.at(channel);
+    let mut conn = db::conn(&env.pool).await.unwrap();
     // Paid at the gateway, still NEW here (callback lost, no worker yet).
-    let new_paid = order(&env, "newpaid", 1000).await;
-    env.buyers
+    let new_paid = order("newpaid", 1000).await;
+    buyer
         .scan_and_pay(&new_paid.out_trade_no, 1000)
         .await
         .unwrap();
     // Closed here (no trade at the time), then paid at the gateway anyway.
-    let closed = order(&env, "closed", 2000).await;
-    let mut conn = db::conn(&env.pool).await.unwrap();
+    let closed = order("closed", 2000).await;
     orders::mark_closed(&mut conn, closed.id, "deadline_no_trade")
         .await
         .unwrap();
-    env.buyers
+    buyer
         .scan_and_pay(&closed.out_trade_no, 2000)
         .await
         .unwrap();
     // Paid in both places, then partly refunded.
-    let matched = order(&env, "matched", 3000).await;
-    env.buyers
+    let matched = order("matched", 3000).await;
+    buyer
         .scan_and_pay(&matched.out_trade_no, 3000)
         .await
         .unwrap();
@@ -72,98 +86,101 @@ async fn every_category_of_the_bill_diff_is_found_once() {
         .unwrap();
     env.buyers.refund(&matched.out_trade_no, 500).await.unwrap();
     // PAID here today, unknown to the gateway.
-    let ghost = order(&env, "ghostpaid", 4000).await;
+    let ghost = order("ghost", 4000).await;
     orders::mark_paid(&mut conn, ghost.id, "T-GHOST", Utc::now())
         .await
         .unwrap();
     // PAID here with 5000, paid 4500 at the gateway.
-    let short = order(&env, "short", 5000).await;
-    env.buyers
-        .scan_and_pay(&short.out_trade_no, 4500)
-        .await
-        .unwrap();
+    let short = order("short", 5000).await;
+    buyer.scan_and_pay(&short.out_trade_no, 4500).await.unwrap();
     orders::mark_paid(&mut conn, short.id, "T-SHORT", Utc::now())
         .await
         .unwrap();
-    // PAID here today through another channel: not this bill's business.
-    let other_channel = env.no("otherchannel");
-    let other_id: i64 = diesel::insert_into(db::schema::orders::table)
-        .values((
-            db::schema::orders::out_trade_no.eq(&other_channel),
-            db::schema::orders::channel.eq("wechat"),
-            db::schema::orders::amount_minor.eq(700),
-            db::schema::orders::deadline.eq(Utc::now() + chrono::Duration::hours(1)),
-        ))
-        .returning(db::schema::orders::id)
-        .get_result(&mut conn)
-        .await
-        .unwrap();
-    orders::mark_paid(&mut conn, other_id, "T-OTHER", Utc::now())
-        .await
-        .unwrap();
     // A payment for an order we never had.
-    let stranger = env.no("stranger");
-    env.buyers.scan_and_pay(&stranger, 600).await.unwrap();
-    drop(conn);
+    buyer
+        .scan_and_pay(&env.no(&format!("stranger-{channel}")), 600)
+        .await
+        .unwrap();
+    Categories {
+        channel,
+        new_paid,
+        closed,
+        ghost,
+    }
+}
 
-    let parsed = env
-        .gateways()
-        .bill_source("alipay")
-        .unwrap()
-        .daily_bill(today)
-        .await
-        .unwrap();
-    assert!(parsed.file.ends_with("业务明细.csv"), "{}", parsed.file);
+/// Every category of the diff, on every gateway's bill: each gateway's orders are set up
+/// first, so that each bill meets the other gateways' PAID orders too (not its business).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_category_of_the_bill_diff_is_found_once() {
+    let mut env = TestEnv::new(&[]).await;
+    env.quiet_notifications();
+    let decider = env.decider("bill-test");
+    let today = Utc::now().with_timezone(&china()).date_naive();
+    let mut all = Vec::new();
+    for channel in env.sim().channels() {
+        all.push(categories(&env, channel).await);
+    }
+    for c in &all {
+        let channel = c.channel;
+        let parsed = env
+            .gateways()
+            .bill_source(channel)
+            .unwrap()
+            .daily_bill(today)
+            .await
+            .unwrap();
+        let dry = reconcile(&decider, channel, &parsed, today, false)
+            .await
+            .unwrap();
+        assert_eq!(dry.payments, 5, "{channel}");
+        assert_eq!(dry.refunds, 1, "{channel}");
+        assert_eq!(dry.matched, 1, "{channel}");
+        assert_eq!(dry.paid_but_new.len(), 1, "{channel}");
+        assert!(dry.paid_but_new[0].action.starts_with("would"));
+        assert_eq!(
+            env.order(&c.new_paid.out_trade_no).await.status(),
+            OrderStatus::New
+        );
+        assert_eq!(dry.paid_after_close.len(), 1, "{channel}");
+        assert_eq!(dry.paid_after_close[0].out_trade_no, c.closed.out_trade_no);
+        assert_eq!(dry.paid_missing_from_bill.len(), 1, "{channel}");
+        assert_eq!(
+            dry.paid_missing_from_bill[0].out_trade_no,
+            c.ghost.out_trade_no
+        );
+        assert_eq!(dry.amount_mismatch.len(), 1, "{channel}");
+        assert_eq!(dry.amount_mismatch[0].gateway_amount_minor, Some(4500));
+        assert_eq!(dry.refund_rows.len(), 1, "{channel}");
+        assert_eq!(dry.refund_rows[0].gateway_amount_minor, Some(-500));
+        assert_eq!(dry.unknown_orders.len(), 1, "{channel}");
+        assert_eq!(dry.finding, Finding::NeedsAttention);
 
-    let dry = reconcile(&decider, "alipay", &parsed, today, false)
-        .await
-        .unwrap();
-    assert_eq!(dry.payments, 5);
-    assert_eq!(dry.refunds, 1);
-    assert_eq!(dry.matched, 1);
-    assert_eq!(dry.paid_but_new.len(), 1);
-    assert!(dry.paid_but_new[0].action.starts_with("would"));
-    assert_eq!(
-        env.order(&new_paid.out_trade_no).await.status(),
-        OrderStatus::New
-    );
-    assert_eq!(dry.paid_after_close.len(), 1);
-    assert_eq!(dry.paid_after_close[0].out_trade_no, closed.out_trade_no);
-    assert_eq!(dry.paid_missing_from_bill.len(), 1);
-    assert_eq!(
-        dry.paid_missing_from_bill[0].out_trade_no,
-        ghost.out_trade_no
-    );
-    assert_eq!(dry.amount_mismatch.len(), 1);
-    assert_eq!(dry.amount_mismatch[0].gateway_amount_minor, Some(4500));
-    assert_eq!(dry.refund_rows.len(), 1);
-    assert_eq!(dry.refund_rows[0].gateway_amount_minor, Some(-500));
-    assert_eq!(dry.unknown_orders.len(), 1);
-    assert_eq!(dry.finding, Finding::NeedsAttention);
-
-    let applied = reconcile(&decider, "alipay", &parsed, today, true)
-        .await
-        .unwrap();
-    assert_eq!(applied.paid_but_new[0].action, "marked PAID");
-    let paid = env.order(&new_paid.out_trade_no).await;
-    assert_eq!(paid.status(), OrderStatus::Paid);
-    assert!(paid.gateway_trade_no.is_some());
-    // The same payment found again by a worker later changes nothing.
-    let again = decider
-        .decide(
-            paid.id,
-            Some(&paid.out_trade_no),
-            first_attempt(),
-            Mode::Apply,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(
-        again,
-        order_closer::decide::Outcome::Settled(OrderStatus::Paid)
-    ));
+        let applied = reconcile(&decider, channel, &parsed, today, true)
+            .await
+            .unwrap();
+        assert_eq!(applied.paid_but_new[0].action, "marked PAID");
+        let paid = env.order(&c.new_paid.out_trade_no).await;
+        assert_eq!(paid.status(), OrderStatus::Paid, "{channel}");
+        assert!(paid.gateway_trade_no.is_some());
+        // The same payment found again by a worker later changes nothing.
+        let again = decider
+            .decide(
+                paid.id,
+                Some(&paid.out_trade_no),
+                first_attempt(),
+                Mode::Apply,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            again,
+            order_closer::decide::Outcome::Settled(OrderStatus::Paid)
+        ));
+    }
 
     // Each anomaly is a row, listed again later, and announced exactly once.
+    let n = all.len();
     let mut conn = db::conn(&env.pool).await.unwrap();
     let kinds: Vec<String> = db::anomalies::list(&mut conn, None, 100)
         .await
@@ -178,7 +195,7 @@ async fn every_category_of_the_bill_diff_is_found_once() {
     ] {
         assert_eq!(
             kinds.iter().filter(|k| *k == kind).count(),
-            1,
+            n,
             "{kind}: {kinds:?}"
         );
     }
@@ -189,7 +206,36 @@ async fn every_category_of_the_bill_diff_is_found_once() {
         .filter_map(|e| e["event"].as_str())
         .filter(|e| e.starts_with("order.anomaly"))
         .collect();
-    assert_eq!(anomaly_events.len(), 3, "{anomaly_events:?}");
+    assert_eq!(anomaly_events.len(), 3 * n, "{anomaly_events:?}");
+    env.cleanup().await;
+}
+
+/// WeChat Pay's bill is vouched for by its SHA-1: a file that does not match it is
+/// refused, naming the digests; a day without trades is an empty bill, not an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wechat_bill_whose_digest_does_not_match_is_refused() {
+    let env = TestEnv::new(&[]).await;
+    env.quiet_notifications();
+    let today = Utc::now().with_timezone(&china()).date_naive();
+    let source = env.gateways().bill_source("wechat").unwrap().clone();
+    let empty = source.daily_bill(today).await.unwrap();
+    assert!(empty.rows.is_empty(), "no trades: an empty bill");
+    env.buyers
+        .at("wechat")
+        .scan_and_pay(&env.no("wxbill"), 100)
+        .await
+        .unwrap();
+    // The next download serves other (gzipped) bytes than the bill applied for.
+    let (other, _) = order_closer::sim::wechat::bill::gzip_with_digest("交易时间\r\n").unwrap();
+    env.buyers.override_bill(other).await.unwrap();
+    let err = source.daily_bill(today).await.unwrap_err().to_string();
+    assert!(err.contains("SHA1 digest"), "{err}");
+    // Not gzip at all.
+    env.buyers.override_bill(b"<html>".to_vec()).await.unwrap();
+    let err = source.daily_bill(today).await.unwrap_err().to_string();
+    assert!(err.contains("not gzip"), "{err}");
+    let good = source.daily_bill(today).await.unwrap();
+    assert_eq!(good.rows.len(), 1);
     env.cleanup().await;
 }
 
