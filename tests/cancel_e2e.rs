@@ -29,6 +29,13 @@ fn outcomes(trail: &[(String, chrono::DateTime<Utc>)]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancel_runs_the_deadline_decision_at_once_in_each_gateway_state() {
+    for channel in order_closer::gateway::rules::channels() {
+        cancel_in_each_state(channel).await;
+    }
+}
+
+/// On `channel`'s gateway.
+async fn cancel_in_each_state(channel: &str) {
     let mut env = TestEnv::new(&[]).await;
     env.start_worker(8, 16);
     let hour = Duration::from_secs(3600);
@@ -36,19 +43,17 @@ async fn a_cancel_runs_the_deadline_decision_at_once_in_each_gateway_state() {
     let waiting = env.no("waiting");
     let paid = env.no("paid");
     let expired = env.no("expired");
-    let a = env.create(&no_trade, 100, hour).await;
-    let b = env.create(&waiting, 200, hour).await;
-    let c = env.create(&paid, 300, hour).await;
-    let d = env.create(&expired, 400, hour).await;
-    env.buyers.scan(&waiting, 200).await.unwrap();
-    env.buyers.scan(&paid, 300).await.unwrap();
-    env.buyers.pay_losing_notification(&paid).await.unwrap();
+    let a = env.create_at(channel, &no_trade, 100, hour).await;
+    let b = env.create_at(channel, &waiting, 200, hour).await;
+    let c = env.create_at(channel, &paid, 300, hour).await;
+    let d = env.create_at(channel, &expired, 400, hour).await;
+    let buyer = env.buyers.at(channel);
+    buyer.scan(&waiting, 200).await.unwrap();
+    buyer.scan(&paid, 300).await.unwrap();
+    buyer.pay_losing_notification(&paid).await.unwrap();
     // A trade whose own expiry closed it at the gateway.
     let soon = Utc::now() + chrono::Duration::milliseconds(300);
-    env.buyers
-        .scan_with_expiry(&expired, 400, soon)
-        .await
-        .unwrap();
+    buyer.scan_with_expiry(&expired, 400, soon).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // No trade yet: closed here, but a QR code already shown stays valid until the

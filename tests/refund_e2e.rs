@@ -69,15 +69,25 @@ async fn outcomes(env: &TestEnv, order_id: i64) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn under_refund_a_payment_after_close_is_refunded_once_even_when_the_refund_times_out_after_being_applied()
  {
+    for channel in order_closer::gateway::rules::channels() {
+        refunded_once_despite_a_timeout(channel).await;
+    }
+}
+
+/// On `channel`'s gateway.
+async fn refunded_once_despite_a_timeout(channel: &str) {
     let mut env = TestEnv::new(&[
         ("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund"),
         ("ALIPAY_TIMEOUT", "1s"),
+        ("WECHAT_TIMEOUT", "1s"),
     ])
     .await;
     let worker = env.start_worker(4, 8);
     let endpoint = env.start_notify().await;
     let no = env.no("late");
-    let order = env.create(&no, 1500, Duration::from_secs(1)).await;
+    let order = env
+        .create_at(channel, &no, 1500, Duration::from_secs(1))
+        .await;
     assert_eq!(
         env.settled(&no, Duration::from_secs(15)).await.status(),
         OrderStatus::Closed
@@ -91,10 +101,14 @@ async fn under_refund_a_payment_after_close_is_refunded_once_even_when_the_refun
         .await
         .unwrap();
     // A QR code without expiry, scanned and paid after we closed.
-    env.buyers.scan_and_pay(&no, 1500).await.unwrap();
+    env.buyers
+        .at(channel)
+        .scan_and_pay(&no, 1500)
+        .await
+        .unwrap();
 
     let row = refund_settled(&env, order.id, Duration::from_secs(30)).await;
-    assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
+    assert_eq!(row.status(), refunds::RefundStatus::Succeeded, "{channel}");
     assert_eq!(row.amount_minor, 1500);
     assert_eq!(
         row.attempts, 2,
@@ -103,7 +117,11 @@ async fn under_refund_a_payment_after_close_is_refunded_once_even_when_the_refun
     assert_eq!(row.out_request_no, refunds::out_request_no(order.id));
 
     let trade = env.buyers.trade(&no).await.unwrap().unwrap();
-    assert_eq!(trade.refunds.len(), 1, "exactly one refund: {trade:?}");
+    assert_eq!(
+        trade.refunds.len(),
+        1,
+        "{channel}: exactly one refund: {trade:?}"
+    );
     assert_eq!(trade.refunds[0].amount_minor, 1500);
     assert_eq!(trade.status, SimTradeStatus::TradeClosed);
     let stats = env.buyers.stats().await.unwrap();
