@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SimError;
 use super::shared::Shared;
-use super::state::SimTradeView;
+use super::state::{FaultKind, SimTradeView};
 
 /// A gateway call, as the fault plan and the counters name it, whatever the gateway
 /// calls it on the wire.
@@ -114,6 +114,13 @@ pub trait SimGateway: Send + Sync + fmt::Debug {
     fn resend_schedule(&self) -> &'static [Duration];
     /// A new trade number, as the gateway writes them (`seq` counts the trades).
     fn trade_no(&self, now: DateTime<Utc>, seq: u64) -> String;
+    /// Whether the gateway's answer to `method` can show `kind` at all (an answer without
+    /// an order in it cannot name another order); a fault that cannot be shown is not
+    /// drawn.
+    fn can_show(&self, kind: FaultKind, method: SimMethod) -> bool {
+        let _ = (kind, method);
+        true
+    }
 }
 
 /// A gateway the simulator can speak, before it runs.

@@ -858,11 +858,20 @@ impl SimState {
         let existing = inner
             .current(Some(channel), out_trade_no, trade_no)
             .map(|t| t.out_trade_no.clone());
-        let applicable = |kind: FaultKind| match kind {
-            FaultKind::WrongAmount => method == SimMethod::Query && existing.is_some(),
-            // A bill answer names no order.
-            FaultKind::WrongOrder => method != SimMethod::Bill,
-            _ => true,
+        let gateway = inner
+            .gateways
+            .iter()
+            .find(|g| g.channel() == channel)
+            .cloned();
+        let applicable = |kind: FaultKind| {
+            let shown = gateway.as_ref().is_none_or(|g| g.can_show(kind, method));
+            shown
+                && match kind {
+                    FaultKind::WrongAmount => method == SimMethod::Query && existing.is_some(),
+                    // A bill answer names no order.
+                    FaultKind::WrongOrder => method != SimMethod::Bill,
+                    _ => true,
+                }
         };
         let latency = inner.latency(Some(method));
 

@@ -145,6 +145,15 @@ pub fn classify_query(
     if status == 200 {
         return classify_transaction(body, asked, mchid);
     }
+    // An error body names no order; one that names another is not about ours.
+    if let Some(named) = body.get("out_trade_no").and_then(Value::as_str)
+        && named != asked
+    {
+        return Err(GatewayError::retryable(
+            "wrong_order",
+            format!("asked about {asked:?}, the answer is about {:?}", echo(named)),
+        ));
+    }
     let (code, message) = error_code(body);
     match code.as_str() {
         "ORDER_NOT_EXIST" => Ok(TradeState::NotFound),

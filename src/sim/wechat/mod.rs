@@ -22,9 +22,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::SimError;
-use super::gateway::{Forge, Outgoing, SimGateway, SimPlugin};
+use super::gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin};
 use super::shared::Shared;
-use super::state::{SimTradeStatus, SimTradeView};
+use super::state::{FaultKind, SimTradeStatus, SimTradeView};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 use crate::gateway::wechat::CHANNEL;
 use crate::gateway::wechat::aead::ApiV3Key;
@@ -395,6 +395,12 @@ impl SimGateway for WechatSim {
 
     fn resend_schedule(&self) -> &'static [Duration] {
         &RESEND_SCHEDULE
+    }
+
+    /// A close answer (204) carries no body: it cannot name another order, nor be cut.
+    fn can_show(&self, kind: FaultKind, method: SimMethod) -> bool {
+        !(method == SimMethod::Close
+            && matches!(kind, FaultKind::WrongOrder | FaultKind::TruncatedJson))
     }
 
     /// A WeChat-like 28-digit `transaction_id`: `4200`, the China date, a 16-digit
