@@ -182,6 +182,22 @@ async fn the_demo_passes_its_own_check() {
     assert!(stdout.contains("lateness p99"), "{stdout}");
     assert!(stdout.contains("payment to PAID p50 / p99"), "{stdout}");
     assert!(stdout.contains("pays, callback delivered"), "{stdout}");
+    // The orders spread over every gateway, and each gateway's orders agree.
+    for channel in order_closer::gateway::rules::channels() {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(channel))
+            .unwrap_or_else(|| panic!("no {channel} row in\n{stdout}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells.len(), 3, "{row}");
+        assert!(cells[1].parse::<u32>().unwrap() > 0, "{row}");
+        assert_eq!(cells[1], cells[2], "{row}");
+    }
+    // A channel that is not a gateway is refused before anything starts.
+    let out = run(&vars, &["demo", "--channel", "paypal"]).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("\"paypal\" is not a gateway"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }

@@ -25,7 +25,7 @@ use order_closer::db::{self, DbPool};
 use order_closer::decide::Decider;
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sandbox::Sandbox;
-use order_closer::sim::{BuyerClient, FaultPlan, NotifyPlan, SimTradeStatus};
+use order_closer::sim::{BuyerClient, FaultKind, NotifyPlan, SimTradeStatus};
 use order_closer::worker::{Worker, WorkerConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -45,10 +45,21 @@ pub struct DemoArgs {
     /// Give up waiting this long after the last deadline.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Share of gateway answers that fail transiently (half HTTP 502, half `20000`
-    /// busy), to show retries; 0 turns faults off.
+    /// Share of orders whose first gateway answer fails once (alternately HTTP 502 and
+    /// the gateway's "busy"), to show retries; 0 turns faults off. The faulty orders
+    /// are spread evenly, not drawn at random, so every run retries the same number.
     #[arg(long, default_value_t = 0.05, value_parser = parse_rate)]
     fault_rate: f64,
+    /// Which gateway the orders go through: one channel (`alipay`, `wechat`), or `all`
+    /// (the orders spread over every gateway).
+    #[arg(long, default_value = "all", value_parser = |t: &str| super::parse_channel(t, true))]
+    channel: String,
+}
+
+/// Whether order `i` is one of the `rate` share whose first gateway answer fails: the
+/// orders where `i * rate` crosses a whole number, so the faults are spread evenly.
+fn faulty(i: u32, rate: f64) -> bool {
+    (f64::from(i + 1) * rate).floor() > (f64::from(i) * rate).floor()
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -132,14 +143,6 @@ async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Resul
     let settings = &sandbox.settings;
     let pool = sandbox.pool.clone();
     let running = sandbox.sim();
-    running
-        .state()
-        .set_faults(FaultPlan {
-            http_502: args.fault_rate / 2.0,
-            busy_20000: args.fault_rate / 2.0,
-            ..FaultPlan::default()
-        })
-        .map_err(|e| anyhow::anyhow!("--fault-rate: {e}"))?;
     let buyers = sandbox.buyers.clone();
     let gateways = sandbox.gateways()?;
 
@@ -177,6 +180,12 @@ async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Resul
 
     // Orders and their buyers.
     let closer = sandbox.closer();
+    let channels: Vec<&'static str> = match args.channel.as_str() {
+        "all" => order_closer::gateway::rules::channels().collect(),
+        one => order_closer::gateway::rules::channels()
+            .filter(|c| *c == one)
+            .collect(),
+    };
     let started = Instant::now();
     let mut plan = BTreeMap::new();
     let mut buyer_tasks = tokio::task::JoinSet::new();
@@ -186,14 +195,26 @@ async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Resul
         .as_millis() as u64;
     for i in 0..args.orders {
         let no = format!("DEMO-{run_id}-{i:05}");
-        let buyer = Buyer::pick(i);
         let wait = args.min_deadline + Duration::from_millis(rand::rng().random_range(0..=span));
         let amount = rand::rng().random_range(100..100_000);
+        // Round the channels, and the behaviours within each.
+        let channel = channels[i as usize % channels.len()];
+        let buyer = Buyer::pick(i / channels.len() as u32);
         let created = closer
-            .create_order(NewOrder::new("alipay", &no, amount, Due::After(wait)))
+            .create_order(NewOrder::new(channel, &no, amount, Due::After(wait)))
             .await?;
         plan.insert(no.clone(), (buyer, created.order.id));
-        let buyers = buyers.clone();
+        // Each gateway gets its share of faults, both kinds.
+        let nth = i / channels.len() as u32;
+        if faulty(nth, args.fault_rate) {
+            let ordinal = (f64::from(nth) * args.fault_rate).floor() as usize;
+            let kind = [FaultKind::Http502, FaultKind::Busy20000][ordinal % 2];
+            running
+                .state()
+                .fail_next(&no, kind, 1)
+                .map_err(|e| anyhow::anyhow!("--fault-rate: {e}"))?;
+        }
+        let buyers = buyers.at(channel);
         let deadline = created.order.deadline;
         buyer_tasks.spawn(async move { act(&buyers, &no, amount, buyer, wait, deadline).await });
     }
@@ -381,6 +402,7 @@ async fn report(
     let mut problems = Vec::new();
     let mut trades = BTreeMap::new();
     let mut by_buyer: BTreeMap<Buyer, (u32, u32)> = BTreeMap::new();
+    let mut by_channel: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for (no, (buyer, id)) in plan {
         let Some(order) = by_id.get(id) else {
             problems.push(format!("{no}: order row missing"));
@@ -393,11 +415,15 @@ async fn report(
             Some(SimTradeStatus::TradeSuccess) => OrderStatus::Paid,
             Some(SimTradeStatus::WaitBuyerPay) => OrderStatus::New,
         };
-        let entry = by_buyer.entry(*buyer).or_default();
-        entry.0 += 1;
-        if order.status() == gateway_says && order.status() == buyer.expected() {
-            entry.1 += 1;
-        } else {
+        let agrees = order.status() == gateway_says && order.status() == buyer.expected();
+        for entry in [
+            by_buyer.entry(*buyer).or_default(),
+            by_channel.entry(order.channel.clone()).or_default(),
+        ] {
+            entry.0 += 1;
+            entry.1 += u32::from(agrees);
+        }
+        if !agrees {
             problems.push(format!(
                 "{no} ({}): local {}, gateway {:?}, expected {}",
                 buyer.label(),
@@ -455,6 +481,10 @@ async fn report(
     for (buyer, (n, agree)) in &by_buyer {
         table.push_str(&format!("{:<25} {n:>6}  {agree:>5}\n", buyer.label()));
     }
+    table.push_str("\ngateway                   orders  agree\n");
+    for (channel, (n, agree)) in &by_channel {
+        table.push_str(&format!("{channel:<25} {n:>6}  {agree:>5}\n"));
+    }
     table.push_str(&format!(
         "\nclosed                    {}\n",
         count(OrderStatus::Closed)
@@ -495,4 +525,21 @@ async fn report(
         problems,
         decided,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::faulty;
+
+    #[test]
+    fn the_faulty_orders_are_the_rate_share_spread_evenly() {
+        let count = |n: u32, rate: f64| (0..n).filter(|i| faulty(*i, rate)).count();
+        assert_eq!(count(300, 0.05), 15);
+        assert_eq!(count(300, 0.0), 0);
+        assert_eq!(count(300, 1.0), 300);
+        assert_eq!(count(10, 0.5), 5);
+        // Evenly: never two faulty orders next to each other at 5 %.
+        let hit: Vec<u32> = (0..300).filter(|i| faulty(*i, 0.05)).collect();
+        assert!(hit.windows(2).all(|w| w[1] - w[0] == 20), "{hit:?}");
+    }
 }

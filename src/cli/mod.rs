@@ -84,3 +84,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&settings, args).await,
     }
 }
+
+/// Parses a channel flag: one of the gateways order-closer speaks, or `all` when
+/// `all_too`; the error lists the choices.
+fn parse_channel(text: &str, all_too: bool) -> Result<String, String> {
+    let known: Vec<&str> = order_closer::gateway::rules::channels().collect();
+    if (all_too && text == "all") || known.contains(&text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a gateway: give {}{}",
+            if all_too { "all or one of " } else { "one of " },
+            known.join(", ")
+        ))
+    }
+}

@@ -35,9 +35,10 @@ pub const PUBLISH_WINDOW: usize = 256;
 /// Connections in the concurrent database measurement.
 pub const DB_CONNECTIONS: usize = 16;
 
-/// What a typical request's signing content looks like (about the size the client signs).
+/// Signing content of a typical request's size (a query's parameters, its order number
+/// and a timestamp: about what a gateway client signs).
 const SIGNING_CONTENT: &str = "app_id=2021000000000000&biz_content={\"out_trade_no\":\
-\"B1a2b3c4d-pipeline-12345\"}&charset=utf-8&format=JSON&method=alipay.trade.query&\
+\"B1a2b3c4d-pipeline-12345\"}&charset=utf-8&format=JSON&method=trade.query&\
 sign_type=RSA2&timestamp=2026-11-22 10:00:00&version=1.0";
 
 /// A gateway answer of typical size, for the audit row.
@@ -245,14 +246,19 @@ async fn database(env: &BenchEnv, each: Duration) -> anyhow::Result<(f64, f64)> 
     // Enough NEW orders for both runs at a generous rate; running out ends a run early
     // (its rate is still right).
     let needed = ((each.as_secs_f64() * 30_000.0) as i64).clamp(5_000, 300_000);
+    let currency = order_closer::gateway::rules::for_channel(env.channel)
+        .and_then(|rules| rules.currencies.first().copied())
+        .context("the bench's channel has no currency")?;
     let mut conn = db::conn(&env.pool).await?;
     let rows: Vec<Id> = diesel::sql_query(
         "INSERT INTO orders (out_trade_no, channel, amount_minor, currency, deadline) \
-         SELECT 'CEIL-' || $1 || '-' || g, 'alipay', 8888, 'CNY', now() \
+         SELECT 'CEIL-' || $1 || '-' || g, $3, 8888, $4, now() \
          FROM generate_series(1, $2) AS g RETURNING id",
     )
     .bind::<diesel::sql_types::Text, _>(&env.tag)
     .bind::<diesel::sql_types::BigInt, _>(needed)
+    .bind::<diesel::sql_types::Text, _>(env.channel)
+    .bind::<diesel::sql_types::Text, _>(currency)
     .load(&mut conn)
     .await
     .context("inserting orders for the database ceiling")?;

@@ -47,6 +47,10 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
 
     let raw_pool = pool.clone();
     let prefix = format!("C{}-raw", env.tag);
+    let channel = env.channel;
+    let currency = order_closer::gateway::rules::for_channel(channel)
+        .and_then(|rules| rules.currencies.first().copied())
+        .context("the bench's channel has no currency")?;
     let started = Instant::now();
     fan_out(tasks, count, &hidden, move |i| {
         let pool = raw_pool.clone();
@@ -57,9 +61,9 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
                 &mut conn,
                 &orders::NewOrderRow {
                     out_trade_no: &no,
-                    channel: "alipay",
+                    channel,
                     amount_minor: 100 + (i as i64 % 9_900),
-                    currency: "CNY",
+                    currency,
                     deadline,
                     gateway_ref: None,
                 },
@@ -81,7 +85,7 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
         async move {
             let created = closer
                 .create_order(NewOrder::new(
-                    "alipay",
+                    channel,
                     &no,
                     100 + (i as i64 % 9_900),
                     Due::At(deadline),

@@ -109,6 +109,10 @@ pub struct BenchArgs {
     /// Payments per second in the notification run.
     #[arg(long, default_value_t = 1000.0)]
     notify_rate: f64,
+    /// The gateway the orders go through [default: the first gateway order-closer
+    /// speaks].
+    #[arg(long, value_parser = |t: &str| super::parse_channel(t, false))]
+    channel: Option<String>,
     /// Where the JSON results go (the chart goes next to it as `chart.png`).
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -200,6 +204,8 @@ pub struct Plan {
     pub notify_payments: u32,
     /// Their rate per second.
     pub notify_rate: f64,
+    /// The gateway the orders go through.
+    pub channel: &'static str,
     /// Quick mode.
     pub quick: bool,
     /// Measurements left out.
@@ -271,6 +277,9 @@ impl Plan {
             pending: pick(args.pending, 1_000_000, 20_000),
             notify_payments: pick(args.notify_payments, 20_000, 2_000),
             notify_rate: args.notify_rate,
+            channel: order_closer::gateway::rules::channels()
+                .find(|c| args.channel.as_deref().is_none_or(|one| one == *c))
+                .context("no gateway is compiled in")?,
             quick: args.quick,
             skip: args.skip,
             out: args.out,
@@ -467,6 +476,8 @@ pub struct BenchEnv {
     pub work_dir: PathBuf,
     /// Environment for worker child processes: every variable of the sandbox.
     pub worker_env: Vec<(String, String)>,
+    /// The gateway the orders go through.
+    pub channel: &'static str,
 }
 
 impl std::ops::Deref for BenchEnv {
@@ -500,8 +511,13 @@ impl BenchEnv {
             ("ORDER_CLOSER_OUTBOX_INTERVAL", "100ms"),
             ("ORDER_CLOSER_RETRY_STEPS", "1s,1s,1s"),
             ("ORDER_CLOSER_HTTP_LISTEN", "off"),
-            ("ALIPAY_RATE_LIMIT", "100000"),
         ];
+        // No gateway's rate limit is what is measured.
+        let unlimited: Vec<String> = order_closer::gateway::ALL
+            .iter()
+            .map(|plugin| format!("{}_RATE_LIMIT", plugin.env_prefix))
+            .collect();
+        overrides.extend(unlimited.iter().map(|k| (k.as_str(), "100000")));
         overrides.extend(
             plan.worker_env
                 .iter()
@@ -537,6 +553,7 @@ impl BenchEnv {
                     sim_state,
                     work_dir,
                     worker_env,
+                    channel: plan.channel,
                 })
             }
             Err(e) => {

@@ -51,13 +51,13 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
     for chunk in numbers.chunks(10_000) {
         let new: Vec<NewOrder> = chunk
             .iter()
-            .map(|no| NewOrder::new("alipay", no, 1234, Due::After(Duration::from_secs(3600))))
+            .map(|no| NewOrder::new(env.channel, no, 1234, Due::After(Duration::from_secs(3600))))
             .collect();
         closer.create_orders(&new).await?;
     }
     for no in &numbers {
         env.sim_state
-            .scan(no, 1234)
+            .scan_in(Some(env.channel), no, 1234, None, None)
             .map_err(|e| anyhow::anyhow!("scan {no}: {e}"))?;
     }
 

@@ -104,7 +104,7 @@ pub async fn run(env: &BenchEnv, plan: &Plan, count: usize) -> anyhow::Result<Pe
                     let due = first_deadline
                         + chrono::Duration::milliseconds((i as f64 * step * 1000.0) as i64);
                     NewOrder::new(
-                        "alipay",
+                        env.channel,
                         format!("{prefix}-{i}"),
                         100 + (i as i64 % 9_900),
                         Due::At(due),

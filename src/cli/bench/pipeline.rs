@@ -70,13 +70,14 @@ impl Buyer {
     }
 
     /// Acts at the simulator right after the order is created.
-    pub fn act(self, sim: &SimState, no: &str, amount: i64) -> anyhow::Result<()> {
+    pub fn act(self, sim: &SimState, channel: &str, no: &str, amount: i64) -> anyhow::Result<()> {
         match self {
             Self::Paid => {
-                sim.pay(no, Some(amount))?;
+                sim.scan_in(Some(channel), no, amount, None, None)?;
+                sim.pay(no, None)?;
             }
             Self::Scanned => {
-                sim.scan(no, amount)?;
+                sim.scan_in(Some(channel), no, amount, None, None)?;
             }
             Self::NeverScanned => {}
         }
@@ -255,6 +256,7 @@ pub async fn create_orders(
     let closer = Closer::new(env.pool.clone(), Some(env.publisher.clone()));
     let sim = env.sim_state.clone();
     let prefix = format!("B{}-{label}", env.tag);
+    let channel = env.channel;
     fan_out(CREATE_TASKS, count, bar, move |i| {
         let closer = closer.clone();
         let sim = sim.clone();
@@ -263,10 +265,10 @@ pub async fn create_orders(
             let buyer = Buyer::pick(i, paid_share);
             let amount = 100 + (i as i64 % 9_900);
             let created = closer
-                .create_order(NewOrder::new("alipay", &no, amount, due))
+                .create_order(NewOrder::new(channel, &no, amount, due))
                 .await
                 .with_context(|| format!("creating order {no}"))?;
-            buyer.act(&sim, &no, amount)?;
+            buyer.act(&sim, channel, &no, amount)?;
             Ok(Created {
                 id: created.order.id,
                 buyer,

@@ -111,13 +111,14 @@ pub async fn run(
             let sim = env.sim_state.clone();
             let no = format!("B{}-sustained-{i}", env.tag);
             let paid_share = plan.paid_share;
+            let channel = env.channel;
             tasks.spawn(async move {
                 let buyer = Buyer::pick(i, paid_share);
                 let amount = 100 + (i as i64 % 9_900);
                 let order = closer
-                    .create_order(NewOrder::new("alipay", &no, amount, Due::After(DUE_AFTER)))
+                    .create_order(NewOrder::new(channel, &no, amount, Due::After(DUE_AFTER)))
                     .await?;
-                buyer.act(&sim, &no, amount)?;
+                buyer.act(&sim, channel, &no, amount)?;
                 drop(permit);
                 Ok(Created {
                     id: order.order.id,

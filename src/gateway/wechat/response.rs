@@ -151,7 +151,10 @@ pub fn classify_query(
     {
         return Err(GatewayError::retryable(
             "wrong_order",
-            format!("asked about {asked:?}, the answer is about {:?}", echo(named)),
+            format!(
+                "asked about {asked:?}, the answer is about {:?}",
+                echo(named)
+            ),
         ));
     }
     let (code, message) = error_code(body);
