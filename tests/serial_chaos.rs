@@ -228,8 +228,13 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let dir = std::env::temp_dir().join(format!("oc-chaos-{}", env.tag));
     std::fs::create_dir_all(&dir).unwrap();
     let mut vars = env.binary_env(&dir);
+    // Every gateway answers within a second or counts as a timeout.
+    for plugin in order_closer::gateway::ALL {
+        let name = format!("{}_TIMEOUT", plugin.env_prefix);
+        vars.retain(|(k, _)| *k != name);
+        vars.push((name, "1s".into()));
+    }
     for (k, v) in [
-        ("ALIPAY_TIMEOUT", "1s"),
         ("ORDER_CLOSER_RETRY_STEPS", "1s,2s,3s,5s,8s,10s"), // RETRY_STEPS steps
         ("ORDER_CLOSER_CONCURRENCY", "64"),
         ("ORDER_CLOSER_PREFETCH", "128"),
@@ -281,6 +286,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let first_deadline = Utc::now() + chrono::Duration::seconds(5);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut plans = Vec::with_capacity(total);
+    let channels = env.sim().channels();
     for i in 0..total {
         let offset = Duration::from_millis(rng.random_range(0..=spread.as_millis() as u64));
         let deadline = first_deadline + chrono::Duration::from_std(offset).unwrap();
@@ -293,7 +299,10 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
             _ => Buyer::NeverScans,
         };
         let moment: f64 = rng.random();
+        // The orders alternate over every gateway the simulator speaks.
+        let channel = channels[i % channels.len()];
         plans.push((
+            channel,
             env.no(&format!("chaos{i:05}")),
             rng.random_range(100..50_000i64),
             deadline,
@@ -304,12 +313,18 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     // The operator's path is always walked: a few never-scanned orders get more failed
     // answers than the retry schedule has attempts, so they are parked
     // (`attempts_exhausted`) and must be settled by the requeue at the end.
-    let designated: Vec<String> = plans
+    // On every gateway.
+    let designated: Vec<String> = channels
         .iter()
-        .filter(|p| p.3 == Buyer::NeverScans)
-        .take(PARKED_ON_PURPOSE)
-        .map(|p| p.0.clone())
+        .flat_map(|channel| {
+            plans
+                .iter()
+                .filter(move |p| p.0 == *channel && p.4 == Buyer::NeverScans)
+                .take(PARKED_ON_PURPOSE)
+        })
+        .map(|p| p.1.clone())
         .collect();
+    let parked_on_purpose = designated.len();
     for no in &designated {
         // Far more failures than attempts, whatever redeliveries after a kill consume.
         env.buyers
@@ -325,13 +340,14 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         let plans = plans.clone();
         shops.spawn(async move {
             let mut buyer_tasks = Vec::new();
-            for (no, amount, deadline, buyer, moment) in plans.iter().skip(shop).step_by(8).cloned()
+            for (channel, no, amount, deadline, buyer, moment) in
+                plans.iter().skip(shop).step_by(8).cloned()
             {
                 closer
-                    .create_order(NewOrder::new("alipay", &no, amount, Due::At(deadline)))
+                    .create_order(NewOrder::new(channel, &no, amount, Due::At(deadline)))
                     .await
                     .expect("create order");
-                let buyers = buyers.clone();
+                let buyers = buyers.at(channel);
                 buyer_tasks.push(tokio::spawn(async move {
                     let until =
                         |at: chrono::DateTime<Utc>| (at - Utc::now()).to_std().unwrap_or_default();
@@ -488,17 +504,24 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
 
     let mut violations = Vec::new();
     let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_channel: BTreeMap<&str, usize> = BTreeMap::new();
     let mut paid_closed_without_anomaly = 0;
     for order in &rows {
         *by_status.entry(order.status().as_str()).or_default() += 1;
+        *by_channel.entry(order.channel.as_str()).or_default() += 1;
         let gateway = trades.get(&order.out_trade_no);
-        let agrees = matches!(
-            (order.status(), gateway),
-            (
-                OrderStatus::Closed,
-                None | Some(SimTradeStatus::TradeClosed)
-            ) | (OrderStatus::Paid, Some(SimTradeStatus::TradeSuccess))
-        );
+        // The trade, if any, is at the order's own gateway.
+        let at_its_gateway = views
+            .get(&order.out_trade_no)
+            .is_none_or(|t| t.channel == order.channel);
+        let agrees = at_its_gateway
+            && matches!(
+                (order.status(), gateway),
+                (
+                    OrderStatus::Closed,
+                    None | Some(SimTradeStatus::TradeClosed)
+                ) | (OrderStatus::Paid, Some(SimTradeStatus::TradeSuccess))
+            );
         if order.status() == OrderStatus::Closed
             && gateway == Some(&SimTradeStatus::TradeSuccess)
             && !anomaly_orders.contains(&order.out_trade_no)
@@ -514,9 +537,11 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
                 .unwrap();
             let trade = views.get(&order.out_trade_no);
             violations.push(format!(
-                "{}: local {} gateway {gateway:?}; deadline {}, trade created {:?} paid {:?}; decisions {history:?}\n  worker log trail:\n{}",
+                "{} ({}): local {} gateway {gateway:?} at {:?}; deadline {}, trade created {:?} paid {:?}; decisions {history:?}\n  worker log trail:\n{}",
                 order.out_trade_no,
+                order.channel,
                 order.status(),
+                trade.map(|t| t.channel.as_str()),
                 order.deadline,
                 trade.map(|t| t.created_at),
                 trade.and_then(|t| t.paid_at),
@@ -590,6 +615,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     );
     println!("decided or parked in time    {}", done.is_some());
     println!("orders by status             {by_status:?}");
+    println!("orders by gateway            {by_channel:?}");
     println!(
         "worker starts                {} (2 SIGKILLs), broker restarts 1, backends terminated 1",
         worker.starts
@@ -604,7 +630,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         lateness.last().unwrap_or(&0)
     );
     println!("re-driven by the janitor     {redriven}");
-    println!("parked, then requeued        {parked_before} ({PARKED_ON_PURPOSE} on purpose)");
+    println!("parked, then requeued        {parked_before} ({parked_on_purpose} on purpose)");
     println!("state disagrees with sim     {}", violations.len());
     println!("paid but closed, no anomaly  {paid_closed_without_anomaly}");
     println!("orders decided twice         {double_decisions}");
@@ -637,6 +663,12 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     check(
         done.is_some(),
         format!("not every order was decided or parked within {limit:?}"),
+    );
+    check(
+        channels
+            .iter()
+            .all(|c| by_channel.get(c).copied().unwrap_or(0) > 0),
+        format!("orders by gateway {by_channel:?}: some gateway got none"),
     );
     check(
         rows.len() == total,
@@ -682,7 +714,8 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         format!("{} messages still parked after the requeue", parked.len()),
     );
     check(
-        parked_before >= PARKED_ON_PURPOSE,
+        parked_on_purpose == PARKED_ON_PURPOSE * channels.len()
+            && parked_before >= parked_on_purpose,
         format!("only {parked_before} parked: the operator's path was not walked"),
     );
     std::fs::remove_dir_all(&dir).ok();
