@@ -61,6 +61,30 @@ pub async fn read_capped(
     Ok(body)
 }
 
+/// Sends a download `request` (a bill file) and reads its body, at most `max` bytes: an
+/// answer other than 2xx is a retryable `http_<status>`, a longer body the permanent
+/// `bill_too_large`.
+pub async fn download(
+    request: reqwest::RequestBuilder,
+    max: usize,
+) -> Result<Vec<u8>, GatewayError> {
+    let response = request.send().await.map_err(transport_error)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(GatewayError::retryable(
+            format!("http_{}", status.as_u16()),
+            format!("bill download answered HTTP {status}"),
+        ));
+    }
+    read_capped(response, max, || {
+        GatewayError::permanent(
+            "bill_too_large",
+            format!("bill download exceeds {max} bytes"),
+        )
+    })
+    .await
+}
+
 /// Runs `call` within `timeout`; past it, a retryable `timeout` naming `what`.
 pub async fn within<T>(
     timeout: Duration,

@@ -31,6 +31,7 @@ pub mod buyer;
 mod buyer_api;
 mod faults;
 pub mod gateway;
+mod key_dir;
 pub mod notifier;
 pub(crate) mod shared;
 pub mod state;

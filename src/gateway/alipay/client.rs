@@ -319,26 +319,7 @@ impl AlipayClient {
     }
 
     async fn fetch_bill(&self, url: reqwest::Url) -> Result<Vec<u8>, GatewayError> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(http::transport_error)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(GatewayError::retryable(
-                format!("http_{}", status.as_u16()),
-                format!("bill download answered HTTP {status}"),
-            ));
-        }
-        http::read_capped(response, MAX_BILL_BYTES, || {
-            GatewayError::permanent(
-                "bill_too_large",
-                format!("bill archive exceeds {MAX_BILL_BYTES} bytes"),
-            )
-        })
-        .await
+        http::download(self.http.get(url), MAX_BILL_BYTES).await
     }
 }
 

@@ -110,6 +110,30 @@ impl WechatClient {
         Ok(url)
     }
 
+    /// The `Authorization` header of a request: the merchant's signature over its method,
+    /// path and query, and body.
+    fn authorization(
+        &self,
+        method: &reqwest::Method,
+        url: &reqwest::Url,
+        body: &str,
+    ) -> Result<String, GatewayError> {
+        let path_and_query = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        sign::authorization(
+            &self.config.merchant_key,
+            &self.config.mchid,
+            &self.config.merchant_serial,
+            method.as_str(),
+            &path_and_query,
+            body,
+            Utc::now(),
+        )
+        .map_err(|e| GatewayError::permanent("signing", e.to_string()))
+    }
+
     /// Signs and sends a request, reads the answer (capped) and checks its signature.
     async fn call(
         &self,
@@ -118,20 +142,7 @@ impl WechatClient {
         body: Option<Value>,
     ) -> Result<Answer, GatewayError> {
         let body_text = body.map(|b| b.to_string()).unwrap_or_default();
-        let path_and_query = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
-        let authorization = sign::authorization(
-            &self.config.merchant_key,
-            &self.config.mchid,
-            &self.config.merchant_serial,
-            method.as_str(),
-            &path_and_query,
-            &body_text,
-            Utc::now(),
-        )
-        .map_err(|e| GatewayError::permanent("signing", e.to_string()))?;
+        let authorization = self.authorization(&method, &url, &body_text)?;
         let mut request = self
             .http
             .request(method, url)
@@ -160,13 +171,7 @@ impl WechatClient {
         };
         let (status, headers, bytes) =
             http::within(self.config.timeout, "the answer", exchange).await?;
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let signed = SignedBy {
-            timestamp: header(sign::HEADER_TIMESTAMP),
-            nonce: header(sign::HEADER_NONCE),
-            signature: header(sign::HEADER_SIGNATURE),
-            serial: header(sign::HEADER_SERIAL),
-        };
+        let signed = SignedBy::from_headers(&headers);
         let success = (200..300).contains(&status);
         let verified = match sign::verify(&self.config.keys, signed, &bytes, Utc::now()) {
             Ok(()) => true,
@@ -389,43 +394,12 @@ impl WechatClient {
                 ),
             )
         })?;
-        let path_and_query = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
-        let authorization = sign::authorization(
-            &self.config.merchant_key,
-            &self.config.mchid,
-            &self.config.merchant_serial,
-            "GET",
-            &path_and_query,
-            "",
-            Utc::now(),
-        )
-        .map_err(|e| GatewayError::permanent("signing", e.to_string()))?;
-        let fetch = async {
-            let response = self
-                .http
-                .get(url)
-                .header(reqwest::header::AUTHORIZATION, authorization)
-                .send()
-                .await
-                .map_err(http::transport_error)?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(GatewayError::retryable(
-                    format!("http_{}", status.as_u16()),
-                    format!("bill download answered HTTP {status}"),
-                ));
-            }
-            http::read_capped(response, MAX_BILL_BYTES, || {
-                GatewayError::permanent(
-                    "bill_too_large",
-                    format!("bill download exceeds {MAX_BILL_BYTES} bytes"),
-                )
-            })
-            .await
-        };
+        let authorization = self.authorization(&reqwest::Method::GET, &url, "")?;
+        let request = self
+            .http
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, authorization);
+        let fetch = http::download(request, MAX_BILL_BYTES);
         http::within(self.config.timeout, "the bill download", fetch).await
     }
 }

@@ -86,13 +86,7 @@ fn open(key: &ApiV3Key, envelope: &Value) -> Result<(String, Value), NoticeError
 
 impl NotifyVerifier for WechatNotify {
     fn read(&self, headers: &HeaderMap, body: &[u8]) -> Result<Notice, NoticeError> {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let signed = SignedBy {
-            timestamp: header(sign::HEADER_TIMESTAMP),
-            nonce: header(sign::HEADER_NONCE),
-            signature: header(sign::HEADER_SIGNATURE),
-            serial: header(sign::HEADER_SERIAL),
-        };
+        let signed = SignedBy::from_headers(headers);
         let checked = sign::verify(&self.keys, signed, body, (self.now)());
         if checked == Err(VerifyError::Probe) {
             return Err(NoticeError::Probe);

@@ -240,6 +240,19 @@ pub struct SignedBy<'a> {
     pub serial: Option<&'a str>,
 }
 
+impl<'a> SignedBy<'a> {
+    /// The signature headers of an answer or a notification (absent or not text: `None`).
+    pub fn from_headers(headers: &'a reqwest::header::HeaderMap) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        Self {
+            timestamp: header(HEADER_TIMESTAMP),
+            nonce: header(HEADER_NONCE),
+            signature: header(HEADER_SIGNATURE),
+            serial: header(HEADER_SERIAL),
+        }
+    }
+}
+
 /// Checks an answer or a notification: the headers, the timestamp's distance from `now`,
 /// the key by serial, the signature over the exact body bytes.
 pub fn verify(

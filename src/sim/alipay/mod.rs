@@ -16,6 +16,7 @@ use rand::Rng as _;
 
 use super::SimError;
 use super::gateway::{Forge, Outgoing, SimGateway, SimPlugin};
+use super::key_dir::KeyDir;
 use super::shared::Shared;
 use super::state::SimTradeView;
 use crate::gateway::alipay::CHANNEL;
@@ -87,39 +88,13 @@ impl AlipaySim {
     /// the app's key was made here) and `sim_private.pem`; what is missing is made and
     /// written, and `sim_public.pem` is written for clients.
     pub fn from_dir(dir: &Path) -> Result<Self, SimError> {
-        let file = |name: &str| dir.join(name);
-        let read = |path: &Path| -> Result<String, SimError> {
-            crate::files::read_capped_text(path, crate::files::MAX_KEY_BYTES)
-                .map_err(|e| SimError::Keys(format!("{}: {e}", path.display())))
-        };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SimError::Keys(format!("{}: {e}", dir.display())))?;
-        let (app_public, app_private) = if file("app_public.pem").exists() {
-            let public = RsaPublicKey::parse(&read(&file("app_public.pem"))?).map_err(|e| {
-                SimError::Keys(format!("{}: {e}", file("app_public.pem").display()))
-            })?;
-            let private = file("app_private.pem");
-            (public, private.exists().then_some(private))
-        } else {
-            let app = RsaPrivateKey::generate()?;
-            write_key(&file("app_private.pem"), &app.to_pkcs8_pem())?;
-            write_key(&file("app_public.pem"), &app.public_key().to_spki_pem())?;
-            (app.public_key().clone(), Some(file("app_private.pem")))
-        };
-        let sim_key = if file("sim_private.pem").exists() {
-            RsaPrivateKey::parse(&read(&file("sim_private.pem"))?).map_err(|e| {
-                SimError::Keys(format!("{}: {e}", file("sim_private.pem").display()))
-            })?
-        } else {
-            let key = RsaPrivateKey::generate()?;
-            write_key(&file("sim_private.pem"), &key.to_pkcs8_pem())?;
-            key
-        };
-        write_key(&file("sim_public.pem"), &sim_key.public_key().to_spki_pem())?;
+        let keys = KeyDir::open(dir)?;
+        let (app_public, app_private) = keys.merchant_pair("app_public.pem", "app_private.pem")?;
+        let sim_key = keys.signing_key("sim_private.pem", "sim_public.pem")?;
         let mut sim = Self::new(DEFAULT_APP_ID, app_public, sim_key, None);
         sim.files = Some(KeyFiles {
             app_private,
-            sim_public: file("sim_public.pem"),
+            sim_public: keys.path("sim_public.pem"),
         });
         Ok(sim)
     }
@@ -153,18 +128,6 @@ impl AlipaySim {
         }
         self.other.get()
     }
-}
-
-/// Writes a key file readable by its owner only.
-fn write_key(path: &Path, pem: &str) -> Result<(), SimError> {
-    let fail = |e: std::io::Error| SimError::Keys(format!("{}: {e}", path.display()));
-    std::fs::write(path, pem).map_err(fail)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
-    }
-    Ok(())
 }
 
 impl SimGateway for AlipaySim {

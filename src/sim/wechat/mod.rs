@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use super::SimError;
 use super::gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin};
+use super::key_dir::{self, KeyDir};
 use super::shared::Shared;
 use super::state::{FaultKind, SimTradeStatus, SimTradeView};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
@@ -126,54 +127,17 @@ impl WechatSim {
     /// the merchant's key was made here), `platform_private.pem` and `api_v3_key`; what
     /// is missing is made and written, and `platform_public.pem` is written for clients.
     pub fn from_dir(dir: &Path) -> Result<Self, SimError> {
-        let file = |name: &str| dir.join(name);
-        let fail = |path: &Path, e: &dyn std::fmt::Display| {
-            SimError::Keys(format!("{}: {e}", path.display()))
-        };
-        let read = |path: &Path| {
-            crate::files::read_capped_text(path, crate::files::MAX_KEY_BYTES)
-                .map_err(|e| fail(path, &e))
-        };
-        std::fs::create_dir_all(dir).map_err(|e| fail(dir, &e))?;
-        let (merchant_public, merchant_private) = if file("merchant_public.pem").exists() {
-            let path = file("merchant_public.pem");
-            let key = RsaPublicKey::parse(&read(&path)?).map_err(|e| fail(&path, &e))?;
-            let private = file("merchant_private.pem");
-            (key, private.exists().then_some(private))
-        } else {
-            let key = RsaPrivateKey::generate()?;
-            write_secret(&file("merchant_private.pem"), &key.to_pkcs8_pem())?;
-            write_secret(
-                &file("merchant_public.pem"),
-                &key.public_key().to_spki_pem(),
-            )?;
-            (key.public_key().clone(), Some(file("merchant_private.pem")))
-        };
-        let platform = if file("platform_private.pem").exists() {
-            let path = file("platform_private.pem");
-            RsaPrivateKey::parse(&read(&path)?).map_err(|e| fail(&path, &e))?
-        } else {
-            let key = RsaPrivateKey::generate()?;
-            write_secret(&file("platform_private.pem"), &key.to_pkcs8_pem())?;
-            key
-        };
-        write_secret(
-            &file("platform_public.pem"),
-            &platform.public_key().to_spki_pem(),
-        )?;
-        let api_v3 = if file("api_v3_key").exists() {
-            read(&file("api_v3_key"))?.trim().to_owned()
-        } else {
-            let key = random_api_v3_key();
-            write_secret(&file("api_v3_key"), &key)?;
-            key
-        };
+        let keys = KeyDir::open(dir)?;
+        let (merchant_public, merchant_private) =
+            keys.merchant_pair("merchant_public.pem", "merchant_private.pem")?;
+        let platform = keys.signing_key("platform_private.pem", "platform_public.pem")?;
+        let api_v3 = keys.secret("api_v3_key", random_api_v3_key)?;
         let mut sim = Self::new(DEFAULT_MCH_ID, merchant_public, platform, &api_v3, None)
-            .map_err(|e| fail(&file("api_v3_key"), &e))?;
+            .map_err(|e| key_dir::fail(&keys.path("api_v3_key"), &e))?;
         sim.files = Some(KeyFiles {
             merchant_private,
-            platform_public: file("platform_public.pem"),
-            api_v3_key: file("api_v3_key"),
+            platform_public: keys.path("platform_public.pem"),
+            api_v3_key: keys.path("api_v3_key"),
         });
         Ok(sim)
     }
@@ -247,18 +211,6 @@ impl WechatSim {
 /// A random 32-character APIv3 key.
 fn random_api_v3_key() -> String {
     sign::nonce()
-}
-
-/// Writes a secret file readable by its owner only.
-fn write_secret(path: &Path, text: &str) -> Result<(), SimError> {
-    let fail = |e: std::io::Error| SimError::Keys(format!("{}: {e}", path.display()));
-    std::fs::write(path, text).map_err(fail)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
-    }
-    Ok(())
 }
 
 impl SimGateway for WechatSim {
