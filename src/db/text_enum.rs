@@ -1,5 +1,5 @@
 //! Vocabularies stored as text columns: an enum whose values are written by name, so that
-//! a row can only ever hold a word of the vocabulary. [`text_enum!`] gives one its
+//! a row can only ever hold a word of the vocabulary. [`text_enum!`](crate::text_enum) gives one its
 //! `as_str`, `ALL`, `Display`, `FromStr` and the diesel `Text` mapping (written by name; a
 //! read parses the name).
 

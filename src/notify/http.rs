@@ -1,5 +1,5 @@
 //! `POST /notify/{channel}` as an axum router: the body is capped at
-//! [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES) (413 beyond), and [`serve`] runs it with the
+//! [`super::MAX_BODY_BYTES`] (413 beyond), and [`serve`] runs it with the
 //! public-facing connection limits of [`crate::http_server::Limits::PUBLIC`].
 
 use std::net::SocketAddr;

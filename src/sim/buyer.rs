@@ -3,8 +3,8 @@
 //! per-trade `fail-next` one-shots) and override the next bill download. For tests and
 //! the demo.
 //!
-//! The `*_with_expiry` actions create the trade with Alipay's `time_expire`, as a shop
-//! does in `alipay.trade.precreate`: past it, the QR code can no longer be scanned
+//! The `*_with_expiry` actions create the trade with an expiry (`time_expire`), as a shop
+//! does when it creates the trade at the gateway: past it, the QR code can no longer be scanned
 //! ([`BuyerError::Rejected`] with status 409 and error `trade_expired`) and a trade left
 //! unpaid is closed.
 
@@ -159,8 +159,8 @@ impl BuyerClient {
         .await
     }
 
-    /// The buyer scans a QR code whose trade the shop created with Alipay's
-    /// `time_expire`: at or after it the scan is refused (409, `trade_expired`) and no
+    /// The buyer scans a QR code whose trade the shop created with an
+    /// expiry (`time_expire`): at or after it the scan is refused (409, `trade_expired`) and no
     /// trade exists; before it, the trade waits for payment and closes if still unpaid at
     /// `time_expire`. Scanning an existing trade again returns it as it is (its expiry
     /// unchanged).
@@ -178,8 +178,8 @@ impl BuyerClient {
         .await
     }
 
-    /// The buyer scans a QR code valid until `qr_code_expire` (Alipay's
-    /// `qr_code_timeout_express`): at or after it the scan is refused (409,
+    /// The buyer scans a QR code valid until `qr_code_expire` (a QR-code
+    /// timeout): at or after it the scan is refused (409,
     /// `trade_expired`) and no trade exists; a trade scanned in time stays payable.
     pub async fn scan_before(
         &self,

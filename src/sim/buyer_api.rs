@@ -4,7 +4,7 @@
 //! variables and the counters.
 //!
 //! The buyer actions that may create the trade (`scan`, and `pay` / `pay-on-close` with an
-//! amount) take `{"amount_minor":n,"channel":"alipay","time_expire":"..."}`: `channel`
+//! amount) take `{"amount_minor":n,"channel":"<name>","time_expire":"..."}`: `channel`
 //! (which gateway the trade is at) defaults to the first gateway served, `time_expire`
 //! (RFC 3339, optional) is the absolute expiry passed by the shop. A trade cannot be
 //! created at or after it (409 `trade_expired`), and closes if still unpaid then.
@@ -70,7 +70,7 @@ struct TradeBody {
     amount_minor: Option<i64>,
     /// The gateway the trade is created at (default: the first one served).
     channel: Option<String>,
-    /// Alipay's `time_expire` for a trade created by this call (RFC 3339).
+    /// The expiry (`time_expire`) of a trade created by this call (RFC 3339).
     time_expire: Option<DateTime<Utc>>,
     /// The QR code's validity: no first scan at or after it (RFC 3339).
     qr_code_expire: Option<DateTime<Utc>>,

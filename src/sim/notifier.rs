@@ -35,7 +35,7 @@ pub struct NotifyPlan {
     #[serde(default)]
     pub url: Option<String>,
     /// Multiplies the resend intervals (1 = the gateway's real schedule; 0.001 turns
-    /// Alipay's 4 minutes into 240 ms).
+    /// a 4-minute interval into 240 ms).
     #[serde(default = "one")]
     pub time_factor: f64,
     /// Share of notifications dropped entirely (0 to 1).

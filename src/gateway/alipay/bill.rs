@@ -224,7 +224,7 @@ fn decode_text(bytes: &[u8], file: &str) -> Result<String, BillError> {
 /// exactly as many cells as the header (an unquoted comma in a subject would otherwise
 /// shift the amounts into the wrong columns unnoticed). Cells are trimmed
 /// (text cells carry a trailing TAB); a cell may be double-quoted (`"a,b"`, `""` for a
-/// quote). Amounts are read with [`parse_minor`], times as `yyyy-MM-dd HH:mm:ss` China
+/// quote). Amounts are read with [`parse_minor`](crate::money::parse_minor), times as `yyyy-MM-dd HH:mm:ss` China
 /// time (an empty time is `None`), `业务类型` must be `交易` or `退款`, and `支付宝交易号`
 /// must not be empty.
 pub fn parse_detail(text: &str, file: &str) -> Result<Vec<BillRow>, BillError> {

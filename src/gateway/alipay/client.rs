@@ -288,7 +288,7 @@ impl AlipayClient {
     /// Downloads a bill archive from a URL given by [`AlipayClient::bill_download_url`]:
     /// a plain GET (no signature), within the client's timeout, reading at most
     /// [`MAX_BILL_BYTES`]. Returns the raw bytes (a zip; read it with
-    /// [`crate::bill::parse_zip`]).
+    /// [`parse_zip`](super::bill::parse_zip)).
     ///
     /// Errors: a URL that is not absolute http(s) is permanent `invalid_url`; a non-2xx
     /// status (an expired URL, for one) is retryable `http_<status>` (ask for a new URL);

@@ -1,0 +1,634 @@
+//! The simulator's trade store, shared by every gateway it speaks: trades by
+//! `out_trade_no` (each at one gateway, numbered by it), what buyers do to them (scan,
+//! pay, refund, lose the notifications), request counters, and the current fault plan and
+//! per-trade one-shots (their types are in `faults.rs`). Shared by cheap-clone handles
+//! ([`SimState`]). What a gateway request does is in `gateway_side.rs`, the daily bill and
+//! its download tokens in `bill.rs`.
+//!
+//! A trade may carry an expiry (`time_expire`, [`SimState::scan_with_expiry`]): it cannot
+//! be scanned at or after that moment, and a trade still waiting for payment then is
+//! closed as the gateway's expiry job would close it (`closed_at` is the expiry moment).
+//! The expiry is applied lazily, whenever a trade is read or changed, so every view of the
+//! trade sees it closed from the expiry moment on.
+//!
+//! A paid trade can be refunded, in parts ([`SimState::refund`]); once fully refunded it
+//! reads `TRADE_CLOSED`.
+
+mod bill;
+mod gateway_side;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use self::bill::BillToken;
+pub(crate) use self::bill::{BillFetch, china_date};
+pub use self::bill::{DEFAULT_BILL_URL_TTL, SIM_BILL_ACCOUNT};
+pub use self::gateway_side::{CloseOutcome, RefundOutcome};
+pub use super::faults::{
+    DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind, FaultPlan, FaultPlanError,
+    MAX_FAULT_MS, UnknownFaultKind,
+};
+use super::gateway::{SimGateway, SimMethod};
+
+/// A simulated trade's status, in the simulator's own words; each gateway's protocol
+/// says it in its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SimTradeStatus {
+    /// Scanned, waiting for the buyer to pay.
+    WaitBuyerPay,
+    /// Paid.
+    TradeSuccess,
+    /// Closed unpaid, or fully refunded.
+    TradeClosed,
+}
+
+impl SimTradeStatus {
+    /// The simulator's name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WaitBuyerPay => "WAIT_BUYER_PAY",
+            Self::TradeSuccess => "TRADE_SUCCESS",
+            Self::TradeClosed => "TRADE_CLOSED",
+        }
+    }
+}
+
+/// One simulated trade, as stored and as the buyer API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimTradeView {
+    /// The gateway the trade is at (its channel name).
+    #[serde(default)]
+    pub channel: String,
+    /// The merchant's order number.
+    pub out_trade_no: String,
+    /// The gateway's trade number, as that gateway writes them.
+    pub trade_no: String,
+    /// Amount in minor units (fen).
+    pub amount_minor: i64,
+    /// Current status.
+    pub status: SimTradeStatus,
+    /// When the buyer scanned (the trade came into existence).
+    pub created_at: DateTime<Utc>,
+    /// When the buyer paid.
+    pub paid_at: Option<DateTime<Utc>>,
+    /// When the trade was closed (by a close request, its `time_expire` when it expired
+    /// unpaid, or its last refund when fully refunded).
+    pub closed_at: Option<DateTime<Utc>>,
+    /// Armed race: the next close request finds the buyer paying first.
+    pub pay_on_close: bool,
+    /// The trade's expiry (`time_expire`), as the shop passed it when the trade was created: unpaid
+    /// at this moment, the trade is closed. `None`: it never expires.
+    #[serde(default)]
+    pub time_expire: Option<DateTime<Utc>>,
+    /// Refunds of the paid trade, oldest first.
+    #[serde(default)]
+    pub refunds: Vec<SimRefund>,
+    /// The buyer's payment notification never arrives ("callback lost").
+    #[serde(default)]
+    pub notification_lost: bool,
+}
+
+impl SimTradeView {
+    /// What is left to refund: the amount minus every refund so far.
+    pub fn refundable_minor(&self) -> i64 {
+        self.refunds.iter().fold(self.amount_minor, |left, r| {
+            left.saturating_sub(r.amount_minor)
+        })
+    }
+}
+
+/// One refund of a simulated trade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimRefund {
+    /// The refund batch number as the bill shows it: `RF{trade_no}{k}`, `k` counting the
+    /// trade's refunds from 1.
+    pub refund_no: String,
+    /// Refunded amount, in minor units (positive).
+    pub amount_minor: i64,
+    /// When the refund happened.
+    pub refunded_at: DateTime<Utc>,
+    /// The merchant's `out_request_no` (refunds through the gateway's refund request); a second
+    /// request with the same one answers this refund again and moves no money.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_request_no: Option<String>,
+}
+
+/// Request counters, readable at any time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStats {
+    /// Every gateway request (any gateway's wire protocol).
+    pub gateway_requests: u64,
+    /// Query requests that passed authentication (faulted or not).
+    pub queries: u64,
+    /// Close requests that passed authentication (faulted or not).
+    pub closes: u64,
+    /// Bill requests (the download URL, or the bill itself where a gateway answers it at
+    /// once) that passed authentication (faulted or not).
+    #[serde(default)]
+    pub bill_url_requests: u64,
+    /// Bill archives served (including overrides), by `GET /sim/bills/...`.
+    #[serde(default)]
+    pub bill_downloads: u64,
+    /// Refund requests that passed authentication (faulted or not).
+    #[serde(default)]
+    pub refund_requests: u64,
+    /// Requests refused because their signature did not verify.
+    pub signature_failures: u64,
+    /// Requests refused for any other reason (missing or bad parameters, wrong app id...).
+    pub rejected_requests: u64,
+    /// Injected faults by kind name (`busy_20000`, `timeout`...), from the plan and from
+    /// `fail-next` one-shots.
+    pub faults_injected: BTreeMap<String, u64>,
+}
+
+/// Why a buyer action was refused.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum BuyerOpError {
+    /// No trade with that number (and no amount to create one).
+    #[error("trade {0:?} does not exist")]
+    NotFound(String),
+    /// The trade is not in a state that allows the action.
+    #[error("{0}")]
+    Conflict(String),
+    /// The scan came at or after the `time_expire` given for the trade: the QR code has
+    /// expired and no trade was created.
+    #[error("{0}")]
+    Expired(String),
+    /// The request is malformed (for example a non-positive amount).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The simulator holds [`MAX_TRADES`] trades already (its memory is bounded).
+    #[error("the simulator holds {0} trades, its limit; start a new one")]
+    Full(usize),
+}
+
+/// Most trades one simulator keeps (in memory, for the life of the process): more than
+/// the benchmark's runs create, and a bound on its memory (about 330 bytes a trade, so
+/// about 330 MB at the limit).
+pub const MAX_TRADES: usize = 1_000_000;
+
+#[derive(Debug)]
+struct Inner {
+    trades: HashMap<String, SimTradeView>,
+    stats: SimStats,
+    faults: FaultPlan,
+    /// Pending one-shots by `out_trade_no`.
+    fail_next: HashMap<String, FailNext>,
+    /// Draws faults and jitter; reseeded when a plan with a `seed` is set.
+    rng: StdRng,
+    next_seq: u64,
+    /// Issued bill download URLs by token.
+    bill_tokens: HashMap<String, BillToken>,
+    /// How long a bill URL is valid.
+    bill_ttl: Duration,
+    /// Served by the next bill download instead of the bill.
+    bill_override: Option<Vec<u8>>,
+    /// Most trades kept ([`MAX_TRADES`] unless lowered).
+    max_trades: usize,
+    /// Where paid and fully refunded trades are announced (the notifier).
+    notices: Option<tokio::sync::mpsc::UnboundedSender<SimTradeView>>,
+    /// The gateways spoken, the first being the buyer API's default.
+    gateways: Vec<Arc<dyn SimGateway>>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            trades: HashMap::new(),
+            stats: SimStats::default(),
+            faults: FaultPlan::default(),
+            fail_next: HashMap::new(),
+            rng: StdRng::from_rng(&mut rand::rng()),
+            next_seq: 0,
+            bill_tokens: HashMap::new(),
+            bill_ttl: DEFAULT_BILL_URL_TTL,
+            bill_override: None,
+            max_trades: MAX_TRADES,
+            notices: None,
+            gateways: Vec::new(),
+        }
+    }
+}
+
+impl Inner {
+    /// Hands a trade that just became paid or fully refunded to the notifier.
+    fn announce(&self, trade: &SimTradeView) {
+        if let Some(tx) = &self.notices {
+            // The notifier is gone only when the simulator stops.
+            let _ = tx.send(trade.clone());
+        }
+    }
+
+    /// The trade named by `out_trade_no` (or else by `trade_no`), at `channel`'s gateway
+    /// when one is given, with its expiry applied if it is due.
+    fn current(
+        &mut self,
+        channel: Option<&str>,
+        out_trade_no: Option<&str>,
+        trade_no: Option<&str>,
+    ) -> Option<&mut SimTradeView> {
+        let trade = match (out_trade_no, trade_no) {
+            (Some(no), _) => self.trades.get_mut(no),
+            (None, Some(tn)) => self.trades.values_mut().find(|t| t.trade_no == tn),
+            (None, None) => None,
+        }
+        .filter(|t| channel.is_none_or(|c| t.channel == c))?;
+        expire_if_due(trade, Utc::now());
+        Some(trade)
+    }
+
+    /// The plan's latency (with jitter) for a request to `method`.
+    fn latency(&mut self, method: Option<SimMethod>) -> Duration {
+        if !self.faults.applies_to(method) {
+            return Duration::ZERO;
+        }
+        let jitter = match self.faults.latency_jitter_ms {
+            Some(j) if j > 0 => self.rng.random_range(0..=j),
+            _ => 0,
+        };
+        Duration::from_millis(self.faults.latency_ms.saturating_add(jitter))
+    }
+}
+
+/// A cheap-clone handle on the simulator's trades, counters and fault plan.
+#[derive(Debug, Clone, Default)]
+pub struct SimState {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl SimState {
+    /// An empty state, speaking no gateway (trades get plain numbers).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty state for these gateways; the first is where the buyer API's trades go
+    /// when they name none.
+    pub fn for_gateways(gateways: Vec<Arc<dyn SimGateway>>) -> Self {
+        let state = Self::default();
+        state.lock().gateways = gateways;
+        state
+    }
+
+    /// The channels spoken, the default first.
+    pub fn channels(&self) -> Vec<&'static str> {
+        self.lock().gateways.iter().map(|g| g.channel()).collect()
+    }
+
+    /// From now on, every trade that becomes paid or fully refunded is sent here (the
+    /// notifier's queue; one per payment, so bounded by the trades).
+    pub(crate) fn subscribe_notices(&self) -> tokio::sync::mpsc::UnboundedReceiver<SimTradeView> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().notices = Some(tx);
+        rx
+    }
+
+    /// Lowers the number of trades kept (a scan beyond it is refused).
+    pub fn limit_trades(&self, max: usize) {
+        self.lock().max_trades = max.min(MAX_TRADES);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a trade half-written (every update
+        // is a single assignment), so a poisoned lock is safe to keep using.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The buyer scans the QR code: the trade comes into existence, waiting for payment,
+    /// and never expires. Idempotent for the same amount; a different amount is a
+    /// conflict.
+    pub fn scan(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.scan_with_expiry(out_trade_no, amount_minor, None)
+    }
+
+    /// The buyer scans a QR code whose trade the shop created with an expiry
+    /// (`time_expire`) (`None`: no expiry, as [`SimState::scan`]). At or after
+    /// `time_expire` the scan is refused with [`BuyerOpError::Expired`] and no trade is
+    /// created. Scanning an existing trade again is idempotent for the same amount (a
+    /// different amount is a conflict): it returns the trade as it is now (closed if it
+    /// expired unpaid) and keeps its original expiry, whatever `time_expire` says.
+    pub fn scan_with_expiry(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: Option<DateTime<Utc>>,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.scan_with_terms(out_trade_no, amount_minor, time_expire, None)
+    }
+
+    /// [`SimState::scan_with_expiry`] plus the QR code's own validity (a
+    /// QR-code timeout): a first scan at or after `qr_code_expire` is refused
+    /// with [`BuyerOpError::Expired`], but a trade scanned in time stays payable (until
+    /// its `time_expire`, if any). Checked under the same lock that creates the trade, so
+    /// that a query at or after `qr_code_expire` sees every trade that will ever exist.
+    pub fn scan_with_terms(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: Option<DateTime<Utc>>,
+        qr_code_expire: Option<DateTime<Utc>>,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.scan_in(
+            None,
+            out_trade_no,
+            amount_minor,
+            time_expire,
+            qr_code_expire,
+        )
+    }
+
+    /// [`SimState::scan_with_terms`] at `channel`'s gateway (`None`: the default one). A
+    /// trade that exists already at another gateway is a conflict.
+    pub fn scan_in(
+        &self,
+        channel: Option<&str>,
+        out_trade_no: &str,
+        amount_minor: i64,
+        time_expire: Option<DateTime<Utc>>,
+        qr_code_expire: Option<DateTime<Utc>>,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        if out_trade_no.is_empty() {
+            return Err(BuyerOpError::BadRequest("out_trade_no is empty".into()));
+        }
+        if amount_minor <= 0 {
+            return Err(BuyerOpError::BadRequest(format!(
+                "amount_minor must be positive, got {amount_minor}"
+            )));
+        }
+        let mut inner = self.lock();
+        let gateway = match channel {
+            None => inner.gateways.first().cloned(),
+            Some(c) => match inner.gateways.iter().find(|g| g.channel() == c) {
+                Some(g) => Some(Arc::clone(g)),
+                None => {
+                    let known: Vec<&str> = inner.gateways.iter().map(|g| g.channel()).collect();
+                    return Err(BuyerOpError::BadRequest(format!(
+                        "channel {c:?} is not simulated here (channels: {})",
+                        known.join(", ")
+                    )));
+                }
+            },
+        };
+        let channel = gateway.as_ref().map_or("", |g| g.channel());
+        if let Some(existing) = inner.current(None, Some(out_trade_no), None) {
+            if existing.channel != channel {
+                return Err(BuyerOpError::Conflict(format!(
+                    "trade {out_trade_no:?} exists at {}",
+                    existing.channel
+                )));
+            }
+            if existing.amount_minor != amount_minor {
+                return Err(BuyerOpError::Conflict(format!(
+                    "trade {out_trade_no:?} exists with amount_minor {}",
+                    existing.amount_minor
+                )));
+            }
+            return Ok(existing.clone());
+        }
+        let now = Utc::now();
+        if let Some(expire) = qr_code_expire
+            && now >= expire
+        {
+            return Err(BuyerOpError::Expired(format!(
+                "the QR code for {out_trade_no:?} expired at {}: it can no longer be scanned",
+                expire.to_rfc3339()
+            )));
+        }
+        if let Some(expire) = time_expire
+            && now >= expire
+        {
+            return Err(BuyerOpError::Expired(format!(
+                "trade {out_trade_no:?} expired at {} (time_expire): the QR code can no \
+                 longer be scanned",
+                expire.to_rfc3339()
+            )));
+        }
+        if inner.trades.len() >= inner.max_trades {
+            return Err(BuyerOpError::Full(inner.max_trades));
+        }
+        inner.next_seq += 1;
+        let trade_no = match &gateway {
+            Some(g) => g.trade_no(now, inner.next_seq),
+            None => format!("{:028}", inner.next_seq),
+        };
+        let trade = SimTradeView {
+            channel: channel.to_owned(),
+            out_trade_no: out_trade_no.to_owned(),
+            trade_no,
+            amount_minor,
+            status: SimTradeStatus::WaitBuyerPay,
+            created_at: now,
+            paid_at: None,
+            closed_at: None,
+            pay_on_close: false,
+            time_expire,
+            refunds: Vec::new(),
+            notification_lost: false,
+        };
+        inner.trades.insert(out_trade_no.to_owned(), trade.clone());
+        Ok(trade)
+    }
+
+    /// Runs `f` on a trade, scanning it first when `scan_amount` is given and it does
+    /// not exist yet.
+    fn with_trade(
+        &self,
+        out_trade_no: &str,
+        scan_amount: Option<i64>,
+        f: impl FnOnce(&mut SimTradeView) -> Result<(), BuyerOpError>,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        if let Some(amount) = scan_amount {
+            self.scan(out_trade_no, amount)?;
+        }
+        let mut inner = self.lock();
+        let trade = inner
+            .current(None, Some(out_trade_no), None)
+            .ok_or_else(|| BuyerOpError::NotFound(out_trade_no.to_owned()))?;
+        let before = trade.status;
+        f(trade)?;
+        let after = trade.clone();
+        if after.status != before && after.status != SimTradeStatus::WaitBuyerPay {
+            inner.announce(&after);
+        }
+        Ok(after)
+    }
+
+    /// The buyer pays a waiting trade. With `scan_amount`, a trade never scanned is
+    /// scanned first (without expiry). A trade that expired unpaid is closed, and paying
+    /// it is refused like paying any closed trade.
+    pub fn pay(
+        &self,
+        out_trade_no: &str,
+        scan_amount: Option<i64>,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.with_trade(out_trade_no, scan_amount, |trade| {
+            if trade.status != SimTradeStatus::WaitBuyerPay {
+                return Err(BuyerOpError::Conflict(format!(
+                    "trade {:?} is {}, not WAIT_BUYER_PAY",
+                    trade.out_trade_no,
+                    trade.status.as_str()
+                )));
+            }
+            mark_paid(trade);
+            Ok(())
+        })
+    }
+
+    /// The notifications of this trade will be lost (the "callback lost" buyer).
+    pub fn lose_notifications(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerOpError> {
+        self.with_trade(out_trade_no, None, |trade| {
+            trade.notification_lost = true;
+            Ok(())
+        })
+    }
+
+    /// Arms the race: when a close request arrives for this waiting trade, the buyer
+    /// pays first and the close is refused. With `scan_amount`, a trade never scanned is
+    /// scanned first.
+    pub fn arm_pay_on_close(
+        &self,
+        out_trade_no: &str,
+        scan_amount: Option<i64>,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.with_trade(out_trade_no, scan_amount, |trade| {
+            if trade.status != SimTradeStatus::WaitBuyerPay {
+                return Err(BuyerOpError::Conflict(format!(
+                    "trade {:?} is {}, not WAIT_BUYER_PAY",
+                    trade.out_trade_no,
+                    trade.status.as_str()
+                )));
+            }
+            trade.pay_on_close = true;
+            Ok(())
+        })
+    }
+
+    /// Refunds `amount_minor` of a paid trade (`TRADE_SUCCESS`), now, with refund number
+    /// `RF{trade_no}{k}`. Refunding more than is left is a conflict, as is refunding a
+    /// trade that is not paid (or already fully refunded); a non-positive amount is a bad
+    /// request. The refund that leaves nothing makes the trade `TRADE_CLOSED` (gateways
+    /// report fully refunded trades as closed).
+    pub fn refund(
+        &self,
+        out_trade_no: &str,
+        amount_minor: i64,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        if amount_minor <= 0 {
+            return Err(BuyerOpError::BadRequest(format!(
+                "amount_minor must be positive, got {amount_minor}"
+            )));
+        }
+        self.with_trade(out_trade_no, None, |trade| {
+            add_refund(trade, amount_minor, None).map_err(|e| match e {
+                RefundRefusal::Status => BuyerOpError::Conflict(format!(
+                    "trade {:?} is {}, not TRADE_SUCCESS: nothing to refund",
+                    trade.out_trade_no,
+                    trade.status.as_str()
+                )),
+                RefundRefusal::Amount => BuyerOpError::Conflict(format!(
+                    "trade {:?} has {} left to refund, not {amount_minor}",
+                    trade.out_trade_no,
+                    trade.refundable_minor()
+                )),
+            })
+        })
+    }
+
+    /// One trade, if it exists (closed if it expired unpaid).
+    pub fn trade(&self, out_trade_no: &str) -> Option<SimTradeView> {
+        self.lock().current(None, Some(out_trade_no), None).cloned()
+    }
+
+    /// All trades, ordered by creation time (those that expired unpaid closed).
+    pub fn trades(&self) -> Vec<SimTradeView> {
+        let now = Utc::now();
+        let mut inner = self.lock();
+        let mut all: Vec<SimTradeView> = inner
+            .trades
+            .values_mut()
+            .map(|t| {
+                expire_if_due(t, now);
+                t.clone()
+            })
+            .collect();
+        all.sort_by_key(|t| t.created_at);
+        all
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats.clone()
+    }
+}
+
+/// The gateway's expiry job, applied lazily: a trade still waiting for payment at its
+/// `time_expire` is closed as of that moment (and an armed race is dropped with it).
+fn expire_if_due(trade: &mut SimTradeView, now: DateTime<Utc>) {
+    if trade.status == SimTradeStatus::WaitBuyerPay
+        && let Some(expire) = trade.time_expire
+        && now >= expire
+    {
+        trade.status = SimTradeStatus::TradeClosed;
+        trade.closed_at = Some(expire);
+        trade.pay_on_close = false;
+    }
+}
+
+/// Why a refund cannot be made.
+enum RefundRefusal {
+    /// The trade is not paid (or is fully refunded already).
+    Status,
+    /// Not positive, or more than is left.
+    Amount,
+}
+
+/// Adds a refund of `amount_minor` to a paid trade, with refund number `RF{trade_no}{k}`;
+/// the refund that leaves nothing closes the trade.
+fn add_refund(
+    trade: &mut SimTradeView,
+    amount_minor: i64,
+    out_request_no: Option<&str>,
+) -> Result<(), RefundRefusal> {
+    if trade.status != SimTradeStatus::TradeSuccess {
+        return Err(RefundRefusal::Status);
+    }
+    let left = trade.refundable_minor();
+    if amount_minor <= 0 || amount_minor > left {
+        return Err(RefundRefusal::Amount);
+    }
+    let now = Utc::now();
+    let k = trade.refunds.len() + 1;
+    trade.refunds.push(SimRefund {
+        refund_no: format!("RF{}{k}", trade.trade_no),
+        amount_minor,
+        refunded_at: now,
+        out_request_no: out_request_no.map(str::to_owned),
+    });
+    if amount_minor == left {
+        trade.status = SimTradeStatus::TradeClosed;
+        trade.closed_at = Some(now);
+    }
+    Ok(())
+}
+
+fn mark_paid(trade: &mut SimTradeView) {
+    trade.status = SimTradeStatus::TradeSuccess;
+    trade.paid_at = Some(Utc::now());
+    trade.pay_on_close = false;
+}
