@@ -1,9 +1,12 @@
 //! Alipay in the simulator: its keys (the app's public key to check requests, the
-//! simulator's key to sign answers and notifications), its wire protocol (`server.rs`),
-//! its notifications (`notify.rs`) and its bill files (`bill.rs`).
+//! simulator's key to sign answers and notifications), its wire protocol (`server.rs`;
+//! requests read in `request.rs`, answered in `answers.rs`), its notifications
+//! (`notify.rs`) and its bill files (`bill.rs`).
 
+mod answers;
 pub mod bill;
 pub mod notify;
+mod request;
 mod server;
 
 use std::path::{Path, PathBuf};
