@@ -776,9 +776,15 @@ async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
         let waiting = env.buyers.at(channel).scan(&no, 600).await.unwrap();
         orders.push((channel, no, order, waiting));
     }
+    // Every order closed first: the gateway's query counter is shared by the channels,
+    // and a deadline decision still running at another gateway would count its queries.
+    let mut closed_orders = Vec::new();
     for (channel, no, order, waiting) in orders {
         let closed = env.settled(&no, Duration::from_secs(20)).await;
         assert_eq!(closed.status(), OrderStatus::Closed, "{channel}");
+        closed_orders.push((channel, no, order, waiting, closed));
+    }
+    for (channel, no, order, waiting, closed) in closed_orders {
         // A correctly signed "paid" from three days ago (as if captured then): too old to
         // be believed, so only a hint. The gateway, asked, says the trade is closed: the
         // order stays CLOSED, no anomaly, and the reply stops the resends.
