@@ -32,14 +32,32 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::notifier::{NotifyPlan, SimNotifier};
 use super::shared::{Shared, json_error};
 use super::state::{BuyerOpError, FaultKind, FaultPlan, SimState, SimTradeView};
 
 /// Largest bill override body (`PUT /sim/bill-override`).
 const MAX_OVERRIDE_BYTES: usize = 16 * 1024 * 1024;
 
+/// What the buyer API's handlers share: what every gateway's handlers share, plus the
+/// notifier (its plan and counters) and the variables that configure a client.
+#[derive(Clone)]
+pub(crate) struct Desk {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) notifier: Arc<SimNotifier>,
+    pub(crate) client_vars: Arc<Vec<(String, String)>>,
+}
+
+impl std::ops::Deref for Desk {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 /// The `/sim/` routes.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
+pub(crate) fn routes() -> Router<Desk> {
     Router::new()
         .route("/sim/trades", get(list_trades))
         .route("/sim/trades/{no}", get(get_trade))
@@ -133,7 +151,7 @@ fn view_or_error(result: Result<SimTradeView, BuyerOpError>) -> Response {
     }
 }
 
-async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: Bytes) -> Response {
+async fn scan(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
     match trade_body(&body) {
         Ok(TradeBody {
             amount_minor: Some(amount),
@@ -155,7 +173,7 @@ async fn scan(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: B
     }
 }
 
-async fn pay(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: Bytes) -> Response {
+async fn pay(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
     let paid = trade_body(&body).and_then(|b| {
         scan_first(&shared.state, &no, &b)?;
         if b.lose_notification {
@@ -166,11 +184,7 @@ async fn pay(State(shared): State<Arc<Shared>>, Path(no): Path<String>, body: By
     view_or_error(paid)
 }
 
-async fn pay_on_close(
-    State(shared): State<Arc<Shared>>,
-    Path(no): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn pay_on_close(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
     let armed = trade_body(&body).and_then(|b| {
         scan_first(&shared.state, &no, &b)?;
         if b.lose_notification {
@@ -188,11 +202,7 @@ struct RefundBody {
     amount_minor: i64,
 }
 
-async fn refund(
-    State(shared): State<Arc<Shared>>,
-    Path(no): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn refund(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
     match serde_json::from_slice::<RefundBody>(&body) {
         Ok(b) => view_or_error(shared.state.refund(&no, b.amount_minor)),
         Err(e) => op_error(BuyerOpError::BadRequest(format!(
@@ -201,14 +211,14 @@ async fn refund(
     }
 }
 
-async fn put_bill_override(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn put_bill_override(State(shared): State<Desk>, body: Bytes) -> Response {
     let len = body.len();
     shared.state.set_bill_override(Some(body.to_vec()));
     tracing::info!(bytes = len, "simulator bill override set");
     axum::Json(json!({ "bytes": len })).into_response()
 }
 
-async fn delete_bill_override(State(shared): State<Arc<Shared>>) -> Response {
+async fn delete_bill_override(State(shared): State<Desk>) -> Response {
     shared.state.set_bill_override(None);
     axum::Json(json!({ "bytes": 0 })).into_response()
 }
@@ -226,11 +236,7 @@ fn one() -> u32 {
     1
 }
 
-async fn fail_next(
-    State(shared): State<Arc<Shared>>,
-    Path(no): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn fail_next(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
     match serde_json::from_slice::<FailNextBody>(&body) {
         Ok(b) => match shared.state.fail_next(&no, b.kind, b.count) {
             Ok(pending) => axum::Json(pending).into_response(),
@@ -242,11 +248,11 @@ async fn fail_next(
     }
 }
 
-async fn get_faults(State(shared): State<Arc<Shared>>) -> Response {
+async fn get_faults(State(shared): State<Desk>) -> Response {
     axum::Json(shared.state.faults()).into_response()
 }
 
-async fn put_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn put_faults(State(shared): State<Desk>, body: Bytes) -> Response {
     let installed = FaultPlan::from_json(&body).and_then(|plan| {
         shared.state.set_faults(plan.clone())?;
         Ok(plan)
@@ -266,24 +272,24 @@ async fn put_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     }
 }
 
-async fn delete_faults(State(shared): State<Arc<Shared>>) -> Response {
+async fn delete_faults(State(shared): State<Desk>) -> Response {
     shared.state.clear_faults();
     tracing::info!("simulator fault plan cleared");
     axum::Json(shared.state.faults()).into_response()
 }
 
-async fn get_trade(State(shared): State<Arc<Shared>>, Path(no): Path<String>) -> Response {
+async fn get_trade(State(shared): State<Desk>, Path(no): Path<String>) -> Response {
     match shared.state.trade(&no) {
         Some(view) => axum::Json(view).into_response(),
         None => op_error(BuyerOpError::NotFound(no)),
     }
 }
 
-async fn list_trades(State(shared): State<Arc<Shared>>) -> Response {
+async fn list_trades(State(shared): State<Desk>) -> Response {
     axum::Json(shared.state.trades()).into_response()
 }
 
-async fn get_notify(State(shared): State<Arc<Shared>>) -> Response {
+async fn get_notify(State(shared): State<Desk>) -> Response {
     axum::Json(json!({
         "plan": shared.notifier.plan(),
         "stats": shared.notifier.stats(),
@@ -291,8 +297,8 @@ async fn get_notify(State(shared): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
-async fn put_notify(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let installed = serde_json::from_slice::<super::notifier::NotifyPlan>(&body)
+async fn put_notify(State(shared): State<Desk>, body: Bytes) -> Response {
+    let installed = serde_json::from_slice::<NotifyPlan>(&body)
         .map_err(|e| e.to_string())
         .and_then(|plan| shared.notifier.set_plan(plan.clone()).map(|()| plan));
     match installed {
@@ -308,11 +314,11 @@ async fn put_notify(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     }
 }
 
-async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+async fn stats(State(shared): State<Desk>) -> Response {
     axum::Json(shared.state.stats()).into_response()
 }
 
-async fn client_vars(State(shared): State<Arc<Shared>>) -> Response {
+async fn client_vars(State(shared): State<Desk>) -> Response {
     let vars: std::collections::BTreeMap<String, String> =
         shared.client_vars.iter().cloned().collect();
     axum::Json(vars).into_response()

@@ -10,8 +10,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::gateway::SimMethod;
-
 /// How long a `timeout` fault holds a request when [`FaultPlan::timeout_ms`] is not set.
 pub const DEFAULT_TIMEOUT_HOLD: Duration = Duration::from_secs(30);
 
@@ -425,6 +423,41 @@ impl FaultDecision {
         fault: None,
         hold: DEFAULT_TIMEOUT_HOLD,
     };
+}
+
+/// A gateway call, as the fault plan and the counters name it, whatever the gateway
+/// calls it on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimMethod {
+    /// The trade query.
+    Query,
+    /// The trade close.
+    Close,
+    /// A refund.
+    Refund,
+    /// The request for a day's bill.
+    Bill,
+}
+
+impl SimMethod {
+    /// Every method.
+    pub const ALL: [Self; 4] = [Self::Query, Self::Close, Self::Refund, Self::Bill];
+
+    /// The name in a fault plan's `methods`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Close => "close",
+            Self::Refund => "refund",
+            Self::Bill => "bill",
+        }
+    }
+
+    /// The method of this name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
 }
 
 #[cfg(test)]

@@ -4,53 +4,18 @@
 //! the notifier's scheduling) is shared by every gateway; each gateway is a folder under
 //! `src/sim/` implementing [`SimGateway`], listed in [`super::GATEWAYS`].
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::SimError;
+pub use super::faults::SimMethod;
 use super::shared::Shared;
-use super::state::{FaultKind, SimTradeView};
-
-/// A gateway call, as the fault plan and the counters name it, whatever the gateway
-/// calls it on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SimMethod {
-    /// The trade query.
-    Query,
-    /// The trade close.
-    Close,
-    /// A refund.
-    Refund,
-    /// The request for a day's bill.
-    Bill,
-}
-
-impl SimMethod {
-    /// Every method.
-    pub const ALL: [Self; 4] = [Self::Query, Self::Close, Self::Refund, Self::Bill];
-
-    /// The name in a fault plan's `methods`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Query => "query",
-            Self::Close => "close",
-            Self::Refund => "refund",
-            Self::Bill => "bill",
-        }
-    }
-
-    /// The method of this name.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.as_str() == name)
-    }
-}
+use super::state::SimTradeView;
+pub use super::state::TradeRules;
 
 /// How a notification is made: as the gateway sends it, or wrong on purpose (a test's
 /// forgeries and replays).
@@ -94,10 +59,9 @@ pub struct Outgoing {
     pub body: String,
 }
 
-/// One gateway's protocol in the simulator.
-pub trait SimGateway: Send + Sync + fmt::Debug {
-    /// Its channel name.
-    fn channel(&self) -> &'static str;
+/// One gateway's protocol in the simulator (what the trade store needs of it is its
+/// [`TradeRules`]).
+pub trait SimGateway: TradeRules {
     /// The routes of its wire protocol (served beside the shared `/sim/` API).
     fn routes(self: Arc<Self>, shared: Arc<Shared>) -> Router;
     /// The variables that configure a client to reach and trust it at `base_url` (its
@@ -112,15 +76,6 @@ pub trait SimGateway: Send + Sync + fmt::Debug {
     fn acknowledged(&self, status: u16, body: &[u8]) -> bool;
     /// The intervals between a notification's sends when it is not acknowledged.
     fn resend_schedule(&self) -> &'static [Duration];
-    /// A new trade number, as the gateway writes them (`seq` counts the trades).
-    fn trade_no(&self, now: DateTime<Utc>, seq: u64) -> String;
-    /// Whether the gateway's answer to `method` can show `kind` at all (an answer without
-    /// an order in it cannot name another order); a fault that cannot be shown is not
-    /// drawn.
-    fn can_show(&self, kind: FaultKind, method: SimMethod) -> bool {
-        let _ = (kind, method);
-        true
-    }
 }
 
 /// A gateway the simulator can speak, before it runs.

@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::gateway::rsa::KeyError;
 
 pub use buyer::{BuyerClient, BuyerError};
-pub use gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin};
+pub use gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin, TradeRules};
 pub use notifier::{NotifyPlan, NotifyStats, SimNotifier};
 pub use state::{
     BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind,
@@ -302,7 +302,12 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         addr: config.listen,
         source,
     })?;
-    let state = SimState::for_gateways(gateways.clone());
+    let state = SimState::for_gateways(
+        gateways
+            .iter()
+            .map(|g| Arc::clone(g) as Arc<dyn TradeRules>)
+            .collect(),
+    );
     let holds = CancellationToken::new();
     let notifier = SimNotifier::new(config.notify, gateways.clone(), holds.clone());
     Arc::clone(&notifier).run(state.subscribe_notices());
@@ -310,10 +315,12 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         state: state.clone(),
         addr,
         shutdown: holds.clone(),
-        notifier: Arc::clone(&notifier),
-        client_vars: client_vars(&gateways, &format!("http://{addr}")),
     });
-    let mut app = buyer_api::routes().with_state(Arc::clone(&shared));
+    let mut app = buyer_api::routes().with_state(buyer_api::Desk {
+        shared: Arc::clone(&shared),
+        notifier: Arc::clone(&notifier),
+        client_vars: Arc::new(client_vars(&gateways, &format!("http://{addr}"))),
+    });
     for gateway in &gateways {
         app = app.merge(Arc::clone(gateway).routes(Arc::clone(&shared)));
     }

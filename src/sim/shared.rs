@@ -1,10 +1,9 @@
 //! What every simulator request handler shares, whichever gateway it speaks: the trade
-//! store, the notifier, the bound address and the shutdown signal that ends holds at
+//! store, the bound address and the shutdown signal that ends holds at
 //! once; and the answers that look the same from any gateway (a proxy's 502 page, a
 //! maintenance page, a dropped connection, an empty body, a truncated one).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -22,10 +21,6 @@ pub struct Shared {
     pub(crate) addr: SocketAddr,
     /// Cancelled when the simulator stops: ends latency and `timeout` holds at once.
     pub(crate) shutdown: CancellationToken,
-    /// Sends the payment notifications.
-    pub(crate) notifier: Arc<super::notifier::SimNotifier>,
-    /// What configures a client to reach and trust every gateway here.
-    pub(crate) client_vars: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -4,12 +4,12 @@
 use chrono::{NaiveDate, Utc};
 use serde_json::{Map, Value, json};
 
-use super::request::{BillAsk, Request};
-use super::server::Ctx;
 use crate::gateway::alipay::format_china_time;
 use crate::gateway::rsa::RsaPrivateKey;
 use crate::money::format_minor;
-use crate::sim::state::{CloseOutcome, RefundOutcome, SimTradeStatus, SimTradeView, china_date};
+use crate::sim::state::{
+    CloseOutcome, RefundOutcome, SimState, SimTradeStatus, SimTradeView, china_date,
+};
 
 /// An answer object plus the member name it goes under.
 pub(super) struct Answer {
@@ -70,11 +70,20 @@ pub(super) fn bill_date(text: &str) -> Option<NaiveDate> {
 }
 
 /// Answers a bill URL request: a fresh one-date download URL, or a business failure.
-pub(super) fn bill_url_answer(shared: &Ctx, r: &Request, ask: &BillAsk) -> Answer {
-    if ask.bill_type.as_deref() != Some("trade") {
+///
+/// `key` is the answer's member name, `origin` this server as the client reached it, and
+/// `bill_type` / `bill_date` the request's parameters as given.
+pub(super) fn bill_url_answer(
+    state: &SimState,
+    key: &str,
+    origin: &str,
+    bill_type: Option<&str>,
+    bill_date_text: Option<&str>,
+) -> Answer {
+    if bill_type != Some("trade") {
         // Unverified sub-code: what Alipay answers for a bill_type it does not know.
         return failure(
-            &r.key,
+            key,
             "40004",
             "Business Failed",
             "isv.invalid-bill-type",
@@ -83,28 +92,23 @@ pub(super) fn bill_url_answer(shared: &Ctx, r: &Request, ask: &BillAsk) -> Answe
     }
     let today = china_date(Utc::now());
     // Deviation: Alipay serves only past days; the simulator also serves today so far.
-    let Some(date) = ask
-        .bill_date
-        .as_deref()
-        .and_then(bill_date)
-        .filter(|d| *d <= today)
-    else {
+    let Some(date) = bill_date_text.and_then(bill_date).filter(|d| *d <= today) else {
         // Unverified sub-code: what Alipay answers for a malformed or future bill_date.
         return failure(
-            &r.key,
+            key,
             "40004",
             "Business Failed",
             "isv.invalid-bill-date",
             "账单时间不正确",
         );
     };
-    let token = shared.state.issue_bill_token(date);
+    let token = state.issue_bill_token(date);
     Answer {
-        key: r.key.clone(),
+        key: key.to_owned(),
         object: obj(json!({
             "code": "10000",
             "msg": "Success",
-            "bill_download_url": format!("{}/alipay/bills/{token}.zip", r.origin),
+            "bill_download_url": format!("{origin}/alipay/bills/{token}.zip"),
         })),
     }
 }

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng as _;
 
 use super::SimError;
-use super::gateway::{Forge, Outgoing, SimGateway, SimPlugin};
+use super::gateway::{Forge, Outgoing, SimGateway, SimPlugin, TradeRules};
 use super::key_dir::KeyDir;
 use super::shared::Shared;
 use super::state::SimTradeView;
@@ -134,10 +134,6 @@ impl AlipaySim {
 }
 
 impl SimGateway for AlipaySim {
-    fn channel(&self) -> &'static str {
-        CHANNEL
-    }
-
     fn routes(self: Arc<Self>, shared: Arc<Shared>) -> Router {
         server::routes(shared, self)
     }
@@ -204,6 +200,12 @@ impl SimGateway for AlipaySim {
 
     fn resend_schedule(&self) -> &'static [Duration] {
         &RESEND_SCHEDULE
+    }
+}
+
+impl TradeRules for AlipaySim {
+    fn channel(&self) -> &'static str {
+        CHANNEL
     }
 
     /// An Alipay-like 28-digit trade number: China date, `22001`, 4 random digits, and an

@@ -5,10 +5,29 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use super::AlipaySim;
 use super::answers::{Answer, failure, invalid, missing};
-use super::server::{ALIPAY_METHODS, Ctx, REFUND_METHOD};
 use crate::gateway::alipay::client::BILL_URL_METHOD;
 use crate::gateway::alipay::verify_params;
+use crate::sim::SimMethod;
+use crate::sim::state::SimState;
+
+pub(super) const QUERY: &str = "alipay.trade.query";
+pub(super) const CLOSE: &str = "alipay.trade.close";
+pub(super) const REFUND_METHOD: &str = "alipay.trade.refund";
+
+/// The methods served, by their wire names.
+pub(super) const ALIPAY_METHODS: [&str; 4] = [QUERY, CLOSE, REFUND_METHOD, BILL_URL_METHOD];
+
+/// What a wire method is, for the fault plan and the counters.
+pub(super) fn sim_method(method: &str) -> SimMethod {
+    match method {
+        QUERY => SimMethod::Query,
+        CLOSE => SimMethod::Close,
+        REFUND_METHOD => SimMethod::Refund,
+        _ => SimMethod::Bill,
+    }
+}
 
 /// An authenticated, well-formed gateway request.
 pub(super) struct Request {
@@ -48,7 +67,8 @@ pub(super) struct Refused {
 
 /// Parses and authenticates one gateway request.
 pub(super) fn parse_request(
-    shared: &Ctx,
+    sim: &AlipaySim,
+    state: &SimState,
     query: &str,
     body: &[u8],
     origin: String,
@@ -97,7 +117,7 @@ pub(super) fn parse_request(
     let Some(app_id) = get("app_id") else {
         return Err(refuse(missing(&key, "isv.missing-app-id", "AppID")));
     };
-    if app_id != shared.sim.app_id {
+    if app_id != sim.app_id {
         return Err(refuse(invalid(
             &key,
             "isv.invalid-app-id",
@@ -137,8 +157,8 @@ pub(super) fn parse_request(
     if get("charset").is_some_and(|c| !c.eq_ignore_ascii_case("utf-8")) {
         return Err(refuse(invalid(&key, "isv.invalid-charset", "字符集错误")));
     }
-    if !verify_params(&shared.sim.app_public_key, &params) {
-        shared.state.count_signature_failure();
+    if !verify_params(&sim.app_public_key, &params) {
+        state.count_signature_failure();
         tracing::debug!(method, "simulator: request signature does not verify");
         return Err(refuse(invalid(
             &key,

@@ -29,10 +29,8 @@ use super::answers::{
     Answer, bill_url_answer, close_answer, failure, query_answer, refund_answer, signed_body,
 };
 use super::bill::build_zip;
-use super::request::{Request, parse_request};
-use crate::gateway::alipay::client::BILL_URL_METHOD;
+use super::request::{QUERY, Request, parse_request, sim_method};
 use crate::money::format_minor;
-use crate::sim::SimMethod;
 use crate::sim::shared::{
     Shared, bad_gateway_page, detached, dropped_connection, empty_json, maintenance_page,
     shutting_down, truncated,
@@ -60,23 +58,6 @@ pub(crate) fn routes(shared: Arc<Shared>, sim: Arc<AlipaySim>) -> Router {
         .route("/gateway.do", post(gateway))
         .route("/alipay/bills/{file}", get(download_bill))
         .with_state(Ctx { shared, sim })
-}
-
-pub(super) const QUERY: &str = "alipay.trade.query";
-pub(super) const CLOSE: &str = "alipay.trade.close";
-pub(super) const REFUND_METHOD: &str = "alipay.trade.refund";
-
-/// The methods served, by their wire names.
-pub(super) const ALIPAY_METHODS: [&str; 4] = [QUERY, CLOSE, REFUND_METHOD, BILL_URL_METHOD];
-
-/// What a wire method is, for the fault plan and the counters.
-pub(super) fn sim_method(method: &str) -> SimMethod {
-    match method {
-        QUERY => SimMethod::Query,
-        CLOSE => SimMethod::Close,
-        REFUND_METHOD => SimMethod::Refund,
-        _ => SimMethod::Bill,
-    }
 }
 
 fn signing_failed() -> Response {
@@ -113,7 +94,13 @@ async fn serve_gateway(
     origin: String,
 ) -> Response {
     shared.state.count_request();
-    let request = match parse_request(&shared, query.as_deref().unwrap_or(""), &body, origin) {
+    let request = match parse_request(
+        &shared.sim,
+        &shared.state,
+        query.as_deref().unwrap_or(""),
+        &body,
+        origin,
+    ) {
         Ok(request) => request,
         Err(refused) => {
             let latency = shared.state.latency_for(refused.method.map(sim_method));
@@ -170,7 +157,13 @@ fn answer(shared: &Ctx, r: &Request, effect: Effect) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
     let apply = effect == Effect::Apply;
     if let Some(ask) = &r.bill {
-        bill_url_answer(shared, r, ask)
+        bill_url_answer(
+            &shared.state,
+            &r.key,
+            &r.origin,
+            ask.bill_type.as_deref(),
+            ask.bill_date.as_deref(),
+        )
     } else if let Some(ask) = &r.refund {
         let outcome = shared.state.gateway_refund(
             super::CHANNEL,

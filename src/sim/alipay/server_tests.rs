@@ -285,7 +285,13 @@ async fn protocol_errors() {
 async fn bill_url_requests() {
     const BILL_KEY: &str = "alipay_data_dataservice_bill_downloadurl_query_response";
     let sim = start_sim().await;
-    let bill = |biz: &str| with(common(super::BILL_URL_METHOD), "biz_content", biz);
+    let bill = |biz: &str| {
+        with(
+            common(crate::gateway::alipay::client::BILL_URL_METHOD),
+            "biz_content",
+            biz,
+        )
+    };
     let today = crate::sim::state::china_date(chrono::Utc::now());
     let tomorrow = today.succ_opt().unwrap();
     let cases = [

@@ -14,7 +14,7 @@ use super::{
     BuyerOpError, FailNext, FaultDecision, FaultKind, FaultPlan, FaultPlanError, RefundRefusal,
     SimState, SimTradeStatus, SimTradeView, add_refund, mark_paid,
 };
-use crate::sim::gateway::SimMethod;
+use crate::sim::faults::SimMethod;
 
 /// The result of a refund request at the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,7 @@ mod gateway_side;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,11 +34,28 @@ use self::bill::BillToken;
 pub(crate) use self::bill::{BillFetch, china_date};
 pub use self::bill::{DEFAULT_BILL_URL_TTL, SIM_BILL_ACCOUNT};
 pub use self::gateway_side::{CloseOutcome, RefundOutcome};
+use super::faults::SimMethod;
 pub use super::faults::{
     DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind, FaultPlan, FaultPlanError,
     MAX_FAULT_MS, UnknownFaultKind,
 };
-use super::gateway::{SimGateway, SimMethod};
+
+/// What the trade store needs to know of a gateway: its name, how it numbers trades, and
+/// which faults its answers can show. Each gateway's [`SimGateway`](super::SimGateway)
+/// extends it with its wire protocol.
+pub trait TradeRules: Send + Sync + fmt::Debug {
+    /// Its channel name.
+    fn channel(&self) -> &'static str;
+    /// A new trade number, as the gateway writes them (`seq` counts the trades).
+    fn trade_no(&self, now: DateTime<Utc>, seq: u64) -> String;
+    /// Whether the gateway's answer to `method` can show `kind` at all (an answer without
+    /// an order in it cannot name another order); a fault that cannot be shown is not
+    /// drawn.
+    fn can_show(&self, kind: FaultKind, method: SimMethod) -> bool {
+        let _ = (kind, method);
+        true
+    }
+}
 
 /// A simulated trade's status, in the simulator's own words; each gateway's protocol
 /// says it in its own.
@@ -198,7 +216,7 @@ struct Inner {
     /// Where paid and fully refunded trades are announced (the notifier).
     notices: Option<tokio::sync::mpsc::UnboundedSender<SimTradeView>>,
     /// The gateways spoken, the first being the buyer API's default.
-    gateways: Vec<Arc<dyn SimGateway>>,
+    gateways: Vec<Arc<dyn TradeRules>>,
 }
 
 impl Default for Inner {
@@ -274,7 +292,7 @@ impl SimState {
 
     /// An empty state for these gateways; the first is where the buyer API's trades go
     /// when they name none.
-    pub fn for_gateways(gateways: Vec<Arc<dyn SimGateway>>) -> Self {
+    pub fn for_gateways(gateways: Vec<Arc<dyn TradeRules>>) -> Self {
         let state = Self::default();
         state.lock().gateways = gateways;
         state

@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::SimError;
-use super::gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin};
+use super::gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin, TradeRules};
 use super::key_dir::{self, KeyDir};
 use super::shared::Shared;
 use super::state::{FaultKind, SimTradeStatus, SimTradeView};
@@ -214,10 +214,6 @@ fn random_api_v3_key() -> String {
 }
 
 impl SimGateway for WechatSim {
-    fn channel(&self) -> &'static str {
-        CHANNEL
-    }
-
     fn routes(self: Arc<Self>, shared: Arc<Shared>) -> Router {
         server::routes(shared, self)
     }
@@ -347,6 +343,12 @@ impl SimGateway for WechatSim {
 
     fn resend_schedule(&self) -> &'static [Duration] {
         &RESEND_SCHEDULE
+    }
+}
+
+impl TradeRules for WechatSim {
+    fn channel(&self) -> &'static str {
+        CHANNEL
     }
 
     /// A close answer (204) carries no body: it cannot name another order, nor be cut.
