@@ -269,21 +269,7 @@ impl SimState {
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> CloseOutcome {
-        let mut inner = self.lock();
-        let Some(trade) = inner.current(Some(channel), out_trade_no, trade_no) else {
-            return CloseOutcome::NotFound;
-        };
-        match trade.status {
-            SimTradeStatus::WaitBuyerPay => {
-                let mut closed = trade.clone();
-                closed.status = SimTradeStatus::TradeClosed;
-                closed.closed_at = Some(Utc::now());
-                CloseOutcome::Closed(closed)
-            }
-            SimTradeStatus::TradeSuccess | SimTradeStatus::TradeClosed => {
-                CloseOutcome::StatusError(trade.clone())
-            }
-        }
+        self.close(channel, out_trade_no, trade_no, false)
     }
 
     /// Gateway side: closes a waiting trade, honouring an armed `pay_on_close` race
@@ -296,21 +282,37 @@ impl SimState {
         out_trade_no: Option<&str>,
         trade_no: Option<&str>,
     ) -> CloseOutcome {
+        self.close(channel, out_trade_no, trade_no, true)
+    }
+
+    /// A close, applied ([`SimState::gateway_close`]) or previewed
+    /// ([`SimState::preview_close`]).
+    fn close(
+        &self,
+        channel: &str,
+        out_trade_no: Option<&str>,
+        trade_no: Option<&str>,
+        apply: bool,
+    ) -> CloseOutcome {
         let mut inner = self.lock();
         let Some(trade) = inner.current(Some(channel), out_trade_no, trade_no) else {
             return CloseOutcome::NotFound;
         };
         match trade.status {
-            SimTradeStatus::WaitBuyerPay if trade.pay_on_close => {
+            SimTradeStatus::WaitBuyerPay if apply && trade.pay_on_close => {
                 mark_paid(trade);
                 let paid = trade.clone();
                 inner.announce(&paid);
                 CloseOutcome::StatusError(paid)
             }
             SimTradeStatus::WaitBuyerPay => {
-                trade.status = SimTradeStatus::TradeClosed;
-                trade.closed_at = Some(Utc::now());
-                CloseOutcome::Closed(trade.clone())
+                let mut closed = trade.clone();
+                closed.status = SimTradeStatus::TradeClosed;
+                closed.closed_at = Some(Utc::now());
+                if apply {
+                    *trade = closed.clone();
+                }
+                CloseOutcome::Closed(closed)
             }
             SimTradeStatus::TradeSuccess | SimTradeStatus::TradeClosed => {
                 CloseOutcome::StatusError(trade.clone())

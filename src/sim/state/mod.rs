@@ -496,13 +496,7 @@ impl SimState {
         scan_amount: Option<i64>,
     ) -> Result<SimTradeView, BuyerOpError> {
         self.with_trade(out_trade_no, scan_amount, |trade| {
-            if trade.status != SimTradeStatus::WaitBuyerPay {
-                return Err(BuyerOpError::Conflict(format!(
-                    "trade {:?} is {}, not WAIT_BUYER_PAY",
-                    trade.out_trade_no,
-                    trade.status.as_str()
-                )));
-            }
+            waiting(trade)?;
             mark_paid(trade);
             Ok(())
         })
@@ -525,13 +519,7 @@ impl SimState {
         scan_amount: Option<i64>,
     ) -> Result<SimTradeView, BuyerOpError> {
         self.with_trade(out_trade_no, scan_amount, |trade| {
-            if trade.status != SimTradeStatus::WaitBuyerPay {
-                return Err(BuyerOpError::Conflict(format!(
-                    "trade {:?} is {}, not WAIT_BUYER_PAY",
-                    trade.out_trade_no,
-                    trade.status.as_str()
-                )));
-            }
+            waiting(trade)?;
             trade.pay_on_close = true;
             Ok(())
         })
@@ -643,6 +631,18 @@ fn add_refund(
         trade.closed_at = Some(now);
     }
     Ok(())
+}
+
+/// Refuses a buyer action on a trade that is not waiting for payment.
+fn waiting(trade: &SimTradeView) -> Result<(), BuyerOpError> {
+    if trade.status == SimTradeStatus::WaitBuyerPay {
+        return Ok(());
+    }
+    Err(BuyerOpError::Conflict(format!(
+        "trade {:?} is {}, not WAIT_BUYER_PAY",
+        trade.out_trade_no,
+        trade.status.as_str()
+    )))
 }
 
 fn mark_paid(trade: &mut SimTradeView) {
