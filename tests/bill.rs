@@ -16,7 +16,7 @@ use order_closer::bill::{BillError, BillRow, BillRowKind};
 use order_closer::gateway::FaultClass;
 use order_closer::gateway::alipay::bill::parse_zip;
 use order_closer::gateway::alipay::response::china;
-use order_closer::sim::{self, SIM_BILL_ACCOUNT};
+use order_closer::sim::{self, alipay::SIM_BILL_ACCOUNT};
 
 type Env = GatewayEnv;
 

@@ -776,7 +776,7 @@ async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
         let waiting = env.buyers.at(channel).scan(&no, 600).await.unwrap();
         orders.push((channel, no, order, waiting));
     }
-    // Every order closed first: the gateway's query counter is shared by the channels,
+    // Every order closed first: the simulator's query counter is shared by its gateways,
     // and a deadline decision still running at another gateway would count its queries.
     let mut closed_orders = Vec::new();
     for (channel, no, order, waiting) in orders {

@@ -20,7 +20,8 @@ pub const MAX_FAULT_MS: u64 = 600_000;
 const RATE_SUM_EPSILON: f64 = 1e-9;
 
 /// One kind of injected gateway fault. The serialized name is the one used in
-/// [`FaultPlan`], in `fail-next` requests and in [`SimStats::faults_injected`](crate::sim::SimStats::faults_injected).
+/// [`FaultPlan`], in `fail-next` requests and in
+/// [`SimStats::faults_injected`](crate::sim::SimStats::faults_injected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum FaultKind {
     /// HTTP 502 with an HTML body, as a proxy in front of the gateway would answer.
@@ -119,8 +120,9 @@ impl FromStr for FaultKind {
     }
 }
 
-/// Run-time fault injection for `POST /gateway.do`, changeable while the simulator runs
-/// (`PUT /sim/faults`, [`SimState::set_faults`](crate::sim::SimState::set_faults)). [`Default`] injects nothing.
+/// Run-time fault injection for every gateway's requests, changeable while the simulator
+/// runs (`PUT /sim/faults`, [`SimState::set_faults`](crate::sim::SimState::set_faults)).
+/// [`Default`] injects nothing.
 ///
 /// Each authenticated gateway request (to a method the plan applies to) draws at most one
 /// fault: with probability `http_502` an HTTP 502, with probability `busy_20000` a busy

@@ -2,10 +2,10 @@
 //! protocol (signed requests, signed answers, signed notifications), keeps trades in
 //! memory, and lets a test or the demo act as the buyer (scan, pay, race a close).
 //!
-//! Shared by every gateway: the trade store (`state.rs`), the fault plan and one-shots
+//! Shared by every gateway: the trade store (`state/`), the fault plan and one-shots
 //! (`faults.rs`), the buyer and admin API under `/sim/` (`buyer_api.rs`, and
 //! [`BuyerClient`] to call it), the notifier's scheduling and its faults (`notifier.rs`).
-//! Each gateway is a folder (`alipay/`) implementing [`SimGateway`]: its wire protocol,
+//! Each gateway is a folder (`alipay/`, `wechat/`) implementing [`SimGateway`]: its wire protocol,
 //! keys, notifications, bill files and trade numbers; [`GATEWAYS`] lists them.
 //!
 //! Start it with [`start_local`] (fresh keys for every gateway: tests, the demo, the
@@ -54,8 +54,8 @@ pub use gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin, TradeRules}
 pub use notifier::{NotifyPlan, NotifyStats, SimNotifier};
 pub use state::{
     BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind,
-    FaultPlan, FaultPlanError, MAX_FAULT_MS, SIM_BILL_ACCOUNT, SimRefund, SimState, SimStats,
-    SimTradeStatus, SimTradeView, UnknownFaultKind,
+    FaultPlan, FaultPlanError, MAX_FAULT_MS, SimRefund, SimState, SimStats, SimTradeStatus,
+    SimTradeView, UnknownFaultKind,
 };
 
 /// Every gateway the simulator speaks; a new gateway's simulator joins this list.

@@ -11,13 +11,19 @@ use crate::sim::state::{
     CloseOutcome, RefundOutcome, SimState, SimTradeStatus, SimTradeView, china_date,
 };
 
+/// The business parameters of a bill URL request.
+pub(super) struct BillAsk {
+    pub(super) bill_type: Option<String>,
+    pub(super) bill_date: Option<String>,
+}
+
 /// An answer object plus the member name it goes under.
 pub(super) struct Answer {
     pub(super) key: String,
     pub(super) object: Map<String, Value>,
 }
 
-pub(super) fn obj(value: Value) -> Map<String, Value> {
+fn obj(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
         _ => Map::new(),
@@ -63,24 +69,17 @@ pub(super) fn signed_body(key: &RsaPrivateKey, answer: Answer) -> Option<String>
 }
 
 /// A strict `yyyy-MM-dd` date.
-pub(super) fn bill_date(text: &str) -> Option<NaiveDate> {
+fn bill_date(text: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .ok()
         .filter(|d| d.format("%Y-%m-%d").to_string() == text)
 }
 
-/// Answers a bill URL request: a fresh one-date download URL, or a business failure.
-///
-/// `key` is the answer's member name, `origin` this server as the client reached it, and
-/// `bill_type` / `bill_date` the request's parameters as given.
-pub(super) fn bill_url_answer(
-    state: &SimState,
-    key: &str,
-    origin: &str,
-    bill_type: Option<&str>,
-    bill_date_text: Option<&str>,
-) -> Answer {
-    if bill_type != Some("trade") {
+/// Answers a bill URL request (`key`: the answer's member name) from this server
+/// (`origin`, as the client reached it): a fresh one-date download URL, or a business
+/// failure.
+pub(super) fn bill_url_answer(state: &SimState, key: &str, origin: &str, ask: &BillAsk) -> Answer {
+    if ask.bill_type.as_deref() != Some("trade") {
         // Unverified sub-code: what Alipay answers for a bill_type it does not know.
         return failure(
             key,
@@ -92,7 +91,12 @@ pub(super) fn bill_url_answer(
     }
     let today = china_date(Utc::now());
     // Deviation: Alipay serves only past days; the simulator also serves today so far.
-    let Some(date) = bill_date_text.and_then(bill_date).filter(|d| *d <= today) else {
+    let Some(date) = ask
+        .bill_date
+        .as_deref()
+        .and_then(bill_date)
+        .filter(|d| *d <= today)
+    else {
         // Unverified sub-code: what Alipay answers for a malformed or future bill_date.
         return failure(
             key,

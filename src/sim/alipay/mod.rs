@@ -28,6 +28,9 @@ use crate::gateway::alipay::format_china_time;
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 pub use notify::{RESEND_SCHEDULE, SIM_SELLER_ID, notification_form};
 
+/// The merchant account named in the simulator's Alipay bills (file names and header).
+pub const SIM_BILL_ACCOUNT: &str = "20880000000000010156";
+
 /// An app id that is not the simulated merchant's (forged notifications).
 const OTHER_APP_ID: &str = "2021999999999999";
 

@@ -6,18 +6,18 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::AlipaySim;
-use super::answers::{Answer, failure, invalid, missing};
+use super::answers::{Answer, BillAsk, failure, invalid, missing};
 use crate::gateway::alipay::client::BILL_URL_METHOD;
 use crate::gateway::alipay::verify_params;
 use crate::sim::SimMethod;
 use crate::sim::state::SimState;
 
 pub(super) const QUERY: &str = "alipay.trade.query";
-pub(super) const CLOSE: &str = "alipay.trade.close";
-pub(super) const REFUND_METHOD: &str = "alipay.trade.refund";
+const CLOSE: &str = "alipay.trade.close";
+const REFUND_METHOD: &str = "alipay.trade.refund";
 
 /// The methods served, by their wire names.
-pub(super) const ALIPAY_METHODS: [&str; 4] = [QUERY, CLOSE, REFUND_METHOD, BILL_URL_METHOD];
+const ALIPAY_METHODS: [&str; 4] = [QUERY, CLOSE, REFUND_METHOD, BILL_URL_METHOD];
 
 /// What a wire method is, for the fault plan and the counters.
 pub(super) fn sim_method(method: &str) -> SimMethod {
@@ -43,12 +43,6 @@ pub(super) struct Request {
     pub(super) refund: Option<RefundAsk>,
     /// `http://host:port` of this server, as the client reached it.
     pub(super) origin: String,
-}
-
-/// The business parameters of a bill URL request.
-pub(super) struct BillAsk {
-    pub(super) bill_type: Option<String>,
-    pub(super) bill_date: Option<String>,
 }
 
 /// The business parameters of a refund request.

@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use serde_json::Value;
 
 use super::AlipaySim;
+use super::SIM_BILL_ACCOUNT;
 use super::answers::{
     Answer, bill_url_answer, close_answer, failure, query_answer, refund_answer, signed_body,
 };
@@ -35,13 +36,13 @@ use crate::sim::shared::{
     Shared, bad_gateway_page, detached, dropped_connection, empty_json, maintenance_page,
     shutting_down, truncated,
 };
-use crate::sim::state::{BillFetch, FaultKind, SIM_BILL_ACCOUNT, SimTradeStatus};
+use crate::sim::state::{BillFetch, FaultKind, SimTradeStatus};
 
 /// A request handler's view: what every gateway shares, and Alipay's keys.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub(super) shared: Arc<Shared>,
-    pub(super) sim: Arc<AlipaySim>,
+    shared: Arc<Shared>,
+    sim: Arc<AlipaySim>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -157,13 +158,7 @@ fn answer(shared: &Ctx, r: &Request, effect: Effect) -> Answer {
     let (out, tn) = (r.out_trade_no.as_deref(), r.trade_no.as_deref());
     let apply = effect == Effect::Apply;
     if let Some(ask) = &r.bill {
-        bill_url_answer(
-            &shared.state,
-            &r.key,
-            &r.origin,
-            ask.bill_type.as_deref(),
-            ask.bill_date.as_deref(),
-        )
+        bill_url_answer(&shared.state, &r.key, &r.origin, ask)
     } else if let Some(ask) = &r.refund {
         let outcome = shared.state.gateway_refund(
             super::CHANNEL,
@@ -180,17 +175,11 @@ fn answer(shared: &Ctx, r: &Request, effect: Effect) -> Answer {
             out,
             shared.state.gateway_query(super::CHANNEL, out, tn),
         )
-    } else if apply {
-        close_answer(
-            r.key.clone(),
-            out,
-            shared.state.gateway_close(super::CHANNEL, out, tn),
-        )
     } else {
         close_answer(
             r.key.clone(),
             out,
-            shared.state.preview_close(super::CHANNEL, out, tn),
+            shared.state.gateway_close(super::CHANNEL, out, tn, apply),
         )
     }
 }

@@ -11,12 +11,10 @@ use super::SimState;
 use crate::bill::{BillRow, BillRowKind};
 use crate::time::china;
 
-/// How long a bill download URL stays valid (about 30 s at the real gateways); afterwards it answers
-/// 410. Changeable with [`SimState::set_bill_url_ttl`].
+/// How long a bill download URL stays valid (about 30 s at the real gateways); afterwards
+/// the download is refused as each gateway refuses an expired one. Changeable with
+/// [`SimState::set_bill_url_ttl`].
 pub const DEFAULT_BILL_URL_TTL: Duration = Duration::from_secs(30);
-
-/// The merchant account named in the simulator's bills (file names and header).
-pub const SIM_BILL_ACCOUNT: &str = "20880000000000010156";
 
 /// Expired bill tokens are forgotten (then answer 404) this long after they expire.
 const BILL_TOKEN_MEMORY: Duration = Duration::from_secs(600);

@@ -259,35 +259,14 @@ impl SimState {
             .cloned()
     }
 
-    /// Gateway side: what a close would answer, without closing anything (for faulted
-    /// answers that must look real but change nothing). Ignores an armed race. A due
-    /// expiry is applied all the same: it happened at `time_expire`, not because of this
-    /// request.
-    pub(crate) fn preview_close(
-        &self,
-        channel: &str,
-        out_trade_no: Option<&str>,
-        trade_no: Option<&str>,
-    ) -> CloseOutcome {
-        self.close(channel, out_trade_no, trade_no, false)
-    }
-
-    /// Gateway side: closes a waiting trade, honouring an armed `pay_on_close` race
-    /// (requests are counted by [`SimState::fault_for`]). A trade that expired unpaid is
-    /// closed already: the close is refused as for any closed trade, and an armed race
-    /// does not fire (the buyer cannot pay an expired trade).
+    /// Gateway side: a close (requests are counted by [`SimState::fault_for`]). Applied,
+    /// it closes a waiting trade, honouring an armed `pay_on_close` race; with `apply`
+    /// false it shows what a close would answer and changes nothing (for faulted answers
+    /// that must look real), ignoring an armed race. A trade that expired unpaid is
+    /// closed already (its expiry is applied either way: it happened at `time_expire`,
+    /// not because of this request): the close is refused as for any closed trade, and an
+    /// armed race does not fire (the buyer cannot pay an expired trade).
     pub(crate) fn gateway_close(
-        &self,
-        channel: &str,
-        out_trade_no: Option<&str>,
-        trade_no: Option<&str>,
-    ) -> CloseOutcome {
-        self.close(channel, out_trade_no, trade_no, true)
-    }
-
-    /// A close, applied ([`SimState::gateway_close`]) or previewed
-    /// ([`SimState::preview_close`]).
-    fn close(
         &self,
         channel: &str,
         out_trade_no: Option<&str>,

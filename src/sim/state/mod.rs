@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use self::bill::BillToken;
+pub use self::bill::DEFAULT_BILL_URL_TTL;
 pub(crate) use self::bill::{BillFetch, china_date};
-pub use self::bill::{DEFAULT_BILL_URL_TTL, SIM_BILL_ACCOUNT};
 pub use self::gateway_side::{CloseOutcome, RefundOutcome};
 use super::faults::SimMethod;
 pub use super::faults::{
@@ -104,8 +104,8 @@ pub struct SimTradeView {
     pub closed_at: Option<DateTime<Utc>>,
     /// Armed race: the next close request finds the buyer paying first.
     pub pay_on_close: bool,
-    /// The trade's expiry (`time_expire`), as the shop passed it when the trade was created: unpaid
-    /// at this moment, the trade is closed. `None`: it never expires.
+    /// The trade's expiry (`time_expire`), as the shop passed it when the trade was
+    /// created: unpaid at this moment, the trade is closed. `None`: it never expires.
     #[serde(default)]
     pub time_expire: Option<DateTime<Utc>>,
     /// Refunds of the paid trade, oldest first.
@@ -135,8 +135,8 @@ pub struct SimRefund {
     pub amount_minor: i64,
     /// When the refund happened.
     pub refunded_at: DateTime<Utc>,
-    /// The merchant's `out_request_no` (refunds through the gateway's refund request); a second
-    /// request with the same one answers this refund again and moves no money.
+    /// The merchant's `out_request_no` (refunds through the gateway's refund request); a
+    /// second request with the same one answers this refund again and moves no money.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_request_no: Option<String>,
 }
@@ -154,7 +154,7 @@ pub struct SimStats {
     /// once) that passed authentication (faulted or not).
     #[serde(default)]
     pub bill_url_requests: u64,
-    /// Bill archives served (including overrides), by `GET /sim/bills/...`.
+    /// Bill files served (including overrides), by each gateway's bill download.
     #[serde(default)]
     pub bill_downloads: u64,
     /// Refund requests that passed authentication (faulted or not).
@@ -162,7 +162,7 @@ pub struct SimStats {
     pub refund_requests: u64,
     /// Requests refused because their signature did not verify.
     pub signature_failures: u64,
-    /// Requests refused for any other reason (missing or bad parameters, wrong app id...).
+    /// Requests refused for any other reason (missing or bad parameters, another merchant...).
     pub rejected_requests: u64,
     /// Injected faults by kind name (`busy_20000`, `timeout`...), from the plan and from
     /// `fail-next` one-shots.

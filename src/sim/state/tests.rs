@@ -54,23 +54,23 @@ fn pay_rules() {
 fn close_rules_and_race() {
     let s = SimState::new();
     assert_eq!(
-        s.gateway_close("", Some("none"), None),
+        s.gateway_close("", Some("none"), None, true),
         CloseOutcome::NotFound
     );
     s.scan("W", 1).unwrap();
     assert!(matches!(
-        s.gateway_close("", Some("W"), None),
+        s.gateway_close("", Some("W"), None, true),
         CloseOutcome::Closed(_)
     ));
     assert!(matches!(
-        s.gateway_close("", Some("W"), None),
+        s.gateway_close("", Some("W"), None, true),
         CloseOutcome::StatusError(_)
     ));
     assert!(matches!(s.pay("W", None), Err(BuyerOpError::Conflict(_))));
 
     s.scan("R", 2).unwrap();
     s.arm_pay_on_close("R", None).unwrap();
-    match s.gateway_close("", Some("R"), None) {
+    match s.gateway_close("", Some("R"), None, true) {
         CloseOutcome::StatusError(t) => {
             assert_eq!(t.status, SimTradeStatus::TradeSuccess);
             assert!(!t.pay_on_close);
@@ -127,7 +127,7 @@ fn refunds_in_parts_then_in_full_close_the_trade() {
         SimTradeStatus::TradeClosed
     );
     assert!(matches!(
-        s.gateway_close("", Some("W"), None),
+        s.gateway_close("", Some("W"), None, true),
         CloseOutcome::StatusError(_)
     ));
 }
@@ -460,7 +460,10 @@ fn scan_after_expiry_is_refused_and_creates_nothing() {
     }
     assert_eq!(s.trade("X"), None);
     assert_eq!(s.gateway_query("", Some("X"), None), None);
-    assert_eq!(s.gateway_close("", Some("X"), None), CloseOutcome::NotFound);
+    assert_eq!(
+        s.gateway_close("", Some("X"), None, true),
+        CloseOutcome::NotFound
+    );
     assert!(s.trades().is_empty());
 
     // Before the expiry the trade is created and keeps it; a re-scan does not move it.
@@ -506,11 +509,11 @@ fn a_waiting_trade_closes_at_its_expiry() {
     ));
     // A close answers as for a closed trade, previewed or not.
     assert_eq!(
-        s.preview_close("", Some("W"), None),
+        s.gateway_close("", Some("W"), None, false),
         CloseOutcome::StatusError(by_trade_no.clone())
     );
     assert_eq!(
-        s.gateway_close("", Some("W"), None),
+        s.gateway_close("", Some("W"), None, true),
         CloseOutcome::StatusError(by_trade_no.clone())
     );
     assert_eq!(s.trade("W"), Some(by_trade_no));
@@ -522,7 +525,7 @@ fn a_previewed_close_sees_a_due_expiry() {
     s.scan_with_expiry("P", 100, Some(in_an_hour())).unwrap();
     let expired_at = ago(1);
     set_expiry(&s, "P", expired_at);
-    match s.preview_close("", Some("P"), None) {
+    match s.gateway_close("", Some("P"), None, false) {
         CloseOutcome::StatusError(t) => {
             assert_eq!(t.status, SimTradeStatus::TradeClosed);
             assert_eq!(t.closed_at, Some(expired_at));
@@ -538,7 +541,7 @@ fn an_armed_race_does_not_fire_after_expiry() {
     assert!(s.arm_pay_on_close("R", None).unwrap().pay_on_close);
     let expired_at = ago(1);
     set_expiry(&s, "R", expired_at);
-    match s.gateway_close("", Some("R"), None) {
+    match s.gateway_close("", Some("R"), None, true) {
         CloseOutcome::StatusError(t) => {
             assert_eq!(t.status, SimTradeStatus::TradeClosed);
             assert_eq!(t.closed_at, Some(expired_at));
@@ -556,7 +559,7 @@ fn expiry_does_not_touch_paid_or_closed_trades() {
     let paid = s.pay("PAID", None).unwrap();
     s.scan_with_expiry("CLOSED", 100, Some(in_an_hour()))
         .unwrap();
-    let CloseOutcome::Closed(closed) = s.gateway_close("", Some("CLOSED"), None) else {
+    let CloseOutcome::Closed(closed) = s.gateway_close("", Some("CLOSED"), None, true) else {
         panic!("not closed");
     };
     set_expiry(&s, "PAID", ago(1));
@@ -592,7 +595,7 @@ fn preview_close_changes_nothing() {
     let s = SimState::new();
     s.scan("W", 1).unwrap();
     s.arm_pay_on_close("W", None).unwrap();
-    match s.preview_close("", Some("W"), None) {
+    match s.gateway_close("", Some("W"), None, false) {
         CloseOutcome::Closed(t) => assert_eq!(t.status, SimTradeStatus::TradeClosed),
         other => panic!("{other:?}"),
     }
@@ -600,7 +603,7 @@ fn preview_close_changes_nothing() {
     assert_eq!(stored.status, SimTradeStatus::WaitBuyerPay);
     assert!(stored.pay_on_close);
     assert_eq!(
-        s.preview_close("", Some("none"), None),
+        s.gateway_close("", Some("none"), None, false),
         CloseOutcome::NotFound
     );
 }

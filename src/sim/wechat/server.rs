@@ -451,22 +451,15 @@ fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
             Some(trade) => ok(&ctx.sim.transaction(&trade, &ctx.sim.mchid)),
             None => error(StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在"),
         },
-        Call::Close { no } => {
-            let outcome = if apply {
-                state.gateway_close(CHANNEL, Some(no), None)
-            } else {
-                state.preview_close(CHANNEL, Some(no), None)
-            };
-            match outcome {
-                CloseOutcome::StatusError(t) if t.paid_at.is_some() => {
-                    error(StatusCode::BAD_REQUEST, "ORDER_PAID", "订单已支付")
-                }
-                _ => Reply {
-                    status: StatusCode::NO_CONTENT,
-                    body: String::new(),
-                },
+        Call::Close { no } => match state.gateway_close(CHANNEL, Some(no), None, apply) {
+            CloseOutcome::StatusError(t) if t.paid_at.is_some() => {
+                error(StatusCode::BAD_REQUEST, "ORDER_PAID", "订单已支付")
             }
-        }
+            _ => Reply {
+                status: StatusCode::NO_CONTENT,
+                body: String::new(),
+            },
+        },
         Call::Refund(ask) => {
             if let Some(trade) = state.gateway_query(CHANNEL, Some(&ask.out_trade_no), None)
                 && trade.amount_minor != ask.amount.total
