@@ -51,10 +51,12 @@ async fn cancel_in_each_state(channel: &str) {
     buyer.scan(&waiting, 200).await.unwrap();
     buyer.scan(&paid, 300).await.unwrap();
     buyer.pay_losing_notification(&paid).await.unwrap();
-    // A trade whose own expiry closed it at the gateway.
-    let soon = Utc::now() + chrono::Duration::milliseconds(300);
+    // A trade whose own expiry closed it at the gateway (the expiry far enough for the
+    // scan to come before it; then wait until it has passed).
+    let soon = Utc::now() + chrono::Duration::seconds(3);
     buyer.scan_with_expiry(&expired, 400, soon).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let left = (soon - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(300)).await;
 
     // No trade yet: closed here, but a QR code already shown stays valid until the
     // original deadline, and the caller is told so.

@@ -377,7 +377,7 @@ async fn secrets_never_print_and_can_come_from_files() {
         "{}",
         text(&out.stderr)
     );
-    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
         .arg("worker")
         .envs(with(&[
             ("AMQP_URL", "amqp://guest:SeCrEt123@127.0.0.1:1/%2f"),
@@ -388,14 +388,33 @@ async fn secrets_never_print_and_can_come_from_files() {
         .spawn()
         .unwrap();
     let pid = worker.id().unwrap().to_string();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // Read its log until it says it is reconnecting (however long a loaded machine takes
+    // to get there), then stop it and read the rest.
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(worker.stderr.take().unwrap()));
+    let mut stderr = String::new();
+    let reconnecting = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            stderr.push_str(&line);
+            stderr.push('\n');
+            if line.contains("reconnecting") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    let out = worker.wait_with_output().await.unwrap();
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("reconnecting"), "{stderr}");
+    while let Ok(Some(line)) = lines.next_line().await {
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    worker.wait().await.unwrap();
+    assert!(reconnecting, "{stderr}");
     assert!(!stderr.contains("SeCrEt123"), "{stderr}");
 
     // A private key given inline (it starts with '-'): accepted, and when unusable the

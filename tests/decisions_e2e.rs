@@ -24,11 +24,12 @@ async fn paid_before_the_deadline_with_the_callback_lost_ends_paid() {
     let mut nos = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("paid-{channel}"));
-        env.create_at(channel, &no, 1234, Duration::from_secs(1))
-            .await;
+        // The buyer acts first: the worker is running and the deadline is a second away.
         let buyer = env.buyers.at(channel);
         buyer.scan(&no, 1234).await.unwrap();
         buyer.pay_losing_notification(&no).await.unwrap();
+        env.create_at(channel, &no, 1234, Duration::from_secs(1))
+            .await;
         nos.push((channel, no));
     }
     for (channel, no) in &nos {
@@ -98,9 +99,10 @@ async fn scanned_and_unpaid_is_closed_at_the_gateway_then_locally() {
     let mut nos = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("scan-{channel}"));
+        // The buyer acts first: the worker is running and the deadline is a second away.
+        env.buyers.at(channel).scan(&no, 990).await.unwrap();
         env.create_at(channel, &no, 990, Duration::from_secs(1))
             .await;
-        env.buyers.at(channel).scan(&no, 990).await.unwrap();
         nos.push((channel, no));
     }
     for (channel, no) in &nos {
@@ -126,11 +128,12 @@ async fn buyer_paying_between_our_query_and_our_close_ends_paid() {
     let mut nos = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("race-{channel}"));
-        env.create_at(channel, &no, 4200, Duration::from_secs(1))
-            .await;
+        // The buyer acts first: the worker is running and the deadline is a second away.
         let buyer = env.buyers.at(channel);
         buyer.scan(&no, 4200).await.unwrap();
         buyer.pay_on_close(&no).await.unwrap();
+        env.create_at(channel, &no, 4200, Duration::from_secs(1))
+            .await;
         nos.push((channel, no));
     }
     env.quiet_notifications();
@@ -156,14 +159,14 @@ async fn gateway_closed_trade_closes_locally() {
     let mut nos = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("gwcl-{channel}"));
-        env.create_at(channel, &no, 700, Duration::from_secs(1))
-            .await;
         env.buyers.at(channel).scan(&no, 700).await.unwrap();
         // Someone (an earlier attempt, an operator) closed the trade at the gateway.
         env.gateway(channel)
             .close(order_closer::gateway::TradeRef::new(&no))
             .await
             .unwrap();
+        env.create_at(channel, &no, 700, Duration::from_secs(1))
+            .await;
         nos.push((channel, no));
     }
     env.start_worker(4, 4);
@@ -187,11 +190,12 @@ async fn paid_with_another_amount_is_marked_paid_and_recorded_as_an_anomaly() {
     let mut nos = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("amt-{channel}"));
-        env.create_at(channel, &no, 1000, Duration::from_secs(1))
-            .await;
+        // The buyer acts first: the worker is running and the deadline is a second away.
         let buyer = env.buyers.at(channel);
         buyer.scan(&no, 900).await.unwrap();
         buyer.pay(&no).await.unwrap();
+        env.create_at(channel, &no, 1000, Duration::from_secs(1))
+            .await;
         nos.push((channel, no));
     }
     for (channel, no) in &nos {

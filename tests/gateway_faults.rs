@@ -185,10 +185,8 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
     assert_eq!(retryable_code(query), "timeout");
     assert_eq!(retryable_code(close), "timeout");
     assert!(elapsed >= CLIENT_TIMEOUT, "{elapsed:?}");
-    assert!(
-        elapsed < CLIENT_TIMEOUT + Duration::from_secs(2),
-        "{elapsed:?}"
-    );
+    // Well short of the simulator's 30 s hold: the client gave up at its own timeout.
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
     assert_eq!(status(&env, "ORD-T").await, SimTradeStatus::WaitBuyerPay);
     assert_eq!(
         env.buyer
@@ -220,7 +218,7 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
     let stopping = Instant::now();
     env.sim.shutdown().await;
     assert!(
-        stopping.elapsed() < Duration::from_secs(3),
+        stopping.elapsed() < Duration::from_secs(20),
         "{:?}",
         stopping.elapsed()
     );
@@ -556,7 +554,7 @@ async fn methods_filter_limits_the_plan() {
 
 #[tokio::test]
 async fn latency_is_added_and_a_late_close_still_applies() {
-    let env = env_with_timeout(Duration::from_millis(500)).await;
+    let env = env_with_timeout(CLIENT_TIMEOUT).await;
     env.buyer.scan("ORD-L", 100).await.unwrap();
     let mut plan = FaultPlan {
         latency_ms: 200,
@@ -571,7 +569,9 @@ async fn latency_is_added_and_a_late_close_still_applies() {
 
     // Latency past the client's timeout: the client gives up, but the gateway finishes
     // the close it started (as a real one would).
-    plan.latency_ms = 1_500;
+    // The latency is four times the timeout, so the close is still pending when the
+    // client gives up; it then applies, however long the machine takes to get there.
+    plan.latency_ms = 4 * CLIENT_TIMEOUT.as_millis() as u64;
     plan.latency_jitter_ms = None;
     env.buyer.set_faults(&plan).await.unwrap();
     assert_eq!(
@@ -579,8 +579,11 @@ async fn latency_is_added_and_a_late_close_still_applies() {
         "timeout"
     );
     assert_eq!(status(&env, "ORD-L").await, SimTradeStatus::WaitBuyerPay);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(status(&env, "ORD-L").await, SimTradeStatus::TradeClosed);
+    let closed = common::eventually(Duration::from_secs(30), || async {
+        (status(&env, "ORD-L").await == SimTradeStatus::TradeClosed).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "the late close was never applied");
     env.sim.shutdown().await;
 }
 
@@ -670,7 +673,8 @@ async fn a_qr_code_cannot_be_scanned_after_time_expire() {
 #[tokio::test]
 async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
     let env = env().await;
-    let expire = Utc::now() + chrono::Duration::milliseconds(1_500);
+    // Far enough that the set-up below (six calls) ends before it on a loaded machine.
+    let expire = Utc::now() + chrono::Duration::seconds(5);
     let waiting = env
         .buyer
         .scan_with_expiry("ORD-wait", 100, expire)

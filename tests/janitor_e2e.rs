@@ -16,9 +16,13 @@ use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::FaultKind;
 
 /// The janitor settings of these tests: re-drive 10 s past the schedule, look every second.
-const JANITOR: [(&str, &str); 2] = [
+/// The outbox grace is long: these tests count close messages, and the relay must not
+/// publish a second one for an order whose confirmed publish was not yet cleared from the
+/// outbox (the harness's 1 s grace, on a loaded machine).
+const JANITOR: [(&str, &str); 3] = [
     ("ORDER_CLOSER_JANITOR_AFTER", "10s"),
     ("ORDER_CLOSER_JANITOR_INTERVAL", "1s"),
+    ("ORDER_CLOSER_OUTBOX_GRACE", "60s"),
 ];
 
 /// A counter's value in the worker's metrics (0 when absent).
@@ -103,7 +107,7 @@ async fn orders_whose_message_was_purged_from_its_tier_are_still_decided() {
 /// whose next `failures` gateway answers are `20000`.
 async fn failing_order(retry_steps: &str, failures: u32) -> (TestEnv, Observed, Order) {
     let retry = ("ORDER_CLOSER_RETRY_STEPS", retry_steps);
-    let mut env = TestEnv::new(&[JANITOR[0], JANITOR[1], retry]).await;
+    let mut env = TestEnv::new(&[JANITOR[0], JANITOR[1], JANITOR[2], retry]).await;
     let observed = env.start_worker(8, 16);
     let no = env.no("failing");
     env.buyers.scan(&no, 100).await.unwrap();

@@ -18,7 +18,7 @@ use order_closer::notify::NotifyOutcome;
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{Forge, NotifyPlan, Outgoing, SimTradeStatus, SimTradeView};
 
-use common::gateway::{HeldGateway, HoldAt};
+use common::gateway::{HoldAt, HoldHandle};
 use common::tcp_proxy::TcpProxy;
 use common::{NotifyEndpoint, TestEnv, eventually};
 
@@ -206,41 +206,55 @@ struct Race {
     env: TestEnv,
     endpoint: NotifyEndpoint,
     worker: common::Observed,
-    held: std::sync::Arc<HeldGateway>,
     no: String,
     order: Order,
 }
 
-async fn race(channel: &str, name: &str, pay_on_close: bool) -> Race {
+/// Sets the race up in an order that no timing can spoil: the held worker first, the
+/// hold armed (when the test holds a call), the buyer's scan (and `pay_on_close`), and
+/// only then the order, due a second later.
+async fn race(
+    channel: &str,
+    name: &str,
+    pay_on_close: bool,
+    hold: Option<(GatewayMethod, usize, HoldAt)>,
+) -> (Race, Option<HoldHandle>) {
     let mut env = TestEnv::new(&[]).await;
     let endpoint = env.start_notify().await;
     env.quiet_notifications();
     let (worker, held) = env.start_held_worker(channel);
+    let hold = hold.map(|(method, nth, at)| held.hold(method, nth, at));
     let no = env.no(name);
-    let order = env
-        .create_at(channel, &no, 500, Duration::from_secs(1))
-        .await;
     let buyer = env.buyers.at(channel);
     buyer.scan(&no, 500).await.unwrap();
     if pay_on_close {
         buyer.pay_on_close(&no).await.unwrap();
     }
-    Race {
+    let order = env
+        .create_at(channel, &no, 500, Duration::from_secs(1))
+        .await;
+    let race = Race {
         env,
         endpoint,
         worker,
-        held,
         no,
         order,
-    }
+    };
+    (race, hold)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_notification_arriving_before_the_workers_second_query_wins_and_the_worker_finds_it_paid()
 {
     for channel in order_closer::gateway::rules::channels() {
-        let r = race(channel, "nfirst", true).await;
-        let hold = r.held.hold(GatewayMethod::Query, 2, HoldAt::Before);
+        let (r, hold) = race(
+            channel,
+            "nfirst",
+            true,
+            Some((GatewayMethod::Query, 2, HoldAt::Before)),
+        )
+        .await;
+        let hold = hold.unwrap();
         tokio::time::timeout(Duration::from_secs(20), hold.reached)
             .await
             .expect("the worker reached its second query")
@@ -285,7 +299,7 @@ async fn a_notification_arriving_before_the_workers_second_query_wins_and_the_wo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_notification_arriving_after_the_workers_decision_is_already_paid() {
     for channel in order_closer::gateway::rules::channels() {
-        let r = race(channel, "wfirst", true).await;
+        let (r, _) = race(channel, "wfirst", true, None).await;
         let decided = r.env.settled(&r.no, Duration::from_secs(20)).await;
         assert_eq!(decided.status(), OrderStatus::Paid, "{channel}");
 
@@ -313,10 +327,16 @@ async fn a_notification_arriving_after_the_workers_decision_is_already_paid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_our_gateway_close_comes_first_the_buyer_cannot_pay_and_there_is_no_anomaly() {
     for channel in order_closer::gateway::rules::channels() {
-        let r = race(channel, "cfirst", false).await;
         // Held after the gateway closed the trade, before the local close commits: the
         // buyer tries to pay in exactly that window.
-        let hold = r.held.hold(GatewayMethod::Close, 1, HoldAt::After);
+        let (r, hold) = race(
+            channel,
+            "cfirst",
+            false,
+            Some((GatewayMethod::Close, 1, HoldAt::After)),
+        )
+        .await;
+        let hold = hold.unwrap();
         tokio::time::timeout(Duration::from_secs(20), hold.reached)
             .await
             .expect("the worker closed the trade at the gateway")
@@ -861,7 +881,14 @@ async fn with_the_database_down_the_gateway_is_refused_and_the_resend_lands() {
         assert_eq!(paid.status(), OrderStatus::Paid, "{channel}");
         assert_eq!(audit(&env, order.id).await.len(), 1);
     }
-    let stats = env.buyers.notify_stats().await.unwrap();
+    // The simulator counts an acknowledgement once it has read the reply, which comes
+    // after the commit seen above: wait for it.
+    let stats = eventually(Duration::from_secs(20), || async {
+        let stats = env.buyers.notify_stats().await.ok()?;
+        (stats.acknowledged >= n).then_some(stats)
+    })
+    .await
+    .expect("every resend acknowledged");
     assert_eq!(stats.acknowledged, n, "{stats:?}");
     assert_eq!(stats.gave_up, 0, "{stats:?}");
     let text = endpoint.notifier.metrics().render();

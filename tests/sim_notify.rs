@@ -230,7 +230,6 @@ async fn reordered_notifications_arrive_last_payment_first() {
     s.pay("ro-d").await;
     let both_paid = s.pay("ro-e").await;
     let stats = s.until(|st| st.acknowledged == 5).await;
-    assert_eq!(stats.reordered, 5);
     let short: Vec<Arrival> = s.receiver.arrivals()[3..].to_vec();
     let first = short.iter().map(|a| a.at).min().unwrap();
     assert!(
@@ -239,7 +238,11 @@ async fn reordered_notifications_arrive_last_payment_first() {
         first.duration_since(started)
     );
     if both_paid.duration_since(started) < wait {
+        assert_eq!(stats.reordered, 5);
         assert_eq!(&s.receiver.order()[3..], ["ro-e", "ro-d"]);
+    } else {
+        // Split into two groups of one, which are not counted as reordered.
+        assert!(stats.reordered >= 3, "{stats:?}");
     }
     s.finish().await;
 }
