@@ -20,13 +20,19 @@ fn outcomes(history: &[(String, String)]) -> Vec<&str> {
     history.iter().map(|(o, _)| o.as_str()).collect()
 }
 
+/// The client's timeout in these tests: long enough that a call the simulator answers at
+/// once never times out on a loaded machine (each test counts its retries exactly).
+const CLIENT_TIMEOUT: &str = "3s";
+/// How long an injected timeout holds the answer: well past the client's timeout.
+const HOLD_MS: u64 = 10_000;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_failures_are_retried_then_decided() {
-    let mut env = TestEnv::new(&[("ALIPAY_TIMEOUT", "1s")]).await;
-    // Timeouts hold the answer 3 s, longer than the client's 1 s.
+    let mut env = TestEnv::new(&[("ALIPAY_TIMEOUT", CLIENT_TIMEOUT)]).await;
+    // Timeouts hold the answer well past the client's timeout.
     env.buyers
         .set_faults(&FaultPlan {
-            timeout_ms: Some(3000),
+            timeout_ms: Some(HOLD_MS),
             ..FaultPlan::default()
         })
         .await
@@ -75,11 +81,11 @@ async fn gateway_failures_are_retried_then_decided() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_close_that_happened_but_timed_out_is_found_closed_on_the_retry() {
-    let mut env = TestEnv::new(&[("ALIPAY_TIMEOUT", "1s")]).await;
+    let mut env = TestEnv::new(&[("ALIPAY_TIMEOUT", CLIENT_TIMEOUT)]).await;
     env.buyers
         .set_faults(&FaultPlan {
             timeout_after_apply: 1.0,
-            timeout_ms: Some(3000),
+            timeout_ms: Some(HOLD_MS),
             methods: Some(vec!["close".into()]),
             ..FaultPlan::default()
         })

@@ -78,8 +78,10 @@ async fn under_refund_a_payment_after_close_is_refunded_once_even_when_the_refun
 async fn refunded_once_despite_a_timeout(channel: &str) {
     let mut env = TestEnv::new(&[
         ("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund"),
-        ("ALIPAY_TIMEOUT", "1s"),
-        ("WECHAT_TIMEOUT", "1s"),
+        // Long enough that an answered call never times out on a loaded machine (the
+        // attempts are counted exactly); the injected timeout holds well past it.
+        ("ALIPAY_TIMEOUT", "3s"),
+        ("WECHAT_TIMEOUT", "3s"),
     ])
     .await;
     let worker = env.start_worker(4, 8);
@@ -94,7 +96,7 @@ async fn refunded_once_despite_a_timeout(channel: &str) {
     );
     // The first refund call is applied at the gateway, but its answer never arrives.
     let mut plan = FaultPlan::none();
-    plan.timeout_ms = Some(2_000);
+    plan.timeout_ms = Some(10_000);
     env.buyers.set_faults(&plan).await.unwrap();
     env.buyers
         .fail_next(&no, FaultKind::TimeoutAfterApply, 1)
