@@ -122,38 +122,26 @@ mod tests {
     #[test]
     fn a_written_bill_reads_back_and_its_digest_checks() {
         let at = Utc.with_ymd_and_hms(2026, 11, 21, 2, 55, 23).unwrap();
-        let rows = vec![
-            BillRow {
-                line: 0,
-                trade_no: "4200000001".into(),
-                out_trade_no: "W-1".into(),
-                kind: BillRowKind::Payment,
-                subject: "T-shirt".into(),
-                created_at: Some(at),
-                finished_at: Some(at),
-                amount_minor: 1234,
-                received_minor: 1234,
-                refund_no: None,
-            },
-            BillRow {
-                kind: BillRowKind::Refund,
-                amount_minor: -1234,
-                received_minor: -1234,
-                refund_no: Some("RF-9".into()),
-                ..BillRow {
-                    line: 0,
-                    trade_no: "4200000001".into(),
-                    out_trade_no: "W-1".into(),
-                    kind: BillRowKind::Payment,
-                    subject: "T-shirt".into(),
-                    created_at: Some(at),
-                    finished_at: Some(at),
-                    amount_minor: 0,
-                    received_minor: 0,
-                    refund_no: None,
-                }
-            },
-        ];
+        let payment = BillRow {
+            line: 0,
+            trade_no: "4200000001".into(),
+            out_trade_no: "W-1".into(),
+            kind: BillRowKind::Payment,
+            subject: "T-shirt".into(),
+            created_at: Some(at),
+            finished_at: Some(at),
+            amount_minor: 1234,
+            received_minor: 1234,
+            refund_no: None,
+        };
+        let refund = BillRow {
+            kind: BillRowKind::Refund,
+            amount_minor: -1234,
+            received_minor: -1234,
+            refund_no: Some("RF-9".into()),
+            ..payment.clone()
+        };
+        let rows = vec![payment, refund];
         let text = bill_csv("1900000109", &rows);
         let (gz, sha1) = gzip_with_digest(&text).unwrap();
         let back = gunzip(&gz, "b").unwrap();

@@ -130,6 +130,11 @@ fn error(status: StatusCode, code: &str, message: &str) -> Reply {
     }
 }
 
+/// WeChat's answer to a request whose parameters are wrong: 400 `PARAM_ERROR`.
+fn param_error(message: &str) -> Reply {
+    error(StatusCode::BAD_REQUEST, "PARAM_ERROR", message)
+}
+
 fn ok(value: &Value) -> Reply {
     Reply {
         status: StatusCode::OK,
@@ -283,16 +288,8 @@ fn check_mchid(ctx: &Ctx, uri: &str) -> Result<(), Reply> {
         .map(|(_, v)| v.into_owned());
     match mchid {
         Some(m) if m == ctx.sim.mchid => Ok(()),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "PARAM_ERROR",
-            "商户号与请求不符",
-        )),
-        None => Err(error(
-            StatusCode::BAD_REQUEST,
-            "PARAM_ERROR",
-            "缺少参数mchid",
-        )),
+        Some(_) => Err(param_error("商户号与请求不符")),
+        None => Err(param_error("缺少参数mchid")),
     }
 }
 
@@ -324,11 +321,7 @@ async fn close(
             .ok()
             .and_then(|v| v.get("mchid").and_then(Value::as_str).map(str::to_owned));
         if mchid.as_deref() != Some(ctx.sim.mchid.as_str()) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "PARAM_ERROR",
-                "mchid 不正确",
-            ));
+            return Err(param_error("mchid 不正确"));
         }
         Ok(Call::Close { no })
     }))
@@ -343,22 +336,13 @@ async fn refund(
 ) -> Response {
     let a = arrived(Method::POST, &uri, headers, body);
     detached(serve(ctx, a, |_, a| {
-        let ask: RefundAsk = serde_json::from_slice(&a.body).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "PARAM_ERROR",
-                &format!("参数错误: {e}"),
-            )
-        })?;
+        let ask: RefundAsk =
+            serde_json::from_slice(&a.body).map_err(|e| param_error(&format!("参数错误: {e}")))?;
         if ask.amount.refund <= 0 || ask.out_refund_no.is_empty() {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "PARAM_ERROR",
-                "退款金额或退款单号不正确",
-            ));
+            return Err(param_error("退款金额或退款单号不正确"));
         }
         if ask.amount.currency.as_deref().is_some_and(|c| c != "CNY") {
-            return Err(error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "币种不正确"));
+            return Err(param_error("币种不正确"));
         }
         Ok(Call::Refund(ask))
     }))
@@ -383,9 +367,7 @@ async fn tradebill(
         if param("bill_type").is_some_and(|t| t != "ALL")
             || param("tar_type").is_some_and(|t| t != "GZIP")
         {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "PARAM_ERROR",
+            return Err(param_error(
                 "the simulator serves bill_type=ALL, tar_type=GZIP",
             ));
         }
@@ -464,7 +446,7 @@ fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
             if let Some(trade) = state.gateway_query(CHANNEL, Some(&ask.out_trade_no), None)
                 && trade.amount_minor != ask.amount.total
             {
-                return error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "订单金额与实际不符");
+                return param_error("订单金额与实际不符");
             }
             match state.gateway_refund(
                 CHANNEL,
@@ -501,11 +483,7 @@ fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
                 RefundOutcome::StatusError(_) => {
                     error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "订单状态不正确")
                 }
-                RefundOutcome::AmountError(_) => error(
-                    StatusCode::BAD_REQUEST,
-                    "PARAM_ERROR",
-                    "退款金额超过可退金额",
-                ),
+                RefundOutcome::AmountError(_) => param_error("退款金额超过可退金额"),
             }
         }
         Call::Bill { date, origin } => bill_answer(ctx, *date, origin),
@@ -515,7 +493,7 @@ fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
 /// The bill of a day: made now, kept for the download its answer points at.
 fn bill_answer(ctx: &Ctx, date: Option<NaiveDate>, origin: &str) -> Reply {
     let Some(date) = date.filter(|d| servable(*d, china_date(Utc::now()))) else {
-        return error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "账单日期不正确");
+        return param_error("账单日期不正确");
     };
     let rows = ctx.state.bill_rows(CHANNEL, date);
     if rows.is_empty() {
