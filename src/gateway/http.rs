@@ -61,28 +61,46 @@ pub async fn read_capped(
     Ok(body)
 }
 
-/// Sends a download `request` (a bill file) and reads its body, at most `max` bytes: an
-/// answer other than 2xx is a retryable `http_<status>`, a longer body the permanent
-/// `bill_too_large`.
-pub async fn download(
-    request: reqwest::RequestBuilder,
-    max: usize,
-) -> Result<Vec<u8>, GatewayError> {
-    let response = request.send().await.map_err(transport_error)?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(GatewayError::retryable(
-            format!("http_{}", status.as_u16()),
-            format!("bill download answered HTTP {status}"),
-        ));
-    }
-    read_capped(response, max, || {
+/// Largest bill download read (compressed, as it comes).
+pub const MAX_BILL_BYTES: usize = 64 * 1024 * 1024;
+
+/// A bill URL a gateway handed out, checked: one that is not absolute http(s) is the
+/// permanent `invalid_url`.
+pub fn bill_url(text: &str) -> Result<reqwest::Url, GatewayError> {
+    absolute_url(text).ok_or_else(|| {
         GatewayError::permanent(
-            "bill_too_large",
-            format!("bill download exceeds {max} bytes"),
+            "invalid_url",
+            format!("bill URL {:?} is not an absolute http(s) URL", echo(text)),
         )
     })
-    .await
+}
+
+/// Sends a download `request` (a bill file) and reads its body, at most
+/// [`MAX_BILL_BYTES`], within `timeout`: an answer other than 2xx is a retryable
+/// `http_<status>`, a longer body the permanent `bill_too_large`, no answer in time the
+/// retryable `timeout`.
+pub async fn download(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Vec<u8>, GatewayError> {
+    let fetch = async {
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(GatewayError::retryable(
+                format!("http_{}", status.as_u16()),
+                format!("bill download answered HTTP {status}"),
+            ));
+        }
+        read_capped(response, MAX_BILL_BYTES, || {
+            GatewayError::permanent(
+                "bill_too_large",
+                format!("bill download exceeds {MAX_BILL_BYTES} bytes"),
+            )
+        })
+        .await
+    };
+    within(timeout, "the bill download", fetch).await
 }
 
 /// Runs `call` within `timeout`; past it, a retryable `timeout` naming `what`.

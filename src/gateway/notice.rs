@@ -75,3 +75,30 @@ pub trait NotifyVerifier: Send + Sync {
     /// for a request we will never accept, 5xx for one we could not handle now).
     fn refuse(&self, status: u16) -> Reply;
 }
+
+/// Most characters of a notification's own text echoed in a reason or an error.
+const MAX_ECHO: usize = 64;
+
+/// A notification's text fit to echo in a reason or a log line: at most [`MAX_ECHO`]
+/// characters, control characters shown as `?`.
+pub fn echo(text: &str) -> String {
+    text.chars()
+        .take(MAX_ECHO)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The order number a notification names (`None` or empty: [`NoticeError::NoOrder`]). One
+/// that is too long or holds control characters is never one of ours, so it is refused
+/// as malformed without a database read.
+pub fn order_number(named: Option<&str>) -> Result<String, NoticeError> {
+    let no = named
+        .filter(|v| !v.is_empty())
+        .ok_or(NoticeError::NoOrder)?;
+    if no.len() > crate::message::MAX_OUT_TRADE_NO || no.chars().any(char::is_control) {
+        return Err(NoticeError::Malformed(
+            "out_trade_no is not an order number (too long or control characters)".into(),
+        ));
+    }
+    Ok(no.to_owned())
+}

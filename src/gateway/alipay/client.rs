@@ -253,9 +253,6 @@ impl AlipayClient {
 /// The method answering the download URL of a day's bill.
 pub const BILL_URL_METHOD: &str = "alipay.data.dataservice.bill.downloadurl.query";
 
-/// Largest bill archive [`AlipayClient::download_bill`] reads.
-pub const MAX_BILL_BYTES: usize = 64 * 1024 * 1024;
-
 impl AlipayClient {
     /// Asks for the download URL of the trade bill of `date` (China calendar day) with
     /// `alipay.data.dataservice.bill.downloadurl.query` and
@@ -287,8 +284,8 @@ impl AlipayClient {
 
     /// Downloads a bill archive from a URL given by [`AlipayClient::bill_download_url`]:
     /// a plain GET (no signature), within the client's timeout, reading at most
-    /// [`MAX_BILL_BYTES`]. Returns the raw bytes (a zip; read it with
-    /// [`parse_zip`](super::bill::parse_zip)).
+    /// [`MAX_BILL_BYTES`](http::MAX_BILL_BYTES). Returns the raw bytes (a zip; read it
+    /// with [`parse_zip`](super::bill::parse_zip)).
     ///
     /// Errors: a URL that is not absolute http(s) is permanent `invalid_url`; a non-2xx
     /// status (an expired URL, for one) is retryable `http_<status>` (ask for a new URL);
@@ -296,19 +293,9 @@ impl AlipayClient {
     /// retryable (`timeout`, `connect`, `http_transport`).
     pub async fn download_bill(&self, url: &str) -> Result<Vec<u8>, GatewayError> {
         let started = Instant::now();
-        let parsed = http::absolute_url(url).ok_or_else(|| {
-            GatewayError::permanent(
-                "invalid_url",
-                format!("bill URL {:?} is not an absolute http(s) URL", echo(url)),
-            )
-        })?;
+        let parsed = http::bill_url(url)?;
         let host = parsed.host_str().unwrap_or("").to_owned();
-        let bytes = http::within(
-            self.config.timeout,
-            "the bill download",
-            self.fetch_bill(parsed),
-        )
-        .await?;
+        let bytes = http::download(self.http.get(parsed), self.config.timeout).await?;
         tracing::debug!(
             host,
             bytes = bytes.len(),
@@ -316,10 +303,6 @@ impl AlipayClient {
             "alipay bill downloaded"
         );
         Ok(bytes)
-    }
-
-    async fn fetch_bill(&self, url: reqwest::Url) -> Result<Vec<u8>, GatewayError> {
-        http::download(self.http.get(url), MAX_BILL_BYTES).await
     }
 }
 
@@ -467,7 +450,7 @@ impl BillSource for AlipayClient {
     }
 
     fn max_file_bytes(&self) -> u64 {
-        MAX_BILL_BYTES as u64
+        http::MAX_BILL_BYTES as u64
     }
 
     fn calendar(&self) -> chrono::FixedOffset {

@@ -15,16 +15,13 @@ use chrono::{DateTime, Duration as Span, Utc};
 use super::response::parse_china_time;
 use super::sign::verify_notify_params;
 use crate::gateway::TradeState;
-use crate::gateway::notice::{Claim, Notice, NoticeError, NotifyVerifier, Reply};
+use crate::gateway::notice::{self, Claim, Notice, NoticeError, NotifyVerifier, Reply, echo};
 use crate::gateway::rsa::RsaPublicKey;
 use crate::money::parse_minor;
 
 /// A notification older than this is not believed by itself (Alipay resends for about
 /// 25 hours; an older one is a replay, so the gateway is asked instead).
 pub const MAX_AGE: Span = Span::hours(30);
-
-/// Longest value echoed into a reason.
-const MAX_ECHO: usize = 64;
 
 /// Verifies Alipay notifications for one merchant application.
 pub struct AlipayNotify {
@@ -104,13 +101,6 @@ impl AlipayNotify {
     }
 }
 
-fn echo(text: &str) -> String {
-    text.chars()
-        .take(MAX_ECHO)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 impl NotifyVerifier for AlipayNotify {
     fn read(&self, headers: &HeaderMap, body: &[u8]) -> Result<Notice, NoticeError> {
         let content_type = headers
@@ -140,19 +130,7 @@ impl NotifyVerifier for AlipayNotify {
                 )));
             }
         }
-        let out_trade_no = form
-            .get("out_trade_no")
-            .filter(|v| !v.is_empty())
-            .ok_or(NoticeError::NoOrder)?
-            .clone();
-        if out_trade_no.len() > crate::message::MAX_OUT_TRADE_NO
-            || out_trade_no.chars().any(char::is_control)
-        {
-            // Never one of ours: not worth a database read.
-            return Err(NoticeError::Malformed(
-                "out_trade_no is not an order number (too long or control characters)".into(),
-            ));
-        }
+        let out_trade_no = notice::order_number(form.get("out_trade_no").map(String::as_str))?;
         let claim = if !verify_notify_params(&self.alipay_public_key, &pairs) {
             Claim::Unverified {
                 reason: "the signature does not verify with Alipay's key".into(),

@@ -5,6 +5,7 @@
 //! trade is `WAIT_BUYER_PAY` until the payment completes), so these functions never
 //! answer [`TradeState::InProgress`]; that state exists for other gateways.
 
+use crate::gateway::http::echo;
 use serde_json::Value;
 
 use crate::gateway::{CloseAnswer, GatewayError, RefundAnswer, RefundRequest, TradeState};
@@ -12,9 +13,6 @@ use crate::money::parse_minor;
 
 /// Deepest nesting the brace matcher follows before giving up on a body.
 const MAX_DEPTH: usize = 128;
-
-/// Longest gateway-supplied text copied into an error message.
-const MAX_ECHO: usize = 200;
 
 pub use crate::time::{china, format_china_time, parse_china_time};
 
@@ -195,17 +193,6 @@ pub fn split_response<'a>(body: &'a str, keys: &[&'a str]) -> Option<SplitRespon
 // ---------------------------------------------------------------------------------------
 // Classification
 // ---------------------------------------------------------------------------------------
-
-/// Gateway-supplied text, shortened for an error message.
-fn echo(text: &str) -> String {
-    if text.chars().count() <= MAX_ECHO {
-        text.to_owned()
-    } else {
-        let mut s: String = text.chars().take(MAX_ECHO).collect();
-        s.push('…');
-        s
-    }
-}
 
 /// The fields of an answer object that classification looks at.
 struct Fields<'a> {

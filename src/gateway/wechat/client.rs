@@ -32,9 +32,6 @@ use crate::gateway::{
 /// Largest answer body read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Largest (compressed) bill download read.
-pub const MAX_BILL_BYTES: usize = 64 * 1024 * 1024;
-
 /// Largest bill once decompressed.
 pub const MAX_BILL_TEXT_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -385,22 +382,13 @@ impl WechatClient {
 
     /// Downloads the bill (a signed GET; the answer is not signed) and gunzips it.
     async fn download(&self, download_url: &str) -> Result<Vec<u8>, GatewayError> {
-        let url = http::absolute_url(download_url).ok_or_else(|| {
-            GatewayError::permanent(
-                "invalid_url",
-                format!(
-                    "bill URL {:?} is not an absolute http(s) URL",
-                    echo(download_url)
-                ),
-            )
-        })?;
+        let url = http::bill_url(download_url)?;
         let authorization = self.authorization(&reqwest::Method::GET, &url, "")?;
         let request = self
             .http
             .get(url)
             .header(reqwest::header::AUTHORIZATION, authorization);
-        let fetch = http::download(request, MAX_BILL_BYTES);
-        http::within(self.config.timeout, "the bill download", fetch).await
+        http::download(request, self.config.timeout).await
     }
 }
 

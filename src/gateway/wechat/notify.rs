@@ -18,13 +18,10 @@ use super::aead::ApiV3Key;
 use super::response::classify_transaction;
 use super::sign::{self, SignedBy, VerifyError, WechatKeys};
 use crate::gateway::TradeState;
-use crate::gateway::notice::{Claim, Notice, NoticeError, NotifyVerifier, Reply};
+use crate::gateway::notice::{self, Claim, Notice, NoticeError, NotifyVerifier, Reply, echo};
 
 /// The event of a payment.
 pub const PAID_EVENT: &str = "TRANSACTION.SUCCESS";
-
-/// Longest value echoed into a reason.
-const MAX_ECHO: usize = 64;
 
 /// Verifies WeChat Pay notifications for one merchant.
 pub struct WechatNotify {
@@ -50,13 +47,6 @@ impl WechatNotify {
         self.now = now;
         self
     }
-}
-
-fn echo(text: &str) -> String {
-    text.chars()
-        .take(MAX_ECHO)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// The envelope's decrypted transaction, as text and parsed.
@@ -96,19 +86,8 @@ impl NotifyVerifier for WechatNotify {
             .filter(Value::is_object)
             .ok_or_else(|| NoticeError::Malformed("the body is not a JSON object".into()))?;
         let (plain, transaction) = open(&self.api_v3_key, &envelope)?;
-        let out_trade_no = transaction
-            .get("out_trade_no")
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-            .ok_or(NoticeError::NoOrder)?
-            .to_owned();
-        if out_trade_no.len() > crate::message::MAX_OUT_TRADE_NO
-            || out_trade_no.chars().any(char::is_control)
-        {
-            return Err(NoticeError::Malformed(
-                "out_trade_no is not an order number (too long or control characters)".into(),
-            ));
-        }
+        let out_trade_no =
+            notice::order_number(transaction.get("out_trade_no").and_then(Value::as_str))?;
         let event = envelope
             .get("event_type")
             .and_then(Value::as_str)
