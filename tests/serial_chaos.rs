@@ -230,9 +230,9 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let mut vars = env.binary_env(&dir);
     // Every gateway answers within a second or counts as a timeout.
     for plugin in order_closer::gateway::ALL {
-        let name = format!("{}_TIMEOUT", plugin.env_prefix);
-        vars.retain(|(k, _)| *k != name);
-        vars.push((name, "1s".into()));
+        let name = plugin.common.timeout;
+        vars.retain(|(k, _)| k != name);
+        vars.push((name.to_owned(), "1s".into()));
     }
     for (k, v) in [
         ("ORDER_CLOSER_RETRY_STEPS", "1s,2s,3s,5s,8s,10s"), // RETRY_STEPS steps

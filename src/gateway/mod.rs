@@ -40,6 +40,10 @@ pub struct Plugin {
     /// The prefix of its variables (`ALIPAY`: `ALIPAY_RATE_LIMIT`, ...).
     #[cfg(feature = "worker")]
     pub env_prefix: &'static str,
+    /// The names of its variables every gateway has (URL, timeout, rate limit, retry
+    /// steps).
+    #[cfg(feature = "worker")]
+    pub common: registry::CommonNames,
     /// Every environment variable it reads (documented in docs/operations.md).
     #[cfg(feature = "worker")]
     pub variables: &'static [&'static str],

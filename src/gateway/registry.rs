@@ -6,13 +6,16 @@
 //! gateways from [`Gateways::from_settings`].
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
 use super::notice::NotifyVerifier;
+use super::rate_limit::RateLimited;
 use super::{BillSource, Gateway};
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, DEFAULT_GATEWAY_URL, Settings, Vars};
 use crate::retry::RetryPolicy;
 
 /// Why the gateways could not be built.
@@ -84,6 +87,70 @@ impl Connector {
     pub fn with_retry(mut self, retry: Option<RetryPolicy>) -> Self {
         self.retry = retry;
         self
+    }
+}
+
+/// The names of the variables every gateway has, under its own prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct CommonNames {
+    /// Its base URL (`<P>_GATEWAY_URL`).
+    pub gateway_url: &'static str,
+    /// The request timeout (`<P>_TIMEOUT`).
+    pub timeout: &'static str,
+    /// Most requests per second this process sends (`<P>_RATE_LIMIT`).
+    pub rate_limit: &'static str,
+    /// Its own retry steps (`<P>_RETRY_STEPS`).
+    pub retry_steps: &'static str,
+}
+
+/// What every gateway's configuration has, read from its [`CommonNames`].
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    /// Its base URL.
+    pub gateway_url: String,
+    /// The request timeout: 10 s unless set, from 100 ms to 300 s.
+    pub timeout: Duration,
+    /// Most requests per second: 200 unless set, from 1 to 100,000.
+    pub rate_limit: NonZeroU32,
+    /// Its own retry steps; the common ones when unset.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl CommonSettings {
+    /// Reads and checks the common variables (each error names its variable).
+    pub fn read(vars: &Vars, names: &CommonNames) -> Result<Self, ConfigError> {
+        let gateway_url = vars.http_url(names.gateway_url, DEFAULT_GATEWAY_URL)?;
+        let timeout = vars.duration(
+            names.timeout,
+            Duration::from_secs(10),
+            Duration::from_millis(100)..=Duration::from_secs(300),
+        )?;
+        let rate_limit = NonZeroU32::new(vars.number(names.rate_limit, 200, 1, 100_000)? as u32)
+            .unwrap_or(NonZeroU32::MIN);
+        let retry = vars.retry_steps(names.retry_steps)?;
+        Ok(Self {
+            gateway_url,
+            timeout,
+            rate_limit,
+            retry,
+        })
+    }
+
+    /// The connector of a gateway whose client also serves its bill: the client behind
+    /// the rate limit, the notification verifier, the client again as the bill source,
+    /// the gateway's own retry steps.
+    pub fn connector<C>(&self, client: C, verifier: Arc<dyn NotifyVerifier>) -> Connector
+    where
+        C: Gateway + BillSource + 'static,
+    {
+        let client = Arc::new(client);
+        Connector::new(Arc::new(RateLimited::new(
+            Arc::clone(&client),
+            self.rate_limit,
+        )))
+        .with_verifier(verifier)
+        .with_bills(client)
+        .with_retry(self.retry.clone())
     }
 }
 

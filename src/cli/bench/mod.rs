@@ -513,11 +513,11 @@ impl BenchEnv {
             ("ORDER_CLOSER_HTTP_LISTEN", "off"),
         ];
         // No gateway's rate limit is what is measured.
-        let unlimited: Vec<String> = order_closer::gateway::ALL
-            .iter()
-            .map(|plugin| format!("{}_RATE_LIMIT", plugin.env_prefix))
-            .collect();
-        overrides.extend(unlimited.iter().map(|k| (k.as_str(), "100000")));
+        overrides.extend(
+            order_closer::gateway::ALL
+                .iter()
+                .map(|plugin| (plugin.common.rate_limit, "100000")),
+        );
         overrides.extend(
             plan.worker_env
                 .iter()

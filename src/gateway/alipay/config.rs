@@ -2,19 +2,15 @@
 //! are built, and the connector they make (the client behind its rate limit, the
 //! notification verifier, the bill source).
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
 use super::client::{AlipayClient, AlipayConfig};
 use super::notify::AlipayNotify;
-use crate::config::{ConfigError, DEFAULT_GATEWAY_URL, Vars, key_material};
-use crate::gateway::rate_limit::RateLimited;
-use crate::gateway::registry::{Connector, RegistryError};
+use crate::config::{ConfigError, Vars, key_material};
+use crate::gateway::registry::{CommonNames, CommonSettings, Connector, RegistryError};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
-use crate::retry::RetryPolicy;
 
 /// The default (sandbox-looking) application id.
 pub const DEFAULT_APP_ID: &str = "2021000000000000";
@@ -32,6 +28,14 @@ pub const VARIABLES: &[&str] = &[
     "ALIPAY_RETRY_STEPS",
 ];
 
+/// Its variables every gateway has.
+pub const COMMON: CommonNames = CommonNames {
+    gateway_url: "ALIPAY_GATEWAY_URL",
+    timeout: "ALIPAY_TIMEOUT",
+    rate_limit: "ALIPAY_RATE_LIMIT",
+    retry_steps: "ALIPAY_RETRY_STEPS",
+};
+
 /// Alipay as configured.
 #[derive(Debug, Clone)]
 pub struct AlipaySettings {
@@ -40,27 +44,17 @@ pub struct AlipaySettings {
     /// The merchant's Alipay partner id (`ALIPAY_SELLER_ID`); when set, a notification
     /// must name it.
     pub seller_id: Option<String>,
-    /// Most requests per second this process sends to Alipay (`ALIPAY_RATE_LIMIT`).
-    pub rate_limit: NonZeroU32,
-    /// Alipay's own retry steps (`ALIPAY_RETRY_STEPS`); the common ones when unset.
-    pub retry: Option<RetryPolicy>,
+    /// Its URL, timeout, rate limit and retry steps.
+    pub common: CommonSettings,
 }
 
 impl AlipaySettings {
     /// Reads Alipay's variables; `None` when Alipay is not configured here (no app
     /// private key). Every variable that is set is checked either way.
     pub fn from_vars(vars: &Vars) -> Result<Option<Self>, ConfigError> {
-        let gateway_url = vars.http_url("ALIPAY_GATEWAY_URL", DEFAULT_GATEWAY_URL)?;
+        let common = CommonSettings::read(vars, &COMMON)?;
         let app_id = vars.string("ALIPAY_APP_ID", DEFAULT_APP_ID);
         let seller_id = vars.get("ALIPAY_SELLER_ID").map(|v| v.trim().to_owned());
-        let timeout = vars.duration(
-            "ALIPAY_TIMEOUT",
-            Duration::from_secs(10),
-            Duration::from_millis(100)..=Duration::from_secs(300),
-        )?;
-        let rate_limit = NonZeroU32::new(vars.number("ALIPAY_RATE_LIMIT", 200, 1, 100_000)? as u32)
-            .unwrap_or(NonZeroU32::MIN);
-        let retry = vars.retry_steps("ALIPAY_RETRY_STEPS")?;
         let private = vars.secret("ALIPAY_APP_PRIVATE_KEY", "ALIPAY_APP_PRIVATE_KEY_FILE")?;
         let public = vars.get("ALIPAY_PUBLIC_KEY");
         if private.is_none() && public.is_none() {
@@ -82,15 +76,14 @@ impl AlipaySettings {
             .map_err(|e| ConfigError::invalid("ALIPAY_PUBLIC_KEY", "<key>", e))?;
         Ok(Some(Self {
             client: AlipayConfig {
-                gateway_url,
+                gateway_url: common.gateway_url.clone(),
                 app_id,
                 app_private_key: Arc::new(app_private_key),
                 alipay_public_key: Arc::new(alipay_public_key),
-                timeout,
+                timeout: common.timeout,
             },
             seller_id,
-            rate_limit,
-            retry,
+            common,
         }))
     }
 
@@ -102,16 +95,9 @@ impl AlipaySettings {
             self.seller_id,
             Arc::clone(&self.client.alipay_public_key),
         );
-        let client = Arc::new(
-            AlipayClient::new(self.client).map_err(|e| RegistryError::client(super::CHANNEL, e))?,
-        );
-        Ok(Connector::new(Arc::new(RateLimited::new(
-            Arc::clone(&client),
-            self.rate_limit,
-        )))
-        .with_verifier(Arc::new(verifier))
-        .with_bills(client)
-        .with_retry(self.retry))
+        let client =
+            AlipayClient::new(self.client).map_err(|e| RegistryError::client(super::CHANNEL, e))?;
+        Ok(self.common.connector(client, Arc::new(verifier)))
     }
 }
 

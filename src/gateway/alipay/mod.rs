@@ -41,6 +41,8 @@ pub const PLUGIN: Plugin = Plugin {
     #[cfg(feature = "worker")]
     env_prefix: "ALIPAY",
     #[cfg(feature = "worker")]
+    common: config::COMMON,
+    #[cfg(feature = "worker")]
     variables: config::VARIABLES,
     #[cfg(feature = "worker")]
     configured_by: &["ALIPAY_APP_PRIVATE_KEY", "ALIPAY_PUBLIC_KEY"],

@@ -7,10 +7,8 @@
 //! new merchants) or with **platform certificates** (`WECHAT_PLATFORM_CERTS`, files:
 //! older merchants), or both during a migration: `Wechatpay-Serial` picks the key.
 
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
@@ -18,11 +16,9 @@ use super::aead::ApiV3Key;
 use super::client::{WechatClient, WechatConfig};
 use super::notify::WechatNotify;
 use super::sign::WechatKeys;
-use crate::config::{ConfigError, DEFAULT_GATEWAY_URL, Vars, key_material};
-use crate::gateway::rate_limit::RateLimited;
-use crate::gateway::registry::{Connector, RegistryError};
+use crate::config::{ConfigError, Vars, key_material};
+use crate::gateway::registry::{CommonNames, CommonSettings, Connector, RegistryError};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
-use crate::retry::RetryPolicy;
 
 /// The default merchant id (the documentation's example).
 pub const DEFAULT_MCH_ID: &str = "1900000109";
@@ -44,6 +40,14 @@ pub const VARIABLES: &[&str] = &[
     "WECHAT_RETRY_STEPS",
 ];
 
+/// Its variables every gateway has.
+pub const COMMON: CommonNames = CommonNames {
+    gateway_url: "WECHAT_GATEWAY_URL",
+    timeout: "WECHAT_TIMEOUT",
+    rate_limit: "WECHAT_RATE_LIMIT",
+    retry_steps: "WECHAT_RETRY_STEPS",
+};
+
 /// WeChat Pay as configured.
 #[derive(Debug, Clone)]
 pub struct WechatSettings {
@@ -51,17 +55,15 @@ pub struct WechatSettings {
     pub client: WechatConfig,
     /// The APIv3 key, which opens the notifications (`WECHAT_API_V3_KEY`).
     pub api_v3_key: ApiV3Key,
-    /// Most requests per second this process sends to WeChat Pay.
-    pub rate_limit: NonZeroU32,
-    /// WeChat Pay's own retry steps; the common ones when unset.
-    pub retry: Option<RetryPolicy>,
+    /// Its URL, timeout, rate limit and retry steps.
+    pub common: CommonSettings,
 }
 
 impl WechatSettings {
     /// Reads WeChat Pay's variables; `None` when it is not configured here (no merchant
     /// private key). Every variable that is set is checked either way.
     pub fn from_vars(vars: &Vars) -> Result<Option<Self>, ConfigError> {
-        let gateway_url = vars.http_url("WECHAT_GATEWAY_URL", DEFAULT_GATEWAY_URL)?;
+        let common = CommonSettings::read(vars, &COMMON)?;
         let mchid = vars.string("WECHAT_MCH_ID", DEFAULT_MCH_ID);
         if mchid.is_empty() || !mchid.chars().all(|c| c.is_ascii_digit()) {
             return Err(ConfigError::invalid(
@@ -70,14 +72,6 @@ impl WechatSettings {
                 "expected digits",
             ));
         }
-        let timeout = vars.duration(
-            "WECHAT_TIMEOUT",
-            Duration::from_secs(10),
-            Duration::from_millis(100)..=Duration::from_secs(300),
-        )?;
-        let rate_limit = NonZeroU32::new(vars.number("WECHAT_RATE_LIMIT", 200, 1, 100_000)? as u32)
-            .unwrap_or(NonZeroU32::MIN);
-        let retry = vars.retry_steps("WECHAT_RETRY_STEPS")?;
         let Some(private) = vars.secret("WECHAT_MCH_PRIVATE_KEY", "WECHAT_MCH_PRIVATE_KEY_FILE")?
         else {
             return Ok(None);
@@ -106,16 +100,15 @@ impl WechatSettings {
         };
         Ok(Some(Self {
             client: WechatConfig {
-                gateway_url,
+                gateway_url: common.gateway_url.clone(),
                 mchid,
                 merchant_serial: merchant_serial.trim().to_owned(),
                 merchant_key: Arc::new(merchant_key),
                 keys: Arc::new(keys),
-                timeout,
+                timeout: common.timeout,
             },
             api_v3_key,
-            rate_limit,
-            retry,
+            common,
         }))
     }
 
@@ -127,16 +120,9 @@ impl WechatSettings {
             Arc::clone(&self.client.keys),
             self.api_v3_key,
         );
-        let client = Arc::new(
-            WechatClient::new(self.client).map_err(|e| RegistryError::client(super::CHANNEL, e))?,
-        );
-        Ok(Connector::new(Arc::new(RateLimited::new(
-            Arc::clone(&client),
-            self.rate_limit,
-        )))
-        .with_verifier(Arc::new(verifier))
-        .with_bills(client)
-        .with_retry(self.retry))
+        let client =
+            WechatClient::new(self.client).map_err(|e| RegistryError::client(super::CHANNEL, e))?;
+        Ok(self.common.connector(client, Arc::new(verifier)))
     }
 }
 

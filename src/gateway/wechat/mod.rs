@@ -46,6 +46,8 @@ pub const PLUGIN: Plugin = Plugin {
     #[cfg(feature = "worker")]
     env_prefix: "WECHAT",
     #[cfg(feature = "worker")]
+    common: config::COMMON,
+    #[cfg(feature = "worker")]
     variables: config::VARIABLES,
     #[cfg(feature = "worker")]
     configured_by: &["WECHAT_MCH_PRIVATE_KEY", "WECHAT_PUBLIC_KEY"],
