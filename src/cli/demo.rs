@@ -19,7 +19,6 @@ use diesel_async::RunQueryDsl;
 use indicatif::{ProgressBar, ProgressStyle};
 use order_closer::broker::timed;
 use order_closer::closer::{Due, NewOrder};
-use order_closer::config::Settings;
 use order_closer::db::schema::{decisions, orders};
 use order_closer::db::{self, DbPool};
 use order_closer::decide::Decider;
@@ -116,7 +115,7 @@ impl Buyer {
 }
 
 /// Runs the demo; exit code 0 only when every order agrees with the simulator.
-pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.min_deadline <= args.max_deadline,
         "--min-deadline must not exceed --max-deadline"
@@ -130,9 +129,9 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<ExitCode
 
     // A sandbox of its own (schema, queues, the simulator with fresh keys), removed at
     // the end: the demo neither sees nor leaves anything in the database and broker it
-    // runs against.
-    let _ = settings;
-    let mut sandbox = Sandbox::start("demo", std::env::vars().collect(), &[]).await?;
+    // runs against. The run id names the sandbox as well as the orders.
+    let mut sandbox =
+        Sandbox::start_tagged("demo", &run_id, std::env::vars().collect(), &[]).await?;
     let result = demo(&sandbox, &args, &run_id).await;
     sandbox.cleanup().await;
     result

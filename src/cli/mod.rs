@@ -80,7 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => keygen::run(args),
         Command::Orders(cmd) => orders::run(settings, cmd).await,
         Command::Reconcile(cmd) => reconcile::run(settings, cmd).await,
-        Command::Demo(args) => demo::run(&settings, args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(&settings, args).await,
     }
 }
