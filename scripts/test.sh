@@ -72,6 +72,15 @@ cargo clippy --all-targets -- -D warnings
 CURRENT="cargo clippy --lib --example create_order --no-default-features -- -D warnings"
 step "$CURRENT (the lean library)"
 cargo clippy --lib --example create_order --no-default-features -- -D warnings
+# The features in between: the worker without the simulator (a deployment's build), and
+# the simulator without the CLI. Each must build and lint clean with its tests, so that no
+# code (a test module, a dependency) leans on a feature it does not declare.
+for features in worker sim; do
+    CURRENT="cargo clippy --all-targets --no-default-features --features $features -- -D warnings"
+    step "$CURRENT"
+    cargo clippy --all-targets --no-default-features --features "$features" -- -D warnings
+done
+
 CURRENT="cargo tree -e normal --no-default-features (no server-side crates)"
 step "$CURRENT"
 lean_tree="$(cargo tree -e normal --no-default-features --prefix none)"

@@ -2,6 +2,8 @@
 //! `promtool check rules` (they parse) and `promtool test rules` (they fire when they
 //! must, and only then). `scripts/test.sh` installs promtool (Debian's `prometheus`
 //! package) when it is missing.
+// It needs the worker (`--features worker`).
+#![cfg(feature = "worker")]
 
 use std::path::Path;
 use std::process::Command;

@@ -4,6 +4,8 @@
 //!
 //! Named `serial_` so that `scripts/test.sh` runs it in the serial pass, where it does
 //! not compete with the parallel tests for the CPU.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 use std::process::Command;
 

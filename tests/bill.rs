@@ -1,6 +1,8 @@
 //! The daily trade bill end to end: the real Alipay client asks the simulator (real HTTP on
 //! loopback, signed both ways) for a bill URL, downloads the zip, and the bill reader
 //! parses it.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

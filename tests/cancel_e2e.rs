@@ -2,6 +2,8 @@
 //! simulator over HTTP, an in-process worker): a cancel runs the deadline decision at once
 //! in each gateway state, and the caller is told how it ended; an extension is honoured by
 //! the message already scheduled.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! The binary's commands, run as a user would: good and bad arguments and configuration.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! duration at the largest value the configuration accepts, the code that does arithmetic
 //! with them runs — the relay's claim, the janitor's pass, a retry's `not_before` and its
 //! tier — and a worker decides an order.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The library's create path on real Postgres and RabbitMQ: one order and a batch are
 //! written with their close schedules, published, and their outbox rows removed; a batch
 //! with one bad or duplicate order writes nothing and names the culprit.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! failing member fails alone, two requests about one row never share a group, and
 //! grouped decisions are written exactly like single ones (one audit row, one event
 //! naming its decision, an anomaly where the amount differs).
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

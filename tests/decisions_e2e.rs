@@ -1,5 +1,7 @@
 //! Every row of the decision table end to end: real Postgres, real RabbitMQ, the
 //! simulator over HTTP, an in-process worker.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! reads is in the configuration table of `docs/operations.md` (and every variable there is
 //! read), every `[env: ...]` of every command's `--help` is documented, and the README's
 //! command table lists exactly the binary's commands.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! kind and the real Alipay client must classify it as a retryable error with a stable
 //! code, without any fault changing a trade behind the client's back (except
 //! `timeout_after_apply`, which is meant to).
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The test harness itself: an environment dropped without `cleanup` (a failed test)
 //! still removes its schema and its queues.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

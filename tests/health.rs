@@ -1,4 +1,6 @@
 //! The worker's `/healthz`, `/readyz` and `/metrics` over HTTP.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! broker is still decided, by the worker itself; an order waiting in its retry schedule,
 //! or parked for an operator, is left alone; concurrent janitors never claim one order
 //! twice.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

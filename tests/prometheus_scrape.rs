@@ -2,6 +2,8 @@
 //! every metric the rules name arrives under that name, and every rule evaluates
 //! cleanly, so a renamed metric cannot silently break an alert (issue 12).
 //! `scripts/test.sh` installs Debian's `prometheus` package when it is missing.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! `reconcile bill`: the simulator's daily trade bill (the real zip/GBK format, fetched
 //! through the signed download-URL method) diffed against the database.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

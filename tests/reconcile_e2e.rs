@@ -1,5 +1,7 @@
 //! The reconcile command: overdue sweep and parking-queue drain, through the same
 //! decision code as the worker, against real Postgres, RabbitMQ and the simulator.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

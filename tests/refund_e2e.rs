@@ -2,6 +2,8 @@
 //! (with its idempotency rule), a worker on real RabbitMQ sending the refund, real
 //! Postgres. However often a refund is sent (a timeout after it was applied, an operator
 //! asking twice), the simulator shows exactly one.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -19,6 +19,8 @@
 //! Seeds: `CHAOS_SEED` (default 2026) drives the buyers and the faults. Soak:
 //! `CHAOS_ROUNDS=N` repeats the run N times with seeds `CHAOS_SEED`, `CHAOS_SEED + 1`, ...
 //! and prints the totals and the seed of every failed round.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -12,6 +12,8 @@
 //! it until the target confirms. The test asserts that quorum loses nothing in either
 //! scenario, that classic loses every refused message (the mechanism), and prints the
 //! figures. Stops a broker: runs serially.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The worker binary stopped with SIGTERM mid-run and started again: every order is
 //! decided exactly once, with exactly one event. Kills processes: runs serially.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

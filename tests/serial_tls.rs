@@ -6,6 +6,8 @@
 //! fail with an error that names the cause and never the password.
 //!
 //! Serial (it starts servers): run by the README's test command in its own step.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The simulator's payment notifications and their faults, against a receiver of the
 //! test's own on loopback (no database, no broker): each fault (drop, delay, duplicate,
 //! reorder, a refused send) has an outcome the test can count on, whatever the timing.
+// It runs the binary or the simulator: only with the full build (`--features cli`, the default).
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -458,7 +458,8 @@ impl BillSource for AlipayClient {
     }
 }
 
-#[cfg(test)]
+// These tests run the client against the simulator, so they need it.
+#[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
     use crate::gateway::{FaultClass, TradeState};
