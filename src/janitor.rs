@@ -130,35 +130,73 @@ impl Janitor {
             Err(_) => Verdict::DatabaseUnavailable,
         };
         if let Ok(Outcome::Park { code, detail }) = outcome {
-            self.park(&order, attempt, &code, &detail).await;
+            let order = ParkedOrder {
+                id: order.id,
+                out_trade_no: &order.out_trade_no,
+                deadline: order.deadline,
+            };
+            park_redriven(
+                &self.publisher,
+                &self.decider,
+                order,
+                attempt,
+                &code,
+                &detail,
+            )
+            .await;
         }
         verdict
     }
+}
 
-    /// Publishes the parked message an operator works from; if that fails, the order is
-    /// given back to the next pass (it must not wait for an operator who cannot see it).
-    async fn park(&self, order: &orders::Overdue, attempt: AttemptInfo, code: &str, detail: &str) {
-        let mut message = CloseMessage::new(order.id, order.out_trade_no.clone(), order.deadline);
-        message.attempt = attempt.number;
-        message.first_seen = attempt.first_seen;
-        let note = ParkNote {
-            reason: code,
-            last_error: detail,
-            attempts: attempt.number + 1,
-            first_seen: attempt.first_seen.unwrap_or_else(Utc::now),
-        };
-        if let Err(e) = self.publisher.park(&message.encode(), &note).await {
-            warn!(error = %e, "could not park the re-driven order; the next pass takes it again");
-            let released = async {
-                let mut conn = db::conn(self.decider.pool()).await?;
-                orders::set_recheck(&mut conn, order.id, None)
-                    .await
-                    .map_err(DbError::from)
-            }
-            .await;
-            if let Err(e) = released {
-                warn!(error = %e, "could not give the order back; it returns after its lease");
-            }
-        }
+/// An order that a re-drive (the janitor's, or `reconcile overdue`'s) decided to park.
+#[derive(Debug, Clone, Copy)]
+pub struct ParkedOrder<'a> {
+    /// Our id.
+    pub id: i64,
+    /// Merchant order number.
+    pub out_trade_no: &'a str,
+    /// Its deadline.
+    pub deadline: chrono::DateTime<Utc>,
+}
+
+/// Publishes the parked message an operator works from, for an order a re-drive parked
+/// (it had no message left, so the decision's park row alone would leave the operator
+/// nothing to work from). If that fails, the order is given back to the janitor's next
+/// pass: it must not wait for an operator who cannot see it.
+pub async fn park_redriven(
+    publisher: &Publisher,
+    decider: &Decider,
+    order: ParkedOrder<'_>,
+    attempt: AttemptInfo,
+    code: &str,
+    detail: &str,
+) {
+    let mut message = CloseMessage::new(order.id, order.out_trade_no.to_owned(), order.deadline);
+    message.attempt = attempt.number;
+    message.first_seen = attempt.first_seen;
+    let note = ParkNote {
+        reason: code,
+        last_error: detail,
+        attempts: attempt.number + 1,
+        first_seen: attempt.first_seen.unwrap_or_else(Utc::now),
+    };
+    if let Err(e) = publisher.park(&message.encode(), &note).await {
+        warn!(error = %e, "could not park the re-driven order; the janitor takes it again");
+        release(decider, order.id).await;
+    }
+}
+
+/// Gives a NEW order back to the janitor's next pass (its schedule: its deadline).
+pub async fn release(decider: &Decider, order_id: i64) {
+    let released = async {
+        let mut conn = db::conn(decider.pool()).await?;
+        orders::set_recheck(&mut conn, order_id, None)
+            .await
+            .map_err(DbError::from)
+    }
+    .await;
+    if let Err(e) = released {
+        warn!(error = %e, "could not give the order back; it returns after its lease");
     }
 }

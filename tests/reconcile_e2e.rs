@@ -64,7 +64,7 @@ async fn the_overdue_sweep_decides_lost_orders_and_a_dry_run_changes_nothing() {
     env.buyers.pay_on_close(&racing).await.unwrap();
     let decider = env.decider("reconcile-test");
 
-    let dry = overdue::sweep(&decider, &options(Mode::DryRun), |_| {})
+    let dry = overdue::sweep(&decider, &options(Mode::DryRun), None, |_| {})
         .await
         .unwrap();
     assert_eq!(dry.scanned, 4, "{dry:?}");
@@ -85,7 +85,7 @@ async fn the_overdue_sweep_decides_lost_orders_and_a_dry_run_changes_nothing() {
         SimTradeStatus::WaitBuyerPay
     );
 
-    let applied = overdue::sweep(&decider, &options(Mode::Apply), |_| {})
+    let applied = overdue::sweep(&decider, &options(Mode::Apply), None, |_| {})
         .await
         .unwrap();
     assert_eq!(applied.scanned, 4);
@@ -100,7 +100,7 @@ async fn the_overdue_sweep_decides_lost_orders_and_a_dry_run_changes_nothing() {
         OrderStatus::New,
         "inside the grace period"
     );
-    let again = overdue::sweep(&decider, &options(Mode::Apply), |_| {})
+    let again = overdue::sweep(&decider, &options(Mode::Apply), None, |_| {})
         .await
         .unwrap();
     assert_eq!((again.scanned, again.finding), (0, Finding::Clean));
@@ -122,11 +122,13 @@ async fn the_sweep_pages_through_many_orders_and_honours_limit() {
     let mut limited = options(Mode::Apply);
     limited.limit = Some(700);
     limited.concurrency = 16;
-    let first = overdue::sweep(&decider, &limited, |_| {}).await.unwrap();
+    let first = overdue::sweep(&decider, &limited, None, |_| {})
+        .await
+        .unwrap();
     assert_eq!(first.scanned, 700);
     let mut rest = options(Mode::Apply);
     rest.concurrency = 16;
-    let second = overdue::sweep(&decider, &rest, |_| {}).await.unwrap();
+    let second = overdue::sweep(&decider, &rest, None, |_| {}).await.unwrap();
     assert_eq!(second.scanned, 400);
     assert_eq!(second.counts.get(&Verdict::Closed), Some(&400));
     env.cleanup().await;
@@ -148,7 +150,9 @@ async fn the_sweep_beside_running_workers_decides_each_order_once() {
     let decider = env.decider("reconcile-test");
     let mut eager = options(Mode::Apply);
     eager.older_than = Duration::ZERO;
-    overdue::sweep(&decider, &eager, |_| {}).await.unwrap();
+    overdue::sweep(&decider, &eager, None, |_| {})
+        .await
+        .unwrap();
     for no in &numbers {
         let order = env.settled(no, Duration::from_secs(20)).await;
         let finals: Vec<_> = env
@@ -297,5 +301,122 @@ async fn the_command_line_tells_cron_what_it_found() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("older-than"));
     std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
+
+/// Issue 19, item 17: an order whose message is parked is parked once. The sweep settles
+/// it when the gateway allows; a gateway that still fails, or still gives a reason to
+/// park, leaves it exactly as it was: no second park row, no retry row pulling it back
+/// into the janitor's schedule, its one parked message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweep_leaves_a_parked_order_parked_once_unless_it_settles() {
+    let env = TestEnv::new(&[]).await;
+    let no = lost_order(&env, "parked-once", 100, Duration::from_secs(600)).await;
+    let order = env.order(&no).await;
+    let queue = env.topology.parked_queue();
+    // A merchant id the gateway does not know: a permanent error, so the order is parked.
+    let refused = env.decider_with(&[("ALIPAY_APP_ID", "2021999999999999")], "reconcile-test");
+    let decider = env.decider("reconcile-test");
+    let parked_rows = || async {
+        env.decisions(order.id)
+            .await
+            .into_iter()
+            .filter(|(outcome, _)| outcome == "parked")
+            .count()
+    };
+    let claimable = || async {
+        let mut conn = db::conn(&env.pool).await.unwrap();
+        let later = Utc::now() + chrono::Duration::days(1);
+        order_closer::db::orders::claim_overdue(&mut conn, later, 100, later)
+            .await
+            .unwrap()
+            .len()
+    };
+
+    // A lost order the sweep must park gets its parked message, as the janitor's would.
+    let first = overdue::sweep(
+        &refused,
+        &options(Mode::Apply),
+        Some(&env.publisher),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first.counts.get(&Verdict::NeedsOperator),
+        Some(&1),
+        "{first:?}"
+    );
+    assert_eq!(parked_rows().await, 1);
+    let one = eventually(Duration::from_secs(5), || async {
+        (env.queue_len(&queue).await == 1).then_some(())
+    })
+    .await;
+    assert!(one.is_some(), "the parked message was published");
+    assert_eq!(claimable().await, 0, "a parked order is not the janitor's");
+
+    // Swept again while the reason holds: still parked, nothing written, no new message.
+    let again = overdue::sweep(
+        &refused,
+        &options(Mode::Apply),
+        Some(&env.publisher),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.counts.get(&Verdict::StillParked),
+        Some(&1),
+        "{again:?}"
+    );
+    assert_eq!(again.finding, Finding::NeedsAttention);
+    assert_eq!(parked_rows().await, 1, "parked a second time");
+
+    // A transient failure is not a retry either: the order stays out of the janitor's
+    // schedule while its message waits for the operator.
+    env.buyers
+        .fail_next(&no, order_closer::sim::FaultKind::Http502, 1)
+        .await
+        .unwrap();
+    let failing = overdue::sweep(
+        &decider,
+        &options(Mode::Apply),
+        Some(&env.publisher),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        failing.counts.get(&Verdict::StillParked),
+        Some(&1),
+        "{failing:?}"
+    );
+    let trail = env.decisions(order.id).await;
+    assert!(
+        trail.iter().all(|(outcome, _)| outcome != "retry"),
+        "{trail:?}"
+    );
+    assert_eq!(
+        claimable().await,
+        0,
+        "pulled back into the janitor's schedule"
+    );
+    assert_eq!(env.queue_len(&queue).await, 1);
+
+    // Once the gateway answers, the sweep settles it; its parked message is stale.
+    let settled = overdue::sweep(
+        &decider,
+        &options(Mode::Apply),
+        Some(&env.publisher),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        settled.counts.get(&Verdict::Closed),
+        Some(&1),
+        "{settled:?}"
+    );
+    assert_eq!(env.order(&no).await.status(), OrderStatus::Closed);
     env.cleanup().await;
 }

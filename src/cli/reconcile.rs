@@ -160,10 +160,7 @@ pub async fn run(settings: Settings, cmd: ReconcileCommand) -> anyhow::Result<Ex
 /// would too, later); a broker that cannot be reached only earns a warning.
 async fn announce(settings: &Settings, decider: &Decider) {
     let result = async {
-        let connection = broker::connect_configured(settings, "order-closer reconcile").await?;
-        let topology = Arc::new(settings.topology.clone());
-        let publisher = Publisher::open(&connection, topology.clone()).await?;
-        topology.declare(publisher.channel()).await?;
+        let (connection, publisher) = open_publisher(settings).await?;
         let relay = Relay::new(publisher);
         let mut conn = db::conn(decider.pool()).await?;
         let claim = Claim {
@@ -178,6 +175,15 @@ async fn announce(settings: &Settings, decider: &Decider) {
     if let Err(e) = result {
         eprintln!("warning: events not published now ({e:#}); a worker's relay will publish them");
     }
+}
+
+/// A confirm-mode publisher on a connection of its own, the topology declared.
+async fn open_publisher(settings: &Settings) -> anyhow::Result<(lapin::Connection, Publisher)> {
+    let connection = broker::connect_configured(settings, "order-closer reconcile").await?;
+    let topology = Arc::new(settings.topology.clone());
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+    topology.declare(publisher.channel()).await?;
+    Ok((connection, publisher))
 }
 
 async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCode> {
@@ -313,9 +319,30 @@ async fn run_overdue(settings: &Settings, args: OverdueArgs) -> anyhow::Result<E
         concurrency: args.concurrency as usize,
         mode: mode(args.dry_run),
     };
+    // An order the sweep parks needs its parked message; without a broker it is given
+    // back to the janitor instead, which parks it.
+    let parking = if args.dry_run {
+        None
+    } else {
+        match open_publisher(settings).await {
+            Ok(parking) => Some(parking),
+            Err(e) => {
+                eprintln!(
+                    "warning: no broker ({e:#}); an order that must be parked is left to a worker's janitor"
+                );
+                None
+            }
+        }
+    };
     let bar = progress_bar(args.limit);
-    let report = overdue::sweep(&decider, &options, |n| bar.set_position(n)).await?;
+    let report = overdue::sweep(&decider, &options, parking.as_ref().map(|(_, p)| p), |n| {
+        bar.set_position(n)
+    })
+    .await?;
     bar.finish_and_clear();
+    if let Some((connection, _)) = parking {
+        let _ = connection.close(200, "done".into()).await;
+    }
     if !args.dry_run {
         announce(settings, &decider).await;
     }
@@ -369,12 +396,9 @@ async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<Exi
         _ => ParkedAction::List,
     };
     let decider = decider(settings)?;
-    let connection = broker::connect_configured(settings, "order-closer reconcile")
+    let (connection, publisher) = open_publisher(settings)
         .await
         .context("connecting to RabbitMQ")?;
-    let topology = Arc::new(settings.topology.clone());
-    let publisher = Publisher::open(&connection, topology.clone()).await?;
-    topology.declare(publisher.channel()).await?;
     let channel = timed("open channel", connection.create_channel()).await?;
     let actor = format!("reconcile:{}", std::process::id());
     let report = parked::run(

@@ -251,6 +251,16 @@ pub async fn mark_closed(conn: &mut AsyncPgConnection, id: i64, reason: &str) ->
     Ok(updated == 1)
 }
 
+/// A NEW order past its deadline, and whether its message waits in the parking queue
+/// (`recheck_at = infinity`, written with its park row).
+#[derive(Debug, Clone)]
+pub struct OverdueOrder {
+    /// The order.
+    pub order: Order,
+    /// Whether it is parked for an operator.
+    pub parked: bool,
+}
+
 /// One page of NEW orders whose deadline is before `cutoff`, in (deadline, id) order after
 /// `after` (keyset pagination: constant cost per page however large the table).
 pub async fn overdue_page(
@@ -259,13 +269,16 @@ pub async fn overdue_page(
     channel: Option<&str>,
     after: Option<(DateTime<Utc>, i64)>,
     page: i64,
-) -> QueryResult<Vec<Order>> {
+) -> QueryResult<Vec<OverdueOrder>> {
+    let parked = diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "coalesce(orders.recheck_at = 'infinity'::timestamptz, false)",
+    );
     let mut query = orders::table
         .filter(orders::status.eq(OrderStatus::New.as_str()))
         .filter(orders::deadline.lt(cutoff))
         .order((orders::deadline.asc(), orders::id.asc()))
         .limit(page)
-        .select(Order::as_select())
+        .select((Order::as_select(), parked))
         .into_boxed();
     if let Some(channel) = channel {
         query = query.filter(orders::channel.eq(channel.to_owned()));
@@ -277,7 +290,11 @@ pub async fn overdue_page(
                 .or(orders::deadline.eq(deadline).and(orders::id.gt(id))),
         );
     }
-    query.load(conn).await
+    let rows: Vec<(Order, bool)> = query.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order, parked)| OverdueOrder { order, parked })
+        .collect())
 }
 
 /// A NEW order the janitor claimed, with where its retry schedule stood.

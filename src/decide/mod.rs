@@ -117,6 +117,26 @@ pub enum Outcome {
         /// The amount, in minor units.
         amount_minor: i64,
     },
+    /// The order's message waits in the parking queue and this decision could not settle
+    /// it (the gateway failed, or still gives a reason to park): nothing was recorded, so
+    /// the order stays parked once, with its one message, for the operator
+    /// ([`Decider::decide_parked`]).
+    StillParked {
+        /// What the decision would have retried or parked for.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+}
+
+/// What a decision that leaves the order NEW (a retry, a park) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Records it with the order's next look ([`Recheck`]): the message that carries the
+    /// order on (a retry through the tiers, the parking queue) is published by the caller.
+    Record,
+    /// Records nothing: the order's message is parked already and stays where it is.
+    LeaveParked,
 }
 
 /// A failure that is neither the order's nor the gateway's: the database is unreachable.
@@ -247,6 +267,7 @@ impl Decider {
             Outcome::WouldDo(_) => m.decision("dry_run"),
             Outcome::Refunded { .. } => m.decision("refunded"),
             Outcome::WouldRefund { .. } => m.decision("dry_run"),
+            Outcome::StillParked { .. } => m.decision("still_parked"),
         }
     }
 
@@ -262,7 +283,43 @@ impl Decider {
         mode: Mode,
     ) -> Result<Outcome, Unavailable> {
         let outcome = self
-            .decide_inner(order_id, expected_out_trade_no, attempt, mode)
+            .decide_inner(
+                order_id,
+                expected_out_trade_no,
+                attempt,
+                mode,
+                Pending::Record,
+            )
+            .await;
+        self.observed(outcome)
+    }
+
+    /// Decides an order whose message waits in the parking queue (`reconcile overdue`
+    /// finds it overdue): settles it when the gateway allows (PAID; CLOSED, closing the
+    /// trade at the gateway first), but an outcome that would leave it NEW (a retry, a
+    /// park) is only reported as [`Outcome::StillParked`]. Nothing is recorded then, so the
+    /// order is never parked twice and never pulled back into the janitor's schedule while
+    /// its message still waits for the operator (`reconcile parked`).
+    #[tracing::instrument(name = "decide_parked", skip_all, fields(order_id, out_trade_no))]
+    pub async fn decide_parked(
+        &self,
+        order_id: i64,
+        expected_out_trade_no: Option<&str>,
+        mode: Mode,
+    ) -> Result<Outcome, Unavailable> {
+        let attempt = AttemptInfo {
+            number: 0,
+            first_seen: None,
+            not_before: None,
+        };
+        let outcome = self
+            .decide_inner(
+                order_id,
+                expected_out_trade_no,
+                attempt,
+                mode,
+                Pending::LeaveParked,
+            )
             .await;
         self.observed(outcome)
     }
@@ -303,6 +360,28 @@ impl Decider {
         expected_out_trade_no: Option<&str>,
         attempt: AttemptInfo,
         mode: Mode,
+        pending: Pending,
+    ) -> Result<Outcome, Unavailable> {
+        let outcome = self
+            .decide_order(order_id, expected_out_trade_no, attempt, mode, pending)
+            .await?;
+        Ok(match outcome {
+            Outcome::Retry { code, detail, .. } | Outcome::Park { code, detail }
+                if pending == Pending::LeaveParked =>
+            {
+                Outcome::StillParked { code, detail }
+            }
+            other => other,
+        })
+    }
+
+    async fn decide_order(
+        &self,
+        order_id: i64,
+        expected_out_trade_no: Option<&str>,
+        attempt: AttemptInfo,
+        mode: Mode,
+        pending: Pending,
     ) -> Result<Outcome, Unavailable> {
         let order = self.reads.submit(order_id).await?;
         if let Some(o) = &order {
@@ -320,7 +399,15 @@ impl Decider {
             );
             // The message is wrong, not the order: the order's own schedule is untouched.
             return self
-                .park(order, attempt, "order_mismatch", &detail, None, None)
+                .park_pending(
+                    order,
+                    attempt,
+                    "order_mismatch",
+                    &detail,
+                    None,
+                    None,
+                    pending,
+                )
                 .await;
         }
         let order = match table::precheck(order.as_ref(), attempt.not_before, Utc::now()) {
@@ -338,13 +425,14 @@ impl Decider {
         let Some(gateway) = self.gateways.get(&order.channel) else {
             let detail = format!("no gateway is configured for channel {:?}", order.channel);
             return self
-                .park(
+                .park_pending(
                     &order,
                     attempt,
                     "unknown_channel",
                     &detail,
                     None,
                     Some(Recheck::Parked),
+                    pending,
                 )
                 .await;
         };
@@ -378,15 +466,17 @@ impl Decider {
                         attempt: next,
                     } => {
                         let not_before = crate::time::later(Utc::now(), delay);
-                        self.audit_only(
-                            &order,
-                            attempt,
-                            DecisionOutcome::Retry,
-                            &format!("{code}: {detail}"),
-                            answer.as_deref(),
-                            Some(Recheck::At(not_before)),
-                        )
-                        .await;
+                        if pending == Pending::Record {
+                            self.audit_only(
+                                &order,
+                                attempt,
+                                DecisionOutcome::Retry,
+                                &format!("{code}: {detail}"),
+                                answer.as_deref(),
+                                Some(Recheck::At(not_before)),
+                            )
+                            .await;
+                        }
                         Ok(Outcome::Retry {
                             delay,
                             not_before,
@@ -400,26 +490,28 @@ impl Decider {
                             "gave up after {} attempts; last error {code}: {detail}",
                             attempt.number + 1
                         );
-                        self.park(
+                        self.park_pending(
                             &order,
                             attempt,
                             "attempts_exhausted",
                             &detail,
                             answer.as_deref(),
                             Some(Recheck::Parked),
+                            pending,
                         )
                         .await
                     }
                 }
             }
             Action::Park { code, detail } => {
-                self.park(
+                self.park_pending(
                     &order,
                     attempt,
                     &code,
                     &detail,
                     answer.as_deref(),
                     Some(Recheck::Parked),
+                    pending,
                 )
                 .await
             }
@@ -592,6 +684,38 @@ impl Decider {
         answer: Option<&str>,
         recheck: Option<Recheck>,
     ) -> Result<Outcome, Unavailable> {
+        self.park_pending(
+            order,
+            attempt,
+            code,
+            detail,
+            answer,
+            recheck,
+            Pending::Record,
+        )
+        .await
+    }
+
+    /// [`Self::park`], except under [`Pending::LeaveParked`], where the order is parked
+    /// already: nothing is recorded a second time.
+    #[allow(clippy::too_many_arguments)]
+    async fn park_pending(
+        &self,
+        order: &Order,
+        attempt: AttemptInfo,
+        code: &str,
+        detail: &str,
+        answer: Option<&str>,
+        recheck: Option<Recheck>,
+        pending: Pending,
+    ) -> Result<Outcome, Unavailable> {
+        if pending == Pending::LeaveParked {
+            info!(code, detail, "still parked: left for the operator");
+            return Ok(Outcome::Park {
+                code: code.to_owned(),
+                detail: detail.to_owned(),
+            });
+        }
         warn!(code, detail, "parking the order for an operator");
         self.audit_only(
             order,

@@ -48,6 +48,9 @@ pub enum Verdict {
     WouldNeedOperator,
     /// The database was unreachable.
     DatabaseUnavailable,
+    /// Its message waits in the parking queue and the gateway could not settle it now: it
+    /// stays parked for `reconcile parked`.
+    StillParked,
 }
 
 impl Verdict {
@@ -69,6 +72,7 @@ impl Verdict {
             Self::WouldRetry => "would_retry",
             Self::WouldNeedOperator => "would_need_operator",
             Self::DatabaseUnavailable => "database_unavailable",
+            Self::StillParked => "still_parked",
         }
     }
 
@@ -86,6 +90,7 @@ impl Verdict {
                 | Self::WouldRetry
                 | Self::WouldNeedOperator
                 | Self::DatabaseUnavailable
+                | Self::StillParked
         )
     }
 }
@@ -105,6 +110,7 @@ impl From<&Outcome> for Verdict {
             Outcome::Park { .. } => Self::NeedsOperator,
             Outcome::Refunded { .. } => Self::Refunded,
             Outcome::WouldRefund { .. } => Self::WouldRefund,
+            Outcome::StillParked { .. } => Self::StillParked,
             Outcome::WouldDo(action) => match action {
                 Action::MarkPaid { .. } => Self::WouldPay,
                 Action::Close(_) => Self::WouldClose,

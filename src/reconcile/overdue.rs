@@ -2,6 +2,15 @@
 //! message was lost, parked, or never published), decided one by one through the
 //! worker's decision code. Streams the table in keyset pages, so memory stays flat over
 //! millions of rows; safe beside running workers (guarded updates).
+//!
+//! Who carries an order the sweep cannot settle:
+//! - an order whose message waits in the parking queue stays parked, once: the sweep
+//!   settles it if the gateway allows, and otherwise records nothing
+//!   ([`Decider::decide_parked`]), so it is never parked twice nor pulled back into the
+//!   janitor's schedule while its message waits for `reconcile parked`;
+//! - any other order that must be parked gets its parked message published, as the
+//!   janitor's does (without a broker it is given back to the janitor), and a retry stays
+//!   with the janitor (its retry row moves `recheck_at`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,8 +20,10 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Finding, Verdict};
+use crate::broker::publisher::Publisher;
 use crate::db::{self, DbError, orders};
-use crate::decide::{AttemptInfo, Decider, Mode};
+use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
+use crate::janitor::{self, ParkedOrder};
 
 /// Rows read per page.
 pub const PAGE: i64 = 500;
@@ -67,9 +78,12 @@ pub struct OverdueReport {
 }
 
 /// Sweeps overdue orders; `progress` is called with the count done after each order.
+/// `parking` publishes the parked message of an order the sweep parks (None: no broker;
+/// such an order is given back to the janitor, which parks it).
 pub async fn sweep(
     decider: &Decider,
     options: &OverdueOptions,
+    parking: Option<&Publisher>,
     progress: impl Fn(u64),
 ) -> Result<OverdueReport, DbError> {
     let cutoff = crate::time::earlier(Utc::now(), options.older_than);
@@ -93,17 +107,10 @@ pub async fn sweep(
             orders::overdue_page(&mut conn, cutoff, options.channel.as_deref(), after, size).await?
         };
         let Some(last) = page.last() else { break };
-        after = Some((last.deadline, last.id));
-        let done = futures_util::stream::iter(page.into_iter().map(|order| async move {
-            let attempt = AttemptInfo {
-                number: 0,
-                first_seen: None,
-                not_before: None,
-            };
-            let outcome = decider
-                .decide(order.id, Some(&order.out_trade_no), attempt, options.mode)
-                .await;
-            (order, outcome)
+        after = Some((last.order.deadline, last.order.id));
+        let done = futures_util::stream::iter(page.into_iter().map(|row| async move {
+            let outcome = redrive(decider, &row, options.mode, parking).await;
+            (row.order, outcome)
         }))
         .buffer_unordered(options.concurrency.max(1));
         futures_util::pin_mut!(done);
@@ -130,8 +137,45 @@ pub async fn sweep(
     Ok(report)
 }
 
-fn describe(outcome: &crate::decide::Outcome) -> String {
-    use crate::decide::Outcome;
+/// Decides one overdue order, leaving a parked one parked unless it settles, and parking
+/// (with its message) one that must be.
+async fn redrive(
+    decider: &Decider,
+    row: &orders::OverdueOrder,
+    mode: Mode,
+    parking: Option<&Publisher>,
+) -> Result<Outcome, crate::decide::Unavailable> {
+    let order = &row.order;
+    if row.parked {
+        return decider
+            .decide_parked(order.id, Some(&order.out_trade_no), mode)
+            .await;
+    }
+    let attempt = AttemptInfo {
+        number: 0,
+        first_seen: None,
+        not_before: None,
+    };
+    let outcome = decider
+        .decide(order.id, Some(&order.out_trade_no), attempt, mode)
+        .await?;
+    if let Outcome::Park { code, detail } = &outcome {
+        match parking {
+            Some(publisher) => {
+                let parked = ParkedOrder {
+                    id: order.id,
+                    out_trade_no: &order.out_trade_no,
+                    deadline: order.deadline,
+                };
+                janitor::park_redriven(publisher, decider, parked, attempt, code, detail).await;
+            }
+            None => janitor::release(decider, order.id).await,
+        }
+    }
+    Ok(outcome)
+}
+
+fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Retry { code, detail, .. } | Outcome::Park { code, detail } => {
             format!("{code}: {detail}")
@@ -144,6 +188,9 @@ fn describe(outcome: &crate::decide::Outcome) -> String {
         Outcome::Refunded { decision_id } => format!("refunded (decision {decision_id})"),
         Outcome::WouldRefund { amount_minor } => {
             format!("would refund {}", crate::money::format_minor(*amount_minor))
+        }
+        Outcome::StillParked { code, detail } => {
+            format!("still parked ({code}: {detail}); see reconcile parked")
         }
     }
 }

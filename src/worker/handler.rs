@@ -232,7 +232,9 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
                 .await
                 .map(|_| ())
         }
-        Ok(Outcome::Park { code, detail }) => {
+        // A worker never decides with `decide_parked`; were it to, parking is the safe
+        // reading of "still parked".
+        Ok(Outcome::Park { code, detail } | Outcome::StillParked { code, detail }) => {
             let note = ParkNote {
                 reason: &code,
                 last_error: &detail,
