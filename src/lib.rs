@@ -31,6 +31,7 @@ pub mod message;
 pub mod money;
 pub mod order;
 pub mod retry;
+pub mod text;
 pub mod time;
 pub mod tls;
 

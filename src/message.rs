@@ -18,6 +18,40 @@ pub const MAX_OUT_TRADE_NO: usize = 64;
 /// anything far above is a broken publisher (and must not wrap when counted on).
 pub const MAX_ATTEMPT: u32 = 1000;
 
+/// A body that was over [`MAX_BODY`] and was cut to its first [`MAX_BODY`] bytes: no close
+/// message is that long, so what it held is unreadable anyway, and keeping (or parking) it
+/// whole would let whoever can publish to the close queue decide how much memory the
+/// worker and `reconcile parked` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// The body's length before the cut.
+    pub original_bytes: usize,
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the body was {} bytes, over the contract's {MAX_BODY}: only its first {MAX_BODY} bytes are kept",
+            self.original_bytes
+        )
+    }
+}
+
+/// Cuts a body over [`MAX_BODY`] down to its first [`MAX_BODY`] bytes and gives the rest of
+/// its memory back at once; None (and the body untouched) when it is within the limit.
+pub fn cut_oversized(body: &mut Vec<u8>) -> Option<Cut> {
+    if body.len() <= MAX_BODY {
+        return None;
+    }
+    let cut = Cut {
+        original_bytes: body.len(),
+    };
+    // A fresh allocation of the kept part: truncating alone would keep the capacity.
+    *body = body[..MAX_BODY].to_vec();
+    Some(cut)
+}
+
 /// What a message asks the worker to do once it is due.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

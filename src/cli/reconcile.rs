@@ -27,6 +27,7 @@ use order_closer::reconcile::parked::{self, ParkedAction};
 use order_closer::reconcile::refund;
 use order_closer::reconcile::{Finding, Verdict};
 use order_closer::relay::Relay;
+use order_closer::text::printable;
 use serde::Serialize;
 
 /// `reconcile` subcommands.
@@ -367,7 +368,7 @@ async fn run_overdue(settings: &Settings, args: OverdueArgs) -> anyhow::Result<E
                 line.out_trade_no,
                 line.deadline.format("%Y-%m-%d %H:%M:%S%.3f"),
                 verdict_text(line.verdict),
-                line.detail
+                printable(&line.detail)
             );
         }
         if report.scanned as usize > report.orders.len() {
@@ -441,14 +442,19 @@ async fn run_parked(settings: &Settings, args: ParkedArgs) -> anyhow::Result<Exi
                 (None, _, Some(status)) => format!("stale: order {status}"),
                 (None, _, None) => "kept".to_owned(),
             };
+            // The headers are whatever the parking publisher wrote: print them escaped.
+            let cut = line
+                .oversized_bytes
+                .map(|n| format!(" [a body of {n} bytes, held cut]"))
+                .unwrap_or_default();
             println!(
-                "{:<24} {:<22} {:>8} {:<26} {:<18} {}",
-                line.out_trade_no.as_deref().unwrap_or("(unreadable)"),
-                line.reason,
-                line.attempts,
-                line.first_seen,
+                "{:<24} {:<22} {:>8} {:<26} {:<18} {}{cut}",
+                printable(line.out_trade_no.as_deref().unwrap_or("(unreadable)")),
+                printable(&line.reason),
+                printable(&line.attempts),
+                printable(&line.first_seen),
                 result,
-                line.last_error
+                printable(&line.last_error)
             );
         }
     }
@@ -472,8 +478,8 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
                 a.id,
                 a.created_at.format("%Y-%m-%d %H:%M:%S"),
                 a.kind,
-                a.out_trade_no,
-                a.detail
+                printable(&a.out_trade_no),
+                printable(&a.detail)
             );
         }
         println!("refunds not yet succeeded: {}", open_refunds.len());
@@ -484,7 +490,7 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
                 r.status().as_str(),
                 money::format_minor(r.amount_minor),
                 r.attempts,
-                r.last_error.as_deref().unwrap_or("")
+                printable(r.last_error.as_deref().unwrap_or(""))
             );
         }
     }

@@ -24,7 +24,7 @@ use crate::broker::{BrokerError, timed};
 use crate::db::schema::parked_discards;
 use crate::db::{self, DbError, orders};
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome, Unavailable};
-use crate::message::{CloseMessage, Job};
+use crate::message::{CloseMessage, Job, cut_oversized};
 use crate::order::OrderStatus;
 
 /// What to do with the parked messages.
@@ -63,6 +63,10 @@ pub struct ParkedLine {
     pub verdict: Option<Verdict>,
     /// Whether the message left the parking queue.
     pub removed: bool,
+    /// The body's size when it was over the contract's limit (parked whole by an older
+    /// version, or by a foreign publisher): it is held here, and stored by a discard, cut
+    /// to its first [`crate::message::MAX_BODY`] bytes.
+    pub oversized_bytes: Option<usize>,
 }
 
 /// The result of a run.
@@ -118,8 +122,11 @@ pub async fn run(
 ) -> Result<ParkedReport, ParkedError> {
     let queue = publisher.topology().parked_queue();
     // Take them all first (unacknowledged): a message handed back during the loop would
-    // otherwise come straight back to us.
+    // otherwise come straight back to us. Each body is cut to the contract's limit as it
+    // arrives, so that holding `limit` messages costs at most `limit` lawful bodies
+    // whatever was parked (one oversized body at a time is the most ever held whole).
     let mut held = Vec::new();
+    let mut cuts = Vec::new();
     while held.len() < limit {
         let got = timed(
             "basic.get",
@@ -127,7 +134,10 @@ pub async fn run(
         )
         .await?;
         match got {
-            Some(message) => held.push(message),
+            Some(mut message) => {
+                cuts.push(cut_oversized(&mut message.delivery.data));
+                held.push(message);
+            }
             None => break,
         }
     }
@@ -139,8 +149,9 @@ pub async fn run(
         lines: Vec::with_capacity(held.len()),
         finding: Finding::Clean,
     };
-    for message in &held {
+    for (message, cut) in held.iter().zip(&cuts) {
         let mut line = describe(message);
+        line.oversized_bytes = cut.map(|c| c.original_bytes);
         *report.by_reason.entry(line.reason.clone()).or_default() += 1;
         let decoded = CloseMessage::decode(&message.delivery.data).ok();
         if let Some(close) = &decoded {
@@ -273,6 +284,7 @@ fn describe(message: &BasicGetMessage) -> ParkedLine {
         stale: None,
         verdict: None,
         removed: false,
+        oversized_bytes: None,
     }
 }
 

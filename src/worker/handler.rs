@@ -16,7 +16,7 @@ use crate::broker::publisher::{ParkNote, Publisher};
 use crate::broker::tiers::{Route, SMALLEST_TIER};
 use crate::closer::MAX_TIME_TO_PAY;
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
-use crate::message::CloseMessage;
+use crate::message::{CloseMessage, cut_oversized};
 
 use super::acks::Acks;
 
@@ -78,26 +78,23 @@ impl Drop for Working<'_> {
 }
 
 /// Handles one delivery; never panics, never drops a message.
-pub async fn handle(ctx: &Context, delivery: Delivery) {
+pub async fn handle(ctx: &Context, mut delivery: Delivery) {
+    // First of all, before waiting for a permit: a body over the contract's limit is cut
+    // to it, so that large messages cost no more memory than lawful ones while they wait,
+    // and are parked cut (with their size), never whole.
+    if let Some(cut) = cut_oversized(&mut delivery.data) {
+        warn!(
+            bytes = cut.original_bytes,
+            "oversized close message; parking it cut"
+        );
+        park_unreadable(ctx, &delivery, "oversized", &cut.to_string()).await;
+        return;
+    }
     let message = match CloseMessage::decode(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
-            let routed = {
-                let Some(_working) = ctx.work().await else {
-                    return;
-                };
-                warn!(error = %e, bytes = delivery.data.len(), "malformed close message; parking it");
-                let error = e.to_string();
-                let note = ParkNote {
-                    reason: "malformed",
-                    last_error: &error,
-                    attempts: 0,
-                    first_seen: Utc::now(),
-                };
-                ctx.decider.metrics().parked("malformed");
-                ctx.publisher.park(&delivery.data, &note).await
-            };
-            finish_delivery(ctx, &delivery, routed).await;
+            warn!(error = %e, bytes = delivery.data.len(), "malformed close message; parking it");
+            park_unreadable(ctx, &delivery, "malformed", &e.to_string()).await;
             return;
         }
     };
@@ -126,6 +123,25 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
     }
     .instrument(span)
     .await;
+}
+
+/// Parks a message that cannot be read as a close message (`reason`: `malformed`,
+/// `oversized`), then acknowledges it.
+async fn park_unreadable(ctx: &Context, delivery: &Delivery, reason: &str, error: &str) {
+    let routed = {
+        let Some(_working) = ctx.work().await else {
+            return;
+        };
+        let note = ParkNote {
+            reason,
+            last_error: error,
+            attempts: 0,
+            first_seen: Utc::now(),
+        };
+        ctx.decider.metrics().parked(reason);
+        ctx.publisher.park(&delivery.data, &note).await
+    };
+    finish_delivery(ctx, delivery, routed).await;
 }
 
 /// What became of a delivery that needs no nack.
