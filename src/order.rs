@@ -96,6 +96,9 @@ pub enum CloseReason {
     ClosedAtGateway,
     /// We closed the waiting trade at the gateway, then locally.
     ClosedByUs,
+    /// The buyer paid, and the payment was given back at the gateway before we decided
+    /// (a `refunded_before_deadline` anomaly goes with it).
+    RefundedAtGateway,
 }
 
 impl CloseReason {
@@ -105,6 +108,7 @@ impl CloseReason {
             Self::NoTrade => "deadline_no_trade",
             Self::ClosedAtGateway => "deadline_closed_at_gateway",
             Self::ClosedByUs => "deadline_closed_by_us",
+            Self::RefundedAtGateway => "deadline_refunded_at_gateway",
         }
     }
 }

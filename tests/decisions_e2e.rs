@@ -328,3 +328,61 @@ async fn a_transient_error_is_retried_and_a_permanent_one_parks() {
     }
     env.cleanup().await;
 }
+
+/// Issue 19, item 3: a trade the buyer paid and the merchant (or the gateway's risk
+/// control) refunded in full before the deadline, its notification lost. No gateway
+/// reads that as a plain payment: the order is CLOSED (`deadline_refunded_at_gateway`,
+/// the trade number kept) with a `refunded_before_deadline` anomaly and its event, and
+/// no close is sent for a trade that can no longer be paid.
+#[tokio::test(flavor = "multi_thread")]
+async fn paid_then_refunded_before_the_deadline_ends_closed_with_an_anomaly() {
+    let mut env = TestEnv::new(&[]).await;
+    let mut nos = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("refunded-{channel}"));
+        let buyer = env.buyers.at(channel);
+        buyer.scan(&no, 1234).await.unwrap();
+        buyer.pay_losing_notification(&no).await.unwrap();
+        buyer.refund(&no, 1234).await.unwrap();
+        env.create_at(channel, &no, 1234, Duration::from_secs(1))
+            .await;
+        nos.push((channel, no));
+    }
+    // The worker starts once the refunds are made: nothing races them.
+    env.start_worker(8, 16);
+    for (channel, no) in &nos {
+        let order = env.settled(no, DECIDED_WITHIN).await;
+        assert_eq!(order.status(), OrderStatus::Closed, "{channel}");
+        assert_eq!(
+            order.close_reason.as_deref(),
+            Some("deadline_refunded_at_gateway"),
+            "{channel}"
+        );
+        let trade = env.buyers.trade(no).await.unwrap().unwrap();
+        assert_eq!(
+            order.gateway_trade_no.as_deref(),
+            Some(trade.trade_no.as_str()),
+            "{channel}"
+        );
+        let history = env.decisions(order.id).await;
+        assert_eq!(history.len(), 1, "{channel}: {history:?}");
+        assert_eq!(history[0].0, "closed", "{channel}");
+    }
+    let stats = env.buyers.stats().await.unwrap();
+    assert_eq!(stats.closes, 0, "no close for a refunded trade");
+    let events = env.drain_events().await;
+    for (channel, no) in &nos {
+        let mut mine: Vec<String> = events
+            .iter()
+            .filter(|e| e["out_trade_no"] == no.as_str())
+            .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        mine.sort();
+        assert_eq!(
+            mine,
+            ["order.anomaly.refunded_before_deadline", "order.closed"],
+            "{channel}"
+        );
+    }
+    env.cleanup().await;
+}

@@ -14,6 +14,10 @@ crate::text_enum! {
         PaidAfterClose => "paid_after_close",
         /// PAID here, absent from the gateway's bill of that day.
         PaidMissingFromBill => "paid_missing_from_bill",
+        /// The trade was paid and the payment given back (in whole or in part) before the
+        /// deadline: the order is closed, and an operator checks what, if anything, was
+        /// kept.
+        RefundedBeforeDeadline => "refunded_before_deadline",
     }
 }
 

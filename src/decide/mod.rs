@@ -459,6 +459,13 @@ impl Decider {
                 .await
             }
             Action::Close(reason) => self.apply_closed(order, attempt, reason, answer).await,
+            Action::CloseRefunded {
+                trade_no,
+                paid_minor,
+            } => {
+                self.apply_closed_refunded(order, attempt, trade_no, paid_minor, answer)
+                    .await
+            }
             Action::Retry { code, detail } => {
                 match self.retry_for(&order.channel).after_failure(attempt.number) {
                     RetryStep::Retry {
@@ -646,6 +653,43 @@ impl Decider {
             anomaly: None,
         })
         .await
+    }
+
+    /// Closes an order whose trade was paid and then given back at the gateway, with its
+    /// `refunded_before_deadline` anomaly and event in the same transaction.
+    async fn apply_closed_refunded(
+        &self,
+        order: Order,
+        attempt: AttemptInfo,
+        trade_no: String,
+        paid_minor: i64,
+        answer: Option<String>,
+    ) -> Result<Outcome, Unavailable> {
+        let reason = CloseReason::RefundedAtGateway;
+        let detail = format!(
+            "the gateway reports trade {trade_no} paid {} and given back before the deadline \
+             (by hand in the merchant portal, or by its risk control): closed, no goods for \
+             money that went back; check whether any of it was kept",
+            crate::money::format_minor(paid_minor)
+        );
+        let outcome = self
+            .commit(DecisionWrite {
+                order,
+                status: OrderStatus::Closed,
+                close_reason: Some(reason.as_str()),
+                trade_no: Some(trade_no),
+                paid_at: None,
+                attempt: attempt_column(attempt),
+                answer,
+                detail: detail.clone(),
+                reason: reason.as_str(),
+                anomaly: Some((AnomalyKind::RefundedBeforeDeadline, detail)),
+            })
+            .await;
+        if matches!(outcome, Ok(Outcome::Decided { .. })) {
+            self.metrics.anomaly(AnomalyKind::RefundedBeforeDeadline);
+        }
+        outcome
     }
 
     /// Writes a decision (grouped with other tasks' decisions) and turns the committed, or

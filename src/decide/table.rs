@@ -73,6 +73,16 @@ pub enum Action {
     },
     /// Close the order locally: nothing at the gateway can be paid any more.
     Close(CloseReason),
+    /// Close the order locally, with a `refunded_before_deadline` anomaly: the trade was
+    /// paid and the payment given back at the gateway. No goods for money that went back,
+    /// and nothing can be paid on the trade any more; an operator checks whether any of
+    /// it was kept (WeChat Pay's `REFUND` does not say how much was given back).
+    CloseRefunded {
+        /// The gateway's trade number.
+        trade_no: String,
+        /// What was paid on it, in minor units.
+        paid_minor: i64,
+    },
     /// Close the waiting trade at the gateway first (then see [`after_close`]).
     CloseAtGateway,
     /// The close was refused (usually: paid just now): query again.
@@ -124,6 +134,19 @@ pub fn after_query(
         Err(error) => return from_error(error),
     };
     match (state, stage) {
+        // At any stage: a refund is terminal, whatever came before it (a close refused
+        // because the trade was paid, then refunded; WeChat's 204 on a refunded trade).
+        (
+            TradeState::Refunded {
+                trade_no,
+                amount_minor,
+                ..
+            },
+            _,
+        ) => Action::CloseRefunded {
+            trade_no: trade_no.clone(),
+            paid_minor: *amount_minor,
+        },
         (
             TradeState::Paid {
                 trade_no,
@@ -509,6 +532,32 @@ mod tests {
         }
     }
 
+    /// Issue 19, item 3: a trade paid and then given back before the deadline is never a
+    /// plain payment, at any stage, on any gateway: the order closes with its anomaly.
+    #[test]
+    fn a_refunded_trade_closes_the_order_with_its_anomaly_at_every_stage() {
+        let o = order("NEW", t(NOW));
+        let refunded = TradeState::Refunded {
+            trade_no: "4200001".into(),
+            amount_minor: 1234,
+            paid_at: Some(t("2026-11-22T09:50:00Z")),
+        };
+        for stage in [
+            QueryStage::First,
+            QueryStage::AfterCloseRefused,
+            QueryStage::AfterCloseUnconfirmed,
+        ] {
+            assert_eq!(
+                after_query(&o, stage, Ok(&refunded)),
+                Action::CloseRefunded {
+                    trade_no: "4200001".into(),
+                    paid_minor: 1234
+                },
+                "{stage:?}"
+            );
+        }
+    }
+
     #[test]
     fn refund_rows() {
         let retry =
@@ -738,6 +787,33 @@ mod tests {
             let (calls, action) = run(&o, false, &script);
             assert_eq!(calls, expected_calls, "{script:?}");
             assert!(check(&action), "{script:?} -> {action:?}");
+        }
+        // Paid and given back: no close at the gateway (nothing can be paid), and after a
+        // refused or unconfirmed close the refund still decides.
+        let refunded = TradeState::Refunded {
+            trade_no: "T1".into(),
+            amount_minor: 1234,
+            paid_at: None,
+        };
+        let closes_refunded = |a: &Action| matches!(a, Action::CloseRefunded { .. });
+        for script in [
+            vec![Q(Ok(refunded.clone()))],
+            vec![
+                Q(Ok(TradeState::WaitingForPayment)),
+                C(Ok(CloseAnswer::NotCloseable {
+                    sub_code: "ACQ.TRADE_STATUS_ERROR".into(),
+                })),
+                Q(Ok(refunded.clone())),
+            ],
+            vec![
+                Q(Ok(TradeState::WaitingForPayment)),
+                C(Ok(CloseAnswer::Unconfirmed)),
+                Q(Ok(refunded.clone())),
+            ],
+        ] {
+            let (calls, action) = run(&o, false, &script);
+            assert_eq!(calls.len(), script.len(), "{script:?}");
+            assert!(closes_refunded(&action), "{script:?} -> {action:?}");
         }
         // A dry run asks once and closes nothing.
         let (calls, action) = run(&o, true, &[Q(Ok(TradeState::WaitingForPayment))]);

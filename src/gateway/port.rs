@@ -46,6 +46,19 @@ pub enum TradeState {
         /// When the gateway says the payment happened, if it says.
         paid_at: Option<DateTime<Utc>>,
     },
+    /// The buyer paid, and the payment has been given back since, in whole or in part (a
+    /// refund by hand in the merchant portal, or by the gateway's risk control). Nothing
+    /// can be paid on the trade any more. WeChat Pay's `REFUND` does not say how much was
+    /// given back; Alipay's `TRADE_CLOSED` with a payment time is a full refund (a partial
+    /// one leaves `TRADE_SUCCESS`, which is [`TradeState::Paid`]).
+    Refunded {
+        /// The gateway's own trade number.
+        trade_no: String,
+        /// What was paid, in minor units.
+        amount_minor: i64,
+        /// When the gateway says the payment happened, if it says.
+        paid_at: Option<DateTime<Utc>>,
+    },
     /// The trade exists and waits for payment (`WAIT_BUYER_PAY`): it can be closed.
     WaitingForPayment,
     /// The trade is closed at the gateway, unpaid (`TRADE_CLOSED`).

@@ -113,7 +113,7 @@ impl From<&Outcome> for Verdict {
             Outcome::StillParked { .. } => Self::StillParked,
             Outcome::WouldDo(action) => match action {
                 Action::MarkPaid { .. } => Self::WouldPay,
-                Action::Close(_) => Self::WouldClose,
+                Action::Close(_) | Action::CloseRefunded { .. } => Self::WouldClose,
                 Action::CloseAtGateway | Action::QueryAgain => Self::WouldCloseAtGateway,
                 Action::Retry { .. } => Self::WouldRetry,
                 Action::Park { .. } => Self::WouldNeedOperator,

@@ -200,6 +200,10 @@ async fn pay_on_close(State(shared): State<Desk>, Path(no): Path<String>, body: 
 #[serde(deny_unknown_fields)]
 struct RefundBody {
     amount_minor: i64,
+    /// The gateway, as [`crate::sim::BuyerClient::at`] names it with every amount; a
+    /// trade is found by its number alone, so it is accepted and not needed.
+    #[serde(default, rename = "channel")]
+    _channel: Option<String>,
 }
 
 async fn refund(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {

@@ -282,6 +282,7 @@ fn common_failure(f: &Fields<'_>) -> GatewayError {
 /// |---|---|
 /// | `10000` + `TRADE_SUCCESS` / `TRADE_FINISHED` | [`TradeState::Paid`] (`trade_no` and a valid `total_amount` required) |
 /// | `10000` + `WAIT_BUYER_PAY` | [`TradeState::WaitingForPayment`] |
+/// | `10000` + `TRADE_CLOSED` with a `send_pay_date` | [`TradeState::Refunded`] (paid, then refunded in full; `trade_no` and a valid `total_amount` required) |
 /// | `10000` + `TRADE_CLOSED` | [`TradeState::Closed`] |
 /// | `40004` + `ACQ.TRADE_NOT_EXIST` (with our `out_trade_no`) | [`TradeState::NotFound`] |
 /// | `20000`, `ACQ.SYSTEM_ERROR` | retryable |
@@ -295,6 +296,11 @@ fn common_failure(f: &Fields<'_>) -> GatewayError {
 /// does); that a real answer always carries it is assumed from its documented examples.
 ///
 /// A malformed `send_pay_date` does not block a payment: it yields `paid_at: None`.
+///
+/// `TRADE_CLOSED` is both "closed unpaid" and "paid, then refunded in full" (a partial
+/// refund leaves `TRADE_SUCCESS`). The payment time `send_pay_date` tells them apart: a
+/// trade that was never paid has none. Assumed from the documented fields (the payment
+/// time stays with the trade; unverified against a real refunded trade).
 pub fn classify_query(asked: &str, answer: &Value) -> Result<TradeState, GatewayError> {
     if !answer.is_object() {
         return Err(unclassifiable("answer is not a JSON object"));
@@ -313,31 +319,22 @@ pub fn classify_query(asked: &str, answer: &Value) -> Result<TradeState, Gateway
     }
     match str_field(answer, "trade_status") {
         Some("TRADE_SUCCESS" | "TRADE_FINISHED") => {
-            let trade_no = str_field(answer, "trade_no")
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| unclassifiable("paid trade without trade_no"))?;
-            let amount_text = str_field(answer, "total_amount")
-                .ok_or_else(|| unclassifiable("paid trade without total_amount"))?;
-            let amount_minor = parse_minor(amount_text)
-                .ok()
-                .filter(|a| *a >= 0)
-                .ok_or_else(|| {
-                    unclassifiable(format!("bad total_amount {:?}", echo(amount_text)))
-                })?;
-            let paid_at = str_field(answer, "send_pay_date").and_then(|d| {
-                let parsed = parse_china_time(d);
-                if parsed.is_none() {
-                    tracing::warn!(send_pay_date = %echo(d), "unreadable send_pay_date");
-                }
-                parsed
-            });
+            let (trade_no, amount_minor, paid_at) = payment(answer)?;
             Ok(TradeState::Paid {
-                trade_no: trade_no.to_owned(),
+                trade_no,
                 amount_minor,
                 paid_at,
             })
         }
         Some("WAIT_BUYER_PAY") => Ok(TradeState::WaitingForPayment),
+        Some("TRADE_CLOSED") if str_field(answer, "send_pay_date").is_some() => {
+            let (trade_no, amount_minor, paid_at) = payment(answer)?;
+            Ok(TradeState::Refunded {
+                trade_no,
+                amount_minor,
+                paid_at,
+            })
+        }
         Some("TRADE_CLOSED") => Ok(TradeState::Closed),
         Some(other) => Err(unclassifiable(format!(
             "unknown trade_status {:?}",
@@ -345,6 +342,30 @@ pub fn classify_query(asked: &str, answer: &Value) -> Result<TradeState, Gateway
         ))),
         None => Err(unclassifiable("success answer without trade_status")),
     }
+}
+
+/// What a query answer says was paid: the trade number and `total_amount` (both
+/// required), and `send_pay_date` (`None` when missing or unreadable).
+fn payment(
+    answer: &Value,
+) -> Result<(String, i64, Option<chrono::DateTime<chrono::Utc>>), GatewayError> {
+    let trade_no = str_field(answer, "trade_no")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unclassifiable("paid trade without trade_no"))?;
+    let amount_text = str_field(answer, "total_amount")
+        .ok_or_else(|| unclassifiable("paid trade without total_amount"))?;
+    let amount_minor = parse_minor(amount_text)
+        .ok()
+        .filter(|a| *a >= 0)
+        .ok_or_else(|| unclassifiable(format!("bad total_amount {:?}", echo(amount_text))))?;
+    let paid_at = str_field(answer, "send_pay_date").and_then(|d| {
+        let parsed = parse_china_time(d);
+        if parsed.is_none() {
+            tracing::warn!(send_pay_date = %echo(d), "unreadable send_pay_date");
+        }
+        parsed
+    });
+    Ok((trade_no.to_owned(), amount_minor, paid_at))
 }
 
 /// Classifies an `alipay.trade.close` answer object (already signature-checked) for the
@@ -683,6 +704,24 @@ mod tests {
                 json!({"code":"10000","out_trade_no":"ORD-1","trade_no":"T","trade_status":"TRADE_CLOSED","total_amount":"12.34"})
             ),
             Ok(TradeState::Closed)
+        );
+        // Closed after a payment (its time stays): paid, then refunded in full.
+        assert_eq!(
+            q(
+                json!({"code":"10000","out_trade_no":"ORD-1","trade_no":"T","trade_status":"TRADE_CLOSED","total_amount":"12.34","send_pay_date":"2026-11-21 10:55:23"})
+            ),
+            Ok(TradeState::Refunded {
+                trade_no: "T".into(),
+                amount_minor: 1234,
+                paid_at: crate::time::parse_china_time("2026-11-21 10:55:23"),
+            })
+        );
+        assert_eq!(
+            class_and_code(q(
+                json!({"code":"10000","out_trade_no":"ORD-1","trade_status":"TRADE_CLOSED","total_amount":"12.34","send_pay_date":"2026-11-21 10:55:23"})
+            )),
+            (FaultClass::Retryable, "unclassifiable".to_owned()),
+            "a refunded trade names its trade number"
         );
         assert_eq!(
             q(

@@ -3,7 +3,8 @@
 //!
 //! | call | answer | class |
 //! |---|---|---|
-//! | query | 200, `trade_state` `SUCCESS` / `REFUND` | paid (`REFUND`: paid, refunded since) |
+//! | query | 200, `trade_state` `SUCCESS` | paid |
+//! | query | 200, `REFUND` | refunded (paid, then given back in whole or in part: the order is closed with a `refunded_before_deadline` anomaly) |
 //! | query | 200, `NOTPAY`, `PAYERROR` | waiting, closeable (a failed payment may be tried again: closing it is the safe step) |
 //! | query | 200, `CLOSED`, `REVOKED` | closed |
 //! | query | 200, `USERPAYING`, `ACCEPT` | in progress |
@@ -103,6 +104,7 @@ pub fn classify_transaction(
         .and_then(Value::as_str)
         .ok_or_else(|| unclassifiable("the answer has no trade_state"))?;
     match state {
+        // REFUND: paid, then given back (in whole or in part: the answer does not say).
         "SUCCESS" | "REFUND" => {
             let trade_no = body
                 .get("transaction_id")
@@ -119,10 +121,19 @@ pub fn classify_transaction(
                 .and_then(Value::as_str)
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc));
-            Ok(TradeState::Paid {
-                trade_no: trade_no.to_owned(),
-                amount_minor,
-                paid_at,
+            let trade_no = trade_no.to_owned();
+            Ok(if state == "REFUND" {
+                TradeState::Refunded {
+                    trade_no,
+                    amount_minor,
+                    paid_at,
+                }
+            } else {
+                TradeState::Paid {
+                    trade_no,
+                    amount_minor,
+                    paid_at,
+                }
             })
         }
         "NOTPAY" | "PAYERROR" => Ok(TradeState::WaitingForPayment),
@@ -258,7 +269,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(q(paid("REFUND")), Ok(TradeState::Paid { .. })));
+        assert!(matches!(q(paid("REFUND")), Ok(TradeState::Refunded { .. })));
         for (state, expected) in [
             ("NOTPAY", TradeState::WaitingForPayment),
             ("PAYERROR", TradeState::WaitingForPayment),

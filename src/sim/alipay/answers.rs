@@ -151,7 +151,10 @@ pub(super) fn query_answer(
         "invoice_amount": if paid { format_minor(t.amount_minor) } else { "0.00".to_owned() },
         "receipt_amount": if paid { format_minor(t.amount_minor) } else { "0.00".to_owned() },
     }));
-    if let Some(paid_at) = t.paid_at.filter(|_| paid) {
+    // A trade refunded in full reads TRADE_CLOSED but keeps its payment time: that is
+    // how a client tells it from a trade closed unpaid.
+    let refunded = t.status == SimTradeStatus::TradeClosed && !t.refunds.is_empty();
+    if let Some(paid_at) = t.paid_at.filter(|_| paid || refunded) {
         object.insert(
             "send_pay_date".into(),
             Value::String(format_china_time(paid_at)),
