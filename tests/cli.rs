@@ -219,7 +219,78 @@ async fn unusable_values_fail_at_start_up_naming_them() {
         v
     };
     type Vars = Vec<(String, String)>;
+    // Issue 19, item 12: a FIFO wherever a file is named (opening one waits for a writer).
+    let fifo = dir.join("fifo.pem");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap();
+    let mut url_from_fifo = with("DATABASE_URL_FILE", fifo);
+    url_from_fifo.retain(|(k, _)| k != "DATABASE_URL");
+    let bill_from_fifo = format!("reconcile bill --channel alipay --date 2026-11-01 --file {fifo}");
+    // Issue 19, item 8: 500 extra tiers, each a queue.
+    let many_tiers: Vec<String> = (1..=500).map(|i| format!("{}ms", 600 + i)).collect();
     let cases: Vec<(Vars, &str, &str)> = vec![
+        (url_from_fifo, "migrate", "a FIFO"),
+        (with("ALIPAY_APP_PRIVATE_KEY", fifo), "worker", "a FIFO"),
+        (with("ALIPAY_APP_PRIVATE_KEY", fifo), "notify", "a FIFO"),
+        (with("WECHAT_PLATFORM_CERTS", fifo), "worker", "a FIFO"),
+        (with("ORDER_CLOSER_AMQP_TLS_CA", fifo), "migrate", "a FIFO"),
+        (with("ORDER_CLOSER_DB_TLS_CA", fifo), "migrate", "a FIFO"),
+        (vars.clone(), bill_from_fifo.as_str(), "a FIFO"),
+        (
+            with("ORDER_CLOSER_EXTRA_DELAY_TIERS", &many_tiers.join(",")),
+            "worker",
+            "ORDER_CLOSER_EXTRA_DELAY_TIERS",
+        ),
+        // Issue 19, item 13: the broker's own prefix.
+        (
+            with("ORDER_CLOSER_QUEUE_PREFIX", "amq.x"),
+            "worker",
+            "ORDER_CLOSER_QUEUE_PREFIX=\"amq.x\" is invalid: names starting with amq. are reserved",
+        ),
+        // Issue 19, item 10: passwords holding URL delimiters, never shown in part.
+        (
+            with(
+                "DATABASE_URL",
+                "postgres://app:Se/SeCrEt123@127.0.0.1:5432/db",
+            ),
+            "migrate",
+            "DATABASE_URL=\"postgres://***@127.0.0.1:5432/db\"",
+        ),
+        (
+            with(
+                "DATABASE_URL",
+                "postgres://app:S@SeCrEt123@127.0.0.1:5432/db",
+            ),
+            "migrate",
+            "percent-encode",
+        ),
+        (
+            with(
+                "DATABASE_URL",
+                "postgres://app:Se#SeCrEt123@127.0.0.1:5432/db",
+            ),
+            "orders show X",
+            "DATABASE_URL",
+        ),
+        (
+            with("AMQP_URL", "amqp://guest:Se?SeCrEt123@127.0.0.1:5672/%2f"),
+            "worker",
+            "AMQP_URL",
+        ),
+        (
+            with("ALIPAY_GATEWAY_URL", "https://app:Se/SeCrEt123@gw.example"),
+            "worker",
+            "ALIPAY_GATEWAY_URL",
+        ),
+        (
+            with("WECHAT_GATEWAY_URL", "https://app:S@SeCrEt123@gw.example"),
+            "notify",
+            "WECHAT_GATEWAY_URL",
+        ),
         (
             with("DATABASE_URL", "postgres://"),
             "migrate",
@@ -442,6 +513,26 @@ async fn secrets_never_print_and_can_come_from_files() {
     assert!(stderr.contains("sim_private.pem"), "{stderr}");
     assert!(!stderr.contains("U2VDckV0S2V5TWF0ZXJpYWw"), "{stderr}");
 
+    // Issue 19, item 10: a key pasted where a path goes is not repeated in the error.
+    let pasted = format!("--file={key}");
+    let out = run(
+        &vars,
+        &[
+            "reconcile",
+            "bill",
+            "--channel",
+            "alipay",
+            "--date",
+            "2026-11-01",
+            &pasted,
+        ],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    assert!(!stderr.contains("U2VDckV0S2V5TWF0ZXJpYWw"), "{stderr}");
+
     // Secrets from files (`<VAR>_FILE`).
     let url_file = dir.join("database_url");
     std::fs::write(&url_file, format!("{}\n", env.database_url)).unwrap();
@@ -588,4 +679,141 @@ async fn orders_extend_and_cancel_from_the_shell() {
     assert_eq!(trade().await.refunds.len(), 1, "refunded once");
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
+}
+
+/// Issue 19, item 11: a gateway with some of its variables set but not its signing key
+/// stops `worker` and `notify` naming the key (it was silently off: its notifications
+/// answered 404, its orders parked as `unknown_channel`); the gateways that are on, and
+/// those that are off, are logged at start-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_configured_gateway_stops_the_process_and_the_gateways_on_are_logged() {
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-cli-half-{}", env.tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = env.binary_env(&dir);
+    let gateways_line = |stderr: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains("payment gateways"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no gateways line in {stderr}"))
+    };
+
+    // Every gateway configured: all on.
+    let out = run(&vars, &["reconcile", "overdue", "--dry-run"]).await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = gateways_line(&stderr);
+    for channel in order_closer::gateway::rules::channels() {
+        assert!(line.contains(&format!("\"{channel}\"")), "{line}");
+    }
+    assert!(line.contains("off=[]"), "{line}");
+
+    for plugin in order_closer::gateway::ALL {
+        let key = plugin.configured_by[0];
+        let key_file = format!("{key}_FILE");
+        let channel = plugin.rules.channel;
+
+        // Everything but the signing key: refused, naming it.
+        let mut half = vars.clone();
+        half.retain(|(k, _)| *k != key && *k != key_file);
+        for command in ["worker", "notify --listen 127.0.0.1:0"] {
+            let args: Vec<&str> = command.split(' ').collect();
+            let out = tokio::time::timeout(std::time::Duration::from_secs(60), run(&half, &args))
+                .await
+                .unwrap_or_else(|_| panic!("{channel}: {command} started"));
+            let stderr = text(&out.stderr);
+            assert!(!out.status.success(), "{channel}: {command}: {stderr}");
+            assert!(
+                stderr.contains(&format!("the {channel} gateway is half-configured"))
+                    && stderr.contains(key),
+                "{channel}: {command}: {stderr}"
+            );
+        }
+
+        // None of its variables: off, and said so.
+        let mut without = vars.clone();
+        without.retain(|(k, _)| !plugin.variables.contains(&k.as_str()));
+        let out = run(&without, &["reconcile", "overdue", "--dry-run"]).await;
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{channel}: {stderr}");
+        let line = gateways_line(&stderr);
+        assert!(line.contains(&format!("off=[\"{channel}\"]")), "{line}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
+
+/// Issue 19, items 19 and 21: the help names every gateway's simulator and resend
+/// schedule, shows no variable's value (`SIM_NOTIFY_URL` may hold a password), and each
+/// duration flag's error names that flag, within its bound.
+#[tokio::test]
+async fn help_and_flag_errors_say_the_right_thing() {
+    let out = run(&[], &["--help"]).await;
+    let help = text(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(!help.contains("Alipay gateway simulator"), "{help}");
+    assert!(
+        help.contains("gateway-sim  Run the gateway simulator"),
+        "{help}"
+    );
+
+    let env = [(
+        "SIM_NOTIFY_URL".to_owned(),
+        "http://notify:SeCrEt123@127.0.0.1:8081/notify".to_owned(),
+    )];
+    let out = run(&env, &["gateway-sim", "--help"]).await;
+    let help = text(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(!help.contains("SeCrEt123"), "{help}");
+    assert!(help.contains("[env: SIM_NOTIFY_URL]"), "{help}");
+    for plugin in order_closer::sim::GATEWAYS {
+        let steps: Vec<String> = plugin
+            .resend_schedule
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        let listed = format!("{}: {}", plugin.channel, steps.join(", "));
+        assert!(help.contains(&listed), "{listed} not in {help}");
+    }
+
+    for (command, named, not_named) in [
+        ("orders cancel X --wait 0s", "--wait", "--close-after"),
+        (
+            "orders cancel X --wait 100000000y",
+            "--wait",
+            "--close-after",
+        ),
+        ("orders cancel X --wait 2h", "at most 1h", "--close-after"),
+        ("orders extend X --by 0s", "--by", "--close-after"),
+        ("orders extend X --by 100000000y", "--by", "--close-after"),
+        (
+            "orders create --out-trade-no X --amount 1 --close-after 100000000y",
+            "--close-after",
+            "--wait",
+        ),
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        let out = run(&[], &args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains(named), "{command}: {stderr}");
+        assert!(!stderr.contains(not_named), "{command}: {stderr}");
+    }
+
+    // Issue 19, item 10: a key pasted as an argument is never repeated.
+    let pem = "-----BEGIN PRIVATE KEY-----\nU2VDckV0S2V5TWF0ZXJpYWw=\n-----END PRIVATE KEY-----";
+    let private_key = format!("--private-key={pem}");
+    for args in [
+        vec!["keygen", pem],
+        vec!["keygen", "--out", pem],
+        vec!["gateway-sim", private_key.as_str()],
+    ] {
+        let out = run(&[], &args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("unexpected argument"), "{stderr}");
+        assert!(!stderr.contains("U2VDckV0S2V5TWF0ZXJpYWw"), "{stderr}");
+        assert!(!stderr.contains("BEGIN PRIVATE KEY"), "{stderr}");
+    }
 }

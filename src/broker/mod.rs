@@ -174,7 +174,11 @@ pub async fn connect_with(
     tls: &tls::AmqpTls,
     connection_name: &str,
 ) -> Result<Connection, BrokerError> {
-    let mut uri: AMQPUri = url.parse().map_err(BrokerError::BadUrl)?;
+    // A password the parser would read as a host must not be printed as one.
+    crate::config::urls::check_userinfo(url).map_err(BrokerError::BadUrl)?;
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|e: String| BrokerError::BadUrl(crate::config::urls::redact(&e)))?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
     }

@@ -12,6 +12,13 @@ use std::time::Duration;
 pub const SMALLEST_TIER: Duration = Duration::from_millis(500);
 /// Powers of two from 500 ms: 500 ms, 1 s, 2 s, ... 2^17 x 500 ms (about 18 h).
 const POWER_TIERS: u32 = 18;
+/// Most extra tiers (`ORDER_CLOSER_EXTRA_DELAY_TIERS`). Each tier is a queue every worker
+/// declares at each (re)connect, a quorum queue being a Raft group on every node: 500 of
+/// them declared at once wedged a RabbitMQ 3.10 node (issue 19). A deployment needs an
+/// extra tier per fixed time-to-pay it wants in one hop; a handful is the real use.
+pub const MAX_EXTRA_TIERS: usize = 16;
+/// Most tier queues a topology declares.
+pub const MAX_TIERS: usize = POWER_TIERS as usize + MAX_EXTRA_TIERS;
 
 /// The set of tiers a deployment declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +37,16 @@ pub enum Route {
 
 impl DelayTiers {
     /// The powers-of-two tiers plus extra ones (for example `30m`, so a fixed 30-minute
-    /// timeout takes one hop). Extra tiers must be whole milliseconds of at least 500 ms.
+    /// timeout takes one hop). Extra tiers must be whole milliseconds of at least 500 ms,
+    /// at most [`MAX_EXTRA_TIERS`] of them.
     pub fn standard_with(extra: &[Duration]) -> Result<Self, String> {
+        if extra.len() > MAX_EXTRA_TIERS {
+            return Err(format!(
+                "{} extra delay tiers; at most {MAX_EXTRA_TIERS} (each is a queue every \
+                 worker declares: see docs/operations.md)",
+                extra.len()
+            ));
+        }
         let mut tiers: Vec<Duration> = (0..POWER_TIERS)
             .map(|k| SMALLEST_TIER * 2u32.pow(k))
             .collect();
@@ -125,5 +140,21 @@ mod tests {
         assert_eq!(hops(&t, Duration::from_secs(1800)).len(), 1);
         assert!(DelayTiers::standard_with(&[Duration::from_millis(100)]).is_err());
         assert!(DelayTiers::standard_with(&[Duration::from_micros(1_500_500)]).is_err());
+    }
+
+    /// Issue 19, item 8: 500 extra tiers made a worker declare some 520 quorum queues.
+    #[test]
+    fn the_number_of_extra_tiers_is_bounded() {
+        let extra = |n: u64| -> Vec<Duration> {
+            (1..=n)
+                .map(|i| Duration::from_millis(600 * i + 1))
+                .collect()
+        };
+        let most = DelayTiers::standard_with(&extra(MAX_EXTRA_TIERS as u64)).unwrap();
+        assert_eq!(most.all().len(), MAX_TIERS);
+        for n in [MAX_EXTRA_TIERS as u64 + 1, 500] {
+            let err = DelayTiers::standard_with(&extra(n)).unwrap_err();
+            assert!(err.contains(&format!("at most {MAX_EXTRA_TIERS}")), "{err}");
+        }
     }
 }

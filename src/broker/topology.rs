@@ -15,7 +15,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use super::tiers::DelayTiers;
+use super::tiers::{DelayTiers, MAX_TIERS};
 use super::{BrokerError, precondition_failed, timed};
 
 /// Routing key from the close exchange to the close queue.
@@ -27,6 +27,10 @@ pub const PARKED_KEY: &str = "parked";
 pub const QUORUM_DELIVERY_LIMIT: i64 = 50;
 /// Most events the audit queue keeps (oldest dropped first).
 pub const EVENTS_AUDIT_MAX_LENGTH: i64 = 1_000_000;
+/// Most queues a topology declares: the close, parking and audit queues and the tiers.
+pub const MAX_QUEUES: usize = 3 + MAX_TIERS;
+// A few dozen queues, declared one at a time, is what a broker takes at every reconnect.
+const _: () = assert!(MAX_QUEUES <= 40);
 
 /// Classic queues for a single broker, quorum queues for a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,29 @@ pub struct Topology {
     prefix: String,
     tiers: DelayTiers,
     queue_type: QueueType,
+}
+
+/// Checks a name prefix: at most 100 characters from `[A-Za-z0-9._-]`, and not the
+/// broker's own `amq.` (RabbitMQ refuses to declare a queue or exchange named `amq.*`
+/// with `ACCESS_REFUSED`, which a worker would retry for ever; the prefix `amq` makes
+/// `amq.close`, reserved as well).
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty()
+        || prefix.len() > 100
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err("use 1 to 100 characters from [A-Za-z0-9._-]".into());
+    }
+    if prefix == "amq" || prefix.starts_with("amq.") {
+        return Err(
+            "names starting with amq. are reserved by the broker (it refuses to declare \
+             them); choose another prefix"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 impl Topology {
@@ -122,8 +149,24 @@ impl Topology {
         }
     }
 
+    /// Every queue of this topology: the close, parking and audit queues and one per tier,
+    /// at most [`MAX_QUEUES`].
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![
+            self.close_queue(),
+            self.parked_queue(),
+            self.events_audit_queue(),
+        ];
+        queues.extend(self.tiers.all().iter().map(|t| self.delay_queue(*t)));
+        queues
+    }
+
     /// Declares everything, durable, in dependency order (a dead-letter exchange must
     /// exist before the queues pointing at it). Idempotent.
+    ///
+    /// One declaration at a time, each awaited before the next, and at most
+    /// [`MAX_QUEUES`] queues: every worker declares the topology at each (re)connect, and
+    /// a burst of quorum-queue declarations can wedge a broker (issue 19).
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -210,13 +253,7 @@ impl Topology {
 
     /// Deletes every queue and exchange of this topology (tests and demos clean up with it).
     pub async fn delete(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let mut queues = vec![
-            self.close_queue(),
-            self.parked_queue(),
-            self.events_audit_queue(),
-        ];
-        queues.extend(self.tiers.all().iter().map(|t| self.delay_queue(*t)));
-        for queue in queues {
+        for queue in self.queues() {
             timed(
                 "delete queue",
                 channel.queue_delete(queue.into(), QueueDeleteOptions::default()),
@@ -294,5 +331,35 @@ pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
         AMQPValue::LongLongInt(n) => Some(n.to_string()),
         AMQPValue::LongInt(n) => Some(n.to_string()),
         other => Some(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19, item 13: `amq.x` passed, and the broker then refused every declaration.
+    #[test]
+    fn the_brokers_reserved_prefix_is_refused() {
+        for bad in ["amq", "amq.x", "amq.", "amq.order", "", "bad prefix!"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_prefix("amq.x").unwrap_err().contains("reserved"));
+        for good in ["order", "amqx", "amq_x", "amq-x", "AMQ.x", "shop.amq.x"] {
+            assert_eq!(check_prefix(good), Ok(()), "{good:?}");
+        }
+    }
+
+    /// Issue 19, item 8: the queues a worker declares are bounded whatever the
+    /// configuration says.
+    #[test]
+    fn the_declared_queues_are_bounded() {
+        let extra: Vec<Duration> = (1..=crate::broker::tiers::MAX_EXTRA_TIERS as u64)
+            .map(|i| Duration::from_millis(600 * i + 1))
+            .collect();
+        let tiers = DelayTiers::standard_with(&extra).unwrap();
+        let topology = Topology::new("order", tiers, QueueType::Quorum);
+        let queues = topology.queues();
+        assert_eq!(queues.len(), MAX_QUEUES);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
-use order_closer::closer::{Cancelled, ChangeError, Closer, Due, NewOrder};
+use order_closer::closer::{Cancelled, ChangeError, Closer, Due, MAX_TIME_TO_PAY, NewOrder};
 use order_closer::config::{Settings, parse_duration};
 use order_closer::db::{self, decisions, orders};
 use order_closer::money;
@@ -32,8 +32,8 @@ pub enum OrdersCommand {
 pub struct CancelArgs {
     /// The merchant order number.
     out_trade_no: String,
-    /// How long to wait for the worker's decision.
-    #[arg(long, default_value = "30s", value_parser = parse_wait)]
+    /// How long to wait for the worker's decision (at most 1h).
+    #[arg(long, default_value = "30s", value_parser = |t: &str| flag_duration("--wait", t, MAX_WAIT))]
     wait: Duration,
 }
 
@@ -46,7 +46,7 @@ pub struct ExtendArgs {
     #[arg(long, conflicts_with = "by", required_unless_present = "by")]
     deadline: Option<DateTime<Utc>>,
     /// Move the deadline this much later, for example 10m.
-    #[arg(long, value_parser = parse_wait)]
+    #[arg(long, value_parser = |t: &str| flag_duration("--by", t, MAX_TIME_TO_PAY))]
     by: Option<Duration>,
 }
 
@@ -60,7 +60,12 @@ pub struct CreateArgs {
     #[arg(long, value_parser = parse_amount)]
     amount: i64,
     /// Time to pay, for example 30s, 15m.
-    #[arg(long, value_parser = parse_wait, conflicts_with = "deadline", required_unless_present = "deadline")]
+    #[arg(
+        long,
+        value_parser = |t: &str| flag_duration("--close-after", t, MAX_TIME_TO_PAY),
+        conflicts_with = "deadline",
+        required_unless_present = "deadline"
+    )]
     close_after: Option<Duration>,
     /// Payment deadline as RFC 3339, for example 2026-11-22T10:00:00+08:00.
     #[arg(long)]
@@ -106,8 +111,23 @@ fn parse_amount(text: &str) -> Result<i64, String> {
     }
 }
 
-fn parse_wait(text: &str) -> Result<Duration, String> {
-    parse_duration("--close-after", text).map_err(|e| e.to_string())
+/// Longest `orders cancel --wait`: a worker decides within seconds, or within the retry
+/// steps (some ten minutes by default) when the gateway does not answer.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// A duration flag: above zero and at most `max`; the error names the flag.
+fn flag_duration(flag: &'static str, text: &str, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(flag, text).map_err(|e| e.to_string())?;
+    if d > max {
+        let days = max.as_secs() / 86_400;
+        let max = if days > 0 && max == Duration::from_secs(days * 86_400) {
+            format!("{days} days")
+        } else {
+            humantime::format_duration(max).to_string()
+        };
+        return Err(format!("{flag}={text:?} is invalid: at most {max}"));
+    }
+    Ok(d)
 }
 
 /// Runs an `orders` subcommand.

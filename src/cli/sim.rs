@@ -22,7 +22,12 @@ pub struct SimArgs {
     /// merchant's key pair and the simulator's own, made on first start and reused after.
     /// A merchant that keeps its own key puts only its public key there
     /// (`alipay/app_public.pem`). `client.env` in it lists the variables a worker needs.
-    #[arg(long, env = "SIM_KEYS_DIR", default_value = "sim-keys")]
+    #[arg(
+        long,
+        env = "SIM_KEYS_DIR",
+        hide_env_values = true,
+        default_value = "sim-keys"
+    )]
     keys_dir: PathBuf,
     /// Start with this fault plan (JSON, for example '{"http_502":0.05,"latency_ms":100}');
     /// change it at run time with PUT /sim/faults.
@@ -31,12 +36,32 @@ pub struct SimArgs {
     /// Send payment notifications to this notify endpoint, each gateway's to
     /// `{url}/{channel}` (for example http://127.0.0.1:8081/notify); change with
     /// PUT /sim/notify.
-    #[arg(long, env = "SIM_NOTIFY_URL")]
+    // The URL may hold a password: `--help` must not show the variable's value.
+    #[arg(long, env = "SIM_NOTIFY_URL", hide_env_values = true)]
     notify_url: Option<String>,
-    /// Multiplies the gateways' resend intervals (Alipay's 4m, 10m, 10m, 1h, 2h, 6h, 15h);
-    /// 0.01 runs them a hundred times faster.
-    #[arg(long, default_value_t = 1.0)]
+    // Its help lists every gateway's schedule, from the simulator's own list.
+    #[arg(long, default_value_t = 1.0, help = notify_time_factor_help())]
     notify_time_factor: f64,
+}
+
+/// `--notify-time-factor`'s help: every gateway's resend intervals, which it scales.
+fn notify_time_factor_help() -> String {
+    let schedules: Vec<String> = sim::GATEWAYS
+        .iter()
+        .map(|plugin| {
+            let steps: Vec<String> = plugin
+                .resend_schedule
+                .iter()
+                .map(|d| humantime::format_duration(*d).to_string())
+                .collect();
+            format!("{}: {}", plugin.channel, steps.join(", "))
+        })
+        .collect();
+    format!(
+        "Multiplies every gateway's resend intervals ({}); 0.01 runs them a hundred times \
+         faster",
+        schedules.join("; ")
+    )
 }
 
 /// Serves until SIGTERM or SIGINT.

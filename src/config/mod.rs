@@ -58,9 +58,11 @@ impl ConfigError {
         }
     }
 
-    /// An unusable URL, shown with its password hidden.
+    /// An unusable URL, shown with its user name and password hidden (in the reason
+    /// too: a parser's message may repeat the URL).
     pub fn invalid_url(var: &'static str, url: &str, reason: impl ToString) -> Self {
-        Self::invalid(var, &urls::redact(url), reason)
+        let shown = urls::redact(url);
+        Self::invalid(var, &shown, reason.to_string().replace(url, &shown))
     }
 }
 
@@ -219,17 +221,8 @@ impl Settings {
         }
 
         let prefix = string("ORDER_CLOSER_QUEUE_PREFIX", "order");
-        if prefix.len() > 100
-            || !prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        {
-            return Err(ConfigError::invalid(
-                "ORDER_CLOSER_QUEUE_PREFIX",
-                &prefix,
-                "use at most 100 characters from [A-Za-z0-9._-]",
-            ));
-        }
+        crate::broker::topology::check_prefix(&prefix)
+            .map_err(|e| ConfigError::invalid("ORDER_CLOSER_QUEUE_PREFIX", &prefix, e))?;
         // Quorum by default: its dead-lettering is at least once, a classic queue's at
         // most once (a tier can drop an expired message the close queue could not take;
         // see `tests/serial_dead_letter.rs` and docs/operations.md, "Queue type").
@@ -244,17 +237,14 @@ impl Settings {
                 ));
             }
         };
-        let extra_tiers = match var("ORDER_CLOSER_EXTRA_DELAY_TIERS") {
-            None => Vec::new(),
-            Some(text) => parse_duration_list("ORDER_CLOSER_EXTRA_DELAY_TIERS", &text)?,
+        let tiers = match var("ORDER_CLOSER_EXTRA_DELAY_TIERS") {
+            None => DelayTiers::default(),
+            Some(text) => {
+                let extra = parse_duration_list("ORDER_CLOSER_EXTRA_DELAY_TIERS", &text)?;
+                DelayTiers::standard_with(&extra)
+                    .map_err(|e| ConfigError::invalid("ORDER_CLOSER_EXTRA_DELAY_TIERS", &text, e))?
+            }
         };
-        let tiers = DelayTiers::standard_with(&extra_tiers).map_err(|e| {
-            ConfigError::invalid(
-                "ORDER_CLOSER_EXTRA_DELAY_TIERS",
-                &format!("{extra_tiers:?}"),
-                e,
-            )
-        })?;
         let topology = Topology::new(prefix, tiers, queue_type);
 
         let retry = vars
@@ -368,6 +358,11 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_variable() {
+        // Issue 19, item 8: 500 tiers, each a queue.
+        let many_tiers: String = (1..=500)
+            .map(|i| format!("{}ms", 600 + i))
+            .collect::<Vec<_>>()
+            .join(",");
         let cases = [
             ("DATABASE_URL", "mysql://x"),
             ("AMQP_URL", "http://x"),
@@ -390,6 +385,9 @@ mod tests {
             ("ORDER_CLOSER_SHUTDOWN_GRACE", "1000000y"),
             ("ORDER_CLOSER_RETRY_STEPS", "1s,1000000y"),
             ("ORDER_CLOSER_EXTRA_DELAY_TIERS", "1000000y"),
+            ("ORDER_CLOSER_EXTRA_DELAY_TIERS", many_tiers.as_str()),
+            ("ORDER_CLOSER_QUEUE_PREFIX", "amq.x"),
+            ("ORDER_CLOSER_QUEUE_PREFIX", "amq"),
             ("DATABASE_URL", "postgres://"),
             ("DATABASE_URL", "postgres://u:p@h:99999/db"),
             ("DATABASE_URL", "postgres://u:p@h/db?sslmode=bogus"),
@@ -427,6 +425,25 @@ mod tests {
             ("DATABASE_URL", "postgres://postgres:SeCrEt123@h:5432"),
             ("AMQP_URL", "AMQP://guest:SeCrEt123@h/%2f"),
             ("AMQP_URL", "amqp://guest:SeCrEt123@h:99999/%2f"),
+            // Issue 19, item 10: a password with a URL delimiter in it.
+            (
+                "DATABASE_URL",
+                "postgres://app:Se/SeCrEt123@127.0.0.1:5432/db",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://app:Se?SeCrEt123@127.0.0.1:5432/db",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://app:Se#SeCrEt123@127.0.0.1:5432/db",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://app:S@SeCrEt123@127.0.0.1:5432/db",
+            ),
+            ("AMQP_URL", "amqp://guest:Se/SeCrEt123@h/%2f"),
+            ("AMQP_URL", "amqp://guest:S@SeCrEt123@h/%2f"),
         ] {
             let err = settings(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var), "{err}");

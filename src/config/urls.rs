@@ -11,6 +11,7 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("must start with postgres:// or postgresql://".into());
     }
+    check_userinfo(url)?;
     let parsed = Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
@@ -33,6 +34,7 @@ pub fn check_amqp_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         return Err("must start with amqp:// or amqps://".into());
     }
+    check_userinfo(url)?;
     url.parse::<AMQPUri>().map(|_| ())
 }
 
@@ -41,6 +43,7 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err("must start with http:// or https://".into());
     }
+    check_userinfo(url)?;
     let parsed = Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("names no host".into());
@@ -48,20 +51,39 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The text with any URL password (`user:PASSWORD@`, `password=...`) replaced by `***`;
-/// works on text that is not a valid URL too, since that is when it gets printed.
+/// Checks that a URL's user name and password end where every parser ends them: at a
+/// single `@`, before the first `/`, `?` or `#`. Parsers disagree on anything else (the
+/// URL standard ends the user part at the last `@`, tokio-postgres at the first, and both
+/// end the host at a `/`), so a password holding `/`, `?`, `#` or `@` would be read as a
+/// host, a port or a path, and then printed as one.
+pub fn check_userinfo(url: &str) -> Result<(), String> {
+    let Some(start) = url.find("://") else {
+        return Ok(());
+    };
+    let rest = &url[start + 3..];
+    match rest.rfind('@') {
+        Some(at) if rest[..at].contains(['/', '?', '#', '@']) => Err(
+            "the part before its last '@' holds a '/', '?', '#' or '@': percent-encode \
+             those in a user name or password (%2F, %3F, %23, %40), and write an '@' \
+             elsewhere as %40"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The text with every URL's user name and password hidden, and any `password=` value:
+/// everything between a `://` and the last `@` after it becomes `***`, whatever a URL
+/// parser would make of it (a password may hold `/`, `?`, `#` or `@`; hiding too much of
+/// a message is better than showing part of a password). Works on text that is not a
+/// valid URL too, since that is when it gets printed. The one function every message
+/// that can hold a URL goes through.
 pub fn redact(text: &str) -> String {
     let mut out = text.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| auth_start + i);
-        if let Some(at) = out[auth_start..auth_end].rfind('@')
-            && let Some(colon) = out[auth_start..auth_start + at].find(':')
-        {
-            out.replace_range(auth_start + colon + 1..auth_start + at, "***");
-        }
+    if let Some(scheme_end) = text.find("://")
+        && let Some(at) = text[scheme_end + 3..].rfind('@')
+    {
+        out.replace_range(scheme_end + 3..scheme_end + 3 + at, "***");
     }
     let mut from = 0;
     while let Some(i) = out[from..].find("password=") {
@@ -122,10 +144,10 @@ mod tests {
         for (text, shown) in [
             (
                 " postgres://postgres:SeCrEt123@127.0.0.1:1/x",
-                " postgres://postgres:***@127.0.0.1:1/x",
+                " postgres://***@127.0.0.1:1/x",
             ),
-            ("amqp://u:p@ss@h/v", "amqp://u:***@h/v"),
-            ("AMQP://guest:SeCrEt@h", "AMQP://guest:***@h"),
+            ("amqp://u:p@ss@h/v", "amqp://***@h/v"),
+            ("AMQP://guest:SeCrEt@h", "AMQP://***@h"),
             (
                 "postgres://h/db?user=u&password=SeCrEt&sslmode=require",
                 "postgres://h/db?user=u&password=***&sslmode=require",
@@ -135,5 +157,64 @@ mod tests {
         ] {
             assert_eq!(redact(text), shown);
         }
+    }
+
+    /// Issue 19, item 10: a password holding `/`, `?`, `#` or `@` (a generated base64
+    /// password holds `/`) never shows, in part or whole, whatever a parser makes of the
+    /// URL; such a URL is refused, saying how to write it.
+    #[test]
+    fn passwords_with_url_delimiters_never_show_and_are_refused() {
+        for secret in [
+            "Se/cr3t",
+            "Se?cr3t",
+            "Se#cr3t",
+            "S@cr3t",
+            "x@y/z?w#v",
+            "aB+c==",
+        ] {
+            for (url, check) in [
+                (
+                    format!("postgres://app:{secret}@127.0.0.1:5432/db"),
+                    check_database_url as fn(&str) -> Result<(), String>,
+                ),
+                (
+                    format!("amqp://app:{secret}@127.0.0.1:5672/%2f"),
+                    check_amqp_url,
+                ),
+                (format!("https://app:{secret}@gw.example/x"), check_http_url),
+            ] {
+                let shown = redact(&url);
+                assert!(shown.contains("://***@"), "{url}: {shown}");
+                for part in secret.split(['/', '?', '#', '@', '+', '=']) {
+                    assert!(!shown.contains(part) || part.len() < 2, "{url}: {shown}");
+                }
+                if secret.contains(['/', '?', '#', '@']) {
+                    let err = check(&url).unwrap_err();
+                    assert!(err.contains("percent-encode"), "{url}: {err}");
+                    assert!(!err.contains("cr3t"), "{url}: {err}");
+                } else {
+                    assert_eq!(check(&url), Ok(()), "{url}");
+                }
+            }
+        }
+        // Percent-encoded, the same passwords are fine.
+        assert_eq!(
+            check_database_url("postgres://app:Se%2Fcr3t@127.0.0.1:5432/db"),
+            Ok(())
+        );
+        assert_eq!(check_amqp_url("amqp://app:S%40cr3t@h/%2f"), Ok(()));
+        // An '@' in a query value must be encoded too (tokio-postgres would end the
+        // user name there).
+        assert!(check_database_url("postgres://h/db?application_name=a@b").is_err());
+        // Text around the URL, and several URLs: all that is between the first `://`
+        // and the last `@` goes.
+        assert_eq!(
+            redact("cannot reach amqp://u:Se/cr3t@h:5672/v (refused)"),
+            "cannot reach amqp://***@h:5672/v (refused)"
+        );
+        assert_eq!(
+            redact("a http://u:p1@h1/x then b http://u:p2@h2/y"),
+            "a http://***@h2/y"
+        );
     }
 }

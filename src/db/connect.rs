@@ -103,6 +103,10 @@ impl Target {
     /// Reads a `postgres://` URL; the CA file named by `sslrootcert` is read now, so that a
     /// missing file fails at start-up.
     pub fn parse(url: &str) -> Result<Self, DbError> {
+        // tokio-postgres ends the password at the first '@': one holding '@' would be
+        // read as part of the host, and printed as one.
+        crate::config::urls::check_userinfo(url)
+            .map_err(|e| DbError::Unavailable(format!("DATABASE_URL {e}")))?;
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut mode: Option<SslMode> = None;
         let mut root: Option<String> = None;
@@ -342,6 +346,25 @@ mod tests {
         assert!(err.to_string().contains("verify-full"), "{err}");
         let err = Target::parse("postgres://h/db?sslcert=c.pem").unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
+    }
+
+    /// Issue 19, item 10: tokio-postgres would read `S@cr3t` as the password `S` and the
+    /// host `cr3t@127.0.0.1`, and name that host in its errors.
+    #[test]
+    fn a_password_the_parser_would_misread_is_refused_unshown() {
+        for url in [
+            "postgres://app:S@cr3t@127.0.0.1:5432/db",
+            "postgres://app:Se/cr3t@127.0.0.1:5432/db",
+        ] {
+            let err = Target::parse(url).unwrap_err().to_string();
+            assert!(err.contains("percent-encode"), "{err}");
+            assert!(!err.contains("cr3t"), "{err}");
+        }
+        let t = Target::parse("postgres://app:S%40cr3t@127.0.0.1:5432/db").unwrap();
+        assert_eq!(
+            format!("{t:?}"),
+            "postgres 127.0.0.1:5432/db sslmode=prefer"
+        );
     }
 
     #[test]

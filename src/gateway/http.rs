@@ -35,7 +35,8 @@ pub fn transport_error(e: reqwest::Error) -> GatewayError {
     } else {
         "http_transport"
     };
-    GatewayError::retryable(code, e.to_string())
+    // reqwest names the URL it failed on: never with its password.
+    GatewayError::retryable(code, crate::config::urls::redact(&e.to_string()))
 }
 
 /// Reads a body of at most `max` bytes; a longer one is `too_large()`, whatever its

@@ -47,8 +47,10 @@ pub struct Plugin {
     /// Every environment variable it reads (documented in docs/operations.md).
     #[cfg(feature = "worker")]
     pub variables: &'static [&'static str],
-    /// The variables whose presence configures it (named when no gateway is); the first
-    /// is the merchant's signing key.
+    /// The variables a configuration of it needs at least (named when no gateway is);
+    /// the first is the merchant's signing key, which switches it on: with other of its
+    /// own variables set but not this one, it is half-configured and the process stops
+    /// naming it ([`registry::Gateways::from_settings`]).
     #[cfg(feature = "worker")]
     pub configured_by: &'static [&'static str],
 }

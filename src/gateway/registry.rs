@@ -38,6 +38,21 @@ pub enum RegistryError {
         /// What would configure each one.
         hints: String,
     },
+    /// Some of a gateway's variables are set, but not what switches it on: left alone,
+    /// the gateway would be silently off (its notifications answered 404, its orders
+    /// parked as `unknown_channel`).
+    #[error(
+        "the {channel} gateway is half-configured: {set} set, but not {missing}; set \
+         {missing} to serve {channel}, or unset the others to leave it off"
+    )]
+    HalfConfigured {
+        /// The channel.
+        channel: &'static str,
+        /// Its variables that are set.
+        set: String,
+        /// What would switch it on.
+        missing: String,
+    },
 }
 
 impl RegistryError {
@@ -103,6 +118,18 @@ pub struct CommonNames {
     pub retry_steps: &'static str,
 }
 
+impl CommonNames {
+    /// All four names.
+    pub fn all(&self) -> [&'static str; 4] {
+        [
+            self.gateway_url,
+            self.timeout,
+            self.rate_limit,
+            self.retry_steps,
+        ]
+    }
+}
+
 /// What every gateway's configuration has, read from its [`CommonNames`].
 #[derive(Debug, Clone)]
 pub struct CommonSettings {
@@ -154,6 +181,35 @@ impl CommonSettings {
     }
 }
 
+/// Refuses a gateway that is off although some of its own variables are set, naming its
+/// signing key, the variable that switches it on (the first of
+/// [`Plugin::configured_by`](super::Plugin::configured_by)). Its common variables (URL,
+/// timeout, rate limit, retry steps) do not count: they have defaults and say nothing
+/// about a merchant, so a deployment may tune a gateway it does not use.
+fn half_configured(plugin: &super::Plugin, vars: &Vars) -> Result<(), RegistryError> {
+    let common = plugin.common.all();
+    let set: Vec<&str> = plugin
+        .variables
+        .iter()
+        .copied()
+        .filter(|v| !common.contains(v) && vars.get(v).is_some())
+        .collect();
+    let Some(key) = plugin.configured_by.first().filter(|_| !set.is_empty()) else {
+        return Ok(());
+    };
+    let file = format!("{key}_FILE");
+    let missing = if plugin.variables.contains(&file.as_str()) {
+        format!("{key} (or {file})")
+    } else {
+        (*key).to_owned()
+    };
+    Err(RegistryError::HalfConfigured {
+        channel: plugin.rules.channel,
+        set: set.join(", "),
+        missing,
+    })
+}
+
 /// The gateways by channel name.
 #[derive(Clone, Default)]
 pub struct Gateways {
@@ -161,16 +217,25 @@ pub struct Gateways {
 }
 
 impl Gateways {
-    /// Every gateway the settings configure; an error when none is.
+    /// Every gateway the settings configure, logged; an error when none is, or when one
+    /// is half-configured ([`half_configured`]).
     pub fn from_settings(settings: &Settings) -> Result<Self, RegistryError> {
         let mut gateways = Self::default();
+        let mut off = Vec::new();
         for plugin in super::ALL {
-            if let Some(connector) = (plugin.connect)(&settings.vars)? {
-                gateways
-                    .by_channel
-                    .insert(plugin.rules.channel.to_owned(), connector);
+            match (plugin.connect)(&settings.vars)? {
+                Some(connector) => {
+                    gateways
+                        .by_channel
+                        .insert(plugin.rules.channel.to_owned(), connector);
+                }
+                None => {
+                    half_configured(plugin, &settings.vars)?;
+                    off.push(plugin.rules.channel);
+                }
             }
         }
+        tracing::info!(on = ?gateways.channels(), ?off, "payment gateways");
         if gateways.by_channel.is_empty() {
             let hints: Vec<String> = super::ALL
                 .iter()
@@ -220,5 +285,54 @@ impl Gateways {
         self.by_channel
             .iter()
             .filter_map(|(channel, c)| c.verifier.as_ref().map(|v| (channel.as_str(), v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn gateways(pairs: &[(&str, String)]) -> Result<Gateways, RegistryError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let settings = Settings::from_lookup(move |k| map.get(k).cloned()).unwrap();
+        Gateways::from_settings(&settings)
+    }
+
+    /// Issue 19, item 11: with every WeChat variable but its key set, WeChat was silently
+    /// off. Any one of a gateway's own variables set without its signing key stops the
+    /// process, naming the key; its common variables alone do not.
+    #[test]
+    fn a_half_configured_gateway_is_refused_naming_its_key() {
+        for plugin in super::super::ALL {
+            let key = plugin.configured_by[0];
+            let common = plugin.common.all();
+            let key_file = format!("{key}_FILE");
+            for var in plugin.variables {
+                if *var == key || *var == key_file || common.contains(var) {
+                    continue;
+                }
+                let err = match gateways(&[(var, "1".to_owned())]) {
+                    Ok(_) => panic!("{var} alone was accepted"),
+                    Err(e) => e,
+                };
+                assert!(
+                    matches!(&err, RegistryError::HalfConfigured { channel, .. }
+                        if *channel == plugin.rules.channel),
+                    "{var}: {err}"
+                );
+                assert!(err.to_string().contains(key), "{var}: {err}");
+            }
+            let err = gateways(&[(plugin.common.timeout, "5s".to_owned())])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("no payment gateway"), "{err}");
+        }
+        let err = gateways(&[]).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("no payment gateway"));
     }
 }

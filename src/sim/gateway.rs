@@ -88,4 +88,7 @@ pub struct SimPlugin {
     /// With the keys in `dir` (made and written there when missing): `gateway-sim
     /// --keys-dir`; its client variables name the key files instead of holding keys.
     pub from_dir: fn(&Path) -> Result<Arc<dyn SimGateway>, SimError>,
+    /// The intervals between a notification's sends (its
+    /// [`SimGateway::resend_schedule`]), for `gateway-sim --help`.
+    pub resend_schedule: &'static [Duration],
 }

@@ -104,7 +104,10 @@ impl NotifyPlan {
         if let Some(url) = &self.url
             && crate::config::urls::check_http_url(url).is_err()
         {
-            return Err(format!("url {url:?} is not an http:// or https:// URL"));
+            return Err(format!(
+                "url {:?} is not an http:// or https:// URL",
+                crate::config::urls::redact(url)
+            ));
         }
         if !(self.time_factor > 0.0 && self.time_factor <= 10.0) {
             return Err(format!(

@@ -30,6 +30,8 @@ const FONT_CANDIDATES: &[&str] = &[
     "/System/Library/Fonts/Supplemental/Arial.ttf",
     "/Library/Fonts/Arial.ttf",
 ];
+/// Largest font file read (a CJK font is some 20 MB).
+const MAX_FONT_BYTES: u64 = 64 * 1024 * 1024;
 /// The family name fonts are registered under.
 const FAMILY: &str = "sans-serif";
 
@@ -71,7 +73,8 @@ fn load_font(choice: Option<&str>) -> bool {
         None => FONT_CANDIDATES.to_vec(),
     };
     for path in candidates {
-        let Ok(bytes) = std::fs::read(path) else {
+        // A path from `--font` is outside input: a FIFO or a huge file is skipped.
+        let Ok(bytes) = order_closer::files::read_capped(Path::new(path), MAX_FONT_BYTES) else {
             continue;
         };
         // Registered fonts live for the whole process; this happens once per run.

@@ -229,4 +229,5 @@ pub const PLUGIN: SimPlugin = SimPlugin {
     channel: CHANNEL,
     generate: || Ok(Arc::new(AlipaySim::generate()?)),
     from_dir: |dir| Ok(Arc::new(AlipaySim::from_dir(dir)?)),
+    resend_schedule: &RESEND_SCHEDULE,
 };

@@ -374,4 +374,5 @@ pub const PLUGIN: SimPlugin = SimPlugin {
     channel: CHANNEL,
     generate: || Ok(Arc::new(WechatSim::generate()?)),
     from_dir: |dir| Ok(Arc::new(WechatSim::from_dir(dir)?)),
+    resend_schedule: &RESEND_SCHEDULE,
 };
