@@ -346,7 +346,7 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     use chrono::Utc;
 
     use order_closer::gateway::alipay::response::china;
-    use order_closer::reconcile::bill::reconcile;
+    use order_closer::reconcile::bill::{load, reconcile};
 
     let mut env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
     env.quiet_notifications();
@@ -357,18 +357,12 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     // Paid after close, and the notification lost: only the bill tells.
     env.buyers.scan_and_pay(&no, 2500).await.unwrap();
     let today = Utc::now().with_timezone(&china()).date_naive();
-    let parsed = env
-        .gateways()
-        .bill_source("alipay")
-        .unwrap()
-        .daily_bill(today)
-        .await
-        .unwrap();
+    let gateways = env.gateways();
+    let source = gateways.bill_source("alipay").unwrap();
+    let parsed = load(source.as_ref(), today, None).await.unwrap();
     let decider = env.decider("reconcile:test");
 
-    let dry = reconcile(&decider, "alipay", &parsed, today, false)
-        .await
-        .unwrap();
+    let dry = reconcile(&decider, "alipay", &parsed, false).await.unwrap();
     assert_eq!(dry.paid_after_close.len(), 1);
     assert!(
         dry.paid_after_close[0]
@@ -379,9 +373,7 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     );
     assert!(refund_row(&env, order.id).await.is_none());
 
-    let applied = reconcile(&decider, "alipay", &parsed, today, true)
-        .await
-        .unwrap();
+    let applied = reconcile(&decider, "alipay", &parsed, true).await.unwrap();
     assert!(
         applied.paid_after_close[0]
             .action
@@ -392,13 +384,14 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     let row = refund_settled(&env, order.id, Duration::from_secs(15)).await;
     assert_eq!(row.status(), refunds::RefundStatus::Succeeded);
     // The same bill again requests nothing more.
-    let again = reconcile(&decider, "alipay", &parsed, today, true)
-        .await
-        .unwrap();
+    let again = reconcile(&decider, "alipay", &parsed, true).await.unwrap();
+    // (The gateway, asked again, may now say the refunded trade is closed.)
     assert!(
-        !again.paid_after_close[0]
-            .action
-            .contains("refund requested")
+        again
+            .paid_after_close
+            .iter()
+            .all(|l| !l.action.contains("refund requested")),
+        "{again:?}"
     );
     assert_eq!(
         env.buyers.trade(&no).await.unwrap().unwrap().refunds.len(),

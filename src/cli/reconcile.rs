@@ -56,7 +56,8 @@ pub struct BillArgs {
     /// Read this downloaded bill instead of fetching it from the gateway.
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Mark PAID the NEW orders the bill shows paid (anomalies are recorded either way).
+    /// Mark PAID the NEW orders the bill shows paid, once the gateway confirms each
+    /// (anomalies the gateway confirms are recorded either way).
     #[arg(long)]
     apply: bool,
     /// Output format.
@@ -211,59 +212,26 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
     };
     bill_reconcile::check_billable(args.date, chrono::Utc::now(), source.calendar())
         .map_err(|why| anyhow::anyhow!("--date: {why}"))?;
+    // Read whole, checked to be ours and of that day (a bill of another merchant or day
+    // would turn its payments into ours), before the database is touched.
     let bill = match &args.file {
         Some(path) => {
             let bytes = order_closer::files::read_capped(path, source.max_file_bytes())
                 .context("--file")?;
-            source.read_file(&bytes, &path.display().to_string())?
+            let name = path.display().to_string();
+            bill_reconcile::load(source.as_ref(), args.date, Some((&bytes, &name))).await?
         }
-        None => source.daily_bill(args.date).await?,
+        None => bill_reconcile::load(source.as_ref(), args.date, None).await?,
     };
-    // A bill of another day would turn every payment of this one into an anomaly.
-    bill.check_day(args.date)?;
-    // The bill parsed completely: only now touch the database.
     db::migrate(settings.database_url.expose_secret())
         .await
         .context("checking the database")?;
-    let report =
-        bill_reconcile::reconcile(&decider, &channel, &bill, args.date, args.apply).await?;
+    let report = bill_reconcile::reconcile(&decider, &channel, &bill, args.apply).await?;
     announce(settings, &decider).await;
     if args.format == Format::Json {
         print_json(&report)?;
-        return Ok(exit(report.finding));
-    }
-    println!(
-        "bill {} ({}): {} payments, {} refunds; {} agree with PAID orders",
-        report.date, report.file, report.payments, report.refunds, report.matched
-    );
-    let sections = [
-        ("paid at the gateway, NEW locally", &report.paid_but_new),
-        (
-            "paid at the gateway, CLOSED locally (paid after close)",
-            &report.paid_after_close,
-        ),
-        (
-            "PAID locally, absent from the bill",
-            &report.paid_missing_from_bill,
-        ),
-        ("amounts differ", &report.amount_mismatch),
-        ("refunds", &report.refund_rows),
-        ("orders we do not know", &report.unknown_orders),
-    ];
-    for (title, lines) in sections {
-        println!("\n{title}: {}", lines.len());
-        for l in lines {
-            println!(
-                "  {:<24} line {:<6} gateway {:>10} local {:>10} {:<7} {}",
-                l.out_trade_no,
-                l.line.map_or("-".into(), |n| n.to_string()),
-                l.gateway_amount_minor
-                    .map_or("-".into(), money::format_minor),
-                l.local_amount_minor.map_or("-".into(), money::format_minor),
-                l.local_status.as_deref().unwrap_or("-"),
-                l.action
-            );
-        }
+    } else {
+        print!("{}", report.to_text());
     }
     Ok(exit(report.finding))
 }

@@ -918,7 +918,7 @@ pub enum Cause {
     Notification,
     /// Our query, prompted by a notification we could not trust by itself.
     NotificationHint,
-    /// The gateway's daily bill.
+    /// Our query, prompted by the gateway's daily bill (a hint, never evidence by itself).
     Bill,
 }
 
@@ -930,7 +930,7 @@ impl Cause {
             Self::NotificationHint => {
                 "paid at the gateway: asked because of a notification that could not be trusted by itself"
             }
-            Self::Bill => "paid at the gateway: found in its daily bill",
+            Self::Bill => "paid at the gateway: asked because its daily bill shows the payment",
         }
     }
 }

@@ -126,13 +126,8 @@ pub fn absolute_url(text: &str) -> Option<reqwest::Url> {
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
 }
 
-/// Gateway-supplied text, shortened for an error message.
+/// Gateway-supplied text, shortened for an error message, control characters escaped
+/// ([`crate::bill::csv::shortened`]): such messages reach the operator's terminal.
 pub fn echo(text: &str) -> String {
-    if text.chars().count() <= MAX_ECHO {
-        text.to_owned()
-    } else {
-        let mut short: String = text.chars().take(MAX_ECHO).collect();
-        short.push('…');
-        short
-    }
+    crate::bill::csv::shortened(text, MAX_ECHO)
 }

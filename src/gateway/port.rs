@@ -199,18 +199,36 @@ pub enum BillFetchError {
         #[source]
         source: GatewayError,
     },
-    /// It came, but is not a readable bill (the error names the file, line and column).
+    /// It came, but is not a readable bill (the error names the file, line and column),
+    /// or not ours, or not of the day asked for.
     #[error(transparent)]
     Format(#[from] crate::bill::BillError),
+    /// The configuration does not say which merchant account our bills name, so no bill
+    /// can be checked to be ours.
+    #[error(
+        "{variable} is not set: a bill names its merchant account, and only a bill naming \
+         ours is compared with our orders"
+    )]
+    NoAccount {
+        /// The variable to set.
+        variable: &'static str,
+    },
 }
 
-/// Where `reconcile bill` gets a gateway's daily trade bill.
+/// Where `reconcile bill` gets a gateway's daily trade bill. The bills it gives are not
+/// checked yet: the reconciliation reads only a [`crate::bill::CheckedBill`], checked
+/// against [`BillSource::account`] and the day.
 #[async_trait]
 pub trait BillSource: Send + Sync {
-    /// Fetches and reads the bill of `date` (the gateway's own calendar day).
+    /// Fetches and reads the bill of `date` (the gateway's own calendar day). What the
+    /// file cannot say of an empty bill (its day, its merchant) the gateway's signed
+    /// answer may vouch for ([`crate::bill::Bill::vouch`]).
     async fn daily_bill(&self, date: NaiveDate) -> Result<crate::bill::Bill, BillFetchError>;
     /// Reads a bill file downloaded by hand; `name` names it in errors.
     fn read_file(&self, bytes: &[u8], name: &str) -> Result<crate::bill::Bill, BillFetchError>;
+    /// Our merchant account as this gateway's bills name it ([`BillFetchError::NoAccount`]
+    /// when the configuration does not say).
+    fn account(&self) -> Result<crate::bill::Account, BillFetchError>;
     /// The largest bill file accepted.
     fn max_file_bytes(&self) -> u64;
     /// The gateway's calendar: a bill's day runs from midnight to midnight here.

@@ -1,15 +1,24 @@
 //! `reconcile bill`: the gateway's daily trade bill against the orders table.
 //!
-//! Categories, each counted and listed:
-//! - paid at the gateway, NEW locally: marked PAID with `apply` (through the decision
-//!   table, as if a query had said "paid"), reported otherwise;
-//! - paid at the gateway, CLOSED locally: a `paid_after_close` anomaly, then (with
-//!   `apply`) the paid-after-close policy: held, or its refund requested (money to refund
-//!   or goods to deliver);
-//! - PAID locally that day (an order of the bill's channel), absent from the bill: a
-//!   `paid_missing_from_bill` anomaly (another channel's orders are in its own bill);
-//! - amounts differ: an `amount_mismatch` anomaly;
-//! - refund rows, and rows for orders we do not know: reported.
+//! A bill is read only once checked ([`load`]): it must name our merchant account and
+//! state its day (its period line, or rows that all fall on it), else it is refused
+//! before the database is touched. Even then it is only a hint, as an unverified
+//! notification is: before a row changes an order or records an anomaly, the gateway is
+//! asked about the order (the signed query the worker makes), and its answer is what is
+//! applied; where it contradicts the bill, the report says what the gateway said.
+//!
+//! Categories, each counted and listed (see [`BillReport`]):
+//! - paid (the gateway says so), NEW locally: marked PAID with `apply` (through the
+//!   decision table, with the gateway's answer as evidence), reported otherwise;
+//! - paid (the gateway says so), CLOSED locally: a `paid_after_close` anomaly, then (with
+//!   `apply`) the paid-after-close policy: held, or its refund requested;
+//! - PAID locally that day (an order of the bill's channel), absent from the bill, and
+//!   not paid as the gateway says: a `paid_missing_from_bill` anomaly (another channel's
+//!   orders are in its own bill);
+//! - the paid amount (the gateway's) differs from the order's: an `amount_mismatch`
+//!   anomaly;
+//! - refund rows, and rows for orders we do not know: reported;
+//! - the gateway contradicts the bill, or could not be asked: reported, nothing done.
 //!
 //! Anomalies are findings, not fixes: they are recorded (once per order and kind, each
 //! announced once as `order.anomaly.<kind>`) whether or not `apply` is given.
@@ -19,68 +28,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use serde::Serialize;
 
-use super::Finding;
-use crate::bill::{Bill, BillRow, BillRowKind};
+pub use super::bill_report::{BillLine, BillReport};
+use crate::bill::{Bill, BillRow, BillRowKind, CheckedBill};
 use crate::db::anomalies::AnomalyKind;
 use crate::db::schema::orders;
 use crate::db::{self};
 use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
-use crate::gateway::TradeState;
+use crate::gateway::{BillFetchError, BillSource, QueryAnswer, TradeState};
 use crate::money::format_minor;
 use crate::order::{Order, OrderStatus};
-
-/// One finding about one order.
-#[derive(Debug, Clone, Serialize)]
-pub struct BillLine {
-    /// Merchant order number.
-    pub out_trade_no: String,
-    /// Line in the bill's detail file, when the finding comes from a row.
-    pub line: Option<usize>,
-    /// The gateway's trade number.
-    pub trade_no: Option<String>,
-    /// What the bill says (minor units).
-    pub gateway_amount_minor: Option<i64>,
-    /// What the order says (minor units).
-    pub local_amount_minor: Option<i64>,
-    /// The order's status before this run.
-    pub local_status: Option<String>,
-    /// What was done or would be done.
-    pub action: String,
-}
-
-/// The result of a bill reconciliation.
-#[derive(Debug, Clone, Serialize)]
-pub struct BillReport {
-    /// The bill's day (China time).
-    pub date: NaiveDate,
-    /// The detail file the rows came from.
-    pub file: String,
-    /// Whether NEW orders paid at the gateway were marked PAID.
-    pub applied: bool,
-    /// Payment rows in the bill.
-    pub payments: usize,
-    /// Refund rows in the bill.
-    pub refunds: usize,
-    /// Payments that agree with a PAID order.
-    pub matched: usize,
-    /// Paid at the gateway, NEW locally.
-    pub paid_but_new: Vec<BillLine>,
-    /// Paid at the gateway, CLOSED locally.
-    pub paid_after_close: Vec<BillLine>,
-    /// PAID locally that day, absent from the bill.
-    pub paid_missing_from_bill: Vec<BillLine>,
-    /// Amounts differ.
-    pub amount_mismatch: Vec<BillLine>,
-    /// Refund rows.
-    pub refund_rows: Vec<BillLine>,
-    /// Bill rows naming an order we do not have.
-    pub unknown_orders: Vec<BillLine>,
-    /// What cron should conclude.
-    pub finding: Finding,
-}
 
 /// The UTC interval of one calendar day in the gateway's calendar `offset`.
 pub fn gateway_day(date: NaiveDate, offset: FixedOffset) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -110,29 +68,37 @@ pub fn check_billable(
     Ok(())
 }
 
-/// Diffs `bill` (the trade bill of `date`) against the database.
+/// The bill of `date` from `source`: read from `file` (its bytes and its name) when
+/// given, else fetched from the gateway; either way checked to be ours and of that day
+/// ([`Bill::check`]) before anything reads it. Our account is asked for first, so that
+/// a configuration that cannot check a bill fails before the download.
+pub async fn load(
+    source: &dyn BillSource,
+    date: NaiveDate,
+    file: Option<(&[u8], &str)>,
+) -> Result<CheckedBill, BillFetchError> {
+    let ours = source.account()?;
+    let bill = match file {
+        Some((bytes, name)) => source.read_file(bytes, name)?,
+        None => source.daily_bill(date).await?,
+    };
+    Ok(bill.check(&ours, date)?)
+}
+
+/// Diffs `bill` against the orders of `channel`. The bill is a hint, as an unverified
+/// notification is: a row that would change an order or record an anomaly (and an order
+/// PAID that day that the bill lacks) is first asked about at the gateway (a signed
+/// query), and the gateway's answer is what is applied; where it contradicts the bill,
+/// the report says what the gateway said.
 pub async fn reconcile(
     decider: &Decider,
     channel: &str,
-    bill: &Bill,
-    date: NaiveDate,
+    bill: &CheckedBill,
     apply: bool,
 ) -> Result<BillReport, Unavailable> {
-    let mut report = BillReport {
-        date,
-        file: bill.file.clone(),
-        applied: apply,
-        payments: 0,
-        refunds: 0,
-        matched: 0,
-        paid_but_new: Vec::new(),
-        paid_after_close: Vec::new(),
-        paid_missing_from_bill: Vec::new(),
-        amount_mismatch: Vec::new(),
-        refund_rows: Vec::new(),
-        unknown_orders: Vec::new(),
-        finding: Finding::Clean,
-    };
+    let (date, bill) = (bill.date(), bill.bill());
+    let mut report = BillReport::new(date, bill.file.clone(), bill.account.clone(), apply);
+    let mode = if apply { Mode::Apply } else { Mode::DryRun };
     let numbers: BTreeSet<&str> = bill.rows.iter().map(|r| r.out_trade_no.as_str()).collect();
     let known = load_orders(decider, &numbers).await?;
     let mut paid_in_bill = BTreeSet::new();
@@ -162,89 +128,15 @@ pub async fn reconcile(
                 .push(line(row, None, "no such order".into()));
             continue;
         };
-        let mismatch = row.amount_minor != order.amount_minor;
-        match order.status() {
-            OrderStatus::New => {
-                let evidence = TradeState::Paid {
-                    trade_no: row.trade_no.clone(),
-                    amount_minor: row.amount_minor,
-                    paid_at: row.finished_at,
-                };
-                let source = format!(
-                    "bill {} line {}: paid {}",
-                    bill.file,
-                    row.line,
-                    format_minor(row.amount_minor)
-                );
-                let mode = if apply { Mode::Apply } else { Mode::DryRun };
-                let action = match decider
-                    .apply_evidence(order, &evidence, &source, Cause::Bill, mode)
-                    .await?
-                {
-                    Outcome::Decided { .. } => "marked PAID".to_owned(),
-                    Outcome::LostRace(status) => format!("settled meanwhile as {status}"),
-                    Outcome::WouldDo(_) => "would mark PAID (run with --apply)".to_owned(),
-                    other => format!("{other:?}"),
-                };
-                report.paid_but_new.push(line(row, Some(order), action));
-                if mismatch {
-                    report.amount_mismatch.push(line(
-                        row,
-                        Some(order),
-                        if apply {
-                            "anomaly recorded with the payment".into()
-                        } else {
-                            "reported".into()
-                        },
-                    ));
-                }
-            }
-            OrderStatus::Closed => {
-                let detail = format!(
-                    "the bill {} (line {}) shows trade {} paid {} on an order we closed",
-                    bill.file,
-                    row.line,
-                    row.trade_no,
-                    format_minor(row.amount_minor)
-                );
-                // The policy (hold or refund) acts only with `apply`; the anomaly is
-                // recorded either way.
-                let mode = if apply { Mode::Apply } else { Mode::DryRun };
-                let after = decider
-                    .paid_after_close(order, row.amount_minor, Some(&row.trade_no), &detail, mode)
-                    .await?;
-                let recorded = recorded(after.new_anomaly, AnomalyKind::PaidAfterClose);
-                let action = match after.policy {
-                    PolicyEffect::Nothing => recorded,
-                    PolicyEffect::RefundRequested => format!("{recorded}; refund requested"),
-                    PolicyEffect::WouldRequestRefund => {
-                        format!("{recorded}; would request its refund (run with --apply)")
-                    }
-                };
-                report.paid_after_close.push(line(row, Some(order), action));
-            }
-            OrderStatus::Paid if mismatch => {
-                let detail = format!(
-                    "the bill {} (line {}) shows {} paid, the order says {}",
-                    bill.file,
-                    row.line,
-                    format_minor(row.amount_minor),
-                    format_minor(order.amount_minor)
-                );
-                let new = decider
-                    .record_anomaly(order, AnomalyKind::AmountMismatch, &detail)
-                    .await?;
-                report.amount_mismatch.push(line(
-                    row,
-                    Some(order),
-                    recorded(new, AnomalyKind::AmountMismatch),
-                ));
-            }
-            OrderStatus::Paid => report.matched += 1,
+        if order.status() == OrderStatus::Paid && row.amount_minor == order.amount_minor {
+            report.matched += 1;
+            continue;
         }
+        // Anything else would change the order or record an anomaly.
+        settle_row(decider, bill, row, order, mode, &mut report).await?;
     }
 
-    // Orders we say were paid that day, of which the gateway knows nothing.
+    // Orders we say were paid that day, of which the bill knows nothing.
     let (start, end) = gateway_day(date, bill.offset);
     let paid_that_day: Vec<Order> = {
         let mut conn = db::conn(decider.pool()).await?;
@@ -261,37 +153,238 @@ pub async fn reconcile(
         if paid_in_bill.contains(order.out_trade_no.as_str()) {
             continue;
         }
-        let detail = format!(
-            "PAID locally on {date} (trade {}) but absent from the bill {}",
-            order.gateway_trade_no.as_deref().unwrap_or("-"),
-            bill.file
-        );
-        let new = decider
-            .record_anomaly(&order, AnomalyKind::PaidMissingFromBill, &detail)
-            .await?;
-        report.paid_missing_from_bill.push(BillLine {
-            out_trade_no: order.out_trade_no.clone(),
-            line: None,
-            trade_no: order.gateway_trade_no.clone(),
-            gateway_amount_minor: None,
-            local_amount_minor: Some(order.amount_minor),
-            local_status: Some(order.status().to_string()),
-            action: recorded(new, AnomalyKind::PaidMissingFromBill),
-        });
+        settle_absent(decider, bill, date, &order, &mut report).await?;
     }
 
-    report.finding = if !report.paid_after_close.is_empty()
-        || !report.paid_missing_from_bill.is_empty()
-        || !report.amount_mismatch.is_empty()
-        || !report.unknown_orders.is_empty()
-    {
-        Finding::NeedsAttention
-    } else if !report.paid_but_new.is_empty() {
-        Finding::Fixed
-    } else {
-        Finding::Clean
-    };
+    report.conclude();
     Ok(report)
+}
+
+/// Acts on a payment row that would change `order` or record an anomaly: asks the
+/// gateway first, reports where it contradicts the row, and applies its answer (a payment
+/// it confirms), never the row.
+async fn settle_row(
+    decider: &Decider,
+    bill: &Bill,
+    row: &BillRow,
+    order: &Order,
+    mode: Mode,
+    report: &mut BillReport,
+) -> Result<(), Unavailable> {
+    // The bill is a hint: ask first.
+    let answer = match ask(decider, order).await {
+        Ok(answer) => answer,
+        Err(why) => {
+            report.unconfirmed.push(line(
+                row,
+                Some(order),
+                format!("the gateway could not be asked ({why}): nothing done"),
+            ));
+            return Ok(());
+        }
+    };
+    let said = said(&answer.state);
+    if contradicts(row, &answer.state) {
+        report.disagreements.push(BillLine {
+            gateway_said: Some(said.clone()),
+            ..line(
+                row,
+                Some(order),
+                format!(
+                    "the bill says trade {} paid {}; nothing is done on the bill's word",
+                    row.trade_no,
+                    format_minor(row.amount_minor)
+                ),
+            )
+        });
+    }
+    let TradeState::Paid {
+        trade_no,
+        amount_minor: paid_minor,
+        ..
+    } = &answer.state
+    else {
+        // Not paid, as the gateway says: the disagreement above is the finding.
+        return Ok(());
+    };
+    let asked = |action: String| BillLine {
+        gateway_said: Some(said.clone()),
+        ..line(row, Some(order), action)
+    };
+    match order.status() {
+        OrderStatus::New => {
+            let evidence = format!(
+                "query: {}\n(asked because the bill {} line {} shows the order paid)",
+                answer.raw, bill.file, row.line
+            );
+            let action = match decider
+                .apply_evidence(order, &answer.state, &evidence, Cause::Bill, mode)
+                .await?
+            {
+                Outcome::Decided { .. } => "marked PAID".to_owned(),
+                Outcome::LostRace(status) => format!("settled meanwhile as {status}"),
+                Outcome::WouldDo(_) => "would mark PAID (run with --apply)".to_owned(),
+                other => format!("{other:?}"),
+            };
+            report.paid_but_new.push(asked(action));
+            if *paid_minor != order.amount_minor {
+                report.amount_mismatch.push(asked(if mode == Mode::Apply {
+                    "anomaly recorded with the payment".into()
+                } else {
+                    "reported".into()
+                }));
+            }
+        }
+        OrderStatus::Closed => {
+            let detail = format!(
+                "the gateway says trade {trade_no} paid {} on an order we closed (asked \
+                 because of the bill {} line {})",
+                format_minor(*paid_minor),
+                bill.file,
+                row.line
+            );
+            // The policy (hold or refund) acts only with `apply`; the anomaly is
+            // recorded either way.
+            let after = decider
+                .paid_after_close(order, *paid_minor, Some(trade_no), &detail, mode)
+                .await?;
+            let recorded = recorded(after.new_anomaly, AnomalyKind::PaidAfterClose);
+            let action = match after.policy {
+                PolicyEffect::Nothing => recorded,
+                PolicyEffect::RefundRequested => format!("{recorded}; refund requested"),
+                PolicyEffect::WouldRequestRefund => {
+                    format!("{recorded}; would request its refund (run with --apply)")
+                }
+            };
+            report.paid_after_close.push(asked(action));
+        }
+        OrderStatus::Paid if *paid_minor != order.amount_minor => {
+            let detail = format!(
+                "the gateway says {} paid, the order says {} (asked because the bill {} \
+                 line {} shows {})",
+                format_minor(*paid_minor),
+                format_minor(order.amount_minor),
+                bill.file,
+                row.line,
+                format_minor(row.amount_minor)
+            );
+            let new = decider
+                .record_anomaly(order, AnomalyKind::AmountMismatch, &detail)
+                .await?;
+            report
+                .amount_mismatch
+                .push(asked(recorded(new, AnomalyKind::AmountMismatch)));
+        }
+        // The gateway agrees with the order, not with the bill: the disagreement
+        // above says so.
+        OrderStatus::Paid => {}
+    }
+    Ok(())
+}
+
+/// Acts on `order`, PAID locally on the bill's day but absent from it: asks the gateway,
+/// and records a `paid_missing_from_bill` anomaly only when it does not say the trade is
+/// paid.
+async fn settle_absent(
+    decider: &Decider,
+    bill: &Bill,
+    date: NaiveDate,
+    order: &Order,
+    report: &mut BillReport,
+) -> Result<(), Unavailable> {
+    let absent = |action: String, said: Option<String>| BillLine {
+        out_trade_no: order.out_trade_no.clone(),
+        line: None,
+        trade_no: order.gateway_trade_no.clone(),
+        gateway_amount_minor: None,
+        local_amount_minor: Some(order.amount_minor),
+        local_status: Some(order.status().to_string()),
+        gateway_said: said,
+        action,
+    };
+    let answer = match ask(decider, order).await {
+        Ok(answer) => answer,
+        Err(why) => {
+            report.unconfirmed.push(absent(
+                format!(
+                    "absent from the bill; the gateway could not be asked ({why}): \
+                     nothing recorded"
+                ),
+                None,
+            ));
+            return Ok(());
+        }
+    };
+    let said = said(&answer.state);
+    if matches!(answer.state, TradeState::Paid { .. }) {
+        report.disagreements.push(absent(
+            "absent from the bill, but paid as the gateway says: no anomaly".into(),
+            Some(said),
+        ));
+        return Ok(());
+    }
+    let detail = format!(
+        "PAID locally on {date} (trade {}) but absent from the bill {}, and the gateway \
+         says {said}",
+        order.gateway_trade_no.as_deref().unwrap_or("-"),
+        bill.file
+    );
+    let new = decider
+        .record_anomaly(order, AnomalyKind::PaidMissingFromBill, &detail)
+        .await?;
+    report.paid_missing_from_bill.push(absent(
+        recorded(new, AnomalyKind::PaidMissingFromBill),
+        Some(said),
+    ));
+    Ok(())
+}
+
+/// Asks the order's gateway about its trade (a signed query, timed and counted like the
+/// worker's); the error says why there is no answer.
+async fn ask(decider: &Decider, order: &Order) -> Result<QueryAnswer, String> {
+    match decider.query_gateway(order).await {
+        Some(Ok(answer)) => Ok(answer),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!("no gateway serves channel {:?}", order.channel)),
+    }
+}
+
+/// Whether the gateway's answer contradicts a payment row: not paid, or paid another
+/// amount, or under another trade number, or paid and given back since (the money is not
+/// with us: nothing to mark PAID, and no payment after close to act on).
+fn contradicts(row: &BillRow, state: &TradeState) -> bool {
+    !matches!(
+        state,
+        TradeState::Paid { trade_no, amount_minor, .. }
+            if *amount_minor == row.amount_minor && *trade_no == row.trade_no
+    )
+}
+
+/// What the gateway said, in words.
+fn said(state: &TradeState) -> String {
+    match state {
+        TradeState::Paid {
+            trade_no,
+            amount_minor,
+            paid_at,
+        } => format!(
+            "trade {trade_no} paid {}{}",
+            format_minor(*amount_minor),
+            paid_at.map_or(String::new(), |at| format!(" at {}", at.to_rfc3339()))
+        ),
+        TradeState::Refunded {
+            trade_no,
+            amount_minor,
+            ..
+        } => format!(
+            "trade {trade_no} was paid {} and the payment given back since",
+            format_minor(*amount_minor)
+        ),
+        TradeState::WaitingForPayment => "the trade waits for payment (unpaid)".into(),
+        TradeState::Closed => "the trade is closed, unpaid".into(),
+        TradeState::NotFound => "there is no such trade".into(),
+        TradeState::InProgress => "the buyer is paying right now (unpaid so far)".into(),
+    }
 }
 
 fn recorded(new: bool, kind: AnomalyKind) -> String {
@@ -310,6 +403,7 @@ fn line(row: &BillRow, order: Option<&Order>, action: String) -> BillLine {
         gateway_amount_minor: Some(row.amount_minor),
         local_amount_minor: order.map(|o| o.amount_minor),
         local_status: order.map(|o| o.status().to_string()),
+        gateway_said: None,
         action,
     }
 }

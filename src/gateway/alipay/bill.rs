@@ -5,7 +5,8 @@
 //! download) is a zip holding two GBK-encoded CSV files whose names are GBK too:
 //! `{account}_{yyyymmdd}_业务明细.csv`, one row per payment or refund, and
 //! `{account}_{yyyymmdd}_业务明细(汇总).csv`, a summary (skipped here). In the detail
-//! file, lines starting with `#` are comments; a dashed `#---…业务明细列表…---` line
+//! file, lines starting with `#` are comments (among them the `#账号：[…]` line naming the
+//! merchant account and the `#起始日期` period line, both read); a dashed `#---…业务明细列表…---` line
 //! precedes the header row, data rows follow until the `#---…业务明细列表结束…---` line,
 //! and the totals and export time come last as comments. Text cells carry a trailing
 //! TAB, so every cell is trimmed. Columns are found by header name, never by position.
@@ -34,6 +35,10 @@ const DETAIL_SUFFIX: &str = "业务明细.csv";
 
 /// The general-purpose flag bit saying an entry's name is UTF-8 (APPNOTE 4.4.4, bit 11).
 const UTF8_NAME_FLAG: u16 = 0x0800;
+
+/// The digits of the account code a bill's `#账号：[…]` writes after the partner id
+/// (`0156`, the CNY account).
+pub const ACCOUNT_CODE_DIGITS: usize = 4;
 
 /// Most entry names listed in an error message.
 const MAX_LISTED_ENTRIES: usize = 10;
@@ -69,9 +74,13 @@ pub const REQUIRED_COLUMNS: [&str; 9] = [
 ///
 /// Fails with [`BillError::NotArchive`] for anything but a zip archive,
 /// [`BillError::NoDetailFile`] / [`BillError::AmbiguousDetailFile`] when there is not
-/// exactly one detail entry, [`BillError::Encoding`] naming the first undecodable line, and
-/// whatever [`parse_detail`] finds wrong.
+/// exactly one detail entry, [`BillError::Encoding`] naming the first undecodable line,
+/// whatever [`parse_detail`] finds wrong, and [`BillError::MissingLine`] when the file
+/// has no period line (`#起始日期：[…]   终止日期：[…]`): a bill must say its day. The
+/// account line (`#账号：[…]`) is read into [`Bill::account`]; whether it is ours is
+/// checked by [`Bill::check`].
 pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
+    let source = &*csv::printable(source);
     let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| BillError::NotArchive {
         file: source.to_owned(),
         reason: e.to_string(),
@@ -85,8 +94,10 @@ pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
             reason: e.to_string(),
         })?;
         let utf8 = entry.flags().as_u16() & UTF8_NAME_FLAG != 0;
-        let name = decode_name(entry.name_raw(), utf8);
-        if !entry.is_dir() && name.ends_with(DETAIL_SUFFIX) {
+        let raw_name = decode_name(entry.name_raw(), utf8);
+        // Names are shown to the operator: control characters escaped.
+        let name = csv::printable(&raw_name).into_owned();
+        if !entry.is_dir() && raw_name.ends_with(DETAIL_SUFFIX) {
             detail.push((index, name.clone()));
         }
         names.push(name);
@@ -111,8 +122,16 @@ pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
     let content = read_entry(&mut archive, index, source, &name)?;
     let text = decode_text(&content, &name)?;
     let rows = parse_detail(&text, &name)?;
+    let Some(period) = parse_period(&text) else {
+        return Err(BillError::MissingLine {
+            file: name,
+            what: "period",
+            expected: "#起始日期：[yyyy年MM月dd日 HH:mm:ss]   终止日期：[…]",
+        });
+    };
     Ok(Bill {
-        period: parse_period(&text),
+        account: parse_account(&text),
+        period: Some(period),
         offset: crate::time::china(),
         file: name,
         rows,
@@ -270,6 +289,25 @@ pub fn parse_detail(text: &str, file: &str) -> Result<Vec<BillRow>, BillError> {
     Ok(rows)
 }
 
+/// The merchant account a detail file names, from its comment line `#账号：[…]` before the
+/// start marker (the first such line): Alipay writes the merchant's 16-digit partner id
+/// (`2088…`) followed by a 4-digit account code (`0156`, the CNY account).
+pub fn parse_account(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .take_while(|l| !is_start_marker(l))
+        .find(|l| is_comment(l) && l.contains("账号"))?;
+    bracketed(line, "账号").map(|inside| inside.trim().to_owned())
+}
+
+/// The text inside the first `[…]` after `after` on `line`.
+fn bracketed<'a>(line: &'a str, after: &str) -> Option<&'a str> {
+    let rest = &line[line.find(after)? + after.len()..];
+    let open = rest.find('[')? + 1;
+    let close = open + rest[open..].find(']')?;
+    Some(&rest[open..close])
+}
+
 /// The period a detail file says it covers, from its comment line
 /// `#起始日期：[2026年11月21日 00:00:00]   终止日期：[2026年11月22日 00:00:00]` (China time).
 pub fn parse_period(text: &str) -> Option<(NaiveDateTime, NaiveDateTime)> {
@@ -277,12 +315,11 @@ pub fn parse_period(text: &str) -> Option<(NaiveDateTime, NaiveDateTime)> {
         .lines()
         .take_while(|l| !is_start_marker(l))
         .find(|l| is_comment(l) && l.contains("起始日期"))?;
-    let bracketed = |after: &str| -> Option<NaiveDateTime> {
-        let rest = &line[line.find(after)? + after.len()..];
-        let inside = &rest[rest.find('[')? + 1..rest.find(']')?];
+    let time = |after: &str| -> Option<NaiveDateTime> {
+        let inside = bracketed(line, after)?;
         NaiveDateTime::parse_from_str(inside.trim(), "%Y年%m月%d日 %H:%M:%S").ok()
     };
-    Some((bracketed("起始日期")?, bracketed("终止日期")?))
+    Some((time("起始日期")?, time("终止日期")?))
 }
 
 fn is_comment(line: &str) -> bool {

@@ -507,6 +507,7 @@ fn a_bill_knows_which_day_it_covers() {
     let bill = Bill {
         file: "x_业务明细.csv".into(),
         offset: crate::time::china(),
+        account: parse_account(&text),
         period: Some(period),
         rows: Vec::new(),
     };
@@ -521,7 +522,7 @@ fn a_bill_knows_which_day_it_covers() {
     let undated = Bill {
         period: None,
         rows,
-        ..bill
+        ..bill.clone()
     };
     assert_eq!(undated.check_day(day), Ok(()));
     let err = undated
@@ -529,4 +530,130 @@ fn a_bill_knows_which_day_it_covers() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("line 6 is of 2026-11-21"), "{err}");
+    // Neither a period nor rows: it says no day, and would pass for any.
+    let blank = Bill {
+        period: None,
+        ..bill.clone()
+    };
+    for date in [day, "1999-01-01".parse().unwrap()] {
+        let err = blank.check_day(date).unwrap_err();
+        assert!(matches!(err, BillError::NoDay { .. }), "{err}");
+        assert!(
+            err.to_string().contains("does not say which day it covers"),
+            "{err}"
+        );
+    }
+    // A row without a time says no day either.
+    let mut timeless = undated.clone();
+    timeless.rows[1].finished_at = None;
+    let err = timeless.check_day(day).unwrap_err().to_string();
+    assert!(err.contains("line 7 has no time"), "{err}");
+}
+
+/// Our account as the Alipay client says it, for `seller_id`.
+fn ours(seller_id: &str) -> crate::bill::Account {
+    crate::bill::Account {
+        id: seller_id.into(),
+        configured_by: "ALIPAY_SELLER_ID",
+        code_digits: ACCOUNT_CODE_DIGITS,
+    }
+}
+
+#[test]
+fn a_bill_of_another_merchant_is_refused_naming_both() {
+    let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    let rows = rows_for_round_trip();
+    let zip = |account: &str| build_zip(account, date, &rows).unwrap();
+    let bill = parse_zip(&zip("20880000000001560156"), "bill.zip").unwrap();
+    assert_eq!(bill.account.as_deref(), Some("20880000000001560156"));
+    let checked = bill.check(&ours("2088000000000156"), date).unwrap();
+    assert_eq!(checked.bill().rows.len(), rows.len());
+
+    // Another partner id, or ours without (or with a longer) account code.
+    for other in [
+        "20889999999999990156",
+        "2088000000000156",
+        "208800000000015601560",
+        "2088000000000156015x",
+        "20880000000001570156",
+    ] {
+        let err = parse_zip(&zip(other), "bill.zip")
+            .unwrap()
+            .check(&ours("2088000000000156"), date)
+            .unwrap_err();
+        assert!(
+            matches!(err, BillError::OtherAccount { .. }),
+            "{other}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(other) && text.contains("2088000000000156, from ALIPAY_SELLER_ID"),
+            "{text}"
+        );
+    }
+    // A detail file without its account line names no merchant.
+    let headless = detail_csv_without("20880000000001560156", date, &rows, "#账号");
+    let bill = parse_zip(
+        &zip_with_detail("2088", date, &headless).unwrap(),
+        "bill.zip",
+    )
+    .unwrap();
+    assert_eq!(bill.account, None);
+    let err = bill.check(&ours("2088000000000156"), date).unwrap_err();
+    assert!(
+        err.to_string().contains("names no merchant account"),
+        "{err}"
+    );
+    // An unset (empty) id matches nothing.
+    assert!(!ours("").is_named_by("0156"));
+}
+
+#[test]
+fn the_simulators_bill_names_the_account_its_client_env_configures() {
+    use crate::sim::alipay::{SIM_BILL_ACCOUNT, SIM_SELLER_ID};
+    assert!(ours(SIM_SELLER_ID).is_named_by(SIM_BILL_ACCOUNT));
+}
+
+#[test]
+fn a_detail_file_without_its_period_line_is_refused() {
+    let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    let rows = rows_for_round_trip();
+    let undated = detail_csv_without("20880000000001560156", date, &rows, "#起始日期");
+    let err = parse_zip(
+        &zip_with_detail("2088", date, &undated).unwrap(),
+        "bill.zip",
+    )
+    .unwrap_err();
+    assert!(matches!(err, BillError::MissingLine { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("2088_20261121_业务明细.csv: no period line (#起始日期"),
+        "{err}"
+    );
+    // A period line that cannot be read counts as none (and never panics).
+    for broken in [
+        "#起始日期：]x[   终止日期：[",
+        "#起始日期：[2026年13月01日 00:00:00]",
+    ] {
+        let text = undated.replacen("#账号", &format!("{broken}\r\n#账号"), 1);
+        assert!(parse_zip(&zip_with_detail("2088", date, &text).unwrap(), "b").is_err());
+    }
+}
+
+#[test]
+fn entry_names_are_escaped_for_the_terminal() {
+    let date = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    let text = detail_csv("20880000000001560156", date, &rows_for_round_trip());
+    let gbk = |s: &str| GBK.encode(s).0.into_owned();
+    let zip = stored_zip(
+        &[(&gbk("x\u{1b}[2J\u{8}_业务明细.csv"), &gbk(&text))],
+        Utc::now(),
+        "t.zip",
+    )
+    .unwrap();
+    let bill = parse_zip(&zip, "bill\u{0}.zip").unwrap();
+    assert_eq!(bill.file, "x\\u{1b}[2J\\u{8}_业务明细.csv");
+    let none = stored_zip(&[(&gbk("\u{1b}]0;x\u{7}"), b"")], Utc::now(), "t.zip").unwrap();
+    let err = parse_zip(&none, "bill\u{0}.zip").unwrap_err().to_string();
+    assert!(!err.chars().any(char::is_control), "{err:?}");
 }

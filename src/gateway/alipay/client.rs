@@ -15,7 +15,7 @@ use super::response::{
     classify_close, classify_query, classify_refund, format_china_time, split_response,
 };
 use super::sign::sign_params;
-use crate::bill::Bill;
+use crate::bill::{Account, Bill};
 use crate::gateway::http::{self, echo};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 use crate::gateway::{
@@ -44,6 +44,9 @@ pub struct AlipayConfig {
     pub alipay_public_key: Arc<RsaPublicKey>,
     /// Per-request timeout (connect, send, read the whole answer).
     pub timeout: Duration,
+    /// The merchant's partner id (`ALIPAY_SELLER_ID`), which its bills name: a bill is
+    /// read only when it names it. None: no bill can be checked, so none is read.
+    pub seller_id: Option<String>,
 }
 
 impl AlipayConfig {
@@ -60,6 +63,7 @@ impl AlipayConfig {
             app_private_key,
             alipay_public_key,
             timeout: DEFAULT_TIMEOUT,
+            seller_id: None,
         }
     }
 }
@@ -447,6 +451,21 @@ impl BillSource for AlipayClient {
 
     fn read_file(&self, bytes: &[u8], name: &str) -> Result<Bill, BillFetchError> {
         Ok(super::bill::parse_zip(bytes, name)?)
+    }
+
+    /// A bill's `#账号：[…]` names the partner id (`ALIPAY_SELLER_ID`, `2088…`) followed by
+    /// a 4-digit account code (`0156` for the CNY account).
+    fn account(&self) -> Result<Account, BillFetchError> {
+        match self.config.seller_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => Ok(Account {
+                id: id.to_owned(),
+                configured_by: super::config::SELLER_ID,
+                code_digits: super::bill::ACCOUNT_CODE_DIGITS,
+            }),
+            _ => Err(BillFetchError::NoAccount {
+                variable: super::config::SELLER_ID,
+            }),
+        }
     }
 
     fn max_file_bytes(&self) -> u64 {

@@ -15,11 +15,14 @@ use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 /// The default (sandbox-looking) application id.
 pub const DEFAULT_APP_ID: &str = "2021000000000000";
 
+/// The merchant's partner id: notifications and bills name it.
+pub const SELLER_ID: &str = "ALIPAY_SELLER_ID";
+
 /// Every variable Alipay reads.
 pub const VARIABLES: &[&str] = &[
     "ALIPAY_GATEWAY_URL",
     "ALIPAY_APP_ID",
-    "ALIPAY_SELLER_ID",
+    SELLER_ID,
     "ALIPAY_APP_PRIVATE_KEY",
     "ALIPAY_APP_PRIVATE_KEY_FILE",
     "ALIPAY_PUBLIC_KEY",
@@ -42,7 +45,7 @@ pub struct AlipaySettings {
     /// The client's configuration (URL, app id, keys, timeout).
     pub client: AlipayConfig,
     /// The merchant's Alipay partner id (`ALIPAY_SELLER_ID`); when set, a notification
-    /// must name it.
+    /// must name it, and a bill must name it to be read (the client holds it too).
     pub seller_id: Option<String>,
     /// Its URL, timeout, rate limit and retry steps.
     pub common: CommonSettings,
@@ -55,7 +58,7 @@ impl AlipaySettings {
     pub fn from_vars(vars: &Vars) -> Result<Option<Self>, ConfigError> {
         let common = CommonSettings::read(vars, &COMMON)?;
         let app_id = vars.string("ALIPAY_APP_ID", DEFAULT_APP_ID);
-        let seller_id = vars.get("ALIPAY_SELLER_ID").map(|v| v.trim().to_owned());
+        let seller_id = vars.get(SELLER_ID).map(|v| v.trim().to_owned());
         let Some(private) = vars.secret("ALIPAY_APP_PRIVATE_KEY", "ALIPAY_APP_PRIVATE_KEY_FILE")?
         else {
             return Ok(None);
@@ -82,6 +85,7 @@ impl AlipaySettings {
                 app_private_key: Arc::new(app_private_key),
                 alipay_public_key: Arc::new(alipay_public_key),
                 timeout: common.timeout,
+                seller_id: seller_id.clone(),
             },
             seller_id,
             common,

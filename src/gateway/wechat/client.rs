@@ -21,7 +21,7 @@ use thiserror::Error;
 use super::bill::parse_bill;
 use super::response::{classify_close, classify_query, classify_refund};
 use super::sign::{self, SignedBy, WechatKeys};
-use crate::bill::{Bill, BillError};
+use crate::bill::{Account, Bill, BillError};
 use crate::gateway::http::{self, echo};
 use crate::gateway::rsa::RsaPrivateKey;
 use crate::gateway::{
@@ -392,10 +392,13 @@ impl WechatClient {
     }
 }
 
-/// Gunzips a bill, at most [`MAX_BILL_TEXT_BYTES`] of it.
+/// Gunzips a bill, at most [`MAX_BILL_TEXT_BYTES`] of it. Every member of a multi-member
+/// gzip file is read (the text is their concatenation, as `gunzip` gives it), and bytes
+/// after the last member that are not another member are refused: a cut bill would
+/// report every payment after the cut as missing.
 pub fn gunzip(bytes: &[u8], file: &str) -> Result<Vec<u8>, BillError> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
+    flate2::read::MultiGzDecoder::new(bytes)
         .take(MAX_BILL_TEXT_BYTES + 1)
         .read_to_end(&mut out)
         .map_err(|e| BillError::NotArchive {
@@ -430,22 +433,30 @@ pub fn check_digest(text: &[u8], expected: &str, file: &str) -> Result<(), BillE
 #[async_trait]
 impl BillSource for WechatClient {
     /// Applies for the bill, downloads it at once (its URL lives 30 s to 5 min), gunzips
-    /// it, checks its SHA-1 and reads it. No bill for the day (no trades) is an empty bill.
+    /// it, checks its SHA-1 and reads it. No bill for the day (a signed
+    /// `NO_STATEMENT_EXIST`: no trades) is an empty bill. An empty bill states neither its
+    /// day nor its merchant (WeChat Pay writes both only in rows): the signed answer to
+    /// our request for that day, as our merchant, vouches for them ([`Bill::vouch`]).
     async fn daily_bill(&self, date: NaiveDate) -> Result<Bill, BillFetchError> {
         let failed = |source| BillFetchError::Gateway { date, source };
         let file = format!("the {date} bill from WeChat Pay");
-        let Some((url, hash)) = self.bill_url(date).await.map_err(failed)? else {
-            return Ok(Bill {
+        let mut bill = match self.bill_url(date).await.map_err(failed)? {
+            None => Bill {
                 file,
                 offset: crate::time::china(),
+                account: None,
                 period: None,
                 rows: Vec::new(),
-            });
+            },
+            Some((url, hash)) => {
+                let bytes = self.download(&url).await.map_err(failed)?;
+                let text = gunzip(&bytes, &file)?;
+                check_digest(&text, &hash, &file)?;
+                parse_bill(&text, &file)?
+            }
         };
-        let bytes = self.download(&url).await.map_err(failed)?;
-        let text = gunzip(&bytes, &file)?;
-        check_digest(&text, &hash, &file)?;
-        Ok(parse_bill(&text, &file)?)
+        bill.vouch(&self.config.mchid, date);
+        Ok(bill)
     }
 
     /// A bill downloaded by hand: gzip or plain CSV (its digest cannot be checked).
@@ -456,6 +467,15 @@ impl BillSource for WechatClient {
             bytes.to_vec()
         };
         Ok(parse_bill(&text, name)?)
+    }
+
+    /// A bill's `商户号` cells name the merchant id (`WECHAT_MCH_ID`) alone.
+    fn account(&self) -> Result<Account, BillFetchError> {
+        Ok(Account {
+            id: self.config.mchid.clone(),
+            configured_by: super::config::MCH_ID,
+            code_digits: 0,
+        })
     }
 
     fn max_file_bytes(&self) -> u64 {

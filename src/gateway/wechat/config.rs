@@ -23,10 +23,13 @@ use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 /// The default merchant id (the documentation's example).
 pub const DEFAULT_MCH_ID: &str = "1900000109";
 
+/// The merchant id: requests, notifications and bills name it.
+pub const MCH_ID: &str = "WECHAT_MCH_ID";
+
 /// Every variable WeChat Pay reads.
 pub const VARIABLES: &[&str] = &[
     "WECHAT_GATEWAY_URL",
-    "WECHAT_MCH_ID",
+    MCH_ID,
     "WECHAT_MCH_SERIAL",
     "WECHAT_MCH_PRIVATE_KEY",
     "WECHAT_MCH_PRIVATE_KEY_FILE",
@@ -64,13 +67,9 @@ impl WechatSettings {
     /// private key). Every variable that is set is checked either way.
     pub fn from_vars(vars: &Vars) -> Result<Option<Self>, ConfigError> {
         let common = CommonSettings::read(vars, &COMMON)?;
-        let mchid = vars.string("WECHAT_MCH_ID", DEFAULT_MCH_ID);
+        let mchid = vars.string(MCH_ID, DEFAULT_MCH_ID);
         if mchid.is_empty() || !mchid.chars().all(|c| c.is_ascii_digit()) {
-            return Err(ConfigError::invalid(
-                "WECHAT_MCH_ID",
-                &mchid,
-                "expected digits",
-            ));
+            return Err(ConfigError::invalid(MCH_ID, &mchid, "expected digits"));
         }
         let Some(private) = vars.secret("WECHAT_MCH_PRIVATE_KEY", "WECHAT_MCH_PRIVATE_KEY_FILE")?
         else {

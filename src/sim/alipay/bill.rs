@@ -114,6 +114,21 @@ pub fn detail_csv(account: &str, date: NaiveDate, rows: &[BillRow]) -> String {
     detail_csv_at(account, date, rows, Utc::now())
 }
 
+/// [`detail_csv`] without its lines starting with `prefix` (`#账号`, `#起始日期`): for
+/// tests of a bill that lacks a line.
+pub fn detail_csv_without(
+    account: &str,
+    date: NaiveDate,
+    rows: &[BillRow],
+    prefix: &str,
+) -> String {
+    detail_csv(account, date, rows)
+        .split(EOL)
+        .filter(|l| !l.starts_with(prefix))
+        .collect::<Vec<_>>()
+        .join(EOL)
+}
+
 fn gbk(text: &str) -> Vec<u8> {
     GBK.encode(text).0.into_owned()
 }

@@ -28,8 +28,10 @@ use crate::gateway::alipay::format_china_time;
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 pub use notify::{RESEND_SCHEDULE, SIM_SELLER_ID, notification_form};
 
-/// The merchant account named in the simulator's Alipay bills (file names and header).
-pub const SIM_BILL_ACCOUNT: &str = "20880000000000010156";
+/// The merchant account named in the simulator's Alipay bills (file names and the
+/// `#账号：[…]` line): as on Alipay, the merchant's partner id ([`SIM_SELLER_ID`], which
+/// `client.env` sets as `ALIPAY_SELLER_ID`) followed by the CNY account code `0156`.
+pub const SIM_BILL_ACCOUNT: &str = "20880000000001560156";
 
 /// An app id that is not the simulated merchant's (forged notifications).
 const OTHER_APP_ID: &str = "2021999999999999";
