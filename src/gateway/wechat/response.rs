@@ -11,7 +11,8 @@
 //! | close | 204 | taken, unconfirmed (WeChat answers 204 to any close, of an unknown or a paid order too: the protocol queries again) |
 //! | close | 400 `ORDER_CLOSED` | closed |
 //! | close | `ORDER_PAID`, `ORDERPAID` (v3 code unverified) | not closeable: query again |
-//! | close | `USERPAYING`, `INVALID_REQUEST`, `RULE_LIMIT`, `TRADE_ERROR` | retryable (a close refused soon after creation is retryable, never fatal; the code is unverified) |
+//! | close | `202 USER_PAYING` (the close-order page), `USERPAYING` | retryable as `buyer_paying`: the buyer is paying now, retry later |
+//! | close | `INVALID_REQUEST`, `RULE_LIMIT`, `TRADE_ERROR` | retryable (a close refused soon after creation is retryable, never fatal; the code is unverified) |
 //! | any | 429, 5xx, `SYSTEM_ERROR`, `BANK_ERROR`, `FREQUENCY_LIMITED` | retryable |
 //! | any | `PARAM_ERROR`, `SIGN_ERROR`, `APPID_MCHID_NOT_MATCH`, `MCH_NOT_EXISTS`, `NO_AUTH`, `INVALID_REQUEST` (query) | permanent |
 //! | any | anything else, an answer about another order or merchant, an unknown state | retryable, never closed |
@@ -57,6 +58,10 @@ fn common_error(status: u16, code: &str, message: &str) -> GatewayError {
         _ => GatewayError::retryable("unclassifiable", format!("unrecognised answer: {detail}")),
     }
 }
+
+/// The code of a close refused because the buyer is paying right now (the decision
+/// table's code for a query that says so).
+const BUYER_PAYING: &str = "buyer_paying";
 
 fn unclassifiable(why: impl Into<String>) -> GatewayError {
     GatewayError::retryable("unclassifiable", why)
@@ -174,9 +179,16 @@ pub fn classify_close(status: u16, body: &Value) -> Result<CloseAnswer, GatewayE
     match code.as_str() {
         "ORDER_CLOSED" => Ok(CloseAnswer::Closed),
         "ORDER_PAID" | "ORDERPAID" => Ok(CloseAnswer::NotCloseable { sub_code: code }),
-        "USERPAYING" | "INVALID_REQUEST" | "RULE_LIMIT" | "TRADE_ERROR" => Err(
-            GatewayError::retryable(code.clone(), format!("HTTP {status} {code}: {message}")),
-        ),
+        // The close-order page documents `202 USER_PAYING`; v2 and the query say
+        // `USERPAYING`: either way the buyer is paying now, as a query's `USERPAYING`.
+        "USER_PAYING" | "USERPAYING" => Err(GatewayError::retryable(
+            BUYER_PAYING,
+            format!("HTTP {status} {code}: {message} (the buyer is paying right now: retry later)"),
+        )),
+        "INVALID_REQUEST" | "RULE_LIMIT" | "TRADE_ERROR" => Err(GatewayError::retryable(
+            code.clone(),
+            format!("HTTP {status} {code}: {message}"),
+        )),
         _ => Err(common_error(status, &code, &message)),
     }
 }
@@ -328,12 +340,7 @@ mod tests {
             classify_close(400, &json!({"code":"ORDER_PAID"})),
             Ok(CloseAnswer::NotCloseable { .. })
         ));
-        for code in [
-            "USERPAYING",
-            "INVALID_REQUEST",
-            "RULE_LIMIT",
-            "SYSTEM_ERROR",
-        ] {
+        for code in ["INVALID_REQUEST", "RULE_LIMIT", "SYSTEM_ERROR"] {
             let err = classify_close(400, &json!({"code": code})).unwrap_err();
             assert_eq!(err.class, FaultClass::Retryable, "{code}");
         }
@@ -377,5 +384,26 @@ mod tests {
                 .class,
             FaultClass::Permanent
         );
+    }
+
+    #[test]
+    fn a_close_while_the_buyer_pays_is_retried_later_in_both_spellings() {
+        // The close-order page: HTTP 202 with `USER_PAYING`; v2 and the query spell it
+        // `USERPAYING`. Neither is unclassifiable.
+        for (status, code) in [
+            (202, "USER_PAYING"),
+            (400, "USERPAYING"),
+            (202, "USERPAYING"),
+        ] {
+            let err = classify_close(status, &json!({"code": code, "message": "用户支付中"}))
+                .unwrap_err();
+            assert_eq!(
+                (err.class, err.code.as_str()),
+                (FaultClass::Retryable, "buyer_paying"),
+                "{status} {code}"
+            );
+            assert!(err.message.contains(code), "{}", err.message);
+            assert!(err.message.contains("paying right now"), "{}", err.message);
+        }
     }
 }
