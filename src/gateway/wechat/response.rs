@@ -15,7 +15,7 @@
 //! | close | `INVALID_REQUEST`, `RULE_LIMIT`, `TRADE_ERROR` | retryable (a close refused soon after creation is retryable, never fatal; the code is unverified) |
 //! | any | 429, 5xx, `SYSTEM_ERROR`, `BANK_ERROR`, `FREQUENCY_LIMITED` | retryable |
 //! | any | `PARAM_ERROR`, `SIGN_ERROR`, `APPID_MCHID_NOT_MATCH`, `MCH_NOT_EXISTS`, `NO_AUTH`, `INVALID_REQUEST` (query) | permanent |
-//! | any | anything else, an answer about another order or merchant, an unknown state | retryable, never closed |
+//! | any | anything else, an answer about another order or merchant (or naming none), a payment in another currency, an unknown state | retryable, never closed |
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -79,17 +79,36 @@ fn check_order(body: &Value, asked: &str, mchid: &str) -> Result<(), GatewayErro
             ),
         ));
     }
-    let merchant = body.get("mchid").and_then(Value::as_str);
-    if merchant.is_some_and(|m| m != mchid) {
-        return Err(GatewayError::retryable(
+    // Required: a transaction that names no merchant is not shown to be ours.
+    match body.get("mchid").and_then(Value::as_str) {
+        Some(m) if m == mchid => Ok(()),
+        Some(m) => Err(GatewayError::retryable(
             "wrong_merchant",
-            format!(
-                "the answer names merchant {:?}, not ours",
-                merchant.map(echo)
-            ),
-        ));
+            format!("the answer names merchant {:?}, not ours", echo(m)),
+        )),
+        None => Err(GatewayError::retryable(
+            "wrong_merchant",
+            "the answer names no merchant (mchid)",
+        )),
     }
-    Ok(())
+}
+
+/// A paid transaction's `amount.currency` is our orders' (WeChat's orders are in CNY
+/// only, [`RULES`](super::RULES)): an amount in another currency is not the order's
+/// amount. Absent, it is CNY (the only currency of a domestic merchant).
+fn check_currency(body: &Value) -> Result<(), GatewayError> {
+    match body.pointer("/amount/currency") {
+        None => Ok(()),
+        Some(Value::String(c)) if super::RULES.currencies.contains(&c.as_str()) => Ok(()),
+        Some(other) => Err(GatewayError::retryable(
+            "wrong_currency",
+            format!(
+                "the payment is in {}, not in our orders' currency ({})",
+                echo(&other.to_string()),
+                super::RULES.currencies.join(", ")
+            ),
+        )),
+    }
 }
 
 /// A `transaction` (a query answer, or a notification's decrypted resource) as a trade
@@ -114,6 +133,7 @@ pub fn classify_transaction(
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| unclassifiable("a paid trade without transaction_id"))?;
+            check_currency(body)?;
             let amount_minor = body
                 .pointer("/amount/total")
                 .and_then(Value::as_i64)
@@ -405,5 +425,35 @@ mod tests {
             assert!(err.message.contains(code), "{}", err.message);
             assert!(err.message.contains("paying right now"), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn a_transaction_must_name_our_merchant_and_be_paid_in_our_currency() {
+        let q = |v: Value| classify_query(200, &v, "W1", MCH);
+        let mut no_mchid = paid("SUCCESS");
+        no_mchid.as_object_mut().unwrap().remove("mchid");
+        let err = q(no_mchid).unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (FaultClass::Retryable, "wrong_merchant")
+        );
+        assert!(err.message.contains("names no merchant"), "{}", err.message);
+        let unpaid_no_mchid = json!({"out_trade_no": "W1", "trade_state": "NOTPAY"});
+        assert_eq!(q(unpaid_no_mchid).unwrap_err().code, "wrong_merchant");
+
+        for currency in [json!("USD"), json!(""), json!(156)] {
+            let mut other = paid("SUCCESS");
+            other["amount"]["currency"] = currency.clone();
+            let err = q(other).unwrap_err();
+            assert_eq!(
+                (err.class, err.code.as_str()),
+                (FaultClass::Retryable, "wrong_currency"),
+                "{currency}"
+            );
+        }
+        // Absent: CNY, the only currency of a domestic merchant.
+        let mut absent = paid("SUCCESS");
+        absent["amount"].as_object_mut().unwrap().remove("currency");
+        assert!(matches!(q(absent), Ok(TradeState::Paid { .. })));
     }
 }
