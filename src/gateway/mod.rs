@@ -14,6 +14,8 @@ pub mod wechat;
 #[cfg(feature = "worker")]
 pub mod http;
 #[cfg(feature = "worker")]
+pub mod json;
+#[cfg(feature = "worker")]
 pub mod notice;
 #[cfg(feature = "worker")]
 mod port;

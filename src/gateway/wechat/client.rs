@@ -23,6 +23,7 @@ use super::response::{classify_close, classify_query, classify_refund};
 use super::sign::{self, SignedBy, WechatKeys};
 use crate::bill::{Account, Bill, BillError};
 use crate::gateway::http::{self, echo};
+use crate::gateway::json::{self, StrictJsonError};
 use crate::gateway::rsa::RsaPrivateKey;
 use crate::gateway::{
     BillFetchError, BillSource, CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer,
@@ -189,20 +190,31 @@ impl WechatClient {
         };
         let raw = String::from_utf8(bytes)
             .map_err(|_| GatewayError::retryable("unparseable", "answer body is not UTF-8"))?;
+        // Read strictly: an answer that repeats a key says two things at once.
         let value = if raw.trim().is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&raw).unwrap_or(Value::Null)
+            match json::parse(raw.as_bytes()) {
+                Ok(value) => value,
+                Err(e @ StrictJsonError::DuplicateKey(_)) if success => {
+                    return Err(GatewayError::retryable(
+                        "unparseable",
+                        format!("answer not believed: {e}"),
+                    ));
+                }
+                Err(StrictJsonError::Syntax(_)) if success => {
+                    return Err(GatewayError::retryable(
+                        "unparseable",
+                        format!(
+                            "answer is not JSON (starts {:?})",
+                            echo(&raw.chars().take(60).collect::<String>())
+                        ),
+                    ));
+                }
+                // An error answer is read for its code when it can be.
+                Err(_) => Value::Null,
+            }
         };
-        if success && !raw.trim().is_empty() && value.is_null() {
-            return Err(GatewayError::retryable(
-                "unparseable",
-                format!(
-                    "answer is not JSON (starts {:?})",
-                    echo(&raw.chars().take(60).collect::<String>())
-                ),
-            ));
-        }
         Ok(Answer {
             status,
             raw,

@@ -10,12 +10,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use super::aead::ApiV3Key;
 use super::client::{WechatClient, WechatConfig};
 use super::notify::WechatNotify;
-use super::sign::WechatKeys;
+use super::sign::{PlatformCert, WechatKeys};
 use crate::config::{ConfigError, Vars, key_material};
 use crate::gateway::registry::{CommonNames, CommonSettings, Connector, RegistryError};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
@@ -165,10 +166,13 @@ fn wechat_keys(vars: &Vars) -> Result<WechatKeys, ConfigError> {
     }
     if let Some(paths) = vars.get("WECHAT_PLATFORM_CERTS") {
         for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            keys.platform.push(
-                platform_certificate(Path::new(path))
-                    .map_err(|why| ConfigError::invalid("WECHAT_PLATFORM_CERTS", path, why))?,
-            );
+            // An expired or not yet valid certificate stops the start, naming the file
+            // and its dates (one that expires later stops verifying then).
+            let refused = |why: String| ConfigError::invalid("WECHAT_PLATFORM_CERTS", path, why);
+            let cert = platform_certificate(Path::new(path)).map_err(refused)?;
+            cert.valid_at(Utc::now())
+                .map_err(|e| refused(e.to_string()))?;
+            keys.platform.push(cert);
         }
     }
     if keys.is_empty() {
@@ -180,8 +184,8 @@ fn wechat_keys(vars: &Vars) -> Result<WechatKeys, ConfigError> {
     Ok(keys)
 }
 
-/// A platform certificate's serial (upper-case hex) and public key.
-pub fn platform_certificate(path: &Path) -> Result<(String, RsaPublicKey), String> {
+/// A platform certificate: its serial (upper-case hex), public key and validity.
+pub fn platform_certificate(path: &Path) -> Result<PlatformCert, String> {
     let text = crate::files::read_capped_text(path, crate::files::MAX_KEY_BYTES)
         .map_err(|e| format!("cannot read the certificate: {e}"))?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
@@ -196,7 +200,16 @@ pub fn platform_certificate(path: &Path) -> Result<(String, RsaPublicKey), Strin
         .map(|b| format!("{b:02X}"))
         .collect();
     let key = RsaPublicKey::from_der(cert.public_key().raw).map_err(|e| e.to_string())?;
-    Ok((serial, key))
+    let instant = |t: x509_parser::time::ASN1Time| {
+        DateTime::from_timestamp(t.timestamp(), 0)
+            .ok_or_else(|| format!("validity date {t} is out of range"))
+    };
+    Ok(PlatformCert {
+        serial,
+        key,
+        not_before: instant(cert.validity().not_before)?,
+        not_after: instant(cert.validity().not_after)?,
+    })
 }
 
 /// [`Plugin::connect`](crate::gateway::Plugin::connect) for WeChat Pay.
@@ -325,5 +338,67 @@ mod tests {
             assert!(!err.contains("0123456789abcdefghij"), "{err}");
             assert!(!err.contains("PRIVATE KEY-----"), "{err}");
         }
+    }
+
+    /// A platform certificate file for the test key, valid `from` to `to` (dates), of
+    /// serial `5157F09E`.
+    fn certificate_file(name: &str, from: chrono::NaiveDate, to: chrono::NaiveDate) -> String {
+        use chrono::Datelike as _;
+        let day =
+            |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+        let key =
+            rcgen::KeyPair::from_pem_and_sign_algo(&pem().0, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = day(from);
+        params.not_after = day(to);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x51, 0x57, 0xF0, 0x9E]));
+        let cert = params.self_signed(&key).unwrap();
+        let dir = std::env::temp_dir().join(format!("oc-wechat-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, cert.pem()).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn a_platform_certificate_outside_its_validity_stops_the_start_naming_file_and_dates() {
+        let date = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let today = Utc::now().date_naive();
+        let current = certificate_file(
+            "current.pem",
+            today - chrono::Days::new(1),
+            today + chrono::Days::new(365),
+        );
+        let expired = certificate_file("expired.pem", date(2020, 1, 1), date(2021, 1, 1));
+        let early = certificate_file("early.pem", date(2099, 1, 1), date(2100, 1, 1));
+
+        let with_certs = |paths: &str| {
+            let mut all = complete();
+            all.retain(|(k, _)| !k.starts_with("WECHAT_PUBLIC_KEY"));
+            all.push(("WECHAT_PLATFORM_CERTS", paths.to_owned()));
+            let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            read(&pairs)
+        };
+        let s = with_certs(&current).unwrap().unwrap();
+        assert_eq!(s.client.keys.platform.len(), 1);
+        assert_eq!(s.client.keys.platform[0].serial, "5157F09E");
+        assert_eq!(s.client.keys.accept_serial(), Some("5157F09E"));
+
+        let err = with_certs(&format!("{current},{expired}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WECHAT_PLATFORM_CERTS"), "{err}");
+        assert!(err.contains(&expired), "names the file: {err}");
+        assert!(err.contains("expired at 2021-01-01 00:00:00 UTC"), "{err}");
+        assert!(err.contains("valid from 2020-01-01 00:00:00 UTC"), "{err}");
+
+        let err = with_certs(&early).unwrap_err().to_string();
+        assert!(err.contains(&early), "names the file: {err}");
+        assert!(
+            err.contains("not valid before 2099-01-01 00:00:00 UTC"),
+            "{err}"
+        );
+        assert!(err.contains("2100-01-01 00:00:00 UTC"), "{err}");
+        let _ = std::fs::remove_dir_all(Path::new(&current).parent().unwrap());
     }
 }

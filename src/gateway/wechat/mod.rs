@@ -38,6 +38,13 @@ pub const RULES: OrderRules = OrderRules {
     max_amount_minor: i32::MAX as i64,
 };
 
+/// A time as WeChat Pay writes one (`success_time`, `create_time`): RFC 3339 in China
+/// time, whole seconds (`2015-05-20T13:29:35+08:00`), never a fraction.
+pub fn format_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.with_timezone(&crate::time::china())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
 /// WeChat Pay in the registry ([`crate::gateway::ALL`]).
 pub const PLUGIN: Plugin = Plugin {
     rules: RULES,

@@ -2,8 +2,10 @@
 //! (`Wechatpay-*`, timestamp within 5 minutes) and whose `resource` is the transaction,
 //! encrypted with the merchant's APIv3 key (AEAD_AES_256_GCM). Verified here: the
 //! signature (a `WECHATPAY/SIGNTEST/` probe is refused with a 4xx, as WeChat expects),
-//! the event type (`TRANSACTION.SUCCESS`), our `mchid`, a state we act on; the amount is
-//! checked against the order by the notify endpoint. The reply is judged by its status
+//! the event type (`TRANSACTION.SUCCESS`), our `mchid` (required), the currency of our
+//! orders, a state we act on; the amount is checked against the order by the notify
+//! endpoint. The body and the decrypted resource are refused when an object in them
+//! repeats a key (`serde_json` would keep the last silently). The reply is judged by its status
 //! alone: 2xx once handled (sent only after the commit), 4xx/5xx with
 //! `{"code":"FAIL","message":...}` to have it sent again (up to 15 times over about 24
 //! hours).
@@ -18,6 +20,7 @@ use super::aead::ApiV3Key;
 use super::response::classify_transaction;
 use super::sign::{self, SignedBy, VerifyError, WechatKeys};
 use crate::gateway::TradeState;
+use crate::gateway::json::{self, StrictJsonError};
 use crate::gateway::notice::{self, Claim, Notice, NoticeError, NotifyVerifier, Reply, echo};
 
 /// The event of a payment.
@@ -69,8 +72,8 @@ fn open(key: &ApiV3Key, envelope: &Value) -> Result<(String, Value), NoticeError
     let plain = key
         .decrypt(ciphertext, nonce, text("associated_data").unwrap_or(""))
         .map_err(|e| NoticeError::Malformed(e.to_string()))?;
-    let value: Value = serde_json::from_str(&plain)
-        .map_err(|_| NoticeError::Malformed("the decrypted resource is not JSON".into()))?;
+    let value = json::parse(plain.as_bytes())
+        .map_err(|e| NoticeError::Malformed(format!("the decrypted resource: {e}")))?;
     Ok((plain, value))
 }
 
@@ -81,10 +84,15 @@ impl NotifyVerifier for WechatNotify {
         if checked == Err(VerifyError::Probe) {
             return Err(NoticeError::Probe);
         }
-        let envelope: Value = serde_json::from_slice(body)
-            .ok()
-            .filter(Value::is_object)
-            .ok_or_else(|| NoticeError::Malformed("the body is not a JSON object".into()))?;
+        let envelope = match json::parse(body) {
+            Ok(value) if value.is_object() => value,
+            Ok(_) | Err(StrictJsonError::Syntax(_)) => {
+                return Err(NoticeError::Malformed(
+                    "the body is not a JSON object".into(),
+                ));
+            }
+            Err(e) => return Err(NoticeError::Malformed(format!("the body: {e}"))),
+        };
         let (plain, transaction) = open(&self.api_v3_key, &envelope)?;
         let out_trade_no =
             notice::order_number(transaction.get("out_trade_no").and_then(Value::as_str))?;
@@ -130,3 +138,7 @@ impl NotifyVerifier for WechatNotify {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "notify_resource_tests.rs"]
+mod resource_tests;

@@ -12,10 +12,11 @@
 //! | close | 204 | taken, unconfirmed (WeChat answers 204 to any close, of an unknown or a paid order too: the protocol queries again) |
 //! | close | 400 `ORDER_CLOSED` | closed |
 //! | close | `ORDER_PAID`, `ORDERPAID` (v3 code unverified) | not closeable: query again |
-//! | close | `USERPAYING`, `INVALID_REQUEST`, `RULE_LIMIT`, `TRADE_ERROR` | retryable (a close refused soon after creation is retryable, never fatal; the code is unverified) |
+//! | close | `202 USER_PAYING` (the close-order page), `USERPAYING` | retryable as `buyer_paying`: the buyer is paying now, retry later |
+//! | close | `INVALID_REQUEST`, `RULE_LIMIT`, `TRADE_ERROR` | retryable (a close refused soon after creation is retryable, never fatal; the code is unverified) |
 //! | any | 429, 5xx, `SYSTEM_ERROR`, `BANK_ERROR`, `FREQUENCY_LIMITED` | retryable |
 //! | any | `PARAM_ERROR`, `SIGN_ERROR`, `APPID_MCHID_NOT_MATCH`, `MCH_NOT_EXISTS`, `NO_AUTH`, `INVALID_REQUEST` (query) | permanent |
-//! | any | anything else, an answer about another order or merchant, an unknown state | retryable, never closed |
+//! | any | anything else, an answer about another order or merchant (or naming none), a payment in another currency, an unknown state | retryable, never closed |
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -59,6 +60,10 @@ fn common_error(status: u16, code: &str, message: &str) -> GatewayError {
     }
 }
 
+/// The code of a close refused because the buyer is paying right now (the decision
+/// table's code for a query that says so).
+const BUYER_PAYING: &str = "buyer_paying";
+
 fn unclassifiable(why: impl Into<String>) -> GatewayError {
     GatewayError::retryable("unclassifiable", why)
 }
@@ -75,17 +80,36 @@ fn check_order(body: &Value, asked: &str, mchid: &str) -> Result<(), GatewayErro
             ),
         ));
     }
-    let merchant = body.get("mchid").and_then(Value::as_str);
-    if merchant.is_some_and(|m| m != mchid) {
-        return Err(GatewayError::retryable(
+    // Required: a transaction that names no merchant is not shown to be ours.
+    match body.get("mchid").and_then(Value::as_str) {
+        Some(m) if m == mchid => Ok(()),
+        Some(m) => Err(GatewayError::retryable(
             "wrong_merchant",
-            format!(
-                "the answer names merchant {:?}, not ours",
-                merchant.map(echo)
-            ),
-        ));
+            format!("the answer names merchant {:?}, not ours", echo(m)),
+        )),
+        None => Err(GatewayError::retryable(
+            "wrong_merchant",
+            "the answer names no merchant (mchid)",
+        )),
     }
-    Ok(())
+}
+
+/// A paid transaction's `amount.currency` is our orders' (WeChat's orders are in CNY
+/// only, [`RULES`](super::RULES)): an amount in another currency is not the order's
+/// amount. Absent, it is CNY (the only currency of a domestic merchant).
+fn check_currency(body: &Value) -> Result<(), GatewayError> {
+    match body.pointer("/amount/currency") {
+        None => Ok(()),
+        Some(Value::String(c)) if super::RULES.currencies.contains(&c.as_str()) => Ok(()),
+        Some(other) => Err(GatewayError::retryable(
+            "wrong_currency",
+            format!(
+                "the payment is in {}, not in our orders' currency ({})",
+                echo(&other.to_string()),
+                super::RULES.currencies.join(", ")
+            ),
+        )),
+    }
 }
 
 /// A `transaction` (a query answer, or a notification's decrypted resource) as a trade
@@ -111,6 +135,7 @@ pub fn classify_transaction(
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| unclassifiable("a paid trade without transaction_id"))?;
+            check_currency(body)?;
             let amount_minor = body
                 .pointer("/amount/total")
                 .and_then(Value::as_i64)
@@ -185,9 +210,16 @@ pub fn classify_close(status: u16, body: &Value) -> Result<CloseAnswer, GatewayE
     match code.as_str() {
         "ORDER_CLOSED" => Ok(CloseAnswer::Closed),
         "ORDER_PAID" | "ORDERPAID" => Ok(CloseAnswer::NotCloseable { sub_code: code }),
-        "USERPAYING" | "INVALID_REQUEST" | "RULE_LIMIT" | "TRADE_ERROR" => Err(
-            GatewayError::retryable(code.clone(), format!("HTTP {status} {code}: {message}")),
-        ),
+        // The close-order page documents `202 USER_PAYING`; v2 and the query say
+        // `USERPAYING`: either way the buyer is paying now, as a query's `USERPAYING`.
+        "USER_PAYING" | "USERPAYING" => Err(GatewayError::retryable(
+            BUYER_PAYING,
+            format!("HTTP {status} {code}: {message} (the buyer is paying right now: retry later)"),
+        )),
+        "INVALID_REQUEST" | "RULE_LIMIT" | "TRADE_ERROR" => Err(GatewayError::retryable(
+            code.clone(),
+            format!("HTTP {status} {code}: {message}"),
+        )),
         _ => Err(common_error(status, &code, &message)),
     }
 }
@@ -339,12 +371,7 @@ mod tests {
             classify_close(400, &json!({"code":"ORDER_PAID"})),
             Ok(CloseAnswer::NotCloseable { .. })
         ));
-        for code in [
-            "USERPAYING",
-            "INVALID_REQUEST",
-            "RULE_LIMIT",
-            "SYSTEM_ERROR",
-        ] {
+        for code in ["INVALID_REQUEST", "RULE_LIMIT", "SYSTEM_ERROR"] {
             let err = classify_close(400, &json!({"code": code})).unwrap_err();
             assert_eq!(err.class, FaultClass::Retryable, "{code}");
         }
@@ -388,5 +415,56 @@ mod tests {
                 .class,
             FaultClass::Permanent
         );
+    }
+
+    #[test]
+    fn a_close_while_the_buyer_pays_is_retried_later_in_both_spellings() {
+        // The close-order page: HTTP 202 with `USER_PAYING`; v2 and the query spell it
+        // `USERPAYING`. Neither is unclassifiable.
+        for (status, code) in [
+            (202, "USER_PAYING"),
+            (400, "USERPAYING"),
+            (202, "USERPAYING"),
+        ] {
+            let err = classify_close(status, &json!({"code": code, "message": "用户支付中"}))
+                .unwrap_err();
+            assert_eq!(
+                (err.class, err.code.as_str()),
+                (FaultClass::Retryable, "buyer_paying"),
+                "{status} {code}"
+            );
+            assert!(err.message.contains(code), "{}", err.message);
+            assert!(err.message.contains("paying right now"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_transaction_must_name_our_merchant_and_be_paid_in_our_currency() {
+        let q = |v: Value| classify_query(200, &v, "W1", MCH);
+        let mut no_mchid = paid("SUCCESS");
+        no_mchid.as_object_mut().unwrap().remove("mchid");
+        let err = q(no_mchid).unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (FaultClass::Retryable, "wrong_merchant")
+        );
+        assert!(err.message.contains("names no merchant"), "{}", err.message);
+        let unpaid_no_mchid = json!({"out_trade_no": "W1", "trade_state": "NOTPAY"});
+        assert_eq!(q(unpaid_no_mchid).unwrap_err().code, "wrong_merchant");
+
+        for currency in [json!("USD"), json!(""), json!(156)] {
+            let mut other = paid("SUCCESS");
+            other["amount"]["currency"] = currency.clone();
+            let err = q(other).unwrap_err();
+            assert_eq!(
+                (err.class, err.code.as_str()),
+                (FaultClass::Retryable, "wrong_currency"),
+                "{currency}"
+            );
+        }
+        // Absent: CNY, the only currency of a domestic merchant.
+        let mut absent = paid("SUCCESS");
+        absent["amount"].as_object_mut().unwrap().remove("currency");
+        assert!(matches!(q(absent), Ok(TradeState::Paid { .. })));
     }
 }

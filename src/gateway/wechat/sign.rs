@@ -13,6 +13,13 @@
 //!   A timestamp 300 s or more away from now is refused (the Go and Java SDKs' reading
 //!   of the rule), and so is a signature starting `WECHATPAY/SIGNTEST/`: WeChat Pay's
 //!   probe of whether signatures are checked at all.
+//! - `Wechatpay-Signature-Type` names the scheme. WeChat sends
+//!   `WECHATPAY2-SHA256-RSA2048`; any other value is refused (we hold RSA keys only).
+//!   An absent header is read as that default, as the official Go and Java SDKs do (the
+//!   header came later than the others); the Python SDK `wechatpayv3` requires it, so
+//!   the simulator always sends it.
+//! - A platform certificate verifies only between its `notBefore` and `notAfter`: one
+//!   that expires while the process runs stops verifying, and the error says so.
 
 use std::collections::HashMap;
 
@@ -41,6 +48,8 @@ pub const HEADER_NONCE: &str = "Wechatpay-Nonce";
 pub const HEADER_SIGNATURE: &str = "Wechatpay-Signature";
 /// Which WeChat Pay key signed (a request names the one it can verify).
 pub const HEADER_SERIAL: &str = "Wechatpay-Serial";
+/// The signature's scheme ([`SCHEME`]).
+pub const HEADER_SIGNATURE_TYPE: &str = "Wechatpay-Signature-Type";
 
 /// The string a request is signed over.
 pub fn request_message(
@@ -160,37 +169,84 @@ pub fn normalize_serial(serial: &str) -> String {
     }
 }
 
+/// A WeChat Pay platform certificate, as far as verifying needs it.
+#[derive(Debug, Clone)]
+pub struct PlatformCert {
+    /// Its serial (upper-case hex; compared normalized).
+    pub serial: String,
+    /// Its public key.
+    pub key: RsaPublicKey,
+    /// Its `notBefore`.
+    pub not_before: DateTime<Utc>,
+    /// Its `notAfter` (the last valid instant).
+    pub not_after: DateTime<Utc>,
+}
+
+impl PlatformCert {
+    /// Whether it is valid at `now`: the error says which bound is passed, with both
+    /// dates. The one check of the start-up and of every verification.
+    pub fn valid_at(&self, now: DateTime<Utc>) -> Result<(), VerifyError> {
+        let serial = self.serial.clone();
+        let (not_before, not_after) = (self.not_before, self.not_after);
+        if now < not_before {
+            Err(VerifyError::CertificateNotYetValid {
+                serial,
+                not_before,
+                not_after,
+            })
+        } else if now > not_after {
+            Err(VerifyError::CertificateExpired {
+                serial,
+                not_before,
+                not_after,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// The WeChat Pay keys an answer may be signed with.
 #[derive(Debug, Clone, Default)]
 pub struct WechatKeys {
     /// The WeChat Pay public key and its id (`PUB_KEY_ID_...`).
     pub public_key: Option<(String, RsaPublicKey)>,
-    /// Platform certificates' keys by their serial (compared normalized).
-    pub platform: Vec<(String, RsaPublicKey)>,
+    /// Platform certificates (found by their serial, compared normalized).
+    pub platform: Vec<PlatformCert>,
 }
 
 impl WechatKeys {
-    /// The key `serial` names.
-    pub fn find(&self, serial: &str) -> Option<&RsaPublicKey> {
+    /// The key `serial` names, if it may verify at `now`: the public key by its id, or a
+    /// platform certificate within its validity.
+    pub fn find(&self, serial: &str, now: DateTime<Utc>) -> Result<&RsaPublicKey, VerifyError> {
         if let Some((id, key)) = &self.public_key
             && id == serial
         {
-            return Some(key);
+            return Ok(key);
         }
         let wanted = normalize_serial(serial);
-        self.platform
+        let cert = self
+            .platform
             .iter()
-            .find(|(s, _)| normalize_serial(s) == wanted)
-            .map(|(_, key)| key)
+            .find(|c| normalize_serial(&c.serial) == wanted)
+            .ok_or_else(|| VerifyError::UnknownSerial(serial.chars().take(64).collect()))?;
+        cert.valid_at(now)?;
+        Ok(&cert.key)
     }
 
     /// The serial a request names as the one it can verify (`Wechatpay-Serial`): the
-    /// public key's id, or else the first platform certificate's serial.
+    /// public key's id, or else the platform certificate valid the longest (as the
+    /// Python SDK picks it).
     pub fn accept_serial(&self) -> Option<&str> {
         self.public_key
             .as_ref()
             .map(|(id, _)| id.as_str())
-            .or_else(|| self.platform.first().map(|(s, _)| s.as_str()))
+            .or_else(|| {
+                self.platform
+                    .iter()
+                    .max_by_key(|c| c.not_after)
+                    .map(|c| c.serial.as_str())
+            })
     }
 
     /// Whether any key is known.
@@ -219,6 +275,33 @@ pub enum VerifyError {
     /// No key of ours has this serial.
     #[error("Wechatpay-Serial {0:?} names no WeChat Pay key configured here")]
     UnknownSerial(String),
+    /// The platform certificate the serial names has expired.
+    #[error(
+        "the WeChat Pay platform certificate {serial} expired at {not_after} (valid from {not_before} to {not_after}); install its successor in WECHAT_PLATFORM_CERTS"
+    )]
+    CertificateExpired {
+        /// Its serial.
+        serial: String,
+        /// Its `notBefore`.
+        not_before: DateTime<Utc>,
+        /// Its `notAfter`.
+        not_after: DateTime<Utc>,
+    },
+    /// The platform certificate the serial names is not valid yet.
+    #[error(
+        "the WeChat Pay platform certificate {serial} is not valid before {not_before} (valid from {not_before} to {not_after})"
+    )]
+    CertificateNotYetValid {
+        /// Its serial.
+        serial: String,
+        /// Its `notBefore`.
+        not_before: DateTime<Utc>,
+        /// Its `notAfter`.
+        not_after: DateTime<Utc>,
+    },
+    /// `Wechatpay-Signature-Type` names a scheme other than [`SCHEME`].
+    #[error("Wechatpay-Signature-Type {0:?} is not {SCHEME}, the only scheme verified here")]
+    SignatureType(String),
     /// WeChat Pay's probe signature.
     #[error("a signature probe (WECHATPAY/SIGNTEST/)")]
     Probe,
@@ -238,6 +321,8 @@ pub struct SignedBy<'a> {
     pub signature: Option<&'a str>,
     /// `Wechatpay-Serial`.
     pub serial: Option<&'a str>,
+    /// `Wechatpay-Signature-Type` (absent: [`SCHEME`]).
+    pub signature_type: Option<&'a str>,
 }
 
 impl<'a> SignedBy<'a> {
@@ -249,12 +334,14 @@ impl<'a> SignedBy<'a> {
             nonce: header(HEADER_NONCE),
             signature: header(HEADER_SIGNATURE),
             serial: header(HEADER_SERIAL),
+            signature_type: header(HEADER_SIGNATURE_TYPE),
         }
     }
 }
 
-/// Checks an answer or a notification: the headers, the timestamp's distance from `now`,
-/// the key by serial, the signature over the exact body bytes.
+/// Checks an answer or a notification: the headers and the scheme, the timestamp's
+/// distance from `now`, the key by serial (a platform certificate valid at `now`), the
+/// signature over the exact body bytes.
 pub fn verify(
     keys: &WechatKeys,
     signed: SignedBy<'_>,
@@ -276,6 +363,13 @@ pub fn verify(
     if signature.starts_with(PROBE_PREFIX) {
         return Err(VerifyError::Probe);
     }
+    if let Some(scheme) = signed.signature_type
+        && scheme.trim() != SCHEME
+    {
+        return Err(VerifyError::SignatureType(crate::gateway::notice::echo(
+            scheme,
+        )));
+    }
     let at: i64 = timestamp
         .trim()
         .parse()
@@ -284,9 +378,7 @@ pub fn verify(
     if skew >= MAX_SKEW_SECS {
         return Err(VerifyError::Stale { skew });
     }
-    let key = keys
-        .find(serial)
-        .ok_or_else(|| VerifyError::UnknownSerial(serial.chars().take(64).collect()))?;
+    let key = keys.find(serial, now)?;
     if key.verify_base64(&answer_message(timestamp, nonce, body), signature) {
         Ok(())
     } else {
@@ -295,7 +387,7 @@ pub fn verify(
 }
 
 /// The signature headers of an answer or a notification signed now with `key` under
-/// `serial` (the simulator's side).
+/// `serial`, its scheme named as WeChat Pay names it (the simulator's side).
 pub fn signature_headers(
     key: &RsaPrivateKey,
     serial: &str,
@@ -310,6 +402,7 @@ pub fn signature_headers(
         (HEADER_NONCE, nonce),
         (HEADER_SIGNATURE, signature),
         (HEADER_SERIAL, serial.to_owned()),
+        (HEADER_SIGNATURE_TYPE, SCHEME.to_owned()),
     ])
 }
 
@@ -345,6 +438,7 @@ mod tests {
             nonce: get(HEADER_NONCE),
             signature: get(HEADER_SIGNATURE),
             serial: get(HEADER_SERIAL),
+            signature_type: get(HEADER_SIGNATURE_TYPE),
         }
     }
 
@@ -442,15 +536,111 @@ mod tests {
         );
     }
 
+    fn cert(serial: &str, not_before: DateTime<Utc>, not_after: DateTime<Utc>) -> PlatformCert {
+        PlatformCert {
+            serial: serial.into(),
+            key: key().public_key().clone(),
+            not_before,
+            not_after,
+        }
+    }
+
     #[test]
     fn a_platform_certificate_is_found_by_its_serial_in_any_spelling() {
+        let now = Utc::now();
+        let year = chrono::Duration::days(365);
         let keys = WechatKeys {
             public_key: None,
-            platform: vec![("0ABCDEF12".into(), key().public_key().clone())],
+            platform: vec![
+                cert("0ABCDEF12", now - year, now + year),
+                cert("0ABCDEF11", now - year, now + year / 2),
+            ],
         };
-        assert!(keys.find("abcdef12").is_some());
-        assert!(keys.find("000ABCDEF12").is_some());
-        assert!(keys.find("ABCDEF13").is_none());
+        assert!(keys.find("abcdef12", now).is_ok());
+        assert!(keys.find("000ABCDEF12", now).is_ok());
+        assert!(matches!(
+            keys.find("ABCDEF13", now),
+            Err(VerifyError::UnknownSerial(_))
+        ));
+        // The one valid the longest.
         assert_eq!(keys.accept_serial(), Some("0ABCDEF12"));
+    }
+
+    #[test]
+    fn the_signature_type_is_sent_and_any_other_scheme_is_refused() {
+        let now = Utc::now();
+        let body = b"{}";
+        let h = signature_headers(key(), PUB_ID, body, now).unwrap();
+        assert!(h.contains(&(HEADER_SIGNATURE_TYPE, SCHEME.to_owned())));
+        assert_eq!(verify(&keys(), signed(&h), body, now), Ok(()));
+        // Absent: the default scheme, as the Go and Java SDKs read it.
+        let without: Vec<_> = h
+            .iter()
+            .filter(|(k, _)| *k != HEADER_SIGNATURE_TYPE)
+            .cloned()
+            .collect();
+        assert_eq!(verify(&keys(), signed(&without), body, now), Ok(()));
+        let mut sm2 = h.clone();
+        for (k, v) in &mut sm2 {
+            if *k == HEADER_SIGNATURE_TYPE {
+                *v = "WECHATPAY2-SM2-WITH-SM3".into();
+            }
+        }
+        let err = verify(&keys(), signed(&sm2), body, now).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::SignatureType("WECHATPAY2-SM2-WITH-SM3".into())
+        );
+        assert!(err.to_string().contains(SCHEME), "{err}");
+    }
+
+    #[test]
+    fn a_platform_certificate_verifies_only_within_its_validity() {
+        const SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
+        let now = Utc::now();
+        let day = chrono::Duration::days(1);
+        let body = br#"{"trade_state":"SUCCESS"}"#;
+        let h = signature_headers(key(), SERIAL, body, now).unwrap();
+        let with = |c: PlatformCert| WechatKeys {
+            public_key: None,
+            platform: vec![c],
+        };
+        // Valid, also at both bounds.
+        for (from, to) in [(now - day, now + day), (now, now + day), (now - day, now)] {
+            assert_eq!(
+                verify(&with(cert(SERIAL, from, to)), signed(&h), body, now),
+                Ok(())
+            );
+        }
+        // Expired while the process ran: it stops verifying, and says why.
+        let expired = verify(
+            &with(cert(SERIAL, now - day * 2, now - day)),
+            signed(&h),
+            body,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(expired, VerifyError::CertificateExpired { .. }),
+            "{expired:?}"
+        );
+        let text = expired.to_string();
+        assert!(text.contains("expired") && text.contains(SERIAL), "{text}");
+        assert!(
+            text.contains(&(now - day).format("%Y-%m-%d %H:%M:%S").to_string()),
+            "{text}"
+        );
+        let early = verify(
+            &with(cert(SERIAL, now + day, now + day * 2)),
+            signed(&h),
+            body,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(early, VerifyError::CertificateNotYetValid { .. }),
+            "{early:?}"
+        );
+        assert!(early.to_string().contains("not valid before"), "{early}");
     }
 }

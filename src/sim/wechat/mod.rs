@@ -27,10 +27,10 @@ use super::key_dir::{self, KeyDir};
 use super::shared::Shared;
 use super::state::{FaultKind, SimTradeStatus, SimTradeView};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
-use crate::gateway::wechat::CHANNEL;
 use crate::gateway::wechat::aead::ApiV3Key;
 use crate::gateway::wechat::config::DEFAULT_MCH_ID;
 use crate::gateway::wechat::sign;
+use crate::gateway::wechat::{CHANNEL, format_time};
 use notify::{RESEND_SCHEDULE, envelope};
 
 /// The simulated merchant's API certificate serial.
@@ -181,10 +181,7 @@ impl WechatSim {
         {
             object.insert("transaction_id".into(), json!(trade.trade_no));
             object.insert("bank_type".into(), json!("OTHERS"));
-            object.insert(
-                "success_time".into(),
-                json!(paid_at.with_timezone(&crate::time::china()).to_rfc3339()),
-            );
+            object.insert("success_time".into(), json!(format_time(paid_at)));
             object.insert(
                 "payer".into(),
                 json!({"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"}),
@@ -300,7 +297,7 @@ impl SimGateway for WechatSim {
                     "out_refund_no": refund.out_request_no.clone().unwrap_or_else(|| refund.refund_no.clone()),
                     "refund_id": refund.refund_no,
                     "refund_status": "SUCCESS",
-                    "success_time": refund.refunded_at.with_timezone(&crate::time::china()).to_rfc3339(),
+                    "success_time": format_time(refund.refunded_at),
                     "amount": {"total": trade.amount_minor, "refund": refund.amount_minor,
                                "payer_total": trade.amount_minor, "payer_refund": refund.amount_minor},
                 });

@@ -1,8 +1,9 @@
 //! WeChat Pay's payment notification as the simulator sends it: a JSON envelope
 //! (`TRANSACTION.SUCCESS`, or `REFUND.SUCCESS` once fully refunded) whose `resource` is
 //! the transaction (or the refund) encrypted with the merchant's APIv3 key, POSTed with
-//! the `Wechatpay-*` signature headers; any 2xx reply acknowledges it, anything else has
-//! it sent again at WeChat Pay's intervals.
+//! the `Wechatpay-*` signature headers (`Wechatpay-Signature-Type` included), its times in
+//! whole seconds; any 2xx reply acknowledges it, anything else has it sent again at
+//! WeChat Pay's intervals.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 
 use crate::gateway::wechat::aead::{AeadError, ApiV3Key};
+use crate::gateway::wechat::format_time;
 
 /// WeChat Pay's intervals between a notification's sends (15 resends over about 24 h).
 pub const RESEND_SCHEDULE: [Duration; 15] = [
@@ -58,7 +60,7 @@ pub fn envelope(
     };
     Ok(json!({
         "id": format!("EV-{notify_id}"),
-        "create_time": sent_at.with_timezone(&crate::time::china()).to_rfc3339(),
+        "create_time": format_time(sent_at),
         "resource_type": "encrypt-resource",
         "event_type": event_type,
         "summary": summary,

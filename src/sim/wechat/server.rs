@@ -1,8 +1,10 @@
 //! WeChat Pay API v3's wire protocol in the simulator: every request authenticated by its
 //! `Authorization` header (fields in any order, the merchant's serial, a timestamp within
 //! 5 minutes, SHA256withRSA over the exact method, URI and body), every answer signed
-//! with the `Wechatpay-*` headers (the bill file itself excepted, as on WeChat Pay), the
-//! faults of the current [`FaultPlan`](crate::sim::FaultPlan) shown as WeChat Pay would.
+//! with the `Wechatpay-*` headers, `Wechatpay-Signature-Type: WECHATPAY2-SHA256-RSA2048`
+//! among them (the bill file itself excepted, as on WeChat Pay), every time in whole
+//! seconds (`2015-05-20T13:29:35+08:00`), the faults of the current
+//! [`FaultPlan`](crate::sim::FaultPlan) shown as WeChat Pay would.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -30,8 +32,8 @@ use serde_json::{Value, json};
 use super::WechatSim;
 use super::bill::{bill_csv, gzip_with_digest, servable};
 use crate::gateway::rsa::RsaPrivateKey;
-use crate::gateway::wechat::CHANNEL;
 use crate::gateway::wechat::sign::{self, MAX_SKEW_SECS};
+use crate::gateway::wechat::{CHANNEL, format_time};
 use crate::sim::SimMethod;
 use crate::sim::shared::{
     Shared, bad_gateway_page, detached, dropped_connection, empty_json, maintenance_page,
@@ -470,8 +472,8 @@ fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
                         "channel": "ORIGINAL",
                         "user_received_account": "支付用户零钱",
                         "status": "SUCCESS",
-                        "create_time": at.with_timezone(&crate::time::china()).to_rfc3339(),
-                        "success_time": at.with_timezone(&crate::time::china()).to_rfc3339(),
+                        "create_time": format_time(at),
+                        "success_time": format_time(at),
                         "amount": {"total": trade.amount_minor, "refund": ask.amount.refund,
                                    "payer_total": trade.amount_minor, "payer_refund": ask.amount.refund,
                                    "currency": "CNY"},
@@ -592,3 +594,7 @@ async fn inject(ctx: &Ctx, call: &Call, kind: FaultKind, hold: Duration) -> Resp
         FaultKind::EmptyBody => empty_json(),
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
