@@ -36,6 +36,19 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Untrusted text fit for an error message or a log line: [`printable`], then at most
+/// `max` characters (an ellipsis marks a cut).
+pub fn shortened(text: &str, max: usize) -> String {
+    let text = printable(text);
+    if text.chars().count() <= max {
+        text.into_owned()
+    } else {
+        let mut short: String = text.chars().take(max).collect();
+        short.push('…');
+        short
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +63,12 @@ mod tests {
         assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
         assert_eq!(printable("\u{7f}"), "\\u{7f}");
         assert_eq!(printable("abc\u{202e}def"), "abc\\u{202e}def");
+    }
+
+    #[test]
+    fn shortened_text_is_printable_and_marks_its_cut() {
+        assert_eq!(shortened("abc", 3), "abc");
+        assert_eq!(shortened("abcd", 3), "abc…");
+        assert_eq!(shortened("\u{1b}[2J", 64), "\\u{1b}[2J");
     }
 }

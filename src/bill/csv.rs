@@ -4,7 +4,6 @@
 //! file, line and column. A gateway says how its cells are dressed ([`Dress`]: Alipay
 //! pads text with a TAB, WeChat Pay prefixes every cell with a backtick).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -217,41 +216,9 @@ pub fn lines(text: &str) -> Vec<&str> {
 }
 
 /// Cell text fit for an error message: shortened, with control characters escaped
-/// ([`shortened`]).
+/// ([`crate::text::shortened`]).
 pub fn echo(text: &str) -> String {
-    shortened(text, MAX_ECHO_CHARS)
-}
-
-/// Untrusted text fit for an error message or a log line: control characters escaped
-/// ([`printable`]), then at most `max` characters (an ellipsis marks a cut).
-pub fn shortened(text: &str, max: usize) -> String {
-    let text = printable(text);
-    if text.chars().count() <= max {
-        text.into_owned()
-    } else {
-        let mut short: String = text.chars().take(max).collect();
-        short.push('…');
-        short
-    }
-}
-
-/// Text from a bill (or a gateway) fit for a terminal: every control character (escape
-/// codes, NUL, backspace, line breaks, C1 controls) written as its Rust escape (`\u{1b}`,
-/// `\0`, `\n`), so that a cell can neither drive the terminal nor forge a line of the
-/// output. Everything else is kept as is.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    crate::text::shortened(text, MAX_ECHO_CHARS)
 }
 
 #[cfg(test)]
@@ -284,11 +251,6 @@ mod tests {
 
     #[test]
     fn control_characters_are_escaped_for_the_terminal() {
-        assert_eq!(printable("ORD-1 订单"), "ORD-1 订单");
-        assert_eq!(
-            printable("a\u{1b}[2Jb\0c\u{8}d\r\ne\u{9b}"),
-            "a\\u{1b}[2Jb\\u{0}c\\u{8}d\\r\\ne\\u{9b}"
-        );
         let long = format!("\u{1b}{}", "x".repeat(100));
         let short = echo(&long);
         assert!(

@@ -47,7 +47,7 @@ pub struct BillRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bill {
     /// The file the rows came from (inside the archive, where there is one), with any
-    /// control character escaped ([`csv::printable`]): it is shown to the operator.
+    /// control character escaped ([`crate::text::printable`]): it is shown to the operator.
     pub file: String,
     /// The gateway's calendar: the bill's day runs from midnight to midnight here.
     pub offset: FixedOffset,

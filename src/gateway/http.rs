@@ -127,7 +127,7 @@ pub fn absolute_url(text: &str) -> Option<reqwest::Url> {
 }
 
 /// Gateway-supplied text, shortened for an error message, control characters escaped
-/// ([`crate::bill::csv::shortened`]): such messages reach the operator's terminal.
+/// ([`crate::text::shortened`]): such messages reach the operator's terminal.
 pub fn echo(text: &str) -> String {
-    crate::bill::csv::shortened(text, MAX_ECHO)
+    crate::text::shortened(text, MAX_ECHO)
 }

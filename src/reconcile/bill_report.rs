@@ -11,8 +11,8 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::Finding;
-use crate::bill::csv::printable;
 use crate::money::format_minor;
+use crate::text::printable;
 
 /// One finding about one order.
 #[derive(Debug, Clone, Serialize)]

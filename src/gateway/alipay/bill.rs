@@ -80,7 +80,7 @@ pub const REQUIRED_COLUMNS: [&str; 9] = [
 /// account line (`#账号：[…]`) is read into [`Bill::account`]; whether it is ours is
 /// checked by [`Bill::check`].
 pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
-    let source = &*csv::printable(source);
+    let source = &*crate::text::printable(source);
     let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| BillError::NotArchive {
         file: source.to_owned(),
         reason: e.to_string(),
@@ -96,7 +96,7 @@ pub fn parse_zip(bytes: &[u8], source: &str) -> Result<Bill, BillError> {
         let utf8 = entry.flags().as_u16() & UTF8_NAME_FLAG != 0;
         let raw_name = decode_name(entry.name_raw(), utf8);
         // Names are shown to the operator: control characters escaped.
-        let name = csv::printable(&raw_name).into_owned();
+        let name = crate::text::printable(&raw_name).into_owned();
         if !entry.is_dir() && raw_name.ends_with(DETAIL_SUFFIX) {
             detail.push((index, name.clone()));
         }

@@ -77,7 +77,7 @@ pub const SUMMARY_MARK: &str = "总交易单数";
 
 /// Reads a decompressed bill; `file` names it in errors (control characters escaped).
 pub fn parse_bill(bytes: &[u8], file: &str) -> Result<Bill, BillError> {
-    let file = &*csv::printable(file);
+    let file = &*crate::text::printable(file);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()]
             .iter()
