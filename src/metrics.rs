@@ -9,7 +9,9 @@
 //! `order_closer_redriven_total{verdict}` (orders the janitor found overdue and re-drove: a
 //! healthy system keeps it at 0), `order_closer_janitor_passes_total{result}`,
 //! `order_closer_anomalies_total{kind}`, `order_closer_broker_consuming`,
-//! `order_closer_notifications_total{outcome}`, `order_closer_refunds_total{outcome}`,
+//! `order_closer_notifications_total{outcome}`, `order_closer_hints_refused_total{reason}`
+//! (untrusted notifications that did not become a gateway query, and why),
+//! `order_closer_refunds_total{outcome}`,
 //! `order_closer_payment_to_paid_seconds`
 //! (from the payment at the gateway to our commit, for payments learnt from a
 //! notification).
@@ -109,6 +111,7 @@ pub struct Metrics {
     janitor_passes: Family<PassLabel, Counter>,
     anomalies: Family<KindLabel, Counter>,
     notifications: Family<OutcomeLabel, Counter>,
+    hints_refused: Family<ReasonLabel, Counter>,
     payment_to_paid: Histogram,
     refunds: Family<OutcomeLabel, Counter>,
     /// 1 while the worker's broker session consumes the close queue (set by the worker).
@@ -193,6 +196,12 @@ impl Default for Metrics {
             "Payment notifications by outcome",
             notifications.clone(),
         );
+        let hints_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "hints_refused",
+            "Untrusted payment notifications that did not become a gateway query, by reason",
+            hints_refused.clone(),
+        );
         // 5 ms .. ~80 s (a notification's `gmt_payment` has whole seconds).
         let payment_to_paid = Histogram::new(exponential_buckets(0.005, 2.0, 15));
         registry.register(
@@ -234,6 +243,7 @@ impl Default for Metrics {
             janitor_passes,
             anomalies,
             notifications,
+            hints_refused,
             payment_to_paid,
             refunds,
             consuming,
@@ -272,6 +282,11 @@ impl Default for Metrics {
                 outcome: outcome.as_str().to_owned(),
             });
         }
+        for refusal in crate::notify::hints::Refusal::ALL {
+            let _ = metrics.hints_refused.get_or_create(&ReasonLabel {
+                reason: refusal.as_str().to_owned(),
+            });
+        }
         metrics
     }
 }
@@ -282,6 +297,15 @@ impl Metrics {
         self.notifications
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an untrusted notification that did not become a gateway query.
+    pub fn hint_refused(&self, refusal: crate::notify::hints::Refusal) {
+        self.hints_refused
+            .get_or_create(&ReasonLabel {
+                reason: refusal.as_str().to_owned(),
             })
             .inc();
     }

@@ -4,10 +4,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::slow_clients::SlowClients;
 use common::{TestEnv, eventually};
 use order_closer::health;
+use order_closer::http_server::{self, Limits};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -75,60 +78,107 @@ async fn health_readiness_and_metrics_follow_the_worker() {
     env.cleanup().await;
 }
 
-/// Issue 10: clients that never finish their headers are disconnected, and while they
-/// hold every slot, a real probe still gets its answer once they are gone; they never
-/// hold a socket for ever.
+/// The health routes over the test's database, without a worker.
+fn routes(env: &TestEnv) -> axum::Router {
+    health::router(
+        Arc::new(order_closer::metrics::Metrics::default()),
+        Arc::new(health::Readiness::default()),
+        env.pool.clone(),
+    )
+}
+
+/// A probe as the kubelet sends it, from 127.0.0.1; its status.
+async fn probe(addr: std::net::SocketAddr) -> u16 {
+    reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .expect("the probe is answered")
+}
+
+/// The start of a request that never ends.
+const UNFINISHED: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n";
+
+/// Issue 10: clients that never finish their headers are disconnected (one host's
+/// connections beyond its bound at once, the others at the header deadline), and a real
+/// probe from another host is answered; none holds a socket for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_clients_are_cut_off_and_never_starve_the_port() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let env = TestEnv::new(&[]).await;
     let stop = CancellationToken::new();
-    let routes = health::router(
-        std::sync::Arc::new(order_closer::metrics::Metrics::default()),
-        std::sync::Arc::new(health::Readiness::default()),
-        env.pool.clone(),
-    );
-    let addr = health::serve("127.0.0.1:0".parse().unwrap(), routes, stop.clone())
+    let addr = health::serve("127.0.0.1:0".parse().unwrap(), routes(&env), stop.clone())
         .await
         .unwrap();
-    let limits = order_closer::http_server::Limits::INTERNAL;
+    // Twice as many half-finished requests as the port serves at once, from one host.
+    let n = Limits::INTERNAL.max_connections * 2;
+    let slow = SlowClients::start(addr, &["127.0.0.2"], n, UNFINISHED, false).await;
+    assert_eq!(probe(addr).await, 200);
+    // Every slow client is disconnected within a bound well past the header deadline.
+    let all_closed = eventually(Duration::from_secs(60), || async {
+        (slow.closed() == n).then_some(())
+    })
+    .await;
+    assert!(all_closed.is_some(), "{} of {n} closed", slow.closed());
+    stop.cancel();
+    env.cleanup().await;
+}
 
-    // Twice as many half-finished requests as the port serves at once.
-    let mut slow = Vec::new();
-    for _ in 0..limits.max_connections * 2 {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        slow.push(stream);
-    }
-    // A real probe waits behind them, then is answered.
-    let probe = tokio::spawn(async move {
-        reqwest::Client::new()
-            .get(format!("http://{addr}/healthz"))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    });
-    // Every slow client is disconnected (read ends) within a bound well past the
-    // header timeout; none is held for ever.
-    for (i, mut stream) in slow.into_iter().enumerate() {
-        let mut buf = [0u8; 256];
-        let closed = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "slow client {i} still connected");
-    }
-    assert_eq!(probe.await.unwrap().unwrap(), 200);
+/// Issue 19: `/readyz` waited 4 s behind 64 slow clients while Kubernetes gives a probe
+/// 1 s. A host holds at most an eighth of the port's connections, so slow clients from
+/// seven hosts, more of them than the port has connections, leave room for the probe.
+/// Nothing is cut here (every deadline is an hour): the probe is answered while each
+/// host's held connections stay open, not after they were freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_is_answered_while_slow_clients_hold_their_connections() {
+    let env = TestEnv::new(&[]).await;
+    let stop = CancellationToken::new();
+    let hour = Duration::from_secs(3600);
+    let limits = Limits {
+        header_read_timeout: hour,
+        body_read_timeout: hour,
+        connection_lifetime: hour,
+        ..Limits::INTERNAL
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(http_server::serve(
+        listener,
+        routes(&env),
+        limits,
+        stop.clone(),
+    ));
+    let hosts = [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+        "127.0.0.7",
+        "127.0.0.8",
+    ];
+    let per_host = 2 * limits.max_connections_per_source;
+    assert!(hosts.len() * per_host > limits.max_connections);
+    let slow = SlowClients::start(addr, &hosts, per_host, UNFINISHED, false).await;
+    // Each host's connections beyond its bound are closed at once.
+    let refused = hosts.len() * (per_host - limits.max_connections_per_source);
+    let cut = eventually(Duration::from_secs(60), || async {
+        (slow.closed() == refused).then_some(())
+    })
+    .await;
+    assert!(
+        cut.is_some(),
+        "{} closed, {refused} expected",
+        slow.closed()
+    );
+    assert_eq!(probe(addr).await, 200);
+    assert_eq!(
+        slow.closed(),
+        refused,
+        "the held connections are still open: the probe did not wait for them"
+    );
+    assert!(slow.answers().is_empty(), "{:?}", slow.answers());
     stop.cancel();
     env.cleanup().await;
 }

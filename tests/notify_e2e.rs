@@ -17,10 +17,12 @@ use diesel_async::RunQueryDsl;
 use order_closer::db::{self, schema::anomalies};
 use order_closer::gateway::GatewayMethod;
 use order_closer::notify::NotifyOutcome;
+use order_closer::notify::hints::Refusal;
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{Forge, NotifyPlan, Outgoing, SimTradeStatus, SimTradeView};
 
 use common::gateway::{HoldAt, HoldHandle};
+use common::notices::{claimed_paid, outcomes, queries, refused_hints};
 use common::tcp_proxy::TcpProxy;
 use common::{NotifyEndpoint, TestEnv, eventually};
 
@@ -50,18 +52,6 @@ fn count(events: &[serde_json::Value], no: &str, event: &str) -> usize {
         .count()
 }
 
-fn outcomes(metrics: &str, outcome: NotifyOutcome) -> u64 {
-    let needle = format!(
-        "order_closer_notifications_total{{outcome=\"{}\"}} ",
-        outcome.as_str()
-    );
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn trade(env: &TestEnv, no: &str) -> SimTradeView {
     env.buyers
         .trade(no)
@@ -72,19 +62,6 @@ async fn trade(env: &TestEnv, no: &str) -> SimTradeView {
 
 fn channels(env: &TestEnv) -> Vec<&'static str> {
     env.sim().channels()
-}
-
-async fn queries(env: &TestEnv) -> u64 {
-    env.buyers.stats().await.unwrap().queries
-}
-
-/// A paid trade as the buyer would claim it (a forgery's content).
-fn claimed_paid(waiting: SimTradeView, at: chrono::DateTime<Utc>) -> SimTradeView {
-    SimTradeView {
-        status: SimTradeStatus::TradeSuccess,
-        paid_at: Some(at),
-        ..waiting
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -530,50 +507,52 @@ async fn bad_notifications_each_get_a_named_outcome() {
             "{channel}: no query about an order we do not have"
         );
 
-        // No signature, another merchant (signed by the gateway): hints; the gateway's
-        // answer decides, and the buyer really paid, so each ends PAID.
-        for (name, forge) in [
-            (
-                "nosign",
-                Forge {
-                    unsigned: true,
-                    ..Forge::genuine()
-                },
-            ),
-            (
-                "merch",
-                Forge {
-                    other_merchant: true,
-                    ..Forge::genuine()
-                },
-            ),
-        ] {
-            let no = env.no(&format!("{name}-{channel}"));
-            env.create_at(channel, &no, 300, Duration::from_secs(60))
-                .await;
-            let paid = buyer.scan_and_pay(&no, 300).await.unwrap();
-            let before = queries(&env).await;
-            let sent = env
-                .deliver(&endpoint, channel, &env.notice(&paid, forge))
-                .await;
-            assert!(sent.acknowledged, "{channel} {name}: {sent:?}");
-            assert_eq!(
-                queries(&env).await,
-                before + 1,
-                "{channel} {name}: the gateway was asked"
-            );
-            let order = env.order(&no).await;
-            assert_eq!(order.status(), OrderStatus::Paid, "{channel} {name}");
-            assert_eq!(
-                audit(&env, order.id).await,
-                vec![("notify:test".into(), "paid".into())],
-                "{channel} {name}"
-            );
-            assert!(
-                anomaly_kinds(&env, &no).await.is_empty(),
-                "{channel} {name}"
-            );
-        }
+        // Another merchant, even signed by the gateway: not addressed to us, refused
+        // before anything is read or asked (issue 19), though the buyer really paid.
+        let merch = env.no(&format!("merch-{channel}"));
+        env.create_at(channel, &merch, 300, Duration::from_secs(60))
+            .await;
+        let paid = buyer.scan_and_pay(&merch, 300).await.unwrap();
+        let before = queries(&env).await;
+        let other = Forge {
+            other_merchant: true,
+            ..Forge::genuine()
+        };
+        refused(
+            &env.deliver(&endpoint, channel, &env.notice(&paid, other))
+                .await,
+            400,
+        );
+        assert_eq!(queries(&env).await, before, "{channel}: nothing asked");
+        assert_eq!(env.order(&merch).await.status(), OrderStatus::New);
+
+        // No signature: a hint; the gateway's answer decides, and the buyer really paid,
+        // so it ends PAID.
+        let no = env.no(&format!("nosign-{channel}"));
+        env.create_at(channel, &no, 300, Duration::from_secs(60))
+            .await;
+        let paid = buyer.scan_and_pay(&no, 300).await.unwrap();
+        let unsigned = Forge {
+            unsigned: true,
+            ..Forge::genuine()
+        };
+        let sent = env
+            .deliver(&endpoint, channel, &env.notice(&paid, unsigned))
+            .await;
+        assert!(sent.acknowledged, "{channel}: {sent:?}");
+        assert_eq!(
+            queries(&env).await,
+            before + 1,
+            "{channel}: the gateway was asked"
+        );
+        let order = env.order(&no).await;
+        assert_eq!(order.status(), OrderStatus::Paid, "{channel}");
+        assert_eq!(
+            audit(&env, order.id).await,
+            vec![("notify:test".into(), "paid".into())],
+            "{channel}"
+        );
+        assert!(anomaly_kinds(&env, &no).await.is_empty(), "{channel}");
 
         // An amount that differs from the order's (the buyer paid 3.01 for 3.00), signed
         // by the gateway: not applied as it stands; asked, the gateway confirms 3.01, and
@@ -659,13 +638,18 @@ async fn bad_notifications_each_get_a_named_outcome() {
     assert_eq!(sent.status, 404);
 
     let text = endpoint.notifier.metrics().render();
-    assert_eq!(outcomes(&text, NotifyOutcome::Rejected), n + 1, "{text}");
+    assert_eq!(
+        outcomes(&text, NotifyOutcome::Rejected),
+        2 * n + 1,
+        "{text}"
+    );
     assert_eq!(
         outcomes(&text, NotifyOutcome::UnknownOrder),
         2 * n,
         "{text}"
     );
-    assert_eq!(outcomes(&text, NotifyOutcome::Queried), 4 * n, "{text}");
+    assert_eq!(outcomes(&text, NotifyOutcome::Queried), 3 * n, "{text}");
+    assert_eq!(refused_hints(&text, Refusal::NotOurMerchant), n, "{text}");
     assert_eq!(outcomes(&text, NotifyOutcome::Paid), n, "{text}");
     assert_eq!(outcomes(&text, NotifyOutcome::AlreadyPaid), n, "{text}");
     env.cleanup().await;
@@ -901,25 +885,26 @@ async fn with_the_database_down_the_gateway_is_refused_and_the_resend_lands() {
     env.cleanup().await;
 }
 
-/// `order-closer notify` itself: the binary serves the endpoint the simulator notifies,
-/// for every gateway.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_notify_command_serves_the_endpoint() {
-    let env = TestEnv::new(&[]).await;
-    let dir = std::env::temp_dir().join(format!("oc-notify-{}", env.tag));
-    std::fs::create_dir_all(&dir).unwrap();
+/// `order-closer notify` as a child process on a free port, its stderr going to
+/// `stderr`; returned once it listens, with its address.
+async fn notify_command(
+    env: &TestEnv,
+    dir: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    std::fs::create_dir_all(dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"))
         .args(["notify", "--listen", &listen])
-        .envs(env.binary_env(&dir))
+        .envs(env.binary_env(dir))
         .env("ORDER_CLOSER_HTTP_LISTEN", "off")
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start order-closer notify");
     let up = eventually(Duration::from_secs(30), || async {
@@ -933,6 +918,29 @@ async fn the_notify_command_serves_the_endpoint() {
         up.is_some(),
         "order-closer notify did not listen on {listen}"
     );
+    (child, listen)
+}
+
+/// Stops the child with SIGTERM and says how it ended.
+async fn terminate(mut child: tokio::process::Child) -> std::process::ExitStatus {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("notify stops on SIGTERM")
+        .unwrap()
+}
+
+/// `order-closer notify` itself: the binary serves the endpoint the simulator notifies,
+/// for every gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_notify_command_serves_the_endpoint() {
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-notify-{}", env.tag));
+    let (child, listen) = notify_command(&env, &dir, std::process::Stdio::inherit()).await;
     env.sim()
         .notifier()
         .set_plan(NotifyPlan::to(format!("http://{listen}/notify"), 0.001))
@@ -957,16 +965,44 @@ async fn the_notify_command_serves_the_endpoint() {
         assert!(trail[0].0.starts_with("notify:"), "{trail:?}");
     }
     // SIGTERM: a clean stop.
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("notify stops on SIGTERM")
-        .unwrap();
+    let status = terminate(child).await;
     assert!(status.success(), "{status:?}");
+    std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
+
+/// Issue 19: `curl -XPOST '/notify/x%1B%5B2J' -d a=b` cleared the terminal that showed the
+/// log: the channel segment was logged raw. Escape codes, NUL and backspace from a URL
+/// reach the log escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_channel_segment_with_control_characters_reaches_the_log_escaped() {
+    use tokio::io::AsyncReadExt;
+
+    let env = TestEnv::new(&[]).await;
+    let dir = std::env::temp_dir().join(format!("oc-notify-esc-{}", env.tag));
+    let (mut child, listen) = notify_command(&env, &dir, std::process::Stdio::piped()).await;
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let log = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = stderr.read_to_end(&mut out).await;
+        out
+    });
+    let sent = reqwest::Client::new()
+        .post(format!("http://{listen}/notify/x%1B%5B2J%00%08"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=b")
+        .send()
+        .await
+        .expect("the endpoint answers");
+    assert_eq!(sent.status().as_u16(), 404);
+    assert!(terminate(child).await.success());
+    let log = log.await.unwrap();
+    let text = String::from_utf8_lossy(&log);
+    assert!(
+        !log.iter().any(|b| matches!(b, 0x1b | 0x00 | 0x08)),
+        "raw control characters in the log: {text:?}"
+    );
+    assert!(text.contains(r"x\u{1b}[2J\u{0}\u{8}"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
     env.cleanup().await;
 }

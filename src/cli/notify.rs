@@ -13,7 +13,7 @@ use order_closer::config::Settings;
 use order_closer::db::{self, DbPool};
 use order_closer::decide::{Decider, Gateways};
 use order_closer::health::{self, Readiness};
-use order_closer::notify::{self, Notifier};
+use order_closer::notify::{self, Notifier, NotifySettings};
 use order_closer::worker::shutdown_on_signal;
 use secrecy::ExposeSecret;
 
@@ -35,15 +35,14 @@ pub fn notifier(gateways: Gateways, settings: &Settings, pool: DbPool, actor: &s
 pub async fn run(settings: Settings, args: NotifyArgs) -> anyhow::Result<ExitCode> {
     // The configuration first: a half-configured gateway stops the process at once.
     let gateways = Gateways::from_settings(&settings).context("invalid configuration")?;
+    let own = NotifySettings::from_vars(&settings.vars).context("invalid configuration")?;
     let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)
         .await
         .context("cannot use the database (DATABASE_URL)")?;
-    let notifier = Arc::new(notifier(
-        gateways,
-        &settings,
-        pool.clone(),
-        &super::actor("notify"),
-    ));
+    let notifier = Arc::new(
+        notifier(gateways, &settings, pool.clone(), &super::actor("notify"))
+            .with_hint_budget(own.hint_budget()),
+    );
     let shutdown = shutdown_on_signal();
     if let Some(addr) = settings.http_listen {
         let readiness = Arc::new(Readiness::default());
@@ -55,7 +54,7 @@ pub async fn run(settings: Settings, args: NotifyArgs) -> anyhow::Result<ExitCod
             .context("ORDER_CLOSER_HTTP_LISTEN")?;
         tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
     }
-    let bound = notify::http::serve(args.listen, notifier, shutdown.clone())
+    let bound = notify::http::serve_with(args.listen, notifier, own.limits(), shutdown.clone())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(%bound, "serving POST /notify/{{channel}}");

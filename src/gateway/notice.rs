@@ -5,7 +5,8 @@
 //! and an unverified one is only a hint that makes us ask the gateway ourselves. The
 //! checks that need our order (the amount, the channel) are the notify endpoint's; the
 //! verifier checks what the notification alone can prove (signature, our merchant ids,
-//! its age).
+//! its age). A notification that does not even name our merchant is [`Claim::NotOurs`]:
+//! the cheap check forged traffic must pass before it may cost a gateway query.
 
 use axum::http::HeaderMap;
 use thiserror::Error;
@@ -20,10 +21,17 @@ pub enum Claim {
         /// The state it reports.
         state: TradeState,
     },
-    /// It cannot be trusted (bad signature, another merchant, too old, a state we do not
-    /// know): at most a reason to ask the gateway.
+    /// It names our merchant but cannot be trusted (bad signature, too old, a state we
+    /// do not know): at most a reason to ask the gateway.
     Unverified {
         /// Why not.
+        reason: String,
+    },
+    /// It names another merchant, or none (signed or not): not addressed to us, so not
+    /// even a reason to ask the gateway. Forms naming real order numbers cost a signed
+    /// query each before this check (issue 19).
+    NotOurs {
+        /// Which merchant id it names instead of ours.
         reason: String,
     },
 }
@@ -80,12 +88,9 @@ pub trait NotifyVerifier: Send + Sync {
 const MAX_ECHO: usize = 64;
 
 /// A notification's text fit to echo in a reason or a log line: at most [`MAX_ECHO`]
-/// characters, control characters shown as `?`.
+/// characters, control characters escaped ([`crate::text::shortened`]).
 pub fn echo(text: &str) -> String {
-    text.chars()
-        .take(MAX_ECHO)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::text::shortened(text, MAX_ECHO)
 }
 
 /// The order number a notification names (`None` or empty: [`NoticeError::NoOrder`]). One

@@ -21,9 +21,10 @@ use super::{
     CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest, TradeRef,
 };
 
-/// The shared clock of one limiter.
+/// The shared clock of one limiter; also the notify endpoint's bound on hint queries,
+/// which refuses ([`Limiter::try_acquire`]) rather than waits.
 #[derive(Debug)]
-struct Limiter {
+pub(crate) struct Limiter {
     /// Time between two requests at the steady rate.
     interval: Duration,
     /// How far ahead of the steady schedule a burst may run: `(burst - 1) * interval`.
@@ -33,7 +34,8 @@ struct Limiter {
 }
 
 impl Limiter {
-    fn new(rate: NonZeroU32, burst: NonZeroU32) -> Self {
+    /// `rate` a second, `burst` at once after a pause.
+    pub(crate) fn new(rate: NonZeroU32, burst: NonZeroU32) -> Self {
         // Rounded up, so that the limiter never lets more than `rate` through per second.
         let interval = Duration::from_nanos(1_000_000_000u64.div_ceil(u64::from(rate.get())));
         let tolerance = interval.saturating_mul(burst.get() - 1);
@@ -44,6 +46,16 @@ impl Limiter {
         }
     }
 
+    /// The next slot booked at `now`: its theoretical time, and when it may start (`now`
+    /// or later).
+    fn slot(&self, next: Option<Instant>, now: Instant) -> (Instant, Instant) {
+        let theoretical = next.map_or(now, |t| t.max(now));
+        let start = theoretical
+            .checked_sub(self.tolerance)
+            .map_or(now, |start| start.max(now));
+        (theoretical, start)
+    }
+
     /// Books the next slot and returns when it starts (`now` or later).
     fn reserve(&self, now: Instant) -> Instant {
         // Every update is a single assignment: a poisoned lock holds a valid instant.
@@ -51,11 +63,24 @@ impl Limiter {
             .next
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let theoretical = next.map_or(now, |t| t.max(now));
+        let (theoretical, start) = self.slot(*next, now);
         *next = Some(theoretical + self.interval);
-        theoretical
-            .checked_sub(self.tolerance)
-            .map_or(now, |start| start.max(now))
+        start
+    }
+
+    /// Takes a slot if one starts now, without waiting; `false` books nothing.
+    pub(crate) fn try_acquire(&self) -> bool {
+        let now = Instant::now();
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (theoretical, start) = self.slot(*next, now);
+        if start > now {
+            return false;
+        }
+        *next = Some(theoretical + self.interval);
+        true
     }
 
     /// Waits for this caller's turn.

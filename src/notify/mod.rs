@@ -8,10 +8,12 @@
 //!   Already PAID: nothing is written. CLOSED: a `paid_after_close` anomaly and its event,
 //!   once however often the notification is resent, then the policy: held for an operator,
 //!   or its refund requested in the same transaction ([`crate::decide::refund`]).
-//! - Anything else that names an order of ours (a bad signature, another merchant, an
-//!   amount that differs, a state we do not act on, a replay) is only a **hint**: we ask
-//!   the gateway ourselves, within [`hints::HintBudget`], and apply its signed answer.
-//!   Only a payment is applied before the deadline; closing stays the worker's.
+//! - A notification that does not name our merchant (signed or not) is refused before
+//!   anything is read or asked: the gateway's verifier says so ([`Claim::NotOurs`]).
+//! - Anything else that names an order of ours (a bad signature, an amount that differs,
+//!   a state we do not act on, a replay) is only a **hint**: we ask the gateway
+//!   ourselves, within [`hints::HintBudget`], and apply its signed answer. Only a payment
+//!   is applied before the deadline; closing stays the worker's.
 //! - The gateway's "handled" reply is sent only after the transaction committed; when
 //!   the database cannot be used the reply makes the gateway send it again.
 //!
@@ -21,8 +23,10 @@
 pub mod hints;
 pub mod http;
 pub mod outcome;
+pub mod settings;
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +45,7 @@ use crate::money::format_minor;
 use crate::order::{Order, OrderStatus};
 use hints::{HintBudget, Refusal};
 pub use outcome::NotifyOutcome;
+pub use settings::NotifySettings;
 
 /// Largest notification body (a real one is about 1.5 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -50,6 +55,11 @@ pub const HINT_SPACING: Duration = Duration::from_secs(5);
 
 /// Default number of hint queries in flight at once.
 pub const HINT_CONCURRENCY: usize = 16;
+
+/// Default number of hint queries a second, all orders together
+/// (`ORDER_CLOSER_HINT_RATE`): a twentieth of a gateway's default rate limit. A genuine
+/// notification is verified and needs none; hints are the rare exception.
+pub const HINT_RATE: NonZeroU32 = NonZeroU32::new(10).unwrap();
 
 /// What one notification led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +96,7 @@ impl Notifier {
             metrics: Arc::clone(decider.metrics()),
             reads: Batcher::new(decider.pool().clone(), FindByOutTradeNo, MAX_GROUP),
             decider,
-            hints: HintBudget::new(HINT_SPACING, HINT_CONCURRENCY),
+            hints: HintBudget::new(HINT_SPACING, HINT_CONCURRENCY, HINT_RATE),
         }
     }
 
@@ -142,8 +152,9 @@ impl Notifier {
         }
     }
 
-    /// A request whose body was not read (over [`MAX_BODY_BYTES`], or cut off): refused
-    /// with `status` in the channel's own reply format, and counted as rejected.
+    /// A request whose body was not read (a head that cannot be a notification, a body
+    /// over [`MAX_BODY_BYTES`], one cut off or late): refused with `status` in the
+    /// channel's own reply format, and counted as rejected.
     pub fn refuse_unread(&self, channel: &str, status: u16, why: &str) -> Reply {
         let handled = match self.verifier(channel) {
             Ok(v) => done(NotifyOutcome::Rejected, v.refuse(status), why.to_owned()),
@@ -183,6 +194,14 @@ impl Notifier {
             Err(e) => return done(NotifyOutcome::Rejected, v.refuse(400), e.to_string()),
         };
         tracing::Span::current().record("out_trade_no", notice.out_trade_no.as_str());
+        if let Claim::NotOurs { reason } = &notice.claim {
+            self.metrics.hint_refused(Refusal::NotOurMerchant);
+            return done(
+                NotifyOutcome::Rejected,
+                v.refuse(400),
+                format!("{reason}: not addressed to us, nothing read or asked"),
+            );
+        }
         let order = match self.find(&notice.out_trade_no).await {
             Ok(Some(order)) => order,
             // A verified notification about an order we do not have is not ours (another
@@ -191,7 +210,7 @@ impl Notifier {
             Ok(None) => {
                 let reply = match notice.claim {
                     Claim::Verified { .. } => v.acknowledge(),
-                    Claim::Unverified { .. } => v.refuse(404),
+                    Claim::Unverified { .. } | Claim::NotOurs { .. } => v.refuse(404),
                 };
                 return done(NotifyOutcome::UnknownOrder, reply, "no such order".into());
             }
@@ -332,18 +351,18 @@ impl Notifier {
         }
         let _grant = match self.hints.try_begin(&order.out_trade_no) {
             Ok(grant) => grant,
-            Err(Refusal::TooSoon) => {
+            Err(refusal) => {
+                self.metrics.hint_refused(refusal);
+                let (status, because) = match refusal {
+                    Refusal::TooSoon => (429, "the gateway was asked about this order moments ago"),
+                    Refusal::Busy => (503, "too many gateway queries in flight"),
+                    Refusal::RateLimited => (503, "this second's hint queries are spent"),
+                    Refusal::NotOurMerchant => (400, "it does not name our merchant"),
+                };
                 return done(
                     NotifyOutcome::Rejected,
-                    v.refuse(429),
-                    format!("{why}; the gateway was asked about this order moments ago"),
-                );
-            }
-            Err(Refusal::Busy) => {
-                return done(
-                    NotifyOutcome::Rejected,
-                    v.refuse(503),
-                    format!("{why}; too many gateway queries in flight"),
+                    v.refuse(status),
+                    format!("{why}; {because}"),
                 );
             }
         };
@@ -399,7 +418,7 @@ fn trusted_payment<'a>(
     channel: &str,
 ) -> Result<&'a TradeState, String> {
     let state = match &notice.claim {
-        Claim::Unverified { reason } => return Err(reason.clone()),
+        Claim::Unverified { reason } | Claim::NotOurs { reason } => return Err(reason.clone()),
         Claim::Verified { state } => state,
     };
     if order.channel != channel {

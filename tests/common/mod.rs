@@ -4,8 +4,10 @@
 
 pub mod certs;
 pub mod gateway;
+pub mod notices;
 pub mod pg_node;
 pub mod rabbit_node;
+pub mod slow_clients;
 pub mod tcp_proxy;
 
 use secrecy::ExposeSecret;

@@ -1,7 +1,8 @@
 //! Alipay's asynchronous payment notification (`trade_status_sync`): a form POST signed
-//! with Alipay's key over every parameter except `sign` and `sign_type`. Verified here:
-//! the signature, our `app_id` (and `seller_id` when configured), a known trade status
-//! and the notification's age; the amount is checked against the order by the notify
+//! with Alipay's key over every parameter except `sign` and `sign_type`. A form that does
+//! not name our `app_id` (and `seller_id` when configured) is not ours, whatever its
+//! signature ([`Claim::NotOurs`]). Verified here: the signature, a known trade status and
+//! the notification's age; the amount is checked against the order by the notify
 //! endpoint. Alipay wants the bare body `success` once handled; anything else makes it
 //! send again (8 times within about 25 hours).
 
@@ -52,23 +53,29 @@ impl AlipayNotify {
         self
     }
 
-    /// Everything but the signature: merchant ids, age, status.
-    fn claim(&self, form: &BTreeMap<String, String>) -> Result<TradeState, String> {
-        let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        if field("app_id") != Some(self.app_id.as_str()) {
+    /// Whether the form names our `app_id` (and `seller_id`, when configured); checked
+    /// before the signature, since a form for another merchant is refused whatever it is.
+    fn ours(&self, form: &BTreeMap<String, String>) -> Result<(), String> {
+        if field(form, "app_id") != Some(self.app_id.as_str()) {
             return Err(format!(
                 "app_id {:?} is not ours",
-                echo(field("app_id").unwrap_or(""))
+                echo(field(form, "app_id").unwrap_or(""))
             ));
         }
         if let Some(seller) = &self.seller_id
-            && field("seller_id") != Some(seller.as_str())
+            && field(form, "seller_id") != Some(seller.as_str())
         {
             return Err(format!(
                 "seller_id {:?} is not ours",
-                echo(field("seller_id").unwrap_or(""))
+                echo(field(form, "seller_id").unwrap_or(""))
             ));
         }
+        Ok(())
+    }
+
+    /// Everything but the signature and the merchant: age, status.
+    fn claim(&self, form: &BTreeMap<String, String>) -> Result<TradeState, String> {
+        let field = |k: &str| field(form, k);
         let sent = field("notify_time")
             .and_then(parse_china_time)
             .ok_or("notify_time missing or unreadable")?;
@@ -101,6 +108,11 @@ impl AlipayNotify {
     }
 }
 
+/// A form field's value, if present and not empty.
+fn field<'a>(form: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    form.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}
+
 impl NotifyVerifier for AlipayNotify {
     fn read(&self, headers: &HeaderMap, body: &[u8]) -> Result<Notice, NoticeError> {
         let content_type = headers
@@ -131,7 +143,9 @@ impl NotifyVerifier for AlipayNotify {
             }
         }
         let out_trade_no = notice::order_number(form.get("out_trade_no").map(String::as_str))?;
-        let claim = if !verify_notify_params(&self.alipay_public_key, &pairs) {
+        let claim = if let Err(reason) = self.ours(&form) {
+            Claim::NotOurs { reason }
+        } else if !verify_notify_params(&self.alipay_public_key, &pairs) {
             Claim::Unverified {
                 reason: "the signature does not verify with Alipay's key".into(),
             }
@@ -248,15 +262,24 @@ mod tests {
             }
         );
 
-        let unverified =
-            |fields: Vec<(&'static str, String)>, key: &RsaPrivateKey, why: &str| match read(
-                &verifier, key, &fields,
-            )
-            .claim
-            {
-                Claim::Unverified { reason } => assert!(reason.contains(why), "{reason}"),
-                other => panic!("{why}: {other:?}"),
-            };
+        // The reason of a claim that is not Verified, and whether it is NotOurs.
+        let refused = |fields: Vec<(&'static str, String)>, key: &RsaPrivateKey| match read(
+            &verifier, key, &fields,
+        )
+        .claim
+        {
+            Claim::Unverified { reason } => (reason, false),
+            Claim::NotOurs { reason } => (reason, true),
+            other => panic!("{other:?}"),
+        };
+        let unverified = |fields, key, why: &str| {
+            let (reason, not_ours) = refused(fields, key);
+            assert!(reason.contains(why) && !not_ours, "{why}: {reason}");
+        };
+        let not_ours = |fields, key, why: &str| {
+            let (reason, not_ours) = refused(fields, key);
+            assert!(reason.contains(why) && not_ours, "{why}: {reason}");
+        };
         let forger = RsaPrivateKey::generate().unwrap();
         unverified(paid_fields(&now), &forger, "signature");
         let with = |k: &'static str, v: &str| {
@@ -265,8 +288,13 @@ mod tests {
             f.push((k, v.to_owned()));
             f
         };
-        unverified(with("app_id", "9999"), &alipay, "app_id");
-        unverified(with("seller_id", "1111"), &alipay, "seller_id");
+        // Another merchant, signed by Alipay or by nobody: not ours, not even a hint.
+        not_ours(with("app_id", "9999"), &alipay, "app_id");
+        not_ours(with("seller_id", "1111"), &alipay, "seller_id");
+        not_ours(with("app_id", "9999"), &forger, "app_id");
+        let mut no_seller = paid_fields(&now);
+        no_seller.retain(|(k, _)| *k != "seller_id");
+        not_ours(no_seller, &alipay, "seller_id");
         unverified(with("trade_status", "TRADE_WEIRD"), &alipay, "trade_status");
         unverified(with("total_amount", "abc"), &alipay, "total_amount");
         let old = format_china_time(fixed_now() - Span::hours(31));

@@ -2,10 +2,11 @@
 //! (`Wechatpay-*`, timestamp within 5 minutes) and whose `resource` is the transaction,
 //! encrypted with the merchant's APIv3 key (AEAD_AES_256_GCM). Verified here: the
 //! signature (a `WECHATPAY/SIGNTEST/` probe is refused with a 4xx, as WeChat expects),
-//! the event type (`TRANSACTION.SUCCESS`), our `mchid` (required), the currency of our
-//! orders, a state we act on; the amount is checked against the order by the notify
-//! endpoint. The body and the decrypted resource are refused when an object in them
-//! repeats a key (`serde_json` would keep the last silently). The reply is judged by its status
+//! the event type (`TRANSACTION.SUCCESS`), the currency of our orders, a state we act on;
+//! a resource that does not name our `mchid` is not ours, whatever its signature
+//! ([`Claim::NotOurs`]); the amount is checked against the order by the notify endpoint.
+//! The body and the decrypted resource are refused when an object in them repeats a key
+//! (`serde_json` would keep the last silently). The reply is judged by its status
 //! alone: 2xx once handled (sent only after the commit), 4xx/5xx with
 //! `{"code":"FAIL","message":...}` to have it sent again (up to 15 times over about 24
 //! hours).
@@ -100,7 +101,11 @@ impl NotifyVerifier for WechatNotify {
             .get("event_type")
             .and_then(Value::as_str)
             .unwrap_or("");
+        let mchid = transaction.get("mchid").and_then(Value::as_str);
         let claim = match checked {
+            _ if mchid != Some(self.mchid.as_str()) => Claim::NotOurs {
+                reason: format!("mchid {:?} is not ours", echo(mchid.unwrap_or(""))),
+            },
             Err(e) => Claim::Unverified {
                 reason: e.to_string(),
             },

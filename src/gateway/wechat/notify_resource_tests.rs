@@ -71,7 +71,7 @@ fn signed(body: &str, serial: &str) -> HeaderMap {
 
 fn reason(notice: Notice) -> String {
     match notice.claim {
-        Claim::Unverified { reason } => reason,
+        Claim::Unverified { reason } | Claim::NotOurs { reason } => reason,
         Claim::Verified { state } => panic!("believed: {state:?}"),
     }
 }
@@ -102,7 +102,7 @@ fn a_resource_without_our_mchid_or_in_another_currency_is_not_believed() {
     no_mchid.as_object_mut().unwrap().remove("mchid");
     let mut dollars = transaction();
     dollars["amount"]["currency"] = json!("USD");
-    for (resource, why) in [(no_mchid, "names no merchant"), (dollars, "currency")] {
+    for (resource, why) in [(no_mchid, "is not ours"), (dollars, "currency")] {
         let text = body(&resource.to_string(), paid_event());
         let notice = verifier(public_key())
             .read(&signed(&text, PUB_ID), text.as_bytes())
