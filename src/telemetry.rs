@@ -4,7 +4,7 @@
 //! channel segment of a notify URL), so one event is always one line, and no such text
 //! can reach a terminal as a control character:
 //! - the text format writes every field of events and spans through [`EscapedFields`],
-//!   which escapes every control character (`\n`, `\r`, `\t`, else `\u{1b}`): ESC, NUL,
+//!   which escapes every control character ([`crate::text::printable`]: `\n`, `\r`, `\t`, else `\u{1b}`): ESC, NUL,
 //!   backspace, C1 codes. tracing-subscriber's own formatter escapes only the `message`
 //!   field (and errors), and not NUL, so a field written with `%` (`channel = %name`)
 //!   printed `/notify/x%1B%5B2J`'s escape code raw (issue 19);
@@ -115,33 +115,14 @@ impl Visit for EscapingVisitor<'_> {
         let separator = if self.seen { " " } else { "" };
         self.seen = true;
         self.result = match field.name() {
-            "message" => write!(self.writer, "{separator}{}", Escaped(&text)),
+            "message" => write!(self.writer, "{separator}{}", crate::text::printable(&text)),
             name => write!(
                 self.writer,
                 "{separator}{}={}",
                 name.trim_start_matches("r#"),
-                Escaped(&text)
+                crate::text::printable(&text)
             ),
         };
-    }
-}
-
-/// Text with every control character escaped.
-struct Escaped<'a>(&'a str);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use fmt::Write as _;
-        for c in self.0.chars() {
-            match c {
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if c.is_control() => write!(f, "{}", c.escape_unicode())?,
-                c => f.write_char(c)?,
-            }
-        }
-        Ok(())
     }
 }
 

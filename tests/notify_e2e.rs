@@ -426,6 +426,59 @@ async fn a_payment_after_close_is_an_anomaly_announced_once() {
     env.cleanup().await;
 }
 
+/// Issue 19, item 3: a payment given back before the deadline closed its order with a
+/// `refunded_before_deadline` anomaly. The payment's notification, resent late and
+/// genuine, is no payment after close: that anomaly already says all there is, and under
+/// the refund policy nothing is requested for money that went back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_notification_of_a_payment_given_back_before_the_deadline_is_no_payment_after_close()
+{
+    let mut env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
+    let endpoint = env.start_notify().await;
+    env.quiet_notifications();
+    let mut orders = Vec::new();
+    for channel in channels(&env) {
+        let no = env.no(&format!("given-back-{channel}"));
+        let buyer = env.buyers.at(channel);
+        buyer.scan(&no, 800).await.unwrap();
+        let paid = buyer.pay_losing_notification(&no).await.unwrap();
+        buyer.refund(&no, 800).await.unwrap();
+        let order = env
+            .create_at(channel, &no, 800, Duration::from_secs(1))
+            .await;
+        orders.push((channel, no, order, paid));
+    }
+    env.start_worker(4, 8);
+    for (channel, no, order, paid) in &orders {
+        let closed = env.settled(no, Duration::from_secs(20)).await;
+        assert_eq!(
+            closed.close_reason.as_deref(),
+            Some("deadline_refunded_at_gateway"),
+            "{channel}"
+        );
+        let sent = env
+            .deliver(&endpoint, channel, &env.notice(paid, Forge::genuine()))
+            .await;
+        assert!(sent.acknowledged, "{channel}: {sent:?}");
+        assert_eq!(
+            anomaly_kinds(&env, no).await,
+            vec!["refunded_before_deadline"],
+            "{channel}"
+        );
+        assert_eq!(
+            audit(&env, order.id).await.len(),
+            1,
+            "{channel}: the close only"
+        );
+    }
+    let mut conn = order_closer::db::conn(&env.pool).await.unwrap();
+    let open = order_closer::db::refunds::open(&mut conn, 100)
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "no refund requested: {open:?}");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forged_paid_notification_only_makes_us_ask_the_gateway() {
     let env = TestEnv::new(&[]).await;

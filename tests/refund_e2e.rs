@@ -12,10 +12,11 @@ use std::time::Duration;
 use order_closer::db::refunds::RefundProgress;
 use order_closer::db::{self, refunds};
 use order_closer::decide::refund::RefundRequestResult;
+use order_closer::decide::refund_plan::refund_number;
 use order_closer::notify::NotifyOutcome;
 use order_closer::order::OrderStatus;
 use order_closer::reconcile::refund::{self, RefundError};
-use order_closer::sim::{FaultKind, FaultPlan, SimTradeStatus};
+use order_closer::sim::{FaultKind, FaultPlan, SimMethod, SimTradeStatus};
 
 use common::{TestEnv, eventually};
 
@@ -96,12 +97,18 @@ async fn refunded_once_despite_a_timeout(channel: &str) {
         env.settled(&no, Duration::from_secs(15)).await.status(),
         OrderStatus::Closed
     );
-    // The first refund call is applied at the gateway, but its answer never arrives.
+    // The first refund call is applied at the gateway, but its answer never arrives (the
+    // query before it is answered).
     let mut plan = FaultPlan::none();
     plan.timeout_ms = Some(10_000);
     env.buyers.set_faults(&plan).await.unwrap();
     env.buyers
-        .fail_next(&no, FaultKind::TimeoutAfterApply, 1)
+        .fail_next_on(
+            &no,
+            Some(SimMethod::Refund),
+            FaultKind::TimeoutAfterApply,
+            1,
+        )
         .await
         .unwrap();
     // A QR code without expiry, scanned and paid after we closed.
@@ -113,14 +120,14 @@ async fn refunded_once_despite_a_timeout(channel: &str) {
 
     let row = refund_settled(&env, order.id, Duration::from_secs(30)).await;
     assert_eq!(row.status(), refunds::RefundStatus::Succeeded, "{channel}");
-    assert_eq!(row.amount_minor, 1500);
+    assert_eq!(row.amount_minor, Some(1500));
     assert_eq!(
         row.attempts, 2,
         "the timed-out call, then the same request again"
     );
-    assert_eq!(row.out_request_no, refunds::out_request_no(order.id));
 
     let trade = env.buyers.trade(&no).await.unwrap().unwrap();
+    assert_eq!(row.out_request_no, refund_number(&trade.trade_no));
     assert_eq!(
         trade.refunds.len(),
         1,
@@ -220,11 +227,12 @@ async fn under_hold_an_operator_refunds_on_request_and_bad_requests_are_named() 
     env.create(&unpaid, 100, Duration::from_secs(1)).await;
     env.settled(&unpaid, Duration::from_secs(15)).await;
     let err = refund::request(&decider, &unpaid, false).await.unwrap_err();
-    assert!(matches!(err, RefundError::NotPaid { .. }), "{err}");
+    assert!(matches!(err, RefundError::NotPaid(_)), "{err}");
+    assert!(err.to_string().contains("nothing to refund"), "{err}");
 
     // A dry run asks the gateway and changes nothing.
     let dry = refund::request(&decider, &no, true).await.unwrap();
-    assert_eq!(dry.paid_minor, 900);
+    assert_eq!(dry.paid_minor, Some(900));
     assert!(matches!(
         dry.result,
         RefundRequestResult::WouldRequest {
@@ -267,7 +275,7 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
     env.settled(&no, Duration::from_secs(15)).await;
     // Every refund attempt (first try and three retry steps) finds the gateway busy.
     env.buyers
-        .fail_next(&no, FaultKind::Busy20000, 4)
+        .fail_next_on(&no, Some(SimMethod::Refund), FaultKind::Busy20000, 4)
         .await
         .unwrap();
     env.buyers.scan_and_pay(&no, 700).await.unwrap();
@@ -414,7 +422,15 @@ impl order_closer::gateway::Gateway for SettledMeanwhile {
         &self,
         _: order_closer::gateway::TradeRef<'_>,
     ) -> Result<order_closer::gateway::QueryAnswer, order_closer::gateway::GatewayError> {
-        Err(self.error.clone())
+        // One trade number per order: refund numbers are unique.
+        Ok(order_closer::gateway::QueryAnswer {
+            state: order_closer::gateway::TradeState::Paid {
+                trade_no: format!("T-{}", self.order_id),
+                amount_minor: 500,
+                paid_at: None,
+            },
+            raw: "{}".into(),
+        })
     }
 
     async fn close(
@@ -469,9 +485,18 @@ async fn a_refund_settled_by_another_worker_meanwhile_is_neither_retried_nor_par
             .unwrap();
         drop(conn);
         let closed = env.order(&no).await;
+        let planned = order_closer::decide::refund_plan::plan(
+            &order_closer::gateway::TradeState::Paid {
+                trade_no: "T-500".into(),
+                amount_minor: 500,
+                paid_at: None,
+            },
+            None,
+        )
+        .unwrap();
         let requested = env
             .decider("reconcile:test")
-            .request_refund(&closed, 500, false)
+            .request_refund(&closed, &planned)
             .await
             .unwrap();
         assert!(matches!(requested, RefundRequestResult::Requested { .. }));
@@ -514,7 +539,7 @@ async fn replaying_a_parked_refund_sends_it_again() {
     let order = env.create(&no, 800, Duration::from_secs(1)).await;
     env.settled(&no, Duration::from_secs(15)).await;
     env.buyers
-        .fail_next(&no, FaultKind::Busy20000, 4)
+        .fail_next_on(&no, Some(SimMethod::Refund), FaultKind::Busy20000, 4)
         .await
         .unwrap();
     env.buyers.scan_and_pay(&no, 800).await.unwrap();
@@ -561,6 +586,349 @@ async fn replaying_a_parked_refund_sends_it_again() {
     assert_eq!(
         env.buyers.trade(&no).await.unwrap().unwrap().refunds.len(),
         1
+    );
+    env.cleanup().await;
+}
+
+/// The first attempt of a refund message.
+const FIRST: order_closer::decide::AttemptInfo = order_closer::decide::AttemptInfo {
+    number: 0,
+    first_seen: None,
+    not_before: None,
+};
+
+/// An order of `channel` closed by us without a trade (as a deadline before the buyer
+/// scanned closes it), then scanned and paid after the close at the simulator `buyers`
+/// speaks to (the environment's own, or another deployment's).
+async fn closed_then_paid(
+    env: &TestEnv,
+    buyers: &order_closer::sim::BuyerClient,
+    channel: &str,
+    no: &str,
+    amount_minor: i64,
+) -> (order_closer::order::Order, order_closer::sim::SimTradeView) {
+    let order = env
+        .create_at(channel, no, amount_minor, Duration::from_secs(3600))
+        .await;
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    assert!(
+        db::orders::mark_closed(&mut conn, order.id, "deadline_no_trade")
+            .await
+            .unwrap()
+    );
+    drop(conn);
+    let trade = buyers
+        .at(channel)
+        .scan_and_pay(no, amount_minor)
+        .await
+        .unwrap();
+    (env.order(no).await, trade)
+}
+
+/// Sends an order's requested refund as the worker does (one attempt), expects it made,
+/// and returns its row.
+async fn send_refund(
+    env: &TestEnv,
+    decider: &order_closer::decide::Decider,
+    order_id: i64,
+    no: &str,
+) -> refunds::RefundRow {
+    use order_closer::decide::{Mode, Outcome};
+
+    let outcome = decider
+        .refund(order_id, no, FIRST, Mode::Apply)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Refunded { .. }),
+        "{no}: {outcome:?}"
+    );
+    let row = refund_row(env, order_id).await.unwrap();
+    assert_eq!(row.status(), refunds::RefundStatus::Succeeded, "{no}");
+    row
+}
+
+/// Issue 19, item 2: what reports a payment after close (a bill row, a notification) is
+/// not believed about its amount. A bill row saying 5.00 for a CLOSED order whose buyer
+/// paid 1.00 requests a refund, and the worker gives back the 1.00 the gateway says was
+/// paid (before: a refund of 5.00, refused by the gateway for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_gives_back_what_the_gateway_says_was_paid_not_what_the_report_claimed() {
+    use order_closer::decide::Mode;
+    use order_closer::decide::refund::PolicyEffect;
+
+    let env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
+    env.quiet_notifications();
+    let decider = env.decider("reconcile:test");
+    for channel in order_closer::gateway::rules::channels() {
+        let no = env.no(&format!("claimed-{channel}"));
+        let (order, trade) = closed_then_paid(&env, &env.buyers, channel, &no, 100).await;
+        let reported = decider
+            .paid_after_close(
+                &order,
+                500,
+                Some(&trade.trade_no),
+                "the bill's row says 5.00",
+                Mode::Apply,
+            )
+            .await
+            .unwrap();
+        assert_eq!(reported.policy, PolicyEffect::RefundRequested);
+        let row = refund_row(&env, order.id).await.unwrap();
+        assert_eq!(
+            (row.amount_minor, row.out_request_no.as_deref()),
+            (None, None),
+            "{channel}: nothing is decided before the gateway is asked"
+        );
+
+        let row = send_refund(&env, &decider, order.id, &no).await;
+        assert_eq!(row.amount_minor, Some(100), "{channel}");
+        let refunded = env.buyers.trade(&no).await.unwrap().unwrap();
+        let amounts: Vec<i64> = refunded.refunds.iter().map(|r| r.amount_minor).collect();
+        assert_eq!(amounts, vec![100], "{channel}");
+        let trail = env.trail(order.id).await;
+        assert!(
+            trail
+                .iter()
+                .any(|d| d.detail.contains("reported paid 5.00")),
+            "{channel}: the claim stays in the trail: {trail:?}"
+        );
+    }
+    env.cleanup().await;
+}
+
+/// Issue 19, item 2: a refund an older version stored with a bill row's wrong amount
+/// (5.00 for a 1.00 payment) failed at the gateway. The operator's dry run says what the
+/// real run sends, and the real run sends the gateway's 1.00 under the new number (before:
+/// the dry run said 1.00 and the real run sent the stored 5.00 again, refused again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refund_stored_with_a_wrong_amount_goes_out_for_the_gateway_s_amount_when_asked_again()
+ {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use order_closer::db::schema::refunds as r;
+    use order_closer::decide::{Mode, Outcome};
+
+    let env = TestEnv::new(&[]).await;
+    env.quiet_notifications();
+    let decider = env.decider("reconcile:test");
+    for channel in order_closer::gateway::rules::channels() {
+        let no = env.no(&format!("stored-{channel}"));
+        let (order, trade) = closed_then_paid(&env, &env.buyers, channel, &no, 100).await;
+        // As an older version left it: the claimed amount under `RF-<order id>`, sent and
+        // refused.
+        let mut conn = db::conn(&env.pool).await.unwrap();
+        diesel::insert_into(r::table)
+            .values((
+                r::order_id.eq(order.id),
+                r::out_trade_no.eq(&no),
+                r::out_request_no.eq(format!("RF-{}", order.id)),
+                r::amount_minor.eq(500_i64),
+                r::status.eq("failed"),
+                r::attempts.eq(1),
+                r::last_error.eq("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL: 退款金额超限"),
+                r::requested_by.eq("an older version"),
+                r::sent_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let number = refund_number(&trade.trade_no).unwrap();
+
+        // The operator's dry run and the replay's dry run: the gateway's amount.
+        let dry = refund::request(&decider, &no, true).await.unwrap();
+        assert_eq!(dry.paid_minor, Some(100));
+        assert_eq!(
+            dry.result,
+            RefundRequestResult::WouldRequest {
+                amount_minor: 100,
+                out_request_no: number.clone(),
+            },
+            "{channel}"
+        );
+        assert_eq!(
+            decider
+                .refund(order.id, &no, FIRST, Mode::DryRun)
+                .await
+                .unwrap(),
+            Outcome::WouldRefund { amount_minor: 100 }
+        );
+        let row = refund_row(&env, order.id).await.unwrap();
+        assert_eq!(row.status(), refunds::RefundStatus::Failed, "unchanged");
+        assert_eq!(row.amount_minor, Some(500), "unchanged");
+
+        // The real run does what the dry run said.
+        let done = refund::request(&decider, &no, false).await.unwrap();
+        assert_eq!(
+            done.result,
+            RefundRequestResult::Requested {
+                amount_minor: 100,
+                out_request_no: number.clone(),
+            }
+        );
+        let row = send_refund(&env, &decider, order.id, &no).await;
+        assert_eq!(
+            (row.amount_minor, row.out_request_no.as_deref()),
+            (Some(100), Some(number.as_str()))
+        );
+        let refunded = env.buyers.trade(&no).await.unwrap().unwrap();
+        assert_eq!(refunded.refunds.len(), 1, "{channel}");
+        assert_eq!(refunded.refunds[0].amount_minor, 100);
+        assert_eq!(
+            refunded.refunds[0].out_request_no.as_deref(),
+            Some(number.as_str())
+        );
+    }
+    env.cleanup().await;
+}
+
+/// Issue 19, item 5: two deployments sharing one merchant account (staging and
+/// production, a restored database, one schema per tenant) each refund their own order,
+/// and the two orders have the same id in their own databases. `RF-<order id>` was one
+/// number for both: WeChat Pay holds `out_refund_no` unique per merchant and refused the
+/// second refund for good. The number now comes from the gateway's trade number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_on_one_merchant_account_each_refund_their_own_order() {
+    let production = TestEnv::new(&[]).await;
+    production.quiet_notifications();
+    let shared = production.sim().client_vars();
+    let gateway_vars: Vec<(&str, &str)> = shared
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let staging = TestEnv::new(&gateway_vars).await;
+    for channel in order_closer::gateway::rules::channels() {
+        let mut paid = Vec::new();
+        for env in [&production, &staging] {
+            let no = env.no(&format!("tenant-{channel}"));
+            let (order, trade) = closed_then_paid(env, &production.buyers, channel, &no, 300).await;
+            paid.push((env, no, order, trade));
+        }
+        assert_eq!(paid[0].2.id, paid[1].2.id, "one order id in both databases");
+        for (env, no, order, trade) in &paid {
+            let decider = env.decider("reconcile:test");
+            refund::request(&decider, no, false).await.unwrap();
+            send_refund(env, &decider, order.id, no).await;
+            let refunded = production.buyers.trade(no).await.unwrap().unwrap();
+            assert_eq!(refunded.refunds.len(), 1, "{channel} {no}");
+            assert_eq!(
+                refunded.refunds[0].out_request_no,
+                refund_number(&trade.trade_no)
+            );
+        }
+    }
+    staging.cleanup().await;
+    production.cleanup().await;
+}
+
+/// Issue 19: refund rows of versions before the amount and number were decided at send
+/// time, migrated. Never sent: the claimed amount and `RF-<order id>` are forgotten (the
+/// first send decides them from the gateway). Sent: kept, so that sending again confirms
+/// a refund the old request may have made. Succeeded: untouched. The migration's down step
+/// gives a never-sent row the order's amount and the old number back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_rows_of_older_versions_are_migrated_keeping_only_what_was_sent() {
+    use diesel::migration::MigrationSource;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use diesel_migrations::MigrationHarness;
+    use order_closer::db::schema::refunds as r;
+
+    const NAME: &str = "refund_from_gateway";
+    /// Runs this migration's down step (`up` false) or every pending one.
+    async fn migrate(url: &str, up: bool) {
+        let conn = db::connect(url).await.unwrap();
+        tokio::task::spawn_blocking(move || {
+            let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+            if up {
+                harness.run_pending_migrations(db::MIGRATIONS).unwrap();
+                return;
+            }
+            let all = MigrationSource::<diesel::pg::Pg>::migrations(&db::MIGRATIONS).unwrap();
+            let ours = all
+                .iter()
+                .find(|m| m.name().to_string().ends_with(NAME))
+                .expect("the migration");
+            harness.revert_migration(ours.as_ref()).unwrap();
+        })
+        .await
+        .unwrap();
+    }
+
+    let env = TestEnv::new(&[]).await;
+    let mut ids = Vec::new();
+    for name in ["never-sent", "sent", "succeeded", "new-shape"] {
+        let no = env.no(name);
+        ids.push((env.create(&no, 100, Duration::from_secs(3600)).await.id, no));
+    }
+    // A row of this version, never sent.
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    refunds::request(&mut conn, ids[3].0, &ids[3].1, "new")
+        .await
+        .unwrap();
+    drop(conn);
+
+    migrate(&env.database_url, false).await;
+    let mut conn = db::connect(&env.database_url).await.unwrap();
+    let back: (Option<i64>, Option<String>) = r::table
+        .filter(r::order_id.eq(ids[3].0))
+        .select((r::amount_minor, r::out_request_no))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(back, (Some(100), Some(format!("RF-{}", ids[3].0))));
+    for ((id, no), (status, attempts)) in
+        ids.iter()
+            .take(3)
+            .zip([("requested", 0), ("failed", 1), ("succeeded", 2)])
+    {
+        diesel::sql_query(
+            "INSERT INTO refunds (order_id, out_trade_no, out_request_no, amount_minor, status, attempts, requested_by) \
+             VALUES ($1, $2, 'RF-' || $1, 500, $3, $4, 'an older version')",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .bind::<diesel::sql_types::Text, _>(no)
+        .bind::<diesel::sql_types::Text, _>(status)
+        .bind::<diesel::sql_types::Integer, _>(attempts)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    drop(conn);
+
+    migrate(&env.database_url, true).await;
+    let row = |i: usize| {
+        let id = ids[i].0;
+        let env = &env;
+        async move { refund_row(env, id).await.unwrap() }
+    };
+    let never_sent = row(0).await;
+    assert_eq!(never_sent.status(), refunds::RefundStatus::Requested);
+    assert_eq!(
+        (
+            never_sent.amount_minor,
+            never_sent.out_request_no,
+            never_sent.sent_at
+        ),
+        (None, None, None)
+    );
+    for (i, status) in [
+        (1, refunds::RefundStatus::Failed),
+        (2, refunds::RefundStatus::Succeeded),
+    ] {
+        let kept = row(i).await;
+        assert_eq!(kept.status(), status);
+        assert_eq!(
+            kept.sent(),
+            Some((500, format!("RF-{}", ids[i].0).as_str())),
+            "{status:?}"
+        );
+    }
+    let new_shape = row(3).await;
+    assert_eq!(
+        (new_shape.amount_minor, new_shape.out_request_no),
+        (None, None)
     );
     env.cleanup().await;
 }

@@ -456,7 +456,8 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
                 "{:<24} {:<10} {:>12} attempts {:<3} {}",
                 r.out_trade_no,
                 r.status().as_str(),
-                money::format_minor(r.amount_minor),
+                r.amount_minor
+                    .map_or_else(|| "-".to_owned(), money::format_minor),
                 r.attempts,
                 printable(r.last_error.as_deref().unwrap_or(""))
             );
@@ -489,13 +490,16 @@ async fn run_refund(
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let paid = money::format_minor(report.paid_minor);
+    let paid = report.paid_minor.map_or_else(
+        || "no payment now (the refund sent before is sent again)".to_owned(),
+        |p| format!("{} paid", money::format_minor(p)),
+    );
     match &report.result {
         RefundRequestResult::WouldRequest {
             amount_minor,
             out_request_no,
         } => println!(
-            "dry run: the gateway reports {paid} paid on closed order {}; would refund {} (request {out_request_no})",
+            "dry run: the gateway reports {paid} on closed order {}; would refund {} (request {out_request_no})",
             report.out_trade_no,
             money::format_minor(*amount_minor)
         ),

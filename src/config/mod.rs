@@ -84,8 +84,9 @@ pub enum PaidAfterClose {
     /// back only when someone chose so.
     #[default]
     Hold,
-    /// Record and announce it, and give the money back at once (`alipay.trade.refund`,
-    /// idempotent by `out_request_no`).
+    /// Record and announce it, and give the money back at once: what the gateway says
+    /// was paid, asked when the refund is sent, idempotent by a refund number derived
+    /// from the gateway's trade number.
     Refund,
 }
 

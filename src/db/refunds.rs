@@ -1,5 +1,8 @@
 //! The `refunds` table: one refund per order paid after we closed it, its progress, and
-//! the idempotency key (`out_request_no`) the gateway knows it by.
+//! what was sent for it. A request stores neither amount nor number: the worker decides
+//! both from the gateway's answer when it sends the refund (`decide::refund_plan`) and
+//! records them here before the call ([`prepare_send`]), so that a call whose answer is
+//! lost can be sent again unchanged.
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -51,12 +54,6 @@ impl RefundProgress {
     }
 }
 
-/// The refund's `out_request_no`: derived from the order alone, so that every request
-/// for this order's refund, by whichever actor and however often, is the same refund.
-pub fn out_request_no(order_id: i64) -> String {
-    format!("RF-{order_id}")
-}
-
 /// A stored refund.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = refunds, check_for_backend(diesel::pg::Pg))]
@@ -67,10 +64,13 @@ pub struct RefundRow {
     pub order_id: i64,
     /// Its merchant order number.
     pub out_trade_no: String,
-    /// The idempotency key at the gateway.
-    pub out_request_no: String,
-    /// How much, in minor units.
-    pub amount_minor: i64,
+    /// The idempotency key at the gateway (`out_request_no`, `out_refund_no`) as last
+    /// sent; None until the first send decides it. Rows of versions before issue 19 may
+    /// hold the old `RF-<order id>`.
+    pub out_request_no: Option<String>,
+    /// How much, in minor units, as last sent: what the gateway reported paid then. None
+    /// until the first send.
+    pub amount_minor: Option<i64>,
     status: RefundStatus,
     /// Gateway calls made so far.
     pub attempts: i32,
@@ -84,6 +84,8 @@ pub struct RefundRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Last change.
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// When its amount and number were last handed to the gateway (None: never sent).
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl RefundRow {
@@ -91,23 +93,38 @@ impl RefundRow {
     pub fn status(&self) -> RefundStatus {
         self.status
     }
+
+    /// What was sent for it before, if anything: `(amount_minor, out_request_no)`.
+    pub fn sent(&self) -> Option<(i64, &str)> {
+        self.sent_at?;
+        Some((self.amount_minor?, self.out_request_no.as_deref()?))
+    }
 }
 
-/// Records a requested refund for an order unless it has one; returns the row and
-/// whether it is new.
+/// What [`prepare_send`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// Recorded: send it.
+    Ready,
+    /// The refund is not `requested` any more (another worker settled it meanwhile).
+    Settled,
+    /// Another order's refund has this number already (two orders the gateway reports
+    /// under one trade number): not sent.
+    NumberTaken,
+}
+
+/// Records a requested refund for an order unless it has one (its amount and number are
+/// decided when it is sent); returns the row and whether it is new.
 pub async fn request(
     conn: &mut AsyncPgConnection,
     order_id: i64,
     out_trade_no: &str,
-    amount_minor: i64,
     requested_by: &str,
 ) -> QueryResult<(RefundRow, bool)> {
     let inserted = diesel::insert_into(refunds::table)
         .values((
             refunds::order_id.eq(order_id),
             refunds::out_trade_no.eq(out_trade_no),
-            refunds::out_request_no.eq(out_request_no(order_id)),
-            refunds::amount_minor.eq(amount_minor),
             refunds::requested_by.eq(requested_by),
         ))
         .on_conflict(refunds::order_id)
@@ -152,6 +169,37 @@ pub async fn reopen(conn: &mut AsyncPgConnection, order_id: i64, actor: &str) ->
         .execute(conn)
         .await
         .map(|n| n == 1)
+}
+
+/// Records what a requested refund is about to send (the gateway's amount, the number
+/// derived from its trade number), before the call: a later send finding the trade no
+/// longer paid sends exactly this again.
+pub async fn prepare_send(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    amount_minor: i64,
+    out_request_no: &str,
+) -> QueryResult<Prepared> {
+    let updated = diesel::update(refunds::table)
+        .filter(refunds::order_id.eq(order_id))
+        .filter(refunds::status.eq(RefundStatus::Requested))
+        .set((
+            refunds::amount_minor.eq(amount_minor),
+            refunds::out_request_no.eq(out_request_no),
+            refunds::sent_at.eq(diesel::dsl::now),
+            refunds::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await;
+    match updated {
+        Ok(1) => Ok(Prepared::Ready),
+        Ok(_) => Ok(Prepared::Settled),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(Prepared::NumberTaken),
+        Err(e) => Err(e),
+    }
 }
 
 /// Records one gateway call on a requested refund: its new status (still `requested`

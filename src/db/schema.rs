@@ -71,8 +71,8 @@ diesel::table! {
         id -> Int8,
         order_id -> Int8,
         out_trade_no -> Text,
-        out_request_no -> Text,
-        amount_minor -> Int8,
+        out_request_no -> Nullable<Text>,
+        amount_minor -> Nullable<Int8>,
         status -> Text,
         attempts -> Int4,
         last_error -> Nullable<Text>,
@@ -80,6 +80,7 @@ diesel::table! {
         requested_by -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -7,6 +7,8 @@
 //! trips per group instead of several per order.
 
 pub mod refund;
+pub mod refund_plan;
+mod refund_send;
 pub mod table;
 mod write;
 

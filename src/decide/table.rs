@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::gateway::{CloseAnswer, FaultClass, GatewayError, RefundAnswer, TradeState};
+use crate::gateway::{CloseAnswer, FaultClass, GatewayError, TradeState};
 use crate::order::{Order, OrderStatus};
 use crate::retry::{RetryPolicy, RetryStep};
 
@@ -266,12 +266,11 @@ impl<'a> Protocol<'a> {
     }
 }
 
-/// What to do after the gateway answered a refund request.
+/// What to do after a refund could not be made (its call failed, or the gateway's answer
+/// about the trade leaves nothing to send yet); a refund the gateway accepted is simply
+/// recorded and announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundAction {
-    /// The refund is made (by this call, or by an earlier one with the same request
-    /// number): record it and announce it.
-    Succeeded,
     /// A transient failure: send the same request again after `delay`, as `attempt`.
     Retry {
         /// How long to wait.
@@ -293,18 +292,10 @@ pub enum RefundAction {
     },
 }
 
-/// What follows a refund answer on attempt `attempt` (0 for the first call): a refund is
+/// What follows a refund failure on attempt `attempt` (0 for the first call): a refund is
 /// retried only on a transient failure, through the same steps as a close, and never
 /// given up on silently.
-pub fn after_refund(
-    answer: Result<&RefundAnswer, &GatewayError>,
-    attempt: u32,
-    retry: &RetryPolicy,
-) -> RefundAction {
-    let error = match answer {
-        Ok(_) => return RefundAction::Succeeded,
-        Err(e) => e,
-    };
+pub fn after_refund(error: &GatewayError, attempt: u32, retry: &RetryPolicy) -> RefundAction {
     match (error.class, retry.after_failure(attempt)) {
         (FaultClass::Retryable, RetryStep::Retry { delay, attempt }) => RefundAction::Retry {
             delay,
@@ -562,16 +553,9 @@ mod tests {
     fn refund_rows() {
         let retry =
             RetryPolicy::new(vec![Duration::from_secs(3), Duration::from_secs(30)]).unwrap();
-        let done = RefundAnswer {
-            refunded_minor: 1234,
-            fund_change: false,
-            raw: "{}".into(),
-        };
-        assert_eq!(after_refund(Ok(&done), 0, &retry), RefundAction::Succeeded);
-        assert_eq!(after_refund(Ok(&done), 9, &retry), RefundAction::Succeeded);
         let busy = GatewayError::retryable("timeout", "no answer");
         assert_eq!(
-            after_refund(Err(&busy), 0, &retry),
+            after_refund(&busy, 0, &retry),
             RefundAction::Retry {
                 delay: Duration::from_secs(3),
                 attempt: 1,
@@ -580,10 +564,10 @@ mod tests {
             }
         );
         assert!(matches!(
-            after_refund(Err(&busy), 1, &retry),
+            after_refund(&busy, 1, &retry),
             RefundAction::Retry { attempt: 2, .. }
         ));
-        let RefundAction::Fail { code, detail } = after_refund(Err(&busy), 2, &retry) else {
+        let RefundAction::Fail { code, detail } = after_refund(&busy, 2, &retry) else {
             panic!("the last step fails")
         };
         assert_eq!(code, "attempts_exhausted");
@@ -593,7 +577,7 @@ mod tests {
         );
         let refused = GatewayError::permanent("ACQ.TRADE_STATUS_ERROR", "not paid");
         assert_eq!(
-            after_refund(Err(&refused), 0, &retry),
+            after_refund(&refused, 0, &retry),
             RefundAction::Fail {
                 code: "ACQ.TRADE_STATUS_ERROR".into(),
                 detail: "not paid".into()

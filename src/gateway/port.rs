@@ -111,6 +111,29 @@ pub struct RefundRequest<'a> {
     pub currency: &'a str,
 }
 
+impl RefundRequest<'_> {
+    /// Refuses, before anything is sent, a refund number the gateway would refuse: empty,
+    /// longer than `max_chars`, or with a character outside its alphabet (`allowed`).
+    /// Permanent: the same number would be refused every time.
+    pub fn check_number(
+        &self,
+        max_chars: usize,
+        allowed: impl Fn(char) -> bool,
+    ) -> Result<(), GatewayError> {
+        let number = self.out_request_no;
+        if number.is_empty() || number.chars().count() > max_chars || !number.chars().all(allowed) {
+            return Err(GatewayError::permanent(
+                "bad_refund_number",
+                format!(
+                    "the refund number {:?} is not 1 to {max_chars} characters of the gateway's alphabet",
+                    super::http::echo(number)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What the gateway says to a refund it accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundAnswer {

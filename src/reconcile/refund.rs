@@ -1,20 +1,24 @@
 //! `reconcile anomalies --refund <order>`: an operator gives back a payment the gateway
 //! took after we closed the order (under the `hold` policy, or a refund that failed).
 //!
-//! The gateway is asked first: only a CLOSED order whose trade the gateway reports paid
-//! is refunded, for the amount the gateway says was paid. The payment is recorded as a
+//! The gateway is asked first, and what to send is decided by the code the worker's send
+//! uses ([`Decider::plan_refund`]): only a CLOSED order whose trade the gateway reports
+//! paid is refunded, for the amount the gateway says was paid, under the number derived
+//! from its trade number (or a refund sent before, whose trade the gateway reports closed
+//! now, is sent again unchanged to be confirmed). The payment is recorded as a
 //! `paid_after_close` anomaly if it was not yet, and the refund requested through the same
-//! code the `refund` policy uses (one refund per order, `out_request_no` derived from the
-//! order); the worker sends it. A dry run asks the gateway and says what would be done.
+//! code the `refund` policy uses (one refund per order); the worker asks the gateway again
+//! and sends it. A dry run asks the gateway and says what the real run will send.
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::db::anomalies::AnomalyKind;
 use crate::db::{self, orders, refunds};
-use crate::decide::refund::{RefundRequestResult, refundable};
+use crate::decide::refund::{PlanFailure, RefundRequestResult, refundable};
+use crate::decide::refund_plan::{Basis, NotSendable};
 use crate::decide::{Decider, Unavailable};
-use crate::gateway::{GatewayError, TradeState};
+use crate::gateway::GatewayError;
 use crate::money::format_minor;
 
 /// Why the refund was not requested.
@@ -32,12 +36,9 @@ pub enum RefundError {
     /// The gateway could not be asked (try again later).
     #[error("the gateway could not be asked: {0}")]
     Gateway(#[from] GatewayError),
-    /// The gateway reports no payment to give back.
-    #[error("the gateway reports the trade {state}: nothing was paid, nothing to refund")]
-    NotPaid {
-        /// What the gateway says.
-        state: String,
-    },
+    /// The gateway reports no payment to give back (and none was sent before).
+    #[error(transparent)]
+    NotPaid(NotSendable),
     /// The database could not be used.
     #[error(transparent)]
     Database(#[from] Unavailable),
@@ -55,8 +56,10 @@ impl RefundError {
 pub struct RefundReport {
     /// The order.
     pub out_trade_no: String,
-    /// What the gateway says was paid, in minor units.
-    pub paid_minor: i64,
+    /// What the gateway reports paid now, in minor units (None: it reports no payment
+    /// now, and the refund sent before is sent again to be confirmed; or the refund
+    /// succeeded before and the gateway was not asked).
+    pub paid_minor: Option<i64>,
     /// The result.
     #[serde(flatten)]
     pub result: RefundRequestResult,
@@ -69,56 +72,62 @@ pub async fn request(
     out_trade_no: &str,
     dry_run: bool,
 ) -> Result<RefundReport, RefundError> {
-    let mut conn = db::conn(decider.pool()).await.map_err(Unavailable::from)?;
-    let order = orders::find_by_out_trade_no(&mut conn, out_trade_no)
-        .await
-        .map_err(Unavailable::from)?
-        .ok_or_else(|| RefundError::NoSuchOrder(out_trade_no.to_owned()))?;
-    refundable(&order).map_err(RefundError::NotClosed)?;
-    let answer = decider
-        .query_gateway(&order)
-        .await
-        .ok_or_else(|| RefundError::NoGateway(order.channel.clone()))??;
-    let (paid_minor, trade_no) = match answer.state {
-        TradeState::Paid {
-            amount_minor,
-            trade_no,
-            ..
-        } => (amount_minor, trade_no),
-        other => {
-            // A refund made before leaves the trade closed at the gateway.
-            let earlier = refunds::for_order(&mut conn, order.id)
-                .await
-                .map_err(Unavailable::from)?
-                .filter(|r| r.status() == refunds::RefundStatus::Succeeded);
-            return match earlier {
-                Some(row) => Ok(RefundReport {
-                    out_trade_no: order.out_trade_no,
-                    paid_minor: row.amount_minor,
-                    result: RefundRequestResult::AlreadyRefunded {
-                        out_request_no: row.out_request_no,
-                    },
-                }),
-                None => Err(RefundError::NotPaid {
-                    state: format!("{other:?}"),
-                }),
-            };
-        }
+    let (order, row) = {
+        let mut conn = db::conn(decider.pool()).await.map_err(Unavailable::from)?;
+        let order = orders::find_by_out_trade_no(&mut conn, out_trade_no)
+            .await
+            .map_err(Unavailable::from)?
+            .ok_or_else(|| RefundError::NoSuchOrder(out_trade_no.to_owned()))?;
+        let row = refunds::for_order(&mut conn, order.id)
+            .await
+            .map_err(Unavailable::from)?;
+        (order, row)
     };
-    drop(conn);
-    if !dry_run {
-        let detail = format!(
-            "the gateway reports a payment of {} (trade {trade_no}) on an order we closed; an operator asked for its refund",
-            format_minor(paid_minor)
-        );
-        decider
-            .record_anomaly(&order, AnomalyKind::PaidAfterClose, &detail)
-            .await?;
+    refundable(&order).map_err(RefundError::NotClosed)?;
+    if let Some(row) = row
+        .as_ref()
+        .filter(|r| r.status() == refunds::RefundStatus::Succeeded)
+    {
+        return Ok(RefundReport {
+            out_trade_no: order.out_trade_no,
+            paid_minor: None,
+            result: RefundRequestResult::AlreadyRefunded {
+                out_request_no: row.out_request_no.clone().unwrap_or_default(),
+            },
+        });
     }
-    let result = decider.request_refund(&order, paid_minor, dry_run).await?;
+    let planned =
+        decider
+            .plan_refund(&order, row.as_ref())
+            .await
+            .map_err(|failure| match failure {
+                PlanFailure::NoGateway => RefundError::NoGateway(order.channel.clone()),
+                PlanFailure::Query(e) => RefundError::Gateway(e),
+                PlanFailure::NotSendable(NotSendable::BuyerPaying) => {
+                    RefundError::Gateway(NotSendable::BuyerPaying.as_gateway_error())
+                }
+                PlanFailure::NotSendable(why) => RefundError::NotPaid(why),
+            })?;
+    let result = if dry_run {
+        RefundRequestResult::WouldRequest {
+            amount_minor: planned.amount_minor,
+            out_request_no: planned.out_request_no.clone(),
+        }
+    } else {
+        if let Basis::Paid { trade_no } = &planned.basis {
+            let detail = format!(
+                "the gateway reports a payment of {} (trade {trade_no}) on an order we closed; an operator asked for its refund",
+                format_minor(planned.amount_minor)
+            );
+            decider
+                .record_anomaly(&order, AnomalyKind::PaidAfterClose, &detail)
+                .await?;
+        }
+        decider.request_refund(&order, &planned).await?
+    };
     Ok(RefundReport {
         out_trade_no: order.out_trade_no,
-        paid_minor,
+        paid_minor: planned.paid_minor(),
         result,
     })
 }

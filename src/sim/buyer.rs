@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use thiserror::Error;
 
+use super::faults::SimMethod;
 use super::notifier::{NotifyPlan, NotifyStats};
 use super::state::{FailNext, FaultKind, FaultPlan, SimStats, SimTradeView};
 
@@ -365,12 +366,24 @@ impl BuyerClient {
         kind: FaultKind,
         count: u32,
     ) -> Result<FailNext, BuyerError> {
+        self.fail_next_on(out_trade_no, None, kind, count).await
+    }
+
+    /// [`BuyerClient::fail_next`] for the requests of `method` only (`None`: any): a
+    /// refund's call fails, not the query before it.
+    pub async fn fail_next_on(
+        &self,
+        out_trade_no: &str,
+        method: Option<SimMethod>,
+        kind: FaultKind,
+        count: u32,
+    ) -> Result<FailNext, BuyerError> {
         let url = self.url(&["trades", out_trade_no, "fail-next"])?;
         let response = self
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(json!({ "kind": kind, "count": count }).to_string())
+            .body(json!({ "kind": kind, "count": count, "method": method }).to_string())
             .send()
             .await?;
         Self::read(response).await

@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::faults::SimMethod;
 use super::notifier::{NotifyPlan, SimNotifier};
 use super::shared::{Shared, json_error};
 use super::state::{BuyerOpError, FaultKind, FaultPlan, SimState, SimTradeView};
@@ -234,6 +235,9 @@ struct FailNextBody {
     kind: FaultKind,
     #[serde(default = "one")]
     count: u32,
+    /// Only this method's requests fail (`query`, `close`, `refund`, `bill`).
+    #[serde(default)]
+    method: Option<SimMethod>,
 }
 
 fn one() -> u32 {
@@ -242,7 +246,7 @@ fn one() -> u32 {
 
 async fn fail_next(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
     match serde_json::from_slice::<FailNextBody>(&body) {
-        Ok(b) => match shared.state.fail_next(&no, b.kind, b.count) {
+        Ok(b) => match shared.state.fail_next_on(&no, b.method, b.kind, b.count) {
             Ok(pending) => axum::Json(pending).into_response(),
             Err(e) => op_error(e),
         },

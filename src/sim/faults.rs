@@ -395,8 +395,9 @@ fn locate_json_error(
     FaultPlanError::new("body", format!("invalid fault plan body: {error}"))
 }
 
-/// A per-trade one-shot: the next `remaining` gateway answers about the trade fail with
-/// `kind`, whatever the [`FaultPlan`] says (`POST /sim/trades/{no}/fail-next`).
+/// A per-trade one-shot: the next `remaining` gateway answers about the trade (to
+/// `method` only, when given) fail with `kind`, whatever the [`FaultPlan`] says
+/// (`POST /sim/trades/{no}/fail-next`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailNext {
     /// The trade's `out_trade_no` (it need not exist yet).
@@ -405,6 +406,10 @@ pub struct FailNext {
     pub kind: FaultKind,
     /// How many answers are still to fail.
     pub remaining: u32,
+    /// Only requests of this method fail (a refund's, not the query before it); `None`:
+    /// any method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<SimMethod>,
 }
 
 /// What the fault layer decides for one authenticated gateway request.

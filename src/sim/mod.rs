@@ -54,8 +54,8 @@ pub use gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin, TradeRules}
 pub use notifier::{NotifyPlan, NotifyStats, SimNotifier};
 pub use state::{
     BuyerOpError, DEFAULT_BILL_URL_TTL, DEFAULT_TIMEOUT_HOLD, FailNext, FaultDecision, FaultKind,
-    FaultPlan, FaultPlanError, MAX_FAULT_MS, SimRefund, SimState, SimStats, SimTradeStatus,
-    SimTradeView, UnknownFaultKind,
+    FaultPlan, FaultPlanError, MAX_FAULT_MS, RefundNumberScope, SimRefund, SimState, SimStats,
+    SimTradeStatus, SimTradeView, UnknownFaultKind,
 };
 
 /// Every gateway the simulator speaks; a new gateway's simulator joins this list.

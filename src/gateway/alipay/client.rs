@@ -29,6 +29,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer body read; anything longer is refused (retryable `body_too_large`).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Longest `out_request_no` (`String(64)`); Alipay documents no alphabet, so only
+/// `[0-9A-Za-z_-]` is sent.
+pub const MAX_OUT_REQUEST_NO: usize = 64;
+
 /// How to reach and authenticate with Alipay.
 #[derive(Debug, Clone)]
 pub struct AlipayConfig {
@@ -414,6 +418,9 @@ impl Gateway for AlipayClient {
     }
 
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+        request.check_number(MAX_OUT_REQUEST_NO, |c| {
+            c.is_ascii_alphanumeric() || c == '_' || c == '-'
+        })?;
         let answer = self
             .call(
                 "alipay.trade.refund",

@@ -33,6 +33,9 @@ use crate::gateway::{
 /// Largest answer body read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Longest `out_refund_no`: `String(64)` of `[0-9A-Za-z_-|*@]`, unique per merchant.
+pub const MAX_OUT_REFUND_NO: usize = 64;
+
 /// Largest bill once decompressed.
 pub const MAX_BILL_TEXT_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -304,6 +307,9 @@ impl Gateway for WechatClient {
     }
 
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+        request.check_number(MAX_OUT_REFUND_NO, |c| {
+            c.is_ascii_alphanumeric() || "_-|*@".contains(c)
+        })?;
         let url = self.url(&["v3", "refund", "domestic", "refunds"], &[])?;
         let body = json!({
             "out_trade_no": request.trade.out_trade_no,

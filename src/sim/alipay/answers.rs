@@ -253,5 +253,10 @@ pub(super) fn refund_answer(key: String, asked: Option<&str>, outcome: RefundOut
         RefundOutcome::AmountError(t) => {
             business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限", Some(t))
         }
+        // Alipay holds `out_request_no` unique per trade (`AlipaySim` keeps the default
+        // scope), so this is never served; were it, it is a parameter Alipay refuses.
+        RefundOutcome::NumberTaken(t) => {
+            business("ACQ.INVALID_PARAMETER", "退款请求号已被使用", Some(t))
+        }
     }
 }

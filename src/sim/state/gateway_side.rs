@@ -11,8 +11,8 @@ use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
 use super::{
-    BuyerOpError, FailNext, FaultDecision, FaultKind, FaultPlan, FaultPlanError, RefundRefusal,
-    SimState, SimTradeStatus, SimTradeView, add_refund, mark_paid,
+    BuyerOpError, FailNext, FaultDecision, FaultKind, FaultPlan, FaultPlanError, RefundNumberScope,
+    RefundRefusal, SimState, SimTradeStatus, SimTradeView, add_refund, mark_paid,
 };
 use crate::sim::faults::SimMethod;
 
@@ -32,6 +32,9 @@ pub enum RefundOutcome {
     StatusError(SimTradeView),
     /// More than is left, or the `out_request_no` was used with another amount.
     AmountError(SimTradeView),
+    /// The `out_request_no` was used on another trade, at a gateway that holds refund
+    /// numbers unique per merchant ([`RefundNumberScope::Merchant`]).
+    NumberTaken(SimTradeView),
 }
 
 /// The result of a close request at the gateway.
@@ -50,8 +53,11 @@ impl SimState {
     /// Gateway side: a refund request (requests are counted by
     /// [`SimState::fault_for`]). The same `out_request_no` answers the refund made under
     /// it, moving no money, when the amount is the same, and is refused with another
-    /// amount. With `apply` false nothing changes (a faulted answer's preview). A full
-    /// refund closes the trade and is announced (the gateway's notification of a closed trade).
+    /// amount; at a gateway whose refund numbers are unique per merchant
+    /// ([`TradeRules::refund_numbers`](super::TradeRules::refund_numbers)) a number used
+    /// on another trade is refused. With `apply` false nothing changes (a faulted answer's
+    /// preview). A full refund closes the trade and is announced (the gateway's
+    /// notification of a closed trade).
     pub(crate) fn gateway_refund(
         &self,
         channel: &str,
@@ -62,9 +68,21 @@ impl SimState {
         apply: bool,
     ) -> RefundOutcome {
         let mut inner = self.lock();
+        let scope = inner
+            .gateways
+            .iter()
+            .find(|g| g.channel() == channel)
+            .map_or(RefundNumberScope::Trade, |g| g.refund_numbers());
+        let key = (channel.to_owned(), out_request_no.to_owned());
+        let used_on = inner.refund_numbers.get(&key).cloned();
         let Some(trade) = inner.current(Some(channel), out_trade_no, trade_no) else {
             return RefundOutcome::NotFound;
         };
+        if scope == RefundNumberScope::Merchant
+            && used_on.is_some_and(|other| other != trade.out_trade_no)
+        {
+            return RefundOutcome::NumberTaken(trade.clone());
+        }
         if let Some(earlier) = trade
             .refunds
             .iter()
@@ -87,6 +105,7 @@ impl SimState {
             Ok(()) => {
                 if apply {
                     *trade = after.clone();
+                    inner.refund_numbers.insert(key, after.out_trade_no.clone());
                     if after.status != before {
                         inner.announce(&after);
                     }
@@ -134,6 +153,18 @@ impl SimState {
         kind: FaultKind,
         count: u32,
     ) -> Result<FailNext, BuyerOpError> {
+        self.fail_next_on(out_trade_no, None, kind, count)
+    }
+
+    /// [`SimState::fail_next`] for the requests of `method` only (`None`: any): the
+    /// others about the trade are answered as the plan says.
+    pub fn fail_next_on(
+        &self,
+        out_trade_no: &str,
+        method: Option<SimMethod>,
+        kind: FaultKind,
+        count: u32,
+    ) -> Result<FailNext, BuyerOpError> {
         if out_trade_no.is_empty() {
             return Err(BuyerOpError::BadRequest("out_trade_no is empty".into()));
         }
@@ -141,6 +172,7 @@ impl SimState {
             out_trade_no: out_trade_no.to_owned(),
             kind,
             remaining: count,
+            method,
         };
         let mut inner = self.lock();
         if count == 0 {
@@ -160,7 +192,7 @@ impl SimState {
 
     /// The fault hook, called once for every authenticated gateway request: counts the
     /// request, then decides its latency and fault. A pending [`FailNext`] for the trade
-    /// wins over the plan's random draw; a drawn fault that cannot apply
+    /// (and this method, if it names one) wins over the plan's random draw; a drawn fault that cannot apply
     /// (`wrong_amount` outside a query of an existing trade, `wrong_order` on a bill URL
     /// request) is dropped. Every fault
     /// decided here is counted in [`SimStats::faults_injected`](super::SimStats::faults_injected).
@@ -202,6 +234,7 @@ impl SimState {
         let mut fault = None;
         if let Some(key) = existing.as_deref().or(out_trade_no)
             && let Some(pending) = inner.fail_next.get_mut(key)
+            && pending.method.is_none_or(|m| m == method)
             && applicable(pending.kind)
         {
             fault = Some(pending.kind);

@@ -55,6 +55,24 @@ pub trait TradeRules: Send + Sync + fmt::Debug {
         let _ = (kind, method);
         true
     }
+    /// Where the merchant's refund numbers must be unique (Alipay: per trade, the
+    /// default).
+    fn refund_numbers(&self) -> RefundNumberScope {
+        RefundNumberScope::Trade
+    }
+}
+
+/// Where a gateway holds a merchant's refund numbers (`out_request_no`, `out_refund_no`)
+/// unique: the same number again on the same trade is the same refund (idempotent);
+/// what it does on another trade depends on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundNumberScope {
+    /// Per trade: another trade's refund may use the same number (Alipay's
+    /// `out_request_no`).
+    Trade,
+    /// Per merchant: a number used on one trade is refused on any other (WeChat Pay's
+    /// `out_refund_no`).
+    Merchant,
 }
 
 /// A simulated trade's status, in the simulator's own words; each gateway's protocol
@@ -202,6 +220,9 @@ struct Inner {
     faults: FaultPlan,
     /// Pending one-shots by `out_trade_no`.
     fail_next: HashMap<String, FailNext>,
+    /// The trade (`out_trade_no`) each refund number made through a gateway's refund
+    /// request was used on, by channel and number.
+    refund_numbers: HashMap<(String, String), String>,
     /// Draws faults and jitter; reseeded when a plan with a `seed` is set.
     rng: StdRng,
     next_seq: u64,
@@ -226,6 +247,7 @@ impl Default for Inner {
             stats: SimStats::default(),
             faults: FaultPlan::default(),
             fail_next: HashMap::new(),
+            refund_numbers: HashMap::new(),
             rng: StdRng::from_rng(&mut rand::rng()),
             next_seq: 0,
             bill_tokens: HashMap::new(),

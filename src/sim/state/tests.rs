@@ -188,6 +188,129 @@ fn a_gateway_refund_is_idempotent_by_out_request_no() {
     assert_eq!(s.trade("G").unwrap().refunds.len(), 1);
 }
 
+/// A gateway whose refund numbers are unique per merchant (WeChat Pay's `out_refund_no`)
+/// or per trade (Alipay's `out_request_no`).
+#[derive(Debug)]
+struct Scoped(&'static str, RefundNumberScope);
+
+impl TradeRules for Scoped {
+    fn channel(&self) -> &'static str {
+        self.0
+    }
+
+    fn trade_no(&self, _: DateTime<Utc>, seq: u64) -> String {
+        format!("{}{seq:08}", self.0)
+    }
+
+    fn refund_numbers(&self) -> RefundNumberScope {
+        self.1
+    }
+}
+
+#[test]
+fn refund_numbers_are_unique_per_merchant_or_per_trade_as_the_gateway_holds_them() {
+    let s = SimState::for_gateways(vec![
+        Arc::new(Scoped("merchant", RefundNumberScope::Merchant)),
+        Arc::new(Scoped("trade", RefundNumberScope::Trade)),
+        Arc::new(Scoped("other", RefundNumberScope::Merchant)),
+    ]);
+    for (channel, first, second) in [("merchant", "M1", "M2"), ("trade", "T1", "T2")] {
+        for no in [first, second] {
+            s.scan_in(Some(channel), no, 500, None, None).unwrap();
+            s.pay(no, None).unwrap();
+        }
+        // A preview does not take the number.
+        assert!(matches!(
+            s.gateway_refund(channel, Some(first), None, "RF-1", 500, false),
+            RefundOutcome::Refunded { .. }
+        ));
+        assert!(matches!(
+            s.gateway_refund(channel, Some(second), None, "RF-1", 500, false),
+            RefundOutcome::Refunded { .. }
+        ));
+        assert!(matches!(
+            s.gateway_refund(channel, Some(first), None, "RF-1", 500, true),
+            RefundOutcome::Refunded {
+                fund_change: true,
+                ..
+            }
+        ));
+        // Sent again on its own trade: the same refund, whatever the scope.
+        assert!(matches!(
+            s.gateway_refund(channel, Some(first), None, "RF-1", 500, true),
+            RefundOutcome::Refunded {
+                fund_change: false,
+                ..
+            }
+        ));
+        let on_another_trade = s.gateway_refund(channel, Some(second), None, "RF-1", 500, true);
+        match channel {
+            "merchant" => {
+                assert!(
+                    matches!(on_another_trade, RefundOutcome::NumberTaken(ref t) if t.out_trade_no == second),
+                    "{on_another_trade:?}"
+                );
+                assert!(s.trade(second).unwrap().refunds.is_empty());
+            }
+            _ => {
+                assert!(
+                    matches!(
+                        on_another_trade,
+                        RefundOutcome::Refunded {
+                            fund_change: true,
+                            ..
+                        }
+                    ),
+                    "{on_another_trade:?}"
+                );
+                assert_eq!(s.trade(second).unwrap().refunds.len(), 1);
+            }
+        }
+    }
+    // Numbers are a merchant's at one gateway: another gateway's RF-1 does not count.
+    s.scan_in(Some("other"), "O1", 500, None, None).unwrap();
+    s.pay("O1", None).unwrap();
+    assert!(matches!(
+        s.gateway_refund("other", Some("O1"), None, "RF-1", 500, true),
+        RefundOutcome::Refunded {
+            fund_change: true,
+            ..
+        }
+    ));
+    // Refunds made in the merchant portal (the buyer API) carry no number.
+    s.scan_in(Some("merchant"), "M4", 500, None, None).unwrap();
+    s.pay("M4", None).unwrap();
+    s.refund("M4", 100).unwrap();
+    assert!(matches!(
+        s.gateway_refund("merchant", Some("M4"), None, "RF-4", 400, true),
+        RefundOutcome::Refunded { .. }
+    ));
+}
+
+#[test]
+fn a_one_shot_for_one_method_leaves_the_others_alone() {
+    let s = SimState::new();
+    s.scan("A", 1).unwrap();
+    s.fail_next_on("A", Some(SimMethod::Refund), FaultKind::Timeout, 1)
+        .unwrap();
+    assert_eq!(
+        s.pending_fail_next("A").and_then(|p| p.method),
+        Some(SimMethod::Refund)
+    );
+    assert_eq!(
+        s.fault_for("", SimMethod::Query, Some("A"), None).fault,
+        None
+    );
+    assert_eq!(
+        s.fault_for("", SimMethod::Refund, Some("A"), None).fault,
+        Some(FaultKind::Timeout)
+    );
+    assert_eq!(
+        s.fault_for("", SimMethod::Refund, Some("A"), None).fault,
+        None
+    );
+}
+
 #[test]
 fn the_trade_store_is_bounded() {
     let s = SimState::new();

@@ -25,7 +25,7 @@ use super::SimError;
 use super::gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin, TradeRules};
 use super::key_dir::{self, KeyDir};
 use super::shared::Shared;
-use super::state::{FaultKind, SimTradeStatus, SimTradeView};
+use super::state::{FaultKind, RefundNumberScope, SimTradeStatus, SimTradeView};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 use crate::gateway::wechat::aead::ApiV3Key;
 use crate::gateway::wechat::config::DEFAULT_MCH_ID;
@@ -363,6 +363,12 @@ impl TradeRules for WechatSim {
             .take(8)
             .collect();
         format!("4200{date}{:016}", seq % 10_000_000_000_000_000)
+    }
+
+    /// `out_refund_no` is unique per merchant: used on one trade, it is refused on any
+    /// other.
+    fn refund_numbers(&self) -> RefundNumberScope {
+        RefundNumberScope::Merchant
     }
 }
 

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `GET /v3/pay/transactions/out-trade-no/{no}?mchid=` | 200 the transaction; 404 `ORDER_NOT_EXIST` |
 //! | `POST /v3/pay/transactions/out-trade-no/{no}/close` | 204 (also for an unknown or closed order, as WeChat Pay does); 400 `ORDER_PAID` for a paid one (v3 code unverified: the simulator's assumption) |
-//! | `POST /v3/refund/domestic/refunds` | 200 `SUCCESS` at once (WeChat Pay answers `PROCESSING` first; the client handles both), the same `out_refund_no` answering the same refund |
+//! | `POST /v3/refund/domestic/refunds` | 200 `SUCCESS` at once (WeChat Pay answers `PROCESSING` first; the client handles both), the same `out_refund_no` answering the same refund; `out_refund_no` is unique per merchant: used on another trade, 400 `INVALID_REQUEST` |
 //! | `GET /v3/bill/tradebill?bill_date=&bill_type=ALL&tar_type=GZIP` | 200 `{hash_type, hash_value, download_url}`; 400 `NO_STATEMENT_EXIST` for a day without trades |
 //! | `GET /v3/billdownload/file?token=` | the gzipped bill, unsigned; 400 `INVALID_REQUEST` once expired |
 //!
@@ -486,6 +486,13 @@ fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
                     error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "订单状态不正确")
                 }
                 RefundOutcome::AmountError(_) => param_error("退款金额超过可退金额"),
+                // `out_refund_no` is unique per merchant. WeChat answers a business rule
+                // broken with 400 INVALID_REQUEST; the exact message is not documented.
+                RefundOutcome::NumberTaken(_) => error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST",
+                    "商户退款单号已被其他订单使用",
+                ),
             }
         }
         Call::Bill { date, origin } => bill_answer(ctx, *date, origin),
