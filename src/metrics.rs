@@ -262,7 +262,12 @@ impl Default for Metrics {
                 verdict: verdict.to_owned(),
             });
         }
-        for reason in ["malformed", "attempts_exhausted", "order_mismatch"] {
+        for reason in [
+            "malformed",
+            "oversized",
+            "attempts_exhausted",
+            "order_mismatch",
+        ] {
             let _ = metrics.parked.get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             });

@@ -24,9 +24,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
 const BIG: usize = 32 * 1024 * 1024;
 const FLOOD: usize = 6;
 
-/// A peak a process holding two of the flood's bodies at once stays under (the baseline
-/// of a worker is about 30 MB; the body being received is held whole until it is cut);
-/// holding the whole flood, as before, is 6 × 32 MiB plus that baseline and more.
+/// The worker's prefetch in the flood: the broker hands it at most this many messages at
+/// once, so at most this many bodies are ever held whole before they are cut, however the
+/// machine schedules the worker. (A body arrives whole from the broker: a worker's bound
+/// is its prefetch times the broker's `max_message_size`; see docs/operations.md.)
+const PREFETCH: &str = "2";
+
+/// A peak a process stays under when it holds at most two of the flood's bodies whole at
+/// once, plus one growing while it is received (the baseline of a worker is about 30 MB):
+/// the worker with a prefetch of 2, and `reconcile parked`, which takes one message at a
+/// time. Before the fix each parked body was also copied whole to be parked, and
+/// `reconcile parked` held every body it listed (6 × 32 MiB).
 const PEAK_LIMIT_KB: u64 = 160 * 1024;
 
 /// A process's peak resident set so far (`VmHWM`), in kB.
@@ -92,10 +100,12 @@ async fn a_flood_of_huge_messages_leaves_the_worker_and_reconcile_parked_small()
     std::fs::create_dir_all(&dir).unwrap();
     let mut vars = env.binary_env(&dir);
     vars.push(("ORDER_CLOSER_HTTP_LISTEN".into(), "off".into()));
+    let mut worker_vars = vars.clone();
+    worker_vars.push(("ORDER_CLOSER_PREFETCH".into(), PREFETCH.into()));
     let log = std::fs::File::create(dir.join("worker.log")).unwrap();
     let mut worker = tokio::process::Command::new(BIN)
         .arg("worker")
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(worker_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)

@@ -333,7 +333,7 @@ async fn run_overdue(settings: &Settings, args: OverdueArgs) -> anyhow::Result<E
         for line in &report.orders {
             println!(
                 "{:<24} {:<25} {:<24} {}",
-                line.out_trade_no,
+                printable(&line.out_trade_no),
                 line.deadline.format("%Y-%m-%d %H:%M:%S%.3f"),
                 verdict_text(line.verdict),
                 printable(&line.detail)
@@ -454,7 +454,7 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
         for r in &open_refunds {
             println!(
                 "{:<24} {:<10} {:>12} attempts {:<3} {}",
-                r.out_trade_no,
+                printable(&r.out_trade_no),
                 r.status().as_str(),
                 r.amount_minor
                     .map_or_else(|| "-".to_owned(), money::format_minor),
@@ -482,7 +482,7 @@ async fn run_refund(
     let report = match refund::request(&decider, out_trade_no, dry_run).await {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("error: refund of {out_trade_no}: {e}");
+            eprintln!("error: refund of {}: {e}", printable(out_trade_no));
             return Ok(ExitCode::from(if e.is_transient() { 1 } else { 2 }));
         }
     };
@@ -500,7 +500,7 @@ async fn run_refund(
             out_request_no,
         } => println!(
             "dry run: the gateway reports {paid} on closed order {}; would refund {} (request {out_request_no})",
-            report.out_trade_no,
+            printable(&report.out_trade_no),
             money::format_minor(*amount_minor)
         ),
         RefundRequestResult::Requested {
@@ -509,11 +509,11 @@ async fn run_refund(
         } => println!(
             "refund of {} requested for order {} (request {out_request_no}); the worker sends it and announces order.refunded",
             money::format_minor(*amount_minor),
-            report.out_trade_no
+            printable(&report.out_trade_no)
         ),
         RefundRequestResult::AlreadyRefunded { out_request_no } => println!(
             "order {} was refunded before (request {out_request_no}); nothing to do",
-            report.out_trade_no
+            printable(&report.out_trade_no)
         ),
     }
     Ok(ExitCode::SUCCESS)

@@ -152,20 +152,31 @@ impl Decider {
     }
 
     /// Asks the gateway about the order's trade and decides what its refund sends now
-    /// ([`refund_plan::plan`], given what `row` sent before): the one path behind the
-    /// worker's send and every dry run.
+    /// ([`refund_plan::plan`], given what its refund row says was sent before): the one
+    /// path behind the worker's send and every dry run.
+    ///
+    /// The row is read after the gateway answered, never before: what is about to be sent
+    /// is recorded before it is sent ([`refunds::prepare_send`]), so an answer showing a
+    /// refund made by another worker's send of the same request (a message delivered
+    /// twice) always comes with that send's record, and the same request is confirmed
+    /// instead of the refund being taken for one that is not ours.
     pub async fn plan_refund(
         &self,
         order: &Order,
-        row: Option<&RefundRow>,
-    ) -> Result<PlannedRefund, PlanFailure> {
-        let answer = self
-            .query_gateway(order)
-            .await
-            .ok_or(PlanFailure::NoGateway)?
-            .map_err(PlanFailure::Query)?;
-        refund_plan::plan(&answer.state, row.and_then(RefundRow::sent))
-            .map_err(PlanFailure::NotSendable)
+    ) -> Result<Result<PlannedRefund, PlanFailure>, Unavailable> {
+        let answer = match self.query_gateway(order).await {
+            None => return Ok(Err(PlanFailure::NoGateway)),
+            Some(Err(e)) => return Ok(Err(PlanFailure::Query(e))),
+            Some(Ok(answer)) => answer,
+        };
+        let row = {
+            let mut conn = db::conn(&self.pool).await?;
+            refunds::for_order(&mut conn, order.id).await?
+        };
+        Ok(
+            refund_plan::plan(&answer.state, row.as_ref().and_then(RefundRow::sent))
+                .map_err(PlanFailure::NotSendable),
+        )
     }
 
     /// An operator's refund of a CLOSED order: requested (a failed one reopened, a

@@ -79,7 +79,7 @@ impl Decider {
             );
             return Ok(Outcome::Settled(order.status()));
         }
-        let planned = match self.plan_refund(&order, Some(&row)).await {
+        let planned = match self.plan_refund(&order).await? {
             Ok(planned) => planned,
             Err(failure) => {
                 let error = failure.as_gateway_error(&order.channel);

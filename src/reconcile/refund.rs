@@ -96,18 +96,17 @@ pub async fn request(
             },
         });
     }
-    let planned =
-        decider
-            .plan_refund(&order, row.as_ref())
-            .await
-            .map_err(|failure| match failure {
-                PlanFailure::NoGateway => RefundError::NoGateway(order.channel.clone()),
-                PlanFailure::Query(e) => RefundError::Gateway(e),
-                PlanFailure::NotSendable(NotSendable::BuyerPaying) => {
-                    RefundError::Gateway(NotSendable::BuyerPaying.as_gateway_error())
-                }
-                PlanFailure::NotSendable(why) => RefundError::NotPaid(why),
-            })?;
+    let planned = decider
+        .plan_refund(&order)
+        .await?
+        .map_err(|failure| match failure {
+            PlanFailure::NoGateway => RefundError::NoGateway(order.channel.clone()),
+            PlanFailure::Query(e) => RefundError::Gateway(e),
+            PlanFailure::NotSendable(NotSendable::BuyerPaying) => {
+                RefundError::Gateway(NotSendable::BuyerPaying.as_gateway_error())
+            }
+            PlanFailure::NotSendable(why) => RefundError::NotPaid(why),
+        })?;
     let result = if dry_run {
         RefundRequestResult::WouldRequest {
             amount_minor: planned.amount_minor,
