@@ -118,5 +118,10 @@ CURRENT="cargo test --doc"
 step "$CURRENT"
 cargo test --doc
 
+# Every intra-doc link resolves (a link to a private item, a renamed one).
+CURRENT="RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps"
+step "$CURRENT"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+
 trap - ERR
-printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, classic-queue tests, serial tests, chaos runs, doc tests)\n'
+printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, classic-queue tests, serial tests, chaos runs, doc tests, doc links)\n'

@@ -12,10 +12,10 @@
 //! - a connection lives at most [`Limits::connection_lifetime`], whatever it does;
 //! - request headers are limited to [`Limits::max_header_bytes`];
 //! - a request's body must arrive whole within [`Limits::body_read_timeout`] of its
-//!   headers ([`deadline`]): without it, connections declaring a body and sending a byte
+//!   headers (`deadline.rs`): without it, connections declaring a body and sending a byte
 //!   every two seconds held the notify endpoint for a minute each (issue 19);
 //! - one source address holds at most [`Limits::max_connections_per_source`] of the
-//!   connections ([`sources`]); beyond that its connections are closed at once, so one
+//!   connections (`sources.rs`); beyond that its connections are closed at once, so one
 //!   client cannot take every slot however slowly it talks.
 //!
 //! A connection whose body was not read to the end (refused early, or over its deadline)

@@ -3,13 +3,13 @@
 //! Log lines carry text from outside (order numbers, gateway answers, error messages, the
 //! channel segment of a notify URL), so one event is always one line, and no such text
 //! can reach a terminal as a control character:
-//! - the text format writes every field of events and spans through [`EscapedFields`],
-//!   which escapes every control character ([`crate::text::printable`]: `\n`, `\r`, `\t`, else `\u{1b}`): ESC, NUL,
-//!   backspace, C1 codes. tracing-subscriber's own formatter escapes only the `message`
+//! - the text format writes every field of events and spans through `EscapedFields`,
+//!   which escapes every control character ([`crate::text::printable`]: `\n`, `\r`,
+//!   `\t`, else `\u{1b}`): ESC, NUL, backspace, C1 codes. tracing-subscriber's own formatter escapes only the `message`
 //!   field (and errors), and not NUL, so a field written with `%` (`channel = %name`)
 //!   printed `/notify/x%1B%5B2J`'s escape code raw (issue 19);
 //! - the JSON format escapes control characters in its strings itself;
-//! - [`OneLine`] escapes any newline left inside an event, whatever wrote it.
+//! - `OneLine` escapes any newline left inside an event, whatever wrote it.
 //!
 //! Colours are used only when stderr is a terminal.
 

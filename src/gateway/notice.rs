@@ -87,7 +87,7 @@ pub trait NotifyVerifier: Send + Sync {
 /// Most characters of a notification's own text echoed in a reason or an error.
 const MAX_ECHO: usize = 64;
 
-/// A notification's text fit to echo in a reason or a log line: at most [`MAX_ECHO`]
+/// A notification's text fit to echo in a reason or a log line: at most `MAX_ECHO` (64)
 /// characters, control characters escaped ([`crate::text::shortened`]).
 pub fn echo(text: &str) -> String {
     crate::text::shortened(text, MAX_ECHO)

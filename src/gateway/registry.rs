@@ -218,7 +218,7 @@ pub struct Gateways {
 
 impl Gateways {
     /// Every gateway the settings configure, logged; an error when none is, or when one
-    /// is half-configured ([`half_configured`]).
+    /// is half-configured (`half_configured`).
     pub fn from_settings(settings: &Settings) -> Result<Self, RegistryError> {
         let mut gateways = Self::default();
         let mut off = Vec::new();
