@@ -34,6 +34,7 @@ pub mod retry;
 pub mod text;
 pub mod time;
 pub mod tls;
+pub mod url_secret;
 
 // `worker`: everything that decides orders.
 #[cfg(feature = "worker")]

@@ -175,10 +175,10 @@ pub async fn connect_with(
     connection_name: &str,
 ) -> Result<Connection, BrokerError> {
     // A password the parser would read as a host must not be printed as one.
-    crate::config::urls::check_userinfo(url).map_err(BrokerError::BadUrl)?;
+    crate::url_secret::check_userinfo(url).map_err(BrokerError::BadUrl)?;
     let mut uri: AMQPUri = url
         .parse()
-        .map_err(|e: String| BrokerError::BadUrl(crate::config::urls::redact(&e)))?;
+        .map_err(|e: String| BrokerError::BadUrl(crate::url_secret::redact(&e)))?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
     }

@@ -61,7 +61,7 @@ pub fn parse() -> Cli {
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             // A refused URL argument is shown without its password, too.
-            let message = order_closer::config::urls::redact(&e.render().to_string());
+            let message = order_closer::url_secret::redact(&e.render().to_string());
             eprint!("{}", scrub(&message));
             std::process::exit(e.exit_code());
         }
@@ -198,7 +198,7 @@ mod tests {
             let err = Cli::try_parse_from(&args).unwrap_err();
             let raw = err.render().to_string();
             let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-            let shown = scrub_args(&order_closer::config::urls::redact(&raw), &args);
+            let shown = scrub_args(&order_closer::url_secret::redact(&raw), &args);
             for secret in [
                 "U2VDckV0S2V5TWF0ZXJpYWw",
                 "BEGIN PRIVATE",

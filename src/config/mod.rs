@@ -61,7 +61,7 @@ impl ConfigError {
     /// An unusable URL, shown with its user name and password hidden (in the reason
     /// too: a parser's message may repeat the URL).
     pub fn invalid_url(var: &'static str, url: &str, reason: impl ToString) -> Self {
-        let shown = urls::redact(url);
+        let shown = crate::url_secret::redact(url);
         Self::invalid(var, &shown, reason.to_string().replace(url, &shown))
     }
 }

@@ -5,6 +5,8 @@
 use lapin::uri::AMQPUri;
 use url::Url;
 
+use crate::url_secret::check_userinfo;
+
 /// Checks a PostgreSQL URL: `postgres://` or `postgresql://`, a host, a valid port, a
 /// database name, and a known `sslmode`. Returns why it is unusable (never the URL).
 pub fn check_database_url(url: &str) -> Result<(), String> {
@@ -51,55 +53,10 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that a URL's user name and password end where every parser ends them: at a
-/// single `@`, before the first `/`, `?` or `#`. Parsers disagree on anything else (the
-/// URL standard ends the user part at the last `@`, tokio-postgres at the first, and both
-/// end the host at a `/`), so a password holding `/`, `?`, `#` or `@` would be read as a
-/// host, a port or a path, and then printed as one.
-pub fn check_userinfo(url: &str) -> Result<(), String> {
-    let Some(start) = url.find("://") else {
-        return Ok(());
-    };
-    let rest = &url[start + 3..];
-    match rest.rfind('@') {
-        Some(at) if rest[..at].contains(['/', '?', '#', '@']) => Err(
-            "the part before its last '@' holds a '/', '?', '#' or '@': percent-encode \
-             those in a user name or password (%2F, %3F, %23, %40), and write an '@' \
-             elsewhere as %40"
-                .into(),
-        ),
-        _ => Ok(()),
-    }
-}
-
-/// The text with every URL's user name and password hidden, and any `password=` value:
-/// everything between a `://` and the last `@` after it becomes `***`, whatever a URL
-/// parser would make of it (a password may hold `/`, `?`, `#` or `@`; hiding too much of
-/// a message is better than showing part of a password). Works on text that is not a
-/// valid URL too, since that is when it gets printed. The one function every message
-/// that can hold a URL goes through.
-pub fn redact(text: &str) -> String {
-    let mut out = text.to_owned();
-    if let Some(scheme_end) = text.find("://")
-        && let Some(at) = text[scheme_end + 3..].rfind('@')
-    {
-        out.replace_range(scheme_end + 3..scheme_end + 3 + at, "***");
-    }
-    let mut from = 0;
-    while let Some(i) = out[from..].find("password=") {
-        let start = from + i + "password=".len();
-        let end = out[start..]
-            .find(['&', ' ', '#'])
-            .map_or(out.len(), |j| start + j);
-        out.replace_range(start..end, "***");
-        from = start + 3;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::url_secret::redact;
 
     #[test]
     fn unusable_database_urls_are_named() {
@@ -137,26 +94,6 @@ mod tests {
         assert!(check_http_url("http://h:99999").is_err());
         assert!(check_http_url("ftp://h").is_err());
         assert_eq!(check_http_url("https://openapi.alipay.com"), Ok(()));
-    }
-
-    #[test]
-    fn passwords_never_show() {
-        for (text, shown) in [
-            (
-                " postgres://postgres:SeCrEt123@127.0.0.1:1/x",
-                " postgres://***@127.0.0.1:1/x",
-            ),
-            ("amqp://u:p@ss@h/v", "amqp://***@h/v"),
-            ("AMQP://guest:SeCrEt@h", "AMQP://***@h"),
-            (
-                "postgres://h/db?user=u&password=SeCrEt&sslmode=require",
-                "postgres://h/db?user=u&password=***&sslmode=require",
-            ),
-            ("postgres://h/db", "postgres://h/db"),
-            ("no url at all", "no url at all"),
-        ] {
-            assert_eq!(redact(text), shown);
-        }
     }
 
     /// Issue 19, item 10: a password holding `/`, `?`, `#` or `@` (a generated base64

@@ -105,7 +105,7 @@ impl Target {
     pub fn parse(url: &str) -> Result<Self, DbError> {
         // tokio-postgres ends the password at the first '@': one holding '@' would be
         // read as part of the host, and printed as one.
-        crate::config::urls::check_userinfo(url)
+        crate::url_secret::check_userinfo(url)
             .map_err(|e| DbError::Unavailable(format!("DATABASE_URL {e}")))?;
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut mode: Option<SslMode> = None;

@@ -36,7 +36,7 @@ pub fn transport_error(e: reqwest::Error) -> GatewayError {
         "http_transport"
     };
     // reqwest names the URL it failed on: never with its password.
-    GatewayError::retryable(code, crate::config::urls::redact(&e.to_string()))
+    GatewayError::retryable(code, crate::url_secret::redact(&e.to_string()))
 }
 
 /// Reads a body of at most `max` bytes; a longer one is `too_large()`, whatever its

@@ -106,7 +106,7 @@ impl NotifyPlan {
         {
             return Err(format!(
                 "url {:?} is not an http:// or https:// URL",
-                crate::config::urls::redact(url)
+                crate::url_secret::redact(url)
             ));
         }
         if !(self.time_factor > 0.0 && self.time_factor <= 10.0) {

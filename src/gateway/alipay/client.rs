@@ -466,11 +466,11 @@ impl BillSource for AlipayClient {
         match self.config.seller_id.as_deref().map(str::trim) {
             Some(id) if !id.is_empty() => Ok(Account {
                 id: id.to_owned(),
-                configured_by: super::config::SELLER_ID,
+                configured_by: super::vars::SELLER_ID,
                 code_digits: super::bill::ACCOUNT_CODE_DIGITS,
             }),
             _ => Err(BillFetchError::NoAccount {
-                variable: super::config::SELLER_ID,
+                variable: super::vars::SELLER_ID,
             }),
         }
     }

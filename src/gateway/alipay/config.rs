@@ -8,28 +8,13 @@ use secrecy::ExposeSecret;
 
 use super::client::{AlipayClient, AlipayConfig};
 use super::notify::AlipayNotify;
+use super::vars::SELLER_ID;
 use crate::config::{ConfigError, Vars, key_material};
 use crate::gateway::registry::{CommonNames, CommonSettings, Connector, RegistryError};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 
 /// The default (sandbox-looking) application id.
 pub const DEFAULT_APP_ID: &str = "2021000000000000";
-
-/// The merchant's partner id: notifications and bills name it.
-pub const SELLER_ID: &str = "ALIPAY_SELLER_ID";
-
-/// Every variable Alipay reads.
-pub const VARIABLES: &[&str] = &[
-    "ALIPAY_GATEWAY_URL",
-    "ALIPAY_APP_ID",
-    SELLER_ID,
-    "ALIPAY_APP_PRIVATE_KEY",
-    "ALIPAY_APP_PRIVATE_KEY_FILE",
-    "ALIPAY_PUBLIC_KEY",
-    "ALIPAY_TIMEOUT",
-    "ALIPAY_RATE_LIMIT",
-    "ALIPAY_RETRY_STEPS",
-];
 
 /// Its variables every gateway has.
 pub const COMMON: CommonNames = CommonNames {

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod response;
 #[cfg(feature = "worker")]
 pub mod sign;
+pub mod vars;
 
 use super::Plugin;
 use super::rules::OrderRules;
@@ -43,7 +44,7 @@ pub const PLUGIN: Plugin = Plugin {
     #[cfg(feature = "worker")]
     common: config::COMMON,
     #[cfg(feature = "worker")]
-    variables: config::VARIABLES,
+    variables: vars::VARIABLES,
     #[cfg(feature = "worker")]
     configured_by: &["ALIPAY_APP_PRIVATE_KEY", "ALIPAY_PUBLIC_KEY"],
 };

@@ -491,7 +491,7 @@ impl BillSource for WechatClient {
     fn account(&self) -> Result<Account, BillFetchError> {
         Ok(Account {
             id: self.config.mchid.clone(),
-            configured_by: super::config::MCH_ID,
+            configured_by: super::vars::MCH_ID,
             code_digits: 0,
         })
     }

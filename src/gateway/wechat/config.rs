@@ -17,32 +17,13 @@ use super::aead::ApiV3Key;
 use super::client::{WechatClient, WechatConfig};
 use super::notify::WechatNotify;
 use super::sign::{PlatformCert, WechatKeys};
+use super::vars::MCH_ID;
 use crate::config::{ConfigError, Vars, key_material};
 use crate::gateway::registry::{CommonNames, CommonSettings, Connector, RegistryError};
 use crate::gateway::rsa::{RsaPrivateKey, RsaPublicKey};
 
 /// The default merchant id (the documentation's example).
 pub const DEFAULT_MCH_ID: &str = "1900000109";
-
-/// The merchant id: requests, notifications and bills name it.
-pub const MCH_ID: &str = "WECHAT_MCH_ID";
-
-/// Every variable WeChat Pay reads.
-pub const VARIABLES: &[&str] = &[
-    "WECHAT_GATEWAY_URL",
-    MCH_ID,
-    "WECHAT_MCH_SERIAL",
-    "WECHAT_MCH_PRIVATE_KEY",
-    "WECHAT_MCH_PRIVATE_KEY_FILE",
-    "WECHAT_PUBLIC_KEY",
-    "WECHAT_PUBLIC_KEY_ID",
-    "WECHAT_PLATFORM_CERTS",
-    "WECHAT_API_V3_KEY",
-    "WECHAT_API_V3_KEY_FILE",
-    "WECHAT_TIMEOUT",
-    "WECHAT_RATE_LIMIT",
-    "WECHAT_RETRY_STEPS",
-];
 
 /// Its variables every gateway has.
 pub const COMMON: CommonNames = CommonNames {

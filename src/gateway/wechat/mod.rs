@@ -19,6 +19,7 @@ pub mod notify;
 pub mod response;
 #[cfg(feature = "worker")]
 pub mod sign;
+pub mod vars;
 
 use super::Plugin;
 use super::rules::OrderRules;
@@ -55,7 +56,7 @@ pub const PLUGIN: Plugin = Plugin {
     #[cfg(feature = "worker")]
     common: config::COMMON,
     #[cfg(feature = "worker")]
-    variables: config::VARIABLES,
+    variables: vars::VARIABLES,
     #[cfg(feature = "worker")]
     configured_by: &["WECHAT_MCH_PRIVATE_KEY", "WECHAT_PUBLIC_KEY"],
 };
