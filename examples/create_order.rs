@@ -18,7 +18,7 @@ use order_closer::db;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     db::migrate(settings.database_url.expose_secret()).await?;
-    let closer = Closer::connect(&settings).await?;
+    let closer = Closer::connect(&settings, order_closer::gateway::rules::CHANNELS).await?;
     let suffix = chrono::Utc::now().timestamp_millis();
 
     // 1. The simple call: our order row and its close schedule in one transaction,
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let pending = conn
         .transaction::<_, CreateError, _>(async |tx| {
             // ... the shop inserts its own order rows with `tx` here ...
-            Closer::create_order_in(tx, &new).await
+            closer.create_order_in(tx, &new).await
         })
         .await?;
     let published = closer.publish(&pending).await;

@@ -63,9 +63,18 @@ CURRENT="cargo fmt --all -- --check"
 step "$CURRENT"
 cargo fmt --all -- --check
 
-CURRENT="cargo clippy --all-targets -- -D warnings"
+CURRENT="cargo clippy --workspace --all-targets -- -D warnings"
 step "$CURRENT"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
+
+# Every crate of the workspace on its own, with only the features it declares: a
+# dependency or a feature that a crate uses without declaring cannot hide behind another
+# crate of the same build.
+for crate in $(sed -n 's/^name = "\(.*\)"$/\1/p' crates/*/Cargo.toml); do
+    CURRENT="cargo clippy -p $crate --all-targets -- -D warnings"
+    step "$CURRENT"
+    cargo clippy -p "$crate" --all-targets -- -D warnings
+done
 
 # The shop's library alone: it builds, lints clean and pulls none of the worker's, the
 # simulator's or the CLI's dependencies.
@@ -81,20 +90,25 @@ for features in worker sim; do
     cargo clippy --all-targets --no-default-features --features "$features" -- -D warnings
 done
 
-CURRENT="cargo tree -e normal --no-default-features (no server-side crates)"
-step "$CURRENT"
-lean_tree="$(cargo tree -e normal --no-default-features --prefix none)"
-for heavy in axum hyper reqwest clap indicatif plotters zip prometheus-client tracing-subscriber; do
-    if grep -q "^$heavy v" <<<"$lean_tree"; then
-        echo "test.sh: the lean library depends on $heavy" >&2
-        false
-    fi
+# The shop's library, as the root package without its features and as the core crate:
+# none of the server side's crates.
+for lean in "--no-default-features" "-p order-closer-core"; do
+    CURRENT="cargo tree -e normal $lean (no server-side crates)"
+    step "$CURRENT"
+    # shellcheck disable=SC2086
+    lean_tree="$(cargo tree -e normal $lean --prefix none)"
+    for heavy in axum hyper reqwest clap indicatif plotters zip prometheus-client tracing-subscriber; do
+        if grep -q "^$heavy v" <<<"$lean_tree"; then
+            echo "test.sh: the lean library ($lean) depends on $heavy" >&2
+            false
+        fi
+    done
+    echo "lean library ($lean): $(sort -u <<<"$lean_tree" | sed 's/ (\*)//' | sort -u | wc -l) crates"
 done
-echo "lean library: $(sort -u <<<"$lean_tree" | sed 's/ (\*)//' | sort -u | wc -l) crates"
 
-CURRENT="cargo test --all-targets -- --skip serial_"
+CURRENT="cargo test --workspace --all-targets -- --skip serial_"
 step "$CURRENT (parallel)"
-cargo test --all-targets -- --skip serial_
+cargo test --workspace --all-targets -- --skip serial_
 
 CURRENT="TEST_QUEUE_TYPE=classic cargo test --test decisions_e2e --test delivery_e2e --test janitor_e2e"
 step "$CURRENT (the broker tests again on classic queues)"
@@ -114,14 +128,14 @@ CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test serial_chaos -- --nocapture"
 step "$CURRENT (chaos run on quorum queues, a few minutes)"
 TEST_QUEUE_TYPE=quorum cargo test --test serial_chaos -- --nocapture
 
-CURRENT="cargo test --doc"
+CURRENT="cargo test --workspace --doc"
 step "$CURRENT"
-cargo test --doc
+cargo test --workspace --doc
 
 # Every intra-doc link resolves (a link to a private item, a renamed one).
-CURRENT="RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps"
+CURRENT="RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps"
 step "$CURRENT"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 trap - ERR
 printf '\ntest.sh: ALL CHECKS PASSED (fmt, clippy, tests, classic-queue tests, serial tests, chaos runs, doc tests, doc links)\n'

@@ -18,23 +18,14 @@
 //! [`message`] and [`events`] contract, [`db`] (migrations included), [`broker`],
 //! [`config`] and each gateway's order rules ([`gateway::rules`]). The features `worker`, `sim` and `cli` add the rest (all on by default).
 
-// The shop's library (always built): the create API, the contract, the database and the
-// broker at the edges.
-pub mod broker;
-pub mod closer;
-pub mod config;
-pub mod db;
-pub mod events;
-pub mod files;
+// The shop's library (always built), from its own crate: the create API, the contract,
+// the database and the broker at the edges. Re-exported under the names the rest of the
+// binary and the tests use.
+pub use order_closer_core::{
+    broker, closer, config, db, events, files, message, money, order, retry, text, time, tls,
+    url_secret,
+};
 pub mod gateway;
-pub mod message;
-pub mod money;
-pub mod order;
-pub mod retry;
-pub mod text;
-pub mod time;
-pub mod tls;
-pub mod url_secret;
 
 // `worker`: everything that decides orders.
 #[cfg(feature = "worker")]

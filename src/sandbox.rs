@@ -197,7 +197,11 @@ impl Sandbox {
 
     /// The library's entry point, publishing with the sandbox's publisher.
     pub fn closer(&self) -> Closer {
-        Closer::new(self.pool.clone(), Some(self.publisher.clone()))
+        Closer::new(
+            self.pool.clone(),
+            Some(self.publisher.clone()),
+            crate::gateway::rules::CHANNELS,
+        )
     }
 
     /// Removes the queues, the schema and the simulator (once; the sandbox is of no use

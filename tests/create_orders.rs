@@ -121,7 +121,7 @@ async fn a_batch_with_a_bad_or_duplicate_order_writes_nothing_and_names_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_broker_the_batch_is_left_to_the_relay() {
     let env = TestEnv::new(&[]).await;
-    let offline = Closer::without_broker(env.pool.clone());
+    let offline = Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS);
     let created = offline
         .create_orders(&batch(&env, "offline", 20))
         .await

@@ -154,7 +154,11 @@ async fn with_the_broker_unreachable_at_creation_the_relay_closes_the_order_late
         .unwrap();
     let publisher = Publisher::open(&dead, env.topology.clone()).await.unwrap();
     dead.close(200, "gone".into()).await.unwrap();
-    let shop = Closer::new(env.pool.clone(), Some(publisher));
+    let shop = Closer::new(
+        env.pool.clone(),
+        Some(publisher),
+        order_closer::gateway::rules::CHANNELS,
+    );
 
     let no = env.no("outbox");
     let created = shop
@@ -171,7 +175,7 @@ async fn with_the_broker_unreachable_at_creation_the_relay_closes_the_order_late
 
     // A shop without any broker at all also gets its orders written.
     let no2 = env.no("nobroker");
-    let offline = Closer::without_broker(env.pool.clone());
+    let offline = Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS);
     let created = offline
         .create_order(NewOrder::new(
             "alipay",

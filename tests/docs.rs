@@ -76,13 +76,13 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// Variables the library and the binary read (test modules included: they read the same).
+/// Variables the library and the binary read (test modules included: they read the same),
+/// in the root package and in every crate of the workspace.
 fn read_by_code() -> BTreeSet<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    rust_files(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src").as_path(),
-        &mut files,
-    );
+    rust_files(root.join("src").as_path(), &mut files);
+    rust_files(root.join("crates").as_path(), &mut files);
     files
         .iter()
         .flat_map(|f| literals(&std::fs::read_to_string(f).expect("source file")))

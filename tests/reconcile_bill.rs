@@ -34,7 +34,7 @@ async fn order_at(
     amount: i64,
 ) -> order_closer::order::Order {
     let no = env.no(&name);
-    Closer::without_broker(env.pool.clone())
+    Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS)
         .create_order(NewOrder::new(
             channel,
             &no,

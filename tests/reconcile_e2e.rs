@@ -36,7 +36,7 @@ fn options(mode: Mode) -> OverdueOptions {
 async fn lost_order(env: &TestEnv, name: &str, amount: i64, ago: Duration) -> String {
     let no = env.no(name);
     let deadline = Utc::now() - chrono::Duration::from_std(ago).unwrap();
-    Closer::without_broker(env.pool.clone())
+    Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS)
         .create_order(NewOrder::new("alipay", &no, amount, Due::At(deadline)))
         .await
         .unwrap();
@@ -111,7 +111,7 @@ async fn the_overdue_sweep_decides_lost_orders_and_a_dry_run_changes_nothing() {
 async fn the_sweep_pages_through_many_orders_and_honours_limit() {
     let env = TestEnv::new(&[]).await;
     let past = Utc::now() - chrono::Duration::minutes(50);
-    let shop = Closer::without_broker(env.pool.clone());
+    let shop = Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS);
     for i in 0..1100 {
         let no = env.no(&format!("bulk{i:04}"));
         shop.create_order(NewOrder::new("alipay", &no, 100, Due::At(past)))

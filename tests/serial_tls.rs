@@ -294,7 +294,9 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
         .spawn()
         .expect("start the worker");
 
-    let closer = Closer::connect(&settings).await.expect("closer over TLS");
+    let closer = Closer::connect(&settings, order_closer::gateway::rules::CHANNELS)
+        .await
+        .expect("closer over TLS");
     let created = closer
         .create_order(NewOrder::new(
             "alipay",

@@ -142,16 +142,16 @@ pub async fn run(settings: Settings, cmd: OrdersCommand) -> anyhow::Result<ExitC
 
 /// A closer; without a broker, one that leaves publishing to the worker's relay.
 async fn closer(settings: &Settings) -> anyhow::Result<Closer> {
-    match Closer::connect(settings).await {
+    match Closer::connect(settings, order_closer::gateway::rules::CHANNELS).await {
         Ok(closer) => Ok(closer),
         Err(order_closer::closer::ConnectError::Broker(e)) => {
             eprintln!(
                 "warning: broker unavailable ({e}); the worker's relay will schedule the close"
             );
-            Ok(Closer::without_broker(db::pool(
-                settings.database_url.expose_secret(),
-                2,
-            )?))
+            Ok(Closer::without_broker(
+                db::pool(settings.database_url.expose_secret(), 2)?,
+                order_closer::gateway::rules::CHANNELS,
+            ))
         }
         Err(e) => Err(e).context("connecting"),
     }
@@ -198,7 +198,7 @@ async fn cancel(settings: Settings, args: CancelArgs) -> anyhow::Result<ExitCode
 
 async fn extend(settings: Settings, args: ExtendArgs) -> anyhow::Result<ExitCode> {
     let pool = db::pool(settings.database_url.expose_secret(), 2)?;
-    let closer = Closer::without_broker(pool.clone());
+    let closer = Closer::without_broker(pool.clone(), order_closer::gateway::rules::CHANNELS);
     let to = match (args.deadline, args.by) {
         (Some(at), _) => at,
         (None, Some(by)) => {

@@ -357,7 +357,11 @@ impl TestEnv {
         self.publisher = Publisher::open(&self.connection, self.topology.clone())
             .await
             .expect("publisher");
-        self.closer = Closer::new(self.pool.clone(), Some(self.publisher.clone()));
+        self.closer = Closer::new(
+            self.pool.clone(),
+            Some(self.publisher.clone()),
+            order_closer::gateway::rules::CHANNELS,
+        );
     }
 
     /// Stops the workers and the notify endpoint, and removes the schema, the queues and

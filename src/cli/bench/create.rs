@@ -76,7 +76,11 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
     .await?;
     let raw = rate(count as f64, started.elapsed().as_secs_f64());
 
-    let closer = Closer::new(pool.clone(), Some(env.publisher.clone()));
+    let closer = Closer::new(
+        pool.clone(),
+        Some(env.publisher.clone()),
+        order_closer::gateway::rules::CHANNELS,
+    );
     let prefix = format!("C{}-lib", env.tag);
     let started = Instant::now();
     let published = fan_out(tasks, count, &hidden, move |i| {

@@ -44,7 +44,7 @@ pub struct NotifyResult {
 /// Makes `payments` payments at `rate` a second and measures payment to PAID.
 pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<NotifyResult> {
     // Orders due in an hour, every trade scanned: the run pays them.
-    let closer = Closer::without_broker(env.pool.clone());
+    let closer = Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS);
     let numbers: Vec<String> = (0..payments)
         .map(|i| format!("N{}-{i:07}", env.tag))
         .collect();

@@ -253,7 +253,11 @@ pub async fn create_orders(
     due: Due,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Vec<Created>> {
-    let closer = Closer::new(env.pool.clone(), Some(env.publisher.clone()));
+    let closer = Closer::new(
+        env.pool.clone(),
+        Some(env.publisher.clone()),
+        order_closer::gateway::rules::CHANNELS,
+    );
     let sim = env.sim_state.clone();
     let prefix = format!("B{}-{label}", env.tag);
     let channel = env.channel;

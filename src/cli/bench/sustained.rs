@@ -74,7 +74,11 @@ pub async fn run(
 ) -> anyhow::Result<SustainedResult> {
     let mut worker =
         WorkerProcess::start(env, "sustained", plan.concurrency, plan.prefetch).await?;
-    let closer = Closer::new(env.pool.clone(), Some(env.publisher.clone()));
+    let closer = Closer::new(
+        env.pool.clone(),
+        Some(env.publisher.clone()),
+        order_closer::gateway::rules::CHANNELS,
+    );
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks: JoinSet<anyhow::Result<Created>> = JoinSet::new();
     let mut created = Vec::new();

@@ -8,13 +8,18 @@
 //! is published a second time: the worker decides an order once however many messages
 //! name it).
 //!
+//! The closer accepts orders for the channels it is handed, each checked against its
+//! gateway's rules ([`crate::rules::Channels`]; the `order-closer` crate hands every
+//! gateway's as `order_closer::gateway::rules::CHANNELS`).
+//!
 //! ```no_run
 //! use std::time::Duration;
-//! use order_closer::closer::{Closer, Due, NewOrder};
-//! use order_closer::config::Settings;
+//! use order_closer_core::closer::{Closer, Due, NewOrder};
+//! use order_closer_core::config::Settings;
+//! use order_closer_core::rules::Channels;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let closer = Closer::connect(&Settings::from_env()?).await?;
+//! # async fn run(channels: Channels) -> Result<(), Box<dyn std::error::Error>> {
+//! let closer = Closer::connect(&Settings::from_env()?, channels).await?;
 //! let created = closer
 //!     .create_order(NewOrder::new("alipay", "ORD-1001", 1234, Due::After(Duration::from_secs(15 * 60))))
 //!     .await?;
@@ -49,6 +54,7 @@ use crate::db::outbox::DeletePublished;
 use crate::db::{self, DbError, DbPool, orders};
 use crate::message::CloseMessage;
 use crate::order::Order;
+use crate::rules::Channels;
 pub use requests::{CANCEL_WAIT, Cancelled, ChangeError, EXTEND_MARGIN};
 
 /// Longest allowed time to pay.
@@ -70,11 +76,12 @@ pub enum Due {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
     /// The merchant order number, unique; its format is the channel's
-    /// ([`crate::gateway::rules::OrderRules`]).
+    /// ([`crate::rules::OrderRules`]).
     pub out_trade_no: String,
     /// Amount in minor units (fen), positive, within the channel's limit.
     pub amount_minor: i64,
-    /// ISO 4217 code, one the channel takes.
+    /// ISO 4217 code, one the channel takes; empty: the channel's first (set when the
+    /// order is created).
     pub currency: String,
     /// The gateway (`alipay`, `wechat`).
     pub channel: String,
@@ -87,22 +94,18 @@ pub struct NewOrder {
 
 impl NewOrder {
     /// An order for `channel` (`alipay`, `wechat`) in the channel's first currency (CNY
-    /// for both; see [`NewOrder::in_currency`]).
+    /// for both, set when the order is created; see [`NewOrder::in_currency`]).
     pub fn new(
         channel: impl Into<String>,
         out_trade_no: impl Into<String>,
         amount_minor: i64,
         due: Due,
     ) -> Self {
-        let channel = channel.into();
-        let currency = crate::gateway::rules::for_channel(&channel)
-            .and_then(|rules| rules.currencies.first())
-            .map_or_else(String::new, |c| (*c).to_owned());
         Self {
             out_trade_no: out_trade_no.into(),
             amount_minor,
-            currency,
-            channel,
+            currency: String::new(),
+            channel: channel.into(),
             due,
             gateway_ref: None,
         }
@@ -174,6 +177,8 @@ pub enum ConnectError {
 #[derive(Clone)]
 pub struct Closer {
     pool: DbPool,
+    /// The channels orders are accepted for, with their gateways' rules.
+    channels: Channels,
     publisher: Option<Publisher>,
     /// Writes concurrent `create_order` calls in groups (one statement, one commit each).
     inserts: Batcher<InsertOrders>,
@@ -196,7 +201,7 @@ impl Closer {
     /// Connects to the database and the broker and declares the topology. A broker that
     /// cannot be reached is an error here; use [`Closer::without_broker`] to create
     /// orders anyway and leave publishing to the relay.
-    pub async fn connect(settings: &Settings) -> Result<Self, ConnectError> {
+    pub async fn connect(settings: &Settings, channels: Channels) -> Result<Self, ConnectError> {
         let pool =
             db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size).await?;
         let connection = broker::connect_configured(settings, "order-closer library").await?;
@@ -204,13 +209,14 @@ impl Closer {
         settings.topology.declare(publisher.channel()).await?;
         Ok(Self {
             _connection: Some(Arc::new(connection)),
-            ..Self::new(pool, Some(publisher))
+            ..Self::new(pool, Some(publisher), channels)
         })
     }
 
-    /// A closer over an existing pool and publisher.
-    pub fn new(pool: DbPool, publisher: Option<Publisher>) -> Self {
+    /// A closer over an existing pool and publisher, accepting orders for `channels`.
+    pub fn new(pool: DbPool, publisher: Option<Publisher>, channels: Channels) -> Self {
         Self {
+            channels,
             inserts: Batcher::with_lanes(pool.clone(), InsertOrders, INSERT_GROUP, INSERT_LANES),
             published: Batcher::new(pool.clone(), DeletePublished, DELETE_GROUP),
             background: TaskTracker::new(),
@@ -221,16 +227,21 @@ impl Closer {
     }
 
     /// A closer that only writes: the outbox relay publishes later.
-    pub fn without_broker(pool: DbPool) -> Self {
-        Self::new(pool, None)
+    pub fn without_broker(pool: DbPool, channels: Channels) -> Self {
+        Self::new(pool, None, channels)
+    }
+
+    /// The channels this closer accepts orders for.
+    pub fn channels(&self) -> Channels {
+        self.channels
     }
 
     /// Writes the order and its close schedule, then publishes. Concurrent calls are
     /// written together, one statement (and one commit) per group; a group the database
     /// rejects is written again one order at a time, so only a bad order fails.
     #[tracing::instrument(skip_all, fields(out_trade_no = %new.out_trade_no))]
-    pub async fn create_order(&self, new: NewOrder) -> Result<CreatedOrder, CreateError> {
-        let deadline = validate(&new, Utc::now())?;
+    pub async fn create_order(&self, mut new: NewOrder) -> Result<CreatedOrder, CreateError> {
+        let deadline = validate(self.channels, &mut new, Utc::now())?;
         let no = new.out_trade_no.clone();
         let pending = self
             .inserts
@@ -250,7 +261,8 @@ impl Closer {
     /// it; so does an `out_trade_no` that exists already.
     #[tracing::instrument(skip_all, fields(orders = new.len()))]
     pub async fn create_orders(&self, new: &[NewOrder]) -> Result<Vec<CreatedOrder>, CreateError> {
-        let deadlines = validate_all(new, Utc::now())?;
+        let mut new = new.to_vec();
+        let deadlines = validate_all(self.channels, &mut new, Utc::now())?;
         if new.is_empty() {
             return Ok(Vec::new());
         }
@@ -276,11 +288,13 @@ impl Closer {
     /// caller's open transaction if there is one (both rows are written by one statement,
     /// so they commit together either way). Call [`Closer::publish`] after the commit.
     pub async fn create_order_in(
+        &self,
         conn: &mut AsyncPgConnection,
         new: &NewOrder,
     ) -> Result<PendingClose, CreateError> {
-        let deadline = validate(new, Utc::now())?;
-        insert(conn, &[(new, deadline)])
+        let mut new = new.clone();
+        let deadline = validate(self.channels, &mut new, Utc::now())?;
+        insert(conn, &[(&new, deadline)])
             .await
             .map_err(|e| create_error(DbError::Query(e), &[new.out_trade_no.as_str()]))?
             .pop()
@@ -438,18 +452,24 @@ fn duplicate_key(details: Option<&str>, numbers: &[&str]) -> String {
     }
 }
 
-/// Checks every order; returns their deadlines, or the first error naming its order.
-fn validate_all(new: &[NewOrder], now: DateTime<Utc>) -> Result<Vec<DateTime<Utc>>, CreateError> {
+/// Checks every order (setting the currency of those that name none); returns their
+/// deadlines, or the first error naming its order.
+fn validate_all(
+    channels: Channels,
+    new: &mut [NewOrder],
+    now: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>, CreateError> {
     if new.len() > MAX_BATCH {
         return Err(CreateError::Invalid(format!(
             "{} orders at once; at most {MAX_BATCH}",
             new.len()
         )));
     }
-    new.iter()
+    let many = new.len() > 1;
+    new.iter_mut()
         .enumerate()
-        .map(|(i, n)| match validate(n, now) {
-            Err(CreateError::Invalid(m)) if new.len() > 1 => Err(CreateError::Invalid(format!(
+        .map(|(i, n)| match validate(channels, n, now) {
+            Err(CreateError::Invalid(m)) if many => Err(CreateError::Invalid(format!(
                 "order #{i} ({:?}): {m}",
                 n.out_trade_no
             ))),
@@ -458,17 +478,27 @@ fn validate_all(new: &[NewOrder], now: DateTime<Utc>) -> Result<Vec<DateTime<Utc
         .collect()
 }
 
-/// Checks an order and returns its deadline.
-fn validate(new: &NewOrder, now: DateTime<Utc>) -> Result<DateTime<Utc>, CreateError> {
+/// Checks an order against its channel's rules (an order naming no currency gets the
+/// channel's first) and returns its deadline.
+fn validate(
+    channels: Channels,
+    new: &mut NewOrder,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, CreateError> {
     let invalid = |m: String| Err(CreateError::Invalid(m));
-    let Some(rules) = crate::gateway::rules::for_channel(&new.channel) else {
-        let known: Vec<&str> = crate::gateway::rules::channels().collect();
+    let Some(rules) = channels.for_channel(&new.channel) else {
+        let known: Vec<&str> = channels.names().collect();
         return invalid(format!(
             "unknown channel {:?} (supported: {})",
             new.channel,
             known.join(", ")
         ));
     };
+    if new.currency.is_empty()
+        && let Some(first) = rules.currencies.first()
+    {
+        new.currency = (*first).to_owned();
+    }
     rules
         .check(&new.out_trade_no, &new.currency, new.amount_minor)
         .map_err(CreateError::Invalid)?;
@@ -507,12 +537,30 @@ fn validate(new: &NewOrder, now: DateTime<Utc>) -> Result<DateTime<Utc>, CreateE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::OrderRules;
+
+    /// A gateway's rules, as a gateway declares them.
+    const SHOP: OrderRules = OrderRules {
+        channel: "shop",
+        currencies: &["CNY"],
+        min_out_trade_no: 1,
+        max_out_trade_no: 64,
+        out_trade_no_extra_chars: "_.-",
+        max_amount_minor: 10_000_000_000,
+    };
+    const CHANNELS: Channels = Channels::new(&[&SHOP]);
+
+    fn check(order: &NewOrder, now: DateTime<Utc>) -> Result<NewOrder, CreateError> {
+        let mut order = order.clone();
+        validate(CHANNELS, &mut order, now).map(|_| order)
+    }
 
     #[test]
     fn validation_names_what_is_wrong() {
         let now = Utc::now();
-        let ok = NewOrder::new("alipay", "ORD-1", 100, Due::After(Duration::from_secs(60)));
-        assert!(validate(&ok, now).is_ok());
+        let ok = NewOrder::new("shop", "ORD-1", 100, Due::After(Duration::from_secs(60)));
+        let checked = check(&ok, now).unwrap();
+        assert_eq!(checked.currency, "CNY", "the channel's first currency");
         let cases = [
             (
                 NewOrder {
@@ -580,19 +628,17 @@ mod tests {
         ];
         // The edges are accepted: the largest payment, a deadline just past.
         let largest = NewOrder {
-            amount_minor: crate::gateway::rules::for_channel("alipay")
-                .unwrap()
-                .max_amount_minor,
+            amount_minor: SHOP.max_amount_minor,
             ..ok.clone()
         };
-        assert!(validate(&largest, now).is_ok());
+        assert!(check(&largest, now).is_ok());
         let just_past = NewOrder {
             due: Due::At(now - chrono::Duration::seconds(5)),
             ..ok.clone()
         };
-        assert!(validate(&just_past, now).is_ok());
+        assert!(check(&just_past, now).is_ok());
         for (order, word) in cases {
-            let err = validate(&order, now).unwrap_err().to_string();
+            let err = check(&order, now).unwrap_err().to_string();
             assert!(err.contains(word), "{err}");
         }
     }

@@ -24,8 +24,8 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 use thiserror::Error;
 
-/// The migrations in `migrations/`, compiled into the binary.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// The migrations in the repository's top-level `migrations/`, compiled in.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
 /// How long to wait for a pooled connection or a new one before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
