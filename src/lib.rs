@@ -29,13 +29,13 @@ pub mod gateway;
 
 // `worker`: everything that decides orders.
 #[cfg(feature = "worker")]
-pub mod bill;
+pub use order_closer_gateway::bill;
 #[cfg(feature = "worker")]
 pub mod decide;
 #[cfg(feature = "worker")]
 pub mod health;
 #[cfg(feature = "worker")]
-pub mod http_server;
+pub use order_closer_http_server as http_server;
 #[cfg(feature = "worker")]
 pub mod janitor;
 #[cfg(feature = "worker")]
@@ -54,7 +54,7 @@ pub mod worker;
 #[cfg(feature = "sim")]
 pub mod sandbox;
 #[cfg(feature = "sim")]
-pub mod sim;
+pub use order_closer_sim as sim;
 
 // `cli`: logging set-up for the binary.
 #[cfg(feature = "cli")]

@@ -182,7 +182,7 @@ impl Sandbox {
 
     /// The gateways the settings configure: every gateway, trusting the simulator.
     pub fn gateways(&self) -> Result<Gateways, RegistryError> {
-        Gateways::from_settings(&self.settings)
+        Gateways::from_settings(&self.settings, crate::gateway::ALL)
     }
 
     /// A decider as the worker builds it, signing its audit rows as `actor`.

@@ -126,7 +126,9 @@ async fn every_fault_kind_on_every_gateway_is_retryable_stable_and_changes_nothi
     let sim = order_closer::sim::start_local().await.unwrap();
     let vars = order_closer::config::Vars::from_map(sim.client_vars().into_iter().collect());
     let settings = order_closer::config::Settings::from_vars(vars).unwrap();
-    let gateways = order_closer::decide::Gateways::from_settings(&settings).unwrap();
+    let gateways =
+        order_closer::decide::Gateways::from_settings(&settings, order_closer::gateway::ALL)
+            .unwrap();
     let buyer = order_closer::sim::BuyerClient::new(sim.base_url()).unwrap();
     for channel in sim.channels() {
         let gateway = gateways.get(channel).unwrap();

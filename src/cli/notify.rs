@@ -34,7 +34,8 @@ pub fn notifier(gateways: Gateways, settings: &Settings, pool: DbPool, actor: &s
 /// Serves until SIGTERM or SIGINT.
 pub async fn run(settings: Settings, args: NotifyArgs) -> anyhow::Result<ExitCode> {
     // The configuration first: a half-configured gateway stops the process at once.
-    let gateways = Gateways::from_settings(&settings).context("invalid configuration")?;
+    let gateways = Gateways::from_settings(&settings, order_closer::gateway::ALL)
+        .context("invalid configuration")?;
     let own = NotifySettings::from_vars(&settings.vars).context("invalid configuration")?;
     let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)
         .await

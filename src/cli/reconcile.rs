@@ -238,7 +238,8 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
 
 /// The decider the worker would use, signing audit rows as the reconcile command.
 fn decider(settings: &Settings) -> anyhow::Result<Decider> {
-    let gateways = Gateways::from_settings(settings).context("invalid configuration")?;
+    let gateways = Gateways::from_settings(settings, order_closer::gateway::ALL)
+        .context("invalid configuration")?;
     let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
     Ok(Decider::configured(
         pool,

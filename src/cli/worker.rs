@@ -29,7 +29,8 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
     if let Some(p) = args.prefetch {
         settings.prefetch = p;
     }
-    let gateways = Gateways::from_settings(&settings).context("invalid configuration")?;
+    let gateways = Gateways::from_settings(&settings, order_closer::gateway::ALL)
+        .context("invalid configuration")?;
     // A database that cannot be used stops the worker here, naming the cause, instead of
     // every message being delayed for ever.
     let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)

@@ -1,61 +1,84 @@
-//! The payment gateways behind one boundary. Each gateway is a folder here (its client,
-//! signatures, notification verifier, bill reader, order rules and configuration) and
-//! one under `src/sim/` (its wire protocol in the simulator); the rest of order-closer
-//! knows only the port ([`Gateway`], [`notice::NotifyVerifier`], [`BillSource`]) and the
-//! registry ([`registry::Gateways`]), and names no gateway.
+//! The payment gateways: the one list of them ([`ALL`], each a crate of its own behind
+//! the port, `order-closer-gateway`), re-exported here with the port under the names the
+//! rest of the binary uses. Nothing outside a gateway's crate and its simulator names a
+//! gateway; the engine reaches them through the port and the registry built from this list.
 //!
-//! Adding a gateway: its folder, its [`Plugin`] in [`ALL`], its simulator in
-//! `crate::sim::GATEWAYS`, and its variables in docs/operations.md.
+//! Adding a gateway: its crate, one line in the `gateways!` list below, its simulator in
+//! `order_closer_sim::GATEWAYS`, and its variables in docs/operations.md.
 
-pub mod alipay;
 pub mod rules;
-pub mod wechat;
 
 #[cfg(feature = "worker")]
-pub mod http;
-#[cfg(feature = "worker")]
-pub mod json;
-#[cfg(feature = "worker")]
-pub mod notice;
-#[cfg(feature = "worker")]
-mod port;
-#[cfg(feature = "worker")]
-pub mod rate_limit;
-#[cfg(feature = "worker")]
-pub mod registry;
-#[cfg(feature = "worker")]
-pub mod rsa;
+pub use order_closer_gateway::*;
 
-#[cfg(feature = "worker")]
-pub use port::*;
+/// Declares the list of gateways once: each gateway's crate re-exported by name, every
+/// gateway's order rules ([`RULES`], always built: the shop's library checks orders with
+/// them), and with the `worker` feature every gateway's [`Plugin`] ([`ALL`]).
+macro_rules! gateways {
+    ($($name:ident => $krate:ident),+ $(,)?) => {
+        $(pub use $krate as $name;)+
 
-/// One gateway, as the rest of order-closer knows it.
-#[derive(Debug)]
-pub struct Plugin {
-    /// Its orders' rules (always built: the shop's library checks orders with them).
-    pub rules: rules::OrderRules,
-    /// Builds its connector from its own variables; `None` when the gateway is not
-    /// configured in this process (its keys are not set).
-    #[cfg(feature = "worker")]
-    pub connect:
-        fn(&crate::config::Vars) -> Result<Option<registry::Connector>, registry::RegistryError>,
-    /// The prefix of its variables (`ALIPAY`: `ALIPAY_RATE_LIMIT`, ...).
-    #[cfg(feature = "worker")]
-    pub env_prefix: &'static str,
-    /// The names of its variables every gateway has (URL, timeout, rate limit, retry
-    /// steps).
-    #[cfg(feature = "worker")]
-    pub common: registry::CommonNames,
-    /// Every environment variable it reads (documented in docs/operations.md).
-    #[cfg(feature = "worker")]
-    pub variables: &'static [&'static str],
-    /// The variables a configuration of it needs at least (named when no gateway is);
-    /// the first is the merchant's signing key, which switches it on: with other of its
-    /// own variables set but not this one, it is half-configured and the process stops
-    /// naming it ([`registry::Gateways::from_settings`]).
-    #[cfg(feature = "worker")]
-    pub configured_by: &'static [&'static str],
+        /// Every gateway's order rules, in the list's order.
+        pub const RULES: &[&order_closer_core::rules::OrderRules] = &[$(&$name::RULES),+];
+
+        /// Every gateway order-closer speaks, in the list's order.
+        #[cfg(feature = "worker")]
+        pub const ALL: &[&Plugin] = &[$(&$name::PLUGIN),+];
+    };
 }
 
-/// Every gateway order-closer speaks: the one list a new gateway joins.
-pub const ALL: &[&Plugin] = &[&alipay::PLUGIN, &wechat::PLUGIN];
+gateways! {
+    alipay => order_closer_alipay,
+    wechat => order_closer_wechat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::gateway::registry::{Gateways, RegistryError};
+    use std::collections::HashMap;
+
+    fn gateways(pairs: &[(&str, String)]) -> Result<Gateways, RegistryError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let settings = Settings::from_lookup(move |k| map.get(k).cloned()).unwrap();
+        Gateways::from_settings(&settings, ALL)
+    }
+
+    /// Issue 19, item 11: with every WeChat variable but its key set, WeChat was silently
+    /// off. Any one of a gateway's own variables set without its signing key stops the
+    /// process, naming the key; its common variables alone do not.
+    #[test]
+    fn a_half_configured_gateway_is_refused_naming_its_key() {
+        for plugin in ALL {
+            let key = plugin.configured_by[0];
+            let common = plugin.common.all();
+            let key_file = format!("{key}_FILE");
+            for var in plugin.variables {
+                if *var == key || *var == key_file || common.contains(var) {
+                    continue;
+                }
+                let err = match gateways(&[(var, "1".to_owned())]) {
+                    Ok(_) => panic!("{var} alone was accepted"),
+                    Err(e) => e,
+                };
+                assert!(
+                    matches!(&err, RegistryError::HalfConfigured { channel, .. }
+                        if *channel == plugin.rules.channel),
+                    "{var}: {err}"
+                );
+                assert!(err.to_string().contains(key), "{var}: {err}");
+            }
+            let err = gateways(&[(plugin.common.timeout, "5s".to_owned())])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("no payment gateway"), "{err}");
+        }
+        let err = gateways(&[]).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("no payment gateway"));
+    }
+}

@@ -123,7 +123,7 @@ impl TestEnv {
     /// The gateways the environment's settings (with `overrides`) configure.
     pub fn gateways_with(&self, overrides: &[(&str, &str)]) -> Gateways {
         let settings = self.sandbox.settings_with(overrides).expect("settings");
-        Gateways::from_settings(&settings).expect("gateways")
+        Gateways::from_settings(&settings, order_closer::gateway::ALL).expect("gateways")
     }
 
     /// The gateways, trusting the simulator.
