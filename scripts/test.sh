@@ -106,6 +106,17 @@ for lean in "--no-default-features" "-p order-closer-core"; do
     echo "lean library ($lean): $(sort -u <<<"$lean_tree" | sed 's/ (\*)//' | sort -u | wc -l) crates"
 done
 
+# The engine knows gateways only through the port: no gateway's crate in its tree.
+CURRENT="cargo tree -p order-closer-engine (no gateway crate)"
+step "$CURRENT"
+engine_tree="$(cargo tree -p order-closer-engine -e normal --prefix none)"
+for gateway in order-closer-alipay order-closer-wechat order-closer-sim; do
+    if grep -q "^$gateway v" <<<"$engine_tree"; then
+        echo "test.sh: the engine depends on $gateway" >&2
+        false
+    fi
+done
+
 CURRENT="cargo test --workspace --all-targets -- --skip serial_"
 step "$CURRENT (parallel)"
 cargo test --workspace --all-targets -- --skip serial_

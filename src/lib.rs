@@ -5,18 +5,21 @@
 //! cancelled: the trade is closed at the gateway first, so no payment can land on an
 //! order we cancelled.
 //!
-//! Layout:
-//! - [`closer`]: the library call on order creation (order + outbox in one transaction);
-//! - [`decide`]: deciding an order: the pure decision table and deadline protocol
-//!   ([`decide::table`], no I/O), run against the database and a [`gateway`];
-//! - [`worker`]: the close-queue consumer; [`relay`]: the outbox publisher; [`janitor`]:
-//!   re-drives orders whose close message was lost;
-//! - [`broker`], [`db`]: RabbitMQ and PostgreSQL at the edges;
-//! - [`sim`]: a gateway simulator speaking Alipay's signed protocol.
+//! The binary's library: the one list of gateways ([`gateway`]), the isolated sandbox
+//! the demo, the benchmark and the tests stand on, and logging; every other part is a
+//! crate of the workspace, re-exported here under the names the binary and the tests use:
+//! - `order-closer-core`, the shop's library: [`closer`], the [`message`] and [`events`]
+//!   contract, [`db`] (migrations included), [`broker`], [`config`];
+//! - `order-closer-gateway`, the port ([`gateway`], [`bill`]), and one crate per gateway
+//!   (`gateway::alipay`, `gateway::wechat`);
+//! - `order-closer-engine`: [`decide`] (the pure decision table in [`decide::table`]),
+//!   [`worker`], [`relay`], [`janitor`], [`notify`], [`reconcile`], [`health`],
+//!   [`metrics`];
+//! - `order-closer-sim`: the gateway simulator ([`sim`]).
 //!
-//! With `default-features = false` only the shop's part is built: [`closer`], the
-//! [`message`] and [`events`] contract, [`db`] (migrations included), [`broker`],
-//! [`config`] and each gateway's order rules ([`gateway::rules`]). The features `worker`, `sim` and `cli` add the rest (all on by default).
+//! With `default-features = false` only the shop's part is built: the core crate and each
+//! gateway's order rules ([`gateway::rules`]), without any gateway's client. The features
+//! `worker`, `sim` and `cli` add the rest (all on by default).
 
 // The shop's library (always built), from its own crate: the create API, the contract,
 // the database and the broker at the edges. Re-exported under the names the rest of the
@@ -27,27 +30,13 @@ pub use order_closer_core::{
 };
 pub mod gateway;
 
-// `worker`: everything that decides orders.
+// `worker`: everything that decides orders, from the engine's crate.
+#[cfg(feature = "worker")]
+pub use order_closer_engine::{decide, health, janitor, metrics, notify, reconcile, relay, worker};
 #[cfg(feature = "worker")]
 pub use order_closer_gateway::bill;
 #[cfg(feature = "worker")]
-pub mod decide;
-#[cfg(feature = "worker")]
-pub mod health;
-#[cfg(feature = "worker")]
 pub use order_closer_http_server as http_server;
-#[cfg(feature = "worker")]
-pub mod janitor;
-#[cfg(feature = "worker")]
-pub mod metrics;
-#[cfg(feature = "worker")]
-pub mod notify;
-#[cfg(feature = "worker")]
-pub mod reconcile;
-#[cfg(feature = "worker")]
-pub mod relay;
-#[cfg(feature = "worker")]
-pub mod worker;
 
 // `sim`: the gateway simulator, and the isolated environment the demo, the benchmark and
 // the tests stand on.

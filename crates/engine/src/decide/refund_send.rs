@@ -14,14 +14,14 @@ use super::refund::PlanFailure;
 use super::refund_plan::PlannedRefund;
 use super::table::{self, Action, RefundAction};
 use super::{AttemptInfo, Decider, Mode, Outcome, Unavailable, attempt_column};
-use crate::db;
-use crate::db::decisions::{self, DecisionOutcome, NewDecision};
-use crate::db::refunds::{self, Prepared, RefundProgress, RefundRow, RefundStatus};
-use crate::events::{self, OrderEvent};
-use crate::gateway::{GatewayError, GatewayMethod, RefundAnswer, RefundRequest, TradeRef};
-use crate::money::format_minor;
-use crate::order::Order;
 use crate::relay;
+use order_closer_core::db;
+use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision};
+use order_closer_core::db::refunds::{self, Prepared, RefundProgress, RefundRow, RefundStatus};
+use order_closer_core::events::{self, OrderEvent};
+use order_closer_core::money::format_minor;
+use order_closer_core::order::Order;
+use order_closer_gateway::{GatewayError, GatewayMethod, RefundAnswer, RefundRequest, TradeRef};
 
 impl Decider {
     /// Sends an order's requested refund to its gateway (the worker, on a refund
@@ -199,7 +199,7 @@ impl Decider {
                 self.metrics.refund(RefundProgress::Retried);
                 Ok(Outcome::Retry {
                     delay,
-                    not_before: crate::time::later(Utc::now(), delay),
+                    not_before: order_closer_core::time::later(Utc::now(), delay),
                     attempt: next,
                     code,
                     detail,

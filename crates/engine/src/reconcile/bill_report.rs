@@ -11,8 +11,8 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use super::Finding;
-use crate::money::format_minor;
-use crate::text::printable;
+use order_closer_core::money::format_minor;
+use order_closer_core::text::printable;
 
 /// One finding about one order.
 #[derive(Debug, Clone, Serialize)]

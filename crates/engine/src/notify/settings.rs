@@ -4,7 +4,7 @@
 //!   ([`super::hints::HintBudget::rate`]); keep it well below the gateways' rate limits,
 //!   which the workers' deadline queries share;
 //! - `ORDER_CLOSER_NOTIFY_CONNECTIONS_PER_SOURCE`: connections one source address may
-//!   hold ([`crate::http_server::Limits::max_connections_per_source`]). Behind a proxy
+//!   hold ([`order_closer_http_server::Limits::max_connections_per_source`]). Behind a proxy
 //!   that does not pass the client's address, every connection is the proxy's: raise it
 //!   to the connection limit (1024) and bound clients at the proxy.
 
@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use super::hints::HintBudget;
 use super::{HINT_CONCURRENCY, HINT_RATE, HINT_SPACING};
-use crate::config::{ConfigError, Vars};
-use crate::http_server::Limits;
+use order_closer_core::config::{ConfigError, Vars};
+use order_closer_http_server::Limits;
 
 /// What `order-closer notify` reads for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::broker::timed;
+use order_closer_core::broker::timed;
 
 /// How often finished deliveries are acknowledged.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(5);

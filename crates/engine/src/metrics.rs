@@ -29,7 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::gateway::GatewayMethod;
+use order_closer_gateway::GatewayMethod;
 
 /// Label: what a decision did (`closed`, `paid`, `lost_race`, `settled`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -272,12 +272,12 @@ impl Default for Metrics {
                 reason: reason.to_owned(),
             });
         }
-        for kind in crate::db::anomalies::AnomalyKind::ALL {
+        for kind in order_closer_core::db::anomalies::AnomalyKind::ALL {
             let _ = metrics.anomalies.get_or_create(&KindLabel {
                 kind: kind.as_str().to_owned(),
             });
         }
-        for progress in crate::db::refunds::RefundProgress::ALL {
+        for progress in order_closer_core::db::refunds::RefundProgress::ALL {
             let _ = metrics.refunds.get_or_create(&OutcomeLabel {
                 outcome: progress.as_str().to_owned(),
             });
@@ -316,7 +316,7 @@ impl Metrics {
     }
 
     /// Counts a step of a refund.
-    pub fn refund(&self, progress: crate::db::refunds::RefundProgress) {
+    pub fn refund(&self, progress: order_closer_core::db::refunds::RefundProgress) {
         self.refunds
             .get_or_create(&OutcomeLabel {
                 outcome: progress.as_str().to_owned(),
@@ -406,7 +406,7 @@ impl Metrics {
     }
 
     /// Counts an anomaly recorded by this process.
-    pub fn anomaly(&self, kind: crate::db::anomalies::AnomalyKind) {
+    pub fn anomaly(&self, kind: order_closer_core::db::anomalies::AnomalyKind) {
         self.anomalies
             .get_or_create(&KindLabel {
                 kind: kind.as_str().to_owned(),

@@ -23,15 +23,15 @@ use serde::Serialize;
 
 use super::refund_plan::{self, NotSendable, PlannedRefund};
 use super::{Decider, Mode, Unavailable, write};
-use crate::config::PaidAfterClose;
-use crate::db::anomalies::AnomalyKind;
-use crate::db::decisions::{self, DecisionOutcome, NewDecision};
-use crate::db::refunds::{self, RefundProgress, RefundRow, RefundStatus};
-use crate::db::{self, outbox};
-use crate::gateway::GatewayError;
-use crate::message::CloseMessage;
-use crate::money::format_minor;
-use crate::order::{CloseReason, Order, OrderStatus};
+use order_closer_core::config::PaidAfterClose;
+use order_closer_core::db::anomalies::AnomalyKind;
+use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision};
+use order_closer_core::db::refunds::{self, RefundProgress, RefundRow, RefundStatus};
+use order_closer_core::db::{self, outbox};
+use order_closer_core::message::CloseMessage;
+use order_closer_core::money::format_minor;
+use order_closer_core::order::{CloseReason, Order, OrderStatus};
+use order_closer_gateway::GatewayError;
 
 /// What recording a payment after close did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::decide::Outcome;
 use crate::decide::table::Action;
-use crate::order::OrderStatus;
+use order_closer_core::order::OrderStatus;
 
 /// How one order came out of a reconcile decision, in words an operator reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -15,17 +15,17 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::{Finding, Verdict};
-use crate::broker::publisher::{
+use crate::decide::{AttemptInfo, Decider, Mode, Outcome, Unavailable};
+use order_closer_core::broker::publisher::{
     HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_LAST_ERROR, HEADER_PARKED_AT, HEADER_REASON,
     Publisher,
 };
-use crate::broker::topology::header_text;
-use crate::broker::{BrokerError, timed};
-use crate::db::schema::parked_discards;
-use crate::db::{self, DbError, orders};
-use crate::decide::{AttemptInfo, Decider, Mode, Outcome, Unavailable};
-use crate::message::{CloseMessage, Job, cut_oversized};
-use crate::order::OrderStatus;
+use order_closer_core::broker::topology::header_text;
+use order_closer_core::broker::{BrokerError, timed};
+use order_closer_core::db::schema::parked_discards;
+use order_closer_core::db::{self, DbError, orders};
+use order_closer_core::message::{CloseMessage, Job, cut_oversized};
+use order_closer_core::order::OrderStatus;
 
 /// What to do with the parked messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub struct ParkedLine {
     pub removed: bool,
     /// The body's size when it was over the contract's limit (parked whole by an older
     /// version, or by a foreign publisher): it is held here, and stored by a discard, cut
-    /// to its first [`crate::message::MAX_BODY`] bytes.
+    /// to its first [`order_closer_core::message::MAX_BODY`] bytes.
     pub oversized_bytes: Option<usize>,
 }
 

@@ -1,6 +1,6 @@
 //! Writing decisions in groups: for many orders at once, the guarded `NEW -> PAID |
 //! CLOSED` transition, its audit row and its event, in one statement (run by a
-//! [`crate::db::batch`] lane). An amount mismatch adds its anomaly row and event in the
+//! [`order_closer_core::db::batch`] lane). An amount mismatch adds its anomaly row and event in the
 //! same transaction.
 
 use std::collections::HashSet;
@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
-use crate::db::anomalies::{self, AnomalyKind, NewAnomaly};
-use crate::db::batch::Job;
-use crate::db::decisions::{self, DecisionOutcome, NewDecision, Transition};
-use crate::events::{self, OrderEvent};
-use crate::order::{Order, OrderStatus};
 use crate::relay;
+use order_closer_core::db::anomalies::{self, AnomalyKind, NewAnomaly};
+use order_closer_core::db::batch::Job;
+use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision, Transition};
+use order_closer_core::events::{self, OrderEvent};
+use order_closer_core::order::{Order, OrderStatus};
 
 /// One decision to write: the order moves to `status` if it is still NEW.
 #[derive(Debug, Clone)]

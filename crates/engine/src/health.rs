@@ -13,8 +13,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{self, DbPool};
 use crate::metrics::Metrics;
+use order_closer_core::db::{self, DbPool};
 
 /// How long `/readyz` waits for the database.
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -100,10 +100,10 @@ pub async fn serve(
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(crate::http_server::serve(
+    tokio::spawn(order_closer_http_server::serve(
         listener,
         router,
-        crate::http_server::Limits::INTERNAL,
+        order_closer_http_server::Limits::INTERNAL,
         stop,
     ));
     Ok(bound)

@@ -3,7 +3,7 @@
 //! rules themselves are pure code in [`table`], without any I/O.
 //!
 //! Reads and decision writes of concurrent tasks are grouped (one statement per group,
-//! see [`crate::db::batch`] and [`write`]), so a burst of due orders costs a few round
+//! see [`order_closer_core::db::batch`] and [`write`]), so a burst of due orders costs a few round
 //! trips per group instead of several per order.
 
 pub mod refund;
@@ -20,20 +20,20 @@ use diesel_async::AsyncConnection;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::config::PaidAfterClose;
-use crate::db::anomalies::AnomalyKind;
-use crate::db::batch::Batcher;
-use crate::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
-use crate::db::orders::FindById;
-use crate::db::{self, DbError, DbPool};
-pub use crate::gateway::registry::Gateways;
-use crate::gateway::{
+use crate::metrics::Metrics;
+use order_closer_core::config::PaidAfterClose;
+use order_closer_core::db::anomalies::AnomalyKind;
+use order_closer_core::db::batch::Batcher;
+use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
+use order_closer_core::db::orders::FindById;
+use order_closer_core::db::{self, DbError, DbPool};
+use order_closer_core::message::{CloseMessage, Job};
+use order_closer_core::order::{Order, OrderStatus};
+use order_closer_core::retry::{RetryPolicy, RetryStep};
+pub use order_closer_gateway::registry::Gateways;
+use order_closer_gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeRef, TradeState,
 };
-use crate::message::{CloseMessage, Job};
-use crate::metrics::Metrics;
-use crate::order::{Order, OrderStatus};
-use crate::retry::{RetryPolicy, RetryStep};
 use table::{Action, CloseReason, Precheck, Protocol, QueryStage, Step};
 use write::{DecisionWrite, WriteDecisions};
 
@@ -202,7 +202,7 @@ impl Decider {
     pub fn configured(
         pool: DbPool,
         gateways: Gateways,
-        settings: &crate::config::Settings,
+        settings: &order_closer_core::config::Settings,
         actor: impl Into<String>,
     ) -> Self {
         Self::new(pool, gateways, settings.retry.clone(), actor)
@@ -474,7 +474,7 @@ impl Decider {
                         delay,
                         attempt: next,
                     } => {
-                        let not_before = crate::time::later(Utc::now(), delay);
+                        let not_before = order_closer_core::time::later(Utc::now(), delay);
                         if pending == Pending::Record {
                             self.audit_only(
                                 &order,
@@ -528,7 +528,7 @@ impl Decider {
             // safe response to a bug is to try again later, never to close.
             Action::CloseAtGateway | Action::QueryAgain => Ok(Outcome::Retry {
                 delay: self.retry.steps()[0],
-                not_before: crate::time::later(Utc::now(), self.retry.steps()[0]),
+                not_before: order_closer_core::time::later(Utc::now(), self.retry.steps()[0]),
                 attempt: attempt.number,
                 code: "internal".into(),
                 detail: format!("unresolved action {action:?}"),
@@ -609,8 +609,8 @@ impl Decider {
             None => cause.detail().to_owned(),
             Some(m) => format!(
                 "paid at the gateway with amount {} but the order says {}",
-                crate::money::format_minor(m.paid),
-                crate::money::format_minor(m.expected)
+                order_closer_core::money::format_minor(m.paid),
+                order_closer_core::money::format_minor(m.expected)
             ),
         };
         let anomaly = mismatch.map(|_| (AnomalyKind::AmountMismatch, detail.clone()));
@@ -672,7 +672,7 @@ impl Decider {
             "the gateway reports trade {trade_no} paid {} and given back before the deadline \
              (by hand in the merchant portal, or by its risk control): closed, no goods for \
              money that went back; check whether any of it was kept",
-            crate::money::format_minor(paid_minor)
+            order_closer_core::money::format_minor(paid_minor)
         );
         let outcome = self
             .commit(DecisionWrite {

@@ -30,15 +30,15 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 pub use super::bill_report::{BillLine, BillReport};
-use crate::bill::{Bill, BillRow, BillRowKind, CheckedBill};
-use crate::db::anomalies::AnomalyKind;
-use crate::db::schema::orders;
-use crate::db::{self};
 use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
-use crate::gateway::{BillFetchError, BillSource, QueryAnswer, TradeState};
-use crate::money::format_minor;
-use crate::order::{Order, OrderStatus};
+use order_closer_core::db::anomalies::AnomalyKind;
+use order_closer_core::db::schema::orders;
+use order_closer_core::db::{self};
+use order_closer_core::money::format_minor;
+use order_closer_core::order::{Order, OrderStatus};
+use order_closer_gateway::bill::{Bill, BillRow, BillRowKind, CheckedBill};
+use order_closer_gateway::{BillFetchError, BillSource, QueryAnswer, TradeState};
 
 /// The UTC interval of one calendar day in the gateway's calendar `offset`.
 pub fn gateway_day(date: NaiveDate, offset: FixedOffset) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -429,7 +429,7 @@ async fn load_orders(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::china;
+    use order_closer_core::time::china;
 
     #[test]
     fn a_china_day_starts_at_16_utc_the_day_before() {

@@ -17,10 +17,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::future::join_all;
 use thiserror::Error;
 
-use crate::broker::BrokerError;
-use crate::broker::publisher::{ParkNote, Publisher};
-use crate::db::outbox::{self, Claim, KIND_CLOSE, KIND_EVENT, OutboxRow};
-use crate::message::CloseMessage;
+use order_closer_core::broker::BrokerError;
+use order_closer_core::broker::publisher::{ParkNote, Publisher};
+use order_closer_core::db::outbox::{self, Claim, KIND_CLOSE, KIND_EVENT, OutboxRow};
+use order_closer_core::message::CloseMessage;
 
 /// Publishes in flight at once.
 pub const PUBLISH_WINDOW: usize = 500;

@@ -25,12 +25,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::publisher::Publisher;
-use crate::broker::topology::Topology;
-use crate::broker::{self, BrokerError, timed};
 use crate::decide::Decider;
 use crate::health::Readiness;
 use crate::janitor::{Janitor, JanitorConfig};
+use order_closer_core::broker::publisher::Publisher;
+use order_closer_core::broker::topology::Topology;
+use order_closer_core::broker::{self, BrokerError, timed};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Worker settings from the process settings.
-    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+    pub fn from_settings(settings: &order_closer_core::config::Settings) -> Self {
         Self {
             amqp_url: settings.amqp_url.clone(),
             amqp_tls: settings.amqp_tls.clone(),

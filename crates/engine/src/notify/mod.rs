@@ -34,16 +34,16 @@ use axum::http::HeaderMap;
 use chrono::Utc;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::db::batch::Batcher;
-use crate::db::orders::FindByOutTradeNo;
 use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, MAX_GROUP, Mode, Outcome, Unavailable};
-use crate::gateway::TradeState;
-use crate::gateway::notice::{Claim, Notice, NotifyVerifier, Reply};
 use crate::metrics::Metrics;
-use crate::money::format_minor;
-use crate::order::{Order, OrderStatus};
 use hints::{HintBudget, Refusal};
+use order_closer_core::db::batch::Batcher;
+use order_closer_core::db::orders::FindByOutTradeNo;
+use order_closer_core::money::format_minor;
+use order_closer_core::order::{Order, OrderStatus};
+use order_closer_gateway::TradeState;
+use order_closer_gateway::notice::{Claim, Notice, NotifyVerifier, Reply};
 pub use outcome::NotifyOutcome;
 pub use settings::NotifySettings;
 

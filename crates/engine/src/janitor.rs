@@ -28,12 +28,12 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use tracing::{Instrument, info_span, warn};
 
-use crate::broker::publisher::{ParkNote, Publisher};
-use crate::db::{self, DbError, orders};
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
-use crate::message::CloseMessage;
 use crate::reconcile::Verdict;
-use crate::time;
+use order_closer_core::broker::publisher::{ParkNote, Publisher};
+use order_closer_core::db::{self, DbError, orders};
+use order_closer_core::message::CloseMessage;
+use order_closer_core::time;
 
 /// Most orders one pass claims.
 pub const BATCH: i64 = 100;
@@ -42,7 +42,7 @@ pub const CONCURRENCY: usize = 8;
 /// How long a claimed order is left to the janitor that claimed it.
 pub const LEASE: Duration = Duration::from_secs(600);
 
-pub use crate::config::janitor::JanitorConfig;
+pub use order_closer_core::config::janitor::JanitorConfig;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::broker::timed;
 use crate::janitor::Janitor;
 use crate::metrics::Metrics;
+use order_closer_core::broker::timed;
 
 /// Runs passes until cancelled. A pass cut short by shutdown is safe: its orders are
 /// leased, and a decision interrupted midway is found by the next one.

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::broker::publisher::Publisher;
-use crate::db::outbox::Claim;
-use crate::db::{self, DbPool};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
+use order_closer_core::broker::publisher::Publisher;
+use order_closer_core::db::outbox::Claim;
+use order_closer_core::db::{self, DbPool};
 
 const BATCH: i64 = 500;
 /// How often the backlog gauge is refreshed (a count over a large outbox is not free).

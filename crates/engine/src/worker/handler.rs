@@ -11,12 +11,12 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::broker::BrokerError;
-use crate::broker::publisher::{ParkNote, Publisher};
-use crate::broker::tiers::{Route, SMALLEST_TIER};
-use crate::closer::MAX_TIME_TO_PAY;
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
-use crate::message::{CloseMessage, cut_oversized};
+use order_closer_core::broker::BrokerError;
+use order_closer_core::broker::publisher::{ParkNote, Publisher};
+use order_closer_core::broker::tiers::{Route, SMALLEST_TIER};
+use order_closer_core::closer::MAX_TIME_TO_PAY;
+use order_closer_core::message::{CloseMessage, cut_oversized};
 
 use super::acks::Acks;
 
@@ -262,7 +262,7 @@ async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError
         Err(unavailable) => {
             warn!(error = %unavailable, retry_in = ?DB_RETRY_DELAY, "database unavailable; trying again later");
             message.first_seen = Some(first_seen);
-            message.not_before = Some(crate::time::later(Utc::now(), DB_RETRY_DELAY));
+            message.not_before = Some(order_closer_core::time::later(Utc::now(), DB_RETRY_DELAY));
             ctx.publisher
                 .schedule(&message, Utc::now())
                 .await
@@ -286,7 +286,7 @@ async fn finish_delivery(ctx: &Context, delivery: &Delivery, routed: Result<(), 
             ..BasicNackOptions::default()
         });
         if matches!(
-            tokio::time::timeout(crate::broker::BROKER_TIMEOUT, nack).await,
+            tokio::time::timeout(order_closer_core::broker::BROKER_TIMEOUT, nack).await,
             Ok(Ok(true))
         ) {
             // Only now may a run of acks pass this delivery.

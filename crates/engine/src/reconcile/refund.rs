@@ -13,13 +13,13 @@
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::db::anomalies::AnomalyKind;
-use crate::db::{self, orders, refunds};
 use crate::decide::refund::{PlanFailure, RefundRequestResult, refundable};
 use crate::decide::refund_plan::{Basis, NotSendable};
 use crate::decide::{Decider, Unavailable};
-use crate::gateway::GatewayError;
-use crate::money::format_minor;
+use order_closer_core::db::anomalies::AnomalyKind;
+use order_closer_core::db::{self, orders, refunds};
+use order_closer_core::money::format_minor;
+use order_closer_gateway::GatewayError;
 
 /// Why the refund was not requested.
 #[derive(Debug, Error)]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::gateway::rate_limit::Limiter;
+use order_closer_gateway::rate_limit::Limiter;
 
 /// Most orders remembered at once.
 pub const MAX_TRACKED: usize = 100_000;

@@ -1,5 +1,5 @@
 //! `POST /notify/{channel}` as an axum router, and [`serve`], which runs it with the
-//! public-facing limits of [`crate::http_server::Limits::PUBLIC`] (the body deadline and
+//! public-facing limits of [`order_closer_http_server::Limits::PUBLIC`] (the body deadline and
 //! the bound per source address are the server's).
 //!
 //! Before the body is touched, a request is refused (in the channel's reply format,
@@ -27,8 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{MAX_BODY_BYTES, Notifier};
-use crate::gateway::notice::echo;
-use crate::http_server::{self, Limits};
+use order_closer_gateway::notice::echo;
+use order_closer_http_server::{self as http_server, Limits};
 
 /// The router to serve, or to mount in a shop's own axum application.
 pub fn router(notifier: Arc<Notifier>) -> Router {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::gateway::{CloseAnswer, FaultClass, GatewayError, TradeState};
-use crate::order::{Order, OrderStatus};
-use crate::retry::{RetryPolicy, RetryStep};
+use order_closer_core::order::{Order, OrderStatus};
+use order_closer_core::retry::{RetryPolicy, RetryStep};
+use order_closer_gateway::{CloseAnswer, FaultClass, GatewayError, TradeState};
 
 /// What to do before asking the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub fn precheck(
     }
 }
 
-pub use crate::order::CloseReason;
+pub use order_closer_core::order::CloseReason;
 
 /// A paid amount that differs from the order's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,8 +17,8 @@
 
 use thiserror::Error;
 
-use crate::gateway::{GatewayError, TradeState};
-use crate::money::format_minor;
+use order_closer_core::money::format_minor;
+use order_closer_gateway::{GatewayError, TradeState};
 
 /// Longest refund number: Alipay's `out_request_no` and WeChat Pay's `out_refund_no` both
 /// take at most 64 characters.
@@ -201,7 +201,7 @@ pub fn plan(state: &TradeState, sent: Option<(i64, &str)>) -> Result<PlannedRefu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::FaultClass;
+    use order_closer_gateway::FaultClass;
 
     fn paid(trade_no: &str, amount_minor: i64) -> TradeState {
         TradeState::Paid {

@@ -20,10 +20,10 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{Finding, Verdict};
-use crate::broker::publisher::Publisher;
-use crate::db::{self, DbError, orders};
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
 use crate::janitor::{self, ParkedOrder};
+use order_closer_core::broker::publisher::Publisher;
+use order_closer_core::db::{self, DbError, orders};
 
 /// Rows read per page.
 pub const PAGE: i64 = 500;
@@ -86,7 +86,7 @@ pub async fn sweep(
     parking: Option<&Publisher>,
     progress: impl Fn(u64),
 ) -> Result<OverdueReport, DbError> {
-    let cutoff = crate::time::earlier(Utc::now(), options.older_than);
+    let cutoff = order_closer_core::time::earlier(Utc::now(), options.older_than);
     let mut report = OverdueReport {
         dry_run: options.mode == Mode::DryRun,
         cutoff,
@@ -187,7 +187,10 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Missing => "no such order".into(),
         Outcome::Refunded { decision_id } => format!("refunded (decision {decision_id})"),
         Outcome::WouldRefund { amount_minor } => {
-            format!("would refund {}", crate::money::format_minor(*amount_minor))
+            format!(
+                "would refund {}",
+                order_closer_core::money::format_minor(*amount_minor)
+            )
         }
         Outcome::StillParked { code, detail } => {
             format!("still parked ({code}: {detail}); see reconcile parked")
