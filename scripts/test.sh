@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's test command):
 #   services -> rustfmt check -> clippy (warnings are errors) -> the lean library alone ->
-#   tests (parallel) ->
-#   the broker tests on classic queues -> serial tests (names containing `serial_`: they
-#   restart a broker or kill processes) -> the chaos run on classic and on quorum
-#   queues -> doc tests.
+#   tests (parallel; the integration tests are the binary `all`) ->
+#   the broker tests on classic queues -> the serial tests (the binary `serial`: they
+#   restart a broker or kill processes) -> the chaos run (the binary `chaos`) on classic
+#   and on quorum queues -> doc tests.
 # DATABASE_URL / AMQP_URL default to the local services started by scripts/services.sh;
 # set SKIP_SERVICES=1 to use your own.
 set -euo pipefail
@@ -121,23 +121,23 @@ CURRENT="cargo test --workspace --all-targets -- --skip serial_"
 step "$CURRENT (parallel)"
 cargo test --workspace --all-targets -- --skip serial_
 
-CURRENT="TEST_QUEUE_TYPE=classic cargo test --test decisions_e2e --test delivery_e2e --test janitor_e2e"
+CURRENT="TEST_QUEUE_TYPE=classic cargo test --test all -- decisions_e2e:: delivery_e2e:: janitor_e2e::"
 step "$CURRENT (the broker tests again on classic queues)"
-TEST_QUEUE_TYPE=classic cargo test --test decisions_e2e --test delivery_e2e --test janitor_e2e
+TEST_QUEUE_TYPE=classic cargo test --test all -- decisions_e2e:: delivery_e2e:: janitor_e2e::
 
-CURRENT="cargo test --all-targets -- --test-threads=1 serial_ --skip serial_chaos"
+CURRENT="cargo test --test serial -- --test-threads=1"
 step "$CURRENT (serial)"
-cargo test --all-targets -- --test-threads=1 serial_ --skip serial_chaos
+cargo test --test serial -- --test-threads=1
 
 # The chaos run restarts a broker (a throwaway node of its own) and kills workers: alone,
 # with its figures printed, on classic and on quorum queues.
-CURRENT="TEST_QUEUE_TYPE=classic cargo test --test serial_chaos -- --nocapture"
+CURRENT="TEST_QUEUE_TYPE=classic cargo test --test chaos -- --nocapture"
 step "$CURRENT (chaos run, a few minutes)"
-TEST_QUEUE_TYPE=classic cargo test --test serial_chaos -- --nocapture
+TEST_QUEUE_TYPE=classic cargo test --test chaos -- --nocapture
 
-CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test serial_chaos -- --nocapture"
+CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test chaos -- --nocapture"
 step "$CURRENT (chaos run on quorum queues, a few minutes)"
-TEST_QUEUE_TYPE=quorum cargo test --test serial_chaos -- --nocapture
+TEST_QUEUE_TYPE=quorum cargo test --test chaos -- --nocapture
 
 CURRENT="cargo test --workspace --doc"
 step "$CURRENT"

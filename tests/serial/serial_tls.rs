@@ -9,8 +9,6 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,9 +21,9 @@ use order_closer::db::{self, orders};
 use order_closer::order::OrderStatus;
 use order_closer::sim::{self};
 
-use common::certs::Pki;
-use common::pg_node::PgNode;
-use common::rabbit_node::RabbitNode;
+use crate::common::certs::Pki;
+use crate::common::pg_node::PgNode;
+use crate::common::rabbit_node::RabbitNode;
 
 const PASSWORD: &str = "SeCrEt-pw";
 
@@ -275,7 +273,7 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
     wrong[1].1 = pki.other_ca.display().to_string();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        common::run_binary(&wrong, &["worker"]),
+        crate::common::run_binary(&wrong, &["worker"]),
     )
     .await
     .expect("the worker with a wrong CA stops by itself");
@@ -312,7 +310,7 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
         2,
     )
     .expect("pool");
-    let decided = common::eventually(Duration::from_secs(90), || {
+    let decided = crate::common::eventually(Duration::from_secs(90), || {
         let pool = pool.clone();
         async move {
             let mut conn = db::conn(&pool).await.ok()?;

@@ -6,8 +6,6 @@
 // It runs the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -22,9 +20,9 @@ use order_closer::sim::Forge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use common::notices::{claimed_paid, outcomes, queries, refused_hints};
-use common::slow_clients::SlowClients;
-use common::{NotifyEndpoint, TestEnv, eventually};
+use crate::common::notices::{claimed_paid, outcomes, queries, refused_hints};
+use crate::common::slow_clients::SlowClients;
+use crate::common::{NotifyEndpoint, TestEnv, eventually};
 
 /// A notification's head declaring 60,000 bytes of form, and its first bytes: the body
 /// then comes at a byte a second, never whole.

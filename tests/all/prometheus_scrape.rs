@@ -5,13 +5,11 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use order_closer::health;
 use order_closer::sim::FaultKind;
 use tokio_util::sync::CancellationToken;

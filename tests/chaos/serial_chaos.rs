@@ -4,7 +4,7 @@
 //! operator path runs (the gateway healthy again, `reconcile parked --requeue`), then
 //! every invariant is checked and the figures are printed.
 //!
-//! The broker is a throwaway RabbitMQ node of the test's own (`common::rabbit_node`), so
+//! The broker is a throwaway RabbitMQ node of the test's own (`crate::common::rabbit_node`), so
 //! the machine's broker is never restarted. Kills processes and restarts a broker: runs
 //! alone (`scripts/test.sh` gives it its own step), on classic queues and, with
 //! `TEST_QUEUE_TYPE=quorum`, on quorum queues.
@@ -22,8 +22,6 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,8 +30,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::rabbit_node::RabbitNode;
-use common::{TestEnv, eventually};
+use crate::common::rabbit_node::RabbitNode;
+use crate::common::{TestEnv, eventually};
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::Bool;
@@ -447,7 +445,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let parked_before = env.queue_len(&env.topology.parked_queue()).await as usize;
     // The gateway is healthy again: no fault plan, no pending one-shot failures.
     env.buyers.clear_faults().await.unwrap();
-    let requeue = common::run_binary(&vars, &["reconcile", "parked", "--requeue"]).await;
+    let requeue = crate::common::run_binary(&vars, &["reconcile", "parked", "--requeue"]).await;
     let requeue_report = String::from_utf8_lossy(&requeue.stdout).into_owned();
     let settled_after_requeue = eventually(Duration::from_secs(60), || async {
         let mut conn = db::conn(&env.pool).await.ok()?;

@@ -2,14 +2,12 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::process::Output;
 
-use common::TestEnv;
+use crate::common::TestEnv;
 
 async fn run(env: &[(String, String)], args: &[&str]) -> Output {
-    common::run_binary(env, args).await
+    crate::common::run_binary(env, args).await
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -662,12 +660,12 @@ async fn orders_extend_and_cancel_from_the_shell() {
         "{}",
         text(&out.stdout)
     );
-    let refunded = common::eventually(std::time::Duration::from_secs(20), || async {
+    let refunded = crate::common::eventually(std::time::Duration::from_secs(20), || async {
         (trade().await.refunds.len() == 1).then_some(())
     })
     .await;
     assert!(refunded.is_some(), "the worker sent the refund");
-    let settled = common::eventually(std::time::Duration::from_secs(20), || async {
+    let settled = crate::common::eventually(std::time::Duration::from_secs(20), || async {
         let out = run(&vars, &["reconcile", "anomalies", "--refund", &no]).await;
         text(&out.stdout)
             .contains("was refunded before")

@@ -5,13 +5,11 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{Observed, TestEnv, eventually};
+use crate::common::{Observed, TestEnv, eventually};
 use lapin::options::QueuePurgeOptions;
 use order_closer::db::{self, orders};
 use order_closer::order::{Order, OrderStatus};

@@ -5,8 +5,6 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
 use order_closer::db::refunds::RefundProgress;
@@ -18,7 +16,7 @@ use order_closer::order::OrderStatus;
 use order_closer::reconcile::refund::{self, RefundError};
 use order_closer::sim::{FaultKind, FaultPlan, SimMethod, SimTradeStatus};
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 
 fn count(events: &[serde_json::Value], no: &str, event: &str) -> usize {
     events

@@ -3,11 +3,9 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use order_closer::broker::topology::header_text;
 use order_closer::db;
 use order_closer::decide::Decider;

@@ -4,9 +4,7 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
-use common::gateway::{GatewayEnv, gateway_env};
+use crate::common::gateway::{GatewayEnv, gateway_env};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

@@ -5,12 +5,10 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::Utc;
-use common::TestEnv;
+use crate::common::TestEnv;
 use order_closer::db::{self, outbox::Claim};
 use order_closer::decide::{AttemptInfo, Mode, Outcome};
 use order_closer::janitor::Janitor;

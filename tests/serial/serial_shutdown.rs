@@ -3,12 +3,10 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use order_closer::order::OrderStatus;
 
 const BIN: &str = env!("CARGO_BIN_EXE_order-closer");

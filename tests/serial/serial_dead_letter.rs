@@ -15,13 +15,11 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::rabbit_node::RabbitNode;
+use crate::common::rabbit_node::RabbitNode;
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use order_closer::broker::publisher::Publisher;
@@ -86,7 +84,7 @@ async fn refuse_at_the_close_queue(node: &RabbitNode, publisher: &Publisher, top
         topology,
         r#"{"max-length":0,"overflow":"reject-publish"}"#,
     );
-    let refused = common::eventually(Duration::from_secs(10), || async {
+    let refused = crate::common::eventually(Duration::from_secs(10), || async {
         let probe = publisher
             .publish(
                 &topology.close_exchange(),
@@ -165,7 +163,7 @@ async fn run(node: &RabbitNode, queue_type: QueueType, scenario: Scenario) -> Co
         queue_type,
     ));
     let url = node.amqp_url();
-    let (_connection, publisher) = common::declared(&url, &topology).await;
+    let (_connection, publisher) = crate::common::declared(&url, &topology).await;
     let tier = topology.delay_queue(TIER);
 
     let published = match scenario {
@@ -222,8 +220,8 @@ async fn run(node: &RabbitNode, queue_type: QueueType, scenario: Scenario) -> Co
             continue;
         };
         let (Some(arrived), Some(ready)) = (
-            common::ready_count(&probe, &topology.close_queue()).await,
-            common::ready_count(&probe, &tier).await,
+            crate::common::ready_count(&probe, &topology.close_queue()).await,
+            crate::common::ready_count(&probe, &tier).await,
         ) else {
             continue;
         };

@@ -3,12 +3,10 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use common::TestEnv;
+use crate::common::TestEnv;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use order_closer::bill::{BillRow, BillRowKind};
@@ -454,7 +452,7 @@ async fn refused_by(
         args.extend(["--file", path.as_str()]);
     }
     args.extend(more);
-    let out = common::run_binary(vars, &args).await;
+    let out = crate::common::run_binary(vars, &args).await;
     assert_eq!(out.status.code(), Some(1), "{args:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -5,9 +5,7 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
-use common::gateway::{GatewayEnv, gateway_env};
+use crate::common::gateway::{GatewayEnv, gateway_env};
 
 use std::time::{Duration, Instant};
 
@@ -583,7 +581,7 @@ async fn latency_is_added_and_a_late_close_still_applies() {
         "timeout"
     );
     assert_eq!(status(&env, "ORD-L").await, SimTradeStatus::WaitBuyerPay);
-    let closed = common::eventually(Duration::from_secs(30), || async {
+    let closed = crate::common::eventually(Duration::from_secs(30), || async {
         (status(&env, "ORD-L").await == SimTradeStatus::TradeClosed).then_some(())
     })
     .await;

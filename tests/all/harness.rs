@@ -3,9 +3,7 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
-use common::TestEnv;
+use crate::common::TestEnv;
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use lapin::options::QueueDeclareOptions;
@@ -27,7 +25,7 @@ async fn an_environment_dropped_without_cleanup_removes_its_schema_and_queues() 
     let amqp_url = env.settings.amqp_url.expose_secret().to_owned();
     drop(env);
 
-    let mut admin = db::connect(&common::base_database_url()).await.unwrap();
+    let mut admin = db::connect(&crate::common::base_database_url()).await.unwrap();
     let left: Count = diesel::sql_query(
         "SELECT count(*) AS n FROM information_schema.schemata WHERE schema_name = $1",
     )

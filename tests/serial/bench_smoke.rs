@@ -2,8 +2,8 @@
 //! with every section and a chart, and every throughput is positive. No timing
 //! assertions: performance is reported by the benchmark, never asserted in tests.
 //!
-//! Named `serial_` so that `scripts/test.sh` runs it in the serial pass, where it does
-//! not compete with the parallel tests for the CPU.
+//! In the serial binary, so that `scripts/test.sh` runs it alone, where it does not
+//! compete with the parallel tests for the CPU.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 

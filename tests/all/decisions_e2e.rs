@@ -3,11 +3,9 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestEnv;
+use crate::common::TestEnv;
 use order_closer::order::OrderStatus;
 use order_closer::sim::SimTradeStatus;
 

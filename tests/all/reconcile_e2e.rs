@@ -3,12 +3,10 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use order_closer::broker::publisher::ParkNote;
@@ -268,7 +266,7 @@ async fn the_command_line_tells_cron_what_it_found() {
     let vars = env.binary_env(&dir);
     let run = |args: &'static [&'static str]| {
         let vars = vars.clone();
-        async move { common::run_binary(&vars, args).await }
+        async move { crate::common::run_binary(&vars, args).await }
     };
     let clean = run(&["reconcile", "overdue"]).await;
     assert_eq!(

@@ -4,8 +4,6 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +13,8 @@ use axum::extract::State;
 use axum::routing::post;
 use tokio_util::sync::CancellationToken;
 
-use common::eventually;
-use common::gateway::{GatewayEnv, gateway_env};
+use crate::common::eventually;
+use crate::common::gateway::{GatewayEnv, gateway_env};
 use order_closer::sim::{NotifyPlan, NotifyStats};
 
 /// One notification as it arrived.

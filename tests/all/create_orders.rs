@@ -4,11 +4,9 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use order_closer::closer::{Closer, CreateError, Due, MAX_BATCH, NewOrder};

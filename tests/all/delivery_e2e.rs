@@ -3,12 +3,10 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use order_closer::broker::publisher::Publisher;
 use order_closer::broker::topology::header_text;
 use order_closer::closer::{Closer, Due, NewOrder};
@@ -149,7 +147,7 @@ async fn the_one_at_a_time_consumer_decides_orders_that_arrive_just_before_their
 async fn with_the_broker_unreachable_at_creation_the_relay_closes_the_order_later() {
     let mut env = TestEnv::new(&[]).await;
     // A publisher whose connection is gone: the broker is unreachable for this shop.
-    let dead = order_closer::broker::connect(&common::amqp_url(), "dead")
+    let dead = order_closer::broker::connect(&crate::common::amqp_url(), "dead")
         .await
         .unwrap();
     let publisher = Publisher::open(&dead, env.topology.clone()).await.unwrap();

@@ -7,13 +7,11 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{TestEnv, eventually};
+use crate::common::{TestEnv, eventually};
 use order_closer::broker::publisher::{HEADER_LAST_ERROR, HEADER_REASON, ParkNote};
 use order_closer::broker::topology::header_text;
 use order_closer::message::MAX_BODY;

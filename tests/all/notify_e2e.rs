@@ -7,8 +7,6 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::Utc;
@@ -21,10 +19,10 @@ use order_closer::notify::hints::Refusal;
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sim::{Forge, NotifyPlan, Outgoing, SimTradeStatus, SimTradeView};
 
-use common::gateway::{HoldAt, HoldHandle};
-use common::notices::{claimed_paid, outcomes, queries, refused_hints};
-use common::tcp_proxy::TcpProxy;
-use common::{NotifyEndpoint, TestEnv, eventually};
+use crate::common::gateway::{HoldAt, HoldHandle};
+use crate::common::notices::{claimed_paid, outcomes, queries, refused_hints};
+use crate::common::tcp_proxy::TcpProxy;
+use crate::common::{NotifyEndpoint, TestEnv, eventually};
 
 /// (actor, outcome) of every decision about an order.
 async fn audit(env: &TestEnv, order_id: i64) -> Vec<(String, String)> {
@@ -183,7 +181,7 @@ async fn ten_copies_at_once_give_one_decision_and_one_event() {
 struct Race {
     env: TestEnv,
     endpoint: NotifyEndpoint,
-    worker: common::Observed,
+    worker: crate::common::Observed,
     no: String,
     order: Order,
 }
@@ -521,7 +519,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
     let n = channels(&env).len() as u64;
     for channel in channels(&env) {
         let buyer = env.buyers.at(channel);
-        let refused = |sent: &common::Sent, status: u16| {
+        let refused = |sent: &crate::common::Sent, status: u16| {
             assert_eq!(
                 (sent.status, sent.acknowledged),
                 (status, false),

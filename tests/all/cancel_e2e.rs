@@ -5,8 +5,6 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::Utc;
@@ -14,7 +12,7 @@ use order_closer::closer::{Cancelled, ChangeError};
 use order_closer::order::OrderStatus;
 use order_closer::sim::{FaultKind, SimTradeStatus};
 
-use common::TestEnv;
+use crate::common::TestEnv;
 
 /// (outcome, decided_at) of every decision about an order.
 async fn trail(env: &TestEnv, order_id: i64) -> Vec<(String, chrono::DateTime<Utc>)> {

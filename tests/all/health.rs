@@ -2,13 +2,11 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::slow_clients::SlowClients;
-use common::{TestEnv, eventually};
+use crate::common::slow_clients::SlowClients;
+use crate::common::{TestEnv, eventually};
 use order_closer::health;
 use order_closer::http_server::{self, Limits};
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,37 @@
+//! The integration tests that run in parallel, as one binary (rust-lang/crates.io's
+//! `tests/all.rs` pattern: one binary links once, where thirty took minutes and gigabytes
+//! to link). One module per concern; each test stands alone (its own schema, queue prefix
+//! and simulator) and cleans up after itself. `docs/testing.md` says what each covers.
+
+// The shared harness (a sandbox per test: its own schema, queue prefix and simulator). It
+// runs the binary and the simulator: only with the full build (`--features cli`, the
+// default).
+#[cfg(feature = "cli")]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod alerts;
+mod bill;
+mod cancel_e2e;
+mod cli;
+mod config_extremes;
+mod create_orders;
+mod db_groups;
+mod decisions_e2e;
+mod delivery_e2e;
+mod docs;
+mod faults_e2e;
+mod gateway_faults;
+mod harness;
+mod health;
+mod janitor_e2e;
+mod notify_abuse;
+mod notify_e2e;
+mod oversized_messages;
+mod prometheus_scrape;
+mod publish_races;
+mod reconcile_bill;
+mod reconcile_e2e;
+mod refund_e2e;
+mod sim_notify;
+mod wechat_sdk;
