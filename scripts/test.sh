@@ -81,13 +81,25 @@ done
 CURRENT="cargo clippy --lib --example create_order --no-default-features -- -D warnings"
 step "$CURRENT (the lean library)"
 cargo clippy --lib --example create_order --no-default-features -- -D warnings
-# The features in between: the worker without the simulator (a deployment's build), and
-# the simulator without the CLI. Each must build and lint clean with its tests, so that no
-# code (a test module, a dependency) leans on a feature it does not declare.
-for features in worker sim; do
+# The features in between: the engine without the CLI, and the deployable binary (`cli`:
+# no simulator, no benchmark, no test kit). Each must build and lint clean with its
+# tests, so that no code (a test module, a dependency) leans on a feature it does not
+# declare.
+for features in worker cli; do
     CURRENT="cargo clippy --all-targets --no-default-features --features $features -- -D warnings"
     step "$CURRENT"
     cargo clippy --all-targets --no-default-features --features "$features" -- -D warnings
+done
+
+# The deployable binary carries none of the tooling's crates.
+CURRENT="cargo tree -e normal --no-default-features --features cli (no tooling)"
+step "$CURRENT"
+deploy_tree="$(cargo tree -e normal --no-default-features --features cli --prefix none)"
+for tooling in order-closer-sim order-closer-testkit order-closer-bench plotters; do
+    if grep -q "^$tooling v" <<<"$deploy_tree"; then
+        echo "test.sh: the deployable binary depends on $tooling" >&2
+        false
+    fi
 done
 
 # The shop's library, as the root package without its features and as the core crate:

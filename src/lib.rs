@@ -5,32 +5,37 @@
 //! cancelled: the trade is closed at the gateway first, so no payment can land on an
 //! order we cancelled.
 //!
-//! The binary's library: the one list of gateways ([`gateway`]), the isolated sandbox
-//! the demo, the benchmark and the tests stand on, and logging; every other part is a
-//! crate of the workspace, re-exported here under the names the binary and the tests use:
+//! The binary's package. Every part of the product is a crate of the workspace (see
+//! docs/architecture.md, "Crates"), re-exported here under the names the binary, the
+//! examples and the tests use:
 //! - `order-closer-core`, the shop's library: [`closer`], the [`message`] and [`events`]
 //!   contract, [`db`] (migrations included), [`broker`], [`config`];
-//! - `order-closer-gateway`, the port ([`gateway`], [`bill`]), and one crate per gateway
-//!   (`gateway::alipay`, `gateway::wechat`);
-//! - `order-closer-engine`: [`decide`] (the pure decision table in [`decide::table`]),
-//!   [`worker`], [`relay`], [`janitor`], [`notify`], [`reconcile`], [`health`],
-//!   [`metrics`];
-//! - `order-closer-sim`: the gateway simulator ([`sim`]).
+//! - `order-closer-app`, the composition root: the one list of gateways ([`gateway`], each
+//!   gateway's crate by name and its order rules in [`gateway::rules`]) and, with
+//!   `worker`, `App`, which wires the engine;
+//! - `order-closer-gateway`, the port (`gateway`, `bill`);
+//! - `order-closer-engine`: `decide`, `worker`, `relay`, `janitor`, `notify`,
+//!   `reconcile`, `health`, `metrics`;
+//! - with `tooling`: the simulator (`sim`) and the sandbox (`sandbox`).
 //!
-//! With `default-features = false` only the shop's part is built: the core crate and each
-//! gateway's order rules ([`gateway::rules`]), without any gateway's client. The features
-//! `worker`, `sim` and `cli` add the rest (all on by default).
+//! Features:
+//! - none (`default-features = false`): the shop's library, the core crate and every
+//!   gateway's order rules, with no HTTP, CLI or server crate;
+//! - `worker`: the engine and every gateway's client;
+//! - `cli`: the deployable `order-closer` binary (migrate, worker, notify, orders,
+//!   reconcile, keygen), without the simulator and the benchmark;
+//! - `tooling` (default): the `gateway-sim`, `demo` and `bench` commands too.
 
-// The shop's library (always built), from its own crate: the create API, the contract,
-// the database and the broker at the edges. Re-exported under the names the rest of the
-// binary and the tests use.
+// The shop's library (always built), from its own crate.
 pub use order_closer_core::{
     broker, closer, config, db, events, files, message, money, order, retry, text, time, tls,
     url_secret,
 };
 pub mod gateway;
 
-// `worker`: everything that decides orders, from the engine's crate.
+// `worker`: the composition root and the engine.
+#[cfg(feature = "worker")]
+pub use order_closer_app::{App, AppError};
 #[cfg(feature = "worker")]
 pub use order_closer_engine::{decide, health, janitor, metrics, notify, reconcile, relay, worker};
 #[cfg(feature = "worker")]
@@ -38,12 +43,12 @@ pub use order_closer_gateway::bill;
 #[cfg(feature = "worker")]
 pub use order_closer_http_server as http_server;
 
-// `sim`: the gateway simulator, and the isolated environment the demo, the benchmark and
-// the tests stand on.
-#[cfg(feature = "sim")]
-pub mod sandbox;
-#[cfg(feature = "sim")]
+// `tooling`: the gateway simulator, and the isolated environment the demo, the benchmark
+// and the tests stand on.
+#[cfg(feature = "tooling")]
 pub use order_closer_sim as sim;
+#[cfg(feature = "tooling")]
+pub use order_closer_testkit::sandbox;
 
 // `cli`: logging set-up for the binary.
 #[cfg(feature = "cli")]

@@ -7,7 +7,7 @@
 //!   which escapes every control character ([`crate::text::printable`]: `\n`, `\r`,
 //!   `\t`, else `\u{1b}`): ESC, NUL, backspace, C1 codes. tracing-subscriber's own formatter escapes only the `message`
 //!   field (and errors), and not NUL, so a field written with `%` (`channel = %name`)
-//!   printed `/notify/x%1B%5B2J`'s escape code raw (issue 19);
+//!   printed `/notify/x%1B%5B2J`'s escape code raw;
 //! - the JSON format escapes control characters in its strings itself;
 //! - `OneLine` escapes any newline left inside an event, whatever wrote it.
 //!
@@ -193,7 +193,7 @@ mod tests {
         }
     }
 
-    /// Issue 19: `/notify/x%1B%5B2J`'s channel reached the terminal as ESC [ 2 J (clear
+    /// `/notify/x%1B%5B2J`'s channel reached the terminal as ESC [ 2 J (clear
     /// the screen): a span field written with `%` was not escaped, nor was NUL anywhere.
     #[test]
     fn no_control_character_from_outside_reaches_the_text_log() {

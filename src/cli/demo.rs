@@ -19,13 +19,13 @@ use diesel_async::RunQueryDsl;
 use indicatif::{ProgressBar, ProgressStyle};
 use order_closer::broker::timed;
 use order_closer::closer::{Due, NewOrder};
+use order_closer::db::decisions::DecisionOutcome;
 use order_closer::db::schema::{decisions, orders};
 use order_closer::db::{self, DbPool};
-use order_closer::decide::Decider;
 use order_closer::order::{Order, OrderStatus};
 use order_closer::sandbox::Sandbox;
 use order_closer::sim::{BuyerClient, FaultKind, NotifyPlan, SimTradeStatus};
-use order_closer::worker::{Worker, WorkerConfig};
+use order_closer_testkit::stats::percentile;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +51,7 @@ pub struct DemoArgs {
     fault_rate: f64,
     /// Which gateway the orders go through: one channel (`alipay`, `wechat`), or `all`
     /// (the orders spread over every gateway).
-    #[arg(long, default_value = "all", value_parser = |t: &str| super::parse_channel(t, true))]
+    #[arg(long, default_value = "all", value_parser = |t: &str| order_closer::gateway::parse_channel(t, true))]
     channel: String,
 }
 
@@ -139,21 +139,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 /// The demo proper, in `sandbox`.
 async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Result<ExitCode> {
-    let settings = &sandbox.settings;
     let pool = sandbox.pool.clone();
     let running = sandbox.sim();
     let buyers = sandbox.buyers.clone();
-    let gateways = sandbox.gateways()?;
+    let app = sandbox.app();
 
     // The notify endpoint, in process, and the simulator's notifications sent to it
     // (resends a hundred times faster than Alipay's).
     let notify_stop = CancellationToken::new();
-    let notifier = Arc::new(super::notify::notifier(
-        gateways.clone(),
-        settings,
-        pool.clone(),
-        &format!("notify:demo-{run_id}"),
-    ));
+    let notifier = Arc::new(app.notifier(pool.clone(), format!("notify:demo-{run_id}"))?);
     let notify_addr = order_closer::notify::http::serve(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         Arc::clone(&notifier),
@@ -167,15 +161,11 @@ async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("notify plan: {e}"))?;
 
     // The worker, in process.
-    let decider = Decider::configured(
-        pool.clone(),
-        gateways,
-        settings,
-        format!("demo-worker:{run_id}"),
-    );
     let stop = CancellationToken::new();
-    let worker =
-        tokio::spawn(Worker::new(decider, WorkerConfig::from_settings(settings)).run(stop.clone()));
+    let worker = tokio::spawn(
+        app.worker(pool.clone(), format!("demo-worker:{run_id}"))?
+            .run(stop.clone()),
+    );
 
     // Orders and their buyers.
     let closer = sandbox.closer();
@@ -386,7 +376,7 @@ async fn report(
         .select(Order::as_select())
         .load(&mut conn)
         .await?;
-    let history: Vec<(i64, String, chrono::DateTime<Utc>, String)> = decisions::table
+    let history: Vec<(i64, DecisionOutcome, chrono::DateTime<Utc>, String)> = decisions::table
         .filter(decisions::order_id.eq_any(&ids))
         .select((
             decisions::order_id,
@@ -436,13 +426,15 @@ async fn report(
     let count = |status: OrderStatus| rows.iter().filter(|o| o.status() == status).count();
     let retries = history
         .iter()
-        .filter(|(_, outcome, _, _)| outcome == "retry")
+        .filter(|(_, outcome, _, _)| *outcome == DecisionOutcome::Retry)
         .count();
     let parked = history
         .iter()
-        .filter(|(_, outcome, _, _)| outcome == "parked")
+        .filter(|(_, outcome, _, _)| *outcome == DecisionOutcome::Parked)
         .count();
-    let settling = |outcome: &str| outcome == "closed" || outcome == "paid";
+    let settling = |outcome: &DecisionOutcome| {
+        matches!(outcome, DecisionOutcome::Closed | DecisionOutcome::Paid)
+    };
     let decided = history.iter().filter(|(_, o, _, _)| settling(o)).count() as u64;
     // Lateness of the deadline decisions (a payment learnt from its notification is
     // decided before the deadline, on its own clock: payment to PAID).
@@ -454,7 +446,7 @@ async fn report(
     lateness_ms.sort_unstable();
     let mut payment_to_paid_ms = Vec::new();
     for (id, outcome, at, actor) in &history {
-        if outcome != "paid" || !actor.starts_with("notify") {
+        if *outcome != DecisionOutcome::Paid || !actor.starts_with("notify") {
             continue;
         }
         let Some(order) = by_id.get(id) else { continue };
@@ -468,11 +460,7 @@ async fn report(
     }
     payment_to_paid_ms.sort_unstable();
     let pct = |values: &[i64], p: f64| -> String {
-        if values.is_empty() {
-            return "-".into();
-        }
-        let idx = ((values.len() as f64 - 1.0) * p).round() as usize;
-        format!("{} ms", values[idx.min(values.len() - 1)])
+        percentile(values, p).map_or_else(|| "-".into(), |v| format!("{v} ms"))
     };
 
     let mut table = String::new();

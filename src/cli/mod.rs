@@ -1,11 +1,12 @@
 //! Command-line interface: argument parsing and dispatch to one module per command.
 
-mod bench;
+#[cfg(feature = "tooling")]
 mod demo;
 mod keygen;
 mod notify;
 mod orders;
 mod reconcile;
+#[cfg(feature = "tooling")]
 mod sim;
 mod worker;
 
@@ -37,6 +38,7 @@ enum Command {
     /// Serve the gateways' payment notifications (POST /notify/{channel}).
     Notify(notify::NotifyArgs),
     /// Run the gateway simulator: every payment gateway order-closer speaks, on one port.
+    #[cfg(feature = "tooling")]
     GatewaySim(sim::SimArgs),
     /// Generate an RSA-2048 application key pair (PEM files).
     Keygen(keygen::KeygenArgs),
@@ -47,8 +49,10 @@ enum Command {
     #[command(subcommand)]
     Reconcile(reconcile::ReconcileCommand),
     /// Run the whole product end to end against a simulator and report.
+    #[cfg(feature = "tooling")]
     Demo(demo::DemoArgs),
-    Bench(bench::BenchArgs),
+    #[cfg(feature = "tooling")]
+    Bench(order_closer_bench::BenchArgs),
 }
 
 /// Parses the command line. A refused one is printed with every secret-looking argument
@@ -126,6 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::from_env().context("invalid configuration")?;
     // The demo prints its own progress and summary; keep the worker's logs to warnings.
     let default_filter = match cli.command {
+        #[cfg(feature = "tooling")]
         Command::Demo(_) => "warn",
         _ => "info,lapin=warn",
     };
@@ -140,27 +145,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Worker(args) => worker::run(settings, args).await,
         Command::Notify(args) => notify::run(settings, args).await,
+        #[cfg(feature = "tooling")]
         Command::GatewaySim(args) => sim::run(args).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Orders(cmd) => orders::run(settings, cmd).await,
         Command::Reconcile(cmd) => reconcile::run(settings, cmd).await,
+        #[cfg(feature = "tooling")]
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench(args) => bench::run(&settings, args).await,
-    }
-}
-
-/// Parses a channel flag: one of the gateways order-closer speaks, or `all` when
-/// `all_too`; the error lists the choices.
-fn parse_channel(text: &str, all_too: bool) -> Result<String, String> {
-    let known: Vec<&str> = order_closer::gateway::rules::channels().collect();
-    if (all_too && text == "all") || known.contains(&text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a gateway: give {}{}",
-            if all_too { "all or one of " } else { "one of " },
-            known.join(", ")
-        ))
+        #[cfg(feature = "tooling")]
+        Command::Bench(args) => order_closer_bench::run(&settings, args).await,
     }
 }
 
@@ -172,7 +165,7 @@ mod tests {
     const PEM: &str =
         "-----BEGIN PRIVATE KEY-----\nU2VDckV0S2V5TWF0ZXJpYWw=\n-----END PRIVATE KEY-----";
 
-    /// Issue 19, item 10: a PEM given as an argument was repeated by clap's error.
+    /// A PEM given as an argument was repeated by clap's error.
     #[test]
     fn a_refused_argument_that_looks_secret_is_not_repeated() {
         let base64 =
@@ -219,7 +212,7 @@ mod tests {
         assert_eq!(shown, "--faults: not JSON");
     }
 
-    /// Issue 19, item 21: clap shows an `env` flag's current value in `--help`; no flag
+    /// clap shows an `env` flag's current value in `--help`; no flag
     /// backed by a variable may (a notify URL may hold a password).
     #[test]
     fn no_help_shows_a_variables_value() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
+use order_closer::App;
 use order_closer::closer::{Cancelled, ChangeError, Closer, Due, MAX_TIME_TO_PAY, NewOrder};
 use order_closer::config::{Settings, parse_duration};
 use order_closer::db::{self, decisions, orders};
@@ -82,7 +83,7 @@ pub struct CreateArgs {
 }
 
 /// The first gateway of the registry.
-const DEFAULT_CHANNEL: &str = order_closer::gateway::ALL[0].rules.channel;
+const DEFAULT_CHANNEL: &str = order_closer::gateway::RULES[0].channel;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -142,16 +143,14 @@ pub async fn run(settings: Settings, cmd: OrdersCommand) -> anyhow::Result<ExitC
 
 /// A closer; without a broker, one that leaves publishing to the worker's relay.
 async fn closer(settings: &Settings) -> anyhow::Result<Closer> {
-    match Closer::connect(settings, order_closer::gateway::rules::CHANNELS).await {
+    let app = App::build(settings.clone());
+    match app.closer().await {
         Ok(closer) => Ok(closer),
         Err(order_closer::closer::ConnectError::Broker(e)) => {
             eprintln!(
                 "warning: broker unavailable ({e}); the worker's relay will schedule the close"
             );
-            Ok(Closer::without_broker(
-                db::pool(settings.database_url.expose_secret(), 2)?,
-                order_closer::gateway::rules::CHANNELS,
-            ))
+            Ok(app.closer_on(db::pool(settings.database_url.expose_secret(), 2)?, None))
         }
         Err(e) => Err(e).context("connecting"),
     }
@@ -198,7 +197,7 @@ async fn cancel(settings: Settings, args: CancelArgs) -> anyhow::Result<ExitCode
 
 async fn extend(settings: Settings, args: ExtendArgs) -> anyhow::Result<ExitCode> {
     let pool = db::pool(settings.database_url.expose_secret(), 2)?;
-    let closer = Closer::without_broker(pool.clone(), order_closer::gateway::rules::CHANNELS);
+    let closer = App::build(settings.clone()).closer_on(pool.clone(), None);
     let to = match (args.deadline, args.by) {
         (Some(at), _) => at,
         (None, Some(by)) => {

@@ -13,13 +13,14 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use order_closer::App;
 use order_closer::broker::publisher::Publisher;
 use order_closer::broker::{self, timed};
 use order_closer::config::{Settings, parse_duration};
 use order_closer::db::outbox::Claim;
 use order_closer::db::{self, anomalies};
 use order_closer::decide::refund::RefundRequestResult;
-use order_closer::decide::{Decider, Gateways, Mode};
+use order_closer::decide::{Decider, Mode};
 use order_closer::money;
 use order_closer::reconcile::bill as bill_reconcile;
 use order_closer::reconcile::overdue::{self, OverdueOptions};
@@ -238,15 +239,8 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
 
 /// The decider the worker would use, signing audit rows as the reconcile command.
 fn decider(settings: &Settings) -> anyhow::Result<Decider> {
-    let gateways = Gateways::from_settings(settings, order_closer::gateway::ALL)
-        .context("invalid configuration")?;
-    let pool = db::pool(settings.database_url.expose_secret(), settings.db_pool_size)?;
-    Ok(Decider::configured(
-        pool,
-        gateways,
-        settings,
-        super::actor("reconcile"),
-    ))
+    let app = App::build(settings.clone());
+    Ok(app.decider(app.pool()?, super::actor("reconcile"))?)
 }
 
 fn mode(dry_run: bool) -> Mode {

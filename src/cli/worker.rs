@@ -1,14 +1,11 @@
 //! `order-closer worker`: the long-running close-queue consumer.
 
-use secrecy::ExposeSecret;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
+use order_closer::App;
 use order_closer::config::Settings;
-use order_closer::decide::{Decider, Gateways};
-use order_closer::worker::{Worker, WorkerConfig, shutdown_on_signal};
-use order_closer::{db, health};
+use order_closer::worker::shutdown_on_signal;
 
 /// Flags of `worker`.
 #[derive(Debug, Args)]
@@ -29,23 +26,8 @@ pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<Exi
     if let Some(p) = args.prefetch {
         settings.prefetch = p;
     }
-    let gateways = Gateways::from_settings(&settings, order_closer::gateway::ALL)
-        .context("invalid configuration")?;
-    // A database that cannot be used stops the worker here, naming the cause, instead of
-    // every message being delayed for ever.
-    let pool = db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size)
-        .await
-        .context("cannot use the database (DATABASE_URL)")?;
-    let decider = Decider::configured(pool.clone(), gateways, &settings, super::actor("worker"));
-    let shutdown = shutdown_on_signal();
-    let worker = Worker::new(decider, WorkerConfig::from_settings(&settings));
-    if let Some(addr) = settings.http_listen {
-        let routes = health::router(worker.metrics(), worker.readiness(), pool);
-        let bound = health::serve(addr, routes, shutdown.clone())
-            .await
-            .context("ORDER_CLOSER_HTTP_LISTEN")?;
-        tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
-    }
-    worker.run(shutdown).await.context("the worker stopped")?;
+    App::build(settings)
+        .run_worker(&super::actor("worker"), shutdown_on_signal())
+        .await?;
     Ok(ExitCode::SUCCESS)
 }

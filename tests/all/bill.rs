@@ -2,7 +2,7 @@
 //! loopback, signed both ways) for a bill URL, downloads the zip, and the bill reader
 //! parses it.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use crate::common::gateway::{GatewayEnv, gateway_env};
 

@@ -3,7 +3,7 @@
 //! in each gateway state, and the caller is told how it ended; an extension is honoured by
 //! the message already scheduled.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 

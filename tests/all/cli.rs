@@ -1,13 +1,13 @@
 //! The binary's commands, run as a user would: good and bad arguments and configuration.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::process::Output;
 
 use crate::common::TestEnv;
 
 async fn run(env: &[(String, String)], args: &[&str]) -> Output {
-    crate::common::run_binary(env, args).await
+    crate::common::run_binary(crate::BIN, env, args).await
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -46,7 +46,7 @@ async fn orders_create_then_show_and_bad_arguments_are_named() {
         text(&out.stdout)
     );
     // The published close message's outbox row is gone before the command exits, so the
-    // relay never publishes it a second time (issue 10: two retry chains per order).
+    // relay never publishes it a second time (two retry chains per order).
     assert_eq!(env.outbox_backlog().await, 0);
 
     let out = run(&vars, &["orders", "show", &no, "--format", "json"]).await;
@@ -202,7 +202,7 @@ async fn the_demo_passes_its_own_check() {
     env.cleanup().await;
 }
 
-/// Issue 10: hostile or careless values each fail at once, naming what is wrong, never
+/// Hostile or careless values each fail at once, naming what is wrong, never
 /// printing a password, and never reading an endless file.
 #[tokio::test(flavor = "multi_thread")]
 async fn unusable_values_fail_at_start_up_naming_them() {
@@ -217,7 +217,7 @@ async fn unusable_values_fail_at_start_up_naming_them() {
         v
     };
     type Vars = Vec<(String, String)>;
-    // Issue 19, item 12: a FIFO wherever a file is named (opening one waits for a writer).
+    // A FIFO wherever a file is named (opening one waits for a writer).
     let fifo = dir.join("fifo.pem");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
@@ -228,7 +228,7 @@ async fn unusable_values_fail_at_start_up_naming_them() {
     let mut url_from_fifo = with("DATABASE_URL_FILE", fifo);
     url_from_fifo.retain(|(k, _)| k != "DATABASE_URL");
     let bill_from_fifo = format!("reconcile bill --channel alipay --date 2026-11-01 --file {fifo}");
-    // Issue 19, item 8: 500 extra tiers, each a queue.
+    // 500 extra tiers, each a queue.
     let many_tiers: Vec<String> = (1..=500).map(|i| format!("{}ms", 600 + i)).collect();
     let cases: Vec<(Vars, &str, &str)> = vec![
         (url_from_fifo, "migrate", "a FIFO"),
@@ -243,13 +243,13 @@ async fn unusable_values_fail_at_start_up_naming_them() {
             "worker",
             "ORDER_CLOSER_EXTRA_DELAY_TIERS",
         ),
-        // Issue 19, item 13: the broker's own prefix.
+        // The broker's own prefix.
         (
             with("ORDER_CLOSER_QUEUE_PREFIX", "amq.x"),
             "worker",
             "ORDER_CLOSER_QUEUE_PREFIX=\"amq.x\" is invalid: names starting with amq. are reserved",
         ),
-        // Issue 19, item 10: passwords holding URL delimiters, never shown in part.
+        // Passwords holding URL delimiters, never shown in part.
         (
             with(
                 "DATABASE_URL",
@@ -416,7 +416,7 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(!first.contains('\u{1b}'), "colour codes in {first:?}");
 }
 
-/// Issue 12: secrets never reach the output, on start-up errors, on unreachable servers,
+/// Secrets never reach the output, on start-up errors, on unreachable servers,
 /// or from a flag clap would have echoed; and every secret can come from a file.
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_print_and_can_come_from_files() {
@@ -511,7 +511,7 @@ async fn secrets_never_print_and_can_come_from_files() {
     assert!(stderr.contains("sim_private.pem"), "{stderr}");
     assert!(!stderr.contains("U2VDckV0S2V5TWF0ZXJpYWw"), "{stderr}");
 
-    // Issue 19, item 10: a key pasted where a path goes is not repeated in the error.
+    // A key pasted where a path goes is not repeated in the error.
     let pasted = format!("--file={key}");
     let out = run(
         &vars,
@@ -679,7 +679,7 @@ async fn orders_extend_and_cancel_from_the_shell() {
     env.cleanup().await;
 }
 
-/// Issue 19, item 11: a gateway with some of its variables set but not its signing key
+/// A gateway with some of its variables set but not its signing key
 /// stops `worker` and `notify` naming the key (it was silently off: its notifications
 /// answered 404, its orders parked as `unknown_channel`); the gateways that are on, and
 /// those that are off, are logged at start-up.
@@ -742,7 +742,7 @@ async fn a_half_configured_gateway_stops_the_process_and_the_gateways_on_are_log
     env.cleanup().await;
 }
 
-/// Issue 19, items 19 and 21: the help names every gateway's simulator and resend
+/// The help names every gateway's simulator and resend
 /// schedule, shows no variable's value (`SIM_NOTIFY_URL` may hold a password), and each
 /// duration flag's error names that flag, within its bound.
 #[tokio::test]
@@ -799,7 +799,7 @@ async fn help_and_flag_errors_say_the_right_thing() {
         assert!(!stderr.contains(not_named), "{command}: {stderr}");
     }
 
-    // Issue 19, item 10: a key pasted as an argument is never repeated.
+    // A key pasted as an argument is never repeated.
     let pem = "-----BEGIN PRIVATE KEY-----\nU2VDckV0S2V5TWF0ZXJpYWw=\n-----END PRIVATE KEY-----";
     let private_key = format!("--private-key={pem}");
     for args in [

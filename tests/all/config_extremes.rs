@@ -1,14 +1,14 @@
-//! No configuration value accepted at start-up can panic at run time (issue 10): with every
+//! No configuration value accepted at start-up can panic at run time: with every
 //! duration at the largest value the configuration accepts, the code that does arithmetic
 //! with them runs — the relay's claim, the janitor's pass, a retry's `not_before` and its
 //! tier — and a worker decides an order.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 
-use chrono::Utc;
 use crate::common::TestEnv;
+use chrono::Utc;
 use order_closer::db::{self, outbox::Claim};
 use order_closer::decide::{AttemptInfo, Mode, Outcome};
 use order_closer::janitor::Janitor;
@@ -34,7 +34,7 @@ async fn the_largest_accepted_durations_run_without_panicking() {
     let mut env = TestEnv::new(&LARGEST).await;
     assert_eq!(env.settings.outbox_grace, Duration::from_secs(3600));
 
-    // The relay's claim (the panic of issue 10 was its cutoff).
+    // The relay's claim (an earlier panic was its cutoff).
     let relay = Relay::new(env.publisher.clone());
     let mut conn = db::conn(&env.pool).await.unwrap();
     let claim = Claim {

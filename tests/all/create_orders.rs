@@ -2,7 +2,7 @@
 //! written with their close schedules, published, and their outbox rows removed; a batch
 //! with one bad or duplicate order writes nothing and names the culprit.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 

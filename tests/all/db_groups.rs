@@ -3,14 +3,14 @@
 //! grouped decisions are written exactly like single ones (one audit row, one event
 //! naming its decision, an anomaly where the amount differs).
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use crate::common::TestEnv;
+use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};

@@ -1,7 +1,7 @@
 //! Every row of the decision table end to end: real Postgres, real RabbitMQ, the
 //! simulator over HTTP, an in-process worker.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 
@@ -327,7 +327,7 @@ async fn a_transient_error_is_retried_and_a_permanent_one_parks() {
     env.cleanup().await;
 }
 
-/// Issue 19, item 3: a trade the buyer paid and the merchant (or the gateway's risk
+/// A trade the buyer paid and the merchant (or the gateway's risk
 /// control) refunded in full before the deadline, its notification lost. No gateway
 /// reads that as a plain payment: the order is CLOSED (`deadline_refunded_at_gateway`,
 /// the trade number kept) with a `refunded_before_deadline` anomaly and its event, and

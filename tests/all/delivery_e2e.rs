@@ -1,7 +1,7 @@
 //! Delivery guarantees end to end: duplicates, concurrent workers, tiers without
 //! head-of-line blocking, the outbox when the broker is away, and bad messages.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! read), every `[env: ...]` of every command's `--help` is documented, and the README's
 //! command table lists exactly the binary's commands.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -253,4 +253,95 @@ fn the_readme_stays_short_and_its_links_resolve() {
             );
         }
     }
+}
+
+/// Every file or folder of the repository a document names (in backticks or as a link,
+/// starting at a top-level folder: `crates/engine/src/worker/handler.rs`,
+/// `docs/operations.md`) exists, so a move or a rename cannot leave a stale path behind.
+#[test]
+fn every_path_a_document_names_exists() {
+    const ROOTS: [&str; 9] = [
+        "crates/",
+        "src/",
+        "tests/",
+        "docs/",
+        "scripts/",
+        "docker/",
+        "migrations/",
+        "examples/",
+        "bench/",
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut documents = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            documents.push(path);
+        }
+    }
+    let mut missing = Vec::new();
+    for doc in &documents {
+        let text = std::fs::read_to_string(doc).unwrap();
+        let base = doc.parent().unwrap();
+        // Backticked spans and link targets: `a/b.rs`, (a/b.md), (../a/b.md#anchor).
+        let spans = text
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .chain(text.split("](").skip(1).filter_map(|s| s.split(')').next()));
+        for span in spans {
+            let path = span
+                .split(['#', ' ', ','])
+                .next()
+                .unwrap_or("")
+                .trim_end_matches([':', '.']);
+            let path = path.split(':').next().unwrap_or("");
+            let (relative_to, path) = match path.strip_prefix("../") {
+                Some(rest) => (base.parent().unwrap_or(root), rest),
+                None if doc.starts_with(root.join("docs")) && !path.contains('/') => (base, path),
+                None => (root, path),
+            };
+            let checked = ROOTS.iter().any(|r| path.starts_with(r))
+                || (relative_to == base && path.ends_with(".md"));
+            if !checked || path.contains(['*', '<', '{', '$']) {
+                continue;
+            }
+            if !relative_to.join(path).exists() {
+                missing.push(format!(
+                    "{}: {path}",
+                    doc.strip_prefix(root).unwrap().display()
+                ));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "documents name paths that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// The Dockerfile's default image is the deployable binary: built without the tooling
+/// (`--no-default-features --features cli`), as its last stage.
+#[test]
+fn the_dockerfile_builds_the_deployable_binary_by_default() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/Dockerfile"))
+            .unwrap();
+    let stages: Vec<&str> = text.split("\nFROM ").skip(1).collect();
+    let last = stages.last().expect("a stage");
+    assert!(last.starts_with("runtime AS deploy"), "{last}");
+    assert!(last.contains("COPY --from=builder "), "{last}");
+    let builder = stages
+        .iter()
+        .find(|s| s.starts_with("source AS builder"))
+        .expect("the builder stage");
+    assert!(
+        builder.contains(
+            "cargo build --release --locked --bin order-closer --no-default-features --features cli"
+        ),
+        "{builder}"
+    );
 }

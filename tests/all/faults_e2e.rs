@@ -1,7 +1,7 @@
 //! Faults end to end through the worker: gateway failures walk the retry steps, a
 //! database outage neither parks nor loses a message, impossible deadlines are named.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! code, without any fault changing a trade behind the client's back (except
 //! `timeout_after_apply`, which is meant to).
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use crate::common::gateway::{GatewayEnv, gateway_env};
 

@@ -1,6 +1,6 @@
 //! The worker's `/healthz`, `/readyz` and `/metrics` over HTTP.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +99,7 @@ async fn probe(addr: std::net::SocketAddr) -> u16 {
 /// The start of a request that never ends.
 const UNFINISHED: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n";
 
-/// Issue 10: clients that never finish their headers are disconnected (one host's
+/// Clients that never finish their headers are disconnected (one host's
 /// connections beyond its bound at once, the others at the header deadline), and a real
 /// probe from another host is answered; none holds a socket for ever.
 #[tokio::test(flavor = "multi_thread")]
@@ -123,7 +123,7 @@ async fn slow_clients_are_cut_off_and_never_starve_the_port() {
     env.cleanup().await;
 }
 
-/// Issue 19: `/readyz` waited 4 s behind 64 slow clients while Kubernetes gives a probe
+/// `/readyz` waited 4 s behind 64 slow clients while Kubernetes gives a probe
 /// 1 s. A host holds at most an eighth of the port's connections, so slow clients from
 /// seven hosts, more of them than the port has connections, leave room for the probe.
 /// Nothing is cut here (every deadline is an hour): the probe is answered while each

@@ -1,15 +1,15 @@
-//! The janitor end to end (issue 9): an order whose close message vanished from the
+//! The janitor end to end: an order whose close message vanished from the
 //! broker is still decided, by the worker itself; an order waiting in its retry schedule,
 //! or parked for an operator, is left alone; concurrent janitors never claim one order
 //! twice.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::Utc;
 use crate::common::{Observed, TestEnv, eventually};
+use chrono::Utc;
 use lapin::options::QueuePurgeOptions;
 use order_closer::db::{self, orders};
 use order_closer::order::{Order, OrderStatus};

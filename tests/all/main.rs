@@ -3,12 +3,15 @@
 //! to link). One module per concern; each test stands alone (its own schema, queue prefix
 //! and simulator) and cleans up after itself. `docs/testing.md` says what each covers.
 
-// The shared harness (a sandbox per test: its own schema, queue prefix and simulator). It
-// runs the binary and the simulator: only with the full build (`--features cli`, the
-// default).
-#[cfg(feature = "cli")]
-#[path = "../common/mod.rs"]
-mod common;
+// The shared harness (a sandbox per test: its own schema, queue prefix and simulator),
+// from the test kit's crate. It runs the binary and the simulator: only with the full
+// build (`--features tooling`, the default).
+#[cfg(feature = "tooling")]
+use order_closer_testkit::harness as common;
+
+/// The binary under test.
+#[cfg(feature = "tooling")]
+const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
 
 mod alerts;
 mod bill;
@@ -27,7 +30,6 @@ mod health;
 mod janitor_e2e;
 mod notify_abuse;
 mod notify_e2e;
-mod oversized_messages;
 mod prometheus_scrape;
 mod publish_races;
 mod reconcile_bill;

@@ -1,10 +1,10 @@
-//! The notify endpoint under hostile traffic (issue 19): slow bodies from several hosts,
+//! The notify endpoint under hostile traffic: slow bodies from several hosts,
 //! heads that cannot be a notification, forged forms naming many orders or another
 //! merchant. Throughout, the gateways' genuine notifications are answered and applied;
 //! nothing here asserts how fast, only what must hold (who is served beside whom, who is
 //! cut off and how, what is never asked).
 // It runs the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -64,7 +64,7 @@ async fn genuine_payments_land(env: &TestEnv, endpoint: &NotifyEndpoint, name: &
     }
 }
 
-/// Issue 19: 1,030 connections declaring a body and sending a byte every two seconds held
+/// 1,030 connections declaring a body and sending a byte every two seconds held
 /// the endpoint's 1,024 slots, and a genuine notification waited 70.9 s. Here three
 /// hosts open more slow-body connections than the endpoint serves at once (its slots
 /// scaled down to 64, a host's bound to 16, every deadline an hour so that nothing is
@@ -124,7 +124,7 @@ async fn slow_bodies_from_three_hosts_leave_room_for_the_gateways() {
     env.cleanup().await;
 }
 
-/// Issue 19: a slow body was held for the connection's whole life (30 s, then 35 s of
+/// A slow body was held for the connection's whole life (30 s, then 35 s of
 /// grace). With the endpoint's real limits, every slow body is answered 408 at the body
 /// deadline and its connection closed, while genuine notifications are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,7 +182,7 @@ fn head(target: &str, content_type: &str, extra: &str) -> String {
     )
 }
 
-/// Issue 19: `Expect: 100-continue` with `Content-Length: 10485760` got `100 Continue`,
+/// `Expect: 100-continue` with `Content-Length: 10485760` got `100 Continue`,
 /// and an absolute-form target or `Transfer-Encoding: gzip, chunked` (the compressed bytes
 /// passed on as the body) were accepted. Each is refused from its head, nothing read or
 /// asked; a genuine notification sent chunked is accepted.
@@ -250,7 +250,7 @@ async fn heads_that_cannot_be_a_notification_are_refused_before_the_body() {
     env.cleanup().await;
 }
 
-/// Issue 19: unsigned forms naming 2,000 real order numbers made 4,034 gateway queries in
+/// Unsigned forms naming 2,000 real order numbers made 4,034 gateway queries in
 /// 20 s, the whole gateway rate limit the deadline queries share. A notification naming
 /// another merchant now costs nothing, and forged ones naming our merchant become at most
 /// `rate` queries a second (plus one second's burst), however many orders they name.

@@ -5,7 +5,7 @@
 //! us ask the gateway; every bad input gets a named outcome. Each test loops over the
 //! gateways: one test, not a copy per gateway.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 
@@ -424,7 +424,7 @@ async fn a_payment_after_close_is_an_anomaly_announced_once() {
     env.cleanup().await;
 }
 
-/// Issue 19, item 3: a payment given back before the deadline closed its order with a
+/// A payment given back before the deadline closed its order with a
 /// `refunded_before_deadline` anomaly. The payment's notification, resent late and
 /// genuine, is no payment after close: that anomaly already says all there is, and under
 /// the refund policy nothing is requested for money that went back.
@@ -559,7 +559,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
         );
 
         // Another merchant, even signed by the gateway: not addressed to us, refused
-        // before anything is read or asked (issue 19), though the buyer really paid.
+        // before anything is read or asked, though the buyer really paid.
         let merch = env.no(&format!("merch-{channel}"));
         env.create_at(channel, &merch, 300, Duration::from_secs(60))
             .await;
@@ -1022,7 +1022,7 @@ async fn the_notify_command_serves_the_endpoint() {
     env.cleanup().await;
 }
 
-/// Issue 19: `curl -XPOST '/notify/x%1B%5B2J' -d a=b` cleared the terminal that showed the
+/// `curl -XPOST '/notify/x%1B%5B2J' -d a=b` cleared the terminal that showed the
 /// log: the channel segment was logged raw. Escape codes, NUL and backspace from a URL
 /// reach the log escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,9 +1,9 @@
 //! A real Prometheus scrapes a running worker with the shipped alerting rules loaded:
 //! every metric the rules name arrives under that name, and every rule evaluates
-//! cleanly, so a renamed metric cannot silently break an alert (issue 12).
+//! cleanly, so a renamed metric cannot silently break an alert.
 //! `scripts/test.sh` installs Debian's `prometheus` package when it is missing.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

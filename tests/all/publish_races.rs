@@ -1,5 +1,5 @@
 //! Two client-side races of a confirm-mode channel shared by many tasks, shown against a
-//! real broker (issue 9). Both come from lapin 4.12: a publish takes its confirm number
+//! real broker. Both come from lapin 4.12: a publish takes its confirm number
 //! before its frames are queued (under another lock), and a `basic.return` is attached to
 //! whichever confirm completes next, not to the publish it belongs to.
 //!

@@ -1,12 +1,12 @@
 //! `reconcile bill`: the simulator's daily trade bill (the real zip/GBK format, fetched
 //! through the signed download-URL method) diffed against the database.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
 use crate::common::TestEnv;
+use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use order_closer::bill::{BillRow, BillRowKind};
@@ -452,7 +452,7 @@ async fn refused_by(
         args.extend(["--file", path.as_str()]);
     }
     args.extend(more);
-    let out = crate::common::run_binary(vars, &args).await;
+    let out = crate::common::run_binary(crate::BIN, vars, &args).await;
     assert_eq!(out.status.code(), Some(1), "{args:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -1,12 +1,12 @@
 //! The reconcile command: overdue sweep and parking-queue drain, through the same
 //! decision code as the worker, against real Postgres, RabbitMQ and the simulator.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 
-use chrono::Utc;
 use crate::common::{TestEnv, eventually};
+use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use order_closer::broker::publisher::ParkNote;
@@ -266,7 +266,7 @@ async fn the_command_line_tells_cron_what_it_found() {
     let vars = env.binary_env(&dir);
     let run = |args: &'static [&'static str]| {
         let vars = vars.clone();
-        async move { crate::common::run_binary(&vars, args).await }
+        async move { crate::common::run_binary(crate::BIN, &vars, args).await }
     };
     let clean = run(&["reconcile", "overdue"]).await;
     assert_eq!(
@@ -302,7 +302,7 @@ async fn the_command_line_tells_cron_what_it_found() {
     env.cleanup().await;
 }
 
-/// Issue 19, item 17: an order whose message is parked is parked once. The sweep settles
+/// An order whose message is parked is parked once. The sweep settles
 /// it when the gateway allows; a gateway that still fails, or still gives a reason to
 /// park, leaves it exactly as it was: no second park row, no retry row pulling it back
 /// into the janitor's schedule, its one parked message.

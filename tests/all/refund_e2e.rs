@@ -3,7 +3,7 @@
 //! Postgres. However often a refund is sent (a timeout after it was applied, an operator
 //! asking twice), the simulator shows exactly one.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::time::Duration;
 
@@ -646,7 +646,7 @@ async fn send_refund(
     row
 }
 
-/// Issue 19, item 2: what reports a payment after close (a bill row, a notification) is
+/// What reports a payment after close (a bill row, a notification) is
 /// not believed about its amount. A bill row saying 5.00 for a CLOSED order whose buyer
 /// paid 1.00 requests a refund, and the worker gives back the 1.00 the gateway says was
 /// paid (before: a refund of 5.00, refused by the gateway for good).
@@ -695,7 +695,7 @@ async fn a_refund_gives_back_what_the_gateway_says_was_paid_not_what_the_report_
     env.cleanup().await;
 }
 
-/// Issue 19, item 2: a refund an older version stored with a bill row's wrong amount
+/// A refund an older version stored with a bill row's wrong amount
 /// (5.00 for a 1.00 payment) failed at the gateway. The operator's dry run says what the
 /// real run sends, and the real run sends the gateway's 1.00 under the new number (before:
 /// the dry run said 1.00 and the real run sent the stored 5.00 again, refused again).
@@ -781,7 +781,7 @@ async fn a_failed_refund_stored_with_a_wrong_amount_goes_out_for_the_gateway_s_a
     env.cleanup().await;
 }
 
-/// Issue 19, item 5: two deployments sharing one merchant account (staging and
+/// Two deployments sharing one merchant account (staging and
 /// production, a restored database, one schema per tenant) each refund their own order,
 /// and the two orders have the same id in their own databases. `RF-<order id>` was one
 /// number for both: WeChat Pay holds `out_refund_no` unique per merchant and refused the
@@ -820,7 +820,7 @@ async fn two_deployments_on_one_merchant_account_each_refund_their_own_order() {
     production.cleanup().await;
 }
 
-/// Issue 19: refund rows of versions before the amount and number were decided at send
+/// Refund rows of versions before the amount and number were decided at send
 /// time, migrated. Never sent: the claimed amount and `RF-<order id>` are forgotten (the
 /// first send decides them from the gateway). Sent: kept, so that sending again confirms
 /// a refund the old request may have made. Succeeded: untouched. The migration's down step

@@ -2,7 +2,7 @@
 //! test's own on loopback (no database, no broker): each fault (drop, delay, duplicate,
 //! reorder, a refused send) has an outcome the test can count on, whatever the timing.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

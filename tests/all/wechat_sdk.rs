@@ -10,7 +10,7 @@
 //! needs PyPI once). The test is skipped, saying why, only when there is no Python 3 or
 //! it has no `venv`/`pip` to install with. The script is `tests/python/wechatpayv3_check.py`.
 // It drives the simulator: only with the `sim` feature.
-#![cfg(feature = "sim")]
+#![cfg(feature = "tooling")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@
 //! `CHAOS_ROUNDS=N` repeats the run N times with seeds `CHAOS_SEED`, `CHAOS_SEED + 1`, ...
 //! and prints the totals and the seed of every failed round.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use crate::common::rabbit_node::RabbitNode;
 use crate::common::{TestEnv, eventually};
+use chrono::Utc;
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::Bool;
@@ -44,7 +44,8 @@ use order_closer::sim::{FaultKind, FaultPlan, SimTradeStatus};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
+use crate::BIN;
+use order_closer_testkit::stats::percentile;
 const WORKER_APP_NAME: &str = "oc-chaos-worker";
 /// How long past its schedule (deadline, or a retry's `not_before`) an order may stay NEW
 /// under chaos: kills, broker downtime, reconnect back-off, and the janitor's own bound.
@@ -445,7 +446,8 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let parked_before = env.queue_len(&env.topology.parked_queue()).await as usize;
     // The gateway is healthy again: no fault plan, no pending one-shot failures.
     env.buyers.clear_faults().await.unwrap();
-    let requeue = crate::common::run_binary(&vars, &["reconcile", "parked", "--requeue"]).await;
+    let requeue =
+        crate::common::run_binary(crate::BIN, &vars, &["reconcile", "parked", "--requeue"]).await;
     let requeue_report = String::from_utf8_lossy(&requeue.stdout).into_owned();
     let settled_after_requeue = eventually(Duration::from_secs(60), || async {
         let mut conn = db::conn(&env.pool).await.ok()?;
@@ -563,12 +565,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         .map(|(id, at, _)| (*at - deadline_of[id]).num_milliseconds())
         .collect();
     lateness.sort_unstable();
-    let pct = |p: f64| {
-        lateness
-            .get(((lateness.len().max(1) - 1) as f64 * p) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
+    let pct = |p: f64| percentile(&lateness, p).unwrap_or(0);
 
     // Events: one per committed decision. A decision announced under two event ids, or an
     // event without a committed decision, is a duplicate; a second delivery of the same

@@ -5,11 +5,11 @@
 //! In the serial binary, so that `scripts/test.sh` runs it alone, where it does not
 //! compete with the parallel tests for the CPU.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
+use crate::BIN;
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL")

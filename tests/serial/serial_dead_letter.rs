@@ -1,5 +1,5 @@
 //! What the broker's own dead-lettering loses when a delay tier expires while the close
-//! queue cannot take messages (issue 9), on classic and on quorum queues, on a throwaway
+//! queue cannot take messages, on classic and on quorum queues, on a throwaway
 //! RabbitMQ node of this test's own:
 //!
 //! - **refused**: a policy makes the close queue refuse everything (`max-length` 0,
@@ -13,7 +13,7 @@
 //! scenario, that classic loses every refused message (the mechanism), and prints the
 //! figures. Stops a broker: runs serially.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

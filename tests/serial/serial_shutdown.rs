@@ -1,7 +1,7 @@
 //! The worker binary stopped with SIGTERM mid-run and started again: every order is
 //! decided exactly once, with exactly one event. Kills processes: runs serially.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::{TestEnv, eventually};
 use order_closer::order::OrderStatus;
 
-const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
+use crate::BIN;
 
 fn spawn_worker(vars: &[(String, String)], log: &std::path::Path) -> tokio::process::Child {
     let file = std::fs::File::create(log).unwrap();

@@ -7,7 +7,7 @@
 //!
 //! Serial (it starts servers): run by the README's test command in its own step.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::path::Path;
 use std::time::Duration;
@@ -273,7 +273,7 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
     wrong[1].1 = pki.other_ca.display().to_string();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        crate::common::run_binary(&wrong, &["worker"]),
+        crate::common::run_binary(crate::BIN, &wrong, &["worker"]),
     )
     .await
     .expect("the worker with a wrong CA stops by itself");

@@ -161,7 +161,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Issue 19, item 12: a FIFO (or a link to one) is refused at once, naming it; opening
+    /// A FIFO (or a link to one) is refused at once, naming it; opening
     /// it would wait for a writer for ever.
     #[cfg(unix)]
     #[test]

@@ -29,7 +29,7 @@ pub enum Claim {
     },
     /// It names another merchant, or none (signed or not): not addressed to us, so not
     /// even a reason to ask the gateway. Forms naming real order numbers cost a signed
-    /// query each before this check (issue 19).
+    /// query each before this check.
     NotOurs {
         /// Which merchant id it names instead of ours.
         reason: String,

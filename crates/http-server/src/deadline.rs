@@ -1,7 +1,7 @@
 //! A request body must arrive whole within a deadline from the end of its headers. A
 //! header deadline and a connection lifetime alone let a client declare a body and send
 //! it a byte every two seconds: 1,030 such connections held the notify endpoint for a
-//! minute each, and a genuine notification waited 70 s (issue 19). A body over its
+//! minute each, and a genuine notification waited 70 s. A body over its
 //! deadline ends with [`BodyTimeout`]; the handler reading it answers (see [`timed_out`])
 //! and the connection is closed, since its body was not read to the end.
 

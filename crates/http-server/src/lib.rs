@@ -3,7 +3,7 @@
 //!
 //! `axum::serve` has no header-read timeout and no connection limit, so 300 clients that
 //! never finish their headers held 300 sockets for ever, and under a file-descriptor
-//! limit the worker's own gateway calls then failed with "Too many open files" (issue 10).
+//! limit the worker's own gateway calls then failed with "Too many open files".
 //! Here:
 //! - at most [`Limits::max_connections`] connections are served at once; the next one
 //!   waits in the kernel's backlog, so inbound clients can never take every descriptor;
@@ -13,7 +13,7 @@
 //! - request headers are limited to [`Limits::max_header_bytes`];
 //! - a request's body must arrive whole within [`Limits::body_read_timeout`] of its
 //!   headers (`deadline.rs`): without it, connections declaring a body and sending a byte
-//!   every two seconds held the notify endpoint for a minute each (issue 19);
+//!   every two seconds held the notify endpoint for a minute each;
 //! - one source address holds at most [`Limits::max_connections_per_source`] of the
 //!   connections (`sources.rs`); beyond that its connections are closed at once, so one
 //!   client cannot take every slot however slowly it talks.

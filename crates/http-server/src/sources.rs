@@ -1,6 +1,6 @@
 //! Connections per source address: one host (or one IPv6 /64, what one subscriber is
 //! usually given) may hold at most [`Sources::limit`] of a server's connections, so that a
-//! single client opening slow connections cannot take every slot (issue 19). A connection
+//! single client opening slow connections cannot take every slot. A connection
 //! over its source's bound is closed at once, before a byte of it is read; the closures
 //! are logged at most once every [`WARN_EVERY`], with their count, so that an attack does
 //! not also flood the log.

@@ -1,7 +1,7 @@
 //! When a publisher confirm can be believed, on a confirm-mode channel that many tasks
 //! publish on at once.
 //!
-//! lapin 4.12 has two races there (issue 9, reproduced by `tests/publish_races.rs`):
+//! lapin 4.12 has two races there (reproduced by `tests/publish_races.rs`):
 //!
 //! 1. **Numbering.** A publish takes its confirm number under one lock and queues its
 //!    frames under another, so two concurrent publishes can reach the wire in the

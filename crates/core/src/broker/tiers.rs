@@ -14,7 +14,7 @@ pub const SMALLEST_TIER: Duration = Duration::from_millis(500);
 const POWER_TIERS: u32 = 18;
 /// Most extra tiers (`ORDER_CLOSER_EXTRA_DELAY_TIERS`). Each tier is a queue every worker
 /// declares at each (re)connect, a quorum queue being a Raft group on every node: 500 of
-/// them declared at once wedged a RabbitMQ 3.10 node (issue 19). A deployment needs an
+/// them declared at once wedged a RabbitMQ 3.10 node. A deployment needs an
 /// extra tier per fixed time-to-pay it wants in one hop; a handful is the real use.
 pub const MAX_EXTRA_TIERS: usize = 16;
 /// Most tier queues a topology declares.
@@ -142,7 +142,7 @@ mod tests {
         assert!(DelayTiers::standard_with(&[Duration::from_micros(1_500_500)]).is_err());
     }
 
-    /// Issue 19, item 8: 500 extra tiers made a worker declare some 520 quorum queues.
+    /// 500 extra tiers made a worker declare some 520 quorum queues.
     #[test]
     fn the_number_of_extra_tiers_is_bounded() {
         let extra = |n: u64| -> Vec<Duration> {

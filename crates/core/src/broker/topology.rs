@@ -166,7 +166,7 @@ impl Topology {
     ///
     /// One declaration at a time, each awaited before the next, and at most
     /// [`MAX_QUEUES`] queues: every worker declares the topology at each (re)connect, and
-    /// a burst of quorum-queue declarations can wedge a broker (issue 19).
+    /// a burst of quorum-queue declarations can wedge a broker.
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -338,7 +338,7 @@ pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// Issue 19, item 13: `amq.x` passed, and the broker then refused every declaration.
+    /// `amq.x` passed, and the broker then refused every declaration.
     #[test]
     fn the_brokers_reserved_prefix_is_refused() {
         for bad in ["amq", "amq.x", "amq.", "amq.order", "", "bad prefix!"] {
@@ -350,7 +350,7 @@ mod tests {
         }
     }
 
-    /// Issue 19, item 8: the queues a worker declares are bounded whatever the
+    /// The queues a worker declares are bounded whatever the
     /// configuration says.
     #[test]
     fn the_declared_queues_are_bounded() {

@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_variable() {
-        // Issue 19, item 8: 500 tiers, each a queue.
+        // 500 tiers, each a queue.
         let many_tiers: String = (1..=500)
             .map(|i| format!("{}ms", 600 + i))
             .collect::<Vec<_>>()
@@ -426,7 +426,7 @@ mod tests {
             ("DATABASE_URL", "postgres://postgres:SeCrEt123@h:5432"),
             ("AMQP_URL", "AMQP://guest:SeCrEt123@h/%2f"),
             ("AMQP_URL", "amqp://guest:SeCrEt123@h:99999/%2f"),
-            // Issue 19, item 10: a password with a URL delimiter in it.
+            // A password with a URL delimiter in it.
             (
                 "DATABASE_URL",
                 "postgres://app:Se/SeCrEt123@127.0.0.1:5432/db",

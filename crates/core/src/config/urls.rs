@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(check_http_url("https://openapi.alipay.com"), Ok(()));
     }
 
-    /// Issue 19, item 10: a password holding `/`, `?`, `#` or `@` (a generated base64
+    /// A password holding `/`, `?`, `#` or `@` (a generated base64
     /// password holds `/`) never shows, in part or whole, whatever a parser makes of the
     /// URL; such a URL is refused, saying how to write it.
     #[test]

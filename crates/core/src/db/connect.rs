@@ -348,7 +348,7 @@ mod tests {
         assert!(err.to_string().contains("not supported"), "{err}");
     }
 
-    /// Issue 19, item 10: tokio-postgres would read `S@cr3t` as the password `S` and the
+    /// Tokio-postgres would read `S@cr3t` as the password `S` and the
     /// host `cr3t@127.0.0.1`, and name that host in its errors.
     #[test]
     fn a_password_the_parser_would_misread_is_refused_unshown() {

@@ -65,7 +65,7 @@ pub struct RefundRow {
     /// Its merchant order number.
     pub out_trade_no: String,
     /// The idempotency key at the gateway (`out_request_no`, `out_refund_no`) as last
-    /// sent; None until the first send decides it. Rows of versions before issue 19 may
+    /// sent; None until the first send decides it. Rows of earlier versions may
     /// hold the old `RF-<order id>`.
     pub out_request_no: Option<String>,
     /// How much, in minor units, as last sent: what the gateway reported paid then. None

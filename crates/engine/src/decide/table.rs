@@ -523,7 +523,7 @@ mod tests {
         }
     }
 
-    /// Issue 19, item 3: a trade paid and then given back before the deadline is never a
+    /// A trade paid and then given back before the deadline is never a
     /// plain payment, at any stage, on any gateway: the order closes with its anomaly.
     #[test]
     fn a_refunded_trade_closes_the_order_with_its_anomaly_at_every_stage() {

@@ -6,7 +6,7 @@
 //! all, and at most [`HintBudget::rate`] a second in all. That last bound is what keeps
 //! forged forms naming many real order numbers (each order once) from spending the
 //! gateway's rate limit, which the workers' deadline queries share: 2,000 of them made
-//! 4,034 queries in 20 s before it (issue 19). Memory is bounded: at most
+//! 4,034 queries in 20 s before it. Memory is bounded: at most
 //! [`MAX_TRACKED`] orders are remembered, and a full table refuses new hints until old
 //! entries age out.
 
@@ -187,7 +187,7 @@ mod tests {
         assert!(budget.try_begin("A").is_ok());
     }
 
-    /// Issue 19: forms naming many orders, each once, are bounded in all per second; a
+    /// Forms naming many orders, each once, are bounded in all per second; a
     /// refused hint spends no token, and the budget refills with time (the clock is
     /// tokio's, paused: nothing here depends on the machine's speed).
     #[tokio::test(start_paused = true)]

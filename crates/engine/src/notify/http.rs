@@ -5,7 +5,7 @@
 //! Before the body is touched, a request is refused (in the channel's reply format,
 //! counted as rejected) when it cannot be a gateway's notification:
 //! - a declared `Content-Length` over [`super::MAX_BODY_BYTES`]: 413 at once, never a
-//!   `100 Continue` that invites the body (issue 19);
+//!   `100 Continue` that invites the body;
 //! - a `Transfer-Encoding` other than plain `chunked` (`gzip, chunked` would pass the
 //!   compressed bytes through as the body): 400;
 //! - an absolute-form request target (`POST http://host/notify/alipay`), which only a

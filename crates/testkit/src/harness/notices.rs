@@ -2,9 +2,9 @@
 //! simulator's query count, and the "paid" a forger would claim.
 
 use chrono::{DateTime, Utc};
-use order_closer::notify::NotifyOutcome;
-use order_closer::notify::hints::Refusal;
-use order_closer::sim::{SimTradeStatus, SimTradeView};
+use order_closer_engine::notify::NotifyOutcome;
+use order_closer_engine::notify::hints::Refusal;
+use order_closer_sim::{SimTradeStatus, SimTradeView};
 
 use super::TestEnv;
 

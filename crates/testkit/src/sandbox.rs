@@ -14,15 +14,16 @@ use rand::Rng as _;
 use secrecy::ExposeSecret;
 use thiserror::Error;
 
-use crate::broker::publisher::Publisher;
-use crate::broker::topology::Topology;
-use crate::broker::{self, BrokerError};
-use crate::closer::Closer;
-use crate::config::{ConfigError, Settings, Vars};
-use crate::db::{self, DbError, DbPool};
-use crate::decide::{Decider, Gateways};
-use crate::gateway::registry::RegistryError;
-use crate::sim::{self, BuyerClient, RunningSim, SimError};
+use order_closer_app::{App, AppError};
+use order_closer_core::broker::publisher::Publisher;
+use order_closer_core::broker::topology::Topology;
+use order_closer_core::broker::{self, BrokerError};
+use order_closer_core::closer::Closer;
+use order_closer_core::config::{ConfigError, Settings, Vars};
+use order_closer_core::db::{self, DbError, DbPool};
+use order_closer_engine::decide::{Decider, Gateways};
+use order_closer_gateway::registry::RegistryError;
+use order_closer_sim::{self as sim, BuyerClient, RunningSim, SimError};
 
 /// Why a sandbox could not be set up.
 #[derive(Debug, Error)]
@@ -180,28 +181,25 @@ impl Sandbox {
         Settings::from_vars(Vars::from_map(vars))
     }
 
+    /// The product as the sandbox's settings configure it: what a deployment would run.
+    pub fn app(&self) -> App {
+        App::build(self.settings.clone())
+    }
+
     /// The gateways the settings configure: every gateway, trusting the simulator.
     pub fn gateways(&self) -> Result<Gateways, RegistryError> {
-        Gateways::from_settings(&self.settings, crate::gateway::ALL)
+        self.app().gateways()
     }
 
     /// A decider as the worker builds it, signing its audit rows as `actor`.
-    pub fn decider(&self, actor: &str) -> Result<Decider, RegistryError> {
-        Ok(Decider::configured(
-            self.pool.clone(),
-            self.gateways()?,
-            &self.settings,
-            actor,
-        ))
+    pub fn decider(&self, actor: &str) -> Result<Decider, AppError> {
+        self.app().decider(self.pool.clone(), actor)
     }
 
     /// The library's entry point, publishing with the sandbox's publisher.
     pub fn closer(&self) -> Closer {
-        Closer::new(
-            self.pool.clone(),
-            Some(self.publisher.clone()),
-            crate::gateway::rules::CHANNELS,
-        )
+        self.app()
+            .closer_on(self.pool.clone(), Some(self.publisher.clone()))
     }
 
     /// Removes the queues, the schema and the simulator (once; the sandbox is of no use

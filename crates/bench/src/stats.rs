@@ -38,11 +38,7 @@ impl Percentiles {
 
 /// Nearest-rank percentile of an ascending slice (`p` in 0..=1); 0 when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    order_closer_testkit::stats::percentile(sorted, p).unwrap_or(0.0)
 }
 
 /// `p0, p1, ... p100` of an ascending slice: a compact CDF for the JSON and the chart.

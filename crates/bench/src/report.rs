@@ -1,5 +1,5 @@
 //! The results as JSON and as a table, with the figures derived from them and compared
-//! with the issue's targets.
+//! with its targets.
 
 use std::fmt::Write as _;
 
@@ -14,7 +14,7 @@ use super::queue_types::QueueTypeRun;
 use super::sustained::SustainedResult;
 use super::{Plan, Results};
 
-/// Targets from issue 5.
+/// The targets the benchmark is held to.
 pub mod targets {
     /// Pipeline throughput as a fraction of the crypto ceiling, at least.
     pub const CRYPTO_FRACTION: f64 = 0.90;
@@ -141,7 +141,7 @@ pub struct Report {
     pub queue_types: Vec<QueueTypeRun>,
     /// Derived figures.
     pub derived: Derived,
-    /// The issue's targets.
+    /// The targets.
     pub targets: Vec<Target>,
 }
 
@@ -535,7 +535,7 @@ impl Report {
                 &format!("{r:.2}"),
             );
         }
-        let _ = writeln!(t, "\ntargets (issue 5)");
+        let _ = writeln!(t, "\ntargets");
         for g in &self.targets {
             let _ = writeln!(
                 t,

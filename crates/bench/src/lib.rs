@@ -1,4 +1,4 @@
-//! `order-closer bench`: measures the real pipeline on this machine (issue 5).
+//! `order-closer bench`: measures the real pipeline on this machine.
 //!
 //! One command drives local PostgreSQL (`DATABASE_URL`), local RabbitMQ (`AMQP_URL`) and
 //! the gateway simulator, started in this process with a configurable round-trip delay,
@@ -43,11 +43,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use order_closer::broker::topology::QueueType;
-use order_closer::config::Settings;
-use order_closer::db::{self, DbPool};
-use order_closer::sandbox::Sandbox;
-use order_closer::sim::{FaultPlan, SimState};
+use order_closer_core::broker::topology::QueueType;
+use order_closer_core::config::Settings;
+use order_closer_core::db::{self, DbPool};
+use order_closer_sim::{FaultPlan, SimState};
+use order_closer_testkit::sandbox::Sandbox;
 use rand::Rng;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -111,7 +111,7 @@ pub struct BenchArgs {
     notify_rate: f64,
     /// The gateway the orders go through [default: the first gateway order-closer
     /// speaks].
-    #[arg(long, value_parser = |t: &str| super::parse_channel(t, false))]
+    #[arg(long, value_parser = |t: &str| order_closer_app::gateways::parse_channel(t, false))]
     channel: Option<String>,
     /// Where the JSON results go (the chart goes next to it as `chart.png`).
     #[arg(long, default_value = "bench/results.json")]
@@ -277,7 +277,7 @@ impl Plan {
             pending: pick(args.pending, 1_000_000, 20_000),
             notify_payments: pick(args.notify_payments, 20_000, 2_000),
             notify_rate: args.notify_rate,
-            channel: order_closer::gateway::rules::channels()
+            channel: order_closer_app::gateways::channels()
                 .find(|c| args.channel.as_deref().is_none_or(|one| one == *c))
                 .context("no gateway is compiled in")?,
             quick: args.quick,
@@ -490,7 +490,7 @@ impl std::ops::Deref for BenchEnv {
 
 impl BenchEnv {
     /// The simulator's payment notifier.
-    pub fn notifier(&self) -> &std::sync::Arc<order_closer::sim::SimNotifier> {
+    pub fn notifier(&self) -> &std::sync::Arc<order_closer_sim::SimNotifier> {
         self.sandbox.sim().notifier()
     }
 }
@@ -514,7 +514,7 @@ impl BenchEnv {
         ];
         // No gateway's rate limit is what is measured.
         overrides.extend(
-            order_closer::gateway::ALL
+            order_closer_app::gateways::ALL
                 .iter()
                 .map(|plugin| (plugin.common.rate_limit, "100000")),
         );

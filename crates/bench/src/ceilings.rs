@@ -18,12 +18,12 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use order_closer::broker::topology::QueueType;
-use order_closer::db::decisions::NewDecision;
-use order_closer::db::{self};
-use order_closer::gateway::rsa::RsaPrivateKey;
-use order_closer::message::CloseMessage;
-use order_closer::relay;
+use order_closer_core::broker::topology::QueueType;
+use order_closer_core::db::decisions::NewDecision;
+use order_closer_core::db::{self};
+use order_closer_core::message::CloseMessage;
+use order_closer_engine::relay;
+use order_closer_gateway::rsa::RsaPrivateKey;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -246,7 +246,7 @@ async fn database(env: &BenchEnv, each: Duration) -> anyhow::Result<(f64, f64)> 
     // Enough NEW orders for both runs at a generous rate; running out ends a run early
     // (its rate is still right).
     let needed = ((each.as_secs_f64() * 30_000.0) as i64).clamp(5_000, 300_000);
-    let currency = order_closer::gateway::rules::for_channel(env.channel)
+    let currency = order_closer_app::gateways::for_channel(env.channel)
         .and_then(|rules| rules.currencies.first().copied())
         .context("the bench's channel has no currency")?;
     let mut conn = db::conn(&env.pool).await?;
@@ -334,7 +334,7 @@ async fn decision_tx(conn: &mut AsyncPgConnection, id: i64) -> anyhow::Result<bo
                 &NewDecision {
                     order_id: id,
                     attempt: 0,
-                    outcome: order_closer::db::decisions::DecisionOutcome::Closed,
+                    outcome: order_closer_core::db::decisions::DecisionOutcome::Closed,
                     gateway_answer: Some(ANSWER),
                     detail: "deadline_closed_by_us",
                     actor: "bench",

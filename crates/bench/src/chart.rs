@@ -74,7 +74,8 @@ fn load_font(choice: Option<&str>) -> bool {
     };
     for path in candidates {
         // A path from `--font` is outside input: a FIFO or a huge file is skipped.
-        let Ok(bytes) = order_closer::files::read_capped(Path::new(path), MAX_FONT_BYTES) else {
+        let Ok(bytes) = order_closer_core::files::read_capped(Path::new(path), MAX_FONT_BYTES)
+        else {
             continue;
         };
         // Registered fonts live for the whole process; this happens once per run.

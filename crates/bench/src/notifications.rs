@@ -1,6 +1,6 @@
 //! The notification run: payments at a steady rate, each announced by the simulator's
 //! signed notification to `order-closer notify` (a child process, as in production), and
-//! the time from each payment to our PAID commit. Issue 11's target: p99 at most 50 ms at
+//! the time from each payment to our PAID commit. The target: p99 at most 50 ms at
 //! 1,000 payments a second on this machine (reported, never asserted).
 
 use std::time::{Duration, Instant};
@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use order_closer::closer::{Closer, Due, NewOrder};
-use order_closer::db::{self, schema::decisions};
-use order_closer::sim::NotifyPlan;
+use order_closer_core::closer::{Due, NewOrder};
+use order_closer_core::db::decisions::DecisionOutcome;
+use order_closer_core::db::{self, schema::decisions};
+use order_closer_sim::NotifyPlan;
 use serde::Serialize;
 
 use super::BenchEnv;
@@ -44,7 +45,7 @@ pub struct NotifyResult {
 /// Makes `payments` payments at `rate` a second and measures payment to PAID.
 pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<NotifyResult> {
     // Orders due in an hour, every trade scanned: the run pays them.
-    let closer = Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS);
+    let closer = env.app().closer_on(env.pool.clone(), None);
     let numbers: Vec<String> = (0..payments)
         .map(|i| format!("N{}-{i:07}", env.tag))
         .collect();
@@ -137,12 +138,12 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
 
 /// (order number, commit time) of every PAID decision the notify endpoint made.
 async fn notify_commits(env: &BenchEnv) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
-    use order_closer::db::schema::orders;
+    use order_closer_core::db::schema::orders;
     let mut conn = db::conn(&env.pool).await?;
     Ok(decisions::table
         .inner_join(orders::table)
         .filter(decisions::actor.like("notify%"))
-        .filter(decisions::outcome.eq("paid"))
+        .filter(decisions::outcome.eq(DecisionOutcome::Paid.as_str()))
         .select((orders::out_trade_no, decisions::decided_at))
         .load(&mut conn)
         .await?)

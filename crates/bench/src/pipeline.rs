@@ -10,11 +10,12 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use order_closer::closer::{Closer, Due, NewOrder};
-use order_closer::db::schema::{decisions, orders};
-use order_closer::db::{self, DbPool};
-use order_closer::order::OrderStatus;
-use order_closer::sim::SimState;
+use order_closer_core::closer::{Due, NewOrder};
+use order_closer_core::db::decisions::DecisionOutcome;
+use order_closer_core::db::schema::{decisions, orders};
+use order_closer_core::db::{self, DbPool};
+use order_closer_core::order::OrderStatus;
+use order_closer_sim::SimState;
 use serde::Serialize;
 
 use super::stats::{self, Percentiles};
@@ -253,11 +254,9 @@ pub async fn create_orders(
     due: Due,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Vec<Created>> {
-    let closer = Closer::new(
-        env.pool.clone(),
-        Some(env.publisher.clone()),
-        order_closer::gateway::rules::CHANNELS,
-    );
+    let closer = env
+        .app()
+        .closer_on(env.pool.clone(), Some(env.publisher.clone()));
     let sim = env.sim_state.clone();
     let prefix = format!("B{}-{label}", env.tag);
     let channel = env.channel;
@@ -370,7 +369,7 @@ pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outc
         .select((orders::id, orders::status, orders::deadline))
         .load(&mut conn)
         .await?;
-    let history: Vec<(i64, String, DateTime<Utc>)> = decisions::table
+    let history: Vec<(i64, DecisionOutcome, DateTime<Utc>)> = decisions::table
         .filter(decisions::order_id.eq_any(&ids))
         .select((
             decisions::order_id,
@@ -379,9 +378,9 @@ pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outc
         ))
         .load(&mut conn)
         .await?;
-    let by_id: HashMap<i64, (&str, DateTime<Utc>)> = rows
+    let by_id: HashMap<i64, (Option<OrderStatus>, DateTime<Utc>)> = rows
         .iter()
-        .map(|(id, status, deadline)| (*id, (status.as_str(), *deadline)))
+        .map(|(id, status, deadline)| (*id, (OrderStatus::parse(status), *deadline)))
         .collect();
     let mut out = Outcomes {
         decided: Vec::new(),
@@ -393,20 +392,20 @@ pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outc
     };
     for c in created {
         match by_id.get(&c.id).map(|(s, _)| *s) {
-            Some(s) if s == c.buyer.expected().as_str() => {}
+            Some(Some(s)) if s == c.buyer.expected() => {}
             _ => out.mismatches += 1,
         }
     }
     for (status, _) in by_id.values() {
-        if *status == OrderStatus::Paid.as_str() {
-            out.paid += 1;
-        } else if *status == OrderStatus::Closed.as_str() {
-            out.closed += 1;
+        match status {
+            Some(OrderStatus::Paid) => out.paid += 1,
+            Some(OrderStatus::Closed) => out.closed += 1,
+            Some(OrderStatus::New) | None => {}
         }
     }
     for (id, outcome, at) in &history {
-        match outcome.as_str() {
-            "closed" | "paid" => {
+        match outcome {
+            DecisionOutcome::Closed | DecisionOutcome::Paid => {
                 if let Some((_, deadline)) = by_id.get(id) {
                     out.decided.push(Decided {
                         deadline: *deadline,
@@ -414,8 +413,8 @@ pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outc
                     });
                 }
             }
-            "retry" => out.retries += 1,
-            "parked" => out.parked += 1,
+            DecisionOutcome::Retry => out.retries += 1,
+            DecisionOutcome::Parked => out.parked += 1,
             _ => {}
         }
     }

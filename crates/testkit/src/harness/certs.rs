@@ -8,13 +8,21 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 
 /// The PEM files of a test PKI.
 pub struct Pki {
+    /// The CA certificate (PEM file).
     pub ca: PathBuf,
+    /// The server certificate, signed by the CA.
     pub server_cert: PathBuf,
+    /// The server's key.
     pub server_key: PathBuf,
+    /// A client certificate, signed by the CA.
     pub client_cert: PathBuf,
+    /// The client's key.
     pub client_key: PathBuf,
+    /// Another CA, which signed none of these.
     pub other_ca: PathBuf,
+    /// The server certificate as PEM text.
     pub server_cert_pem: String,
+    /// The server key as PEM text.
     pub server_key_pem: String,
 }
 

@@ -8,15 +8,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 
-use order_closer::gateway::alipay::{AlipayClient, AlipayConfig};
+use order_closer_app::gateways::alipay::{AlipayClient, AlipayConfig};
 
-use order_closer::gateway::rsa::RsaPrivateKey;
-use order_closer::gateway::{
+use order_closer_gateway::rsa::RsaPrivateKey;
+use order_closer_gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, RefundAnswer, RefundRequest,
     TradeRef,
 };
-use order_closer::sim::alipay::AlipaySim;
-use order_closer::sim::{self, BuyerClient, RunningSim, SimConfig};
+use order_closer_sim::alipay::AlipaySim;
+use order_closer_sim::{self as sim, BuyerClient, RunningSim, SimConfig};
 use tokio::sync::oneshot;
 
 /// The app id the simulator accepts in these tests.
@@ -35,8 +35,11 @@ fn keys() -> &'static (Arc<RsaPrivateKey>, RsaPrivateKey) {
 
 /// The simulator, a buyer and a client.
 pub struct GatewayEnv {
+    /// The simulator.
     pub sim: RunningSim,
+    /// Its buyer API.
     pub buyer: BuyerClient,
+    /// A client trusting it.
     pub client: AlipayClient,
 }
 
@@ -67,7 +70,9 @@ pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
 /// gateway applied it and before its answer is returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldAt {
+    /// Before the call is sent.
     Before,
+    /// After its answer came back.
     After,
 }
 
@@ -83,7 +88,9 @@ struct Hold {
 /// The test's side of a hold: `reached` resolves when the call is held; sending on
 /// `release` lets it go on.
 pub struct HoldHandle {
+    /// Fires when the held call is reached.
     pub reached: oneshot::Receiver<()>,
+    /// Lets it go on.
     pub release: oneshot::Sender<()>,
 }
 
@@ -99,6 +106,7 @@ pub struct HeldGateway {
 }
 
 impl HeldGateway {
+    /// Holds no call until one is asked for.
     pub fn new(inner: Arc<dyn Gateway>) -> Arc<Self> {
         Arc::new(Self {
             inner,

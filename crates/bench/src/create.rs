@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use indicatif::ProgressBar;
-use order_closer::closer::{Closer, Due, NewOrder};
-use order_closer::db::{self, orders};
+use order_closer_core::closer::{Due, NewOrder};
+use order_closer_core::db::{self, orders};
 use serde::Serialize;
 
 use super::stats::rate;
@@ -48,7 +48,7 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
     let raw_pool = pool.clone();
     let prefix = format!("C{}-raw", env.tag);
     let channel = env.channel;
-    let currency = order_closer::gateway::rules::for_channel(channel)
+    let currency = order_closer_app::gateways::for_channel(channel)
         .and_then(|rules| rules.currencies.first().copied())
         .context("the bench's channel has no currency")?;
     let started = Instant::now();
@@ -76,11 +76,9 @@ pub async fn run(env: &BenchEnv, count: usize, tasks: usize) -> anyhow::Result<C
     .await?;
     let raw = rate(count as f64, started.elapsed().as_secs_f64());
 
-    let closer = Closer::new(
-        pool.clone(),
-        Some(env.publisher.clone()),
-        order_closer::gateway::rules::CHANNELS,
-    );
+    let closer = env
+        .app()
+        .closer_on(pool.clone(), Some(env.publisher.clone()));
     let prefix = format!("C{}-lib", env.tag);
     let started = Instant::now();
     let published = fan_out(tasks, count, &hidden, move |i| {

@@ -11,8 +11,8 @@ use anyhow::Context;
 use chrono::Utc;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use order_closer::closer::{Closer, Due, NewOrder};
-use order_closer::db;
+use order_closer_core::closer::{Due, NewOrder};
+use order_closer_core::db;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -83,7 +83,7 @@ pub async fn run(env: &BenchEnv, plan: &Plan, count: usize) -> anyhow::Result<Pe
     let already_in_tiers = in_tiers(env).await?;
     let start = worker.sample()?;
     let clock = Instant::now();
-    let offline = Closer::without_broker(env.pool.clone(), order_closer::gateway::rules::CHANNELS);
+    let offline = env.app().closer_on(env.pool.clone(), None);
     let first_deadline = Utc::now() + chrono::Duration::from_std(EARLIEST)?;
     let step = SPREAD.as_secs_f64() / count.max(1) as f64;
     let prefix = format!("P{}", env.tag);

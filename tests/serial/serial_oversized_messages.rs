@@ -1,22 +1,22 @@
-//! Close-queue messages far over the contract's 64 KiB (issue 19, item 9): the worker
+//! Close-queue messages far over the contract's 64 KiB: the worker
 //! parks them cut to the limit, with their size, never whole, and neither the worker nor
 //! `reconcile parked` holds them whole for longer than it takes to cut them. Memory is
 //! read from the processes themselves (their peak resident set), since that is what an
 //! oversized flood used to blow up: 291 MB for the worker, 520 to 749 MB for
 //! `reconcile parked`, with bodies of 32 to 64 MiB.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
-#![cfg(feature = "cli")]
+#![cfg(feature = "tooling")]
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use chrono::Utc;
 use crate::common::{TestEnv, eventually};
+use chrono::Utc;
 use order_closer::broker::publisher::{HEADER_LAST_ERROR, HEADER_REASON, ParkNote};
 use order_closer::broker::topology::header_text;
 use order_closer::message::MAX_BODY;
 
-const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
+use crate::BIN;
 
 /// The flood: bodies this large, this many.
 const BIG: usize = 32 * 1024 * 1024;

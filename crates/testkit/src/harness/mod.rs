@@ -16,22 +16,23 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sandbox::Sandbox;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
-use order_closer::broker::publisher::Publisher;
-use order_closer::broker::{self, topology::Topology};
-use order_closer::closer::{Closer, Due, NewOrder};
-use order_closer::db::schema::decisions;
-use order_closer::db::{self, DbPool, orders};
-use order_closer::decide::{Decider, Gateways};
-use order_closer::notify::Notifier;
-use order_closer::order::{Order, OrderStatus};
-use order_closer::sandbox::Sandbox;
-use order_closer::sim;
-use order_closer::worker::{Worker, WorkerConfig};
+use order_closer_app::App;
+use order_closer_core::broker::publisher::Publisher;
+use order_closer_core::broker::{self, topology::Topology};
+use order_closer_core::closer::{Closer, Due, NewOrder};
+use order_closer_core::db::schema::decisions;
+use order_closer_core::db::{self, DbPool, orders};
+use order_closer_core::order::{Order, OrderStatus};
+use order_closer_engine::decide::{Decider, Gateways};
+use order_closer_engine::notify::Notifier;
+use order_closer_engine::worker::{Worker, WorkerConfig};
+use order_closer_sim as sim;
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -53,14 +54,18 @@ fn random_tag() -> String {
 
 /// What a test can watch of a running worker.
 pub struct Observed {
-    pub metrics: Arc<order_closer::metrics::Metrics>,
-    pub readiness: Arc<order_closer::health::Readiness>,
+    /// The worker's metrics.
+    pub metrics: Arc<order_closer_engine::metrics::Metrics>,
+    /// The worker's readiness.
+    pub readiness: Arc<order_closer_engine::health::Readiness>,
 }
 
 /// One isolated environment: a [`Sandbox`] (schema, queue prefix, simulator, variables,
 /// teardown) with the test's workers and notify endpoint.
 pub struct TestEnv {
+    /// The sandbox the environment stands on.
     pub sandbox: Sandbox,
+    /// The library's entry point, publishing with the sandbox's publisher.
     pub closer: Closer,
     /// Stops the notify endpoint, when one runs.
     notify_stop: CancellationToken,
@@ -123,7 +128,7 @@ impl TestEnv {
     /// The gateways the environment's settings (with `overrides`) configure.
     pub fn gateways_with(&self, overrides: &[(&str, &str)]) -> Gateways {
         let settings = self.sandbox.settings_with(overrides).expect("settings");
-        Gateways::from_settings(&settings, order_closer::gateway::ALL).expect("gateways")
+        App::build(settings).gateways().expect("gateways")
     }
 
     /// The gateways, trusting the simulator.
@@ -132,7 +137,7 @@ impl TestEnv {
     }
 
     /// The gateway of one channel.
-    pub fn gateway(&self, channel: &str) -> Arc<dyn order_closer::gateway::Gateway> {
+    pub fn gateway(&self, channel: &str) -> Arc<dyn order_closer_gateway::Gateway> {
         Arc::clone(
             self.gateways()
                 .get(channel)
@@ -142,12 +147,13 @@ impl TestEnv {
 
     /// The Alipay client itself, trusting the simulator (for the tests of Alipay's own
     /// calls, such as the bill download).
-    pub fn alipay_client(&self) -> order_closer::gateway::alipay::AlipayClient {
-        let vars = order_closer::config::Vars::from_map(self.vars.clone());
-        let settings = order_closer::gateway::alipay::AlipaySettings::from_vars(&vars)
+    pub fn alipay_client(&self) -> order_closer_app::gateways::alipay::AlipayClient {
+        let vars = order_closer_core::config::Vars::from_map(self.vars.clone());
+        let settings = order_closer_app::gateways::alipay::AlipaySettings::from_vars(&vars)
             .expect("alipay settings")
             .expect("alipay is configured");
-        order_closer::gateway::alipay::AlipayClient::new(settings.client).expect("alipay client")
+        order_closer_app::gateways::alipay::AlipayClient::new(settings.client)
+            .expect("alipay client")
     }
 
     /// A decider whose gateways are configured with `overrides` (a wrong key, another app).
@@ -357,11 +363,10 @@ impl TestEnv {
         self.publisher = Publisher::open(&self.connection, self.topology.clone())
             .await
             .expect("publisher");
-        self.closer = Closer::new(
-            self.pool.clone(),
-            Some(self.publisher.clone()),
-            order_closer::gateway::rules::CHANNELS,
-        );
+        self.closer = self
+            .sandbox
+            .app()
+            .closer_on(self.pool.clone(), Some(self.publisher.clone()));
     }
 
     /// Stops the workers and the notify endpoint, and removes the schema, the queues and
@@ -411,11 +416,16 @@ pub async fn ready_count(channel: &lapin::Channel, queue: &str) -> Option<u32> {
         .map(|q| q.message_count())
 }
 
-/// Runs the `order-closer` binary with `vars` and `args` and collects its output.
-pub async fn run_binary(vars: &[(String, String)], args: &[&str]) -> std::process::Output {
+/// Runs the binary `bin` (the test's `env!("CARGO_BIN_EXE_order-closer")`) with `vars`
+/// and `args` and collects its output.
+pub async fn run_binary(
+    bin: &str,
+    vars: &[(String, String)],
+    args: &[&str],
+) -> std::process::Output {
     // The test process's own connection settings (scripts/test.sh exports them) must not
     // leak into the binary: `vars` says everything it gets.
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-closer"));
+    let mut command = tokio::process::Command::new(bin);
     for inherited in [
         "DATABASE_URL",
         "DATABASE_URL_FILE",
@@ -454,7 +464,9 @@ where
 /// What a notify endpoint answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
+    /// The HTTP status.
     pub status: u16,
+    /// The body, as text.
     pub body: String,
     /// The gateway takes the reply as "handled" (it will not send again).
     pub acknowledged: bool,
@@ -462,6 +474,7 @@ pub struct Sent {
 
 /// A notify endpoint running in the test process.
 pub struct NotifyEndpoint {
+    /// The handler it serves.
     pub notifier: Arc<Notifier>,
     /// `http://127.0.0.1:<port>/notify`: what the simulator's notifications are sent to.
     pub base: String,
@@ -472,19 +485,19 @@ pub struct NotifyEndpoint {
 impl TestEnv {
     /// A notifier like `order-closer notify`'s, over `pool`, trusting the simulator.
     pub fn notifier_over(&self, pool: DbPool) -> Notifier {
-        Notifier::new(Decider::configured(
-            pool,
-            self.gateways(),
-            &self.settings,
-            "notify:test",
-        ))
+        Notifier::new(
+            self.sandbox
+                .app()
+                .decider(pool, "notify:test")
+                .expect("decider"),
+        )
     }
 
     /// Serves `notifier` on a free port and points the simulator's notifications at it,
     /// resending on Alipay's schedule times `time_factor`.
     pub async fn serve_notify(&self, notifier: Notifier, time_factor: f64) -> NotifyEndpoint {
         let notifier = Arc::new(notifier);
-        let bound = order_closer::notify::http::serve(
+        let bound = order_closer_engine::notify::http::serve(
             "127.0.0.1:0".parse().unwrap(),
             Arc::clone(&notifier),
             self.notify_stop.clone(),

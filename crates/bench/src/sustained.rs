@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use order_closer::closer::{Closer, Due, NewOrder};
+use order_closer_core::closer::{Due, NewOrder};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -74,11 +74,9 @@ pub async fn run(
 ) -> anyhow::Result<SustainedResult> {
     let mut worker =
         WorkerProcess::start(env, "sustained", plan.concurrency, plan.prefetch).await?;
-    let closer = Closer::new(
-        env.pool.clone(),
-        Some(env.publisher.clone()),
-        order_closer::gateway::rules::CHANNELS,
-    );
+    let closer = env
+        .app()
+        .closer_on(env.pool.clone(), Some(env.publisher.clone()));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks: JoinSet<anyhow::Result<Created>> = JoinSet::new();
     let mut created = Vec::new();

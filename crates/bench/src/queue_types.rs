@@ -1,12 +1,12 @@
 //! `--queue-types classic,quorum`: the pipeline run once per queue type within one bench
 //! run, each in an environment of its own (schema, queue prefix, simulator), with the
-//! broker's CPU time measured around it, so the two can be compared on data (issue 9:
-//! quorum queues dead-letter at least once, classic ones at most once).
+//! broker's CPU time measured around it, so the two can be compared on data
+//! (quorum queues dead-letter at least once, classic ones at most once).
 
 use anyhow::Context;
 use lapin::uri::AMQPUri;
-use order_closer::broker::topology::QueueType;
-use order_closer::config::Settings;
+use order_closer_core::broker::topology::QueueType;
+use order_closer_core::config::Settings;
 use rand::Rng;
 use secrecy::ExposeSecret;
 use serde::Serialize;
