@@ -1,6 +1,6 @@
 //! Deciding one order: read it, ask its gateway, act, and commit the state change, its
 //! audit row and its event together. Shared by the worker and the reconcile command; the
-//! rules themselves are pure code in [`table`], without any I/O.
+//! rules themselves are pure code in [`table`] and [`retry_or_park`], without any I/O.
 //!
 //! Reads and decision writes of concurrent tasks are grouped (one statement per group,
 //! see [`order_closer_core::db::batch`] and [`write`]), so a burst of due orders costs a few round
@@ -9,6 +9,7 @@
 pub mod refund;
 pub mod refund_plan;
 mod refund_send;
+pub mod retry_or_park;
 pub mod table;
 mod write;
 
@@ -29,11 +30,12 @@ use order_closer_core::db::orders::FindById;
 use order_closer_core::db::{self, DbError, DbPool};
 use order_closer_core::message::{CloseMessage, Job};
 use order_closer_core::order::{Order, OrderStatus};
-use order_closer_core::retry::{RetryPolicy, RetryStep};
+use order_closer_core::retry::RetryPolicy;
 pub use order_closer_gateway::registry::Gateways;
 use order_closer_gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeRef, TradeState,
 };
+use retry_or_park::{Failure, NextStep, retry_or_park};
 use table::{Action, CloseReason, Precheck, Protocol, QueryStage, Step};
 use write::{DecisionWrite, WriteDecisions};
 
@@ -469,50 +471,66 @@ impl Decider {
                     .await
             }
             Action::Retry { code, detail } => {
-                match self.retry_for(&order.channel).after_failure(attempt.number) {
-                    RetryStep::Retry {
-                        delay,
-                        attempt: next,
-                    } => {
-                        let not_before = order_closer_core::time::later(Utc::now(), delay);
-                        if pending == Pending::Record {
-                            self.audit_only(
-                                &order,
-                                attempt,
-                                DecisionOutcome::Retry,
-                                &format!("{code}: {detail}"),
-                                answer.as_deref(),
-                                Some(Recheck::At(not_before)),
-                            )
-                            .await;
-                        }
-                        Ok(Outcome::Retry {
-                            delay,
-                            not_before,
-                            attempt: next,
-                            code,
-                            detail,
-                        })
-                    }
-                    RetryStep::Exhausted => {
-                        let detail = format!(
-                            "gave up after {} attempts; last error {code}: {detail}",
-                            attempt.number + 1
-                        );
-                        self.park_pending(
-                            &order,
-                            attempt,
-                            "attempts_exhausted",
-                            &detail,
-                            answer.as_deref(),
-                            Some(Recheck::Parked),
-                            pending,
-                        )
-                        .await
-                    }
-                }
+                let failure = Failure::transient(code, detail);
+                self.after_failure(order, attempt, failure, answer, pending)
+                    .await
             }
             Action::Park { code, detail } => {
+                let failure = Failure::permanent(code, detail);
+                self.after_failure(order, attempt, failure, answer, pending)
+                    .await
+            }
+            // `consult` resolves these two itself; reaching here would be a bug, and the
+            // safe response to a bug is to try again later, never to close.
+            Action::CloseAtGateway | Action::QueryAgain => Ok(Outcome::Retry {
+                delay: self.retry.steps()[0],
+                not_before: order_closer_core::time::later(Utc::now(), self.retry.steps()[0]),
+                attempt: attempt.number,
+                code: "internal".into(),
+                detail: format!("unresolved action {action:?}"),
+            }),
+        }
+    }
+
+    /// Retries or parks an order after a failed attempt, as [`retry_or_park`] says with
+    /// the retry steps of its channel: records the retry with the moment it is due, or
+    /// parks the order (under [`Pending::LeaveParked`], records neither).
+    async fn after_failure(
+        &self,
+        order: Order,
+        attempt: AttemptInfo,
+        failure: Failure,
+        answer: Option<String>,
+        pending: Pending,
+    ) -> Result<Outcome, Unavailable> {
+        match retry_or_park(failure, attempt.number, self.retry_for(&order.channel)) {
+            NextStep::Retry {
+                delay,
+                attempt: next,
+                code,
+                detail,
+            } => {
+                let not_before = order_closer_core::time::later(Utc::now(), delay);
+                if pending == Pending::Record {
+                    self.audit_only(
+                        &order,
+                        attempt,
+                        DecisionOutcome::Retry,
+                        &format!("{code}: {detail}"),
+                        answer.as_deref(),
+                        Some(Recheck::At(not_before)),
+                    )
+                    .await;
+                }
+                Ok(Outcome::Retry {
+                    delay,
+                    not_before,
+                    attempt: next,
+                    code,
+                    detail,
+                })
+            }
+            NextStep::Park { code, detail } => {
                 self.park_pending(
                     &order,
                     attempt,
@@ -524,15 +542,6 @@ impl Decider {
                 )
                 .await
             }
-            // `consult` resolves these two itself; reaching here would be a bug, and the
-            // safe response to a bug is to try again later, never to close.
-            Action::CloseAtGateway | Action::QueryAgain => Ok(Outcome::Retry {
-                delay: self.retry.steps()[0],
-                not_before: order_closer_core::time::later(Utc::now(), self.retry.steps()[0]),
-                attempt: attempt.number,
-                code: "internal".into(),
-                detail: format!("unresolved action {action:?}"),
-            }),
         }
     }
 
