@@ -1,41 +1,40 @@
 //! Deciding one order: read it, ask its gateway, act, and commit the state change, its
 //! audit row and its event together. Shared by the worker and the reconcile command; the
-//! rules themselves are pure code in [`table`], without any I/O.
+//! rules themselves are pure code in [`table`] and [`retry_or_park`], without any I/O.
 //!
 //! Reads and decision writes of concurrent tasks are grouped (one statement per group,
 //! see [`order_closer_core::db::batch`] and [`write`]), so a burst of due orders costs a few round
 //! trips per group instead of several per order.
 
+mod consult;
+mod record;
 pub mod refund;
 pub mod refund_plan;
 mod refund_send;
+pub mod retry_or_park;
 pub mod table;
 mod write;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
 use thiserror::Error;
-use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use order_closer_core::config::PaidAfterClose;
-use order_closer_core::db::anomalies::AnomalyKind;
 use order_closer_core::db::batch::Batcher;
-use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
+use order_closer_core::db::decisions::Recheck;
 use order_closer_core::db::orders::FindById;
-use order_closer_core::db::{self, DbError, DbPool};
+use order_closer_core::db::{DbError, DbPool};
 use order_closer_core::message::{CloseMessage, Job};
 use order_closer_core::order::{Order, OrderStatus};
-use order_closer_core::retry::{RetryPolicy, RetryStep};
+use order_closer_core::retry::RetryPolicy;
+use order_closer_gateway::TradeState;
 pub use order_closer_gateway::registry::Gateways;
-use order_closer_gateway::{
-    CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeRef, TradeState,
-};
-use table::{Action, CloseReason, Precheck, Protocol, QueryStage, Step};
-use write::{DecisionWrite, WriteDecisions};
+use retry_or_park::Failure;
+use table::{Action, Precheck, QueryStage};
+use write::WriteDecisions;
 
 /// Most reads or decisions run as one group.
 pub const MAX_GROUP: usize = 256;
@@ -469,60 +468,14 @@ impl Decider {
                     .await
             }
             Action::Retry { code, detail } => {
-                match self.retry_for(&order.channel).after_failure(attempt.number) {
-                    RetryStep::Retry {
-                        delay,
-                        attempt: next,
-                    } => {
-                        let not_before = order_closer_core::time::later(Utc::now(), delay);
-                        if pending == Pending::Record {
-                            self.audit_only(
-                                &order,
-                                attempt,
-                                DecisionOutcome::Retry,
-                                &format!("{code}: {detail}"),
-                                answer.as_deref(),
-                                Some(Recheck::At(not_before)),
-                            )
-                            .await;
-                        }
-                        Ok(Outcome::Retry {
-                            delay,
-                            not_before,
-                            attempt: next,
-                            code,
-                            detail,
-                        })
-                    }
-                    RetryStep::Exhausted => {
-                        let detail = format!(
-                            "gave up after {} attempts; last error {code}: {detail}",
-                            attempt.number + 1
-                        );
-                        self.park_pending(
-                            &order,
-                            attempt,
-                            "attempts_exhausted",
-                            &detail,
-                            answer.as_deref(),
-                            Some(Recheck::Parked),
-                            pending,
-                        )
-                        .await
-                    }
-                }
+                let failure = Failure::transient(code, detail);
+                self.after_failure(order, attempt, failure, answer, pending)
+                    .await
             }
             Action::Park { code, detail } => {
-                self.park_pending(
-                    &order,
-                    attempt,
-                    &code,
-                    &detail,
-                    answer.as_deref(),
-                    Some(Recheck::Parked),
-                    pending,
-                )
-                .await
+                let failure = Failure::permanent(code, detail);
+                self.after_failure(order, attempt, failure, answer, pending)
+                    .await
             }
             // `consult` resolves these two itself; reaching here would be a bug, and the
             // safe response to a bug is to try again later, never to close.
@@ -534,311 +487,6 @@ impl Decider {
                 detail: format!("unresolved action {action:?}"),
             }),
         }
-    }
-
-    /// Runs the deadline protocol ([`Protocol`]: query, then close and query again as
-    /// the table says) against the order's gateway and returns the final action with the
-    /// transcript of every answer, for the audit row.
-    async fn consult(
-        &self,
-        gateway: &dyn Gateway,
-        order: &Order,
-        mode: Mode,
-    ) -> (Action, Option<String>) {
-        let trade = TradeRef::of(order);
-        let (mut protocol, mut step) = Protocol::start(order, mode == Mode::DryRun);
-        let mut transcript = Vec::new();
-        let action = loop {
-            step = match step {
-                Step::Done(action) => break action,
-                Step::Query => {
-                    let answer = self
-                        .timed(&order.channel, GatewayMethod::Query, gateway.query(trade))
-                        .await;
-                    transcript.push(describe_query(&answer));
-                    protocol.after_query(answer.as_ref().map(|a| &a.state))
-                }
-                Step::Close => {
-                    let closed = self
-                        .timed(&order.channel, GatewayMethod::Close, gateway.close(trade))
-                        .await;
-                    transcript.push(match &closed {
-                        Ok(answer) => format!("close: {answer:?}"),
-                        Err(e) => format!("close: {e}"),
-                    });
-                    if matches!(closed, Ok(CloseAnswer::NotCloseable { .. })) {
-                        info!("gateway refused the close; asking again");
-                    }
-                    protocol.after_close(closed.as_ref())
-                }
-            };
-        };
-        (action, Some(transcript.join("\n")))
-    }
-
-    /// Makes one gateway call, timed and counted by channel and method.
-    async fn timed<T>(
-        &self,
-        channel: &str,
-        method: GatewayMethod,
-        call: impl Future<Output = Result<T, GatewayError>>,
-    ) -> Result<T, GatewayError> {
-        let started = Instant::now();
-        let answer = call.await;
-        self.metrics.gateway_call(
-            channel,
-            method,
-            started.elapsed(),
-            answer.as_ref().err().map(|e| e.code.as_str()),
-        );
-        answer
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_paid(
-        &self,
-        order: Order,
-        attempt: AttemptInfo,
-        trade_no: String,
-        paid_at: Option<DateTime<Utc>>,
-        mismatch: Option<table::AmountMismatch>,
-        answer: Option<String>,
-        cause: Cause,
-    ) -> Result<Outcome, Unavailable> {
-        let detail = match mismatch {
-            None => cause.detail().to_owned(),
-            Some(m) => format!(
-                "paid at the gateway with amount {} but the order says {}",
-                order_closer_core::money::format_minor(m.paid),
-                order_closer_core::money::format_minor(m.expected)
-            ),
-        };
-        let anomaly = mismatch.map(|_| (AnomalyKind::AmountMismatch, detail.clone()));
-        let has_anomaly = anomaly.is_some();
-        let outcome = self
-            .commit(DecisionWrite {
-                order,
-                status: OrderStatus::Paid,
-                close_reason: None,
-                trade_no: Some(trade_no),
-                paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
-                attempt: attempt_column(attempt),
-                answer,
-                detail,
-                reason: "paid_at_gateway",
-                anomaly,
-            })
-            .await;
-        if has_anomaly && matches!(outcome, Ok(Outcome::Decided { .. })) {
-            self.metrics.anomaly(AnomalyKind::AmountMismatch);
-        }
-        outcome
-    }
-
-    async fn apply_closed(
-        &self,
-        order: Order,
-        attempt: AttemptInfo,
-        reason: CloseReason,
-        answer: Option<String>,
-    ) -> Result<Outcome, Unavailable> {
-        self.commit(DecisionWrite {
-            order,
-            status: OrderStatus::Closed,
-            close_reason: Some(reason.as_str()),
-            trade_no: None,
-            paid_at: None,
-            attempt: attempt_column(attempt),
-            answer,
-            detail: reason.as_str().to_owned(),
-            reason: reason.as_str(),
-            anomaly: None,
-        })
-        .await
-    }
-
-    /// Closes an order whose trade was paid and then given back at the gateway, with its
-    /// `refunded_before_deadline` anomaly and event in the same transaction.
-    async fn apply_closed_refunded(
-        &self,
-        order: Order,
-        attempt: AttemptInfo,
-        trade_no: String,
-        paid_minor: i64,
-        answer: Option<String>,
-    ) -> Result<Outcome, Unavailable> {
-        let reason = CloseReason::RefundedAtGateway;
-        let detail = format!(
-            "the gateway reports trade {trade_no} paid {} and given back before the deadline \
-             (by hand in the merchant portal, or by its risk control): closed, no goods for \
-             money that went back; check whether any of it was kept",
-            order_closer_core::money::format_minor(paid_minor)
-        );
-        let outcome = self
-            .commit(DecisionWrite {
-                order,
-                status: OrderStatus::Closed,
-                close_reason: Some(reason.as_str()),
-                trade_no: Some(trade_no),
-                paid_at: None,
-                attempt: attempt_column(attempt),
-                answer,
-                detail: detail.clone(),
-                reason: reason.as_str(),
-                anomaly: Some((AnomalyKind::RefundedBeforeDeadline, detail)),
-            })
-            .await;
-        if matches!(outcome, Ok(Outcome::Decided { .. })) {
-            self.metrics.anomaly(AnomalyKind::RefundedBeforeDeadline);
-        }
-        outcome
-    }
-
-    /// Writes a decision (grouped with other tasks' decisions) and turns the committed, or
-    /// lost, guarded update into an outcome.
-    async fn commit(&self, write: DecisionWrite) -> Result<Outcome, Unavailable> {
-        let status = write.status;
-        let order_id = write.order.id;
-        let deadline = write.order.deadline;
-        match self.writes.submit(write).await? {
-            Some(decision_id) => {
-                let lateness = (Utc::now() - deadline).to_std().unwrap_or_default();
-                info!(%status, decision_id, lateness_ms = lateness.as_millis() as u64, "decided");
-                Ok(Outcome::Decided {
-                    status,
-                    decision_id,
-                    lateness,
-                })
-            }
-            None => {
-                let now = self.reads.submit(order_id).await?.map(|o| o.status());
-                let theirs = now.unwrap_or(OrderStatus::New);
-                info!(ours = %status, theirs = %theirs, "another actor decided this order first");
-                Ok(Outcome::LostRace(theirs))
-            }
-        }
-    }
-
-    /// Records a park; `recheck` is `Parked` when the order itself waits for an operator
-    /// (None when only the message is wrong).
-    async fn park(
-        &self,
-        order: &Order,
-        attempt: AttemptInfo,
-        code: &str,
-        detail: &str,
-        answer: Option<&str>,
-        recheck: Option<Recheck>,
-    ) -> Result<Outcome, Unavailable> {
-        self.park_pending(
-            order,
-            attempt,
-            code,
-            detail,
-            answer,
-            recheck,
-            Pending::Record,
-        )
-        .await
-    }
-
-    /// [`Self::park`], except under [`Pending::LeaveParked`], where the order is parked
-    /// already: nothing is recorded a second time.
-    #[allow(clippy::too_many_arguments)]
-    async fn park_pending(
-        &self,
-        order: &Order,
-        attempt: AttemptInfo,
-        code: &str,
-        detail: &str,
-        answer: Option<&str>,
-        recheck: Option<Recheck>,
-        pending: Pending,
-    ) -> Result<Outcome, Unavailable> {
-        if pending == Pending::LeaveParked {
-            info!(code, detail, "still parked: left for the operator");
-            return Ok(Outcome::Park {
-                code: code.to_owned(),
-                detail: detail.to_owned(),
-            });
-        }
-        warn!(code, detail, "parking the order for an operator");
-        self.audit_only(
-            order,
-            attempt,
-            DecisionOutcome::Parked,
-            &format!("{code}: {detail}"),
-            answer,
-            recheck,
-        )
-        .await;
-        Ok(Outcome::Park {
-            code: code.to_owned(),
-            detail: detail.to_owned(),
-        })
-    }
-
-    /// Records a decision that changes no state (retry, park), with when the order's
-    /// schedule next looks at it. A failure to record is logged, not fatal: the message
-    /// itself still goes where it must (and the janitor, finding the order overdue, only
-    /// re-drives it).
-    async fn audit_only(
-        &self,
-        order: &Order,
-        attempt: AttemptInfo,
-        outcome: DecisionOutcome,
-        detail: &str,
-        answer: Option<&str>,
-        recheck: Option<Recheck>,
-    ) {
-        let result = async {
-            let mut conn = db::conn(&self.pool).await?;
-            let row = NewDecision {
-                order_id: order.id,
-                attempt: attempt_column(attempt),
-                outcome,
-                gateway_answer: answer,
-                detail,
-                actor: &self.actor,
-            };
-            match recheck {
-                Some(recheck) => decisions::insert_pending(&mut conn, &row, recheck).await,
-                None => decisions::insert(&mut conn, &row).await,
-            }
-            .map_err(DbError::from)
-        }
-        .await;
-        if let Err(e) = result {
-            warn!(error = %e, %outcome, "could not record the decision");
-        }
-    }
-
-    /// Records an anomaly about an order and announces it, in one transaction; returns
-    /// whether it was new (each anomaly is announced once).
-    pub async fn record_anomaly(
-        &self,
-        order: &Order,
-        kind: AnomalyKind,
-        detail: &str,
-    ) -> Result<bool, Unavailable> {
-        let mut conn = db::conn(&self.pool).await?;
-        let new = conn
-            .transaction::<_, diesel::result::Error, _>(async |tx| {
-                write::record_anomaly(
-                    tx,
-                    order,
-                    kind,
-                    detail,
-                    order.status(),
-                    order.gateway_trade_no.as_deref(),
-                )
-                .await
-            })
-            .await?;
-        if new {
-            self.metrics.anomaly(kind);
-        }
-        Ok(new)
     }
 
     /// Decides a NEW order on evidence gathered elsewhere (a bill row, a verified payment
@@ -895,22 +543,6 @@ impl Decider {
     }
 }
 
-impl Decider {
-    /// Asks the order's gateway about its trade (timed and counted like the worker's
-    /// queries); None when no gateway serves the order's channel.
-    pub async fn query_gateway(&self, order: &Order) -> Option<Result<QueryAnswer, GatewayError>> {
-        let gateway = self.gateways.get(&order.channel)?;
-        Some(
-            self.timed(
-                &order.channel,
-                GatewayMethod::Query,
-                gateway.query(TradeRef::of(order)),
-            )
-            .await,
-        )
-    }
-}
-
 /// How a payment became known, for the decision's audit detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
@@ -940,11 +572,4 @@ impl Cause {
 /// The audit table's attempt column.
 fn attempt_column(attempt: AttemptInfo) -> i32 {
     i32::try_from(attempt.number).unwrap_or(i32::MAX)
-}
-
-fn describe_query(answer: &Result<QueryAnswer, GatewayError>) -> String {
-    match answer {
-        Ok(a) => format!("query: {:?} {}", a.state, a.raw),
-        Err(e) => format!("query: {e}"),
-    }
 }

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use super::refund::PlanFailure;
 use super::refund_plan::PlannedRefund;
-use super::table::{self, Action, RefundAction};
+use super::retry_or_park::{Failure, NextStep, retry_or_park};
+use super::table::Action;
 use super::{AttemptInfo, Decider, Mode, Outcome, Unavailable, attempt_column};
 use crate::relay;
 use order_closer_core::db;
@@ -85,15 +86,13 @@ impl Decider {
                 let error = failure.as_gateway_error(&order.channel);
                 return match mode {
                     Mode::DryRun => Ok(Outcome::WouldDo(
-                        match table::after_refund(
-                            &error,
+                        match retry_or_park(
+                            Failure::from(&error),
                             attempt.number,
                             self.retry_for(&order.channel),
                         ) {
-                            RefundAction::Retry { code, detail, .. } => {
-                                Action::Retry { code, detail }
-                            }
-                            RefundAction::Fail { code, detail } => Action::Park { code, detail },
+                            NextStep::Retry { code, detail, .. } => Action::Retry { code, detail },
+                            NextStep::Park { code, detail } => Action::Park { code, detail },
                         },
                     )),
                     Mode::Apply => self.refund_not_made(&order, &row, attempt, &error).await,
@@ -173,8 +172,12 @@ impl Decider {
         attempt: AttemptInfo,
         error: &GatewayError,
     ) -> Result<Outcome, Unavailable> {
-        match table::after_refund(error, attempt.number, self.retry_for(&order.channel)) {
-            RefundAction::Retry {
+        match retry_or_park(
+            Failure::from(error),
+            attempt.number,
+            self.retry_for(&order.channel),
+        ) {
+            NextStep::Retry {
                 delay,
                 attempt: next,
                 code,
@@ -205,7 +208,7 @@ impl Decider {
                     detail,
                 })
             }
-            RefundAction::Fail { code, detail } => {
+            NextStep::Park { code, detail } => {
                 self.refund_failed(order, row, attempt, &code, &detail)
                     .await
             }

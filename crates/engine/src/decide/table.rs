@@ -8,7 +8,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use order_closer_core::order::{Order, OrderStatus};
-use order_closer_core::retry::{RetryPolicy, RetryStep};
 use order_closer_gateway::{CloseAnswer, FaultClass, GatewayError, TradeState};
 
 /// What to do before asking the gateway.
@@ -266,59 +265,6 @@ impl<'a> Protocol<'a> {
     }
 }
 
-/// What to do after a refund could not be made (its call failed, or the gateway's answer
-/// about the trade leaves nothing to send yet); a refund the gateway accepted is simply
-/// recorded and announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefundAction {
-    /// A transient failure: send the same request again after `delay`, as `attempt`.
-    Retry {
-        /// How long to wait.
-        delay: Duration,
-        /// The next attempt number.
-        attempt: u32,
-        /// Failure code.
-        code: String,
-        /// Explanation.
-        detail: String,
-    },
-    /// Refused for good, or every retry step used: record the failure and park the
-    /// message for an operator.
-    Fail {
-        /// Failure code.
-        code: String,
-        /// Explanation.
-        detail: String,
-    },
-}
-
-/// What follows a refund failure on attempt `attempt` (0 for the first call): a refund is
-/// retried only on a transient failure, through the same steps as a close, and never
-/// given up on silently.
-pub fn after_refund(error: &GatewayError, attempt: u32, retry: &RetryPolicy) -> RefundAction {
-    match (error.class, retry.after_failure(attempt)) {
-        (FaultClass::Retryable, RetryStep::Retry { delay, attempt }) => RefundAction::Retry {
-            delay,
-            attempt,
-            code: error.code.clone(),
-            detail: error.message.clone(),
-        },
-        (FaultClass::Retryable, RetryStep::Exhausted) => RefundAction::Fail {
-            code: "attempts_exhausted".into(),
-            detail: format!(
-                "gave up after {} attempts; last error {}: {}",
-                attempt.saturating_add(1),
-                error.code,
-                error.message
-            ),
-        },
-        (FaultClass::Permanent, _) => RefundAction::Fail {
-            code: error.code.clone(),
-            detail: error.message.clone(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,42 +493,6 @@ mod tests {
                 "{stage:?}"
             );
         }
-    }
-
-    #[test]
-    fn refund_rows() {
-        let retry =
-            RetryPolicy::new(vec![Duration::from_secs(3), Duration::from_secs(30)]).unwrap();
-        let busy = GatewayError::retryable("timeout", "no answer");
-        assert_eq!(
-            after_refund(&busy, 0, &retry),
-            RefundAction::Retry {
-                delay: Duration::from_secs(3),
-                attempt: 1,
-                code: "timeout".into(),
-                detail: "no answer".into()
-            }
-        );
-        assert!(matches!(
-            after_refund(&busy, 1, &retry),
-            RefundAction::Retry { attempt: 2, .. }
-        ));
-        let RefundAction::Fail { code, detail } = after_refund(&busy, 2, &retry) else {
-            panic!("the last step fails")
-        };
-        assert_eq!(code, "attempts_exhausted");
-        assert!(
-            detail.contains("3 attempts") && detail.contains("timeout"),
-            "{detail}"
-        );
-        let refused = GatewayError::permanent("ACQ.TRADE_STATUS_ERROR", "not paid");
-        assert_eq!(
-            after_refund(&refused, 0, &retry),
-            RefundAction::Fail {
-                code: "ACQ.TRADE_STATUS_ERROR".into(),
-                detail: "not paid".into()
-            }
-        );
     }
 
     /// One scripted answer per call, in order.

@@ -23,6 +23,7 @@
 pub mod hints;
 pub mod http;
 pub mod outcome;
+pub mod reply;
 pub mod settings;
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ use order_closer_core::order::{Order, OrderStatus};
 use order_closer_gateway::TradeState;
 use order_closer_gateway::notice::{Claim, Notice, NotifyVerifier, Reply};
 pub use outcome::NotifyOutcome;
+use reply::{Applied, Finding, Hint, Trust};
 pub use settings::NotifySettings;
 
 /// Largest notification body (a real one is about 1.5 KiB).
@@ -157,7 +159,7 @@ impl Notifier {
     /// channel's own reply format, and counted as rejected.
     pub fn refuse_unread(&self, channel: &str, status: u16, why: &str) -> Reply {
         let handled = match self.verifier(channel) {
-            Ok(v) => done(NotifyOutcome::Rejected, v.refuse(status), why.to_owned()),
+            Ok(v) => done(v.as_ref(), Finding::Unread { status }, why.to_owned()),
             Err(no_channel) => no_channel,
         };
         span(channel).in_scope(|| self.record(&handled));
@@ -165,14 +167,12 @@ impl Notifier {
     }
 
     fn verifier(&self, channel: &str) -> Result<&Arc<dyn NotifyVerifier>, Handled> {
-        self.verifiers.get(channel).ok_or_else(|| Handled {
-            outcome: NotifyOutcome::Rejected,
-            reply: Reply {
-                status: 404,
-                content_type: "text/plain",
-                body: "no such channel".into(),
-            },
-            detail: "no verifier for this channel".into(),
+        self.verifiers.get(channel).ok_or_else(|| {
+            handled(
+                Finding::NoSuchChannel,
+                None,
+                "no verifier for this channel".into(),
+            )
         })
     }
 
@@ -184,21 +184,21 @@ impl Notifier {
         let v = verifier.as_ref();
         if body.len() > MAX_BODY_BYTES {
             return done(
-                NotifyOutcome::Rejected,
-                v.refuse(413),
+                v,
+                Finding::TooLarge,
                 format!("a body of {} bytes, over {MAX_BODY_BYTES}", body.len()),
             );
         }
         let notice = match v.read(headers, body) {
             Ok(notice) => notice,
-            Err(e) => return done(NotifyOutcome::Rejected, v.refuse(400), e.to_string()),
+            Err(e) => return done(v, Finding::Malformed, e.to_string()),
         };
         tracing::Span::current().record("out_trade_no", notice.out_trade_no.as_str());
         if let Claim::NotOurs { reason } = &notice.claim {
             self.metrics.hint_refused(Refusal::NotOurMerchant);
             return done(
-                NotifyOutcome::Rejected,
-                v.refuse(400),
+                v,
+                Finding::NotOurs,
                 format!("{reason}: not addressed to us, nothing read or asked"),
             );
         }
@@ -208,19 +208,22 @@ impl Notifier {
             // system on the same merchant account): resending cannot change that. An
             // unverified one is answered with a refusal and costs no query.
             Ok(None) => {
-                let reply = match notice.claim {
-                    Claim::Verified { .. } => v.acknowledge(),
-                    Claim::Unverified { .. } | Claim::NotOurs { .. } => v.refuse(404),
+                let trust = match notice.claim {
+                    Claim::Verified { .. } => Trust::Verified,
+                    Claim::Unverified { .. } | Claim::NotOurs { .. } => Trust::Unverified,
                 };
-                return done(NotifyOutcome::UnknownOrder, reply, "no such order".into());
+                return done(v, Finding::UnknownOrder(trust), "no such order".into());
             }
             Err(e) => return unavailable(v, &e),
         };
         match trusted_payment(&notice, &order, channel) {
-            Ok(paid) => {
-                self.apply(v, &order, paid, &notice.raw, Cause::Notification)
-                    .await
-            }
+            Ok(paid) => match self
+                .apply(&order, paid, &notice.raw, Cause::Notification)
+                .await
+            {
+                Ok((applied, detail)) => done(v, Finding::Verified(applied), detail),
+                Err(e) => unavailable(v, &e),
+            },
             Err(why) => self.hint(v, &order, &why).await,
         }
     }
@@ -229,33 +232,29 @@ impl Notifier {
         Ok(self.reads.submit(out_trade_no.to_owned()).await?)
     }
 
-    /// A payment the gateway vouches for: PAID, already PAID, or paid after close.
+    /// A payment the gateway vouches for: PAID, already PAID, or paid after close; says
+    /// what became of it, and why.
     async fn apply(
         &self,
-        v: &dyn NotifyVerifier,
         order: &Order,
         paid: &TradeState,
         evidence: &str,
         cause: Cause,
-    ) -> Handled {
+    ) -> Result<(Applied, String), Unavailable> {
         match order.status() {
-            OrderStatus::Paid => done(
-                NotifyOutcome::AlreadyPaid,
-                v.acknowledge(),
-                "the order is PAID already".into(),
-            ),
-            OrderStatus::Closed => self.paid_after_close(v, order, paid).await,
+            OrderStatus::Paid => Ok((Applied::AlreadyPaid, "the order is PAID already".into())),
+            OrderStatus::Closed => self.paid_after_close(order, paid).await,
             OrderStatus::New => {
                 match self
                     .decider
                     .apply_evidence(order, paid, evidence, cause, Mode::Apply)
-                    .await
+                    .await?
                 {
-                    Ok(Outcome::Decided {
+                    Outcome::Decided {
                         status: OrderStatus::Paid,
                         decision_id,
                         ..
-                    }) => {
+                    } => {
                         if let TradeState::Paid {
                             paid_at: Some(at), ..
                         } = paid
@@ -263,36 +262,24 @@ impl Notifier {
                             self.metrics
                                 .payment_to_paid((Utc::now() - *at).to_std().unwrap_or_default());
                         }
-                        done(
-                            NotifyOutcome::Paid,
-                            v.acknowledge(),
+                        Ok((
+                            Applied::Paid,
                             format!("NEW -> PAID (decision {decision_id})"),
-                        )
+                        ))
                     }
-                    Ok(Outcome::LostRace(OrderStatus::Paid)) => done(
-                        NotifyOutcome::AlreadyPaid,
-                        v.acknowledge(),
+                    Outcome::LostRace(OrderStatus::Paid) => Ok((
+                        Applied::AlreadyPaid,
                         "another actor marked it PAID first".into(),
-                    ),
+                    )),
                     // The worker closed it a moment ago: re-read and record the payment
                     // on the closed order.
-                    Ok(Outcome::LostRace(OrderStatus::Closed)) => {
-                        match self.find(&order.out_trade_no).await {
-                            Ok(Some(now)) => self.paid_after_close(v, &now, paid).await,
-                            Ok(None) => done(
-                                NotifyOutcome::UnknownOrder,
-                                v.refuse(404),
-                                "the order vanished".into(),
-                            ),
-                            Err(e) => unavailable(v, &e),
+                    Outcome::LostRace(OrderStatus::Closed) => {
+                        match self.find(&order.out_trade_no).await? {
+                            Some(now) => self.paid_after_close(&now, paid).await,
+                            None => Ok((Applied::Vanished, "the order vanished".into())),
                         }
                     }
-                    Ok(other) => done(
-                        NotifyOutcome::Rejected,
-                        v.refuse(500),
-                        format!("unexpected outcome {other:?}"),
-                    ),
-                    Err(e) => unavailable(v, &e),
+                    other => Ok((Applied::Unexpected, format!("unexpected outcome {other:?}"))),
                 }
             }
         }
@@ -302,10 +289,9 @@ impl Notifier {
     /// operator or refunded as the policy says.
     async fn paid_after_close(
         &self,
-        v: &dyn NotifyVerifier,
         order: &Order,
         paid: &TradeState,
-    ) -> Handled {
+    ) -> Result<(Applied, String), Unavailable> {
         let (paid_minor, trade_no) = match paid {
             TradeState::Paid {
                 trade_no,
@@ -319,24 +305,16 @@ impl Notifier {
             format_minor(paid_minor),
             trade_no.unwrap_or("unknown")
         );
-        match self
+        let after = self
             .decider
             .paid_after_close(order, paid_minor, trade_no, &detail, Mode::Apply)
-            .await
-        {
-            Ok(after) => done(
-                NotifyOutcome::PaidAfterClose,
-                v.acknowledge(),
-                match (after.new_anomaly, after.policy) {
-                    (_, PolicyEffect::RefundRequested) => {
-                        format!("{detail}; its refund is requested")
-                    }
-                    (true, _) => format!("{detail}; held for an operator"),
-                    (false, _) => "paid after close, recorded before".into(),
-                },
-            ),
-            Err(e) => unavailable(v, &e),
-        }
+            .await?;
+        let detail = match (after.new_anomaly, after.policy) {
+            (_, PolicyEffect::RefundRequested) => format!("{detail}; its refund is requested"),
+            (true, _) => format!("{detail}; held for an operator"),
+            (false, _) => "paid after close, recorded before".into(),
+        };
+        Ok((Applied::PaidAfterClose, detail))
     }
 
     /// Not trusted by itself: ask the gateway (within the budget) and apply its answer.
@@ -344,8 +322,8 @@ impl Notifier {
     async fn hint(&self, v: &dyn NotifyVerifier, order: &Order, why: &str) -> Handled {
         if order.status() == OrderStatus::Paid {
             return done(
-                NotifyOutcome::AlreadyPaid,
-                v.acknowledge(),
+                v,
+                Finding::Hint(Hint::OrderPaid),
                 format!("{why}; the order is PAID already, nothing to ask"),
             );
         }
@@ -353,15 +331,15 @@ impl Notifier {
             Ok(grant) => grant,
             Err(refusal) => {
                 self.metrics.hint_refused(refusal);
-                let (status, because) = match refusal {
-                    Refusal::TooSoon => (429, "the gateway was asked about this order moments ago"),
-                    Refusal::Busy => (503, "too many gateway queries in flight"),
-                    Refusal::RateLimited => (503, "this second's hint queries are spent"),
-                    Refusal::NotOurMerchant => (400, "it does not name our merchant"),
+                let because = match refusal {
+                    Refusal::TooSoon => "the gateway was asked about this order moments ago",
+                    Refusal::Busy => "too many gateway queries in flight",
+                    Refusal::RateLimited => "this second's hint queries are spent",
+                    Refusal::NotOurMerchant => "it does not name our merchant",
                 };
                 return done(
-                    NotifyOutcome::Rejected,
-                    v.refuse(status),
+                    v,
+                    Finding::Hint(Hint::Refused(refusal)),
                     format!("{why}; {because}"),
                 );
             }
@@ -369,45 +347,42 @@ impl Notifier {
         let answer = match self.decider.query_gateway(order).await {
             None => {
                 return done(
-                    NotifyOutcome::Rejected,
-                    v.refuse(404),
+                    v,
+                    Finding::Hint(Hint::NoGateway),
                     format!("{why}; no gateway serves channel {:?}", order.channel),
                 );
             }
             Some(Err(e)) => {
                 return done(
-                    NotifyOutcome::Queried,
-                    v.refuse(503),
+                    v,
+                    Finding::Hint(Hint::QueryFailed),
                     format!("{why}; the gateway query failed: {e}"),
                 );
             }
             Some(Ok(answer)) => answer,
         };
-        let handled = match (&answer.state, order.status()) {
+        let (hint, detail) = match (&answer.state, order.status()) {
             (TradeState::Paid { .. }, OrderStatus::New | OrderStatus::Closed) => {
-                self.apply(
-                    v,
-                    order,
-                    &answer.state,
-                    &answer.raw,
-                    Cause::NotificationHint,
-                )
-                .await
+                match self
+                    .apply(order, &answer.state, &answer.raw, Cause::NotificationHint)
+                    .await
+                {
+                    Ok((applied, detail)) => (Hint::Applied(applied), detail),
+                    Err(e) => return unavailable(v, &e),
+                }
             }
-            (state, _) => done(
-                NotifyOutcome::Queried,
-                v.acknowledge(),
+            (state, _) => (
+                Hint::NothingToApply,
                 format!("the gateway says {state:?}; nothing to apply"),
             ),
         };
-        match handled.outcome {
-            NotifyOutcome::DatabaseUnavailable | NotifyOutcome::Rejected => handled,
-            _ => Handled {
-                outcome: NotifyOutcome::Queried,
-                detail: format!("{why}; asked the gateway: {}", handled.detail),
-                ..handled
-            },
-        }
+        let finding = Finding::Hint(hint);
+        // What counts as a query says what the gateway was asked, and why.
+        let detail = match reply::answer(finding).outcome {
+            NotifyOutcome::Queried => format!("{why}; asked the gateway: {detail}"),
+            _ => detail,
+        };
+        done(v, finding, detail)
     }
 }
 
@@ -444,7 +419,10 @@ fn span(channel: &str) -> tracing::Span {
     info_span!("notify", channel = %shown, out_trade_no = tracing::field::Empty)
 }
 
-fn done(outcome: NotifyOutcome, reply: Reply, detail: String) -> Handled {
+/// What became of a notification, replied to in the gateway's words (`rule`, None at a
+/// channel no gateway serves) as [`reply::reply`] says.
+fn handled(finding: Finding, rule: Option<&dyn NotifyVerifier>, detail: String) -> Handled {
+    let (outcome, reply) = reply::reply(finding, rule);
     Handled {
         outcome,
         reply,
@@ -452,10 +430,15 @@ fn done(outcome: NotifyOutcome, reply: Reply, detail: String) -> Handled {
     }
 }
 
+/// [`handled`], at a channel a gateway serves.
+fn done(v: &dyn NotifyVerifier, finding: Finding, detail: String) -> Handled {
+    handled(finding, Some(v), detail)
+}
+
 fn unavailable(v: &dyn NotifyVerifier, e: &Unavailable) -> Handled {
     done(
-        NotifyOutcome::DatabaseUnavailable,
-        v.refuse(503),
+        v,
+        Finding::DatabaseDown,
         format!("the database cannot be used ({e}); the gateway will send it again"),
     )
 }

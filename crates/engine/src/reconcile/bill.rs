@@ -20,6 +20,9 @@
 //! - refund rows, and rows for orders we do not know: reported;
 //! - the gateway contradicts the bill, or could not be asked: reported, nothing done.
 //!
+//! What each row is, and what the gateway's answer calls for, is decided by pure code
+//! (`bill_classify.rs`); this file reads the orders, asks the gateway, and records.
+//!
 //! Anomalies are findings, not fixes: they are recorded (once per order and kind, each
 //! announced once as `order.anomaly.<kind>`) whether or not `apply` is given.
 
@@ -29,6 +32,9 @@ use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::bill_classify::{
+    Absence, RowAct, RowClass, absent_from_bill, classify_row, judge_absent, judge_row,
+};
 pub use super::bill_report::{BillLine, BillReport};
 use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
@@ -37,7 +43,7 @@ use order_closer_core::db::schema::orders;
 use order_closer_core::db::{self};
 use order_closer_core::money::format_minor;
 use order_closer_core::order::{Order, OrderStatus};
-use order_closer_gateway::bill::{Bill, BillRow, BillRowKind, CheckedBill};
+use order_closer_gateway::bill::{Bill, BillRow, CheckedBill};
 use order_closer_gateway::{BillFetchError, BillSource, QueryAnswer, TradeState};
 
 /// The UTC interval of one calendar day in the gateway's calendar `offset`.
@@ -101,59 +107,39 @@ pub async fn reconcile(
     let mode = if apply { Mode::Apply } else { Mode::DryRun };
     let numbers: BTreeSet<&str> = bill.rows.iter().map(|r| r.out_trade_no.as_str()).collect();
     let known = load_orders(decider, &numbers).await?;
-    let mut paid_in_bill = BTreeSet::new();
 
     for row in &bill.rows {
-        // An order of another channel is not this gateway's: its row is reported as
-        // unknown, never acted on.
-        let order = known
-            .get(&row.out_trade_no)
-            .filter(|o| o.channel == channel);
-        match row.kind {
-            BillRowKind::Refund => {
+        match classify_row(row, &known, channel) {
+            RowClass::Refund(order) => {
                 report.refunds += 1;
                 report.refund_rows.push(line(
                     row,
                     order,
                     format!("refund {}", row.refund_no.as_deref().unwrap_or("-")),
                 ));
-                continue;
             }
-            BillRowKind::Payment => report.payments += 1,
+            RowClass::UnknownOrder => {
+                report.payments += 1;
+                report
+                    .unknown_orders
+                    .push(line(row, None, "no such order".into()));
+            }
+            RowClass::Agrees => {
+                report.payments += 1;
+                report.matched += 1;
+            }
+            RowClass::Ask(order) => {
+                report.payments += 1;
+                settle_row(decider, bill, row, order, mode, &mut report).await?;
+            }
         }
-        paid_in_bill.insert(row.out_trade_no.as_str());
-        let Some(order) = order else {
-            report
-                .unknown_orders
-                .push(line(row, None, "no such order".into()));
-            continue;
-        };
-        if order.status() == OrderStatus::Paid && row.amount_minor == order.amount_minor {
-            report.matched += 1;
-            continue;
-        }
-        // Anything else would change the order or record an anomaly.
-        settle_row(decider, bill, row, order, mode, &mut report).await?;
     }
 
     // Orders we say were paid that day, of which the bill knows nothing.
     let (start, end) = gateway_day(date, bill.offset);
-    let paid_that_day: Vec<Order> = {
-        let mut conn = db::conn(decider.pool()).await?;
-        orders::table
-            .filter(orders::status.eq(OrderStatus::Paid.as_str()))
-            .filter(orders::channel.eq(channel))
-            .filter(orders::paid_at.ge(start))
-            .filter(orders::paid_at.lt(end))
-            .select(Order::as_select())
-            .load(&mut conn)
-            .await?
-    };
-    for order in paid_that_day {
-        if paid_in_bill.contains(order.out_trade_no.as_str()) {
-            continue;
-        }
-        settle_absent(decider, bill, date, &order, &mut report).await?;
+    let paid_that_day = load_paid(decider, channel, start, end).await?;
+    for order in absent_from_bill(&paid_that_day, &bill.rows) {
+        settle_absent(decider, bill, date, order, &mut report).await?;
     }
 
     report.conclude();
@@ -184,7 +170,8 @@ async fn settle_row(
         }
     };
     let said = said(&answer.state);
-    if contradicts(row, &answer.state) {
+    let judged = judge_row(row, order, &answer.state);
+    if judged.contradicts {
         report.disagreements.push(BillLine {
             gateway_said: Some(said.clone()),
             ..line(
@@ -198,21 +185,15 @@ async fn settle_row(
             )
         });
     }
-    let TradeState::Paid {
-        trade_no,
-        amount_minor: paid_minor,
-        ..
-    } = &answer.state
-    else {
-        // Not paid, as the gateway says: the disagreement above is the finding.
-        return Ok(());
-    };
     let asked = |action: String| BillLine {
         gateway_said: Some(said.clone()),
         ..line(row, Some(order), action)
     };
-    match order.status() {
-        OrderStatus::New => {
+    match judged.act {
+        // Not paid as the gateway says, or it agrees with the order and not with the
+        // bill: the disagreement above is the finding.
+        RowAct::Nothing => {}
+        RowAct::MarkPaid { amount_differs } => {
             let evidence = format!(
                 "query: {}\n(asked because the bill {} line {} shows the order paid)",
                 answer.raw, bill.file, row.line
@@ -227,7 +208,7 @@ async fn settle_row(
                 other => format!("{other:?}"),
             };
             report.paid_but_new.push(asked(action));
-            if *paid_minor != order.amount_minor {
+            if amount_differs {
                 report.amount_mismatch.push(asked(if mode == Mode::Apply {
                     "anomaly recorded with the payment".into()
                 } else {
@@ -235,18 +216,21 @@ async fn settle_row(
                 }));
             }
         }
-        OrderStatus::Closed => {
+        RowAct::PaidAfterClose {
+            trade_no,
+            paid_minor,
+        } => {
             let detail = format!(
                 "the gateway says trade {trade_no} paid {} on an order we closed (asked \
                  because of the bill {} line {})",
-                format_minor(*paid_minor),
+                format_minor(paid_minor),
                 bill.file,
                 row.line
             );
             // The policy (hold or refund) acts only with `apply`; the anomaly is
             // recorded either way.
             let after = decider
-                .paid_after_close(order, *paid_minor, Some(trade_no), &detail, mode)
+                .paid_after_close(order, paid_minor, Some(trade_no), &detail, mode)
                 .await?;
             let recorded = recorded(after.new_anomaly, AnomalyKind::PaidAfterClose);
             let action = match after.policy {
@@ -258,11 +242,11 @@ async fn settle_row(
             };
             report.paid_after_close.push(asked(action));
         }
-        OrderStatus::Paid if *paid_minor != order.amount_minor => {
+        RowAct::AmountMismatch { paid_minor } => {
             let detail = format!(
                 "the gateway says {} paid, the order says {} (asked because the bill {} \
                  line {} shows {})",
-                format_minor(*paid_minor),
+                format_minor(paid_minor),
                 format_minor(order.amount_minor),
                 bill.file,
                 row.line,
@@ -275,9 +259,6 @@ async fn settle_row(
                 .amount_mismatch
                 .push(asked(recorded(new, AnomalyKind::AmountMismatch)));
         }
-        // The gateway agrees with the order, not with the bill: the disagreement
-        // above says so.
-        OrderStatus::Paid => {}
     }
     Ok(())
 }
@@ -316,7 +297,7 @@ async fn settle_absent(
         }
     };
     let said = said(&answer.state);
-    if matches!(answer.state, TradeState::Paid { .. }) {
+    if judge_absent(&answer.state) == Absence::PaidAtGateway {
         report.disagreements.push(absent(
             "absent from the bill, but paid as the gateway says: no anomaly".into(),
             Some(said),
@@ -347,17 +328,6 @@ async fn ask(decider: &Decider, order: &Order) -> Result<QueryAnswer, String> {
         Some(Err(e)) => Err(e.to_string()),
         None => Err(format!("no gateway serves channel {:?}", order.channel)),
     }
-}
-
-/// Whether the gateway's answer contradicts a payment row: not paid, or paid another
-/// amount, or under another trade number, or paid and given back since (the money is not
-/// with us: nothing to mark PAID, and no payment after close to act on).
-fn contradicts(row: &BillRow, state: &TradeState) -> bool {
-    !matches!(
-        state,
-        TradeState::Paid { trade_no, amount_minor, .. }
-            if *amount_minor == row.amount_minor && *trade_no == row.trade_no
-    )
 }
 
 /// What the gateway said, in words.
@@ -408,6 +378,25 @@ fn line(row: &BillRow, order: Option<&Order>, action: String) -> BillLine {
     }
 }
 
+/// The orders of `channel` PAID within `[start, end)`.
+async fn load_paid(
+    decider: &Decider,
+    channel: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<Order>, Unavailable> {
+    let mut conn = db::conn(decider.pool()).await?;
+    Ok(orders::table
+        .filter(orders::status.eq(OrderStatus::Paid.as_str()))
+        .filter(orders::channel.eq(channel))
+        .filter(orders::paid_at.ge(start))
+        .filter(orders::paid_at.lt(end))
+        .select(Order::as_select())
+        .load(&mut conn)
+        .await?)
+}
+
+/// The orders the bill's rows name, by order number.
 async fn load_orders(
     decider: &Decider,
     numbers: &BTreeSet<&str>,

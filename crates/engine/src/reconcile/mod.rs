@@ -4,6 +4,7 @@
 //! same code the worker runs.
 
 pub mod bill;
+pub mod bill_classify;
 pub mod bill_report;
 pub mod overdue;
 pub mod parked;

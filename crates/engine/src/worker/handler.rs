@@ -1,5 +1,7 @@
 //! One delivery from the close queue: decode, wait or forward if early, decide, then
-//! route the message (ack, re-delay, retry, park) and only then acknowledge it.
+//! route the message (ack, re-delay, retry, park) and only then acknowledge it. What is
+//! done with it is decided by pure code ([`super::broker_action`]); this file carries it
+//! out against the broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,18 +13,17 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::decide::{AttemptInfo, Decider, Mode, Outcome};
+use crate::decide::{AttemptInfo, Decider, Mode};
 use order_closer_core::broker::BrokerError;
 use order_closer_core::broker::publisher::{ParkNote, Publisher};
 use order_closer_core::broker::tiers::{Route, SMALLEST_TIER};
-use order_closer_core::closer::MAX_TIME_TO_PAY;
 use order_closer_core::message::{CloseMessage, cut_oversized};
 
 use super::acks::Acks;
-
-/// How long to wait before trying again when the database is unreachable (not counted
-/// as an attempt: an outage alone never parks a message).
-pub const DB_RETRY_DELAY: Duration = Duration::from_secs(5);
+use super::broker_action::{
+    BrokerAction, DB_RETRY_DELAY, Finished, ParkReason, Reschedule, Triage, after_decision,
+    before_deciding,
+};
 
 /// Pause before handing a message back after a failed follow-up publish.
 pub const REQUEUE_PAUSE: Duration = Duration::from_secs(2);
@@ -165,108 +166,76 @@ async fn route(ctx: &Context, message: CloseMessage) -> Result<Routed, BrokerErr
     act(ctx, message).await.map(|()| Routed::Done)
 }
 
-/// Decides (or forwards) a due message and publishes whatever must follow it. Returns Ok
-/// when the delivery may be acknowledged.
-async fn act(ctx: &Context, mut message: CloseMessage) -> Result<(), BrokerError> {
-    let now = Utc::now();
-    let remaining = (message.due_at() - now).to_std().unwrap_or_default();
-    if remaining > MAX_TIME_TO_PAY {
-        // No order can be due that far ahead: a broken publisher. Forwarding would hide
-        // it in the largest tier for ever; park it where an operator sees it.
-        warn!(due_at = %message.due_at(), "deadline out of range; parking the message");
-        ctx.decider.metrics().parked("deadline_out_of_range");
-        let error = format!(
-            "due at {}, more than {MAX_TIME_TO_PAY:?} ahead",
-            message.due_at()
-        );
-        let note = ParkNote {
-            reason: "deadline_out_of_range",
-            last_error: &error,
-            attempts: message.attempt,
-            first_seen: message.first_seen.unwrap_or(now),
-        };
-        return ctx.publisher.park(&message.encode(), &note).await;
-    }
-    if remaining >= SMALLEST_TIER {
-        // An early hop: forward without touching the database.
-        let route = ctx.publisher.schedule(&message, now).await?;
-        ctx.decider.metrics().forwarded();
-        let tier_ms = match route {
-            Route::Tier(i) => ctx
-                .publisher
-                .topology()
-                .tiers()
-                .all()
-                .get(i)
-                .map(|t| t.as_millis()),
-            Route::Due => None,
-        };
-        debug!(?tier_ms, ?remaining, "not due yet; forwarded");
-        return Ok(());
-    }
-
-    let attempt = AttemptInfo {
-        number: message.attempt,
-        first_seen: message.first_seen,
-        not_before: message.not_before,
+/// Decides (or forwards, or parks) a message taken up now, as [`before_deciding`] and
+/// [`after_decision`] say, and publishes whatever must follow it. Returns Ok when the
+/// delivery may be acknowledged.
+async fn act(ctx: &Context, message: CloseMessage) -> Result<(), BrokerError> {
+    let started = Utc::now();
+    let action = match before_deciding(message, started) {
+        Triage::Act(action) => action,
+        Triage::Decide(message) => {
+            let attempt = AttemptInfo {
+                number: message.attempt,
+                first_seen: message.first_seen,
+                not_before: message.not_before,
+            };
+            let outcome = ctx.decider.act_on(&message, attempt, Mode::Apply).await;
+            after_decision(message, &outcome, started, Utc::now())
+        }
     };
-    let outcome = ctx.decider.act_on(&message, attempt, Mode::Apply).await;
-    let first_seen = message.first_seen.unwrap_or(now);
-    match outcome {
-        Ok(
-            Outcome::Decided { .. }
-            | Outcome::Settled(_)
-            | Outcome::LostRace(_)
-            | Outcome::Refunded { .. }
-            | Outcome::WouldDo(_)
-            | Outcome::WouldRefund { .. },
-        ) => Ok(()),
-        Ok(Outcome::Missing) => {
+    execute(ctx, action).await
+}
+
+/// Carries out a broker action: logs it, counts what no decision counted, and publishes
+/// the follow-up it needs. Returns Ok when the delivery may be acknowledged.
+async fn execute(ctx: &Context, action: BrokerAction) -> Result<(), BrokerError> {
+    match action {
+        BrokerAction::Ack(Finished::Done) => Ok(()),
+        BrokerAction::Ack(Finished::OrderMissing) => {
             warn!("no such order; acknowledging the message");
             Ok(())
         }
-        Ok(Outcome::NotDue { deadline, .. }) => {
-            message.deadline = deadline;
-            ctx.publisher
-                .schedule(&message, Utc::now())
-                .await
-                .map(|_| ())
+        BrokerAction::Schedule { message, why } => {
+            match &why {
+                Reschedule::Retry { code, delay } => {
+                    info!(%code, ?delay, next_attempt = message.attempt, "retrying later");
+                }
+                Reschedule::DatabaseUnavailable { error } => {
+                    warn!(%error, retry_in = ?DB_RETRY_DELAY, "database unavailable; trying again later");
+                }
+                Reschedule::EarlyHop { .. } | Reschedule::NotDue => {}
+            }
+            let route = ctx.publisher.schedule(&message, Utc::now()).await?;
+            if let Reschedule::EarlyHop { remaining } = why {
+                ctx.decider.metrics().forwarded();
+                let tier_ms = match route {
+                    Route::Tier(i) => ctx
+                        .publisher
+                        .topology()
+                        .tiers()
+                        .all()
+                        .get(i)
+                        .map(|t| t.as_millis()),
+                    Route::Due => None,
+                };
+                debug!(?tier_ms, ?remaining, "not due yet; forwarded");
+            }
+            Ok(())
         }
-        Ok(Outcome::Retry {
-            delay,
-            not_before,
-            attempt,
-            code,
-            ..
-        }) => {
-            info!(%code, ?delay, next_attempt = attempt, "retrying later");
-            message.attempt = attempt;
-            message.first_seen = Some(first_seen);
-            message.not_before = Some(not_before);
-            ctx.publisher
-                .schedule(&message, Utc::now())
-                .await
-                .map(|_| ())
-        }
-        // A worker never decides with `decide_parked`; were it to, parking is the safe
-        // reading of "still parked".
-        Ok(Outcome::Park { code, detail } | Outcome::StillParked { code, detail }) => {
-            let note = ParkNote {
-                reason: &code,
-                last_error: &detail,
-                attempts: message.attempt + 1,
-                first_seen,
+        BrokerAction::Park { message, note } => {
+            if note.reason == ParkReason::DeadlineOutOfRange {
+                // No order can be due that far ahead: a broken publisher. No decision
+                // counted it, so it is counted here.
+                warn!(due_at = %message.due_at(), "deadline out of range; parking the message");
+                ctx.decider.metrics().parked(note.reason.as_str());
+            }
+            let park = ParkNote {
+                reason: note.reason.as_str(),
+                last_error: &note.last_error,
+                attempts: note.attempts,
+                first_seen: note.first_seen,
             };
-            ctx.publisher.park(&message.encode(), &note).await
-        }
-        Err(unavailable) => {
-            warn!(error = %unavailable, retry_in = ?DB_RETRY_DELAY, "database unavailable; trying again later");
-            message.first_seen = Some(first_seen);
-            message.not_before = Some(order_closer_core::time::later(Utc::now(), DB_RETRY_DELAY));
-            ctx.publisher
-                .schedule(&message, Utc::now())
-                .await
-                .map(|_| ())
+            ctx.publisher.park(&message.encode(), &park).await
         }
     }
 }

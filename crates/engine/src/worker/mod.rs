@@ -9,6 +9,7 @@
 //! back to the broker.
 
 mod acks;
+mod broker_action;
 mod handler;
 mod janitor_loop;
 mod relay_loop;
