@@ -15,8 +15,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use order_closer::bill::{BillError, BillRow, BillRowKind};
 use order_closer::gateway::FaultClass;
 use order_closer::gateway::alipay::bill::parse_zip;
-use order_closer::gateway::alipay::response::china;
 use order_closer::sim::{self, alipay::SIM_BILL_ACCOUNT};
+use order_closer::time::china;
 
 type Env = GatewayEnv;
 

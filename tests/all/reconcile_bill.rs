@@ -15,11 +15,11 @@ use order_closer::config::PaidAfterClose;
 use order_closer::db::{self, orders};
 use order_closer::decide::{AttemptInfo, Mode};
 use order_closer::gateway::BillSource;
-use order_closer::gateway::alipay::response::china;
 use order_closer::order::OrderStatus;
 use order_closer::reconcile::Finding;
 use order_closer::reconcile::bill::{gateway_day, load, reconcile};
 use order_closer::sim::alipay::SIM_BILL_ACCOUNT;
+use order_closer::time::china;
 
 async fn order(env: &TestEnv, name: &str, amount: i64) -> order_closer::order::Order {
     order_at(env, "alipay", name.to_owned(), amount).await

@@ -351,8 +351,8 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
 async fn the_bill_s_payments_after_close_go_through_the_policy() {
     use chrono::Utc;
 
-    use order_closer::gateway::alipay::response::china;
     use order_closer::reconcile::bill::{load, reconcile};
+    use order_closer::time::china;
 
     let mut env = TestEnv::new(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).await;
     env.quiet_notifications();

@@ -13,9 +13,9 @@ use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use chrono::{DateTime, Duration as Span, Utc};
 
-use super::response::parse_china_time;
 use super::sign::verify_notify_params;
 use order_closer_core::money::parse_minor;
+use order_closer_core::time::parse_china_time;
 use order_closer_gateway::TradeState;
 use order_closer_gateway::notice::{self, Claim, Notice, NoticeError, NotifyVerifier, Reply, echo};
 use order_closer_gateway::rsa::RsaPublicKey;
@@ -182,8 +182,8 @@ impl NotifyVerifier for AlipayNotify {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response::format_china_time;
     use crate::sign::notify_signing_content;
+    use order_closer_core::time::format_china_time;
     use order_closer_gateway::rsa::RsaPrivateKey;
 
     fn fixed_now() -> DateTime<Utc> {

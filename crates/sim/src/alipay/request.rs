@@ -9,29 +9,21 @@ use super::AlipaySim;
 use super::answers::{Answer, BillAsk, failure, invalid, missing};
 use crate::SimMethod;
 use crate::state::SimState;
-use order_closer_alipay::client::BILL_URL_METHOD;
-use order_closer_alipay::verify_params;
+use order_closer_alipay::{ERROR_RESPONSE, Method, verify_params};
 
-pub(super) const QUERY: &str = "alipay.trade.query";
-const CLOSE: &str = "alipay.trade.close";
-const REFUND_METHOD: &str = "alipay.trade.refund";
-
-/// The methods served, by their wire names.
-const ALIPAY_METHODS: [&str; 4] = [QUERY, CLOSE, REFUND_METHOD, BILL_URL_METHOD];
-
-/// What a wire method is, for the fault plan and the counters.
-pub(super) fn sim_method(method: &str) -> SimMethod {
+/// What a method is, for the fault plan and the counters.
+pub(super) fn sim_method(method: Method) -> SimMethod {
     match method {
-        QUERY => SimMethod::Query,
-        CLOSE => SimMethod::Close,
-        REFUND_METHOD => SimMethod::Refund,
-        _ => SimMethod::Bill,
+        Method::TradeQuery => SimMethod::Query,
+        Method::TradeClose => SimMethod::Close,
+        Method::TradeRefund => SimMethod::Refund,
+        Method::BillDownloadUrl => SimMethod::Bill,
     }
 }
 
 /// An authenticated, well-formed gateway request.
 pub(super) struct Request {
-    pub(super) method: &'static str,
+    pub(super) method: Method,
     /// The answer's member name (`alipay_trade_query_response`...).
     pub(super) key: String,
     pub(super) out_trade_no: Option<String>,
@@ -55,7 +47,7 @@ pub(super) struct RefundAsk {
 
 /// A request refused before it could be served, with the method if it named a known one.
 pub(super) struct Refused {
-    pub(super) method: Option<&'static str>,
+    pub(super) method: Option<Method>,
     pub(super) answer: Answer,
 }
 
@@ -67,8 +59,8 @@ pub(super) fn parse_request(
     body: &[u8],
     origin: String,
 ) -> Result<Request, Refused> {
-    const ERR: &str = "error_response";
-    let refuse = |method: Option<&'static str>, answer: Answer| Refused { method, answer };
+    const ERR: &str = ERROR_RESPONSE;
+    let refuse = |method: Option<Method>, answer: Answer| Refused { method, answer };
     let from_query = serde_urlencoded::from_str::<Vec<(String, String)>>(query);
     let from_body = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body);
     let (Ok(mut params), Ok(body_params)) = (from_query, from_body) else {
@@ -96,13 +88,13 @@ pub(super) fn parse_request(
     let Some(method) = get("method") else {
         return Err(refuse(None, missing(ERR, "isv.missing-method", "方法名")));
     };
-    let Some(method) = ALIPAY_METHODS.into_iter().find(|m| *m == method) else {
+    let Some(method) = Method::from_name(method) else {
         return Err(refuse(
             None,
             invalid(ERR, "isv.invalid-method", "不存在的方法名"),
         ));
     };
-    let key = format!("{}_response", method.replace('.', "_"));
+    let key = method.response_key();
     let refuse = |answer: Answer| Refused {
         method: Some(method),
         answer,
@@ -153,7 +145,10 @@ pub(super) fn parse_request(
     }
     if !verify_params(&sim.app_public_key, &params) {
         state.count_signature_failure();
-        tracing::debug!(method, "simulator: request signature does not verify");
+        tracing::debug!(
+            method = method.name(),
+            "simulator: request signature does not verify"
+        );
         return Err(refuse(invalid(
             &key,
             "isv.invalid-signature",
@@ -178,7 +173,7 @@ pub(super) fn parse_request(
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
-    if method == BILL_URL_METHOD {
+    if method == Method::BillDownloadUrl {
         return Ok(Request {
             method,
             key,
@@ -203,7 +198,7 @@ pub(super) fn parse_request(
             "参数无效",
         )));
     }
-    let refund = if method == REFUND_METHOD {
+    let refund = if method == Method::TradeRefund {
         let amount = field("refund_amount")
             .as_deref()
             .and_then(|a| order_closer_core::money::parse_minor(a).ok())

@@ -30,12 +30,13 @@ use super::answers::{
     Answer, bill_url_answer, close_answer, failure, query_answer, refund_answer, signed_body,
 };
 use super::bill::build_zip;
-use super::request::{QUERY, Request, parse_request, sim_method};
+use super::request::{Request, parse_request, sim_method};
 use crate::shared::{
     Shared, bad_gateway_page, detached, dropped_connection, empty_json, maintenance_page,
     shutting_down, truncated,
 };
 use crate::state::{BillFetch, FaultKind, SimTradeStatus};
+use order_closer_alipay::Method;
 use order_closer_core::money::format_minor;
 
 /// A request handler's view: what every gateway shares, and Alipay's keys.
@@ -133,7 +134,7 @@ async fn serve_gateway(
         None => signed_reply(&shared, answer(&shared, &request, Effect::Apply)),
         Some(kind) => {
             tracing::debug!(
-                method = request.method,
+                method = request.method.name(),
                 out_trade_no = request.out_trade_no.as_deref().unwrap_or(""),
                 fault = %kind,
                 "simulator: injecting a fault"
@@ -169,7 +170,7 @@ fn answer(shared: &Ctx, r: &Request, effect: Effect) -> Answer {
             apply,
         );
         refund_answer(r.key.clone(), out, outcome)
-    } else if r.method == QUERY {
+    } else if r.method == Method::TradeQuery {
         query_answer(
             r.key.clone(),
             out,

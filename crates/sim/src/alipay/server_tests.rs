@@ -287,7 +287,7 @@ async fn bill_url_requests() {
     let sim = start_sim().await;
     let bill = |biz: &str| {
         with(
-            common(order_closer_alipay::client::BILL_URL_METHOD),
+            common(order_closer_alipay::Method::BillDownloadUrl.name()),
             "biz_content",
             biz,
         )

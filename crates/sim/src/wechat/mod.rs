@@ -1,14 +1,17 @@
 //! WeChat Pay API v3 in the simulator: its keys (the merchant's public key and
 //! certificate serial to check requests, the platform key and its id to sign answers and
-//! notifications, the APIv3 key to encrypt them), its wire protocol (`server.rs`), its
-//! notifications (`notify.rs`) and its bill files (`bill.rs`).
+//! notifications, the APIv3 key to encrypt them), its wire protocol (`server.rs`;
+//! requests read in `request.rs`, answered in `answers.rs`), its notifications
+//! (`notify.rs`) and its bill files (`bill.rs`).
 //!
 //! By default the simulator is a "new merchant": it signs with the WeChat Pay public key
 //! under its id `PUB_KEY_ID_...`. [`WechatSim::with_platform_serial`] makes it sign as a
 //! platform certificate of that serial instead (the older mode).
 
+mod answers;
 pub mod bill;
 pub mod notify;
+mod request;
 mod server;
 
 use std::collections::HashMap;

@@ -15,6 +15,9 @@
 //! | `GET /v3/billdownload/file?token=` | the gzipped bill, unsigned; 400 `INVALID_REQUEST` once expired |
 //!
 //! A request that does not authenticate gets an unsigned 401 `SIGN_ERROR`.
+//!
+//! A request is read and authenticated in `request.rs`; its answer is built in
+//! `answers.rs`, signed here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,27 +28,29 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{NaiveDate, Utc};
-use serde::Deserialize;
+use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::WechatSim;
-use super::bill::{bill_csv, gzip_with_digest, servable};
-use crate::SimMethod;
+use super::answers::{Reply, answer, error};
+use super::request::{
+    Arrived, Call, arrived, authenticate, read_close, read_query, read_refund, read_tradebill,
+    sign_error,
+};
 use crate::shared::{
     Shared, bad_gateway_page, detached, dropped_connection, empty_json, maintenance_page,
     shutting_down, truncated,
 };
-use crate::state::{BillFetch, CloseOutcome, FaultKind, RefundOutcome, china_date};
+use crate::state::{BillFetch, FaultKind};
 use order_closer_gateway::rsa::RsaPrivateKey;
-use order_closer_wechat::sign::{self, MAX_SKEW_SECS};
-use order_closer_wechat::{CHANNEL, format_time};
+use order_closer_wechat::CHANNEL;
+use order_closer_wechat::sign;
 
 /// A request handler's view: what every gateway shares, and WeChat Pay's keys.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     shared: Arc<Shared>,
-    sim: Arc<WechatSim>,
+    pub(super) sim: Arc<WechatSim>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -65,83 +70,6 @@ pub(crate) fn routes(shared: Arc<Shared>, sim: Arc<WechatSim>) -> Router {
         .route("/v3/bill/tradebill", get(tradebill))
         .route("/v3/billdownload/file", get(download))
         .with_state(Ctx { shared, sim })
-}
-
-/// What a request asks, once read.
-#[derive(Debug, Clone)]
-enum Call {
-    Query {
-        no: String,
-    },
-    Close {
-        no: String,
-    },
-    Refund(RefundAsk),
-    Bill {
-        date: Option<NaiveDate>,
-        origin: String,
-    },
-}
-
-impl Call {
-    fn method(&self) -> SimMethod {
-        match self {
-            Self::Query { .. } => SimMethod::Query,
-            Self::Close { .. } => SimMethod::Close,
-            Self::Refund(_) => SimMethod::Refund,
-            Self::Bill { .. } => SimMethod::Bill,
-        }
-    }
-
-    fn out_trade_no(&self) -> Option<&str> {
-        match self {
-            Self::Query { no } | Self::Close { no } => Some(no),
-            Self::Refund(ask) => Some(&ask.out_trade_no),
-            Self::Bill { .. } => None,
-        }
-    }
-}
-
-/// The body of a refund request.
-#[derive(Debug, Clone, Deserialize)]
-struct RefundAsk {
-    out_trade_no: String,
-    out_refund_no: String,
-    amount: RefundAmount,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RefundAmount {
-    refund: i64,
-    total: i64,
-    #[serde(default)]
-    currency: Option<String>,
-}
-
-/// An answer before it is signed.
-#[derive(Debug, Clone)]
-struct Reply {
-    status: StatusCode,
-    body: String,
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Reply {
-    Reply {
-        status,
-        body: json!({"code": code, "message": message}).to_string(),
-    }
-}
-
-/// WeChat's answer to a request whose parameters are wrong: 400 `PARAM_ERROR`.
-fn param_error(message: &str) -> Reply {
-    error(StatusCode::BAD_REQUEST, "PARAM_ERROR", message)
-}
-
-fn ok(value: &Value) -> Reply {
-    Reply {
-        status: StatusCode::OK,
-        body: value.to_string(),
-    }
 }
 
 /// The reply signed with `key` (WeChat Pay's, or another for `bad_signature`), body as
@@ -178,57 +106,6 @@ fn signed(ctx: &Ctx, reply: Reply, key: &RsaPrivateKey, sent: Option<String>) ->
 
 fn genuine(ctx: &Ctx, reply: Reply) -> Response {
     signed(ctx, reply, &ctx.sim.platform_key.clone(), None)
-}
-
-/// Checks a request's `Authorization`; the refusal is an unsigned 401 `SIGN_ERROR`.
-fn authenticate(
-    ctx: &Ctx,
-    method: &Method,
-    uri: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), String> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or("no Authorization header")?;
-    let auth = sign::parse_authorization(header)?;
-    if auth.mchid != ctx.sim.mchid {
-        return Err(format!("mchid {:?} is not the merchant here", auth.mchid));
-    }
-    if auth.serial_no != ctx.sim.merchant_serial {
-        return Err("serial_no is not the merchant certificate's".into());
-    }
-    if (Utc::now().timestamp() - auth.timestamp).abs() >= MAX_SKEW_SECS {
-        return Err("the timestamp is more than 5 minutes away".into());
-    }
-    let body = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8")?;
-    let message = sign::request_message(method.as_str(), uri, auth.timestamp, &auth.nonce, body);
-    if !ctx
-        .sim
-        .merchant_public_key
-        .verify_base64(message.as_bytes(), &auth.signature)
-    {
-        return Err("the signature does not verify with the merchant's key".into());
-    }
-    Ok(())
-}
-
-fn sign_error(why: &str) -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({"code": "SIGN_ERROR", "message": format!("签名错误: {why}")}).to_string(),
-    )
-        .into_response()
-}
-
-/// A request as it arrived.
-struct Arrived {
-    method: Method,
-    uri: String,
-    headers: HeaderMap,
-    body: Bytes,
 }
 
 /// Authenticates, reads the call, draws the fault, answers.
@@ -271,30 +148,6 @@ async fn serve(
     }
 }
 
-fn arrived(method: Method, uri: &OriginalUri, headers: HeaderMap, body: Bytes) -> Arrived {
-    Arrived {
-        method,
-        uri: uri
-            .path_and_query()
-            .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-        headers,
-        body,
-    }
-}
-
-/// The `mchid` query parameter must be the merchant's.
-fn check_mchid(ctx: &Ctx, uri: &str) -> Result<(), Reply> {
-    let query = uri.split_once('?').map_or("", |(_, q)| q);
-    let mchid = url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "mchid")
-        .map(|(_, v)| v.into_owned());
-    match mchid {
-        Some(m) if m == ctx.sim.mchid => Ok(()),
-        Some(_) => Err(param_error("商户号与请求不符")),
-        None => Err(param_error("缺少参数mchid")),
-    }
-}
-
 async fn query(
     State(ctx): State<Ctx>,
     uri: OriginalUri,
@@ -303,11 +156,7 @@ async fn query(
     body: Bytes,
 ) -> Response {
     let a = arrived(Method::GET, &uri, headers, body);
-    detached(serve(ctx, a, move |ctx, a| {
-        check_mchid(ctx, &a.uri)?;
-        Ok(Call::Query { no })
-    }))
-    .await
+    detached(serve(ctx, a, move |ctx, a| read_query(ctx, a, no))).await
 }
 
 async fn close(
@@ -318,16 +167,7 @@ async fn close(
     body: Bytes,
 ) -> Response {
     let a = arrived(Method::POST, &uri, headers, body);
-    detached(serve(ctx, a, move |ctx, a| {
-        let mchid = serde_json::from_slice::<Value>(&a.body)
-            .ok()
-            .and_then(|v| v.get("mchid").and_then(Value::as_str).map(str::to_owned));
-        if mchid.as_deref() != Some(ctx.sim.mchid.as_str()) {
-            return Err(param_error("mchid 不正确"));
-        }
-        Ok(Call::Close { no })
-    }))
-    .await
+    detached(serve(ctx, a, move |ctx, a| read_close(ctx, a, no))).await
 }
 
 async fn refund(
@@ -337,18 +177,7 @@ async fn refund(
     body: Bytes,
 ) -> Response {
     let a = arrived(Method::POST, &uri, headers, body);
-    detached(serve(ctx, a, |_, a| {
-        let ask: RefundAsk =
-            serde_json::from_slice(&a.body).map_err(|e| param_error(&format!("参数错误: {e}")))?;
-        if ask.amount.refund <= 0 || ask.out_refund_no.is_empty() {
-            return Err(param_error("退款金额或退款单号不正确"));
-        }
-        if ask.amount.currency.as_deref().is_some_and(|c| c != "CNY") {
-            return Err(param_error("币种不正确"));
-        }
-        Ok(Call::Refund(ask))
-    }))
-    .await
+    detached(serve(ctx, a, |_, a| read_refund(a))).await
 }
 
 async fn tradebill(
@@ -359,24 +188,7 @@ async fn tradebill(
 ) -> Response {
     let origin = ctx.origin(&headers);
     let a = arrived(Method::GET, &uri, headers, body);
-    detached(serve(ctx, a, move |_, a| {
-        let query = a.uri.split_once('?').map_or("", |(_, q)| q).to_owned();
-        let param = |name: &str| {
-            url::form_urlencoded::parse(query.as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
-        if param("bill_type").is_some_and(|t| t != "ALL")
-            || param("tar_type").is_some_and(|t| t != "GZIP")
-        {
-            return Err(param_error(
-                "the simulator serves bill_type=ALL, tar_type=GZIP",
-            ));
-        }
-        let date = param("bill_date").and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
-        Ok(Call::Bill { date, origin })
-    }))
-    .await
+    detached(serve(ctx, a, move |_, a| read_tradebill(a, origin))).await
 }
 
 /// `GET /v3/billdownload/file?token=`: signed request, unsigned answer.
@@ -425,107 +237,6 @@ async fn download(
         )
             .into_response(),
     }
-}
-
-/// The answer to a call, applied (a close closes, a refund refunds) or previewed.
-fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
-    let state = &ctx.state;
-    match call {
-        Call::Query { no } => match state.gateway_query(CHANNEL, Some(no), None) {
-            Some(trade) => ok(&ctx.sim.transaction(&trade, &ctx.sim.mchid)),
-            None => error(StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在"),
-        },
-        Call::Close { no } => match state.gateway_close(CHANNEL, Some(no), None, apply) {
-            CloseOutcome::StatusError(t) if t.paid_at.is_some() => {
-                error(StatusCode::BAD_REQUEST, "ORDER_PAID", "订单已支付")
-            }
-            _ => Reply {
-                status: StatusCode::NO_CONTENT,
-                body: String::new(),
-            },
-        },
-        Call::Refund(ask) => {
-            if let Some(trade) = state.gateway_query(CHANNEL, Some(&ask.out_trade_no), None)
-                && trade.amount_minor != ask.amount.total
-            {
-                return param_error("订单金额与实际不符");
-            }
-            match state.gateway_refund(
-                CHANNEL,
-                Some(&ask.out_trade_no),
-                None,
-                &ask.out_refund_no,
-                ask.amount.refund,
-                apply,
-            ) {
-                RefundOutcome::Refunded { trade, .. } => {
-                    let refund = trade
-                        .refunds
-                        .iter()
-                        .find(|r| r.out_request_no.as_deref() == Some(ask.out_refund_no.as_str()));
-                    let at = refund.map_or_else(Utc::now, |r| r.refunded_at);
-                    ok(&json!({
-                        "refund_id": refund.map(|r| r.refund_no.clone()).unwrap_or_default(),
-                        "out_refund_no": ask.out_refund_no,
-                        "transaction_id": trade.trade_no,
-                        "out_trade_no": trade.out_trade_no,
-                        "channel": "ORIGINAL",
-                        "user_received_account": "支付用户零钱",
-                        "status": "SUCCESS",
-                        "create_time": format_time(at),
-                        "success_time": format_time(at),
-                        "amount": {"total": trade.amount_minor, "refund": ask.amount.refund,
-                                   "payer_total": trade.amount_minor, "payer_refund": ask.amount.refund,
-                                   "currency": "CNY"},
-                    }))
-                }
-                RefundOutcome::NotFound => {
-                    error(StatusCode::NOT_FOUND, "RESOURCE_NOT_EXISTS", "订单不存在")
-                }
-                RefundOutcome::StatusError(_) => {
-                    error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "订单状态不正确")
-                }
-                RefundOutcome::AmountError(_) => param_error("退款金额超过可退金额"),
-                // `out_refund_no` is unique per merchant. WeChat answers a business rule
-                // broken with 400 INVALID_REQUEST; the exact message is not documented.
-                RefundOutcome::NumberTaken(_) => error(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_REQUEST",
-                    "商户退款单号已被其他订单使用",
-                ),
-            }
-        }
-        Call::Bill { date, origin } => bill_answer(ctx, *date, origin),
-    }
-}
-
-/// The bill of a day: made now, kept for the download its answer points at.
-fn bill_answer(ctx: &Ctx, date: Option<NaiveDate>, origin: &str) -> Reply {
-    let Some(date) = date.filter(|d| servable(*d, china_date(Utc::now()))) else {
-        return param_error("账单日期不正确");
-    };
-    let rows = ctx.state.bill_rows(CHANNEL, date);
-    if rows.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "NO_STATEMENT_EXIST",
-            "请求的账单文件不存在",
-        );
-    }
-    let Ok((gz, sha1)) = gzip_with_digest(&bill_csv(&ctx.sim.mchid, &rows)) else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "SYSTEM_ERROR",
-            "账单生成失败",
-        );
-    };
-    let token = ctx.state.issue_bill_token(date);
-    ctx.sim.keep_bill(&token, gz);
-    ok(&json!({
-        "hash_type": "SHA1",
-        "hash_value": sha1,
-        "download_url": format!("{origin}/v3/billdownload/file?token={token}"),
-    }))
 }
 
 /// Builds the faulted response. Nothing here changes a trade except
