@@ -11,6 +11,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use order_closer::closer::{Closer, CreateError, Due, MAX_BATCH, NewOrder};
 use order_closer::db::{self, schema::orders};
+use order_closer::invalid::InvalidOrder;
 
 async fn count_orders(env: &TestEnv, prefix: &str) -> i64 {
     let mut conn = db::conn(&env.pool).await.unwrap();
@@ -80,8 +81,10 @@ async fn a_batch_with_a_bad_or_duplicate_order_writes_nothing_and_names_it() {
     bad[3].amount_minor = 0;
     let err = env.closer.create_orders(&bad).await.unwrap_err();
     match &err {
-        CreateError::Invalid(m) => {
-            assert!(m.contains("order #3") && m.contains("amount"), "{m}")
+        CreateError::Invalid(InvalidOrder::InBatch { index, reason, .. }) => {
+            assert_eq!(*index, 3);
+            assert_eq!(**reason, InvalidOrder::AmountNotPositive(0));
+            assert!(err.to_string().contains("order #3"), "{err}");
         }
         other => panic!("{other:?}"),
     }
@@ -110,7 +113,8 @@ async fn a_batch_with_a_bad_or_duplicate_order_writes_nothing_and_names_it() {
         vec![NewOrder::new("alipay", "x", 1, Due::After(Duration::from_secs(60))); MAX_BATCH + 1];
     assert!(matches!(
         env.closer.create_orders(&too_many).await,
-        Err(CreateError::Invalid(m)) if m.contains("at most")
+        Err(CreateError::Invalid(InvalidOrder::TooMany { count, max }))
+            if count == MAX_BATCH + 1 && max == MAX_BATCH
     ));
     assert!(env.closer.create_orders(&[]).await.unwrap().is_empty());
     env.cleanup().await;

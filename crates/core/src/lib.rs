@@ -23,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod files;
+pub mod invalid;
 pub mod message;
 pub mod money;
 pub mod order;

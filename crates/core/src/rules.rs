@@ -4,6 +4,8 @@
 //! its channel's rules before writing it, so an order the gateway would refuse is never
 //! scheduled. This crate names no gateway: the list is the caller's.
 
+use crate::invalid::InvalidOrder;
+
 /// The rules of one gateway's orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderRules {
@@ -28,40 +30,36 @@ impl OrderRules {
         out_trade_no: &str,
         currency: &str,
         amount_minor: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), InvalidOrder> {
         let chars_ok = out_trade_no
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || self.out_trade_no_extra_chars.contains(c));
         let len = out_trade_no.len();
         if !chars_ok || len < self.min_out_trade_no || len > self.max_out_trade_no {
-            return Err(format!(
-                "out_trade_no {out_trade_no:?} must be {} to {} characters from \
-                 [A-Za-z0-9{}] for channel {}",
-                self.min_out_trade_no,
-                self.max_out_trade_no,
-                self.out_trade_no_extra_chars,
-                self.channel
-            ));
+            return Err(InvalidOrder::OutTradeNo {
+                out_trade_no: out_trade_no.to_owned(),
+                channel: self.channel,
+                min: self.min_out_trade_no,
+                max: self.max_out_trade_no,
+                extra_chars: self.out_trade_no_extra_chars,
+            });
         }
         if !self.currencies.contains(&currency) {
-            return Err(format!(
-                "channel {} takes currency {}, got {currency:?}",
-                self.channel,
-                self.currencies.join(" or ")
-            ));
+            return Err(InvalidOrder::Currency {
+                currency: currency.to_owned(),
+                channel: self.channel,
+                accepted: self.currencies,
+            });
         }
         if amount_minor <= 0 {
-            return Err(format!(
-                "amount must be positive, got {amount_minor} minor units"
-            ));
+            return Err(InvalidOrder::AmountNotPositive(amount_minor));
         }
         if amount_minor > self.max_amount_minor {
-            return Err(format!(
-                "amount {} is above channel {}'s single-payment limit of {}",
-                crate::money::format_minor(amount_minor),
-                self.channel,
-                crate::money::format_minor(self.max_amount_minor)
-            ));
+            return Err(InvalidOrder::AmountAboveLimit {
+                amount_minor,
+                channel: self.channel,
+                limit_minor: self.max_amount_minor,
+            });
         }
         Ok(())
     }
@@ -116,7 +114,7 @@ mod tests {
             ("AB", "CNY", 0, "positive"),
             ("AB", "CNY", 1001, "limit of 10.00"),
         ] {
-            let err = RULES.check(no, currency, amount).unwrap_err();
+            let err = RULES.check(no, currency, amount).unwrap_err().to_string();
             assert!(err.contains(word), "{no} {currency} {amount}: {err}");
         }
     }

@@ -52,6 +52,7 @@ use crate::config::Settings;
 use crate::db::batch::{Batcher, Job};
 use crate::db::outbox::DeletePublished;
 use crate::db::{self, DbError, DbPool, orders};
+pub use crate::invalid::InvalidOrder;
 use crate::message::CloseMessage;
 use crate::order::Order;
 use crate::rules::Channels;
@@ -145,9 +146,9 @@ pub struct CreatedOrder {
 /// Why an order could not be created.
 #[derive(Debug, Error)]
 pub enum CreateError {
-    /// The order itself is wrong.
+    /// The order itself is wrong (nothing was written).
     #[error("invalid order: {0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidOrder),
     /// An order with this number exists already.
     #[error("an order with out_trade_no {0:?} already exists")]
     Duplicate(String),
@@ -458,22 +459,28 @@ fn validate_all(
     channels: Channels,
     new: &mut [NewOrder],
     now: DateTime<Utc>,
-) -> Result<Vec<DateTime<Utc>>, CreateError> {
+) -> Result<Vec<DateTime<Utc>>, InvalidOrder> {
     if new.len() > MAX_BATCH {
-        return Err(CreateError::Invalid(format!(
-            "{} orders at once; at most {MAX_BATCH}",
-            new.len()
-        )));
+        return Err(InvalidOrder::TooMany {
+            count: new.len(),
+            max: MAX_BATCH,
+        });
     }
     let many = new.len() > 1;
     new.iter_mut()
         .enumerate()
-        .map(|(i, n)| match validate(channels, n, now) {
-            Err(CreateError::Invalid(m)) if many => Err(CreateError::Invalid(format!(
-                "order #{i} ({:?}): {m}",
-                n.out_trade_no
-            ))),
-            other => other,
+        .map(|(index, n)| {
+            validate(channels, n, now).map_err(|reason| {
+                if many {
+                    InvalidOrder::InBatch {
+                        index,
+                        out_trade_no: n.out_trade_no.clone(),
+                        reason: Box::new(reason),
+                    }
+                } else {
+                    reason
+                }
+            })
         })
         .collect()
 }
@@ -484,49 +491,44 @@ fn validate(
     channels: Channels,
     new: &mut NewOrder,
     now: DateTime<Utc>,
-) -> Result<DateTime<Utc>, CreateError> {
-    let invalid = |m: String| Err(CreateError::Invalid(m));
+) -> Result<DateTime<Utc>, InvalidOrder> {
     let Some(rules) = channels.for_channel(&new.channel) else {
-        let known: Vec<&str> = channels.names().collect();
-        return invalid(format!(
-            "unknown channel {:?} (supported: {})",
-            new.channel,
-            known.join(", ")
-        ));
+        return Err(InvalidOrder::UnknownChannel {
+            channel: new.channel.clone(),
+            supported: channels.names().collect(),
+        });
     };
     if new.currency.is_empty()
         && let Some(first) = rules.currencies.first()
     {
         new.currency = (*first).to_owned();
     }
-    rules
-        .check(&new.out_trade_no, &new.currency, new.amount_minor)
-        .map_err(CreateError::Invalid)?;
+    rules.check(&new.out_trade_no, &new.currency, new.amount_minor)?;
     if let Some(r) = &new.gateway_ref
         && (r.is_empty() || r.len() > 255 || r.chars().any(char::is_control))
     {
-        return invalid(format!(
-            "gateway_ref must be 1 to 255 printable characters, got {} bytes",
-            r.len()
-        ));
+        return Err(InvalidOrder::GatewayRef { bytes: r.len() });
     }
     let deadline = match new.due {
         Due::After(d) => {
+            let too_long = InvalidOrder::TimeToPayTooLong {
+                given: d,
+                max: MAX_TIME_TO_PAY,
+            };
             if d > MAX_TIME_TO_PAY {
-                return invalid(format!(
-                    "time to pay {d:?} is longer than {MAX_TIME_TO_PAY:?}"
-                ));
+                return Err(too_long);
             }
-            now + chrono::Duration::from_std(d).map_err(|e| CreateError::Invalid(e.to_string()))?
+            now + chrono::Duration::from_std(d).map_err(|_| too_long)?
         }
         Due::At(at) => {
             if (at - now).to_std().is_ok_and(|d| d > MAX_TIME_TO_PAY) {
-                return invalid(format!("deadline {at} is more than a year away"));
+                return Err(InvalidOrder::DeadlineTooFar(at));
             }
             if (now - at).to_std().is_ok_and(|d| d > MAX_DEADLINE_AGE) {
-                return invalid(format!(
-                    "deadline {at} is more than {MAX_DEADLINE_AGE:?} in the past"
-                ));
+                return Err(InvalidOrder::DeadlineTooOld {
+                    deadline: at,
+                    max_age: MAX_DEADLINE_AGE,
+                });
             }
             at
         }
@@ -550,7 +552,7 @@ mod tests {
     };
     const CHANNELS: Channels = Channels::new(&[&SHOP]);
 
-    fn check(order: &NewOrder, now: DateTime<Utc>) -> Result<NewOrder, CreateError> {
+    fn check(order: &NewOrder, now: DateTime<Utc>) -> Result<NewOrder, InvalidOrder> {
         let mut order = order.clone();
         validate(CHANNELS, &mut order, now).map(|_| order)
     }
