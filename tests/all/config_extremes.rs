@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use crate::common::TestEnv;
+use chrono::Utc;
 use order_closer::db::{self, outbox::Claim};
 use order_closer::decide::{AttemptInfo, Mode, Outcome};
 use order_closer::janitor::Janitor;
@@ -54,7 +54,7 @@ async fn the_largest_accepted_durations_run_without_panicking() {
 
     // A retry 24 h out, and its route through the tiers.
     let no = env.no("retry-far");
-    env.buyers.scan(&no, 100).await.unwrap();
+    env.buyers.buyer(&no).scans(100).send().await.unwrap();
     env.buyers
         .fail_next(&no, FaultKind::Busy20000, 1)
         .await

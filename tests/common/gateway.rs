@@ -36,7 +36,7 @@ fn keys() -> &'static (Arc<RsaPrivateKey>, RsaPrivateKey) {
 /// The simulator, a buyer and a client.
 pub struct GatewayEnv {
     pub sim: RunningSim,
-    pub buyer: BuyerClient,
+    pub buyers: BuyerClient,
     pub client: AlipayClient,
 }
 
@@ -59,8 +59,12 @@ pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
     );
     config.timeout = timeout;
     let client = AlipayClient::new(config).unwrap();
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
-    GatewayEnv { sim, buyer, client }
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
+    GatewayEnv {
+        sim,
+        buyers,
+        client,
+    }
 }
 
 /// Where a [`HeldGateway`] holds a call: before it reaches the gateway, or after the
