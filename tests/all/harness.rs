@@ -25,7 +25,9 @@ async fn an_environment_dropped_without_cleanup_removes_its_schema_and_queues() 
     let amqp_url = env.settings.amqp_url.expose_secret().to_owned();
     drop(env);
 
-    let mut admin = db::connect(&crate::common::base_database_url()).await.unwrap();
+    let mut admin = db::connect(&crate::common::base_database_url())
+        .await
+        .unwrap();
     let left: Count = diesel::sql_query(
         "SELECT count(*) AS n FROM information_schema.schemata WHERE schema_name = $1",
     )

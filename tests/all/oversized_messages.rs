@@ -10,8 +10,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use chrono::Utc;
 use crate::common::{TestEnv, eventually};
+use chrono::Utc;
 use order_closer::broker::publisher::{HEADER_LAST_ERROR, HEADER_REASON, ParkNote};
 use order_closer::broker::topology::header_text;
 use order_closer::message::MAX_BODY;
