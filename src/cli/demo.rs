@@ -283,27 +283,29 @@ async fn act(
 ) -> anyhow::Result<()> {
     let before_deadline = |fraction: f64| Duration::from_secs_f64(wait.as_secs_f64() * fraction);
     let moment: f64 = rand::rng().random_range(0.0..1.0);
+    // The buyer scans the QR code, valid until the deadline.
+    let scan = || buyers.buyer(no).scans(amount).qr_valid_until(deadline);
     match buyer {
         Buyer::NeverScans => {}
         Buyer::ScansAndLeaves => {
             tokio::time::sleep(before_deadline(moment * 0.7)).await;
-            buyers.scan_before(no, amount, deadline).await?;
+            scan().send().await?;
         }
         Buyer::PaysCallbackDelivered => {
             tokio::time::sleep(before_deadline(moment * 0.5)).await;
-            buyers.scan_before(no, amount, deadline).await?;
+            scan().send().await?;
             tokio::time::sleep(before_deadline(0.2)).await;
-            buyers.pay(no).await?;
+            buyers.buyer(no).pays().send().await?;
         }
         Buyer::PaysCallbackLost => {
             tokio::time::sleep(before_deadline(moment * 0.5)).await;
-            buyers.scan_before(no, amount, deadline).await?;
+            scan().send().await?;
             tokio::time::sleep(before_deadline(0.2)).await;
-            buyers.pay_losing_notification(no).await?;
+            buyers.buyer(no).pays().loses_notification().send().await?;
         }
         Buyer::PaysDuringClose => {
-            buyers.scan_before(no, amount, deadline).await?;
-            buyers.pay_on_close(no).await?;
+            scan().send().await?;
+            buyers.buyer(no).pays_on_close().send().await?;
         }
     }
     Ok(())

@@ -34,12 +34,22 @@ fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn todays_bill_lists_payments_and_refunds() {
-    let Env { sim, buyer, client } = env().await;
-    buyer.scan("ORD-A", 1234).await.unwrap();
-    let a = buyer.pay("ORD-A").await.unwrap();
-    let b = buyer.scan_and_pay("ORD-B", 500).await.unwrap();
-    buyer.scan("ORD-UNPAID", 99).await.unwrap();
-    let refunded = buyer.refund("ORD-A", 234).await.unwrap();
+    let Env {
+        sim,
+        buyers,
+        client,
+    } = env().await;
+    buyers.buyer("ORD-A").scans(1234).send().await.unwrap();
+    let a = buyers.buyer("ORD-A").pays().send().await.unwrap();
+    let b = buyers
+        .buyer("ORD-B")
+        .scans(500)
+        .pays()
+        .send()
+        .await
+        .unwrap();
+    buyers.buyer("ORD-UNPAID").scans(99).send().await.unwrap();
+    let refunded = buyers.refund("ORD-A", 234).await.unwrap();
     assert_eq!(refunded.refunds.len(), 1);
     let refund = &refunded.refunds[0];
 
@@ -119,18 +129,24 @@ async fn todays_bill_lists_payments_and_refunds() {
 
 #[tokio::test]
 async fn a_full_refund_closes_the_trade_and_over_refunds_are_refused() {
-    let Env { sim, buyer, .. } = env().await;
-    buyer.scan_and_pay("ORD-F", 1000).await.unwrap();
-    match buyer.refund("ORD-F", 1001).await {
+    let Env { sim, buyers, .. } = env().await;
+    buyers
+        .buyer("ORD-F")
+        .scans(1000)
+        .pays()
+        .send()
+        .await
+        .unwrap();
+    match buyers.refund("ORD-F", 1001).await {
         Err(sim::BuyerError::Rejected { status, .. }) => assert_eq!(status, 409),
         other => panic!("expected 409, got {other:?}"),
     }
-    let part = buyer.refund("ORD-F", 600).await.unwrap();
+    let part = buyers.refund("ORD-F", 600).await.unwrap();
     assert_eq!(part.status, sim::SimTradeStatus::TradeSuccess);
-    let full = buyer.refund("ORD-F", 400).await.unwrap();
+    let full = buyers.refund("ORD-F", 400).await.unwrap();
     assert_eq!(full.status, sim::SimTradeStatus::TradeClosed);
     assert_eq!(full.refunds[1].refund_no, format!("RF{}2", full.trade_no));
-    match buyer.refund("ORD-F", 1).await {
+    match buyers.refund("ORD-F", 1).await {
         Err(sim::BuyerError::Rejected { status, .. }) => assert_eq!(status, 409),
         other => panic!("expected 409, got {other:?}"),
     }
@@ -200,11 +216,15 @@ fn zip_with_detail(name: &str, text: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn overridden_bills_fail_with_errors_naming_the_file() {
-    let Env { sim, buyer, client } = env().await;
+    let Env {
+        sim,
+        buyers,
+        client,
+    } = env().await;
     let today = china_date(Utc::now());
 
     // Garbage instead of a zip: the error names the archive.
-    buyer
+    buyers
         .override_bill(b"<html>busy</html>".to_vec())
         .await
         .unwrap();
@@ -230,7 +250,7 @@ async fn overridden_bills_fail_with_errors_naming_the_file() {
          2026-11-21 10:55:23,\t,\t,\t,\t,\t,12.3.4,12.34,0.00,0.00,0.00,0.00,0.00,,0.00\t,\
          0.00,\t,0.00,0.00,\n#----业务明细列表结束----\n"
     );
-    buyer
+    buyers
         .override_bill(zip_with_detail("2088_20261121_业务明细.csv", &text))
         .await
         .unwrap();
@@ -242,8 +262,8 @@ async fn overridden_bills_fail_with_errors_naming_the_file() {
     );
 
     // Cleared before use: the real bill again.
-    buyer.override_bill(b"junk".to_vec()).await.unwrap();
-    buyer.clear_bill_override().await.unwrap();
+    buyers.override_bill(b"junk".to_vec()).await.unwrap();
+    buyers.clear_bill_override().await.unwrap();
     let url = client.bill_download_url(today).await.unwrap();
     assert!(parse_zip(&client.download_bill(&url).await.unwrap(), "bill.zip").is_ok());
     sim.shutdown().await;

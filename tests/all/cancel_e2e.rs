@@ -47,14 +47,26 @@ async fn cancel_in_each_state(channel: &str) {
     let b = env.create_at(channel, &waiting, 200, hour).await;
     let c = env.create_at(channel, &paid, 300, hour).await;
     let d = env.create_at(channel, &expired, 400, hour).await;
-    let buyer = env.buyers.at(channel);
-    buyer.scan(&waiting, 200).await.unwrap();
-    buyer.scan(&paid, 300).await.unwrap();
-    buyer.pay_losing_notification(&paid).await.unwrap();
+    let buyers = env.buyers.at(channel);
+    buyers.buyer(&waiting).scans(200).send().await.unwrap();
+    buyers
+        .buyer(&paid)
+        .scans(300)
+        .pays()
+        .loses_notification()
+        .send()
+        .await
+        .unwrap();
     // A trade whose own expiry closed it at the gateway (the expiry far enough for the
     // scan to come before it; then wait until it has passed).
     let soon = Utc::now() + chrono::Duration::seconds(3);
-    buyer.scan_with_expiry(&expired, 400, soon).await.unwrap();
+    buyers
+        .buyer(&expired)
+        .scans(400)
+        .expiring_at(soon)
+        .send()
+        .await
+        .unwrap();
     let left = (soon - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(left + Duration::from_millis(300)).await;
 
@@ -82,7 +94,7 @@ async fn cancel_in_each_state(channel: &str) {
     // Closed at the gateway first: the buyer can no longer pay.
     let trade = env.buyers.trade(&waiting).await.unwrap().unwrap();
     assert_eq!(trade.status, SimTradeStatus::TradeClosed);
-    assert!(env.buyers.pay(&waiting).await.is_err());
+    assert!(env.buyers.buyer(&waiting).pays().send().await.is_err());
     for (order, end) in [(&a, "closed"), (&b, "closed"), (&c, "paid"), (&d, "closed")] {
         let t = trail(&env, order.id).await;
         assert_eq!(
@@ -143,7 +155,7 @@ async fn a_cancel_meeting_a_gateway_error_is_retried_and_the_caller_told_how_it_
     // the tests), then the trade is closed at the gateway first.
     let flaky = env.no("flaky");
     let a = env.create(&flaky, 800, hour).await;
-    env.buyers.scan(&flaky, 800).await.unwrap();
+    env.buyers.buyer(&flaky).scans(800).send().await.unwrap();
     env.buyers
         .fail_next(&flaky, FaultKind::Http502, 1)
         .await
@@ -163,7 +175,7 @@ async fn a_cancel_meeting_a_gateway_error_is_retried_and_the_caller_told_how_it_
     // pending) and the order stays NEW; it is decided once the gateway answers.
     let down = env.no("down");
     let b = env.create(&down, 900, hour).await;
-    env.buyers.scan(&down, 900).await.unwrap();
+    env.buyers.buyer(&down).scans(900).send().await.unwrap();
     env.buyers
         .fail_next(&down, FaultKind::Busy20000, 2)
         .await
@@ -189,7 +201,7 @@ async fn a_cancel_with_no_worker_running_is_pending_then_decided() {
     let mut env = TestEnv::new(&[]).await;
     let no = env.no("pending");
     let order = env.create(&no, 500, Duration::from_secs(3600)).await;
-    env.buyers.scan(&no, 500).await.unwrap();
+    env.buyers.buyer(&no).scans(500).send().await.unwrap();
     let result = env
         .closer
         .cancel_order_within(&no, Duration::from_millis(500))

@@ -635,7 +635,13 @@ async fn orders_extend_and_cancel_from_the_shell() {
     // The buyer scans the QR code shown before the cancel (it had no expiry) and pays
     // the closed order: a dry run says what would be refunded and changes nothing; the
     // refund itself is requested, sent by the worker, and a second request is a no-op.
-    env.buyers.scan_and_pay(&no, 990).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(990)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     let out = run(
         &vars,
         &["reconcile", "anomalies", "--refund", &no, "--dry-run"],

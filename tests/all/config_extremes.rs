@@ -54,7 +54,7 @@ async fn the_largest_accepted_durations_run_without_panicking() {
 
     // A retry 24 h out, and its route through the tiers.
     let no = env.no("retry-far");
-    env.buyers.scan(&no, 100).await.unwrap();
+    env.buyers.buyer(&no).scans(100).send().await.unwrap();
     env.buyers
         .fail_next(&no, FaultKind::Busy20000, 1)
         .await

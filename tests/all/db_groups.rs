@@ -122,10 +122,22 @@ async fn concurrent_decisions_are_each_written_once_with_their_event_and_anomaly
         let order = env.create(&no, 1000, Duration::from_millis(1)).await;
         match i % 3 {
             0 => {
-                env.buyers.scan_and_pay(&no, 1000).await.unwrap();
+                env.buyers
+                    .buyer(&no)
+                    .scans(1000)
+                    .pays()
+                    .send()
+                    .await
+                    .unwrap();
             }
             1 => {
-                env.buyers.scan_and_pay(&no, 900).await.unwrap();
+                env.buyers
+                    .buyer(&no)
+                    .scans(900)
+                    .pays()
+                    .send()
+                    .await
+                    .unwrap();
             }
             _ => {}
         }

@@ -25,9 +25,15 @@ async fn paid_before_the_deadline_with_the_callback_lost_ends_paid() {
     for channel in channels(&env) {
         let no = env.no(&format!("paid-{channel}"));
         // The buyer acts first: the worker is running and the deadline is a second away.
-        let buyer = env.buyers.at(channel);
-        buyer.scan(&no, 1234).await.unwrap();
-        buyer.pay_losing_notification(&no).await.unwrap();
+        let buyers = env.buyers.at(channel);
+        buyers
+            .buyer(&no)
+            .scans(1234)
+            .pays()
+            .loses_notification()
+            .send()
+            .await
+            .unwrap();
         env.create_at(channel, &no, 1234, Duration::from_secs(1))
             .await;
         nos.push((channel, no));
@@ -100,7 +106,13 @@ async fn scanned_and_unpaid_is_closed_at_the_gateway_then_locally() {
     for channel in channels(&env) {
         let no = env.no(&format!("scan-{channel}"));
         // The buyer acts first: the worker is running and the deadline is a second away.
-        env.buyers.at(channel).scan(&no, 990).await.unwrap();
+        env.buyers
+            .at(channel)
+            .buyer(&no)
+            .scans(990)
+            .send()
+            .await
+            .unwrap();
         env.create_at(channel, &no, 990, Duration::from_secs(1))
             .await;
         nos.push((channel, no));
@@ -116,7 +128,10 @@ async fn scanned_and_unpaid_is_closed_at_the_gateway_then_locally() {
         let trade = env.buyers.trade(no).await.unwrap().unwrap();
         assert_eq!(trade.status, SimTradeStatus::TradeClosed, "{channel}");
         // Closed at the gateway: the buyer can no longer pay.
-        assert!(env.buyers.pay(no).await.is_err(), "{channel}");
+        assert!(
+            env.buyers.buyer(no).pays().send().await.is_err(),
+            "{channel}"
+        );
     }
     env.cleanup().await;
 }
@@ -129,9 +144,14 @@ async fn buyer_paying_between_our_query_and_our_close_ends_paid() {
     for channel in channels(&env) {
         let no = env.no(&format!("race-{channel}"));
         // The buyer acts first: the worker is running and the deadline is a second away.
-        let buyer = env.buyers.at(channel);
-        buyer.scan(&no, 4200).await.unwrap();
-        buyer.pay_on_close(&no).await.unwrap();
+        let buyers = env.buyers.at(channel);
+        buyers
+            .buyer(&no)
+            .scans(4200)
+            .pays_on_close()
+            .send()
+            .await
+            .unwrap();
         env.create_at(channel, &no, 4200, Duration::from_secs(1))
             .await;
         nos.push((channel, no));
@@ -159,7 +179,13 @@ async fn gateway_closed_trade_closes_locally() {
     let mut nos = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("gwcl-{channel}"));
-        env.buyers.at(channel).scan(&no, 700).await.unwrap();
+        env.buyers
+            .at(channel)
+            .buyer(&no)
+            .scans(700)
+            .send()
+            .await
+            .unwrap();
         // Someone (an earlier attempt, an operator) closed the trade at the gateway.
         env.gateway(channel)
             .close(order_closer::gateway::TradeRef::new(&no))
@@ -191,9 +217,8 @@ async fn paid_with_another_amount_is_marked_paid_and_recorded_as_an_anomaly() {
     for channel in channels(&env) {
         let no = env.no(&format!("amt-{channel}"));
         // The buyer acts first: the worker is running and the deadline is a second away.
-        let buyer = env.buyers.at(channel);
-        buyer.scan(&no, 900).await.unwrap();
-        buyer.pay(&no).await.unwrap();
+        let buyers = env.buyers.at(channel);
+        buyers.buyer(&no).scans(900).pays().send().await.unwrap();
         env.create_at(channel, &no, 1000, Duration::from_secs(1))
             .await;
         nos.push((channel, no));
@@ -277,7 +302,13 @@ async fn a_transient_error_is_retried_and_a_permanent_one_parks() {
         let no = env.no(&format!("502-{channel}"));
         env.create_at(channel, &no, 300, Duration::from_secs(1))
             .await;
-        env.buyers.at(channel).scan(&no, 300).await.unwrap();
+        env.buyers
+            .at(channel)
+            .buyer(&no)
+            .scans(300)
+            .send()
+            .await
+            .unwrap();
         env.buyers
             .fail_next(&no, order_closer::sim::FaultKind::Http502, 1)
             .await
@@ -338,10 +369,16 @@ async fn paid_then_refunded_before_the_deadline_ends_closed_with_an_anomaly() {
     let mut nos = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("refunded-{channel}"));
-        let buyer = env.buyers.at(channel);
-        buyer.scan(&no, 1234).await.unwrap();
-        buyer.pay_losing_notification(&no).await.unwrap();
-        buyer.refund(&no, 1234).await.unwrap();
+        let buyers = env.buyers.at(channel);
+        buyers
+            .buyer(&no)
+            .scans(1234)
+            .pays()
+            .loses_notification()
+            .send()
+            .await
+            .unwrap();
+        buyers.refund(&no, 1234).await.unwrap();
         env.create_at(channel, &no, 1234, Duration::from_secs(1))
             .await;
         nos.push((channel, no));

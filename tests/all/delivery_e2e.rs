@@ -30,7 +30,7 @@ async fn the_same_message_many_times_and_two_workers_give_one_decision_and_one_e
     let mut env = TestEnv::new(&[]).await;
     let no = env.no("dup");
     let order = env.create(&no, 100, Duration::from_secs(1)).await;
-    env.buyers.scan(&no, 100).await.unwrap();
+    env.buyers.buyer(&no).scans(100).send().await.unwrap();
     let copy = CloseMessage::new(order.id, &no, order.deadline).encode();
     for _ in 0..5 {
         env.publish_raw(&copy).await;
@@ -64,8 +64,13 @@ async fn two_deciders_racing_on_one_order_decide_it_once() {
     let env = TestEnv::new(&[]).await;
     let no = env.no("race2");
     let order = env.create(&no, 100, Duration::ZERO).await;
-    env.buyers.scan(&no, 100).await.unwrap();
-    env.buyers.pay(&no).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(100)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     let (a, b) = (env.decider("a"), env.decider("b"));
     let (ra, rb) = tokio::join!(
         a.decide(order.id, Some(&no), first_attempt(), Mode::Apply),
@@ -203,8 +208,13 @@ async fn an_answer_signed_with_the_wrong_key_is_not_believed() {
     let env = TestEnv::new(&[]).await;
     let no = env.no("forged");
     let order = env.create(&no, 100, Duration::ZERO).await;
-    env.buyers.scan(&no, 100).await.unwrap();
-    env.buyers.pay(&no).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(100)
+        .pays()
+        .send()
+        .await
+        .unwrap();
 
     let stranger = RsaPrivateKey::generate()
         .unwrap()

@@ -52,7 +52,7 @@ async fn gateway_failures_are_retried_then_decided() {
     let mut orders = Vec::new();
     for (kind, code) in cases {
         let no = env.no(&format!("f-{kind:?}"));
-        env.buyers.scan(&no, 300).await.unwrap();
+        env.buyers.buyer(&no).scans(300).send().await.unwrap();
         env.buyers.fail_next(&no, kind, 1).await.unwrap();
         let order = env.create(&no, 300, Duration::from_secs(1)).await;
         orders.push((order.id, no, code));
@@ -93,7 +93,7 @@ async fn a_close_that_happened_but_timed_out_is_found_closed_on_the_retry() {
         .unwrap();
     env.start_worker(4, 4);
     let no = env.no("ghostclose");
-    env.buyers.scan(&no, 300).await.unwrap();
+    env.buyers.buyer(&no).scans(300).send().await.unwrap();
     let order = env.create(&no, 300, Duration::from_secs(1)).await;
     let decided = env.settled(&no, DECIDED_WITHIN).await;
     assert_eq!(decided.status(), OrderStatus::Closed);
@@ -113,7 +113,13 @@ async fn a_forged_amount_marks_paid_with_an_anomaly() {
     let mut env = TestEnv::new(&[]).await;
     env.start_worker(4, 4);
     let no = env.no("wrongamount");
-    env.buyers.scan_and_pay(&no, 1000).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(1000)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     env.buyers
         .fail_next(&no, FaultKind::WrongAmount, 1)
         .await

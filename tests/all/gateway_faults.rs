@@ -39,7 +39,7 @@ fn retryable_code(result: Result<impl std::fmt::Debug, GatewayError>) -> String 
 }
 
 async fn status(env: &Env, no: &str) -> SimTradeStatus {
-    env.buyer.trade(no).await.unwrap().unwrap().status
+    env.buyers.trade(no).await.unwrap().unwrap().status
 }
 
 /// Every fault kind but the timeouts (tested apart, they take the client timeout) and
@@ -61,9 +61,9 @@ async fn each_fault_kind_is_a_stable_retryable_code_and_changes_nothing() {
     let env = env().await;
     for (kind, code) in FAST_KINDS {
         let no = format!("ORD-{kind}");
-        env.buyer.scan(&no, 1234).await.unwrap();
+        env.buyers.buyer(&no).scans(1234).send().await.unwrap();
         let installed = env
-            .buyer
+            .buyers
             .set_faults(&FaultPlan::only(kind, 1.0))
             .await
             .unwrap();
@@ -93,9 +93,15 @@ async fn each_fault_kind_is_a_stable_retryable_code_and_changes_nothing() {
         );
     }
     // A paid trade behind the faults stays paid and unchanged as well.
-    env.buyer.scan_and_pay("ORD-paid", 500).await.unwrap();
+    env.buyers
+        .buyer("ORD-paid")
+        .scans(500)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     for (kind, code) in FAST_KINDS {
-        env.buyer
+        env.buyers
             .set_faults(&FaultPlan::only(kind, 1.0))
             .await
             .unwrap();
@@ -106,7 +112,7 @@ async fn each_fault_kind_is_a_stable_retryable_code_and_changes_nothing() {
     }
     assert_eq!(status(&env, "ORD-paid").await, SimTradeStatus::TradeSuccess);
 
-    let stats = env.buyer.stats().await.unwrap();
+    let stats = env.buyers.stats().await.unwrap();
     for (kind, _) in FAST_KINDS {
         assert_eq!(stats.faults_injected.get(kind.as_str()), Some(&4), "{kind}");
     }
@@ -127,16 +133,19 @@ async fn every_fault_kind_on_every_gateway_is_retryable_stable_and_changes_nothi
     let gateways =
         order_closer::decide::Gateways::from_settings(&settings, order_closer::gateway::ALL)
             .unwrap();
-    let buyer = order_closer::sim::BuyerClient::new(sim.base_url()).unwrap();
+    let buyers = order_closer::sim::BuyerClient::new(sim.base_url()).unwrap();
     for channel in sim.channels() {
         let gateway = gateways.get(channel).unwrap();
-        let at = buyer.at(channel);
+        let at = buyers.at(channel);
         let paid = format!("PAID-{channel}");
-        at.scan_and_pay(&paid, 500).await.unwrap();
+        at.buyer(&paid).scans(500).pays().send().await.unwrap();
         for (kind, _) in FAST_KINDS {
             let no = format!("W{channel}-{kind}");
-            at.scan(&no, 1234).await.unwrap();
-            buyer.set_faults(&FaultPlan::only(kind, 1.0)).await.unwrap();
+            at.buyer(&no).scans(1234).send().await.unwrap();
+            buyers
+                .set_faults(&FaultPlan::only(kind, 1.0))
+                .await
+                .unwrap();
             // A fault the gateway's close answer cannot show (WeChat's 204 has no body)
             // is not drawn: that close is answered as usual and is not compared.
             let close_shows = sim
@@ -155,15 +164,15 @@ async fn every_fault_kind_on_every_gateway_is_retryable_stable_and_changes_nothi
                 codes.iter().all(|c| *c == codes[0]),
                 "{channel} {kind}: {codes:?}"
             );
-            buyer.clear_faults().await.unwrap();
+            buyers.clear_faults().await.unwrap();
             assert_eq!(
-                buyer.trade(&no).await.unwrap().unwrap().status,
+                buyers.trade(&no).await.unwrap().unwrap().status,
                 SimTradeStatus::WaitBuyerPay,
                 "{channel} {kind}: a faulted close does not close"
             );
         }
         assert_eq!(
-            buyer.trade(&paid).await.unwrap().unwrap().status,
+            buyers.trade(&paid).await.unwrap().unwrap().status,
             SimTradeStatus::TradeSuccess
         );
     }
@@ -173,8 +182,8 @@ async fn every_fault_kind_on_every_gateway_is_retryable_stable_and_changes_nothi
 #[tokio::test]
 async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
     let env = env().await;
-    env.buyer.scan("ORD-T", 100).await.unwrap();
-    env.buyer
+    env.buyers.buyer("ORD-T").scans(100).send().await.unwrap();
+    env.buyers
         .set_faults(&FaultPlan::only(FaultKind::Timeout, 1.0))
         .await
         .unwrap();
@@ -191,7 +200,7 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
     assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
     assert_eq!(status(&env, "ORD-T").await, SimTradeStatus::WaitBuyerPay);
     assert_eq!(
-        env.buyer
+        env.buyers
             .stats()
             .await
             .unwrap()
@@ -204,7 +213,7 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
     // answer, still retryable and still without effect.
     let mut short = FaultPlan::only(FaultKind::Timeout, 1.0);
     short.timeout_ms = Some(100);
-    env.buyer.set_faults(&short).await.unwrap();
+    env.buyers.set_faults(&short).await.unwrap();
     assert_eq!(
         retryable_code(env.client.close(TradeRef::new("ORD-T")).await),
         "http_transport"
@@ -212,7 +221,7 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
     assert_eq!(status(&env, "ORD-T").await, SimTradeStatus::WaitBuyerPay);
 
     // Shutting down does not wait for the 30 s holds still in flight.
-    env.buyer
+    env.buyers
         .set_faults(&FaultPlan::only(FaultKind::Timeout, 1.0))
         .await
         .unwrap();
@@ -229,8 +238,8 @@ async fn timeout_holds_until_the_client_gives_up_and_changes_nothing() {
 #[tokio::test]
 async fn timeout_after_apply_closes_but_the_client_sees_a_timeout() {
     let env = env().await;
-    env.buyer.scan("ORD-TA", 100).await.unwrap();
-    env.buyer
+    env.buyers.buyer("ORD-TA").scans(100).send().await.unwrap();
+    env.buyers
         .set_faults(&FaultPlan::only(FaultKind::TimeoutAfterApply, 1.0))
         .await
         .unwrap();
@@ -239,7 +248,7 @@ async fn timeout_after_apply_closes_but_the_client_sees_a_timeout() {
         "timeout"
     );
     // The close happened; we never heard.
-    let trade = env.buyer.trade("ORD-TA").await.unwrap().unwrap();
+    let trade = env.buyers.trade("ORD-TA").await.unwrap().unwrap();
     assert_eq!(trade.status, SimTradeStatus::TradeClosed);
     assert!(trade.closed_at.is_some());
     // A query under the same fault times out too; once cleared it tells the truth.
@@ -247,7 +256,7 @@ async fn timeout_after_apply_closes_but_the_client_sees_a_timeout() {
         retryable_code(env.client.query(TradeRef::new("ORD-TA")).await),
         "timeout"
     );
-    env.buyer.clear_faults().await.unwrap();
+    env.buyers.clear_faults().await.unwrap();
     assert_eq!(
         env.client
             .query(TradeRef::new("ORD-TA"))
@@ -262,9 +271,15 @@ async fn timeout_after_apply_closes_but_the_client_sees_a_timeout() {
 #[tokio::test]
 async fn wrong_amount_yields_paid_with_the_gateways_amount() {
     let env = env().await;
-    env.buyer.scan_and_pay("ORD-A", 1234).await.unwrap();
-    env.buyer.scan("ORD-W", 777).await.unwrap();
-    env.buyer
+    env.buyers
+        .buyer("ORD-A")
+        .scans(1234)
+        .pays()
+        .send()
+        .await
+        .unwrap();
+    env.buyers.buyer("ORD-W").scans(777).send().await.unwrap();
+    env.buyers
         .set_faults(&FaultPlan::only(FaultKind::WrongAmount, 1.0))
         .await
         .unwrap();
@@ -304,7 +319,7 @@ async fn wrong_amount_yields_paid_with_the_gateways_amount() {
         CloseAnswer::Closed
     );
     assert_eq!(status(&env, "ORD-A").await, SimTradeStatus::TradeSuccess);
-    let stats = env.buyer.stats().await.unwrap();
+    let stats = env.buyers.stats().await.unwrap();
     assert_eq!(stats.faults_injected.get("wrong_amount"), Some(&2));
     env.sim.shutdown().await;
 }
@@ -312,10 +327,10 @@ async fn wrong_amount_yields_paid_with_the_gateways_amount() {
 #[tokio::test]
 async fn fail_next_affects_exactly_n_answers() {
     let env = env().await;
-    env.buyer.scan("ORD-F", 100).await.unwrap();
-    env.buyer.scan("ORD-G", 100).await.unwrap();
+    env.buyers.buyer("ORD-F").scans(100).send().await.unwrap();
+    env.buyers.buyer("ORD-G").scans(100).send().await.unwrap();
     let pending = env
-        .buyer
+        .buyers
         .fail_next("ORD-F", FaultKind::Busy20000, 3)
         .await
         .unwrap();
@@ -357,11 +372,11 @@ async fn fail_next_affects_exactly_n_answers() {
     );
 
     // It wins over the plan, and works for a trade that does not exist yet.
-    env.buyer
+    env.buyers
         .set_faults(&FaultPlan::only(FaultKind::Html, 1.0))
         .await
         .unwrap();
-    env.buyer
+    env.buyers
         .fail_next("ORD-later", FaultKind::SystemError, 1)
         .await
         .unwrap();
@@ -373,14 +388,14 @@ async fn fail_next_affects_exactly_n_answers() {
         retryable_code(env.client.query(TradeRef::new("ORD-later")).await),
         "unparseable"
     );
-    env.buyer.clear_faults().await.unwrap();
+    env.buyers.clear_faults().await.unwrap();
 
     // Count 0 cancels.
-    env.buyer
+    env.buyers
         .fail_next("ORD-G", FaultKind::Http502, 2)
         .await
         .unwrap();
-    env.buyer
+    env.buyers
         .fail_next("ORD-G", FaultKind::Http502, 0)
         .await
         .unwrap();
@@ -402,7 +417,7 @@ async fn fail_next_affects_exactly_n_answers() {
             .unwrap();
         assert_eq!(r.status(), 400, "{body}");
     }
-    let stats = env.buyer.stats().await.unwrap();
+    let stats = env.buyers.stats().await.unwrap();
     assert_eq!(stats.faults_injected.get("busy_20000"), Some(&3));
     assert_eq!(stats.faults_injected.get("system_error"), Some(&1));
     assert_eq!(stats.faults_injected.get("html"), Some(&1));
@@ -430,7 +445,7 @@ async fn put_raw(env: &Env, body: &str) -> (u16, serde_json::Value) {
 async fn invalid_plans_are_rejected_naming_the_field() {
     let env = env().await;
     let good = FaultPlan::only(FaultKind::Busy20000, 0.5);
-    env.buyer.set_faults(&good).await.unwrap();
+    env.buyers.set_faults(&good).await.unwrap();
 
     let cases = [
         (r#"{"http_502":1.5}"#, "http_502", vec!["http_502"]),
@@ -468,7 +483,7 @@ async fn invalid_plans_are_rejected_naming_the_field() {
     // Through the buyer client as well.
     let mut over = FaultPlan::only(FaultKind::Timeout, 0.7);
     over.timeout_after_apply = 0.7;
-    match env.buyer.set_faults(&over).await {
+    match env.buyers.set_faults(&over).await {
         Err(BuyerError::Rejected {
             status, message, ..
         }) => {
@@ -478,7 +493,7 @@ async fn invalid_plans_are_rejected_naming_the_field() {
         other => panic!("expected a rejection, got {other:?}"),
     }
     // The plan in force is untouched by the rejected ones.
-    assert_eq!(env.buyer.faults().await.unwrap(), good);
+    assert_eq!(env.buyers.faults().await.unwrap(), good);
     // Rates that sum to exactly 1.0 are fine.
     let (status, _) = put_raw(&env, r#"{"html":0.7,"empty_body":0.3}"#).await;
     assert_eq!(status, 200);
@@ -488,13 +503,13 @@ async fn invalid_plans_are_rejected_naming_the_field() {
 #[tokio::test]
 async fn clearing_faults_restores_normal_answers() {
     let env = env().await;
-    env.buyer.scan("ORD-C", 100).await.unwrap();
-    assert_eq!(env.buyer.faults().await.unwrap(), FaultPlan::default());
-    env.buyer
+    env.buyers.buyer("ORD-C").scans(100).send().await.unwrap();
+    assert_eq!(env.buyers.faults().await.unwrap(), FaultPlan::default());
+    env.buyers
         .set_faults(&FaultPlan::only(FaultKind::Http502, 1.0))
         .await
         .unwrap();
-    env.buyer
+    env.buyers
         .fail_next("ORD-C", FaultKind::Busy20000, 5)
         .await
         .unwrap();
@@ -506,8 +521,8 @@ async fn clearing_faults_restores_normal_answers() {
         retryable_code(env.client.query(TradeRef::new("ORD-other")).await),
         "http_502"
     );
-    env.buyer.clear_faults().await.unwrap();
-    assert_eq!(env.buyer.faults().await.unwrap(), FaultPlan::default());
+    env.buyers.clear_faults().await.unwrap();
+    assert_eq!(env.buyers.faults().await.unwrap(), FaultPlan::default());
     assert_eq!(
         env.client
             .query(TradeRef::new("ORD-C"))
@@ -534,10 +549,10 @@ async fn clearing_faults_restores_normal_answers() {
 #[tokio::test]
 async fn methods_filter_limits_the_plan() {
     let env = env().await;
-    env.buyer.scan("ORD-M", 100).await.unwrap();
+    env.buyers.buyer("ORD-M").scans(100).send().await.unwrap();
     let mut plan = FaultPlan::only(FaultKind::SystemError, 1.0);
     plan.methods = Some(vec!["close".into()]);
-    env.buyer.set_faults(&plan).await.unwrap();
+    env.buyers.set_faults(&plan).await.unwrap();
     assert_eq!(
         env.client
             .query(TradeRef::new("ORD-M"))
@@ -557,13 +572,13 @@ async fn methods_filter_limits_the_plan() {
 #[tokio::test]
 async fn latency_is_added_and_a_late_close_still_applies() {
     let env = env_with_timeout(CLIENT_TIMEOUT).await;
-    env.buyer.scan("ORD-L", 100).await.unwrap();
+    env.buyers.buyer("ORD-L").scans(100).send().await.unwrap();
     let mut plan = FaultPlan {
         latency_ms: 200,
         latency_jitter_ms: Some(50),
         ..FaultPlan::default()
     };
-    env.buyer.set_faults(&plan).await.unwrap();
+    env.buyers.set_faults(&plan).await.unwrap();
     let started = Instant::now();
     assert!(env.client.query(TradeRef::new("ORD-L")).await.is_ok());
     let elapsed = started.elapsed();
@@ -575,7 +590,7 @@ async fn latency_is_added_and_a_late_close_still_applies() {
     // client gives up; it then applies, however long the machine takes to get there.
     plan.latency_ms = 4 * CLIENT_TIMEOUT.as_millis() as u64;
     plan.latency_jitter_ms = None;
-    env.buyer.set_faults(&plan).await.unwrap();
+    env.buyers.set_faults(&plan).await.unwrap();
     assert_eq!(
         retryable_code(env.client.close(TradeRef::new("ORD-L")).await),
         "timeout"
@@ -592,12 +607,12 @@ async fn latency_is_added_and_a_late_close_still_applies() {
 #[tokio::test]
 async fn a_seeded_plan_repeats_its_faults() {
     let env = env().await;
-    env.buyer.scan("ORD-S", 100).await.unwrap();
+    env.buyers.buyer("ORD-S").scans(100).send().await.unwrap();
     let mut plan = FaultPlan::only(FaultKind::Busy20000, 0.5);
     plan.seed = Some(2024);
     let mut runs = Vec::new();
     for _ in 0..2 {
-        env.buyer.set_faults(&plan).await.unwrap();
+        env.buyers.set_faults(&plan).await.unwrap();
         let mut pattern = Vec::new();
         for _ in 0..30 {
             pattern.push(env.client.query(TradeRef::new("ORD-S")).await.is_ok());
@@ -612,7 +627,7 @@ async fn a_seeded_plan_repeats_its_faults() {
     );
     let failures = runs[0].iter().filter(|ok| !**ok).count() as u64;
     assert_eq!(
-        env.buyer
+        env.buyers
             .stats()
             .await
             .unwrap()
@@ -643,19 +658,30 @@ async fn a_qr_code_cannot_be_scanned_after_time_expire() {
     let past = Utc::now() - chrono::Duration::seconds(1);
     let expired = (409, "trade_expired".to_owned());
     assert_eq!(
-        rejection(env.buyer.scan_with_expiry("ORD-late", 100, past).await),
+        rejection(
+            env.buyers
+                .buyer("ORD-late")
+                .scans(100)
+                .expiring_at(past)
+                .send()
+                .await
+        ),
         expired
     );
     assert_eq!(
         rejection(
-            env.buyer
-                .scan_and_pay_with_expiry("ORD-late", 100, past)
+            env.buyers
+                .buyer("ORD-late")
+                .scans(100)
+                .expiring_at(past)
+                .pays()
+                .send()
                 .await
         ),
         expired
     );
     // No trade came into existence: the gateway does not know it.
-    assert_eq!(env.buyer.trade("ORD-late").await.unwrap(), None);
+    assert_eq!(env.buyers.trade("ORD-late").await.unwrap(), None);
     assert_eq!(
         env.client
             .query(TradeRef::new("ORD-late"))
@@ -678,29 +704,47 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
     // Far enough that the set-up below (six calls) ends before it on a loaded machine.
     let expire = Utc::now() + chrono::Duration::seconds(5);
     let waiting = env
-        .buyer
-        .scan_with_expiry("ORD-wait", 100, expire)
+        .buyers
+        .buyer("ORD-wait")
+        .scans(100)
+        .expiring_at(expire)
+        .send()
         .await
         .unwrap();
     assert_eq!(waiting.time_expire, Some(expire));
     let paid = env
-        .buyer
-        .scan_and_pay_with_expiry("ORD-paid", 200, expire)
+        .buyers
+        .buyer("ORD-paid")
+        .scans(200)
+        .expiring_at(expire)
+        .pays()
+        .send()
         .await
         .unwrap();
     assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
-    env.buyer
-        .scan_with_expiry("ORD-race", 300, expire)
+    env.buyers
+        .buyer("ORD-race")
+        .scans(300)
+        .expiring_at(expire)
+        .send()
         .await
         .unwrap();
     assert!(
-        env.buyer
-            .pay_on_close("ORD-race")
+        env.buyers
+            .buyer("ORD-race")
+            .pays_on_close()
+            .send()
             .await
             .unwrap()
             .pay_on_close
     );
-    let forever = env.buyer.scan("ORD-forever", 400).await.unwrap();
+    let forever = env
+        .buyers
+        .buyer("ORD-forever")
+        .scans(400)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forever.time_expire, None);
     // Before the expiry, the trade waits as usual.
     assert_eq!(
@@ -724,23 +768,26 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
             .state,
         TradeState::Closed
     );
-    let closed = env.buyer.trade("ORD-wait").await.unwrap().unwrap();
+    let closed = env.buyers.trade("ORD-wait").await.unwrap().unwrap();
     assert_eq!(closed.status, SimTradeStatus::TradeClosed);
     assert_eq!(closed.closed_at, Some(expire));
     assert_eq!(closed.time_expire, Some(expire));
     // The buyer can no longer pay it, and it stays closed.
     assert_eq!(
-        rejection(env.buyer.pay("ORD-wait").await),
+        rejection(env.buyers.buyer("ORD-wait").pays().send().await),
         (409, "conflict".to_owned())
     );
     assert_eq!(
-        rejection(env.buyer.scan_and_pay("ORD-wait", 100).await),
+        rejection(env.buyers.buyer("ORD-wait").scans(100).pays().send().await),
         (409, "conflict".to_owned())
     );
     // Re-scanning returns the closed trade, expiry unchanged.
     assert_eq!(
-        env.buyer
-            .scan_with_expiry("ORD-wait", 100, Utc::now() + chrono::Duration::hours(1))
+        env.buyers
+            .buyer("ORD-wait")
+            .scans(100)
+            .expiring_at(Utc::now() + chrono::Duration::hours(1))
+            .send()
             .await
             .unwrap(),
         closed
@@ -750,7 +797,7 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
         env.client.close(TradeRef::new("ORD-wait")).await.unwrap(),
         not_closeable()
     );
-    assert_eq!(env.buyer.trade("ORD-wait").await.unwrap(), Some(closed));
+    assert_eq!(env.buyers.trade("ORD-wait").await.unwrap(), Some(closed));
 
     // Paid before the expiry: still paid after it, and not closeable.
     match env
@@ -774,7 +821,7 @@ async fn time_expire_closes_what_is_unpaid_and_leaves_the_rest() {
         env.client.close(TradeRef::new("ORD-race")).await.unwrap(),
         not_closeable()
     );
-    let race = env.buyer.trade("ORD-race").await.unwrap().unwrap();
+    let race = env.buyers.trade("ORD-race").await.unwrap().unwrap();
     assert_eq!(
         (race.status, race.paid_at, race.closed_at, race.pay_on_close),
         (SimTradeStatus::TradeClosed, None, Some(expire), false)

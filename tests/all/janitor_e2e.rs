@@ -64,9 +64,14 @@ async fn orders_whose_message_was_purged_from_its_tier_are_still_decided() {
     let observed = env.start_worker(8, 16);
     // 30 s ahead: the first hop is the 16 s tier, so there is ample time to purge it.
     let (unpaid, paid) = (env.no("purged-unpaid"), env.no("purged-paid"));
-    env.buyers.scan(&unpaid, 250).await.unwrap();
-    env.buyers.scan(&paid, 400).await.unwrap();
-    env.buyers.pay(&paid).await.unwrap();
+    env.buyers.buyer(&unpaid).scans(250).send().await.unwrap();
+    env.buyers
+        .buyer(&paid)
+        .scans(400)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     env.create(&unpaid, 250, Duration::from_secs(30)).await;
     env.create(&paid, 400, Duration::from_secs(30)).await;
     let tier = env.topology.delay_queue(Duration::from_secs(16));
@@ -110,7 +115,7 @@ async fn failing_order(retry_steps: &str, failures: u32) -> (TestEnv, Observed, 
     let mut env = TestEnv::new(&[JANITOR[0], JANITOR[1], JANITOR[2], retry]).await;
     let observed = env.start_worker(8, 16);
     let no = env.no("failing");
-    env.buyers.scan(&no, 100).await.unwrap();
+    env.buyers.buyer(&no).scans(100).send().await.unwrap();
     env.buyers
         .fail_next(&no, FaultKind::Busy20000, failures)
         .await

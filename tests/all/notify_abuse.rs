@@ -45,7 +45,10 @@ async fn genuine_payments_land(env: &TestEnv, endpoint: &NotifyEndpoint, name: &
         let paid = env
             .buyers
             .at(channel)
-            .scan_and_pay(&no, 1234)
+            .buyer(&no)
+            .scans(1234)
+            .pays()
+            .send()
             .await
             .unwrap();
         let genuine = env.notice(&paid, Forge::genuine());
@@ -197,7 +200,15 @@ async fn heads_that_cannot_be_a_notification_are_refused_before_the_body() {
         let no = env.no(&format!("heads-{channel}"));
         env.create_at(channel, &no, 800, Duration::from_secs(600))
             .await;
-        let paid = env.buyers.at(channel).scan_and_pay(&no, 800).await.unwrap();
+        let paid = env
+            .buyers
+            .at(channel)
+            .buyer(&no)
+            .scans(800)
+            .pays()
+            .send()
+            .await
+            .unwrap();
         let genuine = env.notice(&paid, Forge::genuine());
         let path = format!("/notify/{channel}");
         let signed: String = genuine
@@ -275,7 +286,14 @@ async fn forged_notifications_are_bounded_in_all_and_another_merchant_costs_noth
             let no = env.no(&format!("forged{i}-{channel}"));
             env.create_at(channel, &no, 500, Duration::from_secs(600))
                 .await;
-            let waiting = env.buyers.at(channel).scan(&no, 500).await.unwrap();
+            let waiting = env
+                .buyers
+                .at(channel)
+                .buyer(&no)
+                .scans(500)
+                .send()
+                .await
+                .unwrap();
             let claim = claimed_paid(waiting, Utc::now());
             if i == 0 {
                 for other in [

@@ -77,7 +77,10 @@ async fn a_delivered_callback_pays_at_once_and_the_deadline_costs_no_gateway_cal
             .await;
         env.buyers
             .at(channel)
-            .scan_and_pay(&no, 1234)
+            .buyer(&no)
+            .scans(1234)
+            .pays()
+            .send()
             .await
             .unwrap();
         orders.push((channel, no, order));
@@ -147,7 +150,15 @@ async fn ten_copies_at_once_give_one_decision_and_one_event() {
         let order = env
             .create_at(channel, &no, 990, Duration::from_secs(60))
             .await;
-        let paid = env.buyers.at(channel).scan_and_pay(&no, 990).await.unwrap();
+        let paid = env
+            .buyers
+            .at(channel)
+            .buyer(&no)
+            .scans(990)
+            .pays()
+            .send()
+            .await
+            .unwrap();
         let copy = env.notice(&paid, Forge::genuine());
         let replies =
             futures_util::future::join_all((0..10).map(|_| env.deliver(&endpoint, channel, &copy)))
@@ -201,10 +212,10 @@ async fn race(
     let (worker, held) = env.start_held_worker(channel);
     let hold = hold.map(|(method, nth, at)| held.hold(method, nth, at));
     let no = env.no(name);
-    let buyer = env.buyers.at(channel);
-    buyer.scan(&no, 500).await.unwrap();
+    let buyers = env.buyers.at(channel);
+    buyers.buyer(&no).scans(500).send().await.unwrap();
     if pay_on_close {
-        buyer.pay_on_close(&no).await.unwrap();
+        buyers.buyer(&no).pays_on_close().send().await.unwrap();
     }
     let order = env
         .create_at(channel, &no, 500, Duration::from_secs(1))
@@ -319,7 +330,7 @@ async fn when_our_gateway_close_comes_first_the_buyer_cannot_pay_and_there_is_no
             .unwrap();
         assert_eq!(r.env.order(&r.no).await.status(), OrderStatus::New);
         assert!(
-            r.env.buyers.pay(&r.no).await.is_err(),
+            r.env.buyers.buyer(&r.no).pays().send().await.is_err(),
             "{channel}: closed, unpayable"
         );
         hold.release.send(()).unwrap();
@@ -370,7 +381,14 @@ async fn a_payment_after_close_is_an_anomaly_announced_once() {
         let closed = env.settled(no, Duration::from_secs(15)).await;
         assert_eq!(closed.status(), OrderStatus::Closed, "{channel}");
         // A code without expiry, scanned and paid after we closed.
-        env.buyers.at(channel).scan_and_pay(no, 1500).await.unwrap();
+        env.buyers
+            .at(channel)
+            .buyer(no)
+            .scans(1500)
+            .pays()
+            .send()
+            .await
+            .unwrap();
     }
     let n = orders.len() as u64;
     let seen = eventually(Duration::from_secs(10), || async {
@@ -437,10 +455,16 @@ async fn a_late_notification_of_a_payment_given_back_before_the_deadline_is_no_p
     let mut orders = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("given-back-{channel}"));
-        let buyer = env.buyers.at(channel);
-        buyer.scan(&no, 800).await.unwrap();
-        let paid = buyer.pay_losing_notification(&no).await.unwrap();
-        buyer.refund(&no, 800).await.unwrap();
+        let buyers = env.buyers.at(channel);
+        buyers.buyer(&no).scans(800).send().await.unwrap();
+        let paid = buyers
+            .buyer(&no)
+            .pays()
+            .loses_notification()
+            .send()
+            .await
+            .unwrap();
+        buyers.refund(&no, 800).await.unwrap();
         let order = env
             .create_at(channel, &no, 800, Duration::from_secs(1))
             .await;
@@ -485,7 +509,14 @@ async fn a_forged_paid_notification_only_makes_us_ask_the_gateway() {
         let no = env.no(&format!("forged-{channel}"));
         env.create_at(channel, &no, 1000, Duration::from_secs(60))
             .await;
-        let waiting = env.buyers.at(channel).scan(&no, 1000).await.unwrap();
+        let waiting = env
+            .buyers
+            .at(channel)
+            .buyer(&no)
+            .scans(1000)
+            .send()
+            .await
+            .unwrap();
         // "Paid", signed with a key that is not the gateway's.
         let forged = env.notice(
             &claimed_paid(waiting, Utc::now()),
@@ -518,7 +549,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
     env.quiet_notifications();
     let n = channels(&env).len() as u64;
     for channel in channels(&env) {
-        let buyer = env.buyers.at(channel);
+        let buyers = env.buyers.at(channel);
         let refused = |sent: &crate::common::Sent, status: u16| {
             assert_eq!(
                 (sent.status, sent.acknowledged),
@@ -538,7 +569,13 @@ async fn bad_notifications_each_get_a_named_outcome() {
         // forged, it is refused; neither costs a query.
         let q0 = queries(&env).await;
         let stranger = env.no(&format!("unknown-{channel}"));
-        let view = buyer.scan_and_pay(&stranger, 100).await.unwrap();
+        let view = buyers
+            .buyer(&stranger)
+            .scans(100)
+            .pays()
+            .send()
+            .await
+            .unwrap();
         let sent = env
             .deliver(&endpoint, channel, &env.notice(&view, Forge::genuine()))
             .await;
@@ -563,7 +600,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
         let merch = env.no(&format!("merch-{channel}"));
         env.create_at(channel, &merch, 300, Duration::from_secs(60))
             .await;
-        let paid = buyer.scan_and_pay(&merch, 300).await.unwrap();
+        let paid = buyers.buyer(&merch).scans(300).pays().send().await.unwrap();
         let before = queries(&env).await;
         let other = Forge {
             other_merchant: true,
@@ -582,7 +619,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
         let no = env.no(&format!("nosign-{channel}"));
         env.create_at(channel, &no, 300, Duration::from_secs(60))
             .await;
-        let paid = buyer.scan_and_pay(&no, 300).await.unwrap();
+        let paid = buyers.buyer(&no).scans(300).pays().send().await.unwrap();
         let unsigned = Forge {
             unsigned: true,
             ..Forge::genuine()
@@ -611,7 +648,13 @@ async fn bad_notifications_each_get_a_named_outcome() {
         let differs = env.no(&format!("amount-{channel}"));
         env.create_at(channel, &differs, 300, Duration::from_secs(60))
             .await;
-        let paid = buyer.scan_and_pay(&differs, 301).await.unwrap();
+        let paid = buyers
+            .buyer(&differs)
+            .scans(301)
+            .pays()
+            .send()
+            .await
+            .unwrap();
         let before = queries(&env).await;
         assert!(
             env.deliver(&endpoint, channel, &env.notice(&paid, Forge::genuine()))
@@ -635,7 +678,13 @@ async fn bad_notifications_each_get_a_named_outcome() {
         let refunded = env.no(&format!("refund-{channel}"));
         env.create_at(channel, &refunded, 800, Duration::from_secs(60))
             .await;
-        let paid = buyer.scan_and_pay(&refunded, 800).await.unwrap();
+        let paid = buyers
+            .buyer(&refunded)
+            .scans(800)
+            .pays()
+            .send()
+            .await
+            .unwrap();
         assert!(
             env.deliver(&endpoint, channel, &env.notice(&paid, Forge::genuine()))
                 .await
@@ -657,7 +706,7 @@ async fn bad_notifications_each_get_a_named_outcome() {
         let order = env
             .create_at(channel, &replayed, 600, Duration::from_secs(60))
             .await;
-        let waiting = buyer.scan(&replayed, 600).await.unwrap();
+        let waiting = buyers.buyer(&replayed).scans(600).send().await.unwrap();
         let days_ago = Utc::now() - chrono::Duration::days(3);
         let old = env.notice(&claimed_paid(waiting, days_ago), Forge::sent_at(days_ago));
         let before = queries(&env).await;
@@ -748,12 +797,12 @@ async fn wechat_probes_tampering_and_stale_signatures_each_get_a_named_outcome()
     let env = TestEnv::new(&[]).await;
     let endpoint = env.start_notify().await;
     env.quiet_notifications();
-    let buyer = env.buyers.at("wechat");
+    let buyers = env.buyers.at("wechat");
     let no = env.no("wx-bad");
     let order = env
         .create_at("wechat", &no, 700, Duration::from_secs(60))
         .await;
-    let paid = buyer.scan_and_pay(&no, 700).await.unwrap();
+    let paid = buyers.buyer(&no).scans(700).pays().send().await.unwrap();
     let genuine = env.notice(&paid, Forge::genuine());
 
     // WeChat's probe: a signature starting WECHATPAY/SIGNTEST/ must get a 4xx.
@@ -829,7 +878,14 @@ async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
         let order = env
             .create_at(channel, &no, 600, Duration::from_secs(1))
             .await;
-        let waiting = env.buyers.at(channel).scan(&no, 600).await.unwrap();
+        let waiting = env
+            .buyers
+            .at(channel)
+            .buyer(&no)
+            .scans(600)
+            .send()
+            .await
+            .unwrap();
         orders.push((channel, no, order, waiting));
     }
     // Every order closed first: the simulator's query counter is shared by its gateways,
@@ -896,7 +952,10 @@ async fn with_the_database_down_the_gateway_is_refused_and_the_resend_lands() {
             .await;
         env.buyers
             .at(channel)
-            .scan_and_pay(&no, 2500)
+            .buyer(&no)
+            .scans(2500)
+            .pays()
+            .send()
             .await
             .unwrap();
         orders.push((channel, no, order));
@@ -1003,7 +1062,10 @@ async fn the_notify_command_serves_the_endpoint() {
             .await;
         env.buyers
             .at(channel)
-            .scan_and_pay(&no, 4321)
+            .buyer(&no)
+            .scans(4321)
+            .pays()
+            .send()
             .await
             .unwrap();
         assert_eq!(

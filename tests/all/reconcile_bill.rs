@@ -62,12 +62,15 @@ struct Categories {
 
 async fn categories(env: &TestEnv, channel: &'static str) -> Categories {
     let order = |name: &str, amount| order_at(env, channel, format!("{name}-{channel}"), amount);
-    let buyer = env.buyers.at(channel);
+    let buyers = env.buyers.at(channel);
     let mut conn = db::conn(&env.pool).await.unwrap();
     // Paid at the gateway, still NEW here (callback lost, no worker yet).
     let new_paid = order("newpaid", 1000).await;
-    buyer
-        .scan_and_pay(&new_paid.out_trade_no, 1000)
+    buyers
+        .buyer(&new_paid.out_trade_no)
+        .scans(1000)
+        .pays()
+        .send()
         .await
         .unwrap();
     // Closed here (no trade at the time), then paid at the gateway anyway.
@@ -75,14 +78,20 @@ async fn categories(env: &TestEnv, channel: &'static str) -> Categories {
     orders::mark_closed(&mut conn, closed.id, "deadline_no_trade")
         .await
         .unwrap();
-    buyer
-        .scan_and_pay(&closed.out_trade_no, 2000)
+    buyers
+        .buyer(&closed.out_trade_no)
+        .scans(2000)
+        .pays()
+        .send()
         .await
         .unwrap();
     // Paid in both places, then partly refunded.
     let matched = order("matched", 3000).await;
-    buyer
-        .scan_and_pay(&matched.out_trade_no, 3000)
+    buyers
+        .buyer(&matched.out_trade_no)
+        .scans(3000)
+        .pays()
+        .send()
         .await
         .unwrap();
     orders::mark_paid(&mut conn, matched.id, "T-MATCHED", Utc::now())
@@ -96,13 +105,22 @@ async fn categories(env: &TestEnv, channel: &'static str) -> Categories {
         .unwrap();
     // PAID here with 5000, paid 4500 at the gateway.
     let short = order("short", 5000).await;
-    buyer.scan_and_pay(&short.out_trade_no, 4500).await.unwrap();
+    buyers
+        .buyer(&short.out_trade_no)
+        .scans(4500)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     orders::mark_paid(&mut conn, short.id, "T-SHORT", Utc::now())
         .await
         .unwrap();
     // A payment for an order we never had.
-    buyer
-        .scan_and_pay(&env.no(&format!("stranger-{channel}")), 600)
+    buyers
+        .buyer(&env.no(&format!("stranger-{channel}")))
+        .scans(600)
+        .pays()
+        .send()
         .await
         .unwrap();
     Categories {
@@ -262,7 +280,10 @@ async fn paid_everywhere(
     let order = order_at(env, channel, format!("{name}-{channel}"), amount).await;
     env.buyers
         .at(channel)
-        .scan_and_pay(&order.out_trade_no, amount)
+        .buyer(&order.out_trade_no)
+        .scans(amount)
+        .pays()
+        .send()
         .await
         .unwrap();
     let mut conn = db::conn(&env.pool).await.unwrap();
@@ -406,7 +427,10 @@ async fn a_wechat_bill_whose_digest_does_not_match_is_refused() {
     );
     env.buyers
         .at("wechat")
-        .scan_and_pay(&env.no("wxbill"), 100)
+        .buyer(&env.no("wxbill"))
+        .scans(100)
+        .pays()
+        .send()
         .await
         .unwrap();
     // The next download serves other (gzipped) bytes than the bill applied for.
@@ -560,7 +584,10 @@ async fn a_malformed_bill_is_named_and_changes_nothing() {
     let vars = env.binary_env(&dir);
     let paid = order(&env, "untouched", 1000).await;
     env.buyers
-        .scan_and_pay(&paid.out_trade_no, 1000)
+        .buyer(&paid.out_trade_no)
+        .scans(1000)
+        .pays()
+        .send()
         .await
         .unwrap();
     // The command refuses days that have not ended: the latest bill is yesterday's.

@@ -56,10 +56,21 @@ async fn the_overdue_sweep_decides_lost_orders_and_a_dry_run_changes_nothing() {
     let paid = lost_order(&env, "paid", 300, ten_minutes).await;
     let racing = lost_order(&env, "racing", 400, ten_minutes).await;
     let recent = lost_order(&env, "recent", 500, Duration::from_secs(60)).await;
-    env.buyers.scan(&scanned, 200).await.unwrap();
-    env.buyers.scan_and_pay(&paid, 300).await.unwrap();
-    env.buyers.scan(&racing, 400).await.unwrap();
-    env.buyers.pay_on_close(&racing).await.unwrap();
+    env.buyers.buyer(&scanned).scans(200).send().await.unwrap();
+    env.buyers
+        .buyer(&paid)
+        .scans(300)
+        .pays()
+        .send()
+        .await
+        .unwrap();
+    env.buyers
+        .buyer(&racing)
+        .scans(400)
+        .pays_on_close()
+        .send()
+        .await
+        .unwrap();
     let decider = env.decider("reconcile-test");
 
     let dry = overdue::sweep(&decider, &options(Mode::DryRun), None, |_| {})
@@ -140,7 +151,13 @@ async fn the_sweep_beside_running_workers_decides_each_order_once() {
         let no = env.no(&format!("both{i:02}"));
         env.create(&no, 100, Duration::ZERO).await;
         if i % 2 == 0 {
-            env.buyers.scan_and_pay(&no, 100).await.unwrap();
+            env.buyers
+                .buyer(&no)
+                .scans(100)
+                .pays()
+                .send()
+                .await
+                .unwrap();
         }
         numbers.push(no);
     }

@@ -112,7 +112,10 @@ async fn refunded_once_despite_a_timeout(channel: &str) {
     // A QR code without expiry, scanned and paid after we closed.
     env.buyers
         .at(channel)
-        .scan_and_pay(&no, 1500)
+        .buyer(&no)
+        .scans(1500)
+        .pays()
+        .send()
         .await
         .unwrap();
 
@@ -190,7 +193,13 @@ async fn under_hold_an_operator_refunds_on_request_and_bad_requests_are_named() 
     let no = env.no("held");
     let order = env.create(&no, 900, Duration::from_secs(1)).await;
     env.settled(&no, Duration::from_secs(15)).await;
-    env.buyers.scan_and_pay(&no, 900).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(900)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     // Held: the anomaly is recorded, nothing is refunded.
     let recorded = eventually(Duration::from_secs(10), || async {
         let mut conn = db::conn(&env.pool).await.ok()?;
@@ -276,7 +285,13 @@ async fn a_refund_out_of_retry_steps_fails_parks_and_is_sent_again_on_request() 
         .fail_next_on(&no, Some(SimMethod::Refund), FaultKind::Busy20000, 4)
         .await
         .unwrap();
-    env.buyers.scan_and_pay(&no, 700).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(700)
+        .pays()
+        .send()
+        .await
+        .unwrap();
 
     let row = refund_settled(&env, order.id, Duration::from_secs(30)).await;
     assert_eq!(row.status(), refunds::RefundStatus::Failed);
@@ -361,7 +376,13 @@ async fn the_bill_s_payments_after_close_go_through_the_policy() {
     let order = env.create(&no, 2500, Duration::from_secs(1)).await;
     env.settled(&no, Duration::from_secs(15)).await;
     // Paid after close, and the notification lost: only the bill tells.
-    env.buyers.scan_and_pay(&no, 2500).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(2500)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     let today = Utc::now().with_timezone(&china()).date_naive();
     let gateways = env.gateways();
     let source = gateways.bill_source("alipay").unwrap();
@@ -540,7 +561,13 @@ async fn replaying_a_parked_refund_sends_it_again() {
         .fail_next_on(&no, Some(SimMethod::Refund), FaultKind::Busy20000, 4)
         .await
         .unwrap();
-    env.buyers.scan_and_pay(&no, 800).await.unwrap();
+    env.buyers
+        .buyer(&no)
+        .scans(800)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     let row = refund_settled(&env, order.id, Duration::from_secs(30)).await;
     assert_eq!(row.status(), refunds::RefundStatus::Failed);
     let queue = env.topology.parked_queue();
@@ -617,7 +644,10 @@ async fn closed_then_paid(
     drop(conn);
     let trade = buyers
         .at(channel)
-        .scan_and_pay(no, amount_minor)
+        .buyer(no)
+        .scans(amount_minor)
+        .pays()
+        .send()
         .await
         .unwrap();
     (env.order(no).await, trade)

@@ -122,7 +122,14 @@ impl Setup {
     }
 
     async fn pay(&self, no: &str) -> Instant {
-        self.env.buyer.scan_and_pay(no, 100).await.unwrap();
+        self.env
+            .buyers
+            .buyer(no)
+            .scans(100)
+            .pays()
+            .send()
+            .await
+            .unwrap();
         Instant::now()
     }
 

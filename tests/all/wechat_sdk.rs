@@ -137,11 +137,11 @@ async fn the_python_sdk_wechatpayv3_accepts_every_answer_and_notification_of_the
     let mut config = SimConfig::one(WechatSim::generate().unwrap());
     config.notify = NotifyPlan::to(notify_url, 1.0);
     let sim = sim::start(config).await.unwrap();
-    let buyer = BuyerClient::new(sim.base_url()).unwrap().at("wechat");
+    let buyers = BuyerClient::new(sim.base_url()).unwrap().at("wechat");
     let paid = format!("SDK-PAID-{}", std::process::id());
     let waiting = format!("SDK-WAIT-{}", std::process::id());
-    buyer.scan_and_pay(&paid, 990).await.unwrap();
-    buyer.scan(&waiting, 500).await.unwrap();
+    buyers.buyer(&paid).scans(990).pays().send().await.unwrap();
+    buyers.buyer(&waiting).scans(500).send().await.unwrap();
     let (headers, body) = tokio::time::timeout(NOTIFICATION_WAIT, arrivals.recv())
         .await
         .expect("the simulator's notification arrives")

@@ -353,29 +353,30 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
                     let until =
                         |at: chrono::DateTime<Utc>| (at - Utc::now()).to_std().unwrap_or_default();
                     let before = until(deadline).mul_f64(moment * 0.8);
+                    let scan = || buyers.buyer(&no).scans(amount).qr_valid_until(deadline);
                     // A buyer's request may meet the broker restart or a closed trade;
                     // what matters is what the simulator ends up saying.
                     match buyer {
                         Buyer::NeverScans => {}
                         Buyer::ScansOnly => {
                             tokio::time::sleep(before).await;
-                            let _ = buyers.scan_before(&no, amount, deadline).await;
+                            let _ = scan().send().await;
                         }
                         Buyer::PaysEarly => {
                             tokio::time::sleep(before).await;
-                            if buyers.scan_before(&no, amount, deadline).await.is_ok() {
-                                let _ = buyers.pay(&no).await;
+                            if scan().send().await.is_ok() {
+                                let _ = buyers.buyer(&no).pays().send().await;
                             }
                         }
                         Buyer::PaysDuringClose => {
-                            let _ = buyers.scan_before(&no, amount, deadline).await;
-                            let _ = buyers.pay_on_close(&no).await;
+                            let _ = scan().send().await;
+                            let _ = buyers.buyer(&no).pays_on_close().send().await;
                         }
                         Buyer::PaysAtTheDeadline => {
-                            let _ = buyers.scan_before(&no, amount, deadline).await;
+                            let _ = scan().send().await;
                             let jitter = Duration::from_millis((moment * 1500.0) as u64);
                             tokio::time::sleep(until(deadline) + jitter).await;
-                            let _ = buyers.pay(&no).await;
+                            let _ = buyers.buyer(&no).pays().send().await;
                         }
                     }
                 }));

@@ -49,13 +49,18 @@ async fn serial_worker_stopped_with_sigterm_mid_run_and_restarted_decides_every_
             0 => {}
             1 => env
                 .buyers
-                .scan(&no, 100 + i as i64)
+                .buyer(&no)
+                .scans(100 + i as i64)
+                .send()
                 .await
                 .map(|_| ())
                 .unwrap(),
             _ => env
                 .buyers
-                .scan_and_pay(&no, 100 + i as i64)
+                .buyer(&no)
+                .scans(100 + i as i64)
+                .pays()
+                .send()
                 .await
                 .map(|_| ())
                 .unwrap(),

@@ -21,7 +21,7 @@ use chrono::NaiveDateTime;
 use encoding_rs::GBK;
 use zip::ZipArchive;
 
-use super::parse_china_time;
+use order_closer_core::time::parse_china_time;
 use order_closer_gateway::bill::csv::{self, Dress, Header, echo};
 use order_closer_gateway::bill::{Bill, BillError, BillRow, BillRowKind};
 

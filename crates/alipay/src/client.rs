@@ -108,7 +108,8 @@ impl AlipayClient {
         if config.timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
         }
-        let endpoint = endpoint_url(&config.gateway_url)?;
+        let endpoint = endpoint_url(&config.gateway_url)
+            .ok_or_else(|| ConfigError::InvalidUrl(config.gateway_url.clone()))?;
         let http = http::client(config.timeout).map_err(ConfigError::HttpClient)?;
         Ok(Self {
             config,

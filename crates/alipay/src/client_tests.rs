@@ -95,21 +95,21 @@ fn config_is_validated() {
 async fn query_lifecycle_against_the_sim() {
     let sim = start_sim().await;
     let client = client_for(&sim);
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
 
     let answer = client.query(TradeRef::new("ORD-never")).await.unwrap();
     assert_eq!(answer.state, TradeState::NotFound);
     assert!(answer.raw.contains("ACQ.TRADE_NOT_EXIST"));
 
-    buyer.scan("ORD-1", 1234).await.unwrap();
+    buyers.buyer("ORD-1").scans(1234).send().await.unwrap();
     assert_eq!(
         client.query(TradeRef::new("ORD-1")).await.unwrap().state,
         TradeState::WaitingForPayment
     );
 
     let before = Utc::now() - chrono::Duration::seconds(2);
-    buyer.pay("ORD-1").await.unwrap();
-    let view = buyer.trade("ORD-1").await.unwrap().unwrap();
+    buyers.buyer("ORD-1").pays().send().await.unwrap();
+    let view = buyers.trade("ORD-1").await.unwrap().unwrap();
     match client.query(TradeRef::new("ORD-1")).await.unwrap().state {
         TradeState::Paid {
             trade_no,
@@ -132,10 +132,10 @@ async fn query_lifecycle_against_the_sim() {
 async fn close_lifecycle_against_the_sim() {
     let sim = start_sim().await;
     let client = client_for(&sim);
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
 
     // Close a waiting trade, then it reads as closed.
-    buyer.scan("ORD-W", 500).await.unwrap();
+    buyers.buyer("ORD-W").scans(500).send().await.unwrap();
     assert_eq!(
         client.close(TradeRef::new("ORD-W")).await.unwrap(),
         CloseAnswer::Closed
@@ -157,8 +157,13 @@ async fn close_lifecycle_against_the_sim() {
     );
 
     // A paid trade cannot be closed.
-    buyer.scan("ORD-P", 700).await.unwrap();
-    buyer.pay("ORD-P").await.unwrap();
+    buyers
+        .buyer("ORD-P")
+        .scans(700)
+        .pays()
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         client.close(TradeRef::new("ORD-P")).await.unwrap(),
         CloseAnswer::NotCloseable {
@@ -167,8 +172,13 @@ async fn close_lifecycle_against_the_sim() {
     );
 
     // The race: the buyer pays just before our close lands.
-    buyer.scan("ORD-R", 900).await.unwrap();
-    buyer.pay_on_close("ORD-R").await.unwrap();
+    buyers
+        .buyer("ORD-R")
+        .scans(900)
+        .pays_on_close()
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         client.close(TradeRef::new("ORD-R")).await.unwrap(),
         CloseAnswer::NotCloseable {

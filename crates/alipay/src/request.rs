@@ -7,7 +7,6 @@
 use chrono::Utc;
 use serde_json::Value;
 
-use super::client::ConfigError;
 use super::sign::sign_params;
 use order_closer_core::time::format_china_time;
 use order_closer_gateway::GatewayError;
@@ -90,21 +89,18 @@ pub(crate) fn signed_form(
     Ok(params)
 }
 
-/// `{base}/gateway.do` (a base already ending in `/gateway.do` is used as is); only an
-/// absolute `http`/`https` URL with a host.
-pub(crate) fn endpoint_url(base: &str) -> Result<reqwest::Url, ConfigError> {
-    let invalid = || ConfigError::InvalidUrl(base.to_owned());
+/// `{base}/gateway.do` (a base already ending in `/gateway.do` is used as is); `None`
+/// unless it is an absolute `http`/`https` URL with a host.
+pub(crate) fn endpoint_url(base: &str) -> Option<reqwest::Url> {
     let trimmed = base.trim().trim_end_matches('/');
     let full = if trimmed.ends_with("/gateway.do") {
         trimmed.to_owned()
     } else {
         format!("{trimmed}/gateway.do")
     };
-    let url = reqwest::Url::parse(&full).map_err(|_| invalid())?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(invalid());
-    }
-    Ok(url)
+    reqwest::Url::parse(&full)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some())
 }
 
 #[cfg(test)]
@@ -141,10 +137,7 @@ mod tests {
             "http://127.0.0.1:9/gateway.do"
         );
         for bad in ["not a url", "ftp://x", "", "/gateway.do"] {
-            assert!(
-                matches!(endpoint_url(bad), Err(ConfigError::InvalidUrl(_))),
-                "{bad}"
-            );
+            assert_eq!(endpoint_url(bad), None, "{bad}");
         }
     }
 

@@ -58,7 +58,10 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
     }
     for no in &numbers {
         env.sim_state
-            .scan_in(Some(env.channel), no, 1234, None, None)
+            .buyer(no)
+            .at(env.channel)
+            .scans(1234)
+            .send()
             .map_err(|e| anyhow::anyhow!("scan {no}: {e}"))?;
     }
 
@@ -88,7 +91,9 @@ pub async fn run(env: &BenchEnv, payments: u32, rate: f64) -> anyhow::Result<Not
     for (i, no) in numbers.iter().enumerate() {
         tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
         env.sim_state
-            .pay(no, None)
+            .buyer(no)
+            .pays()
+            .send()
             .map_err(|e| anyhow::anyhow!("pay {no}: {e}"))?;
     }
     let paying = started.elapsed().as_secs_f64();

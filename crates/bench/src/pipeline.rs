@@ -74,11 +74,10 @@ impl Buyer {
     pub fn act(self, sim: &SimState, channel: &str, no: &str, amount: i64) -> anyhow::Result<()> {
         match self {
             Self::Paid => {
-                sim.scan_in(Some(channel), no, amount, None, None)?;
-                sim.pay(no, None)?;
+                sim.buyer(no).at(channel).scans(amount).pays().send()?;
             }
             Self::Scanned => {
-                sim.scan_in(Some(channel), no, amount, None, None)?;
+                sim.buyer(no).at(channel).scans(amount).send()?;
             }
             Self::NeverScanned => {}
         }

@@ -1,16 +1,14 @@
-//! A small HTTP client for the simulator's buyer API (`/sim/...`): scan, pay, arm the
-//! pay-on-close race, refund, read trades back, steer fault injection (the plan and
+//! A small HTTP client for the simulator's buyer API (`/sim/...`): a buyer's action
+//! ([`BuyerClient::buyer`], the builder of `buy.rs`: scan, pay, arm the pay-on-close race,
+//! lose the notification), refund, read trades back, steer fault injection (the plan and
 //! per-trade `fail-next` one-shots) and override the next bill download. For tests and
 //! the demo.
 //!
-//! The `*_with_expiry` actions create the trade with an expiry (`time_expire`), as a shop
-//! does when it creates the trade at the gateway: past it, the QR code can no longer be scanned
-//! ([`BuyerError::Rejected`] with status 409 and error `trade_expired`) and a trade left
-//! unpaid is closed.
+//! A buyer refused by the simulator is [`BuyerError::Rejected`]: 404 for a trade never
+//! scanned, 409 for one in the wrong state, or with error `trade_expired` past its expiry
+//! (`time_expire`, [`Buyer::expiring_at`]) or its QR code's ([`Buyer::qr_valid_until`]).
 
 use std::time::Duration;
-
-use chrono::{DateTime, Utc};
 
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -18,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use thiserror::Error;
 
+use super::buy::Buyer;
 use super::faults::SimMethod;
 use super::notifier::{NotifyPlan, NotifyStats};
 use super::state::{FailNext, FaultKind, FaultPlan, SimStats, SimTradeView};
@@ -123,121 +122,32 @@ impl BuyerClient {
         serde_json::from_slice(&bytes).map_err(|e| BuyerError::Decode(e.to_string()))
     }
 
-    async fn post_trade(
+    /// `{method} {base}/sim/<segments...>` with `body` as JSON; the answer decoded.
+    async fn send_json<T: serde::Serialize, R: DeserializeOwned>(
         &self,
-        no: &str,
-        action: &str,
-        mut body: serde_json::Value,
-    ) -> Result<SimTradeView, BuyerError> {
-        let url = self.url(&["trades", no, action])?;
-        if let (Some(channel), Some(object)) = (&self.channel, body.as_object_mut())
-            && object.contains_key("amount_minor")
-        {
-            object.insert("channel".into(), serde_json::Value::String(channel.clone()));
-        }
+        method: reqwest::Method,
+        segments: &[&str],
+        body: &T,
+    ) -> Result<R, BuyerError> {
+        let body = serde_json::to_string(body).map_err(|e| BuyerError::Decode(e.to_string()))?;
         let response = self
             .http
-            .post(url)
+            .request(method, self.url(segments)?)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
+            .body(body)
             .send()
             .await?;
         Self::read(response).await
     }
 
-    /// The buyer scans the QR code: the trade exists and waits for payment (idempotent).
-    /// The trade never expires.
-    pub async fn scan(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-    ) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(
-            out_trade_no,
-            "scan",
-            json!({ "amount_minor": amount_minor }),
-        )
-        .await
-    }
-
-    /// The buyer scans a QR code whose trade the shop created with an
-    /// expiry (`time_expire`): at or after it the scan is refused (409, `trade_expired`) and no
-    /// trade exists; before it, the trade waits for payment and closes if still unpaid at
-    /// `time_expire`. Scanning an existing trade again returns it as it is (its expiry
-    /// unchanged).
-    pub async fn scan_with_expiry(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-        time_expire: DateTime<Utc>,
-    ) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(
-            out_trade_no,
-            "scan",
-            json!({ "amount_minor": amount_minor, "time_expire": time_expire }),
-        )
-        .await
-    }
-
-    /// The buyer scans a QR code valid until `qr_code_expire` (a QR-code
-    /// timeout): at or after it the scan is refused (409,
-    /// `trade_expired`) and no trade exists; a trade scanned in time stays payable.
-    pub async fn scan_before(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-        qr_code_expire: DateTime<Utc>,
-    ) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(
-            out_trade_no,
-            "scan",
-            json!({ "amount_minor": amount_minor, "qr_code_expire": qr_code_expire }),
-        )
-        .await
-    }
-
-    /// The buyer pays a scanned, waiting trade. A trade that expired unpaid is closed:
-    /// paying it is refused (409).
-    pub async fn pay(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(out_trade_no, "pay", json!({})).await
-    }
-
-    /// The buyer pays a scanned trade, and its payment notification is lost: only the
-    /// deadline's query can learn of the payment.
-    pub async fn pay_losing_notification(
-        &self,
-        out_trade_no: &str,
-    ) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(out_trade_no, "pay", json!({ "lose_notification": true }))
-            .await
-    }
-
-    /// The buyer scans (if needed) and pays in one step. A trade it creates never
-    /// expires.
-    pub async fn scan_and_pay(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-    ) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(out_trade_no, "pay", json!({ "amount_minor": amount_minor }))
-            .await
-    }
-
-    /// [`BuyerClient::scan_with_expiry`] (if the trade does not exist yet) then pay, in one
-    /// step: refused (409) at or after `time_expire`, with `trade_expired` when the scan
-    /// is refused and nothing was created.
-    pub async fn scan_and_pay_with_expiry(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-        time_expire: DateTime<Utc>,
-    ) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(
-            out_trade_no,
-            "pay",
-            json!({ "amount_minor": amount_minor, "time_expire": time_expire }),
-        )
-        .await
+    /// The buyer of `out_trade_no`, acting through the buyer API: a trade it scans is at
+    /// this client's gateway (see [`BuyerClient::at`]) unless [`Buyer::at`] names another.
+    pub fn buyer(&self, out_trade_no: &str) -> Buyer<&BuyerClient> {
+        let buyer = Buyer::new(self, out_trade_no);
+        match &self.channel {
+            Some(channel) => buyer.at(channel),
+            None => buyer,
+        }
     }
 
     /// Refunds `amount_minor` of a paid trade (refund number `RF{trade_no}{k}`, time now).
@@ -249,10 +159,14 @@ impl BuyerClient {
         out_trade_no: &str,
         amount_minor: i64,
     ) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(
-            out_trade_no,
-            "refund",
-            json!({ "amount_minor": amount_minor }),
+        let mut body = json!({ "amount_minor": amount_minor });
+        if let Some(channel) = &self.channel {
+            body["channel"] = json!(channel);
+        }
+        self.send_json(
+            reqwest::Method::POST,
+            &["trades", out_trade_no, "refund"],
+            &body,
         )
         .await
     }
@@ -277,12 +191,6 @@ impl BuyerClient {
         Self::read::<serde_json::Value>(self.http.delete(url).send().await?)
             .await
             .map(|_| ())
-    }
-
-    /// Arms the race: the buyer pays just before the next close request for this trade.
-    pub async fn pay_on_close(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerError> {
-        self.post_trade(out_trade_no, "pay-on-close", json!({}))
-            .await
     }
 
     /// The trade as the simulator holds it, or `None` if it was never scanned.
@@ -311,31 +219,15 @@ impl BuyerClient {
     /// [`BuyerError::Rejected`] with status 400, error `invalid_fault_plan` and a message
     /// naming the field, and leaves the current plan in place.
     pub async fn set_faults(&self, plan: &FaultPlan) -> Result<FaultPlan, BuyerError> {
-        self.put_json(&["faults"], plan).await
+        self.send_json(reqwest::Method::PUT, &["faults"], plan)
+            .await
     }
 
     /// Replaces the notification plan (where notifications go, their faults); returns
     /// the plan installed. An invalid plan is [`BuyerError::Rejected`] with status 400.
     pub async fn set_notify(&self, plan: &NotifyPlan) -> Result<NotifyPlan, BuyerError> {
-        self.put_json(&["notify"], plan).await
-    }
-
-    /// `PUT /sim/{path}` with a JSON body; the answer decoded.
-    async fn put_json<T: serde::Serialize, R: DeserializeOwned>(
-        &self,
-        path: &[&str],
-        body: &T,
-    ) -> Result<R, BuyerError> {
-        let url = self.url(path)?;
-        let body = serde_json::to_string(body).map_err(|e| BuyerError::Decode(e.to_string()))?;
-        let response = self
-            .http
-            .put(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
-        Self::read(response).await
+        self.send_json(reqwest::Method::PUT, &["notify"], plan)
+            .await
     }
 
     /// What the notifier did so far.
@@ -378,15 +270,12 @@ impl BuyerClient {
         kind: FaultKind,
         count: u32,
     ) -> Result<FailNext, BuyerError> {
-        let url = self.url(&["trades", out_trade_no, "fail-next"])?;
-        let response = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(json!({ "kind": kind, "count": count, "method": method }).to_string())
-            .send()
-            .await?;
-        Self::read(response).await
+        self.send_json(
+            reqwest::Method::POST,
+            &["trades", out_trade_no, "fail-next"],
+            &json!({ "kind": kind, "count": count, "method": method }),
+        )
+        .await
     }
 
     /// The variables that configure a client to reach and trust the simulator (each
@@ -397,5 +286,16 @@ impl BuyerClient {
         let url = self.url(&["client-vars"])?;
         let response = self.http.get(url).send().await?;
         Self::read(response).await
+    }
+}
+
+impl Buyer<&BuyerClient> {
+    /// Sends the action to the buyer API: `POST /sim/trades/{no}/scan` (only scanning),
+    /// `/pay` or `/pay-on-close`, the terms as the JSON body. The trade as it is afterwards.
+    pub async fn send(self) -> Result<SimTradeView, BuyerError> {
+        let path = ["trades", &self.out_trade_no, self.pays.endpoint()];
+        self.target
+            .send_json(reqwest::Method::POST, &path, &self.terms)
+            .await
     }
 }

@@ -3,11 +3,15 @@
 //! the bill override, the fault plan and one-shots, the notification plan, the client
 //! variables and the counters.
 //!
-//! The buyer actions that may create the trade (`scan`, and `pay` / `pay-on-close` with an
-//! amount) take `{"amount_minor":n,"channel":"<name>","time_expire":"..."}`: `channel`
-//! (which gateway the trade is at) defaults to the first gateway served, `time_expire`
-//! (RFC 3339, optional) is the absolute expiry passed by the shop. A trade cannot be
-//! created at or after it (409 `trade_expired`), and closes if still unpaid then.
+//! The buyer actions (`scan`, `pay`, `pay-on-close`: the buyer builder's [`Pays`], sent by
+//! [`Buyer`](crate::Buyer)) take its terms as their body,
+//! `{"amount_minor":n,"channel":"<name>","time_expire":"...","qr_code_expire":"...",
+//! "lose_notification":true}`, every field optional but `scan`'s amount. With an amount
+//! the trade is scanned first (created if need be): `channel` (which gateway the trade is
+//! at) defaults to the first gateway served, `time_expire` (RFC 3339) is the absolute
+//! expiry passed by the shop, `qr_code_expire` the QR code's validity. A trade cannot be
+//! created at or after either (409 `trade_expired`), and closes if still unpaid at its
+//! `time_expire`. `lose_notification` loses the trade's payment notifications.
 //!
 //! | endpoint | effect |
 //! |---|---|
@@ -28,14 +32,14 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::buy::{Pays, Terms, apply};
 use super::faults::SimMethod;
 use super::notifier::{NotifyPlan, SimNotifier};
 use super::shared::{Shared, json_error};
-use super::state::{BuyerOpError, FaultKind, FaultPlan, SimState, SimTradeView};
+use super::state::{BuyerOpError, FaultKind, FaultPlan, SimTradeView};
 
 /// Largest bill override body (`PUT /sim/bill-override`).
 const MAX_OVERRIDE_BYTES: usize = 16 * 1024 * 1024;
@@ -82,23 +86,6 @@ pub(crate) fn routes() -> Router<Desk> {
         .route("/sim/stats", get(stats))
 }
 
-/// Optional JSON body of the buyer actions.
-#[derive(Debug, Default, Deserialize)]
-struct TradeBody {
-    /// The amount, to create the trade if it does not exist.
-    amount_minor: Option<i64>,
-    /// The gateway the trade is created at (default: the first one served).
-    channel: Option<String>,
-    /// The expiry (`time_expire`) of a trade created by this call (RFC 3339).
-    time_expire: Option<DateTime<Utc>>,
-    /// The QR code's validity: no first scan at or after it (RFC 3339).
-    qr_code_expire: Option<DateTime<Utc>>,
-    /// The payment notification is lost (`pay`, `pay-on-close`): the worker's deadline
-    /// query is the only way to learn of the payment.
-    #[serde(default)]
-    lose_notification: bool,
-}
-
 fn op_error(e: BuyerOpError) -> Response {
     let (status, kind) = match &e {
         BuyerOpError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -110,39 +97,15 @@ fn op_error(e: BuyerOpError) -> Response {
     json_error(status, kind, &e.to_string())
 }
 
-/// Reads an optional `{"amount_minor": n, "time_expire": "..."}` body; empty means
-/// neither. A `time_expire` needs an amount: it only applies to a trade being created.
-fn trade_body(body: &[u8]) -> Result<TradeBody, BuyerOpError> {
+/// Reads the optional body of a buyer action (its [`Terms`]; empty means none).
+fn terms(body: &[u8]) -> Result<Terms, BuyerOpError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(TradeBody::default());
+        return Ok(Terms::default());
     }
-    let parsed = serde_json::from_slice::<TradeBody>(body)
+    let parsed = serde_json::from_slice::<Terms>(body)
         .map_err(|e| BuyerOpError::BadRequest(format!("bad JSON body: {e}")))?;
-    if (parsed.time_expire.is_some() || parsed.qr_code_expire.is_some())
-        && parsed.amount_minor.is_none()
-    {
-        return Err(BuyerOpError::BadRequest(
-            "time_expire needs amount_minor (it applies to the trade being created)".into(),
-        ));
-    }
+    parsed.check()?;
     Ok(parsed)
-}
-
-/// The implicit scan of `pay` and `pay-on-close`: with an amount in the body, a trade
-/// never scanned is created first (with the body's `time_expire`).
-fn scan_first(state: &SimState, no: &str, body: &TradeBody) -> Result<(), BuyerOpError> {
-    match body.amount_minor {
-        Some(amount) => state
-            .scan_in(
-                body.channel.as_deref(),
-                no,
-                amount,
-                body.time_expire,
-                body.qr_code_expire,
-            )
-            .map(|_| ()),
-        None => Ok(()),
-    }
 }
 
 fn view_or_error(result: Result<SimTradeView, BuyerOpError>) -> Response {
@@ -152,48 +115,29 @@ fn view_or_error(result: Result<SimTradeView, BuyerOpError>) -> Response {
     }
 }
 
-async fn scan(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
-    match trade_body(&body) {
-        Ok(TradeBody {
-            amount_minor: Some(amount),
-            channel,
-            time_expire,
-            qr_code_expire,
-            ..
-        }) => view_or_error(shared.state.scan_in(
-            channel.as_deref(),
-            &no,
-            amount,
-            time_expire,
-            qr_code_expire,
-        )),
-        Ok(_) => op_error(BuyerOpError::BadRequest(
-            "body must give amount_minor".into(),
-        )),
-        Err(e) => op_error(e),
-    }
+/// A buyer's action on trade `no`, paying as the endpoint says (`pays`), its [`Terms`] in
+/// `body`: what the buyer builder does in process, by the same [`apply`].
+fn act(desk: &Desk, no: &str, body: &[u8], pays: Pays) -> Response {
+    view_or_error(terms(body).and_then(|terms| {
+        if pays == Pays::Never && terms.amount_minor.is_none() {
+            return Err(BuyerOpError::BadRequest(
+                "body must give amount_minor".into(),
+            ));
+        }
+        apply(&desk.state, no, &terms, pays)
+    }))
 }
 
-async fn pay(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
-    let paid = trade_body(&body).and_then(|b| {
-        scan_first(&shared.state, &no, &b)?;
-        if b.lose_notification {
-            shared.state.lose_notifications(&no)?;
-        }
-        shared.state.pay(&no, None)
-    });
-    view_or_error(paid)
+async fn scan(State(desk): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
+    act(&desk, &no, &body, Pays::Never)
 }
 
-async fn pay_on_close(State(shared): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
-    let armed = trade_body(&body).and_then(|b| {
-        scan_first(&shared.state, &no, &b)?;
-        if b.lose_notification {
-            shared.state.lose_notifications(&no)?;
-        }
-        shared.state.arm_pay_on_close(&no, None)
-    });
-    view_or_error(armed)
+async fn pay(State(desk): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
+    act(&desk, &no, &body, Pays::Now)
+}
+
+async fn pay_on_close(State(desk): State<Desk>, Path(no): Path<String>, body: Bytes) -> Response {
+    act(&desk, &no, &body, Pays::OnClose)
 }
 
 /// Body of `POST /sim/trades/{no}/refund`.

@@ -3,7 +3,8 @@
 //! memory, and lets a test or the demo act as the buyer (scan, pay, race a close).
 //!
 //! Shared by every gateway: the trade store (`state/`), the fault plan and one-shots
-//! (`faults.rs`), the buyer and admin API under `/sim/` (`buyer_api.rs`, and
+//! (`faults.rs`), the buyer ([`Buyer`], one builder for every buyer behaviour, in process
+//! or over HTTP: `buy.rs`), the buyer and admin API under `/sim/` (`buyer_api.rs`, and
 //! [`BuyerClient`] to call it), the notifier's scheduling and its faults (`notifier.rs`).
 //! Each gateway is a folder (`alipay/`, `wechat/`) implementing [`SimGateway`]: its wire protocol,
 //! keys, notifications, bill files and trade numbers; [`GATEWAYS`] lists them.
@@ -18,7 +19,7 @@
 //! /sim/trades/{no}/fail-next`, [`BuyerClient::fail_next`]); each gateway shows a fault as
 //! that gateway would. Counts of injected faults are in [`SimStats::faults_injected`].
 //!
-//! A trade can be created with a `time_expire` ([`BuyerClient::scan_with_expiry`]): from
+//! A trade can be created with a `time_expire` ([`Buyer::expiring_at`]): from
 //! that moment it can no longer be scanned and a trade still unpaid is closed, as the
 //! gateway's expiry job would leave it. A paid trade can be refunded in parts
 //! ([`BuyerClient::refund`]); fully refunded, it reads closed. Each gateway serves its
@@ -27,6 +28,7 @@
 //! arbitrary bytes ([`BuyerClient::override_bill`]).
 
 pub mod alipay;
+pub mod buy;
 pub mod buyer;
 mod buyer_api;
 mod faults;
@@ -49,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use order_closer_gateway::rsa::KeyError;
 
+pub use buy::{Buyer, Pays};
 pub use buyer::{BuyerClient, BuyerError};
 pub use gateway::{Forge, Outgoing, SimGateway, SimMethod, SimPlugin, TradeRules};
 pub use notifier::{NotifyPlan, NotifyStats, SimNotifier};

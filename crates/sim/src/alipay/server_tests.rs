@@ -2,7 +2,9 @@
 //! and faults out, the bill download.
 
 use crate::alipay::AlipaySim;
-use crate::{self as sim, BuyerClient, BuyerError, RunningSim, SimConfig, SimTradeStatus};
+use crate::{
+    self as sim, BuyerClient, BuyerError, RunningSim, SimConfig, SimTradeStatus, SimTradeView,
+};
 use order_closer_alipay::{extract_sign, extract_signed_object, format_china_time, sign_params};
 use order_closer_gateway::rsa::RsaPrivateKey;
 use order_closer_gateway::rsa::RsaPublicKey;
@@ -128,12 +130,33 @@ type ErrorCase = (
     &'static str,
 );
 
+/// `POST /sim/trades/{path}` with `body`, as any HTTP client would send it.
+async fn post_trade(sim: &RunningSim, path: &str, body: &'static str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/sim/trades/{path}", sim.base_url()))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The status of a buyer the simulator refused.
+fn rejected(r: Result<SimTradeView, BuyerError>) -> u16 {
+    match r {
+        Err(BuyerError::Rejected { status, .. }) => status,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn common_params_in_query_string_and_biz_content_in_body() {
     let sim = start_sim().await;
     BuyerClient::new(sim.base_url())
         .unwrap()
-        .scan_and_pay("ORD-Q", 8888)
+        .buyer("ORD-Q")
+        .scans(8888)
+        .pays()
+        .send()
         .await
         .unwrap();
     let params = with(
@@ -371,15 +394,15 @@ async fn bill_url_requests() {
     );
 
     // The bill method can be named in a fault plan; wrong_order does not apply to it.
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
     let mut plan = crate::FaultPlan::only(crate::FaultKind::WrongOrder, 1.0);
     plan.methods = Some(vec!["bill".to_owned()]);
-    buyer.set_faults(&plan).await.unwrap();
+    buyers.set_faults(&plan).await.unwrap();
     let body = post_raw(&sim, bill(&biz), &[], true).await;
     let v = verified(&body, BILL_KEY);
     assert_eq!(v["code"], "10000");
     assert!(v.get("out_trade_no").is_none());
-    buyer
+    buyers
         .set_faults(&crate::FaultPlan::only(crate::FaultKind::Busy20000, 1.0))
         .await
         .unwrap();
@@ -396,59 +419,92 @@ async fn bill_url_requests() {
 #[tokio::test]
 async fn buyer_api() {
     let sim = start_sim().await;
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
-    assert_eq!(buyer.trade("nope").await.unwrap(), None);
-    let rejected = |r: Result<_, BuyerError>| match r {
-        Err(BuyerError::Rejected { status, .. }) => status,
-        other => panic!("expected a rejection, got {other:?}"),
-    };
-    assert_eq!(rejected(buyer.pay("nope").await), 404);
-    assert_eq!(rejected(buyer.pay_on_close("nope").await), 404);
-    assert_eq!(rejected(buyer.scan("A", 0).await), 400);
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
+    assert_eq!(buyers.trade("nope").await.unwrap(), None);
+    assert_eq!(rejected(buyers.buyer("nope").pays().send().await), 404);
+    assert_eq!(
+        rejected(buyers.buyer("nope").pays_on_close().send().await),
+        404
+    );
+    assert_eq!(rejected(buyers.buyer("A").scans(0).send().await), 400);
 
-    let a = buyer.scan("A b/c", 1234).await.unwrap();
+    let a = buyers.buyer("A b/c").scans(1234).send().await.unwrap();
     assert_eq!(a.out_trade_no, "A b/c");
     assert_eq!(a.status, SimTradeStatus::WaitBuyerPay);
-    assert_eq!(buyer.scan("A b/c", 1234).await.unwrap(), a);
-    assert_eq!(rejected(buyer.scan("A b/c", 999).await), 409);
-    assert_eq!(buyer.trade("A b/c").await.unwrap(), Some(a.clone()));
+    assert_eq!(buyers.buyer("A b/c").scans(1234).send().await.unwrap(), a);
+    assert_eq!(rejected(buyers.buyer("A b/c").scans(999).send().await), 409);
+    assert_eq!(buyers.trade("A b/c").await.unwrap(), Some(a.clone()));
 
-    let armed = buyer.pay_on_close("A b/c").await.unwrap();
+    let armed = buyers.buyer("A b/c").pays_on_close().send().await.unwrap();
     assert!(armed.pay_on_close);
-    let paid = buyer.pay("A b/c").await.unwrap();
+    let paid = buyers.buyer("A b/c").pays().send().await.unwrap();
     assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
     assert!(!paid.pay_on_close);
-    assert_eq!(rejected(buyer.pay("A b/c").await), 409);
-    assert_eq!(rejected(buyer.pay_on_close("A b/c").await), 409);
+    assert_eq!(rejected(buyers.buyer("A b/c").pays().send().await), 409);
+    assert_eq!(
+        rejected(buyers.buyer("A b/c").pays_on_close().send().await),
+        409
+    );
 
-    let implicit = buyer.scan_and_pay("B", 50).await.unwrap();
+    let implicit = buyers.buyer("B").scans(50).pays().send().await.unwrap();
     assert_eq!(
         (implicit.status, implicit.amount_minor),
         (SimTradeStatus::TradeSuccess, 50)
     );
 
     // Raw endpoints: missing amount, bad JSON.
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/sim/trades/C/scan", sim.base_url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = http
-        .post(format!("{}/sim/trades/C/pay", sim.base_url()))
-        .body("{oops")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(post_trade(&sim, "C/scan", "").await.status(), 400);
+    let r = post_trade(&sim, "C/pay", "{oops").await;
     assert_eq!(r.status(), 400);
     let err: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(err["error"], "bad_request");
 
-    let vars = buyer.client_vars().await.unwrap();
+    let vars = buyers.client_vars().await.unwrap();
     assert_eq!(vars["ALIPAY_PUBLIC_KEY"], sim_public_key().to_spki_pem());
     assert_eq!(vars["ALIPAY_APP_ID"], APP_ID);
-    assert_eq!(buyer.stats().await.unwrap(), sim.state().stats());
+    assert_eq!(buyers.stats().await.unwrap(), sim.state().stats());
+    assert_eq!(sim.state().trades().len(), 2);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_buyer_builder_over_http() {
+    let sim = start_sim().await;
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
+    // Scanned and paid in one request, its notification lost.
+    let lost = buyers
+        .buyer("L")
+        .scans(10)
+        .pays()
+        .loses_notification()
+        .send()
+        .await
+        .unwrap();
+    assert!(lost.notification_lost && lost.paid_at.is_some());
+
+    // The bodies callers have always sent still work: a scan, then a pay losing the
+    // notification.
+    let r = post_trade(&sim, "M/scan", r#"{"amount_minor":20}"#).await;
+    assert_eq!(r.status(), 200);
+    let r = post_trade(&sim, "M/pay", r#"{"lose_notification":true}"#).await;
+    assert_eq!(r.status(), 200);
+    let m: SimTradeView = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(m.notification_lost && m.paid_at.is_some());
+
+    // A gateway not spoken here, as the client's default or the buyer's own: refused.
+    let elsewhere = buyers.at("nowhere");
+    assert_eq!(rejected(elsewhere.buyer("N").scans(1).send().await), 400);
+    assert_eq!(
+        rejected(buyers.buyer("N").at("nowhere").scans(1).send().await),
+        400
+    );
+    // A buyer who does nothing, or an expiry on a trade not being created.
+    assert_eq!(rejected(buyers.buyer("M").send().await), 400);
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(
+        rejected(buyers.buyer("M").expiring_at(later).pays().send().await),
+        400
+    );
     assert_eq!(sim.state().trades().len(), 2);
     sim.shutdown().await;
 }
@@ -456,13 +512,7 @@ async fn buyer_api() {
 #[tokio::test]
 async fn time_expire_in_the_buyer_api() {
     let sim = start_sim().await;
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
-    let http = reqwest::Client::new();
-    let post = |path: &str, body: &'static str| {
-        http.post(format!("{}/sim/trades/{path}", sim.base_url()))
-            .body(body)
-            .send()
-    };
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
     // Past: refused, nothing created, whichever action would create the trade.
     for (path, body) in [
         (
@@ -478,14 +528,21 @@ async fn time_expire_in_the_buyer_api() {
             r#"{"amount_minor":100,"time_expire":"2000-01-01T00:00:00Z"}"#,
         ),
     ] {
-        let r = post(path, body).await.unwrap();
+        let r = post_trade(&sim, path, body).await;
         assert_eq!(r.status(), 409, "{path}");
         let err: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
         assert_eq!(err["error"], "trade_expired", "{path}");
     }
-    assert_eq!(buyer.trade("E").await.unwrap(), None);
+    assert_eq!(buyers.trade("E").await.unwrap(), None);
     let past = chrono::Utc::now() - chrono::Duration::seconds(1);
-    match buyer.scan_and_pay_with_expiry("E", 100, past).await {
+    match buyers
+        .buyer("E")
+        .scans(100)
+        .expiring_at(past)
+        .pays()
+        .send()
+        .await
+    {
         Err(BuyerError::Rejected { status, error, .. }) => {
             assert_eq!((status, error.as_str()), (409, "trade_expired"));
         }
@@ -494,21 +551,25 @@ async fn time_expire_in_the_buyer_api() {
     assert!(sim.state().trades().is_empty());
 
     // Future, any offset: stored as given.
-    let r = post(
+    let r = post_trade(
+        &sim,
         "F/scan",
         r#"{"amount_minor":1,"time_expire":"2999-01-01T08:00:00+08:00"}"#,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 200);
-    let view = buyer.trade("F").await.unwrap().unwrap();
+    let view = buyers.trade("F").await.unwrap().unwrap();
     assert_eq!(
         view.time_expire,
         Some("2999-01-01T00:00:00Z".parse().unwrap())
     );
     let future = chrono::Utc::now() + chrono::Duration::hours(1);
-    let paid = buyer
-        .scan_and_pay_with_expiry("G", 5, future)
+    let paid = buyers
+        .buyer("G")
+        .scans(5)
+        .expiring_at(future)
+        .pays()
+        .send()
         .await
         .unwrap();
     assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
@@ -524,7 +585,7 @@ async fn time_expire_in_the_buyer_api() {
         ("H/scan", r#"{"time_expire":"2999-01-01T00:00:00Z"}"#),
         ("F/pay", r#"{"time_expire":"2999-01-01T00:00:00Z"}"#),
     ] {
-        let r = post(path, body).await.unwrap();
+        let r = post_trade(&sim, path, body).await;
         assert_eq!(r.status(), 400, "{path} {body}");
     }
     assert_eq!(sim.state().trades().len(), 2);

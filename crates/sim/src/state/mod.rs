@@ -1,11 +1,12 @@
 //! The simulator's trade store, shared by every gateway it speaks: trades by
 //! `out_trade_no` (each at one gateway, numbered by it), what buyers do to them (scan,
-//! pay, refund, lose the notifications), request counters, and the current fault plan and
+//! pay, refund, lose the notifications: the buyer's steps, which the one buyer builder
+//! [`SimState::buyer`] composes), request counters, and the current fault plan and
 //! per-trade one-shots (their types are in `faults.rs`). Shared by cheap-clone handles
 //! ([`SimState`]). What a gateway request does is in `gateway_side.rs`, the daily bill and
 //! its download tokens in `bill.rs`.
 //!
-//! A trade may carry an expiry (`time_expire`, [`SimState::scan_with_expiry`]): it cannot
+//! A trade may carry an expiry (`time_expire`, [`Buyer::expiring_at`](crate::Buyer::expiring_at)): it cannot
 //! be scanned at or after that moment, and a trade still waiting for payment then is
 //! closed as the gateway's expiry job would close it (`closed_at` is the expiry moment).
 //! The expiry is applied lazily, whenever a trade is read or changed, so every view of the
@@ -346,56 +347,18 @@ impl SimState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The buyer scans the QR code: the trade comes into existence, waiting for payment,
-    /// and never expires. Idempotent for the same amount; a different amount is a
-    /// conflict.
-    pub fn scan(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-    ) -> Result<SimTradeView, BuyerOpError> {
-        self.scan_with_expiry(out_trade_no, amount_minor, None)
-    }
-
-    /// The buyer scans a QR code whose trade the shop created with an expiry
-    /// (`time_expire`) (`None`: no expiry, as [`SimState::scan`]). At or after
-    /// `time_expire` the scan is refused with [`BuyerOpError::Expired`] and no trade is
-    /// created. Scanning an existing trade again is idempotent for the same amount (a
-    /// different amount is a conflict): it returns the trade as it is now (closed if it
-    /// expired unpaid) and keeps its original expiry, whatever `time_expire` says.
-    pub fn scan_with_expiry(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-        time_expire: Option<DateTime<Utc>>,
-    ) -> Result<SimTradeView, BuyerOpError> {
-        self.scan_with_terms(out_trade_no, amount_minor, time_expire, None)
-    }
-
-    /// [`SimState::scan_with_expiry`] plus the QR code's own validity (a
-    /// QR-code timeout): a first scan at or after `qr_code_expire` is refused
-    /// with [`BuyerOpError::Expired`], but a trade scanned in time stays payable (until
-    /// its `time_expire`, if any). Checked under the same lock that creates the trade, so
-    /// that a query at or after `qr_code_expire` sees every trade that will ever exist.
-    pub fn scan_with_terms(
-        &self,
-        out_trade_no: &str,
-        amount_minor: i64,
-        time_expire: Option<DateTime<Utc>>,
-        qr_code_expire: Option<DateTime<Utc>>,
-    ) -> Result<SimTradeView, BuyerOpError> {
-        self.scan_in(
-            None,
-            out_trade_no,
-            amount_minor,
-            time_expire,
-            qr_code_expire,
-        )
-    }
-
-    /// [`SimState::scan_with_terms`] at `channel`'s gateway (`None`: the default one). A
-    /// trade that exists already at another gateway is a conflict.
-    pub fn scan_in(
+    /// The buyer scans the QR code of `out_trade_no` for `amount_minor`, at `channel`'s
+    /// gateway (`None`: the default one): the trade comes into existence, waiting for
+    /// payment. Idempotent for the same amount; a different amount, or a trade that exists
+    /// at another gateway, is a conflict. Scanning an existing trade again returns it as it
+    /// is now (closed if it expired unpaid) and keeps its original expiry.
+    ///
+    /// At or after `time_expire` (the trade's expiry; `None`: never) or `qr_code_expire`
+    /// (the QR code's validity) the scan is refused with [`BuyerOpError::Expired`] and no
+    /// trade is created. A trade scanned in time stays payable until its `time_expire`.
+    /// Checked under the same lock that creates the trade, so that a query at or after
+    /// `qr_code_expire` sees every trade that will ever exist.
+    pub(crate) fn scan(
         &self,
         channel: Option<&str>,
         out_trade_no: &str,
@@ -485,17 +448,12 @@ impl SimState {
         Ok(trade)
     }
 
-    /// Runs `f` on a trade, scanning it first when `scan_amount` is given and it does
-    /// not exist yet.
+    /// Runs `f` on a trade.
     fn with_trade(
         &self,
         out_trade_no: &str,
-        scan_amount: Option<i64>,
         f: impl FnOnce(&mut SimTradeView) -> Result<(), BuyerOpError>,
     ) -> Result<SimTradeView, BuyerOpError> {
-        if let Some(amount) = scan_amount {
-            self.scan(out_trade_no, amount)?;
-        }
         let mut inner = self.lock();
         let trade = inner
             .current(None, Some(out_trade_no), None)
@@ -509,15 +467,10 @@ impl SimState {
         Ok(after)
     }
 
-    /// The buyer pays a waiting trade. With `scan_amount`, a trade never scanned is
-    /// scanned first (without expiry). A trade that expired unpaid is closed, and paying
+    /// The buyer pays a waiting trade. A trade that expired unpaid is closed, and paying
     /// it is refused like paying any closed trade.
-    pub fn pay(
-        &self,
-        out_trade_no: &str,
-        scan_amount: Option<i64>,
-    ) -> Result<SimTradeView, BuyerOpError> {
-        self.with_trade(out_trade_no, scan_amount, |trade| {
+    pub(crate) fn pay(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerOpError> {
+        self.with_trade(out_trade_no, |trade| {
             waiting(trade)?;
             mark_paid(trade);
             Ok(())
@@ -525,22 +478,23 @@ impl SimState {
     }
 
     /// The notifications of this trade will be lost (the "callback lost" buyer).
-    pub fn lose_notifications(&self, out_trade_no: &str) -> Result<SimTradeView, BuyerOpError> {
-        self.with_trade(out_trade_no, None, |trade| {
+    pub(crate) fn lose_notifications(
+        &self,
+        out_trade_no: &str,
+    ) -> Result<SimTradeView, BuyerOpError> {
+        self.with_trade(out_trade_no, |trade| {
             trade.notification_lost = true;
             Ok(())
         })
     }
 
     /// Arms the race: when a close request arrives for this waiting trade, the buyer
-    /// pays first and the close is refused. With `scan_amount`, a trade never scanned is
-    /// scanned first.
-    pub fn arm_pay_on_close(
+    /// pays first and the close is refused.
+    pub(crate) fn arm_pay_on_close(
         &self,
         out_trade_no: &str,
-        scan_amount: Option<i64>,
     ) -> Result<SimTradeView, BuyerOpError> {
-        self.with_trade(out_trade_no, scan_amount, |trade| {
+        self.with_trade(out_trade_no, |trade| {
             waiting(trade)?;
             trade.pay_on_close = true;
             Ok(())
@@ -562,7 +516,7 @@ impl SimState {
                 "amount_minor must be positive, got {amount_minor}"
             )));
         }
-        self.with_trade(out_trade_no, None, |trade| {
+        self.with_trade(out_trade_no, |trade| {
             add_refund(trade, amount_minor, None).map_err(|e| match e {
                 RefundRefusal::Status => BuyerOpError::Conflict(format!(
                     "trade {:?} is {}, not TRADE_SUCCESS: nothing to refund",

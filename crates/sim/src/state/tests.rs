@@ -11,18 +11,25 @@ fn an_expired_qr_code_cannot_be_scanned_but_a_trade_scanned_in_time_stays_payabl
     let past = Utc::now() - chrono::Duration::seconds(1);
     let future = Utc::now() + chrono::Duration::seconds(60);
     assert!(matches!(
-        s.scan_with_terms("LATE", 100, None, Some(past)),
+        s.buyer("LATE").scans(100).qr_valid_until(past).send(),
         Err(BuyerOpError::Expired(_))
     ));
     assert!(s.trade("LATE").is_none());
     let t = s
-        .scan_with_terms("ON-TIME", 100, None, Some(future))
+        .buyer("ON-TIME")
+        .scans(100)
+        .qr_valid_until(future)
+        .send()
         .unwrap();
     assert_eq!(t.time_expire, None);
     assert_eq!(t.status, SimTradeStatus::WaitBuyerPay);
     // Re-scanning after the QR code expired returns the existing trade.
     assert_eq!(
-        s.scan_with_terms("ON-TIME", 100, None, Some(past)).unwrap(),
+        s.buyer("ON-TIME")
+            .scans(100)
+            .qr_valid_until(past)
+            .send()
+            .unwrap(),
         t
     );
 }
@@ -30,24 +37,36 @@ fn an_expired_qr_code_cannot_be_scanned_but_a_trade_scanned_in_time_stays_payabl
 #[test]
 fn scan_is_idempotent_and_checks_amount() {
     let s = SimState::new();
-    let a = s.scan("A", 100).unwrap();
+    let a = s.buyer("A").scans(100).send().unwrap();
     assert_eq!(a.status, SimTradeStatus::WaitBuyerPay);
     assert_eq!(a.trade_no.len(), 28);
     assert!(a.trade_no.bytes().all(|b| b.is_ascii_digit()));
-    assert_eq!(s.scan("A", 100).unwrap(), a);
-    assert!(matches!(s.scan("A", 200), Err(BuyerOpError::Conflict(_))));
-    assert!(matches!(s.scan("B", 0), Err(BuyerOpError::BadRequest(_))));
-    assert_ne!(s.scan("C", 1).unwrap().trade_no, a.trade_no);
+    assert_eq!(s.buyer("A").scans(100).send().unwrap(), a);
+    assert!(matches!(
+        s.buyer("A").scans(200).send(),
+        Err(BuyerOpError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.buyer("B").scans(0).send(),
+        Err(BuyerOpError::BadRequest(_))
+    ));
+    assert_ne!(s.buyer("C").scans(1).send().unwrap().trade_no, a.trade_no);
 }
 
 #[test]
 fn pay_rules() {
     let s = SimState::new();
-    assert_eq!(s.pay("X", None), Err(BuyerOpError::NotFound("X".into())));
-    let paid = s.pay("X", Some(500)).unwrap();
+    assert_eq!(
+        s.buyer("X").pays().send(),
+        Err(BuyerOpError::NotFound("X".into()))
+    );
+    let paid = s.buyer("X").scans(500).pays().send().unwrap();
     assert_eq!(paid.status, SimTradeStatus::TradeSuccess);
     assert!(paid.paid_at.is_some());
-    assert!(matches!(s.pay("X", None), Err(BuyerOpError::Conflict(_))));
+    assert!(matches!(
+        s.buyer("X").pays().send(),
+        Err(BuyerOpError::Conflict(_))
+    ));
 }
 
 #[test]
@@ -57,7 +76,7 @@ fn close_rules_and_race() {
         s.gateway_close("", Some("none"), None, true),
         CloseOutcome::NotFound
     );
-    s.scan("W", 1).unwrap();
+    s.buyer("W").scans(1).send().unwrap();
     assert!(matches!(
         s.gateway_close("", Some("W"), None, true),
         CloseOutcome::Closed(_)
@@ -66,10 +85,13 @@ fn close_rules_and_race() {
         s.gateway_close("", Some("W"), None, true),
         CloseOutcome::StatusError(_)
     ));
-    assert!(matches!(s.pay("W", None), Err(BuyerOpError::Conflict(_))));
+    assert!(matches!(
+        s.buyer("W").pays().send(),
+        Err(BuyerOpError::Conflict(_))
+    ));
 
-    s.scan("R", 2).unwrap();
-    s.arm_pay_on_close("R", None).unwrap();
+    s.buyer("R").scans(2).send().unwrap();
+    s.buyer("R").pays_on_close().send().unwrap();
     match s.gateway_close("", Some("R"), None, true) {
         CloseOutcome::StatusError(t) => {
             assert_eq!(t.status, SimTradeStatus::TradeSuccess);
@@ -100,9 +122,9 @@ fn refunds_in_parts_then_in_full_close_the_trade() {
         s.refund("none", 1),
         Err(BuyerOpError::NotFound(_))
     ));
-    s.scan("W", 1000).unwrap();
+    s.buyer("W").scans(1000).send().unwrap();
     assert!(matches!(s.refund("W", 1), Err(BuyerOpError::Conflict(_))));
-    let paid = s.pay("W", None).unwrap();
+    let paid = s.buyer("W").pays().send().unwrap();
     assert!(matches!(s.refund("W", 0), Err(BuyerOpError::BadRequest(_))));
     assert!(matches!(
         s.refund("W", 1001),
@@ -139,12 +161,12 @@ fn a_gateway_refund_is_idempotent_by_out_request_no() {
         s.gateway_refund("", Some("G"), None, "RF-1", 500, true),
         RefundOutcome::NotFound
     );
-    s.scan("G", 500).unwrap();
+    s.buyer("G").scans(500).send().unwrap();
     assert!(matches!(
         s.gateway_refund("", Some("G"), None, "RF-1", 500, true),
         RefundOutcome::StatusError(_)
     ));
-    s.pay("G", None).unwrap();
+    s.buyer("G").pays().send().unwrap();
     // A preview changes nothing.
     assert!(matches!(
         s.gateway_refund("", Some("G"), None, "RF-1", 500, false),
@@ -216,8 +238,8 @@ fn refund_numbers_are_unique_per_merchant_or_per_trade_as_the_gateway_holds_them
     ]);
     for (channel, first, second) in [("merchant", "M1", "M2"), ("trade", "T1", "T2")] {
         for no in [first, second] {
-            s.scan_in(Some(channel), no, 500, None, None).unwrap();
-            s.pay(no, None).unwrap();
+            s.buyer(no).at(channel).scans(500).send().unwrap();
+            s.buyer(no).pays().send().unwrap();
         }
         // A preview does not take the number.
         assert!(matches!(
@@ -268,8 +290,8 @@ fn refund_numbers_are_unique_per_merchant_or_per_trade_as_the_gateway_holds_them
         }
     }
     // Numbers are a merchant's at one gateway: another gateway's RF-1 does not count.
-    s.scan_in(Some("other"), "O1", 500, None, None).unwrap();
-    s.pay("O1", None).unwrap();
+    s.buyer("O1").at("other").scans(500).send().unwrap();
+    s.buyer("O1").pays().send().unwrap();
     assert!(matches!(
         s.gateway_refund("other", Some("O1"), None, "RF-1", 500, true),
         RefundOutcome::Refunded {
@@ -278,8 +300,8 @@ fn refund_numbers_are_unique_per_merchant_or_per_trade_as_the_gateway_holds_them
         }
     ));
     // Refunds made in the merchant portal (the buyer API) carry no number.
-    s.scan_in(Some("merchant"), "M4", 500, None, None).unwrap();
-    s.pay("M4", None).unwrap();
+    s.buyer("M4").at("merchant").scans(500).send().unwrap();
+    s.buyer("M4").pays().send().unwrap();
     s.refund("M4", 100).unwrap();
     assert!(matches!(
         s.gateway_refund("merchant", Some("M4"), None, "RF-4", 400, true),
@@ -290,7 +312,7 @@ fn refund_numbers_are_unique_per_merchant_or_per_trade_as_the_gateway_holds_them
 #[test]
 fn a_one_shot_for_one_method_leaves_the_others_alone() {
     let s = SimState::new();
-    s.scan("A", 1).unwrap();
+    s.buyer("A").scans(1).send().unwrap();
     s.fail_next_on("A", Some(SimMethod::Refund), FaultKind::Timeout, 1)
         .unwrap();
     assert_eq!(
@@ -315,20 +337,23 @@ fn a_one_shot_for_one_method_leaves_the_others_alone() {
 fn the_trade_store_is_bounded() {
     let s = SimState::new();
     s.limit_trades(2);
-    s.scan("A", 1).unwrap();
-    s.scan("B", 1).unwrap();
-    assert!(matches!(s.scan("C", 1), Err(BuyerOpError::Full(2))));
+    s.buyer("A").scans(1).send().unwrap();
+    s.buyer("B").scans(1).send().unwrap();
+    assert!(matches!(
+        s.buyer("C").scans(1).send(),
+        Err(BuyerOpError::Full(2))
+    ));
     // Existing trades still work.
-    assert_eq!(s.scan("A", 1).unwrap().out_trade_no, "A");
+    assert_eq!(s.buyer("A").scans(1).send().unwrap().out_trade_no, "A");
     assert_eq!(s.trades().len(), 2);
 }
 
 #[test]
 fn bill_rows_list_the_days_payments_and_refunds() {
     let s = SimState::new();
-    s.pay("P1", Some(1000)).unwrap();
-    s.pay("P2", Some(250)).unwrap();
-    s.scan("UNPAID", 5).unwrap();
+    s.buyer("P1").scans(1000).pays().send().unwrap();
+    s.buyer("P2").scans(250).pays().send().unwrap();
+    s.buyer("UNPAID").scans(5).send().unwrap();
     s.refund("P1", 400).unwrap();
     let today = china_date(Utc::now());
     let rows = s.bill_rows("", today);
@@ -412,7 +437,7 @@ fn bill_tokens_expire_and_overrides_are_one_shot() {
 #[test]
 fn faults_are_drawn_and_counted() {
     let s = SimState::new();
-    s.scan("A", 100).unwrap();
+    s.buyer("A").scans(100).send().unwrap();
     let mut plan = FaultPlan::only(FaultKind::Busy20000, 1.0);
     plan.latency_ms = 7;
     plan.timeout_ms = Some(1234);
@@ -500,7 +525,7 @@ fn seeded_draws_repeat() {
 #[test]
 fn fail_next_is_exact_and_wins_over_the_plan() {
     let s = SimState::new();
-    let tn = s.scan("A", 1).unwrap().trade_no;
+    let tn = s.buyer("A").scans(1).send().unwrap().trade_no;
     s.set_faults(FaultPlan::only(FaultKind::Html, 1.0)).unwrap();
     s.fail_next("A", FaultKind::SystemError, 2).unwrap();
     assert_eq!(s.pending_fail_next("A").map(|p| p.remaining), Some(2));
@@ -577,7 +602,7 @@ fn in_an_hour() -> DateTime<Utc> {
 fn scan_after_expiry_is_refused_and_creates_nothing() {
     let s = SimState::new();
     let past = ago(1);
-    match s.scan_with_expiry("X", 100, Some(past)) {
+    match s.buyer("X").scans(100).expiring_at(past).send() {
         Err(BuyerOpError::Expired(msg)) => assert!(msg.contains("\"X\""), "{msg}"),
         other => panic!("{other:?}"),
     }
@@ -591,23 +616,28 @@ fn scan_after_expiry_is_refused_and_creates_nothing() {
 
     // Before the expiry the trade is created and keeps it; a re-scan does not move it.
     let expire = in_an_hour();
-    let w = s.scan_with_expiry("W", 100, Some(expire)).unwrap();
+    let w = s.buyer("W").scans(100).expiring_at(expire).send().unwrap();
     assert_eq!(w.status, SimTradeStatus::WaitBuyerPay);
     assert_eq!(w.time_expire, Some(expire));
-    assert_eq!(s.scan_with_expiry("W", 100, Some(past)).unwrap(), w);
-    assert_eq!(s.scan("W", 100).unwrap(), w);
+    assert_eq!(s.buyer("W").scans(100).expiring_at(past).send().unwrap(), w);
+    assert_eq!(s.buyer("W").scans(100).send().unwrap(), w);
     assert!(matches!(
-        s.scan_with_expiry("W", 999, Some(expire)),
+        s.buyer("W").scans(999).expiring_at(expire).send(),
         Err(BuyerOpError::Conflict(_))
     ));
     // No expiry given, none stored.
-    assert_eq!(s.scan("N", 1).unwrap().time_expire, None);
+    assert_eq!(s.buyer("N").scans(1).send().unwrap().time_expire, None);
 }
 
 #[test]
 fn a_waiting_trade_closes_at_its_expiry() {
     let s = SimState::new();
-    let w = s.scan_with_expiry("W", 100, Some(in_an_hour())).unwrap();
+    let w = s
+        .buyer("W")
+        .scans(100)
+        .expiring_at(in_an_hour())
+        .send()
+        .unwrap();
     let expired_at = ago(5);
     set_expiry(&s, "W", expired_at);
 
@@ -619,15 +649,15 @@ fn a_waiting_trade_closes_at_its_expiry() {
     assert_eq!(s.trade("W"), Some(by_trade_no.clone()));
     assert_eq!(s.trades(), vec![by_trade_no.clone()]);
     // Re-scanning returns the closed trade.
-    assert_eq!(s.scan("W", 100).unwrap(), by_trade_no);
+    assert_eq!(s.buyer("W").scans(100).send().unwrap(), by_trade_no);
 
     // Paying and arming the race are refused as for a closed trade.
-    match s.pay("W", Some(100)) {
+    match s.buyer("W").scans(100).pays().send() {
         Err(BuyerOpError::Conflict(msg)) => assert!(msg.contains("TRADE_CLOSED"), "{msg}"),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        s.arm_pay_on_close("W", None),
+        s.buyer("W").pays_on_close().send(),
         Err(BuyerOpError::Conflict(_))
     ));
     // A close answers as for a closed trade, previewed or not.
@@ -645,7 +675,11 @@ fn a_waiting_trade_closes_at_its_expiry() {
 #[test]
 fn a_previewed_close_sees_a_due_expiry() {
     let s = SimState::new();
-    s.scan_with_expiry("P", 100, Some(in_an_hour())).unwrap();
+    s.buyer("P")
+        .scans(100)
+        .expiring_at(in_an_hour())
+        .send()
+        .unwrap();
     let expired_at = ago(1);
     set_expiry(&s, "P", expired_at);
     match s.gateway_close("", Some("P"), None, false) {
@@ -660,8 +694,12 @@ fn a_previewed_close_sees_a_due_expiry() {
 #[test]
 fn an_armed_race_does_not_fire_after_expiry() {
     let s = SimState::new();
-    s.scan_with_expiry("R", 100, Some(in_an_hour())).unwrap();
-    assert!(s.arm_pay_on_close("R", None).unwrap().pay_on_close);
+    s.buyer("R")
+        .scans(100)
+        .expiring_at(in_an_hour())
+        .send()
+        .unwrap();
+    assert!(s.buyer("R").pays_on_close().send().unwrap().pay_on_close);
     let expired_at = ago(1);
     set_expiry(&s, "R", expired_at);
     match s.gateway_close("", Some("R"), None, true) {
@@ -678,9 +716,16 @@ fn an_armed_race_does_not_fire_after_expiry() {
 #[test]
 fn expiry_does_not_touch_paid_or_closed_trades() {
     let s = SimState::new();
-    s.scan_with_expiry("PAID", 100, Some(in_an_hour())).unwrap();
-    let paid = s.pay("PAID", None).unwrap();
-    s.scan_with_expiry("CLOSED", 100, Some(in_an_hour()))
+    s.buyer("PAID")
+        .scans(100)
+        .expiring_at(in_an_hour())
+        .send()
+        .unwrap();
+    let paid = s.buyer("PAID").pays().send().unwrap();
+    s.buyer("CLOSED")
+        .scans(100)
+        .expiring_at(in_an_hour())
+        .send()
         .unwrap();
     let CloseOutcome::Closed(closed) = s.gateway_close("", Some("CLOSED"), None, true) else {
         panic!("not closed");
@@ -716,8 +761,8 @@ fn a_view_without_time_expire_still_parses() {
 #[test]
 fn preview_close_changes_nothing() {
     let s = SimState::new();
-    s.scan("W", 1).unwrap();
-    s.arm_pay_on_close("W", None).unwrap();
+    s.buyer("W").scans(1).send().unwrap();
+    s.buyer("W").pays_on_close().send().unwrap();
     match s.gateway_close("", Some("W"), None, false) {
         CloseOutcome::Closed(t) => assert_eq!(t.status, SimTradeStatus::TradeClosed),
         other => panic!("{other:?}"),

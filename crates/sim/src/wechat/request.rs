@@ -9,11 +9,10 @@ use axum::extract::OriginalUri;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{NaiveDate, Utc};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::answers::{Reply, param_error};
-use super::server::Ctx;
+use super::WechatSim;
+use super::answers::{RefundAsk, Reply, param_error};
 use crate::SimMethod;
 use order_closer_wechat::sign::{self, MAX_SKEW_SECS};
 
@@ -52,25 +51,9 @@ impl Call {
     }
 }
 
-/// The body of a refund request.
-#[derive(Debug, Clone, Deserialize)]
-pub(super) struct RefundAsk {
-    pub(super) out_trade_no: String,
-    pub(super) out_refund_no: String,
-    pub(super) amount: RefundAmount,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub(super) struct RefundAmount {
-    pub(super) refund: i64,
-    pub(super) total: i64,
-    #[serde(default)]
-    pub(super) currency: Option<String>,
-}
-
 /// Checks a request's `Authorization`; the refusal is an unsigned 401 `SIGN_ERROR`.
 pub(super) fn authenticate(
-    ctx: &Ctx,
+    sim: &WechatSim,
     method: &Method,
     uri: &str,
     headers: &HeaderMap,
@@ -81,10 +64,10 @@ pub(super) fn authenticate(
         .and_then(|v| v.to_str().ok())
         .ok_or("no Authorization header")?;
     let auth = sign::parse_authorization(header)?;
-    if auth.mchid != ctx.sim.mchid {
+    if auth.mchid != sim.mchid {
         return Err(format!("mchid {:?} is not the merchant here", auth.mchid));
     }
-    if auth.serial_no != ctx.sim.merchant_serial {
+    if auth.serial_no != sim.merchant_serial {
         return Err("serial_no is not the merchant certificate's".into());
     }
     if (Utc::now().timestamp() - auth.timestamp).abs() >= MAX_SKEW_SECS {
@@ -92,8 +75,7 @@ pub(super) fn authenticate(
     }
     let body = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8")?;
     let message = sign::request_message(method.as_str(), uri, auth.timestamp, &auth.nonce, body);
-    if !ctx
-        .sim
+    if !sim
         .merchant_public_key
         .verify_base64(message.as_bytes(), &auth.signature)
     {
@@ -144,26 +126,26 @@ fn query_param(uri: &str, name: &str) -> Option<String> {
 }
 
 /// The `mchid` query parameter must be the merchant's.
-fn check_mchid(ctx: &Ctx, uri: &str) -> Result<(), Reply> {
+fn check_mchid(sim: &WechatSim, uri: &str) -> Result<(), Reply> {
     match query_param(uri, "mchid") {
-        Some(m) if m == ctx.sim.mchid => Ok(()),
+        Some(m) if m == sim.mchid => Ok(()),
         Some(_) => Err(param_error("商户号与请求不符")),
         None => Err(param_error("缺少参数mchid")),
     }
 }
 
 /// `GET /v3/pay/transactions/out-trade-no/{no}?mchid=`.
-pub(super) fn read_query(ctx: &Ctx, a: &Arrived, no: String) -> Result<Call, Reply> {
-    check_mchid(ctx, &a.uri)?;
+pub(super) fn read_query(sim: &WechatSim, a: &Arrived, no: String) -> Result<Call, Reply> {
+    check_mchid(sim, &a.uri)?;
     Ok(Call::Query { no })
 }
 
 /// `POST /v3/pay/transactions/out-trade-no/{no}/close` with `{"mchid": ...}`.
-pub(super) fn read_close(ctx: &Ctx, a: &Arrived, no: String) -> Result<Call, Reply> {
+pub(super) fn read_close(sim: &WechatSim, a: &Arrived, no: String) -> Result<Call, Reply> {
     let mchid = serde_json::from_slice::<Value>(&a.body)
         .ok()
         .and_then(|v| v.get("mchid").and_then(Value::as_str).map(str::to_owned));
-    if mchid.as_deref() != Some(ctx.sim.mchid.as_str()) {
+    if mchid.as_deref() != Some(sim.mchid.as_str()) {
         return Err(param_error("mchid 不正确"));
     }
     Ok(Call::Close { no })

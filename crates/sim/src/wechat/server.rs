@@ -32,7 +32,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::WechatSim;
-use super::answers::{Reply, answer, error};
+use super::answers::{Reply, bill_answer, close_answer, error, query_answer, refund_answer};
 use super::request::{
     Arrived, Call, arrived, authenticate, read_close, read_query, read_refund, read_tradebill,
     sign_error,
@@ -50,7 +50,7 @@ use order_closer_wechat::sign;
 #[derive(Clone)]
 pub(crate) struct Ctx {
     shared: Arc<Shared>,
-    pub(super) sim: Arc<WechatSim>,
+    sim: Arc<WechatSim>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -116,7 +116,7 @@ async fn serve(
 ) -> Response {
     ctx.state.count_request();
     if let Err(why) = authenticate(
-        &ctx,
+        &ctx.sim,
         &arrived.method,
         &arrived.uri,
         &arrived.headers,
@@ -156,7 +156,7 @@ async fn query(
     body: Bytes,
 ) -> Response {
     let a = arrived(Method::GET, &uri, headers, body);
-    detached(serve(ctx, a, move |ctx, a| read_query(ctx, a, no))).await
+    detached(serve(ctx, a, move |ctx, a| read_query(&ctx.sim, a, no))).await
 }
 
 async fn close(
@@ -167,7 +167,7 @@ async fn close(
     body: Bytes,
 ) -> Response {
     let a = arrived(Method::POST, &uri, headers, body);
-    detached(serve(ctx, a, move |ctx, a| read_close(ctx, a, no))).await
+    detached(serve(ctx, a, move |ctx, a| read_close(&ctx.sim, a, no))).await
 }
 
 async fn refund(
@@ -199,7 +199,7 @@ async fn download(
     body: Bytes,
 ) -> Response {
     let a = arrived(Method::GET, &uri, headers, body);
-    if let Err(why) = authenticate(&ctx, &a.method, &a.uri, &a.headers, &a.body) {
+    if let Err(why) = authenticate(&ctx.sim, &a.method, &a.uri, &a.headers, &a.body) {
         ctx.state.count_signature_failure();
         return sign_error(&why);
     }
@@ -236,6 +236,16 @@ async fn download(
             reply.body,
         )
             .into_response(),
+    }
+}
+
+/// The answer to a call, applied (a close closes, a refund refunds) or previewed.
+fn answer(ctx: &Ctx, call: &Call, apply: bool) -> Reply {
+    match call {
+        Call::Query { no } => query_answer(&ctx.state, &ctx.sim, no),
+        Call::Close { no } => close_answer(&ctx.state, no, apply),
+        Call::Refund(ask) => refund_answer(&ctx.state, ask, apply),
+        Call::Bill { date, origin } => bill_answer(&ctx.state, &ctx.sim, *date, origin),
     }
 }
 

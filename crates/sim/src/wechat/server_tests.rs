@@ -78,8 +78,14 @@ async fn every_answer_names_its_signature_type_and_writes_whole_seconds() {
     let keys = keys_of(&wechat);
     let running = sim::start(SimConfig::one(wechat)).await.unwrap();
     let base = running.base_url();
-    let buyer = BuyerClient::new(&base).unwrap().at("wechat");
-    buyer.scan_and_pay("WX-TIME-1", 990).await.unwrap();
+    let buyers = BuyerClient::new(&base).unwrap().at("wechat");
+    buyers
+        .buyer("WX-TIME-1")
+        .scans(990)
+        .pays()
+        .send()
+        .await
+        .unwrap();
 
     let query = "/v3/pay/transactions/out-trade-no/WX-TIME-1?mchid=1900000109";
     let unknown = "/v3/pay/transactions/out-trade-no/WX-NONE-1?mchid=1900000109";

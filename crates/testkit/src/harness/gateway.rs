@@ -38,7 +38,7 @@ pub struct GatewayEnv {
     /// The simulator.
     pub sim: RunningSim,
     /// Its buyer API.
-    pub buyer: BuyerClient,
+    pub buyers: BuyerClient,
     /// A client trusting it.
     pub client: AlipayClient,
 }
@@ -62,8 +62,12 @@ pub async fn gateway_env(timeout: Duration) -> GatewayEnv {
     );
     config.timeout = timeout;
     let client = AlipayClient::new(config).unwrap();
-    let buyer = BuyerClient::new(sim.base_url()).unwrap();
-    GatewayEnv { sim, buyer, client }
+    let buyers = BuyerClient::new(sim.base_url()).unwrap();
+    GatewayEnv {
+        sim,
+        buyers,
+        client,
+    }
 }
 
 /// Where a [`HeldGateway`] holds a call: before it reaches the gateway, or after the
