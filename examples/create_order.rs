@@ -17,7 +17,7 @@ use order_closer::db;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    db::migrate(settings.database_url.expose_secret()).await?;
+    db::migrate(settings.database.url.expose_secret()).await?;
     let closer = Closer::connect(&settings, order_closer::gateway::rules::CHANNELS).await?;
     let suffix = chrono::Utc::now().timestamp_millis();
 
@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 2. Inside the shop's own transaction: the shop's rows and ours commit together.
-    let mut conn = db::connect(settings.database_url.expose_secret()).await?;
+    let mut conn = db::connect(settings.database.url.expose_secret()).await?;
     let new = NewOrder::new(
         "alipay",
         format!("EXAMPLE-{suffix}-B"),

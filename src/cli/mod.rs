@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use order_closer::config::Settings;
+use order_closer::config::{Settings, Vars};
 use order_closer::{db, telemetry};
 
 /// Closes unpaid orders at their deadline after asking the payment gateway.
@@ -125,36 +125,59 @@ fn actor(role: &str) -> String {
     format!("{role}:{host}:{}", std::process::id())
 }
 
-/// Runs a command; the exit code is the command's verdict.
+/// The log filter when `RUST_LOG` is unset.
+const DEFAULT_FILTER: &str = "info,lapin=warn";
+
+/// Runs a command; the exit code is the command's verdict. Each reads what it needs and
+/// no more, so that a bad variable of a part it does not use cannot stop it: `keygen`
+/// reads no variable, `gateway-sim` only the log format, the rest the whole [`Settings`].
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::from_env().context("invalid configuration")?;
-    // The demo prints its own progress and summary; keep the worker's logs to warnings.
-    let default_filter = match cli.command {
-        #[cfg(feature = "tooling")]
-        Command::Demo(_) => "warn",
-        _ => "info,lapin=warn",
-    };
-    telemetry::init(settings.log_format, default_filter)?;
+    let vars = Vars::from_env();
     match cli.command {
+        // It writes two files and logs nothing.
+        Command::Keygen(args) => keygen::run(args),
+        // The simulator is not the product: its flags are its configuration.
+        #[cfg(feature = "tooling")]
+        Command::GatewaySim(args) => {
+            let format = order_closer::config::LogFormat::from_vars(&vars)
+                .context("invalid configuration")?;
+            telemetry::init(format, DEFAULT_FILTER)?;
+            sim::run(args).await
+        }
         Command::Migrate => {
-            let applied = db::migrate(settings.database_url.expose_secret())
+            let settings = configured(vars, DEFAULT_FILTER)?;
+            let applied = db::migrate(settings.database.url.expose_secret())
                 .await
                 .context("migrating the database")?;
             println!("migrations applied: {applied}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker(args) => worker::run(settings, args).await,
-        Command::Notify(args) => notify::run(settings, args).await,
+        Command::Worker(args) => worker::run(configured(vars, DEFAULT_FILTER)?, args).await,
+        Command::Notify(args) => notify::run(configured(vars, DEFAULT_FILTER)?, args).await,
+        Command::Orders(cmd) => orders::run(configured(vars, DEFAULT_FILTER)?, cmd).await,
+        Command::Reconcile(cmd) => reconcile::run(configured(vars, DEFAULT_FILTER)?, cmd).await,
+        // The demo prints its own progress and summary; keep the worker's logs to
+        // warnings. Its sandbox reads the same variables again, over its own database
+        // schema and queue prefix; read here, a bad one stops it before anything starts.
         #[cfg(feature = "tooling")]
-        Command::GatewaySim(args) => sim::run(args).await,
-        Command::Keygen(args) => keygen::run(args),
-        Command::Orders(cmd) => orders::run(settings, cmd).await,
-        Command::Reconcile(cmd) => reconcile::run(settings, cmd).await,
+        Command::Demo(args) => {
+            configured(vars, "warn")?;
+            demo::run(args).await
+        }
         #[cfg(feature = "tooling")]
-        Command::Demo(args) => demo::run(args).await,
-        #[cfg(feature = "tooling")]
-        Command::Bench(args) => order_closer_bench::run(&settings, args).await,
+        Command::Bench(args) => {
+            let settings = configured(vars, DEFAULT_FILTER)?;
+            order_closer_bench::run(&settings.broker, args).await
+        }
     }
+}
+
+/// The settings, each section read and checked, with logging set up in their format
+/// (`default_filter` when `RUST_LOG` is unset).
+fn configured(vars: Vars, default_filter: &str) -> anyhow::Result<Settings> {
+    let settings = Settings::from_vars(vars).context("invalid configuration")?;
+    telemetry::init(settings.log_format, default_filter)?;
+    Ok(settings)
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ async fn closer(settings: &Settings) -> anyhow::Result<Closer> {
             eprintln!(
                 "warning: broker unavailable ({e}); the worker's relay will schedule the close"
             );
-            Ok(app.closer_on(db::pool(settings.database_url.expose_secret(), 2)?, None))
+            Ok(app.closer_on(db::pool(settings.database.url.expose_secret(), 2)?, None))
         }
         Err(e) => Err(e).context("connecting"),
     }
@@ -196,7 +196,7 @@ async fn cancel(settings: Settings, args: CancelArgs) -> anyhow::Result<ExitCode
 }
 
 async fn extend(settings: Settings, args: ExtendArgs) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(settings.database_url.expose_secret(), 2)?;
+    let pool = db::pool(settings.database.url.expose_secret(), 2)?;
     let closer = App::build(settings.clone()).closer_on(pool.clone(), None);
     let to = match (args.deadline, args.by) {
         (Some(at), _) => at,
@@ -263,7 +263,7 @@ async fn create(settings: Settings, args: CreateArgs) -> anyhow::Result<ExitCode
 }
 
 async fn show(settings: Settings, args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let mut conn = db::connect(settings.database_url.expose_secret()).await?;
+    let mut conn = db::connect(settings.database.url.expose_secret()).await?;
     let Some(order) = orders::find_by_out_trade_no(&mut conn, &args.out_trade_no).await? else {
         eprintln!("no order with out_trade_no {:?}", args.out_trade_no);
         return Ok(ExitCode::from(2));

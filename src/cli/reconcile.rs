@@ -167,7 +167,7 @@ async fn announce(settings: &Settings, decider: &Decider) {
         let relay = Relay::new(publisher);
         let mut conn = db::conn(decider.pool()).await?;
         let claim = Claim {
-            grace: settings.outbox_grace,
+            grace: settings.worker.outbox.grace,
             limit: 10_000,
         };
         let published = relay.flush(&mut conn, claim).await?;
@@ -182,8 +182,8 @@ async fn announce(settings: &Settings, decider: &Decider) {
 
 /// A confirm-mode publisher on a connection of its own, the topology declared.
 async fn open_publisher(settings: &Settings) -> anyhow::Result<(lapin::Connection, Publisher)> {
-    let connection = broker::connect_configured(settings, "order-closer reconcile").await?;
-    let topology = Arc::new(settings.topology.clone());
+    let connection = broker::connect_configured(&settings.broker, "order-closer reconcile").await?;
+    let topology = Arc::new(settings.broker.topology.clone());
     let publisher = Publisher::open(&connection, topology.clone()).await?;
     topology.declare(publisher.channel()).await?;
     Ok((connection, publisher))
@@ -224,7 +224,7 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
         }
         None => bill_reconcile::load(source.as_ref(), args.date, None).await?,
     };
-    db::migrate(settings.database_url.expose_secret())
+    db::migrate(settings.database.url.expose_secret())
         .await
         .context("checking the database")?;
     let report = bill_reconcile::reconcile(&decider, &channel, &bill, args.apply).await?;
@@ -273,7 +273,7 @@ fn exit(finding: Finding) -> ExitCode {
 
 async fn run_overdue(settings: &Settings, args: OverdueArgs) -> anyhow::Result<ExitCode> {
     let decider = decider(settings)?;
-    db::migrate(settings.database_url.expose_secret())
+    db::migrate(settings.database.url.expose_secret())
         .await
         .context("checking the database")?;
     let options = OverdueOptions {
@@ -428,7 +428,7 @@ async fn run_anomalies(settings: &Settings, args: AnomaliesArgs) -> anyhow::Resu
     if let Some(order) = &args.refund {
         return run_refund(settings, order, args.dry_run, args.format).await;
     }
-    let mut conn = db::connect(settings.database_url.expose_secret()).await?;
+    let mut conn = db::connect(settings.database.url.expose_secret()).await?;
     let rows = anomalies::list(&mut conn, args.kind, args.limit).await?;
     let open_refunds = db::refunds::open(&mut conn, args.limit).await?;
     if args.format == Format::Json {

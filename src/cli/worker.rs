@@ -21,10 +21,10 @@ pub struct WorkerArgs {
 /// Runs the worker until SIGTERM or SIGINT.
 pub async fn run(mut settings: Settings, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = args.concurrency {
-        settings.concurrency = c as usize;
+        settings.worker.concurrency = c as usize;
     }
     if let Some(p) = args.prefetch {
-        settings.prefetch = p;
+        settings.worker.prefetch = p;
     }
     App::build(settings)
         .run_worker(&super::actor("worker"), shutdown_on_signal())

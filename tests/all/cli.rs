@@ -157,6 +157,65 @@ async fn keygen_writes_a_usable_pair_and_refuses_to_overwrite() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `keygen` reads none of the product's settings and `gateway-sim` only the log format,
+/// so variables that stop every other command (each names a part they do not use) do not
+/// stop them.
+#[tokio::test]
+async fn keygen_and_the_simulator_ignore_bad_variables_they_do_not_read() {
+    let dir = std::env::temp_dir().join(format!("oc-unrelated-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bad: Vec<(String, String)> = [
+        ("ORDER_CLOSER_RETRY_STEPS", "zz"),
+        ("ORDER_CLOSER_PREFETCH", "lots"),
+        ("ORDER_CLOSER_QUEUE_TYPE", "stream"),
+        ("ORDER_CLOSER_HTTP_LISTEN", "everywhere"),
+        ("DATABASE_URL", "mysql://root@h/db"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    // They reach the binary: a command that reads the settings refuses them.
+    let out = run(&bad, &["migrate"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("invalid configuration"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // keygen logs nothing: a bad log format or filter is as unrelated.
+    let mut for_keygen = bad.clone();
+    for_keygen.push(("ORDER_CLOSER_LOG_FORMAT".into(), "xml".into()));
+    for_keygen.push(("RUST_LOG".into(), "info,,=x[y".into()));
+    let keys = dir.join("keys");
+    let out = run(&for_keygen, &["keygen", "--out", keys.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(keys.join("app_private.pem").exists());
+    assert!(keys.join("app_public.pem").exists());
+
+    // The simulator gets past its configuration to its keys folder, and stops there on
+    // a key that is not one (so the test needs no server to stop).
+    let sim_keys = dir.join("sim-keys");
+    std::fs::create_dir_all(sim_keys.join("alipay")).unwrap();
+    std::fs::write(sim_keys.join("alipay/sim_private.pem"), "not a key").unwrap();
+    let out = run(
+        &bad,
+        &[
+            "gateway-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys-dir",
+            sim_keys.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("sim_private.pem"), "{stderr}");
+    assert!(!stderr.contains("invalid configuration"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_passes_its_own_check() {
     let env = TestEnv::new(&[]).await;

@@ -32,13 +32,13 @@ const LARGEST: [(&str, &str); 8] = [
 #[tokio::test(flavor = "multi_thread")]
 async fn the_largest_accepted_durations_run_without_panicking() {
     let mut env = TestEnv::new(&LARGEST).await;
-    assert_eq!(env.settings.outbox_grace, Duration::from_secs(3600));
+    assert_eq!(env.settings.worker.outbox.grace, Duration::from_secs(3600));
 
     // The relay's claim (an earlier panic was its cutoff).
     let relay = Relay::new(env.publisher.clone());
     let mut conn = db::conn(&env.pool).await.unwrap();
     let claim = Claim {
-        grace: env.settings.outbox_grace,
+        grace: env.settings.worker.outbox.grace,
         limit: 10,
     };
     relay.flush(&mut conn, claim).await.expect("relay pass");
@@ -48,7 +48,7 @@ async fn the_largest_accepted_durations_run_without_panicking() {
     let janitor = Janitor::new(
         env.decider("extremes"),
         env.publisher.clone(),
-        env.settings.janitor,
+        env.settings.worker.janitor,
     );
     janitor.pass().await.expect("janitor pass");
 

@@ -3,7 +3,6 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "tooling")]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{TestEnv, eventually};
@@ -385,11 +384,8 @@ async fn a_worker_configured_for_the_other_queue_type_stops_naming_the_queue() {
         QueueType::Quorum => QueueType::Classic,
     };
     let mut config = WorkerConfig::from_settings(&env.settings);
-    config.topology = Arc::new(Topology::new(
-        env.topology.prefix(),
-        env.topology.tiers().clone(),
-        other,
-    ));
+    config.broker.topology =
+        Topology::new(env.topology.prefix(), env.topology.tiers().clone(), other);
     let worker = Worker::new(env.decider("mismatched"), config);
     let stopped = tokio::time::timeout(
         Duration::from_secs(30),

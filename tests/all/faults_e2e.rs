@@ -148,7 +148,12 @@ async fn with_the_database_unreachable_messages_come_back_and_are_decided_later(
     // A worker whose database is unreachable: nothing is acked for good, nothing parked.
     let unreachable = db::pool("postgres://postgres@127.0.0.1:1/nowhere", 2).unwrap();
     let gateways = env.gateways();
-    let blind = Decider::new(unreachable, gateways, env.settings.retry.clone(), "blind");
+    let blind = Decider::new(
+        unreachable,
+        gateways,
+        env.settings.decisions.retry.clone(),
+        "blind",
+    );
     let observed = env.run_worker(blind, WorkerConfig::from_settings(&env.settings));
     let counted = eventually(Duration::from_secs(20), || async {
         observed

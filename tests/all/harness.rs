@@ -22,7 +22,7 @@ async fn an_environment_dropped_without_cleanup_removes_its_schema_and_queues() 
     let env = TestEnv::new(&[]).await;
     let schema = env.schema.clone();
     let queue = env.topology.close_queue();
-    let amqp_url = env.settings.amqp_url.expose_secret().to_owned();
+    let amqp_url = env.settings.broker.url.expose_secret().to_owned();
     drop(env);
 
     let mut admin = db::connect(&crate::common::base_database_url())

@@ -527,7 +527,12 @@ async fn a_refund_settled_by_another_worker_meanwhile_is_neither_retried_nor_par
                 error,
             }),
         );
-        let decider = Decider::new(env.pool.clone(), gateways, env.settings.retry.clone(), "w");
+        let decider = Decider::new(
+            env.pool.clone(),
+            gateways,
+            env.settings.decisions.retry.clone(),
+            "w",
+        );
         let outcome = decider
             .refund(order.id, &no, first, order_closer::decide::Mode::Apply)
             .await

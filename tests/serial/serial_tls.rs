@@ -149,7 +149,7 @@ async fn postgres_modes(pg: &PgNode, pki: &Pki) {
         ("ORDER_CLOSER_DB_TLS_CA", pki.ca.display().to_string()),
     ])
     .expect("settings");
-    let database_url = secrecy::ExposeSecret::expose_secret(&settings.database_url).to_owned();
+    let database_url = secrecy::ExposeSecret::expose_secret(&settings.database.url).to_owned();
     let applied = db::migrate(&database_url).await.expect("migrate over TLS");
     assert!(applied > 0);
     assert_eq!(encrypted(&database_url).await, Ok(true));
@@ -306,7 +306,7 @@ async fn worker_over_tls(pg: &PgNode, rabbit: &RabbitNode, pki: &Pki, dir: &Path
         .expect("create over TLS");
     assert_eq!(created.order.status(), OrderStatus::New);
     let pool = db::pool(
-        secrecy::ExposeSecret::expose_secret(&settings.database_url),
+        secrecy::ExposeSecret::expose_secret(&settings.database.url),
         2,
     )
     .expect("pool");

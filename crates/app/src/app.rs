@@ -79,21 +79,16 @@ impl App {
 
     /// A pool on the database, without checking it yet.
     pub fn pool(&self) -> Result<DbPool, DbError> {
-        db::pool(
-            self.settings.database_url.expose_secret(),
-            self.settings.db_pool_size,
-        )
+        let database = &self.settings.database;
+        db::pool(database.url.expose_secret(), database.pool_size)
     }
 
     /// A pool on the database, checked with one connection: a database that cannot be
     /// used stops a long-running process at start, naming the cause, instead of every
     /// message being delayed for ever.
     pub async fn ready_pool(&self) -> Result<DbPool, DbError> {
-        db::ready_pool(
-            self.settings.database_url.expose_secret(),
-            self.settings.db_pool_size,
-        )
-        .await
+        let database = &self.settings.database;
+        db::ready_pool(database.url.expose_secret(), database.pool_size).await
     }
 
     /// The decider every process decides with: the configured gateways, retry steps and
@@ -102,7 +97,7 @@ impl App {
         Ok(Decider::configured(
             pool,
             self.gateways()?,
-            &self.settings,
+            &self.settings.decisions,
             actor,
         ))
     }

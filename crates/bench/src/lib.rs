@@ -44,7 +44,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use order_closer_core::broker::topology::QueueType;
-use order_closer_core::config::Settings;
+use order_closer_core::config::BrokerSettings;
 use order_closer_core::db::{self, DbPool};
 use order_closer_sim::{FaultPlan, SimState};
 use order_closer_testkit::sandbox::Sandbox;
@@ -303,18 +303,19 @@ impl Plan {
     }
 }
 
-/// Runs the benchmark; the exit code is success when every measurement completed
-/// (targets missed are reported, not failed).
-pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<ExitCode> {
+/// Runs the benchmark against the broker `broker` configures (its queue type; its
+/// address, to find the broker's process); the exit code is success when every
+/// measurement completed (targets missed are reported, not failed).
+pub async fn run(broker: &BrokerSettings, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::resolve(args)?;
     let tag = format!("{:08x}", rand::rng().random::<u32>());
     eprintln!("order-closer bench, run {tag}: preparing schema bench_{tag}, queues bench-{tag}.*");
-    let env = BenchEnv::open(&tag, settings.topology.queue_type(), &plan)
+    let env = BenchEnv::open(&tag, broker.topology.queue_type(), &plan)
         .await
         .context("preparing the benchmark environment")?;
     let started_at = chrono::Utc::now();
     let measured = tokio::select! {
-        result = measure(settings, &env, &plan) => result,
+        result = measure(broker, &env, &plan) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     env.close().await;
@@ -344,7 +345,7 @@ pub struct Results {
     pub queue_types: Vec<queue_types::QueueTypeRun>,
 }
 
-async fn measure(settings: &Settings, env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
+async fn measure(broker: &BrokerSettings, env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
     let ceilings = if plan.skips(Skip::Ceilings) {
         None
     } else {
@@ -420,7 +421,7 @@ async fn measure(settings: &Settings, env: &BenchEnv, plan: &Plan) -> anyhow::Re
             "queue type comparison: pipeline on {} queues",
             queue_types::name(queue_type)
         );
-        compared.push(queue_types::run(settings, plan, queue_type, create_hint).await?);
+        compared.push(queue_types::run(broker, plan, queue_type, create_hint).await?);
     }
     Ok(Results {
         ceilings,

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use lapin::uri::AMQPUri;
 use order_closer_core::broker::topology::QueueType;
-use order_closer_core::config::Settings;
+use order_closer_core::config::BrokerSettings;
 use rand::Rng;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -37,7 +37,7 @@ pub fn name(queue_type: QueueType) -> &'static str {
 
 /// Runs the pipeline on `queue_type` in a fresh environment.
 pub async fn run(
-    settings: &Settings,
+    settings: &BrokerSettings,
     plan: &Plan,
     queue_type: QueueType,
     create_rate_hint: Option<f64>,
@@ -46,7 +46,7 @@ pub async fn run(
     let env = BenchEnv::open(&tag, queue_type, plan)
         .await
         .with_context(|| format!("preparing the {} run", name(queue_type)))?;
-    let broker = broker_pid(settings.amqp_url.expose_secret());
+    let broker = broker_pid(settings.url.expose_secret());
     let before = broker.and_then(worker_proc::cpu_seconds);
     let result = pipeline::run(&env, plan, create_rate_hint).await;
     let after = broker.and_then(worker_proc::cpu_seconds);

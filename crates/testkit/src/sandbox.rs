@@ -19,7 +19,7 @@ use order_closer_core::broker::publisher::Publisher;
 use order_closer_core::broker::topology::Topology;
 use order_closer_core::broker::{self, BrokerError};
 use order_closer_core::closer::Closer;
-use order_closer_core::config::{ConfigError, Settings, Vars};
+use order_closer_core::config::{BrokerSettings, ConfigError, Settings, Vars};
 use order_closer_core::db::{self, DbError, DbPool};
 use order_closer_engine::decide::{Decider, Gateways};
 use order_closer_gateway::registry::RegistryError;
@@ -96,7 +96,7 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let tag = tag.to_owned();
         let given = Settings::from_vars(Vars::from_map(base.clone()))?;
-        let base_url = given.database_url.expose_secret().to_owned();
+        let base_url = given.database.url.expose_secret().to_owned();
         db::ensure_database(&base_url).await?;
         let schema = format!("{name}_{tag}");
         db::create_schema(&base_url, &schema).await?;
@@ -144,10 +144,10 @@ impl Sandbox {
         }
         let settings = Settings::from_vars(Vars::from_map(vars.clone()))?;
         db::migrate(database_url).await?;
-        let pool = db::pool(database_url, settings.db_pool_size)?;
-        let topology = Arc::new(settings.topology.clone());
+        let pool = db::pool(database_url, settings.database.pool_size)?;
+        let topology = Arc::new(settings.broker.topology.clone());
         let connection =
-            broker::connect_configured(&settings, &format!("sandbox {schema}")).await?;
+            broker::connect_configured(&settings.broker, &format!("sandbox {schema}")).await?;
         let publisher = Publisher::open(&connection, Arc::clone(&topology)).await?;
         topology.declare(publisher.channel()).await?;
         let buyers =
@@ -219,7 +219,7 @@ impl Sandbox {
             .await
             .is_err()
         {
-            delete_topology(&self.settings, &self.topology).await;
+            delete_topology(&self.settings.broker, &self.topology).await;
         }
         let _ = self.connection.close(200, "sandbox done".into()).await;
         self.pool.close();
@@ -241,7 +241,7 @@ struct Parts {
 }
 
 /// Deletes the topology's queues and exchanges over a connection of its own.
-async fn delete_topology(settings: &Settings, topology: &Topology) {
+async fn delete_topology(settings: &BrokerSettings, topology: &Topology) {
     let deleted = async {
         let connection = broker::connect_configured(settings, "sandbox cleanup").await?;
         let channel = broker::timed("open channel", connection.create_channel()).await?;
@@ -272,7 +272,7 @@ impl Drop for Sandbox {
         }
         let schema = self.schema.clone();
         let topology = Arc::clone(&self.topology);
-        let settings = self.settings.clone();
+        let settings = self.settings.broker.clone();
         let base_url = self.base_url.clone();
         let cleaner = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()

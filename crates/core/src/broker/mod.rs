@@ -153,18 +153,13 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Bro
     connect_with(url, &tls::AmqpTls::default(), connection_name).await
 }
 
-/// Connects as the configuration says (`AMQP_URL` and its TLS files).
+/// Connects as the broker's settings say (`AMQP_URL` and its TLS files).
 pub async fn connect_configured(
-    settings: &crate::config::Settings,
+    settings: &crate::config::BrokerSettings,
     connection_name: &str,
 ) -> Result<Connection, BrokerError> {
     use secrecy::ExposeSecret;
-    connect_with(
-        settings.amqp_url.expose_secret(),
-        &settings.amqp_tls,
-        connection_name,
-    )
-    .await
+    connect_with(settings.url.expose_secret(), &settings.tls, connection_name).await
 }
 
 /// Connects to RabbitMQ with extra trusted authorities and a client certificate for

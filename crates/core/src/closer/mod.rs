@@ -203,11 +203,13 @@ impl Closer {
     /// cannot be reached is an error here; use [`Closer::without_broker`] to create
     /// orders anyway and leave publishing to the relay.
     pub async fn connect(settings: &Settings, channels: Channels) -> Result<Self, ConnectError> {
-        let pool =
-            db::ready_pool(settings.database_url.expose_secret(), settings.db_pool_size).await?;
-        let connection = broker::connect_configured(settings, "order-closer library").await?;
-        let publisher = Publisher::open(&connection, Arc::new(settings.topology.clone())).await?;
-        settings.topology.declare(publisher.channel()).await?;
+        let database = &settings.database;
+        let pool = db::ready_pool(database.url.expose_secret(), database.pool_size).await?;
+        let connection =
+            broker::connect_configured(&settings.broker, "order-closer library").await?;
+        let topology = Arc::new(settings.broker.topology.clone());
+        let publisher = Publisher::open(&connection, Arc::clone(&topology)).await?;
+        topology.declare(publisher.channel()).await?;
         Ok(Self {
             _connection: Some(Arc::new(connection)),
             ..Self::new(pool, Some(publisher), channels)

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use crate::metrics::Metrics;
-use order_closer_core::config::PaidAfterClose;
+use order_closer_core::config::{DecisionSettings, PaidAfterClose};
 use order_closer_core::db::batch::Batcher;
 use order_closer_core::db::decisions::Recheck;
 use order_closer_core::db::orders::FindById;
@@ -201,7 +201,7 @@ impl Decider {
     pub fn configured(
         pool: DbPool,
         gateways: Gateways,
-        settings: &order_closer_core::config::Settings,
+        settings: &DecisionSettings,
         actor: impl Into<String>,
     ) -> Self {
         Self::new(pool, gateways, settings.retry.clone(), actor)

@@ -20,7 +20,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,47 +27,28 @@ use tracing::{info, warn};
 
 use crate::decide::Decider;
 use crate::health::Readiness;
-use crate::janitor::{Janitor, JanitorConfig};
+use crate::janitor::Janitor;
 use order_closer_core::broker::publisher::Publisher;
-use order_closer_core::broker::topology::Topology;
 use order_closer_core::broker::{self, BrokerError, timed};
+use order_closer_core::config::{BrokerSettings, Settings, WorkerSettings};
 
-/// Worker settings.
+/// What a worker runs with: the broker it consumes from and its own settings, the two
+/// sections of [`Settings`] as they were read (a test or a flag changes
+/// `worker.concurrency` and `worker.prefetch` in place).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Broker URL (may carry a password).
-    pub amqp_url: SecretString,
-    /// TLS files for `amqps://`.
-    pub amqp_tls: broker::tls::AmqpTls,
-    /// Queue names and tiers.
-    pub topology: Arc<Topology>,
-    /// Orders decided at once.
-    pub concurrency: usize,
-    /// Broker prefetch window.
-    pub prefetch: u16,
-    /// How long in-flight decisions may take to finish on shutdown.
-    pub shutdown_grace: Duration,
-    /// Age after which the relay publishes a close row its creator left behind.
-    pub outbox_grace: Duration,
-    /// How often the relay looks at the outbox.
-    pub outbox_interval: Duration,
-    /// When the janitor re-drives overdue orders.
-    pub janitor: JanitorConfig,
+    /// The broker: URL, TLS files, topology.
+    pub broker: BrokerSettings,
+    /// Concurrency, prefetch, shutdown grace, the relay's and the janitor's pace.
+    pub worker: WorkerSettings,
 }
 
 impl WorkerConfig {
-    /// Worker settings from the process settings.
-    pub fn from_settings(settings: &order_closer_core::config::Settings) -> Self {
+    /// The worker's sections of the process settings.
+    pub fn from_settings(settings: &Settings) -> Self {
         Self {
-            amqp_url: settings.amqp_url.clone(),
-            amqp_tls: settings.amqp_tls.clone(),
-            topology: Arc::new(settings.topology.clone()),
-            concurrency: settings.concurrency,
-            prefetch: settings.prefetch,
-            shutdown_grace: settings.shutdown_grace,
-            outbox_grace: settings.outbox_grace,
-            outbox_interval: settings.outbox_interval,
-            janitor: settings.janitor,
+            broker: settings.broker.clone(),
+            worker: settings.worker,
         }
     }
 }
@@ -171,14 +151,12 @@ impl Worker {
         shutdown: &CancellationToken,
         consumed: &mut bool,
     ) -> Result<(), BrokerError> {
-        let connection = broker::connect_with(
-            self.config.amqp_url.expose_secret(),
-            &self.config.amqp_tls,
-            "order-closer worker",
-        )
-        .await?;
-        let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
-        self.config.topology.declare(publisher.channel()).await?;
+        let worker = &self.config.worker;
+        let connection =
+            broker::connect_configured(&self.config.broker, "order-closer worker").await?;
+        let topology = Arc::new(self.config.broker.topology.clone());
+        let publisher = Publisher::open(&connection, Arc::clone(&topology)).await?;
+        topology.declare(publisher.channel()).await?;
 
         // A background task that ends before it is told to (a panic, a bug) ends the
         // session: the worker goes unready, logs an error, and the next session starts
@@ -193,8 +171,7 @@ impl Worker {
                 self.decider.pool().clone(),
                 publisher.clone(),
                 self.decider.metrics().clone(),
-                self.config.outbox_grace,
-                self.config.outbox_interval,
+                worker.outbox,
                 relay_stop.clone(),
             ),
         );
@@ -206,9 +183,9 @@ impl Worker {
             &janitor_stop,
             &task_died,
             janitor_loop::run(
-                Janitor::new(self.decider.clone(), publisher.clone(), self.config.janitor),
+                Janitor::new(self.decider.clone(), publisher.clone(), worker.janitor),
                 probe,
-                self.config.topology.close_queue(),
+                topology.close_queue(),
                 self.decider.metrics().clone(),
                 janitor_stop.clone(),
             ),
@@ -217,13 +194,13 @@ impl Worker {
         let channel = timed("open channel", connection.create_channel()).await?;
         timed(
             "basic.qos",
-            channel.basic_qos(self.config.prefetch, BasicQosOptions::default()),
+            channel.basic_qos(worker.prefetch, BasicQosOptions::default()),
         )
         .await?;
         let mut consumer = timed(
             "basic.consume",
             channel.basic_consume(
-                self.config.topology.close_queue().into(),
+                topology.close_queue().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -234,9 +211,9 @@ impl Worker {
         self.decider.metrics().consuming.set(1);
         *consumed = true;
         info!(
-            queue = %self.config.topology.close_queue(),
-            concurrency = self.config.concurrency,
-            prefetch = self.config.prefetch,
+            queue = %topology.close_queue(),
+            concurrency = worker.concurrency,
+            prefetch = worker.prefetch,
             "consuming"
         );
 
@@ -255,7 +232,7 @@ impl Worker {
             publisher: publisher.clone(),
             broken: broken.clone(),
             acks,
-            permits: Arc::new(Semaphore::new(self.config.concurrency)),
+            permits: Arc::new(Semaphore::new(worker.concurrency)),
             stopping: shutdown.clone(),
         });
         let result = loop {
@@ -306,9 +283,9 @@ impl Worker {
         }
         let waiting = in_flight.len();
         if waiting > 0 {
-            info!(in_flight = waiting, grace = ?self.config.shutdown_grace, "finishing in-flight decisions");
+            info!(in_flight = waiting, grace = ?worker.shutdown_grace, "finishing in-flight decisions");
         }
-        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+        let drained = tokio::time::timeout(worker.shutdown_grace, async {
             while in_flight.join_next().await.is_some() {}
         })
         .await;

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
 use order_closer_core::broker::publisher::Publisher;
+use order_closer_core::config::OutboxSettings;
 use order_closer_core::db::outbox::Claim;
 use order_closer_core::db::{self, DbPool};
 
@@ -22,12 +23,11 @@ pub async fn run(
     pool: DbPool,
     publisher: Publisher,
     metrics: Arc<Metrics>,
-    grace: Duration,
-    interval: Duration,
+    outbox: OutboxSettings,
     stop: CancellationToken,
 ) {
     let relay = Relay::new(publisher);
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(outbox.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut counted_at: Option<Instant> = None;
     loop {
@@ -35,7 +35,7 @@ pub async fn run(
             () = stop.cancelled() => true,
             _ = ticker.tick() => false,
         };
-        pass(&pool, &relay, grace).await;
+        pass(&pool, &relay, outbox.grace).await;
         if counted_at.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
             counted_at = Some(Instant::now());
             if let Ok(mut conn) = db::conn(&pool).await

@@ -161,7 +161,7 @@ impl TestEnv {
         Decider::configured(
             self.pool.clone(),
             self.gateways_with(overrides),
-            &self.settings,
+            &self.settings.decisions,
             actor,
         )
     }
@@ -169,8 +169,8 @@ impl TestEnv {
     /// Starts an in-process worker.
     pub fn start_worker(&mut self, concurrency: usize, prefetch: u16) -> Observed {
         let mut config = WorkerConfig::from_settings(&self.settings);
-        config.concurrency = concurrency;
-        config.prefetch = prefetch;
+        config.worker.concurrency = concurrency;
+        config.worker.prefetch = prefetch;
         let n = self.workers.len();
         self.run_worker(self.decider(&format!("test-worker-{n}")), config)
     }
@@ -357,7 +357,7 @@ impl TestEnv {
 
     /// Replaces the broker connection (after a broker restart killed it).
     pub async fn reconnect(&mut self) {
-        self.connection = broker::connect(self.settings.amqp_url.expose_secret(), "test")
+        self.connection = broker::connect(self.settings.broker.url.expose_secret(), "test")
             .await
             .expect("broker");
         self.publisher = Publisher::open(&self.connection, self.topology.clone())
@@ -610,7 +610,7 @@ impl TestEnv {
         let decider = Decider::configured(
             self.pool.clone(),
             gateways.with(channel, held.clone()),
-            &self.settings,
+            &self.settings.decisions,
             "test-worker-held",
         );
         let config = WorkerConfig::from_settings(&self.settings);
