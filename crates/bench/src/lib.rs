@@ -7,18 +7,18 @@
 //! removed at the end, so a run never touches anything else.
 //!
 //! Measurements, one file each:
-//! - [`ceilings`]: what the machine can do at all (RSA signs, broker publish/consume,
+//! - `ceilings`: what the machine can do at all (RSA signs, broker publish/consume,
 //!   one-decision transactions);
-//! - [`create`]: `Closer::create_order` against a raw insert of the same rows;
-//! - [`pipeline`]: N orders due at the same moment, decided by the worker;
-//! - [`classic`]: the same with `--concurrency 1 --prefetch 1`;
-//! - [`sustained`]: a steady arrival rate, lateness per 10 s window;
-//! - [`pending`]: a million close schedules left in the outbox, scheduled by the worker's
+//! - `create`: `Closer::create_order` against a raw insert of the same rows;
+//! - `pipeline`: N orders due at the same moment, decided by the worker;
+//! - `classic`: the same with `--concurrency 1 --prefetch 1`;
+//! - `sustained`: a steady arrival rate, lateness per 10 s window;
+//! - `pending`: a million close schedules left in the outbox, scheduled by the worker's
 //!   relay, with the worker's memory sampled throughout;
-//! - [`notifications`]: payments at a steady rate announced to `order-closer notify`,
+//! - `notifications`: payments at a steady rate announced to `order-closer notify`,
 //!   payment to PAID.
 //!
-//! Results go to a JSON file, a table on stdout ([`report`]) and a PNG chart ([`chart`]).
+//! Results go to a JSON file, a table on stdout (`report`) and a PNG chart (`chart`).
 
 mod ceilings;
 mod chart;

@@ -9,8 +9,8 @@
 //!
 //! The same builder acts in process on a [`SimState`] ([`SimState::buyer`]) and over the
 //! buyer API through a [`BuyerClient`](crate::BuyerClient) (`BuyerClient::buyer`), whose
-//! request bodies are its [`Terms`]: the API's handlers rebuild the builder from them and
-//! both end in [`apply`], so the two ways cannot drift apart.
+//! request bodies are its `Terms`: the API's handlers rebuild the builder from them and
+//! both end in `apply`, so the two ways cannot drift apart.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
