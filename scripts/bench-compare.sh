@@ -4,7 +4,9 @@
 #   scripts/bench-compare.sh BEFORE AFTER [ROUNDS] [-- extra bench flags]
 #
 # BEFORE and AFTER are git revisions (built in release mode in throw-away worktrees under
-# target/compare/) or paths to order-closer binaries. Each round runs
+# $BENCH_COMPARE_DIR, by default ~/.cache/order-closer-compare: outside the repository,
+# since a revision's package inside this workspace's tree would be taken for a member of
+# it) or paths to order-closer binaries. Each round runs
 # `order-closer bench` with BEFORE, then with AFTER (interleaved, so that drift on a
 # shared machine hits both alike), skipping the ceilings, the classic run and the
 # pending run unless the extra flags say otherwise. Prints the median of each figure
@@ -39,6 +41,8 @@ command -v python3 >/dev/null 2>&1 || {
 }
 scripts/services.sh
 
+compare_root="${BENCH_COMPARE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/order-closer-compare}"
+
 # A binary for a revision or a path.
 binary() {
     local what="$1"
@@ -51,12 +55,15 @@ binary() {
         echo "bench-compare: $what is neither a binary nor a git revision" >&2
         exit 1
     }
-    local tree="target/compare/$rev"
+    local tree="$compare_root/$rev"
     if [[ ! -x "$tree/target/release/order-closer" ]]; then
         echo "bench-compare: building $what ($rev) in $tree" >&2
         rm -rf "$tree"
         git worktree add --force --detach "$tree" "$rev" >/dev/null
-        (cd "$tree" && cargo build --release --quiet) >&2
+        (cd "$tree" && cargo build --release --quiet) >&2 || {
+            echo "bench-compare: building $what failed" >&2
+            exit 1
+        }
     fi
     echo "$tree/target/release/order-closer"
 }
