@@ -91,43 +91,40 @@ for features in worker cli; do
     cargo clippy --all-targets --no-default-features --features "$features" -- -D warnings
 done
 
+# `refuse_in_tree WHAT "CARGO TREE ARGS" CRATE...`: fails when the normal dependency tree
+# of WHAT (a build named by its `cargo tree` arguments) holds any of the crates; prints
+# how many crates the tree has.
+refuse_in_tree() {
+    local what="$1" args="$2"
+    shift 2
+    CURRENT="cargo tree -e normal $args (none of: $*)"
+    step "$CURRENT"
+    local tree
+    # shellcheck disable=SC2086
+    tree="$(cargo tree -e normal $args --prefix none)"
+    for crate in "$@"; do
+        if grep -q "^$crate v" <<<"$tree"; then
+            echo "test.sh: $what depends on $crate" >&2
+            return 1
+        fi
+    done
+    echo "$what: $(sed 's/ (\*)//' <<<"$tree" | sort -u | wc -l) crates"
+}
+
 # The deployable binary carries none of the tooling's crates.
-CURRENT="cargo tree -e normal --no-default-features --features cli (no tooling)"
-step "$CURRENT"
-deploy_tree="$(cargo tree -e normal --no-default-features --features cli --prefix none)"
-for tooling in order-closer-sim order-closer-testkit order-closer-bench plotters; do
-    if grep -q "^$tooling v" <<<"$deploy_tree"; then
-        echo "test.sh: the deployable binary depends on $tooling" >&2
-        false
-    fi
-done
+refuse_in_tree "the deployable binary" "--no-default-features --features cli" \
+    order-closer-sim order-closer-testkit order-closer-bench plotters
 
 # The shop's library, as the root package without its features and as the core crate:
 # none of the server side's crates.
 for lean in "--no-default-features" "-p order-closer-core"; do
-    CURRENT="cargo tree -e normal $lean (no server-side crates)"
-    step "$CURRENT"
-    # shellcheck disable=SC2086
-    lean_tree="$(cargo tree -e normal $lean --prefix none)"
-    for heavy in axum hyper reqwest clap indicatif plotters zip prometheus-client tracing-subscriber; do
-        if grep -q "^$heavy v" <<<"$lean_tree"; then
-            echo "test.sh: the lean library ($lean) depends on $heavy" >&2
-            false
-        fi
-    done
-    echo "lean library ($lean): $(sort -u <<<"$lean_tree" | sed 's/ (\*)//' | sort -u | wc -l) crates"
+    refuse_in_tree "the lean library ($lean)" "$lean" \
+        axum hyper reqwest clap indicatif plotters zip prometheus-client tracing-subscriber
 done
 
 # The engine knows gateways only through the port: no gateway's crate in its tree.
-CURRENT="cargo tree -p order-closer-engine (no gateway crate)"
-step "$CURRENT"
-engine_tree="$(cargo tree -p order-closer-engine -e normal --prefix none)"
-for gateway in order-closer-alipay order-closer-wechat order-closer-sim; do
-    if grep -q "^$gateway v" <<<"$engine_tree"; then
-        echo "test.sh: the engine depends on $gateway" >&2
-        false
-    fi
-done
+refuse_in_tree "the engine" "-p order-closer-engine" \
+    order-closer-alipay order-closer-wechat order-closer-sim
 
 CURRENT="cargo test --workspace --all-targets -- --skip serial_"
 step "$CURRENT (parallel)"

@@ -14,6 +14,7 @@ use order_closer_core::config::{ConfigError, Settings};
 use order_closer_core::db::{self, DbError, DbPool};
 use order_closer_engine::decide::Decider;
 use order_closer_engine::health::{self, Readiness};
+use order_closer_engine::metrics::Metrics;
 use order_closer_engine::notify::{self, Notifier, NotifySettings};
 use order_closer_engine::worker::{Worker, WorkerConfig};
 use order_closer_gateway::registry::{Gateways, RegistryError};
@@ -94,27 +95,29 @@ impl App {
     /// The decider every process decides with: the configured gateways, retry steps and
     /// paid-after-close policy, signing its audit rows as `actor`.
     pub fn decider(&self, pool: DbPool, actor: impl Into<String>) -> Result<Decider, AppError> {
-        Ok(Decider::configured(
-            pool,
-            self.gateways()?,
-            &self.settings.decisions,
-            actor,
-        ))
+        Ok(self.decider_over(pool, self.gateways()?, actor))
     }
 
     /// The notify endpoint's handler (each channel's verifier), with the configured hint
     /// budget.
     pub fn notifier(&self, pool: DbPool, actor: impl Into<String>) -> Result<Notifier, AppError> {
         let own = NotifySettings::from_vars(&self.settings.vars)?;
-        Ok(Notifier::new(self.decider(pool, actor)?).with_hint_budget(own.hint_budget()))
+        Ok(notifier_over(self.decider(pool, actor)?, &own))
     }
 
     /// A close-queue worker as configured.
     pub fn worker(&self, pool: DbPool, actor: impl Into<String>) -> Result<Worker, AppError> {
-        Ok(Worker::new(
-            self.decider(pool, actor)?,
-            WorkerConfig::from_settings(&self.settings),
-        ))
+        Ok(self.worker_over(self.decider(pool, actor)?))
+    }
+
+    /// A decider over gateways already built.
+    fn decider_over(&self, pool: DbPool, gateways: Gateways, actor: impl Into<String>) -> Decider {
+        Decider::configured(pool, gateways, &self.settings.decisions, actor)
+    }
+
+    /// A worker running `decider`.
+    fn worker_over(&self, decider: Decider) -> Worker {
+        Worker::new(decider, WorkerConfig::from_settings(&self.settings))
     }
 
     /// The shop's entry point, connected to the configured database and broker, checking
@@ -137,19 +140,11 @@ impl App {
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
         // The configuration first: a half-configured gateway stops the process at once.
-        self.gateways()?;
+        let gateways = self.gateways()?;
         let pool = self.ready_pool().await?;
-        let worker = self.worker(pool.clone(), actor)?;
-        if let Some(addr) = self.settings.http_listen {
-            let routes = health::router(worker.metrics(), worker.readiness(), pool);
-            let bound = health::serve(addr, routes, shutdown.clone())
-                .await
-                .map_err(|source| AppError::Listen {
-                    what: "ORDER_CLOSER_HTTP_LISTEN",
-                    source,
-                })?;
-            tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
-        }
+        let worker = self.worker_over(self.decider_over(pool.clone(), gateways, actor));
+        self.serve_health(worker.metrics(), worker.readiness(), pool, &shutdown)
+            .await?;
         worker.run(shutdown).await.map_err(AppError::Worker)
     }
 
@@ -163,23 +158,18 @@ impl App {
         shutdown: CancellationToken,
     ) -> Result<SocketAddr, AppError> {
         // The configuration first: a half-configured gateway stops the process at once.
-        self.gateways()?;
+        let gateways = self.gateways()?;
         let own = NotifySettings::from_vars(&self.settings.vars)?;
         let pool = self.ready_pool().await?;
-        let notifier = Arc::new(self.notifier(pool.clone(), actor)?);
-        if let Some(addr) = self.settings.http_listen {
-            let readiness = Arc::new(Readiness::default());
-            // No broker here: readiness is the database's.
-            readiness.set_broker(true);
-            let routes = health::router(Arc::clone(notifier.metrics()), readiness, pool);
-            let bound = health::serve(addr, routes, shutdown.clone())
-                .await
-                .map_err(|source| AppError::Listen {
-                    what: "ORDER_CLOSER_HTTP_LISTEN",
-                    source,
-                })?;
-            tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
-        }
+        let notifier = Arc::new(notifier_over(
+            self.decider_over(pool.clone(), gateways, actor),
+            &own,
+        ));
+        // No broker here: readiness is the database's.
+        let readiness = Arc::new(Readiness::default());
+        readiness.set_broker(true);
+        self.serve_health(Arc::clone(notifier.metrics()), readiness, pool, &shutdown)
+            .await?;
         let bound = notify::http::serve_with(listen, notifier, own.limits(), shutdown)
             .await
             .map_err(|e| AppError::Listen {
@@ -189,4 +179,31 @@ impl App {
         tracing::info!(%bound, "serving POST /notify/{{channel}}");
         Ok(bound)
     }
+
+    /// Health and metrics on `ORDER_CLOSER_HTTP_LISTEN` (internal), unless it is `off`.
+    async fn serve_health(
+        &self,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        pool: DbPool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), AppError> {
+        let Some(addr) = self.settings.http_listen else {
+            return Ok(());
+        };
+        let routes = health::router(metrics, readiness, pool);
+        let bound = health::serve(addr, routes, shutdown.clone())
+            .await
+            .map_err(|source| AppError::Listen {
+                what: "ORDER_CLOSER_HTTP_LISTEN",
+                source,
+            })?;
+        tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+        Ok(())
+    }
+}
+
+/// The notify endpoint's handler over `decider`, with the hint budget `own` configures.
+fn notifier_over(decider: Decider, own: &NotifySettings) -> Notifier {
+    Notifier::new(decider).with_hint_budget(own.hint_budget())
 }
