@@ -110,8 +110,14 @@ impl App {
         Ok(self.worker_over(self.decider(pool, actor)?))
     }
 
-    /// A decider over gateways already built.
-    fn decider_over(&self, pool: DbPool, gateways: Gateways, actor: impl Into<String>) -> Decider {
+    /// A decider over gateways already built (a test's, with one gateway wrapped or
+    /// configured otherwise), with the configured retry steps and paid-after-close policy.
+    pub fn decider_over(
+        &self,
+        pool: DbPool,
+        gateways: Gateways,
+        actor: impl Into<String>,
+    ) -> Decider {
         Decider::configured(pool, gateways, &self.settings.decisions, actor)
     }
 

@@ -158,12 +158,9 @@ impl TestEnv {
 
     /// A decider whose gateways are configured with `overrides` (a wrong key, another app).
     pub fn decider_with(&self, overrides: &[(&str, &str)], actor: &str) -> Decider {
-        Decider::configured(
-            self.pool.clone(),
-            self.gateways_with(overrides),
-            &self.settings.decisions,
-            actor,
-        )
+        self.sandbox
+            .app()
+            .decider_over(self.pool.clone(), self.gateways_with(overrides), actor)
     }
 
     /// Starts an in-process worker.
@@ -607,10 +604,9 @@ impl TestEnv {
         let held = gateway::HeldGateway::new(Arc::clone(
             gateways.get(channel).expect("a gateway for the channel"),
         ));
-        let decider = Decider::configured(
+        let decider = self.sandbox.app().decider_over(
             self.pool.clone(),
             gateways.with(channel, held.clone()),
-            &self.settings.decisions,
             "test-worker-held",
         );
         let config = WorkerConfig::from_settings(&self.settings);
