@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::order::{Order, OrderStatus};
+use crate::trade::Trade;
 
 /// Routing key of a close.
 pub const ORDER_CLOSED: &str = "order.closed";
@@ -38,8 +39,12 @@ pub struct OrderEvent<'a> {
     pub order_id: i64,
     /// Merchant order number.
     pub out_trade_no: &'a str,
-    /// Which gateway the order is paid through (`alipay`, `wechat`).
+    /// The gateway of the trade the event is about (`alipay`, `wechat`); empty when it is
+    /// about no trade (an order closed without any, or settled by the shop otherwise).
     pub channel: &'a str,
+    /// The trade (payment attempt) the event is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trade: Option<TradeNames<'a>>,
     /// The order's status after the decision.
     pub status: &'a str,
     /// Amount in minor units.
@@ -55,10 +60,27 @@ pub struct OrderEvent<'a> {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// How an event names a trade: its id, gateway, merchant trade number and the gateway's
+/// trade number.
+#[derive(Debug, Clone, Serialize)]
+pub struct TradeNames<'a> {
+    /// Our trade id.
+    pub id: i64,
+    /// Its gateway.
+    pub channel: &'a str,
+    /// Its merchant trade number at that gateway.
+    pub out_trade_no: &'a str,
+    /// The gateway's trade number, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_trade_no: Option<&'a str>,
+}
+
 impl<'a> OrderEvent<'a> {
-    /// The event announcing `order` now has `status`, occurring now.
+    /// The event announcing `order` now has `status`, occurring now, about `trade` when
+    /// one is concerned.
     pub fn about(
         order: &'a Order,
+        trade: Option<&'a Trade>,
         routing_key: &'a str,
         event_id: String,
         status: OrderStatus,
@@ -71,7 +93,13 @@ impl<'a> OrderEvent<'a> {
             event: routing_key,
             order_id: order.id,
             out_trade_no: &order.out_trade_no,
-            channel: &order.channel,
+            channel: trade.map_or("", |t| t.channel.as_str()),
+            trade: trade.map(|t| TradeNames {
+                id: t.id,
+                channel: &t.channel,
+                out_trade_no: &t.out_trade_no,
+                gateway_trade_no: gateway_trade_no.or(t.gateway_trade_no.as_deref()),
+            }),
             status: status.as_str(),
             amount_minor: order.amount_minor,
             currency: &order.currency,

@@ -65,6 +65,27 @@ pub enum InvalidOrder {
         /// The channel's limit, in minor units.
         limit_minor: i64,
     },
+    /// The number of an order created without a trade is empty, too long, or has a
+    /// space or a control character (its trades' numbers are checked by their gateways'
+    /// rules when they are added).
+    #[error(
+        "order number {out_trade_no:?} must be 1 to {max} characters, without spaces or control characters"
+    )]
+    OrderNumber {
+        /// The number given.
+        out_trade_no: String,
+        /// Longest allowed.
+        max: usize,
+    },
+    /// An order created without a trade names a currency none of the accepted channels
+    /// takes (or none at all).
+    #[error("currency {currency:?} is taken by none of the channels ({})", .supported.join(", "))]
+    CurrencyNotTaken {
+        /// The currency given.
+        currency: String,
+        /// The channels accepted.
+        supported: Vec<&'static str>,
+    },
     /// The gateway reference is empty, too long or has control characters.
     #[error("gateway_ref must be 1 to 255 printable characters, got {bytes} bytes")]
     GatewayRef {

@@ -49,10 +49,9 @@ impl std::fmt::Display for OrderStatus {
 pub struct Order {
     /// Our id.
     pub id: i64,
-    /// The merchant order number sent to the gateway.
+    /// The shop's order number (in the one-call form, also its first trade's merchant
+    /// trade number at the gateway; see [`crate::trade::Trade`]).
     pub out_trade_no: String,
-    /// Which gateway (`alipay`).
-    pub channel: String,
     /// Amount in minor units.
     pub amount_minor: i64,
     /// ISO currency code.
@@ -70,13 +69,13 @@ pub struct Order {
     pub paid_at: Option<DateTime<Utc>>,
     /// When it was closed, if it was.
     pub closed_at: Option<DateTime<Utc>>,
-    /// The gateway's trade number, once known.
+    /// The gateway's trade number of the trade that paid it, once known.
     pub gateway_trade_no: Option<String>,
     /// Why it was closed.
     pub close_reason: Option<String>,
-    /// The gateway's own reference of the trade, for gateways that look trades up by it
-    /// (given by the shop at creation); None for those that use `out_trade_no`.
-    pub gateway_ref: Option<String>,
+    /// The trade that paid it (None: not paid, paid before trades were recorded, or
+    /// settled by other means).
+    pub paid_trade_id: Option<i64>,
 }
 
 impl Order {

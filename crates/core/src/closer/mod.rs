@@ -12,27 +12,43 @@
 //! gateway's rules ([`crate::rules::Channels`]; the `order-closer` crate hands every
 //! gateway's as `order_closer::gateway::rules::CHANNELS`).
 //!
+//! An order is created first, without a gateway; a trade (a payment attempt) is added when
+//! the buyer picks a payment method, and another when they switch. Each open trade is
+//! closed at its gateway before the order is closed:
+//!
 //! ```no_run
 //! use std::time::Duration;
-//! use order_closer_core::closer::{Closer, Due, NewOrder};
+//! use order_closer_core::closer::{Closer, Due, NewOrder, NewTrade};
 //! use order_closer_core::config::Settings;
 //! use order_closer_core::rules::Channels;
 //!
 //! # async fn run(channels: Channels) -> Result<(), Box<dyn std::error::Error>> {
 //! let closer = Closer::connect(&Settings::from_env()?, channels).await?;
+//! let due = Due::After(Duration::from_secs(15 * 60));
 //! let created = closer
-//!     .create_order(NewOrder::new("alipay", "ORD-1001", 1234, Due::After(Duration::from_secs(15 * 60))))
+//!     .create_order(NewOrder::without_trade("ORD-1001", 1234, "CNY", due))
 //!     .await?;
 //! println!("order {} closes at {}", created.order.id, created.order.deadline);
+//! // The buyer clicks "pay with Alipay":
+//! let added = closer
+//!     .add_trade("ORD-1001", NewTrade::new("alipay", "ORD-1001"))
+//!     .await?;
+//! println!("make the Alipay trade expire by {}", added.expire_by);
+//! // The one-call form: an order with its first trade, numbered as the order.
+//! closer
+//!     .create_order(NewOrder::new("wechat", "ORD-1002", 1234, due))
+//!     .await?;
 //! # Ok(()) }
 //! ```
 //!
 //! To create the shop's own rows and ours atomically, call [`Closer::create_order_in`]
 //! inside the shop's transaction, then [`Closer::publish`] after it commits.
 //!
-//! [`Closer::cancel_order`] and [`Closer::extend_deadline`] change an order on request
+//! [`Closer::add_trade`] adds a payment attempt (`add_trade.rs`). [`Closer::cancel_order`],
+//! [`Closer::extend_deadline`] and [`Closer::settle_otherwise`] change an order on request
 //! (`requests.rs`).
 
+mod add_trade;
 mod requests;
 
 use std::sync::Arc;
@@ -56,6 +72,7 @@ pub use crate::invalid::InvalidOrder;
 use crate::message::CloseMessage;
 use crate::order::Order;
 use crate::rules::Channels;
+pub use add_trade::{AddedTrade, EXPIRY_MARGIN, NewTrade, TradeError};
 pub use requests::{CANCEL_WAIT, Cancelled, ChangeError, EXTEND_MARGIN};
 
 /// Longest allowed time to pay.
@@ -76,26 +93,28 @@ pub enum Due {
 /// An order to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
-    /// The merchant order number, unique; its format is the channel's
-    /// ([`crate::rules::OrderRules`]).
+    /// The shop's order number, unique. With a `channel`, it is also the first trade's
+    /// merchant trade number, in the channel's format ([`crate::rules::OrderRules`]).
     pub out_trade_no: String,
     /// Amount in minor units (fen), positive, within the channel's limit.
     pub amount_minor: i64,
-    /// ISO 4217 code, one the channel takes; empty: the channel's first (set when the
-    /// order is created).
+    /// ISO 4217 code, one the channel takes; empty with a channel: the channel's first
+    /// (set when the order is created).
     pub currency: String,
-    /// The gateway (`alipay`, `wechat`).
-    pub channel: String,
+    /// The gateway of the order's first trade (`alipay`, `wechat`): the one-call form.
+    /// None: an order without a trade yet ([`Closer::add_trade`] adds them).
+    pub channel: Option<String>,
     /// The payment deadline.
     pub due: Due,
-    /// The gateway's own reference of the trade, for a gateway that looks trades up by
-    /// it rather than by `out_trade_no` (1 to 255 characters); None for the others.
+    /// The gateway's own reference of the first trade, for a gateway that looks trades up
+    /// by it rather than by `out_trade_no` (1 to 255 characters); None for the others.
     pub gateway_ref: Option<String>,
 }
 
 impl NewOrder {
-    /// An order for `channel` (`alipay`, `wechat`) in the channel's first currency (CNY
-    /// for both, set when the order is created; see [`NewOrder::in_currency`]).
+    /// An order with its first trade at `channel` (`alipay`, `wechat`), numbered as the
+    /// order, in the channel's first currency (CNY for both, set when the order is
+    /// created; see [`NewOrder::in_currency`]).
     pub fn new(
         channel: impl Into<String>,
         out_trade_no: impl Into<String>,
@@ -103,16 +122,31 @@ impl NewOrder {
         due: Due,
     ) -> Self {
         Self {
+            channel: Some(channel.into()),
+            ..Self::without_trade(out_trade_no, amount_minor, "", due)
+        }
+    }
+
+    /// An order without a trade: the buyer has not picked a payment method yet. Its
+    /// trades are added by [`Closer::add_trade`]; at its deadline, an order without any is
+    /// closed without asking a gateway.
+    pub fn without_trade(
+        out_trade_no: impl Into<String>,
+        amount_minor: i64,
+        currency: impl Into<String>,
+        due: Due,
+    ) -> Self {
+        Self {
             out_trade_no: out_trade_no.into(),
             amount_minor,
-            currency: String::new(),
-            channel: channel.into(),
+            currency: currency.into(),
+            channel: None,
             due,
             gateway_ref: None,
         }
     }
 
-    /// The same order with the gateway's own reference of its trade.
+    /// The same order with the gateway's own reference of its first trade.
     pub fn with_gateway_ref(mut self, gateway_ref: impl Into<String>) -> Self {
         self.gateway_ref = Some(gateway_ref.into());
         self
@@ -187,6 +221,8 @@ pub struct Closer {
     published: Batcher<DeletePublished>,
     /// Those deletes, still running (see [`Closer::shutdown`]).
     background: TaskTracker,
+    /// How long before its deadline an order still takes a trade ([`EXPIRY_MARGIN`]).
+    expiry_margin: Duration,
     /// Kept open for as long as the closer lives.
     _connection: Option<Arc<lapin::Connection>>,
 }
@@ -225,8 +261,16 @@ impl Closer {
             background: TaskTracker::new(),
             pool,
             publisher,
+            expiry_margin: EXPIRY_MARGIN,
             _connection: None,
         }
+    }
+
+    /// The same closer taking trades until `margin` before an order's deadline instead of
+    /// [`EXPIRY_MARGIN`] (for deadlines of seconds: the demo, tests).
+    pub fn with_expiry_margin(mut self, margin: Duration) -> Self {
+        self.expiry_margin = margin;
+        self
     }
 
     /// A closer that only writes: the outbox relay publishes later.
@@ -397,7 +441,7 @@ async fn insert(
             id: *id,
             row: orders::NewOrderRow {
                 out_trade_no: &n.out_trade_no,
-                channel: &n.channel,
+                channel: n.channel.as_deref(),
                 amount_minor: n.amount_minor,
                 currency: &n.currency,
                 deadline: *deadline,
@@ -487,29 +531,26 @@ fn validate_all(
         .collect()
 }
 
-/// Checks an order against its channel's rules (an order naming no currency gets the
-/// channel's first) and returns its deadline.
+/// Checks an order: one with a first trade against its channel's rules (naming no
+/// currency, it gets the channel's first), one without against what every order must be.
+/// Returns its deadline.
 fn validate(
     channels: Channels,
     new: &mut NewOrder,
     now: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, InvalidOrder> {
-    let Some(rules) = channels.for_channel(&new.channel) else {
-        return Err(InvalidOrder::UnknownChannel {
-            channel: new.channel.clone(),
-            supported: channels.names().collect(),
-        });
-    };
-    if new.currency.is_empty()
-        && let Some(first) = rules.currencies.first()
-    {
-        new.currency = (*first).to_owned();
-    }
-    rules.check(&new.out_trade_no, &new.currency, new.amount_minor)?;
-    if let Some(r) = &new.gateway_ref
-        && (r.is_empty() || r.len() > 255 || r.chars().any(char::is_control))
-    {
-        return Err(InvalidOrder::GatewayRef { bytes: r.len() });
+    match new.channel.as_deref() {
+        Some(channel) => {
+            let rules = known_channel(channels, channel)?;
+            if new.currency.is_empty()
+                && let Some(first) = rules.currencies.first()
+            {
+                new.currency = (*first).to_owned();
+            }
+            rules.check(&new.out_trade_no, &new.currency, new.amount_minor)?;
+            check_gateway_ref(new.gateway_ref.as_deref())?;
+        }
+        None => check_without_trade(channels, new)?,
     }
     let deadline = match new.due {
         Due::After(d) => {
@@ -536,6 +577,63 @@ fn validate(
         }
     };
     Ok(deadline)
+}
+
+/// The rules of a channel the closer accepts.
+fn known_channel(
+    channels: Channels,
+    channel: &str,
+) -> Result<&'static crate::rules::OrderRules, InvalidOrder> {
+    channels
+        .for_channel(channel)
+        .ok_or_else(|| InvalidOrder::UnknownChannel {
+            channel: channel.to_owned(),
+            supported: channels.names().collect(),
+        })
+}
+
+/// A gateway reference, if given, is 1 to 255 printable characters.
+fn check_gateway_ref(gateway_ref: Option<&str>) -> Result<(), InvalidOrder> {
+    match gateway_ref {
+        Some(r) if r.is_empty() || r.len() > 255 || r.chars().any(char::is_control) => {
+            Err(InvalidOrder::GatewayRef { bytes: r.len() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An order without a trade: a number a close message can carry, a positive amount, and
+/// a currency some accepted channel takes (each trade is checked by its channel's rules
+/// when it is added). A gateway reference belongs to a trade, so it needs a channel.
+fn check_without_trade(channels: Channels, new: &NewOrder) -> Result<(), InvalidOrder> {
+    let max = crate::message::MAX_OUT_TRADE_NO;
+    let no = &new.out_trade_no;
+    if no.is_empty()
+        || no.len() > max
+        || no.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(InvalidOrder::OrderNumber {
+            out_trade_no: no.clone(),
+            max,
+        });
+    }
+    if new.amount_minor <= 0 {
+        return Err(InvalidOrder::AmountNotPositive(new.amount_minor));
+    }
+    let taken = channels
+        .names()
+        .filter_map(|name| channels.for_channel(name))
+        .any(|rules| rules.currencies.contains(&new.currency.as_str()));
+    if !taken {
+        return Err(InvalidOrder::CurrencyNotTaken {
+            currency: new.currency.clone(),
+            supported: channels.names().collect(),
+        });
+    }
+    if new.gateway_ref.is_some() {
+        return Err(InvalidOrder::GatewayRef { bytes: 0 });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -596,7 +694,7 @@ mod tests {
             ),
             (
                 NewOrder {
-                    channel: "paypal".into(),
+                    channel: Some("paypal".into()),
                     ..ok.clone()
                 },
                 "channel",
@@ -644,6 +742,31 @@ mod tests {
         for (order, word) in cases {
             let err = check(&order, now).unwrap_err().to_string();
             assert!(err.contains(word), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_order_without_a_trade_is_checked_for_what_every_order_must_be() {
+        let now = Utc::now();
+        let due = Due::After(Duration::from_secs(60));
+        let ok = NewOrder::without_trade("ORD 1".replace(' ', "-"), 100, "CNY", due);
+        assert_eq!(check(&ok, now).unwrap().channel, None);
+        let cases = [
+            (NewOrder::without_trade("", 100, "CNY", due), "order number"),
+            (NewOrder::without_trade("a b", 100, "CNY", due), "order number"),
+            (NewOrder::without_trade("x".repeat(65), 100, "CNY", due), "order number"),
+            (NewOrder::without_trade("A\n", 100, "CNY", due), "order number"),
+            (NewOrder::without_trade("A", 0, "CNY", due), "amount"),
+            (NewOrder::without_trade("A", 100, "USD", due), "currency \"USD\""),
+            (NewOrder::without_trade("A", 100, "", due), "currency \"\""),
+            (
+                NewOrder::without_trade("A", 100, "CNY", due).with_gateway_ref("pi_1"),
+                "gateway_ref",
+            ),
+        ];
+        for (order, word) in cases {
+            let err = check(&order, now).unwrap_err().to_string();
+            assert!(err.contains(word), "{word}: {err}");
         }
     }
 }

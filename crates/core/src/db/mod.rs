@@ -10,6 +10,7 @@ pub mod prepared;
 pub mod refunds;
 pub mod schema;
 pub mod text_enum;
+pub mod trades;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,30 +15,21 @@ use super::schema::orders;
 use crate::order::{Order, OrderStatus};
 
 /// A row to insert.
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = orders)]
+#[derive(Debug, Clone)]
 pub struct NewOrderRow<'a> {
-    /// Merchant order number.
+    /// The shop's order number.
     pub out_trade_no: &'a str,
-    /// Gateway.
-    pub channel: &'a str,
+    /// The gateway of its first trade, in the one-call form (a trade with the order's
+    /// number, added with the order); None: an order without a trade yet.
+    pub channel: Option<&'a str>,
     /// Amount, minor units.
     pub amount_minor: i64,
     /// Currency code.
     pub currency: &'a str,
     /// Payment deadline.
     pub deadline: DateTime<Utc>,
-    /// The gateway's own reference of the trade, if the gateway needs one.
+    /// The gateway's own reference of the first trade, if its gateway needs one.
     pub gateway_ref: Option<&'a str>,
-}
-
-/// Inserts an order (status NEW) and returns it.
-pub async fn insert(conn: &mut AsyncPgConnection, row: &NewOrderRow<'_>) -> QueryResult<Order> {
-    diesel::insert_into(orders::table)
-        .values(row)
-        .returning(Order::as_returning())
-        .get_result(conn)
-        .await
 }
 
 /// Takes `n` order ids from the table's sequence (ids never taken are simply unused).
@@ -58,8 +49,10 @@ pub struct Scheduled<'a> {
     pub close_payload: &'a str,
 }
 
-/// Inserts orders and their close schedules (an outbox row each) in one statement: all
-/// commit or none does. Returns each order with its outbox row's id, in the given order.
+/// Inserts orders, the first trade of those that name a channel (the one-call form: the
+/// trade's number is the order's), and their close schedules (an outbox row each), in one
+/// statement: all commit or none does. Returns each order with its outbox row's id, in the
+/// given order.
 pub async fn insert_scheduled(
     conn: &mut AsyncPgConnection,
     rows: &[Scheduled<'_>],
@@ -85,6 +78,9 @@ pub async fn insert_scheduled(
              SELECT id, out_trade_no, channel, amount_minor, currency, deadline, gateway_ref
              FROM input
              RETURNING *
+         ), t AS (
+             INSERT INTO trades (order_id, channel, out_trade_no, gateway_ref)
+             SELECT id, channel, out_trade_no, gateway_ref FROM o WHERE channel IS NOT NULL
          ), b AS (
              INSERT INTO outbox (kind, routing_key, payload)
              SELECT $9, '', payload FROM input
@@ -92,14 +88,14 @@ pub async fn insert_scheduled(
          )
          -- The result's columns are named, never `*`: a cached statement must keep its
          -- result shape when a migration adds a column.
-         SELECT o.id, o.out_trade_no, o.channel, o.amount_minor, o.currency, o.status,
+         SELECT o.id, o.out_trade_no, o.amount_minor, o.currency, o.status,
                 o.deadline, o.created_at, o.updated_at, o.paid_at, o.closed_at,
-                o.gateway_trade_no, o.close_reason, o.gateway_ref, b.outbox_id
+                o.gateway_trade_no, o.close_reason, o.paid_trade_id, b.outbox_id
          FROM o JOIN input i ON i.id = o.id JOIN b ON b.payload = i.payload",
     )
     .bind::<Array<BigInt>, _>(column(rows, |r| r.id))
     .bind::<Array<Text>, _>(column(rows, |r| r.row.out_trade_no))
-    .bind::<Array<Text>, _>(column(rows, |r| r.row.channel))
+    .bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.row.channel))
     .bind::<Array<BigInt>, _>(column(rows, |r| r.row.amount_minor))
     .bind::<Array<Text>, _>(column(rows, |r| r.row.currency))
     .bind::<Array<Timestamptz>, _>(column(rows, |r| r.row.deadline))
@@ -214,32 +210,26 @@ pub async fn find_by_out_trade_no(
         .optional()
 }
 
-/// `NEW -> PAID`, only if still NEW. Returns false when another actor got there first.
-pub async fn mark_paid(
-    conn: &mut AsyncPgConnection,
-    id: i64,
-    trade_no: &str,
-    paid_at: DateTime<Utc>,
-) -> QueryResult<bool> {
-    let updated = diesel::update(orders::table)
-        .filter(orders::id.eq(id))
-        .filter(orders::status.eq(OrderStatus::New.as_str()))
-        .set((
-            orders::status.eq(OrderStatus::Paid.as_str()),
-            orders::gateway_trade_no.eq(trade_no),
-            orders::paid_at.eq(paid_at),
-            orders::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(updated == 1)
-}
-
-/// `NEW -> CLOSED`, only if still NEW. Returns false when another actor got there first.
+/// `NEW -> CLOSED` with every open trade of the order closed first, only if still NEW
+/// (tools and tests: the deadline decision closes trades at their gateways first). Run it
+/// inside a transaction. Returns false when another actor got there first.
 pub async fn mark_closed(conn: &mut AsyncPgConnection, id: i64, reason: &str) -> QueryResult<bool> {
+    use diesel::sql_types::{BigInt, Text};
+    prepared(
+        "UPDATE trades SET status = 'closed', closed_at = now(), close_reason = $1,
+                           updated_at = now()
+         WHERE order_id = $2 AND status = 'open'
+           AND EXISTS (SELECT 1 FROM orders WHERE id = $3 AND status = 'NEW')",
+    )
+    .bind::<Text, _>(reason)
+    .bind::<BigInt, _>(id)
+    .bind::<BigInt, _>(id)
+    .execute(conn)
+    .await?;
     let updated = diesel::update(orders::table)
         .filter(orders::id.eq(id))
         .filter(orders::status.eq(OrderStatus::New.as_str()))
+        .filter(orders::open_trades.eq(0))
         .set((
             orders::status.eq(OrderStatus::Closed.as_str()),
             orders::close_reason.eq(reason),
@@ -281,7 +271,12 @@ pub async fn overdue_page(
         .select((Order::as_select(), parked))
         .into_boxed();
     if let Some(channel) = channel {
-        query = query.filter(orders::channel.eq(channel.to_owned()));
+        use super::schema::trades;
+        query = query.filter(diesel::dsl::exists(
+            trades::table
+                .filter(trades::order_id.eq(orders::id))
+                .filter(trades::channel.eq(channel.to_owned())),
+        ));
     }
     if let Some((deadline, id)) = after {
         query = query.filter(
