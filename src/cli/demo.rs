@@ -389,6 +389,12 @@ async fn report(
         .load(&mut conn)
         .await?;
     let by_id: BTreeMap<i64, &Order> = rows.iter().map(|o| (o.id, o)).collect();
+    // Each demo order has one trade, made with the order: its channel.
+    let channel_of: BTreeMap<i64, String> = db::trades::for_orders(&mut conn, &ids)
+        .await?
+        .into_iter()
+        .map(|t| (t.order_id, t.channel))
+        .collect();
 
     let mut problems = Vec::new();
     let mut trades = BTreeMap::new();
@@ -409,7 +415,9 @@ async fn report(
         let agrees = order.status() == gateway_says && order.status() == buyer.expected();
         for entry in [
             by_buyer.entry(*buyer).or_default(),
-            by_channel.entry(order.channel.clone()).or_default(),
+            by_channel
+                .entry(channel_of.get(&order.id).cloned().unwrap_or_default())
+                .or_default(),
         ] {
             entry.0 += 1;
             entry.1 += u32::from(agrees);

@@ -269,9 +269,11 @@ async fn show(settings: Settings, args: ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let history = decisions::for_order(&mut conn, order.id).await?;
+    let trades = db::trades::for_order(&mut conn, order.id).await?;
     match args.format {
         Format::Json => {
-            let value = serde_json::json!({ "order": order, "decisions": history });
+            let value =
+                serde_json::json!({ "order": order, "trades": trades, "decisions": history });
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Format::Text => {
@@ -282,7 +284,6 @@ async fn show(settings: Settings, args: ShowArgs) -> anyhow::Result<ExitCode> {
                 money::format_minor(order.amount_minor),
                 order.currency
             );
-            println!("channel      {}", order.channel);
             println!("deadline     {}", order.deadline.to_rfc3339());
             if let Some(at) = order.paid_at {
                 println!("paid at      {}", at.to_rfc3339());
@@ -296,6 +297,22 @@ async fn show(settings: Settings, args: ShowArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(no) = &order.gateway_trade_no {
                 println!("gateway no   {no}");
+            }
+            println!("trades       {}", trades.len());
+            for t in &trades {
+                println!(
+                    "  #{} {} {} {}{}{}",
+                    t.id,
+                    t.channel,
+                    t.out_trade_no,
+                    t.status,
+                    t.gateway_trade_no
+                        .as_deref()
+                        .map_or(String::new(), |no| format!(" gateway no {no}")),
+                    t.close_reason
+                        .as_deref()
+                        .map_or(String::new(), |r| format!(" ({r})")),
+                );
             }
             println!("decisions    {}", history.len());
             for d in &history {

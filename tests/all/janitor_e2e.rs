@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::common::{Observed, TestEnv, eventually};
 use chrono::Utc;
+use diesel_async::RunQueryDsl;
 use lapin::options::QueuePurgeOptions;
 use order_closer::db::{self, orders};
 use order_closer::order::{Order, OrderStatus};
@@ -183,6 +184,12 @@ async fn a_parked_order_is_left_to_the_operator() {
     env.cleanup().await;
 }
 
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_janitors_never_claim_one_order_twice() {
     let env = TestEnv::new(&[]).await;
@@ -191,15 +198,22 @@ async fn concurrent_janitors_never_claim_one_order_twice() {
     let mut ids = BTreeSet::new();
     for i in 0..300 {
         let no = env.no(&format!("claim{i}"));
-        let row = orders::NewOrderRow {
-            out_trade_no: &no,
-            channel: "alipay",
-            amount_minor: 100,
-            currency: "CNY",
-            deadline: past,
-            gateway_ref: None,
-        };
-        ids.insert(orders::insert(&mut conn, &row).await.unwrap().id);
+        // Orders long overdue, as a crash would leave them (no Closer takes a deadline
+        // this old): each with its one trade.
+        let id: i64 = diesel::sql_query(
+            "WITH o AS (INSERT INTO orders (out_trade_no, channel, amount_minor, currency, deadline)
+                        VALUES ($1, 'alipay', 100, 'CNY', $2) RETURNING id, out_trade_no),
+                  t AS (INSERT INTO trades (order_id, channel, out_trade_no)
+                        SELECT id, 'alipay', out_trade_no FROM o)
+             SELECT id FROM o",
+        )
+        .bind::<diesel::sql_types::Text, _>(&no)
+        .bind::<diesel::sql_types::Timestamptz, _>(past)
+        .get_result::<Id>(&mut conn)
+        .await
+        .unwrap()
+        .id;
+        ids.insert(id);
     }
     drop(conn);
     let mut janitors = tokio::task::JoinSet::new();

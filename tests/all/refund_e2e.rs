@@ -504,6 +504,7 @@ async fn a_refund_settled_by_another_worker_meanwhile_is_neither_retried_nor_par
             .unwrap();
         drop(conn);
         let closed = env.order(&no).await;
+        let closed_trade = env.trade(&no).await;
         let planned = order_closer::decide::refund_plan::plan(
             &order_closer::gateway::TradeState::Paid {
                 trade_no: "T-500".into(),
@@ -515,7 +516,7 @@ async fn a_refund_settled_by_another_worker_meanwhile_is_neither_retried_nor_par
         .unwrap();
         let requested = env
             .decider("reconcile:test")
-            .request_refund(&closed, &planned)
+            .request_refund(&closed, &closed_trade, &planned)
             .await
             .unwrap();
         assert!(matches!(requested, RefundRequestResult::Requested { .. }));
@@ -696,9 +697,11 @@ async fn a_refund_gives_back_what_the_gateway_says_was_paid_not_what_the_report_
     for channel in order_closer::gateway::rules::channels() {
         let no = env.no(&format!("claimed-{channel}"));
         let (order, trade) = closed_then_paid(&env, &env.buyers, channel, &no, 100).await;
+        let stored = env.trade(&no).await;
         let reported = decider
             .paid_after_close(
                 &order,
+                &stored,
                 500,
                 Some(&trade.trade_no),
                 "the bill's row says 5.00",
@@ -897,7 +900,8 @@ async fn refund_rows_of_older_versions_are_migrated_keeping_only_what_was_sent()
     }
     // A row of this version, never sent.
     let mut conn = db::conn(&env.pool).await.unwrap();
-    refunds::request(&mut conn, ids[3].0, &ids[3].1, "new")
+    let trade_id = env.trade(&ids[3].1).await.id;
+    refunds::request(&mut conn, ids[3].0, trade_id, &ids[3].1, "new")
         .await
         .unwrap();
     drop(conn);
@@ -917,8 +921,8 @@ async fn refund_rows_of_older_versions_are_migrated_keeping_only_what_was_sent()
             .zip([("requested", 0), ("failed", 1), ("succeeded", 2)])
     {
         diesel::sql_query(
-            "INSERT INTO refunds (order_id, out_trade_no, out_request_no, amount_minor, status, attempts, requested_by) \
-             VALUES ($1, $2, 'RF-' || $1, 500, $3, $4, 'an older version')",
+            "INSERT INTO refunds (order_id, out_trade_no, out_request_no, amount_minor, status, attempts, requested_by, trade_id) \
+             SELECT $1, $2, 'RF-' || $1, 500, $3, $4, 'an older version', t.id FROM trades t WHERE t.order_id = $1",
         )
         .bind::<diesel::sql_types::BigInt, _>(id)
         .bind::<diesel::sql_types::Text, _>(no)

@@ -505,18 +505,27 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let trades: BTreeMap<String, SimTradeStatus> =
         views.iter().map(|(k, t)| (k.clone(), t.status)).collect();
 
+    // Each chaos order has one trade, made with the order: its channel.
+    let ids: Vec<i64> = rows.iter().map(|o| o.id).collect();
+    let channel_of: BTreeMap<i64, String> = order_closer::db::trades::for_orders(&mut conn, &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.order_id, t.channel))
+        .collect();
     let mut violations = Vec::new();
     let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_channel: BTreeMap<&str, usize> = BTreeMap::new();
     let mut paid_closed_without_anomaly = 0;
     for order in &rows {
+        let channel = channel_of.get(&order.id).map_or("", String::as_str);
         *by_status.entry(order.status().as_str()).or_default() += 1;
-        *by_channel.entry(order.channel.as_str()).or_default() += 1;
+        *by_channel.entry(channel).or_default() += 1;
         let gateway = trades.get(&order.out_trade_no);
         // The trade, if any, is at the order's own gateway.
         let at_its_gateway = views
             .get(&order.out_trade_no)
-            .is_none_or(|t| t.channel == order.channel);
+            .is_none_or(|t| t.channel == channel);
         let agrees = at_its_gateway
             && matches!(
                 (order.status(), gateway),
@@ -542,7 +551,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
             violations.push(format!(
                 "{} ({}): local {} gateway {gateway:?} at {:?}; deadline {}, trade created {:?} paid {:?}; decisions {history:?}\n  worker log trail:\n{}",
                 order.out_trade_no,
-                order.channel,
+                channel,
                 order.status(),
                 trade.map(|t| t.channel.as_str()),
                 order.deadline,

@@ -10,9 +10,9 @@ use thiserror::Error;
 /// use the order number alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TradeRef<'a> {
-    /// The merchant order number.
+    /// The merchant trade number.
     pub out_trade_no: &'a str,
-    /// The gateway's own reference, when the order has one (`orders.gateway_ref`).
+    /// The gateway's own reference, when the trade has one (`trades.gateway_ref`).
     pub gateway_ref: Option<&'a str>,
 }
 
@@ -25,11 +25,11 @@ impl<'a> TradeRef<'a> {
         }
     }
 
-    /// The trade of an order.
-    pub fn of(order: &'a order_closer_core::order::Order) -> Self {
+    /// A stored trade (payment attempt) of an order.
+    pub fn of(trade: &'a order_closer_core::trade::Trade) -> Self {
         Self {
-            out_trade_no: &order.out_trade_no,
-            gateway_ref: order.gateway_ref.as_deref(),
+            out_trade_no: &trade.out_trade_no,
+            gateway_ref: trade.gateway_ref.as_deref(),
         }
     }
 }

@@ -18,6 +18,9 @@ crate::text_enum! {
         /// deadline: the order is closed, and an operator checks what, if anything, was
         /// kept.
         RefundedBeforeDeadline => "refunded_before_deadline",
+        /// A second trade of an order was paid: the buyer paid twice (held for an
+        /// operator, or refunded under the `refund` policy).
+        DuplicatePayment => "duplicate_payment",
     }
 }
 
@@ -27,6 +30,8 @@ crate::text_enum! {
 pub struct NewAnomaly<'a> {
     /// The order, when it exists locally.
     pub order_id: Option<i64>,
+    /// The trade it is about, when there is one.
+    pub trade_id: Option<i64>,
     /// The merchant order number.
     pub out_trade_no: &'a str,
     /// The kind.
@@ -35,16 +40,18 @@ pub struct NewAnomaly<'a> {
     pub detail: &'a str,
 }
 
-/// Records an anomaly once per (order number, kind); returns its id when it is new,
-/// None when it was already recorded.
+/// Records an anomaly once per (order number, kind, trade); returns its id when it is
+/// new, None when it was already recorded.
 pub async fn record(
     conn: &mut AsyncPgConnection,
     row: &NewAnomaly<'_>,
 ) -> QueryResult<Option<i64>> {
     diesel::insert_into(anomalies::table)
         .values(row)
-        .on_conflict((anomalies::out_trade_no, anomalies::kind))
-        .do_nothing()
+        // The unique index `anomalies_once` is on an expression of the trade id, which
+        // `ON CONFLICT` cannot name as columns; it is the table's only unique key besides
+        // the id.
+        .on_conflict_do_nothing()
         .returning(anomalies::id)
         .get_result(conn)
         .await
@@ -67,6 +74,8 @@ pub struct Anomaly {
     pub detail: String,
     /// When it was first recorded.
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The trade it is about, when there is one.
+    pub trade_id: Option<i64>,
 }
 
 /// Lists anomalies, newest first, optionally of one kind.

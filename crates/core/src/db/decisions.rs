@@ -15,6 +15,10 @@ crate::text_enum! {
         Paid => "paid",
         /// NEW -> CLOSED.
         Closed => "closed",
+        /// Trades of an order closed (or found paid) at their gateways while the order
+        /// itself did not move: a PAID order's other trades, or a NEW order's trades
+        /// closed while another one still fails.
+        TradesSettled => "trades_settled",
         /// A transient failure; tried again later.
         Retry => "retry",
         /// Parked for an operator.
@@ -120,7 +124,8 @@ pub async fn insert_pending(
              UPDATE orders
              SET recheck_at = CASE WHEN $7 THEN 'infinity'::timestamptz ELSE $8 END
              FROM d
-             WHERE orders.id = d.order_id AND orders.status = 'NEW'
+             WHERE orders.id = d.order_id
+               AND (orders.status = 'NEW' OR orders.open_trades > 0)
          )
          SELECT id FROM d",
     )
@@ -166,6 +171,8 @@ pub struct Transition<'a> {
     pub decision_id: i64,
     /// `PAID` or `CLOSED`.
     pub status: &'a str,
+    /// The trade that paid it (payments through a trade only).
+    pub paid_trade_id: Option<i64>,
     /// Why it was closed (closes only).
     pub close_reason: Option<&'a str>,
     /// The gateway's trade number (payments only).
@@ -181,8 +188,9 @@ pub struct Transition<'a> {
 }
 
 /// Applies transitions in one statement: each order still NEW moves to its new status
-/// and gets its audit row and its event outbox row; an order no longer NEW is left alone
-/// and gets neither. Returns the ids of the orders that moved. At most one transition per
+/// and gets its audit row and its event outbox row; an order no longer NEW, or one to be
+/// CLOSED that still has an open trade (`orders.open_trades`: a trade added meanwhile),
+/// is left alone and gets neither. Returns the ids of the orders that moved. At most one transition per
 /// order may be given.
 pub async fn apply_transitions(
     conn: &mut AsyncPgConnection,
@@ -209,6 +217,7 @@ pub async fn apply_transitions(
         .bind::<Array<Text>, _>(column(rows, |r| r.decision.actor))
         .bind::<Array<Text>, _>(column(rows, |r| r.event_key))
         .bind::<Array<Text>, _>(column(rows, |r| r.event_payload))
+        .bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.paid_trade_id))
         .bind::<Text, _>(super::outbox::KIND_EVENT)
         .load(conn)
         .await?;
@@ -221,9 +230,10 @@ const TRANSITIONS_SQL: &str = "\
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::timestamptz[], $7::int[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::text[], $13::text[])
+                         $11::text[], $12::text[], $13::text[], $14::bigint[])
         AS t(order_id, decision_id, status, close_reason, trade_no, paid_at, attempt,
-             outcome, gateway_answer, detail, actor, event_key, event_payload)
+             outcome, gateway_answer, detail, actor, event_key, event_payload,
+             paid_trade_id)
 ),
 moved AS (
     UPDATE orders o SET
@@ -232,9 +242,11 @@ moved AS (
         closed_at = CASE WHEN i.status = 'CLOSED' THEN now() ELSE o.closed_at END,
         gateway_trade_no = COALESCE(i.trade_no, o.gateway_trade_no),
         paid_at = COALESCE(i.paid_at, o.paid_at),
+        paid_trade_id = COALESCE(i.paid_trade_id, o.paid_trade_id),
         updated_at = now()
     FROM input i
     WHERE o.id = i.order_id AND o.status = 'NEW'
+      AND (i.status <> 'CLOSED' OR o.open_trades = 0)
     RETURNING o.id
 ),
 audit AS (
@@ -244,7 +256,7 @@ audit AS (
 ),
 announced AS (
     INSERT INTO outbox (kind, routing_key, payload)
-    SELECT $14, i.event_key, i.event_payload
+    SELECT $15, i.event_key, i.event_payload
     FROM input i JOIN moved m ON m.id = i.order_id
     ORDER BY i.decision_id
 )

@@ -210,6 +210,39 @@ pub async fn find_by_out_trade_no(
         .optional()
 }
 
+/// `NEW -> PAID` through the order's first open trade (tools and tests: the decision and
+/// the notify endpoint pay an order through the trade the gateway names), only if still
+/// NEW. Returns false when another actor got there first, or it has no open trade.
+pub async fn mark_paid(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    trade_no: &str,
+    paid_at: DateTime<Utc>,
+) -> QueryResult<bool> {
+    use diesel::sql_types::{BigInt, Text, Timestamptz};
+    let updated = prepared(
+        "WITH t AS (
+             UPDATE trades SET status = 'paid', gateway_trade_no = $1, paid_at = $2,
+                               paid_minor = o.amount_minor, updated_at = now()
+             FROM orders o
+             WHERE trades.id = (SELECT min(id) FROM trades WHERE order_id = $3 AND status = 'open')
+               AND o.id = trades.order_id AND o.status = 'NEW'
+             RETURNING trades.id, trades.order_id
+         )
+         UPDATE orders SET status = 'PAID', gateway_trade_no = $4, paid_at = $5,
+                           paid_trade_id = t.id, updated_at = now()
+         FROM t WHERE orders.id = t.order_id",
+    )
+    .bind::<Text, _>(trade_no)
+    .bind::<Timestamptz, _>(paid_at)
+    .bind::<BigInt, _>(id)
+    .bind::<Text, _>(trade_no)
+    .bind::<Timestamptz, _>(paid_at)
+    .execute(conn)
+    .await?;
+    Ok(updated == 1)
+}
+
 /// `NEW -> CLOSED` with every open trade of the order closed first, only if still NEW
 /// (tools and tests: the deadline decision closes trades at their gateways first). Run it
 /// inside a transaction. Returns false when another actor got there first.
@@ -316,7 +349,7 @@ pub struct Overdue {
     pub first_seen: Option<DateTime<Utc>>,
 }
 
-/// Claims up to `limit` NEW orders whose schedule (the later of the deadline and
+/// Claims up to `limit` NEW orders (and PAID ones with an open trade left) whose schedule (the later of the deadline and
 /// `recheck_at`) fell before `cutoff`, oldest first, and leases them until `lease_until`
 /// (their `recheck_at`), so that no other janitor takes them meanwhile. Rows another
 /// transaction holds are skipped, never waited for.
@@ -331,7 +364,8 @@ pub async fn claim_overdue(
         "WITH due AS (
              SELECT id, GREATEST(deadline, recheck_at) AS scheduled
              FROM orders
-             WHERE status = 'NEW' AND GREATEST(deadline, recheck_at) < $1
+             WHERE (status = 'NEW' OR (status = 'PAID' AND open_trades > 0))
+               AND GREATEST(deadline, recheck_at) < $1
              ORDER BY GREATEST(deadline, recheck_at)
              LIMIT $2
              FOR UPDATE SKIP LOCKED

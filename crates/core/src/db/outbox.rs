@@ -67,6 +67,26 @@ pub async fn insert_close(
     .await
 }
 
+/// Inserts a close schedule for an order that still has an open trade (a PAID order's
+/// other trades, closed now rather than at the deadline); returns whether it did.
+pub async fn insert_close_if_open_trades(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    message: &crate::message::CloseMessage,
+) -> QueryResult<bool> {
+    use diesel::sql_types::{BigInt, Text};
+    let inserted = super::prepared::prepared(
+        "INSERT INTO outbox (kind, routing_key, payload)
+         SELECT $1, '', $2 FROM orders WHERE id = $3 AND open_trades > 0",
+    )
+    .bind::<Text, _>(KIND_CLOSE)
+    .bind::<Text, _>(message.encode_text())
+    .bind::<BigInt, _>(order_id)
+    .execute(conn)
+    .await?;
+    Ok(inserted == 1)
+}
+
 /// Which rows the relay claims: up to `limit` of the oldest rows that no one else will
 /// publish, that is every event row (decisions leave them to the relay) and close rows
 /// older than `grace` (left behind by a crash or a broker outage; younger ones are their

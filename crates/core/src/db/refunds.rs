@@ -1,4 +1,5 @@
-//! The `refunds` table: one refund per order paid after we closed it, its progress, and
+//! The `refunds` table: one refund per paid trade to give back (a payment after we closed
+//! the order, or the second payment of an order paid twice), its progress, and
 //! what was sent for it. A request stores neither amount nor number: the worker decides
 //! both from the gateway's answer when it sends the refund (`decide::refund_plan`) and
 //! records them here before the call ([`prepare_send`]), so that a call whose answer is
@@ -86,6 +87,8 @@ pub struct RefundRow {
     pub updated_at: chrono::DateTime<chrono::Utc>,
     /// When its amount and number were last handed to the gateway (None: never sent).
     pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The trade whose payment it gives back.
+    pub trade_id: i64,
 }
 
 impl RefundRow {
@@ -108,26 +111,28 @@ pub enum Prepared {
     Ready,
     /// The refund is not `requested` any more (another worker settled it meanwhile).
     Settled,
-    /// Another order's refund has this number already (two orders the gateway reports
-    /// under one trade number): not sent.
+    /// Another refund has this number already (two trades the gateway reports under one
+    /// trade number): not sent.
     NumberTaken,
 }
 
-/// Records a requested refund for an order unless it has one (its amount and number are
-/// decided when it is sent); returns the row and whether it is new.
+/// Records a requested refund of a trade's payment unless it has one (its amount and
+/// number are decided when it is sent); returns the row and whether it is new.
 pub async fn request(
     conn: &mut AsyncPgConnection,
     order_id: i64,
+    trade_id: i64,
     out_trade_no: &str,
     requested_by: &str,
 ) -> QueryResult<(RefundRow, bool)> {
     let inserted = diesel::insert_into(refunds::table)
         .values((
             refunds::order_id.eq(order_id),
+            refunds::trade_id.eq(trade_id),
             refunds::out_trade_no.eq(out_trade_no),
             refunds::requested_by.eq(requested_by),
         ))
-        .on_conflict(refunds::order_id)
+        .on_conflict(refunds::trade_id)
         .do_nothing()
         .returning(RefundRow::as_returning())
         .get_result(conn)
@@ -136,19 +141,41 @@ pub async fn request(
     match inserted {
         Some(row) => Ok((row, true)),
         None => Ok((
-            for_order(conn, order_id).await?.ok_or(diesel::NotFound)?,
+            for_trade(conn, trade_id).await?.ok_or(diesel::NotFound)?,
             false,
         )),
     }
 }
 
-/// The refund of an order, if any.
+/// The refund of a trade's payment, if any.
+pub async fn for_trade(
+    conn: &mut AsyncPgConnection,
+    trade_id: i64,
+) -> QueryResult<Option<RefundRow>> {
+    refunds::table
+        .filter(refunds::trade_id.eq(trade_id))
+        .select(RefundRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The refund of an order that most needs doing, if any: a requested one first (oldest
+/// first), then a failed one, then a succeeded one (newest first). A refund message names
+/// the order; it sends its requested refunds one at a time.
 pub async fn for_order(
     conn: &mut AsyncPgConnection,
     order_id: i64,
 ) -> QueryResult<Option<RefundRow>> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::Integer;
     refunds::table
         .filter(refunds::order_id.eq(order_id))
+        .order((
+            sql::<Integer>("CASE status WHEN 'requested' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END")
+                .asc(),
+            refunds::id.asc(),
+        ))
         .select(RefundRow::as_select())
         .first(conn)
         .await
@@ -157,9 +184,9 @@ pub async fn for_order(
 
 /// Moves a failed refund back to `requested` (an operator asked again); returns whether
 /// it moved.
-pub async fn reopen(conn: &mut AsyncPgConnection, order_id: i64, actor: &str) -> QueryResult<bool> {
+pub async fn reopen(conn: &mut AsyncPgConnection, trade_id: i64, actor: &str) -> QueryResult<bool> {
     diesel::update(refunds::table)
-        .filter(refunds::order_id.eq(order_id))
+        .filter(refunds::trade_id.eq(trade_id))
         .filter(refunds::status.eq(RefundStatus::Failed))
         .set((
             refunds::status.eq(RefundStatus::Requested),
@@ -176,12 +203,12 @@ pub async fn reopen(conn: &mut AsyncPgConnection, order_id: i64, actor: &str) ->
 /// longer paid sends exactly this again.
 pub async fn prepare_send(
     conn: &mut AsyncPgConnection,
-    order_id: i64,
+    trade_id: i64,
     amount_minor: i64,
     out_request_no: &str,
 ) -> QueryResult<Prepared> {
     let updated = diesel::update(refunds::table)
-        .filter(refunds::order_id.eq(order_id))
+        .filter(refunds::trade_id.eq(trade_id))
         .filter(refunds::status.eq(RefundStatus::Requested))
         .set((
             refunds::amount_minor.eq(amount_minor),
@@ -207,13 +234,13 @@ pub async fn prepare_send(
 /// refund was not `requested` any more (another worker settled it first).
 pub async fn record_attempt(
     conn: &mut AsyncPgConnection,
-    order_id: i64,
+    trade_id: i64,
     status: RefundStatus,
     last_error: Option<&str>,
     gateway_answer: Option<&str>,
 ) -> QueryResult<bool> {
     diesel::update(refunds::table)
-        .filter(refunds::order_id.eq(order_id))
+        .filter(refunds::trade_id.eq(trade_id))
         .filter(refunds::status.eq(RefundStatus::Requested))
         .set((
             refunds::status.eq(status),

@@ -9,21 +9,24 @@ use tracing::info;
 use super::table::{Action, Protocol, Step};
 use super::{Decider, Mode};
 use order_closer_core::order::Order;
+use order_closer_core::trade::Trade;
 use order_closer_gateway::{
     CloseAnswer, Gateway, GatewayError, GatewayMethod, QueryAnswer, TradeRef,
 };
 
 impl Decider {
     /// Runs the deadline protocol ([`Protocol`]: query, then close and query again as
-    /// the table says) against the order's gateway and returns the final action with the
-    /// transcript of every answer, for the audit row.
+    /// the table says) for one trade of the order at its gateway and returns the final
+    /// action with the transcript of every answer, for the audit row.
     pub(super) async fn consult(
         &self,
         gateway: &dyn Gateway,
         order: &Order,
+        stored: &Trade,
         mode: Mode,
-    ) -> (Action, Option<String>) {
-        let trade = TradeRef::of(order);
+    ) -> (Action, String) {
+        let trade = TradeRef::of(stored);
+        let channel = stored.channel.as_str();
         let (mut protocol, mut step) = Protocol::start(order, mode == Mode::DryRun);
         let mut transcript = Vec::new();
         let action = loop {
@@ -31,14 +34,14 @@ impl Decider {
                 Step::Done(action) => break action,
                 Step::Query => {
                     let answer = self
-                        .timed(&order.channel, GatewayMethod::Query, gateway.query(trade))
+                        .timed(channel, GatewayMethod::Query, gateway.query(trade))
                         .await;
                     transcript.push(describe_query(&answer));
                     protocol.after_query(answer.as_ref().map(|a| &a.state))
                 }
                 Step::Close => {
                     let closed = self
-                        .timed(&order.channel, GatewayMethod::Close, gateway.close(trade))
+                        .timed(channel, GatewayMethod::Close, gateway.close(trade))
                         .await;
                     transcript.push(match &closed {
                         Ok(answer) => format!("close: {answer:?}"),
@@ -51,7 +54,8 @@ impl Decider {
                 }
             };
         };
-        (action, Some(transcript.join("\n")))
+        let head = format!("{} trade {}:", stored.channel, stored.out_trade_no);
+        (action, format!("{head}\n{}", transcript.join("\n")))
     }
 
     /// Makes one gateway call, timed and counted by channel and method.
@@ -72,15 +76,15 @@ impl Decider {
         answer
     }
 
-    /// Asks the order's gateway about its trade (timed and counted like the worker's
-    /// queries); None when no gateway serves the order's channel.
-    pub async fn query_gateway(&self, order: &Order) -> Option<Result<QueryAnswer, GatewayError>> {
-        let gateway = self.gateways.get(&order.channel)?;
+    /// Asks a trade's gateway about it (timed and counted like the worker's queries);
+    /// None when no gateway serves the trade's channel.
+    pub async fn query_gateway(&self, trade: &Trade) -> Option<Result<QueryAnswer, GatewayError>> {
+        let gateway = self.gateways.get(&trade.channel)?;
         Some(
             self.timed(
-                &order.channel,
+                &trade.channel,
                 GatewayMethod::Query,
-                gateway.query(TradeRef::of(order)),
+                gateway.query(TradeRef::of(trade)),
             )
             .await,
         )

@@ -7,11 +7,13 @@
 //! trips per group instead of several per order.
 
 mod consult;
+pub mod order_table;
 mod record;
 pub mod refund;
 pub mod refund_plan;
 mod refund_send;
 pub mod retry_or_park;
+mod settle;
 pub mod table;
 mod write;
 
@@ -22,17 +24,19 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use crate::metrics::Metrics;
+use futures_util::future::join_all;
 use order_closer_core::config::{DecisionSettings, PaidAfterClose};
 use order_closer_core::db::batch::Batcher;
-use order_closer_core::db::decisions::Recheck;
 use order_closer_core::db::orders::FindById;
+use order_closer_core::db::trades::TradesOf;
 use order_closer_core::db::{DbError, DbPool};
 use order_closer_core::message::{CloseMessage, Job};
 use order_closer_core::order::{Order, OrderStatus};
 use order_closer_core::retry::RetryPolicy;
+use order_closer_core::trade::{Trade, TradeStatus};
 use order_closer_gateway::TradeState;
 pub use order_closer_gateway::registry::Gateways;
-use retry_or_park::Failure;
+use order_table::TradeVerdict;
 use table::{Action, Precheck, QueryStage};
 use write::WriteDecisions;
 
@@ -158,6 +162,8 @@ pub struct Decider {
     pool: DbPool,
     /// Reads orders, grouped with other tasks' reads.
     reads: Batcher<FindById>,
+    /// Reads orders' trades, likewise.
+    trades: Batcher<TradesOf>,
     /// Writes decisions, grouped with other tasks' decisions.
     writes: Batcher<WriteDecisions>,
     gateways: Gateways,
@@ -180,6 +186,7 @@ impl Decider {
         let actor = actor.into();
         Self {
             reads: Batcher::new(pool.clone(), FindById, MAX_GROUP),
+            trades: Batcher::new(pool.clone(), TradesOf, MAX_GROUP),
             writes: Batcher::new(
                 pool.clone(),
                 WriteDecisions {
@@ -411,7 +418,12 @@ impl Decider {
                 )
                 .await;
         }
-        let order = match table::precheck(order.as_ref(), attempt.not_before, Utc::now()) {
+        let trades = match &order {
+            Some(o) => self.trades.submit(o.id).await?,
+            None => Vec::new(),
+        };
+        let open = trades.iter().any(Trade::is_open);
+        let order = match table::precheck(order.as_ref(), open, attempt.not_before, Utc::now()) {
             Precheck::Missing => return Ok(Outcome::Missing),
             Precheck::Settled(status) => return Ok(Outcome::Settled(status)),
             Precheck::NotDue(wait) => {
@@ -423,121 +435,116 @@ impl Decider {
                 None => return Ok(Outcome::Missing),
             },
         };
-        let Some(gateway) = self.gateways.get(&order.channel) else {
-            let detail = format!("no gateway is configured for channel {:?}", order.channel);
-            return self
-                .park_pending(
-                    &order,
-                    attempt,
-                    "unknown_channel",
-                    &detail,
-                    None,
-                    Some(Recheck::Parked),
-                    pending,
-                )
-                .await;
-        };
-
-        let (action, answer) = self.consult(gateway.as_ref(), &order, mode).await;
+        let verdicts = self.consult_all(&order, &trades, mode).await;
         if mode == Mode::DryRun {
-            return Ok(Outcome::WouldDo(action));
+            let verdicts: Vec<TradeVerdict> = verdicts.into_iter().map(|(v, _)| v).collect();
+            return Ok(Outcome::WouldDo(order_table::summary(&verdicts)));
         }
-        match action {
-            Action::MarkPaid {
-                trade_no,
-                paid_at,
-                mismatch,
-            } => {
-                self.apply_paid(
-                    order,
-                    attempt,
-                    trade_no,
-                    paid_at,
-                    mismatch,
-                    answer,
-                    Cause::Query,
-                )
-                .await
-            }
-            Action::Close(reason) => self.apply_closed(order, attempt, reason, answer).await,
-            Action::CloseRefunded {
-                trade_no,
-                paid_minor,
-            } => {
-                self.apply_closed_refunded(order, attempt, trade_no, paid_minor, answer)
-                    .await
-            }
-            Action::Retry { code, detail } => {
-                let failure = Failure::transient(code, detail);
-                self.after_failure(order, attempt, failure, answer, pending)
-                    .await
-            }
-            Action::Park { code, detail } => {
-                let failure = Failure::permanent(code, detail);
-                self.after_failure(order, attempt, failure, answer, pending)
-                    .await
-            }
-            // `consult` resolves these two itself; reaching here would be a bug, and the
-            // safe response to a bug is to try again later, never to close.
-            Action::CloseAtGateway | Action::QueryAgain => Ok(Outcome::Retry {
-                delay: self.retry.steps()[0],
-                not_before: order_closer_core::time::later(Utc::now(), self.retry.steps()[0]),
-                attempt: attempt.number,
-                code: "internal".into(),
-                detail: format!("unresolved action {action:?}"),
-            }),
-        }
+        let (verdicts, transcripts): (Vec<TradeVerdict>, Vec<String>) =
+            verdicts.into_iter().unzip();
+        let decision = order_table::decide(&order, &trades, &verdicts);
+        let answer = (!transcripts.is_empty()).then(|| transcripts.join("\n"));
+        self.settle(
+            order,
+            &trades,
+            decision,
+            attempt,
+            answer,
+            pending,
+            Cause::Query,
+        )
+        .await
     }
 
-    /// Decides a NEW order on evidence gathered elsewhere (a bill row, a verified payment
-    /// notification, a query a notification prompted) instead of the deadline's query:
-    /// the same decision table, the same guarded update, audit row and event. `source` is
-    /// the evidence as received, kept in the audit row.
+    /// Runs the deadline protocol at every open trade's gateway, all at once: each
+    /// trade's verdict with the transcript of its answers. A trade whose channel has no
+    /// gateway configured is parked, never guessed at.
+    async fn consult_all(
+        &self,
+        order: &Order,
+        trades: &[Trade],
+        mode: Mode,
+    ) -> Vec<(TradeVerdict, String)> {
+        join_all(
+            trades
+                .iter()
+                .filter(|t| t.is_open())
+                .map(|trade| async move {
+                    let (action, transcript) = match self.gateways.get(&trade.channel) {
+                        Some(gateway) => self.consult(gateway.as_ref(), order, trade, mode).await,
+                        None => (
+                            Action::Park {
+                                code: "unknown_channel".into(),
+                                detail: format!(
+                                    "no gateway is configured for channel {:?}",
+                                    trade.channel
+                                ),
+                            },
+                            format!("{} trade {}: no gateway", trade.channel, trade.out_trade_no),
+                        ),
+                    };
+                    (
+                        TradeVerdict {
+                            trade_id: trade.id,
+                            action,
+                        },
+                        transcript,
+                    )
+                }),
+        )
+        .await
+    }
+
+    /// Decides an order on evidence about one of its trades gathered elsewhere (a bill
+    /// row, a verified payment notification, a query a notification prompted) instead of
+    /// the deadline's queries: the same tables, the same guarded updates, audit row and
+    /// event. Only a payment is acted on: the trade is paid, and so is the order if it was
+    /// NEW (a second paid trade is a duplicate payment). Evidence of a closed or waiting
+    /// trade is left to the deadline, which asks every trade's gateway. `source` is the
+    /// evidence as received, kept in the audit row.
     pub async fn apply_evidence(
         &self,
         order: &Order,
+        trade: &Trade,
         evidence: &TradeState,
         source: &str,
         cause: Cause,
         mode: Mode,
     ) -> Result<Outcome, Unavailable> {
         let action = table::after_query(order, QueryStage::First, Ok(evidence));
-        if mode == Mode::DryRun {
+        let paid_before = trade.status == TradeStatus::Paid;
+        if mode == Mode::DryRun || !matches!(action, Action::MarkPaid { .. }) || paid_before {
             let outcome = Outcome::WouldDo(action);
             self.observe(&outcome);
             return Ok(outcome);
         }
+        // A payment on a trade we had closed is a payment all the same (`closed -> paid`):
+        // it is decided as the payment of an open trade would be.
+        let trade = &Trade {
+            status: TradeStatus::Open,
+            ..trade.clone()
+        };
         let attempt = AttemptInfo {
             number: 0,
             first_seen: None,
             not_before: None,
         };
-        let outcome = match action {
-            Action::MarkPaid {
-                trade_no,
-                paid_at,
-                mismatch,
-            } => {
-                let evidence = Some(source.to_owned());
-                self.apply_paid(
-                    order.clone(),
-                    attempt,
-                    trade_no,
-                    paid_at,
-                    mismatch,
-                    evidence,
-                    cause,
-                )
-                .await?
-            }
-            Action::Close(reason) => {
-                self.apply_closed(order.clone(), attempt, reason, Some(source.to_owned()))
-                    .await?
-            }
-            // Evidence that calls for the gateway (close it, ask again) is not enough to
-            // act on: leave the order to the worker or a sweep.
-            other => Outcome::WouldDo(other),
+        let verdict = TradeVerdict {
+            trade_id: trade.id,
+            action,
         };
+        let decision = order_table::decide(order, std::slice::from_ref(trade), &[verdict]);
+        let outcome = self
+            .settle(
+                order.clone(),
+                std::slice::from_ref(trade),
+                decision,
+                attempt,
+                Some(source.to_owned()),
+                Pending::Record,
+                cause,
+            )
+            .await?;
         self.observe(&outcome);
         Ok(outcome)
     }
@@ -557,7 +564,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    fn detail(self) -> &'static str {
+    pub(crate) fn detail(self) -> &'static str {
         match self {
             Self::Query => "paid at the gateway; the payment notification was missed",
             Self::Notification => "paid: the gateway's verified payment notification",

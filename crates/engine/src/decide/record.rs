@@ -4,32 +4,39 @@
 //! when its schedule next looks at it. Which of them a failure leads to is
 //! [`retry_or_park`]'s to say; this file only writes it down.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel_async::AsyncConnection;
 use tracing::{info, warn};
 
 use super::retry_or_park::{Failure, NextStep, retry_or_park};
-use super::table::{self, CloseReason};
 use super::write::{self, DecisionWrite};
-use super::{AttemptInfo, Cause, Decider, Outcome, Pending, Unavailable, attempt_column};
+use super::{AttemptInfo, Decider, Outcome, Pending, Unavailable, attempt_column};
 use order_closer_core::db::anomalies::AnomalyKind;
 use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision, Recheck};
 use order_closer_core::db::{self, DbError};
 use order_closer_core::order::{Order, OrderStatus};
+use order_closer_core::trade::Trade;
 
 impl Decider {
     /// Retries or parks an order after a failed attempt, as [`retry_or_park`] says with
-    /// the retry steps of its channel: records the retry with the moment it is due, or
-    /// parks the order (under [`Pending::LeaveParked`], records neither).
+    /// the retry steps of the failing trade's channel (the common ones when none): records
+    /// the retry with the moment it is due, or parks the order (under
+    /// [`Pending::LeaveParked`], records neither).
     pub(super) async fn after_failure(
         &self,
         order: Order,
+        channel: Option<&str>,
         attempt: AttemptInfo,
         failure: Failure,
         answer: Option<String>,
         pending: Pending,
     ) -> Result<Outcome, Unavailable> {
-        match retry_or_park(failure, attempt.number, self.retry_for(&order.channel)) {
+        let channel = channel.map(str::to_owned);
+        let steps = match channel.as_deref() {
+            Some(channel) => self.retry_for(channel),
+            None => &self.retry,
+        };
+        match retry_or_park(failure, attempt.number, steps) {
             NextStep::Retry {
                 delay,
                 attempt: next,
@@ -69,106 +76,6 @@ impl Decider {
                 .await
             }
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn apply_paid(
-        &self,
-        order: Order,
-        attempt: AttemptInfo,
-        trade_no: String,
-        paid_at: Option<DateTime<Utc>>,
-        mismatch: Option<table::AmountMismatch>,
-        answer: Option<String>,
-        cause: Cause,
-    ) -> Result<Outcome, Unavailable> {
-        let detail = match mismatch {
-            None => cause.detail().to_owned(),
-            Some(m) => format!(
-                "paid at the gateway with amount {} but the order says {}",
-                order_closer_core::money::format_minor(m.paid),
-                order_closer_core::money::format_minor(m.expected)
-            ),
-        };
-        let anomaly = mismatch.map(|_| (AnomalyKind::AmountMismatch, detail.clone()));
-        let has_anomaly = anomaly.is_some();
-        let outcome = self
-            .commit(DecisionWrite {
-                order,
-                status: OrderStatus::Paid,
-                close_reason: None,
-                trade_no: Some(trade_no),
-                paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
-                attempt: attempt_column(attempt),
-                answer,
-                detail,
-                reason: "paid_at_gateway",
-                anomaly,
-            })
-            .await;
-        if has_anomaly && matches!(outcome, Ok(Outcome::Decided { .. })) {
-            self.metrics.anomaly(AnomalyKind::AmountMismatch);
-        }
-        outcome
-    }
-
-    pub(super) async fn apply_closed(
-        &self,
-        order: Order,
-        attempt: AttemptInfo,
-        reason: CloseReason,
-        answer: Option<String>,
-    ) -> Result<Outcome, Unavailable> {
-        self.commit(DecisionWrite {
-            order,
-            status: OrderStatus::Closed,
-            close_reason: Some(reason.as_str()),
-            trade_no: None,
-            paid_at: None,
-            attempt: attempt_column(attempt),
-            answer,
-            detail: reason.as_str().to_owned(),
-            reason: reason.as_str(),
-            anomaly: None,
-        })
-        .await
-    }
-
-    /// Closes an order whose trade was paid and then given back at the gateway, with its
-    /// `refunded_before_deadline` anomaly and event in the same transaction.
-    pub(super) async fn apply_closed_refunded(
-        &self,
-        order: Order,
-        attempt: AttemptInfo,
-        trade_no: String,
-        paid_minor: i64,
-        answer: Option<String>,
-    ) -> Result<Outcome, Unavailable> {
-        let reason = CloseReason::RefundedAtGateway;
-        let detail = format!(
-            "the gateway reports trade {trade_no} paid {} and given back before the deadline \
-             (by hand in the merchant portal, or by its risk control): closed, no goods for \
-             money that went back; check whether any of it was kept",
-            order_closer_core::money::format_minor(paid_minor)
-        );
-        let outcome = self
-            .commit(DecisionWrite {
-                order,
-                status: OrderStatus::Closed,
-                close_reason: Some(reason.as_str()),
-                trade_no: Some(trade_no),
-                paid_at: None,
-                attempt: attempt_column(attempt),
-                answer,
-                detail: detail.clone(),
-                reason: reason.as_str(),
-                anomaly: Some((AnomalyKind::RefundedBeforeDeadline, detail)),
-            })
-            .await;
-        if matches!(outcome, Ok(Outcome::Decided { .. })) {
-            self.metrics.anomaly(AnomalyKind::RefundedBeforeDeadline);
-        }
-        outcome
     }
 
     /// Writes a decision (grouped with other tasks' decisions) and turns the committed, or
@@ -290,11 +197,12 @@ impl Decider {
         }
     }
 
-    /// Records an anomaly about an order and announces it, in one transaction; returns
-    /// whether it was new (each anomaly is announced once).
+    /// Records an anomaly about an order (and one of its trades) and announces it, in one
+    /// transaction; returns whether it was new (each anomaly is announced once).
     pub async fn record_anomaly(
         &self,
         order: &Order,
+        trade: Option<&Trade>,
         kind: AnomalyKind,
         detail: &str,
     ) -> Result<bool, Unavailable> {
@@ -304,6 +212,7 @@ impl Decider {
                 write::record_anomaly(
                     tx,
                     order,
+                    trade,
                     kind,
                     detail,
                     order.status(),

@@ -27,10 +27,12 @@ use order_closer_core::config::PaidAfterClose;
 use order_closer_core::db::anomalies::AnomalyKind;
 use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision};
 use order_closer_core::db::refunds::{self, RefundProgress, RefundRow, RefundStatus};
+use order_closer_core::db::trades::{self, TradeMove};
 use order_closer_core::db::{self, outbox};
 use order_closer_core::message::CloseMessage;
 use order_closer_core::money::format_minor;
 use order_closer_core::order::{CloseReason, Order, OrderStatus};
+use order_closer_core::trade::Trade;
 use order_closer_gateway::GatewayError;
 
 /// What recording a payment after close did.
@@ -89,6 +91,7 @@ impl Decider {
     pub async fn paid_after_close(
         &self,
         order: &Order,
+        trade: &Trade,
         reported_minor: i64,
         trade_no: Option<&str>,
         detail: &str,
@@ -115,9 +118,19 @@ impl Decider {
         );
         let done = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
+                // The trade is paid, whatever the order says: `closed -> paid`.
+                if let Some(gateway_trade_no) = trade_no {
+                    let paid = TradeMove::Paid {
+                        gateway_trade_no: gateway_trade_no.to_owned(),
+                        paid_minor: reported_minor,
+                        paid_at: None,
+                    };
+                    trades::apply_moves(tx, &[(trade.id, paid)]).await?;
+                }
                 let new_anomaly = write::record_anomaly(
                     tx,
                     order,
+                    Some(trade),
                     AnomalyKind::PaidAfterClose,
                     detail,
                     order.status(),
@@ -128,7 +141,7 @@ impl Decider {
                     (false, _) => PolicyEffect::Nothing,
                     (true, Mode::DryRun) => PolicyEffect::WouldRequestRefund,
                     (true, Mode::Apply) => {
-                        let (_, new) = request_in(tx, order, actor, &why).await?;
+                        let (_, new) = request_in(tx, order, trade, actor, &why).await?;
                         if new {
                             PolicyEffect::RefundRequested
                         } else {
@@ -162,16 +175,16 @@ impl Decider {
     /// instead of the refund being taken for one that is not ours.
     pub async fn plan_refund(
         &self,
-        order: &Order,
+        trade: &Trade,
     ) -> Result<Result<PlannedRefund, PlanFailure>, Unavailable> {
-        let answer = match self.query_gateway(order).await {
+        let answer = match self.query_gateway(trade).await {
             None => return Ok(Err(PlanFailure::NoGateway)),
             Some(Err(e)) => return Ok(Err(PlanFailure::Query(e))),
             Some(Ok(answer)) => answer,
         };
         let row = {
             let mut conn = db::conn(&self.pool).await?;
-            refunds::for_order(&mut conn, order.id).await?
+            refunds::for_trade(&mut conn, trade.id).await?
         };
         Ok(
             refund_plan::plan(&answer.state, row.as_ref().and_then(RefundRow::sent))
@@ -185,6 +198,7 @@ impl Decider {
     pub async fn request_refund(
         &self,
         order: &Order,
+        trade: &Trade,
         planned: &PlannedRefund,
     ) -> Result<RefundRequestResult, Unavailable> {
         let mut conn = db::conn(&self.pool).await?;
@@ -195,7 +209,7 @@ impl Decider {
         );
         let done = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
-                let (row, new) = request_in(tx, order, actor, &why).await?;
+                let (row, new) = request_in(tx, order, trade, actor, &why).await?;
                 if !new {
                     if row.status() == RefundStatus::Succeeded {
                         return Ok(RefundRequestResult::AlreadyRefunded {
@@ -203,7 +217,7 @@ impl Decider {
                         });
                     }
                     // Failed before: reopened; requested: sent again (the same request).
-                    refunds::reopen(tx, order.id, actor).await?;
+                    refunds::reopen(tx, trade.id, actor).await?;
                     enqueue(tx, order, actor, &format!("{why}; asked again")).await?;
                 }
                 Ok(RefundRequestResult::Requested {
@@ -244,16 +258,17 @@ impl PlanFailure {
     }
 }
 
-/// Requests the refund of an order inside the caller's transaction: a new one gets its
+/// Requests the refund of a trade's payment inside the caller's transaction: a new one gets its
 /// row, an audit row and its message; one requested before is returned as it stands.
 /// Returns the row and whether it is new.
 async fn request_in(
     tx: &mut AsyncPgConnection,
     order: &Order,
+    trade: &Trade,
     actor: &str,
     why: &str,
 ) -> diesel::QueryResult<(RefundRow, bool)> {
-    let (row, new) = refunds::request(tx, order.id, &order.out_trade_no, actor).await?;
+    let (row, new) = refunds::request(tx, order.id, trade.id, &trade.out_trade_no, actor).await?;
     if new {
         enqueue(tx, order, actor, why).await?;
     }

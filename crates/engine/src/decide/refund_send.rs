@@ -19,9 +19,11 @@ use crate::relay;
 use order_closer_core::db;
 use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision};
 use order_closer_core::db::refunds::{self, Prepared, RefundProgress, RefundRow, RefundStatus};
+use order_closer_core::db::trades;
 use order_closer_core::events::{self, OrderEvent};
 use order_closer_core::money::format_minor;
 use order_closer_core::order::Order;
+use order_closer_core::trade::Trade;
 use order_closer_gateway::{GatewayError, GatewayMethod, RefundAnswer, RefundRequest, TradeRef};
 
 impl Decider {
@@ -69,6 +71,17 @@ impl Decider {
             warn!("a refund message for an order with no requested refund; nothing sent");
             return Ok(Outcome::Missing);
         };
+        let trade = {
+            let mut conn = db::conn(&self.pool).await?;
+            trades::find(&mut conn, row.trade_id).await?
+        };
+        let Some(trade) = trade else {
+            warn!(
+                trade_id = row.trade_id,
+                "a refund of a trade that does not exist; nothing sent"
+            );
+            return Ok(Outcome::Missing);
+        };
         let settled = match mode {
             Mode::DryRun => row.status() == RefundStatus::Succeeded,
             Mode::Apply => row.status() != RefundStatus::Requested,
@@ -80,22 +93,25 @@ impl Decider {
             );
             return Ok(Outcome::Settled(order.status()));
         }
-        let planned = match self.plan_refund(&order).await? {
+        let planned = match self.plan_refund(&trade).await? {
             Ok(planned) => planned,
             Err(failure) => {
-                let error = failure.as_gateway_error(&order.channel);
+                let error = failure.as_gateway_error(&trade.channel);
                 return match mode {
                     Mode::DryRun => Ok(Outcome::WouldDo(
                         match retry_or_park(
                             Failure::from(&error),
                             attempt.number,
-                            self.retry_for(&order.channel),
+                            self.retry_for(&trade.channel),
                         ) {
                             NextStep::Retry { code, detail, .. } => Action::Retry { code, detail },
                             NextStep::Park { code, detail } => Action::Park { code, detail },
                         },
                     )),
-                    Mode::Apply => self.refund_not_made(&order, &row, attempt, &error).await,
+                    Mode::Apply => {
+                        self.refund_not_made(&order, &trade, &row, attempt, &error)
+                            .await
+                    }
                 };
             }
         };
@@ -108,7 +124,7 @@ impl Decider {
             let mut conn = db::conn(&self.pool).await?;
             refunds::prepare_send(
                 &mut conn,
-                order.id,
+                trade.id,
                 planned.amount_minor,
                 &planned.out_request_no,
             )
@@ -123,17 +139,26 @@ impl Decider {
                     planned.out_request_no
                 );
                 return self
-                    .refund_failed(&order, &row, attempt, "refund_number_taken", &detail)
+                    .refund_failed(
+                        &order,
+                        &trade,
+                        &row,
+                        attempt,
+                        "refund_number_taken",
+                        &detail,
+                    )
                     .await;
             }
         }
-        let Some(gateway) = self.gateways.get(&order.channel) else {
+        let Some(gateway) = self.gateways.get(&trade.channel) else {
             // Asked a moment ago: the configuration cannot have changed.
-            let error = PlanFailure::NoGateway.as_gateway_error(&order.channel);
-            return self.refund_not_made(&order, &row, attempt, &error).await;
+            let error = PlanFailure::NoGateway.as_gateway_error(&trade.channel);
+            return self
+                .refund_not_made(&order, &trade, &row, attempt, &error)
+                .await;
         };
         let request = RefundRequest {
-            trade: TradeRef::of(&order),
+            trade: TradeRef::of(&trade),
             out_request_no: &planned.out_request_no,
             amount_minor: planned.amount_minor,
             // The whole payment is given back.
@@ -142,25 +167,31 @@ impl Decider {
         };
         let answer = self
             .timed(
-                &order.channel,
+                &trade.channel,
                 GatewayMethod::Refund,
                 gateway.refund(&request),
             )
             .await;
         match answer {
             Ok(answer) => {
-                self.refund_succeeded(&order, &row, attempt, &planned, answer)
+                self.refund_succeeded(&order, &trade, &row, attempt, &planned, answer)
                     .await
             }
-            Err(error) => self.refund_not_made(&order, &row, attempt, &error).await,
+            Err(error) => {
+                self.refund_not_made(&order, &trade, &row, attempt, &error)
+                    .await
+            }
         }
     }
 
-    /// Moves a failed refund back to `requested` (an operator replays its parked
-    /// message, or asks again); returns whether it moved.
+    /// Moves an order's failed refund back to `requested` (an operator replays its
+    /// parked message, or asks again); returns whether it moved.
     pub async fn reopen_refund(&self, order_id: i64) -> Result<bool, Unavailable> {
         let mut conn = db::conn(&self.pool).await?;
-        Ok(refunds::reopen(&mut conn, order_id, &self.actor).await?)
+        let Some(row) = refunds::for_order(&mut conn, order_id).await? else {
+            return Ok(false);
+        };
+        Ok(refunds::reopen(&mut conn, row.trade_id, &self.actor).await?)
     }
 
     /// A refund not made on this attempt: retried after a transient failure, failed (and
@@ -168,6 +199,7 @@ impl Decider {
     async fn refund_not_made(
         &self,
         order: &Order,
+        trade: &Trade,
         row: &RefundRow,
         attempt: AttemptInfo,
         error: &GatewayError,
@@ -175,7 +207,7 @@ impl Decider {
         match retry_or_park(
             Failure::from(error),
             attempt.number,
-            self.retry_for(&order.channel),
+            self.retry_for(&trade.channel),
         ) {
             NextStep::Retry {
                 delay,
@@ -187,6 +219,7 @@ impl Decider {
                 let recorded = self
                     .record_refund(
                         order,
+                        trade,
                         row,
                         attempt,
                         RefundStatus::Requested,
@@ -209,7 +242,7 @@ impl Decider {
                 })
             }
             NextStep::Park { code, detail } => {
-                self.refund_failed(order, row, attempt, &code, &detail)
+                self.refund_failed(order, trade, row, attempt, &code, &detail)
                     .await
             }
         }
@@ -218,6 +251,7 @@ impl Decider {
     async fn refund_succeeded(
         &self,
         order: &Order,
+        trade: &Trade,
         row: &RefundRow,
         attempt: AttemptInfo,
         planned: &PlannedRefund,
@@ -236,6 +270,7 @@ impl Decider {
         match self
             .record_refund(
                 order,
+                trade,
                 row,
                 attempt,
                 RefundStatus::Succeeded,
@@ -257,6 +292,7 @@ impl Decider {
     async fn refund_failed(
         &self,
         order: &Order,
+        trade: &Trade,
         row: &RefundRow,
         attempt: AttemptInfo,
         code: &str,
@@ -267,6 +303,7 @@ impl Decider {
         let recorded = self
             .record_refund(
                 order,
+                trade,
                 row,
                 attempt,
                 RefundStatus::Failed,
@@ -295,6 +332,7 @@ impl Decider {
     async fn record_refund(
         &self,
         order: &Order,
+        trade: &Trade,
         row: &RefundRow,
         attempt: AttemptInfo,
         status: RefundStatus,
@@ -312,7 +350,7 @@ impl Decider {
         let mut conn = db::conn(&self.pool).await?;
         let id = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
-                if !refunds::record_attempt(tx, row.order_id, status, error, answer).await? {
+                if !refunds::record_attempt(tx, row.trade_id, status, error, answer).await? {
                     return Ok(None);
                 }
                 let id = decisions::insert(
@@ -328,12 +366,14 @@ impl Decider {
                 )
                 .await?;
                 if let Some((key, reason)) = event {
+                    let event_id = format!("{key}:{id}");
                     let body = OrderEvent::about(
                         order,
+                        Some(trade),
                         key,
-                        format!("{key}:{id}"),
+                        event_id,
                         order.status(),
-                        order.gateway_trade_no.as_deref(),
+                        trade.gateway_trade_no.as_deref(),
                         reason,
                     );
                     relay::enqueue_event(tx, key, &body.to_json()).await?;

@@ -24,22 +24,26 @@ pub enum Precheck {
 }
 
 /// Checks an order (if it exists) against the clock before any gateway call.
-/// `not_before` is the message's own earliest moment (set on retries).
+/// `open_trades` says whether any of its trades is open; `not_before` is the message's own
+/// earliest moment (set on retries). A PAID order with an open trade is due at once (or
+/// at its retry's moment): each open trade is a chance to pay twice, closed now rather
+/// than at the deadline.
 pub fn precheck(
     order: Option<&Order>,
+    open_trades: bool,
     not_before: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Precheck {
     let Some(order) = order else {
         return Precheck::Missing;
     };
-    match order.status() {
-        OrderStatus::New => {}
-        settled => return Precheck::Settled(settled),
-    }
-    let due = match not_before {
-        Some(nb) if nb > order.deadline => nb,
-        _ => order.deadline,
+    let due = match (order.status(), open_trades) {
+        (OrderStatus::New, _) => match not_before {
+            Some(nb) if nb > order.deadline => nb,
+            _ => order.deadline,
+        },
+        (OrderStatus::Paid, true) => not_before.unwrap_or(now),
+        (settled, _) => return Precheck::Settled(settled),
     };
     match (due - now).to_std() {
         Ok(wait) if !wait.is_zero() => Precheck::NotDue(wait),
@@ -273,7 +277,6 @@ mod tests {
         Order {
             id: 1,
             out_trade_no: "ORD-1".into(),
-            channel: "alipay".into(),
             amount_minor: 1234,
             currency: "CNY".into(),
             status_text: status.into(),
@@ -284,7 +287,7 @@ mod tests {
             closed_at: None,
             gateway_trade_no: None,
             close_reason: None,
-            gateway_ref: None,
+            paid_trade_id: None,
         }
     }
 
@@ -294,42 +297,74 @@ mod tests {
 
     const NOW: &str = "2026-11-22T10:00:00Z";
 
+    /// The precheck of an order without an open trade.
+    fn pre(
+        order: Option<&Order>,
+        not_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Precheck {
+        precheck(order, false, not_before, now)
+    }
+
+    #[test]
+    fn a_paid_order_with_an_open_trade_is_due_at_once_or_at_its_retry() {
+        let now = t(NOW);
+        let paid = order("PAID", t("2026-11-22T11:00:00Z"));
+        // Before its deadline: its other trades are closed now, not at the deadline.
+        assert_eq!(precheck(Some(&paid), true, None, now), Precheck::Due);
+        assert_eq!(
+            precheck(Some(&paid), true, Some(t("2026-11-22T10:00:30Z")), now),
+            Precheck::NotDue(Duration::from_secs(30))
+        );
+        assert_eq!(
+            precheck(Some(&paid), false, None, now),
+            Precheck::Settled(OrderStatus::Paid)
+        );
+        // A NEW order waits for its deadline whatever its trades.
+        assert_eq!(
+            precheck(
+                Some(&order("NEW", t("2026-11-22T10:01:00Z"))),
+                true,
+                None,
+                now
+            ),
+            Precheck::NotDue(Duration::from_secs(60))
+        );
+    }
+
     #[test]
     fn precheck_rows() {
         let now = t(NOW);
-        assert_eq!(precheck(None, None, now), Precheck::Missing);
+        assert_eq!(pre(None, None, now), Precheck::Missing);
         assert_eq!(
-            precheck(Some(&order("PAID", t("2026-11-22T09:00:00Z"))), None, now),
+            pre(Some(&order("PAID", t("2026-11-22T09:00:00Z"))), None, now),
             Precheck::Settled(OrderStatus::Paid)
         );
         assert_eq!(
-            precheck(Some(&order("CLOSED", t("2026-11-22T09:00:00Z"))), None, now),
+            pre(Some(&order("CLOSED", t("2026-11-22T09:00:00Z"))), None, now),
             Precheck::Settled(OrderStatus::Closed)
         );
         // Settled wins over not-due: a paid order with a future deadline is done.
         assert_eq!(
-            precheck(Some(&order("PAID", t("2026-11-22T11:00:00Z"))), None, now),
+            pre(Some(&order("PAID", t("2026-11-22T11:00:00Z"))), None, now),
             Precheck::Settled(OrderStatus::Paid)
         );
         assert_eq!(
-            precheck(
+            pre(
                 Some(&order("NEW", t("2026-11-22T10:00:07.300Z"))),
                 None,
                 now
             ),
             Precheck::NotDue(Duration::from_millis(7300))
         );
+        assert_eq!(pre(Some(&order("NEW", t(NOW))), None, now), Precheck::Due);
         assert_eq!(
-            precheck(Some(&order("NEW", t(NOW))), None, now),
-            Precheck::Due
-        );
-        assert_eq!(
-            precheck(Some(&order("NEW", t("1970-01-01T00:00:00Z"))), None, now),
+            pre(Some(&order("NEW", t("1970-01-01T00:00:00Z"))), None, now),
             Precheck::Due
         );
         // A retry waits for its own moment even though the deadline has passed.
         assert_eq!(
-            precheck(
+            pre(
                 Some(&order("NEW", t("2026-11-22T09:00:00Z"))),
                 Some(t("2026-11-22T10:00:30Z")),
                 now
@@ -338,7 +373,7 @@ mod tests {
         );
         // An extended deadline beats an older not_before.
         assert_eq!(
-            precheck(
+            pre(
                 Some(&order("NEW", t("2026-11-22T10:01:00Z"))),
                 Some(t("2026-11-22T09:00:00Z")),
                 now

@@ -1,7 +1,9 @@
-//! Writing decisions in groups: for many orders at once, the guarded `NEW -> PAID |
-//! CLOSED` transition, its audit row and its event, in one statement (run by a
-//! [`order_closer_core::db::batch`] lane). An amount mismatch adds its anomaly row and event in the
-//! same transaction.
+//! Writing decisions in groups: for many orders at once, the moves of their trades, then
+//! the guarded `NEW -> PAID | CLOSED` transition, its audit row and its event, in one
+//! transaction (run by a [`order_closer_core::db::batch`] lane). The trades move first so
+//! that the CLOSED guard (`orders.open_trades = 0`) sees them closed. An anomaly (an
+//! amount mismatch, a duplicate payment, a trade refunded before the deadline) adds its
+//! row and event in the same transaction.
 
 use std::collections::HashSet;
 
@@ -14,8 +16,10 @@ use crate::relay;
 use order_closer_core::db::anomalies::{self, AnomalyKind, NewAnomaly};
 use order_closer_core::db::batch::Job;
 use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision, Transition};
+use order_closer_core::db::trades::{self, TradeMove};
 use order_closer_core::events::{self, OrderEvent};
 use order_closer_core::order::{Order, OrderStatus};
+use order_closer_core::trade::Trade;
 
 /// One decision to write: the order moves to `status` if it is still NEW.
 #[derive(Debug, Clone)]
@@ -38,8 +42,13 @@ pub struct DecisionWrite {
     pub detail: String,
     /// The event's `reason`.
     pub reason: &'static str,
-    /// An anomaly to record with the decision: (kind, detail).
-    pub anomaly: Option<(AnomalyKind, String)>,
+    /// The trade the event names: the one that paid the order (None for a close).
+    pub trade: Option<Trade>,
+    /// The moves of the order's trades, written first whether or not the order moves
+    /// (what a gateway said about a trade is true either way).
+    pub trade_moves: Vec<(i64, TradeMove)>,
+    /// Anomalies to record if the order moves: (kind, detail, the trade it is about).
+    pub anomalies: Vec<(AnomalyKind, String, Option<Trade>)>,
 }
 
 impl DecisionWrite {
@@ -54,6 +63,7 @@ impl DecisionWrite {
         let key = self.event_key();
         OrderEvent::about(
             &self.order,
+            self.trade.as_ref(),
             key,
             format!("{key}:{decision_id}"),
             self.status,
@@ -94,6 +104,7 @@ impl Job for WriteDecisions {
                 order_id: s.order.id,
                 decision_id: *id,
                 status: s.status.as_str(),
+                paid_trade_id: s.trade.as_ref().map(|t| t.id),
                 close_reason: s.close_reason,
                 trade_no: s.trade_no.as_deref(),
                 paid_at: s.paid_at,
@@ -113,17 +124,23 @@ impl Job for WriteDecisions {
                 event_payload: payload,
             })
             .collect();
-        let moved: HashSet<i64> = if items.iter().any(|s| s.anomaly.is_some()) {
-            conn.transaction::<_, diesel::result::Error, _>(async |tx| {
+        let moves: Vec<(i64, TradeMove)> = items
+            .iter()
+            .flat_map(|s| s.trade_moves.iter().cloned())
+            .collect();
+        let moved: HashSet<i64> = conn
+            .transaction::<_, diesel::result::Error, _>(async |tx| {
+                trades::apply_moves(tx, &moves).await?;
                 let moved: HashSet<i64> = decisions::apply_transitions(tx, &rows)
                     .await?
                     .into_iter()
                     .collect();
                 for s in items.iter().filter(|s| moved.contains(&s.order.id)) {
-                    if let Some((kind, detail)) = &s.anomaly {
+                    for (kind, detail, trade) in &s.anomalies {
                         record_anomaly(
                             tx,
                             &s.order,
+                            trade.as_ref(),
                             *kind,
                             detail,
                             s.status,
@@ -134,13 +151,7 @@ impl Job for WriteDecisions {
                 }
                 Ok(moved)
             })
-            .await?
-        } else {
-            decisions::apply_transitions(conn, &rows)
-                .await?
-                .into_iter()
-                .collect()
-        };
+            .await?;
         Ok(items
             .iter()
             .zip(ids)
@@ -154,11 +165,13 @@ impl Job for WriteDecisions {
     }
 }
 
-/// Records an anomaly (once per order number and kind) and, when it is new, announces it
-/// as `order.anomaly.<kind>`, inside the caller's transaction. Returns whether it was new.
+/// Records an anomaly (once per order number, kind and trade) and, when it is new,
+/// announces it as `order.anomaly.<kind>`, inside the caller's transaction. Returns
+/// whether it was new.
 pub async fn record_anomaly(
     tx: &mut AsyncPgConnection,
     order: &Order,
+    trade: Option<&Trade>,
     kind: AnomalyKind,
     detail: &str,
     status: OrderStatus,
@@ -166,6 +179,7 @@ pub async fn record_anomaly(
 ) -> QueryResult<bool> {
     let row = NewAnomaly {
         order_id: Some(order.id),
+        trade_id: trade.map(|t| t.id),
         out_trade_no: &order.out_trade_no,
         kind,
         detail,
@@ -176,6 +190,7 @@ pub async fn record_anomaly(
     let key = events::anomaly_key(kind);
     let event = OrderEvent::about(
         order,
+        trade,
         &key,
         format!("{key}:a{id}"),
         status,

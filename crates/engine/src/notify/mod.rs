@@ -40,9 +40,11 @@ use crate::decide::{Cause, Decider, MAX_GROUP, Mode, Outcome, Unavailable};
 use crate::metrics::Metrics;
 use hints::{HintBudget, Refusal};
 use order_closer_core::db::batch::Batcher;
-use order_closer_core::db::orders::FindByOutTradeNo;
+use order_closer_core::db::orders::FindById;
+use order_closer_core::db::trades::{FindByKey, TradeKey};
 use order_closer_core::money::format_minor;
 use order_closer_core::order::{Order, OrderStatus};
+use order_closer_core::trade::{Trade, TradeStatus};
 use order_closer_gateway::TradeState;
 use order_closer_gateway::notice::{Claim, Notice, NotifyVerifier, Reply};
 pub use outcome::NotifyOutcome;
@@ -77,8 +79,11 @@ pub struct Handled {
 /// Applies payment notifications.
 pub struct Notifier {
     decider: Decider,
-    /// Reads orders by number, grouped with the other notifications arriving together.
-    reads: Batcher<FindByOutTradeNo>,
+    /// Reads trades by (channel, number), grouped with the other notifications arriving
+    /// together.
+    trade_reads: Batcher<FindByKey>,
+    /// Reads their orders, likewise.
+    reads: Batcher<FindById>,
     verifiers: HashMap<String, Arc<dyn NotifyVerifier>>,
     hints: Arc<HintBudget>,
     metrics: Arc<Metrics>,
@@ -96,7 +101,8 @@ impl Notifier {
         Self {
             verifiers,
             metrics: Arc::clone(decider.metrics()),
-            reads: Batcher::new(decider.pool().clone(), FindByOutTradeNo, MAX_GROUP),
+            trade_reads: Batcher::new(decider.pool().clone(), FindByKey, MAX_GROUP),
+            reads: Batcher::new(decider.pool().clone(), FindById, MAX_GROUP),
             decider,
             hints: HintBudget::new(HINT_SPACING, HINT_CONCURRENCY, HINT_RATE),
         }
@@ -202,8 +208,8 @@ impl Notifier {
                 format!("{reason}: not addressed to us, nothing read or asked"),
             );
         }
-        let order = match self.find(&notice.out_trade_no).await {
-            Ok(Some(order)) => order,
+        let (order, trade) = match self.find(channel, &notice.out_trade_no).await {
+            Ok(Some(found)) => found,
             // A verified notification about an order we do not have is not ours (another
             // system on the same merchant account): resending cannot change that. An
             // unverified one is answered with a refusal and costs no query.
@@ -216,20 +222,29 @@ impl Notifier {
             }
             Err(e) => return unavailable(v, &e),
         };
-        match trusted_payment(&notice, &order, channel) {
+        match trusted_payment(&notice, &order) {
             Ok(paid) => match self
-                .apply(&order, paid, &notice.raw, Cause::Notification)
+                .apply(&order, &trade, paid, &notice.raw, Cause::Notification)
                 .await
             {
                 Ok((applied, detail)) => done(v, Finding::Verified(applied), detail),
                 Err(e) => unavailable(v, &e),
             },
-            Err(why) => self.hint(v, &order, &why).await,
+            Err(why) => self.hint(v, &order, &trade, &why).await,
         }
     }
 
-    async fn find(&self, out_trade_no: &str) -> Result<Option<Order>, Unavailable> {
-        Ok(self.reads.submit(out_trade_no.to_owned()).await?)
+    /// The trade a notification names at its channel, with its order.
+    async fn find(
+        &self,
+        channel: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<(Order, Trade)>, Unavailable> {
+        let key = TradeKey::number(channel, out_trade_no);
+        let Some(trade) = self.trade_reads.submit(key).await? else {
+            return Ok(None);
+        };
+        Ok(self.reads.submit(trade.order_id).await?.map(|o| (o, trade)))
     }
 
     /// A payment the gateway vouches for: PAID, already PAID, or paid after close; says
@@ -237,17 +252,37 @@ impl Notifier {
     async fn apply(
         &self,
         order: &Order,
+        trade: &Trade,
         paid: &TradeState,
         evidence: &str,
         cause: Cause,
     ) -> Result<(Applied, String), Unavailable> {
         match order.status() {
-            OrderStatus::Paid => Ok((Applied::AlreadyPaid, "the order is PAID already".into())),
-            OrderStatus::Closed => self.paid_after_close(order, paid).await,
+            OrderStatus::Paid if paid_through(order, trade, paid) => {
+                Ok((Applied::AlreadyPaid, "the order is PAID already".into()))
+            }
+            OrderStatus::Paid if trade.status == TradeStatus::Paid => Ok((
+                Applied::AlreadyPaid,
+                "this second payment was recorded before".into(),
+            )),
+            // Paid through another trade: the buyer paid twice.
+            OrderStatus::Paid => {
+                self.decider
+                    .apply_evidence(order, trade, paid, evidence, cause, Mode::Apply)
+                    .await?;
+                Ok((
+                    Applied::AlreadyPaid,
+                    format!(
+                        "the order is PAID through another trade; this payment on {} trade {} is a duplicate_payment",
+                        trade.channel, trade.out_trade_no
+                    ),
+                ))
+            }
+            OrderStatus::Closed => self.paid_after_close(order, trade, paid).await,
             OrderStatus::New => {
                 match self
                     .decider
-                    .apply_evidence(order, paid, evidence, cause, Mode::Apply)
+                    .apply_evidence(order, trade, paid, evidence, cause, Mode::Apply)
                     .await?
                 {
                     Outcome::Decided {
@@ -262,6 +297,9 @@ impl Notifier {
                             self.metrics
                                 .payment_to_paid((Utc::now() - *at).to_std().unwrap_or_default());
                         }
+                        // Its other open trades are closed at their gateways now, not at
+                        // the deadline: each is a chance to pay twice.
+                        self.decider.close_others_soon(order).await?;
                         Ok((
                             Applied::Paid,
                             format!("NEW -> PAID (decision {decision_id})"),
@@ -274,8 +312,8 @@ impl Notifier {
                     // The worker closed it a moment ago: re-read and record the payment
                     // on the closed order.
                     Outcome::LostRace(OrderStatus::Closed) => {
-                        match self.find(&order.out_trade_no).await? {
-                            Some(now) => self.paid_after_close(&now, paid).await,
+                        match self.find(&trade.channel, &trade.out_trade_no).await? {
+                            Some((now, trade)) => self.paid_after_close(&now, &trade, paid).await,
                             None => Ok((Applied::Vanished, "the order vanished".into())),
                         }
                     }
@@ -290,6 +328,7 @@ impl Notifier {
     async fn paid_after_close(
         &self,
         order: &Order,
+        trade: &Trade,
         paid: &TradeState,
     ) -> Result<(Applied, String), Unavailable> {
         let (paid_minor, trade_no) = match paid {
@@ -307,7 +346,7 @@ impl Notifier {
         );
         let after = self
             .decider
-            .paid_after_close(order, paid_minor, trade_no, &detail, Mode::Apply)
+            .paid_after_close(order, trade, paid_minor, trade_no, &detail, Mode::Apply)
             .await?;
         let detail = match (after.new_anomaly, after.policy) {
             (_, PolicyEffect::RefundRequested) => format!("{detail}; its refund is requested"),
@@ -319,8 +358,14 @@ impl Notifier {
 
     /// Not trusted by itself: ask the gateway (within the budget) and apply its answer.
     /// A PAID order has nothing left to learn: no query.
-    async fn hint(&self, v: &dyn NotifyVerifier, order: &Order, why: &str) -> Handled {
-        if order.status() == OrderStatus::Paid {
+    async fn hint(
+        &self,
+        v: &dyn NotifyVerifier,
+        order: &Order,
+        trade: &Trade,
+        why: &str,
+    ) -> Handled {
+        if order.status() == OrderStatus::Paid && !trade.is_open() {
             return done(
                 v,
                 Finding::Hint(Hint::OrderPaid),
@@ -344,12 +389,12 @@ impl Notifier {
                 );
             }
         };
-        let answer = match self.decider.query_gateway(order).await {
+        let answer = match self.decider.query_gateway(trade).await {
             None => {
                 return done(
                     v,
                     Finding::Hint(Hint::NoGateway),
-                    format!("{why}; no gateway serves channel {:?}", order.channel),
+                    format!("{why}; no gateway serves channel {:?}", trade.channel),
                 );
             }
             Some(Err(e)) => {
@@ -362,9 +407,15 @@ impl Notifier {
             Some(Ok(answer)) => answer,
         };
         let (hint, detail) = match (&answer.state, order.status()) {
-            (TradeState::Paid { .. }, OrderStatus::New | OrderStatus::Closed) => {
+            (TradeState::Paid { .. }, _) => {
                 match self
-                    .apply(order, &answer.state, &answer.raw, Cause::NotificationHint)
+                    .apply(
+                        order,
+                        trade,
+                        &answer.state,
+                        &answer.raw,
+                        Cause::NotificationHint,
+                    )
                     .await
                 {
                     Ok((applied, detail)) => (Hint::Applied(applied), detail),
@@ -387,21 +438,24 @@ impl Notifier {
 }
 
 /// The payment a notification vouches for, or why it is only a hint.
-fn trusted_payment<'a>(
-    notice: &'a Notice,
-    order: &Order,
-    channel: &str,
-) -> Result<&'a TradeState, String> {
+/// Whether a payment is the one the order was paid through (the trade it names, or, for
+/// an order paid before trades were recorded, the trade number it kept).
+fn paid_through(order: &Order, trade: &Trade, paid: &TradeState) -> bool {
+    let trade_no = match paid {
+        TradeState::Paid { trade_no, .. } => Some(trade_no.as_str()),
+        _ => None,
+    };
+    order.paid_trade_id == Some(trade.id)
+        || (order.paid_trade_id.is_none()
+            && trade_no.is_some()
+            && order.gateway_trade_no.as_deref() == trade_no)
+}
+
+fn trusted_payment<'a>(notice: &'a Notice, order: &Order) -> Result<&'a TradeState, String> {
     let state = match &notice.claim {
         Claim::Unverified { reason } | Claim::NotOurs { reason } => return Err(reason.clone()),
         Claim::Verified { state } => state,
     };
-    if order.channel != channel {
-        return Err(format!(
-            "the order is a {:?} order, not {channel:?}",
-            order.channel
-        ));
-    }
     match state {
         TradeState::Paid { amount_minor, .. } if *amount_minor == order.amount_minor => Ok(state),
         TradeState::Paid { amount_minor, .. } => Err(format!(

@@ -33,16 +33,17 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::bill_classify::{
-    Absence, RowAct, RowClass, absent_from_bill, classify_row, judge_absent, judge_row,
+    Absence, Known, RowAct, RowClass, absent_from_bill, classify_row, judge_absent, judge_row,
 };
 pub use super::bill_report::{BillLine, BillReport};
 use crate::decide::refund::PolicyEffect;
 use crate::decide::{Cause, Decider, Mode, Outcome, Unavailable};
 use order_closer_core::db::anomalies::AnomalyKind;
-use order_closer_core::db::schema::orders;
+use order_closer_core::db::schema::{orders, trades};
 use order_closer_core::db::{self};
 use order_closer_core::money::format_minor;
-use order_closer_core::order::{Order, OrderStatus};
+use order_closer_core::order::Order;
+use order_closer_core::trade::{Trade, TradeStatus};
 use order_closer_gateway::bill::{Bill, BillRow, CheckedBill};
 use order_closer_gateway::{BillFetchError, BillSource, QueryAnswer, TradeState};
 
@@ -106,7 +107,7 @@ pub async fn reconcile(
     let mut report = BillReport::new(date, bill.file.clone(), bill.account.clone(), apply);
     let mode = if apply { Mode::Apply } else { Mode::DryRun };
     let numbers: BTreeSet<&str> = bill.rows.iter().map(|r| r.out_trade_no.as_str()).collect();
-    let known = load_orders(decider, &numbers).await?;
+    let known = load_known(decider, channel, &numbers).await?;
 
     for row in &bill.rows {
         match classify_row(row, &known, channel) {
@@ -114,7 +115,7 @@ pub async fn reconcile(
                 report.refunds += 1;
                 report.refund_rows.push(line(
                     row,
-                    order,
+                    order.map(|(o, _)| o),
                     format!("refund {}", row.refund_no.as_deref().unwrap_or("-")),
                 ));
             }
@@ -128,9 +129,9 @@ pub async fn reconcile(
                 report.payments += 1;
                 report.matched += 1;
             }
-            RowClass::Ask(order) => {
+            RowClass::Ask(known) => {
                 report.payments += 1;
-                settle_row(decider, bill, row, order, mode, &mut report).await?;
+                settle_row(decider, bill, row, known, mode, &mut report).await?;
             }
         }
     }
@@ -138,8 +139,8 @@ pub async fn reconcile(
     // Orders we say were paid that day, of which the bill knows nothing.
     let (start, end) = gateway_day(date, bill.offset);
     let paid_that_day = load_paid(decider, channel, start, end).await?;
-    for order in absent_from_bill(&paid_that_day, &bill.rows) {
-        settle_absent(decider, bill, date, order, &mut report).await?;
+    for known in absent_from_bill(&paid_that_day, &bill.rows) {
+        settle_absent(decider, bill, date, known, &mut report).await?;
     }
 
     report.conclude();
@@ -153,12 +154,13 @@ async fn settle_row(
     decider: &Decider,
     bill: &Bill,
     row: &BillRow,
-    order: &Order,
+    known: &Known,
     mode: Mode,
     report: &mut BillReport,
 ) -> Result<(), Unavailable> {
+    let (order, trade) = known;
     // The bill is a hint: ask first.
-    let answer = match ask(decider, order).await {
+    let answer = match ask(decider, trade).await {
         Ok(answer) => answer,
         Err(why) => {
             report.unconfirmed.push(line(
@@ -170,7 +172,7 @@ async fn settle_row(
         }
     };
     let said = said(&answer.state);
-    let judged = judge_row(row, order, &answer.state);
+    let judged = judge_row(row, known, &answer.state);
     if judged.contradicts {
         report.disagreements.push(BillLine {
             gateway_said: Some(said.clone()),
@@ -199,7 +201,7 @@ async fn settle_row(
                 answer.raw, bill.file, row.line
             );
             let action = match decider
-                .apply_evidence(order, &answer.state, &evidence, Cause::Bill, mode)
+                .apply_evidence(order, trade, &answer.state, &evidence, Cause::Bill, mode)
                 .await?
             {
                 Outcome::Decided { .. } => "marked PAID".to_owned(),
@@ -230,7 +232,7 @@ async fn settle_row(
             // The policy (hold or refund) acts only with `apply`; the anomaly is
             // recorded either way.
             let after = decider
-                .paid_after_close(order, paid_minor, Some(trade_no), &detail, mode)
+                .paid_after_close(order, trade, paid_minor, Some(trade_no), &detail, mode)
                 .await?;
             let recorded = recorded(after.new_anomaly, AnomalyKind::PaidAfterClose);
             let action = match after.policy {
@@ -253,7 +255,7 @@ async fn settle_row(
                 format_minor(row.amount_minor)
             );
             let new = decider
-                .record_anomaly(order, AnomalyKind::AmountMismatch, &detail)
+                .record_anomaly(order, Some(trade), AnomalyKind::AmountMismatch, &detail)
                 .await?;
             report
                 .amount_mismatch
@@ -270,20 +272,21 @@ async fn settle_absent(
     decider: &Decider,
     bill: &Bill,
     date: NaiveDate,
-    order: &Order,
+    known: &Known,
     report: &mut BillReport,
 ) -> Result<(), Unavailable> {
+    let (order, trade) = known;
     let absent = |action: String, said: Option<String>| BillLine {
-        out_trade_no: order.out_trade_no.clone(),
+        out_trade_no: trade.out_trade_no.clone(),
         line: None,
-        trade_no: order.gateway_trade_no.clone(),
+        trade_no: trade.gateway_trade_no.clone(),
         gateway_amount_minor: None,
         local_amount_minor: Some(order.amount_minor),
         local_status: Some(order.status().to_string()),
         gateway_said: said,
         action,
     };
-    let answer = match ask(decider, order).await {
+    let answer = match ask(decider, trade).await {
         Ok(answer) => answer,
         Err(why) => {
             report.unconfirmed.push(absent(
@@ -307,11 +310,16 @@ async fn settle_absent(
     let detail = format!(
         "PAID locally on {date} (trade {}) but absent from the bill {}, and the gateway \
          says {said}",
-        order.gateway_trade_no.as_deref().unwrap_or("-"),
+        trade.gateway_trade_no.as_deref().unwrap_or("-"),
         bill.file
     );
     let new = decider
-        .record_anomaly(order, AnomalyKind::PaidMissingFromBill, &detail)
+        .record_anomaly(
+            order,
+            Some(trade),
+            AnomalyKind::PaidMissingFromBill,
+            &detail,
+        )
         .await?;
     report.paid_missing_from_bill.push(absent(
         recorded(new, AnomalyKind::PaidMissingFromBill),
@@ -320,13 +328,13 @@ async fn settle_absent(
     Ok(())
 }
 
-/// Asks the order's gateway about its trade (a signed query, timed and counted like the
-/// worker's); the error says why there is no answer.
-async fn ask(decider: &Decider, order: &Order) -> Result<QueryAnswer, String> {
-    match decider.query_gateway(order).await {
+/// Asks a trade's gateway about it (a signed query, timed and counted like the worker's);
+/// the error says why there is no answer.
+async fn ask(decider: &Decider, trade: &Trade) -> Result<QueryAnswer, String> {
+    match decider.query_gateway(trade).await {
         Some(Ok(answer)) => Ok(answer),
         Some(Err(e)) => Err(e.to_string()),
-        None => Err(format!("no gateway serves channel {:?}", order.channel)),
+        None => Err(format!("no gateway serves channel {:?}", trade.channel)),
     }
 }
 
@@ -378,39 +386,44 @@ fn line(row: &BillRow, order: Option<&Order>, action: String) -> BillLine {
     }
 }
 
-/// The orders of `channel` PAID within `[start, end)`.
+/// The trades of `channel` paid within `[start, end)`, with their orders.
 async fn load_paid(
     decider: &Decider,
     channel: &str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-) -> Result<Vec<Order>, Unavailable> {
+) -> Result<Vec<Known>, Unavailable> {
     let mut conn = db::conn(decider.pool()).await?;
-    Ok(orders::table
-        .filter(orders::status.eq(OrderStatus::Paid.as_str()))
-        .filter(orders::channel.eq(channel))
-        .filter(orders::paid_at.ge(start))
-        .filter(orders::paid_at.lt(end))
-        .select(Order::as_select())
+    Ok(trades::table
+        .inner_join(orders::table)
+        .filter(trades::status.eq(TradeStatus::Paid.as_str()))
+        .filter(trades::channel.eq(channel))
+        .filter(trades::paid_at.ge(start))
+        .filter(trades::paid_at.lt(end))
+        .select((Order::as_select(), Trade::as_select()))
         .load(&mut conn)
         .await?)
 }
 
-/// The orders the bill's rows name, by order number.
-async fn load_orders(
+/// The trades of `channel` the bill's rows name, by merchant trade number, with their
+/// orders.
+async fn load_known(
     decider: &Decider,
+    channel: &str,
     numbers: &BTreeSet<&str>,
-) -> Result<BTreeMap<String, Order>, Unavailable> {
+) -> Result<BTreeMap<String, Known>, Unavailable> {
     let mut conn = db::conn(decider.pool()).await?;
     let mut found = BTreeMap::new();
     let numbers: Vec<&str> = numbers.iter().copied().collect();
     for chunk in numbers.chunks(1000) {
-        let rows: Vec<Order> = orders::table
-            .filter(orders::out_trade_no.eq_any(chunk))
-            .select(Order::as_select())
+        let rows: Vec<Known> = trades::table
+            .inner_join(orders::table)
+            .filter(trades::channel.eq(channel))
+            .filter(trades::out_trade_no.eq_any(chunk))
+            .select((Order::as_select(), Trade::as_select()))
             .load(&mut conn)
             .await?;
-        found.extend(rows.into_iter().map(|o| (o.out_trade_no.clone(), o)));
+        found.extend(rows.into_iter().map(|k| (k.1.out_trade_no.clone(), k)));
     }
     Ok(found)
 }

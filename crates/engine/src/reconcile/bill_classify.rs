@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use order_closer_core::order::{Order, OrderStatus};
+use order_closer_core::trade::{Trade, TradeStatus};
 use order_closer_gateway::TradeState;
 use order_closer_gateway::bill::{BillRow, BillRowKind};
 
@@ -22,36 +23,44 @@ use order_closer_gateway::bill::{BillRow, BillRowKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowClass<'a> {
     /// A refund row: reported, with our order when we have it.
-    Refund(Option<&'a Order>),
+    Refund(Option<&'a Known>),
     /// A payment naming no order of the bill's channel: reported.
     UnknownOrder,
     /// A payment that agrees with a PAID order of the same amount: counted.
     Agrees,
     /// A payment that would change this order or record an anomaly: the gateway is asked
     /// first, and its answer judged ([`judge_row`]).
-    Ask(&'a Order),
+    Ask(&'a Known),
 }
 
-/// What a row is, given the orders its bill names (`known`, by order number) and the
-/// bill's channel: an order of another channel is not this gateway's, so its row names no
-/// order of ours.
+/// An order of ours as a bill row names it: the trade at the bill's gateway, with its
+/// order.
+pub type Known = (Order, Trade);
+
+/// What a row is, given the trades its bill names (`known`, by merchant trade number) and
+/// the bill's channel: a trade of another channel is not this gateway's, so its row names
+/// no trade of ours. A payment agrees when its trade is the one that paid the order, for
+/// the order's amount; a payment of any other trade is asked about (a second payment).
 pub fn classify_row<'a>(
     row: &BillRow,
-    known: &'a BTreeMap<String, Order>,
+    known: &'a BTreeMap<String, Known>,
     channel: &str,
 ) -> RowClass<'a> {
-    let order = known
+    let found = known
         .get(&row.out_trade_no)
-        .filter(|o| o.channel == channel);
-    match (row.kind, order) {
-        (BillRowKind::Refund, order) => RowClass::Refund(order),
+        .filter(|(_, trade)| trade.channel == channel);
+    match (row.kind, found) {
+        (BillRowKind::Refund, found) => RowClass::Refund(found),
         (BillRowKind::Payment, None) => RowClass::UnknownOrder,
-        (BillRowKind::Payment, Some(order))
-            if order.status() == OrderStatus::Paid && row.amount_minor == order.amount_minor =>
+        (BillRowKind::Payment, Some((order, trade)))
+            if order.status() == OrderStatus::Paid
+                && trade.status == TradeStatus::Paid
+                && row.amount_minor == order.amount_minor
+                && order.paid_trade_id.is_none_or(|id| id == trade.id) =>
         {
             RowClass::Agrees
         }
-        (BillRowKind::Payment, Some(order)) => RowClass::Ask(order),
+        (BillRowKind::Payment, Some(k)) => RowClass::Ask(k),
     }
 }
 
@@ -93,7 +102,8 @@ pub enum RowAct<'a> {
 
 /// Judges a payment row about `order` by the gateway's answer `state`: the gateway's word
 /// is what is acted on, never the row's.
-pub fn judge_row<'a>(row: &BillRow, order: &Order, state: &'a TradeState) -> RowJudgement<'a> {
+pub fn judge_row<'a>(row: &BillRow, known: &Known, state: &'a TradeState) -> RowJudgement<'a> {
+    let (order, trade) = known;
     let contradicts = contradicts(row, state);
     let TradeState::Paid {
         trade_no,
@@ -114,6 +124,12 @@ pub fn judge_row<'a>(row: &BillRow, order: &Order, state: &'a TradeState) -> Row
             trade_no,
             paid_minor: *paid_minor,
         },
+        // PAID through another trade, and this one is paid too: the buyer paid twice.
+        OrderStatus::Paid if order.paid_trade_id.is_some_and(|id| id != trade.id) => {
+            RowAct::MarkPaid {
+                amount_differs: *paid_minor != order.amount_minor,
+            }
+        }
         OrderStatus::Paid if *paid_minor != order.amount_minor => RowAct::AmountMismatch {
             paid_minor: *paid_minor,
         },
@@ -133,9 +149,9 @@ pub fn contradicts(row: &BillRow, state: &TradeState) -> bool {
     )
 }
 
-/// The orders PAID on the bill's day (`paid_that_day`) that no payment row of the bill
+/// The trades paid on the bill's day (`paid_that_day`) that no payment row of the bill
 /// names (a refund row does not count: it is not the payment).
-pub fn absent_from_bill<'a>(paid_that_day: &'a [Order], rows: &[BillRow]) -> Vec<&'a Order> {
+pub fn absent_from_bill<'a>(paid_that_day: &'a [Known], rows: &[BillRow]) -> Vec<&'a Known> {
     let paid_in_bill: BTreeSet<&str> = rows
         .iter()
         .filter(|r| r.kind == BillRowKind::Payment)
@@ -143,7 +159,7 @@ pub fn absent_from_bill<'a>(paid_that_day: &'a [Order], rows: &[BillRow]) -> Vec
         .collect();
     paid_that_day
         .iter()
-        .filter(|o| !paid_in_bill.contains(o.out_trade_no.as_str()))
+        .filter(|(_, t)| !paid_in_bill.contains(t.out_trade_no.as_str()))
         .collect()
 }
 

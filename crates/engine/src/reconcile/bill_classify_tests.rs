@@ -4,16 +4,19 @@
 use chrono::{DateTime, Utc};
 
 use super::*;
+use order_closer_core::trade::{Trade, TradeStatus};
 
 fn at() -> DateTime<Utc> {
     "2026-11-21T08:00:00Z".parse().unwrap()
 }
 
-fn order(no: &str, channel: &str, status: &str, amount_minor: i64) -> Order {
-    Order {
+/// An order of ours numbered `no` with its one trade (numbered alike) at `channel`; a
+/// PAID one was paid through that trade.
+fn order(no: &str, channel: &str, status: &str, amount_minor: i64) -> Known {
+    let paid = status == "PAID";
+    let order = Order {
         id: 1,
         out_trade_no: no.into(),
-        channel: channel.into(),
         amount_minor,
         currency: "CNY".into(),
         status_text: status.into(),
@@ -24,8 +27,28 @@ fn order(no: &str, channel: &str, status: &str, amount_minor: i64) -> Order {
         closed_at: None,
         gateway_trade_no: None,
         close_reason: None,
+        paid_trade_id: paid.then_some(1),
+    };
+    let trade = Trade {
+        id: 1,
+        order_id: 1,
+        channel: channel.into(),
+        out_trade_no: no.into(),
         gateway_ref: None,
-    }
+        status: match status {
+            "PAID" => TradeStatus::Paid,
+            "CLOSED" => TradeStatus::Closed,
+            _ => TradeStatus::Open,
+        },
+        gateway_trade_no: None,
+        paid_minor: None,
+        paid_at: None,
+        closed_at: None,
+        close_reason: None,
+        created_at: at(),
+        updated_at: at(),
+    };
+    (order, trade)
 }
 
 fn row(no: &str, kind: BillRowKind, amount_minor: i64) -> BillRow {
@@ -55,14 +78,14 @@ use BillRowKind::{Payment, Refund};
 
 #[test]
 fn classify_row_rows() {
-    let known: BTreeMap<String, Order> = [
+    let known: BTreeMap<String, Known> = [
         order("NEW", "alipay", "NEW", 100),
         order("PAID", "alipay", "PAID", 100),
         order("CLOSED", "alipay", "CLOSED", 100),
         order("OTHER", "wechat", "PAID", 100),
     ]
     .into_iter()
-    .map(|o| (o.out_trade_no.clone(), o))
+    .map(|k| (k.1.out_trade_no.clone(), k))
     .collect();
     let ours = |no: &str| &known[no];
     let rows = [
@@ -140,7 +163,26 @@ fn judge_row_rows() {
     let closed = order("O", "alipay", "CLOSED", 100);
     let paid_order = order("O", "alipay", "PAID", 100);
     // (what, the row, the order, the gateway's answer, the judgement)
-    let rows: Vec<(&str, BillRow, &Order, TradeState, RowJudgement)> = vec![
+    // PAID through another trade (id 2): this trade's payment is a second one.
+    let paid_through_other = {
+        let (mut o, t) = order("O", "alipay", "NEW", 100);
+        o.status_text = "PAID".into();
+        o.paid_trade_id = Some(2);
+        (o, t)
+    };
+    let rows: Vec<(&str, BillRow, &Known, TradeState, RowJudgement)> = vec![
+        (
+            "PAID through another trade, this one paid too",
+            row("O", Payment, 100),
+            &paid_through_other,
+            paid("T1", 100),
+            judged(
+                false,
+                RowAct::MarkPaid {
+                    amount_differs: false,
+                },
+            ),
+        ),
         // NEW here.
         (
             "NEW, paid as the row says",
@@ -331,7 +373,7 @@ fn absent_from_bill_rows() {
     ];
     let absent: Vec<&str> = absent_from_bill(&paid_that_day, &rows)
         .into_iter()
-        .map(|o| o.out_trade_no.as_str())
+        .map(|(_, t)| t.out_trade_no.as_str())
         .collect();
     assert_eq!(absent, ["REFUNDED_ONLY", "ABSENT"]);
     assert!(absent_from_bill(&[], &rows).is_empty());

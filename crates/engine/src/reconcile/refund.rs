@@ -17,8 +17,10 @@ use crate::decide::refund::{PlanFailure, RefundRequestResult, refundable};
 use crate::decide::refund_plan::{Basis, NotSendable};
 use crate::decide::{Decider, Unavailable};
 use order_closer_core::db::anomalies::AnomalyKind;
-use order_closer_core::db::{self, orders, refunds};
+use order_closer_core::db::{self, orders, refunds, trades};
 use order_closer_core::money::format_minor;
+use order_closer_core::order::Order;
+use order_closer_core::trade::{Trade, TradeStatus};
 use order_closer_gateway::GatewayError;
 
 /// Why the refund was not requested.
@@ -30,9 +32,13 @@ pub enum RefundError {
     /// The order is not one a payment after close can be on.
     #[error("{0}")]
     NotClosed(String),
-    /// No gateway serves the order's channel.
+    /// No gateway serves the trade's channel.
     #[error("no gateway is configured for channel {0:?}")]
     NoGateway(String),
+    /// The order has no trade whose payment could be given back, or several and none
+    /// says which.
+    #[error("{0}")]
+    WhichTrade(String),
     /// The gateway could not be asked (try again later).
     #[error("the gateway could not be asked: {0}")]
     Gateway(#[from] GatewayError),
@@ -72,7 +78,7 @@ pub async fn request(
     out_trade_no: &str,
     dry_run: bool,
 ) -> Result<RefundReport, RefundError> {
-    let (order, row) = {
+    let (order, row, trades) = {
         let mut conn = db::conn(decider.pool()).await.map_err(Unavailable::from)?;
         let order = orders::find_by_out_trade_no(&mut conn, out_trade_no)
             .await
@@ -81,9 +87,13 @@ pub async fn request(
         let row = refunds::for_order(&mut conn, order.id)
             .await
             .map_err(Unavailable::from)?;
-        (order, row)
+        let trades = trades::for_order(&mut conn, order.id)
+            .await
+            .map_err(Unavailable::from)?;
+        (order, row, trades)
     };
     refundable(&order).map_err(RefundError::NotClosed)?;
+    let trade = refund_target(&order, &trades, row.as_ref())?;
     if let Some(row) = row
         .as_ref()
         .filter(|r| r.status() == refunds::RefundStatus::Succeeded)
@@ -97,10 +107,10 @@ pub async fn request(
         });
     }
     let planned = decider
-        .plan_refund(&order)
+        .plan_refund(trade)
         .await?
         .map_err(|failure| match failure {
-            PlanFailure::NoGateway => RefundError::NoGateway(order.channel.clone()),
+            PlanFailure::NoGateway => RefundError::NoGateway(trade.channel.clone()),
             PlanFailure::Query(e) => RefundError::Gateway(e),
             PlanFailure::NotSendable(NotSendable::BuyerPaying) => {
                 RefundError::Gateway(NotSendable::BuyerPaying.as_gateway_error())
@@ -119,14 +129,43 @@ pub async fn request(
                 format_minor(planned.amount_minor)
             );
             decider
-                .record_anomaly(&order, AnomalyKind::PaidAfterClose, &detail)
+                .record_anomaly(&order, Some(trade), AnomalyKind::PaidAfterClose, &detail)
                 .await?;
         }
-        decider.request_refund(&order, &planned).await?
+        decider.request_refund(&order, trade, &planned).await?
     };
     Ok(RefundReport {
         out_trade_no: order.out_trade_no,
         paid_minor: planned.paid_minor(),
         result,
     })
+}
+
+/// The trade whose payment an operator's refund of a CLOSED order gives back: the one its
+/// refund was requested for, else the one trade recorded paid, else its only trade.
+fn refund_target<'a>(
+    order: &Order,
+    trades: &'a [Trade],
+    row: Option<&refunds::RefundRow>,
+) -> Result<&'a Trade, RefundError> {
+    if let Some(t) = row.and_then(|r| trades.iter().find(|t| t.id == r.trade_id)) {
+        return Ok(t);
+    }
+    let paid: Vec<&Trade> = trades
+        .iter()
+        .filter(|t| t.status == TradeStatus::Paid)
+        .collect();
+    match (paid.as_slice(), trades) {
+        ([one], _) => Ok(one),
+        ([], [only]) => Ok(only),
+        ([], []) => Err(RefundError::WhichTrade(format!(
+            "order {} has no trade: nothing was paid on it",
+            order.out_trade_no
+        ))),
+        _ => Err(RefundError::WhichTrade(format!(
+            "order {} has {} trades and none or several recorded paid: refund one by its trade with `reconcile bill`, or ask the gateway which was paid",
+            order.out_trade_no,
+            trades.len()
+        ))),
+    }
 }

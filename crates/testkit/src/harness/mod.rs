@@ -234,6 +234,18 @@ impl TestEnv {
             .expect("order exists")
     }
 
+    /// The first trade of an order (the one the one-call form makes with it).
+    pub async fn trade(&self, no: &str) -> order_closer_core::trade::Trade {
+        let order = self.order(no).await;
+        let mut conn = db::conn(&self.pool).await.unwrap();
+        db::trades::for_order(&mut conn, order.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .expect("the order has a trade")
+    }
+
     /// Waits until the order leaves NEW (or panics after `limit`).
     pub async fn settled(&self, no: &str, limit: Duration) -> Order {
         let pool = self.pool.clone();
