@@ -31,6 +31,6 @@ pub mod retry;
 pub mod rules;
 pub mod text;
 pub mod time;
-pub mod trade;
 pub mod tls;
+pub mod trade;
 pub mod url_secret;

@@ -167,15 +167,16 @@ impl Closer {
                     out_trade_no: &trade.out_trade_no,
                     gateway_ref: trade.gateway_ref.as_deref(),
                 };
-                let stored = trades::insert(tx, order.id, row).await.map_err(|e| {
-                    match TradeError::from(e) {
-                        TradeError::Duplicate { .. } => TradeError::Duplicate {
-                            channel: trade.channel.clone(),
-                            out_trade_no: trade.out_trade_no.clone(),
+                let stored =
+                    trades::insert(tx, order.id, row).await.map_err(
+                        |e| match TradeError::from(e) {
+                            TradeError::Duplicate { .. } => TradeError::Duplicate {
+                                channel: trade.channel.clone(),
+                                out_trade_no: trade.out_trade_no.clone(),
+                            },
+                            other => other,
                         },
-                        other => other,
-                    }
-                })?;
+                    )?;
                 let expire_by = order.deadline
                     - chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::zero());
                 Ok(AddedTrade {

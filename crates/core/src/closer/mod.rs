@@ -616,10 +616,7 @@ fn check_gateway_ref(gateway_ref: Option<&str>) -> Result<(), InvalidOrder> {
 fn check_without_trade(channels: Channels, new: &NewOrder) -> Result<(), InvalidOrder> {
     let max = crate::message::MAX_OUT_TRADE_NO;
     let no = &new.out_trade_no;
-    if no.is_empty()
-        || no.len() > max
-        || no.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
+    if no.is_empty() || no.len() > max || no.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(InvalidOrder::OrderNumber {
             out_trade_no: no.clone(),
             max,
@@ -776,11 +773,23 @@ mod tests {
         assert_eq!(check(&ok, now).unwrap().channel, None);
         let cases = [
             (NewOrder::without_trade("", 100, "CNY", due), "order number"),
-            (NewOrder::without_trade("a b", 100, "CNY", due), "order number"),
-            (NewOrder::without_trade("x".repeat(65), 100, "CNY", due), "order number"),
-            (NewOrder::without_trade("A\n", 100, "CNY", due), "order number"),
+            (
+                NewOrder::without_trade("a b", 100, "CNY", due),
+                "order number",
+            ),
+            (
+                NewOrder::without_trade("x".repeat(65), 100, "CNY", due),
+                "order number",
+            ),
+            (
+                NewOrder::without_trade("A\n", 100, "CNY", due),
+                "order number",
+            ),
             (NewOrder::without_trade("A", 0, "CNY", due), "amount"),
-            (NewOrder::without_trade("A", 100, "USD", due), "currency \"USD\""),
+            (
+                NewOrder::without_trade("A", 100, "USD", due),
+                "currency \"USD\"",
+            ),
             (NewOrder::without_trade("A", 100, "", due), "currency \"\""),
             (
                 NewOrder::without_trade("A", 100, "CNY", due).with_gateway_ref("pi_1"),

@@ -30,7 +30,10 @@ pub struct NewTradeRow<'a> {
 }
 
 /// The trades of these orders, each order's in the order they were added.
-pub async fn for_orders(conn: &mut AsyncPgConnection, order_ids: &[i64]) -> QueryResult<Vec<Trade>> {
+pub async fn for_orders(
+    conn: &mut AsyncPgConnection,
+    order_ids: &[i64],
+) -> QueryResult<Vec<Trade>> {
     trades::table
         .filter(trades::order_id.eq_any(order_ids))
         .order((trades::order_id.asc(), trades::id.asc()))
