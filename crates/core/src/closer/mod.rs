@@ -486,14 +486,22 @@ fn create_error(e: DbError, numbers: &[&str]) -> CreateError {
     }
 }
 
-/// The `out_trade_no` a unique violation names (`Key (out_trade_no)=(X) already exists.`),
-/// or the only order's.
+/// The `out_trade_no` a unique violation names: an order's (`Key (out_trade_no)=(X)
+/// already exists.`) or the one-call form's first trade's (`Key (channel,
+/// out_trade_no)=(wechat, X) ...`: the number follows the channel, whose name has no
+/// comma); else the only order's.
 fn duplicate_key(details: Option<&str>, numbers: &[&str]) -> String {
     let named = details
         .and_then(|d| d.split_once("=(")?.1.split_once(')'))
-        .map(|(key, _)| key.to_owned());
-    match (named, numbers) {
-        (Some(key), _) => key,
+        .map(|(key, _)| key);
+    let number = named.and_then(|key| {
+        [Some(key), key.split_once(", ").map(|(_, no)| no)]
+            .into_iter()
+            .flatten()
+            .find(|candidate| numbers.contains(candidate))
+    });
+    match (number, numbers) {
+        (Some(key), _) => key.to_owned(),
         (None, [only]) => (*only).to_owned(),
         (None, _) => "one of the orders".to_owned(),
     }
@@ -740,6 +748,21 @@ mod tests {
             let err = check(&order, now).unwrap_err().to_string();
             assert!(err.contains(word), "{err}");
         }
+    }
+
+    #[test]
+    fn a_duplicate_names_the_order_number_whichever_key_was_violated() {
+        let numbers = ["A-1", "B-2"];
+        let order = Some("Key (out_trade_no)=(B-2) already exists.");
+        assert_eq!(duplicate_key(order, &numbers), "B-2");
+        // The one-call form's first trade: a number its channel has already.
+        let trade = Some("Key (channel, out_trade_no)=(wechat, A-1) already exists.");
+        assert_eq!(duplicate_key(trade, &numbers), "A-1");
+        // A key that is no order number (a gateway reference): the only order, if one.
+        let reference = Some("Key (channel, gateway_ref)=(wechat, pi_1) already exists.");
+        assert_eq!(duplicate_key(reference, &["A-1"]), "A-1");
+        assert_eq!(duplicate_key(reference, &numbers), "one of the orders");
+        assert_eq!(duplicate_key(None, &["A-1"]), "A-1");
     }
 
     #[test]
