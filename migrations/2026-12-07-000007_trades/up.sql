@@ -75,22 +75,29 @@ UPDATE orders o SET open_trades = 1
 ALTER TABLE orders ADD CONSTRAINT orders_closed_has_no_open_trade
     CHECK (status <> 'CLOSED' OR open_trades = 0);
 
--- Keeps `orders.open_trades` equal to the number of the order's open trades.
+-- Keeps `orders.open_trades` equal to the number of the order's open trades, whoever
+-- inserts, moves or deletes them.
 CREATE FUNCTION trades_count_open() RETURNS trigger LANGUAGE plpgsql
     SET search_path FROM CURRENT AS $$
 DECLARE
-    delta INTEGER := (NEW.status = 'open')::int
-        - (TG_OP = 'UPDATE' AND OLD.status = 'open')::int;
+    delta INTEGER;
 BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.status = 'open' THEN
+            UPDATE orders SET open_trades = open_trades - 1 WHERE id = OLD.order_id;
+        END IF;
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.order_id <> OLD.order_id THEN
         RAISE EXCEPTION 'a trade never moves to another order';
     END IF;
+    delta := (NEW.status = 'open')::int - (TG_OP = 'UPDATE' AND OLD.status = 'open')::int;
     IF delta <> 0 THEN
         UPDATE orders SET open_trades = open_trades + delta WHERE id = NEW.order_id;
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER trades_count_open AFTER INSERT OR UPDATE OF status, order_id ON trades
+CREATE TRIGGER trades_count_open AFTER INSERT OR UPDATE OF status, order_id OR DELETE ON trades
     FOR EACH ROW EXECUTE FUNCTION trades_count_open();
 
 -- Refunds give back one trade's money: keyed by trade, not by order (an order paid twice

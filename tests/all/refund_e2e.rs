@@ -753,10 +753,12 @@ async fn a_failed_refund_stored_with_a_wrong_amount_goes_out_for_the_gateway_s_a
         let (order, trade) = closed_then_paid(&env, &env.buyers, channel, &no, 100).await;
         // As an older version left it: the claimed amount under `RF-<order id>`, sent and
         // refused.
+        let trade_id = env.trade(&no).await.id;
         let mut conn = db::conn(&env.pool).await.unwrap();
         diesel::insert_into(r::table)
             .values((
                 r::order_id.eq(order.id),
+                r::trade_id.eq(trade_id),
                 r::out_trade_no.eq(&no),
                 r::out_request_no.eq(format!("RF-{}", order.id)),
                 r::amount_minor.eq(500_i64),

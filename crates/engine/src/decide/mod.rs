@@ -444,16 +444,12 @@ impl Decider {
             verdicts.into_iter().unzip();
         let decision = order_table::decide(&order, &trades, &verdicts);
         let answer = (!transcripts.is_empty()).then(|| transcripts.join("\n"));
-        self.settle(
-            order,
-            &trades,
-            decision,
+        let context = settle::Context {
             attempt,
-            answer,
             pending,
-            Cause::Query,
-        )
-        .await
+            cause: Cause::Query,
+        };
+        self.settle(order, &trades, decision, answer, context).await
     }
 
     /// Runs the deadline protocol at every open trade's gateway, all at once: each
@@ -539,10 +535,12 @@ impl Decider {
                 order.clone(),
                 std::slice::from_ref(trade),
                 decision,
-                attempt,
                 Some(source.to_owned()),
-                Pending::Record,
-                cause,
+                settle::Context {
+                    attempt,
+                    pending: Pending::Record,
+                    cause,
+                },
             )
             .await?;
         self.observe(&outcome);

@@ -20,6 +20,15 @@ use order_closer_core::money::format_minor;
 use order_closer_core::order::{Order, OrderStatus};
 use order_closer_core::trade::Trade;
 
+/// Where a decision comes from: which attempt of the message, whether its message is
+/// parked already, and how a payment became known.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Context {
+    pub(super) attempt: AttemptInfo,
+    pub(super) pending: Pending,
+    pub(super) cause: Cause,
+}
+
 impl Decider {
     /// Schedules the close of a PAID order's other open trades now (a close message due at
     /// once, through the outbox and the relay), if it has any: each is a chance to pay
@@ -37,11 +46,14 @@ impl Decider {
         order: Order,
         trades: &[Trade],
         decision: OrderDecision,
-        attempt: AttemptInfo,
         answer: Option<String>,
-        pending: Pending,
-        cause: Cause,
+        context: Context,
     ) -> Result<Outcome, Unavailable> {
+        let Context {
+            attempt,
+            pending,
+            cause,
+        } = context;
         let find = |id: i64| trades.iter().find(|t| t.id == id).cloned();
         let mut anomalies = Vec::new();
         for id in &decision.duplicates {
