@@ -29,7 +29,7 @@
 // The shop's library (always built), from its own crate.
 pub use order_closer_core::{
     broker, closer, config, db, events, files, invalid, message, money, order, retry, text, time,
-    tls, url_secret,
+    tls, trade, url_secret,
 };
 pub mod gateway;
 

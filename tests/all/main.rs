@@ -36,4 +36,5 @@ mod reconcile_bill;
 mod reconcile_e2e;
 mod refund_e2e;
 mod sim_notify;
+mod trades_e2e;
 mod wechat_sdk;

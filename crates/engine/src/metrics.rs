@@ -405,6 +405,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts the duplicate payments a decision found and the refunds it requested.
+    pub fn found(&self, found: crate::decide::DuplicatesFound) {
+        for _ in 0..found.new_anomalies {
+            self.anomaly(order_closer_core::db::anomalies::AnomalyKind::DuplicatePayment);
+        }
+        for _ in 0..found.refunds_requested {
+            self.refund(order_closer_core::db::refunds::RefundProgress::Requested);
+        }
+    }
+
     /// Counts an anomaly recorded by this process.
     pub fn anomaly(&self, kind: order_closer_core::db::anomalies::AnomalyKind) {
         self.anomalies

@@ -7,6 +7,7 @@
 //! trips per group instead of several per order.
 
 mod consult;
+mod duplicates;
 pub mod order_table;
 mod record;
 pub mod refund;
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use crate::metrics::Metrics;
+pub use duplicates::Found as DuplicatesFound;
 use futures_util::future::join_all;
 use order_closer_core::config::{DecisionSettings, PaidAfterClose};
 use order_closer_core::db::batch::Batcher;
@@ -187,13 +189,7 @@ impl Decider {
         Self {
             reads: Batcher::new(pool.clone(), FindById, MAX_GROUP),
             trades: Batcher::new(pool.clone(), TradesOf, MAX_GROUP),
-            writes: Batcher::new(
-                pool.clone(),
-                WriteDecisions {
-                    actor: actor.clone(),
-                },
-                MAX_GROUP,
-            ),
+            writes: Self::writes(&pool, &actor, PaidAfterClose::default(), &Arc::default()),
             pool,
             gateways,
             retry,
@@ -218,13 +214,39 @@ impl Decider {
     /// Holds or refunds payments after close as `policy` says (default: hold).
     pub fn with_paid_after_close(mut self, policy: PaidAfterClose) -> Self {
         self.paid_after_close = policy;
+        self.writes = Self::writes(&self.pool, &self.actor, policy, &self.metrics);
         self
     }
 
     /// Records into these metrics instead of a private set.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
+        self.writes = Self::writes(
+            &self.pool,
+            &self.actor,
+            self.paid_after_close,
+            &self.metrics,
+        );
         self
+    }
+
+    /// The lane writing decisions: signed by `actor`, giving duplicate payments back when
+    /// the policy is `refund`, counting what it finds into `metrics`.
+    fn writes(
+        pool: &DbPool,
+        actor: &str,
+        policy: PaidAfterClose,
+        metrics: &Arc<Metrics>,
+    ) -> Batcher<WriteDecisions> {
+        Batcher::new(
+            pool.clone(),
+            WriteDecisions {
+                actor: actor.to_owned(),
+                refund_duplicates: policy == PaidAfterClose::Refund,
+                metrics: Arc::clone(metrics),
+            },
+            MAX_GROUP,
+        )
     }
 
     /// The gateways it asks.

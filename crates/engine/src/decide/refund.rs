@@ -261,7 +261,7 @@ impl PlanFailure {
 /// Requests the refund of a trade's payment inside the caller's transaction: a new one gets its
 /// row, an audit row and its message; one requested before is returned as it stands.
 /// Returns the row and whether it is new.
-async fn request_in(
+pub(super) async fn request_in(
     tx: &mut AsyncPgConnection,
     order: &Order,
     trade: &Trade,

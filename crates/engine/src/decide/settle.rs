@@ -6,11 +6,13 @@
 use chrono::Utc;
 use diesel_async::AsyncConnection;
 
+use super::duplicates;
 use super::order_table::{OrderDecision, OrderMove, Unsettled};
 use super::retry_or_park::Failure;
 use super::table::CloseReason;
 use super::write::{self, DecisionWrite};
 use super::{AttemptInfo, Cause, Decider, Outcome, Pending, Unavailable, attempt_column};
+use order_closer_core::config::PaidAfterClose;
 use order_closer_core::db::anomalies::AnomalyKind;
 use order_closer_core::db::decisions::{self, DecisionOutcome, NewDecision};
 use order_closer_core::db::trades::{self, TradeMove};
@@ -56,11 +58,6 @@ impl Decider {
         } = context;
         let find = |id: i64| trades.iter().find(|t| t.id == id).cloned();
         let mut anomalies = Vec::new();
-        for id in &decision.duplicates {
-            let Some(trade) = find(*id) else { continue };
-            let detail = duplicate_detail(&order, &trade, &decision.trades);
-            anomalies.push((AnomalyKind::DuplicatePayment, detail, Some(trade)));
-        }
         for (id, trade_no, paid_minor) in &decision.refunded {
             let detail = format!(
                 "the gateway reports trade {trade_no} paid {} and given back before the deadline \
@@ -100,6 +97,7 @@ impl Decider {
                     detail,
                     reason: "paid_at_gateway",
                     trade: find(trade_id),
+                    trades: trades.to_vec(),
                     trade_moves: decision.trades,
                     anomalies,
                 })
@@ -130,6 +128,7 @@ impl Decider {
                     detail,
                     reason: reason.as_str(),
                     trade: only,
+                    trades: trades.to_vec(),
                     trade_moves: decision.trades,
                     anomalies,
                 })
@@ -139,6 +138,7 @@ impl Decider {
                 if !decision.trades.is_empty() || !anomalies.is_empty() {
                     self.record_trades(
                         &order,
+                        trades,
                         &decision.trades,
                         &anomalies,
                         attempt,
@@ -184,6 +184,7 @@ impl Decider {
     async fn record_trades(
         &self,
         order: &Order,
+        all: &[Trade],
         moves: &[(i64, TradeMove)],
         anomalies: &[(AnomalyKind, String, Option<Trade>)],
         attempt: AttemptInfo,
@@ -199,10 +200,11 @@ impl Decider {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        let refund = self.paid_after_close == PaidAfterClose::Refund;
         let mut conn = db::conn(&self.pool).await?;
-        let new_kinds = conn
+        let (new_kinds, found) = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
-                trades::apply_moves(tx, moves).await?;
+                let moved = trades::apply_moves(tx, moves).await?;
                 decisions::insert(
                     tx,
                     &NewDecision {
@@ -231,13 +233,22 @@ impl Decider {
                         new_kinds.push(*kind);
                     }
                 }
-                Ok(new_kinds)
+                let paid_now: Vec<i64> = moves
+                    .iter()
+                    .filter(|(id, m)| matches!(m, TradeMove::Paid { .. }) && moved.contains(id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let all: Vec<&Trade> = all.iter().collect();
+                let found =
+                    duplicates::record(tx, &paid_now, &[order], &all, refund, &self.actor).await?;
+                Ok((new_kinds, found))
             })
             .await
             .map_err(DbError::from)?;
         for kind in new_kinds {
             self.metrics.anomaly(kind);
         }
+        self.metrics.found(found);
         Ok(())
     }
 }
@@ -248,26 +259,4 @@ fn failure(u: Unsettled) -> Failure {
     } else {
         Failure::permanent(u.code, u.detail)
     }
-}
-
-/// What a duplicate payment's anomaly says: which trade, at which gateway, for how much.
-fn duplicate_detail(order: &Order, trade: &Trade, moves: &[(i64, TradeMove)]) -> String {
-    let (trade_no, paid) = moves
-        .iter()
-        .find_map(|(id, m)| match m {
-            TradeMove::Paid {
-                gateway_trade_no,
-                paid_minor,
-                ..
-            } if *id == trade.id => Some((gateway_trade_no.as_str(), *paid_minor)),
-            _ => None,
-        })
-        .unwrap_or(("?", order.amount_minor));
-    format!(
-        "order {} was paid through another trade; {} trade {} (gateway trade {trade_no}) was paid {} too: the buyer paid twice",
-        order.out_trade_no,
-        trade.channel,
-        trade.out_trade_no,
-        format_minor(paid)
-    )
 }

@@ -12,6 +12,10 @@ use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
+use std::sync::Arc;
+
+use super::duplicates;
+use crate::metrics::Metrics;
 use crate::relay;
 use order_closer_core::db::anomalies::{self, AnomalyKind, NewAnomaly};
 use order_closer_core::db::batch::Job;
@@ -44,8 +48,11 @@ pub struct DecisionWrite {
     pub reason: &'static str,
     /// The trade the event names: the one that paid the order (None for a close).
     pub trade: Option<Trade>,
+    /// Every trade of the order, as read before asking the gateways.
+    pub trades: Vec<Trade>,
     /// The moves of the order's trades, written first whether or not the order moves
-    /// (what a gateway said about a trade is true either way).
+    /// (what a gateway said about a trade is true either way). A trade moved to paid that
+    /// did not pay the order is a duplicate payment ([`super::duplicates`]).
     pub trade_moves: Vec<(i64, TradeMove)>,
     /// Anomalies to record if the order moves: (kind, detail, the trade it is about).
     pub anomalies: Vec<(AnomalyKind, String, Option<Trade>)>,
@@ -78,6 +85,10 @@ impl DecisionWrite {
 pub struct WriteDecisions {
     /// Who decides (`worker:<host>:<pid>`, `reconcile`, ...).
     pub actor: String,
+    /// Whether a duplicate payment's refund is requested (the `refund` policy).
+    pub refund_duplicates: bool,
+    /// Counts the duplicate payments and refunds found.
+    pub metrics: Arc<Metrics>,
 }
 
 #[async_trait]
@@ -128,9 +139,11 @@ impl Job for WriteDecisions {
             .iter()
             .flat_map(|s| s.trade_moves.iter().cloned())
             .collect();
+        let mut found = duplicates::Found::default();
         let moved: HashSet<i64> = conn
             .transaction::<_, diesel::result::Error, _>(async |tx| {
-                trades::apply_moves(tx, &moves).await?;
+                let moved_trades: HashSet<i64> =
+                    trades::apply_moves(tx, &moves).await?.into_iter().collect();
                 let moved: HashSet<i64> = decisions::apply_transitions(tx, &rows)
                     .await?
                     .into_iter()
@@ -149,9 +162,28 @@ impl Job for WriteDecisions {
                         .await?;
                     }
                 }
+                let paid_now: Vec<i64> = moves
+                    .iter()
+                    .filter(|(id, m)| {
+                        matches!(m, TradeMove::Paid { .. }) && moved_trades.contains(id)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                let orders: Vec<&Order> = items.iter().map(|s| &s.order).collect();
+                let all_trades: Vec<&Trade> = items.iter().flat_map(|s| &s.trades).collect();
+                found = duplicates::record(
+                    tx,
+                    &paid_now,
+                    &orders,
+                    &all_trades,
+                    self.refund_duplicates,
+                    &self.actor,
+                )
+                .await?;
                 Ok(moved)
             })
             .await?;
+        self.metrics.found(found);
         Ok(items
             .iter()
             .zip(ids)
