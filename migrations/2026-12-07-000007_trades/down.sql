@@ -29,6 +29,8 @@ ALTER TABLE orders ALTER COLUMN channel SET DEFAULT 'alipay';
 ALTER TABLE orders DROP CONSTRAINT orders_closed_has_no_open_trade;
 ALTER TABLE orders DROP COLUMN paid_trade_id;
 ALTER TABLE orders DROP COLUMN open_trades;
+DROP TRIGGER orders_first_trade ON orders;
+DROP FUNCTION orders_first_trade();
 DROP TRIGGER trades_count_open ON trades;
 DROP FUNCTION trades_count_open();
 DROP TABLE trades;

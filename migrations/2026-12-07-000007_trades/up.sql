@@ -43,11 +43,13 @@ ALTER TABLE orders ADD COLUMN open_trades INTEGER NOT NULL DEFAULT 0
 -- The trade that paid the order (NULL: not paid, paid before this release, or settled by
 -- other means: store credit, a voucher, a zero amount).
 ALTER TABLE orders ADD COLUMN paid_trade_id BIGINT REFERENCES trades (id);
--- An order without a trade has no gateway. Orders created in the one-call form (an order
--- with its first trade) still fill these two with that trade's, so that a worker of the
--- previous release, during a rolling upgrade, can still read them.
+-- An order without a trade has no gateway: its `channel` is NULL. An order written with
+-- a channel (the one-call form, and every writer of the previous release's contract,
+-- which knows nothing of trades and may leave `channel` to its default) is an order with
+-- its first trade: the trigger `orders_first_trade` below adds it, numbered as the order.
+-- These two columns stay filled for such orders, so that a worker of the previous
+-- release, during a rolling upgrade, can still read them.
 ALTER TABLE orders ALTER COLUMN channel DROP NOT NULL;
-ALTER TABLE orders ALTER COLUMN channel DROP DEFAULT;
 
 -- Every existing order becomes an order with one trade: its channel, numbers, state and
 -- times. A CLOSED order the gateway was paid on later (a `paid_after_close` anomaly, or a
@@ -99,6 +101,19 @@ BEGIN
 END $$;
 CREATE TRIGGER trades_count_open AFTER INSERT OR UPDATE OF status, order_id OR DELETE ON trades
     FOR EACH ROW EXECUTE FUNCTION trades_count_open();
+
+-- An order inserted with a channel gets its first trade, numbered as the order, in the
+-- same statement: one place for the one-call form and for writers of the previous
+-- contract, so that no such order is ever closed without its gateway being asked.
+CREATE FUNCTION orders_first_trade() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO trades (order_id, channel, out_trade_no, gateway_ref)
+    VALUES (NEW.id, NEW.channel, NEW.out_trade_no, NEW.gateway_ref);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER orders_first_trade AFTER INSERT ON orders
+    FOR EACH ROW WHEN (NEW.channel IS NOT NULL) EXECUTE FUNCTION orders_first_trade();
 
 -- Refunds give back one trade's money: keyed by trade, not by order (an order paid twice
 -- has its duplicate refunded, and could have more than one).

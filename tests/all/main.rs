@@ -37,4 +37,5 @@ mod reconcile_e2e;
 mod refund_e2e;
 mod sim_notify;
 mod trades_e2e;
+mod trades_upgrade;
 mod wechat_sdk;

@@ -867,31 +867,18 @@ async fn two_deployments_on_one_merchant_account_each_refund_their_own_order() {
 /// gives a never-sent row the order's amount and the old number back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refund_rows_of_older_versions_are_migrated_keeping_only_what_was_sent() {
-    use diesel::migration::MigrationSource;
+    use crate::common::migrations;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
-    use diesel_migrations::MigrationHarness;
     use order_closer::db::schema::refunds as r;
 
-    const NAME: &str = "refund_from_gateway";
     /// Runs this migration's down step (`up` false) or every pending one.
     async fn migrate(url: &str, up: bool) {
-        let conn = db::connect(url).await.unwrap();
-        tokio::task::spawn_blocking(move || {
-            let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-            if up {
-                harness.run_pending_migrations(db::MIGRATIONS).unwrap();
-                return;
-            }
-            let all = MigrationSource::<diesel::pg::Pg>::migrations(&db::MIGRATIONS).unwrap();
-            let ours = all
-                .iter()
-                .find(|m| m.name().to_string().ends_with(NAME))
-                .expect("the migration");
-            harness.revert_migration(ours.as_ref()).unwrap();
-        })
-        .await
-        .unwrap();
+        if up {
+            migrations::run_pending(url).await;
+        } else {
+            migrations::revert(url, "refund_from_gateway").await;
+        }
     }
 
     let env = TestEnv::new(&[]).await;

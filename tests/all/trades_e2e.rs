@@ -424,3 +424,132 @@ async fn a_payment_on_one_trade_while_the_worker_closes_the_other() {
         env.cleanup().await;
     }
 }
+
+/// The shop cancels an order with two trades: both are closed at their gateways first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_closes_every_open_trade_at_its_gateway() {
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(4, 8);
+    let (no, [a, w]) = two_trades(&env, "cancel", Duration::from_secs(600)).await;
+    let cancelled = env.closer.cancel_order(&no).await.unwrap();
+    assert_eq!(cancelled, order_closer::closer::Cancelled::Closed);
+    assert_eq!(env.order(&no).await.status(), OrderStatus::Closed);
+    for number in [&a, &w] {
+        assert_eq!(
+            at_gateway(&env, number).await.status,
+            SimTradeStatus::TradeClosed,
+            "{number}"
+        );
+    }
+    env.cleanup().await;
+}
+
+/// The shop settles an order by other means (a voucher): PAID through no trade, audited and
+/// announced, and its open trade closed at its gateway at once so the buyer cannot pay too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_settled_otherwise_is_paid_and_its_trades_are_closed_at_once() {
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(4, 8);
+    let (no, [a, w]) = two_trades(&env, "voucher", Duration::from_secs(600)).await;
+    let paid = env
+        .closer
+        .settle_otherwise(&no, "gift card GC-77")
+        .await
+        .unwrap();
+    assert_eq!(
+        (paid.status(), paid.paid_trade_id),
+        (OrderStatus::Paid, None)
+    );
+    for number in [&a, &w] {
+        let closed = eventually(DECIDED_WITHIN, || async {
+            let view = at_gateway(&env, number).await;
+            (view.status == SimTradeStatus::TradeClosed).then_some(())
+        })
+        .await;
+        assert!(closed.is_some(), "{number} closed at its gateway");
+    }
+    let trail = env.trail(paid.id).await;
+    assert!(
+        trail
+            .iter()
+            .any(|d| d.outcome == "paid" && d.actor == "closer" && d.detail.contains("GC-77")),
+        "{trail:?}"
+    );
+    let events = env.drain_events().await;
+    let announced: Vec<_> = events
+        .iter()
+        .filter(|e| e["out_trade_no"] == no.as_str() && e["event"] == "order.paid")
+        .collect();
+    assert_eq!(announced.len(), 1, "{events:?}");
+    assert_eq!(announced[0]["reason"], "settled_otherwise");
+    assert!(announced[0].get("trade").is_none());
+    // Settled already: refused, naming why.
+    let again = env.closer.settle_otherwise(&no, "twice").await.unwrap_err();
+    assert!(again.to_string().contains("PAID already"), "{again}");
+    env.cleanup().await;
+}
+
+/// A trade added while the worker decides the order (a shop whose clock, or the
+/// database's, let it in at the last moment: written here straight into the table) is
+/// never missed: the close the worker had decided matches nothing, and the order is
+/// decided again with the new trade closed at its gateway too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trade_added_while_the_worker_decides_is_closed_too() {
+    let mut env = TestEnv::new(&[]).await;
+    let (_worker, held) = env.start_held_worker(FIRST);
+    let hold = held.hold(GatewayMethod::Close, 1, HoldAt::After);
+    let no = env.no("late-trade");
+    let order = env
+        .create_at(FIRST, &no, 1234, Duration::from_secs(1))
+        .await;
+    env.buyers
+        .buyer(&no)
+        .at(FIRST)
+        .scans(1234)
+        .send()
+        .await
+        .unwrap();
+    hold.reached.await.unwrap();
+    // The first trade is closed at its gateway; the decision is about to close the order.
+    let late = format!("{no}-W");
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    db::trades::insert(
+        &mut conn,
+        order.id,
+        db::trades::NewTradeRow {
+            channel: SECOND,
+            out_trade_no: &late,
+            gateway_ref: None,
+        },
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    env.buyers
+        .buyer(&late)
+        .at(SECOND)
+        .scans(1234)
+        .send()
+        .await
+        .unwrap();
+    hold.release.send(()).unwrap();
+    let settled = env.settled(&no, DECIDED_WITHIN).await;
+    assert_eq!(settled.status(), OrderStatus::Closed);
+    for t in trades(&env, &no).await {
+        assert_eq!(t.status, TradeStatus::Closed, "{}", t.out_trade_no);
+        assert_eq!(
+            at_gateway(&env, &t.out_trade_no).await.status,
+            SimTradeStatus::TradeClosed,
+            "{}",
+            t.out_trade_no
+        );
+    }
+    let trail = env.trail(order.id).await;
+    assert!(
+        trail
+            .iter()
+            .any(|d| d.outcome == "retry" && d.detail.starts_with("trade_added")),
+        "{trail:?}"
+    );
+    env.cleanup().await;
+}

@@ -724,7 +724,10 @@ async fn the_upgrade_turns_every_order_into_one_trade_and_the_down_step_undoes_i
             "relation trades r",
             "column orders.open_trades integer nullable=NO default=0",
             "column orders.paid_trade_id bigint nullable=YES",
-            "column orders.channel text nullable=YES default=-",
+            // The default stays: a writer of the previous contract that leaves `channel`
+            // out still gets its first trade at that gateway.
+            "column orders.channel text nullable=YES default='alipay'::text",
+            "trigger orders_first_trade on orders",
             "column refunds.trade_id bigint nullable=NO",
             "column anomalies.trade_id bigint nullable=YES",
             "constraint orders.orders_closed_has_no_open_trade CHECK",

@@ -9,8 +9,12 @@
 //! An extension moves a NEW order's deadline later; the close message already scheduled
 //! arrives at the old deadline, finds the later one in the row, and waits again.
 //!
-//! Both leave an audit row (`cancel_requested`, `deadline_extended`, actor `closer`), so
-//! the order's history explains its end.
+//! An order settled by other means (store credit, a voucher, a gift card) is marked PAID
+//! at once through no trade; its open trades, if any, are closed at their gateways by a
+//! worker right away (a close message due now), so the buyer cannot pay as well.
+//!
+//! All leave an audit row (`cancel_requested`, `deadline_extended`, `paid`, actor
+//! `closer`), so the order's history explains its end.
 
 use std::time::Duration;
 
@@ -261,6 +265,89 @@ impl Closer {
             .await?)
         })
         .await
+    }
+}
+
+impl Closer {
+    /// Marks a NEW order PAID by other means than its trades (store credit, a voucher, a
+    /// gift card): audited (a `paid` decision naming `how`, actor `closer`) and announced
+    /// (`order.paid`, naming no trade, reason `settled_otherwise`). Its open trades are
+    /// closed at their gateways by a worker at once. Refused for an order already settled.
+    #[tracing::instrument(skip(self), fields(out_trade_no = %out_trade_no))]
+    pub async fn settle_otherwise(
+        &self,
+        out_trade_no: &str,
+        how: &str,
+    ) -> Result<Order, ChangeError> {
+        let how = crate::text::shortened(how, 200);
+        let mut conn = db::conn(&self.pool).await?;
+        let no = out_trade_no.to_owned();
+        let (order, pending) = conn
+            .transaction::<_, ChangeError, _>(async |tx| {
+                let order = lock_new(tx, &no).await?;
+                let paid: Order = diesel::update(orders::table.find(order.id))
+                    .set((
+                        orders::status.eq(OrderStatus::Paid.as_str()),
+                        orders::paid_at.eq(Utc::now()),
+                        orders::updated_at.eq(Utc::now()),
+                    ))
+                    .returning(Order::as_returning())
+                    .get_result(tx)
+                    .await?;
+                let detail = format!("settled by the shop otherwise: {how}");
+                let decision_id = decisions::insert(
+                    tx,
+                    &NewDecision {
+                        order_id: order.id,
+                        attempt: 0,
+                        outcome: DecisionOutcome::Paid,
+                        gateway_answer: None,
+                        detail: &detail,
+                        actor: ACTOR,
+                    },
+                )
+                .await?;
+                let key = crate::events::ORDER_PAID;
+                let event = crate::events::OrderEvent::about(
+                    &paid,
+                    None,
+                    key,
+                    format!("{key}:{decision_id}"),
+                    OrderStatus::Paid,
+                    None,
+                    "settled_otherwise",
+                );
+                outbox::insert(
+                    tx,
+                    &outbox::NewOutboxRow {
+                        kind: outbox::KIND_EVENT,
+                        routing_key: key,
+                        payload: &event.to_json(),
+                    },
+                )
+                .await?;
+                // The close of its open trades is due now, not at the deadline: the message
+                // (and the order it is published for) carry this moment as their deadline.
+                let now = Order {
+                    deadline: Utc::now(),
+                    ..paid.clone()
+                };
+                let message = CloseMessage::new(now.id, now.out_trade_no.clone(), now.deadline);
+                let pending = outbox::insert_close_if_open_trades(tx, paid.id, &message)
+                    .await?
+                    .map(|outbox_id| PendingClose {
+                        order: now,
+                        outbox_id,
+                    });
+                Ok((paid, pending))
+            })
+            .await?;
+        drop(conn);
+        if let Some(pending) = pending {
+            // The relay publishes it if this cannot (its outbox row stays until then).
+            self.publish(&pending).await;
+        }
+        Ok(order)
     }
 }
 

@@ -49,9 +49,9 @@ pub struct Scheduled<'a> {
     pub close_payload: &'a str,
 }
 
-/// Inserts orders, the first trade of those that name a channel (the one-call form: the
-/// trade's number is the order's), and their close schedules (an outbox row each), in one
-/// statement: all commit or none does. Returns each order with its outbox row's id, in the
+/// Inserts orders (those that name a channel get their first trade, numbered as the
+/// order, from the trigger `orders_first_trade`: the one-call form) and their close
+/// schedules (an outbox row each), in one statement: all commit or none does. Returns each order with its outbox row's id, in the
 /// given order.
 pub async fn insert_scheduled(
     conn: &mut AsyncPgConnection,
@@ -78,9 +78,6 @@ pub async fn insert_scheduled(
              SELECT id, out_trade_no, channel, amount_minor, currency, deadline, gateway_ref
              FROM input
              RETURNING *
-         ), t AS (
-             INSERT INTO trades (order_id, channel, out_trade_no, gateway_ref)
-             SELECT id, channel, out_trade_no, gateway_ref FROM o WHERE channel IS NOT NULL
          ), b AS (
              INSERT INTO outbox (kind, routing_key, payload)
              SELECT $9, '', payload FROM input
@@ -284,7 +281,8 @@ pub struct OverdueOrder {
     pub parked: bool,
 }
 
-/// One page of NEW orders whose deadline is before `cutoff`, in (deadline, id) order after
+/// One page of NEW orders (and PAID ones with an open trade left, each a chance to pay
+/// twice) whose deadline is before `cutoff`, in (deadline, id) order after
 /// `after` (keyset pagination: constant cost per page however large the table).
 pub async fn overdue_page(
     conn: &mut AsyncPgConnection,
@@ -297,7 +295,13 @@ pub async fn overdue_page(
         "coalesce(orders.recheck_at = 'infinity'::timestamptz, false)",
     );
     let mut query = orders::table
-        .filter(orders::status.eq(OrderStatus::New.as_str()))
+        .filter(
+            orders::status
+                .eq(OrderStatus::New.as_str())
+                .or(orders::status
+                    .eq(OrderStatus::Paid.as_str())
+                    .and(orders::open_trades.gt(0))),
+        )
         .filter(orders::deadline.lt(cutoff))
         .order((orders::deadline.asc(), orders::id.asc()))
         .limit(page)

@@ -68,23 +68,32 @@ pub async fn insert_close(
 }
 
 /// Inserts a close schedule for an order that still has an open trade (a PAID order's
-/// other trades, closed now rather than at the deadline); returns whether it did.
+/// other trades, closed now rather than at the deadline); returns its outbox row's id, or
+/// None when the order has no open trade.
 pub async fn insert_close_if_open_trades(
     conn: &mut AsyncPgConnection,
     order_id: i64,
     message: &crate::message::CloseMessage,
-) -> QueryResult<bool> {
+) -> QueryResult<Option<i64>> {
     use diesel::sql_types::{BigInt, Text};
-    let inserted = super::prepared::prepared(
+
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let inserted: Option<Inserted> = super::prepared::prepared(
         "INSERT INTO outbox (kind, routing_key, payload)
-         SELECT $1, '', $2 FROM orders WHERE id = $3 AND open_trades > 0",
+         SELECT $1, '', $2 FROM orders WHERE id = $3 AND open_trades > 0
+         RETURNING id",
     )
     .bind::<Text, _>(KIND_CLOSE)
     .bind::<Text, _>(message.encode_text())
     .bind::<BigInt, _>(order_id)
-    .execute(conn)
-    .await?;
-    Ok(inserted == 1)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(inserted.map(|i| i.id))
 }
 
 /// Which rows the relay claims: up to `limit` of the oldest rows that no one else will

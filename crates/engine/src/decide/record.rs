@@ -17,6 +17,9 @@ use order_closer_core::db::{self, DbError};
 use order_closer_core::order::{Order, OrderStatus};
 use order_closer_core::trade::Trade;
 
+/// The retry code of a close that found a trade added while the order was decided.
+pub const TRADE_ADDED: &str = "trade_added";
+
 impl Decider {
     /// Retries or parks an order after a failed attempt, as [`retry_or_park`] says with
     /// the retry steps of the failing trade's channel (the common ones when none): records
@@ -80,10 +83,16 @@ impl Decider {
 
     /// Writes a decision (grouped with other tasks' decisions) and turns the committed, or
     /// lost, guarded update into an outcome.
-    pub(super) async fn commit(&self, write: DecisionWrite) -> Result<Outcome, Unavailable> {
+    pub(super) async fn commit(
+        &self,
+        write: DecisionWrite,
+        attempt: AttemptInfo,
+        pending: Pending,
+    ) -> Result<Outcome, Unavailable> {
         let status = write.status;
         let order_id = write.order.id;
         let deadline = write.order.deadline;
+        let order = write.order.clone();
         match self.writes.submit(write).await? {
             Some(decision_id) => {
                 let lateness = (Utc::now() - deadline).to_std().unwrap_or_default();
@@ -95,10 +104,26 @@ impl Decider {
                 })
             }
             None => {
-                let now = self.reads.submit(order_id).await?.map(|o| o.status());
-                let theirs = now.unwrap_or(OrderStatus::New);
-                info!(ours = %status, theirs = %theirs, "another actor decided this order first");
-                Ok(Outcome::LostRace(theirs))
+                let now = self.reads.submit(order_id).await?;
+                match now.as_ref().map(Order::status) {
+                    // Still NEW: the close found a trade open that the decision did not
+                    // know (added meanwhile). It is decided again, that trade with it.
+                    Some(OrderStatus::New) => {
+                        info!("a trade was added while the order was decided; deciding again");
+                        let failure = Failure::transient(
+                            TRADE_ADDED,
+                            "a trade was added while the order was decided: decided again, that trade with it",
+                        );
+                        let order = now.unwrap_or(order);
+                        self.after_failure(order, None, attempt, failure, None, pending)
+                            .await
+                    }
+                    theirs => {
+                        let theirs = theirs.unwrap_or(OrderStatus::New);
+                        info!(ours = %status, theirs = %theirs, "another actor decided this order first");
+                        Ok(Outcome::LostRace(theirs))
+                    }
+                }
             }
         }
     }

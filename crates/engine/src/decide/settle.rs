@@ -39,7 +39,11 @@ impl Decider {
     pub async fn close_others_soon(&self, order: &Order) -> Result<bool, Unavailable> {
         let message = CloseMessage::new(order.id, order.out_trade_no.clone(), Utc::now());
         let mut conn = db::conn(&self.pool).await?;
-        Ok(outbox::insert_close_if_open_trades(&mut conn, order.id, &message).await?)
+        Ok(
+            outbox::insert_close_if_open_trades(&mut conn, order.id, &message)
+                .await?
+                .is_some(),
+        )
     }
 
     /// Writes what the order table decided and says what became of the order.
@@ -86,21 +90,25 @@ impl Decider {
                 if mismatch.is_some() {
                     anomalies.push((AnomalyKind::AmountMismatch, detail.clone(), find(trade_id)));
                 }
-                self.commit_counting(DecisionWrite {
-                    order: order.clone(),
-                    status: OrderStatus::Paid,
-                    close_reason: None,
-                    trade_no: Some(trade_no),
-                    paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
-                    attempt: attempt_column(attempt),
-                    answer: answer.clone(),
-                    detail,
-                    reason: "paid_at_gateway",
-                    trade: find(trade_id),
-                    trades: trades.to_vec(),
-                    trade_moves: decision.trades,
-                    anomalies,
-                })
+                self.commit_counting(
+                    DecisionWrite {
+                        order: order.clone(),
+                        status: OrderStatus::Paid,
+                        close_reason: None,
+                        trade_no: Some(trade_no),
+                        paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
+                        attempt: attempt_column(attempt),
+                        answer: answer.clone(),
+                        detail,
+                        reason: "paid_at_gateway",
+                        trade: find(trade_id),
+                        trades: trades.to_vec(),
+                        trade_moves: decision.trades,
+                        anomalies,
+                    },
+                    attempt,
+                    pending,
+                )
                 .await?
             }
             Some(OrderMove::Closed(reason)) => {
@@ -117,21 +125,25 @@ impl Decider {
                     [one] => Some(one.clone()),
                     _ => None,
                 };
-                self.commit_counting(DecisionWrite {
-                    order: order.clone(),
-                    status: OrderStatus::Closed,
-                    close_reason: Some(reason.as_str()),
-                    trade_no: decision.refunded.first().map(|(_, no, _)| no.clone()),
-                    paid_at: None,
-                    attempt: attempt_column(attempt),
-                    answer: answer.clone(),
-                    detail,
-                    reason: reason.as_str(),
-                    trade: only,
-                    trades: trades.to_vec(),
-                    trade_moves: decision.trades,
-                    anomalies,
-                })
+                self.commit_counting(
+                    DecisionWrite {
+                        order: order.clone(),
+                        status: OrderStatus::Closed,
+                        close_reason: Some(reason.as_str()),
+                        trade_no: decision.refunded.first().map(|(_, no, _)| no.clone()),
+                        paid_at: None,
+                        attempt: attempt_column(attempt),
+                        answer: answer.clone(),
+                        detail,
+                        reason: reason.as_str(),
+                        trade: only,
+                        trades: trades.to_vec(),
+                        trade_moves: decision.trades,
+                        anomalies,
+                    },
+                    attempt,
+                    pending,
+                )
                 .await?
             }
             None => {
@@ -167,9 +179,14 @@ impl Decider {
     }
 
     /// Commits a write, counting its anomalies once the order moved.
-    async fn commit_counting(&self, write: DecisionWrite) -> Result<Outcome, Unavailable> {
+    async fn commit_counting(
+        &self,
+        write: DecisionWrite,
+        attempt: AttemptInfo,
+        pending: Pending,
+    ) -> Result<Outcome, Unavailable> {
         let kinds: Vec<AnomalyKind> = write.anomalies.iter().map(|(k, ..)| *k).collect();
-        let outcome = self.commit(write).await?;
+        let outcome = self.commit(write, attempt, pending).await?;
         if matches!(outcome, Outcome::Decided { .. }) {
             for kind in kinds {
                 self.metrics.anomaly(kind);

@@ -1,5 +1,6 @@
 //! `reconcile overdue`: orders still NEW past their deadline plus a grace period (their
-//! message was lost, parked, or never published), decided one by one through the
+//! message was lost, parked, or never published), and PAID orders with a trade still
+//! open (its close was lost), decided one by one through the
 //! worker's decision code. Streams the table in keyset pages, so memory stays flat over
 //! millions of rows; safe beside running workers (guarded updates).
 //!

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod gateway;
+pub mod migrations;
 pub mod notices;
 pub mod pg_node;
 pub mod rabbit_node;
