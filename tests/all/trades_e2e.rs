@@ -75,6 +75,26 @@ async fn at_gateway(env: &TestEnv, number: &str) -> SimTradeView {
         .expect("the trade exists at its gateway")
 }
 
+/// Every one of these trades is closed at its gateway.
+async fn closed_at_gateways(env: &TestEnv, numbers: &[&String]) {
+    for number in numbers {
+        assert_eq!(
+            at_gateway(env, number).await.status,
+            SimTradeStatus::TradeClosed,
+            "{number}"
+        );
+    }
+}
+
+/// The trade is closed at its gateway within [`DECIDED_WITHIN`].
+async fn closed_soon(env: &TestEnv, number: &str) {
+    let closed = eventually(DECIDED_WITHIN, || async {
+        (at_gateway(env, number).await.status == SimTradeStatus::TradeClosed).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "{number} closed at its gateway");
+}
+
 async fn pays(env: &TestEnv, number: &str) -> SimTradeView {
     env.buyers.buyer(number).pays().send().await.unwrap()
 }
@@ -140,13 +160,7 @@ async fn a_buyer_who_opens_two_and_pays_none_has_both_closed_at_their_gateways()
     for t in trades(&env, &no).await {
         assert_eq!(t.status, TradeStatus::Closed, "{}", t.out_trade_no);
     }
-    for number in [&a, &w] {
-        assert_eq!(
-            at_gateway(&env, number).await.status,
-            SimTradeStatus::TradeClosed,
-            "{number}"
-        );
-    }
+    closed_at_gateways(&env, &[&a, &w]).await;
     env.cleanup().await;
 }
 
@@ -434,13 +448,7 @@ async fn a_cancel_closes_every_open_trade_at_its_gateway() {
     let cancelled = env.closer.cancel_order(&no).await.unwrap();
     assert_eq!(cancelled, order_closer::closer::Cancelled::Closed);
     assert_eq!(env.order(&no).await.status(), OrderStatus::Closed);
-    for number in [&a, &w] {
-        assert_eq!(
-            at_gateway(&env, number).await.status,
-            SimTradeStatus::TradeClosed,
-            "{number}"
-        );
-    }
+    closed_at_gateways(&env, &[&a, &w]).await;
     env.cleanup().await;
 }
 
@@ -461,12 +469,7 @@ async fn an_order_settled_otherwise_is_paid_and_its_trades_are_closed_at_once() 
         (OrderStatus::Paid, None)
     );
     for number in [&a, &w] {
-        let closed = eventually(DECIDED_WITHIN, || async {
-            let view = at_gateway(&env, number).await;
-            (view.status == SimTradeStatus::TradeClosed).then_some(())
-        })
-        .await;
-        assert!(closed.is_some(), "{number} closed at its gateway");
+        closed_soon(&env, number).await;
     }
     let trail = env.trail(paid.id).await;
     assert!(

@@ -8,6 +8,8 @@
 
 mod consult;
 mod duplicates;
+#[cfg(test)]
+mod fixtures;
 pub mod order_table;
 mod record;
 pub mod refund;

@@ -7,22 +7,13 @@ fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
+/// Order 1 in `status`, paid through trade `paid_trade_id` (its gateway trade number is
+/// `GW-<id>`).
 fn order(status: &str, paid_trade_id: Option<i64>) -> Order {
-    let at = t("2026-11-22T10:00:00Z");
     Order {
-        id: 1,
-        out_trade_no: "ORD-1".into(),
-        amount_minor: 1234,
-        currency: "CNY".into(),
-        status_text: status.into(),
-        deadline: at,
-        created_at: at,
-        updated_at: at,
-        paid_at: None,
-        closed_at: None,
         gateway_trade_no: paid_trade_id.map(|id| format!("GW-{id}")),
-        close_reason: None,
         paid_trade_id,
+        ..crate::decide::fixtures::order(status, t("2026-11-22T10:00:00Z"))
     }
 }
 

@@ -72,7 +72,17 @@ impl Decider {
             anomalies.push((AnomalyKind::RefundedBeforeDeadline, detail, find(*id)));
         }
         let unsettled = decision.unsettled.clone();
-        let outcome = match decision.order {
+        /// What differs between a PAID and a CLOSED write.
+        struct Moved {
+            status: OrderStatus,
+            close_reason: Option<&'static str>,
+            trade_no: Option<String>,
+            paid_at: Option<chrono::DateTime<Utc>>,
+            detail: String,
+            reason: &'static str,
+            trade: Option<Trade>,
+        }
+        let moved = match decision.order {
             Some(OrderMove::Paid {
                 trade_id,
                 trade_no,
@@ -90,61 +100,56 @@ impl Decider {
                 if mismatch.is_some() {
                     anomalies.push((AnomalyKind::AmountMismatch, detail.clone(), find(trade_id)));
                 }
-                self.commit_counting(
-                    DecisionWrite {
-                        order: order.clone(),
-                        status: OrderStatus::Paid,
-                        close_reason: None,
-                        trade_no: Some(trade_no),
-                        paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
-                        attempt: attempt_column(attempt),
-                        answer: answer.clone(),
-                        detail,
-                        reason: "paid_at_gateway",
-                        trade: find(trade_id),
-                        trades: trades.to_vec(),
-                        trade_moves: decision.trades,
-                        anomalies,
-                    },
-                    attempt,
-                    pending,
-                )
-                .await?
+                Some(Moved {
+                    status: OrderStatus::Paid,
+                    close_reason: None,
+                    trade_no: Some(trade_no),
+                    paid_at: Some(paid_at.unwrap_or_else(Utc::now)),
+                    detail,
+                    reason: "paid_at_gateway",
+                    trade: find(trade_id),
+                })
             }
-            Some(OrderMove::Closed(reason)) => {
-                let detail = match reason {
+            Some(OrderMove::Closed(reason)) => Some(Moved {
+                status: OrderStatus::Closed,
+                close_reason: Some(reason.as_str()),
+                trade_no: decision.refunded.first().map(|(_, no, _)| no.clone()),
+                paid_at: None,
+                detail: match reason {
                     CloseReason::RefundedAtGateway => anomalies
                         .iter()
                         .find(|(k, ..)| *k == AnomalyKind::RefundedBeforeDeadline)
                         .map(|(_, d, _)| d.clone())
                         .unwrap_or_else(|| reason.as_str().to_owned()),
                     _ => reason.as_str().to_owned(),
-                };
+                },
+                reason: reason.as_str(),
                 // The event names the trade when the order had exactly one.
-                let only = match trades {
+                trade: match trades {
                     [one] => Some(one.clone()),
                     _ => None,
+                },
+            }),
+            None => None,
+        };
+        let outcome = match moved {
+            Some(m) => {
+                let write = DecisionWrite {
+                    order: order.clone(),
+                    status: m.status,
+                    close_reason: m.close_reason,
+                    trade_no: m.trade_no,
+                    paid_at: m.paid_at,
+                    attempt: attempt_column(attempt),
+                    answer: answer.clone(),
+                    detail: m.detail,
+                    reason: m.reason,
+                    trade: m.trade,
+                    trades: trades.to_vec(),
+                    trade_moves: decision.trades,
+                    anomalies,
                 };
-                self.commit_counting(
-                    DecisionWrite {
-                        order: order.clone(),
-                        status: OrderStatus::Closed,
-                        close_reason: Some(reason.as_str()),
-                        trade_no: decision.refunded.first().map(|(_, no, _)| no.clone()),
-                        paid_at: None,
-                        attempt: attempt_column(attempt),
-                        answer: answer.clone(),
-                        detail,
-                        reason: reason.as_str(),
-                        trade: only,
-                        trades: trades.to_vec(),
-                        trade_moves: decision.trades,
-                        anomalies,
-                    },
-                    attempt,
-                    pending,
-                )
-                .await?
+                self.commit_counting(write, attempt, pending).await?
             }
             None => {
                 if !decision.trades.is_empty() || !anomalies.is_empty() {

@@ -273,23 +273,7 @@ impl<'a> Protocol<'a> {
 mod tests {
     use super::*;
 
-    fn order(status: &str, deadline: DateTime<Utc>) -> Order {
-        Order {
-            id: 1,
-            out_trade_no: "ORD-1".into(),
-            amount_minor: 1234,
-            currency: "CNY".into(),
-            status_text: status.into(),
-            deadline,
-            created_at: deadline,
-            updated_at: deadline,
-            paid_at: None,
-            closed_at: None,
-            gateway_trade_no: None,
-            close_reason: None,
-            paid_trade_id: None,
-        }
-    }
+    use crate::decide::fixtures::order;
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
