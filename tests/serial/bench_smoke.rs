@@ -61,6 +61,7 @@ fn serial_bench_quick_writes_results_and_chart() {
         "ceilings",
         "create",
         "pipeline",
+        "pipeline_two_trades",
         "classic",
         "notifications",
         "derived",
@@ -74,6 +75,8 @@ fn serial_bench_quick_writes_results_and_chart() {
         &["pipeline", "decisions_per_second"][..],
         &["pipeline", "worker_cpu_seconds"],
         &["pipeline", "worker_peak_rss_mib"],
+        &["pipeline_two_trades", "decisions_per_second"],
+        &["derived", "two_trades_over_one_trade"],
         &["classic", "decisions_per_second"],
         &["notifications", "notifications_per_second"],
         &["notifications", "payment_to_paid_ms", "p99"],
@@ -93,10 +96,14 @@ fn serial_bench_quick_writes_results_and_chart() {
         let v = number(&report, path);
         assert!(v > 0.0, "{} = {v}", path.join("."));
     }
-    for batch in ["pipeline", "classic"] {
+    assert_eq!(report["pipeline"]["trades_per_order"], 1);
+    assert_eq!(report["pipeline_two_trades"]["trades_per_order"], 2);
+    assert_eq!(report["pipeline_two_trades"]["orders"], 2000);
+    for batch in ["pipeline", "pipeline_two_trades", "classic"] {
         let b = &report[batch];
         assert_eq!(b["decided"], b["orders"], "{batch}: {b}");
         assert_eq!(b["mismatches"], 0, "{batch}: {b}");
+        assert_eq!(b["trade_mismatches"], 0, "{batch}: {b}");
         for p in ["p50", "p95", "p99", "max"] {
             assert!(b["lateness_ms"][p].is_number(), "{batch}.lateness_ms.{p}");
         }

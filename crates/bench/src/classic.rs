@@ -14,6 +14,7 @@ pub async fn run(
     pipeline::run_batch(
         env,
         "classic",
+        pipeline::Trades::One,
         count,
         plan.paid_share,
         (1, 1),

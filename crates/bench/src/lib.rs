@@ -11,6 +11,8 @@
 //!   one-decision transactions);
 //! - `create`: `Closer::create_order` against a raw insert of the same rows;
 //! - `pipeline`: N orders due at the same moment, decided by the worker;
+//! - `pipeline_two_trades`: the same with two trades per order, one at Alipay and one at
+//!   WeChat Pay, both gateways asked at the deadline;
 //! - `classic`: the same with `--concurrency 1 --prefetch 1`;
 //! - `sustained`: a steady arrival rate, lateness per 10 s window;
 //! - `pending`: a million close schedules left in the outbox, scheduled by the worker's
@@ -59,7 +61,8 @@ use tokio::task::JoinSet;
 /// `--quick` value.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Orders in the pipeline run, all due at the same moment [default: 20000; quick: 2000].
+    /// Orders in the pipeline run, all due at the same moment, and in its two-trade run
+    /// [default: 20000; quick: 2000].
     #[arg(long, value_parser = clap::value_parser!(u32).range(10..=2_000_000))]
     orders: Option<u32>,
     /// Share of the orders paid at the simulator (the rest: half scanned and left
@@ -88,8 +91,8 @@ pub struct BenchArgs {
     /// Concurrent tasks in the create measurement.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     create_tasks: u32,
-    /// Time from the start of creation to the pipeline run's common deadline [default:
-    /// planned from the measured create rate].
+    /// Time from the start of creation to the pipeline runs' common deadline (one and two
+    /// trades per order) [default: planned from the measured create rate].
     #[arg(long, value_parser = humantime::parse_duration)]
     lead: Option<Duration>,
     /// Length of the sustained run (0 skips it), for example `3m`.
@@ -127,7 +130,7 @@ pub struct BenchArgs {
     /// 20000 pending.
     #[arg(long)]
     quick: bool,
-    /// Leave out measurements (repeatable): ceilings, create, classic.
+    /// Leave out measurements (repeatable): ceilings, create, classic, two-trades.
     #[arg(long, value_enum)]
     skip: Vec<Skip>,
     /// Run the pipeline once more on each of these queue types (`classic,quorum`), each
@@ -169,12 +172,14 @@ pub enum Skip {
     Create,
     /// The one-at-a-time consumer.
     Classic,
+    /// The pipeline with two trades per order.
+    TwoTrades,
 }
 
 /// The parameters of a run, resolved from the flags (recorded in the JSON).
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    /// Orders in the pipeline run.
+    /// Orders in the pipeline run (and in its two-trade run).
     pub orders: u32,
     /// Share paid at the simulator.
     pub paid_share: f64,
@@ -333,6 +338,8 @@ pub struct Results {
     pub create: Option<create::CreateResult>,
     /// The pipeline run.
     pub pipeline: pipeline::BatchResult,
+    /// The pipeline run with two trades per order.
+    pub pipeline_two_trades: Option<pipeline::BatchResult>,
     /// The classic run.
     pub classic: Option<pipeline::BatchResult>,
     /// The sustained run.
@@ -367,6 +374,15 @@ async fn measure(broker: &BrokerSettings, env: &BenchEnv, plan: &Plan) -> anyhow
         plan.orders, plan.concurrency, plan.prefetch
     );
     let pipeline = pipeline::run(env, plan, create_hint).await?;
+    let pipeline_two_trades = if plan.skips(Skip::TwoTrades) {
+        None
+    } else {
+        eprintln!(
+            "pipeline run, two trades per order (alipay and wechat): {} orders, concurrency {}, prefetch {}",
+            plan.orders, plan.concurrency, plan.prefetch
+        );
+        Some(pipeline::run_two_trades(env, plan).await?)
+    };
     let classic = if plan.skips(Skip::Classic) {
         None
     } else {
@@ -427,6 +443,7 @@ async fn measure(broker: &BrokerSettings, env: &BenchEnv, plan: &Plan) -> anyhow
         ceilings,
         create,
         pipeline,
+        pipeline_two_trades,
         classic,
         sustained,
         pending,

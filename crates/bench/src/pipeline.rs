@@ -1,7 +1,8 @@
 //! The pipeline run: N orders due at the same moment a few seconds ahead, a share of
 //! them paid at the simulator, decided by a worker child process. Measures decisions
 //! per second, lateness, worker CPU per decision and peak RSS. [`run_batch`] is shared
-//! with the classic run.
+//! with the classic run and the two-trade run ([`run_two_trades`]): the same batch with
+//! every order created without a trade and given two, one at each of [`TWO_TRADES`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -10,12 +11,13 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use order_closer_core::closer::{Due, NewOrder};
+use order_closer_core::closer::{Due, NewOrder, NewTrade, TradeError};
 use order_closer_core::db::decisions::DecisionOutcome;
-use order_closer_core::db::schema::{decisions, orders};
+use order_closer_core::db::schema::{decisions, orders, trades};
 use order_closer_core::db::{self, DbPool};
 use order_closer_core::order::OrderStatus;
-use order_closer_sim::SimState;
+use order_closer_core::trade::TradeStatus;
+use order_closer_sim::{SimState, SimTradeStatus};
 use serde::Serialize;
 
 use super::stats::{self, Percentiles};
@@ -28,6 +30,38 @@ pub const CREATE_TASKS: usize = 64;
 const DEFAULT_CREATE_RATE: f64 = 500.0;
 /// Shortest time between the start of creation and the common deadline.
 const MIN_LEAD: Duration = Duration::from_secs(3);
+/// The gateways of the two-trade run, each with the suffix of its trade numbers
+/// (`<order>-A`, `<order>-W`: unique per gateway, and within both gateways' rules).
+pub const TWO_TRADES: [(&str, &str); 2] = [("alipay", "A"), ("wechat", "W")];
+/// Share of the measured creation rate a run's deadline is planned with.
+const RATE_SHARE: f64 = 0.6;
+/// The same for the two-trade run: less than [`RATE_SHARE`], because a trade added after
+/// the deadline fails the run where a late order only delays its decision.
+const TWO_TRADE_RATE_SHARE: f64 = 0.4;
+/// Orders, due an hour ahead, that time two-trade creation before the run's deadline is
+/// fixed: a tenth of the run, within these bounds. Never decided during the benchmark
+/// (the schema and the queues are dropped at its end).
+const CALIBRATION_ORDERS: (usize, usize) = (128, 1000);
+
+/// How the orders of a batch get their trades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trades {
+    /// The one-call form: `NewOrder::new` at the run's gateway, one trade numbered as the
+    /// order.
+    One,
+    /// `NewOrder::without_trade`, then `Closer::add_trade` at each of [`TWO_TRADES`].
+    Two,
+}
+
+impl Trades {
+    /// Trades per order.
+    pub fn per_order(self) -> u32 {
+        match self {
+            Self::One => 1,
+            Self::Two => 2,
+        }
+    }
+}
 
 /// What a simulated buyer did with an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -83,6 +117,31 @@ impl Buyer {
         }
         Ok(())
     }
+
+    /// Acts at the simulator on an order's two trades (channel, number) right after they
+    /// are added, as [`Buyer::act`] does on one: the paying buyer scans both and pays
+    /// `trades[paid]`, leaving the other waiting; the scanning buyer scans both; the other
+    /// scans neither.
+    pub fn act_on_two(
+        self,
+        sim: &SimState,
+        trades: &[(&str, String); 2],
+        paid: usize,
+        amount: i64,
+    ) -> anyhow::Result<()> {
+        for (k, (channel, no)) in trades.iter().enumerate() {
+            match self {
+                Self::Paid if k == paid => {
+                    sim.buyer(no).at(channel).scans(amount).pays().send()?;
+                }
+                Self::Paid | Self::Scanned => {
+                    sim.buyer(no).at(channel).scans(amount).send()?;
+                }
+                Self::NeverScanned => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One created order.
@@ -94,13 +153,15 @@ pub struct Created {
     pub buyer: Buyer,
 }
 
-/// The figures of one batch (pipeline or classic).
+/// The figures of one batch (pipeline, pipeline with two trades, or classic).
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchResult {
-    /// `pipeline` or `classic`.
+    /// `pipeline`, `pipeline_two_trades` or `classic`.
     pub label: String,
     /// Orders created.
     pub orders: usize,
+    /// Trades per order (1: the one-call form; 2: one at each of [`TWO_TRADES`]).
+    pub trades_per_order: u32,
     /// Orders per buyer behaviour.
     pub mix: BTreeMap<Buyer, usize>,
     /// Worker concurrency.
@@ -127,6 +188,16 @@ pub struct BatchResult {
     pub parked: usize,
     /// Orders whose final status is not what their buyer implies.
     pub mismatches: usize,
+    /// Trades whose final state disagrees with their buyer: not paid or closed as it
+    /// should be in the database, or left payable at the simulator.
+    pub trade_mismatches: usize,
+    /// Queries the simulator answered during the batch (every gateway).
+    pub gateway_queries: u64,
+    /// Closes the simulator answered during the batch (every gateway).
+    pub gateway_closes: u64,
+    /// Queries and closes per decision, as counted by the simulator (each one a signed
+    /// request and a signed answer).
+    pub gateway_calls_per_decision: f64,
     /// Decisions per second, from the first to the last decision's `decided_at`.
     pub decisions_per_second: f64,
     /// Seconds from the first to the last decision.
@@ -162,6 +233,7 @@ pub async fn run(
     run_batch(
         env,
         "pipeline",
+        Trades::One,
         count,
         plan.paid_share,
         (plan.concurrency, plan.prefetch),
@@ -170,34 +242,108 @@ pub async fn run(
     .await
 }
 
+/// Runs the pipeline batch with two trades per order (same orders, buyers, concurrency
+/// and prefetch). Adding a trade takes a transaction of its own, so the deadline is
+/// planned from two-trade orders created first to time it (due an hour ahead), unless
+/// `--lead` is given: a trade cannot be added after the deadline.
+pub async fn run_two_trades(env: &BenchEnv, plan: &Plan) -> anyhow::Result<BatchResult> {
+    let channels: Vec<&str> = order_closer_app::gateways::channels().collect();
+    for (channel, _) in TWO_TRADES {
+        anyhow::ensure!(
+            channels.contains(&channel),
+            "the two-trade run needs the {channel} gateway (gateways: {})",
+            channels.join(", ")
+        );
+    }
+    let count = plan.orders as usize;
+    let lead = match plan.lead() {
+        Some(lead) => lead,
+        None => {
+            let rate = two_trade_create_rate(env, count, plan.paid_share).await?;
+            lead_at(count, Some(rate), TWO_TRADE_RATE_SHARE)
+        }
+    };
+    run_batch(
+        env,
+        "pipeline_two_trades",
+        Trades::Two,
+        count,
+        plan.paid_share,
+        (plan.concurrency, plan.prefetch),
+        lead,
+    )
+    .await
+}
+
+/// Two-trade orders created per second, timed on a tenth of `count` (see
+/// [`CALIBRATION_ORDERS`]).
+async fn two_trade_create_rate(
+    env: &BenchEnv,
+    count: usize,
+    paid_share: f64,
+) -> anyhow::Result<f64> {
+    let n = (count / 10).clamp(CALIBRATION_ORDERS.0, CALIBRATION_ORDERS.1);
+    let bar = progress(n as u64, "pipeline_two_trades: timing creation");
+    let clock = Instant::now();
+    let numbers = format!("B{}-2c", env.tag);
+    let due = Due::After(Duration::from_secs(3600));
+    create_orders(env, &numbers, Trades::Two, n, paid_share, due, &bar).await?;
+    bar.finish_and_clear();
+    let seconds = clock.elapsed().as_secs_f64();
+    eprintln!("  {n} two-trade orders created in {seconds:.1} s to plan the deadline");
+    Ok(n as f64 / seconds.max(1e-3))
+}
+
 /// Time from the start of creation to the common deadline: creation must be over by
 /// then, so it is planned from the measured creation rate (creating while the worker
 /// forwards early hops is slower than the create measurement, hence the margin).
 pub fn planned_lead(count: usize, create_rate_hint: Option<f64>) -> Duration {
+    lead_at(count, create_rate_hint, RATE_SHARE)
+}
+
+/// The lead for creating `count` orders at `share` of `create_rate_hint`.
+fn lead_at(count: usize, create_rate_hint: Option<f64>, share: f64) -> Duration {
     let create_rate = create_rate_hint
         .filter(|r| *r > 0.0)
         .unwrap_or(DEFAULT_CREATE_RATE);
     MIN_LEAD.max(Duration::from_secs_f64(
-        count as f64 / (0.6 * create_rate) + 2.0,
+        count as f64 / (share * create_rate) + 2.0,
     ))
 }
 
-/// Creates `count` orders all due `lead` after creation starts, lets a worker with
-/// `(concurrency, prefetch)` decide them, and measures.
+/// Creates `count` orders with `trades`, all due `lead` after creation starts, lets a
+/// worker with `(concurrency, prefetch)` decide them, and measures.
 pub async fn run_batch(
     env: &BenchEnv,
     label: &str,
+    trades: Trades,
     count: usize,
     paid_share: f64,
     (concurrency, prefetch): (u32, u16),
     lead: Duration,
 ) -> anyhow::Result<BatchResult> {
     let mut worker = WorkerProcess::start(env, label, concurrency, prefetch).await?;
+    let calls_before = env.sim_state.stats();
     let started = Utc::now();
     let deadline = started + chrono::Duration::from_std(lead)?;
     let clock = Instant::now();
     let bar = progress(count as u64, &format!("{label}: orders created"));
-    let created = create_orders(env, label, count, paid_share, Due::At(deadline), &bar).await?;
+    // WeChat Pay takes trade numbers of at most 32 characters: the two-trade run's order
+    // numbers are short (`B<tag>-2t-<i>`, its trades `B<tag>-2t-<i>-A` and `-W`).
+    let numbers = match trades {
+        Trades::One => format!("B{}-{label}", env.tag),
+        Trades::Two => format!("B{}-2t", env.tag),
+    };
+    let created = create_orders(
+        env,
+        &numbers,
+        trades,
+        count,
+        paid_share,
+        Due::At(deadline),
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
     let creation = clock.elapsed();
     let overran = Utc::now() > deadline;
@@ -228,7 +374,15 @@ pub async fn run_batch(
     if !status.success() {
         eprintln!("warning: the {label} worker exited with {status}");
     }
-    let mut result = analyse(&env.pool, label, &created, sample).await?;
+    let calls = env.sim_state.stats();
+    let mut result = analyse(env, label, &created, sample).await?;
+    result.trades_per_order = trades.per_order();
+    result.gateway_queries = calls.queries.saturating_sub(calls_before.queries);
+    result.gateway_closes = calls.closes.saturating_sub(calls_before.closes);
+    if result.decided > 0 {
+        result.gateway_calls_per_decision =
+            (result.gateway_queries + result.gateway_closes) as f64 / result.decided as f64;
+    }
     result.concurrency = concurrency;
     result.prefetch = prefetch;
     result.deadline_lead_seconds = lead.as_secs_f64();
@@ -243,11 +397,13 @@ pub async fn run_batch(
     Ok(result)
 }
 
-/// Creates orders concurrently with `Closer::create_order`, each followed by its buyer's
-/// action at the simulator.
+/// Creates orders concurrently with `Closer::create_order` (and, for two trades,
+/// `Closer::add_trade` at each gateway of [`TWO_TRADES`]), each followed by its buyer's
+/// action at the simulator. Order `i` is numbered `<numbers>-<i>`.
 pub async fn create_orders(
     env: &BenchEnv,
-    label: &str,
+    numbers: &str,
+    trades: Trades,
     count: usize,
     paid_share: f64,
     due: Due,
@@ -255,9 +411,11 @@ pub async fn create_orders(
 ) -> anyhow::Result<Vec<Created>> {
     let closer = env
         .app()
-        .closer_on(env.pool.clone(), Some(env.publisher.clone()));
+        .closer_on(env.pool.clone(), Some(env.publisher.clone()))
+        // Deadlines of seconds: trades are taken until the deadline itself.
+        .with_expiry_margin(Duration::ZERO);
     let sim = env.sim_state.clone();
-    let prefix = format!("B{}-{label}", env.tag);
+    let prefix = numbers.to_owned();
     let channel = env.channel;
     fan_out(CREATE_TASKS, count, bar, move |i| {
         let closer = closer.clone();
@@ -266,15 +424,43 @@ pub async fn create_orders(
         async move {
             let buyer = Buyer::pick(i, paid_share);
             let amount = 100 + (i as i64 % 9_900);
-            let created = closer
-                .create_order(NewOrder::new(channel, &no, amount, due))
-                .await
-                .with_context(|| format!("creating order {no}"))?;
-            buyer.act(&sim, channel, &no, amount)?;
-            Ok(Created {
-                id: created.order.id,
-                buyer,
-            })
+            let id = match trades {
+                Trades::One => {
+                    let created = closer
+                        .create_order(NewOrder::new(channel, &no, amount, due))
+                        .await
+                        .with_context(|| format!("creating order {no}"))?;
+                    buyer.act(&sim, channel, &no, amount)?;
+                    created.order.id
+                }
+                Trades::Two => {
+                    let created = closer
+                        .create_order(NewOrder::without_trade(&no, amount, "CNY", due))
+                        .await
+                        .with_context(|| format!("creating order {no}"))?;
+                    let opened =
+                        TWO_TRADES.map(|(channel, suffix)| (channel, format!("{no}-{suffix}")));
+                    for (channel, trade_no) in &opened {
+                        closer
+                            .add_trade(&no, NewTrade::new(*channel, trade_no))
+                            .await
+                            .map_err(|e| {
+                                let late = matches!(e, TradeError::TooLate { .. });
+                                anyhow::Error::new(e).context(if late {
+                                    "creating the two-trade orders overran their deadline: \
+                                     give a longer --lead"
+                                        .to_owned()
+                                } else {
+                                    format!("adding trade {trade_no} at {channel} to order {no}")
+                                })
+                            })?;
+                    }
+                    // Half the paying buyers pay at each gateway.
+                    buyer.act_on_two(&sim, &opened, i % 2, amount)?;
+                    created.order.id
+                }
+            };
+            Ok(Created { id, buyer })
         }
     })
     .await
@@ -343,7 +529,7 @@ impl Decided {
     }
 }
 
-/// What the database says about a batch.
+/// What the database (and the simulator) says about a batch.
 pub struct Outcomes {
     /// Decided orders (closed or paid decisions).
     pub decided: Vec<Decided>,
@@ -357,12 +543,25 @@ pub struct Outcomes {
     pub parked: usize,
     /// Orders whose status disagrees with their buyer.
     pub mismatches: usize,
+    /// Trades whose state, ours or the simulator's, disagrees with their buyer.
+    pub trade_mismatches: usize,
 }
 
-/// Reads the batch's orders and decisions.
-pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outcomes> {
+/// Whether a trade ended as its buyer implies: paid on both sides (only for a paying
+/// buyer), or closed here and not payable at the simulator (closed there, or never
+/// scanned).
+fn trade_agrees(buyer: Buyer, ours: TradeStatus, theirs: Option<SimTradeStatus>) -> bool {
+    match (ours, theirs) {
+        (TradeStatus::Paid, Some(SimTradeStatus::TradeSuccess)) => buyer == Buyer::Paid,
+        (TradeStatus::Closed, None | Some(SimTradeStatus::TradeClosed)) => true,
+        _ => false,
+    }
+}
+
+/// Reads the batch's orders, trades and decisions, and its trades at the simulator.
+pub async fn outcomes(env: &BenchEnv, created: &[Created]) -> anyhow::Result<Outcomes> {
     let ids: Vec<i64> = created.iter().map(|c| c.id).collect();
-    let mut conn = db::conn(pool).await?;
+    let mut conn = db::conn(&env.pool).await?;
     let rows: Vec<(i64, String, DateTime<Utc>)> = orders::table
         .filter(orders::id.eq_any(&ids))
         .select((orders::id, orders::status, orders::deadline))
@@ -377,10 +576,16 @@ pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outc
         ))
         .load(&mut conn)
         .await?;
+    let stored: Vec<(i64, String, TradeStatus)> = trades::table
+        .filter(trades::order_id.eq_any(&ids))
+        .select((trades::order_id, trades::out_trade_no, trades::status))
+        .load(&mut conn)
+        .await?;
     let by_id: HashMap<i64, (Option<OrderStatus>, DateTime<Utc>)> = rows
         .iter()
         .map(|(id, status, deadline)| (*id, (OrderStatus::parse(status), *deadline)))
         .collect();
+    let buyers: HashMap<i64, Buyer> = created.iter().map(|c| (c.id, c.buyer)).collect();
     let mut out = Outcomes {
         decided: Vec::new(),
         paid: 0,
@@ -388,11 +593,21 @@ pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outc
         retries: 0,
         parked: 0,
         mismatches: 0,
+        trade_mismatches: 0,
     };
     for c in created {
         match by_id.get(&c.id).map(|(s, _)| *s) {
             Some(Some(s)) if s == c.buyer.expected() => {}
             _ => out.mismatches += 1,
+        }
+    }
+    for (order_id, no, status) in &stored {
+        let theirs = env.sim_state.trade(no).map(|t| t.status);
+        if !buyers
+            .get(order_id)
+            .is_some_and(|b| trade_agrees(*b, *status, theirs))
+        {
+            out.trade_mismatches += 1;
         }
     }
     for (status, _) in by_id.values() {
@@ -421,12 +636,12 @@ pub async fn outcomes(pool: &DbPool, created: &[Created]) -> anyhow::Result<Outc
 }
 
 async fn analyse(
-    pool: &DbPool,
+    env: &BenchEnv,
     label: &str,
     created: &[Created],
     sample: ProcSample,
 ) -> anyhow::Result<BatchResult> {
-    let o = outcomes(pool, created).await?;
+    let o = outcomes(env, created).await?;
     let mut lateness: Vec<f64> = o.decided.iter().map(Decided::lateness_ms).collect();
     stats::sort(&mut lateness);
     let first = o.decided.iter().map(|d| d.at).min();
@@ -453,6 +668,7 @@ async fn analyse(
     Ok(BatchResult {
         label: label.to_owned(),
         orders: created.len(),
+        trades_per_order: 1,
         mix,
         concurrency: 0,
         prefetch: 0,
@@ -466,6 +682,10 @@ async fn analyse(
         retries: o.retries,
         parked: o.parked,
         mismatches: o.mismatches,
+        trade_mismatches: o.trade_mismatches,
+        gateway_queries: 0,
+        gateway_closes: 0,
+        gateway_calls_per_decision: 0.0,
         decisions_per_second: stats::rate(decided.saturating_sub(1) as f64, span),
         decision_span_seconds: span,
         lateness_ms: Percentiles::of(&lateness),
@@ -515,5 +735,23 @@ mod tests {
         let (ours, total) = signatures_per_decision(&mix);
         assert!((ours - 1.35).abs() < 0.01, "{ours}");
         assert!((total - 2.7).abs() < 0.02, "{total}");
+    }
+
+    #[test]
+    fn trades_agree_with_their_buyer() {
+        use SimTradeStatus::{TradeClosed, TradeSuccess, WaitBuyerPay};
+        use TradeStatus::{Closed, Open, Paid};
+        assert!(trade_agrees(Buyer::Paid, Paid, Some(TradeSuccess)));
+        assert!(trade_agrees(Buyer::Paid, Closed, Some(TradeClosed)));
+        assert!(trade_agrees(Buyer::Scanned, Closed, Some(TradeClosed)));
+        assert!(trade_agrees(Buyer::NeverScanned, Closed, None));
+        // Left payable at the gateway, or open here.
+        assert!(!trade_agrees(Buyer::Paid, Closed, Some(WaitBuyerPay)));
+        assert!(!trade_agrees(Buyer::Scanned, Open, Some(WaitBuyerPay)));
+        assert!(!trade_agrees(Buyer::NeverScanned, Open, None));
+        // Paid on one side only, or paid by a buyer who did not pay.
+        assert!(!trade_agrees(Buyer::Paid, Closed, Some(TradeSuccess)));
+        assert!(!trade_agrees(Buyer::Paid, Paid, Some(TradeClosed)));
+        assert!(!trade_agrees(Buyer::Scanned, Paid, Some(TradeSuccess)));
     }
 }

@@ -82,6 +82,9 @@ pub struct Derived {
     pub throughput_vs_crypto_ceiling: Option<f64>,
     /// Pipeline decisions/s over classic decisions/s.
     pub pipeline_over_classic: Option<f64>,
+    /// Decisions/s with two trades per order (`pipeline_two_trades`) over decisions/s with
+    /// one (`pipeline`).
+    pub two_trades_over_one_trade: Option<f64>,
     /// The worker's own signing CPU per decision (ms): our signatures / one-thread rate.
     pub worker_signing_ms_per_decision: Option<f64>,
     /// Worker CPU per decision over its signing cost per decision.
@@ -129,6 +132,8 @@ pub struct Report {
     pub create: Option<CreateResult>,
     /// The pipeline run.
     pub pipeline: BatchResult,
+    /// The pipeline run with two trades per order.
+    pub pipeline_two_trades: Option<BatchResult>,
     /// The classic run.
     pub classic: Option<BatchResult>,
     /// The sustained run.
@@ -170,6 +175,11 @@ impl Report {
                 .as_ref()
                 .filter(|c| c.decisions_per_second > 0.0)
                 .map(|c| p.decisions_per_second / c.decisions_per_second),
+            two_trades_over_one_trade: r
+                .pipeline_two_trades
+                .as_ref()
+                .filter(|_| p.decisions_per_second > 0.0)
+                .map(|t| t.decisions_per_second / p.decisions_per_second),
             worker_signing_ms_per_decision: signing_ms,
             worker_cpu_over_signing: signing_ms
                 .filter(|s| *s > 0.0)
@@ -245,6 +255,7 @@ impl Report {
             ceilings: r.ceilings,
             create: r.create,
             pipeline: r.pipeline,
+            pipeline_two_trades: r.pipeline_two_trades,
             classic: r.classic,
             sustained: r.sustained,
             pending: r.pending,
@@ -325,17 +336,26 @@ impl Report {
             );
             row(&mut t, "raw INSERT/s", &num(c.raw_insert_per_second));
         }
-        let _ = writeln!(t, "\n{:<44} {:>12} {:>12}", "batch", "pipeline", "classic");
+        let _ = writeln!(
+            t,
+            "\n{:<44} {:>12} {:>12} {:>12}",
+            "batch", "pipeline", "2 trades", "classic"
+        );
+        let two_trades = self.pipeline_two_trades.as_ref();
         let classic = self.classic.as_ref();
         let both = |t: &mut String, name: &str, f: &dyn Fn(&BatchResult) -> String| {
             let _ = writeln!(
                 t,
-                "  {name:<42} {:>12} {:>12}",
+                "  {name:<42} {:>12} {:>12} {:>12}",
                 f(p),
+                two_trades.map_or("-".into(), f),
                 classic.map_or("-".into(), f)
             );
         };
         both(&mut t, "orders", &|b| b.orders.to_string());
+        both(&mut t, "trades per order", &|b| {
+            b.trades_per_order.to_string()
+        });
         both(&mut t, "concurrency / prefetch", &|b| {
             format!("{}/{}", b.concurrency, b.prefetch)
         });
@@ -346,6 +366,12 @@ impl Report {
             format!("{}/{}/{}", b.undecided, b.retries, b.parked)
         });
         both(&mut t, "mismatches", &|b| b.mismatches.to_string());
+        both(&mut t, "trade mismatches", &|b| {
+            b.trade_mismatches.to_string()
+        });
+        both(&mut t, "gateway calls/decision (queries + closes)", &|b| {
+            format!("{:.2}", b.gateway_calls_per_decision)
+        });
         both(&mut t, "decisions/s", &|b| num(b.decisions_per_second));
         both(&mut t, "lateness p50 ms", &|b| num(b.lateness_ms.p50));
         both(&mut t, "lateness p95 ms", &|b| num(b.lateness_ms.p95));
@@ -522,6 +548,13 @@ impl Report {
                 d.total_signatures_per_decision - d.our_signatures_per_decision
             ),
         );
+        if let Some(r) = d.two_trades_over_one_trade {
+            row(
+                &mut t,
+                "decisions/s, 2 trades / 1 trade",
+                &format!("{r:.2}"),
+            );
+        }
         if let Some(c) = d.crypto_ceiling_decisions_per_second {
             row(&mut t, "crypto ceiling decisions/s", &num(c));
         }

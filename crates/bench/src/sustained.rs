@@ -149,7 +149,7 @@ pub async fn run(
         eprintln!("warning: the sustained worker exited with {status}");
     }
 
-    let o = pipeline::outcomes(&env.pool, &created).await?;
+    let o = pipeline::outcomes(env, &created).await?;
     let mut all: Vec<f64> = o.decided.iter().map(|d| d.lateness_ms()).collect();
     stats::sort(&mut all);
     let mut by_window: Vec<Vec<f64>> = Vec::new();
