@@ -9,6 +9,13 @@
 //! alone (`scripts/test.sh` gives it its own step), on classic queues and, with
 //! `TEST_QUEUE_TYPE=quorum`, on quorum queues.
 //!
+//! One order in five has two trades (payment attempts), one at each gateway, added while
+//! the buyer acts: the buyer pays neither, one (switching gateway first, or not) or both,
+//! each before the deadline, during the close or just after the deadline. Every order's
+//! status must agree with all its trades at their gateways, no trade may be left open,
+//! and every second payment must be one `duplicate_payment` anomaly (held: the run keeps
+//! the default `hold` policy).
+//!
 //! Why the verdict does not depend on luck: at about 11% faulty answers and two requests
 //! per attempt on a waiting trade, walking the whole retry schedule happens to a few
 //! orders in some runs; they are parked with a reason, which is an outcome, not a loss.
@@ -37,10 +44,11 @@ use diesel::prelude::*;
 use diesel::sql_types::Bool;
 use diesel_async::RunQueryDsl;
 use order_closer::broker::topology::header_text;
-use order_closer::closer::{Due, NewOrder};
+use order_closer::closer::{Closer, Due, NewOrder, NewTrade, TradeError};
 use order_closer::db::{self, schema::anomalies, schema::decisions, schema::orders};
 use order_closer::order::{Order, OrderStatus};
-use order_closer::sim::{FaultKind, FaultPlan, SimTradeStatus};
+use order_closer::sim::{BuyerClient, FaultKind, FaultPlan, SimTradeStatus, SimTradeView};
+use order_closer::trade::{Trade, TradeStatus};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -50,14 +58,19 @@ const WORKER_APP_NAME: &str = "oc-chaos-worker";
 /// How long past its schedule (deadline, or a retry's `not_before`) an order may stay NEW
 /// under chaos: kills, broker downtime, reconnect back-off, and the janitor's own bound.
 const LATENESS_BOUND: Duration = Duration::from_secs(120);
-/// NEW orders past their schedule by more than the bound, parked ones excepted (they
-/// wait for an operator, with a message saying why).
+/// Orders past their schedule by more than the bound, parked ones excepted (they wait for
+/// an operator, with a message saying why): NEW ones, and PAID ones with a trade still
+/// open (the janitor re-drives both).
 const OVERDUE: &str = "GREATEST(deadline, recheck_at) < now() - interval '120 seconds'";
+/// Orders not settled yet: NEW, or with a trade still open at its gateway as far as we know.
+const UNSETTLED: &str = "(status = 'NEW' OR open_trades > 0)";
+/// One order in this many has two trades.
+const TWO_TRADES_EVERY: usize = 5;
 /// Steps in the run's retry schedule (`ORDER_CLOSER_RETRY_STEPS`).
 const RETRY_STEPS: u32 = 6;
 /// Orders made to walk the whole retry schedule and be parked.
 const PARKED_ON_PURPOSE: usize = 10;
-/// NEW orders not parked for an operator.
+/// Orders not parked for an operator.
 const NOT_PARKED: &str = "recheck_at IS DISTINCT FROM 'infinity'";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -67,6 +80,48 @@ enum Buyer {
     PaysEarly,
     PaysDuringClose,
     PaysAtTheDeadline,
+    /// Two trades, one at each gateway (the second at the next gateway), added and scanned
+    /// one after the other; each paid as said (`[Pay::Never, Pay::Early]`: the buyer
+    /// switched gateway and paid the second).
+    TwoTrades([Pay; 2]),
+}
+
+/// When the buyer pays one trade of a two-trade order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Pay {
+    Never,
+    /// Once both trades are scanned, before the deadline.
+    Early,
+    /// Just before the worker's close of that trade lands.
+    DuringClose,
+    /// Up to 1.5 s after the deadline: before or after the close, as it happens.
+    AtTheDeadline,
+}
+
+impl Pay {
+    fn draw(rng: &mut StdRng) -> Self {
+        match rng.random_range(0..10) {
+            0..=3 => Self::Never,
+            4..=6 => Self::Early,
+            7 => Self::DuringClose,
+            _ => Self::AtTheDeadline,
+        }
+    }
+}
+
+/// One order of the run and its buyer.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// The order's gateway (its only trade's, or its first trade's).
+    channel: &'static str,
+    /// The second trade's gateway, for an order with two.
+    second: &'static str,
+    no: String,
+    amount: i64,
+    deadline: chrono::DateTime<Utc>,
+    buyer: Buyer,
+    /// When within the time to pay the buyer acts, 0..1.
+    moment: f64,
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -293,6 +348,9 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         let deadline = first_deadline + chrono::Duration::from_std(offset).unwrap();
         let roll: f64 = rng.random();
         let buyer = match roll {
+            _ if i % TWO_TRADES_EVERY == TWO_TRADES_EVERY - 1 => {
+                Buyer::TwoTrades([Pay::draw(&mut rng), Pay::draw(&mut rng)])
+            }
             r if r < 0.10 => Buyer::PaysEarly,
             r if r < 0.20 => Buyer::PaysDuringClose,
             r if r < 0.30 => Buyer::PaysAtTheDeadline,
@@ -301,15 +359,15 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         };
         let moment: f64 = rng.random();
         // The orders alternate over every gateway the simulator speaks.
-        let channel = channels[i % channels.len()];
-        plans.push((
-            channel,
-            env.no(&format!("chaos{i:05}")),
-            rng.random_range(100..50_000i64),
+        plans.push(Plan {
+            channel: channels[i % channels.len()],
+            second: channels[(i + 1) % channels.len()],
+            no: env.no(&format!("chaos{i:05}")),
+            amount: rng.random_range(100..50_000i64),
             deadline,
             buyer,
             moment,
-        ));
+        });
     }
     // The operator's path is always walked: a few never-scanned orders get more failed
     // answers than the retry schedule has attempts, so they are parked
@@ -320,10 +378,10 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         .flat_map(|channel| {
             plans
                 .iter()
-                .filter(move |p| p.0 == *channel && p.4 == Buyer::NeverScans)
+                .filter(move |p| p.channel == *channel && p.buyer == Buyer::NeverScans)
                 .take(PARKED_ON_PURPOSE)
         })
-        .map(|p| p.1.clone())
+        .map(|p| p.no.clone())
         .collect();
     let parked_on_purpose = designated.len();
     for no in &designated {
@@ -334,26 +392,42 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
             .unwrap();
     }
     let plans = Arc::new(plans);
+    let refused: Arc<Refused> = Arc::default();
     let mut shops = tokio::task::JoinSet::new();
     for shop in 0..8 {
-        let closer = env.closer.clone();
+        let refused = Arc::clone(&refused);
+        // Trades are added until the deadline itself (the run's deadlines are seconds).
+        let closer = env.closer.clone().with_expiry_margin(Duration::ZERO);
         let buyers = env.buyers.clone();
         let plans = plans.clone();
         shops.spawn(async move {
             let mut buyer_tasks = Vec::new();
-            for (channel, no, amount, deadline, buyer, moment) in
-                plans.iter().skip(shop).step_by(8).cloned()
-            {
-                closer
-                    .create_order(NewOrder::new(channel, &no, amount, Due::At(deadline)))
-                    .await
-                    .expect("create order");
+            for plan in plans.iter().skip(shop).step_by(8).cloned() {
+                let Plan {
+                    channel,
+                    ref no,
+                    amount,
+                    deadline,
+                    buyer,
+                    moment,
+                    ..
+                } = plan;
+                let new = match buyer {
+                    Buyer::TwoTrades(_) => {
+                        NewOrder::without_trade(no, amount, "CNY", Due::At(deadline))
+                    }
+                    _ => NewOrder::new(channel, no, amount, Due::At(deadline)),
+                };
+                closer.create_order(new).await.expect("create order");
+                let closer = closer.clone();
+                let refused = Arc::clone(&refused);
                 let buyers = buyers.at(channel);
                 buyer_tasks.push(tokio::spawn(async move {
+                    let no = &plan.no;
                     let until =
                         |at: chrono::DateTime<Utc>| (at - Utc::now()).to_std().unwrap_or_default();
                     let before = until(deadline).mul_f64(moment * 0.8);
-                    let scan = || buyers.buyer(&no).scans(amount).qr_valid_until(deadline);
+                    let scan = || buyers.buyer(no).scans(amount).qr_valid_until(deadline);
                     // A buyer's request may meet the broker restart or a closed trade;
                     // what matters is what the simulator ends up saying.
                     match buyer {
@@ -365,18 +439,21 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
                         Buyer::PaysEarly => {
                             tokio::time::sleep(before).await;
                             if scan().send().await.is_ok() {
-                                let _ = buyers.buyer(&no).pays().send().await;
+                                let _ = buyers.buyer(no).pays().send().await;
                             }
                         }
                         Buyer::PaysDuringClose => {
                             let _ = scan().send().await;
-                            let _ = buyers.buyer(&no).pays_on_close().send().await;
+                            let _ = buyers.buyer(no).pays_on_close().send().await;
                         }
                         Buyer::PaysAtTheDeadline => {
                             let _ = scan().send().await;
                             let jitter = Duration::from_millis((moment * 1500.0) as u64);
                             tokio::time::sleep(until(deadline) + jitter).await;
-                            let _ = buyers.buyer(&no).pays().send().await;
+                            let _ = buyers.buyer(no).pays().send().await;
+                        }
+                        Buyer::TwoTrades(pays) => {
+                            two_trades(&closer, &buyers, &plan, pays, before, &refused).await;
                         }
                     }
                 }));
@@ -416,20 +493,21 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     while shops.join_next().await.is_some() {}
     say(&format!("all {total} orders created and buyers done"));
 
-    // Wait for every order to be decided, or parked for an operator.
+    // Wait for every order to be decided with every trade settled, or parked for an
+    // operator.
     let limit = spread + Duration::from_secs(180);
     let overdue_max = AtomicI64::new(0);
     let done = eventually(limit, || async {
         let mut conn = db::conn(&env.pool).await.ok()?;
         let open: i64 = orders::table
-            .filter(orders::status.eq("NEW"))
+            .filter(sql::<Bool>(UNSETTLED))
             .filter(sql::<Bool>(NOT_PARKED))
             .count()
             .get_result(&mut conn)
             .await
             .ok()?;
         let overdue: i64 = orders::table
-            .filter(orders::status.eq("NEW"))
+            .filter(sql::<Bool>(UNSETTLED))
             .filter(sql::<Bool>(OVERDUE))
             .count()
             .get_result(&mut conn)
@@ -453,7 +531,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     let settled_after_requeue = eventually(Duration::from_secs(60), || async {
         let mut conn = db::conn(&env.pool).await.ok()?;
         let open: i64 = orders::table
-            .filter(orders::status.eq("NEW"))
+            .filter(sql::<Bool>(UNSETTLED))
             .count()
             .get_result(&mut conn)
             .await
@@ -486,14 +564,15 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         .get_result(&mut conn)
         .await
         .unwrap();
-    let anomaly_orders: BTreeSet<String> = anomalies::table
-        .select(anomalies::out_trade_no)
-        .load::<String>(&mut conn)
+    // Anomalies: order, kind, trade.
+    let anomaly_rows: Vec<(Option<i64>, String, Option<i64>)> = anomalies::table
+        .order(anomalies::id)
+        .select((anomalies::order_id, anomalies::kind, anomalies::trade_id))
+        .load(&mut conn)
         .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    let views: BTreeMap<String, order_closer::sim::SimTradeView> = env
+        .unwrap();
+    let anomaly_orders: BTreeSet<i64> = anomaly_rows.iter().filter_map(|(o, _, _)| *o).collect();
+    let views: BTreeMap<String, SimTradeView> = env
         .sim
         .as_ref()
         .unwrap()
@@ -502,43 +581,122 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         .into_iter()
         .map(|t| (t.out_trade_no.clone(), t))
         .collect();
-    let trades: BTreeMap<String, SimTradeStatus> =
-        views.iter().map(|(k, t)| (k.clone(), t.status)).collect();
 
-    // Each chaos order has one trade, made with the order: its channel.
+    // Every order's trades, as stored: one made with the order, or the two (or fewer, when
+    // the buyer came too late) the shop added.
     let ids: Vec<i64> = rows.iter().map(|o| o.id).collect();
-    let channel_of: BTreeMap<i64, String> = order_closer::db::trades::for_orders(&mut conn, &ids)
+    let stored: Vec<Trade> = order_closer::db::trades::for_orders(&mut conn, &ids)
         .await
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.order_id, t.channel))
+        .unwrap();
+    let mut trades_of: BTreeMap<i64, Vec<&Trade>> = BTreeMap::new();
+    for t in &stored {
+        trades_of.entry(t.order_id).or_default().push(t);
+    }
+    // A trade at a gateway that the shop never recorded could be paid unseen: none may
+    // exist (the buyer scans only a trade the shop added).
+    let recorded: BTreeSet<&str> = stored.iter().map(|t| t.out_trade_no.as_str()).collect();
+    let unknown_trades: Vec<&str> = views
+        .keys()
+        .map(String::as_str)
+        .filter(|no| !recorded.contains(no))
+        .collect();
+    let plan_of: BTreeMap<&str, &Plan> = plans.iter().map(|p| (p.no.as_str(), p)).collect();
+    let two_trade_orders: BTreeSet<&str> = plans
+        .iter()
+        .filter(|p| matches!(p.buyer, Buyer::TwoTrades(_)))
+        .map(|p| p.no.as_str())
         .collect();
     let mut violations = Vec::new();
     let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_channel: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut two_trade_outcomes: BTreeMap<&str, usize> = BTreeMap::new();
     let mut paid_closed_without_anomaly = 0;
+    let mut open_trades_left = 0;
+    let mut second_payments = 0;
+    let mut duplicate_anomalies = 0;
+    let mut duplicates_wrong = Vec::new();
     for order in &rows {
-        let channel = channel_of.get(&order.id).map_or("", String::as_str);
+        let trades: &[&Trade] = trades_of.get(&order.id).map_or(&[], Vec::as_slice);
+        let view = |t: &Trade| views.get(&t.out_trade_no);
         *by_status.entry(order.status().as_str()).or_default() += 1;
-        *by_channel.entry(channel).or_default() += 1;
-        let gateway = trades.get(&order.out_trade_no);
-        // The trade, if any, is at the order's own gateway.
-        let at_its_gateway = views
-            .get(&order.out_trade_no)
-            .is_none_or(|t| t.channel == channel);
-        let agrees = at_its_gateway
-            && matches!(
-                (order.status(), gateway),
-                (
-                    OrderStatus::Closed,
-                    None | Some(SimTradeStatus::TradeClosed)
-                ) | (OrderStatus::Paid, Some(SimTradeStatus::TradeSuccess))
-            );
+        for t in trades {
+            *by_channel.entry(t.channel.as_str()).or_default() += 1;
+        }
+        let paid_at_gateway = trades
+            .iter()
+            .any(|t| view(t).is_some_and(|v| v.status == SimTradeStatus::TradeSuccess));
+        let all_closed_at_gateway = trades
+            .iter()
+            .all(|t| view(t).is_none_or(|v| v.status == SimTradeStatus::TradeClosed));
+        let payer = order
+            .paid_trade_id
+            .and_then(|id| trades.iter().find(|t| t.id == id));
+        // The order has the trades planned: the one made with it (numbered and at its
+        // gateway as the order), or up to two the shop added.
+        let planned = match plan_of.get(order.out_trade_no.as_str()) {
+            Some(
+                p @ Plan {
+                    buyer: Buyer::TwoTrades(_),
+                    ..
+                },
+            ) => {
+                let numbers = trade_numbers(&p.no);
+                let channels = [p.channel, p.second];
+                trades.iter().all(|t| {
+                    (0..2).any(|k| t.out_trade_no == numbers[k] && t.channel == channels[k])
+                })
+            }
+            Some(p) => matches!(trades, [t] if t.out_trade_no == p.no && t.channel == p.channel),
+            None => false,
+        };
+        // The order's status agrees with all its trades at their gateways, each trade
+        // as stored with its gateway's view, and a PAID order names a trade paid.
+        let agrees = planned
+            && trades.iter().all(|t| trade_agrees(t, view(t)))
+            && match order.status() {
+                OrderStatus::Paid => {
+                    paid_at_gateway && payer.is_some_and(|t| t.status == TradeStatus::Paid)
+                }
+                OrderStatus::Closed => all_closed_at_gateway && order.paid_trade_id.is_none(),
+                OrderStatus::New => false,
+            };
         if order.status() == OrderStatus::Closed
-            && gateway == Some(&SimTradeStatus::TradeSuccess)
-            && !anomaly_orders.contains(&order.out_trade_no)
+            && paid_at_gateway
+            && !anomaly_orders.contains(&order.id)
         {
             paid_closed_without_anomaly += 1;
+        }
+        if trades.iter().any(|t| t.status == TradeStatus::Open) {
+            open_trades_left += 1;
+        }
+        // Every paid trade that did not pay the order is one `duplicate_payment`.
+        let seconds: Vec<i64> = trades
+            .iter()
+            .filter(|t| t.status == TradeStatus::Paid && Some(t.id) != order.paid_trade_id)
+            .map(|t| t.id)
+            .collect();
+        let mut duplicates: Vec<i64> = anomaly_rows
+            .iter()
+            .filter(|(o, kind, _)| *o == Some(order.id) && kind == "duplicate_payment")
+            .map(|(_, _, trade)| trade.unwrap_or(0))
+            .collect();
+        duplicates.sort_unstable();
+        second_payments += seconds.len();
+        duplicate_anomalies += duplicates.len();
+        if duplicates != seconds {
+            duplicates_wrong.push(format!(
+                "{}: second payments on trades {seconds:?}, duplicate_payment anomalies on {duplicates:?}",
+                order.out_trade_no
+            ));
+        }
+        if two_trade_orders.contains(order.out_trade_no.as_str()) {
+            let outcome = match (order.status(), seconds.len()) {
+                (OrderStatus::Paid, 0) => "paid once",
+                (OrderStatus::Paid, _) => "paid twice",
+                (OrderStatus::Closed, _) => "closed",
+                (OrderStatus::New, _) => "new",
+            };
+            *two_trade_outcomes.entry(outcome).or_default() += 1;
         }
         if !agrees {
             let history: Vec<(String, String, chrono::DateTime<Utc>)> = decisions::table
@@ -547,16 +705,28 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
                 .load(&mut conn)
                 .await
                 .unwrap();
-            let trade = views.get(&order.out_trade_no);
+            let at_gateways: Vec<String> = trades
+                .iter()
+                .map(|t| {
+                    let v = view(t);
+                    format!(
+                        "{} at {}: local {} gateway {:?} at {:?}, created {:?} paid {:?}",
+                        t.out_trade_no,
+                        t.channel,
+                        t.status,
+                        v.map(|v| v.status),
+                        v.map(|v| v.channel.as_str()),
+                        v.map(|v| v.created_at),
+                        v.and_then(|v| v.paid_at)
+                    )
+                })
+                .collect();
             violations.push(format!(
-                "{} ({}): local {} gateway {gateway:?} at {:?}; deadline {}, trade created {:?} paid {:?}; decisions {history:?}\n  worker log trail:\n{}",
+                "{}: local {} paid through {:?}; deadline {}; trades {at_gateways:?}; decisions {history:?}\n  worker log trail:\n{}",
                 order.out_trade_no,
-                channel,
                 order.status(),
-                trade.map(|t| t.channel.as_str()),
+                order.paid_trade_id,
                 order.deadline,
-                trade.map(|t| t.created_at),
-                trade.and_then(|t| t.paid_at),
                 trail(&dir, order.id, &order.out_trade_no).join("\n"),
             ));
         }
@@ -622,7 +792,18 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     );
     println!("decided or parked in time    {}", done.is_some());
     println!("orders by status             {by_status:?}");
-    println!("orders by gateway            {by_channel:?}");
+    println!("trades by gateway            {by_channel:?}");
+    println!(
+        "two-trade orders             {} {two_trade_outcomes:?}",
+        two_trade_orders.len()
+    );
+    println!(
+        "second payments              {second_payments} ({duplicate_anomalies} duplicate_payment anomalies)"
+    );
+    let refused = std::mem::take(&mut *refused.lock().unwrap());
+    println!("trades the shop refused      {refused:?}");
+    println!("trades left open             {open_trades_left}");
+    println!("trades unknown to the shop   {}", unknown_trades.len());
     println!(
         "worker starts                {} (2 SIGKILLs), broker restarts 1, backends terminated 1",
         worker.starts
@@ -647,7 +828,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         event_ids.len()
     );
     println!(
-        "NEW past schedule + {:?}   {overdue_seen} (max seen)",
+        "unsettled past schedule + {:?} {overdue_seen} (max seen)",
         LATENESS_BOUND
     );
     println!(
@@ -656,6 +837,12 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     );
     for v in violations.iter().take(20) {
         println!("VIOLATION {v}");
+    }
+    for d in duplicates_wrong.iter().take(20) {
+        println!("VIOLATION {d}");
+    }
+    for no in unknown_trades.iter().take(20) {
+        println!("VIOLATION trade {no} exists at its gateway, not in the shop's records");
     }
     if settled_after_requeue.is_none() {
         println!("requeue report:\n{requeue_report}");
@@ -675,7 +862,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         channels
             .iter()
             .all(|c| by_channel.get(c).copied().unwrap_or(0) > 0),
-        format!("orders by gateway {by_channel:?}: some gateway got none"),
+        format!("trades by gateway {by_channel:?}: some gateway got none"),
     );
     check(
         rows.len() == total,
@@ -688,6 +875,35 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     check(
         violations.is_empty(),
         format!("{} orders disagree with the gateway", violations.len()),
+    );
+    check(
+        open_trades_left == 0,
+        format!("{open_trades_left} orders with a trade left open"),
+    );
+    check(
+        duplicates_wrong.is_empty(),
+        format!(
+            "{} orders whose second payments are not one duplicate_payment each",
+            duplicates_wrong.len()
+        ),
+    );
+    check(
+        unknown_trades.is_empty(),
+        format!(
+            "{} trades at the gateways unknown to the shop",
+            unknown_trades.len()
+        ),
+    );
+    // A trade comes too late, or after its order was decided: never for another reason.
+    check(
+        refused
+            .keys()
+            .all(|why| ["too late", "order PAID", "order CLOSED"].contains(&why.as_str())),
+        format!("trades refused: {refused:?}"),
+    );
+    check(
+        two_trade_orders.len() == total / TWO_TRADES_EVERY,
+        format!("{} two-trade orders of {total}", two_trade_orders.len()),
     );
     check(
         paid_closed_without_anomaly == 0,
@@ -714,7 +930,7 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
     );
     check(
         overdue_seen == 0,
-        format!("{overdue_seen} orders NEW past their schedule + {LATENESS_BOUND:?}"),
+        format!("{overdue_seen} orders unsettled past their schedule + {LATENESS_BOUND:?}"),
     );
     check(
         parked.is_empty(),
@@ -738,6 +954,86 @@ async fn chaos_round(node: &RabbitNode, total: usize, spread: Duration, seed: u6
         duplicate_events,
         failures,
     }
+}
+
+/// Why the shop could not add trades, and how often.
+type Refused = std::sync::Mutex<BTreeMap<String, usize>>;
+
+/// The numbers of a two-trade order's trades: the gateways know trades by number alone.
+fn trade_numbers(no: &str) -> [String; 2] {
+    [format!("{no}-1"), format!("{no}-2")]
+}
+
+/// The buyer of an order with two trades: the shop adds each trade as the buyer picks its
+/// gateway (a trade it cannot add, too late or the order settled, is never offered), the
+/// buyer scans its code (valid until the deadline), then pays each as drawn.
+async fn two_trades(
+    closer: &Closer,
+    buyers: &BuyerClient,
+    plan: &Plan,
+    pays: [Pay; 2],
+    before: Duration,
+    refused: &Refused,
+) {
+    let numbers = trade_numbers(&plan.no);
+    let mut scanned = [false; 2];
+    for (k, channel) in [plan.channel, plan.second].into_iter().enumerate() {
+        tokio::time::sleep(before / 2).await;
+        let added = match closer
+            .add_trade(&plan.no, NewTrade::new(channel, &numbers[k]))
+            .await
+        {
+            Ok(added) => added,
+            Err(e) => {
+                let why = match e {
+                    TradeError::TooLate { .. } => "too late".to_owned(),
+                    TradeError::Settled { status, .. } => format!("order {status}"),
+                    other => other.to_string(),
+                };
+                *refused.lock().unwrap().entry(why).or_default() += 1;
+                continue;
+            }
+        };
+        scanned[k] = buyers
+            .buyer(&numbers[k])
+            .at(channel)
+            .scans(plan.amount)
+            .qr_valid_until(added.expire_by)
+            .send()
+            .await
+            .is_ok();
+        if scanned[k] && pays[k] == Pay::DuringClose {
+            let _ = buyers.buyer(&numbers[k]).pays_on_close().send().await;
+        }
+    }
+    let numbers = &numbers;
+    let pay = |when: Pay| async move {
+        for k in 0..2 {
+            if scanned[k] && pays[k] == when {
+                let _ = buyers.buyer(&numbers[k]).pays().send().await;
+            }
+        }
+    };
+    pay(Pay::Early).await;
+    if pays.contains(&Pay::AtTheDeadline) {
+        let jitter = Duration::from_millis((plan.moment * 1500.0) as u64);
+        let until = (plan.deadline - Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(until + jitter).await;
+        pay(Pay::AtTheDeadline).await;
+    }
+}
+
+/// Whether a trade as stored agrees with its gateway's view (the run holds second
+/// payments, so nothing is refunded): paid on both sides, or closed here and closed (or
+/// never created) there. An open trade is not settled.
+fn trade_agrees(trade: &Trade, view: Option<&SimTradeView>) -> bool {
+    let at_its_gateway = view.is_none_or(|v| v.channel == trade.channel);
+    at_its_gateway
+        && match trade.status {
+            TradeStatus::Paid => view.is_some_and(|v| v.status == SimTradeStatus::TradeSuccess),
+            TradeStatus::Closed => view.is_none_or(|v| v.status == SimTradeStatus::TradeClosed),
+            TradeStatus::Open => false,
+        }
 }
 
 /// Terminates the worker's Postgres connections (by application name); returns how many.

@@ -46,7 +46,8 @@ pub struct DecisionWrite {
     pub detail: String,
     /// The event's `reason`.
     pub reason: &'static str,
-    /// The trade the event names: the one that paid the order (None for a close).
+    /// The trade the event names: the one that paid the order, or a closed order's only
+    /// trade (recorded as the order's `paid_trade_id` for a payment only).
     pub trade: Option<Trade>,
     /// Every trade of the order, as read before asking the gateways.
     pub trades: Vec<Trade>,
@@ -115,7 +116,12 @@ impl Job for WriteDecisions {
                 order_id: s.order.id,
                 decision_id: *id,
                 status: s.status.as_str(),
-                paid_trade_id: s.trade.as_ref().map(|t| t.id),
+                // The trade a close's event names is not a payment.
+                paid_trade_id: s
+                    .trade
+                    .as_ref()
+                    .filter(|_| s.status == OrderStatus::Paid)
+                    .map(|t| t.id),
                 close_reason: s.close_reason,
                 trade_no: s.trade_no.as_deref(),
                 paid_at: s.paid_at,
