@@ -31,6 +31,8 @@ ALTER TABLE orders DROP COLUMN paid_trade_id;
 ALTER TABLE orders DROP COLUMN open_trades;
 DROP TRIGGER orders_first_trade ON orders;
 DROP FUNCTION orders_first_trade();
+DROP TRIGGER orders_count_first_trade ON orders;
+DROP FUNCTION orders_count_first_trade();
 DROP TRIGGER trades_count_open ON trades;
 DROP FUNCTION trades_count_open();
 DROP TABLE trades;

@@ -124,14 +124,16 @@ pub struct ParkedArgs {
 /// Flags of `reconcile anomalies`.
 #[derive(Debug, Args)]
 pub struct AnomaliesArgs {
-    /// Refund this order's payment after close (its out_trade_no) instead of listing:
-    /// the gateway is asked first, and only a CLOSED order it reports paid is refunded.
+    /// Refund this order's payment after close, or its second payment (its out_trade_no),
+    /// instead of listing: the gateway is asked first, and only a trade it reports paid is
+    /// refunded, never the trade a PAID order was paid through.
     #[arg(long, value_name = "ORDER")]
     refund: Option<String>,
     /// With --refund: ask the gateway and say what would be refunded; change nothing.
     #[arg(long, requires = "refund")]
     dry_run: bool,
-    /// Only this kind (amount_mismatch, paid_after_close, paid_missing_from_bill).
+    /// Only this kind (amount_mismatch, paid_after_close, paid_missing_from_bill,
+    /// refunded_before_deadline, duplicate_payment).
     #[arg(long, value_parser = |s: &str| s.parse::<anomalies::AnomalyKind>())]
     kind: Option<anomalies::AnomalyKind>,
     /// Most rows to show.

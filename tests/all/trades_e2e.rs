@@ -556,3 +556,96 @@ async fn a_trade_added_while_the_worker_decides_is_closed_too() {
     );
     env.cleanup().await;
 }
+
+/// Under `hold`, a second payment waits for an operator: `reconcile anomalies --refund`
+/// gives back that trade's payment, never the order's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_hold_an_operator_refunds_the_second_payment_not_the_first() {
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(4, 8);
+    let (no, [a, w]) = two_trades(&env, "held-twice", Duration::from_secs(2)).await;
+    pays(&env, &a).await;
+    pays(&env, &w).await;
+    let order = env.settled(&no, DECIDED_WITHIN).await;
+    assert_eq!(order.status(), OrderStatus::Paid);
+    let stored = trades(&env, &no).await;
+    let duplicate = stored
+        .iter()
+        .find(|t| Some(t.id) != order.paid_trade_id)
+        .unwrap()
+        .clone();
+    // Recorded and held: nothing given back yet.
+    let recorded = eventually(DECIDED_WITHIN, || async {
+        let kinds = anomaly_kinds(&env, &no).await;
+        (!kinds.is_empty()).then_some(kinds)
+    })
+    .await;
+    assert_eq!(
+        recorded,
+        Some(vec![("duplicate_payment".to_owned(), Some(duplicate.id))])
+    );
+    assert!(
+        at_gateway(&env, &duplicate.out_trade_no)
+            .await
+            .refunds
+            .is_empty()
+    );
+
+    let decider = env.decider("reconcile:test");
+    let report = order_closer::reconcile::refund::request(&decider, &no, false)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            report.result,
+            order_closer::decide::refund::RefundRequestResult::Requested {
+                amount_minor: 1234,
+                ..
+            }
+        ),
+        "{report:?}"
+    );
+    let refunded = eventually(DECIDED_WITHIN, || async {
+        let view = at_gateway(&env, &duplicate.out_trade_no).await;
+        (!view.refunds.is_empty()).then_some(view)
+    })
+    .await
+    .expect("the second payment is refunded");
+    assert_eq!(refunded.refunds.len(), 1);
+    let payer = stored
+        .iter()
+        .find(|t| Some(t.id) == order.paid_trade_id)
+        .unwrap();
+    assert!(
+        at_gateway(&env, &payer.out_trade_no)
+            .await
+            .refunds
+            .is_empty()
+    );
+    env.cleanup().await;
+}
+
+/// A PAID order paid once has nothing an operator can refund: its own payment is refused,
+/// naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_cannot_refund_the_payment_of_a_paid_order() {
+    let mut env = TestEnv::new(&[]).await;
+    env.start_worker(4, 8);
+    let (no, [_a, w]) = two_trades(&env, "paid-once", Duration::from_secs(2)).await;
+    pays(&env, &w).await;
+    assert_eq!(
+        env.settled(&no, DECIDED_WITHIN).await.status(),
+        OrderStatus::Paid
+    );
+    let decider = env.decider("reconcile:test");
+    let refused = order_closer::reconcile::refund::request(&decider, &no, false)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("its own payment is never refunded"),
+        "{refused}"
+    );
+    env.cleanup().await;
+}

@@ -31,7 +31,7 @@ use order_closer_core::db::trades::{self, TradeMove};
 use order_closer_core::db::{self, outbox};
 use order_closer_core::message::CloseMessage;
 use order_closer_core::money::format_minor;
-use order_closer_core::order::{CloseReason, Order, OrderStatus};
+use order_closer_core::order::{CloseReason, Order};
 use order_closer_core::trade::Trade;
 use order_closer_gateway::GatewayError;
 
@@ -300,15 +300,4 @@ async fn enqueue(
     let message = CloseMessage::refund(order.id, order.out_trade_no.clone(), Utc::now());
     outbox::insert_close(tx, &message).await?;
     Ok(())
-}
-
-/// An order that is not CLOSED cannot be paid after close.
-pub fn refundable(order: &Order) -> Result<(), String> {
-    match order.status() {
-        OrderStatus::Closed => Ok(()),
-        other => Err(format!(
-            "order {} is {other}: only a CLOSED order that the gateway reports paid is refunded",
-            order.out_trade_no
-        )),
-    }
 }

@@ -1,5 +1,7 @@
 //! `reconcile anomalies --refund <order>`: an operator gives back a payment the gateway
-//! took after we closed the order (under the `hold` policy, or a refund that failed).
+//! took after we closed the order, or the second payment of an order paid twice (under
+//! the `hold` policy, or a refund that failed). The order's own payment (the trade a PAID
+//! order was paid through) is never refunded here.
 //!
 //! The gateway is asked first, and what to send is decided by the code the worker's send
 //! uses ([`Decider::plan_refund`]): only a CLOSED order whose trade the gateway reports
@@ -13,13 +15,13 @@
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::decide::refund::{PlanFailure, RefundRequestResult, refundable};
+use crate::decide::refund::{PlanFailure, RefundRequestResult};
 use crate::decide::refund_plan::{Basis, NotSendable};
 use crate::decide::{Decider, Unavailable};
 use order_closer_core::db::anomalies::AnomalyKind;
 use order_closer_core::db::{self, orders, refunds, trades};
 use order_closer_core::money::format_minor;
-use order_closer_core::order::Order;
+use order_closer_core::order::{Order, OrderStatus};
 use order_closer_core::trade::{Trade, TradeStatus};
 use order_closer_gateway::GatewayError;
 
@@ -92,7 +94,6 @@ pub async fn request(
             .map_err(Unavailable::from)?;
         (order, row, trades)
     };
-    refundable(&order).map_err(RefundError::NotClosed)?;
     let trade = refund_target(&order, &trades, row.as_ref())?;
     if let Some(row) = row
         .as_ref()
@@ -124,12 +125,19 @@ pub async fn request(
         }
     } else {
         if let Basis::Paid { trade_no } = &planned.basis {
+            let (kind, on) = match order.status() {
+                OrderStatus::Paid => (
+                    AnomalyKind::DuplicatePayment,
+                    "an order paid through another trade",
+                ),
+                _ => (AnomalyKind::PaidAfterClose, "an order we closed"),
+            };
             let detail = format!(
-                "the gateway reports a payment of {} (trade {trade_no}) on an order we closed; an operator asked for its refund",
+                "the gateway reports a payment of {} (trade {trade_no}) on {on}; an operator asked for its refund",
                 format_minor(planned.amount_minor)
             );
             decider
-                .record_anomaly(&order, Some(trade), AnomalyKind::PaidAfterClose, &detail)
+                .record_anomaly(&order, Some(trade), kind, &detail)
                 .await?;
         }
         decider.request_refund(&order, trade, &planned).await?
@@ -141,24 +149,43 @@ pub async fn request(
     })
 }
 
-/// The trade whose payment an operator's refund of a CLOSED order gives back: the one its
-/// refund was requested for, else the one trade recorded paid, else its only trade.
+/// The trade whose payment an operator's refund gives back: the one its refund was
+/// requested for; else, of a CLOSED order, its one trade recorded paid (or its only
+/// trade: the gateway is asked before anything is sent); of a PAID order, its one paid
+/// trade that did not pay it (a duplicate payment). A NEW order has nothing to give back.
 fn refund_target<'a>(
     order: &Order,
     trades: &'a [Trade],
     row: Option<&refunds::RefundRow>,
 ) -> Result<&'a Trade, RefundError> {
+    let status = order.status();
+    if status == OrderStatus::New {
+        return Err(RefundError::NotClosed(format!(
+            "order {} is NEW: only a payment on a CLOSED order, or the second payment of a PAID one, is refunded",
+            order.out_trade_no
+        )));
+    }
     if let Some(t) = row.and_then(|r| trades.iter().find(|t| t.id == r.trade_id)) {
         return Ok(t);
     }
+    let pays_the_order = |t: &Trade| {
+        order.paid_trade_id == Some(t.id)
+            || (order.paid_trade_id.is_none()
+                && order.gateway_trade_no.is_some()
+                && order.gateway_trade_no == t.gateway_trade_no)
+    };
     let paid: Vec<&Trade> = trades
         .iter()
-        .filter(|t| t.status == TradeStatus::Paid)
+        .filter(|t| t.status == TradeStatus::Paid && !pays_the_order(t))
         .collect();
-    match (paid.as_slice(), trades) {
-        ([one], _) => Ok(one),
-        ([], [only]) => Ok(only),
-        ([], []) => Err(RefundError::WhichTrade(format!(
+    match (status, paid.as_slice(), trades) {
+        (_, [one], _) => Ok(one),
+        (OrderStatus::Closed, [], [only]) => Ok(only),
+        (OrderStatus::Paid, [], _) => Err(RefundError::NotClosed(format!(
+            "order {} is PAID and no other trade of it is recorded paid: its own payment is never refunded here",
+            order.out_trade_no
+        ))),
+        (_, [], []) => Err(RefundError::WhichTrade(format!(
             "order {} has no trade: nothing was paid on it",
             order.out_trade_no
         ))),
