@@ -16,6 +16,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::batch::Job;
 use super::prepared::{column, prepared};
 use super::schema::trades;
+use crate::order::Order;
 use crate::trade::{Trade, TradeStatus};
 
 /// A trade to add to an order.
@@ -125,10 +126,13 @@ impl TradeKey {
     }
 }
 
-/// Reads the trades these keys name (missing ones are left out).
-pub async fn find_keys(conn: &mut AsyncPgConnection, keys: &[TradeKey]) -> QueryResult<Vec<Trade>> {
-    use diesel::sql_types::{Array, Text};
-    let (mut channels, mut numbers, mut ref_channels, mut refs) = (vec![], vec![], vec![], vec![]);
+/// Reads the trades these keys name, each with its order (missing ones are left out).
+pub async fn find_keys(
+    conn: &mut AsyncPgConnection,
+    keys: &[TradeKey],
+) -> QueryResult<Vec<(Trade, Order)>> {
+    use super::schema::orders;
+    let (mut channels, mut numbers, mut refs) = (Vec::new(), Vec::new(), Vec::new());
     for key in keys {
         match key {
             TradeKey::Number {
@@ -142,54 +146,45 @@ pub async fn find_keys(conn: &mut AsyncPgConnection, keys: &[TradeKey]) -> Query
                 channel,
                 gateway_ref,
             } => {
-                ref_channels.push(channel.as_str());
+                channels.push(channel.as_str());
                 refs.push(gateway_ref.as_str());
             }
         }
     }
-    prepared(
-        // Columns named, never `*`: a cached statement keeps its result shape when a
-        // migration adds a column.
-        "SELECT t.id, t.order_id, t.channel, t.out_trade_no, t.gateway_ref, t.status,
-                t.gateway_trade_no, t.paid_minor, t.paid_at, t.closed_at, t.close_reason,
-                t.created_at, t.updated_at
-         FROM trades t
-         JOIN unnest($1::text[], $2::text[]) AS k(channel, out_trade_no)
-             ON t.channel = k.channel AND t.out_trade_no = k.out_trade_no
-         UNION ALL
-         SELECT t.id, t.order_id, t.channel, t.out_trade_no, t.gateway_ref, t.status,
-                t.gateway_trade_no, t.paid_minor, t.paid_at, t.closed_at, t.close_reason,
-                t.created_at, t.updated_at
-         FROM trades t
-         JOIN unnest($3::text[], $4::text[]) AS k(channel, gateway_ref)
-             ON t.channel = k.channel AND t.gateway_ref = k.gateway_ref",
-    )
-    .bind::<Array<Text>, _>(channels)
-    .bind::<Array<Text>, _>(numbers)
-    .bind::<Array<Text>, _>(ref_channels)
-    .bind::<Array<Text>, _>(refs)
-    .load(conn)
-    .await
+    // Both conditions name the channel first, so the unique indexes on (channel, number)
+    // and (channel, reference) serve them; a row another key's channel matched is
+    // dropped by the caller's exact match.
+    trades::table
+        .inner_join(orders::table)
+        .filter(trades::channel.eq_any(&channels))
+        .filter(
+            trades::out_trade_no
+                .eq_any(&numbers)
+                .or(trades::gateway_ref.eq_any(&refs)),
+        )
+        .select((Trade::as_select(), Order::as_select()))
+        .load(conn)
+        .await
 }
 
-/// Reads trades by key in groups (the notify endpoint: one statement for the
-/// notifications that arrive together).
+/// Reads trades by key, each with its order, in groups (the notify endpoint: one
+/// statement for the notifications that arrive together).
 pub struct FindByKey;
 
 #[async_trait]
 impl Job for FindByKey {
     type Item = TradeKey;
-    type Output = Option<Trade>;
+    type Output = Option<(Trade, Order)>;
 
     async fn run(
         &self,
         conn: &mut AsyncPgConnection,
         keys: &[TradeKey],
-    ) -> QueryResult<Vec<Option<Trade>>> {
+    ) -> QueryResult<Vec<Option<(Trade, Order)>>> {
         let rows = find_keys(conn, keys).await?;
         Ok(keys
             .iter()
-            .map(|k| rows.iter().find(|t| k.matches(t)).cloned())
+            .map(|k| rows.iter().find(|(t, _)| k.matches(t)).cloned())
             .collect())
     }
 

@@ -168,10 +168,19 @@ impl Job for WriteDecisions {
                         .await?;
                     }
                 }
+                // Trades moved to paid, but for the one each moved order is paid through
+                // now: only the others can be a second payment.
+                let paying: HashSet<i64> = items
+                    .iter()
+                    .filter(|s| s.status == OrderStatus::Paid && moved.contains(&s.order.id))
+                    .filter_map(|s| s.trade.as_ref().map(|t| t.id))
+                    .collect();
                 let paid_now: Vec<i64> = moves
                     .iter()
                     .filter(|(id, m)| {
-                        matches!(m, TradeMove::Paid { .. }) && moved_trades.contains(id)
+                        matches!(m, TradeMove::Paid { .. })
+                            && moved_trades.contains(id)
+                            && !paying.contains(id)
                     })
                     .map(|(id, _)| *id)
                     .collect();

@@ -40,7 +40,6 @@ use crate::decide::{Cause, Decider, MAX_GROUP, Mode, Outcome, Unavailable};
 use crate::metrics::Metrics;
 use hints::{HintBudget, Refusal};
 use order_closer_core::db::batch::Batcher;
-use order_closer_core::db::orders::FindById;
 use order_closer_core::db::trades::{FindByKey, TradeKey};
 use order_closer_core::money::format_minor;
 use order_closer_core::order::{Order, OrderStatus};
@@ -79,11 +78,9 @@ pub struct Handled {
 /// Applies payment notifications.
 pub struct Notifier {
     decider: Decider,
-    /// Reads trades by (channel, number), grouped with the other notifications arriving
-    /// together.
-    trade_reads: Batcher<FindByKey>,
-    /// Reads their orders, likewise.
-    reads: Batcher<FindById>,
+    /// Reads trades by (channel, number), each with its order, grouped with the other
+    /// notifications arriving together.
+    reads: Batcher<FindByKey>,
     verifiers: HashMap<String, Arc<dyn NotifyVerifier>>,
     hints: Arc<HintBudget>,
     metrics: Arc<Metrics>,
@@ -101,8 +98,7 @@ impl Notifier {
         Self {
             verifiers,
             metrics: Arc::clone(decider.metrics()),
-            trade_reads: Batcher::new(decider.pool().clone(), FindByKey, MAX_GROUP),
-            reads: Batcher::new(decider.pool().clone(), FindById, MAX_GROUP),
+            reads: Batcher::new(decider.pool().clone(), FindByKey, MAX_GROUP),
             decider,
             hints: HintBudget::new(HINT_SPACING, HINT_CONCURRENCY, HINT_RATE),
         }
@@ -241,10 +237,11 @@ impl Notifier {
         out_trade_no: &str,
     ) -> Result<Option<(Order, Trade)>, Unavailable> {
         let key = TradeKey::number(channel, out_trade_no);
-        let Some(trade) = self.trade_reads.submit(key).await? else {
-            return Ok(None);
-        };
-        Ok(self.reads.submit(trade.order_id).await?.map(|o| (o, trade)))
+        Ok(self
+            .reads
+            .submit(key)
+            .await?
+            .map(|(trade, order)| (order, trade)))
     }
 
     /// A payment the gateway vouches for: PAID, already PAID, or paid after close; says
