@@ -987,6 +987,7 @@ mod tests {
             gateway_trade_no: None,
             close_reason: None,
             paid_trade_id,
+            open_trades: 0,
         }
     }
 

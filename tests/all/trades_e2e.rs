@@ -14,8 +14,8 @@ use diesel_async::RunQueryDsl;
 use order_closer::closer::{Closer, Due, NewOrder, NewTrade};
 use order_closer::db::{self, schema::anomalies, schema::refunds};
 use order_closer::gateway::GatewayMethod;
-use order_closer::order::OrderStatus;
-use order_closer::sim::{Forge, SimTradeStatus, SimTradeView};
+use order_closer::order::{Order, OrderStatus};
+use order_closer::sim::{Forge, SimRefund, SimTradeStatus, SimTradeView};
 use order_closer::trade::{Trade, TradeStatus};
 
 use crate::common::gateway::{HeldGateway, HoldAt};
@@ -93,6 +93,39 @@ async fn closed_soon(env: &TestEnv, number: &str) {
     })
     .await;
     assert!(closed.is_some(), "{number} closed at its gateway");
+}
+
+/// The trade a paid order was paid through, and its other one.
+fn payer_and_other<'a>(order: &Order, stored: &'a [Trade]) -> (&'a Trade, &'a Trade) {
+    let payer = stored
+        .iter()
+        .find(|t| Some(t.id) == order.paid_trade_id)
+        .expect("the order names the trade that paid it");
+    let other = stored
+        .iter()
+        .find(|t| t.id != payer.id)
+        .expect("a second trade");
+    (payer, other)
+}
+
+/// The second payment is given back at its gateway, exactly once, and the order's own
+/// payment is not; the refund as the gateway shows it.
+async fn refunded_once(env: &TestEnv, order: &Order, stored: &[Trade]) -> SimRefund {
+    let (payer, duplicate) = payer_and_other(order, stored);
+    let refunded = eventually(DECIDED_WITHIN, || async {
+        let view = at_gateway(env, &duplicate.out_trade_no).await;
+        (!view.refunds.is_empty()).then_some(view)
+    })
+    .await
+    .expect("the second payment is refunded");
+    assert_eq!(refunded.refunds.len(), 1);
+    assert!(
+        at_gateway(env, &payer.out_trade_no)
+            .await
+            .refunds
+            .is_empty()
+    );
+    refunded.refunds[0].clone()
 }
 
 async fn pays(env: &TestEnv, number: &str) -> SimTradeView {
@@ -219,29 +252,11 @@ async fn a_buyer_who_pays_on_two_gateways_gets_the_second_payment_back_once() {
     }
     let stored = trades(&env, &no).await;
     assert!(stored.iter().all(|t| t.status == TradeStatus::Paid));
-    let duplicate = stored
-        .iter()
-        .find(|t| Some(t.id) != order.paid_trade_id)
-        .unwrap()
-        .clone();
+    let duplicate = payer_and_other(&order, &stored).1.clone();
     // Given back at its gateway, once.
-    let refunded = eventually(DECIDED_WITHIN, || async {
-        let view = at_gateway(&env, &duplicate.out_trade_no).await;
-        (!view.refunds.is_empty()).then_some(view)
-    })
-    .await
-    .expect("the duplicate payment is refunded");
-    assert_eq!(refunded.refunds.len(), 1);
-    assert_eq!(refunded.refunds[0].amount_minor, 1234);
-    let payer = stored
-        .iter()
-        .find(|t| Some(t.id) == order.paid_trade_id)
-        .unwrap();
-    assert!(
-        at_gateway(&env, &payer.out_trade_no)
-            .await
-            .refunds
-            .is_empty()
+    assert_eq!(
+        refunded_once(&env, &order, &stored).await.amount_minor,
+        1234
     );
     assert_eq!(
         anomaly_kinds(&env, &no).await,
@@ -344,10 +359,7 @@ async fn two_notifications_paying_both_trades_pay_the_order_once() {
             stored.iter().all(|t| t.status == TradeStatus::Paid),
             "{arrival}: {stored:?}"
         );
-        let duplicate = stored
-            .iter()
-            .find(|t| Some(t.id) != order.paid_trade_id)
-            .unwrap();
+        let duplicate = payer_and_other(&order, &stored).1;
         if arrival == "first-then-second" {
             assert_eq!(
                 duplicate.out_trade_no, w,
@@ -569,11 +581,7 @@ async fn under_hold_an_operator_refunds_the_second_payment_not_the_first() {
     let order = env.settled(&no, DECIDED_WITHIN).await;
     assert_eq!(order.status(), OrderStatus::Paid);
     let stored = trades(&env, &no).await;
-    let duplicate = stored
-        .iter()
-        .find(|t| Some(t.id) != order.paid_trade_id)
-        .unwrap()
-        .clone();
+    let duplicate = payer_and_other(&order, &stored).1.clone();
     // Recorded and held: nothing given back yet.
     let recorded = eventually(DECIDED_WITHIN, || async {
         let kinds = anomaly_kinds(&env, &no).await;
@@ -605,23 +613,7 @@ async fn under_hold_an_operator_refunds_the_second_payment_not_the_first() {
         ),
         "{report:?}"
     );
-    let refunded = eventually(DECIDED_WITHIN, || async {
-        let view = at_gateway(&env, &duplicate.out_trade_no).await;
-        (!view.refunds.is_empty()).then_some(view)
-    })
-    .await
-    .expect("the second payment is refunded");
-    assert_eq!(refunded.refunds.len(), 1);
-    let payer = stored
-        .iter()
-        .find(|t| Some(t.id) == order.paid_trade_id)
-        .unwrap();
-    assert!(
-        at_gateway(&env, &payer.out_trade_no)
-            .await
-            .refunds
-            .is_empty()
-    );
+    refunded_once(&env, &order, &stored).await;
     env.cleanup().await;
 }
 

@@ -76,6 +76,8 @@ pub struct Order {
     /// The trade that paid it (None: not paid, paid before trades were recorded, or
     /// settled by other means).
     pub paid_trade_id: Option<i64>,
+    /// How many of its trades are open (kept by the database's triggers).
+    pub open_trades: i32,
 }
 
 impl Order {
@@ -83,6 +85,19 @@ impl Order {
     /// that nothing is ever closed or paid by mistake on a misread.
     pub fn status(&self) -> OrderStatus {
         OrderStatus::parse(&self.status_text).unwrap_or(OrderStatus::New)
+    }
+
+    /// Whether it was paid through the trade `trade_id` (whose gateway trade number is
+    /// `gateway_trade_no`): the trade it names, or, for an order paid before trades were
+    /// recorded (it names none), the trade whose number it kept. Any other paid trade of a
+    /// PAID order is a second payment.
+    pub fn paid_through(&self, trade_id: i64, gateway_trade_no: Option<&str>) -> bool {
+        match self.paid_trade_id {
+            Some(id) => id == trade_id,
+            None => {
+                gateway_trade_no.is_some() && self.gateway_trade_no.as_deref() == gateway_trade_no
+            }
+        }
     }
 }
 

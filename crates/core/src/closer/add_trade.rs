@@ -114,16 +114,7 @@ pub enum TradeError {
 
 impl From<diesel::result::Error> for TradeError {
     fn from(e: diesel::result::Error) -> Self {
-        match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => Self::Duplicate {
-                channel: String::new(),
-                out_trade_no: String::new(),
-            },
-            other => Self::Db(DbError::Query(other)),
-        }
+        Self::Db(DbError::Query(e))
     }
 }
 
@@ -167,16 +158,18 @@ impl Closer {
                     out_trade_no: &trade.out_trade_no,
                     gateway_ref: trade.gateway_ref.as_deref(),
                 };
-                let stored =
-                    trades::insert(tx, order.id, row).await.map_err(
-                        |e| match TradeError::from(e) {
-                            TradeError::Duplicate { .. } => TradeError::Duplicate {
-                                channel: trade.channel.clone(),
-                                out_trade_no: trade.out_trade_no.clone(),
-                            },
-                            other => other,
+                let stored = trades::insert(tx, order.id, row)
+                    .await
+                    .map_err(|e| match e {
+                        diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::UniqueViolation,
+                            _,
+                        ) => TradeError::Duplicate {
+                            channel: trade.channel.clone(),
+                            out_trade_no: trade.out_trade_no.clone(),
                         },
-                    )?;
+                        other => TradeError::from(other),
+                    })?;
                 let expire_by = order.deadline
                     - chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::zero());
                 Ok(AddedTrade {

@@ -87,7 +87,7 @@ pub async fn insert_scheduled(
          -- result shape when a migration adds a column.
          SELECT o.id, o.out_trade_no, o.amount_minor, o.currency, o.status,
                 o.deadline, o.created_at, o.updated_at, o.paid_at, o.closed_at,
-                o.gateway_trade_no, o.close_reason, o.paid_trade_id, b.outbox_id
+                o.gateway_trade_no, o.close_reason, o.paid_trade_id, o.open_trades, b.outbox_id
          FROM o JOIN input i ON i.id = o.id JOIN b ON b.payload = i.payload",
     )
     .bind::<Array<BigInt>, _>(column(rows, |r| r.id))

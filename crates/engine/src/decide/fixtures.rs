@@ -20,5 +20,6 @@ pub(crate) fn order(status: &str, deadline: DateTime<Utc>) -> Order {
         gateway_trade_no: None,
         close_reason: None,
         paid_trade_id: None,
+        open_trades: 0,
     }
 }

@@ -442,11 +442,7 @@ impl Decider {
                 )
                 .await;
         }
-        let trades = match &order {
-            Some(o) => self.trades.submit(o.id).await?,
-            None => Vec::new(),
-        };
-        let open = trades.iter().any(Trade::is_open);
+        let open = order.as_ref().is_some_and(|o| o.open_trades > 0);
         let order = match table::precheck(order.as_ref(), open, attempt.not_before, Utc::now()) {
             Precheck::Missing => return Ok(Outcome::Missing),
             Precheck::Settled(status) => return Ok(Outcome::Settled(status)),
@@ -459,6 +455,8 @@ impl Decider {
                 None => return Ok(Outcome::Missing),
             },
         };
+        // Read only once due: an early hop or a redelivery of a settled order costs no read.
+        let trades = self.trades.submit(order.id).await?;
         let verdicts = self.consult_all(&order, &trades, mode).await;
         if mode == Mode::DryRun {
             let verdicts: Vec<TradeVerdict> = verdicts.into_iter().map(|(v, _)| v).collect();

@@ -90,13 +90,6 @@ fn rank(reason: CloseReason) -> u8 {
     }
 }
 
-/// Whether a paid trade is the one the order was paid through (its recorded trade, or, for
-/// an order paid before trades were recorded, the trade number the order kept).
-fn pays_the_order(order: &Order, trade: &Trade, trade_no: &str) -> bool {
-    order.paid_trade_id == Some(trade.id)
-        || (order.paid_trade_id.is_none() && order.gateway_trade_no.as_deref() == Some(trade_no))
-}
-
 /// Decides the order from its trades (every one it has, any state) and the protocol's
 /// verdict for each open one (a verdict for a trade not open is ignored; an open trade
 /// without a verdict is unsettled).
@@ -132,7 +125,7 @@ pub fn decide(order: &Order, trades: &[Trade], verdicts: &[TradeVerdict]) -> Ord
                     },
                 ));
                 if order_paid {
-                    if !pays_the_order(order, trade, trade_no) {
+                    if !order.paid_through(trade.id, Some(trade_no)) {
                         decision.duplicates.push(trade.id);
                     }
                 } else {

@@ -255,7 +255,7 @@ impl Notifier {
         cause: Cause,
     ) -> Result<(Applied, String), Unavailable> {
         match order.status() {
-            OrderStatus::Paid if paid_through(order, trade, paid) => {
+            OrderStatus::Paid if order.paid_through(trade.id, paid_trade_no(paid)) => {
                 Ok((Applied::AlreadyPaid, "the order is PAID already".into()))
             }
             OrderStatus::Paid if trade.status == TradeStatus::Paid => Ok((
@@ -434,20 +434,15 @@ impl Notifier {
     }
 }
 
-/// The payment a notification vouches for, or why it is only a hint.
-/// Whether a payment is the one the order was paid through (the trade it names, or, for
-/// an order paid before trades were recorded, the trade number it kept).
-fn paid_through(order: &Order, trade: &Trade, paid: &TradeState) -> bool {
-    let trade_no = match paid {
-        TradeState::Paid { trade_no, .. } => Some(trade_no.as_str()),
+/// The gateway's trade number a payment names.
+fn paid_trade_no(paid: &TradeState) -> Option<&str> {
+    match paid {
+        TradeState::Paid { trade_no, .. } => Some(trade_no),
         _ => None,
-    };
-    order.paid_trade_id == Some(trade.id)
-        || (order.paid_trade_id.is_none()
-            && trade_no.is_some()
-            && order.gateway_trade_no.as_deref() == trade_no)
+    }
 }
 
+/// The payment a notification vouches for, or why it is only a hint.
 fn trusted_payment<'a>(notice: &'a Notice, order: &Order) -> Result<&'a TradeState, String> {
     let state = match &notice.claim {
         Claim::Unverified { reason } | Claim::NotOurs { reason } => return Err(reason.clone()),

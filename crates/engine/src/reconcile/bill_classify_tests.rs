@@ -28,6 +28,7 @@ fn order(no: &str, channel: &str, status: &str, amount_minor: i64) -> Known {
         gateway_trade_no: None,
         close_reason: None,
         paid_trade_id: paid.then_some(1),
+        open_trades: i32::from(status == "NEW"),
     };
     let trade = Trade {
         id: 1,

@@ -168,15 +168,12 @@ fn refund_target<'a>(
     if let Some(t) = row.and_then(|r| trades.iter().find(|t| t.id == r.trade_id)) {
         return Ok(t);
     }
-    let pays_the_order = |t: &Trade| {
-        order.paid_trade_id == Some(t.id)
-            || (order.paid_trade_id.is_none()
-                && order.gateway_trade_no.is_some()
-                && order.gateway_trade_no == t.gateway_trade_no)
-    };
     let paid: Vec<&Trade> = trades
         .iter()
-        .filter(|t| t.status == TradeStatus::Paid && !pays_the_order(t))
+        .filter(|t| {
+            t.status == TradeStatus::Paid
+                && !order.paid_through(t.id, t.gateway_trade_no.as_deref())
+        })
         .collect();
     match (status, paid.as_slice(), trades) {
         (_, [one], _) => Ok(one),
