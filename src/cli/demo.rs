@@ -280,7 +280,9 @@ async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Resul
         if faulty(nth, args.fault_rate) {
             let ordinal = (f64::from(nth) * args.fault_rate).floor() as usize;
             let kind = [FaultKind::Http502, FaultKind::Busy20000][ordinal % 2];
-            let (_, last) = trades.last().expect("every order has a trade");
+            let (_, last) = trades
+                .last()
+                .context("a demo order without a trade cannot take a fault")?;
             running
                 .state()
                 .fail_next(last, kind, 1)

@@ -1,7 +1,7 @@
 //! The `orders` table: insert, read, and the guarded `NEW -> PAID | CLOSED` updates.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -160,38 +160,6 @@ fn one_per_item<K: Hash + Eq>(
 ) -> Vec<Option<Order>> {
     let mut found: HashMap<K, Order> = rows.into_iter().map(|o| (key(&o), o)).collect();
     items.iter().map(|k| found.remove(k)).collect()
-}
-
-/// Reads orders by merchant order number in groups (the notify endpoint: one statement for
-/// the notifications that arrive together).
-pub struct FindByOutTradeNo;
-
-#[async_trait]
-impl Job for FindByOutTradeNo {
-    type Item = String;
-    type Output = Option<Order>;
-
-    async fn run(
-        &self,
-        conn: &mut AsyncPgConnection,
-        numbers: &[String],
-    ) -> QueryResult<Vec<Option<Order>>> {
-        let rows = orders::table
-            .filter(orders::out_trade_no.eq_any(numbers))
-            .select(Order::as_select())
-            .load(conn)
-            .await?;
-        Ok(one_per_item(numbers, rows, |o| o.out_trade_no.clone()))
-    }
-
-    /// A number appears once per group (a notification and its copy go in turn), so each
-    /// caller gets its own copy of the row. Two numbers of one hash merely wait for each
-    /// other.
-    fn key(&self, number: &String) -> Option<i64> {
-        let mut hasher = std::hash::DefaultHasher::new();
-        number.hash(&mut hasher);
-        Some(hasher.finish() as i64)
-    }
 }
 
 /// Reads an order by merchant order number.

@@ -63,23 +63,19 @@ impl Decider {
                 .park(&order, attempt, "order_mismatch", &detail, None, None)
                 .await;
         }
-        let row = {
+        // The refund and its trade (a foreign key: a refund always has one), on one
+        // connection.
+        let found = {
             let mut conn = db::conn(&self.pool).await?;
-            refunds::for_order(&mut conn, order_id).await?
+            match refunds::for_order(&mut conn, order_id).await? {
+                Some(row) => trades::find(&mut conn, row.trade_id)
+                    .await?
+                    .map(|trade| (row, trade)),
+                None => None,
+            }
         };
-        let Some(row) = row else {
+        let Some((row, trade)) = found else {
             warn!("a refund message for an order with no requested refund; nothing sent");
-            return Ok(Outcome::Missing);
-        };
-        let trade = {
-            let mut conn = db::conn(&self.pool).await?;
-            trades::find(&mut conn, row.trade_id).await?
-        };
-        let Some(trade) = trade else {
-            warn!(
-                trade_id = row.trade_id,
-                "a refund of a trade that does not exist; nothing sent"
-            );
             return Ok(Outcome::Missing);
         };
         let settled = match mode {
