@@ -14,6 +14,7 @@ use order_closer_testkit::harness as common;
 const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
 
 mod alerts;
+mod alipay_sdk;
 mod bill;
 mod cancel_e2e;
 mod cli;
