@@ -24,6 +24,7 @@ mod db_groups;
 mod decisions_e2e;
 mod delivery_e2e;
 mod docs;
+mod failover;
 mod faults_e2e;
 mod gateway_faults;
 mod harness;

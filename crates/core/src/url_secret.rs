@@ -44,9 +44,22 @@ pub fn redact(text: &str) -> String {
     let mut from = 0;
     while let Some(i) = out[from..].find("password=") {
         let start = from + i + "password=".len();
-        let end = out[start..]
-            .find(['&', ' ', '#'])
-            .map_or(out.len(), |j| start + j);
+        // libpq's keyword/value form may quote a value (`password='a b'`, `\'` inside).
+        let end = if out[start..].starts_with('\'') {
+            let mut escaped = false;
+            out[start + 1..]
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(out.len(), |(j, _)| start + 1 + j + 1)
+        } else {
+            out[start..]
+                .find(['&', ' ', '#'])
+                .map_or(out.len(), |j| start + j)
+        };
         out.replace_range(start..end, "***");
         from = start + 3;
     }
@@ -71,6 +84,11 @@ mod tests {
                 "postgres://h/db?user=u&password=***&sslmode=require",
             ),
             ("postgres://h/db", "postgres://h/db"),
+            (
+                "host=a password='Se cR\\'Et' dbname=db",
+                "host=a password=*** dbname=db",
+            ),
+            ("host=a password='SeCrEt", "host=a password=***"),
             ("no url at all", "no url at all"),
         ] {
             assert_eq!(redact(text), shown);

@@ -119,7 +119,7 @@ where
     db::create_schema(&base_url, &name)
         .await
         .expect("the test schema");
-    let url = db::connect::with_query_param(
+    let url = db::conninfo::with_param(
         &db::with_search_path(&base_url, &name),
         "application_name",
         &name,

@@ -1,6 +1,8 @@
 //! RabbitMQ at the edge: connecting, declaring the topology, publishing with confirms.
 
+pub mod addresses;
 pub mod confirms;
+pub mod link;
 pub mod publisher;
 pub mod tiers;
 pub mod tls;
@@ -8,7 +10,6 @@ pub mod topology;
 
 use std::time::Duration;
 
-use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use thiserror::Error;
 
@@ -87,6 +88,17 @@ pub enum BrokerError {
     /// the session restarts them all.
     #[error("a background task of the worker stopped (see the error above); restarting")]
     TaskStopped,
+    /// None of the listed addresses could be connected to (each one's error, in the
+    /// order tried).
+    #[error("no broker address answered: {tried}")]
+    Unreachable {
+        /// `host:port: error` for each address tried, `; `-separated.
+        tried: String,
+    },
+    /// The library's broker connection is being re-established (or was tried moments
+    /// ago): the close schedule is left to the outbox relay.
+    #[error("the broker connection is being re-established")]
+    Reconnecting,
     /// An ack or reject could not be delivered because the channel is gone; the broker
     /// will redeliver the message.
     #[error("channel gone before {op}: the broker will redeliver")]
@@ -153,27 +165,73 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Bro
     connect_with(url, &tls::AmqpTls::default(), connection_name).await
 }
 
-/// Connects as the broker's settings say (`AMQP_URL` and its TLS files).
+/// Connects as the broker's settings say (`AMQP_URL` and its TLS files), starting where
+/// the settings' [`addresses::Failover`] says.
 pub async fn connect_configured(
     settings: &crate::config::BrokerSettings,
     connection_name: &str,
 ) -> Result<Connection, BrokerError> {
     use secrecy::ExposeSecret;
-    connect_with(settings.url.expose_secret(), &settings.tls, connection_name).await
+    connect_from(
+        settings.url.expose_secret(),
+        &settings.tls,
+        connection_name,
+        &settings.failover,
+    )
+    .await
 }
 
 /// Connects to RabbitMQ with extra trusted authorities and a client certificate for
-/// `amqps://`.
+/// `amqps://`. `url` may list several addresses ([`addresses`]): they are tried in
+/// order, and the first that answers is used.
 pub async fn connect_with(
     url: &str,
     tls: &tls::AmqpTls,
     connection_name: &str,
 ) -> Result<Connection, BrokerError> {
-    // A password the parser would read as a host must not be printed as one.
-    crate::url_secret::check_userinfo(url).map_err(BrokerError::BadUrl)?;
-    let mut uri: AMQPUri = url
-        .parse()
-        .map_err(|e: String| BrokerError::BadUrl(crate::url_secret::redact(&e)))?;
+    connect_from(url, tls, connection_name, &addresses::Failover::default()).await
+}
+
+/// Tries the listed addresses in the order `failover` gives, and records the one that
+/// answered. A configuration the broker refuses stops the round at once (another node
+/// would refuse it too); with one address, its own error is returned.
+async fn connect_from(
+    url: &str,
+    tls: &tls::AmqpTls,
+    connection_name: &str,
+    failover: &addresses::Failover,
+) -> Result<Connection, BrokerError> {
+    let list = addresses::parse(url).map_err(BrokerError::BadUrl)?;
+    let mut errors = Vec::new();
+    for index in failover.order(list.len()) {
+        let address = &list[index];
+        match connect_one(address, tls, connection_name).await {
+            Ok(connection) => {
+                failover.got(index);
+                if !errors.is_empty() {
+                    tracing::info!(address = %address.shown, "connected to the broker at another address");
+                }
+                return Ok(connection);
+            }
+            Err(e) if e.is_fatal() || list.len() == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!(address = %address.shown, error = %e, "broker address did not answer; trying the next");
+                errors.push(format!("{}: {e}", address.shown));
+            }
+        }
+    }
+    Err(BrokerError::Unreachable {
+        tried: crate::url_secret::redact(&errors.join("; ")),
+    })
+}
+
+/// Connects to one address.
+async fn connect_one(
+    address: &addresses::Address,
+    tls: &tls::AmqpTls,
+    connection_name: &str,
+) -> Result<Connection, BrokerError> {
+    let mut uri = address.uri.clone();
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
     }
@@ -185,7 +243,6 @@ pub async fn connect_with(
         op: "connect",
         source,
     })?;
-    let address = format!("{}:{}", uri.authority.host, uri.authority.port);
     let plain = uri.scheme == lapin::uri::AMQPScheme::AMQP;
     match timed(
         "connect",
@@ -195,7 +252,7 @@ pub async fn connect_with(
     {
         Err(BrokerError::Amqp { source, .. }) if not_amqp(&source, plain) => {
             Err(BrokerError::NotAmqp {
-                address,
+                address: address.shown.clone(),
                 detail: source.to_string(),
             })
         }

@@ -51,7 +51,6 @@
 mod add_trade;
 mod requests;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,8 +61,9 @@ use secrecy::ExposeSecret;
 use thiserror::Error;
 use tokio_util::task::TaskTracker;
 
+use crate::broker::BrokerError;
+use crate::broker::link::Link;
 use crate::broker::publisher::Publisher;
-use crate::broker::{self, BrokerError};
 use crate::config::Settings;
 use crate::db::batch::{Batcher, Job};
 use crate::db::outbox::DeletePublished;
@@ -214,7 +214,8 @@ pub struct Closer {
     pool: DbPool,
     /// The channels orders are accepted for, with their gateways' rules.
     channels: Channels,
-    publisher: Option<Publisher>,
+    /// The way to the broker (None: the relay publishes everything).
+    link: Option<Link>,
     /// Writes concurrent `create_order` calls in groups (one statement, one commit each).
     inserts: Batcher<InsertOrders>,
     /// Deletes the outbox rows of published close messages, in groups.
@@ -223,8 +224,6 @@ pub struct Closer {
     background: TaskTracker,
     /// How long before its deadline an order still takes a trade ([`EXPIRY_MARGIN`]).
     expiry_margin: Duration,
-    /// Kept open for as long as the closer lives.
-    _connection: Option<Arc<lapin::Connection>>,
 }
 
 /// Most outbox rows deleted by one statement.
@@ -237,32 +236,30 @@ const INSERT_LANES: usize = 2;
 impl Closer {
     /// Connects to the database and the broker and declares the topology. A broker that
     /// cannot be reached is an error here; use [`Closer::without_broker`] to create
-    /// orders anyway and leave publishing to the relay.
+    /// orders anyway and leave publishing to the relay. A broker connection lost later is
+    /// re-established on a later call, on the next address of `AMQP_URL`
+    /// ([`crate::broker::link`]); meanwhile the relay publishes.
     pub async fn connect(settings: &Settings, channels: Channels) -> Result<Self, ConnectError> {
         let database = &settings.database;
         let pool = db::ready_pool(database.url.expose_secret(), database.pool_size).await?;
-        let connection =
-            broker::connect_configured(&settings.broker, "order-closer library").await?;
-        let topology = Arc::new(settings.broker.topology.clone());
-        let publisher = Publisher::open(&connection, Arc::clone(&topology)).await?;
-        topology.declare(publisher.channel()).await?;
-        Ok(Self {
-            _connection: Some(Arc::new(connection)),
-            ..Self::new(pool, Some(publisher), channels)
-        })
+        let link = Link::connect(&settings.broker, "order-closer library").await?;
+        Ok(Self::linked(pool, Some(link), channels))
     }
 
     /// A closer over an existing pool and publisher, accepting orders for `channels`.
     pub fn new(pool: DbPool, publisher: Option<Publisher>, channels: Channels) -> Self {
+        Self::linked(pool, publisher.map(Link::fixed), channels)
+    }
+
+    fn linked(pool: DbPool, link: Option<Link>, channels: Channels) -> Self {
         Self {
             channels,
             inserts: Batcher::with_lanes(pool.clone(), InsertOrders, INSERT_GROUP, INSERT_LANES),
             published: Batcher::new(pool.clone(), DeletePublished, DELETE_GROUP),
             background: TaskTracker::new(),
             pool,
-            publisher,
+            link,
             expiry_margin: EXPIRY_MARGIN,
-            _connection: None,
         }
     }
 
@@ -374,9 +371,24 @@ impl Closer {
     /// Publishes committed close schedules, every confirm in flight at once; whether each
     /// reached the broker.
     async fn publish_all(&self, pending: &[PendingClose]) -> Vec<bool> {
-        let Some(publisher) = &self.publisher else {
+        let Some(link) = &self.link else {
             return vec![false; pending.len()];
         };
+        let publisher = match link.publisher().await {
+            Ok(publisher) => publisher,
+            Err(BrokerError::Reconnecting) => {
+                tracing::debug!(
+                    orders = pending.len(),
+                    "broker connection being re-established; the close schedules are left to the relay"
+                );
+                return vec![false; pending.len()];
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, orders = pending.len(), "broker unavailable; the close schedules are left to the relay");
+                return vec![false; pending.len()];
+            }
+        };
+        let publisher = &publisher;
         let now = Utc::now();
         let results = join_all(pending.iter().map(|p| {
             let message =

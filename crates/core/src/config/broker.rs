@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::vars::parse_duration_list;
-use super::{ConfigError, Vars, urls};
+use super::{ConfigError, Vars};
+use crate::broker::addresses::{self, Failover};
 use crate::broker::tiers::DelayTiers;
 use crate::broker::tls::AmqpTls;
 use crate::broker::topology::{self, QueueType, Topology};
@@ -18,8 +19,12 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The broker and its topology.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
-    /// RabbitMQ URL (`AMQP_URL` or `AMQP_URL_FILE`); it may carry a password.
+    /// RabbitMQ URL (`AMQP_URL` or `AMQP_URL_FILE`), or several comma-separated (the
+    /// nodes of a cluster); it may carry a password.
     pub url: SecretString,
+    /// Which listed address this process's next connection tries first (shared by the
+    /// clones of these settings).
+    pub failover: Failover,
     /// TLS files for `amqps://` (`ORDER_CLOSER_AMQP_TLS_CA`, `..._CERT`, `..._KEY`).
     pub tls: AmqpTls,
     /// Queue names, tiers and queue type (`ORDER_CLOSER_QUEUE_PREFIX`,
@@ -35,7 +40,7 @@ impl BrokerSettings {
             || DEFAULT_AMQP_URL.to_owned(),
             |s| s.expose_secret().to_owned(),
         );
-        urls::check_amqp_url(&url)
+        let addresses = addresses::parse(&url)
             .map_err(|reason| ConfigError::invalid_url("AMQP_URL", &url, reason))?;
         let tls_path = |name: &'static str| vars.get(name).map(|p| PathBuf::from(p.trim()));
         let tls = AmqpTls::load(
@@ -44,13 +49,17 @@ impl BrokerSettings {
             tls_path("ORDER_CLOSER_AMQP_TLS_KEY").as_deref(),
         )
         .map_err(|e| ConfigError::Tls(e.to_string()))?;
-        if tls.is_set() && !url.starts_with("amqps://") {
+        let plain = addresses
+            .iter()
+            .any(|a| a.uri.scheme == lapin::uri::AMQPScheme::AMQP);
+        if tls.is_set() && plain {
             return Err(ConfigError::Tls(
-                "ORDER_CLOSER_AMQP_TLS_* are set but AMQP_URL is not amqps://".into(),
+                "ORDER_CLOSER_AMQP_TLS_* are set but an AMQP_URL address is not amqps://".into(),
             ));
         }
         Ok(Self {
             url: url.into(),
+            failover: Failover::default(),
             tls,
             topology: read_topology(vars)?,
         })

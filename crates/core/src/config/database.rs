@@ -46,12 +46,12 @@ impl DatabaseSettings {
 /// The database URL with `sslrootcert` naming the CA file `path`
 /// (`ORDER_CLOSER_DB_TLS_CA`); refused when the URL names another one.
 fn with_root_cert(url: &str, path: &str) -> Result<String, String> {
-    use crate::db::connect::{query_value, with_query_param};
-    match query_value(url, "sslrootcert") {
+    use crate::db::conninfo::{value, with_param};
+    match value(url, "sslrootcert") {
         Some(named) if named == path => Ok(url.to_owned()),
         Some(named) => Err(format!(
             "DATABASE_URL names another sslrootcert ({named}); set one of them"
         )),
-        None => Ok(with_query_param(url, "sslrootcert", path)),
+        None => Ok(with_param(url, "sslrootcert", path)),
     }
 }

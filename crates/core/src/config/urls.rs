@@ -2,42 +2,43 @@
 //! naming its variable instead of starting a process that retries for ever; and every URL
 //! shown in a message with its password hidden.
 
-use lapin::uri::AMQPUri;
 use url::Url;
 
 use crate::url_secret::check_userinfo;
 
-/// Checks a PostgreSQL URL: `postgres://` or `postgresql://`, a host, a valid port, a
+/// Checks a PostgreSQL URL (`postgres://` or `postgresql://`, one host or several) or
+/// libpq's keyword/value form (`host=a,b dbname=db ...`): at least one host, valid ports, a
 /// database name, and a known `sslmode`. Returns why it is unusable (never the URL).
 pub fn check_database_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err("must start with postgres:// or postgresql://".into());
+    if url.contains("://") && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        return Err(
+            "must start with postgres:// or postgresql:// (or be libpq's keyword/value form, \
+             host=... dbname=...)"
+                .into(),
+        );
     }
-    check_userinfo(url)?;
-    let parsed = Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    if parsed.host_str().is_none_or(str::is_empty) {
+    let options = crate::db::connect::Options::read(url).map_err(|e| {
+        e.to_string()
+            .trim_start_matches("database unavailable: ")
+            .to_owned()
+    })?;
+    let config = &options.config;
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         return Err("names no host".into());
     }
-    let database = parsed.path().trim_start_matches('/');
-    if database.is_empty() {
-        return Err("names no database (postgres://user:password@host:port/DATABASE)".into());
-    }
-    for (key, value) in parsed.query_pairs() {
-        if key == "sslmode" {
-            value.parse::<crate::db::connect::SslMode>()?;
-        }
+    if config.get_dbname().is_none_or(str::is_empty) {
+        return Err(
+            "names no database (postgres://user:password@host:port/DATABASE, or dbname=...)".into(),
+        );
     }
     Ok(())
 }
 
-/// Checks an AMQP URL as the client will read it (scheme, host, port, vhost, and query
-/// options such as `heartbeat`).
+/// Checks an AMQP URL, or a comma-separated list of them, as the client will read each
+/// (scheme, host, port, vhost, and query options such as `heartbeat`).
 pub fn check_amqp_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err("must start with amqp:// or amqps://".into());
-    }
-    check_userinfo(url)?;
-    url.parse::<AMQPUri>().map(|_| ())
+    crate::broker::addresses::parse(url).map(|_| ())
 }
 
 /// Checks an `http://` or `https://` URL with a host.
@@ -68,6 +69,11 @@ mod tests {
             ("postgres://u:p@h:5432/", "no database"),
             ("mysql://u:p@h/db", "postgres://"),
             (" postgres://u:p@h/db", "postgres://"),
+            ("postgres://u:p@a:5432,b:99999/db", "port"),
+            ("host=a,b user=u password=p", "no database"),
+            ("host=a dbname=db sslmode=bogus", "sslmode"),
+            ("host=a dbname='db", "unterminated"),
+            ("dbname=db bogus_option=1", "bogus_option"),
         ] {
             let err = check_database_url(url).unwrap_err();
             assert!(err.contains(why), "{url}: {err}");
@@ -78,6 +84,9 @@ mod tests {
         }
         for url in [
             "postgres://postgres:postgres@127.0.0.1:5432/order_closer",
+            "postgres://u:p@a:5432,b:5433/db?target_session_attrs=read-write",
+            "postgresql://u@a,b,c/db?sslmode=verify-full&target_session_attrs=read-write",
+            "host=a,b port=5432,5433 user=u password='p w' dbname=db target_session_attrs=read-write",
             "postgresql://h/db?sslmode=verify-full&options=-c%20search_path%3Dx",
         ] {
             assert_eq!(check_database_url(url), Ok(()), "{url}");

@@ -18,7 +18,7 @@ use tokio_postgres::config::{Host, SslMode as WireMode};
 use tokio_postgres::tls::{MakeTlsConnect, NoTls, TlsStream};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::DbError;
+use super::{DbError, conninfo};
 use crate::tls::{self, Verify};
 
 /// libpq's `sslmode`.
@@ -99,48 +99,35 @@ impl fmt::Debug for Target {
     }
 }
 
-impl Target {
-    /// Reads a `postgres://` URL; the CA file named by `sslrootcert` is read now, so that a
-    /// missing file fails at start-up.
-    pub fn parse(url: &str) -> Result<Self, DbError> {
+/// What a database URL says, read without touching any file or server.
+pub struct Options {
+    /// tokio-postgres's configuration (hosts, ports, user, database, session attributes).
+    pub config: tokio_postgres::Config,
+    /// The TLS mode.
+    pub mode: SslMode,
+    /// `sslrootcert`: a PEM file, `system`, or none.
+    pub root: Option<String>,
+}
+
+/// How long one host may take to accept a connection when the URL does not say
+/// (`connect_timeout`): with several hosts, a host that does not answer must not hold up
+/// the next for the system's TCP timeout (minutes).
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Options {
+    /// Reads a database URL or keyword/value string.
+    pub fn read(url: &str) -> Result<Self, DbError> {
         // tokio-postgres ends the password at the first '@': one holding '@' would be
         // read as part of the host, and printed as one.
         crate::url_secret::check_userinfo(url)
             .map_err(|e| DbError::Unavailable(format!("DATABASE_URL {e}")))?;
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut mode: Option<SslMode> = None;
-        let mut root: Option<String> = None;
-        let mut kept = Vec::new();
-        for (part, key, value) in query_parts(query) {
-            let decoded = || {
-                percent_decode(value).ok_or_else(|| {
-                    DbError::Unavailable(format!(
-                        "DATABASE_URL: {key} is not a valid percent-encoded UTF-8 value"
-                    ))
-                })
-            };
-            match key {
-                "sslmode" => {
-                    mode = Some(
-                        decoded()?
-                            .parse()
-                            .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?,
-                    );
-                }
-                "sslrootcert" => root = Some(decoded()?),
-                "sslcert" | "sslkey" | "sslpassword" => {
-                    return Err(DbError::Unavailable(format!(
-                        "DATABASE_URL: {key} (a client certificate for Postgres) is not supported"
-                    )));
-                }
-                _ => kept.push(part),
-            }
-        }
-        let rest = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
+        let split = conninfo::split(url)?;
+        let mode = split
+            .sslmode
+            .map(|m| m.parse::<SslMode>())
+            .transpose()
+            .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?;
+        let root = split.sslrootcert;
         // As libpq: `sslrootcert=system` means verify-full, and refuses a weaker mode.
         let mode = match (mode, root.as_deref()) {
             (None, Some("system")) => SslMode::VerifyFull,
@@ -151,8 +138,29 @@ impl Target {
             }
             (m, _) => m.unwrap_or(SslMode::Prefer),
         };
-        let mut config = tokio_postgres::Config::from_str(&rest)
-            .map_err(|e| DbError::Unavailable(format!("DATABASE_URL: {e}")))?;
+        let mut config = tokio_postgres::Config::from_str(&split.rest).map_err(|e| {
+            DbError::Unavailable(format!(
+                "DATABASE_URL: {}",
+                crate::url_secret::redact(&with_causes(&e))
+            ))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        Ok(Self { config, mode, root })
+    }
+}
+
+impl Target {
+    /// Reads a database URL (or libpq's keyword/value form, see [`super::conninfo`]); the
+    /// CA file named by `sslrootcert` is read now, so that a missing file fails at
+    /// start-up.
+    pub fn parse(url: &str) -> Result<Self, DbError> {
+        let Options {
+            mut config,
+            mode,
+            root,
+        } = Options::read(url)?;
         let ca_pem = match root.as_deref() {
             None | Some("system") => None,
             Some(path) => Some(
@@ -241,80 +249,34 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// `host:port/database` of a configuration.
-fn describe(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config.get_dbname().unwrap_or("");
-    format!("{host}:{port}/{db}")
-}
-
-/// The `key=value` parts of a URL's query: (the part as written, key, raw value).
-fn query_parts(query: &str) -> impl Iterator<Item = (&str, &str, &str)> {
-    query.split('&').filter(|p| !p.is_empty()).map(|part| {
-        let (key, value) = part.split_once('=').unwrap_or((part, ""));
-        (part, key, value)
-    })
-}
-
-/// The value of `key` in a database URL's query, decoded as libpq decodes it; None when
-/// it is absent (or not validly encoded, which [`Target::parse`] refuses).
-pub fn query_value(url: &str, key: &str) -> Option<String> {
-    let (_, query) = url.split_once('?')?;
-    query_parts(query)
-        .find(|(_, k, _)| *k == key)
-        .and_then(|(_, _, v)| percent_decode(v))
-}
-
-/// The URL with `key=value` added to its query, the value percent-encoded so that libpq
-/// (and [`Target::parse`]) read it back exactly (a space is `%20`, never `+`).
-pub fn with_query_param(url: &str, key: &str, value: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{key}={}", percent_encode(value))
-}
-
-/// Every byte but the unreserved ones (and `/`) as `%XX`.
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
+/// `host:port,host:port/database` of a configuration (every host, in the order tried).
+pub fn describe(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                Host::Unix(p) => p.display().to_string(),
+            };
+            // As libpq: one port for every host, or one per host.
+            let port = match ports {
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(5432),
+            };
+            format!("{host}:{port}")
         })
-        .collect()
-}
-
-/// A percent-encoded query value, decoded as libpq does: `%XX` with two hex digits (not
-/// `%00`); anything else after a `%` is refused. `+` stays `+`.
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            let b = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            if b == 0 {
-                return None;
-            }
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
+    };
+    let db = config.get_dbname().unwrap_or("");
+    format!("{hosts}/{db}")
 }
 
 #[cfg(test)]
@@ -348,6 +310,36 @@ mod tests {
         assert!(err.to_string().contains("not supported"), "{err}");
     }
 
+    #[test]
+    fn every_host_is_shown_in_the_order_tried() {
+        for (url, shown) in [
+            (
+                "postgres://u:SeCrEt@a:5433,b:5434/db?target_session_attrs=read-write",
+                "postgres a:5433,b:5434/db sslmode=prefer",
+            ),
+            (
+                "postgres://u@a,b:6000/db",
+                "postgres a:5432,b:6000/db sslmode=prefer",
+            ),
+            (
+                "host=a,b port=6000 dbname=db password=SeCrEt sslmode=require",
+                "postgres a:6000,b:6000/db sslmode=require",
+            ),
+        ] {
+            let t = Target::parse(url).unwrap();
+            assert_eq!(format!("{t:?}"), shown);
+            assert_eq!(
+                t.config.get_connect_timeout(),
+                Some(&DEFAULT_CONNECT_TIMEOUT)
+            );
+        }
+        let t = Target::parse("postgres://h/db?connect_timeout=3").unwrap();
+        assert_eq!(
+            t.config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+    }
+
     /// Tokio-postgres would read `S@cr3t` as the password `S` and the
     /// host `cr3t@127.0.0.1`, and name that host in its errors.
     #[test]
@@ -365,26 +357,5 @@ mod tests {
             format!("{t:?}"),
             "postgres 127.0.0.1:5432/db sslmode=prefer"
         );
-    }
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("%2Ftmp%2Fca.pem").unwrap(), "/tmp/ca.pem");
-        assert_eq!(percent_decode("a%2"), None);
-        assert_eq!(percent_decode("%+A"), None);
-        assert_eq!(percent_decode("a%00b"), None);
-        assert_eq!(percent_decode("a+b").unwrap(), "a+b");
-        assert_eq!(percent_decode("plain").unwrap(), "plain");
-        let url = with_query_param(
-            "postgres://h/db?sslmode=require",
-            "sslrootcert",
-            "/a b+c.pem",
-        );
-        assert_eq!(
-            url,
-            "postgres://h/db?sslmode=require&sslrootcert=/a%20b%2Bc.pem"
-        );
-        assert_eq!(query_value(&url, "sslrootcert").unwrap(), "/a b+c.pem");
-        assert_eq!(query_value(&url, "sslcert"), None);
     }
 }

@@ -3,6 +3,7 @@
 pub mod anomalies;
 pub mod batch;
 pub mod connect;
+pub mod conninfo;
 pub mod decisions;
 pub mod orders;
 pub mod outbox;
@@ -233,7 +234,7 @@ fn split_database(url: &str) -> Option<(String, String)> {
 /// The same database URL with `search_path` set to `schema`, so that every table lives
 /// in that schema (the demo, tests and benchmarks isolate themselves this way).
 pub fn with_search_path(url: &str, schema: &str) -> String {
-    connect::with_query_param(url, "options", &format!("-c search_path={schema}"))
+    conninfo::with_param(url, "options", &format!("-c search_path={schema}"))
 }
 
 /// Creates a schema (its name must be a plain identifier).
