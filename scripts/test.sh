@@ -4,7 +4,7 @@
 #   tests (parallel; the integration tests are the binary `all`) ->
 #   the broker tests on classic queues -> the serial tests (the binary `serial`: they
 #   restart a broker or kill processes) -> the chaos run (the binary `chaos`) on classic
-#   and on quorum queues -> doc tests.
+#   and on quorum queues -> the three-node cluster runs -> doc tests.
 # DATABASE_URL / AMQP_URL default to the local services started by scripts/services.sh;
 # set SKIP_SERVICES=1 to use your own.
 set -euo pipefail
@@ -140,13 +140,20 @@ cargo test --test serial -- --test-threads=1
 
 # The chaos run restarts a broker (a throwaway node of its own) and kills workers: alone,
 # with its figures printed, on classic and on quorum queues.
-CURRENT="TEST_QUEUE_TYPE=classic cargo test --test chaos -- --nocapture"
+CURRENT="TEST_QUEUE_TYPE=classic cargo test --test chaos -- --nocapture serial_chaos_run"
 step "$CURRENT (chaos run, a few minutes)"
-TEST_QUEUE_TYPE=classic cargo test --test chaos -- --nocapture
+TEST_QUEUE_TYPE=classic cargo test --test chaos -- --nocapture serial_chaos_run
 
-CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test chaos -- --nocapture"
+CURRENT="TEST_QUEUE_TYPE=quorum cargo test --test chaos -- --nocapture serial_chaos_run"
 step "$CURRENT (chaos run on quorum queues, a few minutes)"
-TEST_QUEUE_TYPE=quorum cargo test --test chaos -- --nocapture
+TEST_QUEUE_TYPE=quorum cargo test --test chaos -- --nocapture serial_chaos_run
+
+# Scale-out: a three-node RabbitMQ cluster of the test's own (quorum queues), three worker
+# processes given every address; a node killed and the others restarted, then Postgres (a
+# server of the test's own) restarted.
+CURRENT="cargo test --test chaos -- --nocapture serial_cluster"
+step "$CURRENT (three-node cluster runs, a few minutes)"
+cargo test --test chaos -- --nocapture serial_cluster
 
 CURRENT="cargo test --workspace --doc"
 step "$CURRENT"

@@ -1,6 +1,7 @@
-//! The chaos run: thousands of orders through killed workers, a restarted broker and
-//! gateway faults, with its figures printed; `scripts/test.sh` runs it alone, once on
-//! classic and once on quorum queues.
+//! The chaos runs: thousands of orders through killed workers, restarted brokers and
+//! databases and gateway faults, with their figures printed. `scripts/test.sh` runs them
+//! alone: the single-node run once on classic and once on quorum queues, then the
+//! three-node cluster runs (`serial_cluster.rs`).
 
 // The shared harness (a sandbox per test: its own schema, queue prefix and simulator),
 // from the test kit's crate. It runs the binary and the simulator: only with the full
@@ -12,4 +13,15 @@ use order_closer_testkit::harness as common;
 #[cfg(feature = "tooling")]
 const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
 
+#[cfg(feature = "tooling")]
+mod disruptions;
+#[cfg(feature = "tooling")]
+mod round;
+#[cfg(feature = "tooling")]
 mod serial_chaos;
+#[cfg(feature = "tooling")]
+mod serial_cluster;
+#[cfg(feature = "tooling")]
+mod workers;
+#[cfg(feature = "tooling")]
+mod workload;

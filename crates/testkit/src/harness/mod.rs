@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod migrations;
 pub mod notices;
 pub mod pg_node;
+pub mod rabbit_cluster;
 pub mod rabbit_node;
 pub mod slow_clients;
 pub mod tcp_proxy;
@@ -90,6 +91,12 @@ impl std::ops::DerefMut for TestEnv {
 impl TestEnv {
     /// A fresh environment with the tests' settings plus `overrides`.
     pub async fn new(overrides: &[(&str, &str)]) -> Self {
+        Self::on_database(&base_database_url(), overrides).await
+    }
+
+    /// [`TestEnv::new`] with its schema in the database at `database_url` (a server of
+    /// the test's own) instead of the tests' `DATABASE_URL`.
+    pub async fn on_database(database_url: &str, overrides: &[(&str, &str)]) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -98,7 +105,7 @@ impl TestEnv {
             .with_test_writer()
             .try_init();
         let mut base: HashMap<String, String> = HashMap::from([
-            ("DATABASE_URL".into(), base_database_url()),
+            ("DATABASE_URL".into(), database_url.to_owned()),
             ("AMQP_URL".into(), amqp_url()),
             ("ORDER_CLOSER_OUTBOX_INTERVAL".into(), "100ms".into()),
             ("ORDER_CLOSER_OUTBOX_GRACE".into(), "1s".into()),

@@ -41,6 +41,27 @@ impl PgNode {
     /// Starts a cluster that accepts only TLS connections on TCP (`hostssl`, trust
     /// authentication), with the server certificate and key given as PEM text.
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             max_connections = 50\n",
+            "hostssl all all 127.0.0.1/32 trust\n",
+            &[("server.crt", cert_pem), ("server.key", key_pem)],
+        )
+    }
+
+    /// Starts a cluster that takes plain-text connections on TCP (trust authentication),
+    /// with room for several worker processes' pools (for a run that restarts it).
+    pub fn start_plain() -> Self {
+        Self::start_with(
+            "ssl = off\nmax_connections = 300\n",
+            "host all all 127.0.0.1/32 trust\n",
+            &[],
+        )
+    }
+
+    /// `initdb`, the configuration (`conf` and the `pg_hba.conf` lines `hba`), the `files`
+    /// written into the data directory (private: mode 0600), then started.
+    fn start_with(conf: &str, hba: &str, files: &[(&str, &str)]) -> Self {
         let tag = format!("{:08x}", rand::rng().random::<u32>());
         let dir = std::env::temp_dir().join(format!("oc-pg-{tag}"));
         std::fs::create_dir_all(&dir).expect("cluster directory");
@@ -67,21 +88,18 @@ impl PgNode {
             ],
         );
         let data = node.data();
-        std::fs::write(data.join("server.crt"), cert_pem).expect("server.crt");
-        std::fs::write(data.join("server.key"), key_pem).expect("server.key");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(
-                data.join("server.key"),
-                std::fs::Permissions::from_mode(0o600),
-            )
-            .expect("key mode");
+        for (name, text) in files {
+            std::fs::write(data.join(name), text).expect("a file of the cluster");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(0o600))
+                    .expect("file mode");
+            }
         }
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
-             ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
-             fsync = off\nmax_connections = 50\n",
+             fsync = off\n{conf}",
             dir = node.dir.display()
         );
         let mut postgresql_conf =
@@ -90,25 +108,45 @@ impl PgNode {
         std::fs::write(data.join("postgresql.conf"), postgresql_conf).expect("postgresql.conf");
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            format!("local all all trust\n{hba}"),
         )
         .expect("pg_hba.conf");
         node.chown();
         node.watch_this_process();
-        node.run_ok(
+        node.start();
+        node
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn start(&self) {
+        self.run_ok(
             "pg_ctl",
             &[
                 "-D",
-                &data.display().to_string(),
+                &self.data().display().to_string(),
                 "-l",
-                &node.dir.join("log").display().to_string(),
+                &self.dir.join("log").display().to_string(),
                 "-w",
                 "-t",
                 "60",
                 "start",
             ],
         );
-        node
+    }
+
+    /// Stops the server (`fast`: open connections are cut, the way a restart does).
+    pub fn stop(&self) {
+        self.run_ok(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
     }
 
     fn data(&self) -> PathBuf {
@@ -181,6 +219,14 @@ impl PgNode {
     pub fn url(&self, host: &str, db: &str, query: &str) -> String {
         format!(
             "postgres://postgres:SeCrEt-pw@{host}:{}/{db}?{query}",
+            self.port
+        )
+    }
+
+    /// A plain-text URL for database `db` ([`PgNode::start_plain`]).
+    pub fn plain_url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
             self.port
         )
     }

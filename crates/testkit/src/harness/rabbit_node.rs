@@ -19,10 +19,12 @@ pub struct RabbitNode {
     pub name: String,
     /// The AMQP port on 127.0.0.1.
     pub port: u16,
+    /// Erlang distribution's port (kept, so that a restarted node is the same node).
+    dist_port: u16,
     dir: PathBuf,
 }
 
-fn spare_port() -> u16 {
+pub(crate) fn spare_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -57,59 +59,101 @@ impl RabbitNode {
 
     /// Starts a node whose listeners `listeners(port)` writes in `rabbitmq.conf`.
     fn start_with(advanced_config: &str, listeners: impl Fn(u16) -> String) -> Self {
+        let tag = format!("{:08x}", rand::rng().random::<u32>());
+        let node = Self::create(
+            &format!("oc-{tag}"),
+            &format!("OCTEST{tag}"),
+            |port| format!("{}loopback_users = none\n", listeners(port)),
+            advanced_config,
+        );
+        node.launch();
+        node.watch_this_process();
+        node.await_startup();
+        node
+    }
+
+    /// Prepares a node named `<stem>@localhost` (its directory, Erlang cookie and
+    /// configuration) without starting it; a cluster's nodes share `cookie`.
+    pub(crate) fn create(
+        stem: &str,
+        cookie: &str,
+        conf: impl Fn(u16) -> String,
+        advanced_config: &str,
+    ) -> Self {
         assert!(
             Path::new(BIN).join("rabbitmq-server").exists(),
             "{BIN}/rabbitmq-server is missing: install the rabbitmq-server package (scripts/services.sh does)"
         );
-        let tag = format!("{:08x}", rand::rng().random::<u32>());
-        let dir = std::env::temp_dir().join(format!("oc-rabbit-{tag}"));
+        let dir = std::env::temp_dir().join(format!("oc-rabbit-{stem}"));
         for sub in ["home", "mnesia", "log"] {
             std::fs::create_dir_all(dir.join(sub)).expect("node directory");
         }
-        let cookie = dir.join("home/.erlang.cookie");
-        std::fs::write(&cookie, format!("OCTEST{tag}")).expect("cookie");
+        let cookie_file = dir.join("home/.erlang.cookie");
+        std::fs::write(&cookie_file, cookie).expect("cookie");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))
+            std::fs::set_permissions(&cookie_file, std::fs::Permissions::from_mode(0o400))
                 .expect("cookie mode");
         }
         let port = spare_port();
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("{}loopback_users = none\n", listeners(port)),
-        )
-        .expect("rabbitmq.conf");
+        std::fs::write(dir.join("rabbitmq.conf"), conf(port)).expect("rabbitmq.conf");
         std::fs::write(dir.join("advanced.config"), format!("{advanced_config}.\n"))
             .expect("advanced.config");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
-        let node = Self {
-            name: format!("oc-{tag}@localhost"),
+        Self {
+            name: format!("{stem}@localhost"),
             port,
+            dist_port: spare_port(),
             dir,
-        };
-        let started = node
+        }
+    }
+
+    /// Starts the node's Erlang VM, detached (after [`RabbitNode::create`], or again after
+    /// [`RabbitNode::stop`] or [`RabbitNode::kill`], with the same data).
+    pub(crate) fn launch(&self) {
+        let started = self
             .command("rabbitmq-server")
             .arg("-detached")
-            .env("RABBITMQ_DIST_PORT", spare_port().to_string())
-            .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
-            .env("RABBITMQ_CONFIG_FILE", node.dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
             .env(
                 "RABBITMQ_ADVANCED_CONFIG_FILE",
-                node.dir.join("advanced.config"),
+                self.dir.join("advanced.config"),
             )
             .env(
                 "RABBITMQ_ENABLED_PLUGINS_FILE",
-                node.dir.join("enabled_plugins"),
+                self.dir.join("enabled_plugins"),
             )
-            .env("RABBITMQ_PID_FILE", node.dir.join("pid"))
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
             .status()
             .expect("run rabbitmq-server");
         assert!(started.success(), "rabbitmq-server -detached failed");
-        node.watch_this_process();
-        node.await_startup();
-        node
+    }
+
+    /// Kills the node's Erlang VM with SIGKILL (no goodbye to its peers or clients).
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("the node's pid file");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -KILL {} failed", pid.trim());
+        // The pid file names a dead process now; a later start writes it again.
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+    }
+
+    /// Stops the node cleanly (its VM exits).
+    pub fn stop(&self) {
+        self.ctl_ok(&["stop"]);
+    }
+
+    /// Starts a stopped or killed node again, with its data, and waits until it runs.
+    pub fn restart(&self) {
+        self.launch();
+        self.await_startup();
     }
 
     fn command(&self, program: &str) -> Command {
@@ -124,7 +168,7 @@ impl RabbitNode {
 
     /// A detached watchdog stops the node and removes its directory if this test process
     /// dies without dropping it (killed, or aborted): a node never outlives its test.
-    fn watch_this_process(&self) {
+    pub(crate) fn watch_this_process(&self) {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 2; done; \
              [ -d {dir} ] && cd {dir} && HOME={home} {bin}/rabbitmqctl -n {name} stop >/dev/null 2>&1; \
