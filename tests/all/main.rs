@@ -23,6 +23,7 @@ mod create_orders;
 mod db_groups;
 mod decisions_e2e;
 mod delivery_e2e;
+mod delivery_limits;
 mod docs;
 mod failover;
 mod faults_e2e;

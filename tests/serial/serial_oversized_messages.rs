@@ -155,12 +155,18 @@ async fn a_flood_of_huge_messages_leaves_the_worker_and_reconcile_parked_small()
     });
     assert_eq!(report["messages"], FLOOD);
     assert_eq!(report["lines"][0]["oversized_bytes"], BIG);
-    // Listing consumes nothing: every message is back, whole as it was parked.
+    // Listing consumes nothing: every message is back, re-parked cut to the contract's
+    // limit (a listing parks a fresh copy of what it keeps), saying so.
     let back = eventually(Duration::from_secs(10), || async {
         (env.queue_len(&queue).await as usize == FLOOD).then_some(())
     })
     .await;
     assert!(back.is_some());
+    for (body, headers) in env.get_all(&queue).await {
+        assert_eq!(body.len(), MAX_BODY);
+        let error = header_text(&headers, HEADER_LAST_ERROR).unwrap_or_default();
+        assert!(error.contains("re-parked cut"), "{error}");
+    }
     assert!(
         worker_peak < PEAK_LIMIT_KB,
         "the worker peaked at {worker_peak} kB"

@@ -5,6 +5,55 @@
 //!                                                                           └──parked──► {p}.close.parked
 //! decisions ──► {p}.events (topic: order.closed, order.paid, order.anomaly.*) ──#──► {p}.events.audit
 //! ```
+//!
+//! # Delivery limits and dead-letter cycles
+//!
+//! A quorum queue counts how often a message comes back (a `nack` or `reject` with
+//! requeue, a consumer's channel or connection lost while holding it) and, past its
+//! delivery limit, dead-letters it to its target, or **drops** it when it has none. What
+//! the argument `x-delivery-limit` means depends on the version (read in RabbitMQ's
+//! `rabbit_quorum_queue.erl` and `rabbit_fifo.erl`, tags v3.10.0 to v4.3.0):
+//!
+//! | `x-delivery-limit` | 3.10, 3.13 | 4.0 to 4.2 | 4.3 and later |
+//! |---|---|---|---|
+//! | absent | no limit | 20 | 20 |
+//! | negative (`-1`) | dead-lettered at the **first** return | no limit | no limit |
+//! | `n >= 0` | dead-lettered at return `n + 1` | the same, every return counts | the same, but a `nack` no longer counts (a `reject` and a lost consumer do) |
+//!
+//! Only a non-negative value means the same everywhere, so that is the only kind
+//! declared ([`DeliveryLimits`] holds `u32`s). Classic queues have no delivery limit on
+//! any version (they refuse the argument). What each queue does past its limit:
+//!
+//! - **close queue** (quorum): [`QUORUM_DELIVERY_LIMIT`] returns, then the broker
+//!   dead-letters the message to the parking queue (at least once), where its `x-death`
+//!   says `delivery_limit` and `reconcile parked` shows it so. Classic: no limit; it is
+//!   redelivered until a worker settles it.
+//! - **tiers**: no consumer, so nothing comes back. A message someone takes by hand and
+//!   returns past 4.x's default is dead-lettered to the close queue like an expired one:
+//!   an early arrival the worker forwards again, never a drop.
+//! - **parking queue**: no dead-letter target, and none is possible: its only safe
+//!   destination would be itself, a cycle the broker drops at once (it records the death
+//!   before it looks for cycles). No limit argument either: no value means "no limit" on
+//!   both 3.x and 4.x, and changing an existing queue's arguments makes every process
+//!   that declares it (the shop's library too) fail until the queue is re-created.
+//!   Instead `reconcile parked` never returns a message it keeps: it parks a fresh copy
+//!   and acknowledges the one it took, so no number of listings counts toward any limit.
+//!   On 4.x only a `reconcile parked` losing its connection while it holds a message (or
+//!   someone returning it by hand) counts, 20 times in a row before a listing completes;
+//!   docs/operations.md gives the policy that lifts even that.
+//! - **audit queue**: a bounded copy nothing of ours consumes (the oldest events are
+//!   dropped past [`EVENTS_AUDIT_MAX_LENGTH`]); on 4.x an event a consumer of yours
+//!   returns 20 times is dropped too. Consumers that need every event bind a queue of
+//!   their own to the events exchange.
+//!
+//! A message the broker dead-letters into a queue it was already dead-lettered from is
+//! dropped as a cycle unless a `rejected` death lies between (3.x reads this from the
+//! message's `x-death` header, even one a client set; 4.x from its own record, ignoring
+//! a client's `x-death`). Every publish of ours is fresh, with `oc-*` headers only (a
+//! forward, a retry, a park, a re-park, a requeue by `reconcile parked`), so a message's
+//! deaths are at most a tier (`expired`) then the close queue (`delivery_limit`): no
+//! queue twice, on any version. The unit tests check that the declared dead-letter
+//! targets form no cycle.
 
 use std::time::Duration;
 
@@ -22,9 +71,10 @@ use super::{BrokerError, precondition_failed, timed};
 pub const DUE_KEY: &str = "due";
 /// Routing key from the close exchange to the parking queue.
 pub const PARKED_KEY: &str = "parked";
-/// Quorum queues only: deliveries of one message before the broker dead-letters it to
-/// the parking queue (a message that crashes workers cannot loop forever).
-pub const QUORUM_DELIVERY_LIMIT: i64 = 50;
+/// Quorum queues only: returns of one message the close queue allows before the broker
+/// dead-letters it to the parking queue (a message that crashes workers cannot loop for
+/// ever); the same on every version (see the module's table).
+pub const QUORUM_DELIVERY_LIMIT: u32 = 50;
 /// Most events the audit queue keeps (oldest dropped first).
 pub const EVENTS_AUDIT_MAX_LENGTH: i64 = 1_000_000;
 /// Most queues a topology declares: the close, parking and audit queues and the tiers.
@@ -41,12 +91,33 @@ pub enum QueueType {
     Quorum,
 }
 
+/// The `x-delivery-limit` of the quorum queues that declare one: a count, never
+/// negative (a negative value means "no limit" on 4.x but "at the first return" on 3.x).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryLimits {
+    /// The close queue's ([`QUORUM_DELIVERY_LIMIT`]).
+    pub close: u32,
+    /// The parking queue's: none by default (see the module's notes). Tests set a small
+    /// one to see on 3.x what 4.x's default of 20 does.
+    pub parked: Option<u32>,
+}
+
+impl Default for DeliveryLimits {
+    fn default() -> Self {
+        Self {
+            close: QUORUM_DELIVERY_LIMIT,
+            parked: None,
+        }
+    }
+}
+
 /// The names and shape of one deployment's queues (a prefix lets deployments share a vhost).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     prefix: String,
     tiers: DelayTiers,
     queue_type: QueueType,
+    limits: DeliveryLimits,
 }
 
 /// Checks a name prefix: at most 100 characters from `[A-Za-z0-9._-]`, and not the
@@ -79,7 +150,21 @@ impl Topology {
             prefix: prefix.into(),
             tiers,
             queue_type,
+            limits: DeliveryLimits::default(),
         }
+    }
+
+    /// The same topology with other delivery limits (tests: small ones, to see the
+    /// broker dead-letter or drop a message after a few returns). Quorum queues only;
+    /// classic queues have none.
+    pub fn with_delivery_limits(mut self, limits: DeliveryLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The delivery limits quorum queues are declared with.
+    pub fn delivery_limits(&self) -> DeliveryLimits {
+        self.limits
     }
 
     /// The name prefix.
@@ -149,6 +234,76 @@ impl Topology {
         }
     }
 
+    fn delivery_limit_arg(&self, args: &mut FieldTable, limit: u32) {
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(limit)),
+            );
+        }
+    }
+
+    /// The close queue's arguments: on quorum, the delivery limit and the parking queue
+    /// as its dead-letter target.
+    fn close_args(&self) -> FieldTable {
+        let mut args = self.queue_args();
+        if self.queue_type == QueueType::Quorum {
+            self.delivery_limit_arg(&mut args, self.limits.close);
+            self.dead_letter_args(&mut args, PARKED_KEY);
+        }
+        args
+    }
+
+    /// The parking queue's arguments: no dead-letter target (see the module's notes).
+    fn parked_args(&self) -> FieldTable {
+        let mut args = self.queue_args();
+        if let Some(limit) = self.limits.parked {
+            self.delivery_limit_arg(&mut args, limit);
+        }
+        args
+    }
+
+    /// A tier's arguments: its TTL, and the close queue as its dead-letter target.
+    fn tier_args(&self, tier: Duration) -> FieldTable {
+        let mut args = self.queue_args();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(tier.as_millis() as i64),
+        );
+        self.dead_letter_args(&mut args, DUE_KEY);
+        args
+    }
+
+    /// The audit queue's arguments: bounded, the oldest dropped first (`drop-head`, which
+    /// quorum queues do by default).
+    fn audit_args(&self) -> FieldTable {
+        let mut args = self.queue_args();
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(EVENTS_AUDIT_MAX_LENGTH),
+        );
+        if self.queue_type == QueueType::Classic {
+            args.insert("x-overflow".into(), string("drop-head"));
+        }
+        args
+    }
+
+    /// Every queue with the arguments it is declared with, in declaration order.
+    fn declarations(&self) -> Vec<(String, FieldTable)> {
+        let mut queues = vec![
+            (self.close_queue(), self.close_args()),
+            (self.parked_queue(), self.parked_args()),
+        ];
+        queues.extend(
+            self.tiers
+                .all()
+                .iter()
+                .map(|t| (self.delay_queue(*t), self.tier_args(*t))),
+        );
+        queues.push((self.events_audit_queue(), self.audit_args()));
+        queues
+    }
+
     /// Every queue of this topology: the close, parking and audit queues and one per tier,
     /// at most [`MAX_QUEUES`].
     pub fn queues(&self) -> Vec<String> {
@@ -193,61 +348,16 @@ impl Topology {
         )
         .await?;
 
-        let mut due_args = self.queue_args();
-        if self.queue_type == QueueType::Quorum {
-            due_args.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT),
-            );
-            self.dead_letter_args(&mut due_args, PARKED_KEY);
+        for (queue, args) in self.declarations() {
+            self.declare_queue(channel, &queue, args).await?;
         }
-        self.declare_queue(channel, &self.close_queue(), due_args)
-            .await?;
-        self.declare_queue(channel, &self.parked_queue(), self.queue_args())
-            .await?;
-        self.bind(
-            channel,
-            &self.close_queue(),
-            &self.close_exchange(),
-            DUE_KEY,
-        )
-        .await?;
-        self.bind(
-            channel,
-            &self.parked_queue(),
-            &self.close_exchange(),
-            PARKED_KEY,
-        )
-        .await?;
-
-        for tier in self.tiers.all() {
-            let mut args = self.queue_args();
-            args.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongLongInt(tier.as_millis() as i64),
-            );
-            self.dead_letter_args(&mut args, DUE_KEY);
-            self.declare_queue(channel, &self.delay_queue(*tier), args)
-                .await?;
+        for (queue, exchange, key) in [
+            (self.close_queue(), self.close_exchange(), DUE_KEY),
+            (self.parked_queue(), self.close_exchange(), PARKED_KEY),
+            (self.events_audit_queue(), self.events_exchange(), "#"),
+        ] {
+            self.bind(channel, &queue, &exchange, key).await?;
         }
-
-        let mut audit_args = self.queue_args();
-        audit_args.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(EVENTS_AUDIT_MAX_LENGTH),
-        );
-        if self.queue_type == QueueType::Classic {
-            audit_args.insert("x-overflow".into(), string("drop-head"));
-        }
-        self.declare_queue(channel, &self.events_audit_queue(), audit_args)
-            .await?;
-        self.bind(
-            channel,
-            &self.events_audit_queue(),
-            &self.events_exchange(),
-            "#",
-        )
-        .await?;
         Ok(())
     }
 
@@ -361,5 +471,123 @@ mod tests {
         let topology = Topology::new("order", tiers, QueueType::Quorum);
         let queues = topology.queues();
         assert_eq!(queues.len(), MAX_QUEUES);
+    }
+
+    fn arg(args: &FieldTable, key: &str) -> Option<AMQPValue> {
+        args.inner().get(&ShortString::from(key)).cloned()
+    }
+
+    fn topologies() -> Vec<Topology> {
+        [QueueType::Classic, QueueType::Quorum]
+            .into_iter()
+            .map(|kind| Topology::new("order", DelayTiers::default(), kind))
+            .collect()
+    }
+
+    /// Past its limit a close message is parked by the broker, on quorum queues; classic
+    /// queues refuse the argument (and have no limit).
+    #[test]
+    fn the_close_queue_parks_what_passes_its_delivery_limit() {
+        let quorum = Topology::new("order", DelayTiers::default(), QueueType::Quorum);
+        let args = quorum.close_args();
+        assert_eq!(
+            arg(&args, "x-delivery-limit"),
+            Some(AMQPValue::LongLongInt(50))
+        );
+        assert_eq!(
+            arg(&args, "x-dead-letter-exchange"),
+            Some(string("order.close"))
+        );
+        assert_eq!(
+            arg(&args, "x-dead-letter-routing-key"),
+            Some(string(PARKED_KEY))
+        );
+        assert_eq!(
+            arg(&args, "x-dead-letter-strategy"),
+            Some(string("at-least-once"))
+        );
+        let classic = Topology::new("order", DelayTiers::default(), QueueType::Classic);
+        for (queue, args) in classic.declarations() {
+            assert_eq!(arg(&args, "x-delivery-limit"), None, "{queue}");
+        }
+    }
+
+    /// The parking queue keeps the broker's default unless a test asks (see the module's
+    /// notes): the arguments of a queue every version has already declared never change.
+    #[test]
+    fn only_the_close_queue_declares_a_delivery_limit_unless_a_test_asks() {
+        for topology in topologies() {
+            for (queue, args) in topology.declarations() {
+                let declared = arg(&args, "x-delivery-limit").is_some();
+                let expected =
+                    queue == topology.close_queue() && topology.queue_type() == QueueType::Quorum;
+                assert_eq!(declared, expected, "{queue}");
+            }
+        }
+        let small = DeliveryLimits {
+            close: 2,
+            parked: Some(3),
+        };
+        let quorum = Topology::new("t", DelayTiers::default(), QueueType::Quorum)
+            .with_delivery_limits(small);
+        assert_eq!(
+            arg(&quorum.parked_args(), "x-delivery-limit"),
+            Some(AMQPValue::LongLongInt(3))
+        );
+        assert_eq!(
+            arg(&quorum.close_args(), "x-delivery-limit"),
+            Some(AMQPValue::LongLongInt(2))
+        );
+        assert_eq!(arg(&quorum.parked_args(), "x-dead-letter-exchange"), None);
+    }
+
+    /// Where a queue dead-letters to: the queue its target exchange and routing key
+    /// reach (the close exchange is direct, bound by `due` and `parked`).
+    fn dead_letter_target(topology: &Topology, args: &FieldTable) -> Option<String> {
+        let exchange = arg(args, "x-dead-letter-exchange")?;
+        assert_eq!(exchange, string(&topology.close_exchange()));
+        match arg(args, "x-dead-letter-routing-key")? {
+            AMQPValue::LongString(key) if key.to_string() == DUE_KEY => {
+                Some(topology.close_queue())
+            }
+            AMQPValue::LongString(key) if key.to_string() == PARKED_KEY => {
+                Some(topology.parked_queue())
+            }
+            other => panic!("unexpected dead-letter routing key {other:?}"),
+        }
+    }
+
+    /// The broker drops a message dead-lettered into a queue it was dead-lettered from
+    /// before (no `rejected` between): following the declared targets from any queue
+    /// never meets a queue twice, so only a publish carrying an old `x-death` could make
+    /// a cycle, and none of ours does.
+    #[test]
+    fn the_declared_dead_letter_targets_form_no_cycle() {
+        for topology in topologies() {
+            let targets: std::collections::HashMap<String, Option<String>> = topology
+                .declarations()
+                .into_iter()
+                .map(|(queue, args)| {
+                    let target = dead_letter_target(&topology, &args);
+                    (queue, target)
+                })
+                .collect();
+            for start in targets.keys() {
+                let mut seen = vec![start.clone()];
+                let mut at = start.clone();
+                while let Some(Some(next)) = targets.get(&at) {
+                    assert!(
+                        !seen.contains(next),
+                        "{:?}: a dead-letter cycle {seen:?} -> {next}",
+                        topology.queue_type()
+                    );
+                    seen.push(next.clone());
+                    at = next.clone();
+                }
+                assert!(seen.len() <= 3, "{seen:?}");
+            }
+            assert_eq!(targets[&topology.parked_queue()], None);
+            assert_eq!(targets[&topology.events_audit_queue()], None);
+        }
     }
 }

@@ -6,6 +6,7 @@
 pub mod bill;
 pub mod bill_classify;
 pub mod bill_report;
+pub mod broker_death;
 pub mod overdue;
 pub mod parked;
 pub mod refund;

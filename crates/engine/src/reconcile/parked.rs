@@ -1,8 +1,18 @@
 //! `reconcile parked`: the parking queue as an operator sees it. Listing takes the
-//! messages without acknowledging them and hands them all back, so a listing consumes
-//! nothing; `requeue` decides each parked order through the worker's decision code and
-//! removes the messages whose order is now settled; `discard` removes them, each with
-//! an audit row in `parked_discards`.
+//! messages without acknowledging them, then parks a fresh copy of each (in the order
+//! taken) and acknowledges the one it took, so a listing consumes nothing; `requeue`
+//! decides each parked order through the worker's decision code and removes the messages
+//! whose order is now settled; `discard` removes them, each with an audit row in
+//! `parked_discards`.
+//!
+//! Why a copy rather than a `nack` with requeue: a quorum queue counts every message
+//! handed back toward its delivery limit on RabbitMQ 4.0 to 4.2, 20 by default, and the
+//! parking queue has no dead-letter target (see `order_closer_core::broker::topology`),
+//! so the 21st listing would drop every parked message. A fresh copy starts at zero on
+//! every version. If the process dies between a copy's confirm and the acknowledgement, a
+//! message is parked twice: a requeue settles the order once and removes both, a discard
+//! records both. A message the broker parked itself (past the close queue's delivery
+//! limit) is shown, and re-parked, with the broker's reason ([`super::broker_death`]).
 
 use std::collections::BTreeMap;
 
@@ -11,20 +21,22 @@ use diesel_async::RunQueryDsl;
 use lapin::Channel;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::types::FieldTable;
 use serde::Serialize;
 use thiserror::Error;
 
+use super::broker_death::{BrokerDeath, reparked_headers};
 use super::{Finding, Verdict};
 use crate::decide::{AttemptInfo, Decider, Mode, Outcome, Unavailable};
 use order_closer_core::broker::publisher::{
     HEADER_ATTEMPTS, HEADER_FIRST_SEEN, HEADER_LAST_ERROR, HEADER_PARKED_AT, HEADER_REASON,
     Publisher,
 };
-use order_closer_core::broker::topology::header_text;
+use order_closer_core::broker::topology::{PARKED_KEY, header_text};
 use order_closer_core::broker::{BrokerError, timed};
 use order_closer_core::db::schema::parked_discards;
 use order_closer_core::db::{self, DbError, orders};
-use order_closer_core::message::{CloseMessage, Job, cut_oversized};
+use order_closer_core::message::{CloseMessage, Cut, Job, cut_oversized};
 use order_closer_core::order::OrderStatus;
 
 /// What to do with the parked messages.
@@ -225,21 +237,25 @@ pub async fn run(
         line.removed = remove;
         report.lines.push(line);
     }
-    // Settle every held message: remove the ones done with, hand back the rest.
-    for (message, line) in held.iter().zip(&report.lines) {
-        let settled = if line.removed {
-            timed(
-                "basic.ack",
-                message.delivery.acker.ack(BasicAckOptions::default()),
-            )
-            .await?
-        } else {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            timed("basic.nack", message.delivery.acker.nack(requeue)).await?
-        };
+    // Settle every held message: remove the ones done with; park a fresh copy of the
+    // rest, then remove the one taken.
+    let mut settling = held.iter().zip(&report.lines).zip(&cuts);
+    while let Some(((message, line), cut)) = settling.next() {
+        if !line.removed
+            && let Err(e) = repark(publisher, message, *cut).await
+        {
+            // Hand this one and the rest back as they are (a nack: never a reject).
+            hand_back(message).await;
+            for ((message, _), _) in settling {
+                hand_back(message).await;
+            }
+            return Err(e.into());
+        }
+        let settled = timed(
+            "basic.ack",
+            message.delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await?;
         if !settled {
             return Err(BrokerError::ChannelGone {
                 op: "settle parked message",
@@ -264,23 +280,66 @@ pub async fn run(
     Ok(report)
 }
 
-fn describe(message: &BasicGetMessage) -> ParkedLine {
-    let headers = message
+/// Parks a fresh copy of a held message (confirmed), with the headers it was parked with
+/// and, when the broker parked it, the broker's reason written into ours.
+async fn repark(
+    publisher: &Publisher,
+    message: &BasicGetMessage,
+    cut: Option<Cut>,
+) -> Result<(), BrokerError> {
+    let headers = headers(message);
+    publisher
+        .publish(
+            &publisher.topology().close_exchange(),
+            PARKED_KEY,
+            &message.delivery.data,
+            reparked_headers(&headers, cut),
+        )
+        .await
+}
+
+/// Hands a held message back to the parking queue after a failure (best effort: if the
+/// channel is gone, the broker takes it back when it closes).
+async fn hand_back(message: &BasicGetMessage) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    let _ = timed("basic.nack", message.delivery.acker.nack(requeue)).await;
+}
+
+fn headers(message: &BasicGetMessage) -> FieldTable {
+    message
         .delivery
         .properties
         .headers()
         .clone()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn describe(message: &BasicGetMessage) -> ParkedLine {
+    let headers = headers(message);
     let text = |key: &str| header_text(&headers, key).unwrap_or_else(|| "-".into());
     let decoded = CloseMessage::decode(&message.delivery.data).ok();
+    // Parked by the broker (past the close queue's delivery limit): its reason, not ours.
+    let death = (!headers.contains_key(HEADER_REASON))
+        .then(|| BrokerDeath::of(&headers))
+        .flatten();
     ParkedLine {
         order_id: decoded.as_ref().map(|m| m.order_id),
         out_trade_no: decoded.map(|m| m.out_trade_no),
-        reason: text(HEADER_REASON),
-        last_error: text(HEADER_LAST_ERROR),
+        reason: death
+            .as_ref()
+            .map_or_else(|| text(HEADER_REASON), |d| d.reason.as_str().to_owned()),
+        last_error: death
+            .as_ref()
+            .map_or_else(|| text(HEADER_LAST_ERROR), ToString::to_string),
         attempts: text(HEADER_ATTEMPTS),
         first_seen: text(HEADER_FIRST_SEEN),
-        parked_at: text(HEADER_PARKED_AT),
+        parked_at: death
+            .as_ref()
+            .and_then(|d| d.time)
+            .map_or_else(|| text(HEADER_PARKED_AT), |t| t.to_rfc3339()),
         stale: None,
         verdict: None,
         removed: false,

@@ -25,8 +25,9 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use order_closer_app::App;
+use order_closer_core::broker;
 use order_closer_core::broker::publisher::Publisher;
-use order_closer_core::broker::{self, topology::Topology};
+use order_closer_core::broker::topology::{DeliveryLimits, Topology};
 use order_closer_core::closer::{Closer, Due, NewOrder};
 use order_closer_core::db::schema::decisions;
 use order_closer_core::db::{self, DbPool, orders};
@@ -384,6 +385,28 @@ impl TestEnv {
             .sandbox
             .app()
             .closer_on(self.pool.clone(), Some(self.publisher.clone()));
+    }
+
+    /// Re-creates the environment's queues with other delivery limits (small ones, to see
+    /// the broker dead-letter or drop a message after a few returns): same names, so the
+    /// teardown removes them; the publisher, the closer and the workers started afterwards
+    /// use them. Call it before starting any worker.
+    pub async fn with_delivery_limits(&mut self, limits: DeliveryLimits) {
+        assert!(self.workers.is_empty(), "workers use the old queues");
+        let topology = Arc::new((*self.topology).clone().with_delivery_limits(limits));
+        let channel = self.connection.create_channel().await.expect("channel");
+        self.topology.delete(&channel).await.expect("delete queues");
+        let publisher = Publisher::open(&self.connection, Arc::clone(&topology))
+            .await
+            .expect("publisher");
+        topology
+            .declare(publisher.channel())
+            .await
+            .expect("declare");
+        self.sandbox.settings.broker.topology = (*topology).clone();
+        self.sandbox.topology = topology;
+        self.sandbox.publisher = publisher;
+        self.closer = self.sandbox.closer();
     }
 
     /// Stops the workers and the notify endpoint, and removes the schema, the queues and
