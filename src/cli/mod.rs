@@ -52,7 +52,7 @@ enum Command {
     #[cfg(feature = "tooling")]
     Demo(demo::DemoArgs),
     #[cfg(feature = "tooling")]
-    Bench(order_closer_bench::BenchArgs),
+    Bench(Box<order_closer_bench::BenchArgs>),
 }
 
 /// Parses the command line. A refused one is printed with every secret-looking argument
@@ -167,7 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "tooling")]
         Command::Bench(args) => {
             let settings = configured(vars, DEFAULT_FILTER)?;
-            order_closer_bench::run(&settings.broker, args).await
+            order_closer_bench::run(&settings.broker, *args).await
         }
     }
 }

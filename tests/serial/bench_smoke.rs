@@ -35,7 +35,8 @@ fn serial_bench_quick_writes_results_and_chart() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("r.json");
     let run = Command::new(BIN)
-        .args(["bench", "--quick", "--out"])
+        // One scale-out batch, with two worker processes (the full run has 1, 2, 3).
+        .args(["bench", "--quick", "--scale-out", "2", "--out"])
         .arg(&out)
         .env("DATABASE_URL", database_url())
         .env("AMQP_URL", amqp_url())
@@ -96,6 +97,18 @@ fn serial_bench_quick_writes_results_and_chart() {
         let v = number(&report, path);
         assert!(v > 0.0, "{} = {v}", path.join("."));
     }
+    assert_eq!(report["parameters"]["scale_out"], serde_json::json!([2]));
+    let scale_out = &report["scale_out"][0];
+    assert_eq!(scale_out["processes"], 2, "{scale_out}");
+    assert_eq!(scale_out["pipeline"]["worker_processes"], 2, "{scale_out}");
+    assert_eq!(
+        scale_out["pipeline"]["decided"], scale_out["pipeline"]["orders"],
+        "{scale_out}"
+    );
+    assert!(
+        number(scale_out, &["pipeline", "decisions_per_second"]) > 0.0,
+        "{scale_out}"
+    );
     assert_eq!(report["pipeline"]["trades_per_order"], 1);
     assert_eq!(report["pipeline_two_trades"]["trades_per_order"], 2);
     assert_eq!(report["pipeline_two_trades"]["orders"], 2000);

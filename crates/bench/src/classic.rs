@@ -17,7 +17,7 @@ pub async fn run(
         pipeline::Trades::One,
         count,
         plan.paid_share,
-        (1, 1),
+        pipeline::Workers::tuned(1, 1),
         pipeline::planned_lead(count, create_rate_hint),
     )
     .await

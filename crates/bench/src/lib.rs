@@ -18,7 +18,9 @@
 //! - `pending`: a million close schedules left in the outbox, scheduled by the worker's
 //!   relay, with the worker's memory sampled throughout;
 //! - `notifications`: payments at a steady rate announced to `order-closer notify`,
-//!   payment to PAID.
+//!   payment to PAID;
+//! - `scale_out`: the pipeline batch decided by 1, 2 and 3 worker processes at their
+//!   default concurrency, with the machine's CPU use.
 //!
 //! Results go to a JSON file, a table on stdout (`report`) and a PNG chart (`chart`).
 
@@ -31,6 +33,7 @@ mod pending;
 mod pipeline;
 mod queue_types;
 mod report;
+mod scale_out;
 mod stats;
 mod sustained;
 mod worker_proc;
@@ -130,13 +133,18 @@ pub struct BenchArgs {
     /// 20000 pending.
     #[arg(long)]
     quick: bool,
-    /// Leave out measurements (repeatable): ceilings, create, classic, two-trades.
+    /// Leave out measurements (repeatable): ceilings, create, classic, two-trades,
+    /// scale-out.
     #[arg(long, value_enum)]
     skip: Vec<Skip>,
     /// Run the pipeline once more on each of these queue types (`classic,quorum`), each
     /// in a fresh environment with the broker's CPU measured, and compare them.
     #[arg(long, value_delimiter = ',', value_enum)]
     queue_types: Vec<QueueTypeArg>,
+    /// Worker process counts of the scale-out run, each deciding the pipeline batch at
+    /// the worker's default concurrency [default: 1,2,3; `--skip scale-out` leaves it out].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=16))]
+    scale_out: Vec<u32>,
     /// Extra environment for the worker child process (repeatable), for experiments:
     /// `--worker-env ORDER_CLOSER_DB_POOL_SIZE=32`.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -174,6 +182,8 @@ pub enum Skip {
     Classic,
     /// The pipeline with two trades per order.
     TwoTrades,
+    /// The scale-out run (1, 2, 3 worker processes).
+    ScaleOut,
 }
 
 /// The parameters of a run, resolved from the flags (recorded in the JSON).
@@ -226,6 +236,8 @@ pub struct Plan {
     pub worker_env: Vec<(String, String)>,
     /// Queue types the pipeline is compared on.
     pub queue_types: Vec<QueueTypeArg>,
+    /// Worker process counts of the scale-out run (empty: skipped).
+    pub scale_out: Vec<u32>,
 }
 
 impl Plan {
@@ -262,6 +274,13 @@ impl Plan {
                 .with_context(|| format!("--worker-env {pair:?}: expected KEY=VALUE"))?;
             worker_env.push((k.to_owned(), v.to_owned()));
         }
+        let scale_out = if args.skip.contains(&Skip::ScaleOut) {
+            Vec::new()
+        } else if args.scale_out.is_empty() {
+            vec![1, 2, 3]
+        } else {
+            args.scale_out.clone()
+        };
         let chart = args
             .chart
             .clone()
@@ -292,6 +311,7 @@ impl Plan {
             chart_font: args.chart_font,
             worker_env,
             queue_types: args.queue_types.clone(),
+            scale_out,
         })
     }
 
@@ -350,6 +370,8 @@ pub struct Results {
     pub notifications: Option<notifications::NotifyResult>,
     /// The pipeline once per compared queue type.
     pub queue_types: Vec<queue_types::QueueTypeRun>,
+    /// The scale-out run.
+    pub scale_out: Vec<scale_out::ScaleOutRun>,
 }
 
 async fn measure(broker: &BrokerSettings, env: &BenchEnv, plan: &Plan) -> anyhow::Result<Results> {
@@ -430,6 +452,7 @@ async fn measure(broker: &BrokerSettings, env: &BenchEnv, plan: &Plan) -> anyhow
     } else {
         None
     };
+    let scale_out = scale_out::run(env, plan, create_hint).await?;
     let mut compared = Vec::new();
     for queue_type in &plan.queue_types {
         let queue_type = QueueType::from(*queue_type);
@@ -449,6 +472,7 @@ async fn measure(broker: &BrokerSettings, env: &BenchEnv, plan: &Plan) -> anyhow
         pending,
         notifications,
         queue_types: compared,
+        scale_out,
     })
 }
 

@@ -21,7 +21,7 @@ use order_closer_sim::{SimState, SimTradeStatus};
 use serde::Serialize;
 
 use super::stats::{self, Percentiles};
-use super::worker_proc::{ProcSample, WorkerProcess};
+use super::worker_proc::{ProcSample, WorkerGroup, WorkerProcess, machine_cpu_ticks};
 use super::{BenchEnv, Plan, fan_out, progress};
 
 /// Tasks creating orders at once.
@@ -168,6 +168,11 @@ pub struct BatchResult {
     pub concurrency: u32,
     /// Worker prefetch.
     pub prefetch: u16,
+    /// Worker processes (the scale-out run: 1, 2, 3; else 1).
+    pub worker_processes: u32,
+    /// Share of the whole machine's CPU (every core) busy from the deadline to the last
+    /// decision: near 1, the machine is the limit, whatever the worker count.
+    pub machine_cpu_busy: Option<f64>,
     /// Seconds from the start of creation to the common deadline.
     pub deadline_lead_seconds: f64,
     /// Seconds creation took.
@@ -236,7 +241,7 @@ pub async fn run(
         Trades::One,
         count,
         plan.paid_share,
-        (plan.concurrency, plan.prefetch),
+        Workers::tuned(plan.concurrency, plan.prefetch),
         lead,
     )
     .await
@@ -269,7 +274,7 @@ pub async fn run_two_trades(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Batch
         Trades::Two,
         count,
         plan.paid_share,
-        (plan.concurrency, plan.prefetch),
+        Workers::tuned(plan.concurrency, plan.prefetch),
         lead,
     )
     .await
@@ -311,18 +316,55 @@ fn lead_at(count: usize, create_rate_hint: Option<f64>, share: f64) -> Duration 
     ))
 }
 
-/// Creates `count` orders with `trades`, all due `lead` after creation starts, lets a
-/// worker with `(concurrency, prefetch)` decide them, and measures.
+/// The worker processes of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Workers {
+    /// Concurrency and prefetch, or None for the worker's defaults.
+    pub tuning: Option<(u32, u16)>,
+    /// How many worker processes.
+    pub processes: u32,
+}
+
+impl Workers {
+    /// One worker with this concurrency and prefetch.
+    pub fn tuned(concurrency: u32, prefetch: u16) -> Self {
+        Self {
+            tuning: Some((concurrency, prefetch)),
+            processes: 1,
+        }
+    }
+}
+
+/// Something whose death ends a wait (one worker, or several).
+pub trait Watched {
+    /// Fails when it has exited.
+    fn ensure_alive(&mut self) -> anyhow::Result<()>;
+}
+
+impl Watched for WorkerProcess {
+    fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        WorkerProcess::ensure_alive(self)
+    }
+}
+
+impl Watched for WorkerGroup {
+    fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        WorkerGroup::ensure_alive(self)
+    }
+}
+
+/// Creates `count` orders with `trades`, all due `lead` after creation starts, lets
+/// `workers` decide them, and measures.
 pub async fn run_batch(
     env: &BenchEnv,
     label: &str,
     trades: Trades,
     count: usize,
     paid_share: f64,
-    (concurrency, prefetch): (u32, u16),
+    workers: Workers,
     lead: Duration,
 ) -> anyhow::Result<BatchResult> {
-    let mut worker = WorkerProcess::start(env, label, concurrency, prefetch).await?;
+    let mut worker = WorkerGroup::start(env, label, workers.tuning, workers.processes).await?;
     let calls_before = env.sim_state.stats();
     let started = Utc::now();
     let deadline = started + chrono::Duration::from_std(lead)?;
@@ -365,9 +407,11 @@ pub async fn run_batch(
     );
     tokio::time::sleep(until_deadline).await;
     let at_deadline = worker.sample()?;
+    let machine_at_deadline = machine_cpu_ticks();
     let ids: Vec<i64> = created.iter().map(|c| c.id).collect();
     let limit = lead + Duration::from_secs_f64((count as f64 / 20.0).max(120.0));
     let undecided = wait_decided(env, &mut worker, &ids, label, clock + limit).await?;
+    let machine_decided = machine_cpu_ticks();
     wait_outbox(&env.pool, Duration::from_secs(60)).await;
     let sample = worker.sample()?;
     let status = worker.stop().await?;
@@ -383,8 +427,12 @@ pub async fn run_batch(
         result.gateway_calls_per_decision =
             (result.gateway_queries + result.gateway_closes) as f64 / result.decided as f64;
     }
-    result.concurrency = concurrency;
-    result.prefetch = prefetch;
+    (result.concurrency, result.prefetch) = workers.tuning.unwrap_or_default();
+    result.worker_processes = workers.processes;
+    result.machine_cpu_busy = machine_at_deadline
+        .zip(machine_decided)
+        .filter(|((_, t0), (_, t1))| t1 > t0)
+        .map(|((b0, t0), (b1, t1))| (b1 - b0) as f64 / (t1 - t0) as f64);
     result.deadline_lead_seconds = lead.as_secs_f64();
     result.creation_seconds = creation.as_secs_f64();
     result.creation_overran_deadline = overran;
@@ -469,7 +517,7 @@ pub async fn create_orders(
 /// Waits until none of `ids` is NEW or `until` passes; returns how many are still NEW.
 pub async fn wait_decided(
     env: &BenchEnv,
-    worker: &mut WorkerProcess,
+    worker: &mut impl Watched,
     ids: &[i64],
     label: &str,
     until: Instant,
@@ -672,6 +720,8 @@ async fn analyse(
         mix,
         concurrency: 0,
         prefetch: 0,
+        worker_processes: 1,
+        machine_cpu_busy: None,
         deadline_lead_seconds: 0.0,
         creation_seconds: 0.0,
         creation_overran_deadline: false,

@@ -11,6 +11,7 @@ use super::create::CreateResult;
 use super::pending::PendingResult;
 use super::pipeline::{self, BatchResult};
 use super::queue_types::QueueTypeRun;
+use super::scale_out::ScaleOutRun;
 use super::sustained::SustainedResult;
 use super::{Plan, Results};
 
@@ -144,6 +145,8 @@ pub struct Report {
     pub notifications: Option<super::notifications::NotifyResult>,
     /// The pipeline once per compared queue type (`--queue-types`).
     pub queue_types: Vec<QueueTypeRun>,
+    /// The pipeline decided by 1, 2, 3 worker processes (`--scale-out`).
+    pub scale_out: Vec<ScaleOutRun>,
     /// Derived figures.
     pub derived: Derived,
     /// The targets.
@@ -261,6 +264,7 @@ impl Report {
             pending: r.pending,
             notifications: r.notifications,
             queue_types: r.queue_types,
+            scale_out: r.scale_out,
             derived,
             targets: goals,
         }
@@ -536,6 +540,48 @@ impl Report {
                 q.broker_cpu_ms_per_decision
                     .map_or("-".into(), |v| format!("{v:.3}"))
             });
+        }
+        if !self.scale_out.is_empty() {
+            let _ = write!(
+                t,
+                "\nscale-out (pipeline, {} orders, default concurrency), processes",
+                self.parameters.orders
+            );
+            for r in &self.scale_out {
+                let _ = write!(t, " {:>8}", r.processes);
+            }
+            let _ = writeln!(t);
+            let each = |t: &mut String, name: &str, f: &dyn Fn(&ScaleOutRun) -> String| {
+                let _ = write!(t, "  {name:<60}");
+                for r in &self.scale_out {
+                    let _ = write!(t, " {:>8}", f(r));
+                }
+                let _ = writeln!(t);
+            };
+            each(&mut t, "decided / undecided", &|r| {
+                format!("{}/{}", r.pipeline.decided, r.pipeline.undecided)
+            });
+            each(&mut t, "decisions/s", &|r| {
+                num(r.pipeline.decisions_per_second)
+            });
+            each(&mut t, "speed-up over one process", &|r| {
+                r.speed_up.map_or("-".into(), |v| format!("{v:.2}"))
+            });
+            each(&mut t, "lateness p99 ms", &|r| {
+                num(r.pipeline.lateness_ms.p99)
+            });
+            each(&mut t, "workers' CPU ms/decision", &|r| {
+                format!("{:.3}", r.pipeline.worker_cpu_ms_per_decision)
+            });
+            each(
+                &mut t,
+                "machine CPU busy while deciding (all cores)",
+                &|r| {
+                    r.pipeline
+                        .machine_cpu_busy
+                        .map_or("-".into(), |v| format!("{:.0}%", v * 100.0))
+                },
+            );
         }
         let d = &self.derived;
         let _ = writeln!(t, "\nderived");

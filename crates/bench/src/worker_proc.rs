@@ -48,22 +48,39 @@ impl WorkerProcess {
         concurrency: u32,
         prefetch: u16,
     ) -> anyhow::Result<Self> {
-        let mut worker = Self::spawn(
-            env,
-            &format!("worker-{label}"),
-            &[
-                "worker",
-                "--concurrency",
-                &concurrency.to_string(),
-                "--prefetch",
-                &prefetch.to_string(),
-            ],
-        )?;
-        eprintln!(
-            "  worker pid {} (concurrency {concurrency}, prefetch {prefetch})",
-            worker.pid
-        );
-        worker.wait_consuming(env).await?;
+        let mut worker = Self::start_worker(env, label, Some((concurrency, prefetch)))?;
+        worker.wait_consuming(env, 1).await?;
+        Ok(worker)
+    }
+
+    /// Starts `order-closer worker`, with `--concurrency` and `--prefetch` when `tuning`
+    /// gives them (else the defaults), without waiting.
+    fn start_worker(
+        env: &BenchEnv,
+        label: &str,
+        tuning: Option<(u32, u16)>,
+    ) -> anyhow::Result<Self> {
+        let mut args = vec!["worker".to_owned()];
+        if let Some((concurrency, prefetch)) = tuning {
+            args.extend([
+                "--concurrency".to_owned(),
+                concurrency.to_string(),
+                "--prefetch".to_owned(),
+                prefetch.to_string(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let worker = Self::spawn(env, &format!("worker-{label}"), &args)?;
+        match tuning {
+            Some((concurrency, prefetch)) => eprintln!(
+                "  worker pid {} (concurrency {concurrency}, prefetch {prefetch})",
+                worker.pid
+            ),
+            None => eprintln!(
+                "  worker pid {} (default concurrency and prefetch)",
+                worker.pid
+            ),
+        }
         Ok(worker)
     }
 
@@ -97,7 +114,8 @@ impl WorkerProcess {
         tail(&self.log, 3000)
     }
 
-    async fn wait_consuming(&mut self, env: &BenchEnv) -> anyhow::Result<()> {
+    /// Waits until the close queue has `consumers` consumers (this worker's among them).
+    async fn wait_consuming(&mut self, env: &BenchEnv, consumers: u32) -> anyhow::Result<()> {
         let channel = env.connection.create_channel().await?;
         let end = Instant::now() + START_LIMIT;
         loop {
@@ -112,7 +130,7 @@ impl WorkerProcess {
                     FieldTable::default(),
                 )
                 .await?;
-            if queue.consumer_count() >= 1 {
+            if queue.consumer_count() >= consumers {
                 let _ = channel.close(200, "worker is consuming".into()).await;
                 return Ok(());
             }
@@ -177,6 +195,86 @@ impl WorkerProcess {
             }
         }
     }
+}
+
+/// Several worker processes of one run (the scale-out run starts 1, 2, 3), watched and
+/// stopped together; one (the pipeline runs) is a group of one.
+pub struct WorkerGroup {
+    workers: Vec<WorkerProcess>,
+}
+
+impl WorkerGroup {
+    /// Starts `processes` workers (`tuning`: concurrency and prefetch, else the defaults)
+    /// and waits until all consume the close queue.
+    pub async fn start(
+        env: &BenchEnv,
+        label: &str,
+        tuning: Option<(u32, u16)>,
+        processes: u32,
+    ) -> anyhow::Result<Self> {
+        let mut workers = Vec::new();
+        for i in 1..=processes {
+            let name = if processes == 1 {
+                label.to_owned()
+            } else {
+                format!("{label}-{i}")
+            };
+            workers.push(WorkerProcess::start_worker(env, &name, tuning)?);
+        }
+        if let Some(last) = workers.last_mut() {
+            last.wait_consuming(env, processes).await?;
+        }
+        Ok(Self { workers })
+    }
+
+    /// Fails (with the end of its log) when any has exited.
+    pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        self.workers
+            .iter_mut()
+            .try_for_each(WorkerProcess::ensure_alive)
+    }
+
+    /// Their CPU time and memory now, summed.
+    pub fn sample(&self) -> anyhow::Result<ProcSample> {
+        let mut sum = ProcSample::default();
+        for worker in &self.workers {
+            let s = worker.sample()?;
+            sum.cpu_seconds += s.cpu_seconds;
+            sum.peak_rss_mib += s.peak_rss_mib;
+            sum.rss_mib += s.rss_mib;
+        }
+        Ok(sum)
+    }
+
+    /// Stops every one; the first failing exit status, if any.
+    pub async fn stop(self) -> anyhow::Result<ExitStatus> {
+        let mut first_failure = None;
+        let mut last = None;
+        for worker in self.workers {
+            let status = worker.stop().await?;
+            if !status.success() && first_failure.is_none() {
+                first_failure = Some(status);
+            }
+            last = Some(status);
+        }
+        first_failure.or(last).context("a group of no workers")
+    }
+}
+
+/// Busy and total CPU time of the whole machine so far (`/proc/stat`, every core), in
+/// clock ticks; None if it cannot be read.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
 
 /// The CPU time (user plus system) of any process so far, seconds; None if it cannot be
