@@ -14,6 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_order-closer");
 
 mod bench_smoke;
 mod serial_dead_letter;
+mod serial_multi_host;
 mod serial_oversized_messages;
 mod serial_shutdown;
 mod serial_tls;

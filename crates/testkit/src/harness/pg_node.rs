@@ -52,8 +52,15 @@ impl PgNode {
     /// Starts a cluster that takes plain-text connections on TCP (trust authentication),
     /// with room for several worker processes' pools (for a run that restarts it).
     pub fn start_plain() -> Self {
+        Self::start_plain_with("")
+    }
+
+    /// [`PgNode::start_plain`] with more `postgresql.conf` lines (for example
+    /// `default_transaction_read_only = on`, which makes it answer a read-write check as a
+    /// standby does).
+    pub fn start_plain_with(conf: &str) -> Self {
         Self::start_with(
-            "ssl = off\nmax_connections = 300\n",
+            &format!("ssl = off\nmax_connections = 300\n{conf}"),
             "host all all 127.0.0.1/32 trust\n",
             &[],
         )
