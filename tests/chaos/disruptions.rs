@@ -61,6 +61,10 @@ pub struct Stage<'a> {
     pub workers: Vec<WorkerProcess>,
     /// The node killed, if any.
     killed: Option<usize>,
+    /// The close queue's leader, looked up before the run's first disruption (a node's
+    /// command-line tool can take many seconds on a loaded machine: looked up at the
+    /// moment, the kill would come late).
+    leader: Option<usize>,
     started: Instant,
     /// What was done, for the figures.
     pub log: Vec<String>,
@@ -82,6 +86,7 @@ impl<'a> Stage<'a> {
             close_queue,
             workers,
             killed: None,
+            leader: None,
             started: Instant::now(),
             log: Vec::new(),
         }
@@ -100,6 +105,14 @@ impl<'a> Stage<'a> {
 
     /// Runs `schedule`: each disruption at its second of the run.
     pub async fn run(&mut self, schedule: &[(u64, Disruption)]) {
+        if schedule
+            .iter()
+            .any(|(_, d)| matches!(d, Disruption::KillCloseQueueLeader))
+        {
+            let cluster = self.cluster();
+            let queue = self.close_queue.clone();
+            self.leader = tokio::task::block_in_place(|| cluster.leader_of(&queue));
+        }
         for (at, disruption) in schedule {
             tokio::time::sleep_until((self.started + Duration::from_secs(*at)).into()).await;
             self.apply(*disruption).await;
@@ -127,7 +140,12 @@ impl<'a> Stage<'a> {
             Disruption::KillCloseQueueLeader => {
                 let cluster = self.cluster();
                 let queue = self.close_queue.clone();
-                let leader = tokio::task::block_in_place(|| cluster.leader_of(&queue))
+                // The leader looked up at the start, unless a node has stopped since
+                // (which clears it).
+                let leader = self
+                    .leader
+                    .take()
+                    .or_else(|| tokio::task::block_in_place(|| cluster.leader_of(&queue)))
                     .unwrap_or_else(|| panic!("no leader known for {queue}"));
                 tokio::task::block_in_place(|| cluster.nodes[leader].kill());
                 self.killed = Some(leader);
@@ -138,6 +156,7 @@ impl<'a> Stage<'a> {
                 ));
             }
             Disruption::RestartKilledNode => {
+                self.leader = None;
                 let cluster = self.cluster();
                 let killed = self.killed.expect("a node killed before");
                 tokio::task::block_in_place(|| {
@@ -147,6 +166,7 @@ impl<'a> Stage<'a> {
                 self.say(format!("node {} back", killed + 1));
             }
             Disruption::RestartOtherNodes => {
+                self.leader = None;
                 let cluster = self.cluster();
                 let killed = self.killed;
                 for (i, node) in cluster.nodes.iter().enumerate() {
