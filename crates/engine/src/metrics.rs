@@ -117,6 +117,8 @@ pub struct Metrics {
     payment_to_paid: Histogram,
     refunds: Family<OutcomeLabel, Counter>,
     quick_retries: Family<MethodLabel, Counter>,
+    /// The same, all channels and methods together (not exported: the demo reads it).
+    quick_retries_made: Counter,
     quick_retries_refused: Family<ReasonLabel, Counter>,
     /// 1 while the worker's broker session consumes the close queue (set by the worker).
     pub consuming: Gauge,
@@ -263,6 +265,7 @@ impl Default for Metrics {
             payment_to_paid,
             refunds,
             quick_retries,
+            quick_retries_made: Counter::default(),
             quick_retries_refused,
             consuming,
             outbox_backlog,
@@ -399,6 +402,12 @@ impl Metrics {
                 method: method.as_str().to_owned(),
             })
             .inc();
+        self.quick_retries_made.inc();
+    }
+
+    /// Quick retries made so far, every channel and method together.
+    pub fn quick_retries_made(&self) -> u64 {
+        self.quick_retries_made.get()
     }
 
     /// Counts a transient gateway error left to the delay tiers instead of a quick retry.
@@ -506,6 +515,8 @@ mod tests {
         m.redriven("closed");
         m.janitor_pass("ran");
         m.quick_retry("alipay", GatewayMethod::Close);
+        m.quick_retry("wechat", GatewayMethod::Query);
+        assert_eq!(m.quick_retries_made(), 2);
         m.quick_retry_refused(crate::decide::quick_retry::Refusal::Budget);
         let text = m.render();
         for needle in [

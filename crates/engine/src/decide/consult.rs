@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use tracing::info;
 
 use super::order_table::TradeVerdict;
-use super::quick_retry::{Session, Verdict};
+use super::quick_retry::{self, Session, Verdict};
 use super::table::{self, Action, Protocol, Step};
 use super::{Decider, Mode};
 use order_closer_core::order::Order;
@@ -192,10 +192,10 @@ impl Calls<'_> {
                 Verdict::RetryAfter(delay) => {
                     retried += 1;
                     decider.metrics.quick_retry(self.channel, method);
-                    transcript.push(format!(
-                        "quick retry {retried} of {} after {} ms",
+                    transcript.push(quick_retry::transcript_line(
+                        retried,
                         decider.quick.attempts(),
-                        delay.as_millis()
+                        delay,
                     ));
                     info!(
                         code = %error.code,

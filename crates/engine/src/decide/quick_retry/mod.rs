@@ -275,6 +275,26 @@ impl QuickRetry {
     }
 }
 
+/// The audit row's line for quick retry `retried` (from 1) of `attempts`, after `delay`.
+pub fn transcript_line(retried: u32, attempts: u32, delay: Duration) -> String {
+    format!(
+        "{TRANSCRIPT_PREFIX}{retried} of {attempts} after {} ms",
+        delay.as_millis()
+    )
+}
+
+/// How many quick retries an audit row's transcript holds (its [`transcript_line`]s):
+/// the demo and the benchmark count them from the decisions.
+pub fn count_in(transcript: &str) -> usize {
+    transcript
+        .lines()
+        .filter(|line| line.starts_with(TRANSCRIPT_PREFIX))
+        .count()
+}
+
+/// How a quick retry's line in a transcript starts.
+const TRANSCRIPT_PREFIX: &str = "quick retry ";
+
 /// One decision's quick retries, shared by its trades' calls (consulted at once): when
 /// its first transient error came, so that their time together is capped.
 #[derive(Debug, Default)]
@@ -404,6 +424,27 @@ mod tests {
         assert!(!other.try_take());
         other.record_request();
         assert_eq!(quick.usage().requests, 1);
+    }
+
+    #[test]
+    fn quick_retries_are_counted_back_from_a_transcript() {
+        let transcript = [
+            "alipay trade T1:".to_owned(),
+            "query: Retryable gateway error http_502: bad gateway".to_owned(),
+            transcript_line(1, 3, Duration::from_millis(37)),
+            "query: WaitingForPayment {}".to_owned(),
+            "close: Retryable gateway error 20000: busy".to_owned(),
+            transcript_line(1, 3, Duration::from_millis(4)),
+            "close: Retryable gateway error 20000: busy".to_owned(),
+            format!("no quick retry: {}", Refusal::Budget.describe()),
+        ]
+        .join("\n");
+        assert_eq!(
+            transcript_line(2, 3, Duration::from_millis(81)),
+            "quick retry 2 of 3 after 81 ms"
+        );
+        assert_eq!(count_in(&transcript), 2);
+        assert_eq!(count_in(""), 0);
     }
 
     #[test]
