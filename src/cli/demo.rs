@@ -229,10 +229,9 @@ async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Resul
 
     // The worker, in process.
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(
-        app.worker(pool.clone(), format!("demo-worker:{run_id}"))?
-            .run(stop.clone()),
-    );
+    let worker = app.worker(pool.clone(), format!("demo-worker:{run_id}"))?;
+    let metrics = worker.metrics();
+    let worker = tokio::spawn(worker.run(stop.clone()));
 
     // Orders and their buyers. Trades are added until the deadline itself (the demo's
     // deadlines are seconds, not the margin a real shop keeps).
@@ -328,7 +327,8 @@ async fn demo(sandbox: &Sandbox, args: &DemoArgs, run_id: &str) -> anyhow::Resul
     notify_stop.cancel();
     let notifications = running.notifier().stats();
 
-    let report = report(&pool, &plan, &buyers, policy).await?;
+    let quick_retries = metrics.quick_retries_made();
+    let report = report(&pool, &plan, &buyers, policy, quick_retries).await?;
     let events = drain_events(
         sandbox.publisher.channel(),
         &sandbox.topology.events_audit_queue(),
@@ -752,6 +752,7 @@ async fn report(
     plan: &BTreeMap<String, Planned>,
     buyers: &BuyerClient,
     policy: PaidAfterClose,
+    quick_retries: u64,
 ) -> anyhow::Result<Report> {
     let ids: Vec<i64> = plan.values().map(|p| p.id).collect();
     let mut conn = db::conn(pool).await?;
@@ -932,7 +933,9 @@ async fn report(
             PaidAfterClose::Hold => "held for an operator".to_owned(),
         }
     ));
-    table.push_str(&format!("retries                   {retries}\n"));
+    table.push_str(&format!(
+        "retries                   {retries} (and {quick_retries} quick, in the process)\n"
+    ));
     table.push_str(&format!("parked                    {parked}\n"));
     table.push_str(&format!(
         "lateness p50              {}\n",

@@ -148,7 +148,8 @@ async fn cancel_in_each_state(channel: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancel_meeting_a_gateway_error_is_retried_and_the_caller_told_how_it_ended() {
-    let mut env = TestEnv::new(&[]).await;
+    // The delay tiers' retry path: quick retries off (tests/all/quick_retries.rs has them).
+    let mut env = TestEnv::new(&[("ORDER_CLOSER_QUICK_RETRIES", "0")]).await;
     env.start_worker(4, 8);
     let hour = Duration::from_secs(3600);
     // The first query answers 502, then the gateway is healthy: one retry step (1 s in

@@ -303,7 +303,8 @@ async fn the_gateway_is_asked_about_the_trade_by_the_order_s_references() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_error_is_retried_and_a_permanent_one_parks() {
-    let mut env = TestEnv::new(&[]).await;
+    // The delay tiers' retry path: quick retries off (tests/all/quick_retries.rs has them).
+    let mut env = TestEnv::new(&[("ORDER_CLOSER_QUICK_RETRIES", "0")]).await;
     let mut transient = Vec::new();
     let mut permanent = Vec::new();
     for channel in channels(&env) {

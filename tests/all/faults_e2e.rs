@@ -28,7 +28,12 @@ const HOLD_MS: u64 = 10_000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_failures_are_retried_then_decided() {
-    let mut env = TestEnv::new(&[("ALIPAY_TIMEOUT", CLIENT_TIMEOUT)]).await;
+    // The delay tiers' retry path: quick retries off (tests/all/quick_retries.rs has them).
+    let mut env = TestEnv::new(&[
+        ("ALIPAY_TIMEOUT", CLIENT_TIMEOUT),
+        ("ORDER_CLOSER_QUICK_RETRIES", "0"),
+    ])
+    .await;
     // Timeouts hold the answer well past the client's timeout.
     env.buyers
         .set_faults(&FaultPlan {

@@ -113,7 +113,9 @@ async fn orders_whose_message_was_purged_from_its_tier_are_still_decided() {
 /// whose next `failures` gateway answers are `20000`.
 async fn failing_order(retry_steps: &str, failures: u32) -> (TestEnv, Observed, Order) {
     let retry = ("ORDER_CLOSER_RETRY_STEPS", retry_steps);
-    let mut env = TestEnv::new(&[JANITOR[0], JANITOR[1], JANITOR[2], retry]).await;
+    // Each failure is one attempt through the tiers: quick retries off.
+    let quick = ("ORDER_CLOSER_QUICK_RETRIES", "0");
+    let mut env = TestEnv::new(&[JANITOR[0], JANITOR[1], JANITOR[2], retry, quick]).await;
     let observed = env.start_worker(8, 16);
     let no = env.no("failing");
     env.buyers.buyer(&no).scans(100).send().await.unwrap();

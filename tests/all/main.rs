@@ -35,6 +35,7 @@ mod notify_abuse;
 mod notify_e2e;
 mod prometheus_scrape;
 mod publish_races;
+mod quick_retries;
 mod reconcile_bill;
 mod reconcile_e2e;
 mod refund_e2e;

@@ -325,7 +325,8 @@ async fn the_command_line_tells_cron_what_it_found() {
 /// into the janitor's schedule, its one parked message.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sweep_leaves_a_parked_order_parked_once_unless_it_settles() {
-    let env = TestEnv::new(&[]).await;
+    // A transient failure below must reach the table: quick retries off.
+    let env = TestEnv::new(&[("ORDER_CLOSER_QUICK_RETRIES", "0")]).await;
     let no = lost_order(&env, "parked-once", 100, Duration::from_secs(600)).await;
     let order = env.order(&no).await;
     let queue = env.topology.parked_queue();

@@ -13,6 +13,7 @@ use order_closer_core::closer::{Closer, ConnectError};
 use order_closer_core::config::{ConfigError, Settings};
 use order_closer_core::db::{self, DbError, DbPool};
 use order_closer_engine::decide::Decider;
+use order_closer_engine::decide::quick_retry::QuickRetry;
 use order_closer_engine::health::{self, Readiness};
 use order_closer_engine::metrics::Metrics;
 use order_closer_engine::notify::{self, Notifier, NotifySettings};
@@ -57,6 +58,8 @@ pub enum AppError {
 #[derive(Debug, Clone)]
 pub struct App {
     settings: Settings,
+    /// The quick retries every decider it builds shares: one retry budget per process.
+    quick: QuickRetry,
 }
 
 impl App {
@@ -64,7 +67,8 @@ impl App {
     /// built when asked for, so a command that needs no gateway (`migrate`, `orders`)
     /// runs without one configured.
     pub fn build(settings: Settings) -> Self {
-        Self { settings }
+        let quick = QuickRetry::new(settings.decisions.quick_retries);
+        Self { settings, quick }
     }
 
     /// The settings it was built from.
@@ -111,7 +115,9 @@ impl App {
     }
 
     /// A decider over gateways already built (a test's, with one gateway wrapped or
-    /// configured otherwise), with the configured retry steps and paid-after-close policy.
+    /// configured otherwise), with the configured quick retries (drawing on the app's one
+    /// retry budget, whichever decider makes the call), retry steps and paid-after-close
+    /// policy.
     pub fn decider_over(
         &self,
         pool: DbPool,
@@ -119,6 +125,7 @@ impl App {
         actor: impl Into<String>,
     ) -> Decider {
         Decider::configured(pool, gateways, &self.settings.decisions, actor)
+            .with_quick_retry(self.quick.clone())
     }
 
     /// A worker running `decider`.

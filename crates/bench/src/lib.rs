@@ -85,6 +85,12 @@ pub struct BenchArgs {
     /// Round-trip delay the simulator adds to every gateway answer.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     gateway_latency: Duration,
+    /// Share of gateway requests answered with a transient fault (0 to 1), drawn at
+    /// random with a fixed seed: half an HTTP 502, half a busy answer (`20000`). For the
+    /// lateness under faults and the gateway requests per decision; combine with
+    /// `--worker-env ORDER_CLOSER_QUICK_RETRIES=0` to see the delay tiers alone.
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate: f64,
     /// How long each ceiling is measured [default: 2s; quick: 500ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     ceiling_time: Option<Duration>,
@@ -201,6 +207,8 @@ pub struct Plan {
     pub prefetch: u16,
     /// Simulator round-trip delay, milliseconds.
     pub gateway_latency_ms: u64,
+    /// Share of gateway requests answered with a transient fault.
+    pub fault_rate: f64,
     /// Seconds per ceiling.
     pub ceiling_seconds: f64,
     /// Orders per side in the create measurement.
@@ -248,6 +256,11 @@ impl Plan {
             args.paid_share
         );
         anyhow::ensure!(
+            (0.0..=1.0).contains(&args.fault_rate),
+            "--fault-rate must be between 0 and 1, got {}",
+            args.fault_rate
+        );
+        anyhow::ensure!(
             args.notify_rate.is_finite() && args.notify_rate > 0.0,
             "--notify-rate must be positive, got {}",
             args.notify_rate
@@ -292,6 +305,7 @@ impl Plan {
             concurrency: args.concurrency,
             prefetch: args.prefetch,
             gateway_latency_ms: args.gateway_latency.as_millis() as u64,
+            fault_rate: args.fault_rate,
             ceiling_seconds: ceiling.as_secs_f64(),
             create_orders: pick(args.create_orders, 5_000, 1_000),
             create_tasks: args.create_tasks,
@@ -540,6 +554,10 @@ impl BenchEnv {
 /// How many connections the bench's own pool holds.
 const BENCH_POOL: usize = 64;
 
+/// The seed of `--fault-rate`'s draws: runs meet faults alike (as far as their requests
+/// come in the same order).
+const FAULT_SEED: u64 = 22;
+
 impl BenchEnv {
     /// A sandbox named `bench_{tag}`, on `queue_type` queues, with the plan's gateway
     /// latency and worker variables.
@@ -573,9 +591,12 @@ impl BenchEnv {
             sim_state
                 .set_faults(FaultPlan {
                     latency_ms: plan.gateway_latency_ms,
+                    http_502: plan.fault_rate / 2.0,
+                    busy_20000: plan.fault_rate / 2.0,
+                    seed: (plan.fault_rate > 0.0).then_some(FAULT_SEED),
                     ..FaultPlan::default()
                 })
-                .map_err(|e| anyhow::anyhow!("--gateway-latency: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("--gateway-latency, --fault-rate: {e}"))?;
             let work_dir = std::env::temp_dir().join(format!("order-closer-bench-{tag}"));
             std::fs::create_dir_all(&work_dir)
                 .with_context(|| format!("creating {}", work_dir.display()))?;

@@ -187,10 +187,12 @@ pub struct BatchResult {
     pub paid: usize,
     /// Orders closed.
     pub closed: usize,
-    /// Retry decisions recorded.
+    /// Retry decisions recorded (through the delay tiers).
     pub retries: usize,
     /// Park decisions recorded.
     pub parked: usize,
+    /// Quick retries (transient errors retried in the process), from the audit rows.
+    pub quick_retries: usize,
     /// Orders whose final status is not what their buyer implies.
     pub mismatches: usize,
     /// Trades whose final state disagrees with their buyer: not paid or closed as it
@@ -200,9 +202,13 @@ pub struct BatchResult {
     pub gateway_queries: u64,
     /// Closes the simulator answered during the batch (every gateway).
     pub gateway_closes: u64,
-    /// Queries and closes per decision, as counted by the simulator (each one a signed
-    /// request and a signed answer).
+    /// Queries and closes per decided order, as counted by the simulator (each one a
+    /// signed request and a signed answer).
     pub gateway_calls_per_decision: f64,
+    /// Queries and closes per decision the worker made about the orders (decided, retried
+    /// or parked: one per delivery that asked the gateway). Under faults, what quick
+    /// retries add to each delivery: the retry budget keeps it near the fault-free figure.
+    pub gateway_calls_per_attempt: f64,
     /// Decisions per second, from the first to the last decision's `decided_at`.
     pub decisions_per_second: f64,
     /// Seconds from the first to the last decision.
@@ -423,9 +429,13 @@ pub async fn run_batch(
     result.trades_per_order = trades.per_order();
     result.gateway_queries = calls.queries.saturating_sub(calls_before.queries);
     result.gateway_closes = calls.closes.saturating_sub(calls_before.closes);
+    let calls = (result.gateway_queries + result.gateway_closes) as f64;
     if result.decided > 0 {
-        result.gateway_calls_per_decision =
-            (result.gateway_queries + result.gateway_closes) as f64 / result.decided as f64;
+        result.gateway_calls_per_decision = calls / result.decided as f64;
+    }
+    let attempts = result.decided + result.retries + result.parked;
+    if attempts > 0 {
+        result.gateway_calls_per_attempt = calls / attempts as f64;
     }
     (result.concurrency, result.prefetch) = workers.tuning.unwrap_or_default();
     result.worker_processes = workers.processes;
@@ -514,7 +524,8 @@ pub async fn create_orders(
     .await
 }
 
-/// Waits until none of `ids` is NEW or `until` passes; returns how many are still NEW.
+/// Waits until none of `ids` is NEW (parked ones aside: they wait for an operator) or
+/// `until` passes; returns how many are still NEW and not parked.
 pub async fn wait_decided(
     env: &BenchEnv,
     worker: &mut impl Watched,
@@ -542,9 +553,13 @@ pub async fn wait_decided(
 
 async fn count_new(pool: &DbPool, ids: &[i64]) -> anyhow::Result<usize> {
     let mut conn = db::conn(pool).await?;
+    let parked = decisions::table
+        .filter(decisions::order_id.eq(orders::id))
+        .filter(decisions::outcome.eq(DecisionOutcome::Parked));
     let open: i64 = orders::table
         .filter(orders::id.eq_any(ids))
         .filter(orders::status.eq(OrderStatus::New.as_str()))
+        .filter(diesel::dsl::not(diesel::dsl::exists(parked)))
         .count()
         .get_result(&mut conn)
         .await?;
@@ -589,6 +604,8 @@ pub struct Outcomes {
     pub retries: usize,
     /// Park decisions.
     pub parked: usize,
+    /// Quick retries written in the decisions' audit rows.
+    pub quick_retries: usize,
     /// Orders whose status disagrees with their buyer.
     pub mismatches: usize,
     /// Trades whose state, ours or the simulator's, disagrees with their buyer.
@@ -640,6 +657,7 @@ pub async fn outcomes(env: &BenchEnv, created: &[Created]) -> anyhow::Result<Out
         closed: 0,
         retries: 0,
         parked: 0,
+        quick_retries: quick_retries(&mut conn, &ids).await?,
         mismatches: 0,
         trade_mismatches: 0,
     };
@@ -681,6 +699,24 @@ pub async fn outcomes(env: &BenchEnv, created: &[Created]) -> anyhow::Result<Out
         }
     }
     Ok(out)
+}
+
+/// Quick retries written in the audit rows of these orders' decisions.
+async fn quick_retries(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: &[i64],
+) -> anyhow::Result<usize> {
+    let answers: Vec<Option<String>> = decisions::table
+        .filter(decisions::order_id.eq_any(ids))
+        .filter(decisions::gateway_answer.like("%quick retry %"))
+        .select(decisions::gateway_answer)
+        .load(conn)
+        .await?;
+    Ok(answers
+        .iter()
+        .flatten()
+        .map(|a| order_closer_engine::decide::quick_retry::count_in(a))
+        .sum())
 }
 
 async fn analyse(
@@ -731,11 +767,13 @@ async fn analyse(
         closed: o.closed,
         retries: o.retries,
         parked: o.parked,
+        quick_retries: o.quick_retries,
         mismatches: o.mismatches,
         trade_mismatches: o.trade_mismatches,
         gateway_queries: 0,
         gateway_closes: 0,
         gateway_calls_per_decision: 0.0,
+        gateway_calls_per_attempt: 0.0,
         decisions_per_second: stats::rate(decided.saturating_sub(1) as f64, span),
         decision_span_seconds: span,
         lateness_ms: Percentiles::of(&lateness),

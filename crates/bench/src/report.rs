@@ -277,11 +277,12 @@ impl Report {
         let params = &self.parameters;
         let _ = writeln!(
             t,
-            "\norder-closer bench {}: {} CPUs, gateway round trip {} ms, paid share {:.0}%",
+            "\norder-closer bench {}: {} CPUs, gateway round trip {} ms, paid share {:.0}%, transient faults {:.0}%",
             self.run,
             self.machine.cpus,
             params.gateway_latency_ms,
-            params.paid_share * 100.0
+            params.paid_share * 100.0,
+            params.fault_rate * 100.0
         );
         if let Some(c) = &self.ceilings {
             let _ = writeln!(t, "\nmachine ceilings ({:.1} s each)", c.seconds_each);
@@ -369,12 +370,16 @@ impl Report {
         both(&mut t, "undecided / retries / parked", &|b| {
             format!("{}/{}/{}", b.undecided, b.retries, b.parked)
         });
+        both(&mut t, "quick retries", &|b| b.quick_retries.to_string());
         both(&mut t, "mismatches", &|b| b.mismatches.to_string());
         both(&mut t, "trade mismatches", &|b| {
             b.trade_mismatches.to_string()
         });
         both(&mut t, "gateway calls/decision (queries + closes)", &|b| {
             format!("{:.2}", b.gateway_calls_per_decision)
+        });
+        both(&mut t, "gateway calls/attempt (retries, parks too)", &|b| {
+            format!("{:.2}", b.gateway_calls_per_attempt)
         });
         both(&mut t, "decisions/s", &|b| num(b.decisions_per_second));
         both(&mut t, "lateness p50 ms", &|b| num(b.lateness_ms.p50));
@@ -401,14 +406,17 @@ impl Report {
         if let Some(s) = &self.sustained {
             let _ = writeln!(
                 t,
-                "\nsustained {:.0} s at {:.0}/s (achieved {:.0}/s): {} orders, {} decided, {} undecided, {} retries",
+                "\nsustained {:.0} s at {:.0}/s (achieved {:.0}/s): {} orders, {} decided, {} undecided, {} retries, {} parked, {} quick retries, {:.2} gateway calls/decision",
                 s.duration_seconds,
                 s.target_rate,
                 s.achieved_rate,
                 s.orders,
                 s.decided,
                 s.undecided,
-                s.retries
+                s.retries,
+                s.parked,
+                s.quick_retries,
+                s.gateway_calls_per_decision
             );
             let _ = writeln!(
                 t,

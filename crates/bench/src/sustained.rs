@@ -51,8 +51,14 @@ pub struct SustainedResult {
     pub decided: usize,
     /// Orders still NEW when the bench stopped waiting.
     pub undecided: usize,
-    /// Retry decisions.
+    /// Retry decisions (through the delay tiers).
     pub retries: usize,
+    /// Park decisions.
+    pub parked: usize,
+    /// Quick retries (transient errors retried in the process).
+    pub quick_retries: usize,
+    /// Queries and closes per decided order, as counted by the simulator.
+    pub gateway_calls_per_decision: f64,
     /// Orders whose status disagrees with their buyer.
     pub mismatches: usize,
     /// Lateness over the whole run, milliseconds.
@@ -74,6 +80,7 @@ pub async fn run(
 ) -> anyhow::Result<SustainedResult> {
     let mut worker =
         WorkerProcess::start(env, "sustained", plan.concurrency, plan.prefetch).await?;
+    let calls_before = env.sim_state.stats();
     let closer = env
         .app()
         .closer_on(env.pool.clone(), Some(env.publisher.clone()));
@@ -149,6 +156,9 @@ pub async fn run(
         eprintln!("warning: the sustained worker exited with {status}");
     }
 
+    let calls_after = env.sim_state.stats();
+    let calls = (calls_after.queries + calls_after.closes)
+        .saturating_sub(calls_before.queries + calls_before.closes);
     let o = pipeline::outcomes(env, &created).await?;
     let mut all: Vec<f64> = o.decided.iter().map(|d| d.lateness_ms()).collect();
     stats::sort(&mut all);
@@ -182,6 +192,13 @@ pub async fn run(
         decided,
         undecided,
         retries: o.retries,
+        parked: o.parked,
+        quick_retries: o.quick_retries,
+        gateway_calls_per_decision: if o.decided.is_empty() {
+            0.0
+        } else {
+            calls as f64 / o.decided.len() as f64
+        },
         mismatches: o.mismatches,
         lateness_ms: Percentiles::of(&all),
         windows,

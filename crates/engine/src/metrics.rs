@@ -14,7 +14,9 @@
 //! `order_closer_refunds_total{outcome}`,
 //! `order_closer_payment_to_paid_seconds`
 //! (from the payment at the gateway to our commit, for payments learnt from a
-//! notification).
+//! notification), `order_closer_quick_retries_total{channel,method}` (transient gateway
+//! errors retried in the process) and `order_closer_quick_retries_refused_total{reason}`
+//! (left to the delay tiers: `attempts`, `time_cap`, `budget`).
 //!
 //! The counters alerts watch start at 0 for their known labels: Prometheus's `increase()`
 //! cannot see the first increment of a series that appears at 1.
@@ -114,6 +116,10 @@ pub struct Metrics {
     hints_refused: Family<ReasonLabel, Counter>,
     payment_to_paid: Histogram,
     refunds: Family<OutcomeLabel, Counter>,
+    quick_retries: Family<MethodLabel, Counter>,
+    /// The same, all channels and methods together (not exported: the demo reads it).
+    quick_retries_made: Counter,
+    quick_retries_refused: Family<ReasonLabel, Counter>,
     /// 1 while the worker's broker session consumes the close queue (set by the worker).
     pub consuming: Gauge,
     /// Outbox rows waiting to be published (set by the relay).
@@ -215,6 +221,18 @@ impl Default for Metrics {
             "Refunds of payments after close by outcome (requested, succeeded, retried, failed)",
             refunds.clone(),
         );
+        let quick_retries = Family::<MethodLabel, Counter>::default();
+        registry.register(
+            "quick_retries",
+            "Transient gateway errors retried at once in the process, by channel and method",
+            quick_retries.clone(),
+        );
+        let quick_retries_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "quick_retries_refused",
+            "Transient gateway errors left to the delay tiers instead of a quick retry, by reason (attempts, time_cap, budget)",
+            quick_retries_refused.clone(),
+        );
         let consuming = Gauge::default();
         registry.register(
             "broker_consuming",
@@ -246,6 +264,9 @@ impl Default for Metrics {
             hints_refused,
             payment_to_paid,
             refunds,
+            quick_retries,
+            quick_retries_made: Counter::default(),
+            quick_retries_refused,
             consuming,
             outbox_backlog,
             in_flight,
@@ -285,6 +306,11 @@ impl Default for Metrics {
         for outcome in crate::notify::outcome::NotifyOutcome::ALL {
             let _ = metrics.notifications.get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str().to_owned(),
+            });
+        }
+        for refusal in crate::decide::quick_retry::Refusal::ALL {
+            let _ = metrics.quick_retries_refused.get_or_create(&ReasonLabel {
+                reason: refusal.as_str().to_owned(),
             });
         }
         for refusal in crate::notify::hints::Refusal::ALL {
@@ -366,6 +392,31 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a transient gateway error retried at once, in the process.
+    pub fn quick_retry(&self, channel: &str, method: GatewayMethod) {
+        self.quick_retries
+            .get_or_create(&MethodLabel {
+                channel: channel.to_owned(),
+                method: method.as_str().to_owned(),
+            })
+            .inc();
+        self.quick_retries_made.inc();
+    }
+
+    /// Quick retries made so far, every channel and method together.
+    pub fn quick_retries_made(&self) -> u64 {
+        self.quick_retries_made.get()
+    }
+
+    /// Counts a transient gateway error left to the delay tiers instead of a quick retry.
+    pub fn quick_retry_refused(&self, refusal: crate::decide::quick_retry::Refusal) {
+        self.quick_retries_refused
+            .get_or_create(&ReasonLabel {
+                reason: refusal.as_str().to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a scheduled retry.
@@ -463,6 +514,10 @@ mod tests {
         m.outbox_backlog.set(7);
         m.redriven("closed");
         m.janitor_pass("ran");
+        m.quick_retry("alipay", GatewayMethod::Close);
+        m.quick_retry("wechat", GatewayMethod::Query);
+        assert_eq!(m.quick_retries_made(), 2);
+        m.quick_retry_refused(crate::decide::quick_retry::Refusal::Budget);
         let text = m.render();
         for needle in [
             "order_closer_decisions_total{outcome=\"closed\"} 1",
@@ -474,6 +529,9 @@ mod tests {
             "order_closer_outbox_backlog 7",
             "order_closer_redriven_total{verdict=\"closed\"} 1",
             "order_closer_janitor_passes_total{result=\"ran\"} 1",
+            "order_closer_quick_retries_total{channel=\"alipay\",method=\"close\"} 1",
+            "order_closer_quick_retries_refused_total{reason=\"budget\"} 1",
+            "order_closer_quick_retries_refused_total{reason=\"time_cap\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

@@ -11,7 +11,8 @@
 //! - [`BrokerSettings`] (`broker.rs`): RabbitMQ and the topology;
 //! - [`WorkerSettings`] (`worker.rs`): the consumer, its outbox relay and its janitor
 //!   (`janitor.rs`);
-//! - [`DecisionSettings`] (`decisions.rs`): retry steps and payments after close;
+//! - [`DecisionSettings`] (`decisions.rs`): quick retries, retry steps and payments after
+//!   close;
 //! - [`LogFormat`] (`logging.rs`) and the health endpoint's address.
 //!
 //! A gateway reads its own variables (`ALIPAY_*`, `WECHAT_*`) from [`Settings::vars`]
@@ -32,7 +33,7 @@ pub mod worker;
 
 pub use broker::{BrokerSettings, DEFAULT_AMQP_URL};
 pub use database::{DEFAULT_DATABASE_URL, DatabaseSettings};
-pub use decisions::{DecisionSettings, PaidAfterClose};
+pub use decisions::{DecisionSettings, PaidAfterClose, QuickRetrySettings};
 pub use janitor::JanitorConfig;
 pub use logging::LogFormat;
 pub use vars::{Vars, key_material, parse_duration};

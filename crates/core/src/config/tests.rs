@@ -47,6 +47,9 @@ fn defaults_work_without_any_variable() {
     assert_eq!(s.worker.janitor.after, Duration::from_secs(120));
     assert_eq!(s.worker.janitor.interval, Duration::from_secs(30));
     assert_eq!(s.decisions.paid_after_close, PaidAfterClose::Hold);
+    assert_eq!(s.decisions.quick_retries, QuickRetrySettings::default());
+    assert_eq!(s.decisions.quick_retries.attempts, 3);
+    assert_eq!(s.decisions.quick_retries.budget, 0.1);
     let refund = settings(&[("ORDER_CLOSER_PAID_AFTER_CLOSE", "refund")]).unwrap();
     assert_eq!(refund.decisions.paid_after_close, PaidAfterClose::Refund);
 }
@@ -71,6 +74,14 @@ fn invalid_values_name_their_variable() {
         ("ORDER_CLOSER_LOG_FORMAT", "xml"),
         ("ORDER_CLOSER_HTTP_LISTEN", "everywhere"),
         ("ORDER_CLOSER_PAID_AFTER_CLOSE", "give-back"),
+        ("ORDER_CLOSER_QUICK_RETRIES", "-1"),
+        ("ORDER_CLOSER_QUICK_RETRIES", "11"),
+        ("ORDER_CLOSER_QUICK_RETRIES", "a few"),
+        ("ORDER_CLOSER_RETRY_BUDGET", "10%"),
+        ("ORDER_CLOSER_RETRY_BUDGET", "1.5"),
+        ("ORDER_CLOSER_RETRY_BUDGET", "-0.1"),
+        ("ORDER_CLOSER_RETRY_BUDGET", "NaN"),
+        ("ORDER_CLOSER_RETRY_BUDGET", "inf"),
         ("ORDER_CLOSER_JANITOR_AFTER", "1s"),
         ("ORDER_CLOSER_JANITOR_AFTER", "1000000y"),
         ("ORDER_CLOSER_JANITOR_INTERVAL", "2h"),
@@ -103,6 +114,45 @@ fn invalid_values_name_their_variable() {
             .collect();
         assert_eq!(refusing.len(), 1, "{var}={value}: refused by {refusing:?}");
     }
+}
+
+#[test]
+fn quick_retries_are_read_from_their_variables() {
+    let s = settings(&[
+        ("ORDER_CLOSER_QUICK_RETRIES", "0"),
+        ("ORDER_CLOSER_RETRY_BUDGET", "0.25"),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.decisions.quick_retries,
+        QuickRetrySettings {
+            attempts: 0,
+            budget: 0.25
+        }
+    );
+    let s = settings(&[
+        ("ORDER_CLOSER_QUICK_RETRIES", " 10 "),
+        ("ORDER_CLOSER_RETRY_BUDGET", "0"),
+    ])
+    .unwrap();
+    assert_eq!(s.decisions.quick_retries.attempts, 10);
+    assert_eq!(s.decisions.quick_retries.budget, 0.0);
+    assert_eq!(
+        settings(&[("ORDER_CLOSER_RETRY_BUDGET", "1")])
+            .unwrap()
+            .decisions
+            .quick_retries
+            .budget,
+        1.0
+    );
+    let err = settings(&[("ORDER_CLOSER_RETRY_BUDGET", "10%")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a share from 0.0 to 1.0"), "{err}");
+    let err = settings(&[("ORDER_CLOSER_QUICK_RETRIES", "11")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("from 0 to 10"), "{err}");
 }
 
 #[test]

@@ -118,6 +118,21 @@ impl Vars {
         }
     }
 
+    /// A share from 0.0 to 1.0 (`0.1`, `0.25`), or `default`.
+    pub fn share(&self, name: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let Some(text) = self.get(name) else {
+            return Ok(default);
+        };
+        match text.trim().parse::<f64>() {
+            Ok(share) if share.is_finite() && (0.0..=1.0).contains(&share) => Ok(share),
+            _ => Err(ConfigError::invalid(
+                name,
+                &text,
+                "expected a share from 0.0 to 1.0, such as 0.1",
+            )),
+        }
+    }
+
     /// A duration within `range` (both ends included), or `default`.
     pub fn duration(
         &self,

@@ -11,6 +11,7 @@ mod duplicates;
 #[cfg(test)]
 mod fixtures;
 pub mod order_table;
+pub mod quick_retry;
 mod record;
 pub mod refund;
 pub mod refund_plan;
@@ -28,7 +29,6 @@ use thiserror::Error;
 
 use crate::metrics::Metrics;
 pub use duplicates::Found as DuplicatesFound;
-use futures_util::future::join_all;
 use order_closer_core::config::{DecisionSettings, PaidAfterClose};
 use order_closer_core::db::batch::Batcher;
 use order_closer_core::db::orders::FindById;
@@ -41,6 +41,7 @@ use order_closer_core::trade::{Trade, TradeStatus};
 use order_closer_gateway::TradeState;
 pub use order_closer_gateway::registry::Gateways;
 use order_table::TradeVerdict;
+use quick_retry::QuickRetry;
 use table::{Action, Precheck, QueryStage};
 use write::WriteDecisions;
 
@@ -176,6 +177,9 @@ pub struct Decider {
     metrics: Arc<Metrics>,
     /// What a payment after close leads to.
     paid_after_close: PaidAfterClose,
+    /// Quick retries of transient gateway errors, within the process's budget (shared by
+    /// the clones of this decider, and by every decider given the same one).
+    quick: QuickRetry,
 }
 
 impl Decider {
@@ -198,10 +202,12 @@ impl Decider {
             actor,
             metrics: Arc::new(Metrics::default()),
             paid_after_close: PaidAfterClose::default(),
+            quick: QuickRetry::default(),
         }
     }
 
-    /// A decider as the settings configure it: their retry steps and paid-after-close
+    /// A decider as the settings configure it: their quick retries (with a budget of its
+    /// own: [`Decider::with_quick_retry`] shares one), retry steps and paid-after-close
     /// policy (the worker, the notify endpoint, reconcile and the demo all build it so).
     pub fn configured(
         pool: DbPool,
@@ -211,6 +217,19 @@ impl Decider {
     ) -> Self {
         Self::new(pool, gateways, settings.retry.clone(), actor)
             .with_paid_after_close(settings.paid_after_close)
+            .with_quick_retry(QuickRetry::new(settings.quick_retries))
+    }
+
+    /// Retries transient gateway errors quickly as `quick` says, drawing on its budget
+    /// (the process's: every decider of a process is given the same).
+    pub fn with_quick_retry(mut self, quick: QuickRetry) -> Self {
+        self.quick = quick;
+        self
+    }
+
+    /// Its quick retries and their budget.
+    pub fn quick_retry(&self) -> &QuickRetry {
+        &self.quick
     }
 
     /// Holds or refunds payments after close as `policy` says (default: hold).
@@ -472,45 +491,6 @@ impl Decider {
             cause: Cause::Query,
         };
         self.settle(order, &trades, decision, answer, context).await
-    }
-
-    /// Runs the deadline protocol at every open trade's gateway, all at once: each
-    /// trade's verdict with the transcript of its answers. A trade whose channel has no
-    /// gateway configured is parked, never guessed at.
-    async fn consult_all(
-        &self,
-        order: &Order,
-        trades: &[Trade],
-        mode: Mode,
-    ) -> Vec<(TradeVerdict, String)> {
-        join_all(
-            trades
-                .iter()
-                .filter(|t| t.is_open())
-                .map(|trade| async move {
-                    let (action, transcript) = match self.gateways.get(&trade.channel) {
-                        Some(gateway) => self.consult(gateway.as_ref(), order, trade, mode).await,
-                        None => (
-                            Action::Park {
-                                code: "unknown_channel".into(),
-                                detail: format!(
-                                    "no gateway is configured for channel {:?}",
-                                    trade.channel
-                                ),
-                            },
-                            format!("{} trade {}: no gateway", trade.channel, trade.out_trade_no),
-                        ),
-                    };
-                    (
-                        TradeVerdict {
-                            trade_id: trade.id,
-                            action,
-                        },
-                        transcript,
-                    )
-                }),
-        )
-        .await
     }
 
     /// Decides an order on evidence about one of its trades gathered elsewhere (a bill

@@ -117,6 +117,21 @@ pub enum QueryStage {
     AfterCloseUnconfirmed,
 }
 
+/// The code of "the buyer is paying right now", whether a query says so or the gateway
+/// refuses a close with it (WeChat Pay's `USER_PAYING`).
+pub const BUYER_PAYING: &str = "buyer_paying";
+
+/// Whether a failed call may be made again at once, in the process (a quick retry,
+/// [`super::quick_retry`]), before the message goes back through the delay tiers: an
+/// error this table retries (a transient one: a timeout, an HTTP error, busy, an
+/// unreadable or badly signed answer), but never the gateway's definite answer that the
+/// buyer is paying now, which a few hundred milliseconds do not change. A permanent error
+/// parks; an answer (any [`TradeState`], any [`CloseAnswer`]) is acted on. What follows
+/// the repeated call's answer is this table's, as for any answer.
+pub fn worth_repeating(error: &GatewayError) -> bool {
+    matches!(from_error(error), Action::Retry { .. }) && error.code != BUYER_PAYING
+}
+
 fn from_error(error: &GatewayError) -> Action {
     let code = error.code.clone();
     let detail = error.message.clone();
@@ -171,7 +186,7 @@ pub fn after_query(
         }
         (TradeState::WaitingForPayment, QueryStage::First) => Action::CloseAtGateway,
         (TradeState::InProgress, _) => Action::Retry {
-            code: "buyer_paying".into(),
+            code: BUYER_PAYING.into(),
             detail: "the buyer is paying right now".into(),
         },
         (TradeState::WaitingForPayment, QueryStage::AfterCloseRefused) => Action::Retry {
@@ -421,6 +436,31 @@ mod tests {
             after_query(&o, first, Err(&GatewayError::permanent("40002", "bad key"))),
             Action::Park { code, .. } if code == "40002"
         ));
+    }
+
+    #[test]
+    fn only_transient_errors_are_worth_repeating_at_once() {
+        for code in [
+            "timeout",
+            "http_502",
+            "20000",
+            "ACQ.SYSTEM_ERROR",
+            "bad_signature",
+        ] {
+            assert!(
+                worth_repeating(&GatewayError::retryable(code, "x")),
+                "{code}"
+            );
+        }
+        // A permanent error parks; the buyer paying now is an answer, not a fault.
+        assert!(!worth_repeating(&GatewayError::permanent(
+            "40002", "bad key"
+        )));
+        assert!(!worth_repeating(&GatewayError::permanent("http_502", "x")));
+        assert!(!worth_repeating(&GatewayError::retryable(
+            BUYER_PAYING,
+            "USER_PAYING"
+        )));
     }
 
     #[test]
