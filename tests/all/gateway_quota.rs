@@ -2,7 +2,8 @@
 //! exactly as the local arithmetic does (a scripted clock, priorities and slow-downs
 //! included); several quotas on one account, each with its own pool as separate
 //! processes have, stay together within the account's rate and each gets a share; a
-//! throttling answer reported by one slows every other down.
+//! throttling answer reported by one slows every other down; a process that cannot reach
+//! the database keeps sending at its share of the rate, and shares again once it can.
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "tooling")]
 
@@ -11,10 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::common::TestEnv;
+use crate::common::tcp_proxy::TcpProxy;
+use crate::common::{TestEnv, eventually};
 use order_closer::db::{self, quota};
 use order_closer::gateway::quota::{
-    Admission, Bucket, Micros, Priority, Quota, Rate, SLOW_DOWN_US, SharedQuota,
+    Admission, BOOK_TIMEOUT, Bucket, Micros, Priority, Quota, RETRY_SHARED, Rate, SLOW_DOWN_US,
+    SharedQuota,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -231,5 +234,100 @@ async fn a_throttle_seen_by_one_process_slows_every_process() {
         None
     );
     drop(conn);
+    env.cleanup().await;
+}
+
+/// The clock of an account, read from its row.
+async fn tat(env: &TestEnv, account: &str) -> i64 {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use order_closer::db::schema::gateway_quotas::dsl;
+    let mut conn = db::conn(&env.pool).await.unwrap();
+    dsl::gateway_quotas
+        .filter(dsl::account.eq(account))
+        .select(dsl::tat_us)
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Callers asking as fast as they can for `window`: how many were served in it.
+async fn served_within(quota: &Arc<SharedQuota>, callers: usize, window: Duration) -> usize {
+    let end = Instant::now() + window;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let q = Arc::clone(quota);
+            tokio::spawn(async move {
+                let mut served = 0;
+                loop {
+                    q.acquire().await;
+                    if Instant::now() >= end {
+                        return served;
+                    }
+                    served += 1;
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
+
+/// The database out of reach: the process neither stops its gateway traffic nor sends
+/// beyond its share (the rate divided by the processes said to share it), and books on
+/// the database again once it answers (within the retry interval and a booking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_database_a_process_keeps_to_its_share_and_shares_again_after() {
+    let env = TestEnv::new(&[]).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap(), true).await;
+    let via_proxy = env
+        .database_url
+        .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
+    assert_ne!(
+        via_proxy, env.database_url,
+        "the test database is on 127.0.0.1:5432"
+    );
+    let account = "sim:outage";
+    let r = rate(100, 10);
+    let quota = Arc::new(SharedQuota::new(
+        db::pool(&via_proxy, 1).unwrap(),
+        account.into(),
+        r,
+        Priority::Deadline,
+        NonZeroU32::new(4).unwrap(),
+    ));
+    quota.acquire().await;
+    let booked = tat(&env, account).await;
+
+    proxy.switch_off();
+    let window = Duration::from_secs(3);
+    let served = served_within(&quota, 10, window).await;
+    // A quarter of the rate (25/s) and of the burst (2).
+    let most = (25.0 * window.as_secs_f64() * 1.05) as usize + 2;
+    eprintln!("served without the database in {window:?}: {served} (at most {most})");
+    assert!(served >= 25, "gateway traffic stopped: {served}");
+    assert!(
+        served <= most,
+        "{served} > {most}: beyond the process's share"
+    );
+    assert_eq!(tat(&env, account).await, booked, "nothing booked meanwhile");
+
+    proxy.switch_on();
+    let shared = eventually(RETRY_SHARED + BOOK_TIMEOUT * 3, || {
+        let quota = Arc::clone(&quota);
+        let env = &env;
+        async move {
+            quota.acquire().await;
+            (tat(env, account).await > booked).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        shared.is_some(),
+        "the quota is booked on the database again"
+    );
     env.cleanup().await;
 }

@@ -108,11 +108,18 @@ enum Next {
     Slot(Instant),
     /// The database cannot be used: the local limiter.
     Local,
-    /// A booking is needed.
-    Book,
+    /// A booking is needed; `probe`: this caller tries the database again after an
+    /// outage, while the others keep to the local limiter.
+    Book {
+        /// Whether this caller is the one that tries the database again.
+        probe: bool,
+    },
 }
 
 impl Local {
+    /// Before the turn to book: a slot booked already, the local limiter during an
+    /// outage, or a booking (during an outage, by one caller at a time, [`BOOK_TIMEOUT`]
+    /// at most, so that the others never wait for a database that does not answer).
     fn next(&mut self, now: Instant) -> Next {
         if let Some(start) = self.slots.as_mut().and_then(|s| s.take(now)) {
             return Next::Slot(start);
@@ -120,7 +127,24 @@ impl Local {
         if self.offline_until.is_some_and(|until| now < until) {
             return Next::Local;
         }
-        Next::Book
+        if self.offline {
+            self.offline_until = Some(now + BOOK_TIMEOUT);
+            return Next::Book { probe: true };
+        }
+        Next::Book { probe: false }
+    }
+
+    /// With the turn to book: a slot another caller booked meanwhile, the local limiter
+    /// if its booking failed meanwhile (unless this caller is the one to try again), or
+    /// a booking.
+    fn next_in_turn(&mut self, now: Instant, probe: bool) -> Next {
+        if let Some(start) = self.slots.as_mut().and_then(|s| s.take(now)) {
+            return Next::Slot(start);
+        }
+        if !probe && self.offline_until.is_some_and(|until| now < until) {
+            return Next::Local;
+        }
+        Next::Book { probe }
     }
 }
 
@@ -291,17 +315,17 @@ impl Quota for SharedQuota {
     async fn acquire(&self) {
         loop {
             let next = lock(&self.state).next(Instant::now());
-            match next {
+            let probe = match next {
                 Next::Slot(start) => return tokio::time::sleep_until(start).await,
                 Next::Local => return self.fallback.acquire().await,
-                Next::Book => {}
-            }
+                Next::Book { probe } => probe,
+            };
             let waiting = Waiting::new(&self.state);
             let turn = self.booking.lock().await;
             drop(waiting);
             // Another caller may have booked (or failed) while this one waited its turn.
             let now = Instant::now();
-            let next = lock(&self.state).next(now);
+            let next = lock(&self.state).next_in_turn(now, probe);
             match next {
                 Next::Slot(start) => {
                     drop(turn);
@@ -311,7 +335,7 @@ impl Quota for SharedQuota {
                     drop(turn);
                     return self.fallback.acquire().await;
                 }
-                Next::Book => {}
+                Next::Book { .. } => {}
             }
             let not_before = lock(&self.state).not_before.filter(|at| *at > now);
             if let Some(at) = not_before {
