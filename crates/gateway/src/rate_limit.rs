@@ -4,18 +4,18 @@
 //! of the merchant account). Callers over the rate are *delayed* until their turn, never
 //! refused: a gateway's own rate limit answers (Alipay's `20000`, WeChat's
 //! `FREQUENCY_LIMITED`, HTTP 429) cost a retry and an audit row each, waiting a few
-//! milliseconds here costs nothing. Such an answer ([`GatewayError::is_throttle`]) is
-//! reported to the quota, which slows down for a while.
+//! milliseconds here costs nothing. Such answers ([`GatewayError::is_throttle`]), once
+//! they are a share of the answers ([`ThrottleSignal`]), slow the quota down for a while.
 //!
 //! The quotas themselves, their arithmetic and how they are shared are in
 //! [`crate::quota`].
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::quota::{Priority, Quota, Rate};
+use super::quota::{Priority, Quota, Rate, ThrottleSignal};
 use super::{
     CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest, TradeRef,
 };
@@ -35,6 +35,7 @@ pub struct RateLimited<G> {
     inner: G,
     quota: Arc<dyn Quota>,
     rate: Rate,
+    signal: Arc<Mutex<ThrottleSignal>>,
 }
 
 impl<G: Clone> Clone for RateLimited<G> {
@@ -43,6 +44,7 @@ impl<G: Clone> Clone for RateLimited<G> {
             inner: self.inner.clone(),
             quota: Arc::clone(&self.quota),
             rate: self.rate,
+            signal: Arc::clone(&self.signal),
         }
     }
 }
@@ -71,7 +73,12 @@ impl<G> RateLimited<G> {
 
     /// Limits `inner` by `quota`, whose rate is `rate` (for [`RateLimited::rate`]).
     pub fn with_quota(inner: G, quota: Arc<dyn Quota>, rate: Rate) -> Self {
-        Self { inner, quota, rate }
+        Self {
+            inner,
+            quota,
+            rate,
+            signal: Arc::default(),
+        }
     }
 
     /// The burst [`RateLimited::new`] uses: a tenth of the rate, at least 1.
@@ -100,11 +107,17 @@ impl<G> RateLimited<G> {
         self.quota.acquire().await;
     }
 
-    /// Reports a throttling answer to the quota.
+    /// Counts the answer; throttling answers that have become a signal slow the quota
+    /// down.
     async fn heed<T>(&self, result: Result<T, GatewayError>) -> Result<T, GatewayError> {
-        if let Err(e) = &result
-            && e.is_throttle()
-        {
+        let throttle = result.as_ref().err().is_some_and(GatewayError::is_throttle);
+        let slow_down = self
+            .signal
+            .lock()
+            // Every update leaves valid counts: a poisoned lock is used as is.
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(tokio::time::Instant::now(), throttle);
+        if slow_down {
             self.quota.throttled().await;
         }
         result
@@ -358,8 +371,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn throttling_answers_reach_the_quota_and_other_failures_do_not() {
+    #[tokio::test(start_paused = true)]
+    async fn throttling_answers_reach_the_quota_once_they_are_a_signal() {
         let quota = Arc::new(Counting::default());
         let limited = RateLimited::with_quota(
             Throttling,
@@ -368,19 +381,28 @@ mod tests {
         );
         let err = limited.query(TradeRef::new("A")).await.unwrap_err();
         assert!(err.is_throttle(), "passed on unchanged: {err}");
-        limited.close(TradeRef::new("A")).await.unwrap_err();
-        assert_eq!(quota.acquired.load(Ordering::Relaxed), 2);
-        assert_eq!(quota.throttled.load(Ordering::Relaxed), 1);
+        // Other failures are answers too, but no throttling.
+        for _ in 0..3 {
+            limited.close(TradeRef::new("A")).await.unwrap_err();
+        }
+        for _ in 0..3 {
+            limited.query(TradeRef::new("A")).await.unwrap_err();
+        }
+        assert_eq!(quota.throttled.load(Ordering::Relaxed), 0, "four of seven");
+        limited.query(TradeRef::new("A")).await.unwrap_err();
+        assert_eq!(quota.throttled.load(Ordering::Relaxed), 1, "five of eight");
+        assert_eq!(quota.acquired.load(Ordering::Relaxed), 8);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_throttled_limiter_halves_its_rate() {
         let limited = RateLimited::new(Throttling, rate(10));
         let started = Instant::now();
-        for _ in 0..4 {
+        for _ in 0..8 {
             limited.query(TradeRef::new("A")).await.unwrap_err();
         }
-        // The first at once at the full rate; then 200 ms apart: 100, 300, 500 ms.
-        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        // Five at the full rate (0 to 400 ms: the fifth answer is the signal), then
+        // 200 ms apart: 500, 700, 900 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(900));
     }
 }

@@ -16,9 +16,9 @@
 //!   half the burst stays free (`theta + i * t <= now + tol / 2`), and otherwise books
 //!   nothing and comes back at `theta - tol / 2`: it never queues ahead of a deadline,
 //!   and a deadline arriving after it still finds half the burst.
-//! - Slow-down: a throttling answer from the gateway halves the rate (`t` doubles) until
-//!   [`SLOW_DOWN`] after the last such answer; the burst stays the same number of
-//!   requests.
+//! - Slow-down: the gateway throttling the account (its throttling answers have become
+//!   a signal, [`super::ThrottleSignal`]) halves the rate (`t` doubles) until
+//!   [`SLOW_DOWN`] after the last signal; the burst stays the same number of requests.
 //!
 //! All times are whole microseconds ([`Micros`]) on one clock.
 
@@ -29,7 +29,7 @@ use std::time::Duration;
 /// database server's (since the Unix epoch).
 pub type Micros = i64;
 
-/// How long a throttling answer halves the rate (extended by each further one).
+/// How long a throttling signal halves the rate (extended by each further one).
 pub const SLOW_DOWN: Duration = Duration::from_secs(30);
 
 /// [`SLOW_DOWN`] in microseconds.

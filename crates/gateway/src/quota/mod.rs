@@ -32,14 +32,17 @@
 //! comes next and wait for it; `reconcile` (bulk) books only slots that start at once
 //! while half the burst stays free, and never queues ahead of deadline work.
 //!
-//! **Throttling**: an answer by which the gateway says the account sends too fast
-//! ([`crate::GatewayError::is_throttle`], set by the gateway's own crate) halves the
-//! rate for 30 s, recorded in the row so that every process slows down.
+//! **Throttling**: answers by which the gateway says the account sends too fast
+//! ([`crate::GatewayError::is_throttle`], set by the gateway's own crate), once they are
+//! five or more and a fifth of a process's answers within 5 s ([`ThrottleSignal`]: one
+//! among many is a hiccup), halve the rate for 30 s, recorded in the row so that every
+//! process slows down.
 
 mod bucket;
 mod local;
 mod settings;
 mod shared;
+mod signal;
 
 use std::sync::Arc;
 
@@ -49,6 +52,7 @@ pub use bucket::{Admission, Bucket, Grant, Micros, Priority, Rate, SLOW_DOWN, SL
 pub use local::Limiter;
 pub use settings::{QuotaPlan, QuotaSettings, Sharing};
 pub use shared::{BATCH_SPAN, BOOK_TIMEOUT, RETRY_SHARED, STALE, SharedQuota};
+pub use signal::{MIN_SHARE_PERCENT, MIN_THROTTLES, ThrottleSignal, WINDOW};
 
 /// A request quota: a caller waits for its turn before each request, and reports the
 /// gateway's throttling answers. The in-process [`Limiter`] and the [`SharedQuota`] are
