@@ -21,6 +21,7 @@ use order_closer::db::outbox::Claim;
 use order_closer::db::{self, anomalies};
 use order_closer::decide::refund::RefundRequestResult;
 use order_closer::decide::{Decider, Mode};
+use order_closer::gateway::quota::Priority;
 use order_closer::money;
 use order_closer::reconcile::bill as bill_reconcile;
 use order_closer::reconcile::overdue::{self, OverdueOptions};
@@ -239,9 +240,11 @@ async fn run_bill(settings: &Settings, args: BillArgs) -> anyhow::Result<ExitCod
     Ok(exit(report.finding))
 }
 
-/// The decider the worker would use, signing audit rows as the reconcile command.
+/// The decider the worker would use, signing audit rows as the reconcile command. Its
+/// gateway requests are bulk work on the merchant accounts' quotas: they leave the burst
+/// to the workers' deadlines.
 fn decider(settings: &Settings) -> anyhow::Result<Decider> {
-    let app = App::build(settings.clone());
+    let app = App::build(settings.clone()).with_priority(Priority::Bulk);
     Ok(app.decider(app.pool()?, super::actor("reconcile"))?)
 }
 

@@ -28,6 +28,7 @@ mod docs;
 mod failover;
 mod faults_e2e;
 mod gateway_faults;
+mod gateway_quota;
 mod harness;
 mod health;
 mod janitor_e2e;

@@ -16,5 +16,6 @@ mod bench_smoke;
 mod serial_dead_letter;
 mod serial_multi_host;
 mod serial_oversized_messages;
+mod serial_shared_quota;
 mod serial_shutdown;
 mod serial_tls;

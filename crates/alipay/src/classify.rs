@@ -87,18 +87,23 @@ fn amount(name: &str, text: &str) -> Result<i64, GatewayError> {
 ///
 /// | answer | result |
 /// |---|---|
-/// | `ACQ.SYSTEM_ERROR` (under any code) | retryable `ACQ.SYSTEM_ERROR` |
+/// | `ACQ.SYSTEM_ERROR` (under any code) | retryable `ACQ.SYSTEM_ERROR`, throttling |
 /// | `ACQ.INVALID_PARAMETER` (under any code) | permanent `ACQ.INVALID_PARAMETER` |
-/// | `20000` | retryable `20000` |
+/// | `20000` | retryable `20000`, throttling |
 /// | `20001`, `40001`, `40002`, `40006` | permanent, the code |
 /// | anything else | retryable `unclassifiable` |
+///
+/// "Throttling" ([`GatewayError::throttled`]): Alipay answers an app that sends too fast
+/// with its busy answers (`20000` "service currently unavailable", `ACQ.SYSTEM_ERROR`
+/// "system busy"), so these shrink the account's shared quota for a while; an HTTP 429
+/// does too (`transport.rs`).
 pub fn common_failure(status: &Status) -> GatewayError {
     let detail = status.describe();
     match (&status.code, &status.sub_code) {
-        (_, Some(sub @ SubCode::SystemError)) => GatewayError::retryable(sub.as_str(), detail),
+        (_, Some(sub @ SubCode::SystemError)) => GatewayError::throttled(sub.as_str(), detail),
         (_, Some(sub @ SubCode::InvalidParameter)) => GatewayError::permanent(sub.as_str(), detail),
         (Some(code @ Code::ServiceUnavailable), _) => {
-            GatewayError::retryable(code.as_str(), detail)
+            GatewayError::throttled(code.as_str(), detail)
         }
         (
             Some(

@@ -294,7 +294,15 @@ async fn hostile_answers_are_retryable() {
             (FaultClass::Retryable, code),
             "{err}"
         );
+        assert!(!err.is_throttle(), "{err}");
     }
+    // "Too Many Requests", from Alipay or a proxy before it, slows the account down.
+    let err = code_for(429, "slow down".to_owned(), t).await;
+    assert_eq!(
+        (err.class, err.code.as_str(), err.is_throttle()),
+        (FaultClass::Retryable, "http_429", true),
+        "{err}"
+    );
 }
 
 #[tokio::test]

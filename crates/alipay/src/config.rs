@@ -1,5 +1,5 @@
 //! Alipay's configuration: its variables (`ALIPAY_*`), read and checked when the gateways
-//! are built, and the connector they make (the client behind its rate limit, the
+//! are built, and the connector they make (the client behind its request quota, the
 //! notification verifier, the bill source).
 
 use std::sync::Arc;
@@ -77,17 +77,19 @@ impl AlipaySettings {
         }))
     }
 
-    /// The connector: the client behind the rate limit, the notification verifier
-    /// (checking `seller_id` when set), the client again as the bill source.
+    /// The connector: the client behind the request quota of the merchant's app (Alipay
+    /// limits the calls of each `app_id`), the notification verifier (checking
+    /// `seller_id` when set), the client again as the bill source.
     pub fn connector(self) -> Result<Connector, RegistryError> {
+        let app_id = self.client.app_id.clone();
         let verifier = AlipayNotify::new(
-            self.client.app_id.clone(),
+            app_id.clone(),
             self.seller_id,
             Arc::clone(&self.client.alipay_public_key),
         );
         let client =
             AlipayClient::new(self.client).map_err(|e| RegistryError::client(super::CHANNEL, e))?;
-        Ok(self.common.connector(client, Arc::new(verifier)))
+        Ok(self.common.connector(client, Arc::new(verifier), &app_id))
     }
 }
 

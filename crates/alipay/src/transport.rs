@@ -79,10 +79,7 @@ impl AlipayClient {
             .map_err(http::transport_error)?;
         let status = response.status();
         if !status.is_success() {
-            return Err(GatewayError::retryable(
-                format!("http_{}", status.as_u16()),
-                format!("gateway answered HTTP {status}"),
-            ));
+            return Err(http::status_error(status, "the gateway"));
         }
         let body = http::read_capped(response, MAX_BODY_BYTES, || {
             GatewayError::retryable(

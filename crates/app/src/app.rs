@@ -18,6 +18,7 @@ use order_closer_engine::health::{self, Readiness};
 use order_closer_engine::metrics::Metrics;
 use order_closer_engine::notify::{self, Notifier, NotifySettings};
 use order_closer_engine::worker::{Worker, WorkerConfig};
+use order_closer_gateway::quota::{Priority, QuotaPlan, QuotaSettings};
 use order_closer_gateway::registry::{Gateways, RegistryError};
 use secrecy::ExposeSecret;
 use thiserror::Error;
@@ -54,21 +55,39 @@ pub enum AppError {
     Worker(#[source] order_closer_core::broker::BrokerError),
 }
 
+/// Connections of the pool the gateway quotas are booked through (apart from the
+/// process's own, so that a booking never waits behind a group of decisions).
+const QUOTA_POOL_SIZE: usize = 2;
+
 /// The product assembled from its settings.
 #[derive(Debug, Clone)]
 pub struct App {
     settings: Settings,
     /// The quick retries every decider it builds shares: one retry budget per process.
     quick: QuickRetry,
+    priority: Priority,
 }
 
 impl App {
     /// The product as `settings` configure it. Nothing is connected yet: each part is
     /// built when asked for, so a command that needs no gateway (`migrate`, `orders`)
-    /// runs without one configured.
+    /// runs without one configured. Its gateway requests are deadline work
+    /// ([`Priority::Deadline`]) unless [`App::with_priority`] says otherwise.
     pub fn build(settings: Settings) -> Self {
         let quick = QuickRetry::new(settings.decisions.quick_retries);
-        Self { settings, quick }
+        Self {
+            settings,
+            quick,
+            priority: Priority::Deadline,
+        }
+    }
+
+    /// The same product, its gateway requests booked at `priority` on the merchant
+    /// accounts' quotas: `reconcile` is bulk work, which leaves the burst to the
+    /// workers' and `notify`'s deadline work.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
     }
 
     /// The settings it was built from.
@@ -77,9 +96,20 @@ impl App {
     }
 
     /// Every configured gateway (a half-configured one, or none, is an error naming the
-    /// variable).
-    pub fn gateways(&self) -> Result<Gateways, RegistryError> {
-        Gateways::from_settings(&self.settings, ALL)
+    /// variable), each behind its merchant account's quota: shared with every process
+    /// through the database unless `ORDER_CLOSER_GATEWAY_QUOTA=local`, at this process's
+    /// priority.
+    pub fn gateways(&self) -> Result<Gateways, AppError> {
+        let gateways = Gateways::from_settings(&self.settings, ALL)?;
+        Ok(gateways.with_quotas(&self.quota_plan()?))
+    }
+
+    /// How this process's gateway quotas are shared, read from `ORDER_CLOSER_GATEWAY_*`.
+    /// A shared quota books through a small pool of its own, connected when first used.
+    pub fn quota_plan(&self) -> Result<QuotaPlan, AppError> {
+        let own = QuotaSettings::from_vars(&self.settings.vars)?;
+        let pool = db::pool(self.settings.database.url.expose_secret(), QUOTA_POOL_SIZE)?;
+        Ok(QuotaPlan::from_settings(own, Some(pool), self.priority))
     }
 
     /// A pool on the database, without checking it yet.

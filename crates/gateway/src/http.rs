@@ -39,6 +39,19 @@ pub fn transport_error(e: reqwest::Error) -> GatewayError {
     GatewayError::retryable(code, order_closer_core::url_secret::redact(&e.to_string()))
 }
 
+/// An answer whose HTTP status is not a success: the retryable `http_<status>`; a 429
+/// ("Too Many Requests", whoever sends it: the gateway or a proxy before it) also asks
+/// the account's shared quota to slow down ([`GatewayError::throttled`]).
+pub fn status_error(status: reqwest::StatusCode, what: &str) -> GatewayError {
+    let code = format!("http_{}", status.as_u16());
+    let message = format!("{what} answered HTTP {status}");
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        GatewayError::throttled(code, message)
+    } else {
+        GatewayError::retryable(code, message)
+    }
+}
+
 /// Reads a body of at most `max` bytes; a longer one is `too_large()`, whatever its
 /// announced length.
 pub async fn read_capped(
@@ -88,10 +101,7 @@ pub async fn download(
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         if !status.is_success() {
-            return Err(GatewayError::retryable(
-                format!("http_{}", status.as_u16()),
-                format!("bill download answered HTTP {status}"),
-            ));
+            return Err(status_error(status, "bill download"));
         }
         read_capped(response, MAX_BILL_BYTES, || {
             GatewayError::permanent(

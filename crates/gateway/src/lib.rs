@@ -23,6 +23,7 @@ pub mod json;
 pub mod notice;
 mod plugin;
 mod port;
+pub mod quota;
 pub mod rate_limit;
 pub mod registry;
 pub mod rsa;

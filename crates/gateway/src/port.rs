@@ -155,6 +155,19 @@ pub enum FaultClass {
     Permanent,
 }
 
+/// What a failure says about how fast the merchant account sends. A gateway's own crate
+/// knows which of its answers mean "too many requests" (a busy or system-error answer, a
+/// frequency limit, HTTP 429) and says so here; the quota every process of the account
+/// shares ([`crate::quota`]) then slows down, without naming any gateway's codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pace {
+    /// The failure says nothing about the rate.
+    #[default]
+    Unchanged,
+    /// The gateway throttles the account: send less for a while.
+    SlowDown,
+}
+
 /// A classified gateway failure.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{class:?} gateway error {code}: {message}")]
@@ -166,6 +179,9 @@ pub struct GatewayError {
     pub code: String,
     /// A human-readable explanation.
     pub message: String,
+    /// Whether the gateway asks us to send less ([`Pace::SlowDown`] for its throttling
+    /// answers, which are retryable too).
+    pub pace: Pace,
 }
 
 impl GatewayError {
@@ -175,6 +191,16 @@ impl GatewayError {
             class: FaultClass::Retryable,
             code: code.into(),
             message: message.into(),
+            pace: Pace::Unchanged,
+        }
+    }
+
+    /// A retryable failure by which the gateway says the account sends too fast (busy,
+    /// frequency limited, HTTP 429): the shared quota slows down for a while.
+    pub fn throttled(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            pace: Pace::SlowDown,
+            ..Self::retryable(code, message)
         }
     }
 
@@ -184,7 +210,13 @@ impl GatewayError {
             class: FaultClass::Permanent,
             code: code.into(),
             message: message.into(),
+            pace: Pace::Unchanged,
         }
+    }
+
+    /// Whether the gateway asks us to send less.
+    pub fn is_throttle(&self) -> bool {
+        self.pace == Pace::SlowDown
     }
 }
 

@@ -1,127 +1,56 @@
-//! A per-gateway request-rate limiter: [`RateLimited`] wraps any [`Gateway`] and lets at
-//! most a configured number of requests per second through, shared by every task that
-//! holds a clone. Callers over the rate are *delayed* until their turn, never refused: a
-//! gateway's own rate limit answers (Alipay's `20000`, WeChat's `FREQUENCY_LIMITED`, HTTP
-//! 429) cost a retry and an audit row each, waiting a few milliseconds here costs nothing.
+//! A gateway behind its request quota: [`RateLimited`] wraps any [`Gateway`] and lets a
+//! request through only when its [`Quota`] gives it a slot, shared by every task that
+//! holds a clone (and, for a [`SharedQuota`](crate::quota::SharedQuota), by every process
+//! of the merchant account). Callers over the rate are *delayed* until their turn, never
+//! refused: a gateway's own rate limit answers (Alipay's `20000`, WeChat's
+//! `FREQUENCY_LIMITED`, HTTP 429) cost a retry and an audit row each, waiting a few
+//! milliseconds here costs nothing. Such answers ([`GatewayError::is_throttle`]), once
+//! they are a share of the answers ([`ThrottleSignal`]), slow the quota down for a while.
 //!
-//! The limiter is a token bucket holding `burst` tokens and refilled at `rate` per second,
-//! implemented as a reservation clock (the "generic cell rate algorithm"): each request
-//! books the next free slot under a short lock and then sleeps until it with tokio's
-//! timer, so waiting costs no CPU and no busy loop, and the order of booking is the
-//! order of service.
+//! The quotas themselves, their arithmetic and how they are shared are in
+//! [`crate::quota`].
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::Instant;
 
+use super::quota::{Priority, Quota, Rate, ThrottleSignal};
 use super::{
     CloseAnswer, Gateway, GatewayError, QueryAnswer, RefundAnswer, RefundRequest, TradeRef,
 };
 
-/// The shared clock of one limiter; also the notify endpoint's bound on hint queries,
-/// which refuses ([`Limiter::try_acquire`]) rather than waits.
-#[derive(Debug)]
-pub struct Limiter {
-    /// Time between two requests at the steady rate.
-    interval: Duration,
-    /// How far ahead of the steady schedule a burst may run: `(burst - 1) * interval`.
-    tolerance: Duration,
-    /// The theoretical arrival time of the next request at the steady rate.
-    next: Mutex<Option<Instant>>,
-}
+pub use super::quota::Limiter;
 
-impl Limiter {
-    /// `rate` a second, `burst` at once after a pause.
-    pub fn new(rate: NonZeroU32, burst: NonZeroU32) -> Self {
-        // Rounded up, so that the limiter never lets more than `rate` through per second.
-        let interval = Duration::from_nanos(1_000_000_000u64.div_ceil(u64::from(rate.get())));
-        let tolerance = interval.saturating_mul(burst.get() - 1);
-        Self {
-            interval,
-            tolerance,
-            next: Mutex::new(None),
-        }
-    }
-
-    /// The next slot booked at `now`: its theoretical time, and when it may start (`now`
-    /// or later).
-    fn slot(&self, next: Option<Instant>, now: Instant) -> (Instant, Instant) {
-        let theoretical = next.map_or(now, |t| t.max(now));
-        let start = theoretical
-            .checked_sub(self.tolerance)
-            .map_or(now, |start| start.max(now));
-        (theoretical, start)
-    }
-
-    /// Books the next slot and returns when it starts (`now` or later).
-    fn reserve(&self, now: Instant) -> Instant {
-        // Every update is a single assignment: a poisoned lock holds a valid instant.
-        let mut next = self
-            .next
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (theoretical, start) = self.slot(*next, now);
-        *next = Some(theoretical + self.interval);
-        start
-    }
-
-    /// Takes a slot if one starts now, without waiting; `false` books nothing.
-    pub fn try_acquire(&self) -> bool {
-        let now = Instant::now();
-        let mut next = self
-            .next
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (theoretical, start) = self.slot(*next, now);
-        if start > now {
-            return false;
-        }
-        *next = Some(theoretical + self.interval);
-        true
-    }
-
-    /// Waits for this caller's turn.
-    async fn acquire(&self) {
-        let now = Instant::now();
-        let start = self.reserve(now);
-        if start > now {
-            tokio::time::sleep_until(start).await;
-        }
-    }
-}
-
-/// A [`Gateway`] that lets at most `rate` requests per second reach `inner` (queries and
-/// closes alike, one token each), delaying callers above the rate until a token is
-/// available; it never fails a call of its own. Clones share the same limit, so wrap the
-/// gateway once and hand clones (or an `Arc`) to every worker task.
+/// A [`Gateway`] that lets a request reach `inner` only when its quota gives it a slot
+/// (queries, closes and refunds alike, one slot each), delaying callers above the rate;
+/// it never fails a call of its own. Clones share the same quota, so wrap the gateway
+/// once and hand clones (or an `Arc`) to every worker task.
 ///
-/// The bucket starts full: up to `burst` requests go through at once, then the steady
+/// The quota starts full: up to `burst` requests go through at once, then the steady
 /// rate applies. A caller whose future is dropped while waiting gives up its slot unused
-/// (the limiter stays on the safe side of the rate).
+/// (the quota stays on the safe side of the rate).
 #[derive(Debug)]
 pub struct RateLimited<G> {
     inner: G,
-    limiter: Arc<Limiter>,
-    rate: NonZeroU32,
-    burst: NonZeroU32,
+    quota: Arc<dyn Quota>,
+    rate: Rate,
+    signal: Arc<Mutex<ThrottleSignal>>,
 }
 
 impl<G: Clone> Clone for RateLimited<G> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            limiter: Arc::clone(&self.limiter),
+            quota: Arc::clone(&self.quota),
             rate: self.rate,
-            burst: self.burst,
+            signal: Arc::clone(&self.signal),
         }
     }
 }
 
 impl<G> RateLimited<G> {
-    /// Limits `inner` to `requests_per_second`, with a burst of
+    /// Limits `inner` to `requests_per_second` in this process, with a burst of
     /// `max(1, requests_per_second / 10)` (see [`RateLimited::default_burst`]).
     pub fn new(inner: G, requests_per_second: NonZeroU32) -> Self {
         Self::with_burst(
@@ -131,14 +60,24 @@ impl<G> RateLimited<G> {
         )
     }
 
-    /// Limits `inner` to `requests_per_second`, letting up to `burst` requests through
-    /// back to back when the limiter has been idle.
+    /// Limits `inner` to `requests_per_second` in this process, letting up to `burst`
+    /// requests through back to back when the limiter has been idle.
     pub fn with_burst(inner: G, requests_per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        let rate = Rate::new(requests_per_second, burst);
+        Self::with_quota(
+            inner,
+            Arc::new(Limiter::with(rate, Priority::Deadline)),
+            rate,
+        )
+    }
+
+    /// Limits `inner` by `quota`, whose rate is `rate` (for [`RateLimited::rate`]).
+    pub fn with_quota(inner: G, quota: Arc<dyn Quota>, rate: Rate) -> Self {
         Self {
             inner,
-            limiter: Arc::new(Limiter::new(requests_per_second, burst)),
-            rate: requests_per_second,
-            burst,
+            quota,
+            rate,
+            signal: Arc::default(),
         }
     }
 
@@ -149,12 +88,12 @@ impl<G> RateLimited<G> {
 
     /// The configured steady rate, requests per second.
     pub fn rate(&self) -> NonZeroU32 {
-        self.rate
+        self.rate.per_second
     }
 
     /// The configured burst.
     pub fn burst(&self) -> NonZeroU32 {
-        self.burst
+        self.rate.burst
     }
 
     /// The wrapped gateway.
@@ -165,25 +104,41 @@ impl<G> RateLimited<G> {
     /// Waits until one more request may go out (what every call does first); for code
     /// that talks to the same gateway outside the [`Gateway`] trait.
     pub async fn until_ready(&self) {
-        self.limiter.acquire().await;
+        self.quota.acquire().await;
+    }
+
+    /// Counts the answer; throttling answers that have become a signal slow the quota
+    /// down.
+    async fn heed<T>(&self, result: Result<T, GatewayError>) -> Result<T, GatewayError> {
+        let throttle = result.as_ref().err().is_some_and(GatewayError::is_throttle);
+        let slow_down = self
+            .signal
+            .lock()
+            // Every update leaves valid counts: a poisoned lock is used as is.
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(tokio::time::Instant::now(), throttle);
+        if slow_down {
+            self.quota.throttled().await;
+        }
+        result
     }
 }
 
 #[async_trait]
 impl<G: Gateway> Gateway for RateLimited<G> {
     async fn query(&self, trade: TradeRef<'_>) -> Result<QueryAnswer, GatewayError> {
-        self.limiter.acquire().await;
-        self.inner.query(trade).await
+        self.quota.acquire().await;
+        self.heed(self.inner.query(trade).await).await
     }
 
     async fn close(&self, trade: TradeRef<'_>) -> Result<CloseAnswer, GatewayError> {
-        self.limiter.acquire().await;
-        self.inner.close(trade).await
+        self.quota.acquire().await;
+        self.heed(self.inner.close(trade).await).await
     }
 
     async fn refund(&self, request: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
-        self.limiter.acquire().await;
-        self.inner.refund(request).await
+        self.quota.acquire().await;
+        self.heed(self.inner.refund(request).await).await
     }
 }
 
@@ -191,7 +146,10 @@ impl<G: Gateway> Gateway for RateLimited<G> {
 mod tests {
     use super::*;
     use crate::TradeState;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     /// Answers at once and records when each call reached it.
     #[derive(Debug, Default)]
@@ -374,5 +332,77 @@ mod tests {
             elapsed >= Duration::from_millis(1_899) && elapsed <= Duration::from_millis(1_901),
             "{elapsed:?}"
         );
+    }
+
+    /// Answers every query with a throttling answer, every close with a plain failure.
+    #[derive(Debug)]
+    struct Throttling;
+
+    #[async_trait]
+    impl Gateway for Throttling {
+        async fn query(&self, _: TradeRef<'_>) -> Result<QueryAnswer, GatewayError> {
+            Err(GatewayError::throttled("http_429", "slow down"))
+        }
+
+        async fn close(&self, _: TradeRef<'_>) -> Result<CloseAnswer, GatewayError> {
+            Err(GatewayError::retryable("http_502", "bad gateway"))
+        }
+
+        async fn refund(&self, _: &RefundRequest<'_>) -> Result<RefundAnswer, GatewayError> {
+            Err(GatewayError::retryable("http_502", "bad gateway"))
+        }
+    }
+
+    /// Counts what it is told.
+    #[derive(Debug, Default)]
+    struct Counting {
+        acquired: AtomicU64,
+        throttled: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Quota for Counting {
+        async fn acquire(&self) {
+            self.acquired.fetch_add(1, Ordering::Relaxed);
+        }
+
+        async fn throttled(&self) {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_answers_reach_the_quota_once_they_are_a_signal() {
+        let quota = Arc::new(Counting::default());
+        let limited = RateLimited::with_quota(
+            Throttling,
+            Arc::clone(&quota) as Arc<dyn Quota>,
+            Rate::new(rate(10), rate(1)),
+        );
+        let err = limited.query(TradeRef::new("A")).await.unwrap_err();
+        assert!(err.is_throttle(), "passed on unchanged: {err}");
+        // Other failures are answers too, but no throttling.
+        for _ in 0..3 {
+            limited.close(TradeRef::new("A")).await.unwrap_err();
+        }
+        for _ in 0..3 {
+            limited.query(TradeRef::new("A")).await.unwrap_err();
+        }
+        assert_eq!(quota.throttled.load(Ordering::Relaxed), 0, "four of seven");
+        limited.query(TradeRef::new("A")).await.unwrap_err();
+        assert_eq!(quota.throttled.load(Ordering::Relaxed), 1, "five of eight");
+        assert_eq!(quota.acquired.load(Ordering::Relaxed), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_limiter_halves_its_rate() {
+        let limited = RateLimited::new(Throttling, rate(10));
+        let started = Instant::now();
+        for _ in 0..8 {
+            limited.query(TradeRef::new("A")).await.unwrap_err();
+        }
+        // Five at the full rate (0 to 400 ms: the fifth answer is the signal), then
+        // 200 ms apart: 500, 700, 900 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(900));
     }
 }

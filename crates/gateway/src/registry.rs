@@ -1,9 +1,10 @@
 //! The gateways this process speaks, by channel, built from configuration: each
 //! [`Plugin`](crate::Plugin) of the list it is handed reads its own variables and, when it is
-//! configured, gives its [`Connector`]: the gateway client behind its request-rate limit,
-//! its notification verifier, its bill source and its own retry steps. The worker,
-//! reconcile, the notify endpoint, the demo, the benchmark and the tests all take their
-//! gateways from [`Gateways::from_settings`].
+//! configured, gives its [`Connector`]: the gateway client behind its merchant account's
+//! request quota, its notification verifier, its bill source and its own retry steps. The
+//! worker, reconcile, the notify endpoint, the demo, the benchmark and the tests all take
+//! their gateways from [`Gateways::from_settings`], and the composition root then says
+//! how the quotas are shared and at which priority ([`Gateways::with_quotas`]).
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::notice::NotifyVerifier;
+use super::quota::{QuotaPlan, Rate};
 use super::rate_limit::RateLimited;
 use super::{BillSource, Gateway};
 use order_closer_core::config::{ConfigError, DEFAULT_GATEWAY_URL, Settings, Vars};
@@ -73,16 +75,47 @@ pub struct Connector {
     verifier: Option<Arc<dyn NotifyVerifier>>,
     bills: Option<Arc<dyn BillSource>>,
     retry: Option<RetryPolicy>,
+    metered: Option<Metered>,
+}
+
+/// A gateway client with a request quota: the client itself, the merchant account the
+/// quota belongs to, and its rate.
+#[derive(Clone)]
+struct Metered {
+    client: Arc<dyn Gateway>,
+    account: String,
+    rate: Rate,
 }
 
 impl Connector {
-    /// A gateway alone: no notifications, no bill, the common retry steps.
+    /// A gateway alone: no notifications, no bill, the common retry steps, no quota.
     pub fn new(gateway: Arc<dyn Gateway>) -> Self {
         Self {
             gateway,
             verifier: None,
             bills: None,
             retry: None,
+            metered: None,
+        }
+    }
+
+    /// `client` behind the request quota of the merchant `account` (what identifies it
+    /// at its gateway, as the gateway's crate says: Alipay's app id, WeChat Pay's
+    /// merchant id) at `rate`: this process's own until
+    /// [`Gateways::with_quotas`] says how it is shared.
+    pub fn metered(client: Arc<dyn Gateway>, account: impl Into<String>, rate: Rate) -> Self {
+        let gateway = Arc::new(RateLimited::with_burst(
+            Arc::clone(&client),
+            rate.per_second,
+            rate.burst,
+        ));
+        Self {
+            metered: Some(Metered {
+                client,
+                account: account.into(),
+                rate,
+            }),
+            ..Self::new(gateway)
         }
     }
 
@@ -112,7 +145,8 @@ pub struct CommonNames {
     pub gateway_url: &'static str,
     /// The request timeout (`<P>_TIMEOUT`).
     pub timeout: &'static str,
-    /// Most requests per second this process sends (`<P>_RATE_LIMIT`).
+    /// Most requests per second to the merchant account, all processes together
+    /// (`<P>_RATE_LIMIT`).
     pub rate_limit: &'static str,
     /// Its own retry steps (`<P>_RETRY_STEPS`).
     pub retry_steps: &'static str,
@@ -164,20 +198,27 @@ impl CommonSettings {
     }
 
     /// The connector of a gateway whose client also serves its bill: the client behind
-    /// the rate limit, the notification verifier, the client again as the bill source,
-    /// the gateway's own retry steps.
-    pub fn connector<C>(&self, client: C, verifier: Arc<dyn NotifyVerifier>) -> Connector
+    /// the request quota of the merchant `account` (what identifies the account at the
+    /// gateway), the notification verifier, the client again as the bill source, the
+    /// gateway's own retry steps.
+    pub fn connector<C>(
+        &self,
+        client: C,
+        verifier: Arc<dyn NotifyVerifier>,
+        account: &str,
+    ) -> Connector
     where
         C: Gateway + BillSource + 'static,
     {
         let client = Arc::new(client);
-        Connector::new(Arc::new(RateLimited::new(
-            Arc::clone(&client),
+        let rate = Rate::new(
             self.rate_limit,
-        )))
-        .with_verifier(verifier)
-        .with_bills(client)
-        .with_retry(self.retry.clone())
+            RateLimited::<()>::default_burst(self.rate_limit),
+        );
+        Connector::metered(Arc::clone(&client) as Arc<dyn Gateway>, account, rate)
+            .with_verifier(verifier)
+            .with_bills(client)
+            .with_retry(self.retry.clone())
     }
 }
 
@@ -250,6 +291,27 @@ impl Gateways {
             });
         }
         Ok(gateways)
+    }
+
+    /// The same gateways, each behind its merchant account's quota as `plan` says
+    /// (shared through the database or this process's own, at the process's priority).
+    /// The quota's row is `<channel>:<account>`. Gateways without a quota (a test's
+    /// scripted ones) are left as they are.
+    pub fn with_quotas(mut self, plan: &QuotaPlan) -> Self {
+        for (channel, connector) in &mut self.by_channel {
+            let Some(metered) = &connector.metered else {
+                continue;
+            };
+            let account = format!("{channel}:{}", metered.account);
+            let quota = plan.quota(&account, metered.rate);
+            connector.gateway = Arc::new(RateLimited::with_quota(
+                Arc::clone(&metered.client),
+                quota,
+                metered.rate,
+            ));
+        }
+        tracing::debug!(?plan, "gateway quotas");
+        self
     }
 
     /// Serves a channel with `connector`, replacing whatever served it.

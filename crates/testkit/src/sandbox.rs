@@ -22,7 +22,6 @@ use order_closer_core::closer::Closer;
 use order_closer_core::config::{BrokerSettings, ConfigError, Settings, Vars};
 use order_closer_core::db::{self, DbError, DbPool};
 use order_closer_engine::decide::{Decider, Gateways};
-use order_closer_gateway::registry::RegistryError;
 use order_closer_sim::{self as sim, BuyerClient, RunningSim, SimError};
 
 /// Why a sandbox could not be set up.
@@ -187,7 +186,7 @@ impl Sandbox {
     }
 
     /// The gateways the settings configure: every gateway, trusting the simulator.
-    pub fn gateways(&self) -> Result<Gateways, RegistryError> {
+    pub fn gateways(&self) -> Result<Gateways, AppError> {
         self.app().gateways()
     }
 

@@ -368,9 +368,8 @@ impl WechatClient {
                 // No bill because no trades: believed only when signed (an empty bill
                 // would report every payment of the day as missing).
                 "NO_STATEMENT_EXIST" if answer.verified => Ok(None),
-                "STATEMENT_CREATING" | "SYSTEM_ERROR" | "FREQUENCY_LIMITED" => {
-                    Err(GatewayError::retryable(code, detail))
-                }
+                "FREQUENCY_LIMITED" => Err(GatewayError::throttled(code, detail)),
+                "STATEMENT_CREATING" | "SYSTEM_ERROR" => Err(GatewayError::retryable(code, detail)),
                 "PARAM_ERROR" | "INVALID_REQUEST" | "SIGN_ERROR" | "NO_AUTH" => {
                     Err(GatewayError::permanent(code, detail))
                 }

@@ -93,17 +93,19 @@ impl WechatSettings {
         }))
     }
 
-    /// The connector: the client behind the rate limit, the notification verifier, the
-    /// client again as the bill source.
+    /// The connector: the client behind the request quota of the merchant (WeChat Pay
+    /// limits request frequency per merchant id, `mchid`), the notification verifier,
+    /// the client again as the bill source.
     pub fn connector(self) -> Result<Connector, RegistryError> {
+        let mchid = self.client.mchid.clone();
         let verifier = WechatNotify::new(
-            self.client.mchid.clone(),
+            mchid.clone(),
             Arc::clone(&self.client.keys),
             self.api_v3_key,
         );
         let client =
             WechatClient::new(self.client).map_err(|e| RegistryError::client(super::CHANNEL, e))?;
-        Ok(self.common.connector(client, Arc::new(verifier)))
+        Ok(self.common.connector(client, Arc::new(verifier), &mchid))
     }
 }
 

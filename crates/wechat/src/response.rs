@@ -14,7 +14,7 @@
 //! | close | `ORDER_PAID`, `ORDERPAID` (v3 code unverified) | not closeable: query again |
 //! | close | `202 USER_PAYING` (the close-order page), `USERPAYING` | retryable as `buyer_paying`: the buyer is paying now, retry later |
 //! | close | `INVALID_REQUEST`, `RULE_LIMIT`, `TRADE_ERROR` | retryable (a close refused soon after creation is retryable, never fatal; the code is unverified) |
-//! | any | 429, 5xx, `SYSTEM_ERROR`, `BANK_ERROR`, `FREQUENCY_LIMITED` | retryable |
+//! | any | 429, 5xx, `SYSTEM_ERROR`, `BANK_ERROR`, `FREQUENCY_LIMITED` | retryable (429 and `FREQUENCY_LIMITED` are throttling: the account's shared quota slows down) |
 //! | any | `PARAM_ERROR`, `SIGN_ERROR`, `APPID_MCHID_NOT_MATCH`, `MCH_NOT_EXISTS`, `NO_AUTH`, `INVALID_REQUEST` (query) | permanent |
 //! | any | anything else, an answer about another order or merchant (or naming none), a payment in another currency, an unknown state | retryable, never closed |
 
@@ -39,9 +39,8 @@ fn error_code(body: &Value) -> (String, String) {
 fn common_error(status: u16, code: &str, message: &str) -> GatewayError {
     let detail = format!("HTTP {status} {code}: {message}");
     match code {
-        "SYSTEM_ERROR" | "BANK_ERROR" | "FREQUENCY_LIMITED" => {
-            GatewayError::retryable(code, detail)
-        }
+        "FREQUENCY_LIMITED" => GatewayError::throttled(code, detail),
+        "SYSTEM_ERROR" | "BANK_ERROR" => GatewayError::retryable(code, detail),
         "PARAM_ERROR"
         | "SIGN_ERROR"
         | "APPID_MCHID_NOT_MATCH"
@@ -54,7 +53,11 @@ fn common_error(status: u16, code: &str, message: &str) -> GatewayError {
             } else {
                 code.to_owned()
             };
-            GatewayError::retryable(code, detail)
+            if status == 429 {
+                GatewayError::throttled(code, detail)
+            } else {
+                GatewayError::retryable(code, detail)
+            }
         }
         _ => GatewayError::retryable("unclassifiable", format!("unrecognised answer: {detail}")),
     }
@@ -334,20 +337,25 @@ mod tests {
             classify_query(400, &e(400, "ORDER_CLOSED"), "W1", MCH),
             Ok(TradeState::Closed)
         );
-        for (status, code, class) in [
-            (500, "SYSTEM_ERROR", FaultClass::Retryable),
-            (500, "BANK_ERROR", FaultClass::Retryable),
-            (429, "FREQUENCY_LIMITED", FaultClass::Retryable),
-            (502, "", FaultClass::Retryable),
-            (400, "PARAM_ERROR", FaultClass::Permanent),
-            (401, "SIGN_ERROR", FaultClass::Permanent),
-            (400, "APPID_MCHID_NOT_MATCH", FaultClass::Permanent),
-            (400, "INVALID_REQUEST", FaultClass::Permanent),
-            (403, "NO_AUTH", FaultClass::Permanent),
-            (418, "SOMETHING_NEW", FaultClass::Retryable),
+        // The last column: whether the answer asks the account to send less.
+        for (status, code, class, throttle) in [
+            (500, "SYSTEM_ERROR", FaultClass::Retryable, false),
+            (500, "BANK_ERROR", FaultClass::Retryable, false),
+            (429, "FREQUENCY_LIMITED", FaultClass::Retryable, true),
+            (403, "FREQUENCY_LIMITED", FaultClass::Retryable, true),
+            (429, "", FaultClass::Retryable, true),
+            (429, "SOMETHING_NEW", FaultClass::Retryable, true),
+            (502, "", FaultClass::Retryable, false),
+            (400, "PARAM_ERROR", FaultClass::Permanent, false),
+            (401, "SIGN_ERROR", FaultClass::Permanent, false),
+            (400, "APPID_MCHID_NOT_MATCH", FaultClass::Permanent, false),
+            (400, "INVALID_REQUEST", FaultClass::Permanent, false),
+            (403, "NO_AUTH", FaultClass::Permanent, false),
+            (418, "SOMETHING_NEW", FaultClass::Retryable, false),
         ] {
             let err = classify_query(status, &e(status, code), "W1", MCH).unwrap_err();
             assert_eq!(err.class, class, "{status} {code}");
+            assert_eq!(err.is_throttle(), throttle, "{status} {code}");
         }
         assert_eq!(
             classify_query(502, &json!("<html>"), "W1", MCH)

@@ -8,6 +8,7 @@ pub mod decisions;
 pub mod orders;
 pub mod outbox;
 pub mod prepared;
+pub mod quota;
 pub mod refunds;
 pub mod schema;
 pub mod text_enum;

@@ -110,6 +110,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    gateway_quotas (account) {
+        account -> Text,
+        tat_us -> Int8,
+        slow_until_us -> Int8,
+    }
+}
+
 diesel::joinable!(decisions -> orders (order_id));
 diesel::joinable!(refunds -> orders (order_id));
 diesel::joinable!(trades -> orders (order_id));
@@ -120,5 +128,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     anomalies,
     parked_discards,
     refunds,
-    trades
+    trades,
+    gateway_quotas
 );

@@ -211,6 +211,11 @@ impl SimState {
             SimMethod::Refund => inner.stats.refund_requests += 1,
             SimMethod::Bill => inner.stats.bill_url_requests += 1,
         }
+        super::per_second::count(
+            &mut inner.stats.requests_per_second,
+            channel,
+            Utc::now().timestamp(),
+        );
         let existing = inner
             .current(Some(channel), out_trade_no, trade_no)
             .map(|t| t.out_trade_no.clone());

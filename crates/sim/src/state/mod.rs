@@ -17,6 +17,7 @@
 
 mod bill;
 mod gateway_side;
+pub mod per_second;
 #[cfg(test)]
 mod tests;
 
@@ -186,6 +187,18 @@ pub struct SimStats {
     /// Injected faults by kind name (`busy_20000`, `timeout`...), from the plan and from
     /// `fail-next` one-shots.
     pub faults_injected: BTreeMap<String, u64>,
+    /// Authenticated requests by channel and Unix second, the last quarter of an hour
+    /// ([`per_second`]): what a merchant's quota at the gateway counts.
+    #[serde(default)]
+    pub requests_per_second: per_second::PerSecond,
+}
+
+impl SimStats {
+    /// The requests at `channel` in the whole Unix seconds `from..to`, and their number
+    /// per second.
+    pub fn rate(&self, channel: &str, from: i64, to: i64) -> (u64, f64) {
+        per_second::rate(&self.requests_per_second, channel, from, to)
+    }
 }
 
 /// Why a buyer action was refused.
