@@ -23,10 +23,11 @@ struct Setting {
 /// Whether the connection `url` gives is read-only.
 async fn read_only(url: &str) -> bool {
     let mut conn = db::connect(url).await.unwrap();
-    let row: Setting = diesel::sql_query("SELECT current_setting('transaction_read_only') AS value")
-        .get_result(&mut conn)
-        .await
-        .unwrap();
+    let row: Setting =
+        diesel::sql_query("SELECT current_setting('transaction_read_only') AS value")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
     row.value == "on"
 }
 
@@ -50,9 +51,15 @@ async fn serial_a_standby_listed_first_is_skipped_for_read_write() {
     let hosts = format!("127.0.0.1:{},{host}:{port}", standby.port);
     // Both servers have a `postgres` database.
     let base = format!("postgres://{user}{password}@{hosts}/postgres?sslmode=prefer");
-    assert!(read_only(&base).await, "without the attribute, the first host");
+    assert!(
+        read_only(&base).await,
+        "without the attribute, the first host"
+    );
     let read_write = format!("{base}&target_session_attrs=read-write");
-    assert!(!read_only(&read_write).await, "read-write skips the standby");
+    assert!(
+        !read_only(&read_write).await,
+        "read-write skips the standby"
+    );
     let key_value = format!(
         "host=127.0.0.1,{host} port={},{port} user={user} dbname=postgres \
          target_session_attrs=read-write{}",

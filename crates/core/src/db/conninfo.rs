@@ -4,7 +4,7 @@
 //! tries them in order and, with `target_session_attrs=read-write`, skips a standby.
 //!
 //! The TLS options (`sslmode` with libpq's six modes, `sslrootcert`) are read here and
-//! applied by [`super::connect`], since tokio-postgres knows only three modes and no CA
+//! applied by [`super::connect::Target`], since tokio-postgres knows only three modes and no CA
 //! file; [`split`] takes them out and hands the rest to tokio-postgres as written.
 
 use super::DbError;
