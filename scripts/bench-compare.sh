@@ -73,11 +73,17 @@ after_bin="$(binary "$after")"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-# The flags a binary knows (an older one may lack --pending).
+# The flags a binary knows (an older one may lack --pending or --scale-out).
 flags_for() {
     local flags=(--skip ceilings --skip classic)
-    if "$1" bench --help 2>/dev/null | grep -q -- '--pending'; then
+    local help
+    help="$("$1" bench --help 2>/dev/null || true)"
+    if grep -q -- '--pending' <<<"$help"; then
         flags+=(--pending 0)
+    fi
+    # The scale-out run measures worker counts, not a change: left out where known.
+    if grep -q -- '--scale-out' <<<"$help"; then
+        flags+=(--skip scale-out)
     fi
     echo "${flags[@]}"
 }
