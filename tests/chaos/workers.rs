@@ -2,7 +2,6 @@
 //! what a run reads from their logs.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use diesel::prelude::*;
@@ -10,6 +9,7 @@ use diesel_async::RunQueryDsl;
 use order_closer::db;
 
 use crate::BIN;
+use crate::common::worker_process::{sigterm, spawn_worker};
 
 /// The workers' `application_name` in Postgres (for terminating their connections).
 pub const WORKER_APP_NAME: &str = "oc-chaos-worker";
@@ -39,18 +39,8 @@ impl WorkerProcess {
     /// Starts it (again).
     pub fn start(&mut self) {
         self.starts += 1;
-        let log =
-            std::fs::File::create(self.dir.join(format!("{}-{}.log", self.name, self.starts)))
-                .unwrap();
-        let child = tokio::process::Command::new(BIN)
-            .arg("worker")
-            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the worker");
-        self.child = Some(child);
+        let log = self.dir.join(format!("{}-{}.log", self.name, self.starts));
+        self.child = Some(spawn_worker(BIN, &self.vars, &log));
     }
 
     /// SIGKILL.
@@ -63,11 +53,7 @@ impl WorkerProcess {
     /// SIGTERM, and waits up to 30 s for it to exit.
     pub async fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pid = child.id().unwrap().to_string();
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap();
+            assert!(sigterm(&child), "SIGTERM to a running worker");
             let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
         }
     }

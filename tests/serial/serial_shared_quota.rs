@@ -24,7 +24,6 @@
 #![cfg(feature = "tooling")]
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -32,6 +31,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use crate::BIN;
+use crate::common::worker_process::{sigterm, spawn_worker};
 use crate::common::{TestEnv, eventually};
 use order_closer::closer::{Due, NewOrder};
 use order_closer::db::{self, schema::decisions};
@@ -51,23 +51,9 @@ const OVER: f64 = 1.10;
 /// Below the quota, at least.
 const UNDER: f64 = 0.70;
 
-fn spawn_worker(vars: &[(String, String)], log: &std::path::Path) -> tokio::process::Child {
-    let file = std::fs::File::create(log).unwrap();
-    tokio::process::Command::new(BIN)
-        .arg("worker")
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start a worker")
-}
-
-async fn sigterm(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+/// SIGTERM, and up to 30 s for the worker to stop.
+async fn stop(child: &mut tokio::process::Child) {
+    if sigterm(child) {
         let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     }
 }
@@ -117,7 +103,7 @@ async fn serial_three_workers_share_one_gateway_quota_and_take_up_a_killed_ones_
     }
 
     let mut workers: Vec<tokio::process::Child> = (0..3)
-        .map(|n| spawn_worker(&vars, &dir.join(format!("worker-{n}.log"))))
+        .map(|n| spawn_worker(BIN, &vars, &dir.join(format!("worker-{n}.log"))))
         .collect();
     // The run starts with the first request the simulator sees.
     let first = eventually(Duration::from_secs(60), || async {
@@ -140,7 +126,7 @@ async fn serial_three_workers_share_one_gateway_quota_and_take_up_a_killed_ones_
     let stats = env.buyers.stats().await.unwrap();
     let ended_at = Utc::now().timestamp();
     for worker in &mut workers[1..] {
-        sigterm(worker).await;
+        stop(worker).await;
     }
 
     let before = (first + WARM_UP_SECS, killed_at);

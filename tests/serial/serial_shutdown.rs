@@ -3,34 +3,13 @@
 // It runs the binary or the simulator: only with the full build (`--features cli`, the default).
 #![cfg(feature = "tooling")]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::{TestEnv, eventually};
 use order_closer::order::OrderStatus;
 
 use crate::BIN;
-
-fn spawn_worker(vars: &[(String, String)], log: &std::path::Path) -> tokio::process::Child {
-    let file = std::fs::File::create(log).unwrap();
-    tokio::process::Command::new(BIN)
-        .arg("worker")
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the worker")
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use crate::common::worker_process::{sigterm, spawn_worker};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serial_worker_stopped_with_sigterm_mid_run_and_restarted_decides_every_order_once() {
@@ -68,9 +47,9 @@ async fn serial_worker_stopped_with_sigterm_mid_run_and_restarted_decides_every_
         numbers.push(no);
     }
 
-    let mut first = spawn_worker(&vars, &dir.join("worker-1.log"));
+    let mut first = spawn_worker(BIN, &vars, &dir.join("worker-1.log"));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    sigterm(&first);
+    assert!(sigterm(&first));
     let status = tokio::time::timeout(Duration::from_secs(40), first.wait())
         .await
         .expect("the worker stops within its grace period")
@@ -79,7 +58,7 @@ async fn serial_worker_stopped_with_sigterm_mid_run_and_restarted_decides_every_
     let log = std::fs::read_to_string(dir.join("worker-1.log")).unwrap();
     assert!(log.contains("shutdown requested"), "{log}");
 
-    let mut second = spawn_worker(&vars, &dir.join("worker-2.log"));
+    let mut second = spawn_worker(BIN, &vars, &dir.join("worker-2.log"));
     for no in &numbers {
         env.settled(no, Duration::from_secs(60)).await;
     }
@@ -89,7 +68,7 @@ async fn serial_worker_stopped_with_sigterm_mid_run_and_restarted_decides_every_
     })
     .await;
     assert!(drained.is_some());
-    sigterm(&second);
+    assert!(sigterm(&second));
     let status = tokio::time::timeout(Duration::from_secs(40), second.wait())
         .await
         .expect("the worker stops")

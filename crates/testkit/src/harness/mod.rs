@@ -11,6 +11,7 @@ pub mod rabbit_cluster;
 pub mod rabbit_node;
 pub mod slow_clients;
 pub mod tcp_proxy;
+pub mod worker_process;
 
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
