@@ -36,6 +36,8 @@ mod notify_abuse;
 mod notify_e2e;
 mod prometheus_scrape;
 mod publish_races;
+#[cfg(feature = "tooling")]
+mod python_sdk;
 mod quick_retries;
 mod reconcile_bill;
 mod reconcile_e2e;

@@ -4,176 +4,33 @@
 //! sent, refusing any answer or notification that is not WeChat-exact (its
 //! `Wechatpay-Signature-Type` header, its signature); every time must be whole seconds.
 //!
-//! How it runs: `python3` (or `$TEST_PYTHON`) with `wechatpayv3` importable is used as
-//! it is; otherwise the SDK is installed once, with pip, into a virtual environment under
-//! the target directory (`target/tmp/wechatpayv3-venv`, pinned to [`SDK_VERSION`]; this
-//! needs PyPI once). The test is skipped, saying why, only when there is no Python 3 or
-//! it has no `venv`/`pip` to install with. The script is `tests/python/wechatpayv3_check.py`.
+//! How it runs is `python_sdk.rs` (the SDK pinned to 2.0.4, in `target/tmp/wechatpayv3-venv`
+//! unless a Python has it already); the script is `tests/python/wechatpayv3_check.py`.
 // It drives the simulator: only with the `sim` feature.
 #![cfg(feature = "tooling")]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use axum::http::StatusCode;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use tokio::sync::mpsc;
-
+use crate::python_sdk::SdkCheck;
+use order_closer::sim::SimConfig;
 use order_closer::sim::wechat::WechatSim;
-use order_closer::sim::{self, BuyerClient, NotifyPlan, SimConfig};
 
-/// The SDK release the virtual environment gets.
-const SDK_VERSION: &str = "2.0.4";
-
-/// How long the simulator's notification may take to arrive (it is sent at once).
-const NOTIFICATION_WAIT: Duration = Duration::from_secs(30);
-
-/// A Python with `wechatpayv3` importable, or why there is none (then the test skips).
-fn python_with_sdk() -> Result<PathBuf, String> {
-    let system = PathBuf::from(std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into()));
-    let runs = |python: &Path, args: &[&str]| {
-        Command::new(python)
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !runs(&system, &["--version"]) {
-        return Err(format!("no Python 3 ({} does not run)", system.display()));
-    }
-    if runs(&system, &["-c", "import wechatpayv3"]) {
-        return Ok(system);
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wechatpayv3-venv");
-    let python = venv.join("bin").join("python");
-    if runs(&python, &["-c", "import wechatpayv3"]) {
-        return Ok(python);
-    }
-    if !runs(&system, &["-m", "venv", "--help"]) || !runs(&system, &["-m", "pip", "--version"]) {
-        return Err(format!(
-            "{} has no venv or pip module to install wechatpayv3 with",
-            system.display()
-        ));
-    }
-    // System packages stay visible: `requests` and `cryptography` need not be fetched
-    // when they are installed already.
-    let made = Command::new(&system)
-        .args(["-m", "venv", "--clear", "--system-site-packages"])
-        .arg(&venv)
-        .output()
-        .expect("run python -m venv");
-    if !made.status.success() {
-        return Err(format!(
-            "python -m venv failed: {}",
-            String::from_utf8_lossy(&made.stderr)
-        ));
-    }
-    let installed = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg(format!("wechatpayv3=={SDK_VERSION}"))
-        .output()
-        .expect("run pip");
-    assert!(
-        installed.status.success(),
-        "pip could not install wechatpayv3=={SDK_VERSION} into {} (PyPI is needed once; \
-         or install it for {} yourself):\n{}",
-        venv.display(),
-        system.display(),
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    Ok(python)
-}
-
-/// A notification as it arrived: its headers (lower-case names, as a web framework
-/// hands them over) and its body.
-type Arrival = (BTreeMap<String, String>, String);
-
-async fn receive(
-    State(tx): State<mpsc::UnboundedSender<Arrival>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let headers = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
-    let _ = tx.send((headers, String::from_utf8_lossy(&body).into_owned()));
-    StatusCode::NO_CONTENT
-}
-
-/// A notify endpoint on a free port: its base URL and what arrives there.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<Arrival>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/notify", listener.local_addr().unwrap());
-    let app = Router::new()
-        .route("/notify/wechat", post(receive))
-        .with_state(tx);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
-}
+/// wechatpayv3, pinned.
+const WECHAT_SDK: SdkCheck = SdkCheck {
+    package: "wechatpayv3",
+    version: "2.0.4",
+    import: "wechatpayv3",
+    venv: "wechatpayv3-venv",
+    script: "wechatpayv3_check.py",
+    channel: "wechat",
+    // WeChat Pay takes any 2xx without a body as received.
+    ack: (StatusCode::NO_CONTENT, ""),
+    system_packages: "requests and cryptography",
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_wechatpayv3_accepts_every_answer_and_notification_of_the_simulator() {
-    let python = match python_with_sdk() {
-        Ok(python) => python,
-        Err(why) => {
-            eprintln!("SKIPPED: the wechatpayv3 check needs Python 3 with venv and pip: {why}");
-            return;
-        }
-    };
-    let (notify_url, mut arrivals) = receiver().await;
-    let mut config = SimConfig::one(WechatSim::generate().unwrap());
-    config.notify = NotifyPlan::to(notify_url, 1.0);
-    let sim = sim::start(config).await.unwrap();
-    let buyers = BuyerClient::new(sim.base_url()).unwrap().at("wechat");
-    let paid = format!("SDK-PAID-{}", std::process::id());
-    let waiting = format!("SDK-WAIT-{}", std::process::id());
-    buyers.buyer(&paid).scans(990).pays().send().await.unwrap();
-    buyers.buyer(&waiting).scans(500).send().await.unwrap();
-    let (headers, body) = tokio::time::timeout(NOTIFICATION_WAIT, arrivals.recv())
-        .await
-        .expect("the simulator's notification arrives")
-        .expect("the receiver runs");
-
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("wechat-sdk-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let notification = dir.join("notification.json");
-    std::fs::write(
-        &notification,
-        serde_json::json!({"headers": headers, "body": body}).to_string(),
-    )
-    .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/wechatpayv3_check.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .envs(sim.client_vars())
-        .env("SDK_PAID_ORDER", &paid)
-        .env("SDK_WAITING_ORDER", &waiting)
-        .env("SDK_NOTIFICATION", &notification)
-        .output()
-        .await
-        .expect("run the SDK script");
-    let _ = std::fs::remove_dir_all(&dir);
-    sim.shutdown().await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the wechatpayv3 SDK refused the simulator:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("every check passed"), "{stdout}");
-    println!("{stdout}");
+    WECHAT_SDK
+        .run(SimConfig::one(WechatSim::generate().unwrap()))
+        .await;
 }
