@@ -513,82 +513,59 @@ impl Report {
             );
         }
         if !self.queue_types.is_empty() {
-            let _ = write!(
-                t,
-                "\nqueue types (pipeline, {} orders)",
-                self.parameters.orders
+            let heading = format!("queue types (pipeline, {} orders)", self.parameters.orders);
+            side_by_side(
+                &mut t,
+                &heading,
+                (42, 12),
+                &self.queue_types,
+                |q| q.queue_type.clone(),
+                &[
+                    ("decided / undecided", &|q| {
+                        format!("{}/{}", q.pipeline.decided, q.pipeline.undecided)
+                    }),
+                    ("decisions/s", &|q| num(q.pipeline.decisions_per_second)),
+                    ("lateness p50 ms", &|q| num(q.pipeline.lateness_ms.p50)),
+                    ("lateness p99 ms", &|q| num(q.pipeline.lateness_ms.p99)),
+                    ("worker CPU ms/decision", &|q| {
+                        format!("{:.3}", q.pipeline.worker_cpu_ms_per_decision)
+                    }),
+                    ("broker CPU ms/decision", &|q| {
+                        q.broker_cpu_ms_per_decision
+                            .map_or("-".into(), |v| format!("{v:.3}"))
+                    }),
+                ],
             );
-            for q in &self.queue_types {
-                let _ = write!(t, " {:>12}", q.queue_type);
-            }
-            let _ = writeln!(t);
-            let each = |t: &mut String, name: &str, f: &dyn Fn(&QueueTypeRun) -> String| {
-                let _ = write!(t, "  {name:<42}");
-                for q in &self.queue_types {
-                    let _ = write!(t, " {:>12}", f(q));
-                }
-                let _ = writeln!(t);
-            };
-            each(&mut t, "decided / undecided", &|q| {
-                format!("{}/{}", q.pipeline.decided, q.pipeline.undecided)
-            });
-            each(&mut t, "decisions/s", &|q| {
-                num(q.pipeline.decisions_per_second)
-            });
-            each(&mut t, "lateness p50 ms", &|q| {
-                num(q.pipeline.lateness_ms.p50)
-            });
-            each(&mut t, "lateness p99 ms", &|q| {
-                num(q.pipeline.lateness_ms.p99)
-            });
-            each(&mut t, "worker CPU ms/decision", &|q| {
-                format!("{:.3}", q.pipeline.worker_cpu_ms_per_decision)
-            });
-            each(&mut t, "broker CPU ms/decision", &|q| {
-                q.broker_cpu_ms_per_decision
-                    .map_or("-".into(), |v| format!("{v:.3}"))
-            });
         }
         if !self.scale_out.is_empty() {
-            let _ = write!(
-                t,
-                "\nscale-out (pipeline, {} orders, default concurrency), processes",
+            let heading = format!(
+                "scale-out (pipeline, {} orders, default concurrency), processes",
                 self.parameters.orders
             );
-            for r in &self.scale_out {
-                let _ = write!(t, " {:>8}", r.processes);
-            }
-            let _ = writeln!(t);
-            let each = |t: &mut String, name: &str, f: &dyn Fn(&ScaleOutRun) -> String| {
-                let _ = write!(t, "  {name:<60}");
-                for r in &self.scale_out {
-                    let _ = write!(t, " {:>8}", f(r));
-                }
-                let _ = writeln!(t);
-            };
-            each(&mut t, "decided / undecided", &|r| {
-                format!("{}/{}", r.pipeline.decided, r.pipeline.undecided)
-            });
-            each(&mut t, "decisions/s", &|r| {
-                num(r.pipeline.decisions_per_second)
-            });
-            each(&mut t, "speed-up over one process", &|r| {
-                r.speed_up.map_or("-".into(), |v| format!("{v:.2}"))
-            });
-            each(&mut t, "lateness p99 ms", &|r| {
-                num(r.pipeline.lateness_ms.p99)
-            });
-            each(&mut t, "workers' CPU ms/decision", &|r| {
-                format!("{:.3}", r.pipeline.worker_cpu_ms_per_decision)
-            });
-            each(
+            side_by_side(
                 &mut t,
-                "machine CPU busy while deciding (all cores)",
-                &|r| {
-                    r.pipeline
-                        .machine_cpu_busy
-                        .map_or("-".into(), |v| format!("{:.0}%", v * 100.0))
-                },
+                &heading,
+                (60, 8),
+                &self.scale_out,
+                |r| r.processes.to_string(),
+                &[
+                    ("decided / undecided", &|r| {
+                        format!("{}/{}", r.pipeline.decided, r.pipeline.undecided)
+                    }),
+                    ("decisions/s", &|r| num(r.pipeline.decisions_per_second)),
+                    ("speed-up over one process", &|r| {
+                        r.speed_up.map_or("-".into(), |v| format!("{v:.2}"))
+                    }),
+                    ("lateness p99 ms", &|r| num(r.pipeline.lateness_ms.p99)),
+                    ("workers' CPU ms/decision", &|r| {
+                        format!("{:.3}", r.pipeline.worker_cpu_ms_per_decision)
+                    }),
+                    ("machine CPU busy while deciding (all cores)", &|r| {
+                        r.pipeline
+                            .machine_cpu_busy
+                            .map_or("-".into(), |v| format!("{:.0}%", v * 100.0))
+                    }),
+                ],
             );
         }
         let d = &self.derived;
@@ -640,6 +617,33 @@ impl Report {
 
 fn row(t: &mut String, name: &str, value: &str) {
     let _ = writeln!(t, "  {name:<42} {value:>12}");
+}
+
+/// One figure of runs compared side by side: its label, and how a run shows it.
+type Figure<'a, R> = (&'a str, &'a dyn Fn(&R) -> String);
+
+/// A section comparing `runs` side by side: `heading` followed by each run's name, then a
+/// line per figure, labels `widths.0` wide and columns `widths.1`.
+fn side_by_side<R>(
+    t: &mut String,
+    heading: &str,
+    (label, column): (usize, usize),
+    runs: &[R],
+    name: impl Fn(&R) -> String,
+    figures: &[Figure<'_, R>],
+) {
+    let _ = write!(t, "\n{heading}");
+    for run in runs {
+        let _ = write!(t, " {:>column$}", name(run));
+    }
+    let _ = writeln!(t);
+    for (figure, show) in figures {
+        let _ = write!(t, "  {figure:<label$}");
+        for run in runs {
+            let _ = write!(t, " {:>column$}", show(run));
+        }
+        let _ = writeln!(t);
+    }
 }
 
 /// A figure with sensible precision.
