@@ -43,13 +43,11 @@ pub fn transport_error(e: reqwest::Error) -> GatewayError {
 /// ("Too Many Requests", whoever sends it: the gateway or a proxy before it) also asks
 /// the account's shared quota to slow down ([`GatewayError::throttled`]).
 pub fn status_error(status: reqwest::StatusCode, what: &str) -> GatewayError {
-    let code = format!("http_{}", status.as_u16());
-    let message = format!("{what} answered HTTP {status}");
-    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        GatewayError::throttled(code, message)
-    } else {
-        GatewayError::retryable(code, message)
-    }
+    GatewayError::at_status(
+        status.as_u16(),
+        format!("http_{}", status.as_u16()),
+        format!("{what} answered HTTP {status}"),
+    )
 }
 
 /// Reads a body of at most `max` bytes; a longer one is `too_large()`, whatever its

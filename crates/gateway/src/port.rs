@@ -195,6 +195,17 @@ impl GatewayError {
         }
     }
 
+    /// A retryable failure answered with HTTP `status` (not a success): throttling when
+    /// it is 429 ("Too Many Requests", whoever sends it: the gateway or a proxy before
+    /// it), plain retryable otherwise.
+    pub fn at_status(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
+        if status == 429 {
+            Self::throttled(code, message)
+        } else {
+            Self::retryable(code, message)
+        }
+    }
+
     /// A retryable failure by which the gateway says the account sends too fast (busy,
     /// frequency limited, HTTP 429): the shared quota slows down for a while.
     pub fn throttled(code: impl Into<String>, message: impl Into<String>) -> Self {

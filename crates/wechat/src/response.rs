@@ -53,13 +53,9 @@ fn common_error(status: u16, code: &str, message: &str) -> GatewayError {
             } else {
                 code.to_owned()
             };
-            if status == 429 {
-                GatewayError::throttled(code, detail)
-            } else {
-                GatewayError::retryable(code, detail)
-            }
+            GatewayError::at_status(status, code, detail)
         }
-        _ => GatewayError::retryable("unclassifiable", format!("unrecognised answer: {detail}")),
+        _ => unclassifiable(format!("unrecognised answer: {detail}")),
     }
 }
 

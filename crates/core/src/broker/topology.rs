@@ -307,13 +307,10 @@ impl Topology {
     /// Every queue of this topology: the close, parking and audit queues and one per tier,
     /// at most [`MAX_QUEUES`].
     pub fn queues(&self) -> Vec<String> {
-        let mut queues = vec![
-            self.close_queue(),
-            self.parked_queue(),
-            self.events_audit_queue(),
-        ];
-        queues.extend(self.tiers.all().iter().map(|t| self.delay_queue(*t)));
-        queues
+        self.declarations()
+            .into_iter()
+            .map(|(queue, _)| queue)
+            .collect()
     }
 
     /// Declares everything, durable, in dependency order (a dead-letter exchange must
