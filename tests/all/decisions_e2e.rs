@@ -310,15 +310,8 @@ async fn a_transient_error_is_retried_and_a_permanent_one_parks() {
     for channel in channels(&env) {
         // One answer lost to a proxy's 502, then the gateway answers: one retry step.
         let no = env.no(&format!("502-{channel}"));
-        env.create_at(channel, &no, 300, Duration::from_secs(1))
+        env.create_waiting(channel, &no, 300, Duration::from_secs(1))
             .await;
-        env.buyers
-            .at(channel)
-            .buyer(&no)
-            .scans(300)
-            .send()
-            .await
-            .unwrap();
         env.buyers
             .fail_next(&no, order_closer::sim::FaultKind::Http502, 1)
             .await

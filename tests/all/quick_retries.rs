@@ -67,15 +67,8 @@ async fn a_transient_error_is_retried_at_once_and_decided_in_the_same_delivery()
     for channel in channels(&env) {
         // The first query meets a proxy's 502; then the gateway answers.
         let query = env.no(&format!("q-{channel}"));
-        env.create_at(channel, &query, 300, Duration::from_secs(1))
+        env.create_waiting(channel, &query, 300, Duration::from_secs(1))
             .await;
-        env.buyers
-            .at(channel)
-            .buyer(&query)
-            .scans(300)
-            .send()
-            .await
-            .unwrap();
         env.buyers
             .fail_next(&query, FaultKind::Http502, 1)
             .await
@@ -83,15 +76,8 @@ async fn a_transient_error_is_retried_at_once_and_decided_in_the_same_delivery()
         // The close is applied at the gateway but its answer is lost (a timeout): closing
         // again is safe, and the table reads what the gateway says of a closed trade.
         let close = env.no(&format!("c-{channel}"));
-        env.create_at(channel, &close, 300, Duration::from_secs(1))
+        env.create_waiting(channel, &close, 300, Duration::from_secs(1))
             .await;
-        env.buyers
-            .at(channel)
-            .buyer(&close)
-            .scans(300)
-            .send()
-            .await
-            .unwrap();
         env.buyers
             .fail_next_on(
                 &close,
@@ -166,15 +152,8 @@ async fn with_the_retry_budget_spent_a_transient_error_goes_through_the_tiers() 
     let mut orders = Vec::new();
     for channel in channels(&env) {
         let no = env.no(&format!("b-{channel}"));
-        env.create_at(channel, &no, 300, Duration::from_secs(1))
+        env.create_waiting(channel, &no, 300, Duration::from_secs(1))
             .await;
-        env.buyers
-            .at(channel)
-            .buyer(&no)
-            .scans(300)
-            .send()
-            .await
-            .unwrap();
         env.buyers
             .fail_next(&no, FaultKind::Busy20000, 1)
             .await

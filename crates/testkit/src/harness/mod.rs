@@ -230,6 +230,26 @@ impl TestEnv {
             .order
     }
 
+    /// An order at `channel` due after `after` whose trade the buyer has scanned: waiting
+    /// for payment at the gateway.
+    pub async fn create_waiting(
+        &self,
+        channel: &str,
+        no: &str,
+        amount_minor: i64,
+        after: Duration,
+    ) -> Order {
+        let order = self.create_at(channel, no, amount_minor, after).await;
+        self.buyers
+            .at(channel)
+            .buyer(no)
+            .scans(amount_minor)
+            .send()
+            .await
+            .expect("the buyer scans");
+        order
+    }
+
     /// A unique order number for this test.
     pub fn no(&self, name: &str) -> String {
         format!("{name}-{}", self.tag)
