@@ -417,13 +417,7 @@ impl TestEnv {
         let topology = Arc::new((*self.topology).clone().with_delivery_limits(limits));
         let channel = self.connection.create_channel().await.expect("channel");
         self.topology.delete(&channel).await.expect("delete queues");
-        let publisher = Publisher::open(&self.connection, Arc::clone(&topology))
-            .await
-            .expect("publisher");
-        topology
-            .declare(publisher.channel())
-            .await
-            .expect("declare");
+        let publisher = declared_on(&self.connection, &topology).await;
         self.sandbox.settings.broker.topology = (*topology).clone();
         self.sandbox.topology = topology;
         self.sandbox.publisher = publisher;
@@ -453,14 +447,20 @@ impl Drop for TestEnv {
 /// A connection to `amqp_url`, a publisher on it, and `topology` declared.
 pub async fn declared(amqp_url: &str, topology: &Arc<Topology>) -> (Connection, Publisher) {
     let connection = broker::connect(amqp_url, "test").await.expect("broker");
-    let publisher = Publisher::open(&connection, topology.clone())
+    let publisher = declared_on(&connection, topology).await;
+    (connection, publisher)
+}
+
+/// A publisher on `connection`, and `topology` declared.
+async fn declared_on(connection: &Connection, topology: &Arc<Topology>) -> Publisher {
+    let publisher = Publisher::open(connection, Arc::clone(topology))
         .await
         .expect("publisher");
     topology
         .declare(publisher.channel())
         .await
         .expect("declare");
-    (connection, publisher)
+    publisher
 }
 
 /// Messages ready in a queue (a passive declare), or None if the broker cannot say (the
