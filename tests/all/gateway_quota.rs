@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::common::tcp_proxy::TcpProxy;
 use crate::common::{TestEnv, eventually};
 use order_closer::db::{self, quota};
 use order_closer::gateway::quota::{
@@ -282,14 +281,7 @@ async fn served_within(quota: &Arc<SharedQuota>, callers: usize, window: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_database_a_process_keeps_to_its_share_and_shares_again_after() {
     let env = TestEnv::new(&[]).await;
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap(), true).await;
-    let via_proxy = env
-        .database_url
-        .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
-    assert_ne!(
-        via_proxy, env.database_url,
-        "the test database is on 127.0.0.1:5432"
-    );
+    let (proxy, via_proxy) = env.database_through_proxy(true).await;
     let account = "sim:outage";
     let r = rate(100, 10);
     let quota = Arc::new(SharedQuota::new(

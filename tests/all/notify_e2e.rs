@@ -21,7 +21,6 @@ use order_closer::sim::{Forge, NotifyPlan, Outgoing, SimTradeStatus, SimTradeVie
 
 use crate::common::gateway::{HoldAt, HoldHandle};
 use crate::common::notices::{claimed_paid, outcomes, queries, refused_hints};
-use crate::common::tcp_proxy::TcpProxy;
 use crate::common::{NotifyEndpoint, TestEnv, eventually};
 
 /// (actor, outcome) of every decision about an order.
@@ -933,14 +932,7 @@ async fn a_replay_days_later_for_an_order_closed_since_changes_nothing() {
 async fn with_the_database_down_the_gateway_is_refused_and_the_resend_lands() {
     let env = TestEnv::new(&[]).await;
     // The endpoint reaches Postgres through a proxy the test switches off and on.
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap(), false).await;
-    let url_via_proxy = env
-        .database_url
-        .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
-    assert_ne!(
-        url_via_proxy, env.database_url,
-        "the test database is on 127.0.0.1:5432"
-    );
+    let (proxy, url_via_proxy) = env.database_through_proxy(false).await;
     let pool = db::pool(&url_via_proxy, 2).unwrap();
     // Resends after a fraction of each gateway's schedule.
     let endpoint = env.serve_notify(env.notifier_over(pool), 0.001).await;

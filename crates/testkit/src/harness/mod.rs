@@ -250,6 +250,21 @@ impl TestEnv {
         order
     }
 
+    /// The test's database URL through a proxy the test can switch off and on (`on`: how
+    /// it starts): the proxy, and the URL through it.
+    pub async fn database_through_proxy(&self, on: bool) -> (tcp_proxy::TcpProxy, String) {
+        let proxy =
+            tcp_proxy::TcpProxy::start("127.0.0.1:5432".parse().expect("an address"), on).await;
+        let via_proxy = self
+            .database_url
+            .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
+        assert_ne!(
+            via_proxy, self.database_url,
+            "the test database is on 127.0.0.1:5432"
+        );
+        (proxy, via_proxy)
+    }
+
     /// A unique order number for this test.
     pub fn no(&self, name: &str) -> String {
         format!("{name}-{}", self.tag)
